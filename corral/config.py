@@ -1,0 +1,161 @@
+"""One settings object for a Corral process: defaults, then ``<state_dir>/corral.toml``, then
+``CORRAL_*`` environment variables, then explicit overrides (command-line flags). Read once."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from corral.errors import Invalid
+
+DEFAULT_STATE_DIR = Path("/var/lib/corral")
+DEFAULT_PORT = 8773  # the port Eucalyptus and Nova gave their EC2 API
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path = DEFAULT_STATE_DIR
+    api_host: str = "127.0.0.1"
+    api_port: int = DEFAULT_PORT
+    db_url: str = ""  # empty: SQLite in the state directory
+    accel: str = "auto"  # auto | kvm | tcg
+    netns: str = ""  # empty: derived from the state directory
+    subnet: str = "10.88.0.0/24"
+    domain: str = "corral.internal"
+    machine: str = "pc"
+    stop_timeout: float = 30.0
+    reconcile_interval: float = 5.0
+    cache_dir: Path = Path("/var/cache/corral")
+    region: str = "corral-1"
+    node_name: str = ""  # empty: the host name
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # -- derived paths ---------------------------------------------------------------------
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite+aiosqlite:///{self.state_dir / 'corral.db'}"
+
+    @property
+    def namespace(self) -> str:
+        if self.netns:
+            return self.netns
+        if self.state_dir == DEFAULT_STATE_DIR:
+            return "corral"
+        digest = hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:8]
+        return f"corral-{digest}"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.state_dir / "images"
+
+    @property
+    def instances_dir(self) -> Path:
+        return self.state_dir / "instances"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.state_dir / "corral.pid"
+
+    @property
+    def logfile(self) -> Path:
+        return self.state_dir / "corral.log"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def availability_zone(self) -> str:
+        return f"{self.region}a"
+
+    @property
+    def hostname(self) -> str:
+        return self.node_name or os.uname().nodename
+
+    def validate(self) -> None:
+        try:
+            net = ipaddress.ip_network(self.subnet, strict=True)
+        except ValueError as err:
+            raise Invalid(
+                f"subnet {self.subnet!r} is not a network (e.g. 10.88.0.0/24): {err}",
+                field="subnet",
+            ) from err
+        if net.version != 4 or net.prefixlen > 29:
+            raise Invalid(
+                f"subnet {self.subnet} must be IPv4 with room for instances (/29 or larger)",
+                field="subnet",
+            )
+        if self.accel not in ("auto", "kvm", "tcg"):
+            raise Invalid(f"accel {self.accel!r} must be auto, kvm or tcg", field="accel")
+        if self.machine not in ("pc", "q35"):
+            raise Invalid(f"machine {self.machine!r} must be pc or q35", field="machine")
+
+
+_ENV = {
+    "CORRAL_STATE_DIR": "state_dir",
+    "CORRAL_API_HOST": "api_host",
+    "CORRAL_API_PORT": "api_port",
+    "CORRAL_DB": "db_url",
+    "CORRAL_ACCEL": "accel",
+    "CORRAL_NETNS": "netns",
+    "CORRAL_SUBNET": "subnet",
+    "CORRAL_DOMAIN": "domain",
+    "CORRAL_MACHINE": "machine",
+    "CORRAL_STOP_TIMEOUT": "stop_timeout",
+    "CORRAL_RECONCILE_INTERVAL": "reconcile_interval",
+    "CORRAL_CACHE_DIR": "cache_dir",
+    "CORRAL_REGION": "region",
+    "CORRAL_NODE_NAME": "node_name",
+}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = {f.name: f.type for f in dataclasses.fields(Settings)}[name]
+    try:
+        if kind in ("Path", Path):
+            return Path(value)
+        if kind in ("int", int):
+            return int(value)
+        if kind in ("float", float):
+            return float(value)
+    except (TypeError, ValueError) as err:
+        raise Invalid(f"setting {name}={value!r} is not a {kind}", field=name) from err
+    return str(value)
+
+
+def load(state_dir: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build the settings: defaults < corral.toml < environment < ``overrides``."""
+    values: dict[str, Any] = {}
+    env_state = os.environ.get("CORRAL_STATE_DIR")
+    sd = Path(state_dir or env_state or DEFAULT_STATE_DIR)
+    config_file = sd / "corral.toml"
+    if config_file.is_file():
+        try:
+            data = tomllib.loads(config_file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise Invalid(f"{config_file} is not valid TOML: {err}; fix or remove it") from err
+        known = {f.name for f in dataclasses.fields(Settings)}
+        for key, value in data.items():
+            if key not in known:
+                raise Invalid(f"{config_file}: unknown setting {key!r}", field=key)
+            values[key] = _coerce(key, value)
+    for env, name in _ENV.items():
+        if env in os.environ and os.environ[env] != "":
+            values[name] = _coerce(name, os.environ[env])
+    for name, value in overrides.items():
+        if value is not None:
+            values[name] = _coerce(name, value)
+    values["state_dir"] = sd if "state_dir" not in overrides or overrides["state_dir"] is None else Path(overrides["state_dir"])
+    settings = Settings(**values)
+    settings.validate()
+    return settings

@@ -1,0 +1,375 @@
+"""The node agent: runs instances on this host as the controller asks, and reports what really
+runs. Everything it does is idempotent, so the controller may repeat any call after a crash.
+
+In all-in-one mode the controller holds the agent itself as its node client; in a cluster the
+same calls go over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import psutil
+
+from corral.config import Settings
+from corral.errors import EnvironmentProblem, NotFound, WrongState
+from corral.fsutil import atomic_write, pid_alive, proc_cmdline
+from corral.images.store import ImageStore
+from corral.node.driver import cgroups, probe, qemu
+from corral.node.driver.machine import Machine, find_pid, read_exit
+from corral.node.net import dnsmasq, forward, links, netns
+from corral.node.spec import (
+    Accel,
+    ExitInfo,
+    ForwardInfo,
+    HostRecord,
+    InstanceSpec,
+    NetworkSpec,
+    NodeInfo,
+    ObservedInstance,
+)
+from corral.node.storage import overlays
+from corral.proc import arun
+
+log = logging.getLogger(__name__)
+
+METADATA_ADDRESS = "169.254.169.254"
+MEMORY_OVERHEAD = 256 << 20  # QEMU's own memory above the guest's, in the instance's cgroup
+ExitHandler = Callable[[str, ExitInfo], Awaitable[None] | None]
+
+
+def check_host(settings: Settings) -> None:
+    """Refuse to start without what a node needs, saying how to get it."""
+    if os.geteuid() != 0:
+        raise EnvironmentProblem(
+            "Corral's daemon must run as root (it creates network namespaces, taps and cgroups); "
+            "run it with sudo")
+    qemu.binary()
+    for binary, package in (("ip", "iproute2"), ("qemu-img", "qemu-utils"),
+                            ("dnsmasq", "dnsmasq-base")):
+        from corral.proc import need
+
+        need(binary, package)
+    if not os.path.exists("/dev/net/tun"):
+        raise EnvironmentProblem("/dev/net/tun is missing; load the tun module (modprobe tun)")
+    try:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        probe_file = settings.state_dir / ".write-test"
+        probe_file.write_text("")
+        probe_file.unlink()
+    except OSError as err:
+        raise EnvironmentProblem(
+            f"state directory {settings.state_dir} is not writable ({err.strerror}); "
+            "choose another with --state-dir or fix its permissions") from err
+
+
+class NodeAgent:
+    def __init__(self, settings: Settings, on_exit: ExitHandler | None = None) -> None:
+        self.settings = settings
+        self.on_exit = on_exit
+        self.images = ImageStore(settings.images_dir)
+        self.machines: dict[str, Machine] = {}
+        self.dnsmasqs: dict[str, dnsmasq.Dnsmasq] = {}
+        self.forwards: dict[tuple[str, int], forward.Forward] = {}
+        self.run_root = Path("/run/corral") / settings.namespace
+        self.cgroup_parent = f"corral/{settings.namespace}"
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._accel: Accel | None = None
+        self._accel_lock = asyncio.Lock()
+
+    # -- life cycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        for d in (self.settings.instances_dir, self.run_root, self.settings.state_dir / "networks"):
+            d.mkdir(parents=True, exist_ok=True)
+        self.images.ensure()
+        await self.adopt()
+
+    async def adopt(self) -> list[str]:
+        """Take back every QEMU of ours that still runs (after an agent restart)."""
+        adopted = []
+        for d in sorted(self.settings.instances_dir.iterdir()):
+            iid = d.name
+            if iid in self.machines or not (d / "spec.json").exists():
+                continue
+            paths = self.paths(iid)
+            pid = find_pid(paths)
+            if pid is None:
+                continue
+            self.machines[iid] = await Machine.adopt(iid, pid, paths, self._cgroup(iid),
+                                                     self._exit_handler)
+            adopted.append(iid)
+            log.info("adopted %s (pid %d)", iid, pid)
+        return adopted
+
+    async def close(self) -> None:
+        """Let go of everything without stopping instances."""
+        for fwd in list(self.forwards.values()):
+            await fwd.close()
+        self.forwards.clear()
+        for m in list(self.machines.values()):
+            await m.detach()
+        self.machines.clear()
+
+    def paths(self, iid: str) -> qemu.Paths:
+        return qemu.Paths(dir=self.settings.instances_dir / iid, run=self.run_root / iid)
+
+    def _cgroup(self, iid: str) -> cgroups.Group:
+        return cgroups.Group(self.cgroup_parent, iid)
+
+    def _lock(self, iid: str) -> asyncio.Lock:
+        return self._locks.setdefault(iid, asyncio.Lock())
+
+    async def _exit_handler(self, iid: str, info: ExitInfo) -> None:
+        for key in [k for k in self.forwards if k[0] == iid]:
+            await self.forwards.pop(key).close()
+        m = self.machines.get(iid)
+        if m is not None and not m.running:
+            self.machines.pop(iid, None)
+        if self.on_exit is not None:
+            res = self.on_exit(iid, info)
+            if asyncio.iscoroutine(res):
+                await res
+
+    # -- facts -----------------------------------------------------------------------------
+    async def accel(self) -> Accel:
+        async with self._accel_lock:
+            if self._accel is None or (not self._accel.probed and self.settings.accel == "auto"):
+                kernel, initrd = self._probe_kernel()
+                verdict = await probe.probe(self.settings.accel, self.settings.state_dir / "accel.json",
+                                            kernel, initrd)
+                if kernel is None and verdict.accel == "tcg" and self.settings.accel == "auto":
+                    return verdict  # not cached: probe again once an image exists
+                self._accel = verdict
+            return self._accel
+
+    def _probe_kernel(self) -> tuple[Path | None, Path | None]:
+        for m in self.images.list():
+            if m.kind == "busybox" and m.kernel and m.initrd:
+                return self.images.kernel_path(m), self.images.initrd_path(m)
+        return None, None
+
+    async def info(self) -> NodeInfo:
+        accel = await self.accel()
+        cg = "v2" if cgroups.is_v2() else "v1 (cpu, memory, pids)"
+        dnsmasq_path = shutil.which("dnsmasq") or shutil.which("dnsmasq", path="/usr/sbin") or ""
+        nft_path = shutil.which("nft") or shutil.which("nft", path="/usr/sbin") or ""
+        return NodeInfo(
+            name=self.settings.hostname,
+            cpus=os.cpu_count() or 1,
+            memory=psutil.virtual_memory().total,
+            qemu=qemu.binary(),
+            qemu_version=qemu.version(),
+            accel=accel,
+            namespace=self.settings.namespace if netns.exists(self.settings.namespace) else "",
+            cgroup=cg,
+            dnsmasq=dnsmasq_path,
+            nft=nft_path,
+            facts={"kernel": os.uname().release},
+        )
+
+    # -- networks --------------------------------------------------------------------------
+    def _dnsmasq(self, spec: NetworkSpec) -> dnsmasq.Dnsmasq:
+        dm = self.dnsmasqs.get(spec.id)
+        if dm is None:
+            dm = dnsmasq.Dnsmasq(namespace=spec.namespace, bridge=spec.bridge, cidr=spec.cidr,
+                                 gateway=spec.gateway, domain=spec.domain,
+                                 directory=self.settings.state_dir / "networks" / spec.id)
+            self.dnsmasqs[spec.id] = dm
+        return dm
+
+    async def network_ensure(self, spec: NetworkSpec, hosts: list[HostRecord]) -> None:
+        """Namespace, bridge with the gateway address, metadata address, dnsmasq with hosts."""
+        import ipaddress
+
+        await netns.ensure(spec.namespace)
+        prefix = ipaddress.ip_network(spec.cidr).prefixlen
+        await links.ensure_bridge(spec.namespace, spec.bridge, f"{spec.gateway}/{prefix}")
+        await links.ensure_address(spec.namespace, "lo", f"{METADATA_ADDRESS}/32")
+        await self._dnsmasq(spec).ensure(_entries(hosts))
+
+    async def network_hosts(self, spec: NetworkSpec, hosts: list[HostRecord]) -> None:
+        await self._dnsmasq(spec).update_hosts(_entries(hosts))
+
+    async def network_remove(self, spec: NetworkSpec) -> None:
+        await self._dnsmasq(spec).stop()
+        self.dnsmasqs.pop(spec.id, None)
+        await links.delete_link(spec.namespace, spec.bridge)
+
+    async def teardown(self) -> None:
+        """Remove this node's namespace and everything in it (instances must be gone)."""
+        for dm in list(self.dnsmasqs.values()):
+            await dm.stop()
+        self.dnsmasqs.clear()
+        for d in (self.settings.state_dir / "networks").glob("*"):
+            pidfile = d / "dnsmasq.pid"
+            with contextlib.suppress(ValueError, FileNotFoundError, ProcessLookupError):
+                pid = int(pidfile.read_text())
+                if pid_alive(pid) and f"--pid-file={pidfile}" in proc_cmdline(pid):
+                    os.kill(pid, 15)
+        await netns.delete(self.settings.namespace)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(self.run_root)
+
+    # -- instances -------------------------------------------------------------------------
+    async def instance_create(self, spec: InstanceSpec) -> None:
+        """Disk, tap and spec file (idempotent)."""
+        manifest = self.images.get_manifest(spec.image)
+        overlays.check_size(spec.disk_size, manifest.root_disk.virtual_size or 0)
+        paths = self.paths(spec.id)
+        paths.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(paths.spec, spec.model_dump_json(indent=2))
+        await overlays.create(paths.disk, self.images.root_disk_path(manifest),
+                              manifest.root_disk.format, spec.disk_size)
+        await links.ensure_tap(spec.network.namespace, spec.tap, spec.network.bridge)
+
+    async def instance_start(self, spec: InstanceSpec) -> int:
+        async with self._lock(spec.id):
+            m = self.machines.get(spec.id)
+            if m is not None and m.running:
+                assert m.pid is not None
+                return m.pid
+            await self.instance_create(spec)
+            paths = self.paths(spec.id)
+            if (pid := find_pid(paths)) is not None:
+                m = await Machine.adopt(spec.id, pid, paths, self._cgroup(spec.id), self._exit_handler)
+                self.machines[spec.id] = m
+                return pid
+            manifest = self.images.get_manifest(spec.image)
+            accel = await self.accel()
+            argv = qemu.argv(spec, paths, accel=accel.accel, machine=self.settings.machine,
+                             kernel=self.images.kernel_path(manifest),
+                             initrd=self.images.initrd_path(manifest), cmdline=manifest.cmdline)
+            limits = cgroups.Limits(cpu=spec.cpu_limit or float(spec.cpus),
+                                    memory=spec.memory + MEMORY_OVERHEAD)
+            m = await Machine.launch(spec.id, argv, paths, namespace=spec.network.namespace,
+                                     cgroup=self._cgroup(spec.id), limits=limits,
+                                     on_exit=self._exit_handler)
+            self.machines[spec.id] = m
+            assert m.pid is not None
+            return m.pid
+
+    async def instance_stop(self, iid: str, timeout: float, force: bool = False) -> ExitInfo | None:
+        async with self._lock(iid):
+            m = self.machines.get(iid)
+            if m is None or not m.running:
+                pid = find_pid(self.paths(iid))
+                if pid is None:
+                    return read_exit(self.paths(iid))
+                m = await Machine.adopt(iid, pid, self.paths(iid), self._cgroup(iid),
+                                        self._exit_handler)
+                self.machines[iid] = m
+            info = await m.stop(timeout, force)
+            self.machines.pop(iid, None)
+            return info
+
+    async def instance_reboot(self, iid: str, timeout: float) -> str:
+        async with self._lock(iid):
+            m = self.machines.get(iid)
+            if m is None or not m.running:
+                raise WrongState(f"instance {iid} is not running on this node", resource="instance")
+            return await m.reboot(timeout)
+
+    async def instance_destroy(self, iid: str, tap: str | None = None) -> None:
+        """Stop (forcefully) and remove every trace: process, tap, disk, files, cgroup."""
+        if self.machines.get(iid) or find_pid(self.paths(iid)):
+            await self.instance_stop(iid, timeout=0, force=True)
+        paths = self.paths(iid)
+        if tap:
+            await links.delete_link(self.settings.namespace, tap)
+        async with self._lock(iid):
+            shutil.rmtree(paths.dir, ignore_errors=True)
+            shutil.rmtree(paths.run, ignore_errors=True)
+            await asyncio.to_thread(self._cgroup(iid).remove)
+        self._locks.pop(iid, None)
+
+    async def instances(self) -> list[ObservedInstance]:
+        out: list[ObservedInstance] = []
+        known: set[str] = set()
+        for d in sorted(self.settings.instances_dir.glob("*")):
+            if not (d / "spec.json").exists():
+                continue
+            iid = d.name
+            known.add(iid)
+            paths = self.paths(iid)
+            m = self.machines.get(iid)
+            if m is not None and m.running:
+                out.append(ObservedInstance(id=iid, running=True, pid=m.pid, status=await m.status()))
+                continue
+            pid = find_pid(paths)
+            out.append(ObservedInstance(id=iid, running=pid is not None, pid=pid,
+                                        status="unwatched" if pid else "",
+                                        exit=None if pid else read_exit(paths)))
+        out.extend(self._strays(known))
+        return out
+
+    def _strays(self, known: set[str]) -> list[ObservedInstance]:
+        marker = f"unix:{self.run_root}/"
+        strays = []
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            cmd = proc.info.get("cmdline") or []
+            for arg in cmd:
+                if arg.startswith(marker) and arg.endswith("/qmp.sock,server=on,wait=off"):
+                    iid = arg[len(marker):].split("/")[0]
+                    if iid not in known:
+                        strays.append(ObservedInstance(id=iid, running=True, pid=proc.info["pid"],
+                                                       status="stray", spec=False))
+        return strays
+
+    async def kill_stray(self, iid: str, pid: int) -> None:
+        cmd = proc_cmdline(pid)
+        if any(a.startswith(f"unix:{self.run_root}/{iid}/") for a in cmd):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+
+    # -- consoles and access ---------------------------------------------------------------
+    async def console_log(self, iid: str, tail: int = 65536) -> bytes:
+        path = self.paths(iid).console_log
+        if not path.exists():
+            if not self.paths(iid).dir.exists():
+                raise NotFound(f"instance {iid} has no files on this node", resource="instance")
+            return b""
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            if tail and size > tail:
+                fh.seek(size - tail)
+            return fh.read()
+
+    async def console_connect(self, iid: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        m = self.machines.get(iid)
+        if m is None or not m.running:
+            raise WrongState(f"instance {iid} is not running; start it to use its console",
+                             resource="instance")
+        try:
+            return await asyncio.wait_for(
+                asyncio.open_unix_connection(str(self.paths(iid).console)), 5)
+        except (OSError, TimeoutError) as err:
+            raise WrongState(f"the console of {iid} is not reachable: {err}",
+                             resource="instance") from err
+
+    async def forward(self, iid: str, address: str, port: int) -> ForwardInfo:
+        """A port on 127.0.0.1 forwarding to ``address:port`` in the namespace (reused)."""
+        m = self.machines.get(iid)
+        if m is None or not m.running:
+            raise WrongState(f"instance {iid} is not running", resource="instance")
+        fwd = self.forwards.get((iid, port))
+        if fwd is None or fwd.address != address:
+            if fwd is not None:
+                await fwd.close()
+            fwd = forward.Forward(self.settings.namespace, address, port)
+            await fwd.start()
+            self.forwards[(iid, port)] = fwd
+        return ForwardInfo(host="127.0.0.1", port=fwd.local_port)
+
+    async def ping(self, address: str, count: int = 1) -> bool:
+        out = await arun(["ip", "netns", "exec", self.settings.namespace, "ping", "-c", str(count),
+                          "-W", "1", address], check=False, timeout=count + 5)
+        return " 0% packet loss" in out
+
+
+def _entries(hosts: list[HostRecord]) -> list[dnsmasq.HostEntry]:
+    return [dnsmasq.HostEntry(mac=h.mac, address=h.address, names=tuple(h.names)) for h in hosts]

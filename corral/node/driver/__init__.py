@@ -1,0 +1,1 @@
+"""Hypervisor drivers: QEMU over QMP, the accelerator probe, cgroups."""

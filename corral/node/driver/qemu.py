@@ -1,0 +1,123 @@
+"""The QEMU command line for one instance, and the binary's facts (path, version)."""
+
+from __future__ import annotations
+
+import functools
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.node.spec import InstanceSpec
+from corral.proc import need, run
+
+QEMU = "qemu-system-x86_64"
+TB_SIZE_MIB = 32  # TCG translation buffer: the default 1 GiB costs ~40 MiB RSS per idle guest
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where one instance's files live: disk and logs in the state directory, sockets and the
+    pid file under /run (short paths: unix sockets are limited to 107 bytes)."""
+
+    dir: Path
+    run: Path
+
+    @property
+    def disk(self) -> Path:
+        return self.dir / "disk.qcow2"
+
+    @property
+    def spec(self) -> Path:
+        return self.dir / "spec.json"
+
+    @property
+    def exit(self) -> Path:
+        return self.dir / "exit.json"
+
+    @property
+    def console_log(self) -> Path:
+        return self.dir / "console.log"
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.dir / "qemu.log"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.run / "qemu.pid"
+
+    @property
+    def qmp(self) -> Path:
+        return self.run / "qmp.sock"
+
+    @property
+    def qmp_debug(self) -> Path:
+        return self.run / "qmp-debug.sock"
+
+    @property
+    def console(self) -> Path:
+        return self.run / "console.sock"
+
+
+@functools.cache
+def binary() -> str:
+    return need(QEMU, "qemu-system-x86")
+
+
+@functools.cache
+def version() -> str:
+    out = run([binary(), "--version"], timeout=10)
+    m = re.search(r"version (\S+)", out)
+    return m.group(1) if m else out.strip().splitlines()[0]
+
+
+def argv(spec: InstanceSpec, paths: Paths, *, accel: str, machine: str, kernel: Path | None,
+         initrd: Path | None, cmdline: str) -> list[str]:
+    mem_mib = max(spec.memory >> 20, 16)
+    args = [
+        binary(),
+        "-name", f"guest={spec.name},process=corral:{spec.id}",
+        "-uuid", str(uuid.uuid5(uuid.NAMESPACE_URL, f"corral:{spec.id}")),
+        "-machine", f"{machine},graphics=off",
+    ]
+    if accel == "kvm":
+        args += ["-accel", "kvm", "-cpu", "host"]
+    else:
+        # -cpu max brings RDRAND: guests get entropy at once (dropbear starts ~1 s sooner)
+        args += ["-accel", f"tcg,tb-size={TB_SIZE_MIB}", "-cpu", "max"]
+    args += [
+        "-smp", str(spec.cpus),
+        "-m", f"{mem_mib}M",
+        "-nodefaults", "-no-user-config", "-display", "none",
+        "-no-shutdown",  # a guest power-off leaves QEMU up in 'shutdown', so the agent sees why
+        "-msg", "timestamp=on",
+    ]
+    if kernel is not None:
+        args += ["-kernel", str(kernel)]
+        if initrd is not None:
+            args += ["-initrd", str(initrd)]
+        full = " ".join(x for x in (cmdline, spec.cmdline_extra) if x)
+        args += ["-append", full]
+    args += [
+        "-drive", f"file={paths.disk},if=none,id=root,format=qcow2,discard=unmap,cache=writeback",
+        # with -kernel, bootindex 0 is the kernel loader's; boot from the disk otherwise
+        "-device", "virtio-blk-pci,drive=root,id=root-disk"
+        + (",bootindex=0" if kernel is None else ""),
+        "-netdev", f"tap,id=net0,ifname={spec.tap},script=no,downscript=no",
+        "-device", f"virtio-net-pci,netdev=net0,mac={spec.mac},id=nic0",
+        "-object", "rng-random,id=rng0,filename=/dev/urandom",
+        "-device", "virtio-rng-pci,rng=rng0",
+        "-chardev", (f"socket,id=serial0,path={paths.console},server=on,wait=off,"
+                     f"logfile={paths.console_log},logappend=on"),
+        "-serial", "chardev:serial0",
+        "-qmp", f"unix:{paths.qmp},server=on,wait=off",
+        "-qmp", f"unix:{paths.qmp_debug},server=on,wait=off",
+        "-pidfile", str(paths.pidfile),
+    ]
+    return args
+
+
+def is_ours(cmdline: list[str], paths: Paths) -> bool:
+    """True if a process's command line is this instance's QEMU (matched by its QMP socket)."""
+    return bool(cmdline) and f"unix:{paths.qmp},server=on,wait=off" in cmdline

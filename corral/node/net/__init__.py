@@ -1,0 +1,1 @@
+"""The node's data plane: a network namespace with a bridge, taps, dnsmasq and (later) nftables."""

@@ -1,0 +1,134 @@
+"""One dnsmasq per network, inside Corral's namespace: DHCP with a fixed address per MAC, and
+DNS for ``<name>.<domain>``. Hosts live in files re-read on SIGHUP; anything on the command
+line (range, domain) needs a restart, which ``ensure`` does when the command line changed."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.errors import EnvironmentProblem
+from corral.fsutil import atomic_write, pid_alive, proc_cmdline, read_pidfile
+from corral.node.net import netns
+from corral.proc import need
+
+
+@dataclass(frozen=True)
+class HostEntry:
+    mac: str
+    address: str
+    names: tuple[str, ...]  # first is the DHCP host name
+
+
+class Dnsmasq:
+    def __init__(self, *, namespace: str, bridge: str, cidr: str, gateway: str, domain: str,
+                 directory: Path) -> None:
+        self.namespace = namespace
+        self.bridge = bridge
+        self.cidr = ipaddress.ip_network(cidr)
+        self.gateway = gateway
+        self.domain = domain
+        self.dir = directory
+        self.pidfile = directory / "dnsmasq.pid"
+        self.hostsfile = directory / "dhcp-hosts"
+        self.addn_hosts = directory / "hosts"
+        self.leases = directory / "leases"
+        self.log = directory / "dnsmasq.log"
+
+    def argv(self) -> list[str]:
+        return [
+            need("dnsmasq", "dnsmasq-base"),
+            "--conf-file=/dev/null",
+            f"--pid-file={self.pidfile}",
+            "--bind-interfaces",
+            f"--interface={self.bridge}",
+            "--except-interface=lo",
+            f"--listen-address={self.gateway}",
+            f"--dhcp-range={self.cidr.network_address},static,{self.cidr.netmask},infinite",
+            f"--dhcp-hostsfile={self.hostsfile}",
+            f"--addn-hosts={self.addn_hosts}",
+            f"--dhcp-leasefile={self.leases}",
+            f"--domain={self.domain}",
+            f"--local=/{self.domain}/",
+            "--domain-needed",
+            "--no-resolv",
+            "--no-hosts",
+            "--dhcp-authoritative",
+            f"--dhcp-option=option:router,{self.gateway}",
+            f"--dhcp-option=option:dns-server,{self.gateway}",
+            f"--log-facility={self.log}",
+            "--user=root",
+            "--group=root",
+        ]
+
+    def pid(self) -> int | None:
+        pid = read_pidfile(self.pidfile)
+        if pid and pid_alive(pid) and f"--pid-file={self.pidfile}" in proc_cmdline(pid):
+            return pid
+        return None
+
+    async def ensure(self, hosts: list[HostEntry] | None = None) -> int:
+        """dnsmasq running with this configuration; returns its pid."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if hosts is not None:
+            self._write_hosts(hosts)
+        for f in (self.hostsfile, self.addn_hosts):
+            if not f.exists():
+                atomic_write(f, "")
+        argv = self.argv()
+        pid = self.pid()
+        if pid is not None:
+            if proc_cmdline(pid) == argv:
+                if hosts is not None:
+                    os.kill(pid, signal.SIGHUP)
+                return pid
+            await self.stop()
+        return await asyncio.to_thread(self._start, argv)
+
+    def _start(self, argv: list[str]) -> int:
+        enter = netns.preexec(self.namespace)
+        try:
+            proc = subprocess.run(argv, preexec_fn=enter, stdin=subprocess.DEVNULL,
+                                  capture_output=True, timeout=30, start_new_session=True)
+        finally:
+            os.close(enter.fd)  # type: ignore[attr-defined]
+        if proc.returncode != 0:
+            raise EnvironmentProblem(
+                f"dnsmasq failed to start for {self.bridge} in {self.namespace}: "
+                f"{proc.stderr.decode(errors='replace').strip()}")
+        pid = self.pid()
+        if pid is None:
+            raise EnvironmentProblem(f"dnsmasq started but wrote no pid file at {self.pidfile}")
+        return pid
+
+    def _write_hosts(self, hosts: list[HostEntry]) -> None:
+        dhcp = "".join(f"{h.mac},{h.address},{h.names[0]},infinite\n" for h in hosts)
+        dns = "".join(f"{h.address} {' '.join(h.names)}\n" for h in hosts)
+        atomic_write(self.hostsfile, dhcp)
+        atomic_write(self.addn_hosts, dns)
+
+    async def update_hosts(self, hosts: list[HostEntry]) -> None:
+        self._write_hosts(hosts)
+        pid = self.pid()
+        if pid is None:
+            await self.ensure()
+        else:
+            os.kill(pid, signal.SIGHUP)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        pid = self.pid()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while pid_alive(pid) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        self.pidfile.unlink(missing_ok=True)

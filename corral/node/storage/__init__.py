@@ -1,0 +1,1 @@
+"""Instance disks: qcow2 overlays on read-only image disks."""

@@ -1,0 +1,212 @@
+"""Tables. Every resource belongs to an account; desired state lives beside observed state."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Stored naive in UTC (SQLite keeps no zone), handed back aware."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use corral.store.models.utcnow()")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        return value.replace(tzinfo=dt.UTC) if value is not None else None
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dt.datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+    id: Mapped[str] = mapped_column(String(12), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class AccessKey(Base):
+    __tablename__ = "access_keys"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    secret: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(200), default="")
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    address: Mapped[str] = mapped_column(String(200), default="local")
+    state: Mapped[str] = mapped_column(String(16), default="up")  # up | down | draining
+    cpus: Mapped[int] = mapped_column(Integer, default=0)
+    memory: Mapped[int] = mapped_column(BigInteger, default=0)
+    accel: Mapped[str] = mapped_column(String(8), default="")
+    accel_reason: Mapped[str] = mapped_column(Text, default="")
+    qemu_version: Mapped[str] = mapped_column(String(64), default="")
+    facts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    last_seen: Mapped[dt.datetime | None] = mapped_column(default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Network(Base):
+    __tablename__ = "networks"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), index=True)
+    cidr: Mapped[str] = mapped_column(String(43))
+    gateway: Mapped[str] = mapped_column(String(39))
+    domain: Mapped[str] = mapped_column(String(253))
+    namespace: Mapped[str] = mapped_column(String(64))
+    bridge: Mapped[str] = mapped_column(String(15))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    __table_args__ = (UniqueConstraint("node_id", "name"),)
+
+
+class Image(Base):
+    __tablename__ = "images"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64), default="1")
+    digest: Mapped[str] = mapped_column(String(64), index=True)
+    state: Mapped[str] = mapped_column(String(16), default="available")
+    public: Mapped[bool] = mapped_column(Boolean, default=False)
+    arch: Mapped[str] = mapped_column(String(16), default="x86_64")
+    kind: Mapped[str] = mapped_column(String(16), default="busybox")
+    description: Mapped[str] = mapped_column(Text, default="")
+    default_user: Mapped[str] = mapped_column(String(32), default="root")
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    virtual_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    __table_args__ = (UniqueConstraint("account_id", "name", "version"),)
+
+
+class KeyPair(Base):
+    __tablename__ = "key_pairs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    key_type: Mapped[str] = mapped_column(String(16))
+    fingerprint: Mapped[str] = mapped_column(String(128))
+    public_key: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    __table_args__ = (UniqueConstraint("account_id", "name"),)
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(63))
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id"), index=True)
+    node_id: Mapped[str | None] = mapped_column(ForeignKey("nodes.id"), index=True)
+    network_id: Mapped[str | None] = mapped_column(ForeignKey("networks.id"))
+    # observed/lifecycle state and the state Corral drives it towards
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    desired_state: Mapped[str] = mapped_column(String(16), default="running")
+    state_reason: Mapped[str] = mapped_column(Text, default="")
+    instance_type: Mapped[str] = mapped_column(String(32), default="")
+    cpus: Mapped[int] = mapped_column(Integer, default=1)
+    cpu_limit: Mapped[float] = mapped_column(Float, default=0.0)  # cores; 0 = cpus
+    memory: Mapped[int] = mapped_column(BigInteger)
+    disk_size: Mapped[int] = mapped_column(BigInteger)
+    mac: Mapped[str] = mapped_column(String(17), unique=True)
+    private_ip: Mapped[str | None] = mapped_column(String(39))
+    restart_policy: Mapped[str] = mapped_column(String(16), default="on-failure")
+    stop_timeout: Mapped[float | None] = mapped_column(Float, default=None)
+    user_data: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    ssh_keys: Mapped[list[Any]] = mapped_column(default=list)
+    key_name: Mapped[str | None] = mapped_column(String(255))
+    client_token: Mapped[str | None] = mapped_column(String(64))
+    reservation_id: Mapped[str | None] = mapped_column(String(32))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    launch_time: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    stopped_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    terminated_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    __table_args__ = (
+        # a name is unique per account among instances that are not terminated
+        Index(
+            "uq_instances_live_name", "account_id", "name", unique=True,
+            sqlite_where=text("state != 'terminated'"),
+            postgresql_where=text("state != 'terminated'"),
+        ),
+    )
+
+
+class Address(Base):
+    """A private address leased to an instance on a network (IPAM)."""
+
+    __tablename__ = "addresses"
+    network_id: Mapped[str] = mapped_column(ForeignKey("networks.id"), primary_key=True)
+    address: Mapped[str] = mapped_column(String(39), primary_key=True)
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Operation(Base):
+    __tablename__ = "operations"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str | None] = mapped_column(ForeignKey("accounts.id"), index=True)
+    type: Mapped[str] = mapped_column(String(48))
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    target_kind: Mapped[str] = mapped_column(String(32), default="")
+    target_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    message: Mapped[str] = mapped_column(Text, default="")
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    requested_by: Mapped[str] = mapped_column(String(64), default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class OperationEvent(Base):
+    __tablename__ = "operation_events"
+    operation_id: Mapped[str] = mapped_column(
+        ForeignKey("operations.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    time: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text, default="")
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
