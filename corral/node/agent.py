@@ -214,6 +214,7 @@ class NodeAgent:
         await netns.delete(self.settings.namespace)
         with contextlib.suppress(OSError):
             shutil.rmtree(self.run_root)
+        cgroups.Group("corral", self.settings.namespace).remove()
 
     # -- instances -------------------------------------------------------------------------
     async def instance_create(self, spec: InstanceSpec) -> None:

@@ -1,0 +1,24 @@
+"""The ASGI application: the native REST API under /v1 with its OpenAPI at /openapi.json."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from corral.api.context import ApiContext
+from corral.api.rest import errors, images, instances, keys, operations, system
+
+VERSION = "0.1.0"
+
+
+def create_app(ctx: ApiContext) -> FastAPI:
+    app = FastAPI(
+        title="Corral",
+        version=VERSION,
+        description="A self-hosted cloud for lightweight, disposable virtual servers. "
+        "Mutations answer 202 with an operation to wait on (GET /v1/operations/{id}/wait).",
+    )
+    app.state.ctx = ctx
+    errors.install(app)
+    for module in (system, instances, images, keys, operations):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,1 @@
+"""The native REST API (``/v1``): one module per resource."""

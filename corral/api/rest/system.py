@@ -1,0 +1,84 @@
+"""The service itself: health (no credentials), facts and checks for `corral doctor`, nodes,
+and shutdown for `corral down`."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+
+from fastapi import APIRouter, Depends
+from sqlalchemy import func, select
+
+from corral import models
+from corral.api.auth import caller as auth
+from corral.api.context import ApiContext, get_context
+from corral.api.rest.errors import RESPONSES
+from corral.controller.accounts import Caller
+from corral.errors import Forbidden
+from corral.store.models import Instance, Node
+
+router = APIRouter(prefix="/v1", tags=["system"], responses=RESPONSES)
+
+
+@router.get("/health")
+async def health(ctx: ApiContext = Depends(get_context)) -> dict[str, str]:
+    return {"status": "ok", "version": ctx.version}
+
+
+@router.get("/system", response_model=models.SystemInfo)
+async def system_show(ctx: ApiContext = Depends(get_context),
+                      who: Caller = Depends(auth)) -> models.SystemInfo:
+    st = ctx.settings
+    nodes = list(ctx.controller.nodes.values())
+    info = await nodes[0].info() if nodes else None
+    checks = await _checks(ctx)
+    return models.SystemInfo(
+        version=ctx.version, region=st.region, availability_zone=st.availability_zone,
+        state_dir=str(st.state_dir), database=ctx.controller.store.url.split("://")[0],
+        namespace=st.namespace, subnet=st.subnet, domain=st.domain,
+        node=info.model_dump() if info else {}, checks=checks)
+
+
+async def _checks(ctx: ApiContext) -> list[dict[str, object]]:
+    from corral.node.net import netns
+
+    out: list[dict[str, object]] = []
+
+    def add(name: str, ok: bool, detail: str) -> None:
+        out.append({"name": name, "ok": ok, "detail": detail})
+
+    st = ctx.settings
+    add("namespace", netns.exists(st.namespace), f"network namespace {st.namespace}")
+    for node_id, strays in ctx.controller.reconciler.strays.items():
+        add(f"strays on {node_id}", not strays, "; ".join(strays) or "none")
+    free = shutil.disk_usage(st.state_dir).free
+    add("disk", free > 1 << 30, f"{free >> 30} GiB free in {st.state_dir}")
+    return out
+
+
+@router.get("/nodes", response_model=list[models.Node])
+async def node_list(ctx: ApiContext = Depends(get_context),
+                    who: Caller = Depends(auth)) -> list[models.Node]:
+    async with ctx.controller.store.read() as s:
+        rows = list(await s.scalars(select(Node).order_by(Node.name)))
+        counts = dict((await s.execute(select(Instance.node_id, func.count()).where(
+            Instance.state != "terminated").group_by(Instance.node_id))).tuples().all())
+    return [models.Node(id=n.id, name=n.name, state=n.state, cpus=n.cpus, memory=n.memory,
+                        accel=n.accel, accel_reason=n.accel_reason, qemu_version=n.qemu_version,
+                        last_seen=n.last_seen, instances=int(counts.get(n.id, 0)),
+                        strays=ctx.controller.reconciler.strays.get(n.id, []))
+            for n in rows]
+
+
+@router.post("/system/shutdown", status_code=202)
+async def system_shutdown(req: models.Shutdown, ctx: ApiContext = Depends(get_context),
+                          who: Caller = Depends(auth)) -> dict[str, str]:
+    if not who.admin:
+        raise Forbidden("only an admin account may shut Corral down")
+    if ctx.shutdown is None:
+        raise Forbidden("this server cannot be shut down over the API")
+    if req.stop_instances:
+        await ctx.controller.stop_all(req.timeout)
+    asyncio.get_running_loop().call_later(0.2, lambda: asyncio.ensure_future(
+        ctx.shutdown(req.stop_instances, req.timeout)))  # type: ignore[misc]
+    return {"status": "shutting down"}

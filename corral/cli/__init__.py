@@ -1,0 +1,2 @@
+"""The `corral` command. It talks to Corral's API over HTTP only (through `corral.client`),
+except `corral up`, which is the daemon itself."""

@@ -1,0 +1,328 @@
+"""Instance commands in the spirit of `xm`: run, ls, show, ssh, console, logs, stop, start,
+reboot, rm."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from corral import models
+from corral.cli import sshkey
+from corral.cli.common import ago, console, err_console, fail, opts, wait_op
+from corral.errors import CorralError
+from corral.units import format_size
+
+app = typer.Typer()
+
+DETACH_KEY = b"\x1d"  # Ctrl-]
+
+
+def _keys(values: list[str]) -> tuple[list[str], list[str]]:
+    """Split --key values into key-pair names and public keys read from files."""
+    names, inline = [], []
+    for v in values:
+        path = Path(v).expanduser()
+        if path.suffix == ".pub" or "/" in v or path.exists():
+            if not path.is_file():
+                raise fail(f"key file {v} does not exist; give a public key file "
+                           "(e.g. ~/.ssh/id_ed25519.pub) or a key pair name")
+            inline.append(path.read_text().strip())
+        else:
+            names.append(v)
+    return names, inline
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    image: str = typer.Argument(..., help="image name (tiny), name:version or ami- id"),
+    name: str | None = typer.Option(None, "--name", "-n"),
+    cpus: int = typer.Option(1, "--cpus", "-c"),
+    memory: str = typer.Option("256M", "--memory", "-m"),
+    disk: str | None = typer.Option(None, "--disk", help="root disk size (default: the image's)"),
+    key: list[str] = typer.Option([], "--key", "-k",
+                                  help="a key pair name or a public key file; repeatable"),
+    user_data: Path | None = typer.Option(None, "--user-data", help="a script run at first boot"),
+    restart: str = typer.Option("on-failure", help="always, on-failure or never"),
+    address: str | None = typer.Option(None, help="a fixed private address"),
+    no_wait: bool = typer.Option(False, "--no-wait", help="return at once with the operation"),
+) -> None:
+    """Run a new instance."""
+    c = opts(ctx).client()
+    names, inline = _keys(key)
+    _, own = sshkey.ensure()
+    inline.append(own)
+    ud = None
+    if user_data is not None:
+        if not user_data.is_file():
+            raise fail(f"user-data file {user_data} does not exist")
+        ud = user_data.read_text()
+    try:
+        req = models.InstanceCreate(image=image, name=name, cpus=cpus, memory=memory, disk=disk,
+                                    keys=names, public_keys=inline, user_data=ud,
+                                    restart_policy=restart, address=address)  # type: ignore[arg-type]
+    except ValueError as err:
+        raise fail(str(err).splitlines()[-1]) from err
+    acc = c.instance_run(req)
+    inst = acc.instance
+    if no_wait or acc.operation is None:
+        console.print(f"{inst.name} ({inst.id}) {inst.state}; operation {acc.operation.id if acc.operation else '-'}")
+        return
+    wait_op(c, acc.operation, f"starting {inst.name}")
+    inst = c.instance_show(inst.id)
+    console.print(f"{inst.name} ({inst.id}) is {inst.state} at {inst.private_ip}; "
+                  f"`corral ssh {inst.name}` to log in")
+
+
+def _uptime(i: models.Instance) -> str:
+    if i.state != "running" or i.started_at is None:
+        return "-"
+    return ago((dt.datetime.now(dt.UTC) - i.started_at).total_seconds())
+
+
+@app.command("ls")
+def ls(ctx: typer.Context,
+       all: bool = typer.Option(False, "--all", "-a", help="include terminated instances"),
+       as_json: bool = typer.Option(False, "--json")) -> None:
+    """List instances: name, id, state, node, cpus, memory, address, uptime."""
+    rows = opts(ctx).client().instance_list(all=all)
+    if as_json:
+        print(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("NAME", "ID", "STATE", "NODE", "CPUS", "MEMORY", "ADDRESS", "IMAGE", "UPTIME"):
+        table.add_column(col)
+    colors = {"running": "green", "stopped": "yellow", "terminated": "dim", "pending": "cyan"}
+    for i in rows:
+        color = colors.get(i.state, "white")
+        table.add_row(i.name, i.id, f"[{color}]{i.state}[/{color}]",
+                      (i.node or "-").removeprefix("node-"), str(i.cpus),
+                      format_size(i.memory), i.private_ip or "-", i.image_name or i.image_id,
+                      _uptime(i))
+    console.print(table)
+
+
+@app.command()
+def show(ctx: typer.Context, name: str,
+         as_json: bool = typer.Option(False, "--json")) -> None:
+    """Everything about one instance."""
+    i = opts(ctx).client().instance_show(name)
+    if as_json:
+        print(i.model_dump_json(indent=2))
+        return
+    table = Table(box=None, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for k, v in i.model_dump().items():
+        if k in ("memory", "disk_size"):
+            v = format_size(v)
+        elif isinstance(v, dt.datetime):
+            v = v.strftime("%Y-%m-%d %H:%M:%S UTC")
+        table.add_row(k, "-" if v in (None, "") else str(v))
+    table.add_row("uptime", _uptime(i))
+    console.print(table)
+
+
+def _wait_ssh(host: str, port: int, timeout: float) -> bool:
+    """True once the forwarded port answers with an SSH banner."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=2) as s:
+                s.settimeout(3)
+                if s.recv(4).startswith(b"SSH-"):
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ssh(ctx: typer.Context, name: str,
+        identity: Path | None = typer.Option(None, "-i", help="another private key to offer"),
+        user: str | None = typer.Option(None, "-l", help="user (default: the image's)"),
+        wait: float = typer.Option(90, help="seconds to wait for SSH to answer")) -> None:
+    """SSH into an instance (through a port Corral forwards on 127.0.0.1). Put a command
+    after `--` to run it instead of a shell."""
+    c = opts(ctx).client()
+    ep = c.instance_ssh(name)
+    if not _wait_ssh(ep.host, ep.port, wait):
+        raise fail(f"SSH on {name} ({ep.address}) did not answer within {wait:.0f} s; "
+                   f"see `corral logs {name}`")
+    key, _ = sshkey.ensure()
+    inst_id = c.instance_show(name).id
+    argv = ["ssh", "-p", str(ep.port), "-i", str(key),
+            "-o", f"UserKnownHostsFile={sshkey.KNOWN_HOSTS}",
+            "-o", "StrictHostKeyChecking=accept-new", "-o", f"HostKeyAlias={inst_id}",
+            "-o", "LogLevel=ERROR"]
+    if identity is not None:
+        argv += ["-i", str(identity)]
+    if not sys.stdin.isatty():
+        argv.append("-T")
+    argv.append(f"{user or ep.user}@{ep.host}")
+    extra = list(ctx.args)
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    argv += extra
+    sys.stdout.flush()
+    try:
+        os.execvp("ssh", argv)
+    except FileNotFoundError as err:
+        raise fail("ssh is not installed; apt-get install openssh-client") from err
+
+
+@app.command("console")
+def console_cmd(ctx: typer.Context, name: str) -> None:
+    """Attach to the serial console. Ctrl-] detaches."""
+    import termios
+    import threading
+    import tty
+
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.sync.client import connect
+
+    c = opts(ctx).client()
+    inst = c.instance_show(name)
+    try:
+        ws = connect(c.console_url(inst.id), additional_headers={"Authorization": c.auth_header()},
+                     open_timeout=10)
+    except InvalidStatus as err:
+        raise fail(f"cannot attach to the console of {name}: HTTP {err.response.status_code}") from err
+    except OSError as err:
+        raise fail(f"cannot attach to the console of {name}: {err}") from err
+    interactive = sys.stdin.isatty()
+    err_console.print(f"[dim]connected to {name}'s console; Ctrl-] detaches[/dim]")
+    old = termios.tcgetattr(sys.stdin) if interactive else None
+    done = threading.Event()
+
+    def pump_in() -> None:
+        fd = sys.stdin.fileno()
+        try:
+            while not done.is_set():
+                data = os.read(fd, 1024)
+                if not data or DETACH_KEY in data:
+                    data = data.split(DETACH_KEY)[0]
+                    if data:
+                        ws.send(data)
+                    break
+                ws.send(data)
+        except (OSError, ConnectionClosed):
+            pass
+        finally:
+            done.set()
+            ws.close()
+
+    try:
+        if interactive:
+            tty.setraw(sys.stdin.fileno())
+        threading.Thread(target=pump_in, daemon=True).start()
+        while not done.is_set():
+            try:
+                msg = ws.recv(timeout=0.5)
+            except TimeoutError:
+                continue
+            except ConnectionClosed:
+                break
+            out = msg if isinstance(msg, bytes) else msg.encode()
+            os.write(sys.stdout.fileno(), out)
+    finally:
+        done.set()
+        if old is not None:
+            termios.tcsetattr(sys.stdin, termios.TCSADRAIN, old)
+    err_console.print("\n[dim]detached[/dim]")
+
+
+@app.command()
+def logs(ctx: typer.Context, name: str,
+         tail: int = typer.Option(65536, help="bytes from the end"),
+         follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new output")) -> None:
+    """The console output so far (boot messages, logins, user-data)."""
+    c = opts(ctx).client()
+    text = c.instance_console_output(name, tail)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    while follow:
+        time.sleep(1)
+        new = c.instance_console_output(name, tail)
+        if new != text:
+            # print what follows the old text's end (the log only grows)
+            overlap = text[-4096:]
+            idx = new.rfind(overlap) if overlap else -1
+            sys.stdout.write(new[idx + len(overlap):] if idx >= 0 else new)
+            sys.stdout.flush()
+            text = new
+
+
+def _lifecycle(ctx: typer.Context, names: list[str], verb: str, no_wait: bool, **kw: object) -> None:
+    c = opts(ctx).client()
+    call = {"stop": c.instance_stop, "start": c.instance_start, "reboot": c.instance_reboot,
+            "rm": c.instance_terminate}[verb]
+    pending = []
+    failed = 0
+    for name in names:
+        try:
+            acc = call(name, **kw)  # type: ignore[operator]
+        except CorralError as err:
+            err_console.print(f"[red]error:[/red] {name}: {err.message}")
+            failed += 1
+            continue
+        if acc.operation is None:
+            console.print(f"{acc.instance.name}: already {acc.instance.state}")
+        else:
+            pending.append((acc.instance.name, acc.operation))
+    for name, op in pending:
+        if no_wait:
+            console.print(f"{name}: {verb} requested (operation {op.id})")
+            continue
+        try:
+            done = wait_op(c, op, f"{verb} {name}")
+            how = done.result.get("how")
+            console.print(f"{name}: {({'rm': 'terminated', 'stop': 'stopped', 'start': 'started', 'reboot': 'rebooted'})[verb]}"
+                          + (f" ({how})" if how else ""))
+        except CorralError as err:
+            err_console.print(f"[red]error:[/red] {err.message}")
+            failed += 1
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def stop(ctx: typer.Context, names: list[str],
+         timeout: float | None = typer.Option(None, help="seconds before forcing (default 30)"),
+         force: bool = typer.Option(False, "--force", "-f", help="power off at once"),
+         no_wait: bool = typer.Option(False, "--no-wait")) -> None:
+    """Stop instances: ACPI power-off, forced after the timeout."""
+    _lifecycle(ctx, names, "stop", no_wait, timeout=timeout, force=force)
+
+
+@app.command()
+def start(ctx: typer.Context, names: list[str],
+          no_wait: bool = typer.Option(False, "--no-wait")) -> None:
+    """Start stopped instances."""
+    _lifecycle(ctx, names, "start", no_wait)
+
+
+@app.command()
+def reboot(ctx: typer.Context, names: list[str],
+           timeout: float | None = typer.Option(None, help="seconds before a hard reset"),
+           no_wait: bool = typer.Option(False, "--no-wait")) -> None:
+    """Reboot instances (Ctrl-Alt-Del to the guest, a hard reset after the timeout)."""
+    _lifecycle(ctx, names, "reboot", no_wait, timeout=timeout)
+
+
+@app.command()
+def rm(ctx: typer.Context, names: list[str],
+       force: bool = typer.Option(False, "--force", "-f", help="do not wait for the guest"),
+       timeout: float | None = typer.Option(None),
+       no_wait: bool = typer.Option(False, "--no-wait")) -> None:
+    """Terminate instances: stop them and remove their disks and addresses."""
+    _lifecycle(ctx, names, "rm", no_wait, force=force, timeout=timeout)

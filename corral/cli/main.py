@@ -1,0 +1,53 @@
+"""The `corral` entry point: global options, command groups, and one error handler that turns
+any CorralError into a one-line message and a non-zero exit."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from corral.cli import daemon, images, instances, keys, ops
+from corral.cli.common import Options, err_console
+from corral.errors import CorralError
+
+app = typer.Typer(
+    help="Corral: a self-hosted cloud for lightweight, disposable virtual servers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    state_dir: Path | None = typer.Option(None, "--state-dir", envvar="CORRAL_STATE_DIR",
+                                          help="state directory (default /var/lib/corral)"),
+    endpoint: str | None = typer.Option(None, "--endpoint", envvar="CORRAL_ENDPOINT",
+                                        help="API URL (default from the credentials)"),
+) -> None:
+    ctx.obj = Options(state_dir=state_dir, endpoint=endpoint)
+
+
+for sub in (daemon.app, instances.app):
+    for command in sub.registered_commands:
+        app.registered_commands.append(command)
+app.add_typer(images.app, name="image")
+app.add_typer(keys.app, name="key")
+app.add_typer(ops.app, name="op")
+app.add_typer(ops.nodes, name="node")
+
+
+def main() -> None:
+    try:
+        app()
+    except CorralError as err:
+        where = f" [{err.field}]" if err.field else ""
+        err_console.print(f"[red]error:[/red] {err.message}{where}", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""`corral op …` and `corral node ls`."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from corral.cli.common import console, opts, wait_op
+from corral.units import format_size
+
+app = typer.Typer(help="Operations: list, show, wait, cancel.", no_args_is_help=True)
+nodes = typer.Typer(help="Nodes (hypervisor hosts).", no_args_is_help=True)
+
+
+@app.command("ls")
+def op_ls(ctx: typer.Context, limit: int = 20, target: str | None = None) -> None:
+    """Recent operations, newest first."""
+    table = Table(box=None, header_style="bold")
+    for col in ("ID", "TYPE", "TARGET", "STATUS", "PROGRESS", "MESSAGE", "CREATED"):
+        table.add_column(col)
+    for op in opts(ctx).client().operation_list(limit, target):
+        msg = op.error.message if op.error else op.message
+        table.add_row(op.id, op.type, op.target_id, op.status, f"{op.progress:.0%}", msg[:60],
+                      op.created_at.strftime("%H:%M:%S"))
+    console.print(table)
+
+
+@app.command("show")
+def op_show(ctx: typer.Context, op_id: str) -> None:
+    """One operation with its events."""
+    c = opts(ctx).client()
+    print(c.operation_show(op_id).model_dump_json(indent=2))
+    for e in c.operation_events(op_id):
+        print(f"  {e.time:%H:%M:%S.%f} {e.kind:10} {e.progress:4.0%} {e.message}")
+
+
+@app.command("wait")
+def op_wait(ctx: typer.Context, op_id: str) -> None:
+    """Wait for an operation to finish."""
+    c = opts(ctx).client()
+    op = wait_op(c, c.operation_show(op_id), op_id)
+    console.print(f"{op.id}: {op.status}")
+
+
+@app.command("cancel")
+def op_cancel(ctx: typer.Context, op_id: str) -> None:
+    """Cancel a running operation."""
+    op = opts(ctx).client().operation_cancel(op_id)
+    console.print(f"{op.id}: {op.status}")
+
+
+@nodes.command("ls")
+def node_ls(ctx: typer.Context) -> None:
+    """Nodes, their accelerator and load."""
+    table = Table(box=None, header_style="bold")
+    for col in ("NAME", "ID", "STATE", "CPUS", "MEMORY", "ACCEL", "QEMU", "INSTANCES"):
+        table.add_column(col)
+    for n in opts(ctx).client().node_list():
+        table.add_row(n.name, n.id, n.state, str(n.cpus), format_size(n.memory), n.accel,
+                      n.qemu_version, str(n.instances))
+    console.print(table)

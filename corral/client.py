@@ -1,0 +1,215 @@
+"""The client library: one method per API endpoint, returning the shared wire models. The CLI
+uses nothing else to talk to Corral."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from corral import models
+from corral.config import DEFAULT_PORT, DEFAULT_STATE_DIR
+from corral.errors import Code, CorralError, EnvironmentProblem, Unauthorized
+
+USER_CONFIG = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "corral"
+
+
+class ApiError(CorralError):
+    """An error answer from the API, keeping its code, field and HTTP status."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        err = body.get("error") or {}
+        code = err.get("code", "internal")
+        super().__init__(err.get("message") or f"HTTP {status}",
+                         code=Code(code) if code in Code.__members__.values() else Code.INTERNAL,
+                         field=err.get("field"), resource=err.get("resource"))
+        self.status = status
+
+
+@dataclass
+class Credentials:
+    endpoint: str
+    access_key_id: str
+    secret_access_key: str
+    source: str
+
+
+def find_credentials(state_dir: Path | None = None, endpoint: str | None = None) -> Credentials:
+    """Environment, then ~/.config/corral/credentials, then <state-dir>/admin.credentials."""
+    env_key, env_secret = os.environ.get("CORRAL_ACCESS_KEY"), os.environ.get("CORRAL_SECRET_KEY")
+    env_endpoint = endpoint or os.environ.get("CORRAL_ENDPOINT")
+    if env_key and env_secret:
+        return Credentials(env_endpoint or f"http://127.0.0.1:{DEFAULT_PORT}", env_key,
+                           env_secret, "environment")
+    sd = state_dir or Path(os.environ.get("CORRAL_STATE_DIR") or DEFAULT_STATE_DIR)
+    candidates = [sd / "admin.credentials"]
+    if state_dir is None and not os.environ.get("CORRAL_STATE_DIR"):
+        candidates.insert(0, USER_CONFIG / "credentials")
+    for path in candidates:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            continue
+        except PermissionError as err:
+            raise Unauthorized(f"cannot read {path}: run as root (sudo) or set "
+                               "CORRAL_ACCESS_KEY and CORRAL_SECRET_KEY") from err
+        except ValueError as err:
+            raise Unauthorized(f"{path} is not valid JSON; remove it") from err
+        return Credentials(env_endpoint or data.get("endpoint") or
+                           f"http://127.0.0.1:{DEFAULT_PORT}",
+                           data["access_key_id"], data["secret_access_key"], str(path))
+    raise EnvironmentProblem(
+        f"no Corral credentials found (looked in {', '.join(map(str, candidates))}); "
+        "start Corral with `corral up` or set CORRAL_ACCESS_KEY and CORRAL_SECRET_KEY")
+
+
+class Client:
+    def __init__(self, creds: Credentials, timeout: float = 60.0) -> None:
+        self.creds = creds
+        self.http = httpx.Client(
+            base_url=creds.endpoint, timeout=timeout,
+            headers={"Authorization": f"Bearer {creds.access_key_id}:{creds.secret_access_key}"})
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            resp = self.http.request(method, path, **kw)
+        except httpx.ConnectError as err:
+            raise EnvironmentProblem(
+                f"Corral is not answering at {self.creds.endpoint}; start it with "
+                "`corral up --detach` (or check `corral status`)") from err
+        except httpx.TimeoutException as err:
+            raise CorralError(f"Corral at {self.creds.endpoint} did not answer in time") from err
+        if resp.status_code >= 400:
+            try:
+                body = resp.json()
+            except ValueError:
+                body = {"error": {"code": "internal", "message": resp.text[:300]}}
+            raise ApiError(resp.status_code, body)
+        if resp.status_code == 204:
+            return None
+        ctype = resp.headers.get("content-type", "")
+        return resp.json() if "json" in ctype else resp.text
+
+    # -- system ----------------------------------------------------------------------------
+    def health(self) -> dict[str, str]:
+        return self._call("GET", "/v1/health")  # type: ignore[no-any-return]
+
+    def system_show(self) -> models.SystemInfo:
+        return models.SystemInfo.model_validate(self._call("GET", "/v1/system"))
+
+    def system_shutdown(self, stop_instances: bool, timeout: float | None = None) -> None:
+        self._call("POST", "/v1/system/shutdown",
+                   json={"stop_instances": stop_instances, "timeout": timeout},
+                   timeout=(timeout or 60) + 120)
+
+    def node_list(self) -> list[models.Node]:
+        return [models.Node.model_validate(x) for x in self._call("GET", "/v1/nodes")]
+
+    # -- instances -------------------------------------------------------------------------
+    def instance_list(self, all: bool = True) -> list[models.Instance]:
+        data = self._call("GET", "/v1/instances", params={"all": str(all).lower()})
+        return [models.Instance.model_validate(x) for x in data]
+
+    def instance_run(self, req: models.InstanceCreate) -> models.InstanceAccepted:
+        data = self._call("POST", "/v1/instances", json=req.model_dump(exclude_none=True))
+        return models.InstanceAccepted.model_validate(data)
+
+    def instance_show(self, ref: str) -> models.Instance:
+        return models.Instance.model_validate(self._call("GET", f"/v1/instances/{ref}"))
+
+    def instance_start(self, ref: str) -> models.InstanceAccepted:
+        return models.InstanceAccepted.model_validate(
+            self._call("POST", f"/v1/instances/{ref}/start"))
+
+    def instance_stop(self, ref: str, timeout: float | None = None,
+                      force: bool = False) -> models.InstanceAccepted:
+        body = models.StopRequest(timeout=timeout, force=force).model_dump(exclude_none=True)
+        return models.InstanceAccepted.model_validate(
+            self._call("POST", f"/v1/instances/{ref}/stop", json=body))
+
+    def instance_reboot(self, ref: str, timeout: float | None = None) -> models.InstanceAccepted:
+        body = models.RebootRequest(timeout=timeout).model_dump(exclude_none=True)
+        return models.InstanceAccepted.model_validate(
+            self._call("POST", f"/v1/instances/{ref}/reboot", json=body))
+
+    def instance_terminate(self, ref: str, force: bool = False,
+                           timeout: float | None = None) -> models.InstanceAccepted:
+        params: dict[str, Any] = {"force": str(force).lower()}
+        if timeout is not None:
+            params["timeout"] = timeout
+        return models.InstanceAccepted.model_validate(
+            self._call("DELETE", f"/v1/instances/{ref}", params=params))
+
+    def instance_console_output(self, ref: str, tail: int = 65536) -> str:
+        return str(self._call("GET", f"/v1/instances/{ref}/console-output",
+                              params={"tail": tail}))
+
+    def instance_ssh(self, ref: str, port: int = 22) -> models.SshEndpoint:
+        return models.SshEndpoint.model_validate(
+            self._call("POST", f"/v1/instances/{ref}/ssh", params={"port": port}))
+
+    def console_url(self, ref: str) -> str:
+        return self.creds.endpoint.replace("http", "ws", 1) + f"/v1/instances/{ref}/console"
+
+    def auth_header(self) -> str:
+        return f"Bearer {self.creds.access_key_id}:{self.creds.secret_access_key}"
+
+    # -- images ----------------------------------------------------------------------------
+    def image_list(self) -> list[models.Image]:
+        return [models.Image.model_validate(x) for x in self._call("GET", "/v1/images")]
+
+    def image_show(self, ref: str) -> models.Image:
+        return models.Image.model_validate(self._call("GET", f"/v1/images/{ref}"))
+
+    def image_build(self, recipe: str, force: bool = False) -> models.ImageAccepted:
+        return models.ImageAccepted.model_validate(self._call(
+            "POST", "/v1/images/build", json={"recipe": recipe, "force": force}))
+
+    def image_remove(self, ref: str) -> models.Image:
+        return models.Image.model_validate(self._call("DELETE", f"/v1/images/{ref}"))
+
+    # -- keys ------------------------------------------------------------------------------
+    def key_list(self) -> list[models.KeyPair]:
+        return [models.KeyPair.model_validate(x) for x in self._call("GET", "/v1/keys")]
+
+    def key_add(self, name: str, public_key: str | None = None,
+                key_type: str = "ed25519") -> models.KeyPairCreated:
+        body = {"name": name, "public_key": public_key, "key_type": key_type}
+        return models.KeyPairCreated.model_validate(self._call("POST", "/v1/keys", json=body))
+
+    def key_show(self, name: str) -> models.KeyPair:
+        return models.KeyPair.model_validate(self._call("GET", f"/v1/keys/{name}"))
+
+    def key_remove(self, name: str) -> None:
+        self._call("DELETE", f"/v1/keys/{name}")
+
+    # -- operations ------------------------------------------------------------------------
+    def operation_list(self, limit: int = 50, target: str | None = None) -> list[models.Operation]:
+        params: dict[str, Any] = {"limit": limit}
+        if target:
+            params["target"] = target
+        return [models.Operation.model_validate(x)
+                for x in self._call("GET", "/v1/operations", params=params)]
+
+    def operation_show(self, op_id: str) -> models.Operation:
+        return models.Operation.model_validate(self._call("GET", f"/v1/operations/{op_id}"))
+
+    def operation_wait(self, op_id: str, timeout: float = 30,
+                       since: int = -1) -> models.Operation:
+        return models.Operation.model_validate(self._call(
+            "GET", f"/v1/operations/{op_id}/wait", params={"timeout": timeout, "since": since},
+            timeout=timeout + 30))
+
+    def operation_events(self, op_id: str, since: int = 0) -> list[models.OperationEvent]:
+        return [models.OperationEvent.model_validate(x) for x in self._call(
+            "GET", f"/v1/operations/{op_id}/events", params={"since": since})]
+
+    def operation_cancel(self, op_id: str) -> models.Operation:
+        return models.Operation.model_validate(self._call("DELETE", f"/v1/operations/{op_id}"))

@@ -1,0 +1,115 @@
+"""Accounts and access keys. The all-in-one set-up makes an ``admin`` account and writes its
+key to ``<state>/admin.credentials`` (mode 0600) for the CLI on the same host."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from corral.errors import Exists, Invalid, NotFound, Unauthorized
+from corral.fsutil import atomic_write
+from corral.ids import new_access_key, new_account_id
+from corral.store import Store
+from corral.store.models import AccessKey, Account
+
+ACCOUNT_NAME_MAX = 64
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: every API request runs as one account."""
+
+    account_id: str
+    account_name: str
+    admin: bool
+    access_key_id: str
+
+
+class Accounts:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._cache: dict[str, tuple[str, Caller]] = {}
+
+    async def create(self, name: str, admin: bool = False) -> Account:
+        if not name or len(name) > ACCOUNT_NAME_MAX or not name.replace("-", "").isalnum():
+            raise Invalid(f"account name {name!r} must be 1-64 letters, digits or hyphens",
+                          field="name")
+        async with self.store.write() as s:
+            if await s.scalar(select(Account).where(Account.name == name)):
+                raise Exists(f"account {name} already exists", field="name", resource="account")
+            acct = Account(id=new_account_id(), name=name, admin=admin)
+            s.add(acct)
+        return acct
+
+    async def get(self, ref: str) -> Account:
+        async with self.store.read() as s:
+            acct = await s.get(Account, ref) or await s.scalar(
+                select(Account).where(Account.name == ref))
+        if acct is None:
+            raise NotFound(f"account {ref} does not exist", resource="account")
+        return acct
+
+    async def list(self) -> list[Account]:
+        async with self.store.read() as s:
+            return list(await s.scalars(select(Account).order_by(Account.created_at)))
+
+    async def create_key(self, account_id: str, description: str = "") -> AccessKey:
+        key_id, secret = new_access_key()
+        async with self.store.write() as s:
+            key = AccessKey(id=key_id, account_id=account_id, secret=secret,
+                            description=description)
+            s.add(key)
+        return key
+
+    async def authenticate(self, key_id: str, secret: str) -> Caller:
+        caller = await self.lookup(key_id)
+        expected = self._cache[key_id][0]
+        if not hmac.compare_digest(expected.encode(), secret.encode()):
+            raise Unauthorized("the secret access key does not match the access key id")
+        return caller
+
+    async def lookup(self, key_id: str) -> Caller:
+        """The account behind an access key id (cached; the secret stays server-side)."""
+        if key_id not in self._cache:
+            async with self.store.read() as s:
+                row = await s.get(AccessKey, key_id)
+                acct = await s.get(Account, row.account_id) if row is not None else None
+            if row is None or acct is None or not row.active:
+                raise Unauthorized(f"access key {key_id} is not known to this Corral")
+            self._cache[key_id] = (row.secret, Caller(acct.id, acct.name, acct.admin, key_id))
+        return self._cache[key_id][1]
+
+    def secret_for(self, key_id: str) -> str:
+        return self._cache[key_id][0]
+
+    async def ensure_admin(self, credentials_file: Path, endpoint: str) -> Caller:
+        """The admin account, and a key for it in ``credentials_file`` (kept if it still works)."""
+        async with self.store.read() as s:
+            admin = await s.scalar(select(Account).where(Account.name == "admin"))
+        if admin is None:
+            admin = await self.create("admin", admin=True)
+        try:
+            data = json.loads(credentials_file.read_text())
+            caller = await self.authenticate(data["access_key_id"], data["secret_access_key"])
+            if caller.account_id == admin.id:
+                if data.get("endpoint") != endpoint:
+                    data["endpoint"] = endpoint
+                    atomic_write(credentials_file, json.dumps(data, indent=2) + "\n", 0o600)
+                return caller
+        except (FileNotFoundError, ValueError, KeyError, Unauthorized):
+            pass
+        key = await self.create_key(admin.id, "all-in-one admin key")
+        write_credentials(credentials_file, key.id, key.secret, admin.id, endpoint)
+        return await self.lookup(key.id)
+
+
+def write_credentials(path: Path, key_id: str, secret: str, account_id: str, endpoint: str) -> None:
+    data = {"access_key_id": key_id, "secret_access_key": secret, "account_id": account_id,
+            "endpoint": endpoint}
+    atomic_write(path, json.dumps(data, indent=2) + "\n", 0o600)
+    os.chmod(path, 0o600)

@@ -1,0 +1,138 @@
+"""Images as the store knows them: records for what the node image stores hold, lookups by
+name or id, builds from recipes (as operations), removal (refused while in use)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from corral import ids
+from corral.controller.accounts import Caller
+from corral.errors import Invalid, NotFound, WrongState
+from corral.images import busybox, recipe
+from corral.images.manifest import Manifest
+from corral.store.models import Image, Instance, Operation, utcnow
+
+if TYPE_CHECKING:
+    from corral.controller.service import Controller
+
+BUILDERS = {"busybox": busybox.build}
+
+
+def image_id_for(digest: str) -> str:
+    """A stable ``ami-`` id for a manifest: the same image gets the same id on every host."""
+    return "ami-" + hashlib.sha256(b"corral-image:" + digest.encode()).hexdigest()[:17]
+
+
+class Images:
+    def __init__(self, ctrl: Controller) -> None:
+        self.ctrl = ctrl
+        ctrl.ops.register("image-build", self._build)
+
+    async def resolve(self, s: AsyncSession, caller: Caller, ref: str) -> Image:
+        """By id, ``name`` (newest version) or ``name:version``; own or public images."""
+        visible = or_(Image.public.is_(True), Image.account_id == caller.account_id)
+        q = select(Image).where(visible, Image.state != "deregistered")
+        if ids.is_id("image", ref):
+            q = q.where(Image.id == ref)
+        elif ":" in ref:
+            name, version = ref.split(":", 1)
+            q = q.where(Image.name == name, Image.version == version)
+        else:
+            q = q.where(Image.name == ref)
+        row = (await s.scalars(q.order_by(Image.created_at.desc()))).first()
+        if row is None:
+            raise NotFound(f"image {ref} does not exist; `corral image ls` lists the images, "
+                           "`corral image build tiny` builds the built-in one",
+                           field="image", resource="image")
+        return row
+
+    async def get(self, caller: Caller, ref: str) -> Image:
+        async with self.ctrl.store.read() as s:
+            return await self.resolve(s, caller, ref)
+
+    async def list(self, caller: Caller) -> list[Image]:
+        async with self.ctrl.store.read() as s:
+            return list(await s.scalars(select(Image).where(
+                or_(Image.public.is_(True), Image.account_id == caller.account_id),
+                Image.state != "deregistered").order_by(Image.name, Image.created_at)))
+
+    async def register(self, manifest: Manifest, account_id: str | None = None,
+                       public: bool = True) -> Image:
+        """The record for a manifest in the image store (idempotent)."""
+        iid = image_id_for(manifest.digest)
+        async with self.ctrl.store.write() as s:
+            row = await s.get(Image, iid)
+            if row is None:
+                same = await s.scalar(select(Image).where(
+                    Image.account_id.is_(account_id) if account_id is None
+                    else Image.account_id == account_id,
+                    Image.name == manifest.name, Image.version == manifest.version))
+                version = manifest.version
+                if same is not None:
+                    # the same name and version with other content: a rebuild; keep both
+                    version = f"{manifest.version}-{manifest.digest[:8]}"
+                row = Image(id=iid, account_id=account_id, name=manifest.name, version=version,
+                            digest=manifest.digest, state="available", public=public,
+                            arch=manifest.arch, kind=manifest.kind,
+                            description=manifest.description, default_user=manifest.default_user,
+                            size=manifest.size, virtual_size=manifest.root_disk.virtual_size or 0,
+                            created_at=utcnow())
+                s.add(row)
+            elif row.state == "deregistered":
+                row.state = "available"
+        return row
+
+    async def sync_from_store(self) -> list[Image]:
+        store = self.ctrl.image_store
+        return [await self.register(m) for m in await asyncio.to_thread(store.list)]
+
+    async def build(self, caller: Caller, recipe_ref: str, force: bool = False) -> Operation:
+        r = recipe.load(recipe_ref)  # raises NotFound/Invalid before anything starts
+        if r.kind not in BUILDERS:
+            raise Invalid(f"recipe {r.name} is of kind {r.kind}; this Corral builds "
+                          f"{', '.join(BUILDERS)}", field="recipe")
+        return await self.ctrl.ops.submit(
+            "image-build", account_id=caller.account_id, target_kind="image", target_id=r.name,
+            params={"recipe": str(r.directory), "force": force},
+            requested_by=caller.access_key_id)
+
+    async def _build(self, ctx: Any) -> dict[str, Any]:
+        r = recipe.load(ctx.params["recipe"])
+        loop = asyncio.get_running_loop()
+
+        def progress(fraction: float, message: str) -> None:
+            asyncio.run_coroutine_threadsafe(ctx.progress(fraction, message), loop)
+
+        digest = await asyncio.to_thread(BUILDERS[r.kind], r, self.ctrl.image_store,
+                                         self.ctrl.settings.cache_dir, progress,
+                                         bool(ctx.params.get("force")))
+        manifest = self.ctrl.image_store.get_manifest(digest)
+        row = await self.register(manifest)
+        return {"image_id": row.id, "digest": digest, "name": row.name, "version": row.version}
+
+    async def remove(self, caller: Caller, ref: str) -> Image:
+        async with self.ctrl.store.write() as s:
+            row = await self.resolve(s, caller, ref)
+            if row.account_id is not None and row.account_id != caller.account_id:
+                raise NotFound(f"image {ref} does not exist", resource="image")
+            if row.account_id is None and not caller.admin:
+                raise WrongState(f"image {row.name} is a built-in image; only an admin may "
+                                 "remove it", resource="image")
+            users = list(await s.scalars(select(Instance.name).where(
+                Instance.image_id == row.id, Instance.state != "terminated")))
+            if users:
+                raise WrongState(f"image {row.name} is used by {', '.join(sorted(users))}; "
+                                 "terminate them first", resource="image")
+            row.state = "deregistered"
+            digest = row.digest
+            others = await s.scalar(select(Image.id).where(Image.digest == digest,
+                                                           Image.id != row.id,
+                                                           Image.state != "deregistered"))
+        if not others:
+            await asyncio.to_thread(self.ctrl.image_store.remove, digest)
+        return row

@@ -1,0 +1,96 @@
+"""Networks: one default network per node (in issue order: more come with the networking work).
+The controller owns the records; the node's dnsmasq gets the host list from here."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from corral import ids
+from corral.errors import NotFound
+from corral.node.spec import HostRecord, NetworkSpec
+from corral.store.models import Instance, Network
+
+if TYPE_CHECKING:
+    from corral.controller.service import Controller
+
+BRIDGE = "cbr0"
+
+
+class Networks:
+    def __init__(self, ctrl: Controller) -> None:
+        self.ctrl = ctrl
+
+    async def ensure_default(self, node_id: str) -> Network:
+        """The node's default network, matching the configured subnet and domain."""
+        st = self.ctrl.settings
+        net = ipaddress.ip_network(st.subnet)
+        async with self.ctrl.store.write() as s:
+            row = await s.scalar(select(Network).where(Network.node_id == node_id,
+                                                       Network.name == "default"))
+            if row is None:
+                row = Network(id=ids.new_id("network"), name="default", node_id=node_id,
+                              cidr=str(net), gateway=str(next(net.hosts())), domain=st.domain,
+                              namespace=st.namespace, bridge=BRIDGE)
+                s.add(row)
+            elif (row.cidr, row.domain, row.namespace) != (str(net), st.domain, st.namespace):
+                live = await s.scalar(select(Instance.id).where(
+                    Instance.network_id == row.id, Instance.state != "terminated"))
+                if live and row.cidr != str(net):
+                    from corral.errors import WrongState
+
+                    raise WrongState(
+                        f"the subnet changed from {row.cidr} to {net} but instances still use "
+                        f"the old one; terminate them first or keep --subnet {row.cidr}",
+                        field="subnet")
+                row.cidr, row.gateway = str(net), str(next(net.hosts()))
+                row.domain, row.namespace = st.domain, st.namespace
+        return row
+
+    async def default(self, s: AsyncSession, node_id: str) -> Network:
+        row = await s.scalar(select(Network).where(Network.node_id == node_id,
+                                                   Network.name == "default"))
+        if row is None:
+            raise NotFound(f"node {node_id} has no default network yet", resource="network")
+        return row
+
+    @staticmethod
+    def spec(row: Network) -> NetworkSpec:
+        return NetworkSpec(id=row.id, namespace=row.namespace, bridge=row.bridge, cidr=row.cidr,
+                           gateway=row.gateway, domain=row.domain)
+
+    async def hosts(self, s: AsyncSession, network: Network) -> list[HostRecord]:
+        rows = await s.scalars(select(Instance).where(
+            Instance.network_id == network.id, Instance.state != "terminated",
+            Instance.private_ip.is_not(None)).order_by(Instance.private_ip))
+        out = []
+        for inst in rows:
+            assert inst.private_ip is not None
+            out.append(HostRecord(mac=inst.mac, address=inst.private_ip, names=[
+                inst.name, f"{inst.name}.{network.domain}", f"{inst.id}.{network.domain}"]))
+        return out
+
+    async def ensure_on_node(self, network_id: str) -> None:
+        async with self.ctrl.store.read() as s:
+            row = await s.get(Network, network_id)
+            if row is None:
+                return
+            hosts = await self.hosts(s, row)
+        await self.ctrl.node(row.node_id).network_ensure(self.spec(row), hosts)
+
+    async def sync_hosts(self, network_id: str | None) -> None:
+        if network_id is None:
+            return
+        async with self.ctrl.store.read() as s:
+            row = await s.get(Network, network_id)
+            if row is None:
+                return
+            hosts = await self.hosts(s, row)
+        await self.ctrl.node(row.node_id).network_hosts(self.spec(row), hosts)
+
+    async def by_namespace(self, namespace: str) -> list[Network]:
+        async with self.ctrl.store.read() as s:
+            return list(await s.scalars(select(Network).where(Network.namespace == namespace)))

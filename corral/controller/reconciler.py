@@ -1,0 +1,204 @@
+"""The reconciler: compares what the store wants with what nodes report and acts until they
+agree. Level-triggered and idempotent: it runs every few seconds, at start, and whenever a
+node reports an exit; any step may be repeated after a crash.
+
+``decide`` is pure (state in, action out), so the policy is tested without a node."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from corral.errors import CorralError
+from corral.node.spec import ObservedInstance
+from corral.store.models import Instance, utcnow
+
+if TYPE_CHECKING:
+    from corral.controller.service import Controller
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MAX = 300.0
+CRASH_WINDOW = 600.0
+
+
+class Action(StrEnum):
+    NONE = "none"
+    MARK_RUNNING = "mark-running"
+    MARK_STOPPED = "mark-stopped"
+    RESTART = "restart"
+    START = "start"
+    STOP = "stop"
+    DESTROY = "destroy"
+    WAIT = "wait"  # a restart is due later (crash-loop back-off)
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str = ""
+
+
+def decide(inst: Instance, obs: ObservedInstance | None, *, now: float,
+           next_restart_at: float = 0.0) -> Decision:
+    running = obs is not None and obs.running
+    if inst.desired_state == "terminated":
+        return Decision(Action.DESTROY, "finishing an interrupted termination")
+    if inst.desired_state == "stopped":
+        if running:
+            return Decision(Action.STOP, "running although it should be stopped")
+        if inst.state != "stopped":
+            return Decision(Action.MARK_STOPPED, inst.state_reason)
+        return Decision(Action.NONE)
+    # desired running
+    if running:
+        assert obs is not None
+        if inst.state != "running" or inst.pid != obs.pid:
+            return Decision(Action.MARK_RUNNING, f"found running as pid {obs.pid}")
+        return Decision(Action.NONE)
+    if inst.state in ("pending", "stopped", "stopping"):
+        return Decision(Action.START, "resuming an interrupted start")
+    exit_reason = obs.exit.reason if obs is not None and obs.exit is not None else "unknown"
+    detail = obs.exit.detail if obs is not None and obs.exit is not None else ""
+    if exit_reason == "guest-shutdown":
+        if inst.restart_policy == "always":
+            return _restart(now, next_restart_at, "the guest powered off (restart policy always)")
+        return Decision(Action.MARK_STOPPED,
+                        "Client.InstanceInitiatedShutdown: the guest powered itself off")
+    what = f"QEMU {detail}" if detail else "QEMU exited unexpectedly"
+    if exit_reason == "unknown":
+        what = "QEMU exited while Corral was not watching"
+    if inst.restart_policy == "never":
+        return Decision(Action.MARK_STOPPED, f"Server.InternalError: {what} (restart policy never)")
+    return _restart(now, next_restart_at, f"{what}; restarted (restart policy {inst.restart_policy})")
+
+
+def _restart(now: float, next_restart_at: float, reason: str) -> Decision:
+    if now < next_restart_at:
+        return Decision(Action.WAIT, reason)
+    return Decision(Action.RESTART, reason)
+
+
+class Reconciler:
+    def __init__(self, ctrl: Controller) -> None:
+        self.ctrl = ctrl
+        self._poke = asyncio.Event()
+        self.crashes: dict[str, list[float]] = {}
+        self.strays: dict[str, list[str]] = {}  # node id -> descriptions
+        self._reported: set[str] = set()
+        self.passes = 0
+
+    def poke(self) -> None:
+        self._poke.set()
+
+    def next_restart_at(self, iid: str) -> float:
+        now = time.monotonic()
+        recent = [t for t in self.crashes.get(iid, []) if now - t < CRASH_WINDOW]
+        self.crashes[iid] = recent
+        if len(recent) <= 1:
+            return 0.0
+        return recent[-1] + min(2.0 ** (len(recent) - 1), BACKOFF_MAX)
+
+    async def run(self) -> None:
+        interval = self.ctrl.settings.reconcile_interval
+        while True:
+            try:
+                await self.reconcile_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconcile pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), interval)
+            self._poke.clear()
+
+    async def reconcile_once(self) -> None:
+        self.passes += 1
+        for node_id in list(self.ctrl.nodes):
+            await self._reconcile_node(node_id)
+
+    async def _reconcile_node(self, node_id: str) -> None:
+        node = self.ctrl.node(node_id)
+        observed = {o.id: o for o in await node.instances()}
+        rows = await self.ctrl.instances.on_node(node_id)
+        known = {r.id for r in rows}
+        for inst in rows:
+            if self.ctrl.ops.active_for(inst.id) or self.ctrl.instances.lock(inst.id).locked():
+                continue
+            if inst.state == "terminated" and inst.desired_state == "terminated":
+                continue
+            d = decide(inst, observed.get(inst.id), now=time.monotonic(),
+                       next_restart_at=self.next_restart_at(inst.id))
+            if d.action not in (Action.NONE, Action.WAIT):
+                try:
+                    await self._apply(inst, d, observed.get(inst.id))
+                except CorralError as err:
+                    log.warning("reconcile %s (%s): %s", inst.name, d.action, err.message)
+        self._report_strays(node_id, observed, known)
+
+    async def _apply(self, inst: Instance, d: Decision, obs: ObservedInstance | None) -> None:
+        inst_mgr = self.ctrl.instances
+        node = self.ctrl.node(inst.node_id)
+        log.info("reconcile %s (%s): %s - %s", inst.name, inst.id, d.action, d.reason)
+        async with inst_mgr.lock(inst.id):
+            if d.action == Action.MARK_RUNNING:
+                assert obs is not None
+                await inst_mgr._set(inst.id, state="running", pid=obs.pid,
+                                    started_at=inst.started_at or utcnow())
+            elif d.action == Action.MARK_STOPPED:
+                await inst_mgr._set(inst.id, state="stopped", desired_state="stopped", pid=None,
+                                    stopped_at=utcnow(), state_reason=d.reason)
+            elif d.action == Action.STOP:
+                await node.instance_stop(inst.id, inst_mgr._timeout(inst, None))
+                await inst_mgr._set(inst.id, state="stopped", pid=None, stopped_at=utcnow())
+            elif d.action in (Action.RESTART, Action.START):
+                async with self.ctrl.store.read() as s:
+                    spec = await inst_mgr.spec(s, inst)
+                if d.action == Action.RESTART:
+                    self.crashes.setdefault(inst.id, []).append(time.monotonic())
+                try:
+                    pid = await node.instance_start(spec)
+                except CorralError as err:
+                    await inst_mgr._set(inst.id, state_reason=f"restart failed: {err.message}")
+                    raise
+                values = {"state": "running", "pid": pid, "started_at": utcnow()}
+                if d.action == Action.RESTART:
+                    values |= {"restarts": inst.restarts + 1, "state_reason": d.reason}
+                await inst_mgr._set(inst.id, **values)
+            elif d.action == Action.DESTROY:
+                async with self.ctrl.store.read() as s:
+                    spec = await inst_mgr.spec(s, inst)
+                await node.instance_stop(inst.id, 0, force=True)
+                await node.instance_destroy(inst.id, spec.tap)
+                from corral.controller import ipam
+
+                async with self.ctrl.store.write() as s:
+                    row = await s.get(Instance, inst.id)
+                    if row is not None:
+                        row.state = "terminated"
+                        row.pid = None
+                        row.private_ip = None
+                        row.terminated_at = row.terminated_at or utcnow()
+                        await ipam.release(s, inst.id)
+                await self.ctrl.networks.sync_hosts(inst.network_id)
+
+    def _report_strays(self, node_id: str, observed: dict[str, ObservedInstance],
+                       known: set[str]) -> None:
+        found = []
+        for iid, obs in observed.items():
+            if iid in known:
+                continue
+            if obs.running:
+                what = f"{iid}: QEMU pid {obs.pid} runs but the store has no such instance"
+            else:
+                what = f"{iid}: files on the node but no such instance in the store"
+            found.append(what)
+            if what not in self._reported:
+                self._reported.add(what)
+                log.warning("stray on node %s: %s", node_id, what)
+        self.strays[node_id] = found

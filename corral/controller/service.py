@@ -1,0 +1,136 @@
+"""The controller: store, operations, resource managers, reconciler, node clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+
+from sqlalchemy import delete, select
+
+from corral.config import Settings
+from corral.controller.accounts import Accounts, Caller
+from corral.controller.images import Images
+from corral.controller.instances import Instances
+from corral.controller.keypairs import KeyPairs
+from corral.controller.networks import Networks
+from corral.controller.operations import Operations
+from corral.controller.reconciler import Reconciler
+from corral.errors import NotFound
+from corral.images.store import ImageStore
+from corral.node.client import NodeClient
+from corral.node.spec import ExitInfo
+from corral.store import Store
+from corral.store.models import Instance, Node, utcnow
+
+log = logging.getLogger(__name__)
+
+TERMINATED_TTL = dt.timedelta(hours=1)  # terminated instances stay visible this long, as on EC2
+
+
+class Controller:
+    def __init__(self, settings: Settings, store: Store, image_store: ImageStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.image_store = image_store
+        self.nodes: dict[str, NodeClient] = {}
+        self.ops = Operations(store)
+        self.accounts = Accounts(store)
+        self.networks = Networks(self)
+        self.images = Images(self)
+        self.instances = Instances(self)
+        self.keypairs = KeyPairs(self)
+        self.reconciler = Reconciler(self)
+        self.admin: Caller | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def node(self, node_id: str | None) -> NodeClient:
+        if node_id is None or node_id not in self.nodes:
+            raise NotFound(f"node {node_id} is not connected to this controller", resource="node")
+        return self.nodes[node_id]
+
+    async def add_node(self, client: NodeClient, name: str, address: str = "local") -> str:
+        """Register a node (idempotent by name) and remember its client."""
+        info = await client.info()
+        async with self.store.write() as s:
+            row = await s.scalar(select(Node).where(Node.name == name))
+            if row is None:
+                row = Node(id=f"node-{name}"[:32], name=name)
+                s.add(row)
+            row.address = address
+            row.state = "up"
+            row.cpus, row.memory = info.cpus, info.memory
+            row.accel, row.accel_reason = info.accel.accel, info.accel.reason
+            row.qemu_version = info.qemu_version
+            row.facts = dict(info.facts)
+            row.last_seen = utcnow()
+        self.nodes[row.id] = client
+        return row.id
+
+    def on_node_exit(self, iid: str, info: ExitInfo) -> None:
+        """A node saw a QEMU exit: reconcile now rather than at the next tick."""
+        log.info("instance %s exited (%s %s)", iid, info.reason, info.detail)
+        self.reconciler.poke()
+
+    async def start(self) -> None:
+        """Bring the controller up: admin account, images, networks, unfinished operations,
+        one reconcile pass, then the background loops. Nodes are added before this."""
+        self.admin = await self.accounts.ensure_admin(
+            self.settings.state_dir / "admin.credentials", self.settings.api_url)
+        await self.images.sync_from_store()
+        for node_id in self.nodes:
+            net = await self.networks.ensure_default(node_id)
+            await self.networks.ensure_on_node(net.id)
+        await self.ops.resume()
+        await self.reconciler.reconcile_once()
+        self._tasks.append(asyncio.create_task(self.reconciler.run(), name="reconciler"))
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            try:
+                await self.purge_terminated()
+                for node_id in self.nodes:
+                    async with self.store.read() as s:
+                        net = await self.networks.default(s, node_id)
+                    await self.networks.ensure_on_node(net.id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("housekeeping failed")
+
+    async def purge_terminated(self) -> int:
+        cutoff = utcnow() - TERMINATED_TTL
+        async with self.store.write() as s:
+            res = await s.execute(delete(Instance).where(
+                Instance.state == "terminated", Instance.desired_state == "terminated",
+                Instance.terminated_at < cutoff))
+        return int(getattr(res, "rowcount", 0) or 0)
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await self.ops.close()
+
+    async def stop_all(self, timeout: float | None = None) -> None:
+        """Stop every running instance (``corral down --stop-instances``) and wait."""
+        assert self.admin is not None
+        async with self.store.read() as s:
+            rows = list(await s.scalars(select(Instance).where(
+                Instance.state.in_(("pending", "running")))))
+        pending = []
+        for inst in rows:
+            caller = Caller(inst.account_id, "", False, "system")
+            _, op = await self.instances.stop(caller, inst.id, timeout=timeout)
+            if op is not None:
+                pending.append(op.id)
+        for op_id in pending:
+            await self.ops.wait(op_id, timeout=(timeout or self.settings.stop_timeout) + 30)
+
+

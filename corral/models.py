@@ -1,0 +1,192 @@
+"""Wire models: the shapes the native REST API speaks. Shared by the server, the client library
+and the CLI (one definition each), and by the controller for the requests it accepts."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RestartPolicy = Literal["always", "on-failure", "never"]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+    resource: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class InstanceCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: str = Field(description="image name (tiny), name:version, or id (ami-…)")
+    name: str | None = Field(None, description="host name; generated when left out")
+    cpus: int = Field(1, ge=1, le=64)
+    memory: str | int = Field("256M", description="guest memory, e.g. 256M or 1G")
+    disk: str | int | None = Field(None, description="root disk size; default the image's")
+    keys: list[str] = Field(default_factory=list, description="names of key pairs")
+    public_keys: list[str] = Field(default_factory=list, description="OpenSSH public keys")
+    user_data: str | None = Field(None, description="user-data (a script starting with #!)")
+    restart_policy: RestartPolicy = "on-failure"
+    address: str | None = Field(None, description="a fixed private address")
+    stop_timeout: float | None = Field(None, ge=0, le=3600)
+
+
+class Instance(BaseModel):
+    id: str
+    name: str
+    account_id: str
+    image_id: str
+    image_name: str = ""
+    state: str
+    state_code: int
+    desired_state: str
+    state_reason: str = ""
+    node: str | None = None
+    cpus: int
+    memory: int
+    disk_size: int
+    private_ip: str | None = None
+    mac: str
+    hostname: str = ""
+    key_name: str | None = None
+    restart_policy: str
+    restarts: int = 0
+    pid: int | None = None
+    launch_time: dt.datetime
+    started_at: dt.datetime | None = None
+    stopped_at: dt.datetime | None = None
+    terminated_at: dt.datetime | None = None
+
+
+class Operation(BaseModel):
+    id: str
+    type: str
+    status: str
+    target_kind: str
+    target_id: str
+    progress: float
+    message: str = ""
+    error: ErrorBody | None = None
+    result: dict[str, Any] = Field(default_factory=dict)
+    seq: int = 0
+    created_at: dt.datetime
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+
+
+class OperationEvent(BaseModel):
+    seq: int
+    time: dt.datetime
+    kind: str
+    message: str
+    progress: float
+
+
+class InstanceAccepted(BaseModel):
+    operation: Operation | None = Field(None, description="absent when nothing had to be done")
+    instance: Instance
+
+
+class StopRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    timeout: float | None = Field(None, ge=0, le=3600, description="seconds before forcing")
+    force: bool = False
+
+
+class RebootRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    timeout: float | None = Field(None, ge=0, le=3600)
+
+
+class Image(BaseModel):
+    id: str
+    name: str
+    version: str
+    digest: str
+    state: str
+    public: bool
+    owner: str | None = None
+    arch: str
+    kind: str
+    description: str = ""
+    default_user: str
+    size: int
+    virtual_size: int
+    created_at: dt.datetime
+
+
+class ImageBuild(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    recipe: str = Field(description="a built-in recipe name (tiny) or a recipe path on the server")
+    force: bool = False
+
+
+class ImageAccepted(BaseModel):
+    operation: Operation
+    image: Image | None = None
+
+
+class KeyPair(BaseModel):
+    id: str
+    name: str
+    key_type: str
+    fingerprint: str
+    public_key: str
+    created_at: dt.datetime
+
+
+class KeyPairCreated(KeyPair):
+    private_key: str | None = None
+
+
+class KeyImport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    public_key: str | None = Field(None, description="import this key; create a pair if absent")
+    key_type: Literal["rsa", "ed25519"] = "ed25519"
+
+
+class SshEndpoint(BaseModel):
+    host: str
+    port: int
+    user: str
+    address: str
+
+
+class Node(BaseModel):
+    id: str
+    name: str
+    state: str
+    cpus: int
+    memory: int
+    accel: str
+    accel_reason: str
+    qemu_version: str
+    last_seen: dt.datetime | None = None
+    instances: int = 0
+    strays: list[str] = Field(default_factory=list)
+
+
+class SystemInfo(BaseModel):
+    version: str
+    region: str
+    availability_zone: str
+    state_dir: str
+    database: str
+    namespace: str
+    subnet: str
+    domain: str
+    node: dict[str, Any]
+    checks: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Shutdown(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stop_instances: bool = False
+    timeout: float | None = None

@@ -1,0 +1,43 @@
+"""What the controller may ask of a node. The agent itself satisfies it in all-in-one mode; a
+fake (``corral.node.fake``) satisfies it for fast controller tests."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from corral.node.spec import (
+    ExitInfo,
+    ForwardInfo,
+    HostRecord,
+    InstanceSpec,
+    NetworkSpec,
+    NodeInfo,
+    ObservedInstance,
+)
+
+
+class NodeClient(Protocol):
+    async def info(self) -> NodeInfo: ...
+
+    async def network_ensure(self, spec: NetworkSpec, hosts: list[HostRecord]) -> None: ...
+
+    async def network_hosts(self, spec: NetworkSpec, hosts: list[HostRecord]) -> None: ...
+
+    async def instance_create(self, spec: InstanceSpec) -> None: ...
+
+    async def instance_start(self, spec: InstanceSpec) -> int: ...
+
+    async def instance_stop(self, iid: str, timeout: float, force: bool = False) -> ExitInfo | None: ...
+
+    async def instance_reboot(self, iid: str, timeout: float) -> str: ...
+
+    async def instance_destroy(self, iid: str, tap: str | None = None) -> None: ...
+
+    async def instances(self) -> list[ObservedInstance]: ...
+
+    async def console_log(self, iid: str, tail: int = 65536) -> bytes: ...
+
+    async def console_connect(self, iid: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
+
+    async def forward(self, iid: str, address: str, port: int) -> ForwardInfo: ...
