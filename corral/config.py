@@ -34,6 +34,7 @@ class Settings:
     cache_dir: Path = Path("/var/cache/corral")
     region: str = "corral-1"
     node_name: str = ""  # empty: the host name
+    qemu: str = "qemu-system-x86_64"  # command or path of the QEMU binary
     extra: dict[str, Any] = field(default_factory=dict)
 
     # -- derived paths ---------------------------------------------------------------------
@@ -116,6 +117,7 @@ _ENV = {
     "CORRAL_CACHE_DIR": "cache_dir",
     "CORRAL_REGION": "region",
     "CORRAL_NODE_NAME": "node_name",
+    "CORRAL_QEMU": "qemu",
 }
 
 

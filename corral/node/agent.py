@@ -49,6 +49,7 @@ def check_host(settings: Settings) -> None:
         raise EnvironmentProblem(
             "Corral's daemon must run as root (it creates network namespaces, taps and cgroups); "
             "run it with sudo")
+    qemu.configure(settings.qemu)
     qemu.binary()
     for binary, package in (("ip", "iproute2"), ("qemu-img", "qemu-utils"),
                             ("dnsmasq", "dnsmasq-base")):
@@ -72,6 +73,7 @@ class NodeAgent:
     def __init__(self, settings: Settings, on_exit: ExitHandler | None = None) -> None:
         self.settings = settings
         self.on_exit = on_exit
+        qemu.configure(settings.qemu)
         self.images = ImageStore(settings.images_dir)
         self.machines: dict[str, Machine] = {}
         self.dnsmasqs: dict[str, dnsmasq.Dnsmasq] = {}

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from corral.errors import EnvironmentProblem
 from corral.node.spec import InstanceSpec
 from corral.proc import need, run
 
@@ -60,9 +62,26 @@ class Paths:
         return self.run / "console.sock"
 
 
+_configured = QEMU
+
+
+def configure(name: str) -> None:
+    """Use ``name`` (a command or a path) as the QEMU binary from now on (settings.qemu)."""
+    global _configured
+    _configured = name
+    binary.cache_clear()
+    version.cache_clear()
+
+
 @functools.cache
 def binary() -> str:
-    return need(QEMU, "qemu-system-x86")
+    if "/" in _configured:
+        if not os.access(_configured, os.X_OK):
+            raise EnvironmentProblem(
+                f"QEMU is missing: {_configured} does not exist or is not executable; install "
+                "the Debian package qemu-system-x86 (scripts/setup does) or fix CORRAL_QEMU")
+        return _configured
+    return need(_configured, "qemu-system-x86")
 
 
 @functools.cache

@@ -15,7 +15,7 @@ from pathlib import Path
 from corral.errors import EnvironmentProblem
 from corral.fsutil import atomic_write, pid_alive, proc_cmdline, read_pidfile
 from corral.node.net import netns
-from corral.proc import need
+from corral.proc import arun, need
 
 
 @dataclass(frozen=True)
@@ -86,9 +86,13 @@ class Dnsmasq:
             if proc_cmdline(pid) == argv:
                 if hosts is not None:
                     os.kill(pid, signal.SIGHUP)
+                    await self.release_stale(hosts)
                 return pid
             await self.stop()
-        return await asyncio.to_thread(self._start, argv)
+        pid = await asyncio.to_thread(self._start, argv)
+        if hosts is not None:
+            await self.release_stale(hosts)
+        return pid
 
     def _start(self, argv: list[str]) -> int:
         enter = netns.preexec(self.namespace)
@@ -119,6 +123,37 @@ class Dnsmasq:
             await self.ensure()
         else:
             os.kill(pid, signal.SIGHUP)
+        await self.release_stale(hosts)
+
+    def leases_held(self) -> list[tuple[str, str, str]]:
+        """(mac, address, client id) of every lease dnsmasq has written down."""
+        out = []
+        try:
+            lines = self.leases.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        for line in lines:
+            parts = line.split()
+            if len(parts) >= 3 and parts[0] != "duid":
+                out.append((parts[1], parts[2], parts[4] if len(parts) > 4 and parts[4] != "*" else ""))
+        return out
+
+    async def release_stale(self, hosts: list[HostEntry]) -> list[str]:
+        """Release leases that no host entry backs any more (a terminated instance's), so its
+        address can go to a new MAC at once: dnsmasq refuses an address leased to another MAC,
+        and our leases never expire. Idempotent; Neutron does the same with dhcp_release."""
+        wanted = {(h.mac, h.address) for h in hosts}
+        released = []
+        for mac, address, client_id in self.leases_held():
+            if (mac, address) in wanted:
+                continue
+            argv = ["ip", "netns", "exec", self.namespace, need("dhcp_release", "dnsmasq-utils"),
+                    self.bridge, address, mac]
+            if client_id:
+                argv.append(client_id)
+            await arun(argv, check=False, timeout=10)
+            released.append(address)
+        return released
 
     async def stop(self, timeout: float = 5.0) -> None:
         pid = self.pid()

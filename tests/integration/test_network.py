@@ -1,0 +1,34 @@
+"""Three instances at once: distinct addresses, each reaches the others by name."""
+
+from __future__ import annotations
+
+import json
+
+from tests.harness import Daemon
+
+
+def test_three_instances_get_distinct_addresses_and_resolve_each_other(corral: Daemon) -> None:
+    names = ["net-a", "net-b", "net-c"]
+    for n in names:
+        corral.cli("run", "tiny", "--name", n, "--memory", "128M", "--no-wait").ok()
+    for n in names:
+        ops = corral.client().operation_list(target=json.loads(
+            corral.cli("show", n, "--json").ok().out)["id"])
+        corral.cli("op", "wait", ops[0].id, timeout=120).ok()
+    infos = {n: json.loads(corral.cli("show", n, "--json").ok().out) for n in names}
+    addresses = {i["private_ip"] for i in infos.values()}
+    assert len(addresses) == 3
+    domain = corral.settings.domain
+    for n in names:
+        for other in names:
+            if other == n:
+                continue
+            out = corral.ssh(n, f"ping -c 1 -W 2 {other} && nslookup {other}.{domain}").ok().out
+            assert infos[other]["private_ip"] in out
+    # the instance id is a DNS name too
+    out = corral.ssh("net-a", f"nslookup {infos['net-b']['id']}.{domain}").ok().out
+    assert infos["net-b"]["private_ip"] in out
+    corral.cli("rm", "--force", *names).ok()
+    # terminated names leave DNS
+    hosts = (corral.state_dir / "networks").glob("*/hosts")
+    assert not any("net-a" in h.read_text() for h in hosts)

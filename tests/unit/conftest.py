@@ -1,0 +1,104 @@
+"""Fixtures for the fast unit tests: a migrated SQLite store in a temporary directory, an image
+store holding one small image, and a controller driving a fake node (no root, no QEMU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from corral import config
+from corral.api.app import create_app
+from corral.api.context import ApiContext
+from corral.config import Settings
+from corral.controller.service import Controller
+from corral.images.store import ImageStore
+from corral.node.fake import FakeNode
+from corral.store import Store
+from tests.unit.helpers import add_image
+
+
+@pytest.fixture(autouse=True)
+def _no_corral_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CORRAL_* variables of the shell running the tests must not leak into the settings."""
+    for name in list(os.environ):
+        if name.startswith("CORRAL_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    state = tmp_path / "state"
+    state.mkdir()
+    return config.load(state, reconcile_interval=3600)
+
+
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty database at the newest schema, made once; each test gets a copy."""
+    path = tmp_path_factory.mktemp("schema") / "template.db"
+    Store(f"sqlite+aiosqlite:///{path}").migrate()
+    return path
+
+
+@pytest.fixture
+async def store(tmp_path: Path, migrated_db: Path) -> AsyncIterator[Store]:
+    path = tmp_path / "t.db"
+    shutil.copyfile(migrated_db, path)
+    db = Store(f"sqlite+aiosqlite:///{path}")
+    yield db
+    await db.close()
+
+
+@pytest.fixture
+def image_store(tmp_path: Path) -> ImageStore:
+    images = ImageStore(tmp_path / "images")
+    add_image(images, tmp_path / "parts")
+    return images
+
+
+@pytest.fixture
+def node() -> FakeNode:
+    return FakeNode()
+
+
+@pytest.fixture
+async def ctrl(settings: Settings, store: Store, image_store: ImageStore,
+               node: FakeNode) -> AsyncIterator[Controller]:
+    controller = Controller(settings, store, image_store)
+    await controller.add_node(node, "n1")
+    await controller.start()
+    yield controller
+    await controller.close()
+
+
+@pytest.fixture
+def credentials(ctrl: Controller, settings: Settings) -> tuple[str, str]:
+    data = json.loads((settings.state_dir / "admin.credentials").read_text())
+    return data["access_key_id"], data["secret_access_key"]
+
+
+@pytest.fixture
+def app_transport(ctrl: Controller, settings: Settings) -> Iterator[httpx.ASGITransport]:
+    yield httpx.ASGITransport(app=create_app(ApiContext(settings, ctrl)))
+
+
+@pytest.fixture
+async def api(app_transport: httpx.ASGITransport,
+              credentials: tuple[str, str]) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the REST API signed in as the admin account."""
+    key_id, secret = credentials
+    async with httpx.AsyncClient(transport=app_transport, base_url="http://corral.test",
+                                 headers={"Authorization": f"Bearer {key_id}:{secret}"}) as c:
+        yield c
+
+
+@pytest.fixture
+async def anonymous(app_transport: httpx.ASGITransport) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(transport=app_transport, base_url="http://corral.test") as c:
+        yield c

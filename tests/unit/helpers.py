@@ -1,0 +1,70 @@
+"""Small helpers shared by the controller, API and metadata tests."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from corral.controller.service import Controller
+from corral.images.manifest import Manifest
+from corral.images.store import ImageStore
+from corral.models import InstanceCreate
+from corral.store.models import Address, Instance, Operation
+
+IMAGE_VIRTUAL_SIZE = 64 << 20
+WAIT = 10.0  # seconds; the fake node answers at once, so this is only a safety net
+
+
+def admin(ctrl: Controller) -> Any:
+    assert ctrl.admin is not None
+    return ctrl.admin
+
+
+async def finish(ctrl: Controller, op: Operation | None) -> Operation:
+    """Poll until ``op`` ends and return it. Polling rather than ``Operations.wait`` keeps these
+    tests independent of ``wait``'s own behaviour, which test_operations checks."""
+    assert op is not None, "expected an operation, got a no-op answer"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT
+    while (done := await ctrl.ops.get(op.id)).status not in ("succeeded", "failed", "cancelled"):
+        assert loop.time() < deadline, f"operation {op.type} still {done.status}"
+        await asyncio.sleep(0.01)
+    return done
+
+
+async def run(ctrl: Controller, **fields: Any) -> Instance:
+    """Run an instance of the tiny image and return its row once the run succeeded."""
+    fields.setdefault("image", "tiny")
+    inst, op = await ctrl.instances.run(admin(ctrl), InstanceCreate(**fields))
+    done = await finish(ctrl, op)
+    assert done.status == "succeeded", done.error
+    return await ctrl.instances.get(admin(ctrl), inst.id)
+
+
+async def reload(ctrl: Controller, iid: str) -> Instance:
+    return await ctrl.instances.get(admin(ctrl), iid)
+
+
+async def addresses(ctrl: Controller) -> dict[str, str]:
+    """Leased private addresses: address -> instance id."""
+    async with ctrl.store.read() as s:
+        return {a.address: a.instance_id for a in await s.scalars(select(Address))}
+
+
+def add_image(images: ImageStore, work: Path, name: str = "tiny", version: str = "1") -> Manifest:
+    """Put a manifest of three small dummy parts into ``images`` and return it."""
+    work.mkdir(parents=True, exist_ok=True)
+    parts = {}
+    for part in ("kernel", "initrd", "disk"):
+        src = work / f"{name}-{version}-{part}"
+        src.write_bytes(f"{name} {version} {part}\n".encode() * 64)
+        parts[part] = images.add_blob(
+            src, virtual_size=IMAGE_VIRTUAL_SIZE if part == "disk" else None)
+    manifest = Manifest(name=name, version=version, kernel=parts["kernel"],
+                        initrd=parts["initrd"], root_disk=parts["disk"],
+                        cmdline="console=ttyS0")
+    images.put_manifest(manifest)
+    return manifest

@@ -1,0 +1,193 @@
+"""The reconciler against the fake node: it restarts crashed instances per policy, backs off a
+crash loop, finishes interrupted work and reports strays."""
+
+from __future__ import annotations
+
+import pytest
+
+from corral.controller.instances import tap_name
+from corral.controller.service import Controller
+from corral.node.fake import FakeNode
+from corral.node.spec import InstanceSpec, NetworkSpec
+from tests.unit.helpers import addresses, admin, finish, reload, run
+
+
+async def _reconcile(ctrl: Controller) -> None:
+    await ctrl.reconciler.reconcile_once()
+
+
+async def test_crashed_instance_is_restarted_under_policy_on_failure(ctrl: Controller,
+                                                                     node: FakeNode) -> None:
+    inst = await run(ctrl, name="web")
+    node.crash(inst.id)
+    await _reconcile(ctrl)
+    row = await reload(ctrl, inst.id)
+    assert inst.id in node.running
+    assert (row.state, row.desired_state, row.pid) == ("running", "running",
+                                                       node.running[inst.id])
+    assert row.pid != inst.pid
+    assert row.restarts == 1
+    assert row.state_reason == ("QEMU killed by SIGKILL; restarted (restart policy on-failure)")
+
+
+async def test_crashed_instance_with_policy_never_is_marked_stopped(ctrl: Controller,
+                                                                    node: FakeNode) -> None:
+    inst = await run(ctrl, name="web", restart_policy="never")
+    node.crash(inst.id)
+    await _reconcile(ctrl)
+    row = await reload(ctrl, inst.id)
+    assert inst.id not in node.running
+    assert (row.state, row.desired_state, row.pid) == ("stopped", "stopped", None)
+    assert row.state_reason == ("Server.InternalError: QEMU killed by SIGKILL "
+                                "(restart policy never)")
+    assert row.private_ip == "10.88.0.10"  # a stopped instance keeps its address
+    await _reconcile(ctrl)  # and stays stopped
+    assert inst.id not in node.running
+
+
+async def test_guest_power_off_marks_the_instance_stopped(ctrl: Controller,
+                                                          node: FakeNode) -> None:
+    inst = await run(ctrl, name="web")
+    node.crash(inst.id, reason="guest-shutdown")
+    await _reconcile(ctrl)
+    row = await reload(ctrl, inst.id)
+    assert (row.state, row.desired_state) == ("stopped", "stopped")
+    assert row.state_reason.startswith("Client.InstanceInitiatedShutdown")
+    assert inst.id not in node.running
+
+
+async def test_guest_power_off_with_policy_always_is_restarted(ctrl: Controller,
+                                                               node: FakeNode) -> None:
+    inst = await run(ctrl, name="web", restart_policy="always")
+    node.crash(inst.id, reason="guest-shutdown")
+    await _reconcile(ctrl)
+    row = await reload(ctrl, inst.id)
+    assert (row.state, row.restarts) == ("running", 1)
+    assert inst.id in node.running
+
+
+async def test_a_crash_loop_is_backed_off(ctrl: Controller, node: FakeNode) -> None:
+    inst = await run(ctrl, name="web")
+    for restarts in (1, 2):
+        node.crash(inst.id)
+        await _reconcile(ctrl)
+        assert (await reload(ctrl, inst.id)).restarts == restarts
+        assert inst.id in node.running
+    node.crash(inst.id)  # the third crash within seconds: the next restart is due later
+    await _reconcile(ctrl)
+    assert inst.id not in node.running
+    assert (await reload(ctrl, inst.id)).restarts == 2
+    assert ctrl.reconciler.next_restart_at(inst.id) > 0
+
+
+async def test_failed_restart_records_why(ctrl: Controller, node: FakeNode) -> None:
+    inst = await run(ctrl, name="web")
+    node.crash(inst.id)
+    node.fail_start.add(inst.id)
+    await _reconcile(ctrl)
+    row = await reload(ctrl, inst.id)
+    assert row.state_reason.startswith("restart failed: fake launch failure")
+    assert row.restarts == 0
+
+
+async def test_interrupted_termination_is_finished(ctrl: Controller, node: FakeNode) -> None:
+    inst = await run(ctrl, name="web")
+    # a crash after the terminate request was recorded, before the node was told
+    await ctrl.instances._set(inst.id, desired_state="terminated", state="shutting-down")
+    await _reconcile(ctrl)
+    row = await reload(ctrl, inst.id)
+    assert (row.state, row.pid, row.private_ip) == ("terminated", None, None)
+    assert row.terminated_at is not None
+    assert ("destroy", inst.id) in node.calls
+    assert inst.id not in node.specs and inst.id not in node.running
+    assert await addresses(ctrl) == {}
+    (hosts,) = node.hosts.values()
+    assert hosts == []
+
+
+async def test_running_instance_that_should_be_stopped_is_stopped(ctrl: Controller,
+                                                                  node: FakeNode) -> None:
+    inst = await run(ctrl, name="web")
+    await ctrl.instances._set(inst.id, desired_state="stopped", state="stopping")
+    await _reconcile(ctrl)
+    row = await reload(ctrl, inst.id)
+    assert (row.state, row.pid) == ("stopped", None)
+    assert inst.id not in node.running
+
+
+async def test_interrupted_start_is_resumed(ctrl: Controller, node: FakeNode) -> None:
+    inst = await run(ctrl, name="web")
+    node.running.pop(inst.id)  # the node never got to start it
+    await ctrl.instances._set(inst.id, state="pending", pid=None)
+    await _reconcile(ctrl)
+    row = await reload(ctrl, inst.id)
+    assert (row.state, row.pid, row.restarts) == ("running", node.running[inst.id], 0)
+
+
+async def test_instance_found_running_under_another_pid_is_adopted(ctrl: Controller,
+                                                                   node: FakeNode) -> None:
+    inst = await run(ctrl, name="web")
+    node.running[inst.id] = 4242
+    await _reconcile(ctrl)
+    row = await reload(ctrl, inst.id)
+    assert (row.state, row.pid) == ("running", 4242)
+
+
+async def test_instance_as_recorded_is_left_alone(ctrl: Controller, node: FakeNode) -> None:
+    inst = await run(ctrl, name="web")
+    calls = list(node.calls)
+    await _reconcile(ctrl)
+    assert node.calls == calls
+    assert (await reload(ctrl, inst.id)).pid == node.running[inst.id]
+
+
+async def test_terminated_instances_are_not_touched(ctrl: Controller, node: FakeNode) -> None:
+    inst = await run(ctrl, name="web")
+    _, op = await ctrl.instances.terminate(admin(ctrl), "web")
+    await finish(ctrl, op)
+    calls = list(node.calls)
+    await _reconcile(ctrl)
+    assert node.calls == calls
+    assert (await reload(ctrl, inst.id)).state == "terminated"
+
+
+async def test_instance_with_an_operation_in_flight_is_skipped(ctrl: Controller,
+                                                               node: FakeNode) -> None:
+    inst = await run(ctrl, name="web")
+    node.crash(inst.id)
+    async with ctrl.instances.lock(inst.id):  # as an operation holding the instance would
+        await _reconcile(ctrl)
+        assert inst.id not in node.running
+    await _reconcile(ctrl)
+    assert inst.id in node.running
+
+
+async def test_a_qemu_the_store_does_not_know_is_reported_as_a_stray(ctrl: Controller,
+                                                                     node: FakeNode) -> None:
+    net = NetworkSpec(id="net-x", namespace="ns", bridge="cbr0", cidr="10.88.0.0/24",
+                      gateway="10.88.0.1", domain="corral.internal")
+    stray = "i-0000000000000beef"
+    node.specs[stray] = InstanceSpec(id=stray, name="stray", image="0" * 64, memory=64 << 20,
+                                     disk_size=64 << 20, mac="52:54:00:00:be:ef", network=net,
+                                     tap=tap_name(stray))
+    node.running[stray] = 777
+    await _reconcile(ctrl)
+    (node_id,) = ctrl.nodes
+    assert ctrl.reconciler.strays[node_id] == [
+        f"{stray}: QEMU pid 777 runs but the store has no such instance"]
+    assert node.running[stray] == 777  # reported, never killed
+    node.running.pop(stray)
+    await _reconcile(ctrl)
+    assert ctrl.reconciler.strays[node_id] == [
+        f"{stray}: files on the node but no such instance in the store"]
+
+
+@pytest.mark.parametrize("policy", ["always", "on-failure"])
+async def test_instance_gone_from_the_node_is_restarted(ctrl: Controller, node: FakeNode,
+                                                        policy: str) -> None:
+    inst = await run(ctrl, name="web", restart_policy=policy)
+    node.running.pop(inst.id)  # gone without an exit record: nobody was watching
+    await _reconcile(ctrl)
+    row = await reload(ctrl, inst.id)
+    assert row.state == "running" and inst.id in node.running
+    assert row.state_reason.startswith("QEMU exited while Corral was not watching")
