@@ -27,7 +27,7 @@ HTTP_STATUS: dict[Code, int] = {
     Code.NOT_FOUND: 404,
     Code.EXISTS: 409,
     Code.WRONG_STATE: 409,
-    Code.NO_RESOURCES: 507,
+    Code.NO_RESOURCES: 409,
     Code.UNAUTHORIZED: 401,
     Code.FORBIDDEN: 403,
     Code.ENVIRONMENT: 503,
