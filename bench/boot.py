@@ -1,0 +1,184 @@
+"""Boot benchmark: API call -> SSH answering for a Corral instance, against a raw
+qemu-system with the same kernel, initramfs, disk layering and network (Corral's own namespace,
+bridge, dnsmasq and metadata service) started by the benchmark itself, runs interleaved.
+Also: instance disk creation from a 1 GiB and a 10 GiB image, against a full copy.
+
+    sudo .venv/bin/python -m bench.boot [--runs 7]
+
+Targets (docs/SPEC.md): Corral <= 1.15x raw; disk creation < 100 ms and independent of size."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import machine, median, new_daemon, ssh_banner_at, write_results
+from corral import models
+from corral.images.store import ImageStore
+from corral.node.net import netns
+from corral.node.storage import overlays
+
+
+def raw_argv(kernel: Path, initrd: Path, cmdline: str, disk: Path, tap: str, mac: str,
+             console: Path) -> list[str]:
+    """What one would type to boot the tiny image by hand, with the same devices."""
+    return [
+        "qemu-system-x86_64", "-machine", "pc", "-accel", "tcg,tb-size=32", "-cpu", "max",
+        "-smp", "1", "-m", "256M", "-nodefaults", "-no-user-config", "-display", "none",
+        "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
+        "-drive", f"file={disk},if=none,id=root,format=qcow2,discard=unmap,cache=writeback",
+        "-device", "virtio-blk-pci,drive=root",
+        "-netdev", f"tap,id=net0,ifname={tap},script=no,downscript=no",
+        "-device", f"virtio-net-pci,netdev=net0,mac={mac}",
+        "-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0",
+        "-serial", f"file:{console}",
+    ]
+
+
+def wait(c, acc) -> None:  # type: ignore[no-untyped-def]
+    op = acc.operation
+    while op is not None and op.status not in ("succeeded", "failed", "cancelled"):
+        op = c.operation_wait(op.id, timeout=60)
+    if op is not None and op.status != "succeeded":
+        raise RuntimeError(f"operation {op.id} {op.status}: {op.error}")
+
+
+def boot_runs(runs: int) -> dict[str, object]:
+    d = new_daemon()
+    work = Path(tempfile.mkdtemp(prefix="corral-bench-", dir="/var/tmp"))
+    try:
+        d.start()
+        d.cli("image", "build", "tiny", timeout=900).ok()
+        c = d.client()
+        ns = d.settings.namespace
+        store = ImageStore(d.settings.images_dir)
+        tiny = next(m for m in store.list() if m.name == "tiny")
+        kernel, initrd = store.kernel_path(tiny), store.initrd_path(tiny)
+        base = store.root_disk_path(tiny)
+        assert kernel and initrd
+        corral_s: list[float] = []
+        raw_s: list[float] = []
+        for i in range(runs):
+            order = ("corral", "raw") if i % 2 == 0 else ("raw", "corral")
+            for kind in order:
+                if kind == "corral":
+                    t0 = time.monotonic()
+                    acc = c.instance_run(models.InstanceCreate(image="tiny", name=f"bc{i}"))
+                    ip = acc.instance.private_ip
+                    assert ip
+                    t1 = ssh_banner_at(ns, ip, t0 + 120)
+                    corral_s.append(t1 - t0)
+                    wait(c, c.instance_terminate(acc.instance.id, force=True))
+                else:
+                    # an instance record gives the raw VM an address that DHCP and the
+                    # metadata service know; it is stopped before the raw QEMU starts
+                    acc = c.instance_run(models.InstanceCreate(image="tiny", name=f"br{i}"))
+                    wait(c, acc)
+                    wait(c, c.instance_stop(acc.instance.id, force=True))
+                    inst = acc.instance
+                    disk = work / f"raw{i}.qcow2"
+                    asyncio.run(overlays.create(disk, base, "qcow2", tiny.root_disk.virtual_size or 0))
+                    tap = "t" + inst.id[2:14]
+                    argv = raw_argv(kernel, initrd, tiny.cmdline, disk, tap, inst.mac,
+                                    work / f"raw{i}.log")
+                    enter = netns.preexec(ns)
+                    t0 = time.monotonic()
+                    proc = subprocess.Popen(argv, preexec_fn=enter, stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    os.close(enter.fd)  # type: ignore[attr-defined]
+                    try:
+                        assert inst.private_ip
+                        t1 = ssh_banner_at(ns, inst.private_ip, t0 + 120)
+                        raw_s.append(t1 - t0)
+                    finally:
+                        proc.kill()
+                        proc.wait(10)
+                    wait(c, c.instance_terminate(inst.id, force=True))
+            print(f"run {i + 1}/{runs}: corral {corral_s[-1]:.2f} s, raw {raw_s[-1]:.2f} s", flush=True)
+        return {"corral_s": corral_s, "raw_s": raw_s, "corral_median": median(corral_s),
+                "raw_median": median(raw_s), "ratio": median(corral_s) / median(raw_s)}
+    finally:
+        d.teardown()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def disk_runs(repeats: int = 20) -> dict[str, object]:
+    """Overlay creation from a 1 GiB and a 10 GiB image (both full of data), against copying
+    the image (what a cloud without layering does)."""
+    work = Path(tempfile.mkdtemp(prefix="corral-bench-disk-", dir="/var/tmp"))
+    out: dict[str, object] = {}
+    try:
+        for gib in (1, 10):
+            base = work / f"base{gib}.qcow2"
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), f"{gib}G"],
+                           check=True)
+            # fill the image with data so a copy has real work to do
+            subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a 0 {gib}G", str(base)],
+                           check=True, capture_output=True)
+            times = []
+            for r in range(repeats):
+                disk = work / f"o{gib}-{r}.qcow2"
+                t0 = time.perf_counter()
+                asyncio.run(overlays.create(disk, base, "qcow2", gib << 30))
+                times.append(time.perf_counter() - t0)
+                disk.unlink()
+            copies = []
+            for r in range(2):
+                t0 = time.perf_counter()
+                shutil.copyfile(base, work / "copy.qcow2")
+                os.sync()
+                copies.append(time.perf_counter() - t0)
+                (work / "copy.qcow2").unlink()
+            out[f"{gib}G"] = {"overlay_ms": [round(t * 1000, 2) for t in times],
+                              "overlay_median_ms": median(times) * 1000,
+                              "copy_median_ms": median(copies) * 1000,
+                              "copy_over_overlay": median(copies) / median(times)}
+            base.unlink()
+        o1 = out["1G"]["overlay_median_ms"]  # type: ignore[index]
+        o10 = out["10G"]["overlay_median_ms"]  # type: ignore[index]
+        out["size_ratio_10G_over_1G"] = o10 / o1
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=7)
+    args = ap.parse_args()
+    info = machine()
+    boot = boot_runs(args.runs)
+    disk = disk_runs()
+    data = {"machine": info, "boot": boot, "disk": disk}
+    b, dd = boot, disk
+    summary = "\n".join([
+        "# bench/boot",
+        "",
+        f"Measured {info['time']} on {info['cpus']} CPUs, {info['qemu']}; load average at start "
+        f"{info['loadavg_start'][0]:.2f} (see boot.json for the end).",
+        "",
+        f"API call -> SSH banner, median of {args.runs} (interleaved):",
+        f"- Corral: {b['corral_median']:.2f} s; raw qemu-system (same kernel, initramfs, disk "
+        f"layering, network): {b['raw_median']:.2f} s; ratio {b['ratio']:.3f} (target <= 1.15)",
+        "",
+        "Instance disk creation (qcow2 overlay), median of 20:",
+        f"- 1 GiB image: {dd['1G']['overlay_median_ms']:.1f} ms (a full copy: "  # type: ignore[index]
+        f"{dd['1G']['copy_median_ms']:.0f} ms, {dd['1G']['copy_over_overlay']:.0f}x slower)",  # type: ignore[index]
+        f"- 10 GiB image: {dd['10G']['overlay_median_ms']:.1f} ms (a full copy: "  # type: ignore[index]
+        f"{dd['10G']['copy_median_ms']:.0f} ms, {dd['10G']['copy_over_overlay']:.0f}x slower)",  # type: ignore[index]
+        f"- 10 GiB / 1 GiB overlay time: {dd['size_ratio_10G_over_1G']:.2f} (independent of size "
+        "when ~1); target < 100 ms",
+        "",
+        "Rerun: `sudo .venv/bin/python -m bench.boot --runs 7`",
+    ])
+    write_results("boot", data, summary)
+
+
+if __name__ == "__main__":
+    main()
