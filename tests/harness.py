@@ -22,6 +22,7 @@ import httpx
 
 from corral import config
 from corral.client import Client, Credentials
+from corral.fsutil import pid_alive
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -136,6 +137,17 @@ class Daemon:
         """Stop everything this daemon made, whatever state it is in."""
         self.stop(stop_instances=True)
         st = self.settings
+        # a daemon started with `up --detach` is not our child: find it by its pid file
+        with contextlib.suppress(ValueError, FileNotFoundError, ProcessLookupError):
+            pid = int(st.pidfile.read_text())
+            if str(self.state_dir).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGTERM)
+                for _ in range(100):
+                    if not pid_alive(pid):
+                        break
+                    time.sleep(0.1)
+                else:
+                    os.kill(pid, signal.SIGKILL)
         run_root = Path("/run/corral") / st.namespace
         for pid in _pids_matching(f"{run_root}/"):
             with contextlib.suppress(ProcessLookupError):
