@@ -119,8 +119,9 @@ def disk_runs(repeats: int = 20) -> dict[str, object]:
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), f"{gib}G"],
                            check=True)
             # fill the image with data so a copy has real work to do
-            subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a 0 {gib}G", str(base)],
-                           check=True, capture_output=True)
+            writes = [a for g in range(gib) for a in ("-c", f"write -P 0x5a {g}G 1G")]
+            subprocess.run(["qemu-io", "-f", "qcow2", *writes, str(base)], check=True,
+                           capture_output=True)
             times = []
             for r in range(repeats):
                 disk = work / f"o{gib}-{r}.qcow2"

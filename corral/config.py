@@ -96,6 +96,14 @@ class Settings:
                 f"subnet {self.subnet} must be IPv4 with room for instances (/29 or larger)",
                 field="subnet",
             )
+        if not 0 < self.api_port < 65536:
+            raise Invalid(f"api_port {self.api_port} must be between 1 and 65535", field="api_port")
+        if self.reconcile_interval <= 0:
+            raise Invalid(f"reconcile_interval {self.reconcile_interval} must be more than 0 "
+                          "seconds (e.g. 5)", field="reconcile_interval")
+        if self.stop_timeout < 0:
+            raise Invalid(f"stop_timeout {self.stop_timeout} must not be negative",
+                          field="stop_timeout")
         if self.accel not in ("auto", "kvm", "tcg"):
             raise Invalid(f"accel {self.accel!r} must be auto, kvm or tcg", field="accel")
         if self.machine not in ("pc", "q35"):

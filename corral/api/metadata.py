@@ -144,6 +144,8 @@ def create_app(ctrl: Controller, network_id: str) -> FastAPI:
         if node is None:
             return PlainTextResponse("not found", status_code=404)
         if isinstance(node, dict):
+            if not node:  # e.g. public-keys of an instance without keys: EC2 answers 404
+                return PlainTextResponse("not found", status_code=404)
             return PlainTextResponse(_listing(node))
         return PlainTextResponse(str(node))
 

@@ -90,7 +90,10 @@ class Instances:
         if len(user_data) > USER_DATA_MAX:
             raise Invalid(f"user-data is {len(user_data)} bytes; the limit is 16 KiB",
                           field="user_data")
-        inline = [keys.parse_public(k).public_key for k in req.public_keys]
+        try:
+            inline = [keys.parse_public(k).public_key for k in req.public_keys]
+        except Invalid as err:
+            raise Invalid(err.message, field="public_keys") from err
         async with self.ctrl.store.write() as s:
             image = await self.ctrl.images.resolve(s, caller, req.image)
             if image.state != "available":
@@ -180,6 +183,9 @@ class Instances:
                 await ctx.progress(0.6, "starting QEMU")
                 pid = await node.instance_start(spec)
             except asyncio.CancelledError:
+                if not self.ctrl.ops.closing:  # cancelled on request: leave nothing behind
+                    await asyncio.shield(self._undo_run(inst, spec, "Client.UserCancelled: "
+                                                        "the launch was cancelled"))
                 raise
             except CorralError as err:
                 await self._undo_run(inst, spec, f"Server.InternalError: {err.message}")

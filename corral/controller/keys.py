@@ -34,7 +34,7 @@ def _colon(digest: bytes) -> str:
 def check_name(name: str) -> str:
     if not KEY_NAME.match(name or ""):
         raise Invalid(f"key pair name {name!r} must be 1-255 printable ASCII characters",
-                      field="key_name")
+                      field="name")
     return name
 
 

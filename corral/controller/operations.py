@@ -22,6 +22,7 @@ from corral.store.models import Operation, OperationEvent, utcnow
 log = logging.getLogger(__name__)
 
 ACTIVE = ("pending", "running", "cancelling")
+CANCELLED = {"code": "cancelled", "message": "cancelled on request"}
 DONE = ("succeeded", "failed", "cancelled")
 
 
@@ -50,7 +51,12 @@ class Operations:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.targets: dict[str, str] = {}  # running operation id -> its target's id
         self._changed: dict[str, asyncio.Condition] = {}
+        self._generation: dict[str, int] = {}
         self._closing = False
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
 
     def register(self, op_type: str, handler: Handler) -> None:
         self.handlers[op_type] = handler
@@ -92,19 +98,23 @@ class Operations:
             op = await s.get(Operation, op_id)
             if op is None or op.status not in ACTIVE:
                 return
-            op.status = "running"
-            op.started_at = op.started_at or utcnow()
-            op.attempts += 1
+            cancel_now = op.status == "cancelling"
+            if not cancel_now:
+                op.status = "running"
+                op.started_at = op.started_at or utcnow()
+                op.attempts += 1
             ctx = OpContext(self, op.id, op.type, dict(op.params), op.account_id, op.target_id)
             handler = self.handlers[op.type]
-        await self._event(op_id, "started", f"{ctx.type} {ctx.target_id}".strip(), None)
+        if cancel_now:  # cancelled while no one ran it (e.g. across a restart)
+            await self._finish(op_id, "cancelled", None, CANCELLED)
+            return
         try:
+            await self._event(op_id, "started", f"{ctx.type} {ctx.target_id}".strip(), None)
             result = await handler(ctx)
         except asyncio.CancelledError:
             if self._closing:
                 raise  # controller shutdown: stays running, resumed at the next start
-            await self._finish(op_id, "cancelled", None,
-                               {"code": "cancelled", "message": "cancelled on request"})
+            await asyncio.shield(self._finish(op_id, "cancelled", None, CANCELLED))
             raise
         except CorralError as err:
             log.info("operation %s (%s) failed: %s", op_id, ctx.type, err.message)
@@ -131,6 +141,12 @@ class Operations:
             msg = error["message"] if error else "done"
             await self._add_event(s, op, status, msg, op.progress)
         await self._notify(op_id)
+        asyncio.get_running_loop().call_later(60, self._prune, op_id)
+
+    def _prune(self, op_id: str) -> None:
+        cond = self._changed.get(op_id)
+        if cond is not None and not cond.locked():
+            self._changed.pop(op_id, None)
 
     async def _event(self, op_id: str, kind: str, message: str, progress: float | None) -> None:
         async with self.store.write() as s:
@@ -150,11 +166,14 @@ class Operations:
         s.add(OperationEvent(operation_id=op.id, seq=op.seq, kind=kind, message=message,
                              progress=progress, time=utcnow()))
 
+    def _cond(self, op_id: str) -> asyncio.Condition:
+        return self._changed.setdefault(op_id, asyncio.Condition())
+
     async def _notify(self, op_id: str) -> None:
-        cond = self._changed.get(op_id)
-        if cond is not None:
-            async with cond:
-                cond.notify_all()
+        cond = self._cond(op_id)
+        async with cond:
+            self._generation[op_id] = self._generation.get(op_id, 0) + 1
+            cond.notify_all()
 
     # -- observe ---------------------------------------------------------------------------
     async def get(self, op_id: str, account_id: str | None = None) -> Operation:
@@ -169,22 +188,22 @@ class Operations:
                    account_id: str | None = None) -> Operation:
         """Return once the operation has an event after ``since`` (or has finished), or after
         ``timeout`` with its current state."""
-        op = await self.get(op_id, account_id)
-        if op.status in DONE or op.seq > since >= 0:
-            return op
-        cond = self._changed.setdefault(op_id, asyncio.Condition())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        cond = self._cond(op_id)
         while True:
+            # read the generation before the row: a change after this read wakes us below
+            generation = self._generation.get(op_id, 0)
+            op = await self.get(op_id, account_id)
+            if op.status in DONE or (since >= 0 and op.seq > since):
+                return op
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return op
             async with cond:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(cond.wait(), min(remaining, 1.0))
-            op = await self.get(op_id, account_id)
-            if op.status in DONE or (since >= 0 and op.seq > since):
-                return op
+                if self._generation.get(op_id, 0) == generation:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(cond.wait(), min(remaining, 5.0))
 
     async def events(self, op_id: str, since: int = 0) -> list[OperationEvent]:
         async with self.store.read() as s:
@@ -204,8 +223,7 @@ class Operations:
         if task is not None:
             task.cancel()
         else:
-            await self._finish(op_id, "cancelled", None,
-                               {"code": "cancelled", "message": "cancelled on request"})
+            await self._finish(op_id, "cancelled", None, CANCELLED)
         return await self.get(op_id)
 
     def active_for(self, target_id: str) -> bool:

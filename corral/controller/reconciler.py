@@ -144,8 +144,17 @@ class Reconciler:
     async def _apply(self, inst: Instance, d: Decision, obs: ObservedInstance | None) -> None:
         inst_mgr = self.ctrl.instances
         node = self.ctrl.node(inst.node_id)
-        log.info("reconcile %s (%s): %s - %s", inst.name, inst.id, d.action, d.reason)
         async with inst_mgr.lock(inst.id):
+            # the row may have changed while earlier instances were handled: decide again
+            async with self.ctrl.store.read() as s:
+                fresh = await s.get(Instance, inst.id)
+            if fresh is None or self.ctrl.ops.active_for(inst.id):
+                return
+            if decide(fresh, obs, now=time.monotonic(),
+                      next_restart_at=self.next_restart_at(inst.id)).action != d.action:
+                return
+            inst = fresh
+            log.info("reconcile %s (%s): %s - %s", inst.name, inst.id, d.action, d.reason)
             if d.action == Action.MARK_RUNNING:
                 assert obs is not None
                 await inst_mgr._set(inst.id, state="running", pid=obs.pid,

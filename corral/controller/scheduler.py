@@ -15,7 +15,7 @@ async def pick(s: AsyncSession, memory: int, cpus: int) -> Node:
     used = dict((await s.execute(
         select(Instance.node_id, func.coalesce(func.sum(Instance.memory), 0))
         .where(Instance.state != "terminated", Instance.desired_state == "running")
-        .group_by(Instance.node_id))).tuples().all())
+        .group_by(Instance.node_id))).all())
     best: tuple[int, Node] | None = None
     for node in nodes:
         free = node.memory - int(used.get(node.id, 0))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -84,8 +84,8 @@ def credentials(ctrl: Controller, settings: Settings) -> tuple[str, str]:
 
 
 @pytest.fixture
-def app_transport(ctrl: Controller, settings: Settings) -> Iterator[httpx.ASGITransport]:
-    yield httpx.ASGITransport(app=create_app(ApiContext(settings, ctrl)))
+def app_transport(ctrl: Controller, settings: Settings) -> httpx.ASGITransport:
+    return httpx.ASGITransport(app=create_app(ApiContext(settings, ctrl)))
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from corral.controller.accounts import Caller
 from corral.controller.service import Controller
 from corral.images.manifest import Manifest
 from corral.images.store import ImageStore
@@ -18,7 +19,8 @@ IMAGE_VIRTUAL_SIZE = 64 << 20
 WAIT = 10.0  # seconds; the fake node answers at once, so this is only a safety net
 
 
-def admin(ctrl: Controller) -> Any:
+def admin(ctrl: Controller) -> Caller:
+    """The all-in-one admin account the controller made at start."""
     assert ctrl.admin is not None
     return ctrl.admin
 
@@ -35,10 +37,14 @@ async def finish(ctrl: Controller, op: Operation | None) -> Operation:
     return done
 
 
+def req(**fields: Any) -> InstanceCreate:
+    """A run request for the tiny image (validated as the API would)."""
+    return InstanceCreate.model_validate({"image": "tiny", **fields})
+
+
 async def run(ctrl: Controller, **fields: Any) -> Instance:
     """Run an instance of the tiny image and return its row once the run succeeded."""
-    fields.setdefault("image", "tiny")
-    inst, op = await ctrl.instances.run(admin(ctrl), InstanceCreate(**fields))
+    inst, op = await ctrl.instances.run(admin(ctrl), req(**fields))
     done = await finish(ctrl, op)
     assert done.status == "succeeded", done.error
     return await ctrl.instances.get(admin(ctrl), inst.id)

@@ -135,3 +135,14 @@ def test_namespace_setting_wins(tmp_path: Path) -> None:
 def test_database_setting_replaces_the_sqlite_default(tmp_path: Path) -> None:
     url = "postgresql://corral@db/corral"
     assert config.load(tmp_path, db_url=url).database_url == url
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("api_port", 70000), ("api_port", -1), ("reconcile_interval", 0),
+    ("reconcile_interval", -5), ("stop_timeout", -1),
+])
+def test_out_of_range_numbers_are_invalid_naming_the_setting(tmp_path: Path, name: str,
+                                                             value: int) -> None:
+    with pytest.raises(Invalid) as info:
+        config.load(tmp_path, **{name: value})
+    assert info.value.field == name

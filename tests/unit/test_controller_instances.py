@@ -3,8 +3,11 @@ request must pass before anything is recorded."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import datetime as dt
 import json
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -13,11 +16,19 @@ from corral.config import Settings
 from corral.controller.service import Controller
 from corral.errors import Code, CorralError, Exists, Invalid, NoResources, NotFound, WrongState
 from corral.images.store import ImageStore
-from corral.models import InstanceCreate
 from corral.node.fake import FakeNode
 from corral.store import Store
 from corral.store.models import Instance, Operation, utcnow
-from tests.unit.helpers import IMAGE_VIRTUAL_SIZE, addresses, admin, finish, reload, run
+from tests.unit.helpers import (
+    IMAGE_VIRTUAL_SIZE,
+    add_image,
+    addresses,
+    admin,
+    finish,
+    reload,
+    req,
+    run,
+)
 
 
 async def _count(ctrl: Controller, model: type) -> int:
@@ -54,7 +65,7 @@ async def test_start_registers_the_images_of_the_image_store(ctrl: Controller,
 # -- run ---------------------------------------------------------------------------------------
 async def test_run_starts_the_instance_and_registers_its_address_with_dhcp(
         ctrl: Controller, node: FakeNode) -> None:
-    inst, op = await ctrl.instances.run(admin(ctrl), InstanceCreate(image="tiny", name="web"))
+    inst, op = await ctrl.instances.run(admin(ctrl), req(name="web"))
     assert (inst.state, inst.desired_state) == ("pending", "running")
     assert inst.private_ip == "10.88.0.10"
     done = await finish(ctrl, op)
@@ -93,8 +104,7 @@ async def test_run_with_a_wanted_address_gets_it(ctrl: Controller) -> None:
 async def test_run_with_an_address_in_use_is_exists_and_records_nothing(ctrl: Controller) -> None:
     await run(ctrl, name="a", address="10.88.0.42")
     with pytest.raises(Exists) as info:
-        await ctrl.instances.run(admin(ctrl), InstanceCreate(image="tiny", name="b",
-                                                             address="10.88.0.42"))
+        await ctrl.instances.run(admin(ctrl), req(name="b", address="10.88.0.42"))
     assert (info.value.code, info.value.field) == (Code.EXISTS, "address")
     assert await _count(ctrl, Instance) == 1
 
@@ -110,7 +120,7 @@ async def test_run_with_memory_in_plain_mebibytes_and_sizes(ctrl: Controller,
 async def test_run_with_bad_memory_is_invalid_naming_memory(ctrl: Controller,
                                                             memory: str | int) -> None:
     with pytest.raises(Invalid) as info:
-        await ctrl.instances.run(admin(ctrl), InstanceCreate(image="tiny", memory=memory))
+        await ctrl.instances.run(admin(ctrl), req(memory=memory))
     assert (info.value.code, info.value.field) == (Code.INVALID, "memory")
     assert await _count(ctrl, Instance) == 0
 
@@ -121,7 +131,7 @@ async def test_run_with_the_smallest_memory_is_accepted(ctrl: Controller) -> Non
 
 async def test_run_with_more_memory_than_any_node_has_is_no_resources(ctrl: Controller) -> None:
     with pytest.raises(NoResources) as info:
-        await ctrl.instances.run(admin(ctrl), InstanceCreate(image="tiny", memory="16G"))
+        await ctrl.instances.run(admin(ctrl), req(memory="16G"))
     assert info.value.code == Code.NO_RESOURCES
     assert "--memory" in info.value.message
     assert await _count(ctrl, Instance) == 0
@@ -130,28 +140,27 @@ async def test_run_with_more_memory_than_any_node_has_is_no_resources(ctrl: Cont
 async def test_run_with_a_disk_smaller_than_the_image_is_invalid_naming_disk(
         ctrl: Controller) -> None:
     with pytest.raises(Invalid) as info:
-        await ctrl.instances.run(admin(ctrl), InstanceCreate(image="tiny", disk="32M"))
+        await ctrl.instances.run(admin(ctrl), req(disk="32M"))
     assert (info.value.code, info.value.field) == (Code.INVALID, "disk")
     assert "64M or more" in info.value.message
 
 
 async def test_run_with_a_bad_name_is_invalid_naming_name(ctrl: Controller) -> None:
     with pytest.raises(Invalid) as info:
-        await ctrl.instances.run(admin(ctrl), InstanceCreate(image="tiny", name="Web_1"))
+        await ctrl.instances.run(admin(ctrl), req(name="Web_1"))
     assert (info.value.code, info.value.field) == (Code.INVALID, "name")
 
 
 async def test_run_with_too_much_user_data_is_invalid_naming_user_data(ctrl: Controller) -> None:
     with pytest.raises(Invalid) as info:
-        await ctrl.instances.run(admin(ctrl), InstanceCreate(image="tiny",
-                                                             user_data="x" * (16 * 1024 + 1)))
+        await ctrl.instances.run(admin(ctrl), req(user_data="x" * (16 * 1024 + 1)))
     assert (info.value.code, info.value.field) == (Code.INVALID, "user_data")
 
 
 async def test_run_with_a_duplicate_name_is_exists(ctrl: Controller) -> None:
     first = await run(ctrl, name="web")
     with pytest.raises(Exists) as info:
-        await ctrl.instances.run(admin(ctrl), InstanceCreate(image="tiny", name="web"))
+        await ctrl.instances.run(admin(ctrl), req(name="web"))
     err = info.value
     assert (err.code, err.field, err.resource) == (Code.EXISTS, "name", "instance")
     assert first.id in err.message
@@ -170,7 +179,7 @@ async def test_name_of_a_terminated_instance_can_be_used_again(ctrl: Controller)
 
 async def test_run_of_an_unknown_image_is_not_found_naming_image(ctrl: Controller) -> None:
     with pytest.raises(NotFound) as info:
-        await ctrl.instances.run(admin(ctrl), InstanceCreate(image="debian"))
+        await ctrl.instances.run(admin(ctrl), req(image="debian"))
     err = info.value
     assert (err.code, err.field, err.resource) == (Code.NOT_FOUND, "image", "image")
     assert "corral image ls" in err.message
@@ -184,7 +193,7 @@ async def test_run_finds_the_image_by_id_and_by_name_and_version(ctrl: Controlle
 
 async def test_run_with_an_unknown_key_pair_is_not_found_naming_keys(ctrl: Controller) -> None:
     with pytest.raises(NotFound) as info:
-        await ctrl.instances.run(admin(ctrl), InstanceCreate(image="tiny", keys=["nope"]))
+        await ctrl.instances.run(admin(ctrl), req(keys=["nope"]))
     err = info.value
     assert (err.code, err.field, err.resource) == (Code.NOT_FOUND, "keys", "key_pair")
     assert "corral key add" in err.message
@@ -200,20 +209,19 @@ async def test_run_with_key_pairs_and_inline_keys_records_them_all(ctrl: Control
 
 async def test_run_with_a_garbage_inline_key_is_invalid(ctrl: Controller) -> None:
     with pytest.raises(Invalid) as info:
-        await ctrl.instances.run(admin(ctrl), InstanceCreate(image="tiny",
-                                                             public_keys=["not a key"]))
+        await ctrl.instances.run(admin(ctrl), req(public_keys=["not a key"]))
     assert info.value.code == Code.INVALID
-    assert info.value.field == "public_key"
+    assert info.value.field == "public_keys"
 
 
 async def test_run_of_a_deregistered_image_is_not_found(ctrl: Controller) -> None:
     await ctrl.images.remove(admin(ctrl), "tiny")
     with pytest.raises(NotFound):
-        await ctrl.instances.run(admin(ctrl), InstanceCreate(image="tiny"))
+        await ctrl.instances.run(admin(ctrl), req())
 
 
 async def test_failed_start_leaves_nothing_behind(ctrl: Controller, node: FakeNode) -> None:
-    inst, op = await ctrl.instances.run(admin(ctrl), InstanceCreate(image="tiny", name="web"))
+    inst, op = await ctrl.instances.run(admin(ctrl), req(name="web"))
     # the operation runs only when this test next yields to the event loop
     node.fail_start.add(inst.id)
     done = await finish(ctrl, op)
@@ -233,6 +241,76 @@ async def test_failed_start_leaves_nothing_behind(ctrl: Controller, node: FakeNo
     # the name and the address are free again
     again = await run(ctrl, name="web")
     assert again.private_ip == "10.88.0.10"
+
+
+async def test_failure_creating_the_disk_leaves_nothing_behind(
+        ctrl: Controller, node: FakeNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken_create(spec: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(node, "instance_create", broken_create)
+    inst, op = await ctrl.instances.run(admin(ctrl), req(name="web"))
+    done = await finish(ctrl, op)
+    assert done.status == "failed"
+    assert done.error is not None and done.error["code"] == "internal"
+    row = await reload(ctrl, inst.id)
+    assert row.state == "terminated"
+    assert row.state_reason == "Server.InternalError: RuntimeError('disk full')"
+    assert await addresses(ctrl) == {}
+    assert ("destroy", inst.id) in node.calls
+
+
+async def test_cancelled_run_leaves_no_instance_behind(ctrl: Controller, node: FakeNode,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    entered = asyncio.Event()
+
+    async def hanging_start(spec: object) -> int:
+        entered.set()
+        await asyncio.Event().wait()  # QEMU never comes up
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(node, "instance_start", hanging_start)
+    inst, op = await ctrl.instances.run(admin(ctrl), req(name="web"))
+    await asyncio.wait_for(entered.wait(), 5)
+    await ctrl.ops.cancel(op.id)
+    assert (await finish(ctrl, op)).status == "cancelled"
+    monkeypatch.undo()  # the node works again
+    await ctrl.reconciler.reconcile_once()
+    row = await reload(ctrl, inst.id)
+    assert inst.id not in node.running
+    assert row.state == "terminated"
+    assert await addresses(ctrl) == {}
+
+
+async def test_same_name_and_version_with_other_content_is_kept_as_a_rebuild(
+        ctrl: Controller, image_store: ImageStore, tmp_path: Path) -> None:
+    rebuilt = add_image(image_store, tmp_path / "rebuild", name="tiny", version="1")
+    rebuilt = rebuilt.model_copy(update={"description": "rebuilt"})
+    image_store.put_manifest(rebuilt)
+    row = await ctrl.images.register(rebuilt)
+    assert row.version == f"1-{rebuilt.digest[:8]}"
+    assert len(await ctrl.images.list(admin(ctrl))) == 2
+    assert (await ctrl.images.get(admin(ctrl), "tiny")).id == row.id  # the newest wins
+    assert (await ctrl.images.register(rebuilt)).id == row.id  # idempotent
+
+
+async def test_only_an_admin_may_remove_a_built_in_image(ctrl: Controller) -> None:
+    other = await ctrl.accounts.create("alice")
+    key = await ctrl.accounts.create_key(other.id)
+    alice = await ctrl.accounts.authenticate(key.id, key.secret)
+    with pytest.raises(WrongState) as info:
+        await ctrl.images.remove(alice, "tiny")
+    assert (info.value.code, info.value.resource) == (Code.WRONG_STATE, "image")
+    assert (await ctrl.images.get(alice, "tiny")).state == "available"
+
+
+async def test_removing_an_unused_image_deletes_its_parts(ctrl: Controller,
+                                                          image_store: ImageStore) -> None:
+    (manifest,) = image_store.list()
+    row = await ctrl.images.remove(admin(ctrl), "tiny")
+    assert row.state == "deregistered"
+    assert not image_store.has(manifest.digest)
+    assert list(image_store.blobs.iterdir()) == []
 
 
 # -- stop, start, reboot, terminate -----------------------------------------------------------
@@ -412,6 +490,39 @@ async def test_a_restarted_controller_adopts_running_instances_and_keeps_its_key
         assert node.calls[calls:] == []  # nothing was started or stopped
         assert admin(again).access_key_id == key_id
         assert len(await again.images.list(admin(again))) == 1
+    finally:
+        await again.close()
+
+
+async def test_changing_the_subnet_under_live_instances_is_refused(
+        ctrl: Controller, settings: Settings, store: Store, image_store: ImageStore,
+        node: FakeNode) -> None:
+    await run(ctrl, name="web")
+    await ctrl.close()
+    moved = dataclasses.replace(settings, subnet="10.77.0.0/24")
+    again = Controller(moved, store, image_store)
+    await again.add_node(node, "n1")
+    try:
+        with pytest.raises(WrongState) as info:
+            await again.start()
+        assert (info.value.code, info.value.field) == (Code.WRONG_STATE, "subnet")
+        assert "--subnet 10.88.0.0/24" in info.value.message
+    finally:
+        await again.close()
+
+
+async def test_changing_the_subnet_without_live_instances_moves_the_network(
+        ctrl: Controller, settings: Settings, store: Store, image_store: ImageStore,
+        node: FakeNode) -> None:
+    await ctrl.close()
+    moved = dataclasses.replace(settings, subnet="10.77.0.0/24")
+    again = Controller(moved, store, image_store)
+    await again.add_node(node, "n1")
+    await again.start()
+    try:
+        assert (await run(again, name="web")).private_ip == "10.77.0.10"
+        (spec,) = [s.network for s in node.specs.values()]
+        assert (spec.cidr, spec.gateway) == ("10.77.0.0/24", "10.77.0.1")
     finally:
         await again.close()
 

@@ -294,8 +294,6 @@ async def test_start_after_close_leaves_the_operation_pending(store: Store) -> N
     assert (await ops.get(op.id)).status == "pending"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: resume() re-runs an operation the user asked to "
-                   "cancel (status cancelling) instead of finishing it as cancelled")
 async def test_resume_finishes_an_operation_left_cancelling_as_cancelled(store: Store) -> None:
     async with store.write() as s:
         s.add(Operation(id="op-00000000000000001", type="job", status="cancelling",
@@ -314,8 +312,6 @@ async def test_resume_finishes_an_operation_left_cancelling_as_cancelled(store: 
     assert ran == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: wait() misses a finish that lands between its first "
-                   "read and its condition wait, and returns up to 1 s late")
 async def test_wait_returns_promptly_when_the_operation_finishes_during_its_first_read(
         ops: Operations, monkeypatch: pytest.MonkeyPatch) -> None:
     release = asyncio.Event()
@@ -325,7 +321,6 @@ async def test_wait_returns_promptly_when_the_operation_finishes_during_its_firs
 
     ops.register("job", handler)
     op = await _submit(ops, "job")
-    await ops.wait(op.id, timeout=WAIT, since=0)  # running
     task = ops.tasks[op.id]
     real_get = ops.get
 
@@ -342,3 +337,35 @@ async def test_wait_returns_promptly_when_the_operation_finishes_during_its_firs
     done = await ops.wait(op.id, timeout=WAIT)
     assert done.status == "succeeded"
     assert loop.time() - t0 < 0.5
+
+
+async def test_cancel_right_after_submit_finishes_the_operation_as_cancelled(
+        ops: Operations, monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[str] = []
+
+    async def handler(ctx: OpContext) -> None:
+        ran.append(ctx.id)
+
+    ops.register("job", handler)
+    in_started, gate = asyncio.Event(), asyncio.Event()
+    real_event = ops._event
+
+    async def slow_started(op_id: str, kind: str, message: str,
+                           progress: float | None) -> None:
+        await real_event(op_id, kind, message, progress)
+        if kind == "started":  # hold the task here, as a busy store would
+            in_started.set()
+            await gate.wait()
+
+    monkeypatch.setattr(ops, "_event", slow_started)
+    op = await _submit(ops, "job")
+    await asyncio.wait_for(in_started.wait(), WAIT)
+    await ops.cancel(op.id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 0.5
+    while (got := await ops.get(op.id)).status not in ("succeeded", "failed", "cancelled"):
+        if loop.time() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    assert got.status == "cancelled"
+    assert ran == []

@@ -36,6 +36,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(_r: Request, err: RequestValidationError) -> JSONResponse:
         first = err.errors()[0] if err.errors() else {}
+        if first.get("type") == "json_invalid":
+            where = first.get("loc", [None, None])[-1]
+            return JSONResponse(status_code=400, content=body(
+                "invalid", f"the request body is not valid JSON (at character {where})"))
         loc = [str(p) for p in first.get("loc", []) if p not in ("body", "query", "path")]
         field = ".".join(loc) or None
         msg = first.get("msg", "invalid request")

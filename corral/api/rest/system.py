@@ -62,7 +62,7 @@ async def node_list(ctx: ApiContext = Depends(get_context),
     async with ctx.controller.store.read() as s:
         rows = list(await s.scalars(select(Node).order_by(Node.name)))
         counts = dict((await s.execute(select(Instance.node_id, func.count()).where(
-            Instance.state != "terminated").group_by(Instance.node_id))).tuples().all())
+            Instance.state != "terminated").group_by(Instance.node_id))).all())
     return [models.Node(id=n.id, name=n.name, state=n.state, cpus=n.cpus, memory=n.memory,
                         accel=n.accel, accel_reason=n.accel_reason, qemu_version=n.qemu_version,
                         last_seen=n.last_seen, instances=int(counts.get(n.id, 0)),

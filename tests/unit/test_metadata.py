@@ -1,0 +1,171 @@
+"""The per-instance metadata service: answers in EC2's path layout to the instance whose
+private address the request comes from, and to nobody else."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import httpx
+import pytest
+
+from corral.api import metadata
+from corral.controller.service import Controller
+from corral.store.models import Instance
+from tests.unit.helpers import admin, finish, run
+
+USER_DATA = "#!/bin/sh\necho hello\n"
+Client = Callable[[str], AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@pytest.fixture
+def client_from(ctrl: Controller) -> Client:
+    """A metadata client whose requests come from the given address on the default network."""
+
+    @asynccontextmanager
+    async def make(address: str) -> AsyncIterator[httpx.AsyncClient]:
+        (network,) = await ctrl.networks.by_namespace(ctrl.settings.namespace)
+        app = metadata.create_app(ctrl, network.id)
+        transport = httpx.ASGITransport(app=app, client=(address, 40000))
+        async with httpx.AsyncClient(transport=transport,
+                                     base_url="http://169.254.169.254") as c:
+            yield c
+
+    return make
+
+
+@pytest.fixture
+async def web(ctrl: Controller) -> Instance:
+    await ctrl.keypairs.add(admin(ctrl), "laptop", None)
+    return await run(ctrl, name="web", keys=["laptop"], user_data=USER_DATA, cpus=2,
+                     memory="128M")
+
+
+async def _text(c: httpx.AsyncClient, path: str) -> str:
+    resp = await c.get(path)
+    assert resp.status_code == 200, (path, resp.status_code, resp.text)
+    return resp.text
+
+
+async def test_instance_learns_its_identity(client_from: Client, web: Instance) -> None:
+    assert web.private_ip is not None
+    async with client_from(web.private_ip) as c:
+        assert await _text(c, "/latest/meta-data/instance-id") == web.id
+        assert await _text(c, "/latest/meta-data/local-ipv4") == web.private_ip
+        assert await _text(c, "/latest/meta-data/local-hostname") == "web.corral.internal"
+        assert await _text(c, "/latest/meta-data/hostname") == "web.corral.internal"
+        assert await _text(c, "/latest/meta-data/ami-id") == web.image_id
+        assert await _text(c, "/latest/meta-data/mac") == web.mac
+        assert await _text(c, "/latest/meta-data/instance-type") == "c2m128"
+        assert await _text(c, "/latest/meta-data/reservation-id") == web.reservation_id
+
+
+async def test_instance_gets_its_public_keys(ctrl: Controller, client_from: Client,
+                                             web: Instance) -> None:
+    (key,) = await ctrl.keypairs.list(admin(ctrl))
+    assert web.private_ip is not None
+    async with client_from(web.private_ip) as c:
+        assert await _text(c, "/latest/meta-data/public-keys") == "0=laptop"
+        assert await _text(c, "/latest/meta-data/public-keys/") == "0=laptop"
+        assert await _text(c, "/latest/meta-data/public-keys/0") == "openssh-key"
+        assert await _text(c, "/latest/meta-data/public-keys/0/openssh-key") == key.public_key
+        assert (await c.get("/latest/meta-data/public-keys/1/openssh-key")).status_code == 404
+
+
+async def test_inline_keys_are_listed_after_a_generated_name(ctrl: Controller,
+                                                             client_from: Client) -> None:
+    made, _ = await ctrl.keypairs.add(admin(ctrl), "tmp", None)
+    await ctrl.keypairs.remove(admin(ctrl), "tmp")
+    inst = await run(ctrl, name="inline", public_keys=[made.public_key])
+    assert inst.private_ip is not None
+    async with client_from(inst.private_ip) as c:
+        assert await _text(c, "/latest/meta-data/public-keys") == "0=key-0"
+
+
+async def test_instance_gets_its_user_data(client_from: Client, web: Instance) -> None:
+    assert web.private_ip is not None
+    async with client_from(web.private_ip) as c:
+        resp = await c.get("/latest/user-data")
+    assert resp.status_code == 200
+    assert resp.content == USER_DATA.encode()
+
+
+async def test_user_data_is_404_when_there_is_none(ctrl: Controller, client_from: Client) -> None:
+    inst = await run(ctrl, name="plain")
+    assert inst.private_ip is not None
+    async with client_from(inst.private_ip) as c:
+        assert (await c.get("/latest/user-data")).status_code == 404
+
+
+async def test_instance_learns_its_placement(ctrl: Controller, client_from: Client,
+                                             web: Instance) -> None:
+    assert web.private_ip is not None
+    async with client_from(web.private_ip) as c:
+        assert await _text(c, "/latest/meta-data/placement/availability-zone") == "corral-1a"
+        assert await _text(c, "/latest/meta-data/placement/region") == "corral-1"
+        assert await _text(c, "/latest/meta-data/services/domain") == "corral.internal"
+
+
+async def test_identity_document_is_json(ctrl: Controller, client_from: Client,
+                                         web: Instance) -> None:
+    assert web.private_ip is not None
+    async with client_from(web.private_ip) as c:
+        doc = json.loads(await _text(c, "/latest/dynamic/instance-identity/document"))
+    assert doc["instanceId"] == web.id
+    assert doc["privateIp"] == web.private_ip
+    assert doc["accountId"] == admin(ctrl).account_id
+    assert doc["imageId"] == web.image_id
+    assert (doc["region"], doc["availabilityZone"]) == ("corral-1", "corral-1a")
+    assert doc["architecture"] == "x86_64"
+    assert doc["instanceType"] == "c2m128"
+
+
+async def test_listings_end_directories_with_a_slash(client_from: Client, web: Instance) -> None:
+    assert web.private_ip is not None
+    async with client_from(web.private_ip) as c:
+        assert await _text(c, "/") == "latest"
+        assert (await _text(c, "/latest/")).split("\n") == ["dynamic", "meta-data", "user-data"]
+        listing = (await _text(c, "/latest/meta-data/")).split("\n")
+        assert {"instance-id", "local-ipv4", "public-keys/", "placement/"} <= set(listing)
+        assert await _text(c, "/latest/meta-data/network/interfaces/macs") == f"{web.mac}/"
+        mac = f"/latest/meta-data/network/interfaces/macs/{web.mac}"
+        assert await _text(c, f"{mac}/local-ipv4s") == web.private_ip
+        assert await _text(c, f"{mac}/subnet-ipv4-cidr-block") == "10.88.0.0/24"
+
+
+async def test_unknown_path_is_404(client_from: Client, web: Instance) -> None:
+    assert web.private_ip is not None
+    async with client_from(web.private_ip) as c:
+        assert (await c.get("/latest/meta-data/no-such-thing")).status_code == 404
+        assert (await c.get("/latest/meta-data/instance-id/deeper")).status_code == 404
+
+
+@pytest.mark.parametrize("path", [
+    "/latest/meta-data/instance-id", "/latest/user-data",
+    "/latest/dynamic/instance-identity/document",
+])
+async def test_requests_from_an_unknown_address_are_404(client_from: Client, web: Instance,
+                                                        path: str) -> None:
+    async with client_from("10.88.0.99") as c:
+        resp = await c.get(path)
+    assert resp.status_code == 404
+    assert web.id not in resp.text
+
+
+async def test_terminated_instance_gets_no_answers(ctrl: Controller, client_from: Client,
+                                                   web: Instance) -> None:
+    _, op = await ctrl.instances.terminate(admin(ctrl), web.id)
+    await finish(ctrl, op)
+    assert web.private_ip is not None
+    async with client_from(web.private_ip) as c:
+        assert (await c.get("/latest/meta-data/instance-id")).status_code == 404
+
+
+async def test_each_instance_sees_only_itself(ctrl: Controller, client_from: Client,
+                                              web: Instance) -> None:
+    other = await run(ctrl, name="other")
+    assert other.private_ip is not None and other.private_ip != web.private_ip
+    async with client_from(other.private_ip) as c:
+        assert await _text(c, "/latest/meta-data/instance-id") == other.id
+        assert await _text(c, "/latest/meta-data/local-ipv4") == other.private_ip
