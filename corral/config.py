@@ -35,6 +35,8 @@ class Settings:
     region: str = "corral-1"
     node_name: str = ""  # empty: the host name
     qemu: str = "qemu-system-x86_64"  # command or path of the QEMU binary
+    uplink: str = "none"  # none | host | netns:NAME (the namespace standing for the outside)
+    public_cidr: str = "198.51.100.0/24"  # elastic IPs; a documentation range, never routed
     extra: dict[str, Any] = field(default_factory=dict)
 
     # -- derived paths ---------------------------------------------------------------------
@@ -96,6 +98,20 @@ class Settings:
                 f"subnet {self.subnet} must be IPv4 with room for instances (/29 or larger)",
                 field="subnet",
             )
+        try:
+            public = ipaddress.ip_network(self.public_cidr, strict=True)
+        except ValueError as err:
+            raise Invalid(f"public_cidr {self.public_cidr!r} is not a network: {err}",
+                          field="public_cidr") from err
+        if public.overlaps(net):
+            raise Invalid(f"public_cidr {public} overlaps the instance subnet {net}; pick "
+                          "ranges apart", field="public_cidr")
+        if public.prefixlen > 28:
+            raise Invalid(f"public_cidr {public} is too small (/28 or larger)",
+                          field="public_cidr")
+        if not (self.uplink in ("none", "host") or self.uplink.startswith("netns:")):
+            raise Invalid(f"uplink {self.uplink!r} must be none, host or netns:NAME",
+                          field="uplink")
         if not 0 < self.api_port < 65536:
             raise Invalid(f"api_port {self.api_port} must be between 1 and 65535", field="api_port")
         if self.reconcile_interval <= 0:
@@ -126,6 +142,8 @@ _ENV = {
     "CORRAL_REGION": "region",
     "CORRAL_NODE_NAME": "node_name",
     "CORRAL_QEMU": "qemu",
+    "CORRAL_UPLINK": "uplink",
+    "CORRAL_PUBLIC_CIDR": "public_cidr",
 }
 
 

@@ -176,7 +176,7 @@ class Instances:
                 return {"instance_id": iid, "state": inst.state}
             node = self.ctrl.node(inst.node_id)
             await ctx.progress(0.1, "registering the address with DHCP and DNS")
-            await self.ctrl.networks.sync_hosts(inst.network_id)
+            await self.ctrl.networks.sync(inst.network_id)
             try:
                 await ctx.progress(0.3, "creating the root disk and the network port")
                 await node.instance_create(spec)
@@ -211,7 +211,7 @@ class Instances:
                 row.private_ip = None
                 await ipam.release(s, inst.id)
         with contextlib.suppress(Exception):
-            await self.ctrl.networks.sync_hosts(inst.network_id)
+            await self.ctrl.networks.sync(inst.network_id)
 
     async def _set(self, iid: str, **values: Any) -> None:
         async with self.ctrl.store.write() as s:
@@ -326,7 +326,7 @@ class Instances:
                         row.private_ip = None
                         row.terminated_at = utcnow()
                         await ipam.release(s, iid)
-                await self.ctrl.networks.sync_hosts(inst.network_id)
+                await self.ctrl.networks.sync(inst.network_id)
         self.locks.pop(iid, None)
         return {"instance_id": iid}
 

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import ids
+from corral.controller import policy
 from corral.errors import NotFound
 from corral.node.spec import HostRecord, NetworkSpec
 from corral.store.models import Instance, Network
@@ -74,14 +75,19 @@ class Networks:
         return out
 
     async def ensure_on_node(self, network_id: str) -> None:
+        """Namespace, bridge, dnsmasq with the host list, and the kernel policy (idempotent)."""
         async with self.ctrl.store.read() as s:
             row = await s.get(Network, network_id)
             if row is None:
                 return
             hosts = await self.hosts(s, row)
-        await self.ctrl.node(row.node_id).network_ensure(self.spec(row), hosts)
+            pol = await policy.build(s, row, self.spec(row), self.ctrl.settings)
+        node = self.ctrl.node(row.node_id)
+        await node.network_ensure(self.spec(row), hosts)
+        await node.network_policy(pol)
 
-    async def sync_hosts(self, network_id: str | None) -> None:
+    async def sync(self, network_id: str | None) -> None:
+        """Push what changed in the store to the node: DNS/DHCP hosts and the kernel policy."""
         if network_id is None:
             return
         async with self.ctrl.store.read() as s:
@@ -89,7 +95,10 @@ class Networks:
             if row is None:
                 return
             hosts = await self.hosts(s, row)
-        await self.ctrl.node(row.node_id).network_hosts(self.spec(row), hosts)
+            pol = await policy.build(s, row, self.spec(row), self.ctrl.settings)
+        node = self.ctrl.node(row.node_id)
+        await node.network_policy(pol)
+        await node.network_hosts(self.spec(row), hosts)
 
     async def by_namespace(self, namespace: str) -> list[Network]:
         async with self.ctrl.store.read() as s:

@@ -22,7 +22,7 @@ from corral.fsutil import atomic_write, pid_alive, proc_cmdline
 from corral.images.store import ImageStore
 from corral.node.driver import cgroups, probe, qemu
 from corral.node.driver.machine import Machine, find_pid, read_exit
-from corral.node.net import dnsmasq, forward, links, netns
+from corral.node.net import dnsmasq, firewall, forward, links, netns, nft, shaping, uplink
 from corral.node.spec import (
     Accel,
     ExitInfo,
@@ -32,6 +32,7 @@ from corral.node.spec import (
     NetworkSpec,
     NodeInfo,
     ObservedInstance,
+    PolicySpec,
 )
 from corral.node.storage import overlays
 from corral.proc import arun
@@ -83,6 +84,9 @@ class NodeAgent:
         self._locks: dict[str, asyncio.Lock] = {}
         self._accel: Accel | None = None
         self._accel_lock = asyncio.Lock()
+        self._public: dict[str, dict[str, str]] = {}  # network -> elastic IP -> private
+        self._rates: dict[str, float | None] = {}  # tap -> the cap applied
+        self._policy_lock = asyncio.Lock()
 
     # -- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -189,10 +193,45 @@ class NodeAgent:
         import ipaddress
 
         await netns.ensure(spec.namespace)
+        await self._kernel_switches(spec.namespace)
         prefix = ipaddress.ip_network(spec.cidr).prefixlen
         await links.ensure_bridge(spec.namespace, spec.bridge, f"{spec.gateway}/{prefix}")
         await links.ensure_address(spec.namespace, "lo", f"{METADATA_ADDRESS}/32")
         await self._dnsmasq(spec).ensure(_entries(hosts))
+
+    async def _kernel_switches(self, ns: str) -> None:
+        """Forwarding on, and bridged IPv4 through the inet hooks (where conntrack works)."""
+        if not os.path.exists("/proc/sys/net/bridge"):
+            await arun(["modprobe", "br_netfilter"], check=False)
+        if not os.path.exists("/proc/sys/net/bridge"):
+            raise EnvironmentProblem("the br_netfilter kernel module is not loaded and could not "
+                                     "be loaded; run `modprobe br_netfilter`")
+        await arun(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
+                    "net.bridge.bridge-nf-call-iptables=1"])
+
+    async def network_policy(self, policy: PolicySpec) -> None:
+        """Make the kernel enforce ``policy``: anti-spoofing, security groups, NAT, elastic IPs
+        and bandwidth caps. Idempotent; the rule set is replaced in one nft transaction."""
+        ns = policy.network.namespace
+        async with self._policy_lock:
+            if policy.uplink is not None:
+                await uplink.ensure(ns, policy.uplink)
+            await nft.apply(ns, firewall.document(policy))
+            mapping = {p.public_ip: p.address for p in policy.ports if p.public_ip}
+            if policy.uplink is not None:
+                await uplink.set_public_addresses(ns, policy.uplink, set(mapping))
+            before = self._public.get(policy.network.id)
+            if before is None:  # after a restart: assume every mapping may be new
+                before = {ip: "" for ip in mapping}
+            moved = {ip for ip in set(before) | set(mapping) if before.get(ip) != mapping.get(ip)}
+            if moved:
+                await uplink.flush_flows(ns, moved)
+            self._public[policy.network.id] = mapping
+            present = await links.link_names(ns)
+            for port in policy.ports:
+                if port.tap in present and self._rates.get(port.tap, -1.0) != port.rate_mbit:
+                    await shaping.apply(ns, port.tap, port.rate_mbit)
+                    self._rates[port.tap] = port.rate_mbit
 
     async def network_hosts(self, spec: NetworkSpec, hosts: list[HostRecord]) -> None:
         await self._dnsmasq(spec).update_hosts(_entries(hosts))
@@ -283,7 +322,9 @@ class NodeAgent:
             await self.instance_stop(iid, timeout=0, force=True)
         paths = self.paths(iid)
         if tap:
+            await shaping.remove(self.settings.namespace, tap)
             await links.delete_link(self.settings.namespace, tap)
+            self._rates.pop(tap, None)
         async with self._lock(iid):
             shutil.rmtree(paths.dir, ignore_errors=True)
             shutil.rmtree(paths.run, ignore_errors=True)

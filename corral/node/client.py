@@ -14,6 +14,7 @@ from corral.node.spec import (
     NetworkSpec,
     NodeInfo,
     ObservedInstance,
+    PolicySpec,
 )
 
 
@@ -23,6 +24,8 @@ class NodeClient(Protocol):
     async def network_ensure(self, spec: NetworkSpec, hosts: list[HostRecord]) -> None: ...
 
     async def network_hosts(self, spec: NetworkSpec, hosts: list[HostRecord]) -> None: ...
+
+    async def network_policy(self, policy: PolicySpec) -> None: ...
 
     async def instance_create(self, spec: InstanceSpec) -> None: ...
 

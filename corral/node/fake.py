@@ -18,6 +18,7 @@ from corral.node.spec import (
     NetworkSpec,
     NodeInfo,
     ObservedInstance,
+    PolicySpec,
 )
 
 
@@ -28,6 +29,7 @@ class FakeNode:
         self.running: dict[str, int] = {}
         self.exits: dict[str, ExitInfo] = {}
         self.hosts: dict[str, list[HostRecord]] = {}
+        self.policies: dict[str, PolicySpec] = {}
         self.fail_start: set[str] = set()
         self.calls: list[tuple[str, str]] = []
         self._pids = itertools.count(10000)
@@ -42,6 +44,9 @@ class FakeNode:
 
     async def network_hosts(self, spec: NetworkSpec, hosts: list[HostRecord]) -> None:
         self.hosts[spec.id] = list(hosts)
+
+    async def network_policy(self, policy: PolicySpec) -> None:
+        self.policies[policy.network.id] = policy
 
     async def instance_create(self, spec: InstanceSpec) -> None:
         self.calls.append(("create", spec.id))

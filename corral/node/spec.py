@@ -74,3 +74,49 @@ class NodeInfo(BaseModel):
 class ForwardInfo(BaseModel):
     host: str
     port: int
+
+
+class RuleSpec(BaseModel):
+    """One allow rule of a security group, resolved for the node."""
+
+    protocol: str = "all"  # tcp | udp | icmp | all | an IP protocol number
+    from_port: int | None = None  # tcp/udp: first port; icmp: type (-1 or None: any)
+    to_port: int | None = None  # tcp/udp: last port; icmp: code (-1 or None: any)
+    cidrs: list[str] = Field(default_factory=list)  # peers by address
+    groups: list[str] = Field(default_factory=list)  # peers by security group membership
+
+
+class GroupSpec(BaseModel):
+    id: str
+    ingress: list[RuleSpec] = Field(default_factory=list)
+    egress: list[RuleSpec] = Field(default_factory=list)
+
+
+class PortSpec(BaseModel):
+    """An instance's port on the network: what the kernel checks and filters it by."""
+
+    instance_id: str
+    tap: str
+    mac: str
+    address: str
+    groups: list[str] = Field(default_factory=list)
+    public_ip: str | None = None  # an elastic IP mapped 1:1 to ``address``
+    rate_mbit: float | None = None  # bandwidth cap each way; None: unlimited
+
+
+class UplinkSpec(BaseModel):
+    """The router side of a node's namespace: a veth to the outside world."""
+
+    peer_netns: str | None = None  # the namespace standing for the outside (tests); None: host
+    cidr: str  # the public network (elastic IPs come from it)
+    address: str  # the node namespace's address on it
+    gateway: str  # the outside router's address on it
+
+
+class PolicySpec(BaseModel):
+    """Everything the kernel enforces on one network, applied as one nft transaction."""
+
+    network: NetworkSpec
+    groups: list[GroupSpec] = Field(default_factory=list)
+    ports: list[PortSpec] = Field(default_factory=list)
+    uplink: UplinkSpec | None = None

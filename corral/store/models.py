@@ -148,6 +148,7 @@ class Instance(Base):
     mac: Mapped[str] = mapped_column(String(17), unique=True)
     private_ip: Mapped[str | None] = mapped_column(String(39))
     restart_policy: Mapped[str] = mapped_column(String(16), default="on-failure")
+    net_limit_mbit: Mapped[float | None] = mapped_column(Float, default=None)
     stop_timeout: Mapped[float | None] = mapped_column(Float, default=None)
     user_data: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
     ssh_keys: Mapped[list[Any]] = mapped_column(default=list)

@@ -1,0 +1,62 @@
+"""The router side of a node's namespace: a veth `cx0` to the outside world, the default route
+through it, and the elastic IPs it answers for. The outside end lives in the host's namespace
+or, in tests, in a namespace standing for the outside world."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+
+from corral.node.net import links
+from corral.node.net.firewall import UPLINK_DEV
+from corral.node.spec import UplinkSpec
+from corral.proc import arun
+
+
+def peer_name(namespace: str) -> str:
+    return "cx-" + hashlib.sha256(namespace.encode()).hexdigest()[:8]
+
+
+async def ensure(namespace: str, up: UplinkSpec) -> None:
+    prefix = ipaddress.ip_network(up.cidr).prefixlen
+    peer = peer_name(namespace)
+    if UPLINK_DEV not in await links.link_names(namespace):
+        where = ["netns", up.peer_netns] if up.peer_netns else []
+        await arun(["ip", "link", "add", UPLINK_DEV, "netns", namespace, "type", "veth",
+                    "peer", "name", peer, *where])
+    await links.ensure_address(namespace, UPLINK_DEV, f"{up.address}/{prefix}")
+    await arun(["ip", "-n", namespace, "link", "set", UPLINK_DEV, "up"])
+    await arun(["ip", "-n", namespace, "route", "replace", "default", "via", up.gateway,
+                "dev", UPLINK_DEV])
+    outside = ["ip", "-n", up.peer_netns] if up.peer_netns else ["ip"]
+    await arun([*outside, "addr", "replace", f"{up.gateway}/{prefix}", "dev", peer])
+    await arun([*outside, "link", "set", peer, "up"])
+
+
+async def set_public_addresses(namespace: str, up: UplinkSpec, wanted: set[str]) -> set[str]:
+    """The elastic IPs as /32 addresses on cx0 (so the node answers ARP for them); returns
+    the ones removed."""
+    out = await arun(["ip", "-n", namespace, "-json", "addr", "show", "dev", UPLINK_DEV])
+    have = {a["local"] for i in json.loads(out or "[]") for a in i.get("addr_info", [])
+            if a.get("prefixlen") == 32 and a.get("family") == "inet"}
+    for addr in sorted(wanted - have):
+        await arun(["ip", "-n", namespace, "addr", "add", f"{addr}/32", "dev", UPLINK_DEV])
+    gone = have - wanted - {up.address}
+    for addr in sorted(gone):
+        await arun(["ip", "-n", namespace, "addr", "del", f"{addr}/32", "dev", UPLINK_DEV],
+                   check=False)
+    return gone
+
+
+async def remove(namespace: str, up: UplinkSpec | None) -> None:
+    await links.delete_link(namespace, UPLINK_DEV)
+
+
+async def flush_flows(namespace: str, addresses: set[str]) -> None:
+    """Forget conntrack entries to or from ``addresses`` so the next packet of a flow meets
+    the new NAT mapping (an elastic IP moved)."""
+    for addr in sorted(addresses):
+        for flag in ("--orig-dst", "--reply-src", "--orig-src"):
+            await arun(["ip", "netns", "exec", namespace, "conntrack", "-D", flag, addr],
+                       check=False, timeout=10)
