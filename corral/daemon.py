@@ -9,9 +9,11 @@ import contextlib
 import fcntl
 import logging
 import os
+import secrets
 import signal
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -101,9 +103,11 @@ class Daemon:
             await ctrl.start()
             app = create_app(ApiContext(st, ctrl, shutdown=self.request_shutdown, version=VERSION))
             tasks = [self._serve(app, [api_sock], "api")]
+            key = _metadata_key(st.state_dir / "metadata.key")
             for network in await ctrl.networks.by_namespace(st.namespace):
                 sock = netns.listen_in(network.namespace, METADATA_ADDRESS, 80)
-                tasks.append(self._serve(metadata.create_app(ctrl, network.id), [sock], "metadata"))
+                tasks.append(self._serve(metadata.create_app(ctrl, network.id, key), [sock],
+                                         "metadata"))
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop_event.set)
@@ -143,6 +147,19 @@ class Daemon:
         server = _Server(config)
         self.servers.append(server)
         await server.serve(sockets=sockets)
+
+
+def _metadata_key(path: Path) -> bytes:
+    """The key IMDSv2 tokens are signed with, kept so tokens outlive a restart."""
+    try:
+        key = path.read_bytes()
+        if len(key) >= 32:
+            return key
+    except FileNotFoundError:
+        pass
+    key = secrets.token_bytes(32)
+    atomic_write(path, key, 0o600)
+    return key
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -35,6 +35,12 @@ class InstanceCreate(BaseModel):
     restart_policy: RestartPolicy = "on-failure"
     address: str | None = Field(None, description="a fixed private address")
     stop_timeout: float | None = Field(None, ge=0, le=3600)
+    net_limit_mbit: float | None = Field(None, gt=0, le=100000,
+                                         description="bandwidth cap each way, Mbit/s")
+    metadata_tokens: Literal["optional", "required"] = Field(
+        "optional", description="IMDSv2 session tokens optional or required")
+    metadata_hop_limit: int = Field(1, ge=1, le=64,
+                                    description="IP hops an IMDSv2 token answer may travel")
 
 
 class Instance(BaseModel):
@@ -56,6 +62,9 @@ class Instance(BaseModel):
     hostname: str = ""
     key_name: str | None = None
     restart_policy: str
+    net_limit_mbit: float | None = None
+    metadata_tokens: str = "optional"
+    metadata_hop_limit: int = 1
     restarts: int = 0
     pid: int | None = None
     launch_time: dt.datetime

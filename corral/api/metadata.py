@@ -1,11 +1,22 @@
-"""The per-instance metadata service at 169.254.169.254, in EC2's path layout.
+"""The per-instance metadata service at 169.254.169.254, in EC2's path layout, with IMDSv2.
 
 It listens inside Corral's network namespace; the instance asking is the one whose private
-address the request comes from on that network (addresses are fixed per MAC by DHCP)."""
+address the request comes from on that network. That address cannot be forged: the bridge
+drops any frame whose MAC or source address is not its tap's instance's (node/net/firewall.py).
+
+IMDSv2: `PUT /latest/api/token` with `X-aws-ec2-metadata-token-ttl-seconds` (1-21600) gives a
+token bound to the instance (HMAC with a key kept in the state directory, so tokens survive a
+daemon restart); requests carrying `X-aws-ec2-metadata-token` must carry a valid one, and
+instances launched with tokens `required` must carry one. The PUT's answer leaves with the
+instance's hop limit as its IP TTL (set by nftables), so it travels no further than allowed."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
+import time
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -89,8 +100,60 @@ def _walk(tree: Tree, parts: list[str]) -> Any:
     return node
 
 
-def create_app(ctrl: Controller, network_id: str) -> FastAPI:
+TOKEN_HEADER = "x-aws-ec2-metadata-token"
+TTL_HEADER = "x-aws-ec2-metadata-token-ttl-seconds"
+TTL_MAX = 21600
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Tokens:
+    """IMDSv2 session tokens: ``payload.signature``, bound to one instance and an expiry."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    def _sign(self, payload: str) -> str:
+        return _b64(hmac.new(self.key, payload.encode(), hashlib.sha256).digest())
+
+    def issue(self, instance_id: str, ttl: int, now: float | None = None) -> str:
+        expires = int((now or time.time()) + ttl)
+        payload = _b64(json.dumps({"i": instance_id, "e": expires}).encode())
+        return f"{payload}.{self._sign(payload)}"
+
+    def valid(self, token: str, instance_id: str, now: float | None = None) -> bool:
+        payload, _, sig = token.partition(".")
+        if not payload or not hmac.compare_digest(sig, self._sign(payload)):
+            return False
+        try:
+            data = json.loads(_unb64(payload))
+        except ValueError:
+            return False
+        return bool(data.get("i") == instance_id and data.get("e", 0) > (now or time.time()))
+
+
+def create_app(ctrl: Controller, network_id: str, key: bytes) -> FastAPI:
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    tokens = Tokens(key)
+
+    def refused(inst: Instance, request: Request) -> PlainTextResponse | None:
+        """The answer when this request may not read metadata, else None."""
+        if inst.metadata_endpoint == "disabled":
+            return PlainTextResponse("the metadata endpoint is disabled for this instance",
+                                     status_code=403)
+        token = request.headers.get(TOKEN_HEADER)
+        if token is not None and not tokens.valid(token, inst.id):
+            return PlainTextResponse("invalid or expired token", status_code=401)
+        if token is None and inst.metadata_tokens == "required":
+            return PlainTextResponse("this instance requires IMDSv2: PUT /latest/api/token "
+                                     "first", status_code=401)
+        return None
 
     async def whoami(request: Request) -> tuple[Instance, Image | None, Network, list[str]] | None:
         client = request.client.host if request.client else ""
@@ -124,11 +187,31 @@ def create_app(ctrl: Controller, network_id: str) -> FastAPI:
     async def latest() -> PlainTextResponse:
         return PlainTextResponse("dynamic\nmeta-data\nuser-data")
 
+    @app.put("/latest/api/token")
+    async def token(request: Request) -> Response:
+        found = await whoami(request)
+        if found is None:
+            return PlainTextResponse("no instance has this address", status_code=404)
+        if "x-forwarded-for" in request.headers:
+            return PlainTextResponse("forwarded requests may not get tokens", status_code=403)
+        if found[0].metadata_endpoint == "disabled":
+            return PlainTextResponse("the metadata endpoint is disabled", status_code=403)
+        try:
+            ttl = int(request.headers.get(TTL_HEADER, ""))
+        except ValueError:
+            ttl = 0
+        if not 1 <= ttl <= TTL_MAX:
+            return PlainTextResponse(f"{TTL_HEADER} must be 1-{TTL_MAX} seconds",
+                                     status_code=400)
+        return PlainTextResponse(tokens.issue(found[0].id, ttl), headers={TTL_HEADER: str(ttl)})
+
     @app.get("/latest/user-data")
     async def user_data(request: Request) -> Response:
         found = await whoami(request)
         if found is None:
             return PlainTextResponse("no instance has this address", status_code=404)
+        if (no := refused(found[0], request)) is not None:
+            return no
         if not found[0].user_data:
             return PlainTextResponse("no user-data", status_code=404)
         return Response(found[0].user_data, media_type="application/octet-stream")
@@ -138,6 +221,8 @@ def create_app(ctrl: Controller, network_id: str) -> FastAPI:
         found = await whoami(request)
         if found is None:
             return PlainTextResponse("no instance has this address", status_code=404)
+        if (no := refused(found[0], request)) is not None:
+            return no
         tree = build_tree(found[0], found[1], found[2], ctrl.settings, found[3])
         parts = [p for p in path.split("/") if p]
         node = _walk(tree, parts)

@@ -15,6 +15,8 @@ def instance(row: db.Instance, image_name: str = "", domain: str = "") -> models
         cpus=row.cpus, memory=row.memory, disk_size=row.disk_size, private_ip=row.private_ip,
         mac=row.mac, hostname=f"{row.name}.{domain}" if domain else row.name,
         key_name=row.key_name, restart_policy=row.restart_policy, restarts=row.restarts,
+        net_limit_mbit=row.net_limit_mbit, metadata_tokens=row.metadata_tokens,
+        metadata_hop_limit=row.metadata_hop_limit,
         pid=row.pid, launch_time=row.launch_time, started_at=row.started_at,
         stopped_at=row.stopped_at, terminated_at=row.terminated_at,
     )

@@ -53,6 +53,12 @@ def run(
     user_data: Path | None = typer.Option(None, "--user-data", help="a script run at first boot"),
     restart: str = typer.Option("on-failure", help="always, on-failure or never"),
     address: str | None = typer.Option(None, help="a fixed private address"),
+    net_limit: float | None = typer.Option(None, "--net-limit",
+                                           help="bandwidth cap each way, in Mbit/s"),
+    imds_tokens: str = typer.Option("optional", "--imds-tokens",
+                                    help="IMDSv2 tokens optional or required"),
+    imds_hop_limit: int = typer.Option(1, "--imds-hop-limit",
+                                       help="IP hops an IMDSv2 token may travel"),
     no_wait: bool = typer.Option(False, "--no-wait", help="return at once with the operation"),
 ) -> None:
     """Run a new instance."""
@@ -68,7 +74,10 @@ def run(
     try:
         req = models.InstanceCreate(image=image, name=name, cpus=cpus, memory=memory, disk=disk,
                                     keys=names, public_keys=inline, user_data=ud,
-                                    restart_policy=restart, address=address)  # type: ignore[arg-type]
+                                    restart_policy=restart, address=address,  # type: ignore[arg-type]
+                                    net_limit_mbit=net_limit,
+                                    metadata_tokens=imds_tokens,  # type: ignore[arg-type]
+                                    metadata_hop_limit=imds_hop_limit)
     except ValueError as err:
         raise fail(str(err).splitlines()[-1]) from err
     acc = c.instance_run(req)

@@ -130,6 +130,8 @@ class Instances:
                 node_id=node.id, network_id=network.id, state="pending", desired_state="running",
                 cpus=req.cpus, memory=memory, disk_size=disk, mac=await self._new_mac(s),
                 restart_policy=req.restart_policy, stop_timeout=req.stop_timeout,
+                net_limit_mbit=req.net_limit_mbit, metadata_tokens=req.metadata_tokens,
+                metadata_hop_limit=req.metadata_hop_limit,
                 user_data=user_data, ssh_keys=ssh_keys,
                 key_name=req.keys[0] if req.keys else None, launch_time=utcnow(),
                 reservation_id=ids.new_id("reservation"),

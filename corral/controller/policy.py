@@ -48,6 +48,7 @@ async def build(s: AsyncSession, network: Network, spec: NetworkSpec,
         assert inst.private_ip is not None
         ports.append(PortSpec(instance_id=inst.id, tap=tap_name(inst.id), mac=inst.mac,
                               address=inst.private_ip, groups=[g.id],
-                              rate_mbit=inst.net_limit_mbit))
+                              rate_mbit=inst.net_limit_mbit,
+                              metadata_hop_limit=inst.metadata_hop_limit))
     return PolicySpec(network=spec, groups=list(groups.values()), ports=ports,
                       uplink=uplink_spec(settings))

@@ -86,6 +86,7 @@ class NodeAgent:
         self._accel_lock = asyncio.Lock()
         self._public: dict[str, dict[str, str]] = {}  # network -> elastic IP -> private
         self._rates: dict[str, float | None] = {}  # tap -> the cap applied
+        self._policies: dict[str, PolicySpec] = {}  # network -> the policy last applied
         self._policy_lock = asyncio.Lock()
 
     # -- life cycle ------------------------------------------------------------------------
@@ -227,11 +228,16 @@ class NodeAgent:
             if moved:
                 await uplink.flush_flows(ns, moved)
             self._public[policy.network.id] = mapping
+            self._policies[policy.network.id] = policy
             present = await links.link_names(ns)
             for port in policy.ports:
-                if port.tap in present and self._rates.get(port.tap, -1.0) != port.rate_mbit:
-                    await shaping.apply(ns, port.tap, port.rate_mbit)
-                    self._rates[port.tap] = port.rate_mbit
+                if port.tap in present:
+                    await self._shape(ns, port.tap, port.rate_mbit)
+
+    async def _shape(self, ns: str, tap: str, rate: float | None) -> None:
+        if self._rates.get(tap, -1.0) != rate:
+            await shaping.apply(ns, tap, rate)
+            self._rates[tap] = rate
 
     async def network_hosts(self, spec: NetworkSpec, hosts: list[HostRecord]) -> None:
         await self._dnsmasq(spec).update_hosts(_entries(hosts))
@@ -268,6 +274,10 @@ class NodeAgent:
         await overlays.create(paths.disk, self.images.root_disk_path(manifest),
                               manifest.root_disk.format, spec.disk_size)
         await links.ensure_tap(spec.network.namespace, spec.tap, spec.network.bridge)
+        policy = self._policies.get(spec.network.id)
+        port = next((p for p in policy.ports if p.tap == spec.tap), None) if policy else None
+        if port is not None:  # the policy came before the tap: cap it now
+            await self._shape(spec.network.namespace, spec.tap, port.rate_mbit)
 
     async def instance_start(self, spec: InstanceSpec) -> int:
         async with self._lock(spec.id):

@@ -102,6 +102,7 @@ class PortSpec(BaseModel):
     groups: list[str] = Field(default_factory=list)
     public_ip: str | None = None  # an elastic IP mapped 1:1 to ``address``
     rate_mbit: float | None = None  # bandwidth cap each way; None: unlimited
+    metadata_hop_limit: int = 1  # IP TTL of the metadata service's answers to IMDSv2 PUTs
 
 
 class UplinkSpec(BaseModel):

@@ -149,6 +149,10 @@ class Instance(Base):
     private_ip: Mapped[str | None] = mapped_column(String(39))
     restart_policy: Mapped[str] = mapped_column(String(16), default="on-failure")
     net_limit_mbit: Mapped[float | None] = mapped_column(Float, default=None)
+    # EC2 instance metadata options: IMDSv2 tokens optional|required, PUT response hop limit
+    metadata_tokens: Mapped[str] = mapped_column(String(16), default="optional")
+    metadata_hop_limit: Mapped[int] = mapped_column(Integer, default=1)
+    metadata_endpoint: Mapped[str] = mapped_column(String(16), default="enabled")
     stop_timeout: Mapped[float | None] = mapped_column(Float, default=None)
     user_data: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
     ssh_keys: Mapped[list[Any]] = mapped_column(default=list)

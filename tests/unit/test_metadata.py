@@ -26,7 +26,7 @@ def client_from(ctrl: Controller) -> Client:
     @asynccontextmanager
     async def make(address: str) -> AsyncIterator[httpx.AsyncClient]:
         (network,) = await ctrl.networks.by_namespace(ctrl.settings.namespace)
-        app = metadata.create_app(ctrl, network.id)
+        app = metadata.create_app(ctrl, network.id, b"k" * 32)
         transport = httpx.ASGITransport(app=app, client=(address, 40000))
         async with httpx.AsyncClient(transport=transport,
                                      base_url="http://169.254.169.254") as c:
@@ -169,3 +169,68 @@ async def test_each_instance_sees_only_itself(ctrl: Controller, client_from: Cli
     async with client_from(other.private_ip) as c:
         assert await _text(c, "/latest/meta-data/instance-id") == other.id
         assert await _text(c, "/latest/meta-data/local-ipv4") == other.private_ip
+
+
+# -- IMDSv2 ------------------------------------------------------------------------------------
+TTL = "X-aws-ec2-metadata-token-ttl-seconds"
+TOKEN = "X-aws-ec2-metadata-token"
+
+
+async def test_imdsv2_token_flow(client_from: Client, web: Instance) -> None:
+    assert web.private_ip is not None
+    async with client_from(web.private_ip) as c:
+        put = await c.put("/latest/api/token", headers={TTL: "60"})
+        assert put.status_code == 200 and put.headers[TTL] == "60"
+        token = put.text
+        got = await c.get("/latest/meta-data/instance-id", headers={TOKEN: token})
+        assert got.status_code == 200 and got.text == web.id
+        bad = await c.get("/latest/meta-data/instance-id", headers={TOKEN: token + "x"})
+        assert bad.status_code == 401
+
+
+@pytest.mark.parametrize("ttl", [None, "0", "21601", "abc"])
+async def test_imdsv2_token_needs_a_ttl_in_range(client_from: Client, web: Instance,
+                                                  ttl: str | None) -> None:
+    assert web.private_ip is not None
+    async with client_from(web.private_ip) as c:
+        headers = {TTL: ttl} if ttl is not None else {}
+        assert (await c.put("/latest/api/token", headers=headers)).status_code == 400
+
+
+async def test_imdsv2_refuses_forwarded_token_requests(client_from: Client,
+                                                        web: Instance) -> None:
+    assert web.private_ip is not None
+    async with client_from(web.private_ip) as c:
+        resp = await c.put("/latest/api/token", headers={TTL: "60", "X-Forwarded-For": "1.2.3.4"})
+        assert resp.status_code == 403
+
+
+async def test_a_token_of_one_instance_is_not_valid_for_another(
+        ctrl: Controller, client_from: Client, web: Instance) -> None:
+    other = await run(ctrl, name="other", memory="128M")
+    assert web.private_ip is not None and other.private_ip is not None
+    async with client_from(web.private_ip) as c:
+        token = (await c.put("/latest/api/token", headers={TTL: "60"})).text
+    async with client_from(other.private_ip) as c:
+        resp = await c.get("/latest/meta-data/instance-id", headers={TOKEN: token})
+        assert resp.status_code == 401
+
+
+async def test_expired_tokens_are_refused() -> None:
+    tokens = metadata.Tokens(b"k" * 32)
+    token = tokens.issue("i-0123456789abcdef0", 10, now=1000.0)
+    assert tokens.valid(token, "i-0123456789abcdef0", now=1005.0)
+    assert not tokens.valid(token, "i-0123456789abcdef0", now=1011.0)
+    assert not metadata.Tokens(b"j" * 32).valid(token, "i-0123456789abcdef0", now=1005.0)
+
+
+async def test_tokens_required_means_v1_requests_are_refused(
+        ctrl: Controller, client_from: Client) -> None:
+    inst = await run(ctrl, name="strict", memory="128M", metadata_tokens="required")
+    assert inst.private_ip is not None
+    async with client_from(inst.private_ip) as c:
+        v1 = await c.get("/latest/meta-data/instance-id")
+        assert v1.status_code == 401 and "IMDSv2" in v1.text
+        token = (await c.put("/latest/api/token", headers={TTL: "30"})).text
+        v2 = await c.get("/latest/meta-data/instance-id", headers={TOKEN: token})
+        assert v2.status_code == 200 and v2.text == inst.id

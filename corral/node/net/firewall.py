@@ -29,6 +29,7 @@ GUARD = "corral_guard"
 TABLE = "corral"
 UPLINK_DEV = "cx0"
 METADATA = "169.254.169.254"
+IMDS_PUT_MARK = 0x1
 
 Json = dict[str, Any]
 
@@ -176,6 +177,12 @@ def render(policy: PolicySpec) -> list[Json]:
     add("chain", {"family": fam, "table": TABLE, "name": "input", "type": "filter",
                   "hook": "input", "prio": 0, "policy": "accept"})
     from_bridge = _match({"meta": {"key": "iifname"}}, bridge)
+    imds = [_match(_payload("ip", "daddr"), METADATA), _match(_payload("tcp", "dport"), 80)]
+    # connections that carry an IMDSv2 token PUT are marked; their answers get the
+    # instance's hop limit as TTL (below), so the token cannot travel further than allowed
+    rule("input", [from_bridge, *imds,
+                   _match({"payload": {"base": "ih", "offset": 0, "len": 32}}, 0x50555420),
+                   {"mangle": {"key": {"ct": {"key": "mark"}}, "value": IMDS_PUT_MARK}}])
     rule("input", [_match(ct_state, ["established", "related"], "in"), {"accept": None}])
     rule("input", [from_bridge, _match({"meta": {"key": "l4proto"}}, "udp"),
                    _match(_payload("udp", "dport"), {"set": [53, 67]}), {"accept": None}])
@@ -186,6 +193,15 @@ def render(policy: PolicySpec) -> list[Json]:
                    _match(_payload("tcp", "dport"), 80), {"accept": None}])
     rule("input", [from_bridge, _match({"meta": {"key": "l4proto"}}, "icmp"), {"accept": None}])
     rule("input", [from_bridge, {"counter": None}, {"drop": None}])
+
+    add("chain", {"family": fam, "table": TABLE, "name": "output", "type": "filter",
+                  "hook": "output", "prio": 0, "policy": "accept"})
+    answers = [_match(_payload("ip", "saddr"), METADATA), _match(_payload("tcp", "sport"), 80),
+               _match({"ct": {"key": "mark"}}, IMDS_PUT_MARK)]
+    for port in policy.ports:
+        rule("output", [*answers, _match(_payload("ip", "daddr"), port.address),
+                        {"mangle": {"key": _payload("ip", "ttl"),
+                                    "value": port.metadata_hop_limit}}])
 
     _render_nat(policy, add, rule)
     return cmds
