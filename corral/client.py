@@ -124,6 +124,11 @@ class Client:
     def instance_show(self, ref: str) -> models.Instance:
         return models.Instance.model_validate(self._call("GET", f"/v1/instances/{ref}"))
 
+    def instance_update(self, ref: str, name: str | None = None) -> models.Instance:
+        body = models.InstanceUpdate(name=name).model_dump(exclude_none=True)
+        return models.Instance.model_validate(self._call("PATCH", f"/v1/instances/{ref}",
+                                                         json=body))
+
     def instance_start(self, ref: str) -> models.InstanceAccepted:
         return models.InstanceAccepted.model_validate(
             self._call("POST", f"/v1/instances/{ref}/start"))

@@ -37,6 +37,13 @@ class Settings:
     qemu: str = "qemu-system-x86_64"  # command or path of the QEMU binary
     uplink: str = "none"  # none | host | netns:NAME (the namespace standing for the outside)
     public_cidr: str = "198.51.100.0/24"  # elastic IPs; a documentation range, never routed
+    # optional RFC 2136 updates of public records (<name>.<dns_zone> A <public IP>)
+    dns_server: str = ""  # ADDRESS[:PORT] of the authoritative server; empty: off
+    dns_zone: str = ""
+    dns_tsig_name: str = ""
+    dns_tsig_secret: str = ""  # base64
+    dns_tsig_algorithm: str = "hmac-sha256"
+    dns_ttl: int = 60
     extra: dict[str, Any] = field(default_factory=dict)
 
     # -- derived paths ---------------------------------------------------------------------
@@ -112,6 +119,9 @@ class Settings:
         if not (self.uplink in ("none", "host") or self.uplink.startswith("netns:")):
             raise Invalid(f"uplink {self.uplink!r} must be none, host or netns:NAME",
                           field="uplink")
+        if self.dns_server and not (self.dns_zone and self.dns_tsig_name and self.dns_tsig_secret):
+            raise Invalid("dns_server needs dns_zone, dns_tsig_name and dns_tsig_secret (updates "
+                          "are always signed)", field="dns_server")
         if not 0 < self.api_port < 65536:
             raise Invalid(f"api_port {self.api_port} must be between 1 and 65535", field="api_port")
         if self.reconcile_interval <= 0:
@@ -144,6 +154,12 @@ _ENV = {
     "CORRAL_QEMU": "qemu",
     "CORRAL_UPLINK": "uplink",
     "CORRAL_PUBLIC_CIDR": "public_cidr",
+    "CORRAL_DNS_SERVER": "dns_server",
+    "CORRAL_DNS_ZONE": "dns_zone",
+    "CORRAL_DNS_TSIG_NAME": "dns_tsig_name",
+    "CORRAL_DNS_TSIG_SECRET": "dns_tsig_secret",
+    "CORRAL_DNS_TSIG_ALGORITHM": "dns_tsig_algorithm",
+    "CORRAL_DNS_TTL": "dns_ttl",
 }
 
 

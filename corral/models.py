@@ -102,6 +102,11 @@ class InstanceAccepted(BaseModel):
     instance: Instance
 
 
+class InstanceUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, description="a new name (DNS names follow)")
+
+
 class StopRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     timeout: float | None = Field(None, ge=0, le=3600, description="seconds before forcing")

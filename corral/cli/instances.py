@@ -305,6 +305,13 @@ def _lifecycle(ctx: typer.Context, names: list[str], verb: str, no_wait: bool, *
 
 
 @app.command()
+def rename(ctx: typer.Context, name: str, new_name: str) -> None:
+    """Give an instance a new name; its DNS names follow at once."""
+    inst = opts(ctx).client().instance_update(name, name=new_name)
+    console.print(f"{name} is now {inst.name} ({inst.hostname})")
+
+
+@app.command()
 def stop(ctx: typer.Context, names: list[str],
          timeout: float | None = typer.Option(None, help="seconds before forcing (default 30)"),
          force: bool = typer.Option(False, "--force", "-f", help="power off at once"),

@@ -332,6 +332,23 @@ class Instances:
         self.locks.pop(iid, None)
         return {"instance_id": iid}
 
+    async def rename(self, caller: Caller, ref: str, name: str) -> Instance:
+        """A new name (and so new DNS names) for a live instance; DNS follows at once."""
+        ids.check_name(name)
+        async with self.ctrl.store.write() as s:
+            inst = await self.resolve(s, caller, ref)
+            if inst.name == name:
+                return inst
+            clash = await s.scalar(select(Instance.id).where(
+                Instance.account_id == caller.account_id, Instance.name == name,
+                Instance.state != "terminated"))
+            if clash:
+                raise Exists(f"an instance named {name} already exists ({clash})", field="name",
+                             resource="instance")
+            inst.name = name
+        await self.ctrl.networks.sync(inst.network_id)
+        return inst
+
     # -- odds and ends ---------------------------------------------------------------------
     async def user_data_b64(self, inst: Instance) -> str:
         return base64.b64encode(inst.user_data or b"").decode()

@@ -22,7 +22,7 @@ from corral.fsutil import atomic_write, pid_alive, proc_cmdline
 from corral.images.store import ImageStore
 from corral.node.driver import cgroups, probe, qemu
 from corral.node.driver.machine import Machine, find_pid, read_exit
-from corral.node.net import dnsmasq, firewall, forward, links, netns, nft, shaping, uplink
+from corral.node.net import dnsmasq, firewall, forward, links, netns, nft, publicdns, shaping, uplink
 from corral.node.spec import (
     Accel,
     ExitInfo,
@@ -88,6 +88,7 @@ class NodeAgent:
         self._rates: dict[str, float | None] = {}  # tap -> the cap applied
         self._policies: dict[str, PolicySpec] = {}  # network -> the policy last applied
         self._policy_lock = asyncio.Lock()
+        self.public_dns = publicdns.PublicDns(settings)
 
     # -- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -238,6 +239,13 @@ class NodeAgent:
         if self._rates.get(tap, -1.0) != rate:
             await shaping.apply(ns, tap, rate)
             self._rates[tap] = rate
+
+    async def dns_update(self, put: dict[str, str], remove: list[str]) -> None:
+        """Public DNS: remove names first (an address may be moving), then set the others."""
+        for name in remove:
+            await self.public_dns.remove(name)
+        for name, address in put.items():
+            await self.public_dns.set(name, address)
 
     async def network_hosts(self, spec: NetworkSpec, hosts: list[HostRecord]) -> None:
         await self._dnsmasq(spec).update_hosts(_entries(hosts))

@@ -30,6 +30,7 @@ class FakeNode:
         self.exits: dict[str, ExitInfo] = {}
         self.hosts: dict[str, list[HostRecord]] = {}
         self.policies: dict[str, PolicySpec] = {}
+        self.dns: dict[str, str] = {}
         self.fail_start: set[str] = set()
         self.calls: list[tuple[str, str]] = []
         self._pids = itertools.count(10000)
@@ -47,6 +48,11 @@ class FakeNode:
 
     async def network_policy(self, policy: PolicySpec) -> None:
         self.policies[policy.network.id] = policy
+
+    async def dns_update(self, put: dict[str, str], remove: list[str]) -> None:
+        for name in remove:
+            self.dns.pop(name, None)
+        self.dns.update(put)
 
     async def instance_create(self, spec: InstanceSpec) -> None:
         self.calls.append(("create", spec.id))

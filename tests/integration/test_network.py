@@ -28,6 +28,11 @@ def test_three_instances_get_distinct_addresses_and_resolve_each_other(corral: D
     # the instance id is a DNS name too
     out = corral.ssh("net-a", f"nslookup {infos['net-b']['id']}.{domain}").ok().out
     assert infos["net-b"]["private_ip"] in out
+    # a rename reaches DNS at once: the new name resolves, the old one is gone
+    assert "net-z.corral" in corral.cli("rename", "net-c", "net-z").ok().out
+    out = corral.ssh("net-a", f"nslookup net-z.{domain}; nslookup net-c.{domain} || echo OLD-GONE")
+    assert infos["net-c"]["private_ip"] in out.out and "OLD-GONE" in out.out
+    names[2] = "net-z"
     corral.cli("rm", "--force", *names).ok()
     # terminated names leave DNS
     hosts = (corral.state_dir / "networks").glob("*/hosts")

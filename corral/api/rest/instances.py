@@ -42,6 +42,16 @@ async def instance_show(ref: str, ctx: ApiContext = Depends(get_context),
     return await _view(ctx, who, await ctx.controller.instances.get(who, ref))
 
 
+@router.patch("/{ref}", response_model=models.Instance)
+async def instance_update(ref: str, req: models.InstanceUpdate,
+                          ctx: ApiContext = Depends(get_context),
+                          who: Caller = Depends(auth)) -> models.Instance:
+    inst = await ctx.controller.instances.get(who, ref)
+    if req.name is not None:
+        inst = await ctx.controller.instances.rename(who, ref, req.name)
+    return await _view(ctx, who, inst)
+
+
 @router.post("/{ref}/start", status_code=202, response_model=models.InstanceAccepted)
 async def instance_start(ref: str, ctx: ApiContext = Depends(get_context),
                          who: Caller = Depends(auth)) -> models.InstanceAccepted:
