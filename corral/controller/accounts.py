@@ -3,6 +3,8 @@ key to ``<state>/admin.credentials`` (mode 0600) for the CLI on the same host.""
 
 from __future__ import annotations
 
+import builtins
+
 import hmac
 import json
 import os
@@ -54,7 +56,7 @@ class Accounts:
             raise NotFound(f"account {ref} does not exist", resource="account")
         return acct
 
-    async def list(self) -> list[Account]:
+    async def list(self) -> builtins.list[Account]:
         async with self.store.read() as s:
             return list(await s.scalars(select(Account).order_by(Account.created_at)))
 

@@ -3,6 +3,8 @@ name or id, builds from recipes (as operations), removal (refused while in use).
 
 from __future__ import annotations
 
+import builtins
+
 import asyncio
 import hashlib
 from typing import TYPE_CHECKING, Any
@@ -55,7 +57,7 @@ class Images:
         async with self.ctrl.store.read() as s:
             return await self.resolve(s, caller, ref)
 
-    async def list(self, caller: Caller) -> list[Image]:
+    async def list(self, caller: Caller) -> builtins.list[Image]:
         async with self.ctrl.store.read() as s:
             return list(await s.scalars(select(Image).where(
                 or_(Image.public.is_(True), Image.account_id == caller.account_id),
@@ -87,7 +89,7 @@ class Images:
                 row.state = "available"
         return row
 
-    async def sync_from_store(self) -> list[Image]:
+    async def sync_from_store(self) -> builtins.list[Image]:
         store = self.ctrl.image_store
         return [await self.register(m) for m in await asyncio.to_thread(store.list)]
 

@@ -5,6 +5,8 @@ address freed."""
 
 from __future__ import annotations
 
+import builtins
+
 import asyncio
 import base64
 import contextlib
@@ -71,7 +73,7 @@ class Instances:
         async with self.ctrl.store.read() as s:
             return await self.resolve(s, caller, ref, include_terminated=True)
 
-    async def list(self, caller: Caller, include_terminated: bool = True) -> list[Instance]:
+    async def list(self, caller: Caller, include_terminated: bool = True) -> builtins.list[Instance]:
         async with self.ctrl.store.read() as s:
             q = select(Instance).where(Instance.account_id == caller.account_id)
             if not include_terminated:
@@ -359,7 +361,7 @@ class Instances:
                 Instance.network_id == network_id, Instance.private_ip == address,
                 Instance.state != "terminated"))
 
-    async def on_node(self, node_id: str) -> list[Instance]:
+    async def on_node(self, node_id: str) -> builtins.list[Instance]:
         async with self.ctrl.store.read() as s:
             return list(await s.scalars(select(Instance).where(
                 Instance.node_id == node_id,

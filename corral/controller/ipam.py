@@ -17,7 +17,7 @@ RESERVED_LOW = 9  # .1 is the gateway; .2-.9 are kept for services
 
 
 def host_range(cidr: str) -> list[ipaddress.IPv4Address]:
-    net = ipaddress.ip_network(cidr)
+    net = ipaddress.IPv4Network(cidr)
     hosts = list(net.hosts())
     return hosts[RESERVED_LOW:] if len(hosts) > RESERVED_LOW + 4 else hosts[1:]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -36,7 +38,7 @@ class KeyPairs:
             s.add(row)
         return row, material.private_key
 
-    async def list(self, caller: Caller) -> list[KeyPair]:
+    async def list(self, caller: Caller) -> builtins.list[KeyPair]:
         async with self.ctrl.store.read() as s:
             return list(await s.scalars(select(KeyPair).where(
                 KeyPair.account_id == caller.account_id).order_by(KeyPair.name)))

@@ -88,7 +88,7 @@ class Qmp:
         """QMP events until the link drops."""
         with self.client.listener() as listener:
             async for event in listener:
-                yield event
+                yield dict(event)
 
     async def close(self) -> None:
         self.state = LinkState.CLOSED

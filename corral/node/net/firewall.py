@@ -9,10 +9,11 @@ established flows survive a rebuild):
   instance's address (DHCP's 0.0.0.0 excepted); IPv6 from taps is dropped. So the source
   address of anything reaching the node (the metadata service too) names the instance.
 - ``inet corral``: stateful security groups and NAT. Bridged IPv4 passes the inet hooks
-  (br_netfilter, `bridge-nf-call-iptables=1`), where conntrack works. `forward` lets
-  established flows through, sends new ones through the sender's egress chain (allowed:
-  `return`) and the receiver's ingress chain (allowed: `accept`), both ending in `drop`;
-  instances are found by address through verdict maps. `input` lets instances reach DHCP, DNS
+  (br_netfilter, `bridge-nf-call-iptables=1`), where conntrack works. Two base chains on the
+  forward hook let established flows through and send new ones through the sender's egress
+  chain, then the receiver's ingress chain (found by address through verdict maps); each
+  instance chain jumps to its groups' chains (every group's rules exist once) and ends in
+  `drop`, so a flow needs an allow on both sides. `input` lets instances reach DHCP, DNS
   and the metadata service on the node and nothing else. NAT: 1:1 for elastic IPs (maps),
   masquerade for the rest, and hairpin for instances that reach each other's public address.
 """
@@ -140,6 +141,15 @@ def render(policy: PolicySpec) -> list[Json]:
                     **({"elem": sorted(addrs)} if addrs else {})})
     known = set(members)
 
+    # each group's rules once, in its own chains; an instance's chains jump to its groups'
+    for gid, group in groups.items():
+        for direction, chain, rules in (("ingress", f"gi_{_id(gid)}", group.ingress),
+                                        ("egress", f"ge_{_id(gid)}", group.egress)):
+            add("chain", {"family": fam, "table": TABLE, "name": chain})
+            for r in rules:
+                for expr in rule_exprs(r, direction, known):
+                    rule(chain, [*expr, {"accept": None}])
+
     ingress_map: list[Any] = []
     egress_map: list[Any] = []
     for port in policy.ports:
@@ -147,15 +157,9 @@ def render(policy: PolicySpec) -> list[Json]:
         add("chain", {"family": fam, "table": TABLE, "name": cin})
         add("chain", {"family": fam, "table": TABLE, "name": ceg})
         for gid in port.groups:
-            group = groups.get(gid)
-            if group is None:
-                continue
-            for r in group.ingress:
-                for expr in rule_exprs(r, "ingress", known):
-                    rule(cin, [*expr, {"accept": None}])
-            for r in group.egress:
-                for expr in rule_exprs(r, "egress", known):
-                    rule(ceg, [*expr, {"return": None}])
+            if gid in groups:
+                rule(cin, [{"jump": {"target": f"gi_{_id(gid)}"}}])
+                rule(ceg, [{"jump": {"target": f"ge_{_id(gid)}"}}])
         rule(cin, [{"counter": None}, {"drop": None}])
         rule(ceg, [{"counter": None}, {"drop": None}])
         ingress_map.append([port.address, {"jump": {"target": cin}}])
@@ -165,13 +169,19 @@ def render(policy: PolicySpec) -> list[Json]:
         add("map", {"family": fam, "table": TABLE, "name": name, "type": "ipv4_addr",
                     "map": "verdict", **({"elem": elems} if elems else {})})
 
-    add("chain", {"family": fam, "table": TABLE, "name": "forward", "type": "filter",
-                  "hook": "forward", "prio": 0, "policy": "accept"})
+    # two base chains on the forward hook: a packet must be accepted by both (the sender's
+    # egress, then the receiver's ingress); an accept ends only its own base chain
     ct_state = {"ct": {"key": "state"}}
-    rule("forward", [_match(ct_state, ["established", "related"], "in"), {"accept": None}])
-    rule("forward", [_match(ct_state, "invalid", "in"), {"drop": None}])
-    rule("forward", [{"vmap": {"key": _payload("ip", "saddr"), "data": "@egress"}}])
-    rule("forward", [{"vmap": {"key": _payload("ip", "daddr"), "data": "@ingress"}}])
+    established = [_match(ct_state, ["established", "related"], "in"), {"accept": None}]
+    add("chain", {"family": fam, "table": TABLE, "name": "forward_egress", "type": "filter",
+                  "hook": "forward", "prio": 0, "policy": "accept"})
+    rule("forward_egress", established)
+    rule("forward_egress", [_match(ct_state, "invalid", "in"), {"drop": None}])
+    rule("forward_egress", [{"vmap": {"key": _payload("ip", "saddr"), "data": "@egress"}}])
+    add("chain", {"family": fam, "table": TABLE, "name": "forward_ingress", "type": "filter",
+                  "hook": "forward", "prio": 10, "policy": "accept"})
+    rule("forward_ingress", established)
+    rule("forward_ingress", [{"vmap": {"key": _payload("ip", "daddr"), "data": "@ingress"}}])
 
     # instances may reach the node itself for DHCP, DNS and metadata only
     add("chain", {"family": fam, "table": TABLE, "name": "input", "type": "filter",
