@@ -78,28 +78,36 @@ def throughput(runs: int, megabytes: int = 16) -> dict[str, object]:
         for n in ("tp-a", "tp-b"):
             d.cli("run", "tiny", "--name", n, "--memory", "256M").ok()
         b_ip = json.loads(d.cli("show", "tp-b", "--json").ok().out)["private_ip"]
-        ns = d.settings.namespace
 
-        def once() -> float:
-            d.cli("ssh", "tp-b", "--", "(nc -l -p 5001 > /dev/null &) ; sleep 0.3").ok()
+        ports = iter(range(5001, 6000))
+        rx = "cat /sys/class/net/eth0/statistics/rx_bytes"
+
+        def once(b_name: str) -> float:
+            port = next(ports)
+            # busybox nc quits when its stdin ends: the listener's stdin is a long sleep
+            before = int(d.cli("ssh", b_name, "--", f"setsid sh -c 'sleep 600 | nc -l -p {port} "
+                               f"> /dev/null' </dev/null >/dev/null 2>&1 & sleep 0.5; {rx}")
+                         .ok().out.split()[-1])
             out = d.cli("ssh", "tp-a", "--", f"time -p sh -c 'dd if=/dev/zero bs=64k "
-                        f"count={megabytes * 16} 2>/dev/null | nc {b_ip} 5001'").ok()
+                        f"count={megabytes * 16} 2>/dev/null | nc {b_ip} {port}'").ok()
             real = next(ln for ln in (out.out + out.err).splitlines() if ln.startswith("real"))
+            after = int(d.cli("ssh", b_name, "--", f"sleep 1; {rx}").ok().out.split()[-1])
+            assert after - before >= megabytes << 20, f"received {after - before} bytes"
             return megabytes * 8 / float(real.split()[1])
 
         filtered, raw = [], []
-        names = iter(["tp-b2", "tp-b"] * runs)
+        b_name = "tp-b"
         for _ in range(runs):
-            filtered.append(once())
+            filtered.append(once(b_name))
             # the same guests on a raw bridge: no Corral rules, no bridged netfilter
             d.nsexec("nft", "flush", "ruleset")
             d.nsexec("sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=0")
-            raw.append(once())
+            raw.append(once(b_name))
             d.nsexec("sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1")
             # any change makes Corral push its whole policy again: a rename will do
-            current = json.loads(d.cli("show", b_ip and "tp-b" if False else _name(d),
-                                       "--json").ok().out)["name"]
-            d.cli("rename", current, next(names)).ok()
+            new = "tp-c" if b_name == "tp-b" else "tp-b"
+            d.cli("rename", b_name, new).ok()
+            b_name = new
             assert "corral" in d.nsexec("nft", "list", "tables").stdout
         return {"corral_mbit": filtered, "raw_bridge_mbit": raw,
                 "corral_median_mbit": median(filtered), "raw_median_mbit": median(raw),
