@@ -18,35 +18,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import machine, median, new_daemon, ssh_banner_at, write_results
+from bench.common import (
+    machine,
+    median,
+    new_daemon,
+    raw_guest,
+    ssh_banner_at,
+    wait,
+    write_results,
+)
 from corral import models
-from corral.images.store import ImageStore
-from corral.node.net import netns
 from corral.node.storage import overlays
-
-
-def raw_argv(kernel: Path, initrd: Path, cmdline: str, disk: Path, tap: str, mac: str,
-             console: Path) -> list[str]:
-    """What one would type to boot the tiny image by hand, with the same devices."""
-    return [
-        "qemu-system-x86_64", "-machine", "pc", "-accel", "tcg,tb-size=32", "-cpu", "max",
-        "-smp", "1", "-m", "256M", "-nodefaults", "-no-user-config", "-display", "none",
-        "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
-        "-drive", f"file={disk},if=none,id=root,format=qcow2,discard=unmap,cache=writeback",
-        "-device", "virtio-blk-pci,drive=root",
-        "-netdev", f"tap,id=net0,ifname={tap},script=no,downscript=no",
-        "-device", f"virtio-net-pci,netdev=net0,mac={mac}",
-        "-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0",
-        "-serial", f"file:{console}",
-    ]
-
-
-def wait(c, acc) -> None:  # type: ignore[no-untyped-def]
-    op = acc.operation
-    while op is not None and op.status not in ("succeeded", "failed", "cancelled"):
-        op = c.operation_wait(op.id, timeout=60)
-    if op is not None and op.status != "succeeded":
-        raise RuntimeError(f"operation {op.id} {op.status}: {op.error}")
 
 
 def boot_runs(runs: int) -> dict[str, object]:
@@ -57,11 +39,6 @@ def boot_runs(runs: int) -> dict[str, object]:
         d.cli("image", "build", "tiny", timeout=900).ok()
         c = d.client()
         ns = d.settings.namespace
-        store = ImageStore(d.settings.images_dir)
-        tiny = next(m for m in store.list() if m.name == "tiny")
-        kernel, initrd = store.kernel_path(tiny), store.initrd_path(tiny)
-        base = store.root_disk_path(tiny)
-        assert kernel and initrd
         corral_s: list[float] = []
         raw_s: list[float] = []
         for i in range(runs):
@@ -76,22 +53,9 @@ def boot_runs(runs: int) -> dict[str, object]:
                     corral_s.append(t1 - t0)
                     wait(c, c.instance_terminate(acc.instance.id, force=True))
                 else:
-                    # an instance record gives the raw VM an address that DHCP and the
-                    # metadata service know; it is stopped before the raw QEMU starts
-                    acc = c.instance_run(models.InstanceCreate(image="tiny", name=f"br{i}"))
-                    wait(c, acc)
-                    wait(c, c.instance_stop(acc.instance.id, force=True))
-                    inst = acc.instance
-                    disk = work / f"raw{i}.qcow2"
-                    asyncio.run(overlays.create(disk, base, "qcow2", tiny.root_disk.virtual_size or 0))
-                    tap = "t" + inst.id[2:14]
-                    argv = raw_argv(kernel, initrd, tiny.cmdline, disk, tap, inst.mac,
-                                    work / f"raw{i}.log")
-                    enter = netns.preexec(ns)
+                    launch, inst, _ = raw_guest(d, f"br{i}", work)
                     t0 = time.monotonic()
-                    proc = subprocess.Popen(argv, preexec_fn=enter, stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                    os.close(enter.fd)  # type: ignore[attr-defined]
+                    proc = launch()
                     try:
                         assert inst.private_ip
                         t1 = ssh_banner_at(ns, inst.private_ip, t0 + 120)
@@ -100,7 +64,8 @@ def boot_runs(runs: int) -> dict[str, object]:
                         proc.kill()
                         proc.wait(10)
                     wait(c, c.instance_terminate(inst.id, force=True))
-            print(f"run {i + 1}/{runs}: corral {corral_s[-1]:.2f} s, raw {raw_s[-1]:.2f} s", flush=True)
+            print(f"run {i + 1}/{runs}: corral {corral_s[-1]:.2f} s, raw {raw_s[-1]:.2f} s",
+                  flush=True)
         return {"corral_s": corral_s, "raw_s": raw_s, "corral_median": median(corral_s),
                 "raw_median": median(raw_s), "ratio": median(corral_s) / median(raw_s)}
     finally:
@@ -130,7 +95,7 @@ def disk_runs(repeats: int = 20) -> dict[str, object]:
                 times.append(time.perf_counter() - t0)
                 disk.unlink()
             copies = []
-            for r in range(2):
+            for _ in range(2):
                 t0 = time.perf_counter()
                 shutil.copyfile(base, work / "copy.qcow2")
                 os.sync()

@@ -22,7 +22,8 @@ from tests.harness import Daemon, new_daemon  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
-__all__ = ["Daemon", "median", "new_daemon", "ssh_banner_at", "write_results", "machine"]
+__all__ = ["Daemon", "machine", "median", "new_daemon", "raw_guest", "ssh_banner_at",
+           "write_results"]
 
 
 def median(xs: list[float]) -> float:
@@ -74,3 +75,64 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def raw_argv(kernel: Path, initrd: Path, cmdline: str, disk: Path, tap: str, mac: str,
+             console: Path) -> list[str]:
+    """What one would type to boot the tiny image by hand, with the devices Corral gives it."""
+    return [
+        "qemu-system-x86_64", "-machine", "pc", "-accel", "tcg,tb-size=32", "-cpu", "max",
+        "-smp", "1", "-m", "256M", "-nodefaults", "-no-user-config", "-display", "none",
+        "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
+        "-drive", f"file={disk},if=none,id=root,format=qcow2,discard=unmap,cache=writeback",
+        "-device", "virtio-blk-pci,drive=root",
+        "-netdev", f"tap,id=net0,ifname={tap},script=no,downscript=no",
+        "-device", f"virtio-net-pci,netdev=net0,mac={mac}",
+        "-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0",
+        "-serial", f"file:{console}",
+    ]
+
+
+def wait(c: Any, acc: Any) -> None:
+    op = acc.operation
+    while op is not None and op.status not in ("succeeded", "failed", "cancelled"):
+        op = c.operation_wait(op.id, timeout=60)
+    if op is not None and op.status != "succeeded":
+        raise RuntimeError(f"operation {op.id} {op.status}: {op.error}")
+
+
+def raw_guest(d: Daemon, name: str, work: Path) -> tuple[Any, Any, Any]:
+    """A raw QEMU booting the tiny image on Corral's bridge. An instance record (stopped before
+    QEMU starts) gives it an address that DHCP and the metadata service know; the disk is a
+    fresh overlay, as an instance's is. Returns (launch, instance, client): call launch() to
+    start QEMU and get its Popen."""
+    import asyncio
+
+    from corral import models
+    from corral.images.store import ImageStore
+    from corral.node.storage import overlays
+
+    c = d.client()
+    store = ImageStore(d.settings.images_dir)
+    tiny = next(m for m in store.list() if m.name == "tiny")
+    kernel, initrd = store.kernel_path(tiny), store.initrd_path(tiny)
+    assert kernel and initrd
+    acc = c.instance_run(models.InstanceCreate(image="tiny", name=name))
+    wait(c, acc)
+    wait(c, c.instance_stop(acc.instance.id, force=True))
+    inst = acc.instance
+    disk = work / f"{name}.qcow2"
+    asyncio.run(overlays.create(disk, store.root_disk_path(tiny), "qcow2",
+                                tiny.root_disk.virtual_size or 0))
+    argv = raw_argv(kernel, initrd, tiny.cmdline, disk, "t" + inst.id[2:14], inst.mac,
+                    work / f"{name}.log")
+
+    def launch() -> subprocess.Popen[bytes]:
+        enter = netns.preexec(d.settings.namespace)
+        try:
+            return subprocess.Popen(argv, preexec_fn=enter, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        finally:
+            os.close(enter.fd)  # type: ignore[attr-defined]
+
+    return launch, inst, c

@@ -9,7 +9,6 @@ Target (docs/SPEC.md): Corral's RSS and idle CPU per instance <= 1.1x raw."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import shutil
 import subprocess
@@ -17,12 +16,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.boot import raw_argv, wait
-from bench.common import machine, median, new_daemon, ssh_banner_at, write_results
+from bench.common import (
+    machine,
+    median,
+    new_daemon,
+    raw_guest,
+    ssh_banner_at,
+    wait,
+    write_results,
+)
 from corral import models
-from corral.images.store import ImageStore
-from corral.node.net import netns
-from corral.node.storage import overlays
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -64,10 +67,6 @@ def main() -> None:
         d.cli("image", "build", "tiny", timeout=900).ok()
         c = d.client()
         ns = d.settings.namespace
-        store = ImageStore(d.settings.images_dir)
-        tiny = next(m for m in store.list() if m.name == "tiny")
-        kernel, initrd = store.kernel_path(tiny), store.initrd_path(tiny)
-        assert kernel and initrd
         daemon_pid = d.proc.pid  # type: ignore[union-attr]
 
         # the daemon alone
@@ -83,19 +82,8 @@ def main() -> None:
             ssh_banner_at(ns, inst.private_ip, time.monotonic() + 180)
             pids[f"corral{i}"] = inst.pid
         for i in range(args.per_kind):
-            acc = c.instance_run(models.InstanceCreate(image="tiny", name=f"dr{i}"))
-            wait(c, acc)
-            wait(c, c.instance_stop(acc.instance.id, force=True))
-            inst = acc.instance
-            disk = work / f"raw{i}.qcow2"
-            asyncio.run(overlays.create(disk, store.root_disk_path(tiny), "qcow2",
-                                        tiny.root_disk.virtual_size or 0))
-            argv = raw_argv(kernel, initrd, tiny.cmdline, disk, "t" + inst.id[2:14], inst.mac,
-                            work / f"raw{i}.log")
-            enter = netns.preexec(ns)
-            raws.append(subprocess.Popen(argv, preexec_fn=enter, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            os.close(enter.fd)  # type: ignore[attr-defined]
+            launch, inst, _ = raw_guest(d, f"dr{i}", work)
+            raws.append(launch())
             assert inst.private_ip
             ssh_banner_at(ns, inst.private_ip, time.monotonic() + 180)
             pids[f"raw{i}"] = raws[-1].pid

@@ -169,6 +169,15 @@ class Daemon:
         shutil.rmtree(self.state_dir.parent, ignore_errors=True)
 
 
+def cmdline(pid: str | int) -> bytes:
+    """A process's command line (NUL-separated), or b"" when it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read()
+    except OSError:
+        return b""
+
+
 def _pids_matching(fragment: str) -> list[int]:
     out = []
     for d in Path("/proc").iterdir():

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from corral import ids
 from corral.controller import policy
 from corral.errors import NotFound
-from corral.node.spec import HostRecord, NetworkSpec
+from corral.node.spec import HostRecord, NetworkSpec, PolicySpec
 from corral.store.models import Instance, Network
 
 if TYPE_CHECKING:
@@ -74,28 +74,30 @@ class Networks:
                 inst.name, f"{inst.name}.{network.domain}", f"{inst.id}.{network.domain}"]))
         return out
 
-    async def ensure_on_node(self, network_id: str) -> None:
-        """Namespace, bridge, dnsmasq with the host list, and the kernel policy (idempotent)."""
+    async def _desired(self, network_id: str
+                       ) -> tuple[Network, list[HostRecord], PolicySpec] | None:
         async with self.ctrl.store.read() as s:
             row = await s.get(Network, network_id)
             if row is None:
-                return
+                return None
             hosts = await self.hosts(s, row)
             pol = await policy.build(s, row, self.spec(row), self.ctrl.settings)
+        return row, hosts, pol
+
+    async def ensure_on_node(self, network_id: str) -> None:
+        """Namespace, bridge, dnsmasq with the host list, and the kernel policy (idempotent)."""
+        if (want := await self._desired(network_id)) is None:
+            return
+        row, hosts, pol = want
         node = self.ctrl.node(row.node_id)
         await node.network_ensure(self.spec(row), hosts)
         await node.network_policy(pol)
 
     async def sync(self, network_id: str | None) -> None:
         """Push what changed in the store to the node: DNS/DHCP hosts and the kernel policy."""
-        if network_id is None:
+        if network_id is None or (want := await self._desired(network_id)) is None:
             return
-        async with self.ctrl.store.read() as s:
-            row = await s.get(Network, network_id)
-            if row is None:
-                return
-            hosts = await self.hosts(s, row)
-            pol = await policy.build(s, row, self.spec(row), self.ctrl.settings)
+        row, hosts, pol = want
         node = self.ctrl.node(row.node_id)
         await node.network_policy(pol)
         await node.network_hosts(self.spec(row), hosts)

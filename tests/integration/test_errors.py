@@ -17,7 +17,7 @@ from corral.errors import EnvironmentProblem
 from corral.images.manifest import Manifest
 from corral.images.store import ImageStore
 from corral.node import agent
-from tests.harness import Daemon, new_daemon, next_subnet
+from tests.harness import Daemon, cmdline, new_daemon, next_subnet
 
 
 # -- bringing Corral up ------------------------------------------------------------------------
@@ -155,7 +155,7 @@ def test_a_failed_launch_leaves_no_disk_tap_lease_or_process(small: Daemon) -> N
     assert "t" + info["id"][2:14] not in links
     hosts = "".join(p.read_text() for p in (small.state_dir / "networks").glob("*/dhcp-hosts"))
     assert info["mac"] not in hosts
-    assert not any(f"process=corral:{info['id']}".encode() in _cmdline(p)
+    assert not any(f"process=corral:{info['id']}".encode() in cmdline(p)
                    for p in os.listdir("/proc") if p.isdigit())
 
 
@@ -172,10 +172,3 @@ def test_no_free_address(small: Daemon) -> None:
     finally:
         small.cli("rm", "--force", *names)
 
-
-def _cmdline(pid: str) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read()
-    except OSError:
-        return b""

@@ -7,7 +7,7 @@ import json
 import os
 import signal
 
-from tests.harness import Daemon, wait_for
+from tests.harness import Daemon, cmdline, wait_for
 
 
 def _show(corral: Daemon, name: str) -> dict:
@@ -68,17 +68,10 @@ def test_daemon_killed_with_instances_running_readopts_them(corral: Daemon) -> N
     for name, pid in pids.items():
         iid = again[name]["id"]
         matching = [d for d in os.listdir("/proc") if d.isdigit()
-                    and f"process=corral:{iid}".encode() in _cmdline(d)]
+                    and f"process=corral:{iid}".encode() in cmdline(d)]
         assert matching == [str(pid)]
     # and the adopted instances are fully managed: console log, SSH, stop
     assert "adopt1" in corral.ssh("adopt1", "hostname").ok().out
     assert "(requested)" in corral.cli("stop", "adopt2").ok().out
     corral.cli("rm", "--force", "adopt1", "adopt2").ok()
 
-
-def _cmdline(pid: str) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read()
-    except OSError:
-        return b""
