@@ -33,6 +33,9 @@ class Settings:
     reconcile_interval: float = 5.0
     cache_dir: Path = Path("/var/cache/corral")
     region: str = "corral-1"
+    # elastic addresses come from here: a documentation range, never routed; the addresses only
+    # exist inside Corral's own namespaces
+    public_cidr: str = "198.51.100.0/24"
     node_name: str = ""  # empty: the host name
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -95,6 +98,14 @@ class Settings:
                 f"subnet {self.subnet} must be IPv4 with room for instances (/29 or larger)",
                 field="subnet",
             )
+        try:
+            pub = ipaddress.ip_network(self.public_cidr, strict=True)
+        except ValueError as err:
+            raise Invalid(f"public_cidr {self.public_cidr!r} is not a network (e.g. "
+                          f"198.51.100.0/24): {err}", field="public_cidr") from err
+        if pub.version != 4 or pub.prefixlen > 30:
+            raise Invalid(f"public_cidr {self.public_cidr} must be IPv4, /30 or larger",
+                          field="public_cidr")
         if self.accel not in ("auto", "kvm", "tcg"):
             raise Invalid(f"accel {self.accel!r} must be auto, kvm or tcg", field="accel")
         if self.machine not in ("pc", "q35"):
@@ -115,6 +126,7 @@ _ENV = {
     "CORRAL_RECONCILE_INTERVAL": "reconcile_interval",
     "CORRAL_CACHE_DIR": "cache_dir",
     "CORRAL_REGION": "region",
+    "CORRAL_PUBLIC_CIDR": "public_cidr",
     "CORRAL_NODE_NAME": "node_name",
 }
 

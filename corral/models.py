@@ -26,6 +26,8 @@ class InstanceCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     image: str = Field(description="image name (tiny), name:version, or id (ami-…)")
     name: str | None = Field(None, description="host name; generated when left out")
+    instance_type: str | None = Field(
+        None, description="an instance type (cr1.micro …); sets cpus, CPU share and memory")
     cpus: int = Field(1, ge=1, le=64)
     memory: str | int = Field("256M", description="guest memory, e.g. 256M or 1G")
     disk: str | int | None = Field(None, description="root disk size; default the image's")
