@@ -192,3 +192,29 @@ class Shutdown(BaseModel):
     model_config = ConfigDict(extra="forbid")
     stop_instances: bool = False
     timeout: float | None = None
+
+
+class AccountCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="1-64 letters, digits or hyphens")
+
+
+class Account(BaseModel):
+    id: str
+    name: str
+    admin: bool
+    created_at: dt.datetime
+
+
+class AccessKeyCreated(BaseModel):
+    access_key_id: str
+    secret_access_key: str = Field(description="shown once; Corral cannot show it again")
+    account_id: str
+    account_name: str
+    region: str
+    endpoint: str
+
+
+class AccountCreated(BaseModel):
+    account: Account
+    key: AccessKeyCreated

@@ -27,6 +27,11 @@ async def _admin_id(call: Call) -> str:
     return acct or "000000000000"
 
 
+def display_name(i: Image) -> str:
+    """Built-in images come in versions: their EC2 name carries it (tiny-1)."""
+    return i.name if i.account_id else f"{i.name}-{i.version}"
+
+
 def image_item(i: Image, owner: str, tag_map: dict[str, dict[str, str]]) -> dict[str, Any]:
     ebs = i.root_device_type == "ebs"
     bdm = [{"deviceName": views.ROOT_DEVICE, "ebs": {
@@ -38,7 +43,7 @@ def image_item(i: Image, owner: str, tag_map: dict[str, dict[str, str]]) -> dict
         "imageId": i.id, "imageLocation": f"{OWNER_ALIAS if i.account_id is None else owner}/"
         f"{i.name}", "imageState": state, "imageOwnerId": owner,
         "creationDate": i.created_at, "isPublic": i.public, "architecture": i.arch,
-        "imageType": "machine", "name": i.name if i.account_id else f"{i.name}-{i.version}",
+        "imageType": "machine", "name": display_name(i),
         "description": i.description or None,
         "imageOwnerAlias": OWNER_ALIAS if i.account_id is None else None,
         "rootDeviceType": i.root_device_type, "rootDeviceName": views.ROOT_DEVICE,
@@ -95,7 +100,7 @@ async def images_describe(call: Call) -> dict[str, Any]:
             return i.public or owner_of(i) == acct or acct in perms.get(i.id, [])
         rows = [i for i in rows if any(may(i, w) for w in exec_by)]
     match = Filters(p.filters(), {
-        "image-id": lambda i: i.id, "name": lambda i: i.name, "state": lambda i: i.state,
+        "image-id": lambda i: i.id, "name": display_name, "state": lambda i: i.state,
         "owner-id": owner_of,
         "owner-alias": lambda i: OWNER_ALIAS if i.account_id is None else None,
         "is-public": lambda i: i.public, "architecture": lambda i: i.arch,
