@@ -112,8 +112,26 @@ class Dnsmasq:
         atomic_write(self.hostsfile, dhcp)
         atomic_write(self.addn_hosts, dns)
 
+    def stale_leases(self, hosts: list[HostEntry]) -> tuple[bool, str]:
+        """Whether the lease file holds leases no host entry wants (an address freed by a
+        terminated instance), and the file without them. dnsmasq refuses to hand an address
+        to a new MAC while an old MAC's (infinite) lease holds it."""
+        wanted = {(h.mac.lower(), h.address) for h in hosts}
+        try:
+            lines = self.leases.read_text().splitlines(keepends=True)
+        except FileNotFoundError:
+            return False, ""
+        keep = [ln for ln in lines if len(ln.split()) >= 3
+                and (ln.split()[1].lower(), ln.split()[2]) in wanted]
+        return len(keep) != len(lines), "".join(keep)
+
     async def update_hosts(self, hosts: list[HostEntry]) -> None:
         self._write_hosts(hosts)
+        stale, kept = self.stale_leases(hosts)
+        if stale:
+            # leases are read only at start: stop, drop the stale ones, start again
+            await self.stop()
+            atomic_write(self.leases, kept)
         pid = self.pid()
         if pid is None:
             await self.ensure()
