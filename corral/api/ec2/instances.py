@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 
 from corral import ids
-from corral.api.ec2 import views
+from corral.api.ec2 import views, xml
 from corral.api.ec2.errors import Ec2Error, invalid, missing
 from corral.api.ec2.listing import Filters, paginate
 from corral.api.ec2.registry import Call, action
@@ -41,14 +41,15 @@ _KIND_CODE = {"instance": "Instance", "volume": "Volume", "snapshot": "Snapshot"
 
 
 async def load(call: Call, instance_ids: list[str] | None = None
-               ) -> tuple[list[Instance], views.InstanceExtras]:
+               ) -> tuple[list[Any], views.InstanceExtras]:
     """The caller's instances (all, or these ids: missing ones are an error) with extras."""
     account = call.caller.account_id
     async with call.ctrl.store.read() as s:
-        q = select(Instance).where(Instance.account_id == account)
+        # plain rows, not ORM objects: five times cheaper for a thousand instances
+        q = select(*Instance.__table__.c).where(Instance.account_id == account)
         if instance_ids:
             q = q.where(Instance.id.in_(instance_ids))
-        rows = list(await s.scalars(q.order_by(Instance.launch_time, Instance.id)))
+        rows: list[Any] = list(await s.execute(q.order_by(Instance.launch_time, Instance.id)))
         if instance_ids:
             found = {r.id for r in rows}
             gone = [i for i in instance_ids if i not in found]
@@ -81,9 +82,31 @@ async def load(call: Call, instance_ids: list[str] | None = None
     return rows, x
 
 
-def _reservations(call: Call, rows: list[Instance], x: views.InstanceExtras
+# rendered <item> of each instance, keyed by everything it shows: a listing of a thousand
+# instances that mostly did not change re-renders only those that did
+_ITEMS: dict[str, tuple[tuple[Any, ...], xml.Raw]] = {}
+_ITEMS_MAX = 100_000
+
+
+def _item(r: Any, x: views.InstanceExtras, zone: str, domain: str, index: int) -> xml.Raw:
+    key = (tuple(r), index, zone, domain, tuple(x.tags.get(r.id, {}).items()),
+           tuple(x.groups.get(r.id, ())), x.public_ips.get(r.id), x.root_types.get(r.image_id),
+           tuple((v.id, v.device, v.attach_state, v.attach_time, v.delete_on_termination)
+                 for v in x.volumes.get(r.id, ())))
+    hit = _ITEMS.get(r.id)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    frag = xml.fragment("item", views.instance(r, x, zone, domain, index))
+    if len(_ITEMS) >= _ITEMS_MAX:
+        _ITEMS.clear()
+    _ITEMS[r.id] = (key, frag)
+    return frag
+
+
+def _reservations(call: Call, rows: list[Any], x: views.InstanceExtras
                   ) -> list[dict[str, Any]]:
     st = call.api.settings
+    zone, domain = st.availability_zone, st.domain
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
         key = r.reservation_id or f"r-{r.id[2:]}"
@@ -91,8 +114,7 @@ def _reservations(call: Call, rows: list[Instance], x: views.InstanceExtras
         if res is None:
             res = out[key] = {"reservationId": key, "ownerId": r.account_id, "groupSet": [],
                               "instancesSet": []}
-        res["instancesSet"].append(views.instance(r, x, st.availability_zone, st.domain,
-                                                  len(res["instancesSet"])))
+        res["instancesSet"].append(_item(r, x, zone, domain, len(res["instancesSet"])))
     return list(out.values())
 
 
@@ -169,7 +191,7 @@ async def instances_run(call: Call) -> dict[str, Any]:
     made, _ = await call.ctrl.instances.launch(call.caller, req, opts)
     rows, x = await load(call, [i.id for i in made])
     res = _reservations(call, rows, x)[0]
-    groups_out = res["instancesSet"][0]["groupSet"] if res["instancesSet"] else []
+    groups_out = [{"groupId": g, "groupName": n} for g, n in x.groups.get(made[0].id, [])]
     return {"reservationId": res["reservationId"], "ownerId": res["ownerId"],
             "groupSet": groups_out, "instancesSet": res["instancesSet"]}
 

@@ -28,24 +28,51 @@ def _text(value: Any) -> str:
     return str(value).translate(_ESC)
 
 
+class Raw(str):
+    """An already rendered fragment, written as it is (cached instance items)."""
+
+
 def _write(out: list[str], name: str, value: Any) -> None:
     if value is None:
         return
     if isinstance(value, dict):
-        out.append(f"<{name}>")
-        for k, v in value.items():
-            _write(out, k, v)
-        out.append(f"</{name}>")
+        _children(out, name, value)
     elif isinstance(value, list):
-        if not value:
-            out.append(f"<{name}/>")
-            return
-        out.append(f"<{name}>")
-        for item in value:
-            _write(out, "item", item)
-        out.append(f"</{name}>")
+        _items(out, name, value)
+    elif isinstance(value, Raw):
+        out.append(value)
     else:
         out.append(f"<{name}>{_text(value)}</{name}>")
+
+
+def _children(out: list[str], name: str, value: dict[str, Any]) -> None:
+    out.append(f"<{name}>")
+    append = out.append
+    for k, v in value.items():
+        if v is None:
+            continue
+        if type(v) is str:  # the common case, inline: large listings are mostly strings
+            append(f"<{k}>{v.translate(_ESC)}</{k}>")
+        else:
+            _write(out, k, v)
+    append(f"</{name}>")
+
+
+def _items(out: list[str], name: str, value: list[Any]) -> None:
+    if not value:
+        out.append(f"<{name}/>")
+        return
+    out.append(f"<{name}>")
+    for item in value:
+        _write(out, "item", item)
+    out.append(f"</{name}>")
+
+
+def fragment(name: str, value: Any) -> Raw:
+    """``value`` rendered once as ``<name>…</name>``, to be cached and written as it is."""
+    out: list[str] = []
+    _write(out, name, value)
+    return Raw("".join(out))
 
 
 def response(action: str, request_id: str, body: dict[str, Any]) -> bytes:

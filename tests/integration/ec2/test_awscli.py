@@ -41,3 +41,23 @@ def test_aws_cli_run_wait_describe_terminate(corral: Daemon, aws_env: dict[str, 
                           "--instance-ids", "i-00000000000000000"], capture_output=True,
                          text=True, env=aws_env, timeout=60)
     assert bad.returncode != 0 and "InvalidInstanceID.NotFound" in bad.stderr
+
+
+def test_printed_profile_works_as_printed(corral: Daemon, aws_env: dict[str, str],
+                                          tmp_path: Path) -> None:
+    out = corral.cli("account", "create", "dev").ok().out
+    creds = out.split("# ~/.aws/credentials\n")[1].split("\n\n")[0]
+    conf = out.split("# ~/.aws/config\n")[1].split("\n\n")[0]
+    (tmp_path / "credentials").write_text(creds + "\n")
+    (tmp_path / "config").write_text(conf + "\n")
+    env = {k: v for k, v in aws_env.items() if not k.startswith("AWS_")}
+    env.update({"AWS_CONFIG_FILE": str(tmp_path / "config"),
+                "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "credentials"),
+                "AWS_EC2_METADATA_DISABLED": "true"})
+    p = subprocess.run([AWS, "--profile", "corral-dev", "--output", "json", "ec2",
+                        "describe-instances"], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["Reservations"] == []  # dev sees none of admin's instances
+    key = corral.cli("credentials", "create", "--account", "dev").ok().out
+    assert "aws_access_key_id" in key and "region = corral-1" in key
