@@ -39,7 +39,7 @@ def _image(images: ImageStore, tmp: Path) -> Manifest:
 
 
 async def main(port: int, state: Path) -> None:
-    state.mkdir(parents=True, exist_ok=True)
+    state.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (before serving)
     settings = config.load(state, api_port=port, subnet="10.251.0.0/20",
                            reconcile_interval=3600)
     store = Store(settings.database_url)
