@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import sys
 from pathlib import Path
@@ -56,6 +57,8 @@ async def main(port: int, state: Path) -> None:
     print(json.dumps({"access_key_id": ctrl.admin.access_key_id,
                       "secret_access_key": ctrl.accounts.secret_for(ctrl.admin.access_key_id)}),
           flush=True)
+    gc.collect()
+    gc.freeze()  # as the daemon does after start-up
     app = create_app(ApiContext(settings, ctrl))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off",
                                            log_level="warning", access_log=False))

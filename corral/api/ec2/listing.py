@@ -93,6 +93,21 @@ def _fingerprint(action: str, account: str, p: Params) -> str:
 def paginate(items: list[T], p: Params, action: str, account: str, lo: int, hi: int,
              ids_param: str | None = None) -> tuple[list[T], str | None]:
     """One page of ``items`` and the token for the next, by AWS's rules for this call."""
+    start, size, fp = window(p, action, account, lo, hi, ids_param)
+    if size is None:
+        return items[start:], None
+    return items[start:start + size], next_token(start, size, len(items), fp)
+
+
+def next_token(start: int, size: int, total: int, fp: str) -> str | None:
+    nxt = start + size
+    return _make_token(nxt, fp) if nxt < total else None
+
+
+def window(p: Params, action: str, account: str, lo: int, hi: int,
+           ids_param: str | None = None) -> tuple[int, int | None, str]:
+    """Where the page starts, its size (None: everything), and the request's fingerprint the
+    next token is bound to; errors by AWS's rules on MaxResults and NextToken."""
     max_results = p.str("MaxResults")
     token = p.str("NextToken")
     if max_results is not None and ids_param and p.list(ids_param):
@@ -115,12 +130,7 @@ def paginate(items: list[T], p: Params, action: str, account: str, lo: int, hi: 
     fp = _fingerprint(action, account, p)
     if token:
         start = _read_token(token, fp)
-    if size is None:
-        page = items[start:]
-        return page, None
-    page = items[start:start + size]
-    nxt = start + size
-    return page, (_make_token(nxt, fp) if nxt < len(items) else None)
+    return start, size, fp
 
 
 def _make_token(offset: int, fp: str) -> str:

@@ -82,7 +82,6 @@ def instance(row: db.Instance, x: InstanceExtras, zone: str, domain: str,
         "cpuOptions": {"coreCount": row.cpus, "threadsPerCore": 1},
         "ebsOptimized": False,
         "platformDetails": "Linux/UNIX",
-        "hostname": row.name,
     }
 
 
