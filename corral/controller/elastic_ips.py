@@ -4,6 +4,7 @@ address reach its instance inside Corral's namespace belongs to the networking w
 
 from __future__ import annotations
 
+import builtins
 import ipaddress
 from typing import TYPE_CHECKING
 
@@ -121,13 +122,14 @@ class ElasticIps:
             await self.ctrl.tags.drop(s, row.id)
             await s.delete(row)
 
-    async def list(self, caller: Caller) -> list[ElasticAddress]:
+    async def list(self, caller: Caller) -> builtins.list[ElasticAddress]:
         async with self.ctrl.store.read() as s:
             return list(await s.scalars(select(ElasticAddress).where(
                 ElasticAddress.account_id == caller.account_id)
                 .order_by(ElasticAddress.created_at)))
 
-    async def by_instance(self, s: AsyncSession, instance_ids: list[str]) -> dict[str, str]:
+    async def by_instance(self, s: AsyncSession,
+                          instance_ids: builtins.list[str]) -> dict[str, str]:
         if not instance_ids:
             return {}
         rows = await s.execute(select(ElasticAddress.instance_id, ElasticAddress.public_ip)

@@ -4,6 +4,7 @@ launch permissions (other accounts, or everyone)."""
 
 from __future__ import annotations
 
+import builtins
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -69,13 +70,14 @@ class ImagePublishing:
                            resource="image")
         return row
 
-    async def list(self, caller: Caller) -> list[Image]:
+    async def list(self, caller: Caller) -> builtins.list[Image]:
         async with self.ctrl.store.read() as s:
             return list(await s.scalars(select(Image).where(
                 self.visible(caller), Image.state != "deregistered").order_by(Image.created_at)))
 
-    async def permissions(self, s: AsyncSession, image_ids: list[str]) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
+    async def permissions(self, s: AsyncSession, image_ids: builtins.list[str]
+                          ) -> dict[str, builtins.list[str]]:
+        out: dict[str, builtins.list[str]] = {}
         if image_ids:
             for iid, acct in (await s.execute(select(
                     LaunchPermission.image_id, LaunchPermission.account_id).where(
@@ -248,14 +250,16 @@ class ImagePublishing:
             await self.ctrl.node(next(iter(self.ctrl.nodes))).image_delete(digest)
 
     # -- launch permissions ----------------------------------------------------------------
-    async def launch_permissions(self, caller: Caller, image_id: str) -> tuple[bool, list[str]]:
+    async def launch_permissions(self, caller: Caller, image_id: str
+                                 ) -> tuple[bool, builtins.list[str]]:
         async with self.ctrl.store.read() as s:
             row = await self.owned(s, caller, image_id)
             perms = await self.permissions(s, [row.id])
         return row.public, sorted(perms.get(row.id, []))
 
     async def modify_launch_permissions(self, caller: Caller, image_id: str,
-                                        add_users: list[str], remove_users: list[str],
+                                        add_users: builtins.list[str],
+                                        remove_users: builtins.list[str],
                                         add_all: bool | None, dry_run: bool = False) -> None:
         """``add_all`` True makes the image public, False private, None leaves it."""
         for acct in add_users + remove_users:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import contextlib
 import logging
 from dataclasses import dataclass, field
@@ -115,7 +116,7 @@ class Instances:
         return insts[0], ops[0]
 
     async def launch(self, caller: Caller, req: InstanceCreate, opts: LaunchOptions
-                     ) -> tuple[list[Instance], list[Operation]]:
+                     ) -> tuple[builtins.list[Instance], builtins.list[Operation]]:
         """Run ``min_count``..``max_count`` instances in one reservation, all or nothing below
         ``min_count``. With a client token already used, return that launch's instances."""
         if not 1 <= opts.min_count <= opts.max_count:
@@ -171,7 +172,7 @@ class Instances:
             groups = [await self.ctrl.security_groups.resolve(s, caller, g)
                       for g in opts.security_groups or ["default"]]
             reservation = ids.new_id("reservation")
-            made: list[Instance] = []
+            made: builtins.list[Instance] = []
             for n in range(opts.max_count):
                 try:
                     node = await scheduler.pick(s, memory, cpus)

@@ -4,11 +4,12 @@ belongs to the networking work and reads these records."""
 
 from __future__ import annotations
 
+import builtins
 import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import ids
@@ -175,7 +176,7 @@ class SecurityGroups:
                                  resource="security_group", ec2_code="DependencyViolation")
             if dry_run:
                 raise DryRunPassed("DeleteSecurityGroup would have succeeded")
-            await s.execute(InstanceSecurityGroup.__table__.delete().where(
+            await s.execute(delete(InstanceSecurityGroup).where(
                 InstanceSecurityGroup.group_id == row.id))
             for rule in await s.scalars(select(SecurityGroupRule).where(
                     SecurityGroupRule.group_id == row.id)):
@@ -197,8 +198,8 @@ class SecurityGroups:
         return Permission(p.protocol, p.from_port, p.to_port, None, src.id, p.description)
 
     async def authorize(self, caller: Caller, ref: str, direction: str,
-                        perms: list[Permission], dry_run: bool = False
-                        ) -> list[SecurityGroupRule]:
+                        perms: builtins.list[Permission], dry_run: bool = False
+                        ) -> builtins.list[SecurityGroupRule]:
         if not perms:
             raise Invalid("give at least one permission (IpPermissions or IpProtocol with a "
                           "source)", field="IpPermissions", ec2_code="MissingParameter")
@@ -225,8 +226,9 @@ class SecurityGroups:
                 raise DryRunPassed(f"Authorize {direction} would have succeeded")
         return added
 
-    async def revoke(self, caller: Caller, ref: str, direction: str, perms: list[Permission],
-                     dry_run: bool = False) -> list[Permission]:
+    async def revoke(self, caller: Caller, ref: str, direction: str,
+                     perms: builtins.list[Permission], dry_run: bool = False
+                     ) -> builtins.list[Permission]:
         """Remove matching rules; returns the permissions that matched none."""
         if not perms:
             raise Invalid("give at least one permission", field="IpPermissions",
@@ -260,10 +262,10 @@ class SecurityGroups:
                 SecurityGroupRule.group_id.in_([g.id for g in groups]))))
         return groups, rules
 
-    async def for_instances(self, s: AsyncSession, instance_ids: list[str]
-                            ) -> dict[str, list[tuple[str, str]]]:
+    async def for_instances(self, s: AsyncSession, instance_ids: builtins.list[str]
+                            ) -> dict[str, builtins.list[tuple[str, str]]]:
         """(group id, name) per instance."""
-        out: dict[str, list[tuple[str, str]]] = {}
+        out: dict[str, builtins.list[tuple[str, str]]] = {}
         if not instance_ids:
             return out
         rows = await s.execute(

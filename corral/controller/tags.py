@@ -3,8 +3,9 @@ elastic addresses and key pairs. A tag belongs to the account of the resource it
 
 from __future__ import annotations
 
+import builtins
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,7 +30,7 @@ MAX_TAGS = 50
 KEY_MAX, VALUE_MAX = 128, 256
 
 # id prefix -> (EC2 resource type, table, the resource kind named in errors)
-KINDS: dict[str, tuple[str, type, str]] = {
+KINDS: dict[str, tuple[str, type[Any], str]] = {
     "i": ("instance", Instance, "instance"),
     "ami": ("image", Image, "image"),
     "vol": ("volume", Volume, "volume"),
@@ -65,7 +66,7 @@ class Tags:
                           "snap-, sg-, eipalloc-, key-)", field="ResourceId",
                           ec2_code="InvalidID")
         rtype, table, kind = KINDS[prefix]
-        row = await s.get(table, rid)
+        row: Any = await s.get(table, rid)
         if row is None or row.account_id != caller.account_id:
             raise NotFound(f"the {rtype} {rid} does not exist", field="ResourceId", resource=kind)
         return rtype
@@ -85,7 +86,7 @@ class Tags:
                 s.add(Tag(resource_id=rid, key=key, value=value, account_id=account_id,
                           resource_type=rtype))
 
-    async def create(self, caller: Caller, resource_ids: list[str], tags: dict[str, str],
+    async def create(self, caller: Caller, resource_ids: builtins.list[str], tags: dict[str, str],
                      dry_run: bool = False) -> None:
         check(tags)
         async with self.ctrl.store.write() as s:
@@ -95,7 +96,7 @@ class Tags:
             if dry_run:
                 raise DryRunPassed("CreateTags would have succeeded")
 
-    async def delete(self, caller: Caller, resource_ids: list[str],
+    async def delete(self, caller: Caller, resource_ids: builtins.list[str],
                      tags: dict[str, str | None] | None, dry_run: bool = False) -> None:
         """Remove the given keys (only where the value matches when one is given), or every
         tag when ``tags`` is None."""
@@ -114,13 +115,13 @@ class Tags:
                         q = q.where(Tag.value == value)
                     await s.execute(q)
 
-    async def list(self, caller: Caller) -> list[Tag]:
+    async def list(self, caller: Caller) -> builtins.list[Tag]:
         async with self.ctrl.store.read() as s:
             return list(await s.scalars(select(Tag).where(Tag.account_id == caller.account_id)
                                         .order_by(Tag.resource_id, Tag.key)))
 
     async def of(self, s: AsyncSession, account_id: str,
-                 resource_ids: list[str] | None = None) -> dict[str, dict[str, str]]:
+                 resource_ids: builtins.list[str] | None = None) -> dict[str, dict[str, str]]:
         """Tags by resource id for one account (all of its resources when ids is None)."""
         q = select(Tag.resource_id, Tag.key, Tag.value).where(Tag.account_id == account_id)
         if resource_ids is not None:

@@ -5,6 +5,7 @@ instance takes effect at its next start (recorded now, reported as attached)."""
 
 from __future__ import annotations
 
+import builtins
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -55,17 +56,17 @@ class Volumes:
                            resource="snapshot")
         return row
 
-    async def list(self, caller: Caller) -> list[Volume]:
+    async def list(self, caller: Caller) -> builtins.list[Volume]:
         async with self.ctrl.store.read() as s:
             return list(await s.scalars(select(Volume).where(
                 Volume.account_id == caller.account_id).order_by(Volume.created_at)))
 
-    async def list_snapshots(self, caller: Caller) -> list[Snapshot]:
+    async def list_snapshots(self, caller: Caller) -> builtins.list[Snapshot]:
         async with self.ctrl.store.read() as s:
             return list(await s.scalars(select(Snapshot).where(
                 Snapshot.account_id == caller.account_id).order_by(Snapshot.created_at)))
 
-    async def attachments(self, s: AsyncSession, iid: str) -> list[VolumeAttachment]:
+    async def attachments(self, s: AsyncSession, iid: str) -> builtins.list[VolumeAttachment]:
         rows = await s.scalars(select(Volume).where(Volume.instance_id == iid,
                                                     Volume.attach_state == "attached")
                                .order_by(Volume.attach_time))
@@ -222,7 +223,7 @@ class Volumes:
             row.state = "available"
         return detached
 
-    async def on_instance_terminated(self, s: AsyncSession, iid: str) -> list[str]:
+    async def on_instance_terminated(self, s: AsyncSession, iid: str) -> builtins.list[str]:
         """Detach the instance's volumes; returns those to delete (DeleteOnTermination)."""
         doomed = []
         for row in await s.scalars(select(Volume).where(Volume.instance_id == iid)):

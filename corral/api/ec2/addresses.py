@@ -24,10 +24,10 @@ def _item(a: ElasticAddress, region: str, tag_map: dict[str, dict[str, str]]
 
 @action("AllocateAddress")
 async def address_allocate(call: Call) -> dict[str, Any]:
-    domain = call.p.str("Domain", "vpc")
+    domain = call.p.get("Domain", "vpc")
     if domain not in ("vpc", "standard"):
         raise Ec2Error("InvalidParameterValue", f"Domain {domain!r} must be vpc or standard")
-    if call.p.str("Address") or call.p.str("PublicIpv4Pool"):
+    if call.p.get("Address") or call.p.get("PublicIpv4Pool"):
         raise Ec2Error("InvalidParameterValue",
                        "Corral picks the address from its pool; leave Address and "
                        "PublicIpv4Pool out")
@@ -40,23 +40,23 @@ async def address_allocate(call: Call) -> dict[str, Any]:
 @action("AssociateAddress")
 async def address_associate(call: Call) -> dict[str, Any]:
     p = call.p
-    if p.str("NetworkInterfaceId"):
+    if p.get("NetworkInterfaceId"):
         raise Ec2Error("InvalidParameterValue",
                        "Corral associates addresses with instances: give InstanceId")
-    iid = p.str("InstanceId")
+    iid = p.get("InstanceId")
     if not iid:
         raise missing("InstanceId")
-    alloc, ip = p.str("AllocationId"), p.str("PublicIp")
+    alloc, ip = p.get("AllocationId"), p.get("PublicIp")
     if not alloc and not ip:
         raise Ec2Error("MissingParameter", "The request must contain AllocationId or PublicIp")
     row = await call.ctrl.elastic_ips.associate(call.caller, iid, alloc, ip,
-                                                p.bool("AllowReassociation", True), call.dry_run)
+                                                p.flag("AllowReassociation", True), call.dry_run)
     return {"return": True, "associationId": row.association_id}
 
 
 @action("DisassociateAddress")
 async def address_disassociate(call: Call) -> dict[str, Any]:
-    assoc, ip = call.p.str("AssociationId"), call.p.str("PublicIp")
+    assoc, ip = call.p.get("AssociationId"), call.p.get("PublicIp")
     if not assoc and not ip:
         raise Ec2Error("MissingParameter", "The request must contain AssociationId or PublicIp")
     await call.ctrl.elastic_ips.disassociate(call.caller, assoc, ip, call.dry_run)
@@ -65,7 +65,7 @@ async def address_disassociate(call: Call) -> dict[str, Any]:
 
 @action("ReleaseAddress")
 async def address_release(call: Call) -> dict[str, Any]:
-    alloc, ip = call.p.str("AllocationId"), call.p.str("PublicIp")
+    alloc, ip = call.p.get("AllocationId"), call.p.get("PublicIp")
     if not alloc and not ip:
         raise Ec2Error("MissingParameter", "The request must contain AllocationId or PublicIp")
     await call.ctrl.elastic_ips.release(call.caller, alloc, ip, call.dry_run)
@@ -76,7 +76,7 @@ async def address_release(call: Call) -> dict[str, Any]:
 async def address_describe(call: Call) -> dict[str, Any]:
     p = call.p
     rows = await call.ctrl.elastic_ips.list(call.caller)
-    allocs, ips = p.list("AllocationId"), p.list("PublicIp")
+    allocs, ips = p.strings("AllocationId"), p.strings("PublicIp")
     if allocs:
         have = {a.id for a in rows}
         gone = [a for a in allocs if a not in have]

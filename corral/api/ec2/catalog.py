@@ -16,7 +16,7 @@ from corral.controller.instance_types import CATALOG, InstanceType
 @action("DescribeRegions")
 async def regions_describe(call: Call) -> dict[str, Any]:
     st = call.api.settings
-    names = call.p.list("RegionName")
+    names = call.p.strings("RegionName")
     unknown = [n for n in names if n != st.region]
     if unknown:
         raise Ec2Error("InvalidParameterValue",
@@ -39,7 +39,7 @@ async def zones_describe(call: Call) -> dict[str, Any]:
             "regionName": st.region, "zoneId": zone_id, "zoneType": "availability-zone",
             "optInStatus": "opt-in-not-required", "groupName": st.region,
             "networkBorderGroup": st.region, "messageSet": []}
-    names, zone_ids = call.p.list("ZoneName"), call.p.list("ZoneId")
+    names, zone_ids = call.p.strings("ZoneName"), call.p.strings("ZoneId")
     unknown = [n for n in names if n != st.availability_zone] + \
         [z for z in zone_ids if z != zone_id]
     if unknown:
@@ -78,7 +78,7 @@ def type_item(t: InstanceType) -> dict[str, Any]:
 
 @action("DescribeInstanceTypes")
 async def types_describe(call: Call) -> dict[str, Any]:
-    names = call.p.list("InstanceType")
+    names = call.p.strings("InstanceType")
     unknown = [n for n in names if n not in CATALOG]
     if unknown:
         raise Ec2Error("InvalidInstanceType",
@@ -107,7 +107,7 @@ async def account_attributes(call: Call) -> dict[str, Any]:
     values = {"supported-platforms": ["EC2"], "default-vpc": ["none"],
               "max-instances": ["100"], "vpc-max-security-groups-per-interface": ["5"],
               "max-elastic-ips": [eips], "vpc-max-elastic-ips": [eips]}
-    wanted = call.p.list("AttributeName")
+    wanted = call.p.strings("AttributeName")
     unknown = [w for w in wanted if w not in values]
     if unknown:
         raise Ec2Error("InvalidParameterValue",

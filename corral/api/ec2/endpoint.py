@@ -71,7 +71,7 @@ async def ec2(request: Request) -> Response:
         key_id = await sigv4.verify(req, ctx.settings.region, secret_for)
         caller = await accounts.lookup(key_id)
         params = Params(pairs)
-        action_name = params.str("Action") or ""
+        action_name = params.get("Action") or ""
         if not action_name:
             raise Ec2Error("MissingAction", "The request must contain the parameter Action")
         handler = ACTIONS.get(action_name)

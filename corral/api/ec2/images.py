@@ -59,7 +59,7 @@ async def images_describe(call: Call) -> dict[str, Any]:
     me = call.caller.account_id
     admin = await _admin_id(call)
     rows = await call.ctrl.image_publishing.list(call.caller)
-    wanted = p.list("ImageId")
+    wanted = p.strings("ImageId")
     for w in wanted:
         if not ids.is_id("image", w):
             raise Ec2Error("InvalidAMIID.Malformed", f'Invalid id: "{w}" (expecting "ami-...")')
@@ -74,7 +74,7 @@ async def images_describe(call: Call) -> dict[str, Any]:
     def owner_of(i: Image) -> str:
         return i.account_id or admin
 
-    owners = p.list("Owner")
+    owners = p.strings("Owner")
     if owners:
         keep = set()
         for o in owners:
@@ -89,7 +89,7 @@ async def images_describe(call: Call) -> dict[str, Any]:
     async with call.ctrl.store.read() as s:
         perms = await call.ctrl.image_publishing.permissions(s, [i.id for i in rows])
         tag_map = await call.ctrl.tags.of(s, me, [i.id for i in rows])
-    exec_by = p.list("ExecutableBy")
+    exec_by = p.strings("ExecutableBy")
     if exec_by:
         def may(i: Image, who: str) -> bool:
             if who == "all":
@@ -127,7 +127,7 @@ async def image_create(call: Call) -> dict[str, Any]:
     specs = p.tag_specs(("image", "snapshot"))
     wanted = tags.check(specs.get("image", {}))
     row, _ = await call.ctrl.image_publishing.create_image(
-        call.caller, iid, p.need("Name"), p.str("Description", "") or "", wanted, call.dry_run)
+        call.caller, iid, p.need("Name"), p.get("Description", "") or "", wanted, call.dry_run)
     if specs.get("snapshot") and row.root_snapshot_id:
         await call.ctrl.tags.create(call.caller, [row.root_snapshot_id], specs["snapshot"])
     return {"imageId": row.id}
@@ -137,19 +137,19 @@ async def image_create(call: Call) -> dict[str, Any]:
 async def image_register(call: Call) -> dict[str, Any]:
     p = call.p
     name = p.need("Name")
-    if p.str("ImageLocation"):
+    if p.get("ImageLocation"):
         raise Ec2Error("InvalidParameterValue", "Corral registers images from snapshots: give "
                        "BlockDeviceMapping.1.Ebs.SnapshotId, not ImageLocation")
-    arch = p.str("Architecture", "x86_64")
+    arch = p.get("Architecture", "x86_64")
     if arch != "x86_64":
         raise Ec2Error("InvalidParameterValue", f"Architecture {arch!r}: Corral runs x86_64")
     snapshot = None
     for bdm in p.group("BlockDeviceMapping"):
-        snapshot = bdm.str("Ebs.SnapshotId") or snapshot
+        snapshot = bdm.get("Ebs.SnapshotId") or snapshot
     if not snapshot:
         raise missing("BlockDeviceMapping.1.Ebs.SnapshotId")
     row, _ = await call.ctrl.image_publishing.register(
-        call.caller, name, snapshot, p.str("KernelId"), p.str("Description", "") or "",
+        call.caller, name, snapshot, p.get("KernelId"), p.get("Description", "") or "",
         call.dry_run)
     return {"imageId": row.id}
 
@@ -167,6 +167,7 @@ async def image_attribute(call: Call) -> dict[str, Any]:
     pub = call.ctrl.image_publishing
     if attr == "launchPermission":
         public, users = await pub.launch_permissions(call.caller, image_id)
+        users = list(users)
         perms: list[dict[str, str]] = [{"group": "all"}] if public else []
         perms += [{"userId": u} for u in users]
         if call.dry_run:
@@ -197,28 +198,28 @@ async def image_modify(call: Call) -> dict[str, Any]:
     image_id = p.need("ImageId")
     add_users, remove_users, add_all = [], [], None
     for g in p.group("LaunchPermission.Add"):
-        if g.str("Group") == "all":
+        if g.get("Group") == "all":
             add_all = True
-        elif g.str("UserId"):
+        elif g.get("UserId"):
             add_users.append(g.need("UserId"))
     for g in p.group("LaunchPermission.Remove"):
-        if g.str("Group") == "all":
+        if g.get("Group") == "all":
             add_all = False
-        elif g.str("UserId"):
+        elif g.get("UserId"):
             remove_users.append(g.need("UserId"))
-    attr = p.str("Attribute")
-    if attr == "launchPermission" or p.str("OperationType"):
+    attr = p.get("Attribute")
+    if attr == "launchPermission" or p.get("OperationType"):
         op = p.need("OperationType")
         if op not in ("add", "remove"):
             raise Ec2Error("InvalidParameterValue", f"OperationType {op!r} must be add or remove")
-        users, groups = p.list("UserId"), p.list("UserGroup")
+        users, groups = p.strings("UserId"), p.strings("UserGroup")
         if op == "add":
             add_users += users
         else:
             remove_users += users
         if "all" in groups:
             add_all = op == "add"
-    description = p.str("Description.Value")
+    description = p.get("Description.Value")
     if attr == "description":
         description = p.need("Value")
     if description is None and not add_users and not remove_users and add_all is None:

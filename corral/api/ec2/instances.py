@@ -70,11 +70,11 @@ async def load(call: Call, instance_ids: list[str] | None = None,
               .where(SecurityGroup.account_id == account))
         for iid, gid, name in (await s.execute(gq)):
             x.groups.setdefault(iid, []).append((gid, name))
-        for iid, ip in (await s.execute(select(ElasticAddress.instance_id,
-                                               ElasticAddress.public_ip).where(
+        for owner, ip in (await s.execute(select(ElasticAddress.instance_id,
+                                                 ElasticAddress.public_ip).where(
                 ElasticAddress.account_id == account,
                 ElasticAddress.instance_id.is_not(None)))):
-            x.public_ips[str(iid)] = ip
+            x.public_ips[str(owner)] = str(ip)
         for v in await s.scalars(select(Volume).where(Volume.account_id == account,
                                                       Volume.instance_id.is_not(None))):
             x.volumes.setdefault(str(v.instance_id), []).append(v)
@@ -125,7 +125,7 @@ def _reservations(call: Call, rows: list[Any], x: views.InstanceExtras
 @action("DescribeInstances")
 async def instances_describe(call: Call) -> dict[str, Any]:
     p = call.p
-    wanted = p.list("InstanceId")
+    wanted = p.strings("InstanceId")
     check_ids(wanted)
     filters = p.filters()
     if not filters and not wanted:
@@ -164,19 +164,19 @@ async def instances_run(call: Call) -> dict[str, Any]:
         raise missing("MinCount")
     if "MaxCount" not in p:
         raise missing("MaxCount")
-    lo = p.int("MinCount", 1, 1, MAX_COUNT) or 1
-    hi = p.int("MaxCount", 1, 1, MAX_COUNT) or 1
+    lo = p.integer("MinCount", 1, 1, MAX_COUNT) or 1
+    hi = p.integer("MaxCount", 1, 1, MAX_COUNT) or 1
     if lo > hi:
         raise Ec2Error("InvalidParameterValue",
                        f"MinCount ({lo}) must be less than or equal to MaxCount ({hi})")
-    itype = p.str("InstanceType") or instance_types.DEFAULT
+    itype = p.get("InstanceType") or instance_types.DEFAULT
     instance_types.get(itype, "InstanceType")
-    zone = p.str("Placement.AvailabilityZone")
+    zone = p.get("Placement.AvailabilityZone")
     if zone and zone != call.api.settings.availability_zone:
         raise Ec2Error("InvalidParameterValue",
                        f"Invalid availability zone: [{zone}]; this Corral has "
                        f"{call.api.settings.availability_zone}")
-    token = p.str("ClientToken")
+    token = p.get("ClientToken")
     if token is not None and (len(token) > 64 or not token.isascii()):
         raise invalid("ClientToken", token, "At most 64 ASCII characters.")
     user_data_raw = p.base64("UserData")
@@ -188,24 +188,25 @@ async def instances_run(call: Call) -> dict[str, Any]:
             raise invalid("UserData", "...", "Corral keeps user data as UTF-8 text.") from err
     disk = None
     for i, bdm in enumerate(p.group("BlockDeviceMapping"), 1):
-        device = bdm.str("DeviceName")
+        device = bdm.get("DeviceName")
         if device not in ROOT_NAMES:
             raise Ec2Error("InvalidParameterCombination",
                            f"BlockDeviceMapping.{i}.DeviceName {device!r}: Corral sets only the "
                            f"root volume's size at launch ({ROOT_DEVICE_HINT}); create other "
                            "volumes with CreateVolume and AttachVolume")
-        size = bdm.int("Ebs.VolumeSize", None, 1, 16384)
+        size = bdm.integer("Ebs.VolumeSize", None, 1, 16384)
         if size is not None:
             disk = f"{size}G"
     specs = p.tag_specs(("instance", "volume"))
     tags = specs.get("instance", {})
-    groups = p.list("SecurityGroupId") + p.list("SecurityGroup")
-    for g in p.list("SecurityGroupId"):
+    groups = p.strings("SecurityGroupId") + p.strings("SecurityGroup")
+    for g in p.strings("SecurityGroupId"):
         if not g.startswith("sg-"):
             raise Ec2Error("InvalidGroupId.Malformed", f'Invalid id: "{g}" (expecting "sg-...")')
-    key = p.str("KeyName")
-    req = InstanceCreate(image=image_id, name=tags.get("Name"), instance_type=itype, disk=disk,
-                         keys=[key] if key else [], user_data=user_data)
+    key = p.get("KeyName")
+    req = InstanceCreate(image=image_id, name=tags.get("Name"),  # type: ignore[call-arg]
+                         instance_type=itype, disk=disk, keys=[key] if key else [],
+                         user_data=user_data)
     opts = LaunchOptions(min_count=lo, max_count=hi, client_token=token, security_groups=groups,
                          tags=tags, name_is_hint=True, dry_run=call.dry_run)
     made, _ = await call.ctrl.instances.launch(call.caller, req, opts)
@@ -221,7 +222,7 @@ ROOT_DEVICE_HINT = "DeviceName /dev/sda1 with Ebs.VolumeSize"
 
 async def _change(call: Call, verb: str) -> dict[str, Any]:
     p = call.p
-    wanted = p.list("InstanceId")
+    wanted = p.strings("InstanceId")
     if not wanted:
         raise missing("InstanceId")
     check_ids(wanted)
@@ -233,10 +234,10 @@ async def _change(call: Call, verb: str) -> dict[str, Any]:
         if verb == "terminate":
             inst, _ = await mgr.terminate(call.caller, iid, dry_run=call.dry_run)
         elif verb == "stop":
-            if p.bool("Hibernate"):
+            if p.flag("Hibernate"):
                 raise Ec2Error("UnsupportedHibernationConfiguration",
                                "Corral instances cannot hibernate; stop them without Hibernate")
-            inst, _ = await mgr.stop(call.caller, iid, force=p.bool("Force"),
+            inst, _ = await mgr.stop(call.caller, iid, force=p.flag("Force"),
                                      dry_run=call.dry_run)
         else:
             inst, _ = await mgr.start(call.caller, iid, dry_run=call.dry_run)
@@ -262,7 +263,7 @@ async def instances_start(call: Call) -> dict[str, Any]:
 
 @action("RebootInstances")
 async def instances_reboot(call: Call) -> dict[str, Any]:
-    wanted = call.p.list("InstanceId")
+    wanted = call.p.strings("InstanceId")
     if not wanted:
         raise missing("InstanceId")
     check_ids(wanted)
@@ -282,10 +283,10 @@ def _status(state: str) -> dict[str, Any]:
 @action("DescribeInstanceStatus")
 async def instances_status(call: Call) -> dict[str, Any]:
     p = call.p
-    wanted = p.list("InstanceId")
+    wanted = p.strings("InstanceId")
     check_ids(wanted)
     rows, _ = await load(call, wanted or None)
-    if not p.bool("IncludeAllInstances"):
+    if not p.flag("IncludeAllInstances"):
         rows = [r for r in rows if r.state == "running"]
     zone = call.api.settings.availability_zone
     match = Filters(p.filters(), {
@@ -368,11 +369,11 @@ async def instances_modify(call: Call) -> dict[str, Any]:
     p = call.p
     iid = p.need("InstanceId")
     check_ids([iid])
-    itype = p.str("InstanceType.Value")
+    itype = p.get("InstanceType.Value")
     user_data = p.base64("UserData.Value")
-    attr = p.str("Attribute")
+    attr = p.get("Attribute")
     if attr is not None:
-        value = p.str("Value")
+        value = p.get("Value")
         if value is None:
             raise missing("Value")
         if attr == "instanceType":

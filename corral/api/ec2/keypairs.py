@@ -36,10 +36,10 @@ async def _check_new(call: Call, name: str) -> None:
 async def keypair_create(call: Call) -> dict[str, Any]:
     p = call.p
     name = p.need("KeyName")
-    key_type = p.str("KeyType", "rsa") or "rsa"
+    key_type = p.get("KeyType", "rsa") or "rsa"
     if key_type not in ("rsa", "ed25519"):
         raise invalid("KeyType", key_type, "It must be rsa or ed25519.")
-    if (p.str("KeyFormat") or "pem") != "pem":
+    if (p.get("KeyFormat") or "pem") != "pem":
         raise Ec2Error("UnsupportedOperation", "Corral returns private keys as PEM only")
     wanted = tags.check(p.tag_specs(("key-pair",)).get("key-pair", {}))
     await _check_new(call, name)
@@ -73,7 +73,7 @@ async def keypair_import(call: Call) -> dict[str, Any]:
 async def keypair_describe(call: Call) -> dict[str, Any]:
     p = call.p
     rows = await call.ctrl.keypairs.list(call.caller)
-    names, key_ids = p.list("KeyName"), p.list("KeyPairId")
+    names, key_ids = p.strings("KeyName"), p.strings("KeyPairId")
     if names:
         have = {r.name for r in rows}
         gone = [n for n in names if n not in have]
@@ -94,7 +94,7 @@ async def keypair_describe(call: Call) -> dict[str, Any]:
     }, lambda r: tag_map.get(r.id, {}))
     if call.dry_run:
         dry_run_ok()
-    include = p.bool("IncludePublicKey")
+    include = p.flag("IncludePublicKey")
     return {"keySet": [{
         "keyPairId": r.id, "keyType": r.key_type, "tagSet": views.tag_set(tag_map.get(r.id)),
         "publicKey": r.public_key if include else None, "keyName": r.name,
@@ -105,13 +105,13 @@ async def keypair_describe(call: Call) -> dict[str, Any]:
 @action("DeleteKeyPair")
 async def keypair_delete(call: Call) -> dict[str, Any]:
     p = call.p
-    ref = p.str("KeyPairId") or p.str("KeyName")
+    ref = p.get("KeyPairId") or p.get("KeyName")
     if not ref:
         raise Ec2Error("MissingParameter", "The request must contain KeyName or KeyPairId")
     try:
         row = await call.ctrl.keypairs.get(call.caller, ref)
     except NotFound:
-        if p.str("KeyPairId"):
+        if p.get("KeyPairId"):
             raise Ec2Error("InvalidKeyPair.NotFound",
                            f"The key pair ID '{ref}' does not exist") from None
         if call.dry_run:

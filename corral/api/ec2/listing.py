@@ -55,23 +55,23 @@ class Filters:
     def __init__(self, filters: Sequence[Filter], known: dict[str, Getter],
                  tags: Callable[[Any], dict[str, str]] | None = None) -> None:
         self.tests: list[tuple[Callable[[Any], list[str]], list[re.Pattern[str] | str]]] = []
+        get: Callable[[Any], list[str]]
         for f in filters:
             patterns = [_pattern(v) for v in f.values]
             if f.name.startswith("tag:") and tags is not None:
-                key = f.name[4:]
-                self.tests.append((lambda it, k=key: _as_strings(tags(it).get(k)), patterns))
+                get = _tag_getter(tags, f.name[4:])
             elif f.name == "tag-key" and tags is not None:
-                self.tests.append((lambda it: list(tags(it)), patterns))
+                get = _keys_getter(tags)
             elif f.name == "tag-value" and tags is not None:
-                self.tests.append((lambda it: list(tags(it).values()), patterns))
+                get = _values_getter(tags)
             elif f.name in known:
-                getter = known[f.name]
-                self.tests.append((lambda it, g=getter: _as_strings(g(it)), patterns))
+                get = _known_getter(known[f.name])
             else:
                 names = sorted(known) + (["tag:<key>", "tag-key", "tag-value"] if tags else [])
                 raise Ec2Error("InvalidParameterValue",
                                f"The filter '{f.name}' is invalid; this call knows "
                                f"{', '.join(names)}")
+            self.tests.append((get, patterns))
 
     def __call__(self, item: Any) -> bool:
         for get, patterns in self.tests:
@@ -79,6 +79,25 @@ class Filters:
             if not any(_match(p, v) for p in patterns for v in values):
                 return False
         return True
+
+
+TagsOf = Callable[[Any], dict[str, str]]
+
+
+def _tag_getter(tags: TagsOf, key: str) -> Callable[[Any], list[str]]:
+    return lambda it: _as_strings(tags(it).get(key))
+
+
+def _keys_getter(tags: TagsOf) -> Callable[[Any], list[str]]:
+    return lambda it: list(tags(it))
+
+
+def _values_getter(tags: TagsOf) -> Callable[[Any], list[str]]:
+    return lambda it: list(tags(it).values())
+
+
+def _known_getter(getter: Getter) -> Callable[[Any], list[str]]:
+    return lambda it: _as_strings(getter(it))
 
 
 def _match(p: re.Pattern[str] | str, v: str) -> bool:
@@ -108,9 +127,9 @@ def window(p: Params, action: str, account: str, lo: int, hi: int,
            ids_param: str | None = None) -> tuple[int, int | None, str]:
     """Where the page starts, its size (None: everything), and the request's fingerprint the
     next token is bound to; errors by AWS's rules on MaxResults and NextToken."""
-    max_results = p.str("MaxResults")
-    token = p.str("NextToken")
-    if max_results is not None and ids_param and p.list(ids_param):
+    max_results = p.get("MaxResults")
+    token = p.get("NextToken")
+    if max_results is not None and ids_param and p.strings(ids_param):
         raise Ec2Error("InvalidParameterCombination",
                        f"The parameter {ids_param} cannot be used with the parameter "
                        "MaxResults")

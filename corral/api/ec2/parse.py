@@ -32,7 +32,7 @@ class Params:
     def __contains__(self, name: str) -> bool:
         return name in self.raw
 
-    def str(self, name: str, default: str | None = None, required: bool = False) -> str | None:
+    def get(self, name: str, default: str | None = None, required: bool = False) -> str | None:
         value = self.raw.get(name)
         if value is None:
             if required:
@@ -46,7 +46,7 @@ class Params:
             raise missing(name)
         return value
 
-    def int(self, name: str, default: int | None = None, lo: int | None = None,
+    def integer(self, name: str, default: int | None = None, lo: int | None = None,
             hi: int | None = None) -> int | None:
         value = self.raw.get(name)
         if value is None:
@@ -59,7 +59,7 @@ class Params:
             raise invalid(name, value, f"It must be between {lo} and {hi}.")
         return n
 
-    def bool(self, name: str, default: bool = False) -> bool:
+    def flag(self, name: str, default: bool = False) -> bool:
         value = self.raw.get(name)
         if value is None:
             return default
@@ -90,7 +90,7 @@ class Params:
             out.setdefault(int(m.group(1)), {})[m.group(2) or ""] = v
         return dict(sorted(out.items()))
 
-    def list(self, prefix: str) -> list[str]:
+    def strings(self, prefix: str) -> list[str]:
         """``Prefix.1``, ``Prefix.2`` … in index order."""
         return [d[""] for d in self._indexed(prefix).values() if "" in d]
 
@@ -102,26 +102,26 @@ class Params:
     def filters(self) -> list[Filter]:
         out = []
         for i, sub in enumerate(self.group("Filter"), 1):
-            name = sub.str("Name")
+            name = sub.get("Name")
             if not name:
                 raise missing(f"Filter.{i}.Name")
-            out.append(Filter(name, tuple(sub.list("Value"))))
+            out.append(Filter(name, tuple(sub.strings("Value"))))
         return out
 
     def tags(self, prefix: str = "Tag") -> dict[str, str]:
         out = {}
         for i, sub in enumerate(self.group(prefix), 1):
-            key = sub.str("Key")
+            key = sub.get("Key")
             if key is None:
                 raise missing(f"{prefix}.{i}.Key")
-            out[key] = sub.str("Value", "") or ""
+            out[key] = sub.get("Value", "") or ""
         return out
 
     def tag_specs(self, allowed: tuple[str, ...]) -> dict[str, dict[str, str]]:
         """TagSpecification.N: tags per resource type."""
         out: dict[str, dict[str, str]] = {}
         for i, sub in enumerate(self.group("TagSpecification"), 1):
-            rtype = sub.str("ResourceType")
+            rtype = sub.get("ResourceType")
             if rtype is None:
                 raise missing(f"TagSpecification.{i}.ResourceType")
             if rtype not in allowed:

@@ -27,7 +27,7 @@ class Call:
 
     @property
     def dry_run(self) -> bool:
-        return self.p.bool("DryRun")
+        return self.p.flag("DryRun")
 
 
 Handler = Callable[[Call], Awaitable[dict[str, Any]]]

@@ -20,34 +20,34 @@ from corral.store.models import SecurityGroup, SecurityGroupRule
 def _permissions(p: Params) -> list[Permission]:
     out: list[Permission] = []
     for i, perm in enumerate(p.group("IpPermissions"), 1):
-        proto = perm.str("IpProtocol")
+        proto = perm.get("IpProtocol")
         if proto is None:
             raise missing(f"IpPermissions.{i}.IpProtocol")
         if perm.group("Ipv6Ranges") or perm.group("PrefixListIds"):
             raise Ec2Error("InvalidParameterValue",
                            f"IpPermissions.{i}: Corral's groups take IPv4 CIDRs and groups "
                            "(IpRanges, Groups), not IPv6 ranges or prefix lists")
-        fp, tp = perm.int("FromPort"), perm.int("ToPort")
+        fp, tp = perm.integer("FromPort"), perm.integer("ToPort")
         sources = 0
         for r in perm.group("IpRanges"):
             out.append(Permission(proto, fp, tp, cidr=r.need("CidrIp"),
-                                  description=r.str("Description", "") or ""))
+                                  description=r.get("Description", "") or ""))
             sources += 1
         for g in perm.group("Groups"):
-            ref = g.str("GroupId") or g.str("GroupName")
+            ref = g.get("GroupId") or g.get("GroupName")
             if not ref:
                 raise missing(f"IpPermissions.{i}.Groups.N.GroupId")
             out.append(Permission(proto, fp, tp, group_id=ref,
-                                  description=g.str("Description", "") or ""))
+                                  description=g.get("Description", "") or ""))
             sources += 1
         if not sources:
             raise Ec2Error("InvalidParameterValue",
                            f"IpPermissions.{i} names no source: give IpRanges or Groups")
     # the flat form: IpProtocol, FromPort, ToPort with CidrIp or SourceSecurityGroupName
-    proto = p.str("IpProtocol")
-    if proto is not None or p.str("CidrIp") or p.str("SourceSecurityGroupName"):
-        fp, tp = p.int("FromPort"), p.int("ToPort")
-        src = p.str("SourceSecurityGroupName")
+    proto = p.get("IpProtocol")
+    if proto is not None or p.get("CidrIp") or p.get("SourceSecurityGroupName"):
+        fp, tp = p.integer("FromPort"), p.integer("ToPort")
+        src = p.get("SourceSecurityGroupName")
         if src:
             out.append(Permission(proto or "-1", fp, tp, group_id=src))
         else:
@@ -56,7 +56,7 @@ def _permissions(p: Params) -> list[Permission]:
 
 
 def _group_ref(p: Params) -> str:
-    ref = p.str("GroupId") or p.str("GroupName")
+    ref = p.get("GroupId") or p.get("GroupName")
     if not ref:
         raise Ec2Error("MissingParameter", "The request must contain GroupId or GroupName")
     return ref
@@ -148,7 +148,7 @@ async def group_revoke_egress(call: Call) -> dict[str, Any]:
 async def group_describe(call: Call) -> dict[str, Any]:
     p = call.p
     groups, rules = await call.ctrl.security_groups.list(call.caller)
-    ids_wanted, names_wanted = p.list("GroupId"), p.list("GroupName")
+    ids_wanted, names_wanted = p.strings("GroupId"), p.strings("GroupName")
     if ids_wanted:
         have = {g.id for g in groups}
         gone = [g for g in ids_wanted if g not in have]

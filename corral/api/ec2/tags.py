@@ -12,7 +12,7 @@ from corral.api.ec2.registry import Call, action
 
 @action("CreateTags")
 async def tags_create(call: Call) -> dict[str, Any]:
-    rids = call.p.list("ResourceId")
+    rids = call.p.strings("ResourceId")
     if not rids:
         raise missing("ResourceId")
     wanted = call.p.tags("Tag")
@@ -24,11 +24,11 @@ async def tags_create(call: Call) -> dict[str, Any]:
 
 @action("DeleteTags")
 async def tags_delete(call: Call) -> dict[str, Any]:
-    rids = call.p.list("ResourceId")
+    rids = call.p.strings("ResourceId")
     if not rids:
         raise missing("ResourceId")
     groups = call.p.group("Tag")
-    wanted = {g.need("Key"): g.str("Value") for g in groups} if groups else None
+    wanted = {g.need("Key"): g.get("Value") for g in groups} if groups else None
     await call.ctrl.tags.delete(call.caller, rids, wanted, call.dry_run)
     return {"return": True}
 

@@ -43,13 +43,13 @@ def snapshot_item(s: Snapshot, tag_map: dict[str, dict[str, str]]) -> dict[str, 
 async def volume_create(call: Call) -> dict[str, Any]:
     p = call.p
     zone = p.need("AvailabilityZone")
-    if p.bool("Encrypted"):
+    if p.flag("Encrypted"):
         raise Ec2Error("InvalidParameterValue", "Corral volumes are not encrypted; leave "
                        "Encrypted out")
     wanted = tags.check(p.tag_specs(("volume",)).get("volume", {}))
     row, _ = await call.ctrl.volumes.create(
-        call.caller, p.int("Size", None), p.str("SnapshotId"), zone,
-        p.str("VolumeType", "standard") or "standard", wanted, call.dry_run)
+        call.caller, p.integer("Size", None), p.get("SnapshotId"), zone,
+        p.get("VolumeType", "standard") or "standard", wanted, call.dry_run)
     return volume_item(row, {row.id: wanted})
 
 
@@ -70,15 +70,15 @@ async def volume_attach(call: Call) -> dict[str, Any]:
 @action("DetachVolume")
 async def volume_detach(call: Call) -> dict[str, Any]:
     p = call.p
-    row = await call.ctrl.volumes.detach(call.caller, p.need("VolumeId"), p.str("InstanceId"),
-                                         p.bool("Force"), call.dry_run)
+    row = await call.ctrl.volumes.detach(call.caller, p.need("VolumeId"), p.get("InstanceId"),
+                                         p.flag("Force"), call.dry_run)
     return attachment(row, "detaching")
 
 
 @action("DescribeVolumes")
 async def volume_describe(call: Call) -> dict[str, Any]:
     p = call.p
-    wanted = p.list("VolumeId")
+    wanted = p.strings("VolumeId")
     check_ids(wanted, "volume", "VolumeId")
     rows = await call.ctrl.volumes.list(call.caller)
     if wanted:
@@ -118,7 +118,7 @@ async def snapshot_create(call: Call) -> dict[str, Any]:
     p = call.p
     wanted = tags.check(p.tag_specs(("snapshot",)).get("snapshot", {}))
     row, _ = await call.ctrl.volumes.snapshot(call.caller, p.need("VolumeId"),
-                                              p.str("Description", "") or "", wanted,
+                                              p.get("Description", "") or "", wanted,
                                               call.dry_run)
     return snapshot_item(row, {row.id: wanted})
 
@@ -133,14 +133,14 @@ async def snapshot_delete(call: Call) -> dict[str, Any]:
 @action("DescribeSnapshots")
 async def snapshot_describe(call: Call) -> dict[str, Any]:
     p = call.p
-    wanted = p.list("SnapshotId")
+    wanted = p.strings("SnapshotId")
     check_ids(wanted, "snapshot", "SnapshotId")
-    owners = p.list("Owner")
+    owners = p.strings("Owner")
     me = call.caller.account_id
     rows = await call.ctrl.volumes.list_snapshots(call.caller)
     if owners and not any(o in ("self", me) for o in owners):
         rows = []  # snapshots are never shared between accounts here
-    restorable = p.list("RestorableBy")
+    restorable = p.strings("RestorableBy")
     if restorable and not any(r in ("self", me, "all") for r in restorable):
         rows = []
     if wanted:

@@ -58,14 +58,16 @@ class Ec2:
         if when is not None:
             import unittest.mock
 
+            frozen: dt.datetime = when
+
             class _Frozen(dt.datetime):
                 @classmethod
                 def now(cls, tz: Any = None) -> dt.datetime:  # type: ignore[override]
-                    return when
+                    return frozen
 
                 @classmethod
                 def utcnow(cls) -> dt.datetime:  # type: ignore[override]
-                    return when.replace(tzinfo=None)
+                    return frozen.replace(tzinfo=None)
 
             with unittest.mock.patch("botocore.auth.datetime.datetime", _Frozen):
                 signer.add_auth(req)
