@@ -147,6 +147,13 @@ class Instances:
                     Instance.account_id == caller.account_id,
                     Instance.client_token == opts.client_token).order_by(Instance.launch_time)))
                 if done:
+                    first = done[0]
+                    if (ids.is_id("image", req.image) and first.image_id != req.image) or (
+                            req.instance_type and first.instance_type != req.instance_type):
+                        raise Invalid(f"client token {opts.client_token!r} was used for a "
+                                      "launch with other parameters; use a new token",
+                                      field="ClientToken",
+                                      ec2_code="IdempotentParameterMismatch")
                     if opts.dry_run:
                         raise DryRunPassed("RunInstances would have succeeded")
                     return done, []

@@ -44,6 +44,8 @@ async def test_client_token_makes_run_idempotent(world: World) -> None:
     assert [i["InstanceId"] for i in a["Instances"]] == [i["InstanceId"] for i in b["Instances"]]
     assert await _count(world) == 2
     assert a["Instances"][0]["ClientToken"] == "tok-1"
+    await ec2.fails("IdempotentParameterMismatch", "RunInstances", ImageId=world.image_id,
+                    MinCount=1, MaxCount=1, ClientToken="tok-1", InstanceType="cr1.large")
 
 
 async def test_counts_are_all_or_nothing_below_min(world: World) -> None:
