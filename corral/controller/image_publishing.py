@@ -245,8 +245,10 @@ class ImagePublishing:
                 Image.digest == digest, Image.id != row.id, Image.state != "deregistered"))
             users = await s.scalar(select(Instance.id).where(
                 Instance.image_id == row.id, Instance.state != "terminated"))
-        # the root disk stays while instances run from it (their disks are overlays on it)
-        if digest and not others and not users and self.ctrl.nodes:
+            snap = await s.scalar(select(Snapshot.id).where(Snapshot.image_id == row.id))
+        # the root disk stays while instances run from it (their disks are overlays on it) and
+        # while its snapshot exists (as on AWS, deregistering keeps the snapshot)
+        if digest and not others and not users and not snap and self.ctrl.nodes:
             await self.ctrl.node(next(iter(self.ctrl.nodes))).image_delete(digest)
 
     # -- launch permissions ----------------------------------------------------------------

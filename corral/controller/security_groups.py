@@ -253,8 +253,12 @@ class SecurityGroups:
         return unknown
 
     async def list(self, caller: Caller) -> tuple[list[SecurityGroup], list[SecurityGroupRule]]:
-        async with self.ctrl.store.write() as s:
-            await self.ensure_default(s, caller.account_id)
+        async with self.ctrl.store.read() as s:
+            has_default = await s.scalar(select(SecurityGroup.id).where(
+                SecurityGroup.account_id == caller.account_id, SecurityGroup.name == "default"))
+        if has_default is None:  # made on first use, so every account has one
+            async with self.ctrl.store.write() as s:
+                await self.ensure_default(s, caller.account_id)
         async with self.ctrl.store.read() as s:
             groups = list(await s.scalars(select(SecurityGroup).where(
                 SecurityGroup.account_id == caller.account_id).order_by(SecurityGroup.created_at)))

@@ -28,7 +28,7 @@ from corral.images.store import ImageStore
 from corral.node.client import NodeClient
 from corral.node.spec import ExitInfo
 from corral.store import Store
-from corral.store.models import Instance, Node, utcnow
+from corral.store.models import Instance, Node, Tag, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,10 @@ class Controller:
     async def purge_terminated(self) -> int:
         cutoff = utcnow() - TERMINATED_TTL
         async with self.store.write() as s:
+            gone = select(Instance.id).where(
+                Instance.state == "terminated", Instance.desired_state == "terminated",
+                Instance.terminated_at < cutoff)
+            await s.execute(delete(Tag).where(Tag.resource_id.in_(gone)))
             res = await s.execute(delete(Instance).where(
                 Instance.state == "terminated", Instance.desired_state == "terminated",
                 Instance.terminated_at < cutoff))

@@ -16,7 +16,7 @@ from corral import ids
 from corral.controller.accounts import Caller
 from corral.errors import DryRunPassed, Invalid, NotFound, WrongState
 from corral.node.spec import VolumeAttachment
-from corral.store.models import Image, Operation, Snapshot, Volume, utcnow
+from corral.store.models import Image, Instance, Operation, Snapshot, Volume, utcnow
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
@@ -273,6 +273,20 @@ class Volumes:
         await self._set_snapshot(row.id, state="completed", progress=100)
         return {"snapshot_id": row.id}
 
+    async def _drop_image_root(self, image_id: str) -> None:
+        """A deregistered image's root disk goes with the last snapshot of it, unless another
+        image or an instance still uses it."""
+        async with self.ctrl.store.read() as s:
+            image = await s.get(Image, image_id)
+            if image is None or image.state != "deregistered" or not image.digest:
+                return
+            others = await s.scalar(select(Image.id).where(Image.digest == image.digest,
+                                                           Image.state != "deregistered"))
+            users = await s.scalar(select(Instance.id).where(Instance.image_id == image_id,
+                                                             Instance.state != "terminated"))
+        if not others and not users and self.ctrl.nodes:
+            await self.ctrl.node(next(iter(self.ctrl.nodes))).image_delete(image.digest)
+
     async def _set_snapshot(self, sid: str, **values: Any) -> None:
         async with self.ctrl.store.write() as s:
             row = await s.get(Snapshot, sid)
@@ -307,6 +321,8 @@ class Volumes:
             return {}
         if row.image_id is None and row.node_id is not None:
             await self.ctrl.node(row.node_id).snapshot_delete(row.id)
+        elif row.image_id is not None:
+            await self._drop_image_root(row.image_id)
         async with self.ctrl.store.write() as s:
             obj = await s.get(Snapshot, row.id)
             if obj is not None:
