@@ -67,7 +67,7 @@ class ElasticIps:
 
     async def associate(self, caller: Caller, instance_ref: str,
                         allocation_id: str | None = None, public_ip: str | None = None,
-                        allow_reassociation: bool = True, dry_run: bool = False
+                        allow_reassociation: bool = False, dry_run: bool = False
                         ) -> ElasticAddress:
         async with self.ctrl.store.write() as s:
             row = await self._find(s, caller, allocation_id, public_ip)

@@ -50,7 +50,8 @@ async def address_associate(call: Call) -> dict[str, Any]:
     if not alloc and not ip:
         raise Ec2Error("MissingParameter", "The request must contain AllocationId or PublicIp")
     row = await call.ctrl.elastic_ips.associate(call.caller, iid, alloc, ip,
-                                                p.flag("AllowReassociation", True), call.dry_run)
+                                                p.flag("AllowReassociation", False),
+                                                call.dry_run)
     return {"return": True, "associationId": row.association_id}
 
 

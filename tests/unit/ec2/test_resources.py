@@ -119,6 +119,14 @@ async def test_elastic_addresses(world: World) -> None:
     inst = (await ec2.call("DescribeInstances", InstanceIds=[iid]))["Reservations"][0]
     assert inst["Instances"][0]["PublicIpAddress"] == a["PublicIp"]
     await ec2.fails("InvalidIPAddress.InUse", "ReleaseAddress", AllocationId=a["AllocationId"])
+    other = await _instance(world)
+    await ec2.fails("Resource.AlreadyAssociated", "AssociateAddress",
+                    AllocationId=a["AllocationId"], InstanceId=other)
+    moved = await ec2.call("AssociateAddress", AllocationId=a["AllocationId"],
+                           InstanceId=other, AllowReassociation=True)
+    assoc = await ec2.call("AssociateAddress", AllocationId=a["AllocationId"], InstanceId=iid,
+                           AllowReassociation=True)
+    assert moved["AssociationId"] != assoc["AssociationId"]  # a new association each time
     f = [{"Name": "instance-id", "Values": [iid]}]
     assert len((await ec2.call("DescribeAddresses", Filters=f))["Addresses"]) == 1
     await ec2.call("DisassociateAddress", AssociationId=assoc["AssociationId"])
