@@ -173,7 +173,8 @@ def main() -> None:
             moto.grow(moto_ami, n, "t2.micro")
             corral.grow(corral_ami, n, "cr1.nano")
             time.sleep(2)  # let the fake node's operations finish
-            row: dict[str, Any] = {"instances": n}
+            row: dict[str, Any] = {"instances": n, "load": os.getloadavg()[0],
+                                   "qemu_processes": _qemus()}
             for t in (corral, moto):
                 m = measure(t, body, args.seconds)
                 row[t.name] = m
@@ -259,12 +260,14 @@ def write(results: dict[str, Any]) -> None:
              f"{m['qemu_processes_before']}", "",
              "## DescribeInstances, whole listing (one closed-loop client)", "",
              "| instances | Corral (fake node) req/s | p50 ms | p99 ms | moto req/s | p50 ms "
-             "| p99 ms | Corral/moto |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| p99 ms | Corral/moto | load (1 min), other VMs |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in results["describe_instances"]:
         c, mo = row["corral (fake node)"], row["moto"]
         lines.append(f"| {row['instances']} | {c['rps']:.1f} | {c['p50_ms']:.1f} | "
                      f"{c['p99_ms']:.1f} | {mo['rps']:.1f} | {mo['p50_ms']:.1f} | "
-                     f"{mo['p99_ms']:.1f} | {row['ratio_rps']:.2f}x |")
+                     f"{mo['p99_ms']:.1f} | {row['ratio_rps']:.2f}x | "
+                     f"{row['load']:.2f}, {row['qemu_processes']} |")
     paged = results.get("describe_instances_page_of_100_at_1000", {})
     if paged:
         lines += ["", "## DescribeInstances, MaxResults=100 of 1000", "",
