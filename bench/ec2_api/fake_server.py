@@ -12,7 +12,9 @@ import asyncio
 import gc
 import json
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -39,7 +41,20 @@ def _image(images: ImageStore, tmp: Path) -> Manifest:
     return m
 
 
-async def main(port: int, state: Path) -> None:
+class _Timed:
+    """Appends each request's time inside the server (ms) to a file: separates the server's
+    own time from the client's and the machine's."""
+
+    def __init__(self, app: Any, path: Path) -> None:
+        self.app, self.fh = app, open(path, "a", buffering=1)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        t0 = time.perf_counter()
+        await self.app(scope, receive, send)
+        self.fh.write(f"{(time.perf_counter() - t0) * 1000:.3f}\n")
+
+
+async def main(port: int, state: Path, timings: Path | None = None) -> None:
     state.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (before serving)
     settings = config.load(state, api_port=port, subnet="10.251.0.0/20",
                            reconcile_interval=3600)
@@ -59,7 +74,9 @@ async def main(port: int, state: Path) -> None:
           flush=True)
     gc.collect()
     gc.freeze()  # as the daemon does after start-up
-    app = create_app(ApiContext(settings, ctrl))
+    app: Any = create_app(ApiContext(settings, ctrl))
+    if timings is not None:
+        app = _Timed(app, timings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off",
                                            log_level="warning", access_log=False))
     await server.serve()
@@ -73,8 +90,9 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--state", type=Path, required=True)
+    ap.add_argument("--timings", type=Path, help="append each request's server time (ms)")
     a = ap.parse_args()
     try:
-        asyncio.run(main(a.port, a.state))
+        asyncio.run(main(a.port, a.state, a.timings))
     except KeyboardInterrupt:
         sys.exit(0)

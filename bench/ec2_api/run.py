@@ -57,6 +57,7 @@ def wait_http(url: str, timeout: float = 60) -> None:
 class Target:
     def __init__(self, name: str, url: str, key: str, secret: str, region: str) -> None:
         self.name, self.url, self.region = name, url, region
+        self.timings: Path | None = None  # the server's own time per request, when it logs it
         self.creds = Credentials(key, secret)
         self.http = httpx.Client(timeout=120)
         self.boto = boto3.client("ec2", endpoint_url=url, region_name=region,
@@ -89,6 +90,7 @@ def measure(t: Target, body: bytes, seconds: float, max_n: int = 2000,
             min_n: int = 10) -> dict[str, Any]:
     for _ in range(2):
         t.request(body)  # warm up (caches, connections)
+    mark = t.timings.stat().st_size if t.timings and t.timings.exists() else 0
     lat: list[float] = []
     size = 0
     start = time.perf_counter()
@@ -98,10 +100,17 @@ def measure(t: Target, body: bytes, seconds: float, max_n: int = 2000,
         lat.append(time.perf_counter() - t0)
     total = time.perf_counter() - start
     lat.sort()
-    return {"requests": len(lat), "rps": len(lat) / total,
-            "p50_ms": statistics.median(lat) * 1000,
-            "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
-            "bytes": size}
+    out = {"requests": len(lat), "rps": len(lat) / total,
+           "p50_ms": statistics.median(lat) * 1000,
+           "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, "bytes": size}
+    if t.timings is not None and t.timings.exists():
+        with open(t.timings) as fh:
+            fh.seek(mark)
+            server = sorted(float(x) for x in fh.read().split())
+        if server:
+            out["server_p50_ms"] = statistics.median(server)
+            out["server_p99_ms"] = server[min(len(server) - 1, int(len(server) * 0.99))]
+    return out
 
 
 def start_moto(tmp: Path) -> tuple[subprocess.Popen[bytes], Target]:
@@ -116,13 +125,16 @@ def start_moto(tmp: Path) -> tuple[subprocess.Popen[bytes], Target]:
 def start_corral_fake(tmp: Path) -> tuple[subprocess.Popen[bytes], Target]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bench.ec2_api.fake_server", "--port",
-                             str(port), "--state", str(tmp / "corral-fake")], cwd=ROOT,
+                             str(port), "--state", str(tmp / "corral-fake"), "--timings",
+                             str(tmp / "server-ms")], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=open(tmp / "corral.log", "wb"))
     assert proc.stdout is not None
     creds = json.loads(proc.stdout.readline())
     wait_http(f"http://127.0.0.1:{port}/v1/health")
-    return proc, Target("corral (fake node)", f"http://127.0.0.1:{port}",
-                        creds["access_key_id"], creds["secret_access_key"], "corral-1")
+    t = Target("corral (fake node)", f"http://127.0.0.1:{port}", creds["access_key_id"],
+               creds["secret_access_key"], "corral-1")
+    t.timings = tmp / "server-ms"
+    return proc, t
 
 
 def run_to_running(t: Target, image: str, itype: str, n: int) -> dict[str, Any]:
@@ -178,9 +190,11 @@ def main() -> None:
             for t in (corral, moto):
                 m = measure(t, body, args.seconds)
                 row[t.name] = m
+                inside = (f"; in the server p50 {m['server_p50_ms']:.1f} p99 "
+                          f"{m['server_p99_ms']:.1f} ms" if "server_p50_ms" in m else "")
                 print(f"DescribeInstances n={n:5d} {t.name:20s} {m['rps']:8.1f} req/s "
                       f"p50 {m['p50_ms']:7.1f} ms p99 {m['p99_ms']:7.1f} ms "
-                      f"({m['requests']} requests, {m['bytes']} bytes)", flush=True)
+                      f"({m['requests']} requests, {m['bytes']} bytes{inside})", flush=True)
             row["ratio_rps"] = row["corral (fake node)"]["rps"] / row["moto"]["rps"]
             results["describe_instances"].append(row)
         page = b"Action=DescribeInstances&Version=2016-11-15&MaxResults=100"
@@ -260,13 +274,15 @@ def write(results: dict[str, Any]) -> None:
              f"{m['qemu_processes_before']}", "",
              "## DescribeInstances, whole listing (one closed-loop client)", "",
              "| instances | Corral (fake node) req/s | p50 ms | p99 ms | moto req/s | p50 ms "
-             "| p99 ms | Corral/moto | load (1 min), other VMs |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| p99 ms | Corral/moto | Corral p50/p99 inside the server ms "
+             "| load (1 min), other VMs |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for row in results["describe_instances"]:
         c, mo = row["corral (fake node)"], row["moto"]
         lines.append(f"| {row['instances']} | {c['rps']:.1f} | {c['p50_ms']:.1f} | "
                      f"{c['p99_ms']:.1f} | {mo['rps']:.1f} | {mo['p50_ms']:.1f} | "
                      f"{mo['p99_ms']:.1f} | {row['ratio_rps']:.2f}x | "
+                     f"{c.get('server_p50_ms', 0):.1f} / {c.get('server_p99_ms', 0):.1f} | "
                      f"{row['load']:.2f}, {row['qemu_processes']} |")
     paged = results.get("describe_instances_page_of_100_at_1000", {})
     if paged:

@@ -245,7 +245,15 @@ class Instances:
                                  "another name or remove it first", field="name",
                                  resource="instance")
         base = re_name(image.name)
-        return f"{base}-{iid[2:7]}"
+        # five hex digits of the id, more when those clash (a thousand instances of one image
+        # make a clash of five digits likely)
+        for digits in (5, 7, 9, 17):
+            name = f"{base}-{iid[2:2 + digits]}"
+            if not await s.scalar(select(Instance.id).where(
+                    Instance.account_id == caller.account_id, Instance.name == name,
+                    Instance.state != "terminated")):
+                break
+        return name
 
     async def _new_mac(self, s: AsyncSession) -> str:
         while True:

@@ -147,3 +147,20 @@ async def test_unsupported_instance_attribute(world: World) -> None:
                     SourceDestCheck={"Value": False})
     await ec2.fails("InvalidParameterValue", "DescribeInstanceAttribute", InstanceId=iid,
                     Attribute="colour")
+
+
+async def test_generated_names_never_clash(world: World) -> None:
+    """Five hex digits of 17 clash often among many instances: the name grows instead of the
+    launch failing with an internal error."""
+    import corral.controller.instances as mod
+
+    ec2 = world.admin
+    real_new_id = mod.ids.new_id
+    fixed = iter(["i-abcde00000000000" + c for c in "123456789"])
+    mod.ids.new_id = lambda kind: next(fixed) if kind == "instance" else real_new_id(kind)
+    try:
+        out = await ec2.call("RunInstances", ImageId=world.image_id, MinCount=3, MaxCount=3)
+    finally:
+        mod.ids.new_id = real_new_id
+    names = [i["PrivateDnsName"].split(".")[0] for i in out["Instances"]]
+    assert len(set(names)) == 3 and names[0] == "tiny-abcde"
