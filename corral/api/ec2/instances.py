@@ -38,6 +38,10 @@ def check_ids(values: list[str], kind: str = "instance", param: str = "InstanceI
 
 
 _KIND_CODE = {"instance": "Instance", "volume": "Volume", "snapshot": "Snapshot"}
+LISTED = (Instance.id, Instance.account_id, Instance.name, Instance.image_id, Instance.node_id,
+          Instance.state, Instance.state_reason, Instance.instance_type, Instance.cpus,
+          Instance.memory, Instance.private_ip, Instance.key_name, Instance.client_token,
+          Instance.reservation_id, Instance.launch_time)
 
 
 async def load(call: Call, instance_ids: list[str] | None = None,
@@ -46,8 +50,9 @@ async def load(call: Call, instance_ids: list[str] | None = None,
     ``(offset, limit)`` window of them) with extras."""
     account = call.caller.account_id
     async with call.ctrl.store.read() as s:
-        # plain rows, not ORM objects: five times cheaper for a thousand instances
-        q = select(*Instance.__table__.c).where(Instance.account_id == account)
+        # plain rows of the columns a listing shows, not ORM objects: several times cheaper
+        # for a thousand instances (no JSON, blob or extra date parsing per row)
+        q = select(*LISTED).where(Instance.account_id == account)
         if instance_ids:
             q = q.where(Instance.id.in_(instance_ids))
         q = q.order_by(Instance.launch_time, Instance.id)
@@ -319,8 +324,9 @@ async def instances_console_output(call: Call) -> dict[str, Any]:
     data = b""
     if inst.node_id is not None and inst.state != "terminated":
         data = await call.ctrl.node(inst.node_id).console_log(inst.id, 64 * 1024)
-    return {"instanceId": inst.id, "timestamp": inst.stopped_at or inst.started_at or
-            inst.launch_time, "output": base64.b64encode(data).decode()}
+    full = await call.ctrl.instances.get(call.caller, inst.id)
+    return {"instanceId": inst.id, "timestamp": full.stopped_at or full.started_at or
+            full.launch_time, "output": base64.b64encode(data).decode()}
 
 
 ATTRIBUTES = ("instanceType", "userData", "groupSet", "rootDeviceName", "blockDeviceMapping",
@@ -346,7 +352,8 @@ async def instances_attribute(call: Call) -> dict[str, Any]:
     if attr == "instanceType":
         value = {"value": item["instanceType"]}
     elif attr == "userData":
-        value = {"value": base64.b64encode(r.user_data).decode()} if r.user_data else {}
+        data = (await call.ctrl.instances.get(call.caller, r.id)).user_data
+        value = {"value": base64.b64encode(data).decode()} if data else {}
     elif attr == "groupSet":
         value = item["groupSet"]
     elif attr == "rootDeviceName":
