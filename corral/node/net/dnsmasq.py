@@ -39,6 +39,7 @@ class Dnsmasq:
         self.addn_hosts = directory / "hosts"
         self.leases = directory / "leases"
         self.log = directory / "dnsmasq.log"
+        self._hosts_lock = asyncio.Lock()  # one host update (maybe a restart) at a time
 
     def argv(self) -> list[str]:
         return [
@@ -126,17 +127,18 @@ class Dnsmasq:
         return len(keep) != len(lines), "".join(keep)
 
     async def update_hosts(self, hosts: list[HostEntry]) -> None:
-        self._write_hosts(hosts)
-        stale, kept = self.stale_leases(hosts)
-        if stale:
-            # leases are read only at start: stop, drop the stale ones, start again
-            await self.stop()
-            atomic_write(self.leases, kept)
-        pid = self.pid()
-        if pid is None:
-            await self.ensure()
-        else:
-            os.kill(pid, signal.SIGHUP)
+        async with self._hosts_lock:
+            self._write_hosts(hosts)
+            stale, kept = self.stale_leases(hosts)
+            if stale:
+                # leases are read only at start: stop, drop the stale ones, start again
+                await self.stop()
+                atomic_write(self.leases, kept)
+            pid = self.pid()
+            if pid is None:
+                await self.ensure()
+            else:
+                os.kill(pid, signal.SIGHUP)
 
     async def stop(self, timeout: float = 5.0) -> None:
         pid = self.pid()
