@@ -21,6 +21,7 @@ import uvicorn
 from corral import config
 from corral.api.app import create_app
 from corral.api.context import ApiContext
+from corral.daemon import GC_THRESHOLDS
 from corral.controller.service import Controller
 from corral.images.manifest import Manifest
 from corral.images.store import ImageStore
@@ -74,6 +75,7 @@ async def main(port: int, state: Path, timings: Path | None = None) -> None:
           flush=True)
     gc.collect()
     gc.freeze()  # as the daemon does after start-up
+    gc.set_threshold(*GC_THRESHOLDS)
     app: Any = create_app(ApiContext(settings, ctrl))
     if timings is not None:
         app = _Timed(app, timings)
