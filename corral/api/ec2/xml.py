@@ -8,7 +8,9 @@ import datetime as dt
 from typing import Any
 
 NAMESPACE = "http://ec2.amazonaws.com/doc/2016-11-15/"
-_ESC = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"})
+_ESC = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
+                      # characters XML 1.0 cannot carry at all (e.g. echoed bad input)
+                      **{chr(c): "\ufffd" for c in range(32) if c not in (9, 10, 13)}})
 
 
 def timestamp(when: dt.datetime | None) -> str | None:
