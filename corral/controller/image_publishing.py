@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import builtins
 import re
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, or_, select
@@ -111,7 +112,10 @@ class ImagePublishing:
 
     async def create_image(self, caller: Caller, instance_ref: str, name: str,
                            description: str = "", tags: dict[str, str] | None = None,
-                           dry_run: bool = False) -> tuple[Image, Operation]:
+                           dry_run: bool = False, no_reboot: bool = False
+                           ) -> tuple[Image, Operation]:
+        """As on AWS, a running instance is powered off in order for the copy and started
+        again (``no_reboot`` copies it as it runs: crash-consistent)."""
         check_image_name(name)
         async with self.ctrl.store.write() as s:
             inst = await self.ctrl.instances.resolve(s, caller, instance_ref,
@@ -134,7 +138,8 @@ class ImagePublishing:
                                    target_kind="image", target_id=row.id,
                                    requested_by=caller.access_key_id,
                                    params={"base": base.digest, "instance_id": inst.id,
-                                           "node_id": inst.node_id})
+                                           "node_id": inst.node_id,
+                                           "reboot": inst.state == "running" and not no_reboot})
             s.add(op)
         self.ctrl.ops.start(op)
         return row, op
@@ -200,16 +205,20 @@ class ImagePublishing:
             return {}
         p = ctx.params
         node = self.ctrl.node(p.get("node_id") or next(iter(self.ctrl.nodes), None))
-        await ctx.progress(0.2, "flattening the disk into a new image")
-        try:
+        async def capture() -> str:
+            await ctx.progress(0.3, "flattening the disk into a new image")
             if p.get("base_root"):
-                digest = await node.image_capture(p["base_root"], row.name, row.version,
-                                                  row.description)
+                return await node.image_capture(p["base_root"], row.name, row.version,
+                                                row.description)
+            return await node.image_capture(p["base"], row.name, row.version, row.description,
+                                            instance_id=p.get("instance_id"),
+                                            snapshot_id=p.get("snapshot_id"))
+
+        try:
+            if p.get("reboot") and p.get("instance_id"):
+                digest = await self._powered_off(ctx, p["instance_id"], capture)
             else:
-                digest = await node.image_capture(p["base"], row.name, row.version,
-                                                  row.description,
-                                                  instance_id=p.get("instance_id"),
-                                                  snapshot_id=p.get("snapshot_id"))
+                digest = await capture()
         except Exception as err:
             await self._finish(row.id, state="failed", error=str(err))
             raise
@@ -217,6 +226,28 @@ class ImagePublishing:
         await self._finish(row.id, state="available", digest=digest, size=manifest.size,
                            virtual_size=manifest.root_disk.virtual_size or row.virtual_size)
         return {"image_id": row.id, "digest": digest}
+
+    async def _powered_off(self, ctx: Any, iid: str,
+                           capture: Callable[[], Awaitable[str]]) -> str:
+        """Power the instance off in order, capture, start it again — all under its lock,
+        so the reconciler leaves it alone; its state stays ``running`` as in a reboot."""
+        mgr = self.ctrl.instances
+        async with mgr.lock(iid):
+            async with self.ctrl.store.read() as s:
+                inst = await s.get(Instance, iid)
+                spec = await mgr.spec(s, inst) if inst is not None else None
+            if inst is None or spec is None or inst.state != "running" \
+                    or inst.desired_state != "running":
+                return await capture()  # it changed meanwhile: copy it as it is
+            node = self.ctrl.node(inst.node_id)
+            await ctx.progress(0.1, "powering the instance off for a consistent image")
+            await node.instance_stop(iid, mgr._timeout(inst, None))
+            try:
+                return await capture()
+            finally:
+                await ctx.progress(0.8, "starting the instance again")
+                pid = await node.instance_start(spec)
+                await mgr._set(iid, pid=pid)
 
     async def _finish(self, image_id: str, **values: Any) -> None:
         async with self.ctrl.store.write() as s:

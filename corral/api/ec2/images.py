@@ -127,7 +127,8 @@ async def image_create(call: Call) -> dict[str, Any]:
     specs = p.tag_specs(("image", "snapshot"))
     wanted = tags.check(specs.get("image", {}))
     row, _ = await call.ctrl.image_publishing.create_image(
-        call.caller, iid, p.need("Name"), p.get("Description", "") or "", wanted, call.dry_run)
+        call.caller, iid, p.need("Name"), p.get("Description", "") or "", wanted, call.dry_run,
+        no_reboot=p.flag("NoReboot"))
     if specs.get("snapshot") and row.root_snapshot_id:
         await call.ctrl.tags.create(call.caller, [row.root_snapshot_id], specs["snapshot"])
     return {"imageId": row.id}

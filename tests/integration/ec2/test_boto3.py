@@ -89,11 +89,15 @@ def test_boto3_lifecycle_with_waiters_volume_and_image(corral: Daemon, ec2: Any,
                    what="the attached volume in the guest")
     assert vol["VolumeId"].replace("-", "") in out
 
-    # an image made from the instance boots
-    ec2.stop_instances(InstanceIds=[iid])
-    ec2.get_waiter("instance_stopped").wait(InstanceIds=[iid], WaiterConfig=WAIT)
+    # an image made from the running instance (powered off for the copy, as on AWS) boots
+    boot_id = corral.ssh("web-1", "cat /proc/sys/kernel/random/boot_id").ok().out
     ami = ec2.create_image(InstanceId=iid, Name="web-image", Description="from web-1")["ImageId"]
     ec2.get_waiter("image_available").wait(ImageIds=[ami], WaiterConfig=WAIT)
+    again = wait_for(lambda: corral.ssh("web-1", "cat /proc/sys/kernel/random/boot_id").out,
+                     90, what="web-1 back after CreateImage")
+    assert again != boot_id  # it was powered off and started again
+    assert ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0][
+        "State"]["Name"] == "running"
     img = ec2.describe_images(ImageIds=[ami])["Images"][0]
     assert img["RootDeviceType"] == "ebs" and img["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
     clone = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, KeyName="cli",

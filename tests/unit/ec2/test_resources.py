@@ -195,14 +195,22 @@ async def test_images_create_register_share_deregister(world: World) -> None:
     other = await world.account("other")
     other_id = (await world.caller(other)).account_id
     iid = await _instance(world)
+    pid = world.node.running[iid]
     ami = (await ec2.call("CreateImage", InstanceId=iid, Name="web image"))["ImageId"]
     await world.settle()
+    # powered off for the copy and started again (NoReboot not given), still running
+    assert world.node.calls[-3:] == [("stop", iid), ("image_capture", iid), ("start", iid)]
+    assert world.node.running[iid] != pid
+    state = (await ec2.call("DescribeInstances", InstanceIds=[iid]))["Reservations"][0]
+    assert state["Instances"][0]["State"]["Name"] == "running"
+    await ec2.call("CreateImage", InstanceId=iid, Name="hot copy", NoReboot=True)
+    await world.settle()
+    assert world.node.calls[-1] == ("image_capture", iid)
     img = (await ec2.call("DescribeImages", ImageIds=[ami]))["Images"][0]
     assert img["State"] == "available" and img["RootDeviceType"] == "ebs"
     snap = img["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
-    assert [i["ImageId"] for i in (await ec2.call("DescribeImages",
-                                                  Owners=["self"]))["Images"]] \
-        == [world.image_id, ami]  # the admin owns the built-in images too
+    mine = [i["ImageId"] for i in (await ec2.call("DescribeImages", Owners=["self"]))["Images"]]
+    assert mine[:2] == [world.image_id, ami]  # the admin owns the built-in images too
     builtin = (await ec2.call("DescribeImages", Owners=["corral"]))["Images"]
     assert [i["ImageId"] for i in builtin] == [world.image_id]
     assert builtin[0]["ImageOwnerAlias"] == "corral" and builtin[0]["Public"] is True
@@ -210,7 +218,7 @@ async def test_images_create_register_share_deregister(world: World) -> None:
     await ec2.fails("InvalidSnapshot.InUse", "DeleteSnapshot", SnapshotId=snap)
     # the other account sees only public images until the image is shared with it
     assert [i["ImageId"] for i in (await other.call("DescribeImages"))["Images"]] \
-        == [world.image_id]
+        == [world.image_id]  # not the admin's private copies
     await other.fails("InvalidAMIID.NotFound", "RunInstances", ImageId=ami, MinCount=1,
                       MaxCount=1)
     await ec2.call("ModifyImageAttribute", ImageId=ami,
