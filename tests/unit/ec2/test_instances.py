@@ -164,3 +164,21 @@ async def test_generated_names_never_clash(world: World) -> None:
         mod.ids.new_id = real_new_id
     names = [i["PrivateDnsName"].split(".")[0] for i in out["Instances"]]
     assert len(set(names)) == 3 and names[0] == "tiny-abcde"
+
+
+async def test_rest_api_takes_an_instance_type_too(world: World) -> None:
+    ec2 = world.admin
+    headers = {"Authorization": f"Bearer {ec2.key_id}:{ec2.secret}"}
+    r = await world.http.post("/v1/instances", json={"image": "tiny", "name": "typed",
+                                                     "instance_type": "cr1.nano"},
+                              headers=headers)
+    assert r.status_code == 202, r.text
+    inst = r.json()["instance"]
+    assert inst["memory"] == 128 << 20 and inst["cpus"] == 1
+    await world.settle()
+    assert world.node.specs[inst["id"]].cpu_limit == 0.2
+    r = await world.http.post("/v1/instances", json={"image": "tiny", "instance_type": "x1"},
+                              headers=headers)
+    assert r.status_code == 400 and r.json()["error"]["field"] == "instance_type"
+    desc = await ec2.call("DescribeInstances", InstanceIds=[inst["id"]])
+    assert desc["Reservations"][0]["Instances"][0]["InstanceType"] == "cr1.nano"
