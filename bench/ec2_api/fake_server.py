@@ -21,8 +21,8 @@ import uvicorn
 from corral import config
 from corral.api.app import create_app
 from corral.api.context import ApiContext
-from corral.daemon import GC_THRESHOLDS
 from corral.controller.service import Controller
+from corral.daemon import GC_THRESHOLDS
 from corral.images.manifest import Manifest
 from corral.images.store import ImageStore
 from corral.node.fake import FakeNode
