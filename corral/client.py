@@ -195,6 +195,19 @@ class Client:
     def key_remove(self, name: str) -> None:
         self._call("DELETE", f"/v1/keys/{name}")
 
+    # -- accounts --------------------------------------------------------------------------
+    def account_list(self) -> list[models.Account]:
+        return [models.Account.model_validate(x) for x in self._call("GET", "/v1/accounts")]
+
+    def account_create(self, name: str) -> models.AccountCreated:
+        return models.AccountCreated.model_validate(
+            self._call("POST", "/v1/accounts", json={"name": name}))
+
+    def credentials_create(self, account: str | None = None) -> models.AccessKeyCreated:
+        params = {"account": account} if account else {}
+        return models.AccessKeyCreated.model_validate(
+            self._call("POST", "/v1/accounts/keys", params=params))
+
     # -- operations ------------------------------------------------------------------------
     def operation_list(self, limit: int = 50, target: str | None = None) -> list[models.Operation]:
         params: dict[str, Any] = {"limit": limit}

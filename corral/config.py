@@ -36,7 +36,9 @@ class Settings:
     node_name: str = ""  # empty: the host name
     qemu: str = "qemu-system-x86_64"  # command or path of the QEMU binary
     uplink: str = "none"  # none | host | netns:NAME (the namespace standing for the outside)
-    public_cidr: str = "198.51.100.0/24"  # elastic IPs; a documentation range, never routed
+    # elastic IPs: a documentation range, never routed; the addresses exist only inside
+    # Corral's own namespaces (and, through the uplink, the outside world's)
+    public_cidr: str = "198.51.100.0/24"
     # optional RFC 2136 updates of public records (<name>.<dns_zone> A <public IP>)
     dns_server: str = ""  # ADDRESS[:PORT] of the authoritative server; empty: off
     dns_zone: str = ""
@@ -108,8 +110,10 @@ class Settings:
         try:
             public = ipaddress.ip_network(self.public_cidr, strict=True)
         except ValueError as err:
-            raise Invalid(f"public_cidr {self.public_cidr!r} is not a network: {err}",
-                          field="public_cidr") from err
+            raise Invalid(f"public_cidr {self.public_cidr!r} is not a network (e.g. "
+                          f"198.51.100.0/24): {err}", field="public_cidr") from err
+        if public.version != 4:
+            raise Invalid(f"public_cidr {public} must be IPv4", field="public_cidr")
         if public.overlaps(net):
             raise Invalid(f"public_cidr {public} overlaps the instance subnet {net}; pick "
                           "ranges apart", field="public_cidr")
@@ -150,10 +154,10 @@ _ENV = {
     "CORRAL_RECONCILE_INTERVAL": "reconcile_interval",
     "CORRAL_CACHE_DIR": "cache_dir",
     "CORRAL_REGION": "region",
+    "CORRAL_PUBLIC_CIDR": "public_cidr",
     "CORRAL_NODE_NAME": "node_name",
     "CORRAL_QEMU": "qemu",
     "CORRAL_UPLINK": "uplink",
-    "CORRAL_PUBLIC_CIDR": "public_cidr",
     "CORRAL_DNS_SERVER": "dns_server",
     "CORRAL_DNS_ZONE": "dns_zone",
     "CORRAL_DNS_TSIG_NAME": "dns_tsig_name",

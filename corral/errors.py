@@ -65,6 +65,7 @@ class CorralError(Exception):
         code: Code | None = None,
         field: str | None = None,
         resource: str | None = None,
+        ec2_code: str | None = None,
     ) -> None:
         super().__init__(message)
         if code is not None:
@@ -72,6 +73,7 @@ class CorralError(Exception):
         self.message = message
         self.field = field
         self.resource = resource
+        self.ec2_code = ec2_code  # a precise EC2 error code where the table's is too coarse
 
     @property
     def http_status(self) -> int:
@@ -122,3 +124,9 @@ class EnvironmentProblem(CorralError):
 
 class Cancelled(CorralError):
     code = Code.CANCELLED
+
+
+class DryRunPassed(CorralError):
+    """Every check passed and nothing was done (EC2's ``DryRun``); raised before the commit."""
+
+    code = Code.INVALID

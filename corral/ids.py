@@ -19,6 +19,7 @@ PREFIXES = {
     "allocation": "eipalloc",
     "association": "eipassoc",
     "reservation": "r",
+    "security_group_rule": "sgr",
 }
 
 _HEX17 = re.compile(r"^[0-9a-f]{17}$")

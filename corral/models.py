@@ -26,6 +26,8 @@ class InstanceCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     image: str = Field(description="image name (tiny), name:version, or id (ami-…)")
     name: str | None = Field(None, description="host name; generated when left out")
+    instance_type: str | None = Field(
+        None, description="an instance type (cr1.micro …); sets cpus, CPU share and memory")
     cpus: int = Field(1, ge=1, le=64)
     memory: str | int = Field("256M", description="guest memory, e.g. 256M or 1G")
     disk: str | int | None = Field(None, description="root disk size; default the image's")
@@ -204,3 +206,29 @@ class Shutdown(BaseModel):
     model_config = ConfigDict(extra="forbid")
     stop_instances: bool = False
     timeout: float | None = None
+
+
+class AccountCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="1-64 letters, digits or hyphens")
+
+
+class Account(BaseModel):
+    id: str
+    name: str
+    admin: bool
+    created_at: dt.datetime
+
+
+class AccessKeyCreated(BaseModel):
+    access_key_id: str
+    secret_access_key: str = Field(description="shown once; Corral cannot show it again")
+    account_id: str
+    account_name: str
+    region: str
+    endpoint: str
+
+
+class AccountCreated(BaseModel):
+    account: Account
+    key: AccessKeyCreated

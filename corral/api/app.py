@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from corral.api.context import ApiContext
-from corral.api.rest import errors, images, instances, keys, operations, system
+from corral.api.ec2 import endpoint as ec2
+from corral.api.rest import accounts, errors, images, instances, keys, operations, system
 
 VERSION = "0.1.0"
 
@@ -19,6 +20,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     app.state.ctx = ctx
     errors.install(app)
-    for module in (system, instances, images, keys, operations):
+    for module in (system, instances, images, keys, operations, accounts):
         app.include_router(module.router)
+    app.include_router(ec2.router)  # the EC2 Query API at / (POST form or GET ?Action=)
     return app

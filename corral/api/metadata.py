@@ -23,13 +23,20 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 
 from corral.controller.service import Controller
-from corral.store.models import Image, Instance, KeyPair, Network
+from corral.store.models import (
+    Image,
+    Instance,
+    InstanceSecurityGroup,
+    KeyPair,
+    Network,
+    SecurityGroup,
+)
 
 Tree = dict[str, Any]
 
 
 def build_tree(inst: Instance, image: Image | None, network: Network, settings: Any,
-               key_names: list[str]) -> Tree:
+               key_names: list[str], groups: list[str] | None = None) -> Tree:
     fqdn = f"{inst.name}.{network.domain}"
     keys: Tree = {}
     for i, key in enumerate(inst.ssh_keys or []):
@@ -55,7 +62,7 @@ def build_tree(inst: Instance, image: Image | None, network: Network, settings: 
         "placement": {"availability-zone": settings.availability_zone, "region": settings.region},
         "public-keys": keys,
         "reservation-id": inst.reservation_id or "",
-        "security-groups": "default",
+        "security-groups": "\n".join(groups or ["default"]),
         "network": {"interfaces": {"macs": {inst.mac: mac}}},
         "services": {"domain": network.domain},
     }
@@ -155,7 +162,8 @@ def create_app(ctrl: Controller, network_id: str, key: bytes) -> FastAPI:
                                      "first", status_code=401)
         return None
 
-    async def whoami(request: Request) -> tuple[Instance, Image | None, Network, list[str]] | None:
+    async def whoami(request: Request
+                     ) -> tuple[Instance, Image | None, Network, list[str], list[str]] | None:
         client = request.client.host if request.client else ""
         async with ctrl.store.read() as s:
             network = await s.get(Network, network_id)
@@ -176,7 +184,12 @@ def create_app(ctrl: Controller, network_id: str, key: bytes) -> FastAPI:
                 names.append(kp or "")
             names = [n or (inst.key_name if i == 0 and inst.key_name else f"key-{i}")
                      for i, n in enumerate(names)]
-            return inst, image, network, names
+            groups = list(await s.scalars(
+                select(SecurityGroup.name).join(
+                    InstanceSecurityGroup, InstanceSecurityGroup.group_id == SecurityGroup.id)
+                .where(InstanceSecurityGroup.instance_id == inst.id)
+                .order_by(SecurityGroup.name)))
+            return inst, image, network, names, groups
 
     @app.get("/")
     async def root() -> PlainTextResponse:
@@ -223,7 +236,7 @@ def create_app(ctrl: Controller, network_id: str, key: bytes) -> FastAPI:
             return PlainTextResponse("no instance has this address", status_code=404)
         if (no := refused(found[0], request)) is not None:
             return no
-        tree = build_tree(found[0], found[1], found[2], ctrl.settings, found[3])
+        tree = build_tree(found[0], found[1], found[2], ctrl.settings, found[3], found[4])
         parts = [p for p in path.split("/") if p]
         node = _walk(tree, parts)
         if node is None:

@@ -45,6 +45,9 @@ def run(
     ctx: typer.Context,
     image: str = typer.Argument(..., help="image name (tiny), name:version or ami- id"),
     name: str | None = typer.Option(None, "--name", "-n"),
+    instance_type: str | None = typer.Option(
+        None, "--type", "-t", help="an instance type (cr1.nano … cr1.large): sets CPUs, CPU "
+        "share and memory"),
     cpus: int = typer.Option(1, "--cpus", "-c"),
     memory: str = typer.Option("256M", "--memory", "-m"),
     disk: str | None = typer.Option(None, "--disk", help="root disk size (default: the image's)"),
@@ -72,7 +75,8 @@ def run(
             raise fail(f"user-data file {user_data} does not exist")
         ud = user_data.read_text()
     try:
-        req = models.InstanceCreate(image=image, name=name, cpus=cpus, memory=memory, disk=disk,
+        req = models.InstanceCreate(image=image, name=name, instance_type=instance_type,
+                                    cpus=cpus, memory=memory, disk=disk,
                                     keys=names, public_keys=inline, user_data=ud,
                                     restart_policy=restart, address=address,  # type: ignore[arg-type]
                                     net_limit_mbit=net_limit,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from corral.cli import daemon, images, instances, keys, ops
+from corral.cli import accounts, daemon, images, instances, keys, ops
 from corral.cli.common import Options, err_console
 from corral.errors import CorralError
 
@@ -38,6 +38,8 @@ app.add_typer(images.app, name="image")
 app.add_typer(keys.app, name="key")
 app.add_typer(ops.app, name="op")
 app.add_typer(ops.nodes, name="node")
+app.add_typer(accounts.app, name="account")
+app.add_typer(accounts.credentials, name="credentials")
 
 
 def main() -> None:

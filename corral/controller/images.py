@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import ids
@@ -37,7 +37,7 @@ class Images:
 
     async def resolve(self, s: AsyncSession, caller: Caller, ref: str) -> Image:
         """By id, ``name`` (newest version) or ``name:version``; own or public images."""
-        visible = or_(Image.public.is_(True), Image.account_id == caller.account_id)
+        visible = self.ctrl.image_publishing.visible(caller)  # public, own, shared
         q = select(Image).where(visible, Image.state != "deregistered")
         if ids.is_id("image", ref):
             q = q.where(Image.id == ref)
@@ -60,7 +60,7 @@ class Images:
     async def list(self, caller: Caller) -> builtins.list[Image]:
         async with self.ctrl.store.read() as s:
             return list(await s.scalars(select(Image).where(
-                or_(Image.public.is_(True), Image.account_id == caller.account_id),
+                self.ctrl.image_publishing.visible(caller),
                 Image.state != "deregistered").order_by(Image.name, Image.created_at)))
 
     async def register(self, manifest: Manifest, account_id: str | None = None,
@@ -90,8 +90,13 @@ class Images:
         return row
 
     async def sync_from_store(self) -> builtins.list[Image]:
+        """Records for the store's built-in images (images accounts made keep their own)."""
         store = self.ctrl.image_store
-        return [await self.register(m) for m in await asyncio.to_thread(store.list)]
+        async with self.ctrl.store.read() as s:
+            owned = set(await s.scalars(select(Image.digest).where(
+                Image.account_id.is_not(None))))
+        return [await self.register(m) for m in await asyncio.to_thread(store.list)
+                if m.digest not in owned]
 
     async def build(self, caller: Caller, recipe_ref: str, force: bool = False) -> Operation:
         r = recipe.load(recipe_ref)  # raises NotFound/Invalid before anything starts

@@ -9,20 +9,38 @@ import builtins
 
 import asyncio
 import base64
+import builtins
 import contextlib
 import logging
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import ids
-from corral.controller import ipam, keys, scheduler, states
+from corral.controller import instance_types, ipam, keys, scheduler, states
 from corral.controller.accounts import Caller
-from corral.errors import CorralError, Exists, Invalid, NotFound, WrongState
+from corral.errors import (
+    CorralError,
+    DryRunPassed,
+    Exists,
+    Invalid,
+    NoResources,
+    NotFound,
+    WrongState,
+)
 from corral.models import InstanceCreate
 from corral.node.spec import InstanceSpec
-from corral.store.models import Image, Instance, KeyPair, Network, Operation, utcnow
+from corral.store.models import (
+    Image,
+    Instance,
+    InstanceSecurityGroup,
+    KeyPair,
+    Network,
+    Operation,
+    utcnow,
+)
 from corral.units import parse_size
 
 if TYPE_CHECKING:
@@ -32,6 +50,20 @@ log = logging.getLogger(__name__)
 
 MIN_MEMORY = 64 << 20
 USER_DATA_MAX = 16 * 1024  # EC2's limit, before base64
+
+
+@dataclass
+class LaunchOptions:
+    """What EC2's RunInstances adds to a plain run: a count range in one reservation,
+    idempotency, security groups, tags, and a host name that is only a wish."""
+
+    min_count: int = 1
+    max_count: int = 1
+    client_token: str | None = None
+    security_groups: list[str] = field(default_factory=list)  # ids (sg-…) or names
+    tags: dict[str, str] = field(default_factory=dict)
+    name_is_hint: bool = False  # the Name tag: used when it is a free host name
+    dry_run: bool = False
 
 
 def tap_name(iid: str) -> str:
@@ -82,12 +114,30 @@ class Instances:
 
     # -- run -------------------------------------------------------------------------------
     async def run(self, caller: Caller, req: InstanceCreate) -> tuple[Instance, Operation]:
-        memory = parse_size(req.memory, field="memory", default_unit="M")
+        insts, ops = await self.launch(caller, req, LaunchOptions())
+        return insts[0], ops[0]
+
+    async def launch(self, caller: Caller, req: InstanceCreate, opts: LaunchOptions
+                     ) -> tuple[builtins.list[Instance], builtins.list[Operation]]:
+        """Run ``min_count``..``max_count`` instances in one reservation, all or nothing below
+        ``min_count``. With a client token already used, return that launch's instances."""
+        if not 1 <= opts.min_count <= opts.max_count:
+            raise Invalid(f"MinCount {opts.min_count} and MaxCount {opts.max_count} must be at "
+                          "least 1 with MinCount <= MaxCount", field="MinCount")
+        cpu_limit = 0.0
+        if req.instance_type:
+            itype = instance_types.get(req.instance_type)
+            cpus, memory, cpu_limit = itype.vcpus, itype.memory, itype.cpu_limit
+        else:
+            cpus = req.cpus
+            memory = parse_size(req.memory, field="memory", default_unit="M")
         if memory < MIN_MEMORY or memory % (1 << 20):
             raise Invalid(f"memory {req.memory} must be a whole number of MiB, at least 64M "
                           "(e.g. 256M)", field="memory")
         disk = parse_size(req.disk, field="disk", default_unit="G") if req.disk else None
-        name = ids.check_name(req.name) if req.name else None
+        wish = req.name
+        if wish is not None and not opts.name_is_hint:
+            ids.check_name(wish)
         user_data = (req.user_data or "").encode()
         if len(user_data) > USER_DATA_MAX:
             raise Invalid(f"user-data is {len(user_data)} bytes; the limit is 16 KiB",
@@ -97,6 +147,21 @@ class Instances:
         except Invalid as err:
             raise Invalid(err.message, field="public_keys") from err
         async with self.ctrl.store.write() as s:
+            if opts.client_token:
+                done = list(await s.scalars(select(Instance).where(
+                    Instance.account_id == caller.account_id,
+                    Instance.client_token == opts.client_token).order_by(Instance.launch_time)))
+                if done:
+                    first = done[0]
+                    if (ids.is_id("image", req.image) and first.image_id != req.image) or (
+                            req.instance_type and first.instance_type != req.instance_type):
+                        raise Invalid(f"client token {opts.client_token!r} was used for a "
+                                      "launch with other parameters; use a new token",
+                                      field="ClientToken",
+                                      ec2_code="IdempotentParameterMismatch")
+                    if opts.dry_run:
+                        raise DryRunPassed("RunInstances would have succeeded")
+                    return done, []
             image = await self.ctrl.images.resolve(s, caller, req.image)
             if image.state != "available":
                 raise WrongState(f"image {image.name} is {image.state}, not available",
@@ -116,37 +181,86 @@ class Instances:
                                    "`corral key add NAME FILE.pub`", field="keys",
                                    resource="key_pair")
                 ssh_keys.append(kp.public_key)
-            iid = ids.new_id("instance")
-            if name is None:
-                name = f"{image.name}-{iid[2:7]}"
-            clash = await s.scalar(select(Instance.id).where(
-                Instance.account_id == caller.account_id, Instance.name == name,
-                Instance.state != "terminated"))
-            if clash:
-                raise Exists(f"an instance named {name} already exists ({clash}); pick another "
-                             "name or remove it first", field="name", resource="instance")
-            node = await scheduler.pick(s, memory, req.cpus)
-            network = await self.ctrl.networks.default(s, node.id)
-            inst = Instance(
-                id=iid, account_id=caller.account_id, name=name, image_id=image.id,
-                node_id=node.id, network_id=network.id, state="pending", desired_state="running",
-                cpus=req.cpus, memory=memory, disk_size=disk, mac=await self._new_mac(s),
-                restart_policy=req.restart_policy, stop_timeout=req.stop_timeout,
-                net_limit_mbit=req.net_limit_mbit, metadata_tokens=req.metadata_tokens,
-                metadata_hop_limit=req.metadata_hop_limit,
-                user_data=user_data, ssh_keys=ssh_keys,
-                key_name=req.keys[0] if req.keys else None, launch_time=utcnow(),
-                reservation_id=ids.new_id("reservation"),
-            )
-            s.add(inst)
-            await s.flush()
-            inst.private_ip = await ipam.allocate(s, network, iid, req.address)
-            op = self.ctrl.ops.new("instance-run", account_id=caller.account_id,
-                                   target_kind="instance", target_id=iid,
-                                   requested_by=caller.access_key_id)
-            s.add(op)
-        self.ctrl.ops.start(op)
-        return inst, op
+            groups = [await self.ctrl.security_groups.resolve(s, caller, g)
+                      for g in opts.security_groups or ["default"]]
+            reservation = ids.new_id("reservation")
+            made: builtins.list[Instance] = []
+            for n in range(opts.max_count):
+                try:
+                    node = await scheduler.pick(s, memory, cpus)
+                except NoResources:
+                    if n >= opts.min_count:
+                        break
+                    raise
+                iid = ids.new_id("instance")
+                name = await self._pick_name(s, caller, wish if n == 0 else None, image, iid,
+                                             strict=not opts.name_is_hint)
+                network = await self.ctrl.networks.default(s, node.id)
+                inst = Instance(
+                    id=iid, account_id=caller.account_id, name=name, image_id=image.id,
+                    node_id=node.id, network_id=network.id, state="pending",
+                    desired_state="running", instance_type=req.instance_type or "", cpus=cpus,
+                    cpu_limit=cpu_limit, memory=memory, disk_size=disk,
+                    mac=await self._new_mac(s), restart_policy=req.restart_policy,
+                    stop_timeout=req.stop_timeout, user_data=user_data, ssh_keys=ssh_keys,
+                    net_limit_mbit=req.net_limit_mbit, metadata_tokens=req.metadata_tokens,
+                    metadata_hop_limit=req.metadata_hop_limit,
+                    key_name=req.keys[0] if req.keys else None, launch_time=utcnow(),
+                    reservation_id=reservation, client_token=opts.client_token,
+                )
+                s.add(inst)
+                await s.flush()
+                inst.private_ip = await ipam.allocate(s, network, iid,
+                                                      req.address if n == 0 else None)
+                for g in groups:
+                    s.add(InstanceSecurityGroup(instance_id=iid, group_id=g.id))
+                if opts.tags:
+                    await self.ctrl.tags.apply(s, caller.account_id, iid, "instance", opts.tags)
+                made.append(inst)
+            if opts.dry_run:
+                raise DryRunPassed("RunInstances would have succeeded")
+            ops = []
+            for inst in made:
+                op = self.ctrl.ops.new("instance-run", account_id=caller.account_id,
+                                       target_kind="instance", target_id=inst.id,
+                                       requested_by=caller.access_key_id)
+                s.add(op)
+                ops.append(op)
+        for op in ops:
+            self.ctrl.ops.start(op)
+        return made, ops
+
+    async def _pick_name(self, s: AsyncSession, caller: Caller, wish: str | None, image: Image,
+                         iid: str, strict: bool) -> str:
+        """The wished-for host name when it is valid and free (an error when ``strict``),
+        else ``<image>-<5 hex of the id>``."""
+        if wish is not None:
+            valid = True
+            if not strict:
+                try:
+                    ids.check_name(wish)
+                except Invalid:
+                    valid = False
+            if valid:
+                clash = await s.scalar(select(Instance.id).where(
+                    Instance.account_id == caller.account_id, Instance.name == wish,
+                    Instance.state != "terminated"))
+                if clash is None:
+                    return wish
+                if strict:
+                    raise Exists(f"an instance named {wish} already exists ({clash}); pick "
+                                 "another name or remove it first", field="name",
+                                 resource="instance")
+        base = re_name(image.name)
+        # five hex digits of the id, more when those clash (a thousand instances of one image
+        # make a clash of five digits likely)
+        for digits in (5, 7, 9, 17):
+            name = f"{base}-{iid[2:2 + digits]}"
+            if not await s.scalar(select(Instance.id).where(
+                    Instance.account_id == caller.account_id, Instance.name == name,
+                    Instance.state != "terminated")):
+                break
+        return name
 
     async def _new_mac(self, s: AsyncSession) -> str:
         while True:
@@ -163,6 +277,7 @@ class Instances:
             id=inst.id, name=inst.name, image=image.digest, cpus=inst.cpus,
             cpu_limit=inst.cpu_limit, memory=inst.memory, disk_size=inst.disk_size, mac=inst.mac,
             address=inst.private_ip, network=self.ctrl.networks.spec(network), tap=tap_name(inst.id),
+            volumes=await self.ctrl.volumes.attachments(s, inst.id),
         )
 
     async def _load(self, iid: str) -> tuple[Instance, InstanceSpec]:
@@ -215,6 +330,8 @@ class Instances:
                 row.private_ip = None
                 await ipam.release(s, inst.id)
         with contextlib.suppress(Exception):
+            await self.ctrl.instance_released(inst.id)
+        with contextlib.suppress(Exception):
             await self.ctrl.networks.sync(inst.network_id)
 
     async def _set(self, iid: str, **values: Any) -> None:
@@ -226,10 +343,14 @@ class Instances:
 
     # -- start, stop, reboot, terminate ----------------------------------------------------
     async def _request(self, caller: Caller, ref: str, request: str, op_type: str,
-                       params: dict[str, Any], **changes: Any) -> tuple[Instance, Operation | None]:
+                       params: dict[str, Any], dry_run: bool = False,
+                       **changes: Any) -> tuple[Instance, Operation | None]:
         async with self.ctrl.store.write() as s:
             inst = await self.resolve(s, caller, ref, include_terminated=True)
-            if not states.check(request, inst.state, inst.name):
+            acts = states.check(request, inst.state, inst.name)
+            if dry_run:
+                raise DryRunPassed(f"{request} would have succeeded")
+            if not acts:
                 return inst, None
             for k, v in changes.items():
                 setattr(inst, k, v)
@@ -240,25 +361,29 @@ class Instances:
         self.ctrl.ops.start(op)
         return inst, op
 
-    async def start(self, caller: Caller, ref: str) -> tuple[Instance, Operation | None]:
-        return await self._request(caller, ref, "start", "instance-start", {},
+    async def start(self, caller: Caller, ref: str,
+                    dry_run: bool = False) -> tuple[Instance, Operation | None]:
+        return await self._request(caller, ref, "start", "instance-start", {}, dry_run,
                                    desired_state="running", state="pending", state_reason="")
 
     async def stop(self, caller: Caller, ref: str, timeout: float | None = None,
-                   force: bool = False) -> tuple[Instance, Operation | None]:
+                   force: bool = False, dry_run: bool = False
+                   ) -> tuple[Instance, Operation | None]:
         return await self._request(caller, ref, "stop", "instance-stop",
-                                   {"timeout": timeout, "force": force},
+                                   {"timeout": timeout, "force": force}, dry_run,
                                    desired_state="stopped", state="stopping",
                                    state_reason=f"User initiated ({utcnow():%Y-%m-%d %H:%M:%S} GMT)")
 
-    async def reboot(self, caller: Caller, ref: str,
-                     timeout: float | None = None) -> tuple[Instance, Operation | None]:
-        return await self._request(caller, ref, "reboot", "instance-reboot", {"timeout": timeout})
+    async def reboot(self, caller: Caller, ref: str, timeout: float | None = None,
+                     dry_run: bool = False) -> tuple[Instance, Operation | None]:
+        return await self._request(caller, ref, "reboot", "instance-reboot", {"timeout": timeout},
+                                   dry_run)
 
     async def terminate(self, caller: Caller, ref: str, timeout: float | None = None,
-                        force: bool = False) -> tuple[Instance, Operation | None]:
+                        force: bool = False, dry_run: bool = False
+                        ) -> tuple[Instance, Operation | None]:
         return await self._request(caller, ref, "terminate", "instance-terminate",
-                                   {"timeout": timeout, "force": force},
+                                   {"timeout": timeout, "force": force}, dry_run,
                                    desired_state="terminated", state="shutting-down",
                                    state_reason=f"User initiated ({utcnow():%Y-%m-%d %H:%M:%S} GMT)")
 
@@ -330,6 +455,7 @@ class Instances:
                         row.private_ip = None
                         row.terminated_at = utcnow()
                         await ipam.release(s, iid)
+                await self.ctrl.instance_released(iid)
                 await self.ctrl.networks.sync(inst.network_id)
         self.locks.pop(iid, None)
         return {"instance_id": iid}
@@ -351,6 +477,25 @@ class Instances:
         await self.ctrl.networks.sync(inst.network_id)
         return inst
 
+    async def modify(self, caller: Caller, ref: str, instance_type: str | None = None,
+                     user_data: bytes | None = None, dry_run: bool = False) -> Instance:
+        """Change a stopped instance's type or user-data (EC2's ModifyInstanceAttribute)."""
+        itype = instance_types.get(instance_type) if instance_type is not None else None
+        if user_data is not None and len(user_data) > USER_DATA_MAX:
+            raise Invalid(f"user-data is {len(user_data)} bytes; the limit is 16 KiB",
+                          field="UserData")
+        async with self.ctrl.store.write() as s:
+            inst = await self.resolve(s, caller, ref, include_terminated=True)
+            states.check("modify", inst.state, inst.id)
+            if dry_run:
+                raise DryRunPassed("ModifyInstanceAttribute would have succeeded")
+            if itype is not None:
+                inst.instance_type = itype.name
+                inst.cpus, inst.memory, inst.cpu_limit = itype.vcpus, itype.memory, itype.cpu_limit
+            if user_data is not None:
+                inst.user_data = user_data
+        return inst
+
     # -- odds and ends ---------------------------------------------------------------------
     async def user_data_b64(self, inst: Instance) -> str:
         return base64.b64encode(inst.user_data or b"").decode()
@@ -368,3 +513,9 @@ class Instances:
                 or_(Instance.state != "terminated", Instance.desired_state != "terminated"))))
 
 
+def re_name(image_name: str) -> str:
+    """An image name made fit to start a host name."""
+    import re
+
+    base = re.sub(r"[^a-z0-9-]+", "-", image_name.lower()).strip("-")[:50].rstrip("-")
+    return base or "i"

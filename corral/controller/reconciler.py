@@ -194,6 +194,7 @@ class Reconciler:
                         row.private_ip = None
                         row.terminated_at = row.terminated_at or utcnow()
                         await ipam.release(s, inst.id)
+                await self.ctrl.instance_released(inst.id)
                 await self.ctrl.networks.sync(inst.network_id)
 
     def _report_strays(self, node_id: str, observed: dict[str, ObservedInstance],

@@ -12,18 +12,23 @@ from sqlalchemy import delete, select
 
 from corral.config import Settings
 from corral.controller.accounts import Accounts, Caller
+from corral.controller.elastic_ips import ElasticIps
+from corral.controller.image_publishing import ImagePublishing
 from corral.controller.images import Images
 from corral.controller.instances import Instances
 from corral.controller.keypairs import KeyPairs
 from corral.controller.networks import Networks
 from corral.controller.operations import Operations
 from corral.controller.reconciler import Reconciler
+from corral.controller.security_groups import SecurityGroups
+from corral.controller.tags import Tags
+from corral.controller.volumes import Volumes
 from corral.errors import NotFound
 from corral.images.store import ImageStore
 from corral.node.client import NodeClient
 from corral.node.spec import ExitInfo
 from corral.store import Store
-from corral.store.models import Instance, Node, utcnow
+from corral.store.models import Instance, Node, Tag, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,11 @@ class Controller:
         self.images = Images(self)
         self.instances = Instances(self)
         self.keypairs = KeyPairs(self)
+        self.tags = Tags(self)
+        self.security_groups = SecurityGroups(self)
+        self.elastic_ips = ElasticIps(self)
+        self.volumes = Volumes(self)
+        self.image_publishing = ImagePublishing(self)
         self.reconciler = Reconciler(self)
         self.admin: Caller | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -88,6 +98,22 @@ class Controller:
         self._tasks.append(asyncio.create_task(self.reconciler.run(), name="reconciler"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
 
+    async def instance_released(self, iid: str) -> None:
+        """A terminated instance lets go of what it held: its elastic address is disassociated,
+        its volumes detached (and deleted where DeleteOnTermination says so)."""
+        async with self.store.write() as s:
+            await self.elastic_ips.on_instance_terminated(s, iid)
+            doomed = await self.volumes.on_instance_terminated(s, iid)
+            ops = []
+            for vid in doomed:
+                row = await s.get(Instance, iid)
+                op = self.ops.new("volume-delete", account_id=row.account_id if row else None,
+                                  target_kind="volume", target_id=vid, requested_by="system")
+                s.add(op)
+                ops.append(op)
+        for op in ops:
+            self.ops.start(op)
+
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(60)
@@ -105,6 +131,10 @@ class Controller:
     async def purge_terminated(self) -> int:
         cutoff = utcnow() - TERMINATED_TTL
         async with self.store.write() as s:
+            gone = select(Instance.id).where(
+                Instance.state == "terminated", Instance.desired_state == "terminated",
+                Instance.terminated_at < cutoff)
+            await s.execute(delete(Tag).where(Tag.resource_id.in_(gone)))
             res = await s.execute(delete(Instance).where(
                 Instance.state == "terminated", Instance.desired_state == "terminated",
                 Instance.terminated_at < cutoff))

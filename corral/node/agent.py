@@ -34,7 +34,7 @@ from corral.node.spec import (
     ObservedInstance,
     PolicySpec,
 )
-from corral.node.storage import overlays
+from corral.node.storage import overlays, volumes
 from corral.proc import arun
 
 log = logging.getLogger(__name__)
@@ -303,7 +303,8 @@ class NodeAgent:
             accel = await self.accel()
             argv = qemu.argv(spec, paths, accel=accel.accel, machine=self.settings.machine,
                              kernel=self.images.kernel_path(manifest),
-                             initrd=self.images.initrd_path(manifest), cmdline=manifest.cmdline)
+                             initrd=self.images.initrd_path(manifest), cmdline=manifest.cmdline,
+                             volume_dir=self.volume_dir)
             limits = cgroups.Limits(cpu=spec.cpu_limit or float(spec.cpus),
                                     memory=spec.memory + MEMORY_OVERHEAD)
             m = await Machine.launch(spec.id, argv, paths, namespace=spec.network.namespace,
@@ -387,6 +388,80 @@ class NodeAgent:
         if any(a.startswith(f"unix:{self.run_root}/{iid}/") for a in cmd):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
+
+    # -- volumes, snapshots and captured images --------------------------------------------
+    @property
+    def volume_dir(self) -> Path:
+        return self.settings.state_dir / "volumes"
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.settings.state_dir / "snapshots"
+
+    def _volume(self, vid: str) -> Path:
+        return self.volume_dir / f"{vid}.qcow2"
+
+    def _snapshot(self, sid: str) -> Path:
+        return self.snapshot_dir / f"{sid}.qcow2"
+
+    async def volume_create(self, vid: str, size: int, snapshot_id: str | None = None,
+                            image_digest: str | None = None) -> None:
+        """An empty volume, or one holding a snapshot's or an image's root disk (idempotent)."""
+        source = None
+        if snapshot_id is not None:
+            source = self._snapshot(snapshot_id)
+        elif image_digest is not None:
+            source = self.images.root_disk_path(self.images.get_manifest(image_digest))
+        if source is not None and not source.exists():
+            raise NotFound(f"the source of volume {vid} ({source.name}) is not on this node",
+                           resource="snapshot")
+        await volumes.create(self._volume(vid), size, source)
+
+    async def volume_delete(self, vid: str) -> None:
+        volumes.remove(self._volume(vid))
+
+    async def snapshot_create(self, sid: str, vid: str) -> None:
+        source = self._volume(vid)
+        if not source.exists():
+            raise NotFound(f"volume {vid} has no disk on this node", resource="volume")
+        await volumes.flatten(source, self._snapshot(sid))
+
+    async def snapshot_delete(self, sid: str) -> None:
+        volumes.remove(self._snapshot(sid))
+
+    async def image_capture(self, base_digest: str, name: str, version: str, description: str,
+                            instance_id: str | None = None, snapshot_id: str | None = None,
+                            ) -> str:
+        """A new image with ``base_digest``'s kernel and initrd and a root disk flattened from
+        an instance's disk or taken from a snapshot; returns its manifest digest."""
+        base = self.images.get_manifest(base_digest)
+        if instance_id is not None:
+            source = self.paths(instance_id).disk
+        elif snapshot_id is not None:
+            source = self._snapshot(snapshot_id)
+        else:
+            source = self.images.root_disk_path(base)
+        if not source.exists():
+            raise NotFound(f"the disk to capture ({source}) is not on this node",
+                           resource="instance" if instance_id else "snapshot")
+        self.images.ensure()
+        flat = self.images.tmp / f"capture-{os.getpid()}-{name}.qcow2"
+        flat.unlink(missing_ok=True)
+        try:
+            await volumes.flatten(source, flat)
+            info = await overlays.info(flat)
+            virtual = int(info.get("virtual-size", 0))  # type: ignore[call-overload]
+            blob = await asyncio.to_thread(self.images.add_blob, flat, fmt="qcow2",
+                                           virtual_size=virtual, move=True)
+        finally:
+            flat.unlink(missing_ok=True)
+        manifest = base.model_copy(update={
+            "name": name, "version": version, "description": description, "root_disk": blob,
+            "min_disk": virtual, "base": base_digest, "build_key": None})
+        return self.images.put_manifest(manifest)
+
+    async def image_delete(self, digest: str) -> None:
+        await asyncio.to_thread(self.images.remove, digest)
 
     # -- consoles and access ---------------------------------------------------------------
     async def console_log(self, iid: str, tail: int = 65536) -> bytes:

@@ -8,7 +8,8 @@ import asyncio
 import itertools
 import time
 
-from corral.errors import WrongState
+from corral.errors import NotFound, WrongState
+from corral.images.store import ImageStore
 from corral.node.spec import (
     Accel,
     ExitInfo,
@@ -23,8 +24,11 @@ from corral.node.spec import (
 
 
 class FakeNode:
-    def __init__(self, name: str = "fake") -> None:
+    def __init__(self, name: str = "fake", images: ImageStore | None = None) -> None:
         self.name = name
+        self.images = images  # captured images go here when given
+        self.volumes: dict[str, int] = {}
+        self.snapshots: dict[str, str] = {}
         self.specs: dict[str, InstanceSpec] = {}
         self.running: dict[str, int] = {}
         self.exits: dict[str, ExitInfo] = {}
@@ -100,6 +104,44 @@ class FakeNode:
 
     async def forward(self, iid: str, address: str, port: int) -> ForwardInfo:
         return ForwardInfo(host="127.0.0.1", port=1)
+
+    async def volume_create(self, vid: str, size: int, snapshot_id: str | None = None,
+                            image_digest: str | None = None) -> None:
+        self.calls.append(("volume_create", vid))
+        if snapshot_id is not None and snapshot_id not in self.snapshots:
+            raise NotFound(f"snapshot {snapshot_id} is not on this node", resource="snapshot")
+        self.volumes[vid] = size
+
+    async def volume_delete(self, vid: str) -> None:
+        self.calls.append(("volume_delete", vid))
+        self.volumes.pop(vid, None)
+
+    async def snapshot_create(self, sid: str, vid: str) -> None:
+        self.calls.append(("snapshot_create", sid))
+        if vid not in self.volumes:
+            raise NotFound(f"volume {vid} is not on this node", resource="volume")
+        self.snapshots[sid] = vid
+
+    async def snapshot_delete(self, sid: str) -> None:
+        self.calls.append(("snapshot_delete", sid))
+        self.snapshots.pop(sid, None)
+
+    async def image_capture(self, base_digest: str, name: str, version: str, description: str,
+                            instance_id: str | None = None, snapshot_id: str | None = None,
+                            ) -> str:
+        """A new manifest naming the base's parts (the fake copies no disk)."""
+        self.calls.append(("image_capture", instance_id or snapshot_id or base_digest))
+        if self.images is None:
+            raise WrongState("this fake node has no image store")
+        base = self.images.get_manifest(base_digest)
+        manifest = base.model_copy(update={"name": name, "version": version,
+                                           "description": description, "base": base_digest,
+                                           "build_key": f"fake-{instance_id or snapshot_id}"})
+        return self.images.put_manifest(manifest)
+
+    async def image_delete(self, digest: str) -> None:
+        if self.images is not None:
+            self.images.remove(digest)
 
     # test helpers: make things happen behind the controller's back
     def crash(self, iid: str, reason: str = "crashed") -> None:

@@ -20,6 +20,13 @@ class HostRecord(BaseModel):
     names: list[str]
 
 
+class VolumeAttachment(BaseModel):
+    """A volume the instance gets as an extra virtio disk, in attachment order."""
+
+    id: str
+    device: str  # the name the API gave (/dev/sdf …); the guest sees /dev/vdb, /dev/vdc …
+
+
 class InstanceSpec(BaseModel):
     id: str
     name: str
@@ -33,6 +40,7 @@ class InstanceSpec(BaseModel):
     network: NetworkSpec
     tap: str
     cmdline_extra: str = ""
+    volumes: list[VolumeAttachment] = Field(default_factory=list)
 
 
 class ExitInfo(BaseModel):

@@ -113,6 +113,10 @@ class Image(Base):
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     virtual_size: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # EC2: instance-store (the appliance) or ebs (root from a snapshot); where it came from
+    root_device_type: Mapped[str] = mapped_column(String(16), default="instance-store")
+    root_snapshot_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    source_instance_id: Mapped[str | None] = mapped_column(String(32), default=None)
     __table_args__ = (UniqueConstraint("account_id", "name", "version"),)
 
 
@@ -215,3 +219,109 @@ class OperationEvent(Base):
     kind: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text, default="")
     progress: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+# -- EC2 resources (migration 0100) -----------------------------------------------------------
+
+
+class Tag(Base):
+    """A tag on any taggable resource, keyed by the resource's id (ids are unique across kinds)."""
+
+    __tablename__ = "tags"
+    resource_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256), default="")
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    resource_type: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class SecurityGroup(Base):
+    __tablename__ = "security_groups"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    __table_args__ = (UniqueConstraint("account_id", "name"),)
+
+
+class SecurityGroupRule(Base):
+    """One permission: protocol and ports from (ingress) or to (egress) a CIDR or a group."""
+
+    __tablename__ = "security_group_rules"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    group_id: Mapped[str] = mapped_column(
+        ForeignKey("security_groups.id", ondelete="CASCADE"), index=True)
+    direction: Mapped[str] = mapped_column(String(8))  # ingress | egress
+    protocol: Mapped[str] = mapped_column(String(8))  # -1 (all), tcp, udp, icmp or a number
+    from_port: Mapped[int | None] = mapped_column(Integer)
+    to_port: Mapped[int | None] = mapped_column(Integer)
+    cidr: Mapped[str | None] = mapped_column(String(43))
+    source_group_id: Mapped[str | None] = mapped_column(String(32))
+    description: Mapped[str] = mapped_column(String(255), default="")
+
+
+class InstanceSecurityGroup(Base):
+    __tablename__ = "instance_security_groups"
+    instance_id: Mapped[str] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True)
+    group_id: Mapped[str] = mapped_column(ForeignKey("security_groups.id"), primary_key=True,
+                                          index=True)
+
+
+class ElasticAddress(Base):
+    """A public address from the configured pool, owned by an account, maybe associated with an
+    instance. The NAT that makes it reachable belongs to the networking work."""
+
+    __tablename__ = "elastic_addresses"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # eipalloc-…
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    public_ip: Mapped[str] = mapped_column(String(39), unique=True)
+    instance_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    association_id: Mapped[str | None] = mapped_column(String(32))
+    private_ip: Mapped[str | None] = mapped_column(String(39))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Volume(Base):
+    __tablename__ = "volumes"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    node_id: Mapped[str | None] = mapped_column(ForeignKey("nodes.id"))
+    size: Mapped[int] = mapped_column(Integer)  # GiB
+    state: Mapped[str] = mapped_column(String(16), default="creating")
+    volume_type: Mapped[str] = mapped_column(String(16), default="standard")
+    availability_zone: Mapped[str] = mapped_column(String(64))
+    snapshot_id: Mapped[str | None] = mapped_column(String(32))
+    instance_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    device: Mapped[str | None] = mapped_column(String(32))
+    attach_state: Mapped[str | None] = mapped_column(String(16))
+    attach_time: Mapped[dt.datetime | None] = mapped_column(default=None)
+    delete_on_termination: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Snapshot(Base):
+    __tablename__ = "snapshots"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    node_id: Mapped[str | None] = mapped_column(ForeignKey("nodes.id"))
+    volume_id: Mapped[str] = mapped_column(String(32))
+    volume_size: Mapped[int] = mapped_column(Integer)  # GiB
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    description: Mapped[str] = mapped_column(String(255), default="")
+    image_id: Mapped[str | None] = mapped_column(String(32))  # the image whose root disk it is
+    error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class LaunchPermission(Base):
+    """An account (other than the owner) allowed to launch a private image."""
+
+    __tablename__ = "launch_permissions"
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(12), primary_key=True, index=True)

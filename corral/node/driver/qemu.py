@@ -92,7 +92,7 @@ def version() -> str:
 
 
 def argv(spec: InstanceSpec, paths: Paths, *, accel: str, machine: str, kernel: Path | None,
-         initrd: Path | None, cmdline: str) -> list[str]:
+         initrd: Path | None, cmdline: str, volume_dir: Path | None = None) -> list[str]:
     mem_mib = max(spec.memory >> 20, 16)
     args = [
         binary(),
@@ -123,6 +123,17 @@ def argv(spec: InstanceSpec, paths: Paths, *, accel: str, machine: str, kernel: 
         # with -kernel, bootindex 0 is the kernel loader's; boot from the disk otherwise
         "-device", "virtio-blk-pci,drive=root,id=root-disk"
         + (",bootindex=0" if kernel is None else ""),
+    ]
+    for vol in spec.volumes if volume_dir is not None else []:
+        assert volume_dir is not None
+        # the serial is the volume id without its dash (20 characters, QEMU's limit), as on EC2
+        args += [
+            "-drive", f"file={volume_dir / (vol.id + '.qcow2')},if=none,id={vol.id},"
+            "format=qcow2,discard=unmap,cache=writeback",
+            "-device", f"virtio-blk-pci,drive={vol.id},id=disk-{vol.id},"
+            f"serial={vol.id.replace('-', '')[:20]}",
+        ]
+    args += [
         "-netdev", f"tap,id=net0,ifname={spec.tap},script=no,downscript=no",
         "-device", f"virtio-net-pci,netdev=net0,mac={spec.mac},id=nic0",
         "-object", "rng-random,id=rng0,filename=/dev/urandom",

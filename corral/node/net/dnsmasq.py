@@ -39,6 +39,7 @@ class Dnsmasq:
         self.addn_hosts = directory / "hosts"
         self.leases = directory / "leases"
         self.log = directory / "dnsmasq.log"
+        self._hosts_lock = asyncio.Lock()  # one host update (maybe a restart) at a time
 
     def argv(self) -> list[str]:
         return [
@@ -117,13 +118,14 @@ class Dnsmasq:
         atomic_write(self.addn_hosts, dns)
 
     async def update_hosts(self, hosts: list[HostEntry]) -> None:
-        self._write_hosts(hosts)
-        pid = self.pid()
-        if pid is None:
-            await self.ensure()
-        else:
-            os.kill(pid, signal.SIGHUP)
-        await self.release_stale(hosts)
+        async with self._hosts_lock:
+            self._write_hosts(hosts)
+            pid = self.pid()
+            if pid is None:
+                await self.ensure()
+            else:
+                os.kill(pid, signal.SIGHUP)
+            await self.release_stale(hosts)
 
     def leases_held(self) -> list[tuple[str, str, str]]:
         """(mac, address, client id) of every lease dnsmasq has written down."""
@@ -135,17 +137,18 @@ class Dnsmasq:
         for line in lines:
             parts = line.split()
             if len(parts) >= 3 and parts[0] != "duid":
-                out.append((parts[1], parts[2], parts[4] if len(parts) > 4 and parts[4] != "*" else ""))
+                client_id = parts[4] if len(parts) > 4 and parts[4] != "*" else ""
+                out.append((parts[1], parts[2], client_id))
         return out
 
     async def release_stale(self, hosts: list[HostEntry]) -> list[str]:
         """Release leases that no host entry backs any more (a terminated instance's), so its
         address can go to a new MAC at once: dnsmasq refuses an address leased to another MAC,
         and our leases never expire. Idempotent; Neutron does the same with dhcp_release."""
-        wanted = {(h.mac, h.address) for h in hosts}
+        wanted = {(h.mac.lower(), h.address) for h in hosts}
         released = []
         for mac, address, client_id in self.leases_held():
-            if (mac, address) in wanted:
+            if (mac.lower(), address) in wanted:
                 continue
             argv = ["ip", "netns", "exec", self.namespace, need("dhcp_release", "dnsmasq-utils"),
                     self.bridge, address, mac]

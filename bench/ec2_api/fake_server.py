@@ -1,0 +1,100 @@
+"""Corral's API (EC2 and REST) over a fake node, on 127.0.0.1, for benchmarks that need more
+instances than this machine can boot. Labelled "fake node" wherever its figures appear.
+
+    python -m bench.ec2_api.fake_server --port 18773 --state /tmp/x
+
+Prints the admin key as JSON on its first line, then serves until killed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from corral import config
+from corral.api.app import create_app
+from corral.api.context import ApiContext
+from corral.controller.service import Controller
+from corral.daemon import GC_THRESHOLDS
+from corral.images.manifest import Manifest
+from corral.images.store import ImageStore
+from corral.node.fake import FakeNode
+from corral.store import Store
+
+
+def _image(images: ImageStore, tmp: Path) -> Manifest:
+    blobs = {}
+    for part in ("kernel", "initrd", "root"):
+        f = tmp / f"bench-{part}"
+        f.write_bytes(part.encode())
+        blobs[part] = images.add_blob(f, fmt="qcow2" if part == "root" else "raw",
+                                      virtual_size=512 << 20 if part == "root" else None)
+    m = Manifest(name="tiny", kernel=blobs["kernel"], initrd=blobs["initrd"],
+                 root_disk=blobs["root"], min_disk=512 << 20)
+    images.put_manifest(m)
+    return m
+
+
+class _Timed:
+    """Appends each request's time inside the server (ms) to a file: separates the server's
+    own time from the client's and the machine's."""
+
+    def __init__(self, app: Any, path: Path) -> None:
+        self.app, self.fh = app, open(path, "a", buffering=1)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        t0 = time.perf_counter()
+        await self.app(scope, receive, send)
+        self.fh.write(f"{(time.perf_counter() - t0) * 1000:.3f}\n")
+
+
+async def main(port: int, state: Path, timings: Path | None = None) -> None:
+    state.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (before serving)
+    settings = config.load(state, api_port=port, subnet="10.251.0.0/20",
+                           reconcile_interval=3600)
+    store = Store(settings.database_url)
+    await asyncio.to_thread(store.migrate)
+    images = ImageStore(settings.images_dir)
+    _image(images, state)
+    node = FakeNode(images=images)
+    info = await node.info()
+    node.info = lambda: _big(info)  # type: ignore[method-assign]
+    ctrl = Controller(settings, store, images)
+    await ctrl.add_node(node, "fake")  # type: ignore[arg-type]
+    await ctrl.start()
+    assert ctrl.admin is not None
+    print(json.dumps({"access_key_id": ctrl.admin.access_key_id,
+                      "secret_access_key": ctrl.accounts.secret_for(ctrl.admin.access_key_id)}),
+          flush=True)
+    gc.collect()
+    gc.freeze()  # as the daemon does after start-up
+    gc.set_threshold(*GC_THRESHOLDS)
+    app: Any = create_app(ApiContext(settings, ctrl))
+    if timings is not None:
+        app = _Timed(app, timings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off",
+                                           log_level="warning", access_log=False))
+    await server.serve()
+
+
+async def _big(info):  # type: ignore[no-untyped-def]
+    return info.model_copy(update={"memory": 1 << 40, "cpus": 64})
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--state", type=Path, required=True)
+    ap.add_argument("--timings", type=Path, help="append each request's server time (ms)")
+    a = ap.parse_args()
+    try:
+        asyncio.run(main(a.port, a.state, a.timings))
+    except KeyboardInterrupt:
+        sys.exit(0)

@@ -1,0 +1,55 @@
+"""The action table: each resource module registers its handlers with ``@action``."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from corral.api.context import ApiContext
+from corral.api.ec2.parse import Params
+from corral.controller.accounts import Caller
+from corral.controller.service import Controller
+
+
+@dataclass
+class Call:
+    """One EC2 request: who asks, with which parameters, against which Corral."""
+
+    api: ApiContext
+    caller: Caller
+    p: Params
+    action: str
+
+    @property
+    def ctrl(self) -> Controller:
+        return self.api.controller
+
+    @property
+    def dry_run(self) -> bool:
+        return self.p.flag("DryRun")
+
+
+Handler = Callable[[Call], Awaitable[dict[str, Any]]]
+ACTIONS: dict[str, Handler] = {}
+
+# AWS actions Corral knows of but does not offer: they answer UnsupportedOperation (400)
+UNSUPPORTED = (
+    "DescribeVpcs", "CreateVpc", "DeleteVpc", "DescribeSubnets", "CreateSubnet", "DeleteSubnet",
+    "DescribeNetworkInterfaces", "CreateNetworkInterface", "DescribeRouteTables",
+    "DescribeInternetGateways", "CopyImage", "CopySnapshot", "ModifyVolume",
+    "DescribeVolumeStatus", "DescribeSpotInstanceRequests", "RequestSpotInstances",
+    "DescribePlacementGroups", "CreatePlacementGroup", "DescribeLaunchTemplates",
+    "CreateLaunchTemplate", "MonitorInstances", "UnmonitorInstances", "ImportImage",
+    "DescribeIamInstanceProfileAssociations", "AssociateIamInstanceProfile",
+    "DescribeVolumeAttribute", "ModifyVolumeAttribute", "DescribeSnapshotAttribute",
+    "ModifySnapshotAttribute", "ResetImageAttribute", "ResetInstanceAttribute",
+    "GetPasswordData", "DescribeHosts", "DescribeReservedInstances",
+)
+
+
+def action(name: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        ACTIONS[name] = fn
+        return fn
+    return register
