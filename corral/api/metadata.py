@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,6 +25,7 @@ from fastapi.responses import PlainTextResponse, Response
 
 from corral.controller.service import Controller
 from corral.store.models import (
+    ElasticAddress,
     Image,
     Instance,
     InstanceSecurityGroup,
@@ -35,8 +37,21 @@ from corral.store.models import (
 Tree = dict[str, Any]
 
 
-def build_tree(inst: Instance, image: Image | None, network: Network, settings: Any,
-               key_names: list[str], groups: list[str] | None = None) -> Tree:
+@dataclass
+class Asker:
+    """The instance a request came from, with what its metadata is made of."""
+
+    inst: Instance
+    image: Image | None
+    network: Network
+    key_names: list[str]
+    groups: list[str]
+    public_ip: str | None = None
+
+
+def build_tree(asker: Asker, settings: Any) -> Tree:
+    inst, image, network = asker.inst, asker.image, asker.network
+    key_names, groups = asker.key_names, asker.groups
     fqdn = f"{inst.name}.{network.domain}"
     keys: Tree = {}
     for i, key in enumerate(inst.ssh_keys or []):
@@ -66,6 +81,11 @@ def build_tree(inst: Instance, image: Image | None, network: Network, settings: 
         "network": {"interfaces": {"macs": {inst.mac: mac}}},
         "services": {"domain": network.domain},
     }
+    if asker.public_ip:
+        meta["public-ipv4"] = asker.public_ip
+        mac["public-ipv4s"] = asker.public_ip
+        if settings.dns_zone:
+            meta["public-hostname"] = f"{inst.name}.{settings.dns_zone.rstrip('.')}"
     document = {
         "accountId": inst.account_id,
         "architecture": image.arch if image else "x86_64",
@@ -162,8 +182,7 @@ def create_app(ctrl: Controller, network_id: str, key: bytes) -> FastAPI:
                                      "first", status_code=401)
         return None
 
-    async def whoami(request: Request
-                     ) -> tuple[Instance, Image | None, Network, list[str], list[str]] | None:
+    async def whoami(request: Request) -> Asker | None:
         client = request.client.host if request.client else ""
         async with ctrl.store.read() as s:
             network = await s.get(Network, network_id)
@@ -189,7 +208,9 @@ def create_app(ctrl: Controller, network_id: str, key: bytes) -> FastAPI:
                     InstanceSecurityGroup, InstanceSecurityGroup.group_id == SecurityGroup.id)
                 .where(InstanceSecurityGroup.instance_id == inst.id)
                 .order_by(SecurityGroup.name)))
-            return inst, image, network, names, groups
+            public = await s.scalar(select(ElasticAddress.public_ip).where(
+                ElasticAddress.instance_id == inst.id))
+            return Asker(inst, image, network, names, groups, public)
 
     @app.get("/")
     async def root() -> PlainTextResponse:
@@ -207,7 +228,7 @@ def create_app(ctrl: Controller, network_id: str, key: bytes) -> FastAPI:
             return PlainTextResponse("no instance has this address", status_code=404)
         if "x-forwarded-for" in request.headers:
             return PlainTextResponse("forwarded requests may not get tokens", status_code=403)
-        if found[0].metadata_endpoint == "disabled":
+        if found.inst.metadata_endpoint == "disabled":
             return PlainTextResponse("the metadata endpoint is disabled", status_code=403)
         try:
             ttl = int(request.headers.get(TTL_HEADER, ""))
@@ -216,27 +237,27 @@ def create_app(ctrl: Controller, network_id: str, key: bytes) -> FastAPI:
         if not 1 <= ttl <= TTL_MAX:
             return PlainTextResponse(f"{TTL_HEADER} must be 1-{TTL_MAX} seconds",
                                      status_code=400)
-        return PlainTextResponse(tokens.issue(found[0].id, ttl), headers={TTL_HEADER: str(ttl)})
+        return PlainTextResponse(tokens.issue(found.inst.id, ttl), headers={TTL_HEADER: str(ttl)})
 
     @app.get("/latest/user-data")
     async def user_data(request: Request) -> Response:
         found = await whoami(request)
         if found is None:
             return PlainTextResponse("no instance has this address", status_code=404)
-        if (no := refused(found[0], request)) is not None:
+        if (no := refused(found.inst, request)) is not None:
             return no
-        if not found[0].user_data:
+        if not found.inst.user_data:
             return PlainTextResponse("no user-data", status_code=404)
-        return Response(found[0].user_data, media_type="application/octet-stream")
+        return Response(found.inst.user_data, media_type="application/octet-stream")
 
     @app.get("/latest/{path:path}")
     async def lookup(path: str, request: Request) -> PlainTextResponse:
         found = await whoami(request)
         if found is None:
             return PlainTextResponse("no instance has this address", status_code=404)
-        if (no := refused(found[0], request)) is not None:
+        if (no := refused(found.inst, request)) is not None:
             return no
-        tree = build_tree(found[0], found[1], found[2], ctrl.settings, found[3], found[4])
+        tree = build_tree(found, ctrl.settings)
         parts = [p for p in path.split("/") if p]
         node = _walk(tree, parts)
         if node is None:

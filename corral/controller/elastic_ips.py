@@ -1,11 +1,13 @@
 """Elastic addresses: public addresses from the configured pool (``public_cidr``), allocated to
-an account and associated with one of its instances. Only records here: the NAT that makes an
-address reach its instance inside Corral's namespace belongs to the networking work."""
+an account and associated with one of its instances. Each change is pushed to the node as one
+nft transaction (1:1 DNAT/SNAT maps, so a move is never routed to nobody or to both), and, when
+public DNS is configured, `<name>.<zone>` follows: removed before an address can be reused."""
 
 from __future__ import annotations
 
 import builtins
 import ipaddress
+import logging
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -13,11 +15,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import ids
 from corral.controller.accounts import Caller
-from corral.errors import DryRunPassed, Invalid, NoResources, NotFound, WrongState
-from corral.store.models import ElasticAddress
+from corral.errors import (
+    CorralError,
+    DryRunPassed,
+    Invalid,
+    NoResources,
+    NotFound,
+    WrongState,
+)
+from corral.store.models import ElasticAddress, Instance
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
+
+log = logging.getLogger(__name__)
 
 
 class ElasticIps:
@@ -50,7 +61,8 @@ class ElasticIps:
         pool = ipaddress.ip_network(self.ctrl.settings.public_cidr)
         async with self.ctrl.store.write() as s:
             used = set(await s.scalars(select(ElasticAddress.public_ip)))
-            hosts = list(pool.hosts())[1:]  # the first host address is the pool's gateway
+            # the first and last host addresses are the uplink's two ends
+            hosts = list(pool.hosts())[1:-1]
             free = next((str(a) for a in hosts if str(a) not in used), None)
             if free is None:
                 raise NoResources(f"every address of the pool {pool} is allocated; release "
@@ -87,11 +99,29 @@ class ElasticIps:
             for other in await s.scalars(select(ElasticAddress).where(
                     ElasticAddress.instance_id == inst.id, ElasticAddress.id != row.id)):
                 other.instance_id = other.association_id = other.private_ip = None
+            moved_from = row.instance_id if row.instance_id != inst.id else None
             if row.instance_id != inst.id:
                 row.association_id = ids.new_id("association")
             row.instance_id = inst.id
             row.private_ip = inst.private_ip
+            before = await s.get(Instance, moved_from) if moved_from else None
+            old_name = before.name if before is not None else None
+        await self.ctrl.networks.sync_all()
+        await self.publish(inst.node_id, put={inst.name: row.public_ip},
+                           remove=[old_name] if old_name else [])
         return row
+
+    async def publish(self, node_id: str | None, put: dict[str, str] | None = None,
+                      remove: builtins.list[str] | None = None, strict: bool = True) -> None:
+        """Public DNS records through the node (a no-op unless dns_server is set)."""
+        if node_id is None or not self.ctrl.settings.dns_server:
+            return
+        try:
+            await self.ctrl.node(node_id).dns_update(put or {}, remove or [])
+        except CorralError as err:
+            if strict:
+                raise
+            log.warning("public DNS update failed: %s", err.message)
 
     async def disassociate(self, caller: Caller, association_id: str | None = None,
                            public_ip: str | None = None, dry_run: bool = False) -> None:
@@ -107,7 +137,15 @@ class ElasticIps:
                 row = await self._find(s, caller, None, public_ip)
             if dry_run:
                 raise DryRunPassed("DisassociateAddress would have succeeded")
-            row.instance_id = row.association_id = row.private_ip = None
+            inst = await s.get(Instance, row.instance_id) if row.instance_id else None
+        if inst is not None:
+            # the record goes first: the address must not answer for this name once reused
+            await self.publish(inst.node_id, remove=[inst.name])
+        async with self.ctrl.store.write() as s:
+            row2 = await s.get(ElasticAddress, row.id)
+            if row2 is not None:
+                row2.instance_id = row2.association_id = row2.private_ip = None
+        await self.ctrl.networks.sync_all()
 
     async def release(self, caller: Caller, allocation_id: str | None = None,
                       public_ip: str | None = None, dry_run: bool = False) -> None:
@@ -137,6 +175,7 @@ class ElasticIps:
         return {iid: ip for iid, ip in rows if iid}
 
     async def on_instance_terminated(self, s: AsyncSession, iid: str) -> None:
+        """Called in the terminating transaction; the caller pushes the policy afterwards."""
         for row in await s.scalars(select(ElasticAddress).where(
                 ElasticAddress.instance_id == iid)):
             row.instance_id = row.association_id = row.private_ip = None

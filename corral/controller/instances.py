@@ -473,8 +473,12 @@ class Instances:
             if clash:
                 raise Exists(f"an instance named {name} already exists ({clash})", field="name",
                              resource="instance")
+            old = inst.name
             inst.name = name
+            public = (await self.ctrl.elastic_ips.by_instance(s, [inst.id])).get(inst.id)
         await self.ctrl.networks.sync(inst.network_id)
+        if public:
+            await self.ctrl.elastic_ips.publish(inst.node_id, put={name: public}, remove=[old])
         return inst
 
     async def modify(self, caller: Caller, ref: str, instance_type: str | None = None,

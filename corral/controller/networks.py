@@ -102,6 +102,13 @@ class Networks:
         await node.network_policy(pol)
         await node.network_hosts(self.spec(row), hosts)
 
+    async def sync_all(self) -> None:
+        """Push every network's policy (a security group or an elastic IP changed)."""
+        async with self.ctrl.store.read() as s:
+            ids_ = list(await s.scalars(select(Network.id)))
+        for nid in ids_:
+            await self.sync(nid)
+
     async def by_namespace(self, namespace: str) -> list[Network]:
         async with self.ctrl.store.read() as s:
             return list(await s.scalars(select(Network).where(Network.namespace == namespace)))

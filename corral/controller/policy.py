@@ -1,5 +1,6 @@
 """What the kernel must enforce on a network, computed from the store: every instance's port
-(tap, MAC, address), its security groups and rules, elastic IPs, bandwidth caps, the uplink."""
+(tap, MAC, address), its security groups and their rules, elastic IPs, bandwidth caps, the
+IMDSv2 hop limit, and the uplink."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from corral.config import Settings
 from corral.controller.instances import tap_name
 from corral.node.spec import GroupSpec, NetworkSpec, PolicySpec, PortSpec, RuleSpec, UplinkSpec
-from corral.store.models import Instance, Network
+from corral.store.models import (
+    ElasticAddress,
+    Instance,
+    InstanceSecurityGroup,
+    Network,
+    SecurityGroup,
+    SecurityGroupRule,
+)
 
 
 def uplink_spec(settings: Settings) -> UplinkSpec | None:
@@ -24,15 +32,11 @@ def uplink_spec(settings: Settings) -> UplinkSpec | None:
                       gateway=str(hosts[-1]))
 
 
-def default_group_id(account_id: str) -> str:
-    return f"sg-default{account_id}"
-
-
-def default_group(account_id: str) -> GroupSpec:
-    """EC2's default group: members admit each other; all egress."""
-    gid = default_group_id(account_id)
-    return GroupSpec(id=gid, ingress=[RuleSpec(protocol="all", groups=[gid])],
-                     egress=[RuleSpec(protocol="all", cidrs=["0.0.0.0/0"])])
+def _rule(r: SecurityGroupRule) -> RuleSpec:
+    return RuleSpec(protocol="all" if r.protocol == "-1" else r.protocol,
+                    from_port=r.from_port, to_port=r.to_port,
+                    cidrs=[r.cidr] if r.cidr else [],
+                    groups=[r.source_group_id] if r.source_group_id else [])
 
 
 async def build(s: AsyncSession, network: Network, spec: NetworkSpec,
@@ -40,15 +44,34 @@ async def build(s: AsyncSession, network: Network, spec: NetworkSpec,
     rows = list(await s.scalars(select(Instance).where(
         Instance.network_id == network.id, Instance.state != "terminated",
         Instance.private_ip.is_not(None)).order_by(Instance.private_ip)))
-    groups: dict[str, GroupSpec] = {}
+    iids = [i.id for i in rows]
+    membership: dict[str, list[str]] = {}
+    for iid, gid in await s.execute(select(InstanceSecurityGroup.instance_id,
+                                           InstanceSecurityGroup.group_id)
+                                    .where(InstanceSecurityGroup.instance_id.in_(iids))):
+        membership.setdefault(iid, []).append(gid)
+    # instances from before security groups existed belong to their account's default group
+    defaults = dict((await s.execute(select(SecurityGroup.account_id, SecurityGroup.id).where(
+        SecurityGroup.name == "default",
+        SecurityGroup.account_id.in_({i.account_id for i in rows})))).all())
+    for inst in rows:
+        if not membership.get(inst.id) and inst.account_id in defaults:
+            membership[inst.id] = [defaults[inst.account_id]]
+    gids = {g for gs in membership.values() for g in gs}
+    groups: dict[str, GroupSpec] = {g: GroupSpec(id=g) for g in gids}
+    for r in await s.scalars(select(SecurityGroupRule).where(SecurityGroupRule.group_id.in_(gids))
+                             .order_by(SecurityGroupRule.id)):
+        (groups[r.group_id].ingress if r.direction == "ingress"
+         else groups[r.group_id].egress).append(_rule(r))
+    public = dict((await s.execute(select(ElasticAddress.instance_id, ElasticAddress.public_ip)
+                                   .where(ElasticAddress.instance_id.in_(iids)))).all())
     ports = []
     for inst in rows:
-        g = default_group(inst.account_id)
-        groups[g.id] = g
         assert inst.private_ip is not None
         ports.append(PortSpec(instance_id=inst.id, tap=tap_name(inst.id), mac=inst.mac,
-                              address=inst.private_ip, groups=[g.id],
+                              address=inst.private_ip, groups=sorted(membership.get(inst.id, [])),
+                              public_ip=public.get(inst.id),
                               rate_mbit=inst.net_limit_mbit,
                               metadata_hop_limit=inst.metadata_hop_limit))
-    return PolicySpec(network=spec, groups=list(groups.values()), ports=ports,
-                      uplink=uplink_spec(settings))
+    return PolicySpec(network=spec, groups=sorted(groups.values(), key=lambda g: g.id),
+                      ports=ports, uplink=uplink_spec(settings))

@@ -224,6 +224,7 @@ class SecurityGroups:
                 added.append(rule)
             if dry_run:
                 raise DryRunPassed(f"Authorize {direction} would have succeeded")
+        await self.ctrl.networks.sync_all()  # in force in the kernel before we answer
         return added
 
     async def revoke(self, caller: Caller, ref: str, direction: str,
@@ -250,6 +251,7 @@ class SecurityGroups:
                 rule = rules.pop(_key(p), None)
                 if rule is not None:
                     await s.delete(rule)
+        await self.ctrl.networks.sync_all()
         return unknown
 
     async def list(self, caller: Caller) -> tuple[list[SecurityGroup], list[SecurityGroupRule]]:

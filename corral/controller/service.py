@@ -101,6 +101,11 @@ class Controller:
     async def instance_released(self, iid: str) -> None:
         """A terminated instance lets go of what it held: its elastic address is disassociated,
         its volumes detached (and deleted where DeleteOnTermination says so)."""
+        async with self.store.read() as s:
+            inst = await s.get(Instance, iid)
+            had_public = bool(await self.elastic_ips.by_instance(s, [iid]))
+        if inst is not None and had_public:
+            await self.elastic_ips.publish(inst.node_id, remove=[inst.name], strict=False)
         async with self.store.write() as s:
             await self.elastic_ips.on_instance_terminated(s, iid)
             doomed = await self.volumes.on_instance_terminated(s, iid)
