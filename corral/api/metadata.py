@@ -6,6 +6,7 @@ address the request comes from on that network (addresses are fixed per MAC by D
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -61,6 +62,14 @@ def build_tree(inst: Instance, image: Image | None, network: Network, settings: 
         "version": "2017-09-30",
     }
     return {"meta-data": meta, "dynamic": {"instance-identity": {"document": json.dumps(document, indent=2)}}}
+
+
+API_VERSIONS = ["1.0", "2009-04-04", "2016-09-02", "2018-09-24", "2021-03-23"]
+
+
+def _known_version(version: str) -> bool:
+    return version == "latest" or version in API_VERSIONS or bool(
+        re.fullmatch(r"\d{4}-\d{2}-\d{2}", version))
 
 
 def _listing(node: Tree) -> str:
@@ -119,13 +128,18 @@ def create_app(ctrl: Controller, network_id: str) -> FastAPI:
     async def root() -> PlainTextResponse:
         return PlainTextResponse("latest")
 
-    @app.get("/latest")
-    @app.get("/latest/")
-    async def latest() -> PlainTextResponse:
+    # cloud-init asks for dated API versions (/2009-04-04/…): they all answer as latest
+    @app.get("/{version}")
+    @app.get("/{version}/")
+    async def latest(version: str) -> PlainTextResponse:
+        if not _known_version(version):
+            return PlainTextResponse("not found", status_code=404)
         return PlainTextResponse("dynamic\nmeta-data\nuser-data")
 
-    @app.get("/latest/user-data")
-    async def user_data(request: Request) -> Response:
+    @app.get("/{version}/user-data")
+    async def user_data(version: str, request: Request) -> Response:
+        if not _known_version(version):
+            return PlainTextResponse("not found", status_code=404)
         found = await whoami(request)
         if found is None:
             return PlainTextResponse("no instance has this address", status_code=404)
@@ -133,8 +147,10 @@ def create_app(ctrl: Controller, network_id: str) -> FastAPI:
             return PlainTextResponse("no user-data", status_code=404)
         return Response(found[0].user_data, media_type="application/octet-stream")
 
-    @app.get("/latest/{path:path}")
-    async def lookup(path: str, request: Request) -> PlainTextResponse:
+    @app.get("/{version}/{path:path}")
+    async def lookup(version: str, path: str, request: Request) -> PlainTextResponse:
+        if not _known_version(version):
+            return PlainTextResponse("not found", status_code=404)
         found = await whoami(request)
         if found is None:
             return PlainTextResponse("no instance has this address", status_code=404)
