@@ -81,7 +81,8 @@ class ImageStore:
                            resource="image")
         actual = sha256_file(path)
         if actual != blob.sha256:
-            raise Invalid(f"image part {path} is corrupt: sha256 {actual}, expected {blob.sha256}",
+            raise Invalid(f"image part {path} is corrupt: sha256 {actual}, expected "
+                          f"{blob.sha256}; remove the image, then build or import it again",
                           resource="image")
 
     # -- manifests -------------------------------------------------------------------------
