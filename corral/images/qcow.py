@@ -90,15 +90,52 @@ def set_backing(overlay: Path, name: str) -> None:
          str(overlay)], timeout=60)
 
 
-def backing_name(path: Path) -> str | None:
-    """The backing file name in a qcow2 header, read directly (no qemu-img, no opening)."""
+@dataclass(frozen=True)
+class Header:
+    version: int
+    backing: str | None
+    virtual_size: int
+    encrypted: bool
+    external_data: bool
+
+
+def header(path: Path) -> Header | None:
+    """The facts of a qcow2 header, read directly (no qemu-img, nothing else opened); None
+    when the file is not qcow2."""
     with open(path, "rb") as fh:
-        head = fh.read(32)
-        if len(head) < 20 or head[:4] != QCOW2_MAGIC:
+        head = fh.read(104)
+        if len(head) < 72 or head[:4] != QCOW2_MAGIC:
             return None
+        version = int.from_bytes(head[4:8], "big")
         offset = int.from_bytes(head[8:16], "big")
         size = int.from_bytes(head[16:20], "big")
-        if not offset or not size or size > 1023:
-            return None
-        fh.seek(offset)
-        return fh.read(size).decode(errors="replace")
+        backing = None
+        if offset and 0 < size <= 1023:
+            fh.seek(offset)
+            backing = fh.read(size).decode(errors="replace")
+        incompatible = int.from_bytes(head[72:80], "big") if version >= 3 and len(head) >= 80 \
+            else 0
+        return Header(version=version, backing=backing,
+                      virtual_size=int.from_bytes(head[24:32], "big"),
+                      encrypted=int.from_bytes(head[32:36], "big") != 0,
+                      external_data=bool(incompatible & 0b100))
+
+
+def backing_name(path: Path) -> str | None:
+    h = header(path)
+    return h.backing if h else None
+
+
+def check_overlay(path: Path, backing: str | None, what: str) -> None:
+    """A stored qcow2 disk may only point at ``backing`` (the blob its manifest's base names)
+    and must keep its data in itself, unencrypted."""
+    h = header(path)
+    if h is None:
+        raise Invalid(f"{what}: the disk is not qcow2 as its manifest says", resource="image")
+    if h.backing != backing:
+        raise Invalid(f"{what}: the disk is an overlay on {h.backing!r}, its manifest says "
+                      f"{backing!r}; refusing it (build or import the image again)",
+                      resource="image")
+    if h.external_data or h.encrypted:
+        raise Invalid(f"{what}: the disk uses an external data file or encryption; refusing it",
+                      resource="image")

@@ -142,12 +142,15 @@ class ImageStore:
 
     def _check_backing(self, manifest: Manifest) -> None:
         disk = manifest.root_disk
-        found = qcow.backing_name(self.blob_path(disk.sha256)) if disk.format == "qcow2" else None
+        if disk.format != "qcow2":
+            if manifest.base:
+                raise Invalid(f"image {manifest.name}:{manifest.version} names a base but its "
+                              "disk is not a qcow2 overlay; the manifest is wrong",
+                              resource="image")
+            return
         want = self.get_manifest(manifest.base).root_disk.sha256 if manifest.base else None
-        if found != want:
-            raise Invalid(f"image {manifest.name}:{manifest.version}: its disk is an overlay on "
-                          f"{found!r}, the manifest says {want!r}; the image is corrupt, "
-                          "import or build it again", resource="image")
+        qcow.check_overlay(self.blob_path(disk.sha256), want,
+                           f"image {manifest.name}:{manifest.version}")
 
     def chain(self, digest: str) -> builtins.list[Manifest]:
         """The image and the images it is built on, nearest first."""
