@@ -59,9 +59,12 @@ def _builder_hash() -> str:
     return h.hexdigest()
 
 
+BUILDER_HASH = _builder_hash()  # of the code this process runs (read once, at import)
+
+
 def build_key(recipe: Recipe, versions: dict[str, str], base: str | None) -> str:
     h = hashlib.sha256()
-    h.update(_builder_hash().encode() + b"\0" + recipe.content_hash().encode() + b"\0")
+    h.update(BUILDER_HASH.encode() + b"\0" + recipe.content_hash().encode() + b"\0")
     h.update(f"base={base or ''}\n".encode())
     for name in sorted(versions):
         h.update(f"{name}={versions[name]}\n".encode())

@@ -4,6 +4,7 @@ initramfs and command line of an image already in the store (``boot_from``)."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,6 @@ def _quiet(_f: float, _m: str) -> None:
 def import_disk(store: ImageStore, src: Path, req: DiskImport,
                 progress: Progress = _quiet) -> str:
     """Add ``src`` to the store as a new image and return its manifest digest."""
-    import shutil
-
     fmt = req.format or qcow.sniff(src)
     if fmt not in ("qcow2", "raw"):
         raise Invalid(f"format {fmt!r} is not one Corral imports; give qcow2 or raw",

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from corral.errors import Invalid, NotFound, WrongState
+from corral.errors import CorralError, Invalid, NotFound, WrongState
 from corral.fsutil import atomic_write, sha256_file
 from corral.images import qcow, tree
 from corral.images.manifest import Blob, Manifest
@@ -201,10 +201,11 @@ class ImageStore:
         removed: builtins.list[str] = []
         self.ensure()
         for entry in self.tmp.iterdir():
-            if tree.mounts_below(entry):
-                continue  # a build's mounts: never remove through them
             if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
+                try:
+                    tree.remove_unmounting(entry)  # a killed build may have left its mounts
+                except CorralError:
+                    continue
             else:
                 entry.unlink(missing_ok=True)
             removed.append(f"tmp/{entry.name}")

@@ -84,8 +84,14 @@ def build_dir(parent: Path, prefix: str) -> Iterator[Path]:
     try:
         yield work
     finally:
-        for target in sorted(mounts_below(work), key=len, reverse=True):
-            subprocess.run(["umount", "-l", target], capture_output=True, timeout=60)
-        if mounts_below(work):
-            raise CorralError(f"{work} still has mounts below it; unmount them and remove it")
-        shutil.rmtree(work, ignore_errors=True)
+        remove_unmounting(work)
+
+
+def remove_unmounting(path: Path) -> None:
+    """Unmount whatever is mounted below ``path`` (deepest first), then remove it; refuse to
+    remove anything while a mount is left."""
+    for target in sorted(mounts_below(path), key=len, reverse=True):
+        subprocess.run(["umount", "-l", target], capture_output=True, timeout=60)
+    if mounts_below(path):
+        raise CorralError(f"{path} still has mounts below it; unmount them and remove it")
+    shutil.rmtree(path, ignore_errors=True)

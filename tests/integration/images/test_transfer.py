@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Daemon
+from tests.harness import Daemon, new_daemon
 from tests.integration.images.conftest import image
 
 
@@ -88,21 +88,27 @@ def test_a_delta_against_another_base_is_refused_at_export(corral: Daemon,
     assert not out.exists()
 
 
-def test_a_corrupt_archive_is_refused_and_nothing_is_written(corral: Daemon, other: Daemon,
+def test_a_corrupt_archive_is_refused_and_nothing_is_written(corral: Daemon,
                                                              tmp_path: Path) -> None:
     good, bad = tmp_path / "tiny.tar", tmp_path / "bad.tar"
     corral.cli("image", "export", "tiny", "-o", str(good), timeout=300).ok()
     data = bytearray(good.read_bytes())
     data[len(data) // 2] ^= 0xFF
     bad.write_bytes(bytes(data))
-    other.cli("image", "rm", "tiny")  # may be there from another test
-    before = _store_files(other)
-    res = other.cli("image", "import", str(bad), timeout=300)
-    assert res.rc != 0 and "corrupt" in res.err
-    assert _store_files(other) == before
-    res = other.cli("image", "import", str(good), "--sha256", "0" * 64)
-    assert res.rc != 0 and "sha256" in res.err
-    assert _store_files(other) == before
+    fresh = new_daemon()  # an empty store: every part of the archive has to be read
+    try:
+        fresh.start()
+        before = _store_files(fresh)
+        res = fresh.cli("image", "import", str(bad), timeout=300)
+        assert res.rc != 0 and "corrupt" in res.err and "nothing was written" in res.err
+        assert _store_files(fresh) == before
+        res = fresh.cli("image", "import", str(good), "--sha256", "0" * 64)
+        assert res.rc != 0 and "sha256" in res.err
+        assert _store_files(fresh) == before
+        fresh.cli("image", "import", str(good), timeout=300).ok()
+        fresh.cli("image", "verify", "tiny").ok()
+    finally:
+        fresh.teardown()
 
 
 def test_raw_and_qcow2_disks_import_and_boot(corral: Daemon, tmp_path: Path) -> None:
