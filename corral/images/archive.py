@@ -37,7 +37,8 @@ from corral.images.store import ImageStore
 FORMAT = "corral-image-archive/1"
 INDEX = "corral-image.json"
 CHUNK = 1 << 20
-LEVEL = 3  # zstd -3: bench/images.py measures the levels
+LEVEL = 3  # zstd level for whole parts: fast, and kernels and initramfs are compressed already
+DELTA_LEVEL = 9  # for overlays (small): as small as xdelta3 -9's delta (bench/images.py)
 _MEMBER = re.compile(r"^(corral-image\.json|manifests/[0-9a-f]{64}\.json|blobs/[0-9a-f]{64}\.zst)$")
 Progress = Callable[[float, str], None]
 
@@ -92,6 +93,8 @@ def export(store: ImageStore, digest: str, out: Path, delta_from: str | None = N
            progress: Progress = _quiet) -> Index:
     """Write the archive to ``out`` (through a temporary file beside it, then renamed)."""
     index, blobs = plan(store, digest, delta_from)
+    overlays = {store.get_manifest(d).root_disk.sha256 for d in index.manifests
+                if store.get_manifest(d).base}
     total = sum(b.size for b in blobs) or 1
     done = 0
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -105,8 +108,9 @@ def export(store: ImageStore, digest: str, out: Path, delta_from: str | None = N
                 for blob in blobs:
                     progress(done / total, f"compressing part {blob.sha256[:12]} "
                              f"({blob.size >> 20} MiB)")
+                    level = DELTA_LEVEL if blob.sha256 in overlays else LEVEL
                     tar.add_stream(f"blobs/{blob.sha256}.zst",
-                                   functools.partial(_compress, store, blob))
+                                   functools.partial(_compress, store, blob, level))
                     done += blob.size
                 tar.close()
                 fh.flush()
@@ -118,11 +122,11 @@ def export(store: ImageStore, digest: str, out: Path, delta_from: str | None = N
     return index
 
 
-def _compress(store: ImageStore, blob: Blob, out: IO[bytes]) -> None:
+def _compress(store: ImageStore, blob: Blob, level: int, out: IO[bytes]) -> None:
     """zstd-compress a blob into ``out``, checking its sha256 on the way (a corrupt part is
     never shipped)."""
     h = hashlib.sha256()
-    cctx = zstandard.ZstdCompressor(level=LEVEL, threads=-1, write_content_size=True)
+    cctx = zstandard.ZstdCompressor(level=level, threads=-1, write_content_size=True)
     path = store.blob_path(blob.sha256)
     intact = path.stat().st_size == blob.size  # (the frame header promises blob.size bytes)
     if intact:

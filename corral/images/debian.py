@@ -13,12 +13,14 @@ because the kernel's ext4 driver stamps change times and picks block placement i
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import re
 import shutil
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from corral.errors import CorralError, Invalid
@@ -88,8 +90,9 @@ def build(recipe: Recipe, store: ImageStore, cache: Path, progress: Progress = _
     if recipe.base and base is None:
         raise Invalid(f"recipe {recipe.name} is built on {recipe.base}, which is not resolved",
                       field="base")
-    with _lock, space_errors(store.root, f"building {recipe.name}"):
-        aptc = apt_cache(recipe, cache)
+    aptc = apt_cache(recipe, cache)
+    with _lock, _cache_lock(aptc.root, progress), \
+            space_errors(store.root, f"building {recipe.name}"):
         progress(0.01, f"reading the package lists of {aptc.mirrors.main} {recipe.suite}")
         aptc.update()
         if base is None:
@@ -113,6 +116,19 @@ def build(recipe: Recipe, store: ImageStore, cache: Path, progress: Progress = _
         store.record_build(key, digest)
     progress(1.0, f"built {recipe.name} {digest[:12]}")
     return digest
+
+
+@contextlib.contextmanager
+def _cache_lock(root: Path, progress: Progress) -> Iterator[None]:
+    """One build at a time per cache, across processes (apt and debootstrap share it)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".build-lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress(0.0, f"waiting for another build that uses {root}")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
 
 
 # -- a whole image -------------------------------------------------------------------------

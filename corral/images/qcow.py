@@ -15,7 +15,10 @@ from corral.errors import Invalid
 from corral.proc import CommandFailed, need, run
 
 QCOW2_MAGIC = b"QFI\xfb"
-DELTA_CLUSTER = 65536  # qcow2's default; see bench/images.py for the size/time trade-off
+# 4 KiB clusters (qcow2's default is 64 KiB): an overlay then holds only the changed file system
+# blocks, not their 64 KiB neighbourhoods; with zstd -9 the delta is no bigger than xdelta3 -9's
+# (bench/results/images.md)
+DELTA_CLUSTER = 4096
 
 
 @dataclass(frozen=True)
