@@ -211,9 +211,10 @@ def summary(data: dict[str, Any]) -> str:
     for name, r in d.items():
         if not isinstance(r, dict):
             continue
+        memory = f"{r['memory'] / 1e6:.0f} MB" if r["memory"] else "(in process)"
         lines.append(
             f"| {name} | {r['size'] / 1e6:.2f} MB | {r['seconds']:.2f} s | "
-            f"{r['memory'] / 1e6:.0f} MB | {r['size'] / base['size']:.2f} | "
+            f"{memory} | {r['size'] / base['size']:.2f} | "
             f"{base['seconds'] / r['seconds']:.1f}x | {'yes' if r['verified'] else 'NO'} |")
     c = data["creation"]
     tiny = c["tiny:1"]
