@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from corral.errors import Invalid
 from corral.fsutil import staging_dir
-from corral.images import debs, disk
+from corral.images import cpio, debs, disk
 from corral.images.manifest import Manifest
 from corral.images.recipe import Recipe
 from corral.images.space import space_errors
@@ -26,7 +25,7 @@ from corral.proc import need, run
 from corral.units import parse_size
 
 Progress = Callable[[float, str], None]
-BUILDER_VERSION = "busybox-4"
+BUILDER_VERSION = "busybox-5"
 EPOCH = 1700000000  # fixed file times: builds are reproducible
 
 DROPBEAR_FILES = ["/usr/sbin/dropbear", "/usr/bin/dropbearkey", "/usr/bin/dbclient"]
@@ -119,15 +118,6 @@ def _fix_times(root: Path) -> None:
     os.utime(root, (EPOCH, EPOCH))
 
 
-def _cpio(root: Path, out: Path) -> None:
-    """newc cpio of ``root`` in sorted order (busybox's cpio: no extra package needed)."""
-    names = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-    with open(out, "wb") as fh:
-        subprocess.run([need("busybox", "busybox-static"), "cpio", "-o", "-H", "newc"],
-                       input=("\n".join(names) + "\n").encode(), cwd=str(root), stdout=fh,
-                       stderr=subprocess.DEVNULL, check=True, timeout=120)
-
-
 def build(recipe: Recipe, store: ImageStore, cache: Path, progress: Progress = _noop,
           force: bool = False, base: str | None = None) -> str:
     """Build ``recipe`` into ``store``; return the manifest digest (cached by build key).
@@ -178,7 +168,7 @@ def _build(recipe: Recipe, store: ImageStore, cache: Path, progress: Progress,
             "\n".join(Path(r).name for r in order) + "\n")
         _fix_times(initrd_root)
         initrd = work / "initrd.cpio"
-        _cpio(initrd_root, initrd)
+        cpio.write(initrd_root, initrd, EPOCH)
 
         progress(0.60, "making the root file system")
         rootfs = work / "rootfs"
@@ -217,7 +207,7 @@ def _build(recipe: Recipe, store: ImageStore, cache: Path, progress: Progress,
         size = parse_size(recipe.root_disk_size, field="root_disk_size")
         raw = work / "root.raw"
         disk.make_ext4(rootfs, raw, size, fs_uuid=str(uuid.UUID(key[:32])), epoch=EPOCH)
-        disk.fix_ctimes(raw, EPOCH)
+        disk.fix_times(raw, EPOCH)
         progress(0.80, "converting the root disk to qcow2")
         qcow = work / "root.qcow2"
         run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(qcow)],

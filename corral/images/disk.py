@@ -47,13 +47,14 @@ def _used_inodes(spec: str) -> list[int]:
     return [n for n in range(1, count + 1) if n not in free]
 
 
-def fix_ctimes(image: Path, epoch: int, offset: int = 0) -> None:
-    """Set every inode's change time to ``epoch``. ``mke2fs -d`` copies change times from the
-    source tree, and no one can set those on the host, so they are set in the image."""
+def fix_times(image: Path, epoch: int, offset: int = 0) -> None:
+    """Set every inode's change and access time to ``epoch``. ``mke2fs -d`` copies both from
+    the source tree: no one can set change times on the host, and reading the tree (mke2fs
+    does) moves directories' access times, so both are set in the image."""
     need("debugfs", "e2fsprogs")
     spec = f"{image}?offset={offset}" if offset else str(image)
     used = [n for n in _used_inodes(spec) if n == 2 or n > 10]  # 1, 3-10: reserved
-    script = "".join(f"sif <{n}> ctime @{epoch}\n" for n in used)
+    script = "".join(f"sif <{n}> ctime @{epoch}\nsif <{n}> atime @{epoch}\n" for n in used)
     env = dict(os.environ, E2FSPROGS_FAKE_TIME=str(epoch))
     run(["debugfs", "-w", "-f", "-", spec], input=script.encode(), env=env, timeout=900)
 
@@ -74,7 +75,7 @@ def partitioned(tree: Path, out: Path, size: int, *, key: str, epoch: int) -> No
         fh.truncate(size)
     make_ext4(tree, out, size - PART_START, fs_uuid=fixed_uuid(key, "rootfs"), epoch=epoch,
               offset=PART_START)
-    fix_ctimes(out, epoch, offset=PART_START)
+    fix_times(out, epoch, offset=PART_START)
     signature = int(fixed_uuid(key, "disk")[:8], 16)
     with open(out, "r+b") as fh:
         fh.write(mbr(size, signature))

@@ -137,3 +137,42 @@ def test_other_errors_pass_through(tmp_path: Path) -> None:
     with pytest.raises(PermissionError), space_errors(tmp_path, "x"):
         raise PermissionError(errno.EACCES, "denied")
     assert not is_no_space(ValueError("x"))
+
+
+def _read_cpio(data: bytes) -> list[tuple[str, int, int, bytes]]:
+    """(name, inode, mode, bytes) of each newc entry, up to the trailer."""
+    out, pos = [], 0
+    while True:
+        assert data[pos:pos + 6] == b"070701"
+        f = [int(data[pos + 6 + 8 * i: pos + 14 + 8 * i], 16) for i in range(13)]
+        namesize, size = f[11], f[6]
+        name = data[pos + 110: pos + 110 + namesize - 1].decode()
+        pos += 110 + namesize
+        pos += -pos % 4
+        body = data[pos: pos + size]
+        pos += size + (-size % 4)
+        if name == "TRAILER!!!":
+            return out
+        out.append((name, f[0], f[1], body))
+
+
+def test_cpio_is_the_same_for_the_same_tree_whatever_the_host_did(tmp_path: Path) -> None:
+    from corral.images import cpio
+
+    archives = []
+    for n in ("a", "b"):
+        root = tmp_path / n
+        (root / "bin").mkdir(parents=True)
+        (root / "bin/busybox").write_bytes(b"\x7fELF")
+        (root / "bin/busybox").chmod(0o755)
+        os.symlink("busybox", root / "bin/sh")
+        (root / "init").write_text("#!/bin/sh\n")
+        os.utime(root / "init", (1000 * (n == "a"), 5))  # host times must not matter
+        cpio.write(root, tmp_path / f"{n}.cpio", 1700000000)
+        archives.append((tmp_path / f"{n}.cpio").read_bytes())
+    assert archives[0] == archives[1]
+    entries = _read_cpio(archives[0])
+    assert [(e[0], e[1]) for e in entries] == [("bin", 1), ("bin/busybox", 2), ("bin/sh", 3),
+                                              ("init", 4)]
+    assert entries[2][3] == b"busybox" and entries[1][2] == 0o100755
+    assert len(archives[0]) % 4 == 0
