@@ -141,3 +141,23 @@ async def test_a_tag_is_another_name_for_the_same_image(
 async def test_downloading_an_unknown_export_is_404(api: httpx.AsyncClient) -> None:
     resp = await api.get(f"/v1/images/exports/{'a' * 64}.tar")
     assert resp.status_code == 404 and resp.json()["error"]["field"] == "archive"
+
+
+async def test_building_on_a_base_that_is_not_there_is_404_naming_base(
+        api: httpx.AsyncClient, tmp_path: Path) -> None:
+    recipe = tmp_path / "web"
+    recipe.mkdir()
+    (recipe / "recipe.toml").write_text('name = "web"\nkind = "debian"\nbase = "nope:1"\n')
+    resp = await api.post("/v1/images/build", json={"recipe": str(recipe)})
+    assert resp.status_code == 404
+    err = resp.json()["error"]
+    assert err["field"] == "base" and "build or import nope:1 first" in err["message"]
+
+
+async def test_a_bad_recipe_is_400_naming_the_key(api: httpx.AsyncClient,
+                                                  tmp_path: Path) -> None:
+    recipe = tmp_path / "web"
+    recipe.mkdir()
+    (recipe / "recipe.toml").write_text('name = "web"\nkind = "debian"\nsize = "2G"\n')
+    resp = await api.post("/v1/images/build", json={"recipe": str(recipe)})
+    assert resp.status_code == 400 and resp.json()["error"]["field"] == "size"
