@@ -3,8 +3,10 @@ uses nothing else to talk to Corral."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,9 @@ import httpx
 from corral import models
 from corral.config import DEFAULT_PORT, DEFAULT_STATE_DIR
 from corral.errors import Code, CorralError, EnvironmentProblem, Unauthorized
+from corral.images.manifest import Manifest
 
+TRANSFER_CHUNK = 1 << 20  # image uploads and downloads stream in pieces of this size
 USER_CONFIG = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "corral"
 
 
@@ -179,6 +183,76 @@ class Client:
 
     def image_remove(self, ref: str) -> models.Image:
         return models.Image.model_validate(self._call("DELETE", f"/v1/images/{ref}"))
+
+    def image_manifest(self, ref: str) -> Manifest:
+        return Manifest.model_validate(self._call("GET", f"/v1/images/{ref}/manifest"))
+
+    def image_import(self, path: Path, *, name: str | None = None, version: str | None = None,
+                     format: str | None = None, description: str = "",
+                     default_user: str | None = None, min_disk: str | None = None,
+                     boot_from: str | None = None, cmdline: str | None = None,
+                     sha256: str | None = None,
+                     on_bytes: Callable[[int], None] | None = None) -> models.ImageAccepted:
+        """Upload a disk file or an export archive as a stream (never read whole)."""
+        size = path.stat().st_size
+        params = {k: v for k, v in {
+            "name": name, "version": version, "format": format, "description": description,
+            "default_user": default_user, "min_disk": min_disk, "boot_from": boot_from,
+            "cmdline": cmdline, "sha256": sha256}.items() if v}
+
+        def chunks() -> Iterator[bytes]:
+            with open(path, "rb") as fh:
+                while chunk := fh.read(TRANSFER_CHUNK):
+                    if on_bytes:
+                        on_bytes(len(chunk))
+                    yield chunk
+
+        data = self._call("POST", "/v1/images/import", params=params, content=chunks(),
+                          headers={"Content-Type": "application/octet-stream",
+                                   "Content-Length": str(size)},
+                          timeout=httpx.Timeout(60, read=600))
+        return models.ImageAccepted.model_validate(data)
+
+    def image_export(self, ref: str, delta_from: str | None = None) -> models.ImageAccepted:
+        body = models.ImageExport(delta_from=delta_from).model_dump(exclude_none=True)
+        return models.ImageAccepted.model_validate(
+            self._call("POST", f"/v1/images/{ref}/export", json=body))
+
+    def image_download(self, archive: str, out: Path,
+                       on_bytes: Callable[[int], None] | None = None) -> str:
+        """Stream an export archive to ``out`` (through a temporary file, renamed once its
+        sha256 matches the server's); return the sha256."""
+        tmp = out.with_name(f".{out.name}.part")
+        h = hashlib.sha256()
+        try:
+            with self.http.stream("GET", f"/v1/images/exports/{archive}",
+                                  timeout=httpx.Timeout(60, read=600)) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise ApiError(resp.status_code, resp.json())
+                want = resp.headers.get("x-corral-sha256", "")
+                with open(tmp, "wb") as fh:
+                    for chunk in resp.iter_bytes(TRANSFER_CHUNK):
+                        h.update(chunk)
+                        fh.write(chunk)
+                        if on_bytes:
+                            on_bytes(len(chunk))
+            if want and h.hexdigest() != want:
+                raise CorralError(f"the download of {archive} is corrupt (sha256 "
+                                  f"{h.hexdigest()}, the server has {want}); download it again")
+            os.replace(tmp, out)
+        except httpx.ConnectError as err:
+            raise EnvironmentProblem(f"Corral is not answering at {self.creds.endpoint}") from err
+        finally:
+            tmp.unlink(missing_ok=True)
+        return h.hexdigest()
+
+    def image_verify(self, ref: str) -> models.ImageAccepted:
+        return models.ImageAccepted.model_validate(self._call("POST", f"/v1/images/{ref}/verify"))
+
+    def image_tag(self, ref: str, name: str, version: str = "1") -> models.Image:
+        body = models.ImageTag(name=name, version=version).model_dump()
+        return models.Image.model_validate(self._call("POST", f"/v1/images/{ref}/tags", json=body))
 
     # -- keys ------------------------------------------------------------------------------
     def key_list(self) -> list[models.KeyPair]:

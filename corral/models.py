@@ -135,6 +135,7 @@ class Image(BaseModel):
     size: int
     virtual_size: int
     created_at: dt.datetime
+    base: str | None = Field(None, description="digest of the image this one is built on")
 
 
 class ImageBuild(BaseModel):
@@ -146,6 +147,18 @@ class ImageBuild(BaseModel):
 class ImageAccepted(BaseModel):
     operation: Operation
     image: Image | None = None
+
+
+class ImageExport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    delta_from: str | None = Field(
+        None, description="ship only the difference to this image (the image's base)")
+
+
+class ImageTag(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
+    version: str = Field("1", pattern=r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,62}$")
 
 
 class KeyPair(BaseModel):

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -99,6 +100,14 @@ def build_tree(asker: Asker, settings: Any) -> Tree:
         "version": "2017-09-30",
     }
     return {"meta-data": meta, "dynamic": {"instance-identity": {"document": json.dumps(document, indent=2)}}}
+
+
+API_VERSIONS = ["1.0", "2009-04-04", "2016-09-02", "2018-09-24", "2021-03-23"]
+
+
+def _known_version(version: str) -> bool:
+    return version == "latest" or version in API_VERSIONS or bool(
+        re.fullmatch(r"\d{4}-\d{2}-\d{2}", version))
 
 
 def _listing(node: Tree) -> str:
@@ -216,9 +225,12 @@ def create_app(ctrl: Controller, network_id: str, key: bytes) -> FastAPI:
     async def root() -> PlainTextResponse:
         return PlainTextResponse("latest")
 
-    @app.get("/latest")
-    @app.get("/latest/")
-    async def latest() -> PlainTextResponse:
+    # cloud-init asks for dated API versions (/2009-04-04/…): they all answer as latest
+    @app.get("/{version}")
+    @app.get("/{version}/")
+    async def latest(version: str) -> PlainTextResponse:
+        if not _known_version(version):
+            return PlainTextResponse("not found", status_code=404)
         return PlainTextResponse("dynamic\nmeta-data\nuser-data")
 
     @app.put("/latest/api/token")
@@ -239,8 +251,10 @@ def create_app(ctrl: Controller, network_id: str, key: bytes) -> FastAPI:
                                      status_code=400)
         return PlainTextResponse(tokens.issue(found.inst.id, ttl), headers={TTL_HEADER: str(ttl)})
 
-    @app.get("/latest/user-data")
-    async def user_data(request: Request) -> Response:
+    @app.get("/{version}/user-data")
+    async def user_data(version: str, request: Request) -> Response:
+        if not _known_version(version):
+            return PlainTextResponse("not found", status_code=404)
         found = await whoami(request)
         if found is None:
             return PlainTextResponse("no instance has this address", status_code=404)
@@ -250,8 +264,10 @@ def create_app(ctrl: Controller, network_id: str, key: bytes) -> FastAPI:
             return PlainTextResponse("no user-data", status_code=404)
         return Response(found.inst.user_data, media_type="application/octet-stream")
 
-    @app.get("/latest/{path:path}")
-    async def lookup(path: str, request: Request) -> PlainTextResponse:
+    @app.get("/{version}/{path:path}")
+    async def lookup(version: str, path: str, request: Request) -> PlainTextResponse:
+        if not _known_version(version):
+            return PlainTextResponse("not found", status_code=404)
         found = await whoami(request)
         if found is None:
             return PlainTextResponse("no instance has this address", status_code=404)

@@ -10,25 +10,28 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from corral.errors import Invalid
 from corral.fsutil import staging_dir
-from corral.images import debs
+from corral.images import cpio, debs, disk
 from corral.images.manifest import Manifest
 from corral.images.recipe import Recipe
+from corral.images.space import space_errors
 from corral.images.store import ImageStore
 from corral.proc import need, run
 from corral.units import parse_size
 
 Progress = Callable[[float, str], None]
-BUILDER_VERSION = "busybox-3"
+BUILDER_VERSION = "busybox-5"
 EPOCH = 1700000000  # fixed file times: builds are reproducible
 
 DROPBEAR_FILES = ["/usr/sbin/dropbear", "/usr/bin/dropbearkey", "/usr/bin/dbclient"]
+# resize2fs grows the root file system to the instance's disk on boot (busybox has none)
+RESIZE_FILES = ["/usr/sbin/resize2fs"]
+FIRST_BOOT = "/etc/corral/first-boot"  # run once per instance by rcS
 
 
 def _noop(_f: float, _m: str) -> None:
@@ -93,6 +96,21 @@ def _copy(src: str | Path, root: Path, dest: str | None = None) -> None:
     shutil.copy2(os.path.realpath(src), target)
 
 
+def _add_recipe_files(recipe: Recipe, rootfs: Path) -> None:
+    for target, rel in sorted(recipe.files.items()):
+        src, dest = recipe.path(rel), rootfs / target.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
+        else:
+            shutil.copy2(src, dest)
+    if recipe.first_boot:
+        dest = rootfs / FIRST_BOOT.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(recipe.path(recipe.first_boot), dest)
+        dest.chmod(0o755)
+
+
 def _fix_times(root: Path) -> None:
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
@@ -100,18 +118,18 @@ def _fix_times(root: Path) -> None:
     os.utime(root, (EPOCH, EPOCH))
 
 
-def _cpio(root: Path, out: Path) -> None:
-    """newc cpio of ``root`` in sorted order (busybox's cpio: no extra package needed)."""
-    names = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-    with open(out, "wb") as fh:
-        subprocess.run([need("busybox", "busybox-static"), "cpio", "-o", "-H", "newc"],
-                       input=("\n".join(names) + "\n").encode(), cwd=str(root), stdout=fh,
-                       stderr=subprocess.DEVNULL, check=True, timeout=120)
-
-
 def build(recipe: Recipe, store: ImageStore, cache: Path, progress: Progress = _noop,
-          force: bool = False) -> str:
-    """Build ``recipe`` into ``store``; return the manifest digest (cached by build key)."""
+          force: bool = False, base: str | None = None) -> str:
+    """Build ``recipe`` into ``store``; return the manifest digest (cached by build key).
+    Busybox images are always whole (``base`` must be None)."""
+    if base is not None:
+        raise Invalid("busybox images are built whole, not on a base", field="base")
+    with space_errors(store.root, f"building {recipe.name}"):
+        return _build(recipe, store, cache, progress, force)
+
+
+def _build(recipe: Recipe, store: ImageStore, cache: Path, progress: Progress,
+           force: bool) -> str:
     need("mke2fs", "e2fsprogs")
     need("qemu-img", "qemu-utils")
     busybox = need("busybox", "busybox-static")
@@ -150,7 +168,7 @@ def build(recipe: Recipe, store: ImageStore, cache: Path, progress: Progress = _
             "\n".join(Path(r).name for r in order) + "\n")
         _fix_times(initrd_root)
         initrd = work / "initrd.cpio"
-        _cpio(initrd_root, initrd)
+        cpio.write(initrd_root, initrd, EPOCH)
 
         progress(0.60, "making the root file system")
         rootfs = work / "rootfs"
@@ -165,12 +183,13 @@ def build(recipe: Recipe, store: ImageStore, cache: Path, progress: Progress = _
             link.parent.mkdir(parents=True, exist_ok=True)
             os.symlink("/bin/busybox", link)
         libs: set[str] = set()
-        for binary in DROPBEAR_FILES:
+        for binary in DROPBEAR_FILES + RESIZE_FILES:
             _copy(binary, rootfs)
             libs.update(_ldd_libs(binary))
         for lib in sorted(libs):
             _copy(lib, rootfs)
         shutil.copytree(recipe.directory / "rootfs", rootfs, dirs_exist_ok=True, symlinks=True)
+        _add_recipe_files(recipe, rootfs)
         etc = rootfs / "etc"
         (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
         (etc / "group").write_text("root:x:0:\n")
@@ -179,19 +198,16 @@ def build(recipe: Recipe, store: ImageStore, cache: Path, progress: Progress = _
         (etc / "shells").write_text("/bin/sh\n/bin/ash\n")
         (etc / "hosts").write_text("127.0.0.1 localhost\n")
         (etc / "hostname").write_text(recipe.name + "\n")
-        (etc / "os-release").write_text(
-            f'NAME="Corral {recipe.name}"\nID=corral-{recipe.name}\nVERSION_ID="{recipe.version}"\n')
+        (etc / "os-release").write_text(f'NAME="Corral {recipe.name}"\nID=corral-{recipe.name}\n'
+                                        f'VERSION_ID="{recipe.version}"\n')
         os.chmod(rootfs / "root", 0o700)
         os.chmod(rootfs / "tmp", 0o1777)
         _fix_times(rootfs)
 
         size = parse_size(recipe.root_disk_size, field="root_disk_size")
         raw = work / "root.raw"
-        fs_uuid = str(uuid.UUID(key[:32]))
-        env = dict(os.environ, E2FSPROGS_FAKE_TIME=str(EPOCH))
-        run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "corral-root", "-U", fs_uuid,
-             "-E", f"hash_seed={fs_uuid},root_owner=0:0", "-d", str(rootfs), str(raw),
-             f"{size // 1024}k"], env=env, timeout=300)
+        disk.make_ext4(rootfs, raw, size, fs_uuid=str(uuid.UUID(key[:32])), epoch=EPOCH)
+        disk.fix_times(raw, EPOCH)
         progress(0.80, "converting the root disk to qcow2")
         qcow = work / "root.qcow2"
         run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(qcow)],

@@ -1,0 +1,109 @@
+"""The debian recipe on a real daemon: built from Debian's mirror with debootstrap, cached,
+reproducible; it boots with cloud-init taking host name, SSH key and user-data from Corral's
+metadata service and grows its root file system to the instance's disk. An image built on it is
+a qcow2 overlay that boots with its added packages, files and first-boot script."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.harness import Daemon
+from tests.integration.images.conftest import RECIPES, image
+
+pytestmark = pytest.mark.slow
+
+USER_DATA = """#!/bin/sh
+echo "user-data ran on $(hostname)" > /root/user-data.out
+"""
+
+
+def _ssh(d: Daemon, name: str, command: str) -> str:
+    return d.cli("ssh", name, "--wait", "300", "--", command, timeout=420).ok().out
+
+
+def _cloud_init_done(d: Daemon, name: str) -> str:
+    out = _ssh(d, name, "sudo cloud-init status --wait --long")
+    assert "status: done" in out, out
+    return out
+
+
+def test_debian_is_built_with_the_cloud_kernel_cloud_init_and_ssh(
+        corral: Daemon, debian: dict[str, Any]) -> None:
+    m = debian["manifest"]
+    assert debian["kind"] == "debian" and debian["default_user"] == "debian"
+    assert m["kernel"] and m["initrd"] and m["root_disk"]["format"] == "qcow2"
+    assert m["root_disk"]["virtual_size"] == 2 << 30 and m["min_disk"] == 2 << 30
+    pkgs = corral.client().image_manifest("debian:12").packages
+    for name in ("openssh-server", "cloud-init", "cloud-guest-utils", "initramfs-tools",
+                 "linux-image-cloud-amd64"):
+        assert name in pkgs, name
+    ops = corral.client().operation_list(limit=20, target="debian")
+    build = next(o for o in ops if o.type == "image-build" and o.status == "succeeded")
+    said = " ".join(e.message for e in corral.client().operation_events(build.id))
+    assert "debootstrap" in said or "cached" in said  # progress was reported
+
+
+def test_a_second_build_is_cached_and_a_forced_one_gives_the_same_image(
+        corral: Daemon, debian: dict[str, Any]) -> None:
+    start = time.monotonic()
+    out = corral.cli("image", "build", "debian", timeout=600).ok().out
+    assert time.monotonic() - start < 120 and debian["id"] in out
+    corral.cli("image", "build", "debian", "--force", timeout=2400).ok()
+    again = image(corral, "debian:12")
+    assert again["digest"] == debian["digest"], "the same recipe and packages must give " \
+        "the same bytes"
+    versions = [(i.name, i.version) for i in corral.client().image_list() if i.name == "debian"]
+    assert versions == [("debian", "12")]
+
+
+def test_debian_boots_with_identity_keys_user_data_and_a_grown_disk(
+        corral: Daemon, debian: dict[str, Any], tmp_path: Any) -> None:
+    script = tmp_path / "ud.sh"
+    script.write_text(USER_DATA)
+    corral.cli("run", "debian:12", "--name", "deb1", "--memory", "512M", "--disk", "3G",
+               "--user-data", str(script), timeout=300).ok()
+    try:
+        # `corral ssh` logs in as the image's user with the key cloud-init installed
+        assert _ssh(corral, "deb1", "hostname; id -un").split() == ["deb1", "debian"]
+        _cloud_init_done(corral, "deb1")
+        assert "DataSourceEc2" in _ssh(corral, "deb1", "sudo cat /run/cloud-init/status.json")
+        assert "user-data ran on deb1" in _ssh(corral, "deb1", "sudo cat /root/user-data.out")
+        sizes = _ssh(corral, "deb1", "lsblk -bno SIZE /dev/vda1; df -B1 --output=size /")
+        part, _, fs = sizes.split()
+        assert int(part) > (3 << 30) - (16 << 20), sizes  # growpart took the whole disk
+        assert int(fs) > (2900 << 20), sizes  # and resize2fs the file system
+        assert "virtio_net" in _ssh(corral, "deb1", "lsmod")
+    finally:
+        corral.cli("rm", "deb1", timeout=300)
+
+
+def test_an_image_built_on_debian_is_an_overlay_and_boots(
+        corral: Daemon, debian: dict[str, Any], tools: dict[str, Any]) -> None:
+    m = tools["manifest"]
+    assert m["base"] == debian["digest"] and tools["base"] == debian["digest"]
+    assert m["root_disk"]["format"] == "qcow2"
+    assert m["root_disk"]["size"] < debian["manifest"]["root_disk"]["size"] // 5
+    assert m["cmdline"] == debian["manifest"]["cmdline"]  # inherited from the base
+    # rebuilding is a cache hit
+    assert tools["id"] in corral.cli("image", "build", str(RECIPES / "debian-tools"),
+                                     timeout=600).ok().out
+    corral.cli("run", "debian-tools:12.1", "--name", "tools1", "--memory", "512M",
+               timeout=300).ok()
+    try:
+        _cloud_init_done(corral, "tools1")
+        out = _ssh(corral, "tools1", "cat /etc/motd; jq --version; "
+                   "sudo cat /var/lib/corral-first-boot.out")
+        assert "Built by Corral from the debian-tools recipe." in out
+        assert "jq-1.6" in out and "first boot of tools1" in out
+    finally:
+        corral.cli("rm", "tools1", timeout=300)
+
+
+def test_a_base_with_images_built_on_it_cannot_be_removed(
+        corral: Daemon, tools: dict[str, Any]) -> None:
+    res = corral.cli("image", "rm", "debian:12")
+    assert res.rc != 0 and "is the base of debian-tools:12.1" in res.err
+    corral.cli("image", "verify", "debian-tools:12.1", timeout=300).ok()
