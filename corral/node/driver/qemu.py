@@ -91,13 +91,22 @@ def version() -> str:
     return m.group(1) if m else out.strip().splitlines()[0]
 
 
+def system_uuid(instance_id: str) -> str:
+    """A stable SMBIOS UUID per instance, starting with "ec2" as EC2's do."""
+    u = str(uuid.uuid5(uuid.NAMESPACE_URL, f"corral:{instance_id}"))
+    return "ec2" + u[3:]
+
+
 def argv(spec: InstanceSpec, paths: Paths, *, accel: str, machine: str, kernel: Path | None,
          initrd: Path | None, cmdline: str, volume_dir: Path | None = None) -> list[str]:
     mem_mib = max(spec.memory >> 20, 16)
     args = [
         binary(),
         "-name", f"guest={spec.name},process=corral:{spec.id}",
-        "-uuid", str(uuid.uuid5(uuid.NAMESPACE_URL, f"corral:{spec.id}")),
+        "-uuid", system_uuid(spec.id),
+        # the SMBIOS serial equal to an "ec2…" system UUID is how cloud-init recognises EC2 and
+        # so speaks IMDSv2 (it asks for tokens only there); Corral answers EC2's metadata API
+        "-smbios", f"type=1,serial={system_uuid(spec.id)}",
         "-machine", f"{machine},graphics=off",
     ]
     if accel == "kvm":
