@@ -148,6 +148,8 @@ async def instances_describe(call: Call) -> dict[str, Any]:
                     "nextToken": next_token(start, size, total, fp)}
         rows, x = await load(call, window=(start, -1) if start else None)
         return {"reservationSet": _reservations(call, rows, x), "nextToken": None}
+    # parameters are checked before anything is looked up, as on AWS
+    window(p, call.action, call.caller.account_id, 5, 1000, "InstanceId")
     rows, x = await load(call, wanted or None)
     st = call.api.settings
     match = Filters(filters, views.instance_filters(x, st.availability_zone, st.domain),
@@ -290,6 +292,7 @@ async def instances_status(call: Call) -> dict[str, Any]:
     p = call.p
     wanted = p.strings("InstanceId")
     check_ids(wanted)
+    window(p, call.action, call.caller.account_id, 5, 1000, "InstanceId")
     rows, _ = await load(call, wanted or None)
     if not p.flag("IncludeAllInstances"):
         rows = [r for r in rows if r.state == "running"]
