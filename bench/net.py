@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -23,6 +24,7 @@ import time
 from bench.common import machine, median, new_daemon, write_results
 from corral.node.net import firewall
 from corral.node.spec import GroupSpec, NetworkSpec, PolicySpec, PortSpec, RuleSpec
+from tests.harness import outside_namespace
 
 
 def policy_with(rules: int, ports: int = 50) -> PolicySpec:
@@ -143,15 +145,12 @@ def _connect_until(ns: str, addr: str, port: int, deadline: float) -> float:
 
 
 def policy_and_eip(runs: int, moves: int) -> dict[str, object]:
-    import secrets
-
     import boto3
 
-    outside = f"cout-{secrets.token_hex(4)}"
-    subprocess.run(["ip", "netns", "add", outside], check=True)
-    subprocess.run(["ip", "-n", outside, "link", "set", "lo", "up"], check=True)
-    d = new_daemon(CORRAL_UPLINK=f"netns:{outside}")
-    try:
+    with contextlib.ExitStack() as stack:
+        outside = stack.enter_context(outside_namespace())
+        d = new_daemon(CORRAL_UPLINK=f"netns:{outside}")
+        stack.callback(d.teardown)
         d.start()
         d.cli("image", "build", "tiny", timeout=900).ok()
         creds = json.loads((d.state_dir / "admin.credentials").read_text())
@@ -220,9 +219,6 @@ def policy_and_eip(runs: int, moves: int) -> dict[str, object]:
             "eip_moves": moves, "lost_pings_per_move": lost_per_move,
             "lost_pings_total": sum(lost_per_move),
         }
-    finally:
-        d.teardown()
-        subprocess.run(["ip", "netns", "delete", outside], capture_output=True)
 
 
 def main() -> None:

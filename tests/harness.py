@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,20 @@ def _pids_matching(fragment: str) -> list[int]:
             if fragment.encode() in (d / "cmdline").read_bytes():
                 out.append(int(d.name))
     return out
+
+
+@contextlib.contextmanager
+def outside_namespace() -> Iterator[str]:
+    """A namespace standing for the outside world (an uplink's far end), removed afterwards."""
+    import secrets
+
+    name = f"cout-{secrets.token_hex(4)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True)
 
 
 def new_daemon(subnet: str | None = None, **env: str) -> Daemon:

@@ -99,7 +99,8 @@ def build_tree(asker: Asker, settings: Any) -> Tree:
         "region": settings.region,
         "version": "2017-09-30",
     }
-    return {"meta-data": meta, "dynamic": {"instance-identity": {"document": json.dumps(document, indent=2)}}}
+    identity = {"document": json.dumps(document, indent=2)}
+    return {"meta-data": meta, "dynamic": {"instance-identity": identity}}
 
 
 API_VERSIONS = ["1.0", "2009-04-04", "2016-09-02", "2018-09-24", "2021-03-23"]
@@ -251,28 +252,30 @@ def create_app(ctrl: Controller, network_id: str, key: bytes) -> FastAPI:
                                      status_code=400)
         return PlainTextResponse(tokens.issue(found.inst.id, ttl), headers={TTL_HEADER: str(ttl)})
 
-    @app.get("/{version}/user-data")
-    async def user_data(version: str, request: Request) -> Response:
+    async def reader(version: str, request: Request) -> Asker | Response:
+        """The instance asking, or the answer when it may not read (unknown version or
+        address, endpoint disabled, token missing or wrong)."""
         if not _known_version(version):
             return PlainTextResponse("not found", status_code=404)
         found = await whoami(request)
         if found is None:
             return PlainTextResponse("no instance has this address", status_code=404)
-        if (no := refused(found.inst, request)) is not None:
-            return no
+        return refused(found.inst, request) or found
+
+    @app.get("/{version}/user-data")
+    async def user_data(version: str, request: Request) -> Response:
+        found = await reader(version, request)
+        if isinstance(found, Response):
+            return found
         if not found.inst.user_data:
             return PlainTextResponse("no user-data", status_code=404)
         return Response(found.inst.user_data, media_type="application/octet-stream")
 
     @app.get("/{version}/{path:path}")
-    async def lookup(version: str, path: str, request: Request) -> PlainTextResponse:
-        if not _known_version(version):
-            return PlainTextResponse("not found", status_code=404)
-        found = await whoami(request)
-        if found is None:
-            return PlainTextResponse("no instance has this address", status_code=404)
-        if (no := refused(found.inst, request)) is not None:
-            return no
+    async def lookup(version: str, path: str, request: Request) -> Response:
+        found = await reader(version, request)
+        if isinstance(found, Response):
+            return found
         tree = build_tree(found, ctrl.settings)
         parts = [p for p in path.split("/") if p]
         node = _walk(tree, parts)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import secrets
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
-from tests.harness import Daemon, new_daemon
+from tests.harness import Daemon, new_daemon, outside_namespace
 
 
 @dataclass
@@ -25,14 +24,11 @@ class Uplinked:
 
 @pytest.fixture(scope="session")
 def uplinked() -> Iterator[Uplinked]:
-    outside = f"cout-{secrets.token_hex(4)}"
-    subprocess.run(["ip", "netns", "add", outside], check=True)
-    subprocess.run(["ip", "-n", outside, "link", "set", "lo", "up"], check=True)
-    d = new_daemon(CORRAL_UPLINK=f"netns:{outside}")
-    try:
-        d.start()
-        d.cli("image", "build", "tiny", timeout=900).ok()
-        yield Uplinked(d, outside)
-    finally:
-        d.teardown()
-        subprocess.run(["ip", "netns", "delete", outside], capture_output=True)
+    with outside_namespace() as outside:
+        d = new_daemon(CORRAL_UPLINK=f"netns:{outside}")
+        try:
+            d.start()
+            d.cli("image", "build", "tiny", timeout=900).ok()
+            yield Uplinked(d, outside)
+        finally:
+            d.teardown()
