@@ -130,6 +130,12 @@ class Daemon:
     def ssh(self, name: str, command: str, timeout: float = 120) -> CliResult:
         return self.cli("ssh", name, "--", command, timeout=timeout)
 
+    def guest_file(self, name: str, path: str, timeout: int = 60) -> str:
+        """A file's content once it exists in the guest (user-data runs after SSH is up)."""
+        wait = (f"i=0; while [ ! -s {path} ] && [ $i -lt {timeout * 2} ]; do sleep 0.5; "
+                f"i=$((i+1)); done; cat {path}")
+        return self.ssh(name, wait, timeout=timeout + 60).ok().out
+
     def nsexec(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["ip", "netns", "exec", self.settings.namespace, *argv],
                               capture_output=True, text=True, timeout=timeout)

@@ -42,7 +42,7 @@ def test_the_readme_tour(tmp_path) -> None:
         assert info["cpus"] == 1 and info["memory"] == 256 << 20
 
         # SSH with the CLI's own key, and with the user's key file
-        assert "tour-user-data" in d.ssh("web1", "cat /root/tour.txt").ok().out
+        assert "tour-user-data" in d.guest_file("web1", "/root/tour.txt")
         out = d.cli("ssh", "web1", "-i", str(key), "--", "uname -a").ok().out
         assert "Linux web1" in out
         # the keys reached the guest through the metadata service

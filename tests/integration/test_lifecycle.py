@@ -20,9 +20,8 @@ def test_run_ssh_userdata_stop_start_reboot_terminate(corral: Daemon, tmp_path) 
     info = json.loads(corral.cli("show", "life1", "--json").ok().out)
     assert info["state"] == "running" and info["private_ip"]
 
-    out = corral.ssh("life1", "uname -r; cat /root/user-data.out").ok().out
-    assert "cloud-amd64" in out
-    assert "user-data ran on life1" in out
+    assert "cloud-amd64" in corral.ssh("life1", "uname -r").ok().out
+    assert "user-data ran on life1" in corral.guest_file("life1", "/root/user-data.out")
 
     log = corral.cli("logs", "life1").ok().out
     assert "Linux version" in log and "corral-tiny: life1 ready" in log
@@ -40,8 +39,9 @@ def test_run_ssh_userdata_stop_start_reboot_terminate(corral: Daemon, tmp_path) 
 
     boot_id = corral.ssh("life1", "cat /proc/sys/kernel/random/boot_id").ok().out.strip()
     assert "guest reboot" in corral.cli("reboot", "life1").ok().out
-    new_boot = wait_for(lambda: corral.ssh("life1", "cat /proc/sys/kernel/random/boot_id").out.strip(),
-                        60, what="the guest to come back after reboot")
+    new_boot = wait_for(
+        lambda: corral.ssh("life1", "cat /proc/sys/kernel/random/boot_id").out.strip(),
+        60, what="the guest to come back after reboot")
     assert new_boot != boot_id
 
     pid = json.loads(corral.cli("show", "life1", "--json").ok().out)["pid"]

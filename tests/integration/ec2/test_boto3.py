@@ -6,11 +6,13 @@ At most two VMs run at once."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from corral.node.driver import cgroups
 from tests.harness import Daemon, wait_for
 
 WAIT = {"Delay": 2, "MaxAttempts": 90}
@@ -61,8 +63,14 @@ def test_boto3_lifecycle_with_waiters_volume_and_image(corral: Daemon, ec2: Any,
     assert {"Key": "Name", "Value": "web-1"} in desc["Tags"]
 
     # a real guest: SSH with the imported key pair, user data ran, the CPU cap is the type's
-    out = corral.ssh("web-1", "cat /root/ec2.out; nproc").ok().out
-    assert "ec2-user-data-ran" in out
+    assert "ec2-user-data-ran" in corral.guest_file("web-1", "/root/ec2.out")
+    assert corral.ssh("web-1", "nproc").ok().out.strip() == "1"
+    group = f"corral/{corral.settings.namespace}/{iid}"
+    if cgroups.is_v2():
+        quota = (Path("/sys/fs/cgroup") / group / "cpu.max").read_text().split()[0]
+    else:
+        quota = (Path("/sys/fs/cgroup/cpu") / group / "cpu.cfs_quota_us").read_text().strip()
+    assert quota == "50000"  # cr1.micro: half a core
     # botocore decodes the base64 Output itself
     console = wait_for(lambda: ec2.get_console_output(InstanceId=iid).get("Output", ""), 60,
                        what="console output")
