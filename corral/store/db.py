@@ -49,6 +49,8 @@ class Store:
             self._read_engine = create_async_engine(url, pool_size=10)
             self._write_engine = self._read_engine
         self._reader = async_sessionmaker(self._read_engine, expire_on_commit=False)
+        # bumped by every write transaction: readers cache answers until it moves
+        self.generation = 0
         self._writer = async_sessionmaker(self._write_engine, expire_on_commit=False)
 
     @contextlib.asynccontextmanager
@@ -59,8 +61,11 @@ class Store:
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """One write transaction: committed on normal exit, rolled back on any error."""
-        async with self._writer() as session, session.begin():
-            yield session
+        try:
+            async with self._writer() as session, session.begin():
+                yield session
+        finally:
+            self.generation += 1
 
     def sync_url(self) -> str:
         url = make_url(self.url)

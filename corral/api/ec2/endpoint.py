@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request, Response
 
 from corral.api.context import ApiContext
 from corral.api.ec2 import sigv4, xml
+from corral.api.ec2.cache import PLACEHOLDER, AnswerCache
 from corral.api.ec2.errors import Ec2Error, from_corral
 from corral.api.ec2.parse import Params
 from corral.api.ec2.registry import ACTIONS, UNSUPPORTED, Call
@@ -20,6 +21,13 @@ from corral.errors import CorralError
 log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 XML_TYPE = "text/xml;charset=UTF-8"
+
+
+def _answers(ctx: ApiContext) -> AnswerCache:
+    cache = ctx.extra.get("ec2_answers")
+    if not isinstance(cache, AnswerCache):
+        cache = ctx.extra["ec2_answers"] = AnswerCache()
+    return cache
 
 
 def _load_actions() -> None:
@@ -51,6 +59,8 @@ async def ec2(request: Request) -> Response:
             return _error(Ec2Error("MalformedQueryString", "the body is not UTF-8 form data"),
                           request_id)
     action_name = ""
+    key = None
+    generation = 0
     try:
         req = sigv4.Request(
             method=request.method, raw_path=request.scope.get("raw_path", b"/").decode(
@@ -72,6 +82,11 @@ async def ec2(request: Request) -> Response:
         caller = await accounts.lookup(key_id)
         params = Params(pairs)
         action_name = params.get("Action") or ""
+        answers = _answers(ctx)
+        key = answers.key(caller.account_id, action_name, pairs)
+        generation = ctx.controller.store.generation
+        if key is not None and (hit := answers.get(key, generation, request_id)) is not None:
+            return Response(hit, media_type=XML_TYPE)
         if not action_name:
             raise Ec2Error("MissingAction", "The request must contain the parameter Action")
         handler = ACTIONS.get(action_name)
@@ -90,6 +105,11 @@ async def ec2(request: Request) -> Response:
         log.exception("EC2 %s failed", action_name or "request")
         return _error(Ec2Error("InternalError", "An internal error occurred; see the Corral "
                                "log", 500), request_id)
+    if key is not None:
+        body = xml.response(action_name, PLACEHOLDER, result)
+        _answers(ctx).put(key, generation, body)
+        return Response(body.replace(PLACEHOLDER.encode(), request_id.encode(), 1),
+                        media_type=XML_TYPE)
     return Response(xml.response(action_name, request_id, result), media_type=XML_TYPE)
 
 
