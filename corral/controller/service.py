@@ -21,6 +21,7 @@ from corral.controller.networks import Networks
 from corral.controller.operations import Operations
 from corral.controller.reconciler import Reconciler
 from corral.controller.security_groups import SecurityGroups
+from corral.controller.snapshots import Snapshots
 from corral.controller.tags import Tags
 from corral.controller.volumes import Volumes
 from corral.errors import NotFound
@@ -51,6 +52,7 @@ class Controller:
         self.security_groups = SecurityGroups(self)
         self.elastic_ips = ElasticIps(self)
         self.volumes = Volumes(self)
+        self.snapshots = Snapshots(self)
         self.image_publishing = ImagePublishing(self)
         self.reconciler = Reconciler(self)
         self.admin: Caller | None = None
