@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 
 from corral import models
+from corral.appliances.plan import Plan
+from corral.appliances.spec import ApplianceSpec
 from corral.config import DEFAULT_PORT, DEFAULT_STATE_DIR
 from corral.errors import Code, CorralError, EnvironmentProblem, Unauthorized
 from corral.images.manifest import Manifest
@@ -351,3 +353,16 @@ class Client:
 
     def snapshot_remove(self, sid: str) -> models.Operation:
         return models.Operation.model_validate(self._call("DELETE", f"/v1/snapshots/{sid}"))
+
+    # -- appliances and replacing ----------------------------------------------------------
+    def appliance_plan(self, spec: ApplianceSpec) -> Plan:
+        return Plan.model_validate(self._call("POST", "/v1/appliances/plan",
+                                              json=spec.model_dump(mode="json")))
+
+    def appliance_apply(self, spec: ApplianceSpec) -> models.ApplianceAccepted:
+        return models.ApplianceAccepted.model_validate(self._call(
+            "POST", "/v1/appliances/apply", json=spec.model_dump(mode="json")))
+
+    def instance_replace(self, ref: str, req: models.ReplaceRequest) -> models.InstanceAccepted:
+        return models.InstanceAccepted.model_validate(self._call(
+            "POST", f"/v1/instances/{ref}/replace", json=req.model_dump(exclude_none=True)))

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from corral.appliances.plan import Plan
+
 RestartPolicy = Literal["always", "on-failure", "never"]
 
 
@@ -336,3 +338,22 @@ class VolumeRestore(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = None
     size: str | int | None = Field(None, description="at least the snapshot's size")
+
+
+# -- appliances and replacing servers -----------------------------------------------------------
+
+
+class ReplaceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: str = Field(description="the new image: name, name:version or ami- id")
+    check: str | None = Field(None, pattern=r"^(ssh|\d{1,5}(/[!-~]*)?)$",
+                              description="health check: ssh (port 22, the default unless "
+                              "the instance's appliance declares one), a TCP port (80), or a "
+                              "port and HTTP path (80/health)")
+    timeout: float = Field(300.0, gt=0, le=3600,
+                           description="seconds the new instance gets to pass the check")
+
+
+class ApplianceAccepted(BaseModel):
+    plan: Plan
+    operation: Operation | None = Field(None, description="absent when there is nothing to do")

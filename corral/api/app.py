@@ -8,6 +8,7 @@ from corral.api.context import ApiContext
 from corral.api.ec2 import endpoint as ec2
 from corral.api.rest import (
     accounts,
+    appliances,
     errors,
     images,
     instances,
@@ -32,5 +33,6 @@ def create_app(ctx: ApiContext) -> FastAPI:
     for module in (system, instances, images, keys, operations, accounts, volumes):
         app.include_router(module.router)
     app.include_router(volumes.snapshots)
+    app.include_router(appliances.router)
     app.include_router(ec2.router)  # the EC2 Query API at / (POST form or GET ?Action=)
     return app

@@ -64,6 +64,7 @@ class LaunchOptions:
     tags: dict[str, str] = field(default_factory=dict)
     name_is_hint: bool = False  # the Name tag: used when it is a free host name
     dry_run: bool = False
+    volumes: list[str] = field(default_factory=list)  # ids attached before the first start
 
 
 def tap_name(iid: str) -> str:
@@ -218,6 +219,8 @@ class Instances:
                     s.add(InstanceSecurityGroup(instance_id=iid, group_id=g.id))
                 if opts.tags:
                     await self.ctrl.tags.apply(s, caller.account_id, iid, "instance", opts.tags)
+                if opts.volumes and n == 0:
+                    await self.ctrl.volumes.attach_at_launch(s, caller, inst, opts.volumes)
                 made.append(inst)
             if opts.dry_run:
                 raise DryRunPassed("RunInstances would have succeeded")

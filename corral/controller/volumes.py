@@ -108,7 +108,7 @@ class Volumes:
     async def create(self, caller: Caller, size: int | None, snapshot_id: str | None,
                      zone: str | None = None, volume_type: str = "standard",
                      tags: dict[str, str] | None = None, dry_run: bool = False,
-                     name: str | None = None, fs: str | None = None
+                     name: str | None = None, fs: str | None = None, label: str | None = None
                      ) -> tuple[Volume, Operation | None]:
         """A new volume of ``size`` GiB, empty, formatted with ``fs`` (labelled with its name),
         or holding a snapshot's content (a restore)."""
@@ -165,7 +165,7 @@ class Volumes:
                                    target_kind="volume", target_id=row.id,
                                    requested_by=caller.access_key_id,
                                    params={"image_id": snap.image_id if snap else None,
-                                           "fs": fs, "label": (name or "")[:16]})
+                                           "fs": fs, "label": (label or name or "")[:16]})
             s.add(op)
         self.ctrl.ops.start(op)
         return row, op
@@ -316,6 +316,21 @@ class Volumes:
         if op is not None:
             self.ctrl.ops.start(op)
         return row, op
+
+    async def attach_at_launch(self, s: AsyncSession, caller: Caller, inst: Instance,
+                               refs: builtins.list[str]) -> None:
+        """Attach volumes to an instance being created, in its launch's transaction, so its
+        first start has them (``/dev/vdb``, ``/dev/vdc`` … in this order)."""
+        for n, ref in enumerate(refs):
+            row = await self.resolve(s, caller, ref)
+            if row.instance_id is not None or row.state != "available":
+                where = await self._where(s, row)
+                raise WrongState(f"volume {row.id} is {row.state}"
+                                 + (f" (attached to {where})" if where else "")
+                                 + "; it must be available", resource="volume",
+                                 ec2_code="VolumeInUse")
+            row.instance_id, row.device = inst.id, f"/dev/vd{'bcdefghijklmnopqrstuvwxyz'[n]}"
+            row.attach_state, row.attach_time, row.state = "attached", utcnow(), "in-use"
 
     async def _attach(self, ctx: Any) -> dict[str, Any]:
         iid = ctx.params["instance_id"]

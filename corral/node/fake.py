@@ -159,6 +159,9 @@ class FakeNode:
         self.calls.append(("relink", iid))
         return iid in self.running
 
+    async def ping(self, address: str, count: int = 1) -> bool:
+        return address not in self.unhealthy
+
     async def address_moved(self, network: NetworkSpec, address: str) -> None:
         self.calls.append(("address_moved", address))
 

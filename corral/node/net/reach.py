@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 
 from corral.node.net import netns
 from corral.node.spec import HealthCheck
@@ -51,7 +52,9 @@ async def check(namespace: str, address: str, hc: HealthCheck) -> str:
 def _why(err: BaseException) -> str:
     if isinstance(err, TimeoutError):
         return "timed out"
-    return getattr(err, "strerror", None) or type(err).__name__
+    if isinstance(err, OSError) and err.errno:
+        return os.strerror(err.errno).lower()
+    return str(err) or type(err).__name__
 
 
 async def forget_neighbour(namespace: str, device: str, address: str) -> None:
