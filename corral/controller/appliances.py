@@ -65,7 +65,8 @@ class Appliances:
             named = list(await s.execute(select(Tag.value, Volume).join(
                 Volume, Volume.id == Tag.resource_id).where(
                 Tag.account_id == caller.account_id, Tag.key == "Name",
-                Tag.resource_type == "volume", Tag.value.in_(vol_names))))
+                Tag.resource_type == "volume",
+                or_(Tag.value.in_(vol_names), Volume.instance_id.in_([r.id for r in rows])))))
             inst_names = {i.id: i.name for i in await s.scalars(select(Instance).where(
                 Instance.id.in_([v.instance_id for _, v in named if v.instance_id])))}
             image_names = {i.id: f"{i.name}:{i.version}" for i in await s.scalars(

@@ -402,7 +402,8 @@ class Replacements:
                         vol.attach_state = "attached"
         await self._discard(ctx, new_id)
         if old.private_ip:
+            after = min(AFTER_TIMEOUT, float(ctx.params.get("timeout") or BOOT_TIMEOUT))
             why = await health.wait(self.ctrl, old, old.private_ip,
-                                    check.model_copy(update={"timeout": 1.0}), AFTER_TIMEOUT)
+                                    check.model_copy(update={"timeout": 1.0}), after)
             if why:
                 log.warning("replace rollback: %s does not answer again: %s", old.name, why)
