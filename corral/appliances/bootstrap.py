@@ -8,7 +8,8 @@ installs a small helper, ``/etc/corral/appliance``, which at every boot mounts t
   service, announces the address (gratuitous ARP) and runs ``reload``.
 
 It runs on both kinds of Corral guest: busybox (tiny: busybox ``uevent`` for hot-plug events,
-a cheap loop on the link's carrier) and systemd (Debian: a udev rule starts a unit per disk,
+a look at the link's carrier ten times a second that starts no process) and systemd (Debian: a
+udev rule starts a unit per disk, ``ip monitor`` reports the link's changes, and
 systemd-networkd re-runs DHCP on a carrier change by itself). POSIX sh only."""
 
 from __future__ import annotations
@@ -37,11 +38,20 @@ iface() {
         [ -e "$d/device" ] && { echo "$n"; return; }
     done
 }
-address() { ip -4 -o addr show dev "$1" 2>/dev/null | awk '{print $4}' | cut -d/ -f1 | head -n1; }
-metadata() { timeout 3 wget -q -O - "http://169.254.169.254/latest/meta-data/$1" 2>/dev/null \
-    || timeout 3 curl -fs "http://169.254.169.254/latest/meta-data/$1" 2>/dev/null; }
+address() {  # one process: `ip`; the shell takes the fourth word apart
+    set -- $(ip -4 -o addr show dev "$1" 2>/dev/null)
+    [ -n "${4:-}" ] && echo "${4%/*}"
+}
+metadata() {
+    url="http://169.254.169.254/latest/meta-data/$1"
+    if command -v wget > /dev/null; then timeout 3 wget -q -O - "$url" 2>/dev/null
+    elif command -v curl > /dev/null; then curl -fs -m 3 "$url"
+    else python3 -c "import sys, urllib.request as u; sys.stdout.write(u.urlopen(sys.argv[1], \
+timeout=3).read().decode())" "$url" 2>/dev/null
+    fi
+}
 readdress() {  # the address moved here: ask DHCP again, take the name, tell the neighbours
-    dev=$1; before=$(address "$dev")
+    dev=$1; before=$2  # what the link had when its cable was pulled
     if [ ! -d /run/systemd/system ]; then
         killall udhcpc 2>/dev/null
         udhcpc -i "$dev" -s /usr/share/udhcpc/default.script -t 20 -T 1 -A 1 -n -q \
@@ -83,14 +93,26 @@ volume)
     if [ -n "$(mount_volumes)" ]; then /etc/corral/reload; log "reloaded after $2 arrived"; fi
     ;;
 watch)
-    dev=$(iface); last=1
+    dev=$(iface)
     [ -n "$dev" ] || exit 0
-    while :; do
-        read -r c < "/sys/class/net/$dev/carrier" 2>/dev/null || c=0
-        if [ "$c" = 1 ] && [ "$last" = 0 ]; then readdress "$dev"; fi
-        last=$c
-        sleep 0.2
-    done
+    if ip -V 2>&1 | grep -q iproute2; then  # link events from the kernel, no polling
+        ip monitor link dev "$dev" | while read -r line; do
+            case "$line" in
+                *NO-CARRIER*) [ "${down:-0}" = 1 ] || had=$(address "$dev"); down=1 ;;
+                *LOWER_UP*) [ "${down:-0}" = 1 ] && readdress "$dev" "$had"; down=0 ;;
+            esac
+        done
+    else  # busybox: look at the carrier 10 times a second (read -t: no process per look)
+        fifo=/run/corral-appliance.fifo
+        rm -f "$fifo"; mkfifo "$fifo"; exec 3<> "$fifo"; last=1
+        while :; do
+            read -r c < "/sys/class/net/$dev/carrier" 2>/dev/null || c=0
+            [ "$c" = 0 ] && [ "$last" = 1 ] && had=$(address "$dev")
+            if [ "$c" = 1 ] && [ "$last" = 0 ]; then readdress "$dev" "$had"; fi
+            last=$c
+            read -r -t 0.1 -u 3 _ 2>/dev/null
+        done
+    fi
     ;;
 esac
 """
