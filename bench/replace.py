@@ -70,8 +70,8 @@ name = "bench"
 [services.web]
 image = "{image}"
 memory = "512M"
-run = "mkdir -p /srv/www && (setsid python3 -m http.server 80 -d /srv/www > /dev/null 2>&1 \
-< /dev/null &)"
+run = '''mkdir -p /srv/www &&
+(setsid python3 -m http.server 80 -d /srv/www > /dev/null 2>&1 < /dev/null &)'''
 health = {{ port = 80, path = "/health", timeout = 400 }}
 
 [services.web.files]

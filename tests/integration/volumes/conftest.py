@@ -16,6 +16,7 @@ import pytest
 
 from corral.images.recipe import BUILTIN
 from tests.harness import Daemon, wait_for
+from tests.integration.images.conftest import debian  # noqa: F401 (the Debian image, built once)
 
 BOOM = {
     # something else holds the web port and answers nothing: the service never comes up
@@ -95,11 +96,16 @@ def cleanup(corral: Daemon) -> Iterator[list[str]]:
             corral.cli("rm", name, "--force", timeout=120)
     for name in made:
         if name.startswith("vol:"):
-            ref = name[4:]
-            wait_for(lambda ref=ref: corral.cli("volume", "rm", ref).rc == 0
-                     or "does not exist" in corral.cli("volume", "show", ref).err
-                     or "no volume is named" in corral.cli("volume", "show", ref).err,
-                     60, interval=1, what=f"volume {ref} removed")
+            gone(corral, name[4:])
+
+
+def gone(d: Daemon, ref: str) -> None:
+    """Remove a volume (waiting while its instance lets go of it); fine if it never was."""
+    def removed() -> bool:
+        res = d.cli("volume", "rm", ref)
+        return res.rc == 0 or "no volume is named" in res.err or "does not exist" in res.err
+
+    wait_for(removed, 60, interval=1, what=f"volume {ref} removed")
 
 
 def settle(seconds: float = 0.5) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Daemon, wait_for
-from tests.integration.volumes.conftest import instances, resolve, shop, ssh, volume
+from tests.integration.volumes.conftest import gone, instances, resolve, shop, ssh, volume
 
 
 @pytest.fixture
@@ -29,8 +29,7 @@ def web(corral: Daemon, tmp_path: Path) -> Iterator[Path]:
         for name, inst in instances(corral).items():
             if name.startswith("web-next-"):
                 corral.cli("rm", inst["id"], "--force", timeout=120)
-        wait_for(lambda: corral.cli("volume", "rm", "web-data").rc == 0, 60, interval=1,
-                 what="web-data removed")
+        gone(corral, "web-data")
 
 
 def _webs(d: Daemon) -> set[str]:
