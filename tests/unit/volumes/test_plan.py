@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from corral.appliances import render, spec
 from corral.appliances.plan import Current, Facts, VolumeFact, compute
 from corral.errors import Exists
 
-FILE = {"name": "shop", "services": {
+FILE: dict[str, Any] = {"name": "shop", "services": {
     "web": {"image": "tiny", "count": 2, "run": "httpd",
             "volumes": [{"name": "data", "size": "1G", "mount": "/srv/data"}]},
     "db": {"image": "tiny"}}}
 IMAGES = {"web": "ami-1", "db": "ami-1"}
 
 
-def _desired(data: dict | None = None, images: dict[str, str] | None = None
+def _desired(data: dict[str, Any] | None = None, images: dict[str, str] | None = None
              ) -> list[render.Desired]:
     return render.desired(spec.validate(data or FILE), images or IMAGES, "c.internal")
 

@@ -22,7 +22,7 @@ from corral.store import Store
 from corral.store.models import Instance, Operation, Volume
 from tests.unit.helpers import add_image, admin, finish, run
 
-FILE = {"name": "shop", "services": {"web": {
+FILE: dict[str, Any] = {"name": "shop", "services": {"web": {
     "image": "tiny:1", "run": "httpd", "health": {"port": 80, "path": "/health"},
     "volumes": [{"name": "data", "size": "1G", "mount": "/srv/data"}]}}}
 
@@ -81,8 +81,8 @@ async def test_replace_moves_name_address_and_volume_then_drops_the_old(
     assert (await _volumes(ctrl))[vid] == new.id
     assert vid in node.plugged[new.id]  # plugged into the running new instance
     assert ("relink", new.id) in node.calls  # its guest was told to ask DHCP again
-    assert {h.address: h.mac for h in next(iter(node.hosts.values()))}[web.private_ip] \
-        == new.mac  # DHCP gives the address to the new MAC
+    hosts = {h.address: h.mac for h in next(iter(node.hosts.values()))}
+    assert hosts[web.private_ip or ""] == new.mac  # DHCP gives the address to the new MAC
     assert done.result["address"] == web.private_ip
 
 
@@ -92,7 +92,7 @@ async def test_a_new_instance_failing_its_check_is_removed_and_the_old_runs_on(
     node.unhealthy.add("10.88.0.11")  # the new instance's own address
     _, op = await ctrl.replacements.request(admin(ctrl), "web", v2, timeout=0.5)
     done = await finish(ctrl, op)
-    assert done.status == "failed"
+    assert done.status == "failed" and done.error is not None
     assert "failed its health check" in done.error["message"]
     assert "runs on, unchanged" in done.error["message"]
     await _settle(ctrl)
@@ -108,7 +108,8 @@ async def test_a_failure_after_the_cutover_rolls_back(ctrl: Controller, node: Fa
     node.unhealthy.add(web.private_ip or "")  # whoever holds the address fails
     _, op = await ctrl.replacements.request(admin(ctrl), "web", v2, timeout=0.5)
     done = await finish(ctrl, op)
-    assert done.status == "failed" and "rolled back" in done.error["message"]
+    assert done.status == "failed" and done.error is not None
+    assert "rolled back" in done.error["message"]
     await _settle(ctrl)
     live = await _live(ctrl)
     assert set(live) == {"web"}
