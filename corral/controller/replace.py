@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select
@@ -155,7 +156,6 @@ class Replacements:
         old_id = ctx.target_id
         check = HealthCheck.model_validate(ctx.params["check"])
         phase = ctx.params.get("phase", "launch")
-        loop = asyncio.get_running_loop()
         if phase == "launch":
             await self._launch(ctx, old_id)
             phase = "boot"
@@ -168,7 +168,8 @@ class Replacements:
                 raise WrongState(f"the new instance failed its health check "
                                  f"({health.describe(check)}): {why}; it was removed and "
                                  f"{ctx.params['name']} runs on, unchanged", resource="instance")
-            await ctx.checkpoint(phase="cutover", cutover_at=loop.time())
+            await ctx.checkpoint(phase="cutover", cutover_at=time.time())  # wall clock:
+            # the operation may finish in another process after a crash
             phase = "cutover"
         if phase == "cutover":
             await ctx.progress(0.5, f"stopping the old instance ({old_id})")
@@ -314,7 +315,6 @@ class Replacements:
     async def _take_over(self, ctx: Any, new_id: str, check: HealthCheck) -> str:
         """Make the swap real on the node and wait for the new instance to answer at its new
         address; "" when it does, else why not."""
-        loop = asyncio.get_running_loop()
         async with self.ctrl.store.read() as s:
             new = await s.get(Instance, new_id)
             vols = list(await s.scalars(select(Volume).where(
@@ -348,7 +348,7 @@ class Replacements:
                                 check.model_copy(update={"timeout": 1.0}), after)
         started = ctx.params.get("cutover_at")
         if not why and started is not None:
-            await ctx.checkpoint(cutover_seconds=round(loop.time() - started, 3))
+            await ctx.checkpoint(cutover_seconds=round(time.time() - started, 3))
         return why
 
     async def _forget_neighbour(self, inst: Instance, address: str) -> None:
