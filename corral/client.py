@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 
 from corral import models
+from corral.appliances.plan import Plan
+from corral.appliances.spec import ApplianceSpec
 from corral.config import DEFAULT_PORT, DEFAULT_STATE_DIR
 from corral.errors import Code, CorralError, EnvironmentProblem, Unauthorized
 from corral.images.manifest import Manifest
@@ -305,3 +307,62 @@ class Client:
 
     def operation_cancel(self, op_id: str) -> models.Operation:
         return models.Operation.model_validate(self._call("DELETE", f"/v1/operations/{op_id}"))
+
+    # -- volumes and snapshots -------------------------------------------------------------
+    def volume_list(self) -> list[models.Volume]:
+        return [models.Volume.model_validate(x) for x in self._call("GET", "/v1/volumes")]
+
+    def volume_create(self, req: models.VolumeCreate) -> models.VolumeAccepted:
+        return models.VolumeAccepted.model_validate(
+            self._call("POST", "/v1/volumes", json=req.model_dump(exclude_none=True)))
+
+    def volume_show(self, ref: str) -> models.Volume:
+        return models.Volume.model_validate(self._call("GET", f"/v1/volumes/{ref}"))
+
+    def volume_update(self, ref: str, req: models.VolumeUpdate) -> models.Volume:
+        return models.Volume.model_validate(self._call(
+            "PATCH", f"/v1/volumes/{ref}", json=req.model_dump(exclude_none=True)))
+
+    def volume_remove(self, ref: str) -> models.VolumeAccepted:
+        return models.VolumeAccepted.model_validate(self._call("DELETE", f"/v1/volumes/{ref}"))
+
+    def volume_attach(self, ref: str, req: models.VolumeAttach) -> models.VolumeAccepted:
+        return models.VolumeAccepted.model_validate(self._call(
+            "POST", f"/v1/volumes/{ref}/attach", json=req.model_dump(exclude_none=True)))
+
+    def volume_detach(self, ref: str, req: models.VolumeDetach) -> models.VolumeAccepted:
+        return models.VolumeAccepted.model_validate(self._call(
+            "POST", f"/v1/volumes/{ref}/detach", json=req.model_dump(exclude_none=True)))
+
+    def volume_snapshot(self, ref: str, description: str = "") -> models.SnapshotAccepted:
+        body = models.SnapshotCreate(description=description).model_dump()
+        return models.SnapshotAccepted.model_validate(
+            self._call("POST", f"/v1/volumes/{ref}/snapshots", json=body))
+
+    def volume_restore(self, snapshot: str, req: models.VolumeRestore) -> models.VolumeAccepted:
+        return models.VolumeAccepted.model_validate(self._call(
+            "POST", f"/v1/snapshots/{snapshot}/restore", json=req.model_dump(exclude_none=True)))
+
+    def snapshot_list(self, volume: str | None = None) -> list[models.Snapshot]:
+        params = {"volume": volume} if volume else {}
+        return [models.Snapshot.model_validate(x)
+                for x in self._call("GET", "/v1/snapshots", params=params)]
+
+    def snapshot_show(self, sid: str) -> models.Snapshot:
+        return models.Snapshot.model_validate(self._call("GET", f"/v1/snapshots/{sid}"))
+
+    def snapshot_remove(self, sid: str) -> models.Operation:
+        return models.Operation.model_validate(self._call("DELETE", f"/v1/snapshots/{sid}"))
+
+    # -- appliances and replacing ----------------------------------------------------------
+    def appliance_plan(self, spec: ApplianceSpec) -> Plan:
+        return Plan.model_validate(self._call("POST", "/v1/appliances/plan",
+                                              json=spec.model_dump(mode="json")))
+
+    def appliance_apply(self, spec: ApplianceSpec) -> models.ApplianceAccepted:
+        return models.ApplianceAccepted.model_validate(self._call(
+            "POST", "/v1/appliances/apply", json=spec.model_dump(mode="json")))
+
+    def instance_replace(self, ref: str, req: models.ReplaceRequest) -> models.InstanceAccepted:
+        return models.InstanceAccepted.model_validate(self._call(
+            "POST", f"/v1/instances/{ref}/replace", json=req.model_dump(exclude_none=True)))

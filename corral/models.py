@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from corral.appliances.plan import Plan
+
 RestartPolicy = Literal["always", "on-failure", "never"]
 
 
@@ -245,3 +247,113 @@ class AccessKeyCreated(BaseModel):
 class AccountCreated(BaseModel):
     account: Account
     key: AccessKeyCreated
+
+
+# -- volumes and snapshots ----------------------------------------------------------------------
+
+
+class VolumeAttachment(BaseModel):
+    instance_id: str
+    instance_name: str = ""
+    device: str
+    state: str = Field(description="attaching, attached or detaching")
+    attach_time: dt.datetime | None = None
+
+
+class Volume(BaseModel):
+    id: str
+    name: str | None = None
+    size: int = Field(description="bytes (whole GiB)")
+    state: str = Field(description="creating, available, in-use, deleting or error")
+    volume_type: str
+    snapshot_id: str | None = Field(None, description="the snapshot it was restored from")
+    attachment: VolumeAttachment | None = None
+    delete_on_termination: bool = False
+    root: bool = Field(False, description="the root disk of an EBS-style instance")
+    error: str = ""
+    created_at: dt.datetime
+
+
+class VolumeCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    size: str | int | None = Field(None, description="e.g. 1G or 10G (whole GiB; a plain "
+                                   "number is GiB); default: the snapshot's size")
+    name: str | None = Field(None, description="a name to use instead of the id")
+    snapshot: str | None = Field(None, description="restore this snapshot (snap-…)")
+    fs: Literal["ext4"] | None = Field(None, description="format it (labelled with its name), "
+                                       "so a guest only mounts it")
+    volume_type: str = "standard"
+
+
+class VolumeUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None
+    delete_on_termination: bool | None = Field(
+        None, description="delete it when the instance it is attached to is terminated")
+
+
+class VolumeAttach(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    instance: str = Field(description="instance name or id")
+    device: str | None = Field(None, description="a name like /dev/vdb (default: the next "
+                               "free); the guest finds it as /dev/disk/by-id/virtio-<serial>")
+    delete_on_termination: bool | None = None
+
+
+class VolumeDetach(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    force: bool = Field(False, description="if the guest does not release the disk, restart "
+                        "the instance without it (unsynced writes in the guest are lost)")
+    timeout: float | None = Field(None, gt=0, le=600,
+                                  description="seconds the guest gets to release the disk")
+
+
+class VolumeAccepted(BaseModel):
+    operation: Operation | None = Field(None, description="absent when nothing had to wait")
+    volume: Volume
+
+
+class Snapshot(BaseModel):
+    id: str
+    volume_id: str
+    size: int = Field(description="bytes: the volume's size")
+    state: str = Field(description="pending, completed, deleting or error")
+    description: str = ""
+    image_id: str | None = Field(None, description="the image whose root disk it is")
+    error: str = ""
+    created_at: dt.datetime
+
+
+class SnapshotCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    description: str = Field("", max_length=255)
+
+
+class SnapshotAccepted(BaseModel):
+    operation: Operation
+    snapshot: Snapshot
+
+
+class VolumeRestore(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None
+    size: str | int | None = Field(None, description="at least the snapshot's size")
+
+
+# -- appliances and replacing servers -----------------------------------------------------------
+
+
+class ReplaceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: str = Field(description="the new image: name, name:version or ami- id")
+    check: str | None = Field(None, pattern=r"^(ssh|\d{1,5}(/[!-~]*)?)$",
+                              description="health check: ssh (port 22, the default unless "
+                              "the instance's appliance declares one), a TCP port (80), or a "
+                              "port and HTTP path (80/health)")
+    timeout: float = Field(300.0, gt=0, le=3600,
+                           description="seconds the new instance gets to pass the check")
+
+
+class ApplianceAccepted(BaseModel):
+    plan: Plan
+    operation: Operation | None = Field(None, description="absent when there is nothing to do")

@@ -6,7 +6,17 @@ from fastapi import FastAPI
 
 from corral.api.context import ApiContext
 from corral.api.ec2 import endpoint as ec2
-from corral.api.rest import accounts, errors, images, instances, keys, operations, system
+from corral.api.rest import (
+    accounts,
+    appliances,
+    errors,
+    images,
+    instances,
+    keys,
+    operations,
+    system,
+    volumes,
+)
 
 VERSION = "0.1.0"
 
@@ -20,7 +30,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     app.state.ctx = ctx
     errors.install(app)
-    for module in (system, instances, images, keys, operations, accounts):
+    for module in (system, instances, images, keys, operations, accounts, volumes):
         app.include_router(module.router)
+    app.include_router(volumes.snapshots)
+    app.include_router(appliances.router)
     app.include_router(ec2.router)  # the EC2 Query API at / (POST form or GET ?Action=)
     return app

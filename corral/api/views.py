@@ -45,3 +45,23 @@ def key_pair(row: db.KeyPair) -> models.KeyPair:
     return models.KeyPair(id=row.id, name=row.name, key_type=row.key_type,
                           fingerprint=row.fingerprint, public_key=row.public_key,
                           created_at=row.created_at)
+
+
+def volume(row: db.Volume, name: str | None = None, instance_name: str = "") -> models.Volume:
+    att = None
+    if row.instance_id is not None:
+        att = models.VolumeAttachment(instance_id=row.instance_id, instance_name=instance_name,
+                                      device=row.device or "", state=row.attach_state or "",
+                                      attach_time=row.attach_time)
+    return models.Volume(
+        id=row.id, name=name, size=row.size << 30, state=row.state, volume_type=row.volume_type,
+        snapshot_id=row.snapshot_id, attachment=att,
+        delete_on_termination=row.delete_on_termination, root=row.device == "/dev/sda1",
+        error=row.error or "", created_at=row.created_at)
+
+
+def snapshot(row: db.Snapshot) -> models.Snapshot:
+    return models.Snapshot(id=row.id, volume_id=row.volume_id, size=row.volume_size << 30,
+                           state=row.state, description=row.description,
+                           image_id=row.image_id, error=row.error or "",
+                           created_at=row.created_at)

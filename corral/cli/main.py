@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from corral.cli import accounts, daemon, images, instances, keys, ops
+from corral.cli import accounts, appliances, daemon, images, instances, keys, ops, volumes
 from corral.cli.common import Options, err_console
 from corral.errors import CorralError
 
@@ -31,10 +31,11 @@ def root(
     ctx.obj = Options(state_dir=state_dir, endpoint=endpoint)
 
 
-for sub in (daemon.app, instances.app):
+for sub in (daemon.app, instances.app, appliances.app):
     for command in sub.registered_commands:
         app.registered_commands.append(command)
 app.add_typer(images.app, name="image")
+app.add_typer(volumes.app, name="volume")
 app.add_typer(keys.app, name="key")
 app.add_typer(ops.app, name="op")
 app.add_typer(ops.nodes, name="node")

@@ -151,7 +151,7 @@ class ImagePublishing:
         image the snapshot descends from, or from ``kernel_image`` (an ami- id)."""
         check_image_name(name)
         async with self.ctrl.store.write() as s:
-            snap = await self.ctrl.volumes.resolve_snapshot(s, caller, snapshot_id)
+            snap = await self.ctrl.snapshots.resolve(s, caller, snapshot_id)
             if snap.state != "completed":
                 raise WrongState(f"snapshot {snapshot_id} is {snap.state}", resource="snapshot",
                                  ec2_code="IncorrectState")

@@ -64,6 +64,7 @@ class LaunchOptions:
     tags: dict[str, str] = field(default_factory=dict)
     name_is_hint: bool = False  # the Name tag: used when it is a free host name
     dry_run: bool = False
+    volumes: list[str] = field(default_factory=list)  # ids attached before the first start
 
 
 def tap_name(iid: str) -> str:
@@ -210,12 +211,16 @@ class Instances:
                 )
                 s.add(inst)
                 await s.flush()
+                if image.root_device_type == "ebs" and image.root_snapshot_id:
+                    s.add(self.ctrl.volumes.new_root(inst, image))  # boots from a volume
                 inst.private_ip = await ipam.allocate(s, network, iid,
                                                       req.address if n == 0 else None)
                 for g in groups:
                     s.add(InstanceSecurityGroup(instance_id=iid, group_id=g.id))
                 if opts.tags:
                     await self.ctrl.tags.apply(s, caller.account_id, iid, "instance", opts.tags)
+                if opts.volumes and n == 0:
+                    await self.ctrl.volumes.attach_at_launch(s, caller, inst, opts.volumes)
                 made.append(inst)
             if opts.dry_run:
                 raise DryRunPassed("RunInstances would have succeeded")
@@ -273,11 +278,13 @@ class Instances:
         network = await s.get(Network, inst.network_id)
         if image is None or network is None:
             raise CorralError(f"instance {inst.id} refers to a missing image or network")
+        root = await self.ctrl.volumes.root_of(s, inst.id)
         return InstanceSpec(
             id=inst.id, name=inst.name, image=image.digest, cpus=inst.cpus,
             cpu_limit=inst.cpu_limit, memory=inst.memory, disk_size=inst.disk_size, mac=inst.mac,
             address=inst.private_ip, network=self.ctrl.networks.spec(network), tap=tap_name(inst.id),
             volumes=await self.ctrl.volumes.attachments(s, inst.id),
+            root_volume=root.id if root is not None else None,
         )
 
     async def _load(self, iid: str) -> tuple[Instance, InstanceSpec]:
@@ -298,6 +305,8 @@ class Instances:
             await self.ctrl.networks.sync(inst.network_id)
             try:
                 await ctx.progress(0.3, "creating the root disk and the network port")
+                if spec.root_volume is not None:
+                    await self.ctrl.volumes.ensure_root(iid)
                 await node.instance_create(spec)
                 await ctx.progress(0.6, "starting QEMU")
                 pid = await node.instance_start(spec)

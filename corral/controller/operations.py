@@ -40,6 +40,21 @@ class OpContext:
     async def progress(self, fraction: float, message: str) -> None:
         await self.ops._event(self.id, "progress", message, fraction)
 
+    async def checkpoint(self, s: Any = None, **values: Any) -> None:
+        """Record how far a multi-step handler got, in its parameters: a resumed handler (after
+        a crash) reads them back. Given a session ``s``, in that transaction (so the step and
+        its record commit together)."""
+        self.params.update(values)
+        if s is not None:
+            op = await s.get(Operation, self.id)
+            if op is not None:
+                op.params = {**(op.params or {}), **values}
+            return
+        async with self.ops.store.write() as s2:
+            op = await s2.get(Operation, self.id)
+            if op is not None:
+                op.params = {**(op.params or {}), **values}
+
 
 Handler = Callable[[OpContext], Awaitable[dict[str, Any] | None]]
 

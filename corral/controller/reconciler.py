@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from corral.controller import volume_sync
 from corral.errors import CorralError
 from corral.node.spec import ObservedInstance
 from corral.store.models import Instance, utcnow
@@ -139,6 +140,12 @@ class Reconciler:
                     await self._apply(inst, d, observed.get(inst.id))
                 except CorralError as err:
                     log.warning("reconcile %s (%s): %s", inst.name, d.action, err.message)
+            elif d.action == Action.NONE and inst.state == "running":
+                async with self.ctrl.instances.lock(inst.id):
+                    try:
+                        await volume_sync.sync_instance(self.ctrl, inst)
+                    except CorralError as err:
+                        log.warning("reconcile %s (volumes): %s", inst.name, err.message)
         self._report_strays(node_id, observed, known)
 
     async def _apply(self, inst: Instance, d: Decision, obs: ObservedInstance | None) -> None:

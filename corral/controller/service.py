@@ -12,6 +12,7 @@ from sqlalchemy import delete, select
 
 from corral.config import Settings
 from corral.controller.accounts import Accounts, Caller
+from corral.controller.appliances import Appliances
 from corral.controller.elastic_ips import ElasticIps
 from corral.controller.image_publishing import ImagePublishing
 from corral.controller.images import Images
@@ -20,7 +21,9 @@ from corral.controller.keypairs import KeyPairs
 from corral.controller.networks import Networks
 from corral.controller.operations import Operations
 from corral.controller.reconciler import Reconciler
+from corral.controller.replace import Replacements
 from corral.controller.security_groups import SecurityGroups
+from corral.controller.snapshots import Snapshots
 from corral.controller.tags import Tags
 from corral.controller.volumes import Volumes
 from corral.errors import NotFound
@@ -51,6 +54,9 @@ class Controller:
         self.security_groups = SecurityGroups(self)
         self.elastic_ips = ElasticIps(self)
         self.volumes = Volumes(self)
+        self.snapshots = Snapshots(self)
+        self.replacements = Replacements(self)
+        self.appliances = Appliances(self)
         self.image_publishing = ImagePublishing(self)
         self.reconciler = Reconciler(self)
         self.admin: Caller | None = None

@@ -1,7 +1,12 @@
-"""Volumes and snapshots: qcow2 files on the node, created and deleted by operations. A volume
-attached to a stopped instance is its extra disk at the next start; hot-plugging into a
-running VM belongs to the images/volumes work, so until then an attachment to a running
-instance takes effect at its next start (recorded now, reported as attached)."""
+"""Volumes: qcow2 files on the node, made and deleted by operations, attached to instances.
+One implementation behind the native API, the CLI and EC2's volume actions.
+
+Attaching to a stopped instance is recorded at once: the volume is its extra disk at the next
+start. Attaching to or detaching from a running instance is an operation that plugs the disk in
+or out over QMP (``node/driver/hotplug.py``); the volume shows ``attaching``/``detaching`` until
+the guest has it or has let go. A guest that does not let go in time keeps the volume attached
+(nothing changes) and the operation says so; ``force`` then restarts the instance without it.
+A volume's name is its ``Name`` tag, as on EC2."""
 
 from __future__ import annotations
 
@@ -14,9 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import ids
 from corral.controller.accounts import Caller
-from corral.errors import DryRunPassed, Invalid, NotFound, WrongState
+from corral.errors import DryRunPassed, Exists, Invalid, NotFound, WrongState
+from corral.node.driver.hotplug import GuestHoldsDisk
 from corral.node.spec import VolumeAttachment
-from corral.store.models import Image, Instance, Operation, Snapshot, Volume, utcnow
+from corral.store.models import Image, Instance, Operation, Tag, Volume, utcnow
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
@@ -25,6 +31,16 @@ GIB = 1 << 30
 MAX_GIB = 16384
 VOLUME_TYPES = ("standard", "gp2", "gp3", "io1", "io2", "sc1", "st1")
 DEVICE = re.compile(r"^/dev/(sd[b-z]|xvd[b-z]|vd[b-z])$")
+ROOT_DEVICE = "/dev/sda1"  # EBS-style instances: their root volume, as EC2 names it
+NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+ATTACHED = ("attaching", "attached")
+
+
+def check_volume_name(name: str, field: str = "name") -> str:
+    if not NAME.match(name) or ids.is_id("volume", name):
+        raise Invalid(f"volume name {name!r} must be 1-63 lower-case letters, digits, '.', '_' "
+                      "or '-' (and not look like a volume id)", field=field)
+    return name
 
 
 class Volumes:
@@ -32,50 +48,71 @@ class Volumes:
         self.ctrl = ctrl
         ctrl.ops.register("volume-create", self._create)
         ctrl.ops.register("volume-delete", self._delete)
-        ctrl.ops.register("snapshot-create", self._snapshot)
-        ctrl.ops.register("snapshot-delete", self._snapshot_delete)
+        ctrl.ops.register("volume-attach", self._attach)
+        ctrl.ops.register("volume-detach", self._detach)
 
     # -- lookups ---------------------------------------------------------------------------
-    async def resolve(self, s: AsyncSession, caller: Caller, vid: str) -> Volume:
-        if not ids.is_id("volume", vid):
-            raise Invalid(f"volume id {vid!r} is malformed (vol- and 17 hex digits)",
+    async def resolve(self, s: AsyncSession, caller: Caller, ref: str) -> Volume:
+        """A volume of the caller's account by id (vol-…) or by name (its Name tag)."""
+        if ids.is_id("volume", ref):
+            row = await s.get(Volume, ref)
+            if row is None or row.account_id != caller.account_id:
+                raise NotFound(f"the volume '{ref}' does not exist", field="VolumeId",
+                               resource="volume")
+            return row
+        if ref.startswith("vol-"):
+            raise Invalid(f"volume id {ref!r} is malformed (vol- and 17 hex digits)",
                           field="VolumeId", ec2_code="InvalidVolumeID.Malformed")
-        row = await s.get(Volume, vid)
-        if row is None or row.account_id != caller.account_id:
-            raise NotFound(f"the volume '{vid}' does not exist", field="VolumeId",
-                           resource="volume")
+        found = await self._named(s, caller.account_id, ref)
+        if not found:
+            raise NotFound(f"no volume is named {ref!r}; `corral volume ls` lists yours",
+                           field="volume", resource="volume")
+        if len(found) > 1:
+            raise Invalid(f"{len(found)} volumes are named {ref!r} ({', '.join(found)}); give "
+                          "the id", field="volume")
+        row = await s.get(Volume, found[0])
+        assert row is not None
         return row
 
-    async def resolve_snapshot(self, s: AsyncSession, caller: Caller, sid: str) -> Snapshot:
-        if not ids.is_id("snapshot", sid):
-            raise Invalid(f"snapshot id {sid!r} is malformed (snap- and 17 hex digits)",
-                          field="SnapshotId", ec2_code="InvalidSnapshotID.Malformed")
-        row = await s.get(Snapshot, sid)
-        if row is None or row.account_id != caller.account_id:
-            raise NotFound(f"the snapshot '{sid}' does not exist", field="SnapshotId",
-                           resource="snapshot")
-        return row
+    async def _named(self, s: AsyncSession, account_id: str, name: str) -> builtins.list[str]:
+        return list(await s.scalars(select(Tag.resource_id).where(
+            Tag.account_id == account_id, Tag.resource_type == "volume", Tag.key == "Name",
+            Tag.value == name).order_by(Tag.resource_id)))
+
+    async def get(self, caller: Caller, ref: str) -> Volume:
+        async with self.ctrl.store.read() as s:
+            return await self.resolve(s, caller, ref)
 
     async def list(self, caller: Caller) -> builtins.list[Volume]:
         async with self.ctrl.store.read() as s:
             return list(await s.scalars(select(Volume).where(
                 Volume.account_id == caller.account_id).order_by(Volume.created_at)))
 
-    async def list_snapshots(self, caller: Caller) -> builtins.list[Snapshot]:
+    async def names(self, account_id: str, vids: builtins.list[str]) -> dict[str, str]:
         async with self.ctrl.store.read() as s:
-            return list(await s.scalars(select(Snapshot).where(
-                Snapshot.account_id == caller.account_id).order_by(Snapshot.created_at)))
+            tags = await self.ctrl.tags.of(s, account_id, vids)
+        return {vid: t["Name"] for vid, t in tags.items() if "Name" in t}
 
     async def attachments(self, s: AsyncSession, iid: str) -> builtins.list[VolumeAttachment]:
-        rows = await s.scalars(select(Volume).where(Volume.instance_id == iid,
-                                                    Volume.attach_state == "attached")
-                               .order_by(Volume.attach_time))
+        """The instance's extra disks at its next start (its root volume is apart)."""
+        rows = await s.scalars(select(Volume).where(
+            Volume.instance_id == iid, Volume.attach_state.in_(ATTACHED),
+            Volume.device != ROOT_DEVICE).order_by(Volume.attach_time, Volume.id))
         return [VolumeAttachment(id=v.id, device=v.device or "") for v in rows]
 
-    # -- volumes ---------------------------------------------------------------------------
+    async def root_of(self, s: AsyncSession, iid: str) -> Volume | None:
+        return await s.scalar(select(Volume).where(Volume.instance_id == iid,
+                                                   Volume.device == ROOT_DEVICE))
+
+    # -- create and delete -----------------------------------------------------------------
     async def create(self, caller: Caller, size: int | None, snapshot_id: str | None,
-                     zone: str, volume_type: str = "standard", tags: dict[str, str] | None = None,
-                     dry_run: bool = False) -> tuple[Volume, Operation | None]:
+                     zone: str | None = None, volume_type: str = "standard",
+                     tags: dict[str, str] | None = None, dry_run: bool = False,
+                     name: str | None = None, fs: str | None = None, label: str | None = None
+                     ) -> tuple[Volume, Operation | None]:
+        """A new volume of ``size`` GiB, empty, formatted with ``fs`` (labelled with its name),
+        or holding a snapshot's content (a restore)."""
+        zone = zone or self.ctrl.settings.availability_zone
         if zone != self.ctrl.settings.availability_zone:
             raise Invalid(f"availability zone {zone!r} does not exist; this Corral has "
                           f"{self.ctrl.settings.availability_zone}", field="AvailabilityZone")
@@ -87,10 +124,21 @@ class Volumes:
                           ec2_code="MissingParameter")
         if size is not None and not 1 <= size <= MAX_GIB:
             raise Invalid(f"Size {size} must be 1-{MAX_GIB} GiB", field="Size")
+        if fs is not None and snapshot_id is not None:
+            raise Invalid("a volume restored from a snapshot has the snapshot's content; leave "
+                          "fs out", field="fs")
+        if fs is not None and fs != "ext4":
+            raise Invalid(f"fs {fs!r}: Corral formats ext4 (or leave it out: an empty disk)",
+                          field="fs")
+        if name is not None:
+            check_volume_name(name)
+        tags = dict(tags or {})
+        if name is not None:
+            tags["Name"] = name
         async with self.ctrl.store.write() as s:
             snap = None
             if snapshot_id is not None:
-                snap = await self.resolve_snapshot(s, caller, snapshot_id)
+                snap = await self.ctrl.snapshots.resolve(s, caller, snapshot_id)
                 if snap.state != "completed":
                     raise WrongState(f"snapshot {snap.id} is {snap.state}", resource="snapshot",
                                      ec2_code="IncorrectState")
@@ -100,7 +148,11 @@ class Volumes:
                     raise Invalid(f"Size {size} GiB is smaller than snapshot {snap.id} "
                                   f"({snap.volume_size} GiB)", field="Size")
             assert size is not None
-            node_id = next(iter(self.ctrl.nodes), None)
+            if "Name" in tags and await self._named(s, caller.account_id, tags["Name"]):
+                raise Exists(f"a volume named {tags['Name']!r} exists already; choose another "
+                             "name", field="name", resource="volume")
+            node_id = (snap.node_id if snap is not None else None) or next(iter(self.ctrl.nodes),
+                                                                          None)
             row = Volume(id=ids.new_id("volume"), account_id=caller.account_id, node_id=node_id,
                          size=size, state="creating", volume_type=volume_type,
                          availability_zone=zone, snapshot_id=snapshot_id, created_at=utcnow())
@@ -112,7 +164,8 @@ class Volumes:
             op = self.ctrl.ops.new("volume-create", account_id=caller.account_id,
                                    target_kind="volume", target_id=row.id,
                                    requested_by=caller.access_key_id,
-                                   params={"image_id": snap.image_id if snap else None})
+                                   params={"image_id": snap.image_id if snap else None,
+                                           "fs": fs, "label": (label or name or "")[:16]})
             s.add(op)
         self.ctrl.ops.start(op)
         return row, op
@@ -126,14 +179,20 @@ class Volumes:
                 digest = image.digest if image is not None else None
         if row is None or row.state != "creating":
             return {}
-        snap = None if digest else row.snapshot_id
+        await self.make(row, digest, ctx.params.get("fs"), ctx.params.get("label") or "")
+        await self._set(row.id, state="available" if row.instance_id is None else "in-use")
+        return {"volume_id": row.id}
+
+    async def make(self, row: Volume, image_digest: str | None, fs: str | None = None,
+                   label: str = "") -> None:
+        """The volume's file on its node (idempotent); on failure the volume is in ``error``."""
+        snap = None if image_digest else row.snapshot_id
         try:
-            await self.ctrl.node(row.node_id).volume_create(row.id, row.size * GIB, snap, digest)
+            await self.ctrl.node(row.node_id).volume_create(
+                row.id, row.size * GIB, snap, image_digest, fs=fs, label=label)
         except Exception as err:
             await self._set(row.id, state="error", error=str(err))
             raise
-        await self._set(row.id, state="available")
-        return {"volume_id": row.id}
 
     async def _set(self, vid: str, **values: Any) -> None:
         async with self.ctrl.store.write() as s:
@@ -142,22 +201,23 @@ class Volumes:
                 for k, v in values.items():
                     setattr(row, k, v)
 
-    async def delete(self, caller: Caller, vid: str, dry_run: bool = False) -> None:
+    async def delete(self, caller: Caller, vid: str, dry_run: bool = False) -> Operation:
         async with self.ctrl.store.write() as s:
             row = await self.resolve(s, caller, vid)
             if row.instance_id is not None or row.state not in ("available", "error"):
-                raise WrongState(f"volume {vid} is {row.state}"
-                                 + (f" (attached to {row.instance_id}); detach it first"
-                                    if row.instance_id else ""),
+                where = await self._where(s, row)
+                raise WrongState(f"volume {row.id} is {row.state}"
+                                 + (f" (attached to {where}); detach it first" if where else ""),
                                  resource="volume", ec2_code="VolumeInUse")
             if dry_run:
                 raise DryRunPassed("DeleteVolume would have succeeded")
             row.state = "deleting"
             op = self.ctrl.ops.new("volume-delete", account_id=caller.account_id,
-                                   target_kind="volume", target_id=vid,
+                                   target_kind="volume", target_id=row.id,
                                    requested_by=caller.access_key_id)
             s.add(op)
         self.ctrl.ops.start(op)
+        return op
 
     async def _delete(self, ctx: Any) -> dict[str, Any]:
         async with self.ctrl.store.read() as s:
@@ -172,9 +232,37 @@ class Volumes:
                 await s.delete(obj)
         return {"volume_id": row.id}
 
-    async def attach(self, caller: Caller, vid: str, instance_ref: str, device: str,
-                     dry_run: bool = False) -> Volume:
-        if not DEVICE.match(device or ""):
+    async def _where(self, s: AsyncSession, row: Volume) -> str:
+        if row.instance_id is None:
+            return ""
+        inst = await s.get(Instance, row.instance_id)
+        return f"{inst.name} ({inst.id})" if inst is not None else row.instance_id
+
+    async def update(self, caller: Caller, ref: str, name: str | None = None,
+                     delete_on_termination: bool | None = None) -> Volume:
+        """Rename a volume, or say whether it goes with the instance it is attached to."""
+        if name is not None:
+            check_volume_name(name)
+        async with self.ctrl.store.write() as s:
+            row = await self.resolve(s, caller, ref)
+            if name is not None:
+                others = [v for v in await self._named(s, caller.account_id, name) if v != row.id]
+                if others:
+                    raise Exists(f"a volume named {name!r} exists already ({others[0]})",
+                                 field="name", resource="volume")
+                await self.ctrl.tags.apply(s, caller.account_id, row.id, "volume",
+                                           {"Name": name})
+            if delete_on_termination is not None:
+                row.delete_on_termination = delete_on_termination
+        return row
+
+    # -- attach and detach -----------------------------------------------------------------
+    async def attach(self, caller: Caller, vid: str, instance_ref: str, device: str | None,
+                     dry_run: bool = False, delete_on_termination: bool | None = None
+                     ) -> tuple[Volume, Operation | None]:
+        """Attach the volume; at once to a stopped instance, by an operation (a hot-plug) to
+        one that runs or is starting. A volume attached elsewhere is refused, unchanged."""
+        if device is not None and not DEVICE.match(device):
             raise Invalid(f"device {device!r} must be like /dev/sdf, /dev/xvdf or /dev/vdb",
                           field="Device")
         async with self.ctrl.store.write() as s:
@@ -182,46 +270,181 @@ class Volumes:
             inst = await self.ctrl.instances.resolve(s, caller, instance_ref,
                                                      include_terminated=True)
             if inst.state in ("terminated", "shutting-down"):
-                raise WrongState(f"instance {inst.id} is {inst.state}", resource="instance",
-                                 ec2_code="IncorrectInstanceState")
-            if row.state != "available" or row.instance_id is not None:
-                raise WrongState(f"volume {vid} is {row.state}; it must be available",
+                raise WrongState(f"instance {inst.name} ({inst.id}) is {inst.state}",
+                                 resource="instance", ec2_code="IncorrectInstanceState")
+            if row.instance_id is not None:
+                where = await self._where(s, row)
+                raise WrongState(f"volume {row.id} is attached to {where}; detach it first "
+                                 "(a volume is attached to one instance at a time)",
                                  resource="volume", ec2_code="VolumeInUse")
+            if row.state != "available":
+                raise WrongState(f"volume {row.id} is {row.state}; it must be available",
+                                 resource="volume", ec2_code="IncorrectState")
             if row.availability_zone != self.ctrl.settings.availability_zone:
-                raise Invalid(f"volume {vid} is in {row.availability_zone}",
+                raise Invalid(f"volume {row.id} is in {row.availability_zone}",
                               resource="volume", ec2_code="InvalidVolume.ZoneMismatch")
-            if await s.scalar(select(Volume.id).where(Volume.instance_id == inst.id,
-                                                      Volume.device == device)):
+            if row.node_id is not None and inst.node_id is not None \
+                    and row.node_id != inst.node_id:
+                raise Invalid(f"volume {row.id} is on node {row.node_id}, instance {inst.name} "
+                              f"on {inst.node_id}; a volume attaches on its own node",
+                              field="instance", ec2_code="InvalidVolume.ZoneMismatch")
+            used = set(await s.scalars(select(Volume.device).where(
+                Volume.instance_id == inst.id)))
+            if device is None:
+                device = next((f"/dev/vd{c}" for c in "bcdefghijklmnopqrstuvwxyz"
+                               if f"/dev/vd{c}" not in used), None)
+                if device is None:
+                    raise Invalid(f"instance {inst.name} has no free device name left",
+                                  field="Device")
+            elif device in used:
                 raise Invalid(f"device {device} is already used on {inst.id}", field="Device",
                               ec2_code="InvalidParameterValue")
             if dry_run:
                 raise DryRunPassed("AttachVolume would have succeeded")
-            row.instance_id, row.device = inst.id, device
+            hot = inst.state != "stopped"
+            row.instance_id, row.device, row.attach_time = inst.id, device, utcnow()
+            row.attach_state, row.state = "attaching" if hot else "attached", "in-use"
+            if delete_on_termination is not None:
+                row.delete_on_termination = delete_on_termination
+            op = None
+            if hot:
+                op = self.ctrl.ops.new("volume-attach", account_id=caller.account_id,
+                                       target_kind="volume", target_id=row.id,
+                                       requested_by=caller.access_key_id,
+                                       params={"instance_id": inst.id})
+                s.add(op)
+        if op is not None:
+            self.ctrl.ops.start(op)
+        return row, op
+
+    async def attach_at_launch(self, s: AsyncSession, caller: Caller, inst: Instance,
+                               refs: builtins.list[str]) -> None:
+        """Attach volumes to an instance being created, in its launch's transaction, so its
+        first start has them (``/dev/vdb``, ``/dev/vdc`` … in this order)."""
+        for n, ref in enumerate(refs):
+            row = await self.resolve(s, caller, ref)
+            if row.instance_id is not None or row.state != "available":
+                where = await self._where(s, row)
+                raise WrongState(f"volume {row.id} is {row.state}"
+                                 + (f" (attached to {where})" if where else "")
+                                 + "; it must be available", resource="volume",
+                                 ec2_code="VolumeInUse")
+            row.instance_id, row.device = inst.id, f"/dev/vd{'bcdefghijklmnopqrstuvwxyz'[n]}"
             row.attach_state, row.attach_time, row.state = "attached", utcnow(), "in-use"
-        return row
+
+    async def _attach(self, ctx: Any) -> dict[str, Any]:
+        iid = ctx.params["instance_id"]
+        async with self.ctrl.instances.lock(iid):
+            async with self.ctrl.store.read() as s:
+                row = await s.get(Volume, ctx.target_id)
+                inst = await s.get(Instance, iid)
+            if row is None or row.instance_id != iid or row.attach_state not in ATTACHED:
+                return {"volume_id": ctx.target_id, "changed": "meanwhile"}
+            plugged = False
+            if inst is not None and inst.state == "running":
+                await ctx.progress(0.3, f"plugging {row.id} into {inst.name}")
+                try:
+                    plugged = await self.ctrl.node(inst.node_id).volume_attach(iid, row.id)
+                except Exception as err:
+                    await self._release(row.id, iid, f"attach failed: {err}")
+                    raise
+            await self._set(row.id, attach_state="attached")
+        return {"volume_id": row.id, "instance_id": iid, "hot": plugged}
+
+    async def _release(self, vid: str, iid: str, error: str = "") -> None:
+        async with self.ctrl.store.write() as s:
+            row = await s.get(Volume, vid)
+            if row is not None and row.instance_id == iid:
+                row.instance_id = row.device = row.attach_state = row.attach_time = None
+                row.state = "available"
+                row.error = error
 
     async def detach(self, caller: Caller, vid: str, instance_ref: str | None = None,
-                     force: bool = False, dry_run: bool = False) -> Volume:
+                     force: bool = False, dry_run: bool = False, timeout: float | None = None
+                     ) -> tuple[Volume, Operation | None]:
+        """Detach the volume: at once from a stopped instance, by an operation (an unplug the
+        guest must answer) from one that runs. Returns the attachment as it was."""
         async with self.ctrl.store.write() as s:
             row = await self.resolve(s, caller, vid)
             if row.instance_id is None:
-                raise WrongState(f"volume {vid} is not attached", resource="volume",
+                raise WrongState(f"volume {row.id} is not attached", resource="volume",
                                  ec2_code="IncorrectState")
             if instance_ref is not None:
                 inst = await self.ctrl.instances.resolve(s, caller, instance_ref,
                                                          include_terminated=True)
                 if inst.id != row.instance_id:
-                    raise Invalid(f"volume {vid} is attached to {row.instance_id}, not "
+                    raise Invalid(f"volume {row.id} is attached to {row.instance_id}, not "
                                   f"{inst.id}", field="InstanceId",
                                   ec2_code="InvalidAttachment.NotFound")
+            if row.device == ROOT_DEVICE:
+                raise WrongState(f"volume {row.id} is the root disk of {row.instance_id}; it "
+                                 "goes with the instance", resource="volume",
+                                 ec2_code="OperationNotPermitted")
+            if row.attach_state == "detaching":
+                raise WrongState(f"volume {row.id} is already being detached", resource="volume",
+                                 ec2_code="IncorrectState")
+            owner = await s.get(Instance, row.instance_id)
             if dry_run:
                 raise DryRunPassed("DetachVolume would have succeeded")
-            detached = Volume(id=row.id, instance_id=row.instance_id, device=row.device,
-                              attach_time=row.attach_time, attach_state="detaching",
-                              delete_on_termination=row.delete_on_termination)
-            row.instance_id = row.device = row.attach_state = row.attach_time = None
-            row.state = "available"
-        return detached
+            before = Volume(id=row.id, instance_id=row.instance_id, device=row.device,
+                            attach_time=row.attach_time, attach_state="detaching",
+                            delete_on_termination=row.delete_on_termination)
+            op = None
+            if owner is None or owner.state in ("stopped", "terminated"):
+                row.instance_id = row.device = row.attach_state = row.attach_time = None
+                row.state = "available"
+            else:
+                row.attach_state = "detaching"
+                op = self.ctrl.ops.new("volume-detach", account_id=caller.account_id,
+                                       target_kind="volume", target_id=row.id,
+                                       requested_by=caller.access_key_id,
+                                       params={"instance_id": owner.id, "force": force,
+                                               "timeout": timeout})
+                s.add(op)
+        if op is not None:
+            self.ctrl.ops.start(op)
+        return before, op
+
+    async def _detach(self, ctx: Any) -> dict[str, Any]:
+        iid, force = ctx.params["instance_id"], bool(ctx.params.get("force"))
+        timeout = float(ctx.params.get("timeout") or 20.0)
+        async with self.ctrl.instances.lock(iid):
+            async with self.ctrl.store.read() as s:
+                row = await s.get(Volume, ctx.target_id)
+                inst = await s.get(Instance, iid)
+            if row is None or row.instance_id != iid:
+                return {"volume_id": ctx.target_id, "changed": "meanwhile"}
+            how = "recorded"
+            if inst is not None and inst.state in ("running", "pending", "stopping"):
+                node = self.ctrl.node(inst.node_id)
+                await ctx.progress(0.2, f"asking {inst.name} to release {row.id}")
+                try:
+                    how = "unplugged" if await node.volume_detach(iid, row.id, timeout) \
+                        else "recorded"
+                except GuestHoldsDisk as err:
+                    if not force:
+                        await self._set(row.id, attach_state="attached")
+                        raise
+                    await ctx.progress(0.5, f"{err.message}; forcing: restarting {inst.name} "
+                                            "without the volume")
+                    how = await self._restart_without(inst, row.id)
+            await self._release(row.id, iid)
+        return {"volume_id": row.id, "instance_id": iid, "how": how}
+
+    async def _restart_without(self, inst: Instance, vid: str) -> str:
+        """Force: power the instance off (the disk goes with QEMU), release the volume, start
+        the instance again without it. The caller holds the instance's lock."""
+        mgr = self.ctrl.instances
+        node = self.ctrl.node(inst.node_id)
+        await node.instance_stop(inst.id, mgr._timeout(inst, None))
+        await self._release(vid, inst.id)
+        async with self.ctrl.store.read() as s:
+            fresh = await s.get(Instance, inst.id)
+            spec = await mgr.spec(s, fresh) if fresh is not None else None
+        if spec is not None and fresh is not None and fresh.desired_state == "running":
+            pid = await node.instance_start(spec)
+            await mgr._set(inst.id, pid=pid, state="running")
+        return "forced (instance restarted)"
 
     async def on_instance_terminated(self, s: AsyncSession, iid: str) -> builtins.list[str]:
         """Detach the instance's volumes; returns those to delete (DeleteOnTermination)."""
@@ -234,99 +457,26 @@ class Volumes:
                 doomed.append(row.id)
         return doomed
 
-    # -- snapshots -------------------------------------------------------------------------
-    async def snapshot(self, caller: Caller, vid: str, description: str = "",
-                       tags: dict[str, str] | None = None, dry_run: bool = False
-                       ) -> tuple[Snapshot, Operation]:
-        if len(description) > 255:
-            raise Invalid("Description is at most 255 characters", field="Description")
-        async with self.ctrl.store.write() as s:
-            vol = await self.resolve(s, caller, vid)
-            if vol.state not in ("available", "in-use"):
-                raise WrongState(f"volume {vid} is {vol.state}", resource="volume",
-                                 ec2_code="IncorrectState")
-            row = Snapshot(id=ids.new_id("snapshot"), account_id=caller.account_id,
-                           node_id=vol.node_id, volume_id=vid, volume_size=vol.size,
-                           state="pending", description=description, created_at=utcnow())
-            s.add(row)
-            if tags:
-                await self.ctrl.tags.apply(s, caller.account_id, row.id, "snapshot", tags)
-            if dry_run:
-                raise DryRunPassed("CreateSnapshot would have succeeded")
-            op = self.ctrl.ops.new("snapshot-create", account_id=caller.account_id,
-                                   target_kind="snapshot", target_id=row.id,
-                                   requested_by=caller.access_key_id)
-            s.add(op)
-        self.ctrl.ops.start(op)
-        return row, op
+    # -- root volumes (EBS-style images) ----------------------------------------------------
+    def new_root(self, inst: Instance, image: Image) -> Volume:
+        """The root volume of an instance of an EBS-style image: made from the image's root
+        snapshot when the instance is created, deleted with it (DeleteOnTermination)."""
+        size = max(1, -(-inst.disk_size // GIB))
+        inst.disk_size = size * GIB
+        return Volume(id=ids.new_id("volume"), account_id=inst.account_id, node_id=inst.node_id,
+                      size=size, state="creating", volume_type="standard",
+                      availability_zone=self.ctrl.settings.availability_zone,
+                      snapshot_id=image.root_snapshot_id, instance_id=inst.id,
+                      device=ROOT_DEVICE, attach_state="attached", attach_time=utcnow(),
+                      delete_on_termination=True, created_at=utcnow())
 
-    async def _snapshot(self, ctx: Any) -> dict[str, Any]:
+    async def ensure_root(self, iid: str) -> None:
+        """Make the instance's root volume on its node if it is still to be made (idempotent)."""
         async with self.ctrl.store.read() as s:
-            row = await s.get(Snapshot, ctx.target_id)
-        if row is None or row.state != "pending":
-            return {}
-        try:
-            await self.ctrl.node(row.node_id).snapshot_create(row.id, row.volume_id)
-        except Exception as err:
-            await self._set_snapshot(row.id, state="error", error=str(err))
-            raise
-        await self._set_snapshot(row.id, state="completed", progress=100)
-        return {"snapshot_id": row.id}
-
-    async def _drop_image_root(self, image_id: str) -> None:
-        """A deregistered image's root disk goes with the last snapshot of it, unless another
-        image or an instance still uses it."""
-        async with self.ctrl.store.read() as s:
-            image = await s.get(Image, image_id)
-            if image is None or image.state != "deregistered" or not image.digest:
-                return
-            others = await s.scalar(select(Image.id).where(Image.digest == image.digest,
-                                                           Image.state != "deregistered"))
-            users = await s.scalar(select(Instance.id).where(Instance.image_id == image_id,
-                                                             Instance.state != "terminated"))
-        if not others and not users and self.ctrl.nodes:
-            await self.ctrl.node(next(iter(self.ctrl.nodes))).image_delete(image.digest)
-
-    async def _set_snapshot(self, sid: str, **values: Any) -> None:
-        async with self.ctrl.store.write() as s:
-            row = await s.get(Snapshot, sid)
-            if row is not None:
-                for k, v in values.items():
-                    setattr(row, k, v)
-
-    async def delete_snapshot(self, caller: Caller, sid: str, dry_run: bool = False) -> None:
-        async with self.ctrl.store.write() as s:
-            row = await self.resolve_snapshot(s, caller, sid)
-            user = await s.scalar(select(Image.id).where(Image.root_snapshot_id == sid,
-                                                         Image.state != "deregistered"))
-            if user:
-                raise WrongState(f"snapshot {sid} is the root of image {user}; deregister it "
-                                 "first", resource="snapshot", ec2_code="InvalidSnapshot.InUse")
-            if row.state == "pending":
-                raise WrongState(f"snapshot {sid} is still pending", resource="snapshot",
-                                 ec2_code="IncorrectState")
-            if dry_run:
-                raise DryRunPassed("DeleteSnapshot would have succeeded")
-            row.state = "deleting"
-            op = self.ctrl.ops.new("snapshot-delete", account_id=caller.account_id,
-                                   target_kind="snapshot", target_id=sid,
-                                   requested_by=caller.access_key_id)
-            s.add(op)
-        self.ctrl.ops.start(op)
-
-    async def _snapshot_delete(self, ctx: Any) -> dict[str, Any]:
-        async with self.ctrl.store.read() as s:
-            row = await s.get(Snapshot, ctx.target_id)
-        if row is None:
-            return {}
-        if row.image_id is None and row.node_id is not None:
-            await self.ctrl.node(row.node_id).snapshot_delete(row.id)
-        elif row.image_id is not None:
-            await self._drop_image_root(row.image_id)
-        async with self.ctrl.store.write() as s:
-            obj = await s.get(Snapshot, row.id)
-            if obj is not None:
-                await self.ctrl.tags.drop(s, obj.id)
-                await s.delete(obj)
-        return {"snapshot_id": row.id}
-
+            row = await self.root_of(s, iid)
+            inst = await s.get(Instance, iid)
+            image = await s.get(Image, inst.image_id) if inst is not None else None
+        if row is None or row.state != "creating" or image is None:
+            return
+        await self.make(row, image.digest)
+        await self._set(row.id, state="in-use")

@@ -22,11 +22,23 @@ from corral.fsutil import atomic_write, pid_alive, proc_cmdline
 from corral.images.store import ImageStore
 from corral.node.driver import cgroups, probe, qemu
 from corral.node.driver.machine import Machine, find_pid, read_exit
-from corral.node.net import dnsmasq, firewall, forward, links, netns, nft, publicdns, shaping, uplink
+from corral.node.net import (
+    dnsmasq,
+    firewall,
+    forward,
+    links,
+    netns,
+    nft,
+    publicdns,
+    reach,
+    shaping,
+    uplink,
+)
 from corral.node.spec import (
     Accel,
     ExitInfo,
     ForwardInfo,
+    HealthCheck,
     HostRecord,
     InstanceSpec,
     NetworkSpec,
@@ -35,6 +47,7 @@ from corral.node.spec import (
     PolicySpec,
 )
 from corral.node.storage import overlays, volumes
+from corral.node.volume_agent import VolumeAgent
 from corral.proc import arun
 
 log = logging.getLogger(__name__)
@@ -70,7 +83,7 @@ def check_host(settings: Settings) -> None:
             "choose another with --state-dir or fix its permissions") from err
 
 
-class NodeAgent:
+class NodeAgent(VolumeAgent):
     def __init__(self, settings: Settings, on_exit: ExitHandler | None = None) -> None:
         self.settings = settings
         self.on_exit = on_exit
@@ -275,12 +288,18 @@ class NodeAgent:
     async def instance_create(self, spec: InstanceSpec) -> None:
         """Disk, tap and spec file (idempotent)."""
         manifest = self.images.get_manifest(spec.image)
-        overlays.check_size(spec.disk_size, manifest.root_disk.virtual_size or 0)
         paths = self.paths(spec.id)
+        if spec.root_volume is not None:  # EBS-style: the controller made the root volume
+            if not self._volume(spec.root_volume).exists():
+                raise NotFound(f"the root volume {spec.root_volume} of {spec.id} is not on "
+                               "this node", resource="volume")
+        else:
+            overlays.check_size(spec.disk_size, manifest.root_disk.virtual_size or 0)
         paths.dir.mkdir(parents=True, exist_ok=True)
         atomic_write(paths.spec, spec.model_dump_json(indent=2))
-        await overlays.create(paths.disk, self.images.root_disk_path(manifest),
-                              manifest.root_disk.format, spec.disk_size)
+        if spec.root_volume is None:
+            await overlays.create(paths.disk, self.images.root_disk_path(manifest),
+                                  manifest.root_disk.format, spec.disk_size)
         await links.ensure_tap(spec.network.namespace, spec.tap, spec.network.bridge)
         policy = self._policies.get(spec.network.id)
         port = next((p for p in policy.ports if p.tap == spec.tap), None) if policy else None
@@ -389,46 +408,7 @@ class NodeAgent:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
 
-    # -- volumes, snapshots and captured images --------------------------------------------
-    @property
-    def volume_dir(self) -> Path:
-        return self.settings.state_dir / "volumes"
-
-    @property
-    def snapshot_dir(self) -> Path:
-        return self.settings.state_dir / "snapshots"
-
-    def _volume(self, vid: str) -> Path:
-        return self.volume_dir / f"{vid}.qcow2"
-
-    def _snapshot(self, sid: str) -> Path:
-        return self.snapshot_dir / f"{sid}.qcow2"
-
-    async def volume_create(self, vid: str, size: int, snapshot_id: str | None = None,
-                            image_digest: str | None = None) -> None:
-        """An empty volume, or one holding a snapshot's or an image's root disk (idempotent)."""
-        source = None
-        if snapshot_id is not None:
-            source = self._snapshot(snapshot_id)
-        elif image_digest is not None:
-            source = self.images.root_disk_path(self.images.get_manifest(image_digest))
-        if source is not None and not source.exists():
-            raise NotFound(f"the source of volume {vid} ({source.name}) is not on this node",
-                           resource="snapshot")
-        await volumes.create(self._volume(vid), size, source)
-
-    async def volume_delete(self, vid: str) -> None:
-        volumes.remove(self._volume(vid))
-
-    async def snapshot_create(self, sid: str, vid: str) -> None:
-        source = self._volume(vid)
-        if not source.exists():
-            raise NotFound(f"volume {vid} has no disk on this node", resource="volume")
-        await volumes.flatten(source, self._snapshot(sid))
-
-    async def snapshot_delete(self, sid: str) -> None:
-        volumes.remove(self._snapshot(sid))
-
+    # -- captured images -------------------------------------------------------------------
     async def image_capture(self, base_digest: str, name: str, version: str, description: str,
                             instance_id: str | None = None, snapshot_id: str | None = None,
                             ) -> str:
@@ -436,7 +416,10 @@ class NodeAgent:
         an instance's disk or taken from a snapshot; returns its manifest digest."""
         base = self.images.get_manifest(base_digest)
         if instance_id is not None:
+            spec = self._spec(instance_id)
             source = self.paths(instance_id).disk
+            if spec is not None and spec.root_volume is not None:
+                source = self._volume(spec.root_volume)
         elif snapshot_id is not None:
             source = self._snapshot(snapshot_id)
         else:
@@ -501,6 +484,26 @@ class NodeAgent:
             await fwd.start()
             self.forwards[(iid, port)] = fwd
         return ForwardInfo(host="127.0.0.1", port=fwd.local_port)
+
+    async def health_check(self, address: str, check: HealthCheck) -> str:
+        """One attempt at ``check`` against ``address`` from the node's namespace: "" when the
+        server answers, else what went wrong."""
+        return await reach.check(self.settings.namespace, address, check)
+
+    async def instance_relink(self, iid: str, down: float = 0.3) -> bool:
+        """Pull the instance's network cable and plug it back: a guest watching its link asks
+        DHCP for its address again (after its address moved). False when it does not run."""
+        m = self.machines.get(iid)
+        if m is None or not m.running or m.qmp is None:
+            return False
+        await m.qmp.set_link("nic0", False)
+        await asyncio.sleep(down)
+        await m.qmp.set_link("nic0", True)
+        return True
+
+    async def address_moved(self, network: NetworkSpec, address: str) -> None:
+        """``address`` now belongs to another MAC: forget the old link-layer entry."""
+        await reach.forget_neighbour(network.namespace, network.bridge, address)
 
     async def ping(self, address: str, count: int = 1) -> bool:
         out = await arun(["ip", "netns", "exec", self.settings.namespace, "ping", "-c", str(count),

@@ -14,6 +14,7 @@ from corral.node.spec import (
     Accel,
     ExitInfo,
     ForwardInfo,
+    HealthCheck,
     HostRecord,
     InstanceSpec,
     NetworkSpec,
@@ -36,6 +37,9 @@ class FakeNode:
         self.policies: dict[str, PolicySpec] = {}
         self.dns: dict[str, str] = {}
         self.fail_start: set[str] = set()
+        self.plugged: dict[str, set[str]] = {}  # instance -> volumes hot-plugged
+        self.held: set[str] = set()  # volumes the "guest" refuses to release
+        self.unhealthy: set[str] = set()  # addresses whose health check fails
         self.calls: list[tuple[str, str]] = []
         self._pids = itertools.count(10000)
 
@@ -71,6 +75,7 @@ class FakeNode:
         self.specs[spec.id] = spec
         if spec.id not in self.running:
             self.running[spec.id] = next(self._pids)
+            self.plugged[spec.id] = {v.id for v in spec.volumes}
         self.exits.pop(spec.id, None)
         return self.running[spec.id]
 
@@ -106,7 +111,8 @@ class FakeNode:
         return ForwardInfo(host="127.0.0.1", port=1)
 
     async def volume_create(self, vid: str, size: int, snapshot_id: str | None = None,
-                            image_digest: str | None = None) -> None:
+                            image_digest: str | None = None, fs: str | None = None,
+                            label: str = "") -> None:
         self.calls.append(("volume_create", vid))
         if snapshot_id is not None and snapshot_id not in self.snapshots:
             raise NotFound(f"snapshot {snapshot_id} is not on this node", resource="snapshot")
@@ -116,11 +122,48 @@ class FakeNode:
         self.calls.append(("volume_delete", vid))
         self.volumes.pop(vid, None)
 
-    async def snapshot_create(self, sid: str, vid: str) -> None:
+    async def volume_attach(self, iid: str, vid: str) -> bool:
+        self.calls.append(("volume_attach", vid))
+        if iid not in self.running:
+            return False
+        self.plugged.setdefault(iid, set()).add(vid)
+        return True
+
+    async def volume_detach(self, iid: str, vid: str, timeout: float = 20.0) -> bool:
+        self.calls.append(("volume_detach", vid))
+        if iid not in self.running:
+            return False
+        if vid in self.held:
+            from corral.node.driver.hotplug import GuestHoldsDisk
+
+            raise GuestHoldsDisk(f"the guest did not release {vid} within {timeout:.0f} s",
+                                 resource="volume")
+        self.plugged.get(iid, set()).discard(vid)
+        return True
+
+    async def instance_volumes(self, iid: str) -> list[str]:
+        return sorted(self.plugged.get(iid, set())) if iid in self.running else []
+
+    async def snapshot_create(self, sid: str, vid: str, instance_id: str | None = None) -> str:
         self.calls.append(("snapshot_create", sid))
         if vid not in self.volumes:
             raise NotFound(f"volume {vid} is not on this node", resource="volume")
         self.snapshots[sid] = vid
+        return "live" if instance_id in self.running else "offline"
+
+    async def health_check(self, address: str, check: HealthCheck) -> str:
+        self.calls.append(("health_check", address))
+        return "" if address not in self.unhealthy else f"{address}:{check.port} refused"
+
+    async def instance_relink(self, iid: str, down: float = 0.3) -> bool:
+        self.calls.append(("relink", iid))
+        return iid in self.running
+
+    async def ping(self, address: str, count: int = 1) -> bool:
+        return address not in self.unhealthy
+
+    async def address_moved(self, network: NetworkSpec, address: str) -> None:
+        self.calls.append(("address_moved", address))
 
     async def snapshot_delete(self, sid: str) -> None:
         self.calls.append(("snapshot_delete", sid))

@@ -41,6 +41,16 @@ class InstanceSpec(BaseModel):
     tap: str
     cmdline_extra: str = ""
     volumes: list[VolumeAttachment] = Field(default_factory=list)
+    root_volume: str | None = None  # EBS-style: the root disk is this volume, not an overlay
+
+
+class HealthCheck(BaseModel):
+    """How to tell that a server answers: a TCP connection to ``port``, or with ``path`` an
+    HTTP GET answered with a status below 400."""
+
+    port: int = Field(22, ge=1, le=65535)
+    path: str | None = None
+    timeout: float = 2.0  # per attempt
 
 
 class ExitInfo(BaseModel):

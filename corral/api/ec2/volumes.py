@@ -1,6 +1,7 @@
 """Volumes and snapshots: Create/Delete/Describe/Attach/DetachVolume(s) and
-Create/Delete/DescribeSnapshot(s). Volumes are qcow2 files on the node; an attachment reaches
-the guest at its next start (hot-plug comes with the images/volumes work)."""
+Create/Delete/DescribeSnapshot(s), on the controller's volumes and snapshots (the native API's
+too): qcow2 files on the node, hot-plugged into running instances over QMP, snapshots copied
+while the guest writes."""
 
 from __future__ import annotations
 
@@ -62,16 +63,16 @@ async def volume_delete(call: Call) -> dict[str, Any]:
 @action("AttachVolume")
 async def volume_attach(call: Call) -> dict[str, Any]:
     p = call.p
-    row = await call.ctrl.volumes.attach(call.caller, p.need("VolumeId"), p.need("InstanceId"),
-                                         p.need("Device"), call.dry_run)
+    row, _ = await call.ctrl.volumes.attach(call.caller, p.need("VolumeId"),
+                                            p.need("InstanceId"), p.need("Device"), call.dry_run)
     return attachment(row, "attaching")
 
 
 @action("DetachVolume")
 async def volume_detach(call: Call) -> dict[str, Any]:
     p = call.p
-    row = await call.ctrl.volumes.detach(call.caller, p.need("VolumeId"), p.get("InstanceId"),
-                                         p.flag("Force"), call.dry_run)
+    row, _ = await call.ctrl.volumes.detach(call.caller, p.need("VolumeId"),
+                                            p.get("InstanceId"), p.flag("Force"), call.dry_run)
     return attachment(row, "detaching")
 
 
@@ -117,7 +118,7 @@ def views_time(when: Any) -> str:
 async def snapshot_create(call: Call) -> dict[str, Any]:
     p = call.p
     wanted = tags.check(p.tag_specs(("snapshot",)).get("snapshot", {}))
-    row, _ = await call.ctrl.volumes.snapshot(call.caller, p.need("VolumeId"),
+    row, _ = await call.ctrl.snapshots.create(call.caller, p.need("VolumeId"),
                                               p.get("Description", "") or "", wanted,
                                               call.dry_run)
     return snapshot_item(row, {row.id: wanted})
@@ -125,7 +126,7 @@ async def snapshot_create(call: Call) -> dict[str, Any]:
 
 @action("DeleteSnapshot")
 async def snapshot_delete(call: Call) -> dict[str, Any]:
-    await call.ctrl.volumes.delete_snapshot(call.caller, call.p.need("SnapshotId"),
+    await call.ctrl.snapshots.delete(call.caller, call.p.need("SnapshotId"),
                                             call.dry_run)
     return {"return": True}
 
@@ -137,7 +138,7 @@ async def snapshot_describe(call: Call) -> dict[str, Any]:
     check_ids(wanted, "snapshot", "SnapshotId")
     owners = p.strings("Owner")
     me = call.caller.account_id
-    rows = await call.ctrl.volumes.list_snapshots(call.caller)
+    rows = await call.ctrl.snapshots.list(call.caller)
     if owners and not any(o in ("self", me) for o in owners):
         rows = []  # snapshots are never shared between accounts here
     restorable = p.strings("RestorableBy")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import uuid
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.errors import EnvironmentProblem
+from corral.node.driver import hotplug
 from corral.node.spec import InstanceSpec
 from corral.proc import need, run
 
@@ -127,21 +129,24 @@ def argv(spec: InstanceSpec, paths: Paths, *, accel: str, machine: str, kernel: 
             args += ["-initrd", str(initrd)]
         full = " ".join(x for x in (cmdline, spec.cmdline_extra) if x)
         args += ["-append", full]
+    root = paths.disk
+    if spec.root_volume is not None and volume_dir is not None:
+        root = volume_dir / f"{spec.root_volume}.qcow2"  # EBS-style: the root is a volume
     args += [
-        "-drive", f"file={paths.disk},if=none,id=root,format=qcow2,discard=unmap,cache=writeback",
+        "-drive", f"file={root},if=none,id=root,format=qcow2,discard=unmap,cache=writeback",
         # with -kernel, bootindex 0 is the kernel loader's; boot from the disk otherwise
         "-device", "virtio-blk-pci,drive=root,id=root-disk"
         + (",bootindex=0" if kernel is None else ""),
     ]
     for vol in spec.volumes if volume_dir is not None else []:
         assert volume_dir is not None
-        # the serial is the volume id without its dash (20 characters, QEMU's limit), as on EC2
-        args += [
-            "-drive", f"file={volume_dir / (vol.id + '.qcow2')},if=none,id={vol.id},"
-            "format=qcow2,discard=unmap,cache=writeback",
-            "-device", f"virtio-blk-pci,drive={vol.id},id=disk-{vol.id},"
-            f"serial={vol.id.replace('-', '')[:20]}",
-        ]
+        # the same block node and device as a hot-plug makes (hotplug.py), so either way
+        # the volume is unplugged alike; the serial is the volume id without its dash
+        node = hotplug.blockdev(vol.id, volume_dir / f"{vol.id}.qcow2")
+        dev = hotplug.device(vol.id)
+        args += ["-blockdev", json.dumps(node, separators=(",", ":")),
+                 "-device", ",".join([dev["driver"]] + [f"{k}={v}" for k, v in dev.items()
+                                                        if k != "driver"])]
     args += [
         "-netdev", f"tap,id=net0,ifname={spec.tap},script=no,downscript=no",
         "-device", f"virtio-net-pci,netdev=net0,mac={spec.mac},id=nic0",

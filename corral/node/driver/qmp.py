@@ -5,13 +5,14 @@ A QMP socket takes one client: the agent holds this one; ``qmp-debug.sock`` is f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import QMPClient
+from qemu.qmp import EventListener, QMPClient
 from qemu.qmp.error import QMPError
 
 from corral.errors import CorralError
@@ -89,6 +90,14 @@ class Qmp:
         with self.client.listener() as listener:
             async for event in listener:
                 yield dict(event)
+
+    def listener(self, names: list[str]) -> contextlib.AbstractContextManager[EventListener]:
+        """A queue of the named events from now on (open it before the command that causes
+        them, so none is missed)."""
+        return self.client.listener(names)
+
+    async def set_link(self, nic: str, up: bool) -> None:
+        await self.execute("set_link", {"name": nic, "up": up})
 
     async def close(self) -> None:
         self.state = LinkState.CLOSED

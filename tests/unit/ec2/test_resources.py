@@ -181,6 +181,8 @@ async def test_volumes_and_snapshots(world: World) -> None:
     det = await ec2.call("DetachVolume", VolumeId=vid)
     assert det["State"] == "detaching"
     await ec2.fails("IncorrectState", "DetachVolume", VolumeId=vid)
+    await world.settle()  # the instance runs: the disk is unplugged by an operation
+    assert ("volume_detach", vid) in world.node.calls
     await ec2.call("DeleteVolume", VolumeId=vid)
     await world.settle()
     await ec2.fails("InvalidVolume.NotFound", "DescribeVolumes", VolumeIds=[vid])

@@ -1,0 +1,301 @@
+"""Replace benchmark: how long a server's DNS name does not answer while it is upgraded.
+
+An appliance (one tiny web server, busybox httpd, with a 1 GiB data volume and an HTTP health
+check) is upgraded back and forth between two images, alternately by
+
+* ``corral replace`` (the new instance boots beside the old one on an address of its own and
+  passes its health check; then the old one stops, name, address and volume move, the new one
+  re-asks DHCP: see corral/controller/replace.py), and
+* the naive upgrade as a user would script it with the same API: stop and remove the old
+  instance, run the new image with the same name, address and user-data, attach the volume.
+
+A prober inside Corral's network namespace, every 50 ms, resolves the name with the node's
+dnsmasq and connects to the service port of the address it got (0.5 s timeout per attempt). The
+outage is the time from the start of the first failed probe to the start of the next good one
+(the sum of such gaps during an upgrade; the resolution is the probe period); each gap is kept
+with its start relative to the request. The upgrade's own duration (request to done) and the
+server's cutover time (old stopping -> new healthy at the old address) are reported beside it.
+
+    sudo .venv/bin/python -m bench.replace [--runs 5] [--image tiny|debian]
+
+With ``--image debian`` the server is Debian (python3's http.server) upgraded from debian:12 to
+itself (a new instance all the same); it boots in about 60-90 s under TCG, so use few runs."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.query
+import dns.rdatatype
+
+from bench.common import Daemon, machine, median, new_daemon, write_results
+from corral import models
+from corral.appliances import render
+from corral.appliances import spec as specs
+from corral.images.recipe import BUILTIN
+from corral.node.net import netns
+
+PERIOD = 0.05
+PROBE_TIMEOUT = 0.5
+
+TINY = """\
+name = "bench"
+
+[services.web]
+image = "{image}"
+run = "ln -sfn /srv/data /srv/www/data; httpd -p 80 -h /srv/www"
+health = {{ port = 80, path = "/health", timeout = 120 }}
+
+[services.web.files]
+"/srv/www/health" = {{ content = "ok\\n" }}
+
+[[services.web.volumes]]
+name = "data"
+size = "1G"
+mount = "/srv/data"
+"""
+
+DEBIAN = """\
+name = "bench"
+
+[services.web]
+image = "{image}"
+memory = "512M"
+run = '''mkdir -p /srv/www &&
+(setsid python3 -m http.server 80 -d /srv/www > /dev/null 2>&1 < /dev/null &)'''
+health = {{ port = 80, path = "/health", timeout = 400 }}
+
+[services.web.files]
+"/srv/www/health" = {{ content = "ok\\n" }}
+
+[[services.web.volumes]]
+name = "data"
+size = "1G"
+mount = "/srv/data"
+"""
+
+
+class Prober(threading.Thread):
+    """Resolve NAME with dnsmasq and connect to its port 80, every PERIOD, in the namespace."""
+
+    def __init__(self, d: Daemon, name: str) -> None:
+        super().__init__(daemon=True)
+        st = d.settings
+        self.ns = st.namespace
+        self.fqdn = f"{name}.{st.domain}"
+        self.dns = str(next(ipaddress.ip_network(st.subnet).hosts()))
+        self.samples: list[tuple[float, bool]] = []
+        self.running = True
+
+    def probe(self) -> bool:
+        try:
+            udp = netns.socket_in(self.ns, socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                q = dns.message.make_query(self.fqdn, dns.rdatatype.A)
+                answer = dns.query.udp(q, self.dns, timeout=PROBE_TIMEOUT, sock=udp)
+            finally:
+                udp.close()
+            addresses = [str(rr) for rrset in answer.answer for rr in rrset]
+            if not addresses:
+                return False
+            tcp = netns.socket_in(self.ns)
+            tcp.settimeout(PROBE_TIMEOUT)
+            try:
+                tcp.connect((addresses[0], 80))
+                return True
+            finally:
+                tcp.close()
+        except (OSError, dns.exception.DNSException):
+            return False
+
+    def run(self) -> None:
+        nxt = time.monotonic()
+        while self.running:
+            start = time.monotonic()
+            self.samples.append((start, self.probe()))
+            nxt = max(nxt + PERIOD, time.monotonic())
+            time.sleep(max(0.0, nxt - time.monotonic()))
+
+    def outage(self, since: float, until: float) -> list[tuple[float, float]]:
+        """The gaps without a good answer between ``since`` and ``until``: (start relative to
+        ``since``, length) each."""
+        gaps: list[tuple[float, float]] = []
+        down_at = None
+        for t, ok in self.samples:
+            if t < since:
+                continue
+            if t > until and down_at is None:
+                break
+            if not ok and down_at is None:
+                down_at = t
+            elif ok and down_at is not None:
+                gaps.append((round(down_at - since, 3), round(t - down_at, 3)))
+                down_at = None
+        if down_at is not None:
+            gaps.append((round(down_at - since, 3), round(self.samples[-1][0] - down_at, 3)))
+        return gaps
+
+
+def tiny_next(work: Path) -> Path:
+    """The tiny recipe as tiny-next:2 (another image, the same software)."""
+    d = work / "tiny-next"
+    shutil.copytree(BUILTIN / "tiny", d)
+    text = (d / "recipe.toml").read_text().replace('name = "tiny"', 'name = "tiny-next"')
+    (d / "recipe.toml").write_text(text.replace('version = "1"', 'version = "2"'))
+    return d
+
+
+def wait(c: Any, op: models.Operation | None, timeout: float = 900) -> models.Operation | None:
+    deadline = time.monotonic() + timeout
+    while op is not None and op.status not in ("succeeded", "failed", "cancelled"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"operation {op.id} still {op.status}")
+        op = c.operation_wait(op.id, timeout=60)
+    if op is not None and op.status != "succeeded":
+        raise RuntimeError(f"operation {op.id} {op.status}: {op.error}")
+    return op
+
+
+def healthy(prober: Prober, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if prober.samples and prober.samples[-1][1]:
+            return
+        time.sleep(0.1)
+    raise RuntimeError("the server did not come back")
+
+
+def upgrade_replace(c: Any, image: str, timeout: float) -> dict[str, Any]:
+    acc = c.instance_replace("web", models.ReplaceRequest(image=image, timeout=timeout))
+    op = wait(c, acc.operation)
+    assert op is not None
+    events = c.operation_events(op.id)
+    stop = next((e.time for e in events if "stopping the old" in e.message), None)
+    return {"cutover_seconds": op.result.get("cutover_seconds"),
+            "cutover_began_after": round((stop - op.created_at).total_seconds(), 3)
+            if stop is not None else None}
+
+
+def upgrade_naive(c: Any, image: str, timeout: float) -> dict[str, Any]:
+    """Stop the old, run the new with the same name, address, user-data; attach the volume."""
+    old = c.instance_show("web")
+    wait(c, c.instance_terminate("web", timeout=30).operation)
+    req = models.InstanceCreate(image=image, name="web", memory=f"{old.memory >> 20}M",
+                                address=old.private_ip, user_data=NAIVE_USER_DATA["text"],
+                                public_keys=[sshkey_line()])
+    acc = c.instance_run(req)
+    c.volume_attach("web-data", models.VolumeAttach(instance=acc.instance.id))
+    wait(c, acc.operation)
+    return {}
+
+
+NAIVE_USER_DATA: dict[str, str] = {"text": ""}
+
+
+def sshkey_line() -> str:
+    return NAIVE_USER_DATA["key"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=5, help="upgrades of each kind")
+    ap.add_argument("--image", choices=("tiny", "debian"), default="tiny")
+    args = ap.parse_args()
+    info = machine()
+    d = new_daemon()
+    work = Path(tempfile.mkdtemp(prefix="bench-replace-"))
+    results: dict[str, list[dict[str, Any]]] = {"replace": [], "naive": []}
+    try:
+        d.start()
+        if args.image == "tiny":
+            d.cli("image", "build", "tiny", timeout=900).ok()
+            d.cli("image", "build", str(tiny_next(work)), timeout=900).ok()
+            images, text, boot = ["tiny:1", "tiny-next:2"], TINY, 120.0
+        else:
+            d.cli("image", "build", "debian", timeout=3600).ok()
+            images, text, boot = ["debian:12", "debian:12"], DEBIAN, 400.0
+        path = work / "bench.toml"
+        path.write_text(text.format(image=images[0]))
+        d.cli("apply", str(path), timeout=900).ok()
+        c = d.client()
+        # the naive upgrade gives the new instance the same user-data the appliance has
+        desired = render.desired(specs.load(path), {"web": "-"}, d.settings.domain)
+        NAIVE_USER_DATA["text"] = desired[0].user_data
+        NAIVE_USER_DATA["key"] = (d.home / "corral" / "id_ed25519.pub").read_text().strip()
+        d.ssh("web", "echo bench | $(command -v sudo) tee /srv/data/proof > /dev/null && sync"
+              ).ok()
+        prober = Prober(d, "web")
+        prober.start()
+        healthy(prober, boot)
+        current = 0
+        for n in range(args.runs * 2):
+            kind = "replace" if n % 2 == 0 else "naive"
+            target = images[1 - current]
+            time.sleep(2.0)  # steady state before
+            start = time.monotonic()
+            extra = (upgrade_replace if kind == "replace" else upgrade_naive)(c, target, boot)
+            healthy(prober, boot)
+            end = time.monotonic()
+            time.sleep(1.0)
+            gaps = prober.outage(start, end)
+            down = sum(length for _, length in gaps)
+            proof = d.ssh("web", "cat /srv/data/proof").out.strip()
+            row = {"kind": kind, "to": target, "outage_seconds": round(down, 3),
+                   "gaps": gaps, "upgrade_seconds": round(end - start, 3),
+                   "data_kept": proof == "bench", "load": list(os.getloadavg()),
+                   **extra}
+            results[kind].append(row)
+            print(row, flush=True)
+            current = 1 - current
+        prober.running = False
+        prober.join(5)
+    finally:
+        d.teardown()
+        shutil.rmtree(work, ignore_errors=True)
+    rep = [r["outage_seconds"] for r in results["replace"]]
+    naive = [r["outage_seconds"] for r in results["naive"]]
+    rep_up = [r["upgrade_seconds"] for r in results["replace"]]
+    naive_up = [r["upgrade_seconds"] for r in results["naive"]]
+    cut = [r["cutover_seconds"] for r in results["replace"] if r.get("cutover_seconds")]
+    data = {"machine": info, "image": args.image, "runs": args.runs, "period": PERIOD,
+            "probe_timeout": PROBE_TIMEOUT, "results": results,
+            "median": {"replace_outage": median(rep), "naive_outage": median(naive),
+                       "replace_upgrade": median(rep_up), "naive_upgrade": median(naive_up),
+                       "replace_cutover_server": median(cut)}}
+    ratio = median(naive) / median(rep) if median(rep) else float("nan")
+    summary = "\n".join([
+        f"# replace outage ({args.image}, {args.runs} upgrades each way, probe every "
+        f"{PERIOD * 1000:.0f} ms)",
+        "",
+        "Time the DNS name does not answer: dnsmasq lookup + TCP connect to port 80 from "
+        f"inside Corral's namespace, {PROBE_TIMEOUT} s timeout per probe. Each run's gaps "
+        "(start after the request, length) are in the JSON.",
+        "",
+        "| upgrade | outage median | outage min-max | whole upgrade median | data kept |",
+        "|---|---:|---:|---:|---|",
+        f"| `corral replace` | {median(rep):.2f} s | {min(rep):.2f}-{max(rep):.2f} s | "
+        f"{median(rep_up):.1f} s | {all(r['data_kept'] for r in results['replace'])} |",
+        f"| naive stop-then-start (baseline) | {median(naive):.2f} s | "
+        f"{min(naive):.2f}-{max(naive):.2f} s | {median(naive_up):.1f} s | "
+        f"{all(r['data_kept'] for r in results['naive'])} |",
+        "",
+        f"Outage ratio naive / replace: {ratio:.1f}x. Server-side cutover (old stopping -> "
+        f"new healthy at the old address) median {median(cut):.2f} s.",
+        f"Load average at start {info['loadavg_start'][0]:.2f}, at end "
+        f"{os.getloadavg()[0]:.2f} (2 cores, TCG).",
+    ])
+    write_results(f"replace-{args.image}" if args.image != "tiny" else "replace", data, summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Waiting until a server answers its health check (from the node's namespace), with a
+deadline; the check is one TCP connection, or an HTTP GET answered below 400."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from corral.node.spec import HealthCheck
+from corral.store.models import Instance
+
+if TYPE_CHECKING:
+    from corral.controller.service import Controller
+
+INTERVAL = 0.1
+PASSES = 3  # consecutive answers that count as healthy (one lucky answer of a flapping service
+            # does not)
+
+
+def parse(value: str | None, default_port: int = 22) -> HealthCheck:
+    """A check from its short form: ``80``, ``80/health`` (HTTP) or ``ssh`` (port 22)."""
+    if not value or value == "ssh":
+        return HealthCheck(port=default_port)
+    port, slash, path = value.partition("/")
+    return HealthCheck(port=int(port), path=f"/{path}" if slash else None)
+
+
+def short(check: HealthCheck) -> str:
+    return f"{check.port}{check.path or ''}"
+
+
+def describe(check: HealthCheck) -> str:
+    if check.path:
+        return f"HTTP GET {check.path} on port {check.port}"
+    return "SSH port 22" if check.port == 22 else f"TCP port {check.port}"
+
+
+async def wait(ctrl: Controller, inst: Instance, address: str, check: HealthCheck,
+               seconds: float, passes: int = PASSES) -> str:
+    """"" once ``address`` answers ``check`` ``passes`` times in a row, else (after
+    ``seconds``) the last failure."""
+    node = ctrl.node(inst.node_id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    why, good = "not checked", 0
+    while True:
+        why = await node.health_check(address, check)
+        good = 0 if why else good + 1
+        if good >= passes:
+            return ""
+        if loop.time() >= deadline:
+            return why or "it answered, but not steadily"
+        await asyncio.sleep(INTERVAL)

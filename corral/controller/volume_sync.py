@@ -1,0 +1,65 @@
+"""Keeping volume records true to what running VMs hold, as part of each reconcile pass.
+
+A guest decides when a hot-unplug happens: one that was paused, busy or still booting when
+Corral asked may let go of the disk long after the detach operation gave up and left the volume
+attached. And a disk plugged into a VM that the store gives to no one (an interrupted operation
+from an older record) must not stay there, or two VMs could write to it. Level-triggered and
+idempotent, like the rest of the reconciler."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from corral.controller.volumes import ROOT_DEVICE
+from corral.errors import CorralError
+from corral.store.models import Instance, Volume
+
+if TYPE_CHECKING:
+    from corral.controller.service import Controller
+
+log = logging.getLogger(__name__)
+
+UNPLUG_TIMEOUT = 2.0
+
+
+async def sync_instance(ctrl: Controller, inst: Instance) -> list[str]:
+    """Bring the records of ``inst``'s volumes in line with its QEMU; returns what changed.
+    The caller holds the instance's lock (no operation is changing it)."""
+    node = ctrl.node(inst.node_id)
+    plugged = set(await node.instance_volumes(inst.id))
+    async with ctrl.store.read() as s:
+        rows = list(await s.scalars(select(Volume).where(Volume.instance_id == inst.id,
+                                                         Volume.device != ROOT_DEVICE)))
+    changed = []
+    for row in rows:
+        if ctrl.ops.active_for(row.id) or row.attach_state != "attached" or row.id in plugged:
+            continue
+        # the guest let go after all (or ejected it itself): the volume is free
+        log.info("%s: the guest released %s; recording it detached", inst.name, row.id)
+        try:
+            await node.volume_detach(inst.id, row.id, UNPLUG_TIMEOUT)  # drops the block node
+        except CorralError as err:
+            log.warning("%s: dropping %s's block node: %s", inst.name, row.id, err.message)
+            continue
+        async with ctrl.store.write() as s:
+            fresh = await s.get(Volume, row.id)
+            if fresh is not None and fresh.instance_id == inst.id \
+                    and fresh.attach_state == "attached":
+                fresh.instance_id = fresh.device = fresh.attach_state = None
+                fresh.attach_time = None
+                fresh.state = "available"
+                fresh.error = f"released by the guest of {inst.name} ({inst.id})"
+        changed.append(row.id)
+    for vid in sorted(plugged - {r.id for r in rows}):
+        if ctrl.ops.active_for(vid):
+            continue
+        log.warning("%s: %s is plugged in but not attached to it; unplugging", inst.name, vid)
+        try:
+            await node.volume_detach(inst.id, vid, UNPLUG_TIMEOUT)
+            changed.append(vid)
+        except CorralError as err:
+            log.warning("%s: unplugging %s: %s", inst.name, vid, err.message)
+    return changed

@@ -1,0 +1,193 @@
+"""`replace` and `apply` on the controller over a fake node: the new instance takes over name,
+address and volumes once healthy; a failure before the cutover leaves the old one alone, one
+after it rolls back; an interrupted replace resumes after a controller restart; a second apply
+changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from corral.appliances import spec as specs
+from corral.config import Settings
+from corral.controller import health, replace
+from corral.controller.service import Controller
+from corral.images.store import ImageStore
+from corral.node.fake import FakeNode
+from corral.store import Store
+from corral.store.models import Instance, Operation, Volume
+from tests.unit.helpers import add_image, admin, finish, run
+
+FILE: dict[str, Any] = {"name": "shop", "services": {"web": {
+    "image": "tiny:1", "run": "httpd", "health": {"port": 80, "path": "/health"},
+    "volumes": [{"name": "data", "size": "1G", "mount": "/srv/data"}]}}}
+
+
+@pytest.fixture(autouse=True)
+def _quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(replace, "RELINK_WAIT", 0.3)
+    monkeypatch.setattr(health, "INTERVAL", 0.01)
+
+
+@pytest.fixture
+async def v2(ctrl: Controller, image_store: ImageStore, tmp_path: Path) -> str:
+    manifest = add_image(image_store, tmp_path / "v2", "tiny", "2")
+    return (await ctrl.images.register(manifest)).id
+
+
+async def _live(ctrl: Controller) -> dict[str, Instance]:
+    async with ctrl.store.read() as s:
+        rows = await s.scalars(select(Instance).where(Instance.state != "terminated"))
+        return {r.name: r for r in rows}
+
+
+async def _volumes(ctrl: Controller) -> dict[str, str | None]:
+    async with ctrl.store.read() as s:
+        return {v.id: v.instance_id for v in await s.scalars(select(Volume))}
+
+
+async def _settle(ctrl: Controller) -> None:
+    for _ in range(500):
+        if not ctrl.ops.tasks:
+            return
+        await asyncio.sleep(0.01)
+
+
+async def _web_with_data(ctrl: Controller) -> tuple[Instance, str]:
+    caller = admin(ctrl)
+    web = await run(ctrl, name="web")
+    vol, op = await ctrl.volumes.create(caller, 1, None, name="web-data", fs="ext4")
+    await finish(ctrl, op)
+    _, op = await ctrl.volumes.attach(caller, vol.id, "web", None)
+    await finish(ctrl, op)
+    return web, vol.id
+
+
+async def test_replace_moves_name_address_and_volume_then_drops_the_old(
+        ctrl: Controller, node: FakeNode, v2: str) -> None:
+    web, vid = await _web_with_data(ctrl)
+    _, op = await ctrl.replacements.request(admin(ctrl), "web", v2)
+    done = await finish(ctrl, op)
+    assert done.status == "succeeded", done.error
+    await _settle(ctrl)
+    live = await _live(ctrl)
+    new = live["web"]
+    assert new.id != web.id and new.image_id == v2 and new.private_ip == web.private_ip
+    assert set(live) == {"web"}  # the old one is gone, the temporary name too
+    assert (await _volumes(ctrl))[vid] == new.id
+    assert vid in node.plugged[new.id]  # plugged into the running new instance
+    assert ("relink", new.id) in node.calls  # its guest was told to ask DHCP again
+    hosts = {h.address: h.mac for h in next(iter(node.hosts.values()))}
+    assert hosts[web.private_ip or ""] == new.mac  # DHCP gives the address to the new MAC
+    assert done.result["address"] == web.private_ip
+
+
+async def test_a_new_instance_failing_its_check_is_removed_and_the_old_runs_on(
+        ctrl: Controller, node: FakeNode, v2: str) -> None:
+    web, vid = await _web_with_data(ctrl)
+    node.unhealthy.add("10.88.0.11")  # the new instance's own address
+    _, op = await ctrl.replacements.request(admin(ctrl), "web", v2, timeout=0.5)
+    done = await finish(ctrl, op)
+    assert done.status == "failed" and done.error is not None
+    assert "failed its health check" in done.error["message"]
+    assert "runs on, unchanged" in done.error["message"]
+    await _settle(ctrl)
+    live = await _live(ctrl)
+    assert set(live) == {"web"} and live["web"].id == web.id
+    assert live["web"].state == "running" and web.id in node.running
+    assert (await _volumes(ctrl))[vid] == web.id
+
+
+async def test_a_failure_after_the_cutover_rolls_back(ctrl: Controller, node: FakeNode,
+                                                      v2: str) -> None:
+    web, vid = await _web_with_data(ctrl)
+    node.unhealthy.add(web.private_ip or "")  # whoever holds the address fails
+    _, op = await ctrl.replacements.request(admin(ctrl), "web", v2, timeout=0.5)
+    done = await finish(ctrl, op)
+    assert done.status == "failed" and done.error is not None
+    assert "rolled back" in done.error["message"]
+    await _settle(ctrl)
+    live = await _live(ctrl)
+    assert set(live) == {"web"}
+    old = live["web"]
+    assert old.id == web.id and old.private_ip == web.private_ip and old.state == "running"
+    assert (await _volumes(ctrl))[vid] == web.id
+    assert web.id in node.running and [v.id for v in node.specs[web.id].volumes] == [vid]
+
+
+async def test_an_interrupted_replace_resumes_after_a_restart(
+        ctrl: Controller, node: FakeNode, v2: str, settings: Settings, store: Store,
+        image_store: ImageStore) -> None:
+    web, vid = await _web_with_data(ctrl)
+    stop = node.instance_stop
+    hang = asyncio.Event()
+
+    async def hanging_stop(iid: str, timeout: float, force: bool = False) -> Any:
+        if iid == web.id:
+            hang.set()
+            await asyncio.sleep(3600)  # the controller dies while the old one stops
+        return await stop(iid, timeout, force)
+
+    node.instance_stop = hanging_stop  # type: ignore[method-assign]
+    _, op = await ctrl.replacements.request(admin(ctrl), "web", v2)
+    await asyncio.wait_for(hang.wait(), 10)
+    await ctrl.close()  # like a kill: the operation stays "running"
+    async with store.read() as s:
+        row = await s.get(Operation, op.id)
+        assert row is not None and row.status == "running"
+        assert row.params["phase"] == "cutover"
+    node.instance_stop = stop  # type: ignore[method-assign]
+    again = Controller(settings, store, image_store)
+    await again.add_node(node, "n1")
+    await again.start()  # resumes the operation where it was
+    try:
+        done = await finish(again, op)
+        assert done.status == "succeeded", done.error
+        await _settle(again)
+        live = await _live(again)
+        assert set(live) == {"web"} and live["web"].image_id == v2
+        assert live["web"].private_ip == web.private_ip
+        assert (await _volumes(again))[vid] == live["web"].id
+    finally:
+        await again.close()
+
+
+async def test_apply_twice_then_a_new_image_replaces(ctrl: Controller, node: FakeNode,
+                                                     v2: str) -> None:
+    caller = admin(ctrl)
+    spec = specs.validate(FILE)
+    plan, op = await ctrl.appliances.apply(caller, spec)
+    assert [(s.action, s.instance) for s in plan.steps] == [("create", "web")]
+    done = await finish(ctrl, op)
+    assert done.status == "succeeded", done.error
+    web = (await _live(ctrl))["web"]
+    async with ctrl.store.read() as s:
+        vol = await s.scalar(select(Volume).where(Volume.instance_id == web.id))
+    assert vol is not None and vol.attach_state == "attached"
+    assert [v.id for v in node.specs[web.id].volumes] == [vol.id]  # there from the first boot
+    plan, op = await ctrl.appliances.apply(caller, spec)
+    assert op is None and not plan.changes  # the second run is a no-op
+    newer = specs.validate({**FILE, "services": {"web": {**FILE["services"]["web"],
+                                                         "image": "tiny:2"}}})
+    plan, op = await ctrl.appliances.apply(caller, newer)
+    assert [(s.action, s.reasons) for s in plan.steps] == [
+        ("replace", ["image tiny:1 -> tiny:2"])]
+    done = await finish(ctrl, op)
+    assert done.status == "succeeded", done.error
+    await _settle(ctrl)
+    now = (await _live(ctrl))["web"]
+    assert now.id != web.id and now.image_id == v2 and now.private_ip == web.private_ip
+    assert (await _volumes(ctrl))[vol.id] == now.id
+    plan, op = await ctrl.appliances.apply(caller, newer)
+    assert op is None and not plan.changes
+    # gone from the file: removed, its volume kept
+    plan, op = await ctrl.appliances.apply(caller, specs.validate({"name": "shop"}))
+    assert [(s.action, s.volumes) for s in plan.steps] == [("remove", ["keep web-data"])]
+    await finish(ctrl, op)
+    await _settle(ctrl)
+    assert await _live(ctrl) == {}
+    assert (await _volumes(ctrl))[vol.id] is None
