@@ -203,7 +203,8 @@ def load(state_dir: Path | str | None = None, **overrides: Any) -> Settings:
     for name, value in overrides.items():
         if value is not None:
             values[name] = _coerce(name, value)
-    values["state_dir"] = sd if "state_dir" not in overrides or overrides["state_dir"] is None else Path(overrides["state_dir"])
+    given = overrides.get("state_dir")
+    values["state_dir"] = sd if given is None else Path(given)
     settings = Settings(**values)
     settings.validate()
     return settings

@@ -63,10 +63,12 @@ class Daemon:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as err:
             os.close(fd)
-            pid = self.settings.pidfile.read_text().strip() if self.settings.pidfile.exists() else "?"
+            pidfile = self.settings.pidfile
+            pid = pidfile.read_text().strip() if pidfile.exists() else "?"
             raise EnvironmentProblem(
                 f"another Corral (pid {pid}) already runs with state directory "
-                f"{self.settings.state_dir}; stop it with `corral down` or use --state-dir") from err
+                f"{self.settings.state_dir}; stop it with `corral down` or use --state-dir"
+            ) from err
         self._lock_fd = fd
 
     def _bind_api(self) -> socket.socket:

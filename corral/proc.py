@@ -15,7 +15,8 @@ DEFAULT_TIMEOUT = 120.0
 class CommandFailed(CorralError):
     def __init__(self, argv: Sequence[str], returncode: int, stderr: str) -> None:
         tail = stderr.strip().splitlines()[-3:]
-        super().__init__(f"`{' '.join(argv)}` exited {returncode}: {' / '.join(tail) or 'no output'}")
+        said = " / ".join(tail) or "no output"
+        super().__init__(f"`{' '.join(argv)}` exited {returncode}: {said}")
         self.argv = list(argv)
         self.returncode = returncode
         self.stderr = stderr
@@ -52,7 +53,8 @@ async def arun(argv: Sequence[str], *, input: bytes | None = None,
     """Run a command from async code without blocking the loop."""
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+            *argv,
+            stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     except FileNotFoundError as err:
         raise EnvironmentProblem(f"{argv[0]} is not installed; run scripts/setup") from err

@@ -56,7 +56,7 @@ class _Timed:
 
 
 async def main(port: int, state: Path, timings: Path | None = None) -> None:
-    state.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (before serving)
+    state.mkdir(parents=True, exist_ok=True)
     settings = config.load(state, api_port=port, subnet="10.251.0.0/20",
                            reconcile_interval=3600)
     store = Store(settings.database_url)

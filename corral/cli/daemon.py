@@ -86,7 +86,8 @@ def up(
 def down(
     ctx: typer.Context,
     stop_instances: bool = typer.Option(False, "--stop-instances",
-                                        help="stop every instance first (default: leave them running)"),
+                                        help="stop every instance first "
+                                        "(default: leave them running)"),
     timeout: float | None = typer.Option(None, help="seconds each guest gets to power off"),
 ) -> None:
     """Stop the daemon. Instances keep running unless --stop-instances."""
@@ -128,7 +129,8 @@ def status(ctx: typer.Context) -> None:
 
 @app.command()
 def doctor(ctx: typer.Context) -> None:
-    """Check this host and the running Corral: QEMU, accelerator, namespace, dnsmasq, nft, cgroups."""
+    """Check this host and the running Corral: QEMU, accelerator, namespace, dnsmasq, nft,
+    cgroups."""
     from corral.node.driver import cgroups
 
     o = opts(ctx)
@@ -159,7 +161,7 @@ def doctor(ctx: typer.Context) -> None:
     except CorralError as err:
         row("daemon", False, f"{err.message}")
         console.print(table)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     node = info.node
     accel = node.get("accel", {})
     row("daemon", True, f"Corral {info.version}, state {info.state_dir}, db {info.database}")

@@ -87,7 +87,8 @@ def run(
     acc = c.instance_run(req)
     inst = acc.instance
     if no_wait or acc.operation is None:
-        console.print(f"{inst.name} ({inst.id}) {inst.state}; operation {acc.operation.id if acc.operation else '-'}")
+        op_id = acc.operation.id if acc.operation else "-"
+        console.print(f"{inst.name} ({inst.id}) {inst.state}; operation {op_id}")
         return
     wait_op(c, acc.operation, f"starting {inst.name}")
     inst = c.instance_show(inst.id)
@@ -209,7 +210,8 @@ def console_cmd(ctx: typer.Context, name: str) -> None:
         ws = connect(c.console_url(inst.id), additional_headers={"Authorization": c.auth_header()},
                      open_timeout=10)
     except InvalidStatus as err:
-        raise fail(f"cannot attach to the console of {name}: HTTP {err.response.status_code}") from err
+        raise fail(f"cannot attach to the console of {name}: "
+                   f"HTTP {err.response.status_code}") from err
     except OSError as err:
         raise fail(f"cannot attach to the console of {name}: {err}") from err
     interactive = sys.stdin.isatty()
@@ -257,7 +259,8 @@ def console_cmd(ctx: typer.Context, name: str) -> None:
 @app.command()
 def logs(ctx: typer.Context, name: str,
          tail: int = typer.Option(65536, help="bytes from the end"),
-         follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new output")) -> None:
+         follow: bool = typer.Option(False, "--follow", "-f",
+                                     help="keep printing new output")) -> None:
     """The console output so far (boot messages, logins, user-data)."""
     c = opts(ctx).client()
     text = c.instance_console_output(name, tail)
@@ -275,7 +278,8 @@ def logs(ctx: typer.Context, name: str,
             text = new
 
 
-def _lifecycle(ctx: typer.Context, names: list[str], verb: str, no_wait: bool, **kw: object) -> None:
+def _lifecycle(ctx: typer.Context, names: list[str], verb: str, no_wait: bool,
+               **kw: object) -> None:
     c = opts(ctx).client()
     call = {"stop": c.instance_stop, "start": c.instance_start, "reboot": c.instance_reboot,
             "rm": c.instance_terminate}[verb]
@@ -299,8 +303,9 @@ def _lifecycle(ctx: typer.Context, names: list[str], verb: str, no_wait: bool, *
         try:
             done = wait_op(c, op, f"{verb} {name}")
             how = done.result.get("how")
-            console.print(f"{name}: {({'rm': 'terminated', 'stop': 'stopped', 'start': 'started', 'reboot': 'rebooted'})[verb]}"
-                          + (f" ({how})" if how else ""))
+            done_word = {"rm": "terminated", "stop": "stopped", "start": "started",
+                         "reboot": "rebooted"}[verb]
+            console.print(f"{name}: {done_word}" + (f" ({how})" if how else ""))
         except CorralError as err:
             err_console.print(f"[red]error:[/red] {err.message}")
             failed += 1

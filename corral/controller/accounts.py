@@ -4,7 +4,6 @@ key to ``<state>/admin.credentials`` (mode 0600) for the CLI on the same host.""
 from __future__ import annotations
 
 import builtins
-
 import hmac
 import json
 import os

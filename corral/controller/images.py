@@ -4,8 +4,6 @@ another image is built on it). Import, export and verify are in image_transfer.p
 
 from __future__ import annotations
 
-import builtins
-
 import asyncio
 import builtins
 import hashlib

@@ -5,8 +5,6 @@ address freed."""
 
 from __future__ import annotations
 
-import builtins
-
 import asyncio
 import base64
 import builtins
@@ -67,6 +65,11 @@ class LaunchOptions:
     volumes: list[str] = field(default_factory=list)  # ids attached before the first start
 
 
+def _user_initiated() -> str:
+    """The state reason EC2 gives a stop or terminate the user asked for."""
+    return f"User initiated ({utcnow():%Y-%m-%d %H:%M:%S} GMT)"
+
+
 def tap_name(iid: str) -> str:
     return "t" + iid.split("-", 1)[1][:12]
 
@@ -106,7 +109,8 @@ class Instances:
         async with self.ctrl.store.read() as s:
             return await self.resolve(s, caller, ref, include_terminated=True)
 
-    async def list(self, caller: Caller, include_terminated: bool = True) -> builtins.list[Instance]:
+    async def list(self, caller: Caller,
+                   include_terminated: bool = True) -> builtins.list[Instance]:
         async with self.ctrl.store.read() as s:
             q = select(Instance).where(Instance.account_id == caller.account_id)
             if not include_terminated:
@@ -282,7 +286,8 @@ class Instances:
         return InstanceSpec(
             id=inst.id, name=inst.name, image=image.digest, cpus=inst.cpus,
             cpu_limit=inst.cpu_limit, memory=inst.memory, disk_size=inst.disk_size, mac=inst.mac,
-            address=inst.private_ip, network=self.ctrl.networks.spec(network), tap=tap_name(inst.id),
+            address=inst.private_ip, network=self.ctrl.networks.spec(network),
+            tap=tap_name(inst.id),
             volumes=await self.ctrl.volumes.attachments(s, inst.id),
             root_volume=root.id if root is not None else None,
         )
@@ -381,7 +386,7 @@ class Instances:
         return await self._request(caller, ref, "stop", "instance-stop",
                                    {"timeout": timeout, "force": force}, dry_run,
                                    desired_state="stopped", state="stopping",
-                                   state_reason=f"User initiated ({utcnow():%Y-%m-%d %H:%M:%S} GMT)")
+                                   state_reason=_user_initiated())
 
     async def reboot(self, caller: Caller, ref: str, timeout: float | None = None,
                      dry_run: bool = False) -> tuple[Instance, Operation | None]:
@@ -394,7 +399,7 @@ class Instances:
         return await self._request(caller, ref, "terminate", "instance-terminate",
                                    {"timeout": timeout, "force": force}, dry_run,
                                    desired_state="terminated", state="shutting-down",
-                                   state_reason=f"User initiated ({utcnow():%Y-%m-%d %H:%M:%S} GMT)")
+                                   state_reason=_user_initiated())
 
     def _timeout(self, inst: Instance, given: float | None) -> float:
         if given is not None:

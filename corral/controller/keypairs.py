@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -45,8 +44,9 @@ class KeyPairs:
 
     async def get(self, caller: Caller, name: str) -> KeyPair:
         async with self.ctrl.store.read() as s:
-            row = await s.scalar(select(KeyPair).where(KeyPair.account_id == caller.account_id,
-                                                       (KeyPair.name == name) | (KeyPair.id == name)))
+            row = await s.scalar(select(KeyPair).where(
+                KeyPair.account_id == caller.account_id,
+                (KeyPair.name == name) | (KeyPair.id == name)))
         if row is None:
             raise NotFound(f"key pair {name} does not exist", field="name", resource="key_pair")
         return row

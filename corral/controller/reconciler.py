@@ -76,7 +76,8 @@ def decide(inst: Instance, obs: ObservedInstance | None, *, now: float,
         what = "QEMU exited while Corral was not watching"
     if inst.restart_policy == "never":
         return Decision(Action.MARK_STOPPED, f"Server.InternalError: {what} (restart policy never)")
-    return _restart(now, next_restart_at, f"{what}; restarted (restart policy {inst.restart_policy})")
+    return _restart(now, next_restart_at,
+                    f"{what}; restarted (restart policy {inst.restart_policy})")
 
 
 def _restart(now: float, next_restart_at: float, reason: str) -> Decision:

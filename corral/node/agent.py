@@ -161,7 +161,8 @@ class NodeAgent(VolumeAgent):
         async with self._accel_lock:
             if self._accel is None or (not self._accel.probed and self.settings.accel == "auto"):
                 kernel, initrd = self._probe_kernel()
-                verdict = await probe.probe(self.settings.accel, self.settings.state_dir / "accel.json",
+                verdict = await probe.probe(self.settings.accel,
+                                            self.settings.state_dir / "accel.json",
                                             kernel, initrd)
                 if kernel is None and verdict.accel == "tcg" and self.settings.accel == "auto":
                     return verdict  # not cached: probe again once an image exists
@@ -315,7 +316,8 @@ class NodeAgent(VolumeAgent):
             await self.instance_create(spec)
             paths = self.paths(spec.id)
             if (pid := find_pid(paths)) is not None:
-                m = await Machine.adopt(spec.id, pid, paths, self._cgroup(spec.id), self._exit_handler)
+                m = await Machine.adopt(spec.id, pid, paths, self._cgroup(spec.id),
+                                        self._exit_handler)
                 self.machines[spec.id] = m
                 return pid
             manifest = self.images.get_manifest(spec.image)
@@ -380,7 +382,8 @@ class NodeAgent(VolumeAgent):
             paths = self.paths(iid)
             m = self.machines.get(iid)
             if m is not None and m.running:
-                out.append(ObservedInstance(id=iid, running=True, pid=m.pid, status=await m.status()))
+                out.append(ObservedInstance(id=iid, running=True, pid=m.pid,
+                                            status=await m.status()))
                 continue
             pid = find_pid(paths)
             out.append(ObservedInstance(id=iid, running=pid is not None, pid=pid,

@@ -37,7 +37,7 @@ def test_up_without_qemu_says_which_package_and_leaves_nothing(tmp_path: Path) -
 def test_up_as_non_root_is_refused_with_the_fix(monkeypatch: pytest.MonkeyPatch,
                                                  tmp_path: Path) -> None:
     monkeypatch.setattr(agent.os, "geteuid", lambda: 1000)
-    with pytest.raises(EnvironmentProblem, match="must run as root.*sudo"):
+    with pytest.raises(EnvironmentProblem, match=r"must run as root.*sudo"):
         agent.check_host(config.load(tmp_path))
 
 

@@ -18,8 +18,9 @@ def test_killed_qemu_is_restarted_with_policy_on_failure(corral: Daemon) -> None
     corral.cli("run", "tiny", "--name", "crash1", "--memory", "128M").ok()
     before = _show(corral, "crash1")
     os.kill(before["pid"], signal.SIGKILL)
-    after = wait_for(lambda: (i := _show(corral, "crash1"))["restarts"] == 1 and i["pid"] != before["pid"]
-                     and i["state"] == "running" and i, 30, what="a restart")
+    after = wait_for(lambda: (i := _show(corral, "crash1"))["restarts"] == 1
+                     and i["pid"] != before["pid"] and i["state"] == "running" and i,
+                     30, what="a restart")
     assert "killed by SIGKILL" in after["state_reason"]
     assert os.path.exists(f"/proc/{after['pid']}")
     # the restarted guest is the same server: same address, SSH answers

@@ -16,7 +16,6 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from pathlib import Path
 
 from corral.errors import CorralError, EnvironmentProblem
 from corral.fsutil import atomic_write, pid_alive, proc_cmdline, read_pidfile
@@ -67,6 +66,7 @@ class Machine:
         self._exited = asyncio.Event()
         self._reset = asyncio.Event()
         self._events_task: asyncio.Task[None] | None = None
+        self._cleanup_task: asyncio.Task[None] | None = None  # kept so it is not collected
         self._pidfd: int | None = None
         self._popen: subprocess.Popen[bytes] | None = None
 
@@ -189,7 +189,7 @@ class Machine:
         self._exited.set()
         if self._events_task is not None:
             self._events_task.cancel()
-        loop.create_task(self._after_exit())
+        self._cleanup_task = loop.create_task(self._after_exit())
 
     async def _after_exit(self) -> None:
         if self.qmp is not None:

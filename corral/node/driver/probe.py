@@ -61,7 +61,8 @@ async def _boot_probe(kernel: Path, initrd: Path) -> Accel:
         proc.kill()
         await proc.wait()
         return Accel(accel="tcg", probed=True, seconds=PROBE_TIMEOUT,
-                     reason=f"a KVM probe guest did not finish booting within {PROBE_TIMEOUT:.0f} s "
+                     reason="a KVM probe guest did not finish booting within "
+                     f"{PROBE_TIMEOUT:.0f} s "
                      "(nested virtualisation hangs guests); using TCG")
     seconds = round(time.monotonic() - t0, 2)
     if MARKER in out:

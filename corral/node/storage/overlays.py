@@ -34,7 +34,8 @@ async def info(disk: Path) -> dict[str, object]:
 def check_size(size: int, image_virtual_size: int) -> None:
     if size < image_virtual_size:
         raise Invalid(
-            f"disk size {size >> 20} MiB is smaller than the image's {image_virtual_size >> 20} MiB; "
+            f"disk size {size >> 20} MiB is smaller than the image's "
+            f"{image_virtual_size >> 20} MiB; "
             "give a larger --disk or leave it out",
             field="disk_size",
         )

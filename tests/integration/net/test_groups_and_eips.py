@@ -127,7 +127,8 @@ def test_icmp_and_all_protocols(pair: dict, ec2: Any) -> None:
 def _udp_listener(up: Uplinked, port: int) -> dict[str, Any]:
     code = ("import socket,json\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
             f"s.bind(('{OUTSIDE}', {port})); s.settimeout(8)\n"
-            "try:\n    d,a=s.recvfrom(4096); print(json.dumps({'from': a[0], 'data': d.decode()}))\n"
+            "try:\n    d,a=s.recvfrom(4096)\n"
+            "    print(json.dumps({'from': a[0], 'data': d.decode()}))\n"
             "except socket.timeout:\n    print('{}')\n")
     result: dict[str, Any] = {}
 

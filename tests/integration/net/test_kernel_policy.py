@@ -67,7 +67,8 @@ def test_a_guest_cannot_pass_for_another_instance(uplinked: Uplinked) -> None:
     v = victim["private_ip"]
     script = (
         f"ip addr add {v}/32 dev eth0; "
-        f"ping -c 1 -W 1 -I {v} {gw} >/dev/null 2>&1 && echo SPOOF-PING-OK || echo SPOOF-PING-BLOCKED; "
+        f"ping -c 1 -W 1 -I {v} {gw} >/dev/null 2>&1 "
+        "&& echo SPOOF-PING-OK || echo SPOOF-PING-BLOCKED; "
         f"ip route replace 169.254.169.254 via {gw} src {v}; "
         "timeout 3 wget -q -O - http://169.254.169.254/latest/meta-data/instance-id "
         "&& echo ' SPOOF-MD-OK' || echo SPOOF-MD-BLOCKED; "

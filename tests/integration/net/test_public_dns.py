@@ -93,6 +93,6 @@ async def test_records_are_set_replaced_and_removed(uplinked: Uplinked, bind: st
 
 async def test_a_wrong_key_is_refused(uplinked: Uplinked, bind: str) -> None:
     wrong = base64.b64encode(secrets.token_bytes(32)).decode()
-    with pytest.raises(CorralError, match="refused|NOTAUTH|BADSIG|failed"):
+    with pytest.raises(CorralError, match=r"refused|NOTAUTH|BADSIG|failed"):
         await _publisher(uplinked, wrong).set("evil", "198.51.100.66")
     assert _query(uplinked, "evil") == []
