@@ -78,6 +78,20 @@ class Target:
             n += sum(len(r["Instances"]) for r in page["Reservations"])
         return n
 
+    def settle(self, timeout: float = 600) -> None:
+        """Wait until no instance is pending: Corral's launches finish as operations after
+        RunInstances answers, and their writes must not fall inside a measurement."""
+        deadline = time.monotonic() + timeout
+        pending = self.boto.get_paginator("describe_instances")
+        while time.monotonic() < deadline:
+            left = sum(len(r["Instances"]) for page in pending.paginate(
+                Filters=[{"Name": "instance-state-name", "Values": ["pending"]}])
+                for r in page["Reservations"])
+            if left == 0:
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.name}: instances still pending after {timeout:.0f} s")
+
     def grow(self, image: str, total: int, itype: str) -> None:
         have = self.count()
         while have < total:
@@ -87,23 +101,30 @@ class Target:
 
 
 def measure(t: Target, body: bytes, seconds: float, max_n: int = 2000,
-            min_n: int = 10) -> dict[str, Any]:
+            min_n: int = 10, between: Any = None) -> dict[str, Any]:
+    """Closed-loop latency of one request; ``between`` (untimed) runs before each one."""
     for _ in range(2):
         t.request(body)  # warm up (caches, connections)
     mark = t.timings.stat().st_size if t.timings and t.timings.exists() else 0
     lat: list[float] = []
     size = 0
     start = time.perf_counter()
-    while len(lat) < max_n and (len(lat) < min_n or time.perf_counter() - start < seconds):
+    spent = 0.0  # time in ``between``, not part of the request rate
+    while len(lat) < max_n and (len(lat) < min_n or
+                                time.perf_counter() - start - spent < seconds):
+        if between is not None:
+            b0 = time.perf_counter()
+            between(len(lat))
+            spent += time.perf_counter() - b0
         t0 = time.perf_counter()
         size = len(t.request(body).content)
         lat.append(time.perf_counter() - t0)
-    total = time.perf_counter() - start
+    total = time.perf_counter() - start - spent
     lat.sort()
     out = {"requests": len(lat), "rps": len(lat) / total,
            "p50_ms": statistics.median(lat) * 1000,
            "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, "bytes": size}
-    if t.timings is not None and t.timings.exists():
+    if t.timings is not None and t.timings.exists() and between is None:
         with open(t.timings) as fh:
             fh.seek(mark)
             server = sorted(float(x) for x in fh.read().split())
@@ -184,7 +205,8 @@ def main() -> None:
         for n in (1, 100, 1000):
             moto.grow(moto_ami, n, "t2.micro")
             corral.grow(corral_ami, n, "cr1.nano")
-            time.sleep(2)  # let the fake node's operations finish
+            corral.settle()
+            moto.settle()
             row: dict[str, Any] = {"instances": n, "load": os.getloadavg()[0],
                                    "qemu_processes": _qemus()}
             for t in (corral, moto):
@@ -197,6 +219,20 @@ def main() -> None:
                       f"({m['requests']} requests, {m['bytes']} bytes{inside})", flush=True)
             row["ratio_rps"] = row["corral (fake node)"]["rps"] / row["moto"]["rps"]
             results["describe_instances"].append(row)
+        # the same listing when every request follows a write (a tag changed), so nothing
+        # cached can answer it: what a poller pays while the cloud is changing
+        cold = {}
+        for t in (corral, moto):
+            first = t.boto.describe_instances(MaxResults=5)["Reservations"][0]["Instances"][0]
+
+            def retag(i: int, t: Target = t, iid: str = first["InstanceId"]) -> None:
+                t.boto.create_tags(Resources=[iid], Tags=[{"Key": "bench", "Value": str(i)}])
+
+            cold[t.name] = measure(t, body, args.seconds, between=retag)
+            print(f"DescribeInstances n=1000 after a write {t.name:20s} "
+                  f"{cold[t.name]['rps']:8.1f} req/s p50 {cold[t.name]['p50_ms']:7.1f} ms "
+                  f"p99 {cold[t.name]['p99_ms']:7.1f} ms", flush=True)
+        results["describe_instances_after_write_at_1000"] = cold
         page = b"Action=DescribeInstances&Version=2016-11-15&MaxResults=100"
         paged = {t.name: measure(t, page, args.seconds) for t in (corral, moto)}
         results["describe_instances_page_of_100_at_1000"] = paged
@@ -284,6 +320,14 @@ def write(results: dict[str, Any]) -> None:
                      f"{mo['p99_ms']:.1f} | {row['ratio_rps']:.2f}x | "
                      f"{c.get('server_p50_ms', 0):.1f} / {c.get('server_p99_ms', 0):.1f} | "
                      f"{row['load']:.2f}, {row['qemu_processes']} |")
+    cold = results.get("describe_instances_after_write_at_1000", {})
+    if cold:
+        lines += ["", "## DescribeInstances of 1000 right after a write (no cached answer)", "",
+                  "Each request follows a CreateTags on one instance (untimed), so the whole "
+                  "listing is read and rendered every time.", "",
+                  "| target | req/s | p50 ms | p99 ms |", "|---|---:|---:|---:|"]
+        for name, x in cold.items():
+            lines.append(f"| {name} | {x['rps']:.1f} | {x['p50_ms']:.1f} | {x['p99_ms']:.1f} |")
     paged = results.get("describe_instances_page_of_100_at_1000", {})
     if paged:
         lines += ["", "## DescribeInstances, MaxResults=100 of 1000", "",

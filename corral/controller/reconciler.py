@@ -129,6 +129,8 @@ class Reconciler:
         observed = {o.id: o for o in await node.instances()}
         rows = await self.ctrl.instances.on_node(node_id)
         known = {r.id for r in rows}
+        volumes = await volume_sync.attached_on(
+            self.ctrl, [r.id for r in rows if r.state == "running"])
         for inst in rows:
             if self.ctrl.ops.active_for(inst.id) or self.ctrl.instances.lock(inst.id).locked():
                 continue
@@ -144,7 +146,8 @@ class Reconciler:
             elif d.action == Action.NONE and inst.state == "running":
                 async with self.ctrl.instances.lock(inst.id):
                     try:
-                        await volume_sync.sync_instance(self.ctrl, inst)
+                        await volume_sync.sync_instance(self.ctrl, inst,
+                                                        volumes.get(inst.id, []))
                     except CorralError as err:
                         log.warning("reconcile %s (volumes): %s", inst.name, err.message)
         self._report_strays(node_id, observed, known)

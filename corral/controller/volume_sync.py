@@ -25,14 +25,30 @@ log = logging.getLogger(__name__)
 UNPLUG_TIMEOUT = 2.0
 
 
-async def sync_instance(ctrl: Controller, inst: Instance) -> list[str]:
+async def attached_on(ctrl: Controller, instance_ids: list[str]) -> dict[str, list[Volume]]:
+    """The data volumes the store gives to each of these instances, in one read (a reconcile
+    pass asks for a whole node's at once)."""
+    out: dict[str, list[Volume]] = {iid: [] for iid in instance_ids}
+    if not instance_ids:
+        return out
+    async with ctrl.store.read() as s:
+        for row in await s.scalars(select(Volume).where(Volume.instance_id.in_(instance_ids),
+                                                        Volume.device != ROOT_DEVICE)):
+            out.setdefault(row.instance_id or "", []).append(row)
+    return out
+
+
+async def sync_instance(ctrl: Controller, inst: Instance,
+                        rows: list[Volume] | None = None) -> list[str]:
     """Bring the records of ``inst``'s volumes in line with its QEMU; returns what changed.
-    The caller holds the instance's lock (no operation is changing it)."""
+    ``rows``: its data volumes as read by :func:`attached_on` (read here when None). The caller
+    holds the instance's lock (no operation is changing it)."""
     node = ctrl.node(inst.node_id)
     plugged = set(await node.instance_volumes(inst.id))
-    async with ctrl.store.read() as s:
-        rows = list(await s.scalars(select(Volume).where(Volume.instance_id == inst.id,
-                                                         Volume.device != ROOT_DEVICE)))
+    if rows is None or plugged != {r.id for r in rows}:
+        # a pass's rows may be older than an attach or detach that finished since: a
+        # difference is acted on only as the store has it now
+        rows = (await attached_on(ctrl, [inst.id]))[inst.id]
     changed = []
     for row in rows:
         if ctrl.ops.active_for(row.id) or row.attach_state != "attached" or row.id in plugged:
