@@ -95,9 +95,17 @@ class Prober(threading.Thread):
         self.fqdn = f"{name}.{st.domain}"
         self.dns = str(next(ipaddress.ip_network(st.subnet).hosts()))
         self.samples: list[tuple[float, bool]] = []
+        self.why: dict[float, str] = {}  # a failed probe's time -> what failed
         self.running = True
 
     def probe(self) -> bool:
+        why = self._probe()
+        if why:
+            self.why[time.monotonic()] = why
+        return not why
+
+    def _probe(self) -> str:
+        """"" when the name answers, else what failed (kept to explain outages)."""
         try:
             udp = netns.socket_in(self.ns, socket.AF_INET, socket.SOCK_DGRAM)
             try:
@@ -107,16 +115,19 @@ class Prober(threading.Thread):
                 udp.close()
             addresses = [str(rr) for rrset in answer.answer for rr in rrset]
             if not addresses:
-                return False
+                return "dns: no address"
+        except (OSError, dns.exception.DNSException) as err:
+            return f"dns: {type(err).__name__}"
+        try:
             tcp = netns.socket_in(self.ns)
             tcp.settimeout(PROBE_TIMEOUT)
             try:
                 tcp.connect((addresses[0], 80))
-                return True
+                return ""
             finally:
                 tcp.close()
-        except (OSError, dns.exception.DNSException):
-            return False
+        except OSError as err:
+            return f"connect {','.join(addresses)}: {type(err).__name__}"
 
     def run(self) -> None:
         nxt = time.monotonic()
@@ -125,6 +136,14 @@ class Prober(threading.Thread):
             self.samples.append((start, self.probe()))
             nxt = max(nxt + PERIOD, time.monotonic())
             time.sleep(max(0.0, nxt - time.monotonic()))
+
+    def reasons(self, since: float, until: float) -> dict[str, int]:
+        """How often each kind of failure was seen between ``since`` and ``until``."""
+        out: dict[str, int] = {}
+        for t, why in self.why.items():
+            if since <= t <= until:
+                out[why] = out.get(why, 0) + 1
+        return out
 
     def outage(self, since: float, until: float) -> list[tuple[float, float]]:
         """The gaps without a good answer between ``since`` and ``until``: (start relative to
@@ -251,7 +270,8 @@ def main() -> None:
             down = sum(length for _, length in gaps)
             proof = d.ssh("web", "cat /srv/data/proof").out.strip()
             row = {"kind": kind, "to": target, "outage_seconds": round(down, 3),
-                   "gaps": gaps, "upgrade_seconds": round(end - start, 3),
+                   "gaps": gaps, "failures": prober.reasons(start, end),
+                   "upgrade_seconds": round(end - start, 3),
                    "data_kept": proof == "bench", "load": list(os.getloadavg()),
                    **extra}
             results[kind].append(row)
