@@ -195,7 +195,10 @@ def healthy(prober: Prober, timeout: float) -> None:
 
 
 def upgrade_replace(c: Any, image: str, timeout: float) -> dict[str, Any]:
-    acc = c.instance_replace("web", models.ReplaceRequest(image=image, timeout=timeout))
+    # the check named, as for any server: after a naive upgrade "web" is a plain instance
+    # whose default check (SSH) would pass before its user-data has started the service
+    acc = c.instance_replace("web", models.ReplaceRequest(image=image, timeout=timeout,
+                                                          check="80/health"))
     op = wait(c, acc.operation)
     assert op is not None
     events = c.operation_events(op.id)

@@ -235,8 +235,11 @@ class Replacements:
             if loop.time() > deadline:
                 return "it did not start in time"
             await asyncio.sleep(0.2)
+        hint = ("; SSH answers before cloud-init has run user-data, so this does not show "
+                "that the service is up: name a check (--check PORT[/PATH]) for that"
+                if check.port == 22 and not check.path else "")
         await ctx.progress(0.2, f"waiting for {new.name} to pass its health check "
-                                f"({health.describe(check)} at {new.private_ip})")
+                                f"({health.describe(check)} at {new.private_ip}){hint}")
         return await health.wait(self.ctrl, new, new.private_ip, check,
                                  max(deadline - loop.time(), 1.0))
 

@@ -86,6 +86,22 @@ async def test_replace_moves_name_address_and_volume_then_drops_the_old(
     assert done.result["address"] == web.private_ip
 
 
+async def test_falling_back_to_the_ssh_check_says_what_it_does_not_show(
+        ctrl: Controller, v2: str) -> None:
+    """A plain instance has no declared check: SSH answers before user-data has started the
+    service, and the progress says so; a named check gets no such warning."""
+    await _web_with_data(ctrl)
+    messages = []
+    for check in (None, health.parse("80/health")):
+        _, op = await ctrl.replacements.request(admin(ctrl), "web", v2, check=check)
+        done = await finish(ctrl, op)
+        assert done.status == "succeeded", done.error
+        await _settle(ctrl)
+        messages.append(" ".join(e.message for e in await ctrl.ops.events(op.id)))
+    assert "SSH port 22" in messages[0] and "--check PORT[/PATH]" in messages[0]
+    assert "HTTP GET /health on port 80" in messages[1] and "--check" not in messages[1]
+
+
 async def test_a_new_instance_failing_its_check_is_removed_and_the_old_runs_on(
         ctrl: Controller, node: FakeNode, v2: str) -> None:
     web, vid = await _web_with_data(ctrl)
