@@ -157,8 +157,7 @@ class ElasticIps:
                                  resource="allocation", ec2_code="InvalidIPAddress.InUse")
             if dry_run:
                 raise DryRunPassed("ReleaseAddress would have succeeded")
-            await self.ctrl.tags.drop(s, row.id)
-            await s.delete(row)
+            await self.ctrl.tags.delete_resource(s, row)
 
     async def list(self, caller: Caller) -> builtins.list[ElasticAddress]:
         async with self.ctrl.store.read() as s:

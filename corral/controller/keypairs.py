@@ -56,4 +56,4 @@ class KeyPairs:
         async with self.ctrl.store.write() as s:
             obj = await s.get(KeyPair, row.id)
             if obj is not None:
-                await s.delete(obj)
+                await self.ctrl.tags.delete_resource(s, obj)

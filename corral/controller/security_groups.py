@@ -181,8 +181,7 @@ class SecurityGroups:
             for rule in await s.scalars(select(SecurityGroupRule).where(
                     SecurityGroupRule.group_id == row.id)):
                 await s.delete(rule)
-            await self.ctrl.tags.drop(s, row.id)
-            await s.delete(row)
+            await self.ctrl.tags.delete_resource(s, row)
 
     async def _source(self, s: AsyncSession, caller: Caller, p: Permission) -> Permission:
         if p.group_id is None:

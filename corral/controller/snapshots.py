@@ -148,8 +148,7 @@ class Snapshots:
         async with self.ctrl.store.write() as s:
             obj = await s.get(Snapshot, row.id)
             if obj is not None:
-                await self.ctrl.tags.drop(s, obj.id)
-                await s.delete(obj)
+                await self.ctrl.tags.delete_resource(s, obj)
         return {"snapshot_id": row.id}
 
     async def _drop_image_root(self, image_id: str) -> None:

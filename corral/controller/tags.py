@@ -133,6 +133,8 @@ class Tags:
             out[rid][key] = value
         return out
 
-    async def drop(self, s: AsyncSession, rid: str) -> None:
-        """Forget a deleted resource's tags."""
-        await s.execute(delete(Tag).where(Tag.resource_id == rid))
+    async def delete_resource(self, s: AsyncSession, row: Any) -> None:
+        """Delete a resource's row and its tags, in the caller's transaction: tags never
+        outlive what they describe."""
+        await s.execute(delete(Tag).where(Tag.resource_id == row.id))
+        await s.delete(row)

@@ -228,8 +228,7 @@ class Volumes:
         async with self.ctrl.store.write() as s:
             obj = await s.get(Volume, row.id)
             if obj is not None:
-                await self.ctrl.tags.drop(s, obj.id)
-                await s.delete(obj)
+                await self.ctrl.tags.delete_resource(s, obj)
         return {"volume_id": row.id}
 
     async def _where(self, s: AsyncSession, row: Volume) -> str:

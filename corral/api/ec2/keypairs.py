@@ -119,7 +119,5 @@ async def keypair_delete(call: Call) -> dict[str, Any]:
         return {"return": True}  # as on AWS: deleting a missing key name succeeds
     if call.dry_run:
         dry_run_ok()
-    await call.ctrl.keypairs.remove(call.caller, row.id)
-    async with call.ctrl.store.write() as s:
-        await call.ctrl.tags.drop(s, row.id)
+    await call.ctrl.keypairs.remove(call.caller, row.id)  # its tags go with it
     return {"return": True, "keyPairId": row.id}

@@ -46,7 +46,11 @@ async def test_key_pairs_and_fingerprints(world: World) -> None:
     f = [{"Name": "key-type", "Values": ["ed25519"]}]
     assert [k["KeyName"] for k in (await ec2.call("DescribeKeyPairs", Filters=f))["KeyPairs"]] \
         == ["k-ed"]
+    await ec2.call("CreateTags", Resources=[ed["KeyPairId"]], Tags=[{"Key": "a", "Value": "b"}])
+    mine = [{"Name": "resource-id", "Values": [ed["KeyPairId"]]}]
+    assert len((await ec2.call("DescribeTags", Filters=mine))["Tags"]) == 1
     await ec2.call("DeleteKeyPair", KeyName="k-ed")
+    assert (await ec2.call("DescribeTags", Filters=mine))["Tags"] == []  # they went with it
     await ec2.call("DeleteKeyPair", KeyName="k-ed")  # missing names delete fine, as on AWS
     ed_pub = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
