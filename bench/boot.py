@@ -64,10 +64,17 @@ def boot_runs(runs: int) -> dict[str, object]:
                         proc.kill()
                         proc.wait(10)
                     wait(c, c.instance_terminate(inst.id, force=True))
-            print(f"run {i + 1}/{runs}: corral {corral_s[-1]:.2f} s, raw {raw_s[-1]:.2f} s",
-                  flush=True)
-        return {"corral_s": corral_s, "raw_s": raw_s, "corral_median": median(corral_s),
-                "raw_median": median(raw_s), "ratio": median(corral_s) / median(raw_s)}
+            print(
+                f"run {i + 1}/{runs}: corral {corral_s[-1]:.2f} s, raw {raw_s[-1]:.2f} s",
+                flush=True,
+            )
+        return {
+            "corral_s": corral_s,
+            "raw_s": raw_s,
+            "corral_median": median(corral_s),
+            "raw_median": median(raw_s),
+            "ratio": median(corral_s) / median(raw_s),
+        }
     finally:
         d.teardown()
         shutil.rmtree(work, ignore_errors=True)
@@ -81,12 +88,14 @@ def disk_runs(repeats: int = 20) -> dict[str, object]:
     try:
         for gib in (1, 10):
             base = work / f"base{gib}.qcow2"
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), f"{gib}G"],
-                           check=True)
+            subprocess.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", str(base), f"{gib}G"], check=True
+            )
             # fill the image with data so a copy has real work to do
             writes = [a for g in range(gib) for a in ("-c", f"write -P 0x5a {g}G 1G")]
-            subprocess.run(["qemu-io", "-f", "qcow2", *writes, str(base)], check=True,
-                           capture_output=True)
+            subprocess.run(
+                ["qemu-io", "-f", "qcow2", *writes, str(base)], check=True, capture_output=True
+            )
             times = []
             for r in range(repeats):
                 disk = work / f"o{gib}-{r}.qcow2"
@@ -101,10 +110,12 @@ def disk_runs(repeats: int = 20) -> dict[str, object]:
                 os.sync()
                 copies.append(time.perf_counter() - t0)
                 (work / "copy.qcow2").unlink()
-            out[f"{gib}G"] = {"overlay_ms": [round(t * 1000, 2) for t in times],
-                              "overlay_median_ms": median(times) * 1000,
-                              "copy_median_ms": median(copies) * 1000,
-                              "copy_over_overlay": median(copies) / median(times)}
+            out[f"{gib}G"] = {
+                "overlay_ms": [round(t * 1000, 2) for t in times],
+                "overlay_median_ms": median(times) * 1000,
+                "copy_median_ms": median(copies) * 1000,
+                "copy_over_overlay": median(copies) / median(times),
+            }
             base.unlink()
         o1 = out["1G"]["overlay_median_ms"]  # type: ignore[index]
         o10 = out["10G"]["overlay_median_ms"]  # type: ignore[index]
@@ -123,26 +134,28 @@ def main() -> None:
     disk = disk_runs()
     data = {"machine": info, "boot": boot, "disk": disk}
     b, dd = boot, disk
-    summary = "\n".join([
-        "# bench/boot",
-        "",
-        f"Measured {info['time']} on {info['cpus']} CPUs, {info['qemu']}; load average at start "
-        f"{info['loadavg_start'][0]:.2f} (see boot.json for the end).",
-        "",
-        f"API call -> SSH banner, median of {args.runs} (interleaved):",
-        f"- Corral: {b['corral_median']:.2f} s; raw qemu-system (same kernel, initramfs, disk "
-        f"layering, network): {b['raw_median']:.2f} s; ratio {b['ratio']:.3f} (target <= 1.15)",
-        "",
-        "Instance disk creation (qcow2 overlay), median of 20:",
-        f"- 1 GiB image: {dd['1G']['overlay_median_ms']:.1f} ms (a full copy: "  # type: ignore[index]
-        f"{dd['1G']['copy_median_ms']:.0f} ms, {dd['1G']['copy_over_overlay']:.0f}x slower)",  # type: ignore[index]
-        f"- 10 GiB image: {dd['10G']['overlay_median_ms']:.1f} ms (a full copy: "  # type: ignore[index]
-        f"{dd['10G']['copy_median_ms']:.0f} ms, {dd['10G']['copy_over_overlay']:.0f}x slower)",  # type: ignore[index]
-        f"- 10 GiB / 1 GiB overlay time: {dd['size_ratio_10G_over_1G']:.2f} (independent of size "
-        "when ~1); target < 100 ms",
-        "",
-        "Rerun: `sudo .venv/bin/python -m bench.boot --runs 7`",
-    ])
+    summary = "\n".join(
+        [
+            "# bench/boot",
+            "",
+            f"Measured {info['time']} on {info['cpus']} CPUs, {info['qemu']}; load average at start "
+            f"{info['loadavg_start'][0]:.2f} (see boot.json for the end).",
+            "",
+            f"API call -> SSH banner, median of {args.runs} (interleaved):",
+            f"- Corral: {b['corral_median']:.2f} s; raw qemu-system (same kernel, initramfs, disk "
+            f"layering, network): {b['raw_median']:.2f} s; ratio {b['ratio']:.3f} (target <= 1.15)",
+            "",
+            "Instance disk creation (qcow2 overlay), median of 20:",
+            f"- 1 GiB image: {dd['1G']['overlay_median_ms']:.1f} ms (a full copy: "  # type: ignore[index]
+            f"{dd['1G']['copy_median_ms']:.0f} ms, {dd['1G']['copy_over_overlay']:.0f}x slower)",  # type: ignore[index]
+            f"- 10 GiB image: {dd['10G']['overlay_median_ms']:.1f} ms (a full copy: "  # type: ignore[index]
+            f"{dd['10G']['copy_median_ms']:.0f} ms, {dd['10G']['copy_over_overlay']:.0f}x slower)",  # type: ignore[index]
+            f"- 10 GiB / 1 GiB overlay time: {dd['size_ratio_10G_over_1G']:.2f} (independent of size "
+            "when ~1); target < 100 ms",
+            "",
+            "Rerun: `sudo .venv/bin/python -m bench.boot --runs 7`",
+        ]
+    )
     write_results("boot", data, summary)
 
 

@@ -22,8 +22,15 @@ from tests.harness import Daemon, new_daemon  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
-__all__ = ["Daemon", "machine", "median", "new_daemon", "raw_guest", "ssh_banner_at",
-           "write_results"]
+__all__ = [
+    "Daemon",
+    "machine",
+    "median",
+    "new_daemon",
+    "raw_guest",
+    "ssh_banner_at",
+    "write_results",
+]
 
 
 def median(xs: list[float]) -> float:
@@ -53,8 +60,9 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "qemu": subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
-                               text=True).stdout.splitlines()[0],
+        "qemu": subprocess.run(
+            ["qemu-system-x86_64", "--version"], capture_output=True, text=True
+        ).stdout.splitlines()[0],
         "loadavg_start": os.getloadavg(),
         "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
@@ -77,19 +85,46 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def raw_argv(kernel: Path, initrd: Path, cmdline: str, disk: Path, tap: str, mac: str,
-             console: Path) -> list[str]:
+def raw_argv(
+    kernel: Path, initrd: Path, cmdline: str, disk: Path, tap: str, mac: str, console: Path
+) -> list[str]:
     """What one would type to boot the tiny image by hand, with the devices Corral gives it."""
     return [
-        "qemu-system-x86_64", "-machine", "pc", "-accel", "tcg,tb-size=32", "-cpu", "max",
-        "-smp", "1", "-m", "256M", "-nodefaults", "-no-user-config", "-display", "none",
-        "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
-        "-drive", f"file={disk},if=none,id=root,format=qcow2,discard=unmap,cache=writeback",
-        "-device", "virtio-blk-pci,drive=root",
-        "-netdev", f"tap,id=net0,ifname={tap},script=no,downscript=no",
-        "-device", f"virtio-net-pci,netdev=net0,mac={mac}",
-        "-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0",
-        "-serial", f"file:{console}",
+        "qemu-system-x86_64",
+        "-machine",
+        "pc",
+        "-accel",
+        "tcg,tb-size=32",
+        "-cpu",
+        "max",
+        "-smp",
+        "1",
+        "-m",
+        "256M",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-kernel",
+        str(kernel),
+        "-initrd",
+        str(initrd),
+        "-append",
+        cmdline,
+        "-drive",
+        f"file={disk},if=none,id=root,format=qcow2,discard=unmap,cache=writeback",
+        "-device",
+        "virtio-blk-pci,drive=root",
+        "-netdev",
+        f"tap,id=net0,ifname={tap},script=no,downscript=no",
+        "-device",
+        f"virtio-net-pci,netdev=net0,mac={mac}",
+        "-object",
+        "rng-random,id=rng0,filename=/dev/urandom",
+        "-device",
+        "virtio-rng-pci,rng=rng0",
+        "-serial",
+        f"file:{console}",
     ]
 
 
@@ -122,16 +157,23 @@ def raw_guest(d: Daemon, name: str, work: Path) -> tuple[Any, Any, Any]:
     wait(c, c.instance_stop(acc.instance.id, force=True))
     inst = acc.instance
     disk = work / f"{name}.qcow2"
-    asyncio.run(overlays.create(disk, store.root_disk_path(tiny), "qcow2",
-                                tiny.root_disk.virtual_size or 0))
-    argv = raw_argv(kernel, initrd, tiny.cmdline, disk, "t" + inst.id[2:14], inst.mac,
-                    work / f"{name}.log")
+    asyncio.run(
+        overlays.create(disk, store.root_disk_path(tiny), "qcow2", tiny.root_disk.virtual_size or 0)
+    )
+    argv = raw_argv(
+        kernel, initrd, tiny.cmdline, disk, "t" + inst.id[2:14], inst.mac, work / f"{name}.log"
+    )
 
     def launch() -> subprocess.Popen[bytes]:
         enter = netns.preexec(d.settings.namespace)
         try:
-            return subprocess.Popen(argv, preexec_fn=enter, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            return subprocess.Popen(
+                argv,
+                preexec_fn=enter,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         finally:
             os.close(enter.fd)  # type: ignore[attr-defined]
 

@@ -47,8 +47,10 @@ def rss_mib(pid: int) -> float:
 def measure(pids: dict[str, int], window: float) -> dict[str, dict[str, float]]:
     start = {k: cpu_seconds(p) for k, p in pids.items()}
     time.sleep(window)
-    return {k: {"cpu_percent": 100 * (cpu_seconds(p) - start[k]) / window, "rss_mib": rss_mib(p)}
-            for k, p in pids.items()}
+    return {
+        k: {"cpu_percent": 100 * (cpu_seconds(p) - start[k]) / window, "rss_mib": rss_mib(p)}
+        for k, p in pids.items()
+    }
 
 
 def main() -> None:
@@ -107,31 +109,37 @@ def main() -> None:
         data = {
             "machine": info,
             "per_instance": per,
-            "corral_rss_mib": corral_rss, "raw_rss_mib": raw_rss, "rss_ratio": corral_rss / raw_rss,
-            "corral_cpu_percent": corral_cpu, "raw_cpu_percent": raw_cpu,
+            "corral_rss_mib": corral_rss,
+            "raw_rss_mib": raw_rss,
+            "rss_ratio": corral_rss / raw_rss,
+            "corral_cpu_percent": corral_cpu,
+            "raw_cpu_percent": raw_cpu,
             "cpu_ratio": corral_cpu / raw_cpu if raw_cpu else None,
-            "daemon_idle_0": daemon_idle0, "daemon_idle_n": daemon_idle_n,
+            "daemon_idle_0": daemon_idle0,
+            "daemon_idle_n": daemon_idle_n,
             "idle_instances": len(running),
         }
         cpu_ratio = f"{corral_cpu / raw_cpu:.2f}" if raw_cpu else "n/a"
-        summary = "\n".join([
-            "# bench/density",
-            "",
-            f"Measured {info['time']} on {info['cpus']} CPUs, {info['qemu']}; load average at "
-            f"start {info['loadavg_start'][0]:.2f}. Guests: tiny, 256 MiB, idle, TCG.",
-            "",
-            f"Per idle instance (median of {args.per_kind} each, {args.window:.0f} s window):",
-            f"- RSS: Corral {corral_rss:.0f} MiB, raw qemu {raw_rss:.0f} MiB, ratio "
-            f"{corral_rss / raw_rss:.3f} (target <= 1.1)",
-            f"- CPU: Corral {corral_cpu:.2f} %, raw qemu {raw_cpu:.2f} %, ratio {cpu_ratio} "
-            "(target <= 1.1)",
-            "",
-            f"Daemon's own CPU: {daemon_idle0['cpu_percent']:.2f} % with no instances, "
-            f"{daemon_idle_n['cpu_percent']:.2f} % with {len(running)} idle instances "
-            f"(RSS {daemon_idle_n['rss_mib']:.0f} MiB).",
-            "",
-            "Rerun: `sudo .venv/bin/python -m bench.density`",
-        ])
+        summary = "\n".join(
+            [
+                "# bench/density",
+                "",
+                f"Measured {info['time']} on {info['cpus']} CPUs, {info['qemu']}; load average at "
+                f"start {info['loadavg_start'][0]:.2f}. Guests: tiny, 256 MiB, idle, TCG.",
+                "",
+                f"Per idle instance (median of {args.per_kind} each, {args.window:.0f} s window):",
+                f"- RSS: Corral {corral_rss:.0f} MiB, raw qemu {raw_rss:.0f} MiB, ratio "
+                f"{corral_rss / raw_rss:.3f} (target <= 1.1)",
+                f"- CPU: Corral {corral_cpu:.2f} %, raw qemu {raw_cpu:.2f} %, ratio {cpu_ratio} "
+                "(target <= 1.1)",
+                "",
+                f"Daemon's own CPU: {daemon_idle0['cpu_percent']:.2f} % with no instances, "
+                f"{daemon_idle_n['cpu_percent']:.2f} % with {len(running)} idle instances "
+                f"(RSS {daemon_idle_n['rss_mib']:.0f} MiB).",
+                "",
+                "Rerun: `sudo .venv/bin/python -m bench.density`",
+            ]
+        )
         write_results("density", data, summary)
     finally:
         for p in raws:

@@ -26,8 +26,9 @@ from corral import models
 from corral.images import archive, qcow
 from corral.images.store import ImageStore
 
-TOOLS_RECIPE = Path(__file__).resolve().parent.parent / "tests/integration/images/recipes/" \
-    "debian-tools"
+TOOLS_RECIPE = (
+    Path(__file__).resolve().parent.parent / "tests/integration/images/recipes/debian-tools"
+)
 
 
 def run_measured(argv: list[str], stdout: Any = subprocess.DEVNULL) -> tuple[float, int]:
@@ -51,18 +52,45 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def corral_delta(base_qcow: Path, new_raw: Path, work: Path, level: int,
-                 cluster: int) -> dict[str, Any]:
+def corral_delta(
+    base_qcow: Path, new_raw: Path, work: Path, level: int, cluster: int
+) -> dict[str, Any]:
     """Corral's delta from two whole disks: an overlay of the new disk on the base (qemu-img
     rebase, safe mode), then zstd. Timed end to end; applied and checked."""
     overlay, packed = work / f"overlay-{cluster}.qcow2", work / f"overlay-{cluster}-{level}.zst"
     overlay.unlink(missing_ok=True)
     start = time.monotonic()
-    _, m1 = run_measured(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
-                           f"cluster_size={cluster}", "-b", str(new_raw), "-F", "raw",
-                           str(overlay), str(new_raw.stat().st_size)])
-    t2, m2 = run_measured(["qemu-img", "rebase", "-q", "-f", "qcow2", "-b", str(base_qcow),
-                           "-F", "qcow2", str(overlay)])
+    _, m1 = run_measured(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            f"cluster_size={cluster}",
+            "-b",
+            str(new_raw),
+            "-F",
+            "raw",
+            str(overlay),
+            str(new_raw.stat().st_size),
+        ]
+    )
+    t2, m2 = run_measured(
+        [
+            "qemu-img",
+            "rebase",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            str(base_qcow),
+            "-F",
+            "qcow2",
+            str(overlay),
+        ]
+    )
     with open(packed, "wb") as out:
         t3, m3 = run_measured(["zstd", f"-{level}", "-T0", "-q", "-c", str(overlay)], out)
     total = time.monotonic() - start
@@ -71,26 +99,44 @@ def corral_delta(base_qcow: Path, new_raw: Path, work: Path, level: int,
     with open(applied, "wb") as out:
         subprocess.run(["zstd", "-d", "-q", "-c", str(packed)], stdout=out, check=True)
     qcow.set_backing(applied, str(base_qcow))
-    subprocess.run(["qemu-img", "convert", "-O", "raw", str(applied), str(restored)],
-                   check=True)
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(applied), str(restored)], check=True)
     ok = sha256(restored) == sha256(new_raw)
     out_size = packed.stat().st_size
     for p in (applied, restored):
         p.unlink()
-    return {"size": out_size, "seconds": total, "memory": max(m1, m2, m3),
-            "overlay_size": overlay.stat().st_size, "zstd_seconds": t3, "rebase_seconds": t2,
-            "verified": ok}
+    return {
+        "size": out_size,
+        "seconds": total,
+        "memory": max(m1, m2, m3),
+        "overlay_size": overlay.stat().st_size,
+        "zstd_seconds": t3,
+        "rebase_seconds": t2,
+        "verified": ok,
+    }
 
 
 def xdelta(base_raw: Path, new_raw: Path, work: Path) -> dict[str, Any]:
     """xdelta3 -9 with a source window as large as xdelta3 allows (the whole image here)."""
     out = work / "xdelta.vcdiff"
     window = min(base_raw.stat().st_size, 1 << 31)
-    seconds, memory = run_measured(["xdelta3", "-9", "-f", "-e", "-B", str(window), "-s",
-                                    str(base_raw), str(new_raw), str(out)])
+    seconds, memory = run_measured(
+        [
+            "xdelta3",
+            "-9",
+            "-f",
+            "-e",
+            "-B",
+            str(window),
+            "-s",
+            str(base_raw),
+            str(new_raw),
+            str(out),
+        ]
+    )
     restored = work / "xrestored.raw"
-    run_measured(["xdelta3", "-d", "-f", "-B", str(window), "-s", str(base_raw), str(out),
-                  str(restored)])
+    run_measured(
+        ["xdelta3", "-d", "-f", "-B", str(window), "-s", str(base_raw), str(out), str(restored)]
+    )
     ok = sha256(restored) == sha256(new_raw)
     restored.unlink()
     return {"size": out.stat().st_size, "seconds": seconds, "memory": memory, "verified": ok}
@@ -100,8 +146,7 @@ def whole(new_qcow: Path, work: Path, level: int) -> dict[str, Any]:
     """The whole new image as shipped without deltas: its standalone qcow2, zstd."""
     out = work / f"whole-{level}.zst"
     with open(out, "wb") as fh:
-        seconds, memory = run_measured(["zstd", f"-{level}", "-T0", "-q", "-c", str(new_qcow)],
-                                       fh)
+        seconds, memory = run_measured(["zstd", f"-{level}", "-T0", "-q", "-c", str(new_qcow)], fh)
     return {"size": out.stat().st_size, "seconds": seconds, "memory": memory, "verified": True}
 
 
@@ -114,18 +159,19 @@ def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def deltas(store: ImageStore, base_digest: str, new_digest: str, runs: int,
-           work: Path) -> dict[str, Any]:
+def deltas(
+    store: ImageStore, base_digest: str, new_digest: str, runs: int, work: Path
+) -> dict[str, Any]:
     base = store.get_manifest(base_digest)
     base_qcow = store.root_disk_path(base)
     new = store.get_manifest(new_digest)
     base_raw, new_raw, new_qcow = work / "base.raw", work / "new.raw", work / "new.qcow2"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", str(base_qcow), str(base_raw)],
-                   check=True)
-    subprocess.run(["qemu-img", "convert", "-O", "raw", str(store.root_disk_path(new)),
-                    str(new_raw)], check=True)
-    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(new_raw), str(new_qcow)],
-                   check=True)
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(base_qcow), str(base_raw)], check=True)
+    subprocess.run(
+        ["qemu-img", "convert", "-O", "raw", str(store.root_disk_path(new)), str(new_raw)],
+        check=True,
+    )
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(new_raw), str(new_qcow)], check=True)
     results: dict[str, Any] = {
         "image_bytes": new_raw.stat().st_size,
         "image_allocated_bytes": new_raw.stat().st_blocks * 512,
@@ -134,12 +180,13 @@ def deltas(store: ImageStore, base_digest: str, new_digest: str, runs: int,
     cluster, level = qcow.DELTA_CLUSTER, archive.DELTA_LEVEL
     methods = {
         "xdelta3 -9 (baseline)": lambda: xdelta(base_raw, new_raw, work),
-        f"**corral: overlay {cluster >> 10}k clusters + zstd -{level}**":
-            lambda: corral_delta(base_qcow, new_raw, work, level, cluster),
-        "overlay 64k clusters + zstd -3": lambda: corral_delta(base_qcow, new_raw, work, 3,
-                                                               65536),
-        "overlay 64k clusters + zstd -19": lambda: corral_delta(base_qcow, new_raw, work, 19,
-                                                                65536),
+        f"**corral: overlay {cluster >> 10}k clusters + zstd -{level}**": lambda: corral_delta(
+            base_qcow, new_raw, work, level, cluster
+        ),
+        "overlay 64k clusters + zstd -3": lambda: corral_delta(base_qcow, new_raw, work, 3, 65536),
+        "overlay 64k clusters + zstd -19": lambda: corral_delta(
+            base_qcow, new_raw, work, 19, 65536
+        ),
         "overlay 4k clusters + zstd -3": lambda: corral_delta(base_qcow, new_raw, work, 3, 4096),
         "whole image (qcow2) + zstd -3": lambda: whole(new_qcow, work, 3),
     }
@@ -155,12 +202,19 @@ def deltas(store: ImageStore, base_digest: str, new_digest: str, runs: int,
     for _ in range(runs):
         start = time.monotonic()
         archive.export(store, new_digest, out, base_digest)
-        runs_.append({"size": out.stat().st_size, "seconds": time.monotonic() - start,
-                      "memory": 0, "verified": True})
+        runs_.append(
+            {
+                "size": out.stat().st_size,
+                "seconds": time.monotonic() - start,
+                "memory": 0,
+                "verified": True,
+            }
+        )
     archive.import_archive(other, out)
     other.verify(new_digest)
-    results[f"corral image export --delta-from (stored overlay, zstd -{level}, archive)"] = \
-        best(runs_)
+    results[f"corral image export --delta-from (stored overlay, zstd -{level}, archive)"] = best(
+        runs_
+    )
     return results
 
 
@@ -174,8 +228,9 @@ def creation(d: Any, refs: list[str], runs: int) -> dict[str, Any]:
         for i in range(runs):
             name = f"bench-{ref.replace(':', '-').replace('.', '-')}-{i}"
             start = time.monotonic()
-            acc = c.instance_run(models.InstanceCreate.model_validate(
-                {"image": ref, "name": name, "memory": "512M"}))
+            acc = c.instance_run(
+                models.InstanceCreate.model_validate({"image": ref, "name": name, "memory": "512M"})
+            )
             op = acc.operation
             while op is not None and op.status not in ("succeeded", "failed", "cancelled"):
                 op = c.operation_wait(op.id, timeout=60)
@@ -183,8 +238,12 @@ def creation(d: Any, refs: list[str], runs: int) -> dict[str, Any]:
             if op is not None and op.status != "succeeded":
                 raise RuntimeError(f"run {ref}: {op.error}")
             c.instance_terminate(name, force=True)
-        out[ref] = {"image_bytes": img.size, "virtual_size": img.virtual_size,
-                    "seconds": median(times), "runs": [round(t, 3) for t in times]}
+        out[ref] = {
+            "image_bytes": img.size,
+            "virtual_size": img.virtual_size,
+            "seconds": median(times),
+            "runs": [round(t, 3) for t in times],
+        }
     return out
 
 
@@ -215,15 +274,23 @@ def summary(data: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {r['size'] / 1e6:.2f} MB | {r['seconds']:.2f} s | "
             f"{memory} | {r['size'] / base['size']:.2f} | "
-            f"{base['seconds'] / r['seconds']:.1f}x | {'yes' if r['verified'] else 'NO'} |")
+            f"{base['seconds'] / r['seconds']:.1f}x | {'yes' if r['verified'] else 'NO'} |"
+        )
     c = data["creation"]
     tiny = c["tiny:1"]
-    lines += ["", "## Instance creation against image size (API call -> QEMU running)", "",
-              "| image | image size | disk | time | / tiny |", "|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "## Instance creation against image size (API call -> QEMU running)",
+        "",
+        "| image | image size | disk | time | / tiny |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for ref, r in c.items():
-        lines.append(f"| {ref} | {r['image_bytes'] / 1e6:.1f} MB | "
-                     f"{r['virtual_size'] >> 20} MiB | {r['seconds']:.2f} s | "
-                     f"{r['seconds'] / tiny['seconds']:.2f} |")
+        lines.append(
+            f"| {ref} | {r['image_bytes'] / 1e6:.1f} MB | "
+            f"{r['virtual_size'] >> 20} MiB | {r['seconds']:.2f} s | "
+            f"{r['seconds'] / tiny['seconds']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -255,7 +322,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     data["machine"]["loadavg_end"] = os.getloadavg()
     data["command"] = "sudo .venv/bin/python -m bench.images " + " ".join(
-        f"--runs {args.runs}".split())
+        f"--runs {args.runs}".split()
+    )
     write_results("images", data, summary(data))
 
 

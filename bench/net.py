@@ -28,20 +28,42 @@ from tests.harness import outside_namespace
 
 
 def policy_with(rules: int, ports: int = 50) -> PolicySpec:
-    net = NetworkSpec(id="net-bench", namespace="x", bridge="cbr0", cidr="10.88.0.0/16",
-                      gateway="10.88.0.1", domain="corral.internal")
+    net = NetworkSpec(
+        id="net-bench",
+        namespace="x",
+        bridge="cbr0",
+        cidr="10.88.0.0/16",
+        gateway="10.88.0.1",
+        domain="corral.internal",
+    )
     groups = []
     per_group = max(rules // 10, 1)
     for g in range(10):
         gid = f"sg-{g:017x}"
-        ingress = [RuleSpec(protocol="tcp", from_port=1000 + r, to_port=1000 + r,
-                            cidrs=[f"10.{g}.{r % 250}.0/24"]) for r in range(per_group)]
-        groups.append(GroupSpec(id=gid, ingress=ingress,
-                                egress=[RuleSpec(protocol="all", cidrs=["0.0.0.0/0"])]))
-    port_list = [PortSpec(instance_id=f"i-{p:017x}", tap=f"t{p:012x}",
-                          mac=f"52:54:00:00:{p // 256:02x}:{p % 256:02x}",
-                          address=f"10.88.{p // 250}.{p % 250 + 2}", groups=[groups[p % 10].id])
-                 for p in range(ports)]
+        ingress = [
+            RuleSpec(
+                protocol="tcp",
+                from_port=1000 + r,
+                to_port=1000 + r,
+                cidrs=[f"10.{g}.{r % 250}.0/24"],
+            )
+            for r in range(per_group)
+        ]
+        groups.append(
+            GroupSpec(
+                id=gid, ingress=ingress, egress=[RuleSpec(protocol="all", cidrs=["0.0.0.0/0"])]
+            )
+        )
+    port_list = [
+        PortSpec(
+            instance_id=f"i-{p:017x}",
+            tap=f"t{p:012x}",
+            mac=f"52:54:00:00:{p // 256:02x}:{p % 256:02x}",
+            address=f"10.88.{p // 250}.{p % 250 + 2}",
+            groups=[groups[p % 10].id],
+        )
+        for p in range(ports)
+    ]
     return PolicySpec(network=net, groups=groups, ports=port_list)
 
 
@@ -59,16 +81,38 @@ def rule_update(rules: int, runs: int) -> dict[str, object]:
             doc = json.dumps(firewall.document(pol)).encode()
             render_s.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            subprocess.run(["ip", "netns", "exec", ns, "nft", "-j", "-f", "-"], input=doc,
-                           check=True)
+            subprocess.run(
+                ["ip", "netns", "exec", ns, "nft", "-j", "-f", "-"], input=doc, check=True
+            )
             apply_s.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            subprocess.run(["ip", "netns", "exec", ns, "nft", "add", "rule", "inet", "corral",
-                            f"in_{0:017x}", "tcp", "dport", "9999", "accept"], check=True)
+            subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "nft",
+                    "add",
+                    "rule",
+                    "inet",
+                    "corral",
+                    f"in_{0:017x}",
+                    "tcp",
+                    "dport",
+                    "9999",
+                    "accept",
+                ],
+                check=True,
+            )
             one_s.append(time.perf_counter() - t0)
-        return {"rules_in_ruleset": nrules, "render_ms": median(render_s) * 1000,
-                "rebuild_ms": median(apply_s) * 1000, "one_rule_ms": median(one_s) * 1000,
-                "rebuild_over_one_rule": median(apply_s) / median(one_s)}
+        return {
+            "rules_in_ruleset": nrules,
+            "render_ms": median(render_s) * 1000,
+            "rebuild_ms": median(apply_s) * 1000,
+            "one_rule_ms": median(one_s) * 1000,
+            "rebuild_over_one_rule": median(apply_s) / median(one_s),
+        }
     finally:
         subprocess.run(["ip", "netns", "delete", ns])
 
@@ -89,13 +133,25 @@ def throughput(runs: int, megabytes: int = 16) -> dict[str, object]:
             for _attempt in range(3):
                 port = next(ports)
                 # busybox nc quits when its stdin ends: the listener's stdin is a long sleep
-                before = int(d.cli("ssh", b_name, "--",
-                                   f"setsid sh -c 'sleep 600 | nc -l -p {port} > /dev/null' "
-                                   f"</dev/null >/dev/null 2>&1 & sleep 0.5; {rx}")
-                             .ok().out.split()[-1])
-                out = d.cli("ssh", "tp-a", "--", f"time -p timeout 60 sh -c 'dd if=/dev/zero "
-                            f"bs=64k count={megabytes * 16} 2>/dev/null | nc {b_ip} {port}'",
-                            timeout=120)
+                before = int(
+                    d.cli(
+                        "ssh",
+                        b_name,
+                        "--",
+                        f"setsid sh -c 'sleep 600 | nc -l -p {port} > /dev/null' "
+                        f"</dev/null >/dev/null 2>&1 & sleep 0.5; {rx}",
+                    )
+                    .ok()
+                    .out.split()[-1]
+                )
+                out = d.cli(
+                    "ssh",
+                    "tp-a",
+                    "--",
+                    f"time -p timeout 60 sh -c 'dd if=/dev/zero "
+                    f"bs=64k count={megabytes * 16} 2>/dev/null | nc {b_ip} {port}'",
+                    timeout=120,
+                )
                 after = int(d.cli("ssh", b_name, "--", f"sleep 1; {rx}").ok().out.split()[-1])
                 lines = (out.out + out.err).splitlines()
                 real = next((ln for ln in lines if ln.startswith("real")), None)
@@ -117,10 +173,15 @@ def throughput(runs: int, megabytes: int = 16) -> dict[str, object]:
             d.cli("rename", b_name, new).ok()
             b_name = new
             assert "corral" in d.nsexec("nft", "list", "tables").stdout
-        return {"corral_mbit": filtered, "raw_bridge_mbit": raw,
-                "corral_median_mbit": median(filtered), "raw_median_mbit": median(raw),
-                "ratio": median(filtered) / median(raw),
-                "stdev_corral": statistics.pstdev(filtered), "megabytes_per_run": megabytes}
+        return {
+            "corral_mbit": filtered,
+            "raw_bridge_mbit": raw,
+            "corral_median_mbit": median(filtered),
+            "raw_median_mbit": median(raw),
+            "ratio": median(filtered) / median(raw),
+            "stdev_corral": statistics.pstdev(filtered),
+            "megabytes_per_run": megabytes,
+        }
     finally:
         d.teardown()
 
@@ -154,23 +215,42 @@ def policy_and_eip(runs: int, moves: int) -> dict[str, object]:
         d.start()
         d.cli("image", "build", "tiny", timeout=900).ok()
         creds = json.loads((d.state_dir / "admin.credentials").read_text())
-        ec2 = boto3.client("ec2", endpoint_url=d.url, region_name="corral-1",
-                           aws_access_key_id=creds["access_key_id"],
-                           aws_secret_access_key=creds["secret_access_key"])
+        ec2 = boto3.client(
+            "ec2",
+            endpoint_url=d.url,
+            region_name="corral-1",
+            aws_access_key_id=creds["access_key_id"],
+            aws_secret_access_key=creds["secret_access_key"],
+        )
         for n in ("e-a", "e-b"):
             d.cli("run", "tiny", "--name", n, "--memory", "128M").ok()
-            d.ssh(n, "mkdir -p /www && echo $(hostname) > /www/index.html && httpd -p 8080 "
-                  "-h /www").ok()
+            d.ssh(
+                n, "mkdir -p /www && echo $(hostname) > /www/index.html && httpd -p 8080 -h /www"
+            ).ok()
         ids = {n: json.loads(d.cli("show", n, "--json").ok().out)["id"] for n in ("e-a", "e-b")}
         sg = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
-        ec2.authorize_security_group_ingress(GroupId=sg, IpPermissions=[
-            {"IpProtocol": "icmp", "FromPort": -1, "ToPort": -1,
-             "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+        ec2.authorize_security_group_ingress(
+            GroupId=sg,
+            IpPermissions=[
+                {
+                    "IpProtocol": "icmp",
+                    "FromPort": -1,
+                    "ToPort": -1,
+                    "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
+                }
+            ],
+        )
         alloc = ec2.allocate_address(Domain="vpc")
         eip = alloc["PublicIp"]
         ec2.associate_address(AllocationId=alloc["AllocationId"], InstanceId=ids["e-a"])
-        perm = [{"IpProtocol": "tcp", "FromPort": 8080, "ToPort": 8080,
-                 "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]
+        perm = [
+            {
+                "IpProtocol": "tcp",
+                "FromPort": 8080,
+                "ToPort": 8080,
+                "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
+            }
+        ]
         api_s, raw_s = [], []
         ns = d.settings.namespace
         for _ in range(runs):
@@ -182,8 +262,25 @@ def policy_and_eip(runs: int, moves: int) -> dict[str, object]:
             # the baseline: the same allow, added by hand to the live table
             chain = "gi_" + sg.split("-", 1)[1]
             t0 = time.monotonic()
-            subprocess.run(["ip", "netns", "exec", ns, "nft", "add", "rule", "inet", "corral",
-                            chain, "tcp", "dport", "8080", "accept"], check=True)
+            subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "nft",
+                    "add",
+                    "rule",
+                    "inet",
+                    "corral",
+                    chain,
+                    "tcp",
+                    "dport",
+                    "8080",
+                    "accept",
+                ],
+                check=True,
+            )
             raw_s.append(_connect_until(outside, eip, 8080, t0 + 10) - t0)
             # Corral rebuilds its policy on any change, dropping the hand-made rule
             ec2.authorize_security_group_ingress(GroupId=sg, IpPermissions=perm)
@@ -199,24 +296,46 @@ def policy_and_eip(runs: int, moves: int) -> dict[str, object]:
         lost_per_move = []
         for i in range(moves):
             target = ids["e-b"] if i % 2 == 0 else ids["e-a"]
-            ping = subprocess.Popen(["ip", "netns", "exec", outside, "ping", "-n", "-i", "0.01",
-                                     "-c", "300", "-W", "1", eip], stdout=subprocess.PIPE,
-                                    text=True)
+            ping = subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    outside,
+                    "ping",
+                    "-n",
+                    "-i",
+                    "0.01",
+                    "-c",
+                    "300",
+                    "-W",
+                    "1",
+                    eip,
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             time.sleep(1.0)
-            ec2.associate_address(AllocationId=alloc["AllocationId"], InstanceId=target,
-                                  AllowReassociation=True)
+            ec2.associate_address(
+                AllocationId=alloc["AllocationId"], InstanceId=target, AllowReassociation=True
+            )
             out, _ = ping.communicate(timeout=60)
-            sent, got = (int(x) for x in
-                         out.split("packets transmitted")[0].split()[-1:] +
-                         out.split(" received")[0].split()[-1:])
+            sent, got = (
+                int(x)
+                for x in out.split("packets transmitted")[0].split()[-1:]
+                + out.split(" received")[0].split()[-1:]
+            )
             lost_per_move.append(sent - got)
         return {
             "first_packet_api_ms": [x * 1000 for x in api_s],
             "first_packet_nft_ms": [x * 1000 for x in raw_s],
-            "api_p50_ms": pct(api_s, 0.5), "api_p99_ms": pct(api_s, 0.99),
-            "nft_p50_ms": pct(raw_s, 0.5), "nft_p99_ms": pct(raw_s, 0.99),
+            "api_p50_ms": pct(api_s, 0.5),
+            "api_p99_ms": pct(api_s, 0.99),
+            "nft_p50_ms": pct(raw_s, 0.5),
+            "nft_p99_ms": pct(raw_s, 0.99),
             "ratio_p50": pct(api_s, 0.5) / pct(raw_s, 0.5),
-            "eip_moves": moves, "lost_pings_per_move": lost_per_move,
+            "eip_moves": moves,
+            "lost_pings_per_move": lost_per_move,
             "lost_pings_total": sum(lost_per_move),
         }
 
@@ -233,34 +352,36 @@ def main() -> None:
     pe = policy_and_eip(args.policy_runs, args.moves)
     tp = throughput(args.runs)
     data = {"machine": info, "rule_update": ru, "throughput": tp, "policy_and_eip": pe}
-    summary = "\n".join([
-        "# bench/net",
-        "",
-        f"Measured {info['time']} on {info['cpus']} CPUs; load average at start "
-        f"{info['loadavg_start'][0]:.2f}.",
-        "",
-        f"Rule update with {ru['rules_in_ruleset']} rules in the rule set (50 instances, 10 "
-        "groups), median of 10:",
-        f"- whole-policy rebuild in one nft transaction: {ru['rebuild_ms']:.1f} ms "
-        f"(+ {ru['render_ms']:.1f} ms to render the JSON)",
-        f"- baseline, one `nft add rule` to the live table: {ru['one_rule_ms']:.1f} ms; "
-        f"ratio {ru['rebuild_over_one_rule']:.2f}",
-        "",
-        f"Guest -> guest TCP throughput (busybox dd | nc, {tp['megabytes_per_run']} MiB, TCG), "
-        f"median of {args.runs}, alternated:",
-        f"- through Corral's filtering: {tp['corral_median_mbit']:.0f} Mbit/s; on a raw bridge: "
-        f"{tp['raw_median_mbit']:.0f} Mbit/s; ratio {tp['ratio']:.3f}",
-        "",
-        f"API call -> first allowed packet (outside world -> elastic IP, TCP connect tried every "
-        f"2 ms), {args.policy_runs} runs:",
-        f"- AuthorizeSecurityGroupIngress: p50 {pe['api_p50_ms']:.0f} ms, p99 "
-        f"{pe['api_p99_ms']:.0f} ms; baseline `nft add rule` by hand: p50 {pe['nft_p50_ms']:.0f} "
-        f"ms, p99 {pe['nft_p99_ms']:.0f} ms; ratio at p50 {pe['ratio_p50']:.1f}",
-        f"- elastic IP moved {pe['eip_moves']} times between two instances under a 10 ms ping: "
-        f"{pe['lost_pings_total']} pings lost in all ({pe['lost_pings_per_move']}; target 0)",
-        "",
-        "Rerun: `sudo .venv/bin/python -m bench.net`",
-    ])
+    summary = "\n".join(
+        [
+            "# bench/net",
+            "",
+            f"Measured {info['time']} on {info['cpus']} CPUs; load average at start "
+            f"{info['loadavg_start'][0]:.2f}.",
+            "",
+            f"Rule update with {ru['rules_in_ruleset']} rules in the rule set (50 instances, 10 "
+            "groups), median of 10:",
+            f"- whole-policy rebuild in one nft transaction: {ru['rebuild_ms']:.1f} ms "
+            f"(+ {ru['render_ms']:.1f} ms to render the JSON)",
+            f"- baseline, one `nft add rule` to the live table: {ru['one_rule_ms']:.1f} ms; "
+            f"ratio {ru['rebuild_over_one_rule']:.2f}",
+            "",
+            f"Guest -> guest TCP throughput (busybox dd | nc, {tp['megabytes_per_run']} MiB, TCG), "
+            f"median of {args.runs}, alternated:",
+            f"- through Corral's filtering: {tp['corral_median_mbit']:.0f} Mbit/s; on a raw bridge: "
+            f"{tp['raw_median_mbit']:.0f} Mbit/s; ratio {tp['ratio']:.3f}",
+            "",
+            f"API call -> first allowed packet (outside world -> elastic IP, TCP connect tried every "
+            f"2 ms), {args.policy_runs} runs:",
+            f"- AuthorizeSecurityGroupIngress: p50 {pe['api_p50_ms']:.0f} ms, p99 "
+            f"{pe['api_p99_ms']:.0f} ms; baseline `nft add rule` by hand: p50 {pe['nft_p50_ms']:.0f} "
+            f"ms, p99 {pe['nft_p99_ms']:.0f} ms; ratio at p50 {pe['ratio_p50']:.1f}",
+            f"- elastic IP moved {pe['eip_moves']} times between two instances under a 10 ms ping: "
+            f"{pe['lost_pings_total']} pings lost in all ({pe['lost_pings_per_move']}; target 0)",
+            "",
+            "Rerun: `sudo .venv/bin/python -m bench.net`",
+        ]
+    )
     write_results("net", data, summary)
 
 

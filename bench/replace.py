@@ -105,7 +105,7 @@ class Prober(threading.Thread):
         return not why
 
     def _probe(self) -> str:
-        """"" when the name answers, else what failed (kept to explain outages)."""
+        """ "" when the name answers, else what failed (kept to explain outages)."""
         try:
             udp = netns.socket_in(self.ns, socket.AF_INET, socket.SOCK_DGRAM)
             try:
@@ -197,24 +197,33 @@ def healthy(prober: Prober, timeout: float) -> None:
 def upgrade_replace(c: Any, image: str, timeout: float) -> dict[str, Any]:
     # the check named, as for any server: after a naive upgrade "web" is a plain instance
     # whose default check (SSH) would pass before its user-data has started the service
-    acc = c.instance_replace("web", models.ReplaceRequest(image=image, timeout=timeout,
-                                                          check="80/health"))
+    acc = c.instance_replace(
+        "web", models.ReplaceRequest(image=image, timeout=timeout, check="80/health")
+    )
     op = wait(c, acc.operation)
     assert op is not None
     events = c.operation_events(op.id)
     stop = next((e.time for e in events if "stopping the old" in e.message), None)
-    return {"cutover_seconds": op.result.get("cutover_seconds"),
-            "cutover_began_after": round((stop - op.created_at).total_seconds(), 3)
-            if stop is not None else None}
+    return {
+        "cutover_seconds": op.result.get("cutover_seconds"),
+        "cutover_began_after": round((stop - op.created_at).total_seconds(), 3)
+        if stop is not None
+        else None,
+    }
 
 
 def upgrade_naive(c: Any, image: str, timeout: float) -> dict[str, Any]:
     """Stop the old, run the new with the same name, address, user-data; attach the volume."""
     old = c.instance_show("web")
     wait(c, c.instance_terminate("web", timeout=30).operation)
-    req = models.InstanceCreate(image=image, name="web", memory=f"{old.memory >> 20}M",
-                                address=old.private_ip, user_data=NAIVE_USER_DATA["text"],
-                                public_keys=[sshkey_line()])
+    req = models.InstanceCreate(
+        image=image,
+        name="web",
+        memory=f"{old.memory >> 20}M",
+        address=old.private_ip,
+        user_data=NAIVE_USER_DATA["text"],
+        public_keys=[sshkey_line()],
+    )
     acc = c.instance_run(req)
     c.volume_attach("web-data", models.VolumeAttach(instance=acc.instance.id))
     wait(c, acc.operation)
@@ -254,8 +263,7 @@ def main() -> None:
         desired = render.desired(specs.load(path), {"web": "-"}, d.settings.domain)
         NAIVE_USER_DATA["text"] = desired[0].user_data
         NAIVE_USER_DATA["key"] = (d.home / "corral" / "id_ed25519.pub").read_text().strip()
-        d.ssh("web", "echo bench | $(command -v sudo) tee /srv/data/proof > /dev/null && sync"
-              ).ok()
+        d.ssh("web", "echo bench | $(command -v sudo) tee /srv/data/proof > /dev/null && sync").ok()
         prober = Prober(d, "web")
         prober.start()
         healthy(prober, boot)
@@ -272,11 +280,17 @@ def main() -> None:
             gaps = prober.outage(start, end)
             down = sum(length for _, length in gaps)
             proof = d.ssh("web", "cat /srv/data/proof").out.strip()
-            row = {"kind": kind, "to": target, "outage_seconds": round(down, 3),
-                   "gaps": gaps, "failures": prober.reasons(start, end),
-                   "upgrade_seconds": round(end - start, 3),
-                   "data_kept": proof == "bench", "load": list(os.getloadavg()),
-                   **extra}
+            row = {
+                "kind": kind,
+                "to": target,
+                "outage_seconds": round(down, 3),
+                "gaps": gaps,
+                "failures": prober.reasons(start, end),
+                "upgrade_seconds": round(end - start, 3),
+                "data_kept": proof == "bench",
+                "load": list(os.getloadavg()),
+                **extra,
+            }
             results[kind].append(row)
             print(row, flush=True)
             current = 1 - current
@@ -290,33 +304,45 @@ def main() -> None:
     rep_up = [r["upgrade_seconds"] for r in results["replace"]]
     naive_up = [r["upgrade_seconds"] for r in results["naive"]]
     cut = [r["cutover_seconds"] for r in results["replace"] if r.get("cutover_seconds")]
-    data = {"machine": info, "image": args.image, "runs": args.runs, "period": PERIOD,
-            "probe_timeout": PROBE_TIMEOUT, "results": results,
-            "median": {"replace_outage": median(rep), "naive_outage": median(naive),
-                       "replace_upgrade": median(rep_up), "naive_upgrade": median(naive_up),
-                       "replace_cutover_server": median(cut)}}
+    data = {
+        "machine": info,
+        "image": args.image,
+        "runs": args.runs,
+        "period": PERIOD,
+        "probe_timeout": PROBE_TIMEOUT,
+        "results": results,
+        "median": {
+            "replace_outage": median(rep),
+            "naive_outage": median(naive),
+            "replace_upgrade": median(rep_up),
+            "naive_upgrade": median(naive_up),
+            "replace_cutover_server": median(cut),
+        },
+    }
     ratio = median(naive) / median(rep) if median(rep) else float("nan")
-    summary = "\n".join([
-        f"# replace outage ({args.image}, {args.runs} upgrades each way, probe every "
-        f"{PERIOD * 1000:.0f} ms)",
-        "",
-        "Time the DNS name does not answer: dnsmasq lookup + TCP connect to port 80 from "
-        f"inside Corral's namespace, {PROBE_TIMEOUT} s timeout per probe. Each run's gaps "
-        "(start after the request, length) are in the JSON.",
-        "",
-        "| upgrade | outage median | outage min-max | whole upgrade median | data kept |",
-        "|---|---:|---:|---:|---|",
-        f"| `corral replace` | {median(rep):.2f} s | {min(rep):.2f}-{max(rep):.2f} s | "
-        f"{median(rep_up):.1f} s | {all(r['data_kept'] for r in results['replace'])} |",
-        f"| naive stop-then-start (baseline) | {median(naive):.2f} s | "
-        f"{min(naive):.2f}-{max(naive):.2f} s | {median(naive_up):.1f} s | "
-        f"{all(r['data_kept'] for r in results['naive'])} |",
-        "",
-        f"Outage ratio naive / replace: {ratio:.1f}x. Server-side cutover (old stopping -> "
-        f"new healthy at the old address) median {median(cut):.2f} s.",
-        f"Load average at start {info['loadavg_start'][0]:.2f}, at end "
-        f"{os.getloadavg()[0]:.2f} (2 cores, TCG).",
-    ])
+    summary = "\n".join(
+        [
+            f"# replace outage ({args.image}, {args.runs} upgrades each way, probe every "
+            f"{PERIOD * 1000:.0f} ms)",
+            "",
+            "Time the DNS name does not answer: dnsmasq lookup + TCP connect to port 80 from "
+            f"inside Corral's namespace, {PROBE_TIMEOUT} s timeout per probe. Each run's gaps "
+            "(start after the request, length) are in the JSON.",
+            "",
+            "| upgrade | outage median | outage min-max | whole upgrade median | data kept |",
+            "|---|---:|---:|---:|---|",
+            f"| `corral replace` | {median(rep):.2f} s | {min(rep):.2f}-{max(rep):.2f} s | "
+            f"{median(rep_up):.1f} s | {all(r['data_kept'] for r in results['replace'])} |",
+            f"| naive stop-then-start (baseline) | {median(naive):.2f} s | "
+            f"{min(naive):.2f}-{max(naive):.2f} s | {median(naive_up):.1f} s | "
+            f"{all(r['data_kept'] for r in results['naive'])} |",
+            "",
+            f"Outage ratio naive / replace: {ratio:.1f}x. Server-side cutover (old stopping -> "
+            f"new healthy at the old address) median {median(cut):.2f} s.",
+            f"Load average at start {info['loadavg_start'][0]:.2f}, at end "
+            f"{os.getloadavg()[0]:.2f} (2 cores, TCG).",
+        ]
+    )
     write_results(f"replace-{args.image}" if args.image != "tiny" else "replace", data, summary)
 
 

@@ -30,9 +30,12 @@ class ApiError(CorralError):
     def __init__(self, status: int, body: dict[str, Any]) -> None:
         err = body.get("error") or {}
         code = err.get("code", "internal")
-        super().__init__(err.get("message") or f"HTTP {status}",
-                         code=Code(code) if code in Code.__members__.values() else Code.INTERNAL,
-                         field=err.get("field"), resource=err.get("resource"))
+        super().__init__(
+            err.get("message") or f"HTTP {status}",
+            code=Code(code) if code in Code.__members__.values() else Code.INTERNAL,
+            field=err.get("field"),
+            resource=err.get("resource"),
+        )
         self.status = status
 
 
@@ -49,8 +52,9 @@ def find_credentials(state_dir: Path | None = None, endpoint: str | None = None)
     env_key, env_secret = os.environ.get("CORRAL_ACCESS_KEY"), os.environ.get("CORRAL_SECRET_KEY")
     env_endpoint = endpoint or os.environ.get("CORRAL_ENDPOINT")
     if env_key and env_secret:
-        return Credentials(env_endpoint or f"http://127.0.0.1:{DEFAULT_PORT}", env_key,
-                           env_secret, "environment")
+        return Credentials(
+            env_endpoint or f"http://127.0.0.1:{DEFAULT_PORT}", env_key, env_secret, "environment"
+        )
     sd = state_dir or Path(os.environ.get("CORRAL_STATE_DIR") or DEFAULT_STATE_DIR)
     candidates = [sd / "admin.credentials"]
     if state_dir is None and not os.environ.get("CORRAL_STATE_DIR"):
@@ -61,24 +65,32 @@ def find_credentials(state_dir: Path | None = None, endpoint: str | None = None)
         except FileNotFoundError:
             continue
         except PermissionError as err:
-            raise Unauthorized(f"cannot read {path}: run as root (sudo) or set "
-                               "CORRAL_ACCESS_KEY and CORRAL_SECRET_KEY") from err
+            raise Unauthorized(
+                f"cannot read {path}: run as root (sudo) or set "
+                "CORRAL_ACCESS_KEY and CORRAL_SECRET_KEY"
+            ) from err
         except ValueError as err:
             raise Unauthorized(f"{path} is not valid JSON; remove it") from err
-        return Credentials(env_endpoint or data.get("endpoint") or
-                           f"http://127.0.0.1:{DEFAULT_PORT}",
-                           data["access_key_id"], data["secret_access_key"], str(path))
+        return Credentials(
+            env_endpoint or data.get("endpoint") or f"http://127.0.0.1:{DEFAULT_PORT}",
+            data["access_key_id"],
+            data["secret_access_key"],
+            str(path),
+        )
     raise EnvironmentProblem(
         f"no Corral credentials found (looked in {', '.join(map(str, candidates))}); "
-        "start Corral with `corral up` or set CORRAL_ACCESS_KEY and CORRAL_SECRET_KEY")
+        "start Corral with `corral up` or set CORRAL_ACCESS_KEY and CORRAL_SECRET_KEY"
+    )
 
 
 class Client:
     def __init__(self, creds: Credentials, timeout: float = 60.0) -> None:
         self.creds = creds
         self.http = httpx.Client(
-            base_url=creds.endpoint, timeout=timeout,
-            headers={"Authorization": f"Bearer {creds.access_key_id}:{creds.secret_access_key}"})
+            base_url=creds.endpoint,
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {creds.access_key_id}:{creds.secret_access_key}"},
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -89,7 +101,8 @@ class Client:
         except httpx.ConnectError as err:
             raise EnvironmentProblem(
                 f"Corral is not answering at {self.creds.endpoint}; start it with "
-                "`corral up --detach` (or check `corral status`)") from err
+                "`corral up --detach` (or check `corral status`)"
+            ) from err
         except httpx.TimeoutException as err:
             raise CorralError(f"Corral at {self.creds.endpoint} did not answer in time") from err
         if resp.status_code >= 400:
@@ -111,9 +124,12 @@ class Client:
         return models.SystemInfo.model_validate(self._call("GET", "/v1/system"))
 
     def system_shutdown(self, stop_instances: bool, timeout: float | None = None) -> None:
-        self._call("POST", "/v1/system/shutdown",
-                   json={"stop_instances": stop_instances, "timeout": timeout},
-                   timeout=(timeout or 60) + 120)
+        self._call(
+            "POST",
+            "/v1/system/shutdown",
+            json={"stop_instances": stop_instances, "timeout": timeout},
+            timeout=(timeout or 60) + 120,
+        )
 
     def node_list(self) -> list[models.Node]:
         return [models.Node.model_validate(x) for x in self._call("GET", "/v1/nodes")]
@@ -132,39 +148,46 @@ class Client:
 
     def instance_update(self, ref: str, name: str | None = None) -> models.Instance:
         body = models.InstanceUpdate(name=name).model_dump(exclude_none=True)
-        return models.Instance.model_validate(self._call("PATCH", f"/v1/instances/{ref}",
-                                                         json=body))
+        return models.Instance.model_validate(
+            self._call("PATCH", f"/v1/instances/{ref}", json=body)
+        )
 
     def instance_start(self, ref: str) -> models.InstanceAccepted:
         return models.InstanceAccepted.model_validate(
-            self._call("POST", f"/v1/instances/{ref}/start"))
+            self._call("POST", f"/v1/instances/{ref}/start")
+        )
 
-    def instance_stop(self, ref: str, timeout: float | None = None,
-                      force: bool = False) -> models.InstanceAccepted:
+    def instance_stop(
+        self, ref: str, timeout: float | None = None, force: bool = False
+    ) -> models.InstanceAccepted:
         body = models.StopRequest(timeout=timeout, force=force).model_dump(exclude_none=True)
         return models.InstanceAccepted.model_validate(
-            self._call("POST", f"/v1/instances/{ref}/stop", json=body))
+            self._call("POST", f"/v1/instances/{ref}/stop", json=body)
+        )
 
     def instance_reboot(self, ref: str, timeout: float | None = None) -> models.InstanceAccepted:
         body = models.RebootRequest(timeout=timeout).model_dump(exclude_none=True)
         return models.InstanceAccepted.model_validate(
-            self._call("POST", f"/v1/instances/{ref}/reboot", json=body))
+            self._call("POST", f"/v1/instances/{ref}/reboot", json=body)
+        )
 
-    def instance_terminate(self, ref: str, force: bool = False,
-                           timeout: float | None = None) -> models.InstanceAccepted:
+    def instance_terminate(
+        self, ref: str, force: bool = False, timeout: float | None = None
+    ) -> models.InstanceAccepted:
         params: dict[str, Any] = {"force": str(force).lower()}
         if timeout is not None:
             params["timeout"] = timeout
         return models.InstanceAccepted.model_validate(
-            self._call("DELETE", f"/v1/instances/{ref}", params=params))
+            self._call("DELETE", f"/v1/instances/{ref}", params=params)
+        )
 
     def instance_console_output(self, ref: str, tail: int = 65536) -> str:
-        return str(self._call("GET", f"/v1/instances/{ref}/console-output",
-                              params={"tail": tail}))
+        return str(self._call("GET", f"/v1/instances/{ref}/console-output", params={"tail": tail}))
 
     def instance_ssh(self, ref: str, port: int = 22) -> models.SshEndpoint:
         return models.SshEndpoint.model_validate(
-            self._call("POST", f"/v1/instances/{ref}/ssh", params={"port": port}))
+            self._call("POST", f"/v1/instances/{ref}/ssh", params={"port": port})
+        )
 
     def console_url(self, ref: str) -> str:
         return self.creds.endpoint.replace("http", "ws", 1) + f"/v1/instances/{ref}/console"
@@ -180,8 +203,9 @@ class Client:
         return models.Image.model_validate(self._call("GET", f"/v1/images/{ref}"))
 
     def image_build(self, recipe: str, force: bool = False) -> models.ImageAccepted:
-        return models.ImageAccepted.model_validate(self._call(
-            "POST", "/v1/images/build", json={"recipe": recipe, "force": force}))
+        return models.ImageAccepted.model_validate(
+            self._call("POST", "/v1/images/build", json={"recipe": recipe, "force": force})
+        )
 
     def image_remove(self, ref: str) -> models.Image:
         return models.Image.model_validate(self._call("DELETE", f"/v1/images/{ref}"))
@@ -189,18 +213,38 @@ class Client:
     def image_manifest(self, ref: str) -> Manifest:
         return Manifest.model_validate(self._call("GET", f"/v1/images/{ref}/manifest"))
 
-    def image_import(self, path: Path, *, name: str | None = None, version: str | None = None,
-                     format: str | None = None, description: str = "",
-                     default_user: str | None = None, min_disk: str | None = None,
-                     boot_from: str | None = None, cmdline: str | None = None,
-                     sha256: str | None = None,
-                     on_bytes: Callable[[int], None] | None = None) -> models.ImageAccepted:
+    def image_import(
+        self,
+        path: Path,
+        *,
+        name: str | None = None,
+        version: str | None = None,
+        format: str | None = None,
+        description: str = "",
+        default_user: str | None = None,
+        min_disk: str | None = None,
+        boot_from: str | None = None,
+        cmdline: str | None = None,
+        sha256: str | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> models.ImageAccepted:
         """Upload a disk file or an export archive as a stream (never read whole)."""
         size = path.stat().st_size
-        params = {k: v for k, v in {
-            "name": name, "version": version, "format": format, "description": description,
-            "default_user": default_user, "min_disk": min_disk, "boot_from": boot_from,
-            "cmdline": cmdline, "sha256": sha256}.items() if v}
+        params = {
+            k: v
+            for k, v in {
+                "name": name,
+                "version": version,
+                "format": format,
+                "description": description,
+                "default_user": default_user,
+                "min_disk": min_disk,
+                "boot_from": boot_from,
+                "cmdline": cmdline,
+                "sha256": sha256,
+            }.items()
+            if v
+        }
 
         def chunks() -> Iterator[bytes]:
             with open(path, "rb") as fh:
@@ -209,26 +253,33 @@ class Client:
                         on_bytes(len(chunk))
                     yield chunk
 
-        data = self._call("POST", "/v1/images/import", params=params, content=chunks(),
-                          headers={"Content-Type": "application/octet-stream",
-                                   "Content-Length": str(size)},
-                          timeout=httpx.Timeout(60, read=600))
+        data = self._call(
+            "POST",
+            "/v1/images/import",
+            params=params,
+            content=chunks(),
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+            timeout=httpx.Timeout(60, read=600),
+        )
         return models.ImageAccepted.model_validate(data)
 
     def image_export(self, ref: str, delta_from: str | None = None) -> models.ImageAccepted:
         body = models.ImageExport(delta_from=delta_from).model_dump(exclude_none=True)
         return models.ImageAccepted.model_validate(
-            self._call("POST", f"/v1/images/{ref}/export", json=body))
+            self._call("POST", f"/v1/images/{ref}/export", json=body)
+        )
 
-    def image_download(self, archive: str, out: Path,
-                       on_bytes: Callable[[int], None] | None = None) -> str:
+    def image_download(
+        self, archive: str, out: Path, on_bytes: Callable[[int], None] | None = None
+    ) -> str:
         """Stream an export archive to ``out`` (through a temporary file, renamed once its
         sha256 matches the server's); return the sha256."""
         tmp = out.with_name(f".{out.name}.part")
         h = hashlib.sha256()
         try:
-            with self.http.stream("GET", f"/v1/images/exports/{archive}",
-                                  timeout=httpx.Timeout(60, read=600)) as resp:
+            with self.http.stream(
+                "GET", f"/v1/images/exports/{archive}", timeout=httpx.Timeout(60, read=600)
+            ) as resp:
                 if resp.status_code >= 400:
                     resp.read()
                     raise ApiError(resp.status_code, resp.json())
@@ -240,8 +291,10 @@ class Client:
                         if on_bytes:
                             on_bytes(len(chunk))
             if want and h.hexdigest() != want:
-                raise CorralError(f"the download of {archive} is corrupt (sha256 "
-                                  f"{h.hexdigest()}, the server has {want}); download it again")
+                raise CorralError(
+                    f"the download of {archive} is corrupt (sha256 "
+                    f"{h.hexdigest()}, the server has {want}); download it again"
+                )
             os.replace(tmp, out)
         except httpx.ConnectError as err:
             raise EnvironmentProblem(f"Corral is not answering at {self.creds.endpoint}") from err
@@ -260,8 +313,9 @@ class Client:
     def key_list(self) -> list[models.KeyPair]:
         return [models.KeyPair.model_validate(x) for x in self._call("GET", "/v1/keys")]
 
-    def key_add(self, name: str, public_key: str | None = None,
-                key_type: str = "ed25519") -> models.KeyPairCreated:
+    def key_add(
+        self, name: str, public_key: str | None = None, key_type: str = "ed25519"
+    ) -> models.KeyPairCreated:
         body = {"name": name, "public_key": public_key, "key_type": key_type}
         return models.KeyPairCreated.model_validate(self._call("POST", "/v1/keys", json=body))
 
@@ -277,33 +331,43 @@ class Client:
 
     def account_create(self, name: str) -> models.AccountCreated:
         return models.AccountCreated.model_validate(
-            self._call("POST", "/v1/accounts", json={"name": name}))
+            self._call("POST", "/v1/accounts", json={"name": name})
+        )
 
     def credentials_create(self, account: str | None = None) -> models.AccessKeyCreated:
         params = {"account": account} if account else {}
         return models.AccessKeyCreated.model_validate(
-            self._call("POST", "/v1/accounts/keys", params=params))
+            self._call("POST", "/v1/accounts/keys", params=params)
+        )
 
     # -- operations ------------------------------------------------------------------------
     def operation_list(self, limit: int = 50, target: str | None = None) -> list[models.Operation]:
         params: dict[str, Any] = {"limit": limit}
         if target:
             params["target"] = target
-        return [models.Operation.model_validate(x)
-                for x in self._call("GET", "/v1/operations", params=params)]
+        return [
+            models.Operation.model_validate(x)
+            for x in self._call("GET", "/v1/operations", params=params)
+        ]
 
     def operation_show(self, op_id: str) -> models.Operation:
         return models.Operation.model_validate(self._call("GET", f"/v1/operations/{op_id}"))
 
-    def operation_wait(self, op_id: str, timeout: float = 30,
-                       since: int = -1) -> models.Operation:
-        return models.Operation.model_validate(self._call(
-            "GET", f"/v1/operations/{op_id}/wait", params={"timeout": timeout, "since": since},
-            timeout=timeout + 30))
+    def operation_wait(self, op_id: str, timeout: float = 30, since: int = -1) -> models.Operation:
+        return models.Operation.model_validate(
+            self._call(
+                "GET",
+                f"/v1/operations/{op_id}/wait",
+                params={"timeout": timeout, "since": since},
+                timeout=timeout + 30,
+            )
+        )
 
     def operation_events(self, op_id: str, since: int = 0) -> list[models.OperationEvent]:
-        return [models.OperationEvent.model_validate(x) for x in self._call(
-            "GET", f"/v1/operations/{op_id}/events", params={"since": since})]
+        return [
+            models.OperationEvent.model_validate(x)
+            for x in self._call("GET", f"/v1/operations/{op_id}/events", params={"since": since})
+        ]
 
     def operation_cancel(self, op_id: str) -> models.Operation:
         return models.Operation.model_validate(self._call("DELETE", f"/v1/operations/{op_id}"))
@@ -314,39 +378,49 @@ class Client:
 
     def volume_create(self, req: models.VolumeCreate) -> models.VolumeAccepted:
         return models.VolumeAccepted.model_validate(
-            self._call("POST", "/v1/volumes", json=req.model_dump(exclude_none=True)))
+            self._call("POST", "/v1/volumes", json=req.model_dump(exclude_none=True))
+        )
 
     def volume_show(self, ref: str) -> models.Volume:
         return models.Volume.model_validate(self._call("GET", f"/v1/volumes/{ref}"))
 
     def volume_update(self, ref: str, req: models.VolumeUpdate) -> models.Volume:
-        return models.Volume.model_validate(self._call(
-            "PATCH", f"/v1/volumes/{ref}", json=req.model_dump(exclude_none=True)))
+        return models.Volume.model_validate(
+            self._call("PATCH", f"/v1/volumes/{ref}", json=req.model_dump(exclude_none=True))
+        )
 
     def volume_remove(self, ref: str) -> models.VolumeAccepted:
         return models.VolumeAccepted.model_validate(self._call("DELETE", f"/v1/volumes/{ref}"))
 
     def volume_attach(self, ref: str, req: models.VolumeAttach) -> models.VolumeAccepted:
-        return models.VolumeAccepted.model_validate(self._call(
-            "POST", f"/v1/volumes/{ref}/attach", json=req.model_dump(exclude_none=True)))
+        return models.VolumeAccepted.model_validate(
+            self._call("POST", f"/v1/volumes/{ref}/attach", json=req.model_dump(exclude_none=True))
+        )
 
     def volume_detach(self, ref: str, req: models.VolumeDetach) -> models.VolumeAccepted:
-        return models.VolumeAccepted.model_validate(self._call(
-            "POST", f"/v1/volumes/{ref}/detach", json=req.model_dump(exclude_none=True)))
+        return models.VolumeAccepted.model_validate(
+            self._call("POST", f"/v1/volumes/{ref}/detach", json=req.model_dump(exclude_none=True))
+        )
 
     def volume_snapshot(self, ref: str, description: str = "") -> models.SnapshotAccepted:
         body = models.SnapshotCreate(description=description).model_dump()
         return models.SnapshotAccepted.model_validate(
-            self._call("POST", f"/v1/volumes/{ref}/snapshots", json=body))
+            self._call("POST", f"/v1/volumes/{ref}/snapshots", json=body)
+        )
 
     def volume_restore(self, snapshot: str, req: models.VolumeRestore) -> models.VolumeAccepted:
-        return models.VolumeAccepted.model_validate(self._call(
-            "POST", f"/v1/snapshots/{snapshot}/restore", json=req.model_dump(exclude_none=True)))
+        return models.VolumeAccepted.model_validate(
+            self._call(
+                "POST", f"/v1/snapshots/{snapshot}/restore", json=req.model_dump(exclude_none=True)
+            )
+        )
 
     def snapshot_list(self, volume: str | None = None) -> list[models.Snapshot]:
         params = {"volume": volume} if volume else {}
-        return [models.Snapshot.model_validate(x)
-                for x in self._call("GET", "/v1/snapshots", params=params)]
+        return [
+            models.Snapshot.model_validate(x)
+            for x in self._call("GET", "/v1/snapshots", params=params)
+        ]
 
     def snapshot_show(self, sid: str) -> models.Snapshot:
         return models.Snapshot.model_validate(self._call("GET", f"/v1/snapshots/{sid}"))
@@ -356,13 +430,18 @@ class Client:
 
     # -- appliances and replacing ----------------------------------------------------------
     def appliance_plan(self, spec: ApplianceSpec) -> Plan:
-        return Plan.model_validate(self._call("POST", "/v1/appliances/plan",
-                                              json=spec.model_dump(mode="json")))
+        return Plan.model_validate(
+            self._call("POST", "/v1/appliances/plan", json=spec.model_dump(mode="json"))
+        )
 
     def appliance_apply(self, spec: ApplianceSpec) -> models.ApplianceAccepted:
-        return models.ApplianceAccepted.model_validate(self._call(
-            "POST", "/v1/appliances/apply", json=spec.model_dump(mode="json")))
+        return models.ApplianceAccepted.model_validate(
+            self._call("POST", "/v1/appliances/apply", json=spec.model_dump(mode="json"))
+        )
 
     def instance_replace(self, ref: str, req: models.ReplaceRequest) -> models.InstanceAccepted:
-        return models.InstanceAccepted.model_validate(self._call(
-            "POST", f"/v1/instances/{ref}/replace", json=req.model_dump(exclude_none=True)))
+        return models.InstanceAccepted.model_validate(
+            self._call(
+                "POST", f"/v1/instances/{ref}/replace", json=req.model_dump(exclude_none=True)
+            )
+        )

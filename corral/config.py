@@ -110,30 +110,41 @@ class Settings:
         try:
             public = ipaddress.ip_network(self.public_cidr, strict=True)
         except ValueError as err:
-            raise Invalid(f"public_cidr {self.public_cidr!r} is not a network (e.g. "
-                          f"198.51.100.0/24): {err}", field="public_cidr") from err
+            raise Invalid(
+                f"public_cidr {self.public_cidr!r} is not a network (e.g. 198.51.100.0/24): {err}",
+                field="public_cidr",
+            ) from err
         if public.version != 4:
             raise Invalid(f"public_cidr {public} must be IPv4", field="public_cidr")
         if public.overlaps(net):
-            raise Invalid(f"public_cidr {public} overlaps the instance subnet {net}; pick "
-                          "ranges apart", field="public_cidr")
+            raise Invalid(
+                f"public_cidr {public} overlaps the instance subnet {net}; pick ranges apart",
+                field="public_cidr",
+            )
         if public.prefixlen > 28:
-            raise Invalid(f"public_cidr {public} is too small (/28 or larger)",
-                          field="public_cidr")
+            raise Invalid(f"public_cidr {public} is too small (/28 or larger)", field="public_cidr")
         if not (self.uplink in ("none", "host") or self.uplink.startswith("netns:")):
-            raise Invalid(f"uplink {self.uplink!r} must be none, host or netns:NAME",
-                          field="uplink")
+            raise Invalid(
+                f"uplink {self.uplink!r} must be none, host or netns:NAME", field="uplink"
+            )
         if self.dns_server and not (self.dns_zone and self.dns_tsig_name and self.dns_tsig_secret):
-            raise Invalid("dns_server needs dns_zone, dns_tsig_name and dns_tsig_secret (updates "
-                          "are always signed)", field="dns_server")
+            raise Invalid(
+                "dns_server needs dns_zone, dns_tsig_name and dns_tsig_secret (updates "
+                "are always signed)",
+                field="dns_server",
+            )
         if not 0 < self.api_port < 65536:
             raise Invalid(f"api_port {self.api_port} must be between 1 and 65535", field="api_port")
         if self.reconcile_interval <= 0:
-            raise Invalid(f"reconcile_interval {self.reconcile_interval} must be more than 0 "
-                          "seconds (e.g. 5)", field="reconcile_interval")
+            raise Invalid(
+                f"reconcile_interval {self.reconcile_interval} must be more than 0 "
+                "seconds (e.g. 5)",
+                field="reconcile_interval",
+            )
         if self.stop_timeout < 0:
-            raise Invalid(f"stop_timeout {self.stop_timeout} must not be negative",
-                          field="stop_timeout")
+            raise Invalid(
+                f"stop_timeout {self.stop_timeout} must not be negative", field="stop_timeout"
+            )
         if self.accel not in ("auto", "kvm", "tcg"):
             raise Invalid(f"accel {self.accel!r} must be auto, kvm or tcg", field="accel")
         if self.machine not in ("pc", "q35"):

@@ -82,13 +82,15 @@ class Daemon:
             sock.close()
             raise EnvironmentProblem(
                 f"cannot listen on {self.settings.api_host}:{self.settings.api_port} "
-                f"({err.strerror}); is another Corral running? choose another with --port") from err
+                f"({err.strerror}); is another Corral running? choose another with --port"
+            ) from err
         sock.listen(512)
         sock.setblocking(False)
         return sock
 
-    async def request_shutdown(self, stop_instances: bool = False,
-                               timeout: float | None = None) -> None:
+    async def request_shutdown(
+        self, stop_instances: bool = False, timeout: float | None = None
+    ) -> None:
         self.stop_instances = stop_instances
         self.stop_timeout = timeout
         self.stop_event.set()
@@ -105,8 +107,10 @@ class Daemon:
         try:
             await asyncio.to_thread(store.migrate)
             ctrl_ref: dict[str, Controller] = {}
-            agent = NodeAgent(st, on_exit=lambda i, e: ctrl_ref["c"].on_node_exit(i, e)
-                              if "c" in ctrl_ref else None)
+            agent = NodeAgent(
+                st,
+                on_exit=lambda i, e: ctrl_ref["c"].on_node_exit(i, e) if "c" in ctrl_ref else None,
+            )
             await agent.start()
             ctrl = Controller(st, store, agent.images)
             ctrl_ref["c"] = ctrl
@@ -122,22 +126,32 @@ class Daemon:
             key = _metadata_key(st.state_dir / "metadata.key")
             for network in await ctrl.networks.by_namespace(st.namespace):
                 sock = netns.listen_in(network.namespace, METADATA_ADDRESS, 80)
-                tasks.append(self._serve(metadata.create_app(ctrl, network.id, key), [sock],
-                                         "metadata"))
+                tasks.append(
+                    self._serve(metadata.create_app(ctrl, network.id, key), [sock], "metadata")
+                )
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop_event.set)
-            log.info("Corral %s up: API %s, state %s, namespace %s, accelerator %s",
-                     VERSION, st.api_url, st.state_dir, st.namespace, (await agent.accel()).accel)
+            log.info(
+                "Corral %s up: API %s, state %s, namespace %s, accelerator %s",
+                VERSION,
+                st.api_url,
+                st.state_dir,
+                st.namespace,
+                (await agent.accel()).accel,
+            )
             server_tasks = [asyncio.create_task(t) for t in tasks]
             stopper = asyncio.create_task(self.stop_event.wait())
-            done, _ = await asyncio.wait([stopper, *server_tasks],
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                [stopper, *server_tasks], return_when=asyncio.FIRST_COMPLETED
+            )
             for t in done:
                 if t is not stopper and t.exception() is not None:
                     log.error("a server stopped: %s", t.exception())
-            log.info("shutting down%s", " (stopping instances)" if self.stop_instances else
-                     "; instances keep running")
+            log.info(
+                "shutting down%s",
+                " (stopping instances)" if self.stop_instances else "; instances keep running",
+            )
             for server in self.servers:
                 server.should_exit = True
             await asyncio.wait(server_tasks, timeout=10)
@@ -158,8 +172,14 @@ class Daemon:
                 os.close(self._lock_fd)
 
     async def _serve(self, app: Any, sockets: list[socket.socket], name: str) -> None:
-        config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
-                                ws="websockets-sansio", timeout_graceful_shutdown=5)
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            ws="websockets-sansio",
+            timeout_graceful_shutdown=5,
+        )
         server = _Server(config)
         self.servers.append(server)
         await server.serve(sockets=sockets)
@@ -184,8 +204,7 @@ def setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # it logs every connect retry
-    for noisy in ("uvicorn.error", "aiosqlite", "sqlalchemy", "alembic",
-                  "websockets", "httpx"):
+    for noisy in ("uvicorn.error", "aiosqlite", "sqlalchemy", "alembic", "websockets", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -29,7 +29,8 @@ class InstanceCreate(BaseModel):
     image: str = Field(description="image name (tiny), name:version, or id (ami-…)")
     name: str | None = Field(None, description="host name; generated when left out")
     instance_type: str | None = Field(
-        None, description="an instance type (cr1.micro …); sets cpus, CPU share and memory")
+        None, description="an instance type (cr1.micro …); sets cpus, CPU share and memory"
+    )
     cpus: int = Field(1, ge=1, le=64)
     memory: str | int = Field("256M", description="guest memory, e.g. 256M or 1G")
     disk: str | int | None = Field(None, description="root disk size; default the image's")
@@ -39,12 +40,15 @@ class InstanceCreate(BaseModel):
     restart_policy: RestartPolicy = "on-failure"
     address: str | None = Field(None, description="a fixed private address")
     stop_timeout: float | None = Field(None, ge=0, le=3600)
-    net_limit_mbit: float | None = Field(None, gt=0, le=100000,
-                                         description="bandwidth cap each way, Mbit/s")
+    net_limit_mbit: float | None = Field(
+        None, gt=0, le=100000, description="bandwidth cap each way, Mbit/s"
+    )
     metadata_tokens: Literal["optional", "required"] = Field(
-        "optional", description="IMDSv2 session tokens optional or required")
-    metadata_hop_limit: int = Field(1, ge=1, le=64,
-                                    description="IP hops an IMDSv2 token answer may travel")
+        "optional", description="IMDSv2 session tokens optional or required"
+    )
+    metadata_hop_limit: int = Field(
+        1, ge=1, le=64, description="IP hops an IMDSv2 token answer may travel"
+    )
 
 
 class Instance(BaseModel):
@@ -154,7 +158,8 @@ class ImageAccepted(BaseModel):
 class ImageExport(BaseModel):
     model_config = ConfigDict(extra="forbid")
     delta_from: str | None = Field(
-        None, description="ship only the difference to this image (the image's base)")
+        None, description="ship only the difference to this image (the image's base)"
+    )
 
 
 class ImageTag(BaseModel):
@@ -276,12 +281,16 @@ class Volume(BaseModel):
 
 class VolumeCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    size: str | int | None = Field(None, description="e.g. 1G or 10G (whole GiB; a plain "
-                                   "number is GiB); default: the snapshot's size")
+    size: str | int | None = Field(
+        None,
+        description="e.g. 1G or 10G (whole GiB; a plain "
+        "number is GiB); default: the snapshot's size",
+    )
     name: str | None = Field(None, description="a name to use instead of the id")
     snapshot: str | None = Field(None, description="restore this snapshot (snap-…)")
-    fs: Literal["ext4"] | None = Field(None, description="format it (labelled with its name), "
-                                       "so a guest only mounts it")
+    fs: Literal["ext4"] | None = Field(
+        None, description="format it (labelled with its name), so a guest only mounts it"
+    )
     volume_type: str = "standard"
 
 
@@ -289,23 +298,31 @@ class VolumeUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = None
     delete_on_termination: bool | None = Field(
-        None, description="delete it when the instance it is attached to is terminated")
+        None, description="delete it when the instance it is attached to is terminated"
+    )
 
 
 class VolumeAttach(BaseModel):
     model_config = ConfigDict(extra="forbid")
     instance: str = Field(description="instance name or id")
-    device: str | None = Field(None, description="a name like /dev/vdb (default: the next "
-                               "free); the guest finds it as /dev/disk/by-id/virtio-<serial>")
+    device: str | None = Field(
+        None,
+        description="a name like /dev/vdb (default: the next "
+        "free); the guest finds it as /dev/disk/by-id/virtio-<serial>",
+    )
     delete_on_termination: bool | None = None
 
 
 class VolumeDetach(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    force: bool = Field(False, description="if the guest does not release the disk, restart "
-                        "the instance without it (unsynced writes in the guest are lost)")
-    timeout: float | None = Field(None, gt=0, le=600,
-                                  description="seconds the guest gets to release the disk")
+    force: bool = Field(
+        False,
+        description="if the guest does not release the disk, restart "
+        "the instance without it (unsynced writes in the guest are lost)",
+    )
+    timeout: float | None = Field(
+        None, gt=0, le=600, description="seconds the guest gets to release the disk"
+    )
 
 
 class VolumeAccepted(BaseModel):
@@ -346,12 +363,16 @@ class VolumeRestore(BaseModel):
 class ReplaceRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     image: str = Field(description="the new image: name, name:version or ami- id")
-    check: str | None = Field(None, pattern=r"^(ssh|\d{1,5}(/[!-~]*)?)$",
-                              description="health check: ssh (port 22, the default unless "
-                              "the instance's appliance declares one), a TCP port (80), or a "
-                              "port and HTTP path (80/health)")
-    timeout: float = Field(300.0, gt=0, le=3600,
-                           description="seconds the new instance gets to pass the check")
+    check: str | None = Field(
+        None,
+        pattern=r"^(ssh|\d{1,5}(/[!-~]*)?)$",
+        description="health check: ssh (port 22, the default unless "
+        "the instance's appliance declares one), a TCP port (80), or a "
+        "port and HTTP path (80/health)",
+    )
+    timeout: float = Field(
+        300.0, gt=0, le=3600, description="seconds the new instance gets to pass the check"
+    )
 
 
 class ApplianceAccepted(BaseModel):

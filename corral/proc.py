@@ -33,12 +33,25 @@ def need(binary: str, package: str) -> str:
     return path
 
 
-def run(argv: Sequence[str], *, input: bytes | None = None, timeout: float = DEFAULT_TIMEOUT,
-        check: bool = True, env: Mapping[str, str] | None = None, cwd: str | None = None) -> str:
+def run(
+    argv: Sequence[str],
+    *,
+    input: bytes | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> str:
     """Run a command to completion (blocking: call from a thread in async code)."""
     try:
-        proc = subprocess.run(list(argv), input=input, capture_output=True, timeout=timeout,
-                              env=dict(env) if env is not None else None, cwd=cwd)
+        proc = subprocess.run(
+            list(argv),
+            input=input,
+            capture_output=True,
+            timeout=timeout,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+        )
     except FileNotFoundError as err:
         raise EnvironmentProblem(f"{argv[0]} is not installed; run scripts/setup") from err
     except subprocess.TimeoutExpired as err:
@@ -48,14 +61,21 @@ def run(argv: Sequence[str], *, input: bytes | None = None, timeout: float = DEF
     return proc.stdout.decode(errors="replace")
 
 
-async def arun(argv: Sequence[str], *, input: bytes | None = None,
-               timeout: float = DEFAULT_TIMEOUT, check: bool = True) -> str:
+async def arun(
+    argv: Sequence[str],
+    *,
+    input: bytes | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    check: bool = True,
+) -> str:
     """Run a command from async code without blocking the loop."""
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
     except FileNotFoundError as err:
         raise EnvironmentProblem(f"{argv[0]} is not installed; run scripts/setup") from err
     try:

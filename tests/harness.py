@@ -72,8 +72,14 @@ class Daemon:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({"CORRAL_STATE_DIR": str(self.state_dir), "XDG_CONFIG_HOME": str(self.home),
-                    "CORRAL_ENDPOINT": self.url, "PYTHONUNBUFFERED": "1"})
+        env.update(
+            {
+                "CORRAL_STATE_DIR": str(self.state_dir),
+                "XDG_CONFIG_HOME": str(self.home),
+                "CORRAL_ENDPOINT": self.url,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.pop("CORRAL_ACCESS_KEY", None)
         env.pop("CORRAL_SECRET_KEY", None)
         env.update(self.env_extra)
@@ -81,10 +87,27 @@ class Daemon:
 
     def start(self, timeout: float = 90, extra: list[str] | None = None) -> None:
         log = open(self.state_dir / "daemon.log", "ab")
-        argv = [PYTHON, "-m", "corral", "--state-dir", str(self.state_dir), "up",
-                "--port", str(self.port), "--subnet", self.subnet, *(extra or [])]
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                     env=self.env(), start_new_session=True)
+        argv = [
+            PYTHON,
+            "-m",
+            "corral",
+            "--state-dir",
+            str(self.state_dir),
+            "up",
+            "--port",
+            str(self.port),
+            "--subnet",
+            self.subnet,
+            *(extra or []),
+        ]
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env=self.env(),
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -119,12 +142,19 @@ class Daemon:
 
     def client(self) -> Client:
         data = json.loads((self.state_dir / "admin.credentials").read_text())
-        return Client(Credentials(self.url, data["access_key_id"], data["secret_access_key"],
-                                  "test"))
+        return Client(
+            Credentials(self.url, data["access_key_id"], data["secret_access_key"], "test")
+        )
 
     def cli(self, *args: str, timeout: float = 180, input: str | None = None) -> CliResult:
-        p = subprocess.run([PYTHON, "-m", "corral", *args], capture_output=True, text=True,
-                           env=self.env(), timeout=timeout, input=input)
+        p = subprocess.run(
+            [PYTHON, "-m", "corral", *args],
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            timeout=timeout,
+            input=input,
+        )
         return CliResult(p.returncode, p.stdout, p.stderr)
 
     def ssh(self, name: str, command: str, timeout: float = 120) -> CliResult:
@@ -132,13 +162,19 @@ class Daemon:
 
     def guest_file(self, name: str, path: str, timeout: int = 60) -> str:
         """A file's content once it exists in the guest (user-data runs after SSH is up)."""
-        wait = (f"i=0; while [ ! -s {path} ] && [ $i -lt {timeout * 2} ]; do sleep 0.5; "
-                f"i=$((i+1)); done; cat {path}")
+        wait = (
+            f"i=0; while [ ! -s {path} ] && [ $i -lt {timeout * 2} ]; do sleep 0.5; "
+            f"i=$((i+1)); done; cat {path}"
+        )
         return self.ssh(name, wait, timeout=timeout + 60).ok().out
 
     def nsexec(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", self.settings.namespace, *argv],
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            ["ip", "netns", "exec", self.settings.namespace, *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def teardown(self) -> None:
         """Stop everything this daemon made, whatever state it is in."""
@@ -216,8 +252,13 @@ def new_daemon(subnet: str | None = None, **env: str) -> Daemon:
     state.mkdir()
     home = base / "home"
     home.mkdir()
-    return Daemon(state_dir=state, port=free_port(), subnet=subnet or next_subnet(), home=home,
-                  env_extra=dict(env))
+    return Daemon(
+        state_dir=state,
+        port=free_port(),
+        subnet=subnet or next_subnet(),
+        home=home,
+        env_extra=dict(env),
+    )
 
 
 def wait_for(predicate: Any, timeout: float, interval: float = 0.3, what: str = "") -> Any:

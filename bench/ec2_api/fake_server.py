@@ -34,10 +34,18 @@ def _image(images: ImageStore, tmp: Path) -> Manifest:
     for part in ("kernel", "initrd", "root"):
         f = tmp / f"bench-{part}"
         f.write_bytes(part.encode())
-        blobs[part] = images.add_blob(f, fmt="qcow2" if part == "root" else "raw",
-                                      virtual_size=512 << 20 if part == "root" else None)
-    m = Manifest(name="tiny", kernel=blobs["kernel"], initrd=blobs["initrd"],
-                 root_disk=blobs["root"], min_disk=512 << 20)
+        blobs[part] = images.add_blob(
+            f,
+            fmt="qcow2" if part == "root" else "raw",
+            virtual_size=512 << 20 if part == "root" else None,
+        )
+    m = Manifest(
+        name="tiny",
+        kernel=blobs["kernel"],
+        initrd=blobs["initrd"],
+        root_disk=blobs["root"],
+        min_disk=512 << 20,
+    )
     images.put_manifest(m)
     return m
 
@@ -57,8 +65,7 @@ class _Timed:
 
 async def main(port: int, state: Path, timings: Path | None = None) -> None:
     state.mkdir(parents=True, exist_ok=True)
-    settings = config.load(state, api_port=port, subnet="10.251.0.0/20",
-                           reconcile_interval=3600)
+    settings = config.load(state, api_port=port, subnet="10.251.0.0/20", reconcile_interval=3600)
     store = Store(settings.database_url)
     await asyncio.to_thread(store.migrate)
     images = ImageStore(settings.images_dir)
@@ -70,17 +77,26 @@ async def main(port: int, state: Path, timings: Path | None = None) -> None:
     await ctrl.add_node(node, "fake")  # type: ignore[arg-type]
     await ctrl.start()
     assert ctrl.admin is not None
-    print(json.dumps({"access_key_id": ctrl.admin.access_key_id,
-                      "secret_access_key": ctrl.accounts.secret_for(ctrl.admin.access_key_id)}),
-          flush=True)
+    print(
+        json.dumps(
+            {
+                "access_key_id": ctrl.admin.access_key_id,
+                "secret_access_key": ctrl.accounts.secret_for(ctrl.admin.access_key_id),
+            }
+        ),
+        flush=True,
+    )
     gc.collect()
     gc.freeze()  # as the daemon does after start-up
     gc.set_threshold(*GC_THRESHOLDS)
     app: Any = create_app(ApiContext(settings, ctrl))
     if timings is not None:
         app = _Timed(app, timings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off",
-                                           log_level="warning", access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, lifespan="off", log_level="warning", access_log=False
+        )
+    )
     await server.serve()
 
 

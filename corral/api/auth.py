@@ -32,8 +32,10 @@ def _credentials(header: str) -> tuple[str, str]:
 async def caller(request: Request, ctx: ApiContext = Depends(get_context)) -> Caller:
     header = request.headers.get("authorization")
     if not header:
-        raise Unauthorized("this API needs credentials: `Authorization: Bearer "
-                           "ACCESS_KEY_ID:SECRET` (the CLI reads them from "
-                           "<state-dir>/admin.credentials or CORRAL_ACCESS_KEY/CORRAL_SECRET_KEY)")
+        raise Unauthorized(
+            "this API needs credentials: `Authorization: Bearer "
+            "ACCESS_KEY_ID:SECRET` (the CLI reads them from "
+            "<state-dir>/admin.credentials or CORRAL_ACCESS_KEY/CORRAL_SECRET_KEY)"
+        )
     key_id, secret = _credentials(header)
     return await ctx.controller.accounts.authenticate(key_id, secret)

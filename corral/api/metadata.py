@@ -107,8 +107,11 @@ API_VERSIONS = ["1.0", "2009-04-04", "2016-09-02", "2018-09-24", "2021-03-23"]
 
 
 def _known_version(version: str) -> bool:
-    return version == "latest" or version in API_VERSIONS or bool(
-        re.fullmatch(r"\d{4}-\d{2}-\d{2}", version))
+    return (
+        version == "latest"
+        or version in API_VERSIONS
+        or bool(re.fullmatch(r"\d{4}-\d{2}-\d{2}", version))
+    )
 
 
 def _listing(node: Tree) -> str:
@@ -182,14 +185,16 @@ def create_app(ctrl: Controller, network_id: str, key: bytes) -> FastAPI:
     def refused(inst: Instance, request: Request) -> PlainTextResponse | None:
         """The answer when this request may not read metadata, else None."""
         if inst.metadata_endpoint == "disabled":
-            return PlainTextResponse("the metadata endpoint is disabled for this instance",
-                                     status_code=403)
+            return PlainTextResponse(
+                "the metadata endpoint is disabled for this instance", status_code=403
+            )
         token = request.headers.get(TOKEN_HEADER)
         if token is not None and not tokens.valid(token, inst.id):
             return PlainTextResponse("invalid or expired token", status_code=401)
         if token is None and inst.metadata_tokens == "required":
-            return PlainTextResponse("this instance requires IMDSv2: PUT /latest/api/token "
-                                     "first", status_code=401)
+            return PlainTextResponse(
+                "this instance requires IMDSv2: PUT /latest/api/token first", status_code=401
+            )
         return None
 
     async def whoami(request: Request) -> Asker | None:
@@ -200,26 +205,39 @@ def create_app(ctrl: Controller, network_id: str, key: bytes) -> FastAPI:
                 return None
             from sqlalchemy import select
 
-            inst = await s.scalar(select(Instance).where(
-                Instance.network_id == network_id, Instance.private_ip == client,
-                Instance.state != "terminated"))
+            inst = await s.scalar(
+                select(Instance).where(
+                    Instance.network_id == network_id,
+                    Instance.private_ip == client,
+                    Instance.state != "terminated",
+                )
+            )
             if inst is None:
                 return None
             image = await s.get(Image, inst.image_id)
             names = []
             for key in inst.ssh_keys or []:
-                kp = await s.scalar(select(KeyPair.name).where(
-                    KeyPair.account_id == inst.account_id, KeyPair.public_key == key))
+                kp = await s.scalar(
+                    select(KeyPair.name).where(
+                        KeyPair.account_id == inst.account_id, KeyPair.public_key == key
+                    )
+                )
                 names.append(kp or "")
-            names = [n or (inst.key_name if i == 0 and inst.key_name else f"key-{i}")
-                     for i, n in enumerate(names)]
-            groups = list(await s.scalars(
-                select(SecurityGroup.name).join(
-                    InstanceSecurityGroup, InstanceSecurityGroup.group_id == SecurityGroup.id)
-                .where(InstanceSecurityGroup.instance_id == inst.id)
-                .order_by(SecurityGroup.name)))
-            public = await s.scalar(select(ElasticAddress.public_ip).where(
-                ElasticAddress.instance_id == inst.id))
+            names = [
+                n or (inst.key_name if i == 0 and inst.key_name else f"key-{i}")
+                for i, n in enumerate(names)
+            ]
+            groups = list(
+                await s.scalars(
+                    select(SecurityGroup.name)
+                    .join(InstanceSecurityGroup, InstanceSecurityGroup.group_id == SecurityGroup.id)
+                    .where(InstanceSecurityGroup.instance_id == inst.id)
+                    .order_by(SecurityGroup.name)
+                )
+            )
+            public = await s.scalar(
+                select(ElasticAddress.public_ip).where(ElasticAddress.instance_id == inst.id)
+            )
             return Asker(inst, image, network, names, groups, public)
 
     @app.get("/")
@@ -248,8 +266,7 @@ def create_app(ctrl: Controller, network_id: str, key: bytes) -> FastAPI:
         except ValueError:
             ttl = 0
         if not 1 <= ttl <= TTL_MAX:
-            return PlainTextResponse(f"{TTL_HEADER} must be 1-{TTL_MAX} seconds",
-                                     status_code=400)
+            return PlainTextResponse(f"{TTL_HEADER} must be 1-{TTL_MAX} seconds", status_code=400)
         return PlainTextResponse(tokens.issue(found.inst.id, ttl), headers={TTL_HEADER: str(ttl)})
 
     async def reader(version: str, request: Request) -> Asker | Response:

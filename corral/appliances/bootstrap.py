@@ -151,7 +151,8 @@ ExecStart=/etc/corral/appliance volume %i
 """,
     "/etc/udev/rules.d/90-corral-volumes.rules": (
         'ACTION=="add", SUBSYSTEM=="block", KERNEL=="vd[b-z]", TAG+="systemd", '
-        'ENV{SYSTEMD_WANTS}+="corral-volume@%k.service"\n'),
+        'ENV{SYSTEMD_WANTS}+="corral-volume@%k.service"\n'
+    ),
 }
 
 # how the user-data script hooks the helper into each kind of guest's boot

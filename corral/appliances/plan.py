@@ -81,31 +81,56 @@ def compute(appliance: str, desired: list[Desired], facts: Facts) -> Plan:
     for d in desired:
         cur = by_name.get(d.name)
         if cur is not None and cur.appliance != appliance:
-            raise Exists(f"instance {d.name} ({cur.id}) exists and is not part of appliance "
-                         f"{appliance}; rename or remove it, or rename the service",
-                         field=f"services.{d.service}", resource="instance")
+            raise Exists(
+                f"instance {d.name} ({cur.id}) exists and is not part of appliance "
+                f"{appliance}; rename or remove it, or rename the service",
+                field=f"services.{d.service}",
+                resource="instance",
+            )
         vols = _volumes(d, facts, cur)
         if cur is None:
-            steps.append(Step(action="create", instance=d.name, service=d.service,
-                              volumes=vols))
+            steps.append(Step(action="create", instance=d.name, service=d.service, volumes=vols))
         elif cur.config != d.config:
-            steps.append(Step(action="replace", instance=d.name, service=d.service,
-                              instance_id=cur.id, reasons=_reasons(cur, d, facts),
-                              volumes=vols))
+            steps.append(
+                Step(
+                    action="replace",
+                    instance=d.name,
+                    service=d.service,
+                    instance_id=cur.id,
+                    reasons=_reasons(cur, d, facts),
+                    volumes=vols,
+                )
+            )
         elif cur.state == "stopped":
-            steps.append(Step(action="start", instance=d.name, service=d.service,
-                              instance_id=cur.id, reasons=["it is stopped"]))
+            steps.append(
+                Step(
+                    action="start",
+                    instance=d.name,
+                    service=d.service,
+                    instance_id=cur.id,
+                    reasons=["it is stopped"],
+                )
+            )
         else:
-            steps.append(Step(action="unchanged", instance=d.name, service=d.service,
-                              instance_id=cur.id))
+            steps.append(
+                Step(action="unchanged", instance=d.name, service=d.service, instance_id=cur.id)
+            )
     wanted = {d.name for d in desired}
     for cur in facts.current:
         if cur.appliance == appliance and cur.name not in wanted:
-            kept = [f"keep {n}" for n, v in sorted(facts.volumes.items())
-                    if v.attached_to == cur.name]
-            steps.append(Step(action="remove", instance=cur.name, service=cur.service,
-                              instance_id=cur.id, reasons=["no longer in the service file"],
-                              volumes=kept))
+            kept = [
+                f"keep {n}" for n, v in sorted(facts.volumes.items()) if v.attached_to == cur.name
+            ]
+            steps.append(
+                Step(
+                    action="remove",
+                    instance=cur.name,
+                    service=cur.service,
+                    instance_id=cur.id,
+                    reasons=["no longer in the service file"],
+                    volumes=kept,
+                )
+            )
     steps.sort(key=lambda s: ORDER[s.action])
     return Plan(appliance=appliance, steps=steps)
 
@@ -119,15 +144,21 @@ def _volumes(d: Desired, facts: Facts, cur: Current | None) -> list[str]:
             out.append(f"create {name} ({v.gib}G, ext4, mounted at {v.mount})")
             continue
         if have.attached_to not in (None, d.name):
-            raise Exists(f"volume {name} ({have.id}) is attached to {have.attached_to}; "
-                         f"detach it or remove it before {d.name} can use it",
-                         field=f"services.{d.service}.volumes", resource="volume")
+            raise Exists(
+                f"volume {name} ({have.id}) is attached to {have.attached_to}; "
+                f"detach it or remove it before {d.name} can use it",
+                field=f"services.{d.service}.volumes",
+                resource="volume",
+            )
         if have.state not in ("available", "in-use"):
-            raise Exists(f"volume {name} ({have.id}) is {have.state}; wait for it or "
-                         "remove it", field=f"services.{d.service}.volumes",
-                         resource="volume")
-        note = "" if have.size_gib == v.gib else \
-            f"; stays {have.size_gib}G (volumes are not resized)"
+            raise Exists(
+                f"volume {name} ({have.id}) is {have.state}; wait for it or remove it",
+                field=f"services.{d.service}.volumes",
+                resource="volume",
+            )
+        note = (
+            "" if have.size_gib == v.gib else f"; stays {have.size_gib}G (volumes are not resized)"
+        )
         out.append(f"{'keep' if cur is not None else 'reuse'} {name}{note}")
     return out
 

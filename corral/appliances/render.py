@@ -18,8 +18,12 @@ from corral.errors import Invalid
 
 USER_DATA_MAX = 16 * 1024
 # tags Corral keeps on an appliance's instances (keys starting with "corral:" are Corral's)
-TAG_APPLIANCE, TAG_SERVICE, TAG_CONFIG, TAG_PARTS = ("corral:appliance", "corral:service",
-                                                     "corral:config", "corral:parts")
+TAG_APPLIANCE, TAG_SERVICE, TAG_CONFIG, TAG_PARTS = (
+    "corral:appliance",
+    "corral:service",
+    "corral:config",
+    "corral:parts",
+)
 TAG_HEALTH = "corral:health"
 
 
@@ -46,9 +50,13 @@ class Desired:
         return f"{h.port}{h.path or ''}"
 
     def tags(self, appliance: str) -> dict[str, str]:
-        return {TAG_APPLIANCE: appliance, TAG_SERVICE: self.service, TAG_CONFIG: self.config,
-                TAG_PARTS: ";".join(f"{k}={v}" for k, v in sorted(self.parts.items())),
-                TAG_HEALTH: self.health}
+        return {
+            TAG_APPLIANCE: appliance,
+            TAG_SERVICE: self.service,
+            TAG_CONFIG: self.config,
+            TAG_PARTS: ";".join(f"{k}={v}" for k, v in sorted(self.parts.items())),
+            TAG_HEALTH: self.health,
+        }
 
 
 def desired(spec: ApplianceSpec, image_ids: dict[str, str], domain: str) -> list[Desired]:
@@ -57,16 +65,24 @@ def desired(spec: ApplianceSpec, image_ids: dict[str, str], domain: str) -> list
     for svc_name, svc in spec.services.items():
         names = instance_names(svc_name, svc.count)
         for index, name in enumerate(names, 1):
-            env = {"name": name, "service": svc_name, "index": str(index),
-                   "count": str(svc.count), "domain": domain, "fqdn": f"{name}.{domain}",
-                   "appliance": spec.name}
+            env = {
+                "name": name,
+                "service": svc_name,
+                "index": str(index),
+                "count": str(svc.count),
+                "domain": domain,
+                "fqdn": f"{name}.{domain}",
+                "appliance": spec.name,
+            }
             files = _render_files(svc_name, svc, env)
             user_data = script(spec.name, svc_name, name, svc, files)
             if len(user_data.encode()) > USER_DATA_MAX:
-                raise Invalid(f"services.{svc_name}: the config of {name} makes "
-                              f"{len(user_data.encode())} bytes of user-data; the limit is "
-                              "16 KiB: keep large files in the image or on a volume",
-                              field=f"services.{svc_name}.files")
+                raise Invalid(
+                    f"services.{svc_name}: the config of {name} makes "
+                    f"{len(user_data.encode())} bytes of user-data; the limit is "
+                    "16 KiB: keep large files in the image or on a volume",
+                    field=f"services.{svc_name}.files",
+                )
             parts = {
                 "image": image_ids[svc_name],
                 "size": _h(svc.type, svc.cpus, svc.memory, svc.disk),
@@ -78,19 +94,27 @@ def desired(spec: ApplianceSpec, image_ids: dict[str, str], domain: str) -> list
                 "restart": svc.restart,
             }
             config = _h(sorted(parts.items()))
-            out.append(Desired(name=name, service=svc_name, index=index, svc=svc,
-                               image_id=image_ids[svc_name], user_data=user_data, parts=parts,
-                               config=config, volumes=list(svc.volumes)))
+            out.append(
+                Desired(
+                    name=name,
+                    service=svc_name,
+                    index=index,
+                    svc=svc,
+                    image_id=image_ids[svc_name],
+                    user_data=user_data,
+                    parts=parts,
+                    config=config,
+                    volumes=list(svc.volumes),
+                )
+            )
     return out
 
 
 def _h(*values: object) -> str:
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()
-                          ).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _render_files(svc_name: str, svc: Service, env: dict[str, str]
-                  ) -> dict[str, tuple[str, str]]:
+def _render_files(svc_name: str, svc: Service, env: dict[str, str]) -> dict[str, tuple[str, str]]:
     """path -> (content, mode)."""
     out = {}
     for path, f in svc.files.items():
@@ -100,9 +124,11 @@ def _render_files(svc_name: str, svc: Service, env: dict[str, str]
                 content = string.Template(content).substitute(env)
             except (KeyError, ValueError) as err:
                 field = f'services.{svc_name}.files."{path}".content'
-                raise Invalid(f"{field}: the template uses {err}, which is not a placeholder; "
-                              f"use ${{{'}, ${'.join(sorted(env))}}} (write $$ for a dollar)",
-                              field=field) from err
+                raise Invalid(
+                    f"{field}: the template uses {err}, which is not a placeholder; "
+                    f"use ${{{'}, ${'.join(sorted(env))}}} (write $$ for a dollar)",
+                    field=field,
+                ) from err
         out[path] = (content, f.mode.rjust(4, "0"))
     return out
 
@@ -111,13 +137,17 @@ def parse_parts(value: str) -> dict[str, str]:
     return dict(p.split("=", 1) for p in value.split(";") if "=" in p)
 
 
-def script(appliance: str, service: str, name: str, svc: Service,
-           files: dict[str, tuple[str, str]]) -> str:
+def script(
+    appliance: str, service: str, name: str, svc: Service, files: dict[str, tuple[str, str]]
+) -> str:
     """The user-data: a shell script run once per instance by cloud-init or tiny's init."""
-    lines = ["#!/bin/sh",
-             f"# Corral appliance {appliance}, service {service}: {name}. Written by "
-             "`corral apply`; runs once per instance.",
-             "umask 022", "mkdir -p /etc/corral"]
+    lines = [
+        "#!/bin/sh",
+        f"# Corral appliance {appliance}, service {service}: {name}. Written by "
+        "`corral apply`; runs once per instance.",
+        "umask 022",
+        "mkdir -p /etc/corral",
+    ]
     volumes = " ".join(f"{v.name}:{v.mount}" for v in svc.volumes)
     written = {
         **{p: (c, m) for p, (c, m) in files.items()},
@@ -131,9 +161,12 @@ def script(appliance: str, service: str, name: str, svc: Service,
         parent = path.rsplit("/", 1)[0] or "/"
         # gzip (mtime 0: the same config gives the same bytes) keeps the 16 KiB for config
         data = base64.encodebytes(gzip.compress(content.encode(), 9, mtime=0)).decode()
-        lines += [f"mkdir -p {shlex.quote(parent)}",
-                  f"base64 -d <<'CORRAL_EOF' | gzip -dc > {shlex.quote(path)}",
-                  data.rstrip("\n"),
-                  "CORRAL_EOF", f"chmod {mode} {shlex.quote(path)}"]
+        lines += [
+            f"mkdir -p {shlex.quote(parent)}",
+            f"base64 -d <<'CORRAL_EOF' | gzip -dc > {shlex.quote(path)}",
+            data.rstrip("\n"),
+            "CORRAL_EOF",
+            f"chmod {mode} {shlex.quote(path)}",
+        ]
     lines.append(bootstrap.INSTALL)
     return "\n".join(lines) + "\n"

@@ -93,8 +93,11 @@ class Service(BaseModel):
     public_keys: list[str] = Field(default_factory=list)
     files: dict[str, FileSpec] = Field(default_factory=dict)
     run: str = Field("", description="shell command started at every boot, volumes mounted")
-    reload: str = Field("", description="shell command run when a volume arrives or the "
-                        "address moved in (after a replace)")
+    reload: str = Field(
+        "",
+        description="shell command run when a volume arrives or the "
+        "address moved in (after a replace)",
+    )
     volumes: list[VolumeSpec] = Field(default_factory=list)
     health: HealthSpec = Field(default_factory=HealthSpec)
     restart: RestartPolicy = "on-failure"
@@ -138,8 +141,10 @@ class ApplianceSpec(BaseModel):
     def _service_names(cls, v: dict[str, Service]) -> dict[str, Service]:
         for name in v:
             if not re.match(SERVICE_NAME, name):
-                raise ValueError(f"service name {name!r} must be 1-42 lower-case letters, "
-                                 "digits or hyphens (it starts the instances' host names)")
+                raise ValueError(
+                    f"service name {name!r} must be 1-42 lower-case letters, "
+                    "digits or hyphens (it starts the instances' host names)"
+                )
         return v
 
     @model_validator(mode="after")
@@ -148,8 +153,9 @@ class ApplianceSpec(BaseModel):
         for svc, s in self.services.items():
             for n in instance_names(svc, s.count):
                 if n in seen:
-                    raise ValueError(f"services {seen[n]} and {svc} would both name an "
-                                     f"instance {n}; rename one")
+                    raise ValueError(
+                        f"services {seen[n]} and {svc} would both name an instance {n}; rename one"
+                    )
                 seen[n] = svc
         return self
 
@@ -170,8 +176,7 @@ def _size_of(v: str | int, unit: str) -> int:
 
 def _abs_path(v: str) -> str:
     p = PurePosixPath(v)
-    if not p.is_absolute() or ".." in p.parts or str(p) in ("/", "") or "'" in v \
-            or "\n" in v:
+    if not p.is_absolute() or ".." in p.parts or str(p) in ("/", "") or "'" in v or "\n" in v:
         raise ValueError(f"{v!r} must be an absolute path in the guest (no '..' and no quotes)")
     return str(p)
 
@@ -224,14 +229,20 @@ def parse(text: str, directory: Path, where: str, default_name: str) -> Applianc
             field = f'services.{svc_name}.files."{path}".source'
             src = (directory / f.source).resolve()
             if not src.is_file():
-                raise NotFound(f"{where}: {field}: {f.source} does not exist beside the "
-                               f"service file (looked for {src})", field=field,
-                               resource="file")
+                raise NotFound(
+                    f"{where}: {field}: {f.source} does not exist beside the "
+                    f"service file (looked for {src})",
+                    field=field,
+                    resource="file",
+                )
             try:
                 f.content = src.read_text()
             except UnicodeDecodeError as err:
-                raise Invalid(f"{where}: {field}: {f.source} is not UTF-8 text; config files "
-                              "travel in user-data", field=field) from err
+                raise Invalid(
+                    f"{where}: {field}: {f.source} is not UTF-8 text; config files "
+                    "travel in user-data",
+                    field=field,
+                ) from err
             f.source = None
     return spec
 
@@ -250,5 +261,7 @@ def check_inline(spec: ApplianceSpec) -> None:
         for path, f in svc.files.items():
             if f.source is not None:
                 field = f'services.{svc_name}.files."{path}".source'
-                raise Invalid(f"{field}: the server cannot read {f.source}; send its content "
-                              "(the CLI does)", field=field)
+                raise Invalid(
+                    f"{field}: the server cannot read {f.source}; send its content (the CLI does)",
+                    field=field,
+                )

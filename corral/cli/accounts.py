@@ -10,8 +10,9 @@ from corral import models
 from corral.cli.common import console, opts
 
 app = typer.Typer(help="Accounts (admin): create, list.", no_args_is_help=True)
-credentials = typer.Typer(help="Access keys: create one and print an AWS CLI profile.",
-                          no_args_is_help=True)
+credentials = typer.Typer(
+    help="Access keys: create one and print an AWS CLI profile.", no_args_is_help=True
+)
 
 
 def profile_snippet(key: models.AccessKeyCreated, endpoint: str) -> str:
@@ -57,8 +58,12 @@ def account_ls(ctx: typer.Context) -> None:
 
 
 @credentials.command("create")
-def credentials_create(ctx: typer.Context, account: str | None = typer.Option(
-        None, "--account", "-a", help="account name or id (default: your own)")) -> None:
+def credentials_create(
+    ctx: typer.Context,
+    account: str | None = typer.Option(
+        None, "--account", "-a", help="account name or id (default: your own)"
+    ),
+) -> None:
     """Create an access key and print it with a ready AWS CLI profile."""
     c = opts(ctx).client()
     print(profile_snippet(c.credentials_create(account), c.creds.endpoint))

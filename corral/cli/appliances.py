@@ -15,9 +15,13 @@ from corral.cli.common import console, opts, wait_op
 
 app = typer.Typer()
 
-MARK = {"create": "[green]+ create[/green]", "replace": "[yellow]~ replace[/yellow]",
-        "remove": "[red]- remove[/red]", "start": "[cyan]> start[/cyan]",
-        "unchanged": "[dim]= unchanged[/dim]"}
+MARK = {
+    "create": "[green]+ create[/green]",
+    "replace": "[yellow]~ replace[/yellow]",
+    "remove": "[red]- remove[/red]",
+    "start": "[cyan]> start[/cyan]",
+    "unchanged": "[dim]= unchanged[/dim]",
+}
 
 
 def show_plan(plan: Plan) -> None:
@@ -30,8 +34,9 @@ def show_plan(plan: Plan) -> None:
     if not plan.changes:
         console.print("no changes")
         return
-    counts = ", ".join(f"{plan.count(a)} to {a}" for a in ("create", "replace", "start",
-                                                             "remove") if plan.count(a))
+    counts = ", ".join(
+        f"{plan.count(a)} to {a}" for a in ("create", "replace", "start", "remove") if plan.count(a)
+    )
     console.print(f"plan: {counts}, {plan.count('unchanged')} unchanged")
 
 
@@ -62,8 +67,11 @@ def apply(
         console.print(f"applying: operation {acc.operation.id}")
         return
     op = wait_op(c, acc.operation, f"applying {spec.name}", timeout=7200)
-    done = ", ".join(f"{k} {' '.join(v)}" for k, v in op.result.items()
-                     if k != "appliance" and isinstance(v, list))
+    done = ", ".join(
+        f"{k} {' '.join(v)}"
+        for k, v in op.result.items()
+        if k != "appliance" and isinstance(v, list)
+    )
     console.print(f"applied {spec.name}: {done or 'nothing to do'}")
 
 
@@ -73,17 +81,20 @@ def replace(
     name: str = typer.Argument(..., help="the instance to upgrade"),
     image: str = typer.Option(..., "--image", "-i", help="the new image"),
     check: str | None = typer.Option(
-        None, "--check", help="health check: ssh (default), a TCP port (80) or port/path for "
-        "HTTP (80/health); an appliance's declared check is the default"),
-    timeout: float = typer.Option(300.0, "--timeout",
-                                  help="seconds the new instance gets to pass the check"),
+        None,
+        "--check",
+        help="health check: ssh (default), a TCP port (80) or port/path for "
+        "HTTP (80/health); an appliance's declared check is the default",
+    ),
+    timeout: float = typer.Option(
+        300.0, "--timeout", help="seconds the new instance gets to pass the check"
+    ),
     no_wait: bool = typer.Option(False, "--no-wait"),
 ) -> None:
     """Upgrade a server by replacing it: a new instance of IMAGE with the same config gets the
     data volumes, private address and DNS name once it is healthy; on failure, roll back."""
     c = opts(ctx).client()
-    acc = c.instance_replace(name, models.ReplaceRequest(image=image, check=check,
-                                                         timeout=timeout))
+    acc = c.instance_replace(name, models.ReplaceRequest(image=image, check=check, timeout=timeout))
     assert acc.operation is not None
     if no_wait:
         console.print(f"replacing {name}: operation {acc.operation.id}")
@@ -91,6 +102,8 @@ def replace(
     op = wait_op(c, acc.operation, f"replacing {name} with {image}", timeout=timeout + 600)
     r = op.result
     took = r.get("cutover_seconds")
-    console.print(f"{name} now runs {image} as {r.get('instance_id')} at {r.get('address')}; "
-                  f"{r.get('replaced')} was terminated"
-                  + (f" (cutover {took:.1f} s)" if isinstance(took, int | float) else ""))
+    console.print(
+        f"{name} now runs {image} as {r.get('instance_id')} at {r.get('address')}; "
+        f"{r.get('replaced')} was terminated"
+        + (f" (cutover {took:.1f} s)" if isinstance(took, int | float) else "")
+    )

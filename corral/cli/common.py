@@ -45,24 +45,36 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def wait_op(client: Client, op: models.Operation, what: str, quiet: bool = False,
-            timeout: float = 3600) -> models.Operation:
+def wait_op(
+    client: Client, op: models.Operation, what: str, quiet: bool = False, timeout: float = 3600
+) -> models.Operation:
     """Follow an operation to its end with a progress bar; raise on failure."""
     deadline = time.monotonic() + timeout
     show = not quiet and sys.stderr.isatty()
     seq = op.seq
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                  TimeElapsedColumn(), console=err_console, transient=True,
-                  disable=not show) as progress:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not show,
+    ) as progress:
         task = progress.add_task(what, total=1.0)
         while op.status not in ("succeeded", "failed", "cancelled"):
             if time.monotonic() > deadline:
-                raise CorralError(f"{what}: still {op.status} after {timeout:.0f} s "
-                                  f"(operation {op.id}; `corral op wait {op.id}`)")
+                raise CorralError(
+                    f"{what}: still {op.status} after {timeout:.0f} s "
+                    f"(operation {op.id}; `corral op wait {op.id}`)"
+                )
             op = client.operation_wait(op.id, timeout=20, since=seq)
             seq = op.seq
-            progress.update(task, completed=op.progress,
-                            description=f"{what}: {op.message}" if op.message else what)
+            progress.update(
+                task,
+                completed=op.progress,
+                description=f"{what}: {op.message}" if op.message else what,
+            )
             if not show and op.message and not quiet:
                 pass
     if op.status != "succeeded":

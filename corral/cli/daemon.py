@@ -37,8 +37,15 @@ def up(
     """Run the all-in-one cloud: API, controller and node agent in one process."""
     o = opts(ctx)
     try:
-        settings = config.load(o.state_dir, api_port=port, api_host=host, subnet=subnet,
-                               domain=domain, accel=accel, db_url=db)
+        settings = config.load(
+            o.state_dir,
+            api_port=port,
+            api_host=host,
+            subnet=subnet,
+            domain=domain,
+            accel=accel,
+            db_url=db,
+        )
     except CorralError as err:
         raise fail(err.message) from err
     if not detach:
@@ -57,15 +64,22 @@ def up(
         return
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "corral", "--state-dir", str(settings.state_dir), "up"]
-    for flag, value in (("--port", port), ("--host", host), ("--subnet", subnet),
-                        ("--domain", domain), ("--accel", accel), ("--db", db)):
+    for flag, value in (
+        ("--port", port),
+        ("--host", host),
+        ("--subnet", subnet),
+        ("--domain", domain),
+        ("--accel", accel),
+        ("--db", db),
+    ):
         if value is not None:
             argv += [flag, str(value)]
     if verbose:
         argv.append("-v")
     with open(settings.logfile, "ab") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -73,8 +87,9 @@ def up(
             raise fail("Corral did not start:\n  " + "\n  ".join(tail))
         try:
             if httpx.get(f"{settings.api_url}/v1/health", timeout=1).status_code == 200:
-                console.print(f"Corral is up at {settings.api_url} (pid {proc.pid}); "
-                              f"log: {settings.logfile}")
+                console.print(
+                    f"Corral is up at {settings.api_url} (pid {proc.pid}); log: {settings.logfile}"
+                )
                 return
         except httpx.HTTPError:
             pass
@@ -85,9 +100,9 @@ def up(
 @app.command()
 def down(
     ctx: typer.Context,
-    stop_instances: bool = typer.Option(False, "--stop-instances",
-                                        help="stop every instance first "
-                                        "(default: leave them running)"),
+    stop_instances: bool = typer.Option(
+        False, "--stop-instances", help="stop every instance first (default: leave them running)"
+    ),
     timeout: float | None = typer.Option(None, help="seconds each guest gets to power off"),
 ) -> None:
     """Stop the daemon. Instances keep running unless --stop-instances."""
@@ -105,8 +120,9 @@ def down(
         time.sleep(0.1)
     if pid and pid_alive(pid):
         raise fail(f"Corral (pid {pid}) is still running after 60 s")
-    console.print("Corral is down" + ("; instances stopped" if stop_instances
-                                     else "; instances keep running"))
+    console.print(
+        "Corral is down" + ("; instances stopped" if stop_instances else "; instances keep running")
+    )
 
 
 @app.command()
@@ -122,9 +138,11 @@ def status(ctx: typer.Context) -> None:
     except CorralError as err:
         raise fail(f"Corral is not running: {err.message}") from err
     running = sum(1 for i in instances if i.state == "running")
-    console.print(f"Corral {health['version']} is up at {c.creds.endpoint}"
-                  + (f" (pid {pid})" if pid and pid_alive(pid) else "")
-                  + f": {len(instances)} instances, {running} running")
+    console.print(
+        f"Corral {health['version']} is up at {c.creds.endpoint}"
+        + (f" (pid {pid})" if pid and pid_alive(pid) else "")
+        + f": {len(instances)} instances, {running} running"
+    )
 
 
 @app.command()
@@ -146,16 +164,29 @@ def doctor(ctx: typer.Context) -> None:
         table.add_row(name, "[green]yes[/green]" if ok else "[red]no[/red]", detail)
 
     row("root", os.geteuid() == 0, "the daemon needs root (namespaces, taps, cgroups)")
-    for binary, pkg in (("qemu-system-x86_64", "qemu-system-x86"), ("qemu-img", "qemu-utils"),
-                        ("dnsmasq", "dnsmasq-base"), ("nft", "nftables"), ("ip", "iproute2"),
-                        ("ssh", "openssh-client")):
+    for binary, pkg in (
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("qemu-img", "qemu-utils"),
+        ("dnsmasq", "dnsmasq-base"),
+        ("nft", "nftables"),
+        ("ip", "iproute2"),
+        ("ssh", "openssh-client"),
+    ):
         path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
         row(binary, path is not None, path or f"missing: apt-get install {pkg}")
     kvm = Path("/dev/kvm")
-    row("/dev/kvm", True, "present (usability is probed by the daemon)" if kvm.exists()
-        else "absent: guests run under TCG (software emulation)")
-    row("cgroups", Path("/sys/fs/cgroup").is_dir(),
-        "v2" if cgroups.is_v2() else "v1 (cpu, memory, pids)")
+    row(
+        "/dev/kvm",
+        True,
+        "present (usability is probed by the daemon)"
+        if kvm.exists()
+        else "absent: guests run under TCG (software emulation)",
+    )
+    row(
+        "cgroups",
+        Path("/sys/fs/cgroup").is_dir(),
+        "v2" if cgroups.is_v2() else "v1 (cpu, memory, pids)",
+    )
     try:
         info = o.client().system_show()
     except CorralError as err:

@@ -19,8 +19,9 @@ from rich.table import Table
 from corral.cli.common import console, err_console, fail, opts, wait_op
 from corral.units import format_size
 
-app = typer.Typer(help="Images: list, show, build, import, export, verify, tag, remove.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Images: list, show, build, import, export, verify, tag, remove.", no_args_is_help=True
+)
 
 
 @app.command("ls")
@@ -32,19 +33,30 @@ def image_ls(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
         return
     by_digest = {r.digest: f"{r.name}:{r.version}" for r in rows}
     table = Table(box=None, header_style="bold")
-    for col in ("NAME", "VERSION", "ID", "KIND", "SIZE", "DISK", "DIGEST", "BASE",
-                "DESCRIPTION"):
+    for col in ("NAME", "VERSION", "ID", "KIND", "SIZE", "DISK", "DIGEST", "BASE", "DESCRIPTION"):
         table.add_column(col)
     for r in rows:
         base = by_digest.get(r.base, r.base[:12]) if r.base else ""
-        table.add_row(r.name, r.version, r.id, r.kind, format_size(r.size),
-                      format_size(r.virtual_size), r.digest[:12], base, r.description)
+        table.add_row(
+            r.name,
+            r.version,
+            r.id,
+            r.kind,
+            format_size(r.size),
+            format_size(r.virtual_size),
+            r.digest[:12],
+            base,
+            r.description,
+        )
     console.print(table)
 
 
 @app.command("show")
-def image_show(ctx: typer.Context, ref: str,
-               packages: bool = typer.Option(False, help="list every installed package")) -> None:
+def image_show(
+    ctx: typer.Context,
+    ref: str,
+    packages: bool = typer.Option(False, help="list every installed package"),
+) -> None:
     """Everything about one image: its record and its manifest (parts, base, command line)."""
     c = opts(ctx).client()
     image = c.image_show(ref).model_dump(mode="json")
@@ -55,11 +67,12 @@ def image_show(ctx: typer.Context, ref: str,
 
 
 @app.command("build")
-def image_build(ctx: typer.Context,
-                recipe: str = typer.Argument(
-                    ..., help="a built-in recipe (tiny, debian) or a recipe path"),
-                force: bool = typer.Option(False, help="rebuild even if cached"),
-                no_wait: bool = typer.Option(False, "--no-wait")) -> None:
+def image_build(
+    ctx: typer.Context,
+    recipe: str = typer.Argument(..., help="a built-in recipe (tiny, debian) or a recipe path"),
+    force: bool = typer.Option(False, help="rebuild even if cached"),
+    no_wait: bool = typer.Option(False, "--no-wait"),
+) -> None:
     """Build an image from a recipe (cached: the same recipe and packages build once)."""
     c = opts(ctx).client()
     path = Path(recipe)
@@ -75,16 +88,26 @@ def image_build(ctx: typer.Context,
 
 
 def _bar(total: int, what: str) -> Progress:
-    return Progress(TextColumn(what), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    console=err_console, transient=True, disable=not sys.stderr.isatty())
+    return Progress(
+        TextColumn(what),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    )
 
 
 @app.command("import")
 def image_import(
     ctx: typer.Context,
-    file: Path = typer.Argument(..., exists=True, dir_okay=False,
-                                help="a qcow2 or raw disk file, or a `corral image export` "
-                                     "archive"),
+    file: Path = typer.Argument(
+        ...,
+        exists=True,
+        dir_okay=False,
+        help="a qcow2 or raw disk file, or a `corral image export` archive",
+    ),
     name: str | None = typer.Option(None, help="image name (disk files)"),
     version: str | None = typer.Option(None, help="image version (default 1)"),
     format: str | None = typer.Option(None, help="qcow2 or raw (found from the file)"),
@@ -92,7 +115,8 @@ def image_import(
     default_user: str | None = typer.Option(None, help="user `corral ssh` logs in as"),
     min_disk: str | None = typer.Option(None, help="smallest root disk, e.g. 4G"),
     boot_from: str | None = typer.Option(
-        None, help="boot with this image's kernel and initramfs (a disk without boot loader)"),
+        None, help="boot with this image's kernel and initramfs (a disk without boot loader)"
+    ),
     cmdline: str | None = typer.Option(None, help="kernel command line (with --boot-from)"),
     sha256: str | None = typer.Option(None, help="refuse the file unless its sha256 is this"),
 ) -> None:
@@ -101,22 +125,35 @@ def image_import(
     size = file.stat().st_size
     with _bar(size, f"uploading {file.name}") as bar:
         task = bar.add_task("upload", total=size)
-        acc = c.image_import(file, name=name, version=version, format=format,
-                             description=description, default_user=default_user,
-                             min_disk=min_disk, boot_from=boot_from, cmdline=cmdline,
-                             sha256=sha256, on_bytes=lambda n: bar.advance(task, n))
+        acc = c.image_import(
+            file,
+            name=name,
+            version=version,
+            format=format,
+            description=description,
+            default_user=default_user,
+            min_disk=min_disk,
+            boot_from=boot_from,
+            cmdline=cmdline,
+            sha256=sha256,
+            on_bytes=lambda n: bar.advance(task, n),
+        )
     op = wait_op(c, acc.operation, f"importing {file.name}")
     r = op.result
-    console.print(f"image {r.get('name')}:{r.get('version')} ({r.get('image_id')}) is ready; "
-                  f"digest {r.get('digest')}")
+    console.print(
+        f"image {r.get('name')}:{r.get('version')} ({r.get('image_id')}) is ready; "
+        f"digest {r.get('digest')}"
+    )
 
 
 @app.command("export")
 def image_export(
-    ctx: typer.Context, ref: str,
+    ctx: typer.Context,
+    ref: str,
     output: Path = typer.Option(..., "-o", "--output", help="archive file to write"),
     delta_from: str | None = typer.Option(
-        None, "--delta-from", help="ship only the difference to BASE (the image's base)"),
+        None, "--delta-from", help="ship only the difference to BASE (the image's base)"
+    ),
 ) -> None:
     """Write an image to an archive for `corral image import` on another Corral."""
     c = opts(ctx).client()
@@ -139,13 +176,16 @@ def image_verify(ctx: typer.Context, ref: str) -> None:
     c = opts(ctx).client()
     op = wait_op(c, c.image_verify(ref).operation, f"verifying {ref}")
     r = op.result
-    console.print(f"{ref}: ok ({r.get('parts')} parts of {r.get('images')} image(s), "
-                  f"{format_size(int(r.get('bytes', 0)))} checked)")
+    console.print(
+        f"{ref}: ok ({r.get('parts')} parts of {r.get('images')} image(s), "
+        f"{format_size(int(r.get('bytes', 0)))} checked)"
+    )
 
 
 @app.command("tag")
-def image_tag(ctx: typer.Context, ref: str,
-              tag: str = typer.Argument(..., help="NAME or NAME:VERSION")) -> None:
+def image_tag(
+    ctx: typer.Context, ref: str, tag: str = typer.Argument(..., help="NAME or NAME:VERSION")
+) -> None:
     """Give an image another name:version (the same content)."""
     name, _, version = tag.partition(":")
     img = opts(ctx).client().image_tag(ref, name, version or "1")

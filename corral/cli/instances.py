@@ -32,8 +32,10 @@ def _keys(values: list[str]) -> tuple[list[str], list[str]]:
         path = Path(v).expanduser()
         if path.suffix == ".pub" or "/" in v or path.exists():
             if not path.is_file():
-                raise fail(f"key file {v} does not exist; give a public key file "
-                           "(e.g. ~/.ssh/id_ed25519.pub) or a key pair name")
+                raise fail(
+                    f"key file {v} does not exist; give a public key file "
+                    "(e.g. ~/.ssh/id_ed25519.pub) or a key pair name"
+                )
             inline.append(path.read_text().strip())
         else:
             names.append(v)
@@ -46,22 +48,29 @@ def run(
     image: str = typer.Argument(..., help="image name (tiny), name:version or ami- id"),
     name: str | None = typer.Option(None, "--name", "-n"),
     instance_type: str | None = typer.Option(
-        None, "--type", "-t", help="an instance type (cr1.nano … cr1.large): sets CPUs, CPU "
-        "share and memory"),
+        None,
+        "--type",
+        "-t",
+        help="an instance type (cr1.nano … cr1.large): sets CPUs, CPU share and memory",
+    ),
     cpus: int = typer.Option(1, "--cpus", "-c"),
     memory: str = typer.Option("256M", "--memory", "-m"),
     disk: str | None = typer.Option(None, "--disk", help="root disk size (default: the image's)"),
-    key: list[str] = typer.Option([], "--key", "-k",
-                                  help="a key pair name or a public key file; repeatable"),
+    key: list[str] = typer.Option(
+        [], "--key", "-k", help="a key pair name or a public key file; repeatable"
+    ),
     user_data: Path | None = typer.Option(None, "--user-data", help="a script run at first boot"),
     restart: str = typer.Option("on-failure", help="always, on-failure or never"),
     address: str | None = typer.Option(None, help="a fixed private address"),
-    net_limit: float | None = typer.Option(None, "--net-limit",
-                                           help="bandwidth cap each way, in Mbit/s"),
-    imds_tokens: str = typer.Option("optional", "--imds-tokens",
-                                    help="IMDSv2 tokens optional or required"),
-    imds_hop_limit: int = typer.Option(1, "--imds-hop-limit",
-                                       help="IP hops an IMDSv2 token may travel"),
+    net_limit: float | None = typer.Option(
+        None, "--net-limit", help="bandwidth cap each way, in Mbit/s"
+    ),
+    imds_tokens: str = typer.Option(
+        "optional", "--imds-tokens", help="IMDSv2 tokens optional or required"
+    ),
+    imds_hop_limit: int = typer.Option(
+        1, "--imds-hop-limit", help="IP hops an IMDSv2 token may travel"
+    ),
     no_wait: bool = typer.Option(False, "--no-wait", help="return at once with the operation"),
 ) -> None:
     """Run a new instance."""
@@ -75,13 +84,22 @@ def run(
             raise fail(f"user-data file {user_data} does not exist")
         ud = user_data.read_text()
     try:
-        req = models.InstanceCreate(image=image, name=name, instance_type=instance_type,
-                                    cpus=cpus, memory=memory, disk=disk,
-                                    keys=names, public_keys=inline, user_data=ud,
-                                    restart_policy=restart, address=address,  # type: ignore[arg-type]
-                                    net_limit_mbit=net_limit,
-                                    metadata_tokens=imds_tokens,  # type: ignore[arg-type]
-                                    metadata_hop_limit=imds_hop_limit)
+        req = models.InstanceCreate(
+            image=image,
+            name=name,
+            instance_type=instance_type,
+            cpus=cpus,
+            memory=memory,
+            disk=disk,
+            keys=names,
+            public_keys=inline,
+            user_data=ud,
+            restart_policy=restart,
+            address=address,  # type: ignore[arg-type]
+            net_limit_mbit=net_limit,
+            metadata_tokens=imds_tokens,  # type: ignore[arg-type]
+            metadata_hop_limit=imds_hop_limit,
+        )
     except ValueError as err:
         raise fail(str(err).splitlines()[-1]) from err
     acc = c.instance_run(req)
@@ -92,8 +110,10 @@ def run(
         return
     wait_op(c, acc.operation, f"starting {inst.name}")
     inst = c.instance_show(inst.id)
-    console.print(f"{inst.name} ({inst.id}) is {inst.state} at {inst.private_ip}; "
-                  f"`corral ssh {inst.name}` to log in")
+    console.print(
+        f"{inst.name} ({inst.id}) is {inst.state} at {inst.private_ip}; "
+        f"`corral ssh {inst.name}` to log in"
+    )
 
 
 def _uptime(i: models.Instance) -> str:
@@ -103,9 +123,11 @@ def _uptime(i: models.Instance) -> str:
 
 
 @app.command("ls")
-def ls(ctx: typer.Context,
-       all: bool = typer.Option(False, "--all", "-a", help="include terminated instances"),
-       as_json: bool = typer.Option(False, "--json")) -> None:
+def ls(
+    ctx: typer.Context,
+    all: bool = typer.Option(False, "--all", "-a", help="include terminated instances"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
     """List instances: name, id, state, node, cpus, memory, address, uptime."""
     rows = opts(ctx).client().instance_list(all=all)
     if as_json:
@@ -117,16 +139,22 @@ def ls(ctx: typer.Context,
     colors = {"running": "green", "stopped": "yellow", "terminated": "dim", "pending": "cyan"}
     for i in rows:
         color = colors.get(i.state, "white")
-        table.add_row(i.name, i.id, f"[{color}]{i.state}[/{color}]",
-                      (i.node or "-").removeprefix("node-"), str(i.cpus),
-                      format_size(i.memory), i.private_ip or "-", i.image_name or i.image_id,
-                      _uptime(i))
+        table.add_row(
+            i.name,
+            i.id,
+            f"[{color}]{i.state}[/{color}]",
+            (i.node or "-").removeprefix("node-"),
+            str(i.cpus),
+            format_size(i.memory),
+            i.private_ip or "-",
+            i.image_name or i.image_id,
+            _uptime(i),
+        )
     console.print(table)
 
 
 @app.command()
-def show(ctx: typer.Context, name: str,
-         as_json: bool = typer.Option(False, "--json")) -> None:
+def show(ctx: typer.Context, name: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """Everything about one instance."""
     i = opts(ctx).client().instance_show(name)
     if as_json:
@@ -161,23 +189,39 @@ def _wait_ssh(host: str, port: int, timeout: float) -> bool:
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def ssh(ctx: typer.Context, name: str,
-        identity: Path | None = typer.Option(None, "-i", help="another private key to offer"),
-        user: str | None = typer.Option(None, "-l", help="user (default: the image's)"),
-        wait: float = typer.Option(90, help="seconds to wait for SSH to answer")) -> None:
+def ssh(
+    ctx: typer.Context,
+    name: str,
+    identity: Path | None = typer.Option(None, "-i", help="another private key to offer"),
+    user: str | None = typer.Option(None, "-l", help="user (default: the image's)"),
+    wait: float = typer.Option(90, help="seconds to wait for SSH to answer"),
+) -> None:
     """SSH into an instance (through a port Corral forwards on 127.0.0.1). Put a command
     after `--` to run it instead of a shell."""
     c = opts(ctx).client()
     ep = c.instance_ssh(name)
     if not _wait_ssh(ep.host, ep.port, wait):
-        raise fail(f"SSH on {name} ({ep.address}) did not answer within {wait:.0f} s; "
-                   f"see `corral logs {name}`")
+        raise fail(
+            f"SSH on {name} ({ep.address}) did not answer within {wait:.0f} s; "
+            f"see `corral logs {name}`"
+        )
     key, _ = sshkey.ensure()
     inst_id = c.instance_show(name).id
-    argv = ["ssh", "-p", str(ep.port), "-i", str(key),
-            "-o", f"UserKnownHostsFile={sshkey.KNOWN_HOSTS}",
-            "-o", "StrictHostKeyChecking=accept-new", "-o", f"HostKeyAlias={inst_id}",
-            "-o", "LogLevel=ERROR"]
+    argv = [
+        "ssh",
+        "-p",
+        str(ep.port),
+        "-i",
+        str(key),
+        "-o",
+        f"UserKnownHostsFile={sshkey.KNOWN_HOSTS}",
+        "-o",
+        "StrictHostKeyChecking=accept-new",
+        "-o",
+        f"HostKeyAlias={inst_id}",
+        "-o",
+        "LogLevel=ERROR",
+    ]
     if identity is not None:
         argv += ["-i", str(identity)]
     if not sys.stdin.isatty():
@@ -207,11 +251,15 @@ def console_cmd(ctx: typer.Context, name: str) -> None:
     c = opts(ctx).client()
     inst = c.instance_show(name)
     try:
-        ws = connect(c.console_url(inst.id), additional_headers={"Authorization": c.auth_header()},
-                     open_timeout=10)
+        ws = connect(
+            c.console_url(inst.id),
+            additional_headers={"Authorization": c.auth_header()},
+            open_timeout=10,
+        )
     except InvalidStatus as err:
-        raise fail(f"cannot attach to the console of {name}: "
-                   f"HTTP {err.response.status_code}") from err
+        raise fail(
+            f"cannot attach to the console of {name}: HTTP {err.response.status_code}"
+        ) from err
     except OSError as err:
         raise fail(f"cannot attach to the console of {name}: {err}") from err
     interactive = sys.stdin.isatty()
@@ -257,10 +305,12 @@ def console_cmd(ctx: typer.Context, name: str) -> None:
 
 
 @app.command()
-def logs(ctx: typer.Context, name: str,
-         tail: int = typer.Option(65536, help="bytes from the end"),
-         follow: bool = typer.Option(False, "--follow", "-f",
-                                     help="keep printing new output")) -> None:
+def logs(
+    ctx: typer.Context,
+    name: str,
+    tail: int = typer.Option(65536, help="bytes from the end"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new output"),
+) -> None:
     """The console output so far (boot messages, logins, user-data)."""
     c = opts(ctx).client()
     text = c.instance_console_output(name, tail)
@@ -273,16 +323,21 @@ def logs(ctx: typer.Context, name: str,
             # print what follows the old text's end (the log only grows)
             overlap = text[-4096:]
             idx = new.rfind(overlap) if overlap else -1
-            sys.stdout.write(new[idx + len(overlap):] if idx >= 0 else new)
+            sys.stdout.write(new[idx + len(overlap) :] if idx >= 0 else new)
             sys.stdout.flush()
             text = new
 
 
-def _lifecycle(ctx: typer.Context, names: list[str], verb: str, no_wait: bool,
-               **kw: object) -> None:
+def _lifecycle(
+    ctx: typer.Context, names: list[str], verb: str, no_wait: bool, **kw: object
+) -> None:
     c = opts(ctx).client()
-    call = {"stop": c.instance_stop, "start": c.instance_start, "reboot": c.instance_reboot,
-            "rm": c.instance_terminate}[verb]
+    call = {
+        "stop": c.instance_stop,
+        "start": c.instance_start,
+        "reboot": c.instance_reboot,
+        "rm": c.instance_terminate,
+    }[verb]
     pending = []
     failed = 0
     for name in names:
@@ -303,8 +358,12 @@ def _lifecycle(ctx: typer.Context, names: list[str], verb: str, no_wait: bool,
         try:
             done = wait_op(c, op, f"{verb} {name}")
             how = done.result.get("how")
-            done_word = {"rm": "terminated", "stop": "stopped", "start": "started",
-                         "reboot": "rebooted"}[verb]
+            done_word = {
+                "rm": "terminated",
+                "stop": "stopped",
+                "start": "started",
+                "reboot": "rebooted",
+            }[verb]
             console.print(f"{name}: {done_word}" + (f" ({how})" if how else ""))
         except CorralError as err:
             err_console.print(f"[red]error:[/red] {err.message}")
@@ -321,33 +380,43 @@ def rename(ctx: typer.Context, name: str, new_name: str) -> None:
 
 
 @app.command()
-def stop(ctx: typer.Context, names: list[str],
-         timeout: float | None = typer.Option(None, help="seconds before forcing (default 30)"),
-         force: bool = typer.Option(False, "--force", "-f", help="power off at once"),
-         no_wait: bool = typer.Option(False, "--no-wait")) -> None:
+def stop(
+    ctx: typer.Context,
+    names: list[str],
+    timeout: float | None = typer.Option(None, help="seconds before forcing (default 30)"),
+    force: bool = typer.Option(False, "--force", "-f", help="power off at once"),
+    no_wait: bool = typer.Option(False, "--no-wait"),
+) -> None:
     """Stop instances: ACPI power-off, forced after the timeout."""
     _lifecycle(ctx, names, "stop", no_wait, timeout=timeout, force=force)
 
 
 @app.command()
-def start(ctx: typer.Context, names: list[str],
-          no_wait: bool = typer.Option(False, "--no-wait")) -> None:
+def start(
+    ctx: typer.Context, names: list[str], no_wait: bool = typer.Option(False, "--no-wait")
+) -> None:
     """Start stopped instances."""
     _lifecycle(ctx, names, "start", no_wait)
 
 
 @app.command()
-def reboot(ctx: typer.Context, names: list[str],
-           timeout: float | None = typer.Option(None, help="seconds before a hard reset"),
-           no_wait: bool = typer.Option(False, "--no-wait")) -> None:
+def reboot(
+    ctx: typer.Context,
+    names: list[str],
+    timeout: float | None = typer.Option(None, help="seconds before a hard reset"),
+    no_wait: bool = typer.Option(False, "--no-wait"),
+) -> None:
     """Reboot instances (Ctrl-Alt-Del to the guest, a hard reset after the timeout)."""
     _lifecycle(ctx, names, "reboot", no_wait, timeout=timeout)
 
 
 @app.command()
-def rm(ctx: typer.Context, names: list[str],
-       force: bool = typer.Option(False, "--force", "-f", help="do not wait for the guest"),
-       timeout: float | None = typer.Option(None),
-       no_wait: bool = typer.Option(False, "--no-wait")) -> None:
+def rm(
+    ctx: typer.Context,
+    names: list[str],
+    force: bool = typer.Option(False, "--force", "-f", help="do not wait for the guest"),
+    timeout: float | None = typer.Option(None),
+    no_wait: bool = typer.Option(False, "--no-wait"),
+) -> None:
     """Terminate instances: stop them and remove their disks and addresses."""
     _lifecycle(ctx, names, "rm", no_wait, force=force, timeout=timeout)

@@ -25,9 +25,11 @@ def key_ls(ctx: typer.Context) -> None:
 
 
 @app.command("add")
-def key_add(ctx: typer.Context, name: str,
-            file: Path = typer.Argument(..., help="a public key file, "
-                                        "e.g. ~/.ssh/id_ed25519.pub")) -> None:
+def key_add(
+    ctx: typer.Context,
+    name: str,
+    file: Path = typer.Argument(..., help="a public key file, e.g. ~/.ssh/id_ed25519.pub"),
+) -> None:
     """Import a public key as a key pair."""
     if not file.is_file():
         raise fail(f"key file {file} does not exist")
@@ -36,10 +38,12 @@ def key_add(ctx: typer.Context, name: str,
 
 
 @app.command("create")
-def key_create(ctx: typer.Context, name: str,
-               key_type: str = typer.Option("ed25519", "--type", help="ed25519 or rsa"),
-               out: Path = typer.Option(..., "--out", "-o",
-                                        help="where to write the private key")) -> None:
+def key_create(
+    ctx: typer.Context,
+    name: str,
+    key_type: str = typer.Option("ed25519", "--type", help="ed25519 or rsa"),
+    out: Path = typer.Option(..., "--out", "-o", help="where to write the private key"),
+) -> None:
     """Create a key pair; the private key is written once to --out (mode 0600)."""
     if out.exists():
         raise fail(f"{out} exists; choose another --out")

@@ -23,10 +23,15 @@ app = typer.Typer(
 @app.callback()
 def root(
     ctx: typer.Context,
-    state_dir: Path | None = typer.Option(None, "--state-dir", envvar="CORRAL_STATE_DIR",
-                                          help="state directory (default /var/lib/corral)"),
-    endpoint: str | None = typer.Option(None, "--endpoint", envvar="CORRAL_ENDPOINT",
-                                        help="API URL (default from the credentials)"),
+    state_dir: Path | None = typer.Option(
+        None,
+        "--state-dir",
+        envvar="CORRAL_STATE_DIR",
+        help="state directory (default /var/lib/corral)",
+    ),
+    endpoint: str | None = typer.Option(
+        None, "--endpoint", envvar="CORRAL_ENDPOINT", help="API URL (default from the credentials)"
+    ),
 ) -> None:
     ctx.obj = Options(state_dir=state_dir, endpoint=endpoint)
 

@@ -20,8 +20,15 @@ def op_ls(ctx: typer.Context, limit: int = 20, target: str | None = None) -> Non
         table.add_column(col)
     for op in opts(ctx).client().operation_list(limit, target):
         msg = op.error.message if op.error else op.message
-        table.add_row(op.id, op.type, op.target_id, op.status, f"{op.progress:.0%}", msg[:60],
-                      op.created_at.strftime("%H:%M:%S"))
+        table.add_row(
+            op.id,
+            op.type,
+            op.target_id,
+            op.status,
+            f"{op.progress:.0%}",
+            msg[:60],
+            op.created_at.strftime("%H:%M:%S"),
+        )
     console.print(table)
 
 
@@ -56,6 +63,14 @@ def node_ls(ctx: typer.Context) -> None:
     for col in ("NAME", "ID", "STATE", "CPUS", "MEMORY", "ACCEL", "QEMU", "INSTANCES"):
         table.add_column(col)
     for n in opts(ctx).client().node_list():
-        table.add_row(n.name, n.id, n.state, str(n.cpus), format_size(n.memory), n.accel,
-                      n.qemu_version, str(n.instances))
+        table.add_row(
+            n.name,
+            n.id,
+            n.state,
+            str(n.cpus),
+            format_size(n.memory),
+            n.accel,
+            n.qemu_version,
+            str(n.instances),
+        )
     console.print(table)

@@ -21,14 +21,20 @@ def ensure() -> tuple[Path, str]:
     if not KEY.exists() or not pub.exists():
         KEY.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         priv = ed25519.Ed25519PrivateKey.generate()
-        data = priv.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                  serialization.NoEncryption())
+        data = priv.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
         tmp = KEY.with_name(".id_ed25519.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        line = priv.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                              serialization.PublicFormat.OpenSSH).decode()
+        line = (
+            priv.public_key()
+            .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+            .decode()
+        )
         pub.write_text(f"{line} corral-cli@{os.uname().nodename}\n")
         os.replace(tmp, KEY)
     return KEY, pub.read_text().strip()

@@ -38,8 +38,9 @@ class Accounts:
 
     async def create(self, name: str, admin: bool = False) -> Account:
         if not name or len(name) > ACCOUNT_NAME_MAX or not name.replace("-", "").isalnum():
-            raise Invalid(f"account name {name!r} must be 1-64 letters, digits or hyphens",
-                          field="name")
+            raise Invalid(
+                f"account name {name!r} must be 1-64 letters, digits or hyphens", field="name"
+            )
         async with self.store.write() as s:
             if await s.scalar(select(Account).where(Account.name == name)):
                 raise Exists(f"account {name} already exists", field="name", resource="account")
@@ -50,7 +51,8 @@ class Accounts:
     async def get(self, ref: str) -> Account:
         async with self.store.read() as s:
             acct = await s.get(Account, ref) or await s.scalar(
-                select(Account).where(Account.name == ref))
+                select(Account).where(Account.name == ref)
+            )
         if acct is None:
             raise NotFound(f"account {ref} does not exist", resource="account")
         return acct
@@ -62,8 +64,9 @@ class Accounts:
     async def create_key(self, account_id: str, description: str = "") -> AccessKey:
         key_id, secret = new_access_key()
         async with self.store.write() as s:
-            key = AccessKey(id=key_id, account_id=account_id, secret=secret,
-                            description=description)
+            key = AccessKey(
+                id=key_id, account_id=account_id, secret=secret, description=description
+            )
             s.add(key)
         return key
 
@@ -110,7 +113,11 @@ class Accounts:
 
 
 def write_credentials(path: Path, key_id: str, secret: str, account_id: str, endpoint: str) -> None:
-    data = {"access_key_id": key_id, "secret_access_key": secret, "account_id": account_id,
-            "endpoint": endpoint}
+    data = {
+        "access_key_id": key_id,
+        "secret_access_key": secret,
+        "account_id": account_id,
+        "endpoint": endpoint,
+    }
     atomic_write(path, json.dumps(data, indent=2) + "\n", 0o600)
     os.chmod(path, 0o600)

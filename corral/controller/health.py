@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 INTERVAL = 0.1
 PASSES = 3  # consecutive answers that count as healthy (one lucky answer of a flapping service
-            # does not)
+# does not)
 
 
 def parse(value: str | None, default_port: int = 22) -> HealthCheck:
@@ -35,9 +35,15 @@ def describe(check: HealthCheck) -> str:
     return "SSH port 22" if check.port == 22 else f"TCP port {check.port}"
 
 
-async def wait(ctrl: Controller, inst: Instance, address: str, check: HealthCheck,
-               seconds: float, passes: int = PASSES) -> str:
-    """"" once ``address`` answers ``check`` ``passes`` times in a row, else (after
+async def wait(
+    ctrl: Controller,
+    inst: Instance,
+    address: str,
+    check: HealthCheck,
+    seconds: float,
+    passes: int = PASSES,
+) -> str:
+    """ "" once ``address`` answers ``check`` ``passes`` times in a row, else (after
     ``seconds``) the last failure."""
     node = ctrl.node(inst.node_id)
     loop = asyncio.get_running_loop()

@@ -44,8 +44,9 @@ class ImageTransfer:
         return self.ctrl.image_store
 
     # -- uploads -------------------------------------------------------------------------
-    async def receive(self, chunks: AsyncIterator[bytes], size: int | None,
-                      sha256: str | None) -> Path:
+    async def receive(
+        self, chunks: AsyncIterator[bytes], size: int | None, sha256: str | None
+    ) -> Path:
         """Write an upload to a staging file and return it; checks length and sha256."""
         store = self.store
         await asyncio.to_thread(store.ensure)
@@ -67,15 +68,19 @@ class ImageTransfer:
                         buf.clear()
                 await asyncio.to_thread(fh.write, bytes(buf))
             if size is not None and total != size:
-                raise Invalid(f"the upload ended after {total} of {size} bytes; send it again",
-                              field="file")
+                raise Invalid(
+                    f"the upload ended after {total} of {size} bytes; send it again", field="file"
+                )
             if sha256 is not None and h.hexdigest() != sha256.lower():
-                raise Invalid(f"the upload's sha256 is {h.hexdigest()}, not {sha256}: the file "
-                              "is corrupt or not the one meant; nothing was imported",
-                              field="sha256")
+                raise Invalid(
+                    f"the upload's sha256 is {h.hexdigest()}, not {sha256}: the file "
+                    "is corrupt or not the one meant; nothing was imported",
+                    field="sha256",
+                )
             if total == 0:
-                raise Invalid("the upload is empty; send a disk file or an export archive",
-                              field="file")
+                raise Invalid(
+                    "the upload is empty; send a disk file or an export archive", field="file"
+                )
         except OSError as err:
             path.unlink(missing_ok=True)
             if is_no_space(err):
@@ -94,10 +99,13 @@ class ImageTransfer:
             if not is_archive:
                 params = await self._check_disk_params(caller, params)
             return await self.ctrl.ops.submit(
-                "image-import", account_id=caller.account_id, target_kind="image",
+                "image-import",
+                account_id=caller.account_id,
+                target_kind="image",
                 target_id=params.get("name") or upload.name,
                 params={**params, "upload": str(upload), "archive": is_archive},
-                requested_by=caller.access_key_id)
+                requested_by=caller.access_key_id,
+            )
         except BaseException:
             upload.unlink(missing_ok=True)
             raise
@@ -105,8 +113,7 @@ class ImageTransfer:
     async def _check_disk_params(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
         name, version = params.get("name"), params.get("version") or "1"
         if not name:
-            raise Invalid("name is required to import a disk file (e.g. --name web)",
-                          field="name")
+            raise Invalid("name is required to import a disk file (e.g. --name web)", field="name")
         out = dict(params, version=version)
         async with self.ctrl.store.read() as s:
             try:
@@ -114,11 +121,16 @@ class ImageTransfer:
             except NotFound:
                 row = None
             if row is not None:
-                raise Exists(f"image {name}:{version} exists ({row.id}); give another "
-                             "--version or remove it first", field="version", resource="image")
+                raise Exists(
+                    f"image {name}:{version} exists ({row.id}); give another "
+                    "--version or remove it first",
+                    field="version",
+                    resource="image",
+                )
             if params.get("boot_from"):
-                out["boot_from"] = (await self.images.resolve(s, caller,
-                                                              params["boot_from"])).digest
+                out["boot_from"] = (
+                    await self.images.resolve(s, caller, params["boot_from"])
+                ).digest
         if params.get("min_disk"):
             out["min_disk"] = parse_size(params["min_disk"], field="min_disk")
         return out
@@ -126,31 +138,40 @@ class ImageTransfer:
     async def _import(self, ctx: Any) -> dict[str, Any]:
         upload = Path(ctx.params["upload"])
         if not upload.exists():
-            raise NotFound("the uploaded file is gone (Corral restarted during the import); "
-                           "import it again", field="file", resource="image")
+            raise NotFound(
+                "the uploaded file is gone (Corral restarted during the import); import it again",
+                field="file",
+                resource="image",
+            )
         progress = self.images.thread_progress(ctx)
         try:
             if ctx.params.get("archive"):
-                index = await asyncio.to_thread(archive.import_archive, self.store, upload,
-                                                progress)
-                rows = [await self.images.register(self.store.get_manifest(d))
-                        for d in index.manifests]
+                index = await asyncio.to_thread(
+                    archive.import_archive, self.store, upload, progress
+                )
+                rows = [
+                    await self.images.register(self.store.get_manifest(d)) for d in index.manifests
+                ]
                 row = rows[-1]
             else:
                 p = ctx.params
                 req = imports.DiskImport(
-                    name=p["name"], version=p.get("version") or "1", format=p.get("format"),
+                    name=p["name"],
+                    version=p.get("version") or "1",
+                    format=p.get("format"),
                     description=p.get("description") or "",
                     default_user=p.get("default_user") or "root",
-                    min_disk=int(p.get("min_disk") or 0), boot_from=p.get("boot_from"),
-                    cmdline=p.get("cmdline"))
-                digest = await asyncio.to_thread(imports.import_disk, self.store, upload, req,
-                                                 progress)
+                    min_disk=int(p.get("min_disk") or 0),
+                    boot_from=p.get("boot_from"),
+                    cmdline=p.get("cmdline"),
+                )
+                digest = await asyncio.to_thread(
+                    imports.import_disk, self.store, upload, req, progress
+                )
                 row = await self.images.register(self.store.get_manifest(digest))
         finally:
             upload.unlink(missing_ok=True)
-        return {"image_id": row.id, "digest": row.digest, "name": row.name,
-                "version": row.version}
+        return {"image_id": row.id, "digest": row.digest, "name": row.name, "version": row.version}
 
     # -- export --------------------------------------------------------------------------
     def export_path(self, digest: str, delta_from: str | None) -> Path:
@@ -165,14 +186,21 @@ class ImageTransfer:
                 try:
                     base = (await self.images.resolve(s, caller, delta_from)).digest
                 except NotFound as err:
-                    raise NotFound(f"--delta-from {delta_from}: no such image",
-                                   field="delta_from", resource="image") from err
+                    raise NotFound(
+                        f"--delta-from {delta_from}: no such image",
+                        field="delta_from",
+                        resource="image",
+                    ) from err
         # refused at once when the base is not this image's base (nothing is written)
         await asyncio.to_thread(archive.plan, self.store, row.digest, base)
         return await self.ctrl.ops.submit(
-            "image-export", account_id=caller.account_id, target_kind="image", target_id=row.id,
+            "image-export",
+            account_id=caller.account_id,
+            target_kind="image",
+            target_id=row.id,
             params={"digest": row.digest, "delta_from": base},
-            requested_by=caller.access_key_id)
+            requested_by=caller.access_key_id,
+        )
 
     async def _export(self, ctx: Any) -> dict[str, Any]:
         digest, base = ctx.params["digest"], ctx.params.get("delta_from")
@@ -180,21 +208,30 @@ class ImageTransfer:
         sidecar = out.with_name(out.name + ".sha256")
         if not (out.exists() and sidecar.exists()):
             await asyncio.to_thread(self.store.ensure)
-            await asyncio.to_thread(archive.export, self.store, digest, out, base,
-                                    self.images.thread_progress(ctx))
+            await asyncio.to_thread(
+                archive.export, self.store, digest, out, base, self.images.thread_progress(ctx)
+            )
             sha = await asyncio.to_thread(archive.archive_sha256, out)
             await asyncio.to_thread(atomic_write, sidecar, sha + "\n")
         sha = sidecar.read_text().strip()
-        return {"archive": out.name, "size": out.stat().st_size, "sha256": sha,
-                "digest": digest, "delta_from": base}
+        return {
+            "archive": out.name,
+            "size": out.stat().st_size,
+            "sha256": sha,
+            "digest": digest,
+            "delta_from": base,
+        }
 
     async def export_file(self, caller: Caller, name: str) -> tuple[Path, str]:
         """The archive ``name`` (made by an export) if the caller may see its image."""
         digest = name.split("-from-")[0].removesuffix(".tar")
         path = self.store.exports / name
         if "/" in name or not name.endswith(".tar") or not path.exists():
-            raise NotFound(f"export {name} does not exist; `corral image export` makes it",
-                           field="archive", resource="image")
+            raise NotFound(
+                f"export {name} does not exist; `corral image export` makes it",
+                field="archive",
+                resource="image",
+            )
         visible = [r for r in await self.images.list(caller) if r.digest == digest]
         if not visible:
             raise NotFound(f"export {name} does not exist", field="archive", resource="image")
@@ -205,13 +242,23 @@ class ImageTransfer:
     async def verify(self, caller: Caller, ref: str) -> Operation:
         row: Image = await self.images.get(caller, ref)
         return await self.ctrl.ops.submit(
-            "image-verify", account_id=caller.account_id, target_kind="image", target_id=row.id,
-            params={"digest": row.digest}, requested_by=caller.access_key_id)
+            "image-verify",
+            account_id=caller.account_id,
+            target_kind="image",
+            target_id=row.id,
+            params={"digest": row.digest},
+            requested_by=caller.access_key_id,
+        )
 
     async def _verify(self, ctx: Any) -> dict[str, Any]:
         digest = ctx.params["digest"]
         chain = await asyncio.to_thread(self.store.chain, digest)
         await asyncio.to_thread(self.store.verify, digest, self.images.thread_progress(ctx))
         blobs = {b.sha256: b.size for m in chain for b in m.blobs()}
-        return {"digest": digest, "images": len(chain), "parts": len(blobs),
-                "bytes": sum(blobs.values()), "ok": True}
+        return {
+            "digest": digest,
+            "images": len(chain),
+            "parts": len(blobs),
+            "bytes": sum(blobs.values()),
+            "ok": True,
+        }

@@ -29,24 +29,30 @@ class InstanceType:
         return self.memory_mib << 20
 
 
-CATALOG: dict[str, InstanceType] = {t.name: t for t in (
-    InstanceType("cr1.nano", 1, 0.2, 128, True, "1 vCPU capped at 0.2 of a core, 128 MiB"),
-    InstanceType("cr1.micro", 1, 0.5, 256, True, "1 vCPU capped at 0.5 of a core, 256 MiB"),
-    InstanceType("cr1.small", 1, 1.0, 512, False, "1 vCPU, a whole core, 512 MiB"),
-    InstanceType("cr1.medium", 2, 0.0, 1024, False, "2 vCPUs, 1 GiB"),
-    InstanceType("cr1.large", 2, 0.0, 2048, False, "2 vCPUs, 2 GiB"),
-    # AWS names, with the sizes this Corral gives them
-    InstanceType("t2.nano", 1, 0.2, 128, True, "alias sized like cr1.nano"),
-    InstanceType("t2.micro", 1, 0.5, 256, True, "alias sized like cr1.micro"),
-    InstanceType("t3.micro", 1, 0.5, 256, True, "alias sized like cr1.micro"),
-    InstanceType("m1.small", 1, 1.0, 512, False, "alias sized like cr1.small"),
-)}
+CATALOG: dict[str, InstanceType] = {
+    t.name: t
+    for t in (
+        InstanceType("cr1.nano", 1, 0.2, 128, True, "1 vCPU capped at 0.2 of a core, 128 MiB"),
+        InstanceType("cr1.micro", 1, 0.5, 256, True, "1 vCPU capped at 0.5 of a core, 256 MiB"),
+        InstanceType("cr1.small", 1, 1.0, 512, False, "1 vCPU, a whole core, 512 MiB"),
+        InstanceType("cr1.medium", 2, 0.0, 1024, False, "2 vCPUs, 1 GiB"),
+        InstanceType("cr1.large", 2, 0.0, 2048, False, "2 vCPUs, 2 GiB"),
+        # AWS names, with the sizes this Corral gives them
+        InstanceType("t2.nano", 1, 0.2, 128, True, "alias sized like cr1.nano"),
+        InstanceType("t2.micro", 1, 0.5, 256, True, "alias sized like cr1.micro"),
+        InstanceType("t3.micro", 1, 0.5, 256, True, "alias sized like cr1.micro"),
+        InstanceType("m1.small", 1, 1.0, 512, False, "alias sized like cr1.small"),
+    )
+}
 
 
 def get(name: str, field: str = "instance_type") -> InstanceType:
     t = CATALOG.get(name)
     if t is None:
-        raise Invalid(f"instance type {name!r} does not exist; use one of "
-                      f"{', '.join(CATALOG)} (DescribeInstanceTypes lists them)", field=field,
-                      resource="instance_type")
+        raise Invalid(
+            f"instance type {name!r} does not exist; use one of "
+            f"{', '.join(CATALOG)} (DescribeInstanceTypes lists them)",
+            field=field,
+            resource="instance_type",
+        )
     return t

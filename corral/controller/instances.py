@@ -89,8 +89,9 @@ class Instances:
         return self.locks.setdefault(iid, asyncio.Lock())
 
     # -- lookups ---------------------------------------------------------------------------
-    async def resolve(self, s: AsyncSession, caller: Caller, ref: str,
-                      include_terminated: bool = False) -> Instance:
+    async def resolve(
+        self, s: AsyncSession, caller: Caller, ref: str, include_terminated: bool = False
+    ) -> Instance:
         """An instance of the caller's account by id or by name."""
         q = select(Instance).where(Instance.account_id == caller.account_id)
         if ids.is_id("instance", ref):
@@ -101,16 +102,20 @@ class Instances:
                 q = q.where(Instance.state != "terminated")
         inst = (await s.scalars(q.order_by(Instance.launch_time.desc()))).first()
         if inst is None:
-            raise NotFound(f"instance {ref} does not exist; `corral ls` lists yours",
-                           field="instance", resource="instance")
+            raise NotFound(
+                f"instance {ref} does not exist; `corral ls` lists yours",
+                field="instance",
+                resource="instance",
+            )
         return inst
 
     async def get(self, caller: Caller, ref: str) -> Instance:
         async with self.ctrl.store.read() as s:
             return await self.resolve(s, caller, ref, include_terminated=True)
 
-    async def list(self, caller: Caller,
-                   include_terminated: bool = True) -> builtins.list[Instance]:
+    async def list(
+        self, caller: Caller, include_terminated: bool = True
+    ) -> builtins.list[Instance]:
         async with self.ctrl.store.read() as s:
             q = select(Instance).where(Instance.account_id == caller.account_id)
             if not include_terminated:
@@ -122,13 +127,17 @@ class Instances:
         insts, ops = await self.launch(caller, req, LaunchOptions())
         return insts[0], ops[0]
 
-    async def launch(self, caller: Caller, req: InstanceCreate, opts: LaunchOptions
-                     ) -> tuple[builtins.list[Instance], builtins.list[Operation]]:
+    async def launch(
+        self, caller: Caller, req: InstanceCreate, opts: LaunchOptions
+    ) -> tuple[builtins.list[Instance], builtins.list[Operation]]:
         """Run ``min_count``..``max_count`` instances in one reservation, all or nothing below
         ``min_count``. With a client token already used, return that launch's instances."""
         if not 1 <= opts.min_count <= opts.max_count:
-            raise Invalid(f"MinCount {opts.min_count} and MaxCount {opts.max_count} must be at "
-                          "least 1 with MinCount <= MaxCount", field="MinCount")
+            raise Invalid(
+                f"MinCount {opts.min_count} and MaxCount {opts.max_count} must be at "
+                "least 1 with MinCount <= MaxCount",
+                field="MinCount",
+            )
         cpu_limit = 0.0
         if req.instance_type:
             itype = instance_types.get(req.instance_type)
@@ -137,57 +146,84 @@ class Instances:
             cpus = req.cpus
             memory = parse_size(req.memory, field="memory", default_unit="M")
         if memory < MIN_MEMORY or memory % (1 << 20):
-            raise Invalid(f"memory {req.memory} must be a whole number of MiB, at least 64M "
-                          "(e.g. 256M)", field="memory")
+            raise Invalid(
+                f"memory {req.memory} must be a whole number of MiB, at least 64M (e.g. 256M)",
+                field="memory",
+            )
         disk = parse_size(req.disk, field="disk", default_unit="G") if req.disk else None
         wish = req.name
         if wish is not None and not opts.name_is_hint:
             ids.check_name(wish)
         user_data = (req.user_data or "").encode()
         if len(user_data) > USER_DATA_MAX:
-            raise Invalid(f"user-data is {len(user_data)} bytes; the limit is 16 KiB",
-                          field="user_data")
+            raise Invalid(
+                f"user-data is {len(user_data)} bytes; the limit is 16 KiB", field="user_data"
+            )
         try:
             inline = [keys.parse_public(k).public_key for k in req.public_keys]
         except Invalid as err:
             raise Invalid(err.message, field="public_keys") from err
         async with self.ctrl.store.write() as s:
             if opts.client_token:
-                done = list(await s.scalars(select(Instance).where(
-                    Instance.account_id == caller.account_id,
-                    Instance.client_token == opts.client_token).order_by(Instance.launch_time)))
+                done = list(
+                    await s.scalars(
+                        select(Instance)
+                        .where(
+                            Instance.account_id == caller.account_id,
+                            Instance.client_token == opts.client_token,
+                        )
+                        .order_by(Instance.launch_time)
+                    )
+                )
                 if done:
                     first = done[0]
                     if (ids.is_id("image", req.image) and first.image_id != req.image) or (
-                            req.instance_type and first.instance_type != req.instance_type):
-                        raise Invalid(f"client token {opts.client_token!r} was used for a "
-                                      "launch with other parameters; use a new token",
-                                      field="ClientToken",
-                                      ec2_code="IdempotentParameterMismatch")
+                        req.instance_type and first.instance_type != req.instance_type
+                    ):
+                        raise Invalid(
+                            f"client token {opts.client_token!r} was used for a "
+                            "launch with other parameters; use a new token",
+                            field="ClientToken",
+                            ec2_code="IdempotentParameterMismatch",
+                        )
                     if opts.dry_run:
                         raise DryRunPassed("RunInstances would have succeeded")
                     return done, []
             image = await self.ctrl.images.resolve(s, caller, req.image)
             if image.state != "available":
-                raise WrongState(f"image {image.name} is {image.state}, not available",
-                                 field="image", resource="image")
+                raise WrongState(
+                    f"image {image.name} is {image.state}, not available",
+                    field="image",
+                    resource="image",
+                )
             if disk is None:
                 disk = image.virtual_size
             if disk < image.virtual_size:
-                raise Invalid(f"disk {disk >> 20} MiB is smaller than image {image.name} "
-                              f"({image.virtual_size >> 20} MiB); give --disk "
-                              f"{image.virtual_size >> 20}M or more", field="disk")
+                raise Invalid(
+                    f"disk {disk >> 20} MiB is smaller than image {image.name} "
+                    f"({image.virtual_size >> 20} MiB); give --disk "
+                    f"{image.virtual_size >> 20}M or more",
+                    field="disk",
+                )
             ssh_keys = list(inline)
             for key_name in req.keys:
-                kp = await s.scalar(select(KeyPair).where(KeyPair.account_id == caller.account_id,
-                                                          KeyPair.name == key_name))
+                kp = await s.scalar(
+                    select(KeyPair).where(
+                        KeyPair.account_id == caller.account_id, KeyPair.name == key_name
+                    )
+                )
                 if kp is None:
-                    raise NotFound(f"key pair {key_name} does not exist; add it with "
-                                   "`corral key add NAME FILE.pub`", field="keys",
-                                   resource="key_pair")
+                    raise NotFound(
+                        f"key pair {key_name} does not exist; add it with "
+                        "`corral key add NAME FILE.pub`",
+                        field="keys",
+                        resource="key_pair",
+                    )
                 ssh_keys.append(kp.public_key)
-            groups = [await self.ctrl.security_groups.resolve(s, caller, g)
-                      for g in opts.security_groups or ["default"]]
+            groups = [
+                await self.ctrl.security_groups.resolve(s, caller, g)
+                for g in opts.security_groups or ["default"]
+            ]
             reservation = ids.new_id("reservation")
             made: builtins.list[Instance] = []
             for n in range(opts.max_count):
@@ -198,27 +234,44 @@ class Instances:
                         break
                     raise
                 iid = ids.new_id("instance")
-                name = await self._pick_name(s, caller, wish if n == 0 else None, image, iid,
-                                             strict=not opts.name_is_hint)
+                name = await self._pick_name(
+                    s, caller, wish if n == 0 else None, image, iid, strict=not opts.name_is_hint
+                )
                 network = await self.ctrl.networks.default(s, node.id)
                 inst = Instance(
-                    id=iid, account_id=caller.account_id, name=name, image_id=image.id,
-                    node_id=node.id, network_id=network.id, state="pending",
-                    desired_state="running", instance_type=req.instance_type or "", cpus=cpus,
-                    cpu_limit=cpu_limit, memory=memory, disk_size=disk,
-                    mac=await self._new_mac(s), restart_policy=req.restart_policy,
-                    stop_timeout=req.stop_timeout, user_data=user_data, ssh_keys=ssh_keys,
-                    net_limit_mbit=req.net_limit_mbit, metadata_tokens=req.metadata_tokens,
+                    id=iid,
+                    account_id=caller.account_id,
+                    name=name,
+                    image_id=image.id,
+                    node_id=node.id,
+                    network_id=network.id,
+                    state="pending",
+                    desired_state="running",
+                    instance_type=req.instance_type or "",
+                    cpus=cpus,
+                    cpu_limit=cpu_limit,
+                    memory=memory,
+                    disk_size=disk,
+                    mac=await self._new_mac(s),
+                    restart_policy=req.restart_policy,
+                    stop_timeout=req.stop_timeout,
+                    user_data=user_data,
+                    ssh_keys=ssh_keys,
+                    net_limit_mbit=req.net_limit_mbit,
+                    metadata_tokens=req.metadata_tokens,
                     metadata_hop_limit=req.metadata_hop_limit,
-                    key_name=req.keys[0] if req.keys else None, launch_time=utcnow(),
-                    reservation_id=reservation, client_token=opts.client_token,
+                    key_name=req.keys[0] if req.keys else None,
+                    launch_time=utcnow(),
+                    reservation_id=reservation,
+                    client_token=opts.client_token,
                 )
                 s.add(inst)
                 await s.flush()
                 if image.root_device_type == "ebs" and image.root_snapshot_id:
                     s.add(self.ctrl.volumes.new_root(inst, image))  # boots from a volume
-                inst.private_ip = await ipam.allocate(s, network, iid,
-                                                      req.address if n == 0 else None)
+                inst.private_ip = await ipam.allocate(
+                    s, network, iid, req.address if n == 0 else None
+                )
                 for g in groups:
                     s.add(InstanceSecurityGroup(instance_id=iid, group_id=g.id))
                 if opts.tags:
@@ -230,17 +283,28 @@ class Instances:
                 raise DryRunPassed("RunInstances would have succeeded")
             ops = []
             for inst in made:
-                op = self.ctrl.ops.new("instance-run", account_id=caller.account_id,
-                                       target_kind="instance", target_id=inst.id,
-                                       requested_by=caller.access_key_id)
+                op = self.ctrl.ops.new(
+                    "instance-run",
+                    account_id=caller.account_id,
+                    target_kind="instance",
+                    target_id=inst.id,
+                    requested_by=caller.access_key_id,
+                )
                 s.add(op)
                 ops.append(op)
         for op in ops:
             self.ctrl.ops.start(op)
         return made, ops
 
-    async def _pick_name(self, s: AsyncSession, caller: Caller, wish: str | None, image: Image,
-                         iid: str, strict: bool) -> str:
+    async def _pick_name(
+        self,
+        s: AsyncSession,
+        caller: Caller,
+        wish: str | None,
+        image: Image,
+        iid: str,
+        strict: bool,
+    ) -> str:
         """The wished-for host name when it is valid and free (an error when ``strict``),
         else ``<image>-<5 hex of the id>``."""
         if wish is not None:
@@ -251,23 +315,34 @@ class Instances:
                 except Invalid:
                     valid = False
             if valid:
-                clash = await s.scalar(select(Instance.id).where(
-                    Instance.account_id == caller.account_id, Instance.name == wish,
-                    Instance.state != "terminated"))
+                clash = await s.scalar(
+                    select(Instance.id).where(
+                        Instance.account_id == caller.account_id,
+                        Instance.name == wish,
+                        Instance.state != "terminated",
+                    )
+                )
                 if clash is None:
                     return wish
                 if strict:
-                    raise Exists(f"an instance named {wish} already exists ({clash}); pick "
-                                 "another name or remove it first", field="name",
-                                 resource="instance")
+                    raise Exists(
+                        f"an instance named {wish} already exists ({clash}); pick "
+                        "another name or remove it first",
+                        field="name",
+                        resource="instance",
+                    )
         base = re_name(image.name)
         # five hex digits of the id, more when those clash (a thousand instances of one image
         # make a clash of five digits likely)
         for digits in (5, 7, 9, 17):
-            name = f"{base}-{iid[2:2 + digits]}"
-            if not await s.scalar(select(Instance.id).where(
-                    Instance.account_id == caller.account_id, Instance.name == name,
-                    Instance.state != "terminated")):
+            name = f"{base}-{iid[2 : 2 + digits]}"
+            if not await s.scalar(
+                select(Instance.id).where(
+                    Instance.account_id == caller.account_id,
+                    Instance.name == name,
+                    Instance.state != "terminated",
+                )
+            ):
                 break
         return name
 
@@ -284,9 +359,16 @@ class Instances:
             raise CorralError(f"instance {inst.id} refers to a missing image or network")
         root = await self.ctrl.volumes.root_of(s, inst.id)
         return InstanceSpec(
-            id=inst.id, name=inst.name, image=image.digest, cpus=inst.cpus,
-            cpu_limit=inst.cpu_limit, memory=inst.memory, disk_size=inst.disk_size, mac=inst.mac,
-            address=inst.private_ip, network=self.ctrl.networks.spec(network),
+            id=inst.id,
+            name=inst.name,
+            image=image.digest,
+            cpus=inst.cpus,
+            cpu_limit=inst.cpu_limit,
+            memory=inst.memory,
+            disk_size=inst.disk_size,
+            mac=inst.mac,
+            address=inst.private_ip,
+            network=self.ctrl.networks.spec(network),
             tap=tap_name(inst.id),
             volumes=await self.ctrl.volumes.attachments(s, inst.id),
             root_volume=root.id if root is not None else None,
@@ -317,8 +399,9 @@ class Instances:
                 pid = await node.instance_start(spec)
             except asyncio.CancelledError:
                 if not self.ctrl.ops.closing:  # cancelled on request: leave nothing behind
-                    await asyncio.shield(self._undo_run(inst, spec, "Client.UserCancelled: "
-                                                        "the launch was cancelled"))
+                    await asyncio.shield(
+                        self._undo_run(inst, spec, "Client.UserCancelled: the launch was cancelled")
+                    )
                 raise
             except CorralError as err:
                 await self._undo_run(inst, spec, f"Server.InternalError: {err.message}")
@@ -356,9 +439,16 @@ class Instances:
                     setattr(row, k, v)
 
     # -- start, stop, reboot, terminate ----------------------------------------------------
-    async def _request(self, caller: Caller, ref: str, request: str, op_type: str,
-                       params: dict[str, Any], dry_run: bool = False,
-                       **changes: Any) -> tuple[Instance, Operation | None]:
+    async def _request(
+        self,
+        caller: Caller,
+        ref: str,
+        request: str,
+        op_type: str,
+        params: dict[str, Any],
+        dry_run: bool = False,
+        **changes: Any,
+    ) -> tuple[Instance, Operation | None]:
         async with self.ctrl.store.write() as s:
             inst = await self.resolve(s, caller, ref, include_terminated=True)
             acts = states.check(request, inst.state, inst.name)
@@ -368,38 +458,79 @@ class Instances:
                 return inst, None
             for k, v in changes.items():
                 setattr(inst, k, v)
-            op = self.ctrl.ops.new(op_type, account_id=caller.account_id, target_kind="instance",
-                                   target_id=inst.id, params=params,
-                                   requested_by=caller.access_key_id)
+            op = self.ctrl.ops.new(
+                op_type,
+                account_id=caller.account_id,
+                target_kind="instance",
+                target_id=inst.id,
+                params=params,
+                requested_by=caller.access_key_id,
+            )
             s.add(op)
         self.ctrl.ops.start(op)
         return inst, op
 
-    async def start(self, caller: Caller, ref: str,
-                    dry_run: bool = False) -> tuple[Instance, Operation | None]:
-        return await self._request(caller, ref, "start", "instance-start", {}, dry_run,
-                                   desired_state="running", state="pending", state_reason="")
+    async def start(
+        self, caller: Caller, ref: str, dry_run: bool = False
+    ) -> tuple[Instance, Operation | None]:
+        return await self._request(
+            caller,
+            ref,
+            "start",
+            "instance-start",
+            {},
+            dry_run,
+            desired_state="running",
+            state="pending",
+            state_reason="",
+        )
 
-    async def stop(self, caller: Caller, ref: str, timeout: float | None = None,
-                   force: bool = False, dry_run: bool = False
-                   ) -> tuple[Instance, Operation | None]:
-        return await self._request(caller, ref, "stop", "instance-stop",
-                                   {"timeout": timeout, "force": force}, dry_run,
-                                   desired_state="stopped", state="stopping",
-                                   state_reason=_user_initiated())
+    async def stop(
+        self,
+        caller: Caller,
+        ref: str,
+        timeout: float | None = None,
+        force: bool = False,
+        dry_run: bool = False,
+    ) -> tuple[Instance, Operation | None]:
+        return await self._request(
+            caller,
+            ref,
+            "stop",
+            "instance-stop",
+            {"timeout": timeout, "force": force},
+            dry_run,
+            desired_state="stopped",
+            state="stopping",
+            state_reason=_user_initiated(),
+        )
 
-    async def reboot(self, caller: Caller, ref: str, timeout: float | None = None,
-                     dry_run: bool = False) -> tuple[Instance, Operation | None]:
-        return await self._request(caller, ref, "reboot", "instance-reboot", {"timeout": timeout},
-                                   dry_run)
+    async def reboot(
+        self, caller: Caller, ref: str, timeout: float | None = None, dry_run: bool = False
+    ) -> tuple[Instance, Operation | None]:
+        return await self._request(
+            caller, ref, "reboot", "instance-reboot", {"timeout": timeout}, dry_run
+        )
 
-    async def terminate(self, caller: Caller, ref: str, timeout: float | None = None,
-                        force: bool = False, dry_run: bool = False
-                        ) -> tuple[Instance, Operation | None]:
-        return await self._request(caller, ref, "terminate", "instance-terminate",
-                                   {"timeout": timeout, "force": force}, dry_run,
-                                   desired_state="terminated", state="shutting-down",
-                                   state_reason=_user_initiated())
+    async def terminate(
+        self,
+        caller: Caller,
+        ref: str,
+        timeout: float | None = None,
+        force: bool = False,
+        dry_run: bool = False,
+    ) -> tuple[Instance, Operation | None]:
+        return await self._request(
+            caller,
+            ref,
+            "terminate",
+            "instance-terminate",
+            {"timeout": timeout, "force": force},
+            dry_run,
+            desired_state="terminated",
+            state="shutting-down",
+            state_reason=_user_initiated(),
+        )
 
     def _timeout(self, inst: Instance, given: float | None) -> float:
         if given is not None:
@@ -418,8 +549,12 @@ class Instances:
             try:
                 pid = await self.ctrl.node(inst.node_id).instance_start(spec)
             except CorralError as err:
-                await self._set(iid, state="stopped", desired_state="stopped",
-                                state_reason=f"Server.InternalError: {err.message}")
+                await self._set(
+                    iid,
+                    state="stopped",
+                    desired_state="stopped",
+                    state_reason=f"Server.InternalError: {err.message}",
+                )
                 raise
             await self._set(iid, state="running", pid=pid, started_at=utcnow(), stopped_at=None)
         return {"instance_id": iid, "pid": pid}
@@ -432,8 +567,12 @@ class Instances:
                 return {"state": inst.state}
             timeout = self._timeout(inst, ctx.params.get("timeout"))
             force = bool(ctx.params.get("force"))
-            await ctx.progress(0.2, "forcing power-off" if force
-                               else f"asking the guest to power off (up to {timeout:.0f} s)")
+            await ctx.progress(
+                0.2,
+                "forcing power-off"
+                if force
+                else f"asking the guest to power off (up to {timeout:.0f} s)",
+            )
             info = await self.ctrl.node(inst.node_id).instance_stop(iid, timeout, force)
             await self._set(iid, state="stopped", pid=None, stopped_at=utcnow())
         return {"instance_id": iid, "how": info.reason if info else "not running"}
@@ -443,8 +582,9 @@ class Instances:
         async with self.lock(iid):
             inst, _ = await self._load(iid)
             if inst.state != "running":
-                raise WrongState(f"instance {inst.name} is {inst.state}; start it first",
-                                 resource="instance")
+                raise WrongState(
+                    f"instance {inst.name} is {inst.state}; start it first", resource="instance"
+                )
             timeout = self._timeout(inst, ctx.params.get("timeout"))
             await ctx.progress(0.2, "asking the guest to reboot")
             how = await self.ctrl.node(inst.node_id).instance_reboot(iid, timeout)
@@ -481,12 +621,19 @@ class Instances:
             inst = await self.resolve(s, caller, ref)
             if inst.name == name:
                 return inst
-            clash = await s.scalar(select(Instance.id).where(
-                Instance.account_id == caller.account_id, Instance.name == name,
-                Instance.state != "terminated"))
+            clash = await s.scalar(
+                select(Instance.id).where(
+                    Instance.account_id == caller.account_id,
+                    Instance.name == name,
+                    Instance.state != "terminated",
+                )
+            )
             if clash:
-                raise Exists(f"an instance named {name} already exists ({clash})", field="name",
-                             resource="instance")
+                raise Exists(
+                    f"an instance named {name} already exists ({clash})",
+                    field="name",
+                    resource="instance",
+                )
             old = inst.name
             inst.name = name
             public = (await self.ctrl.elastic_ips.by_instance(s, [inst.id])).get(inst.id)
@@ -495,13 +642,20 @@ class Instances:
             await self.ctrl.elastic_ips.publish(inst.node_id, put={name: public}, remove=[old])
         return inst
 
-    async def modify(self, caller: Caller, ref: str, instance_type: str | None = None,
-                     user_data: bytes | None = None, dry_run: bool = False) -> Instance:
+    async def modify(
+        self,
+        caller: Caller,
+        ref: str,
+        instance_type: str | None = None,
+        user_data: bytes | None = None,
+        dry_run: bool = False,
+    ) -> Instance:
         """Change a stopped instance's type or user-data (EC2's ModifyInstanceAttribute)."""
         itype = instance_types.get(instance_type) if instance_type is not None else None
         if user_data is not None and len(user_data) > USER_DATA_MAX:
-            raise Invalid(f"user-data is {len(user_data)} bytes; the limit is 16 KiB",
-                          field="UserData")
+            raise Invalid(
+                f"user-data is {len(user_data)} bytes; the limit is 16 KiB", field="UserData"
+            )
         async with self.ctrl.store.write() as s:
             inst = await self.resolve(s, caller, ref, include_terminated=True)
             states.check("modify", inst.state, inst.id)
@@ -520,15 +674,24 @@ class Instances:
 
     async def by_address(self, network_id: str, address: str) -> Instance | None:
         async with self.ctrl.store.read() as s:
-            return await s.scalar(select(Instance).where(
-                Instance.network_id == network_id, Instance.private_ip == address,
-                Instance.state != "terminated"))
+            return await s.scalar(
+                select(Instance).where(
+                    Instance.network_id == network_id,
+                    Instance.private_ip == address,
+                    Instance.state != "terminated",
+                )
+            )
 
     async def on_node(self, node_id: str) -> builtins.list[Instance]:
         async with self.ctrl.store.read() as s:
-            return list(await s.scalars(select(Instance).where(
-                Instance.node_id == node_id,
-                or_(Instance.state != "terminated", Instance.desired_state != "terminated"))))
+            return list(
+                await s.scalars(
+                    select(Instance).where(
+                        Instance.node_id == node_id,
+                        or_(Instance.state != "terminated", Instance.desired_state != "terminated"),
+                    )
+                )
+            )
 
 
 def re_name(image_name: str) -> str:

@@ -22,8 +22,9 @@ def host_range(cidr: str) -> list[ipaddress.IPv4Address]:
     return hosts[RESERVED_LOW:] if len(hosts) > RESERVED_LOW + 4 else hosts[1:]
 
 
-async def allocate(s: AsyncSession, network: Network, instance_id: str,
-                   wanted: str | None = None) -> str:
+async def allocate(
+    s: AsyncSession, network: Network, instance_id: str, wanted: str | None = None
+) -> str:
     used = set(await s.scalars(select(Address.address).where(Address.network_id == network.id)))
     if wanted is not None:
         try:
@@ -31,11 +32,17 @@ async def allocate(s: AsyncSession, network: Network, instance_id: str,
         except ValueError as err:
             raise Invalid(f"address {wanted!r} is not an IPv4 address", field="address") from err
         if addr not in ipaddress.ip_network(network.cidr) or addr not in host_range(network.cidr):
-            raise Invalid(f"address {wanted} is not a usable address of {network.cidr} "
-                          f"(the first {RESERVED_LOW + 1} are reserved)", field="address")
+            raise Invalid(
+                f"address {wanted} is not a usable address of {network.cidr} "
+                f"(the first {RESERVED_LOW + 1} are reserved)",
+                field="address",
+            )
         if str(addr) in used:
-            raise Exists(f"address {wanted} is already in use on network {network.name}",
-                         field="address", resource="address")
+            raise Exists(
+                f"address {wanted} is already in use on network {network.name}",
+                field="address",
+                resource="address",
+            )
         choice = str(addr)
     else:
         free = (str(a) for a in host_range(network.cidr) if str(a) not in used)
@@ -44,7 +51,9 @@ async def allocate(s: AsyncSession, network: Network, instance_id: str,
             raise NoResources(
                 f"no free address left in {network.cidr} on network {network.name}; terminate "
                 "an instance or configure a larger subnet (corral up --subnet)",
-                field="address", resource="address")
+                field="address",
+                resource="address",
+            )
     s.add(Address(network_id=network.id, address=choice, instance_id=instance_id))
     return choice
 

@@ -21,32 +21,52 @@ class KeyPairs:
     def __init__(self, ctrl: Controller) -> None:
         self.ctrl = ctrl
 
-    async def add(self, caller: Caller, name: str, public_key: str | None,
-                  key_type: str = "ed25519") -> tuple[KeyPair, str | None]:
+    async def add(
+        self, caller: Caller, name: str, public_key: str | None, key_type: str = "ed25519"
+    ) -> tuple[KeyPair, str | None]:
         """Import ``public_key``, or create a pair when it is None (returns the private key)."""
         keys.check_name(name)
         material = keys.parse_public(public_key) if public_key else keys.create(key_type)
         async with self.ctrl.store.write() as s:
-            if await s.scalar(select(KeyPair.id).where(KeyPair.account_id == caller.account_id,
-                                                       KeyPair.name == name)):
-                raise Exists(f"key pair {name} already exists; remove it first or pick another "
-                             "name", field="name", resource="key_pair")
-            row = KeyPair(id=ids.new_id("key_pair"), account_id=caller.account_id, name=name,
-                          key_type=material.key_type, fingerprint=material.fingerprint,
-                          public_key=material.public_key)
+            if await s.scalar(
+                select(KeyPair.id).where(
+                    KeyPair.account_id == caller.account_id, KeyPair.name == name
+                )
+            ):
+                raise Exists(
+                    f"key pair {name} already exists; remove it first or pick another name",
+                    field="name",
+                    resource="key_pair",
+                )
+            row = KeyPair(
+                id=ids.new_id("key_pair"),
+                account_id=caller.account_id,
+                name=name,
+                key_type=material.key_type,
+                fingerprint=material.fingerprint,
+                public_key=material.public_key,
+            )
             s.add(row)
         return row, material.private_key
 
     async def list(self, caller: Caller) -> builtins.list[KeyPair]:
         async with self.ctrl.store.read() as s:
-            return list(await s.scalars(select(KeyPair).where(
-                KeyPair.account_id == caller.account_id).order_by(KeyPair.name)))
+            return list(
+                await s.scalars(
+                    select(KeyPair)
+                    .where(KeyPair.account_id == caller.account_id)
+                    .order_by(KeyPair.name)
+                )
+            )
 
     async def get(self, caller: Caller, name: str) -> KeyPair:
         async with self.ctrl.store.read() as s:
-            row = await s.scalar(select(KeyPair).where(
-                KeyPair.account_id == caller.account_id,
-                (KeyPair.name == name) | (KeyPair.id == name)))
+            row = await s.scalar(
+                select(KeyPair).where(
+                    KeyPair.account_id == caller.account_id,
+                    (KeyPair.name == name) | (KeyPair.id == name),
+                )
+            )
         if row is None:
             raise NotFound(f"key pair {name} does not exist", field="name", resource="key_pair")
         return row

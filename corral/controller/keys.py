@@ -33,8 +33,9 @@ def _colon(digest: bytes) -> str:
 
 def check_name(name: str) -> str:
     if not KEY_NAME.match(name or ""):
-        raise Invalid(f"key pair name {name!r} must be 1-255 printable ASCII characters",
-                      field="name")
+        raise Invalid(
+            f"key pair name {name!r} must be 1-255 printable ASCII characters", field="name"
+        )
     return name
 
 
@@ -50,16 +51,20 @@ def parse_public(text: str) -> KeyMaterial:
         raise Invalid(
             "public key is not an OpenSSH public key (expected a line like "
             "'ssh-ed25519 AAAA… user@host', e.g. the content of ~/.ssh/id_ed25519.pub)",
-            field="public_key") from err
+            field="public_key",
+        ) from err
     openssh = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     comment = b" ".join(raw.split()[2:]) if not raw.startswith(b"-----BEGIN") else b""
     line = (openssh + (b" " + comment if comment else b"")).decode()
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < 2048:
-            raise Invalid(f"RSA key of {key.key_size} bits is too short; use 2048 bits or more",
-                          field="public_key")
-        spki = key.public_bytes(serialization.Encoding.DER,
-                                serialization.PublicFormat.SubjectPublicKeyInfo)
+            raise Invalid(
+                f"RSA key of {key.key_size} bits is too short; use 2048 bits or more",
+                field="public_key",
+            )
+        spki = key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         return KeyMaterial("rsa", line, _colon(hashlib.md5(spki).digest()))
     if isinstance(key, ed25519.Ed25519PublicKey):
         return KeyMaterial("ed25519", line, _ed25519_fingerprint(openssh))
@@ -74,19 +79,29 @@ def _ed25519_fingerprint(openssh: bytes) -> str:
 def create(key_type: str = "ed25519") -> KeyMaterial:
     if key_type == "rsa":
         priv = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        pkcs8 = priv.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                   serialization.NoEncryption())
-        pem = priv.private_bytes(serialization.Encoding.PEM,
-                                 serialization.PrivateFormat.TraditionalOpenSSL,
-                                 serialization.NoEncryption()).decode()
-        pub = priv.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                             serialization.PublicFormat.OpenSSH)
+        pkcs8 = priv.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        pem = priv.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        ).decode()
+        pub = priv.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
         return KeyMaterial("rsa", pub.decode(), _colon(hashlib.sha1(pkcs8).digest()), pem)
     if key_type == "ed25519":
         priv_ed = ed25519.Ed25519PrivateKey.generate()
-        pem = priv_ed.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                    serialization.NoEncryption()).decode()
-        pub = priv_ed.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                serialization.PublicFormat.OpenSSH)
+        pem = priv_ed.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        ).decode()
+        pub = priv_ed.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
         return KeyMaterial("ed25519", pub.decode(), _ed25519_fingerprint(pub), pem)
     raise Invalid(f"key type {key_type!r} must be rsa or ed25519", field="key_type")

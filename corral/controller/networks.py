@@ -30,52 +30,87 @@ class Networks:
         st = self.ctrl.settings
         net = ipaddress.ip_network(st.subnet)
         async with self.ctrl.store.write() as s:
-            row = await s.scalar(select(Network).where(Network.node_id == node_id,
-                                                       Network.name == "default"))
+            row = await s.scalar(
+                select(Network).where(Network.node_id == node_id, Network.name == "default")
+            )
             if row is None:
-                row = Network(id=ids.new_id("network"), name="default", node_id=node_id,
-                              cidr=str(net), gateway=str(next(net.hosts())), domain=st.domain,
-                              namespace=st.namespace, bridge=BRIDGE)
+                row = Network(
+                    id=ids.new_id("network"),
+                    name="default",
+                    node_id=node_id,
+                    cidr=str(net),
+                    gateway=str(next(net.hosts())),
+                    domain=st.domain,
+                    namespace=st.namespace,
+                    bridge=BRIDGE,
+                )
                 s.add(row)
             elif (row.cidr, row.domain, row.namespace) != (str(net), st.domain, st.namespace):
-                live = await s.scalar(select(Instance.id).where(
-                    Instance.network_id == row.id, Instance.state != "terminated"))
+                live = await s.scalar(
+                    select(Instance.id).where(
+                        Instance.network_id == row.id, Instance.state != "terminated"
+                    )
+                )
                 if live and row.cidr != str(net):
                     from corral.errors import WrongState
 
                     raise WrongState(
                         f"the subnet changed from {row.cidr} to {net} but instances still use "
                         f"the old one; terminate them first or keep --subnet {row.cidr}",
-                        field="subnet")
+                        field="subnet",
+                    )
                 row.cidr, row.gateway = str(net), str(next(net.hosts()))
                 row.domain, row.namespace = st.domain, st.namespace
         return row
 
     async def default(self, s: AsyncSession, node_id: str) -> Network:
-        row = await s.scalar(select(Network).where(Network.node_id == node_id,
-                                                   Network.name == "default"))
+        row = await s.scalar(
+            select(Network).where(Network.node_id == node_id, Network.name == "default")
+        )
         if row is None:
             raise NotFound(f"node {node_id} has no default network yet", resource="network")
         return row
 
     @staticmethod
     def spec(row: Network) -> NetworkSpec:
-        return NetworkSpec(id=row.id, namespace=row.namespace, bridge=row.bridge, cidr=row.cidr,
-                           gateway=row.gateway, domain=row.domain)
+        return NetworkSpec(
+            id=row.id,
+            namespace=row.namespace,
+            bridge=row.bridge,
+            cidr=row.cidr,
+            gateway=row.gateway,
+            domain=row.domain,
+        )
 
     async def hosts(self, s: AsyncSession, network: Network) -> list[HostRecord]:
-        rows = await s.scalars(select(Instance).where(
-            Instance.network_id == network.id, Instance.state != "terminated",
-            Instance.private_ip.is_not(None)).order_by(Instance.private_ip))
+        rows = await s.scalars(
+            select(Instance)
+            .where(
+                Instance.network_id == network.id,
+                Instance.state != "terminated",
+                Instance.private_ip.is_not(None),
+            )
+            .order_by(Instance.private_ip)
+        )
         out = []
         for inst in rows:
             assert inst.private_ip is not None
-            out.append(HostRecord(mac=inst.mac, address=inst.private_ip, names=[
-                inst.name, f"{inst.name}.{network.domain}", f"{inst.id}.{network.domain}"]))
+            out.append(
+                HostRecord(
+                    mac=inst.mac,
+                    address=inst.private_ip,
+                    names=[
+                        inst.name,
+                        f"{inst.name}.{network.domain}",
+                        f"{inst.id}.{network.domain}",
+                    ],
+                )
+            )
         return out
 
-    async def _desired(self, network_id: str
-                       ) -> tuple[Network, list[HostRecord], PolicySpec] | None:
+    async def _desired(
+        self, network_id: str
+    ) -> tuple[Network, list[HostRecord], PolicySpec] | None:
         async with self.ctrl.store.read() as s:
             row = await s.get(Network, network_id)
             if row is None:

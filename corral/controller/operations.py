@@ -77,14 +77,30 @@ class Operations:
         self.handlers[op_type] = handler
 
     # -- submit and run --------------------------------------------------------------------
-    def new(self, op_type: str, *, account_id: str | None, target_kind: str, target_id: str,
-            params: dict[str, Any] | None = None, requested_by: str = "") -> Operation:
+    def new(
+        self,
+        op_type: str,
+        *,
+        account_id: str | None,
+        target_kind: str,
+        target_id: str,
+        params: dict[str, Any] | None = None,
+        requested_by: str = "",
+    ) -> Operation:
         """A pending operation row; add it to the caller's transaction, then ``start`` it."""
         if op_type not in self.handlers:
             raise CorralError(f"no handler for operation type {op_type}")
-        return Operation(id=new_id("operation"), account_id=account_id, type=op_type,
-                         status="pending", target_kind=target_kind, target_id=target_id,
-                         params=params or {}, requested_by=requested_by, created_at=utcnow())
+        return Operation(
+            id=new_id("operation"),
+            account_id=account_id,
+            type=op_type,
+            status="pending",
+            target_kind=target_kind,
+            target_id=target_id,
+            params=params or {},
+            requested_by=requested_by,
+            created_at=utcnow(),
+        )
 
     def start(self, op: Operation) -> None:
         """Run a committed pending operation in the background."""
@@ -136,13 +152,15 @@ class Operations:
             await self._finish(op_id, "failed", None, err.to_dict())
         except Exception as err:
             log.error("operation %s (%s) crashed:\n%s", op_id, ctx.type, traceback.format_exc())
-            await self._finish(op_id, "failed", None,
-                               {"code": "internal", "message": f"internal error: {err!r}"})
+            await self._finish(
+                op_id, "failed", None, {"code": "internal", "message": f"internal error: {err!r}"}
+            )
         else:
             await self._finish(op_id, "succeeded", result or {}, None)
 
-    async def _finish(self, op_id: str, status: str, result: dict[str, Any] | None,
-                      error: dict[str, Any] | None) -> None:
+    async def _finish(
+        self, op_id: str, status: str, result: dict[str, Any] | None, error: dict[str, Any] | None
+    ) -> None:
         async with self.store.write() as s:
             op = await s.get(Operation, op_id)
             if op is None:
@@ -178,8 +196,16 @@ class Operations:
     @staticmethod
     async def _add_event(s: Any, op: Operation, kind: str, message: str, progress: float) -> None:
         op.seq += 1
-        s.add(OperationEvent(operation_id=op.id, seq=op.seq, kind=kind, message=message,
-                             progress=progress, time=utcnow()))
+        s.add(
+            OperationEvent(
+                operation_id=op.id,
+                seq=op.seq,
+                kind=kind,
+                message=message,
+                progress=progress,
+                time=utcnow(),
+            )
+        )
 
     def _cond(self, op_id: str) -> asyncio.Condition:
         return self._changed.setdefault(op_id, asyncio.Condition())
@@ -195,12 +221,14 @@ class Operations:
         async with self.store.read() as s:
             op = await s.get(Operation, op_id)
         if op is None or (account_id is not None and op.account_id not in (account_id, None)):
-            raise NotFound(f"operation {op_id} does not exist", resource="operation",
-                           field="operation_id")
+            raise NotFound(
+                f"operation {op_id} does not exist", resource="operation", field="operation_id"
+            )
         return op
 
-    async def wait(self, op_id: str, *, timeout: float, since: int = -1,
-                   account_id: str | None = None) -> Operation:
+    async def wait(
+        self, op_id: str, *, timeout: float, since: int = -1, account_id: str | None = None
+    ) -> Operation:
         """Return once the operation has an event after ``since`` (or has finished), or after
         ``timeout`` with its current state."""
         loop = asyncio.get_running_loop()
@@ -222,9 +250,11 @@ class Operations:
 
     async def events(self, op_id: str, since: int = 0) -> list[OperationEvent]:
         async with self.store.read() as s:
-            rows = await s.scalars(select(OperationEvent).where(
-                OperationEvent.operation_id == op_id, OperationEvent.seq > since)
-                .order_by(OperationEvent.seq))
+            rows = await s.scalars(
+                select(OperationEvent)
+                .where(OperationEvent.operation_id == op_id, OperationEvent.seq > since)
+                .order_by(OperationEvent.seq)
+            )
             return list(rows)
 
     async def cancel(self, op_id: str, account_id: str | None = None) -> Operation:
@@ -232,8 +262,9 @@ class Operations:
         if op.status in DONE:
             raise WrongState(f"operation {op_id} already {op.status}", resource="operation")
         async with self.store.write() as s:
-            await s.execute(update(Operation).where(Operation.id == op_id)
-                            .values(status="cancelling"))
+            await s.execute(
+                update(Operation).where(Operation.id == op_id).values(status="cancelling")
+            )
         task = self.tasks.get(op_id)
         if task is not None:
             task.cancel()
@@ -248,8 +279,13 @@ class Operations:
     async def resume(self) -> list[str]:
         """Start again every operation a crash or shutdown left unfinished."""
         async with self.store.read() as s:
-            rows = list(await s.scalars(select(Operation).where(Operation.status.in_(ACTIVE))
-                                        .order_by(Operation.created_at)))
+            rows = list(
+                await s.scalars(
+                    select(Operation)
+                    .where(Operation.status.in_(ACTIVE))
+                    .order_by(Operation.created_at)
+                )
+            )
         for op in rows:
             log.info("resuming operation %s (%s %s)", op.id, op.type, op.target_id)
             self.start(op)

@@ -28,50 +28,92 @@ def uplink_spec(settings: Settings) -> UplinkSpec | None:
     net = ipaddress.ip_network(settings.public_cidr)
     hosts = list(net.hosts())
     peer = settings.uplink.split(":", 1)[1] if settings.uplink.startswith("netns:") else None
-    return UplinkSpec(peer_netns=peer, cidr=str(net), address=str(hosts[0]),
-                      gateway=str(hosts[-1]))
+    return UplinkSpec(peer_netns=peer, cidr=str(net), address=str(hosts[0]), gateway=str(hosts[-1]))
 
 
 def _rule(r: SecurityGroupRule) -> RuleSpec:
-    return RuleSpec(protocol="all" if r.protocol == "-1" else r.protocol,
-                    from_port=r.from_port, to_port=r.to_port,
-                    cidrs=[r.cidr] if r.cidr else [],
-                    groups=[r.source_group_id] if r.source_group_id else [])
+    return RuleSpec(
+        protocol="all" if r.protocol == "-1" else r.protocol,
+        from_port=r.from_port,
+        to_port=r.to_port,
+        cidrs=[r.cidr] if r.cidr else [],
+        groups=[r.source_group_id] if r.source_group_id else [],
+    )
 
 
-async def build(s: AsyncSession, network: Network, spec: NetworkSpec,
-                settings: Settings) -> PolicySpec:
-    rows = list(await s.scalars(select(Instance).where(
-        Instance.network_id == network.id, Instance.state != "terminated",
-        Instance.private_ip.is_not(None)).order_by(Instance.private_ip)))
+async def build(
+    s: AsyncSession, network: Network, spec: NetworkSpec, settings: Settings
+) -> PolicySpec:
+    rows = list(
+        await s.scalars(
+            select(Instance)
+            .where(
+                Instance.network_id == network.id,
+                Instance.state != "terminated",
+                Instance.private_ip.is_not(None),
+            )
+            .order_by(Instance.private_ip)
+        )
+    )
     iids = [i.id for i in rows]
     membership: dict[str, list[str]] = {}
-    for iid, gid in await s.execute(select(InstanceSecurityGroup.instance_id,
-                                           InstanceSecurityGroup.group_id)
-                                    .where(InstanceSecurityGroup.instance_id.in_(iids))):
+    for iid, gid in await s.execute(
+        select(InstanceSecurityGroup.instance_id, InstanceSecurityGroup.group_id).where(
+            InstanceSecurityGroup.instance_id.in_(iids)
+        )
+    ):
         membership.setdefault(iid, []).append(gid)
     # instances from before security groups existed belong to their account's default group
-    defaults = dict((await s.execute(select(SecurityGroup.account_id, SecurityGroup.id).where(
-        SecurityGroup.name == "default",
-        SecurityGroup.account_id.in_({i.account_id for i in rows})))).all())
+    defaults = dict(
+        (
+            await s.execute(
+                select(SecurityGroup.account_id, SecurityGroup.id).where(
+                    SecurityGroup.name == "default",
+                    SecurityGroup.account_id.in_({i.account_id for i in rows}),
+                )
+            )
+        ).all()
+    )
     for inst in rows:
         if not membership.get(inst.id) and inst.account_id in defaults:
             membership[inst.id] = [defaults[inst.account_id]]
     gids = {g for gs in membership.values() for g in gs}
     groups: dict[str, GroupSpec] = {g: GroupSpec(id=g) for g in gids}
-    for r in await s.scalars(select(SecurityGroupRule).where(SecurityGroupRule.group_id.in_(gids))
-                             .order_by(SecurityGroupRule.id)):
-        (groups[r.group_id].ingress if r.direction == "ingress"
-         else groups[r.group_id].egress).append(_rule(r))
-    public = dict((await s.execute(select(ElasticAddress.instance_id, ElasticAddress.public_ip)
-                                   .where(ElasticAddress.instance_id.in_(iids)))).all())
+    for r in await s.scalars(
+        select(SecurityGroupRule)
+        .where(SecurityGroupRule.group_id.in_(gids))
+        .order_by(SecurityGroupRule.id)
+    ):
+        (
+            groups[r.group_id].ingress if r.direction == "ingress" else groups[r.group_id].egress
+        ).append(_rule(r))
+    public = dict(
+        (
+            await s.execute(
+                select(ElasticAddress.instance_id, ElasticAddress.public_ip).where(
+                    ElasticAddress.instance_id.in_(iids)
+                )
+            )
+        ).all()
+    )
     ports = []
     for inst in rows:
         assert inst.private_ip is not None
-        ports.append(PortSpec(instance_id=inst.id, tap=tap_name(inst.id), mac=inst.mac,
-                              address=inst.private_ip, groups=sorted(membership.get(inst.id, [])),
-                              public_ip=public.get(inst.id),
-                              rate_mbit=inst.net_limit_mbit,
-                              metadata_hop_limit=inst.metadata_hop_limit))
-    return PolicySpec(network=spec, groups=sorted(groups.values(), key=lambda g: g.id),
-                      ports=ports, uplink=uplink_spec(settings))
+        ports.append(
+            PortSpec(
+                instance_id=inst.id,
+                tap=tap_name(inst.id),
+                mac=inst.mac,
+                address=inst.private_ip,
+                groups=sorted(membership.get(inst.id, [])),
+                public_ip=public.get(inst.id),
+                rate_mbit=inst.net_limit_mbit,
+                metadata_hop_limit=inst.metadata_hop_limit,
+            )
+        )
+    return PolicySpec(
+        network=spec,
+        groups=sorted(groups.values(), key=lambda g: g.id),
+        ports=ports,
+        uplink=uplink_spec(settings),
+    )

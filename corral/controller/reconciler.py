@@ -45,8 +45,9 @@ class Decision:
     reason: str = ""
 
 
-def decide(inst: Instance, obs: ObservedInstance | None, *, now: float,
-           next_restart_at: float = 0.0) -> Decision:
+def decide(
+    inst: Instance, obs: ObservedInstance | None, *, now: float, next_restart_at: float = 0.0
+) -> Decision:
     running = obs is not None and obs.running
     if inst.desired_state == "terminated":
         return Decision(Action.DESTROY, "finishing an interrupted termination")
@@ -69,15 +70,17 @@ def decide(inst: Instance, obs: ObservedInstance | None, *, now: float,
     if exit_reason == "guest-shutdown":
         if inst.restart_policy == "always":
             return _restart(now, next_restart_at, "the guest powered off (restart policy always)")
-        return Decision(Action.MARK_STOPPED,
-                        "Client.InstanceInitiatedShutdown: the guest powered itself off")
+        return Decision(
+            Action.MARK_STOPPED, "Client.InstanceInitiatedShutdown: the guest powered itself off"
+        )
     what = f"QEMU {detail}" if detail else "QEMU exited unexpectedly"
     if exit_reason == "unknown":
         what = "QEMU exited while Corral was not watching"
     if inst.restart_policy == "never":
         return Decision(Action.MARK_STOPPED, f"Server.InternalError: {what} (restart policy never)")
-    return _restart(now, next_restart_at,
-                    f"{what}; restarted (restart policy {inst.restart_policy})")
+    return _restart(
+        now, next_restart_at, f"{what}; restarted (restart policy {inst.restart_policy})"
+    )
 
 
 def _restart(now: float, next_restart_at: float, reason: str) -> Decision:
@@ -130,14 +133,19 @@ class Reconciler:
         rows = await self.ctrl.instances.on_node(node_id)
         known = {r.id for r in rows}
         volumes = await volume_sync.attached_on(
-            self.ctrl, [r.id for r in rows if r.state == "running"])
+            self.ctrl, [r.id for r in rows if r.state == "running"]
+        )
         for inst in rows:
             if self.ctrl.ops.active_for(inst.id) or self.ctrl.instances.lock(inst.id).locked():
                 continue
             if inst.state == "terminated" and inst.desired_state == "terminated":
                 continue
-            d = decide(inst, observed.get(inst.id), now=time.monotonic(),
-                       next_restart_at=self.next_restart_at(inst.id))
+            d = decide(
+                inst,
+                observed.get(inst.id),
+                now=time.monotonic(),
+                next_restart_at=self.next_restart_at(inst.id),
+            )
             if d.action not in (Action.NONE, Action.WAIT):
                 try:
                     await self._apply(inst, d, observed.get(inst.id))
@@ -146,8 +154,7 @@ class Reconciler:
             elif d.action == Action.NONE and inst.state == "running":
                 async with self.ctrl.instances.lock(inst.id):
                     try:
-                        await volume_sync.sync_instance(self.ctrl, inst,
-                                                        volumes.get(inst.id, []))
+                        await volume_sync.sync_instance(self.ctrl, inst, volumes.get(inst.id, []))
                     except CorralError as err:
                         log.warning("reconcile %s (volumes): %s", inst.name, err.message)
         self._report_strays(node_id, observed, known)
@@ -161,18 +168,29 @@ class Reconciler:
                 fresh = await s.get(Instance, inst.id)
             if fresh is None or self.ctrl.ops.active_for(inst.id):
                 return
-            if decide(fresh, obs, now=time.monotonic(),
-                      next_restart_at=self.next_restart_at(inst.id)).action != d.action:
+            if (
+                decide(
+                    fresh, obs, now=time.monotonic(), next_restart_at=self.next_restart_at(inst.id)
+                ).action
+                != d.action
+            ):
                 return
             inst = fresh
             log.info("reconcile %s (%s): %s - %s", inst.name, inst.id, d.action, d.reason)
             if d.action == Action.MARK_RUNNING:
                 assert obs is not None
-                await inst_mgr._set(inst.id, state="running", pid=obs.pid,
-                                    started_at=inst.started_at or utcnow())
+                await inst_mgr._set(
+                    inst.id, state="running", pid=obs.pid, started_at=inst.started_at or utcnow()
+                )
             elif d.action == Action.MARK_STOPPED:
-                await inst_mgr._set(inst.id, state="stopped", desired_state="stopped", pid=None,
-                                    stopped_at=utcnow(), state_reason=d.reason)
+                await inst_mgr._set(
+                    inst.id,
+                    state="stopped",
+                    desired_state="stopped",
+                    pid=None,
+                    stopped_at=utcnow(),
+                    state_reason=d.reason,
+                )
             elif d.action == Action.STOP:
                 await node.instance_stop(inst.id, inst_mgr._timeout(inst, None))
                 await inst_mgr._set(inst.id, state="stopped", pid=None, stopped_at=utcnow())
@@ -208,8 +226,9 @@ class Reconciler:
                 await self.ctrl.instance_released(inst.id)
                 await self.ctrl.networks.sync(inst.network_id)
 
-    def _report_strays(self, node_id: str, observed: dict[str, ObservedInstance],
-                       known: set[str]) -> None:
+    def _report_strays(
+        self, node_id: str, observed: dict[str, ObservedInstance], known: set[str]
+    ) -> None:
         found = []
         for iid, obs in observed.items():
             if iid in known:

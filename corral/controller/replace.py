@@ -74,11 +74,17 @@ class Replacements:
         ctrl.ops.register("instance-replace", self._run)
 
     # -- request ---------------------------------------------------------------------------
-    async def request(self, caller: Caller, ref: str, image_ref: str | None,
-                      check: HealthCheck | None = None, launch: dict[str, Any] | None = None,
-                      tags: dict[str, str] | None = None,
-                      extra_volumes: list[str] | None = None, timeout: float | None = None
-                      ) -> tuple[Instance, Operation]:
+    async def request(
+        self,
+        caller: Caller,
+        ref: str,
+        image_ref: str | None,
+        check: HealthCheck | None = None,
+        launch: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
+        extra_volumes: list[str] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[Instance, Operation]:
         """Replace ``ref`` by an instance of ``image_ref`` with the same config (or with
         ``launch``/``tags``, as ``corral apply`` gives them)."""
         if image_ref is None and launch is None:
@@ -86,57 +92,87 @@ class Replacements:
         async with self.ctrl.store.write() as s:
             old = await self.ctrl.instances.resolve(s, caller, ref)
             if old.state not in ("running", "stopped"):
-                raise WrongState(f"instance {old.name} is {old.state}; replace a running or "
-                                 "stopped instance", resource="instance")
+                raise WrongState(
+                    f"instance {old.name} is {old.state}; replace a running or stopped instance",
+                    resource="instance",
+                )
             busy = await self.active(s, old.id)
             if busy is not None:
-                raise WrongState(f"instance {old.name} is being replaced already (operation "
-                                 f"{busy}); `corral op wait {busy}`", resource="instance")
-            if await s.scalar(select(Tag.resource_id).where(Tag.resource_id == old.id,
-                                                            Tag.key == TAG_REPLACES)):
-                raise WrongState(f"instance {old.name} is itself a replacement being made",
-                                 resource="instance")
+                raise WrongState(
+                    f"instance {old.name} is being replaced already (operation "
+                    f"{busy}); `corral op wait {busy}`",
+                    resource="instance",
+                )
+            if await s.scalar(
+                select(Tag.resource_id).where(Tag.resource_id == old.id, Tag.key == TAG_REPLACES)
+            ):
+                raise WrongState(
+                    f"instance {old.name} is itself a replacement being made", resource="instance"
+                )
             have = await self.ctrl.tags.of(s, caller.account_id, [old.id])
             old_tags = dict(have.get(old.id, {}))
             if launch is None:
                 assert image_ref is not None
                 image = await self.ctrl.images.resolve(s, caller, image_ref)
-                launch = self._same_config(old, image.id, max(old.disk_size,
-                                                              image.virtual_size))
+                launch = self._same_config(old, image.id, max(old.disk_size, image.virtual_size))
                 tags = self._retag(old_tags, image.id)
             if check is None:
                 check = health.parse(old_tags.get(render.TAG_HEALTH))
 
-            groups = list(await s.scalars(select(InstanceSecurityGroup.group_id).where(
-                InstanceSecurityGroup.instance_id == old.id)))
+            groups = list(
+                await s.scalars(
+                    select(InstanceSecurityGroup.group_id).where(
+                        InstanceSecurityGroup.instance_id == old.id
+                    )
+                )
+            )
             op = self.ctrl.ops.new(
-                "instance-replace", account_id=caller.account_id, target_kind="instance",
-                target_id=old.id, requested_by=caller.access_key_id,
-                params={"name": old.name, "launch": launch, "groups": groups,
-                        "tags": tags if tags is not None else old_tags,
-                        "check": check.model_dump(), "timeout": timeout or BOOT_TIMEOUT,
-                        "extra_volumes": extra_volumes or [],
-                        "key_name": old.key_name, "phase": "launch"})
+                "instance-replace",
+                account_id=caller.account_id,
+                target_kind="instance",
+                target_id=old.id,
+                requested_by=caller.access_key_id,
+                params={
+                    "name": old.name,
+                    "launch": launch,
+                    "groups": groups,
+                    "tags": tags if tags is not None else old_tags,
+                    "check": check.model_dump(),
+                    "timeout": timeout or BOOT_TIMEOUT,
+                    "extra_volumes": extra_volumes or [],
+                    "key_name": old.key_name,
+                    "phase": "launch",
+                },
+            )
             s.add(op)
         self.ctrl.ops.start(op)
         return old, op
 
     async def active(self, s: AsyncSession, iid: str) -> str | None:
-        return await s.scalar(select(Operation.id).where(
-            Operation.type == "instance-replace", Operation.target_id == iid,
-            Operation.status.in_(ACTIVE)))
+        return await s.scalar(
+            select(Operation.id).where(
+                Operation.type == "instance-replace",
+                Operation.target_id == iid,
+                Operation.status.in_(ACTIVE),
+            )
+        )
 
     @staticmethod
     def _same_config(old: Instance, image_id: str, disk: int) -> dict[str, Any]:
         req = InstanceCreate(
-            image=image_id, instance_type=old.instance_type or None,
-            cpus=old.cpus, memory=f"{old.memory >> 20}M", disk=f"{-(-disk >> 20)}M",
+            image=image_id,
+            instance_type=old.instance_type or None,
+            cpus=old.cpus,
+            memory=f"{old.memory >> 20}M",
+            disk=f"{-(-disk >> 20)}M",
             public_keys=list(old.ssh_keys or []),
             user_data=(old.user_data or b"").decode() or None,
             restart_policy=old.restart_policy,  # type: ignore[arg-type]
-            stop_timeout=old.stop_timeout, net_limit_mbit=old.net_limit_mbit,
+            stop_timeout=old.stop_timeout,
+            net_limit_mbit=old.net_limit_mbit,
             metadata_tokens=old.metadata_tokens,  # type: ignore[arg-type]
-            metadata_hop_limit=old.metadata_hop_limit)
+            metadata_hop_limit=old.metadata_hop_limit,
+        )
         return req.model_dump(exclude_none=True)
 
     @staticmethod
@@ -161,13 +197,17 @@ class Replacements:
             phase = "boot"
         new_id: str = ctx.params["new_id"]
         if phase == "boot":
-            why = await self._boot(ctx, new_id, check, float(ctx.params.get("timeout")
-                                                             or BOOT_TIMEOUT))
+            why = await self._boot(
+                ctx, new_id, check, float(ctx.params.get("timeout") or BOOT_TIMEOUT)
+            )
             if why:
                 await self._discard(ctx, new_id)
-                raise WrongState(f"the new instance failed its health check "
-                                 f"({health.describe(check)}): {why}; it was removed and "
-                                 f"{ctx.params['name']} runs on, unchanged", resource="instance")
+                raise WrongState(
+                    f"the new instance failed its health check "
+                    f"({health.describe(check)}): {why}; it was removed and "
+                    f"{ctx.params['name']} runs on, unchanged",
+                    resource="instance",
+                )
             await ctx.checkpoint(phase="cutover", cutover_at=time.time())  # wall clock:
             # the operation may finish in another process after a crash
             phase = "cutover"
@@ -183,9 +223,13 @@ class Replacements:
         if phase == "finish":
             await ctx.progress(0.9, "terminating the old instance")
             await self._finish(ctx, old_id, new_id)
-            return {"instance_id": new_id, "replaced": old_id, "name": ctx.params["name"],
-                    "address": ctx.params.get("address"),
-                    "cutover_seconds": ctx.params.get("cutover_seconds")}
+            return {
+                "instance_id": new_id,
+                "replaced": old_id,
+                "name": ctx.params["name"],
+                "address": ctx.params.get("address"),
+                "cutover_seconds": ctx.params.get("cutover_seconds"),
+            }
         if phase == "rollback":
             await ctx.progress(0.8, f"rolling back: {ctx.params.get('why')}")
             await self._stop(new_id, force=False, timeout=10)
@@ -193,20 +237,24 @@ class Replacements:
             phase = "rolled-back"
         if phase == "rolled-back":
             await self._restore(ctx, old_id, new_id, check)
-            raise WrongState(f"the new instance failed its health check at "
-                             f"{ctx.params.get('address')} after taking over "
-                             f"({ctx.params.get('why')}); rolled back: {ctx.params['name']} "
-                             "runs the old image again with its address, name and volumes",
-                             resource="instance")
+            raise WrongState(
+                f"the new instance failed its health check at "
+                f"{ctx.params.get('address')} after taking over "
+                f"({ctx.params.get('why')}); rolled back: {ctx.params['name']} "
+                "runs the old image again with its address, name and volumes",
+                resource="instance",
+            )
         raise CorralError(f"replace: unknown phase {phase!r}")
 
     async def _launch(self, ctx: Any, old_id: str) -> None:
         """The new instance, on its own address and name; found again by its tag after a
         crash (the launch commits before the phase can be recorded)."""
         async with self.ctrl.store.read() as s:
-            found = await s.scalar(select(Instance).join(Tag, Tag.resource_id == Instance.id)
-                                   .where(Tag.key == TAG_REPLACES, Tag.value == old_id,
-                                          Instance.state != "terminated"))
+            found = await s.scalar(
+                select(Instance)
+                .join(Tag, Tag.resource_id == Instance.id)
+                .where(Tag.key == TAG_REPLACES, Tag.value == old_id, Instance.state != "terminated")
+            )
             old = await s.get(Instance, old_id)
         if old is None:
             raise NotFound(f"instance {old_id} is gone", resource="instance")
@@ -216,8 +264,10 @@ class Replacements:
             req = InstanceCreate.model_validate({**ctx.params["launch"], "name": temp})
             tags = {**ctx.params["tags"], TAG_REPLACES: old_id}
             made, _ = await self.ctrl.instances.launch(
-                system_caller(old.account_id), req,
-                LaunchOptions(security_groups=ctx.params["groups"] or ["default"], tags=tags))
+                system_caller(old.account_id),
+                req,
+                LaunchOptions(security_groups=ctx.params["groups"] or ["default"], tags=tags),
+            )
             found = made[0]
         await ctx.checkpoint(phase="boot", new_id=found.id, temp_name=found.name)
 
@@ -229,26 +279,34 @@ class Replacements:
             async with self.ctrl.store.read() as s:
                 new = await s.get(Instance, new_id)
             if new is None or new.state in ("terminated", "shutting-down", "stopped"):
-                return (f"it did not start ({new.state_reason if new else 'gone'})")
+                return f"it did not start ({new.state_reason if new else 'gone'})"
             if new.state == "running" and new.private_ip:
                 break
             if loop.time() > deadline:
                 return "it did not start in time"
             await asyncio.sleep(0.2)
-        hint = ("; SSH answers before cloud-init has run user-data, so this does not show "
-                "that the service is up: name a check (--check PORT[/PATH]) for that"
-                if check.port == 22 and not check.path else "")
-        await ctx.progress(0.2, f"waiting for {new.name} to pass its health check "
-                                f"({health.describe(check)} at {new.private_ip}){hint}")
-        return await health.wait(self.ctrl, new, new.private_ip, check,
-                                 max(deadline - loop.time(), 1.0))
+        hint = (
+            "; SSH answers before cloud-init has run user-data, so this does not show "
+            "that the service is up: name a check (--check PORT[/PATH]) for that"
+            if check.port == 22 and not check.path
+            else ""
+        )
+        await ctx.progress(
+            0.2,
+            f"waiting for {new.name} to pass its health check "
+            f"({health.describe(check)} at {new.private_ip}){hint}",
+        )
+        return await health.wait(
+            self.ctrl, new, new.private_ip, check, max(deadline - loop.time(), 1.0)
+        )
 
     async def _discard(self, ctx: Any, new_id: str) -> None:
         async with self.ctrl.store.read() as s:
             new = await s.get(Instance, new_id)
         if new is not None and new.state != "terminated":
-            await self.ctrl.instances.terminate(system_caller(new.account_id), new_id,
-                                                timeout=5, force=True)
+            await self.ctrl.instances.terminate(
+                system_caller(new.account_id), new_id, timeout=5, force=True
+            )
 
     async def _stop(self, iid: str, force: bool, timeout: float | None = None) -> None:
         """Stop an instance in order and record it stopped (its desired state first, so the
@@ -263,7 +321,8 @@ class Replacements:
                 if inst.state not in ("stopped", "terminated"):
                     inst.state = "stopping"
             await self.ctrl.node(inst.node_id).instance_stop(
-                iid, timeout if timeout is not None else mgr._timeout(inst, None), force)
+                iid, timeout if timeout is not None else mgr._timeout(inst, None), force
+            )
             await mgr._set(iid, state="stopped", pid=None)
 
     async def _move(self, ctx: Any, src_id: str, dst_id: str, forward: bool) -> None:
@@ -285,22 +344,23 @@ class Replacements:
             for inst, addr in ((dst, addr_src), (src, addr_dst)):
                 inst.private_ip = addr
                 if addr is not None and inst.network_id is not None:
-                    s.add(Address(network_id=inst.network_id, address=addr,
-                                  instance_id=inst.id))
+                    s.add(Address(network_id=inst.network_id, address=addr, instance_id=inst.id))
             state = "attaching" if dst.state == "running" else "attached"
-            for vol in await s.scalars(select(Volume).where(Volume.instance_id == src.id,
-                                                            Volume.device != ROOT_DEVICE)):
+            for vol in await s.scalars(
+                select(Volume).where(Volume.instance_id == src.id, Volume.device != ROOT_DEVICE)
+            ):
                 vol.instance_id, vol.attach_state = dst.id, state
             if forward:
                 await self._attach_extra(s, ctx, dst, state)
                 dst.key_name = dst.key_name or ctx.params.get("key_name")
-            for eip in await s.scalars(select(ElasticAddress).where(
-                    ElasticAddress.instance_id == src.id)):
+            for eip in await s.scalars(
+                select(ElasticAddress).where(ElasticAddress.instance_id == src.id)
+            ):
                 eip.instance_id, eip.private_ip = dst.id, addr_src
-            await ctx.checkpoint(s, phase="moved" if forward else "rolled-back",
-                                 address=addr_src)
-        log.info("replace: %s (%s) now has %s's name and address %s", name_src, dst_id, src_id,
-                 addr_src)
+            await ctx.checkpoint(s, phase="moved" if forward else "rolled-back", address=addr_src)
+        log.info(
+            "replace: %s (%s) now has %s's name and address %s", name_src, dst_id, src_id, addr_src
+        )
 
     async def _attach_extra(self, s: AsyncSession, ctx: Any, dst: Instance, state: str) -> None:
         """Volumes the new config adds (``corral apply``): attached with the moved ones."""
@@ -309,19 +369,29 @@ class Replacements:
             vol = await s.get(Volume, vid)
             if vol is None or vol.instance_id is not None or vol.state != "available":
                 continue
-            device = next(f"/dev/vd{c}" for c in "bcdefghijklmnopqrstuvwxyz"
-                          if f"/dev/vd{c}" not in used)
+            device = next(
+                f"/dev/vd{c}" for c in "bcdefghijklmnopqrstuvwxyz" if f"/dev/vd{c}" not in used
+            )
             used.add(device)
-            vol.instance_id, vol.device, vol.attach_state, vol.state = dst.id, device, state, \
-                "in-use"
+            vol.instance_id, vol.device, vol.attach_state, vol.state = (
+                dst.id,
+                device,
+                state,
+                "in-use",
+            )
 
     async def _take_over(self, ctx: Any, new_id: str, check: HealthCheck) -> str:
         """Make the swap real on the node and wait for the new instance to answer at its new
         address; "" when it does, else why not."""
         async with self.ctrl.store.read() as s:
             new = await s.get(Instance, new_id)
-            vols = list(await s.scalars(select(Volume).where(
-                Volume.instance_id == new_id, Volume.attach_state == "attaching")))
+            vols = list(
+                await s.scalars(
+                    select(Volume).where(
+                        Volume.instance_id == new_id, Volume.attach_state == "attaching"
+                    )
+                )
+            )
         if new is None or new.private_ip is None:
             return "the new instance is gone"
         node = self.ctrl.node(new.node_id)
@@ -340,15 +410,19 @@ class Replacements:
         timeout = float(ctx.params.get("timeout") or BOOT_TIMEOUT)
         if not await self._address_up(node, new.private_ip, check):
             # a guest that does not watch its link learns its address by booting again
-            await ctx.progress(0.75, f"{new.name} did not take its new address by itself "
-                                     f"within {RELINK_WAIT:.0f} s; rebooting it")
+            await ctx.progress(
+                0.75,
+                f"{new.name} did not take its new address by itself "
+                f"within {RELINK_WAIT:.0f} s; rebooting it",
+            )
             async with self.ctrl.instances.lock(new_id):
                 await node.instance_reboot(new_id, 10)
             after = timeout
         else:
             after = min(AFTER_TIMEOUT, timeout)
-        why = await health.wait(self.ctrl, new, new.private_ip,
-                                check.model_copy(update={"timeout": 1.0}), after)
+        why = await health.wait(
+            self.ctrl, new, new.private_ip, check.model_copy(update={"timeout": 1.0}), after
+        )
         started = ctx.params.get("cutover_at")
         if not why and started is not None:
             await ctx.checkpoint(cutover_seconds=round(time.time() - started, 3))
@@ -358,8 +432,7 @@ class Replacements:
         async with self.ctrl.store.read() as s:
             net = await s.get(Network, inst.network_id) if inst.network_id else None
         if net is not None:
-            await self.ctrl.node(inst.node_id).address_moved(self.ctrl.networks.spec(net),
-                                                             address)
+            await self.ctrl.node(inst.node_id).address_moved(self.ctrl.networks.spec(net), address)
 
     async def _address_up(self, node: Any, address: str, check: HealthCheck) -> bool:
         """Does anyone answer at ``address`` (the check passes, or a ping)?"""
@@ -373,8 +446,7 @@ class Replacements:
 
     async def _finish(self, ctx: Any, old_id: str, new_id: str) -> None:
         async with self.ctrl.store.write() as s:
-            await s.execute(delete(Tag).where(Tag.resource_id == new_id,
-                                              Tag.key == TAG_REPLACES))
+            await s.execute(delete(Tag).where(Tag.resource_id == new_id, Tag.key == TAG_REPLACES))
             old = await s.get(Instance, old_id)
         if old is not None and old.state != "terminated":
             await self.ctrl.instances.terminate(system_caller(old.account_id), old_id)
@@ -397,16 +469,21 @@ class Replacements:
                 spec = await mgr.spec(s, fresh) if fresh is not None else None
             if spec is not None:
                 pid = await self.ctrl.node(old.node_id).instance_start(spec)
-                await mgr._set(old_id, state="running", pid=pid, stopped_at=None,
-                               started_at=utcnow())
+                await mgr._set(
+                    old_id, state="running", pid=pid, stopped_at=None, started_at=utcnow()
+                )
                 async with self.ctrl.store.write() as s:
-                    for vol in await s.scalars(select(Volume).where(
-                            Volume.instance_id == old_id, Volume.attach_state == "attaching")):
+                    for vol in await s.scalars(
+                        select(Volume).where(
+                            Volume.instance_id == old_id, Volume.attach_state == "attaching"
+                        )
+                    ):
                         vol.attach_state = "attached"
         await self._discard(ctx, new_id)
         if old.private_ip:
             after = min(AFTER_TIMEOUT, float(ctx.params.get("timeout") or BOOT_TIMEOUT))
-            why = await health.wait(self.ctrl, old, old.private_ip,
-                                    check.model_copy(update={"timeout": 1.0}), after)
+            why = await health.wait(
+                self.ctrl, old, old.private_ip, check.model_copy(update={"timeout": 1.0}), after
+            )
             if why:
                 log.warning("replace rollback: %s does not answer again: %s", old.name, why)

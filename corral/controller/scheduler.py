@@ -12,10 +12,15 @@ from corral.store.models import Instance, Node
 
 async def pick(s: AsyncSession, memory: int, cpus: int) -> Node:
     nodes = list(await s.scalars(select(Node).where(Node.state == "up")))
-    used = dict((await s.execute(
-        select(Instance.node_id, func.coalesce(func.sum(Instance.memory), 0))
-        .where(Instance.state != "terminated", Instance.desired_state == "running")
-        .group_by(Instance.node_id))).all())
+    used = dict(
+        (
+            await s.execute(
+                select(Instance.node_id, func.coalesce(func.sum(Instance.memory), 0))
+                .where(Instance.state != "terminated", Instance.desired_state == "running")
+                .group_by(Instance.node_id)
+            )
+        ).all()
+    )
     best: tuple[int, Node] | None = None
     for node in nodes:
         free = node.memory - int(used.get(node.id, 0))
@@ -29,5 +34,6 @@ async def pick(s: AsyncSession, memory: int, cpus: int) -> Node:
         raise NoResources(
             f"no node has {memory >> 20} MiB of memory and {cpus} CPU(s) free; stop or "
             "terminate instances, or ask for less (--memory, --cpus)",
-            resource="node")
+            resource="node",
+        )
     return best[1]

@@ -25,8 +25,16 @@ from corral.store.models import (
 if TYPE_CHECKING:
     from corral.controller.service import Controller
 
-PROTOCOLS = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "-1": "-1", "all": "-1",
-             "6": "tcp", "17": "udp", "1": "icmp"}
+PROTOCOLS = {
+    "tcp": "tcp",
+    "udp": "udp",
+    "icmp": "icmp",
+    "-1": "-1",
+    "all": "-1",
+    "6": "tcp",
+    "17": "udp",
+    "1": "icmp",
+}
 
 
 @dataclass(frozen=True)
@@ -49,23 +57,31 @@ def normalize(p: Permission) -> Permission:
         except ValueError:
             number = -2
         if not 0 <= number <= 255:
-            raise Invalid(f"IpProtocol {p.protocol!r} must be tcp, udp, icmp, -1 (all) or a "
-                          "protocol number 0-255", field="IpProtocol")
+            raise Invalid(
+                f"IpProtocol {p.protocol!r} must be tcp, udp, icmp, -1 (all) or a "
+                "protocol number 0-255",
+                field="IpProtocol",
+            )
         proto = str(number)
     fp, tp = p.from_port, p.to_port
     if proto in ("tcp", "udp"):
         if fp is None or tp is None:
-            raise Invalid(f"{proto} rules need FromPort and ToPort (0-65535)", field="FromPort",
-                          ec2_code="InvalidParameterValue")
+            raise Invalid(
+                f"{proto} rules need FromPort and ToPort (0-65535)",
+                field="FromPort",
+                ec2_code="InvalidParameterValue",
+            )
         if not (0 <= fp <= 65535 and 0 <= tp <= 65535) or fp > tp:
-            raise Invalid(f"ports {fp}-{tp} must be 0-65535 with FromPort <= ToPort",
-                          field="FromPort")
+            raise Invalid(
+                f"ports {fp}-{tp} must be 0-65535 with FromPort <= ToPort", field="FromPort"
+            )
     elif proto == "icmp":
         fp = -1 if fp is None else fp
         tp = -1 if tp is None else tp
         if not (-1 <= fp <= 255 and -1 <= tp <= 255):
-            raise Invalid(f"ICMP type {fp} and code {tp} must be -1 (all) or 0-255",
-                          field="FromPort")
+            raise Invalid(
+                f"ICMP type {fp} and code {tp} must be -1 (all) or 0-255", field="FromPort"
+            )
     else:
         fp = tp = None  # all traffic or another protocol: ports do not apply
     cidr = p.cidr
@@ -73,11 +89,15 @@ def normalize(p: Permission) -> Permission:
         try:
             cidr = str(ipaddress.ip_network(cidr, strict=True))
         except ValueError as err:
-            raise Invalid(f"CidrIp {p.cidr!r} is not a valid CIDR block (e.g. 203.0.113.0/24)",
-                          field="CidrIp") from err
+            raise Invalid(
+                f"CidrIp {p.cidr!r} is not a valid CIDR block (e.g. 203.0.113.0/24)", field="CidrIp"
+            ) from err
     if (cidr is None) == (p.group_id is None):
-        raise Invalid("each permission needs exactly one source: a CIDR (IpRanges) or a group "
-                      "(Groups)", field="IpPermissions", ec2_code="InvalidParameterCombination")
+        raise Invalid(
+            "each permission needs exactly one source: a CIDR (IpRanges) or a group (Groups)",
+            field="IpPermissions",
+            ec2_code="InvalidParameterCombination",
+        )
     return Permission(proto, fp, tp, cidr, p.group_id, p.description)
 
 
@@ -92,16 +112,37 @@ class SecurityGroups:
         self.ctrl = ctrl
 
     async def ensure_default(self, s: AsyncSession, account_id: str) -> SecurityGroup:
-        row = await s.scalar(select(SecurityGroup).where(SecurityGroup.account_id == account_id,
-                                                         SecurityGroup.name == "default"))
+        row = await s.scalar(
+            select(SecurityGroup).where(
+                SecurityGroup.account_id == account_id, SecurityGroup.name == "default"
+            )
+        )
         if row is None:
-            row = SecurityGroup(id=ids.new_id("security_group"), account_id=account_id,
-                                name="default", description="default group")
+            row = SecurityGroup(
+                id=ids.new_id("security_group"),
+                account_id=account_id,
+                name="default",
+                description="default group",
+            )
             s.add(row)
-            s.add(SecurityGroupRule(id=ids.new_id("security_group_rule"), group_id=row.id,
-                                    direction="ingress", protocol="-1", source_group_id=row.id))
-            s.add(SecurityGroupRule(id=ids.new_id("security_group_rule"), group_id=row.id,
-                                    direction="egress", protocol="-1", cidr="0.0.0.0/0"))
+            s.add(
+                SecurityGroupRule(
+                    id=ids.new_id("security_group_rule"),
+                    group_id=row.id,
+                    direction="ingress",
+                    protocol="-1",
+                    source_group_id=row.id,
+                )
+            )
+            s.add(
+                SecurityGroupRule(
+                    id=ids.new_id("security_group_rule"),
+                    group_id=row.id,
+                    direction="egress",
+                    protocol="-1",
+                    cidr="0.0.0.0/0",
+                )
+            )
             await s.flush()
         return row
 
@@ -109,22 +150,36 @@ class SecurityGroups:
         """A group of the caller's by id (sg-…) or by name."""
         if ref.startswith("sg-"):
             if not ids.is_id("security_group", ref) and not _short_id(ref):
-                raise Invalid(f"security group id {ref!r} is malformed (sg- and 17 hex digits)",
-                              field="GroupId", ec2_code="InvalidGroupId.Malformed")
+                raise Invalid(
+                    f"security group id {ref!r} is malformed (sg- and 17 hex digits)",
+                    field="GroupId",
+                    ec2_code="InvalidGroupId.Malformed",
+                )
             row = await s.get(SecurityGroup, ref)
         else:
             if ref == "default":
                 await self.ensure_default(s, caller.account_id)
-            row = await s.scalar(select(SecurityGroup).where(
-                SecurityGroup.account_id == caller.account_id, SecurityGroup.name == ref))
+            row = await s.scalar(
+                select(SecurityGroup).where(
+                    SecurityGroup.account_id == caller.account_id, SecurityGroup.name == ref
+                )
+            )
         if row is None or row.account_id != caller.account_id:
-            raise NotFound(f"the security group '{ref}' does not exist", field="GroupId",
-                           resource="security_group")
+            raise NotFound(
+                f"the security group '{ref}' does not exist",
+                field="GroupId",
+                resource="security_group",
+            )
         return row
 
-    async def create(self, caller: Caller, name: str, description: str,
-                     dry_run: bool = False, tags: dict[str, str] | None = None
-                     ) -> SecurityGroup:
+    async def create(
+        self,
+        caller: Caller,
+        name: str,
+        description: str,
+        dry_run: bool = False,
+        tags: dict[str, str] | None = None,
+    ) -> SecurityGroup:
         if not name or len(name) > 255:
             raise Invalid("GroupName must be 1-255 characters", field="GroupName")
         if name.lower().startswith("sg-"):
@@ -134,17 +189,37 @@ class SecurityGroups:
         async with self.ctrl.store.write() as s:
             await self.ensure_default(s, caller.account_id)
             if name == "default":
-                raise Invalid("the name 'default' is reserved for the default group",
-                              field="GroupName", ec2_code="InvalidGroup.Reserved")
-            if await s.scalar(select(SecurityGroup.id).where(
-                    SecurityGroup.account_id == caller.account_id, SecurityGroup.name == name)):
-                raise Exists(f"the security group '{name}' already exists", field="GroupName",
-                             resource="security_group")
-            row = SecurityGroup(id=ids.new_id("security_group"), account_id=caller.account_id,
-                                name=name, description=description)
+                raise Invalid(
+                    "the name 'default' is reserved for the default group",
+                    field="GroupName",
+                    ec2_code="InvalidGroup.Reserved",
+                )
+            if await s.scalar(
+                select(SecurityGroup.id).where(
+                    SecurityGroup.account_id == caller.account_id, SecurityGroup.name == name
+                )
+            ):
+                raise Exists(
+                    f"the security group '{name}' already exists",
+                    field="GroupName",
+                    resource="security_group",
+                )
+            row = SecurityGroup(
+                id=ids.new_id("security_group"),
+                account_id=caller.account_id,
+                name=name,
+                description=description,
+            )
             s.add(row)
-            s.add(SecurityGroupRule(id=ids.new_id("security_group_rule"), group_id=row.id,
-                                    direction="egress", protocol="-1", cidr="0.0.0.0/0"))
+            s.add(
+                SecurityGroupRule(
+                    id=ids.new_id("security_group_rule"),
+                    group_id=row.id,
+                    direction="egress",
+                    protocol="-1",
+                    cidr="0.0.0.0/0",
+                )
+            )
             if tags:
                 await self.ctrl.tags.apply(s, caller.account_id, row.id, "security-group", tags)
             if dry_run:
@@ -155,31 +230,48 @@ class SecurityGroups:
         async with self.ctrl.store.write() as s:
             row = await self.resolve(s, caller, ref)
             if row.name == "default":
-                raise WrongState("the default security group cannot be deleted",
-                                 field="GroupId", resource="security_group",
-                                 ec2_code="CannotDelete")
-            users = list(await s.scalars(
-                select(Instance.id).join(InstanceSecurityGroup,
-                                         InstanceSecurityGroup.instance_id == Instance.id)
-                .where(InstanceSecurityGroup.group_id == row.id,
-                       Instance.state != "terminated")))
+                raise WrongState(
+                    "the default security group cannot be deleted",
+                    field="GroupId",
+                    resource="security_group",
+                    ec2_code="CannotDelete",
+                )
+            users = list(
+                await s.scalars(
+                    select(Instance.id)
+                    .join(InstanceSecurityGroup, InstanceSecurityGroup.instance_id == Instance.id)
+                    .where(InstanceSecurityGroup.group_id == row.id, Instance.state != "terminated")
+                )
+            )
             if users:
-                raise WrongState(f"security group {row.id} is used by {', '.join(users)}; "
-                                 "terminate them first", resource="security_group",
-                                 ec2_code="DependencyViolation")
-            refs = list(await s.scalars(select(SecurityGroupRule.group_id).where(
-                SecurityGroupRule.source_group_id == row.id,
-                SecurityGroupRule.group_id != row.id)))
+                raise WrongState(
+                    f"security group {row.id} is used by {', '.join(users)}; terminate them first",
+                    resource="security_group",
+                    ec2_code="DependencyViolation",
+                )
+            refs = list(
+                await s.scalars(
+                    select(SecurityGroupRule.group_id).where(
+                        SecurityGroupRule.source_group_id == row.id,
+                        SecurityGroupRule.group_id != row.id,
+                    )
+                )
+            )
             if refs:
-                raise WrongState(f"security group {row.id} is referenced by rules of "
-                                 f"{', '.join(sorted(set(refs)))}; revoke those first",
-                                 resource="security_group", ec2_code="DependencyViolation")
+                raise WrongState(
+                    f"security group {row.id} is referenced by rules of "
+                    f"{', '.join(sorted(set(refs)))}; revoke those first",
+                    resource="security_group",
+                    ec2_code="DependencyViolation",
+                )
             if dry_run:
                 raise DryRunPassed("DeleteSecurityGroup would have succeeded")
-            await s.execute(delete(InstanceSecurityGroup).where(
-                InstanceSecurityGroup.group_id == row.id))
-            for rule in await s.scalars(select(SecurityGroupRule).where(
-                    SecurityGroupRule.group_id == row.id)):
+            await s.execute(
+                delete(InstanceSecurityGroup).where(InstanceSecurityGroup.group_id == row.id)
+            )
+            for rule in await s.scalars(
+                select(SecurityGroupRule).where(SecurityGroupRule.group_id == row.id)
+            ):
                 await s.delete(rule)
             await self.ctrl.tags.delete_resource(s, row)
 
@@ -188,37 +280,66 @@ class SecurityGroups:
             return p
         src = await s.get(SecurityGroup, p.group_id) if p.group_id.startswith("sg-") else None
         if src is None and not p.group_id.startswith("sg-"):
-            src = await s.scalar(select(SecurityGroup).where(
-                SecurityGroup.account_id == caller.account_id,
-                SecurityGroup.name == p.group_id))
+            src = await s.scalar(
+                select(SecurityGroup).where(
+                    SecurityGroup.account_id == caller.account_id, SecurityGroup.name == p.group_id
+                )
+            )
         if src is None:
-            raise NotFound(f"the security group '{p.group_id}' does not exist",
-                           field="SourceSecurityGroup", resource="security_group")
+            raise NotFound(
+                f"the security group '{p.group_id}' does not exist",
+                field="SourceSecurityGroup",
+                resource="security_group",
+            )
         return Permission(p.protocol, p.from_port, p.to_port, None, src.id, p.description)
 
-    async def authorize(self, caller: Caller, ref: str, direction: str,
-                        perms: builtins.list[Permission], dry_run: bool = False
-                        ) -> builtins.list[SecurityGroupRule]:
+    async def authorize(
+        self,
+        caller: Caller,
+        ref: str,
+        direction: str,
+        perms: builtins.list[Permission],
+        dry_run: bool = False,
+    ) -> builtins.list[SecurityGroupRule]:
         if not perms:
-            raise Invalid("give at least one permission (IpPermissions or IpProtocol with a "
-                          "source)", field="IpPermissions", ec2_code="MissingParameter")
+            raise Invalid(
+                "give at least one permission (IpPermissions or IpProtocol with a source)",
+                field="IpPermissions",
+                ec2_code="MissingParameter",
+            )
         wanted = [normalize(p) for p in perms]
         async with self.ctrl.store.write() as s:
             row = await self.resolve(s, caller, ref)
             wanted = [await self._source(s, caller, p) for p in wanted]
-            have = {_key(r) for r in await s.scalars(select(SecurityGroupRule).where(
-                SecurityGroupRule.group_id == row.id, SecurityGroupRule.direction == direction))}
+            have = {
+                _key(r)
+                for r in await s.scalars(
+                    select(SecurityGroupRule).where(
+                        SecurityGroupRule.group_id == row.id,
+                        SecurityGroupRule.direction == direction,
+                    )
+                )
+            }
             added = []
             for p in wanted:
                 if _key(p) in have:
-                    raise Exists(f"the rule {_describe(p)} already exists in {row.id}",
-                                 resource="security_group_rule",
-                                 ec2_code="InvalidPermission.Duplicate")
+                    raise Exists(
+                        f"the rule {_describe(p)} already exists in {row.id}",
+                        resource="security_group_rule",
+                        ec2_code="InvalidPermission.Duplicate",
+                    )
                 have.add(_key(p))
-                rule = SecurityGroupRule(id=ids.new_id("security_group_rule"), group_id=row.id,
-                                         direction=direction, protocol=p.protocol,
-                                         from_port=p.from_port, to_port=p.to_port, cidr=p.cidr,
-                                         source_group_id=p.group_id, description=p.description)
+                rule = SecurityGroupRule(
+                    id=ids.new_id("security_group_rule"),
+                    group_id=row.id,
+                    direction=direction,
+                    protocol=p.protocol,
+                    from_port=p.from_port,
+                    to_port=p.to_port,
+                    cidr=p.cidr,
+                    source_group_id=p.group_id,
+                    description=p.description,
+                )
                 s.add(rule)
                 added.append(rule)
             if dry_run:
@@ -226,24 +347,39 @@ class SecurityGroups:
         await self.ctrl.networks.sync_all()  # in force in the kernel before we answer
         return added
 
-    async def revoke(self, caller: Caller, ref: str, direction: str,
-                     perms: builtins.list[Permission], dry_run: bool = False
-                     ) -> builtins.list[Permission]:
+    async def revoke(
+        self,
+        caller: Caller,
+        ref: str,
+        direction: str,
+        perms: builtins.list[Permission],
+        dry_run: bool = False,
+    ) -> builtins.list[Permission]:
         """Remove matching rules; returns the permissions that matched none."""
         if not perms:
-            raise Invalid("give at least one permission", field="IpPermissions",
-                          ec2_code="MissingParameter")
+            raise Invalid(
+                "give at least one permission", field="IpPermissions", ec2_code="MissingParameter"
+            )
         wanted = [normalize(p) for p in perms]
         async with self.ctrl.store.write() as s:
             row = await self.resolve(s, caller, ref)
             wanted = [await self._source(s, caller, p) for p in wanted]
-            rules = {_key(r): r for r in await s.scalars(select(SecurityGroupRule).where(
-                SecurityGroupRule.group_id == row.id, SecurityGroupRule.direction == direction))}
+            rules = {
+                _key(r): r
+                for r in await s.scalars(
+                    select(SecurityGroupRule).where(
+                        SecurityGroupRule.group_id == row.id,
+                        SecurityGroupRule.direction == direction,
+                    )
+                )
+            }
             unknown = [p for p in wanted if _key(p) not in rules]
             if len(unknown) == len(wanted):
-                raise NotFound(f"the rule {_describe(unknown[0])} does not exist in {row.id}",
-                               resource="security_group_rule",
-                               ec2_code="InvalidPermission.NotFound")
+                raise NotFound(
+                    f"the rule {_describe(unknown[0])} does not exist in {row.id}",
+                    resource="security_group_rule",
+                    ec2_code="InvalidPermission.NotFound",
+                )
             if dry_run:
                 raise DryRunPassed(f"Revoke {direction} would have succeeded")
             for p in wanted:
@@ -255,20 +391,34 @@ class SecurityGroups:
 
     async def list(self, caller: Caller) -> tuple[list[SecurityGroup], list[SecurityGroupRule]]:
         async with self.ctrl.store.read() as s:
-            has_default = await s.scalar(select(SecurityGroup.id).where(
-                SecurityGroup.account_id == caller.account_id, SecurityGroup.name == "default"))
+            has_default = await s.scalar(
+                select(SecurityGroup.id).where(
+                    SecurityGroup.account_id == caller.account_id, SecurityGroup.name == "default"
+                )
+            )
         if has_default is None:  # made on first use, so every account has one
             async with self.ctrl.store.write() as s:
                 await self.ensure_default(s, caller.account_id)
         async with self.ctrl.store.read() as s:
-            groups = list(await s.scalars(select(SecurityGroup).where(
-                SecurityGroup.account_id == caller.account_id).order_by(SecurityGroup.created_at)))
-            rules = list(await s.scalars(select(SecurityGroupRule).where(
-                SecurityGroupRule.group_id.in_([g.id for g in groups]))))
+            groups = list(
+                await s.scalars(
+                    select(SecurityGroup)
+                    .where(SecurityGroup.account_id == caller.account_id)
+                    .order_by(SecurityGroup.created_at)
+                )
+            )
+            rules = list(
+                await s.scalars(
+                    select(SecurityGroupRule).where(
+                        SecurityGroupRule.group_id.in_([g.id for g in groups])
+                    )
+                )
+            )
         return groups, rules
 
-    async def for_instances(self, s: AsyncSession, instance_ids: builtins.list[str]
-                            ) -> dict[str, builtins.list[tuple[str, str]]]:
+    async def for_instances(
+        self, s: AsyncSession, instance_ids: builtins.list[str]
+    ) -> dict[str, builtins.list[tuple[str, str]]]:
         """(group id, name) per instance."""
         out: dict[str, builtins.list[tuple[str, str]]] = {}
         if not instance_ids:
@@ -276,7 +426,8 @@ class SecurityGroups:
         rows = await s.execute(
             select(InstanceSecurityGroup.instance_id, SecurityGroup.id, SecurityGroup.name)
             .join(SecurityGroup, SecurityGroup.id == InstanceSecurityGroup.group_id)
-            .where(InstanceSecurityGroup.instance_id.in_(instance_ids)))
+            .where(InstanceSecurityGroup.instance_id.in_(instance_ids))
+        )
         for iid, gid, name in rows:
             out.setdefault(iid, []).append((gid, name))
         return out

@@ -93,7 +93,8 @@ class Controller:
         """Bring the controller up: admin account, images, networks, unfinished operations,
         one reconcile pass, then the background loops. Nodes are added before this."""
         self.admin = await self.accounts.ensure_admin(
-            self.settings.state_dir / "admin.credentials", self.settings.api_url)
+            self.settings.state_dir / "admin.credentials", self.settings.api_url
+        )
         await self.images.sync_from_store()
         for node_id in self.nodes:
             net = await self.networks.ensure_default(node_id)
@@ -117,8 +118,13 @@ class Controller:
             ops = []
             for vid in doomed:
                 row = await s.get(Instance, iid)
-                op = self.ops.new("volume-delete", account_id=row.account_id if row else None,
-                                  target_kind="volume", target_id=vid, requested_by="system")
+                op = self.ops.new(
+                    "volume-delete",
+                    account_id=row.account_id if row else None,
+                    target_kind="volume",
+                    target_id=vid,
+                    requested_by="system",
+                )
                 s.add(op)
                 ops.append(op)
         for op in ops:
@@ -142,12 +148,18 @@ class Controller:
         cutoff = utcnow() - TERMINATED_TTL
         async with self.store.write() as s:
             gone = select(Instance.id).where(
-                Instance.state == "terminated", Instance.desired_state == "terminated",
-                Instance.terminated_at < cutoff)
+                Instance.state == "terminated",
+                Instance.desired_state == "terminated",
+                Instance.terminated_at < cutoff,
+            )
             await s.execute(delete(Tag).where(Tag.resource_id.in_(gone)))
-            res = await s.execute(delete(Instance).where(
-                Instance.state == "terminated", Instance.desired_state == "terminated",
-                Instance.terminated_at < cutoff))
+            res = await s.execute(
+                delete(Instance).where(
+                    Instance.state == "terminated",
+                    Instance.desired_state == "terminated",
+                    Instance.terminated_at < cutoff,
+                )
+            )
         return int(getattr(res, "rowcount", 0) or 0)
 
     async def close(self) -> None:
@@ -162,8 +174,9 @@ class Controller:
         """Stop every running instance (``corral down --stop-instances``) and wait."""
         assert self.admin is not None
         async with self.store.read() as s:
-            rows = list(await s.scalars(select(Instance).where(
-                Instance.state.in_(("pending", "running")))))
+            rows = list(
+                await s.scalars(select(Instance).where(Instance.state.in_(("pending", "running"))))
+            )
         pending = []
         for inst in rows:
             caller = Caller(inst.account_id, "", False, "system")
@@ -172,5 +185,3 @@ class Controller:
                 pending.append(op.id)
         for op_id in pending:
             await self.ops.wait(op_id, timeout=(timeout or self.settings.stop_timeout) + 30)
-
-

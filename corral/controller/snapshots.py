@@ -28,20 +28,23 @@ class Snapshots:
 
     async def resolve(self, s: AsyncSession, caller: Caller, sid: str) -> Snapshot:
         if not ids.is_id("snapshot", sid):
-            raise Invalid(f"snapshot id {sid!r} is malformed (snap- and 17 hex digits)",
-                          field="SnapshotId", ec2_code="InvalidSnapshotID.Malformed")
+            raise Invalid(
+                f"snapshot id {sid!r} is malformed (snap- and 17 hex digits)",
+                field="SnapshotId",
+                ec2_code="InvalidSnapshotID.Malformed",
+            )
         row = await s.get(Snapshot, sid)
         if row is None or row.account_id != caller.account_id:
-            raise NotFound(f"the snapshot '{sid}' does not exist", field="SnapshotId",
-                           resource="snapshot")
+            raise NotFound(
+                f"the snapshot '{sid}' does not exist", field="SnapshotId", resource="snapshot"
+            )
         return row
 
     async def get(self, caller: Caller, sid: str) -> Snapshot:
         async with self.ctrl.store.read() as s:
             return await self.resolve(s, caller, sid)
 
-    async def list(self, caller: Caller, volume_id: str | None = None
-                   ) -> builtins.list[Snapshot]:
+    async def list(self, caller: Caller, volume_id: str | None = None) -> builtins.list[Snapshot]:
         async with self.ctrl.store.read() as s:
             q = select(Snapshot).where(Snapshot.account_id == caller.account_id)
             if volume_id is not None:
@@ -49,27 +52,44 @@ class Snapshots:
             return list(await s.scalars(q.order_by(Snapshot.created_at)))
 
     # -- create ----------------------------------------------------------------------------
-    async def create(self, caller: Caller, vid: str, description: str = "",
-                     tags: dict[str, str] | None = None, dry_run: bool = False
-                     ) -> tuple[Snapshot, Operation]:
+    async def create(
+        self,
+        caller: Caller,
+        vid: str,
+        description: str = "",
+        tags: dict[str, str] | None = None,
+        dry_run: bool = False,
+    ) -> tuple[Snapshot, Operation]:
         if len(description) > 255:
             raise Invalid("Description is at most 255 characters", field="Description")
         async with self.ctrl.store.write() as s:
             vol = await self.ctrl.volumes.resolve(s, caller, vid)
             if vol.state not in ("available", "in-use"):
-                raise WrongState(f"volume {vol.id} is {vol.state}", resource="volume",
-                                 ec2_code="IncorrectState")
-            row = Snapshot(id=ids.new_id("snapshot"), account_id=caller.account_id,
-                           node_id=vol.node_id, volume_id=vol.id, volume_size=vol.size,
-                           state="pending", description=description, created_at=utcnow())
+                raise WrongState(
+                    f"volume {vol.id} is {vol.state}", resource="volume", ec2_code="IncorrectState"
+                )
+            row = Snapshot(
+                id=ids.new_id("snapshot"),
+                account_id=caller.account_id,
+                node_id=vol.node_id,
+                volume_id=vol.id,
+                volume_size=vol.size,
+                state="pending",
+                description=description,
+                created_at=utcnow(),
+            )
             s.add(row)
             if tags:
                 await self.ctrl.tags.apply(s, caller.account_id, row.id, "snapshot", tags)
             if dry_run:
                 raise DryRunPassed("CreateSnapshot would have succeeded")
-            op = self.ctrl.ops.new("snapshot-create", account_id=caller.account_id,
-                                   target_kind="snapshot", target_id=row.id,
-                                   requested_by=caller.access_key_id)
+            op = self.ctrl.ops.new(
+                "snapshot-create",
+                account_id=caller.account_id,
+                target_kind="snapshot",
+                target_id=row.id,
+                requested_by=caller.access_key_id,
+            )
             s.add(op)
         self.ctrl.ops.start(op)
         return row, op
@@ -88,10 +108,15 @@ class Snapshots:
                     async with self.ctrl.store.read() as s:
                         inst = await s.get(Instance, vol.instance_id)
                     live = inst is not None and inst.state == "running"
-                    await ctx.progress(0.2, "copying the disk in the running VM (backup job)"
-                                       if live else "copying the disk")
-                    how = await node.snapshot_create(row.id, row.volume_id,
-                                                     inst.id if live and inst else None)
+                    await ctx.progress(
+                        0.2,
+                        "copying the disk in the running VM (backup job)"
+                        if live
+                        else "copying the disk",
+                    )
+                    how = await node.snapshot_create(
+                        row.id, row.volume_id, inst.id if live and inst else None
+                    )
             else:
                 await ctx.progress(0.2, "copying the disk")
                 how = await node.snapshot_create(row.id, row.volume_id)
@@ -109,8 +134,9 @@ class Snapshots:
                     setattr(row, k, v)
 
     # -- restore ---------------------------------------------------------------------------
-    async def restore(self, caller: Caller, sid: str, size: int | None = None,
-                      name: str | None = None) -> tuple[Volume, Operation | None]:
+    async def restore(
+        self, caller: Caller, sid: str, size: int | None = None, name: str | None = None
+    ) -> tuple[Volume, Operation | None]:
         """A new volume holding the snapshot's content (the snapshot stays)."""
         return await self.ctrl.volumes.create(caller, size, sid, name=name)
 
@@ -118,20 +144,31 @@ class Snapshots:
     async def delete(self, caller: Caller, sid: str, dry_run: bool = False) -> Operation:
         async with self.ctrl.store.write() as s:
             row = await self.resolve(s, caller, sid)
-            user = await s.scalar(select(Image.id).where(Image.root_snapshot_id == sid,
-                                                         Image.state != "deregistered"))
+            user = await s.scalar(
+                select(Image.id).where(Image.root_snapshot_id == sid, Image.state != "deregistered")
+            )
             if user:
-                raise WrongState(f"snapshot {sid} is the root of image {user}; deregister it "
-                                 "first", resource="snapshot", ec2_code="InvalidSnapshot.InUse")
+                raise WrongState(
+                    f"snapshot {sid} is the root of image {user}; deregister it first",
+                    resource="snapshot",
+                    ec2_code="InvalidSnapshot.InUse",
+                )
             if row.state == "pending":
-                raise WrongState(f"snapshot {sid} is still pending", resource="snapshot",
-                                 ec2_code="IncorrectState")
+                raise WrongState(
+                    f"snapshot {sid} is still pending",
+                    resource="snapshot",
+                    ec2_code="IncorrectState",
+                )
             if dry_run:
                 raise DryRunPassed("DeleteSnapshot would have succeeded")
             row.state = "deleting"
-            op = self.ctrl.ops.new("snapshot-delete", account_id=caller.account_id,
-                                   target_kind="snapshot", target_id=sid,
-                                   requested_by=caller.access_key_id)
+            op = self.ctrl.ops.new(
+                "snapshot-delete",
+                account_id=caller.account_id,
+                target_kind="snapshot",
+                target_id=sid,
+                requested_by=caller.access_key_id,
+            )
             s.add(op)
         self.ctrl.ops.start(op)
         return op
@@ -158,9 +195,13 @@ class Snapshots:
             image = await s.get(Image, image_id)
             if image is None or image.state != "deregistered" or not image.digest:
                 return
-            others = await s.scalar(select(Image.id).where(Image.digest == image.digest,
-                                                           Image.state != "deregistered"))
-            users = await s.scalar(select(Instance.id).where(Instance.image_id == image_id,
-                                                             Instance.state != "terminated"))
+            others = await s.scalar(
+                select(Image.id).where(Image.digest == image.digest, Image.state != "deregistered")
+            )
+            users = await s.scalar(
+                select(Instance.id).where(
+                    Instance.image_id == image_id, Instance.state != "terminated"
+                )
+            )
         if not others and not users and self.ctrl.nodes:
             await self.ctrl.node(next(iter(self.ctrl.nodes))).image_delete(image.digest)

@@ -46,11 +46,13 @@ def check(tags: dict[str, str]) -> dict[str, str]:
         if not key or len(key) > KEY_MAX:
             raise Invalid(f"tag key {key!r} must be 1-{KEY_MAX} characters", field="Tag.Key")
         if key.lower().startswith("aws:"):
-            raise Invalid(f"tag key {key!r}: keys starting with 'aws:' are reserved",
-                          field="Tag.Key")
+            raise Invalid(
+                f"tag key {key!r}: keys starting with 'aws:' are reserved", field="Tag.Key"
+            )
         if len(value) > VALUE_MAX:
-            raise Invalid(f"tag {key!r}: values are at most {VALUE_MAX} characters",
-                          field="Tag.Value")
+            raise Invalid(
+                f"tag {key!r}: values are at most {VALUE_MAX} characters", field="Tag.Value"
+            )
     return tags
 
 
@@ -62,32 +64,51 @@ class Tags:
         """The EC2 resource type of ``rid`` if the caller owns it; NotFound otherwise."""
         prefix = rid.split("-", 1)[0]
         if prefix not in KINDS or "-" not in rid:
-            raise Invalid(f"resource id {rid!r} is not a taggable resource id (i-, ami-, vol-, "
-                          "snap-, sg-, eipalloc-, key-)", field="ResourceId",
-                          ec2_code="InvalidID")
+            raise Invalid(
+                f"resource id {rid!r} is not a taggable resource id (i-, ami-, vol-, "
+                "snap-, sg-, eipalloc-, key-)",
+                field="ResourceId",
+                ec2_code="InvalidID",
+            )
         rtype, table, kind = KINDS[prefix]
         row: Any = await s.get(table, rid)
         if row is None or row.account_id != caller.account_id:
             raise NotFound(f"the {rtype} {rid} does not exist", field="ResourceId", resource=kind)
         return rtype
 
-    async def apply(self, s: AsyncSession, account_id: str, rid: str, rtype: str,
-                    tags: dict[str, str]) -> None:
+    async def apply(
+        self, s: AsyncSession, account_id: str, rid: str, rtype: str, tags: dict[str, str]
+    ) -> None:
         """Set tags on a resource inside the caller's transaction (creation time)."""
         check(tags)
         existing = {t.key: t for t in await s.scalars(select(Tag).where(Tag.resource_id == rid))}
         if len(set(existing) | set(tags)) > MAX_TAGS:
-            raise Invalid(f"{rid} would have more than {MAX_TAGS} tags", field="Tag",
-                          ec2_code="TagLimitExceeded")
+            raise Invalid(
+                f"{rid} would have more than {MAX_TAGS} tags",
+                field="Tag",
+                ec2_code="TagLimitExceeded",
+            )
         for key, value in tags.items():
             if key in existing:
                 existing[key].value = value
             else:
-                s.add(Tag(resource_id=rid, key=key, value=value, account_id=account_id,
-                          resource_type=rtype))
+                s.add(
+                    Tag(
+                        resource_id=rid,
+                        key=key,
+                        value=value,
+                        account_id=account_id,
+                        resource_type=rtype,
+                    )
+                )
 
-    async def create(self, caller: Caller, resource_ids: builtins.list[str], tags: dict[str, str],
-                     dry_run: bool = False) -> None:
+    async def create(
+        self,
+        caller: Caller,
+        resource_ids: builtins.list[str],
+        tags: dict[str, str],
+        dry_run: bool = False,
+    ) -> None:
         check(tags)
         async with self.ctrl.store.write() as s:
             for rid in resource_ids:
@@ -96,8 +117,13 @@ class Tags:
             if dry_run:
                 raise DryRunPassed("CreateTags would have succeeded")
 
-    async def delete(self, caller: Caller, resource_ids: builtins.list[str],
-                     tags: dict[str, str | None] | None, dry_run: bool = False) -> None:
+    async def delete(
+        self,
+        caller: Caller,
+        resource_ids: builtins.list[str],
+        tags: dict[str, str | None] | None,
+        dry_run: bool = False,
+    ) -> None:
         """Remove the given keys (only where the value matches when one is given), or every
         tag when ``tags`` is None."""
         async with self.ctrl.store.write() as s:
@@ -117,11 +143,17 @@ class Tags:
 
     async def list(self, caller: Caller) -> builtins.list[Tag]:
         async with self.ctrl.store.read() as s:
-            return list(await s.scalars(select(Tag).where(Tag.account_id == caller.account_id)
-                                        .order_by(Tag.resource_id, Tag.key)))
+            return list(
+                await s.scalars(
+                    select(Tag)
+                    .where(Tag.account_id == caller.account_id)
+                    .order_by(Tag.resource_id, Tag.key)
+                )
+            )
 
-    async def of(self, s: AsyncSession, account_id: str,
-                 resource_ids: builtins.list[str] | None = None) -> dict[str, dict[str, str]]:
+    async def of(
+        self, s: AsyncSession, account_id: str, resource_ids: builtins.list[str] | None = None
+    ) -> dict[str, dict[str, str]]:
         """Tags by resource id for one account (all of its resources when ids is None)."""
         q = select(Tag.resource_id, Tag.key, Tag.value).where(Tag.account_id == account_id)
         if resource_ids is not None:
@@ -129,7 +161,7 @@ class Tags:
                 return {}
             q = q.where(Tag.resource_id.in_(resource_ids))
         out: dict[str, dict[str, str]] = defaultdict(dict)
-        for rid, key, value in (await s.execute(q)):
+        for rid, key, value in await s.execute(q):
             out[rid][key] = value
         return out
 

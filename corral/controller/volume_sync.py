@@ -32,14 +32,16 @@ async def attached_on(ctrl: Controller, instance_ids: list[str]) -> dict[str, li
     if not instance_ids:
         return out
     async with ctrl.store.read() as s:
-        for row in await s.scalars(select(Volume).where(Volume.instance_id.in_(instance_ids),
-                                                        Volume.device != ROOT_DEVICE)):
+        for row in await s.scalars(
+            select(Volume).where(Volume.instance_id.in_(instance_ids), Volume.device != ROOT_DEVICE)
+        ):
             out.setdefault(row.instance_id or "", []).append(row)
     return out
 
 
-async def sync_instance(ctrl: Controller, inst: Instance,
-                        rows: list[Volume] | None = None) -> list[str]:
+async def sync_instance(
+    ctrl: Controller, inst: Instance, rows: list[Volume] | None = None
+) -> list[str]:
     """Bring the records of ``inst``'s volumes in line with its QEMU; returns what changed.
     ``rows``: its data volumes as read by :func:`attached_on` (read here when None). The caller
     holds the instance's lock (no operation is changing it)."""
@@ -62,8 +64,11 @@ async def sync_instance(ctrl: Controller, inst: Instance,
             continue
         async with ctrl.store.write() as s:
             fresh = await s.get(Volume, row.id)
-            if fresh is not None and fresh.instance_id == inst.id \
-                    and fresh.attach_state == "attached":
+            if (
+                fresh is not None
+                and fresh.instance_id == inst.id
+                and fresh.attach_state == "attached"
+            ):
                 fresh.instance_id = fresh.device = fresh.attach_state = None
                 fresh.attach_time = None
                 fresh.state = "available"

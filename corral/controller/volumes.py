@@ -38,8 +38,11 @@ ATTACHED = ("attaching", "attached")
 
 def check_volume_name(name: str, field: str = "name") -> str:
     if not NAME.match(name) or ids.is_id("volume", name):
-        raise Invalid(f"volume name {name!r} must be 1-63 lower-case letters, digits, '.', '_' "
-                      "or '-' (and not look like a volume id)", field=field)
+        raise Invalid(
+            f"volume name {name!r} must be 1-63 lower-case letters, digits, '.', '_' "
+            "or '-' (and not look like a volume id)",
+            field=field,
+        )
     return name
 
 
@@ -57,27 +60,45 @@ class Volumes:
         if ids.is_id("volume", ref):
             row = await s.get(Volume, ref)
             if row is None or row.account_id != caller.account_id:
-                raise NotFound(f"the volume '{ref}' does not exist", field="VolumeId",
-                               resource="volume")
+                raise NotFound(
+                    f"the volume '{ref}' does not exist", field="VolumeId", resource="volume"
+                )
             return row
         if ref.startswith("vol-"):
-            raise Invalid(f"volume id {ref!r} is malformed (vol- and 17 hex digits)",
-                          field="VolumeId", ec2_code="InvalidVolumeID.Malformed")
+            raise Invalid(
+                f"volume id {ref!r} is malformed (vol- and 17 hex digits)",
+                field="VolumeId",
+                ec2_code="InvalidVolumeID.Malformed",
+            )
         found = await self._named(s, caller.account_id, ref)
         if not found:
-            raise NotFound(f"no volume is named {ref!r}; `corral volume ls` lists yours",
-                           field="volume", resource="volume")
+            raise NotFound(
+                f"no volume is named {ref!r}; `corral volume ls` lists yours",
+                field="volume",
+                resource="volume",
+            )
         if len(found) > 1:
-            raise Invalid(f"{len(found)} volumes are named {ref!r} ({', '.join(found)}); give "
-                          "the id", field="volume")
+            raise Invalid(
+                f"{len(found)} volumes are named {ref!r} ({', '.join(found)}); give the id",
+                field="volume",
+            )
         row = await s.get(Volume, found[0])
         assert row is not None
         return row
 
     async def _named(self, s: AsyncSession, account_id: str, name: str) -> builtins.list[str]:
-        return list(await s.scalars(select(Tag.resource_id).where(
-            Tag.account_id == account_id, Tag.resource_type == "volume", Tag.key == "Name",
-            Tag.value == name).order_by(Tag.resource_id)))
+        return list(
+            await s.scalars(
+                select(Tag.resource_id)
+                .where(
+                    Tag.account_id == account_id,
+                    Tag.resource_type == "volume",
+                    Tag.key == "Name",
+                    Tag.value == name,
+                )
+                .order_by(Tag.resource_id)
+            )
+        )
 
     async def get(self, caller: Caller, ref: str) -> Volume:
         async with self.ctrl.store.read() as s:
@@ -85,8 +106,13 @@ class Volumes:
 
     async def list(self, caller: Caller) -> builtins.list[Volume]:
         async with self.ctrl.store.read() as s:
-            return list(await s.scalars(select(Volume).where(
-                Volume.account_id == caller.account_id).order_by(Volume.created_at)))
+            return list(
+                await s.scalars(
+                    select(Volume)
+                    .where(Volume.account_id == caller.account_id)
+                    .order_by(Volume.created_at)
+                )
+            )
 
     async def names(self, account_id: str, vids: builtins.list[str]) -> dict[str, str]:
         async with self.ctrl.store.read() as s:
@@ -95,41 +121,65 @@ class Volumes:
 
     async def attachments(self, s: AsyncSession, iid: str) -> builtins.list[VolumeAttachment]:
         """The instance's extra disks at its next start (its root volume is apart)."""
-        rows = await s.scalars(select(Volume).where(
-            Volume.instance_id == iid, Volume.attach_state.in_(ATTACHED),
-            Volume.device != ROOT_DEVICE).order_by(Volume.attach_time, Volume.id))
+        rows = await s.scalars(
+            select(Volume)
+            .where(
+                Volume.instance_id == iid,
+                Volume.attach_state.in_(ATTACHED),
+                Volume.device != ROOT_DEVICE,
+            )
+            .order_by(Volume.attach_time, Volume.id)
+        )
         return [VolumeAttachment(id=v.id, device=v.device or "") for v in rows]
 
     async def root_of(self, s: AsyncSession, iid: str) -> Volume | None:
-        return await s.scalar(select(Volume).where(Volume.instance_id == iid,
-                                                   Volume.device == ROOT_DEVICE))
+        return await s.scalar(
+            select(Volume).where(Volume.instance_id == iid, Volume.device == ROOT_DEVICE)
+        )
 
     # -- create and delete -----------------------------------------------------------------
-    async def create(self, caller: Caller, size: int | None, snapshot_id: str | None,
-                     zone: str | None = None, volume_type: str = "standard",
-                     tags: dict[str, str] | None = None, dry_run: bool = False,
-                     name: str | None = None, fs: str | None = None, label: str | None = None
-                     ) -> tuple[Volume, Operation | None]:
+    async def create(
+        self,
+        caller: Caller,
+        size: int | None,
+        snapshot_id: str | None,
+        zone: str | None = None,
+        volume_type: str = "standard",
+        tags: dict[str, str] | None = None,
+        dry_run: bool = False,
+        name: str | None = None,
+        fs: str | None = None,
+        label: str | None = None,
+    ) -> tuple[Volume, Operation | None]:
         """A new volume of ``size`` GiB, empty, formatted with ``fs`` (labelled with its name),
         or holding a snapshot's content (a restore)."""
         zone = zone or self.ctrl.settings.availability_zone
         if zone != self.ctrl.settings.availability_zone:
-            raise Invalid(f"availability zone {zone!r} does not exist; this Corral has "
-                          f"{self.ctrl.settings.availability_zone}", field="AvailabilityZone")
+            raise Invalid(
+                f"availability zone {zone!r} does not exist; this Corral has "
+                f"{self.ctrl.settings.availability_zone}",
+                field="AvailabilityZone",
+            )
         if volume_type not in VOLUME_TYPES:
-            raise Invalid(f"VolumeType {volume_type!r} must be one of {', '.join(VOLUME_TYPES)}",
-                          field="VolumeType")
+            raise Invalid(
+                f"VolumeType {volume_type!r} must be one of {', '.join(VOLUME_TYPES)}",
+                field="VolumeType",
+            )
         if size is None and snapshot_id is None:
-            raise Invalid("give Size (GiB) or SnapshotId", field="Size",
-                          ec2_code="MissingParameter")
+            raise Invalid(
+                "give Size (GiB) or SnapshotId", field="Size", ec2_code="MissingParameter"
+            )
         if size is not None and not 1 <= size <= MAX_GIB:
             raise Invalid(f"Size {size} must be 1-{MAX_GIB} GiB", field="Size")
         if fs is not None and snapshot_id is not None:
-            raise Invalid("a volume restored from a snapshot has the snapshot's content; leave "
-                          "fs out", field="fs")
+            raise Invalid(
+                "a volume restored from a snapshot has the snapshot's content; leave fs out",
+                field="fs",
+            )
         if fs is not None and fs != "ext4":
-            raise Invalid(f"fs {fs!r}: Corral formats ext4 (or leave it out: an empty disk)",
-                          field="fs")
+            raise Invalid(
+                f"fs {fs!r}: Corral formats ext4 (or leave it out: an empty disk)", field="fs"
+            )
         if name is not None:
             check_volume_name(name)
         tags = dict(tags or {})
@@ -140,32 +190,57 @@ class Volumes:
             if snapshot_id is not None:
                 snap = await self.ctrl.snapshots.resolve(s, caller, snapshot_id)
                 if snap.state != "completed":
-                    raise WrongState(f"snapshot {snap.id} is {snap.state}", resource="snapshot",
-                                     ec2_code="IncorrectState")
+                    raise WrongState(
+                        f"snapshot {snap.id} is {snap.state}",
+                        resource="snapshot",
+                        ec2_code="IncorrectState",
+                    )
                 if size is None:
                     size = snap.volume_size
                 if size < snap.volume_size:
-                    raise Invalid(f"Size {size} GiB is smaller than snapshot {snap.id} "
-                                  f"({snap.volume_size} GiB)", field="Size")
+                    raise Invalid(
+                        f"Size {size} GiB is smaller than snapshot {snap.id} "
+                        f"({snap.volume_size} GiB)",
+                        field="Size",
+                    )
             assert size is not None
             if "Name" in tags and await self._named(s, caller.account_id, tags["Name"]):
-                raise Exists(f"a volume named {tags['Name']!r} exists already; choose another "
-                             "name", field="name", resource="volume")
-            node_id = (snap.node_id if snap is not None else None) or next(iter(self.ctrl.nodes),
-                                                                          None)
-            row = Volume(id=ids.new_id("volume"), account_id=caller.account_id, node_id=node_id,
-                         size=size, state="creating", volume_type=volume_type,
-                         availability_zone=zone, snapshot_id=snapshot_id, created_at=utcnow())
+                raise Exists(
+                    f"a volume named {tags['Name']!r} exists already; choose another name",
+                    field="name",
+                    resource="volume",
+                )
+            node_id = (snap.node_id if snap is not None else None) or next(
+                iter(self.ctrl.nodes), None
+            )
+            row = Volume(
+                id=ids.new_id("volume"),
+                account_id=caller.account_id,
+                node_id=node_id,
+                size=size,
+                state="creating",
+                volume_type=volume_type,
+                availability_zone=zone,
+                snapshot_id=snapshot_id,
+                created_at=utcnow(),
+            )
             s.add(row)
             if tags:
                 await self.ctrl.tags.apply(s, caller.account_id, row.id, "volume", tags)
             if dry_run:
                 raise DryRunPassed("CreateVolume would have succeeded")
-            op = self.ctrl.ops.new("volume-create", account_id=caller.account_id,
-                                   target_kind="volume", target_id=row.id,
-                                   requested_by=caller.access_key_id,
-                                   params={"image_id": snap.image_id if snap else None,
-                                           "fs": fs, "label": (label or name or "")[:16]})
+            op = self.ctrl.ops.new(
+                "volume-create",
+                account_id=caller.account_id,
+                target_kind="volume",
+                target_id=row.id,
+                requested_by=caller.access_key_id,
+                params={
+                    "image_id": snap.image_id if snap else None,
+                    "fs": fs,
+                    "label": (label or name or "")[:16],
+                },
+            )
             s.add(op)
         self.ctrl.ops.start(op)
         return row, op
@@ -183,13 +258,15 @@ class Volumes:
         await self._set(row.id, state="available" if row.instance_id is None else "in-use")
         return {"volume_id": row.id}
 
-    async def make(self, row: Volume, image_digest: str | None, fs: str | None = None,
-                   label: str = "") -> None:
+    async def make(
+        self, row: Volume, image_digest: str | None, fs: str | None = None, label: str = ""
+    ) -> None:
         """The volume's file on its node (idempotent); on failure the volume is in ``error``."""
         snap = None if image_digest else row.snapshot_id
         try:
             await self.ctrl.node(row.node_id).volume_create(
-                row.id, row.size * GIB, snap, image_digest, fs=fs, label=label)
+                row.id, row.size * GIB, snap, image_digest, fs=fs, label=label
+            )
         except Exception as err:
             await self._set(row.id, state="error", error=str(err))
             raise
@@ -206,15 +283,22 @@ class Volumes:
             row = await self.resolve(s, caller, vid)
             if row.instance_id is not None or row.state not in ("available", "error"):
                 where = await self._where(s, row)
-                raise WrongState(f"volume {row.id} is {row.state}"
-                                 + (f" (attached to {where}); detach it first" if where else ""),
-                                 resource="volume", ec2_code="VolumeInUse")
+                raise WrongState(
+                    f"volume {row.id} is {row.state}"
+                    + (f" (attached to {where}); detach it first" if where else ""),
+                    resource="volume",
+                    ec2_code="VolumeInUse",
+                )
             if dry_run:
                 raise DryRunPassed("DeleteVolume would have succeeded")
             row.state = "deleting"
-            op = self.ctrl.ops.new("volume-delete", account_id=caller.account_id,
-                                   target_kind="volume", target_id=row.id,
-                                   requested_by=caller.access_key_id)
+            op = self.ctrl.ops.new(
+                "volume-delete",
+                account_id=caller.account_id,
+                target_kind="volume",
+                target_id=row.id,
+                requested_by=caller.access_key_id,
+            )
             s.add(op)
         self.ctrl.ops.start(op)
         return op
@@ -237,8 +321,13 @@ class Volumes:
         inst = await s.get(Instance, row.instance_id)
         return f"{inst.name} ({inst.id})" if inst is not None else row.instance_id
 
-    async def update(self, caller: Caller, ref: str, name: str | None = None,
-                     delete_on_termination: bool | None = None) -> Volume:
+    async def update(
+        self,
+        caller: Caller,
+        ref: str,
+        name: str | None = None,
+        delete_on_termination: bool | None = None,
+    ) -> Volume:
         """Rename a volume, or say whether it goes with the instance it is attached to."""
         if name is not None:
             check_volume_name(name)
@@ -247,57 +336,90 @@ class Volumes:
             if name is not None:
                 others = [v for v in await self._named(s, caller.account_id, name) if v != row.id]
                 if others:
-                    raise Exists(f"a volume named {name!r} exists already ({others[0]})",
-                                 field="name", resource="volume")
-                await self.ctrl.tags.apply(s, caller.account_id, row.id, "volume",
-                                           {"Name": name})
+                    raise Exists(
+                        f"a volume named {name!r} exists already ({others[0]})",
+                        field="name",
+                        resource="volume",
+                    )
+                await self.ctrl.tags.apply(s, caller.account_id, row.id, "volume", {"Name": name})
             if delete_on_termination is not None:
                 row.delete_on_termination = delete_on_termination
         return row
 
     # -- attach and detach -----------------------------------------------------------------
-    async def attach(self, caller: Caller, vid: str, instance_ref: str, device: str | None,
-                     dry_run: bool = False, delete_on_termination: bool | None = None
-                     ) -> tuple[Volume, Operation | None]:
+    async def attach(
+        self,
+        caller: Caller,
+        vid: str,
+        instance_ref: str,
+        device: str | None,
+        dry_run: bool = False,
+        delete_on_termination: bool | None = None,
+    ) -> tuple[Volume, Operation | None]:
         """Attach the volume; at once to a stopped instance, by an operation (a hot-plug) to
         one that runs or is starting. A volume attached elsewhere is refused, unchanged."""
         if device is not None and not DEVICE.match(device):
-            raise Invalid(f"device {device!r} must be like /dev/sdf, /dev/xvdf or /dev/vdb",
-                          field="Device")
+            raise Invalid(
+                f"device {device!r} must be like /dev/sdf, /dev/xvdf or /dev/vdb", field="Device"
+            )
         async with self.ctrl.store.write() as s:
             row = await self.resolve(s, caller, vid)
-            inst = await self.ctrl.instances.resolve(s, caller, instance_ref,
-                                                     include_terminated=True)
+            inst = await self.ctrl.instances.resolve(
+                s, caller, instance_ref, include_terminated=True
+            )
             if inst.state in ("terminated", "shutting-down"):
-                raise WrongState(f"instance {inst.name} ({inst.id}) is {inst.state}",
-                                 resource="instance", ec2_code="IncorrectInstanceState")
+                raise WrongState(
+                    f"instance {inst.name} ({inst.id}) is {inst.state}",
+                    resource="instance",
+                    ec2_code="IncorrectInstanceState",
+                )
             if row.instance_id is not None:
                 where = await self._where(s, row)
-                raise WrongState(f"volume {row.id} is attached to {where}; detach it first "
-                                 "(a volume is attached to one instance at a time)",
-                                 resource="volume", ec2_code="VolumeInUse")
+                raise WrongState(
+                    f"volume {row.id} is attached to {where}; detach it first "
+                    "(a volume is attached to one instance at a time)",
+                    resource="volume",
+                    ec2_code="VolumeInUse",
+                )
             if row.state != "available":
-                raise WrongState(f"volume {row.id} is {row.state}; it must be available",
-                                 resource="volume", ec2_code="IncorrectState")
+                raise WrongState(
+                    f"volume {row.id} is {row.state}; it must be available",
+                    resource="volume",
+                    ec2_code="IncorrectState",
+                )
             if row.availability_zone != self.ctrl.settings.availability_zone:
-                raise Invalid(f"volume {row.id} is in {row.availability_zone}",
-                              resource="volume", ec2_code="InvalidVolume.ZoneMismatch")
-            if row.node_id is not None and inst.node_id is not None \
-                    and row.node_id != inst.node_id:
-                raise Invalid(f"volume {row.id} is on node {row.node_id}, instance {inst.name} "
-                              f"on {inst.node_id}; a volume attaches on its own node",
-                              field="instance", ec2_code="InvalidVolume.ZoneMismatch")
-            used = set(await s.scalars(select(Volume.device).where(
-                Volume.instance_id == inst.id)))
+                raise Invalid(
+                    f"volume {row.id} is in {row.availability_zone}",
+                    resource="volume",
+                    ec2_code="InvalidVolume.ZoneMismatch",
+                )
+            if row.node_id is not None and inst.node_id is not None and row.node_id != inst.node_id:
+                raise Invalid(
+                    f"volume {row.id} is on node {row.node_id}, instance {inst.name} "
+                    f"on {inst.node_id}; a volume attaches on its own node",
+                    field="instance",
+                    ec2_code="InvalidVolume.ZoneMismatch",
+                )
+            used = set(await s.scalars(select(Volume.device).where(Volume.instance_id == inst.id)))
             if device is None:
-                device = next((f"/dev/vd{c}" for c in "bcdefghijklmnopqrstuvwxyz"
-                               if f"/dev/vd{c}" not in used), None)
+                device = next(
+                    (
+                        f"/dev/vd{c}"
+                        for c in "bcdefghijklmnopqrstuvwxyz"
+                        if f"/dev/vd{c}" not in used
+                    ),
+                    None,
+                )
                 if device is None:
-                    raise Invalid(f"instance {inst.name} has no free device name left",
-                                  field="Device")
+                    raise Invalid(
+                        f"instance {inst.name} has no free device name left", field="Device"
+                    )
             elif device in used:
-                raise Invalid(f"device {device} is already used on {inst.id}", field="Device",
-                              ec2_code="InvalidParameterValue")
+                raise Invalid(
+                    f"device {device} is already used on {inst.id}",
+                    field="Device",
+                    ec2_code="InvalidParameterValue",
+                )
             if dry_run:
                 raise DryRunPassed("AttachVolume would have succeeded")
             hot = inst.state != "stopped"
@@ -307,27 +429,35 @@ class Volumes:
                 row.delete_on_termination = delete_on_termination
             op = None
             if hot:
-                op = self.ctrl.ops.new("volume-attach", account_id=caller.account_id,
-                                       target_kind="volume", target_id=row.id,
-                                       requested_by=caller.access_key_id,
-                                       params={"instance_id": inst.id})
+                op = self.ctrl.ops.new(
+                    "volume-attach",
+                    account_id=caller.account_id,
+                    target_kind="volume",
+                    target_id=row.id,
+                    requested_by=caller.access_key_id,
+                    params={"instance_id": inst.id},
+                )
                 s.add(op)
         if op is not None:
             self.ctrl.ops.start(op)
         return row, op
 
-    async def attach_at_launch(self, s: AsyncSession, caller: Caller, inst: Instance,
-                               refs: builtins.list[str]) -> None:
+    async def attach_at_launch(
+        self, s: AsyncSession, caller: Caller, inst: Instance, refs: builtins.list[str]
+    ) -> None:
         """Attach volumes to an instance being created, in its launch's transaction, so its
         first start has them (``/dev/vdb``, ``/dev/vdc`` … in this order)."""
         for n, ref in enumerate(refs):
             row = await self.resolve(s, caller, ref)
             if row.instance_id is not None or row.state != "available":
                 where = await self._where(s, row)
-                raise WrongState(f"volume {row.id} is {row.state}"
-                                 + (f" (attached to {where})" if where else "")
-                                 + "; it must be available", resource="volume",
-                                 ec2_code="VolumeInUse")
+                raise WrongState(
+                    f"volume {row.id} is {row.state}"
+                    + (f" (attached to {where})" if where else "")
+                    + "; it must be available",
+                    resource="volume",
+                    ec2_code="VolumeInUse",
+                )
             row.instance_id, row.device = inst.id, f"/dev/vd{'bcdefghijklmnopqrstuvwxyz'[n]}"
             row.attach_state, row.attach_time, row.state = "attached", utcnow(), "in-use"
 
@@ -358,47 +488,71 @@ class Volumes:
                 row.state = "available"
                 row.error = error
 
-    async def detach(self, caller: Caller, vid: str, instance_ref: str | None = None,
-                     force: bool = False, dry_run: bool = False, timeout: float | None = None
-                     ) -> tuple[Volume, Operation | None]:
+    async def detach(
+        self,
+        caller: Caller,
+        vid: str,
+        instance_ref: str | None = None,
+        force: bool = False,
+        dry_run: bool = False,
+        timeout: float | None = None,
+    ) -> tuple[Volume, Operation | None]:
         """Detach the volume: at once from a stopped instance, by an operation (an unplug the
         guest must answer) from one that runs. Returns the attachment as it was."""
         async with self.ctrl.store.write() as s:
             row = await self.resolve(s, caller, vid)
             if row.instance_id is None:
-                raise WrongState(f"volume {row.id} is not attached", resource="volume",
-                                 ec2_code="IncorrectState")
+                raise WrongState(
+                    f"volume {row.id} is not attached", resource="volume", ec2_code="IncorrectState"
+                )
             if instance_ref is not None:
-                inst = await self.ctrl.instances.resolve(s, caller, instance_ref,
-                                                         include_terminated=True)
+                inst = await self.ctrl.instances.resolve(
+                    s, caller, instance_ref, include_terminated=True
+                )
                 if inst.id != row.instance_id:
-                    raise Invalid(f"volume {row.id} is attached to {row.instance_id}, not "
-                                  f"{inst.id}", field="InstanceId",
-                                  ec2_code="InvalidAttachment.NotFound")
+                    raise Invalid(
+                        f"volume {row.id} is attached to {row.instance_id}, not {inst.id}",
+                        field="InstanceId",
+                        ec2_code="InvalidAttachment.NotFound",
+                    )
             if row.device == ROOT_DEVICE:
-                raise WrongState(f"volume {row.id} is the root disk of {row.instance_id}; it "
-                                 "goes with the instance", resource="volume",
-                                 ec2_code="OperationNotPermitted")
+                raise WrongState(
+                    f"volume {row.id} is the root disk of {row.instance_id}; it "
+                    "goes with the instance",
+                    resource="volume",
+                    ec2_code="OperationNotPermitted",
+                )
             if row.attach_state == "detaching":
-                raise WrongState(f"volume {row.id} is already being detached", resource="volume",
-                                 ec2_code="IncorrectState")
+                raise WrongState(
+                    f"volume {row.id} is already being detached",
+                    resource="volume",
+                    ec2_code="IncorrectState",
+                )
             owner = await s.get(Instance, row.instance_id)
             if dry_run:
                 raise DryRunPassed("DetachVolume would have succeeded")
-            before = Volume(id=row.id, instance_id=row.instance_id, device=row.device,
-                            attach_time=row.attach_time, attach_state="detaching",
-                            delete_on_termination=row.delete_on_termination)
+            before = Volume(
+                id=row.id,
+                instance_id=row.instance_id,
+                device=row.device,
+                attach_time=row.attach_time,
+                attach_state="detaching",
+                delete_on_termination=row.delete_on_termination,
+            )
             op = None
             if owner is None or owner.state in ("stopped", "terminated"):
                 row.instance_id = row.device = row.attach_state = row.attach_time = None
                 row.state = "available"
             else:
                 row.attach_state = "detaching"
-                op = self.ctrl.ops.new("volume-detach", account_id=caller.account_id,
-                                       target_kind="volume", target_id=row.id,
-                                       requested_by=caller.access_key_id,
-                                       params={"instance_id": owner.id, "force": force,
-                                               "timeout": timeout})
+                op = self.ctrl.ops.new(
+                    "volume-detach",
+                    account_id=caller.account_id,
+                    target_kind="volume",
+                    target_id=row.id,
+                    requested_by=caller.access_key_id,
+                    params={"instance_id": owner.id, "force": force, "timeout": timeout},
+                )
                 s.add(op)
         if op is not None:
             self.ctrl.ops.start(op)
@@ -418,14 +572,18 @@ class Volumes:
                 node = self.ctrl.node(inst.node_id)
                 await ctx.progress(0.2, f"asking {inst.name} to release {row.id}")
                 try:
-                    how = "unplugged" if await node.volume_detach(iid, row.id, timeout) \
+                    how = (
+                        "unplugged"
+                        if await node.volume_detach(iid, row.id, timeout)
                         else "recorded"
+                    )
                 except GuestHoldsDisk as err:
                     if not force:
                         await self._set(row.id, attach_state="attached")
                         raise
-                    await ctx.progress(0.5, f"{err.message}; forcing: restarting {inst.name} "
-                                            "without the volume")
+                    await ctx.progress(
+                        0.5, f"{err.message}; forcing: restarting {inst.name} without the volume"
+                    )
                     how = await self._restart_without(inst, row.id)
             await self._release(row.id, iid)
         return {"volume_id": row.id, "instance_id": iid, "how": how}
@@ -462,12 +620,22 @@ class Volumes:
         snapshot when the instance is created, deleted with it (DeleteOnTermination)."""
         size = max(1, -(-inst.disk_size // GIB))
         inst.disk_size = size * GIB
-        return Volume(id=ids.new_id("volume"), account_id=inst.account_id, node_id=inst.node_id,
-                      size=size, state="creating", volume_type="standard",
-                      availability_zone=self.ctrl.settings.availability_zone,
-                      snapshot_id=image.root_snapshot_id, instance_id=inst.id,
-                      device=ROOT_DEVICE, attach_state="attached", attach_time=utcnow(),
-                      delete_on_termination=True, created_at=utcnow())
+        return Volume(
+            id=ids.new_id("volume"),
+            account_id=inst.account_id,
+            node_id=inst.node_id,
+            size=size,
+            state="creating",
+            volume_type="standard",
+            availability_zone=self.ctrl.settings.availability_zone,
+            snapshot_id=image.root_snapshot_id,
+            instance_id=inst.id,
+            device=ROOT_DEVICE,
+            attach_state="attached",
+            attach_time=utcnow(),
+            delete_on_termination=True,
+            created_at=utcnow(),
+        )
 
     async def ensure_root(self, iid: str) -> None:
         """Make the instance's root volume on its node if it is still to be made (idempotent)."""

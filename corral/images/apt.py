@@ -28,8 +28,10 @@ class Mirrors:
     def sources(self, suite: str) -> str:
         """A sources.list for ``suite``, its updates and its security updates."""
         signed = f"[signed-by={KEYRING}] " if Path(KEYRING).exists() else ""
-        lines = [f"deb {signed}{self.main} {suite} main",
-                 f"deb {signed}{self.main} {suite}-updates main"]
+        lines = [
+            f"deb {signed}{self.main} {suite} main",
+            f"deb {signed}{self.main} {suite}-updates main",
+        ]
         if self.security:
             lines.append(f"deb {signed}{self.security} {suite}-security main")
         return "\n".join(lines) + "\n"
@@ -88,8 +90,13 @@ class AptCache:
         return self.etc / "sources.list"
 
     def ensure(self) -> None:
-        for d in (self.lists / "partial", self.archives / "partial", self.etc, self.state,
-                  self.root / "pkgcache"):
+        for d in (
+            self.lists / "partial",
+            self.archives / "partial",
+            self.etc,
+            self.state,
+            self.root / "pkgcache",
+        ):
             d.mkdir(parents=True, exist_ok=True)
         self.sources_file.write_text(self.mirrors.sources(self.suite))
         (self.state / "status").touch()
@@ -120,17 +127,19 @@ class AptCache:
         except CommandFailed as err:
             raise EnvironmentProblem(
                 f"cannot read the package lists of {self.mirrors.main} ({self.suite}): "
-                f"{err.message}; check the mirror (recipe key mirror) and the network") from err
+                f"{err.message}; check the mirror (recipe key mirror) and the network"
+            ) from err
 
     def resolve(self, packages: list[str]) -> dict[str, str]:
         """The versions apt would install for ``packages`` (with every dependency and the
         essential set) into an empty system: the closure a build of them gets."""
         try:
-            out = run(["apt-get", "-s", "-q", *self._options(), "install", *packages],
-                      timeout=300)
+            out = run(["apt-get", "-s", "-q", *self._options(), "install", *packages], timeout=300)
         except CommandFailed as err:
             tail = " / ".join(err.stderr.strip().splitlines()[-2:])
             raise Invalid(
                 f"apt cannot install the recipe's packages from {self.mirrors.main} "
-                f"({self.suite}): {tail}; fix the names in packages", field="packages") from err
+                f"({self.suite}): {tail}; fix the names in packages",
+                field="packages",
+            ) from err
         return dict(re.findall(r"^Inst (\S+) \((\S+) ", out, re.MULTILINE))

@@ -69,10 +69,16 @@ def plan(store: ImageStore, digest: str, delta_from: str | None) -> tuple[Index,
         digests = [m.digest for m in chain]
         if delta_from not in digests[1:]:
             image = f"{chain[0].name}:{chain[0].version}"
-            why = (f"its base is {chain[1].name}:{chain[1].version} ({chain[1].digest[:12]})"
-                   if len(chain) > 1 else "it is not built on another image")
-            raise Invalid(f"image {image} is not built on {delta_from[:12]} ({why}); export "
-                          "it whole, or with --delta-from its base", field="delta_from")
+            why = (
+                f"its base is {chain[1].name}:{chain[1].version} ({chain[1].digest[:12]})"
+                if len(chain) > 1
+                else "it is not built on another image"
+            )
+            raise Invalid(
+                f"image {image} is not built on {delta_from[:12]} ({why}); export "
+                "it whole, or with --delta-from its base",
+                field="delta_from",
+            )
         include = chain[: digests.index(delta_from)]
         base = chain[digests.index(delta_from)]
         base_name = f"{base.name}:{base.version}"
@@ -82,19 +88,33 @@ def plan(store: ImageStore, digest: str, delta_from: str | None) -> tuple[Index,
         for b in m.blobs():
             if b.sha256 not in have:
                 blobs.setdefault(b.sha256, b)
-    index = Index(format=FORMAT, image=digest, name=chain[0].name, version=chain[0].version,
-                  delta_from=delta_from, delta_from_name=base_name,
-                  manifests=[m.digest for m in reversed(include)],
-                  blobs={s: b.size for s, b in blobs.items()})
+    index = Index(
+        format=FORMAT,
+        image=digest,
+        name=chain[0].name,
+        version=chain[0].version,
+        delta_from=delta_from,
+        delta_from_name=base_name,
+        manifests=[m.digest for m in reversed(include)],
+        blobs={s: b.size for s, b in blobs.items()},
+    )
     return index, list(blobs.values())
 
 
-def export(store: ImageStore, digest: str, out: Path, delta_from: str | None = None,
-           progress: Progress = _quiet) -> Index:
+def export(
+    store: ImageStore,
+    digest: str,
+    out: Path,
+    delta_from: str | None = None,
+    progress: Progress = _quiet,
+) -> Index:
     """Write the archive to ``out`` (through a temporary file beside it, then renamed)."""
     index, blobs = plan(store, digest, delta_from)
-    overlays = {store.get_manifest(d).root_disk.sha256 for d in index.manifests
-                if store.get_manifest(d).base}
+    overlays = {
+        store.get_manifest(d).root_disk.sha256
+        for d in index.manifests
+        if store.get_manifest(d).base
+    }
     total = sum(b.size for b in blobs) or 1
     done = 0
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -106,11 +126,13 @@ def export(store: ImageStore, digest: str, out: Path, delta_from: str | None = N
                 for d in index.manifests:
                     tar.add_bytes(f"manifests/{d}.json", store.get_manifest(d).canonical())
                 for blob in blobs:
-                    progress(done / total, f"compressing part {blob.sha256[:12]} "
-                             f"({blob.size >> 20} MiB)")
+                    progress(
+                        done / total, f"compressing part {blob.sha256[:12]} ({blob.size >> 20} MiB)"
+                    )
                     level = DELTA_LEVEL if blob.sha256 in overlays else LEVEL
-                    tar.add_stream(f"blobs/{blob.sha256}.zst",
-                                   functools.partial(_compress, store, blob, level))
+                    tar.add_stream(
+                        f"blobs/{blob.sha256}.zst", functools.partial(_compress, store, blob, level)
+                    )
                     done += blob.size
                 tar.close()
                 fh.flush()
@@ -130,15 +152,20 @@ def _compress(store: ImageStore, blob: Blob, level: int, out: IO[bytes]) -> None
     path = store.blob_path(blob.sha256)
     intact = path.stat().st_size == blob.size  # (the frame header promises blob.size bytes)
     if intact:
-        with open(path, "rb") as src, \
-                cctx.stream_writer(out, size=blob.size, closefd=False) as writer:
+        with (
+            open(path, "rb") as src,
+            cctx.stream_writer(out, size=blob.size, closefd=False) as writer,
+        ):
             while chunk := src.read(CHUNK):
                 h.update(chunk)
                 writer.write(chunk)
         intact = h.hexdigest() == blob.sha256
     if not intact:
-        raise Invalid(f"image part {blob.sha256[:12]} is corrupt in this store; `corral image "
-                      "verify` it, then rebuild or import it again", resource="image")
+        raise Invalid(
+            f"image part {blob.sha256[:12]} is corrupt in this store; `corral image "
+            "verify` it, then rebuild or import it again",
+            resource="image",
+        )
 
 
 class _TarWriter:
@@ -200,8 +227,10 @@ def import_archive(store: ImageStore, path: Path, progress: Progress = _quiet) -
         _check_base(store, index, manifests)
         needed = _needed_blobs(store, index, manifests, members)
         _check_space(store, sum(index.blobs[s] for s in needed))
-        with space_errors(store.root, f"importing {index.name}:{index.version}"), \
-                staging_dir(store.tmp, "import-") as work:
+        with (
+            space_errors(store.root, f"importing {index.name}:{index.version}"),
+            staging_dir(store.tmp, "import-") as work,
+        ):
             total = sum(index.blobs[s] for s in needed) or 1
             done = 0
             for sha in needed:
@@ -212,10 +241,14 @@ def import_archive(store: ImageStore, path: Path, progress: Progress = _quiet) -
             progress(0.95, "adding to the image store")
             with store.lock:
                 for sha in needed:
-                    blob = next(b for m in manifests.values() for b in m.blobs()
-                                if b.sha256 == sha)
-                    store.add_blob(work / sha, fmt=blob.format, virtual_size=blob.virtual_size,
-                                   move=True, known_sha256=sha)
+                    blob = next(b for m in manifests.values() for b in m.blobs() if b.sha256 == sha)
+                    store.add_blob(
+                        work / sha,
+                        fmt=blob.format,
+                        virtual_size=blob.virtual_size,
+                        move=True,
+                        known_sha256=sha,
+                    )
                 for d in index.manifests:
                     store.put_manifest(manifests[d])
     progress(1.0, f"imported {index.name}:{index.version}")
@@ -226,8 +259,11 @@ def _members(tar: tarfile.TarFile, path: Path) -> dict[str, tarfile.TarInfo]:
     members: dict[str, tarfile.TarInfo] = {}
     for m in tar.getmembers():
         if not m.isfile() or not _MEMBER.match(m.name):
-            raise Invalid(f"{path.name}: unexpected member {m.name!r}; not a Corral image "
-                          "archive (make one with `corral image export`)", field="file")
+            raise Invalid(
+                f"{path.name}: unexpected member {m.name!r}; not a Corral image "
+                "archive (make one with `corral image export`)",
+                field="file",
+            )
         members[m.name] = m
     if INDEX not in members:
         raise Invalid(f"{path.name} has no {INDEX}; not a Corral image archive", field="file")
@@ -236,8 +272,9 @@ def _members(tar: tarfile.TarFile, path: Path) -> dict[str, tarfile.TarInfo]:
 
 def _read(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int = 16 << 20) -> bytes:
     if member.size > limit:
-        raise Invalid(f"archive member {member.name} is too large ({member.size} bytes)",
-                      field="file")
+        raise Invalid(
+            f"archive member {member.name} is too large ({member.size} bytes)", field="file"
+        )
     fh = tar.extractfile(member)
     assert fh is not None
     return fh.read()
@@ -247,32 +284,38 @@ def _read_index(tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo]) -> In
     try:
         index = Index.model_validate_json(_read(tar, members[INDEX]))
     except ValidationError as err:
-        raise Invalid(f"the archive's {INDEX} is not valid: {err.errors()[0]['msg']}",
-                      field="file") from err
+        raise Invalid(
+            f"the archive's {INDEX} is not valid: {err.errors()[0]['msg']}", field="file"
+        ) from err
     if index.format != FORMAT:
-        raise Invalid(f"archive format {index.format!r} is not {FORMAT!r}; export it with a "
-                      "matching Corral", field="file")
+        raise Invalid(
+            f"archive format {index.format!r} is not {FORMAT!r}; export it with a matching Corral",
+            field="file",
+        )
     if index.image not in index.manifests:
         raise Invalid("the archive's index does not list its own image", field="file")
     return index
 
 
-def _read_manifests(tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo],
-                    index: Index) -> dict[str, Manifest]:
+def _read_manifests(
+    tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo], index: Index
+) -> dict[str, Manifest]:
     manifests: dict[str, Manifest] = {}
     for d in index.manifests:
         member = members.get(f"manifests/{d}.json")
         if member is None:
-            raise Invalid(f"the archive lacks the manifest {d[:12]} its index names",
-                          field="file")
+            raise Invalid(f"the archive lacks the manifest {d[:12]} its index names", field="file")
         raw = _read(tar, member)
         try:
             m = Manifest.model_validate_json(raw)
         except ValidationError as err:
             raise Invalid(f"manifest {d[:12]} in the archive is not valid", field="file") from err
         if m.digest != d or hashlib.sha256(raw).hexdigest() != d:
-            raise Invalid(f"manifest {d[:12]} in the archive does not match its sha256: the "
-                          "archive is corrupt", field="file")
+            raise Invalid(
+                f"manifest {d[:12]} in the archive does not match its sha256: the "
+                "archive is corrupt",
+                field="file",
+            )
         manifests[d] = m
     return manifests
 
@@ -283,31 +326,42 @@ def _check_base(store: ImageStore, index: Index, manifests: dict[str, Manifest])
         want = index.delta_from_name or index.delta_from[:12]
         if not store.has(index.delta_from):
             same = [m for m in store.list() if f"{m.name}:{m.version}" == want]
-            other = (f"; this store's {want} is {same[0].digest[:12]}, a different build"
-                     if same else "")
+            other = (
+                f"; this store's {want} is {same[0].digest[:12]}, a different build" if same else ""
+            )
             raise NotFound(
                 f"{index.name}:{index.version} is a delta against {want} "
                 f"({index.delta_from[:12]}), which this store does not have{other}. Import "
                 f"that base first (a whole export of it); nothing was written",
-                field="delta_from", resource="image")
+                field="delta_from",
+                resource="image",
+            )
         store.verify(index.delta_from)
     for m in manifests.values():
         if m.base and m.base not in manifests and not store.has(m.base):
-            raise NotFound(f"{m.name}:{m.version} in the archive is built on {m.base[:12]}, "
-                           "which neither the archive nor this store has; nothing was written",
-                           field="file", resource="image")
+            raise NotFound(
+                f"{m.name}:{m.version} in the archive is built on {m.base[:12]}, "
+                "which neither the archive nor this store has; nothing was written",
+                field="file",
+                resource="image",
+            )
 
 
-def _needed_blobs(store: ImageStore, index: Index, manifests: dict[str, Manifest],
-                  members: dict[str, tarfile.TarInfo]) -> list[str]:
+def _needed_blobs(
+    store: ImageStore,
+    index: Index,
+    manifests: dict[str, Manifest],
+    members: dict[str, tarfile.TarInfo],
+) -> list[str]:
     needed: list[str] = []
     for m in (manifests[d] for d in index.manifests):
         for b in m.blobs():
             if b.sha256 in needed or store.blob_path(b.sha256).exists():
                 continue
             if f"blobs/{b.sha256}.zst" not in members or index.blobs.get(b.sha256) != b.size:
-                raise Invalid(f"the archive lacks part {b.sha256[:12]} of {m.name}:{m.version}",
-                              field="file")
+                raise Invalid(
+                    f"the archive lacks part {b.sha256[:12]} of {m.name}:{m.version}", field="file"
+                )
             needed.append(b.sha256)
     return needed
 
@@ -318,8 +372,7 @@ def _check_space(store: ImageStore, need: int) -> None:
         raise no_space(store.root, "importing", need + (16 << 20))
 
 
-def _unpack(tar: tarfile.TarFile, member: tarfile.TarInfo, out: Path, sha: str,
-            size: int) -> None:
+def _unpack(tar: tarfile.TarFile, member: tarfile.TarInfo, out: Path, sha: str, size: int) -> None:
     src = tar.extractfile(member)
     assert src is not None
     h = hashlib.sha256()
@@ -336,9 +389,12 @@ def _unpack(tar: tarfile.TarFile, member: tarfile.TarInfo, out: Path, sha: str,
     except zstandard.ZstdError as err:
         raise Invalid(f"part {sha[:12]} of the archive is corrupt: {err}", field="file") from err
     if written != size or h.hexdigest() != sha:
-        raise Invalid(f"part {sha[:12]} of the archive is corrupt: it unpacks to "
-                      f"{h.hexdigest()[:12]} ({written} bytes), expected {sha[:12]} ({size} "
-                      "bytes); nothing was written", field="file")
+        raise Invalid(
+            f"part {sha[:12]} of the archive is corrupt: it unpacks to "
+            f"{h.hexdigest()[:12]} ({written} bytes), expected {sha[:12]} ({size} "
+            "bytes); nothing was written",
+            field="file",
+        )
 
 
 def _check_disks(store: ImageStore, manifests: dict[str, Manifest], work: Path) -> None:
@@ -347,8 +403,11 @@ def _check_disks(store: ImageStore, manifests: dict[str, Manifest], work: Path) 
         disk = m.root_disk
         if disk.format != "qcow2":
             if m.base:
-                raise Invalid(f"{m.name}:{m.version} in the archive names a base but its disk "
-                              "is not a qcow2 overlay; refusing it", field="file")
+                raise Invalid(
+                    f"{m.name}:{m.version} in the archive names a base but its disk "
+                    "is not a qcow2 overlay; refusing it",
+                    field="file",
+                )
             continue
         path = work / disk.sha256
         if not path.exists():
@@ -356,8 +415,9 @@ def _check_disks(store: ImageStore, manifests: dict[str, Manifest], work: Path) 
         base = manifests.get(m.base) if m.base else None
         if m.base and base is None:
             base = store.get_manifest(m.base)
-        qcow.check_overlay(path, base.root_disk.sha256 if base else None,
-                           f"{m.name}:{m.version} in the archive")
+        qcow.check_overlay(
+            path, base.root_disk.sha256 if base else None, f"{m.name}:{m.version} in the archive"
+        )
 
 
 def archive_sha256(path: Path) -> str:

@@ -118,8 +118,14 @@ def _fix_times(root: Path) -> None:
     os.utime(root, (EPOCH, EPOCH))
 
 
-def build(recipe: Recipe, store: ImageStore, cache: Path, progress: Progress = _noop,
-          force: bool = False, base: str | None = None) -> str:
+def build(
+    recipe: Recipe,
+    store: ImageStore,
+    cache: Path,
+    progress: Progress = _noop,
+    force: bool = False,
+    base: str | None = None,
+) -> str:
     """Build ``recipe`` into ``store``; return the manifest digest (cached by build key).
     Busybox images are always whole (``base`` must be None)."""
     if base is not None:
@@ -128,8 +134,7 @@ def build(recipe: Recipe, store: ImageStore, cache: Path, progress: Progress = _
         return _build(recipe, store, cache, progress, force)
 
 
-def _build(recipe: Recipe, store: ImageStore, cache: Path, progress: Progress,
-           force: bool) -> str:
+def _build(recipe: Recipe, store: ImageStore, cache: Path, progress: Progress, force: bool) -> str:
     need("mke2fs", "e2fsprogs")
     need("qemu-img", "qemu-utils")
     busybox = need("busybox", "busybox-static")
@@ -165,15 +170,32 @@ def _build(recipe: Recipe, store: ImageStore, cache: Path, progress: Progress,
         for rel in order:
             shutil.copy2(moddir / rel, initrd_root / "lib" / "modules" / Path(rel).name)
         (initrd_root / "etc" / "modules.order").write_text(
-            "\n".join(Path(r).name for r in order) + "\n")
+            "\n".join(Path(r).name for r in order) + "\n"
+        )
         _fix_times(initrd_root)
         initrd = work / "initrd.cpio"
         cpio.write(initrd_root, initrd, EPOCH)
 
         progress(0.60, "making the root file system")
         rootfs = work / "rootfs"
-        for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "dev", "proc", "sys", "run",
-                  "tmp", "root", "var/log", "var/lib/corral", "etc/dropbear", "lib", "lib64"):
+        for d in (
+            "bin",
+            "sbin",
+            "usr/bin",
+            "usr/sbin",
+            "etc",
+            "dev",
+            "proc",
+            "sys",
+            "run",
+            "tmp",
+            "root",
+            "var/log",
+            "var/lib/corral",
+            "etc/dropbear",
+            "lib",
+            "lib64",
+        ):
             (rootfs / d).mkdir(parents=True, exist_ok=True)
         _copy(busybox, rootfs, "/bin/busybox")
         for applet in run([busybox, "--list-full"]).split():
@@ -198,8 +220,9 @@ def _build(recipe: Recipe, store: ImageStore, cache: Path, progress: Progress,
         (etc / "shells").write_text("/bin/sh\n/bin/ash\n")
         (etc / "hosts").write_text("127.0.0.1 localhost\n")
         (etc / "hostname").write_text(recipe.name + "\n")
-        (etc / "os-release").write_text(f'NAME="Corral {recipe.name}"\nID=corral-{recipe.name}\n'
-                                        f'VERSION_ID="{recipe.version}"\n')
+        (etc / "os-release").write_text(
+            f'NAME="Corral {recipe.name}"\nID=corral-{recipe.name}\nVERSION_ID="{recipe.version}"\n'
+        )
         os.chmod(rootfs / "root", 0o700)
         os.chmod(rootfs / "tmp", 0o1777)
         _fix_times(rootfs)
@@ -210,18 +233,28 @@ def _build(recipe: Recipe, store: ImageStore, cache: Path, progress: Progress,
         disk.fix_times(raw, EPOCH)
         progress(0.80, "converting the root disk to qcow2")
         qcow = work / "root.qcow2"
-        run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(qcow)],
-            timeout=300)
+        run(
+            ["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(qcow)],
+            timeout=300,
+        )
 
         progress(0.90, "adding to the image store")
         kernel_blob = store.add_blob(vmlinuz, move=True)
         initrd_blob = store.add_blob(initrd, move=True)
         disk_blob = store.add_blob(qcow, fmt="qcow2", virtual_size=size, move=True)
         manifest = Manifest(
-            name=recipe.name, version=recipe.version, kind=recipe.kind,
-            description=recipe.description, kernel=kernel_blob, initrd=initrd_blob,
-            root_disk=disk_blob, cmdline=recipe.cmdline, default_user=recipe.default_user,
-            min_disk=size, packages=versions, build_key=key,
+            name=recipe.name,
+            version=recipe.version,
+            kind=recipe.kind,
+            description=recipe.description,
+            kernel=kernel_blob,
+            initrd=initrd_blob,
+            root_disk=disk_blob,
+            cmdline=recipe.cmdline,
+            default_user=recipe.default_user,
+            min_disk=size,
+            packages=versions,
+            build_key=key,
         )
         digest = store.put_manifest(manifest)
         store.record_build(key, digest)

@@ -35,8 +35,9 @@ def mounted(argv: Sequence[str], target: Path) -> Iterator[Path]:
 class Chroot:
     """A root tree with /proc, /sys, /dev and the apt caches mounted while in use."""
 
-    def __init__(self, root: Path, env: Mapping[str, str],
-                 binds: Mapping[str, Path] | None = None) -> None:
+    def __init__(
+        self, root: Path, env: Mapping[str, str], binds: Mapping[str, Path] | None = None
+    ) -> None:
         self.root = root
         self.env = dict(env)
         self.binds = dict(binds or {})
@@ -54,7 +55,8 @@ class Chroot:
             for inside, outside in sorted(self.binds.items()):
                 outside.mkdir(parents=True, exist_ok=True)
                 self._stack.enter_context(
-                    mounted(["--bind", str(outside)], self.root / inside.lstrip("/")))
+                    mounted(["--bind", str(outside)], self.root / inside.lstrip("/"))
+                )
             policy = self.root / "usr/sbin/policy-rc.d"
             policy.write_text(POLICY_RC)
             policy.chmod(0o755)
@@ -79,22 +81,34 @@ class Chroot:
     def run(self, argv: Sequence[str], timeout: float = 1800) -> str:
         return run(["chroot", str(self.root), *argv], env=self.env, timeout=timeout)
 
-    def stream(self, argv: Sequence[str], on_line: Callable[[str], None],
-               timeout: float = 1800) -> None:
+    def stream(
+        self, argv: Sequence[str], on_line: Callable[[str], None], timeout: float = 1800
+    ) -> None:
         """Run a command in the chroot, handing each output line to ``on_line``."""
         stream_lines(["chroot", str(self.root), *argv], on_line, env=self.env, timeout=timeout)
 
 
-def stream_lines(argv: Sequence[str], on_line: Callable[[str], None], *,
-                 env: Mapping[str, str] | None = None, timeout: float = 1800) -> None:
+def stream_lines(
+    argv: Sequence[str],
+    on_line: Callable[[str], None],
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 1800,
+) -> None:
     """Run ``argv`` and hand each line of its output to ``on_line`` (for progress)."""
     import time
 
     deadline = time.monotonic() + timeout
     tail: list[str] = []
-    proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, env=dict(env) if env else None, text=True,
-                            errors="replace")
+    proc = subprocess.Popen(
+        list(argv),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=dict(env) if env else None,
+        text=True,
+        errors="replace",
+    )
     assert proc.stdout is not None
     try:
         for line in proc.stdout:

@@ -12,8 +12,9 @@ from typing import BinaryIO
 TRAILER = "TRAILER!!!"
 
 
-def _entry(fh: BinaryIO, name: str, ino: int, mode: int, data: bytes, mtime: int,
-           nlink: int = 1) -> None:
+def _entry(
+    fh: BinaryIO, name: str, ino: int, mode: int, data: bytes, mtime: int, nlink: int = 1
+) -> None:
     encoded = name.encode() + b"\0"
     fields = [ino, mode, 0, 0, nlink, mtime, len(data), 0, 0, 0, 0, len(encoded), 0]
     header = b"070701" + b"".join(f"{f:08x}".encode() for f in fields)

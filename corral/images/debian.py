@@ -41,10 +41,22 @@ from corral.proc import need, run
 
 Progress = Callable[[float, str], None]
 BUILDER_VERSION = "debian-1"
-APT_ARGS = ["-y", "-q", "-o", "Dpkg::Options::=--force-unsafe-io",
-            "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold",
-            "-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache=",
-            "-o", "APT::Install-Recommends=false"]
+APT_ARGS = [
+    "-y",
+    "-q",
+    "-o",
+    "Dpkg::Options::=--force-unsafe-io",
+    "-o",
+    "Dpkg::Options::=--force-confdef",
+    "-o",
+    "Dpkg::Options::=--force-confold",
+    "-o",
+    "Dir::Cache::pkgcache=",
+    "-o",
+    "Dir::Cache::srcpkgcache=",
+    "-o",
+    "APT::Install-Recommends=false",
+]
 _lock = threading.Lock()  # one Debian build at a time: they share the apt and debootstrap caches
 
 
@@ -79,20 +91,35 @@ def apt_cache(recipe: Recipe, cache: Path) -> apt.AptCache:
     return apt.AptCache(cache / "apt" / f"{recipe.suite}-{tag}", recipe.suite, mirrors)
 
 
-def build(recipe: Recipe, store: ImageStore, cache: Path, progress: Progress = _noop,
-          force: bool = False, base: str | None = None) -> str:
+def build(
+    recipe: Recipe,
+    store: ImageStore,
+    cache: Path,
+    progress: Progress = _noop,
+    force: bool = False,
+    base: str | None = None,
+) -> str:
     """Build ``recipe`` into ``store`` and return the manifest digest (cached by build key).
     ``base`` is the manifest digest of the recipe's base image, resolved by the caller."""
-    for binary, package in (("debootstrap", "debootstrap"), ("mke2fs", "e2fsprogs"),
-                            ("debugfs", "e2fsprogs"), ("qemu-img", "qemu-utils"),
-                            ("chroot", "coreutils"), ("losetup", "mount")):
+    for binary, package in (
+        ("debootstrap", "debootstrap"),
+        ("mke2fs", "e2fsprogs"),
+        ("debugfs", "e2fsprogs"),
+        ("qemu-img", "qemu-utils"),
+        ("chroot", "coreutils"),
+        ("losetup", "mount"),
+    ):
         need(binary, package)
     if recipe.base and base is None:
-        raise Invalid(f"recipe {recipe.name} is built on {recipe.base}, which is not resolved",
-                      field="base")
+        raise Invalid(
+            f"recipe {recipe.name} is built on {recipe.base}, which is not resolved", field="base"
+        )
     aptc = apt_cache(recipe, cache)
-    with _lock, _cache_lock(aptc.root, progress), \
-            space_errors(store.root, f"building {recipe.name}"):
+    with (
+        _lock,
+        _cache_lock(aptc.root, progress),
+        space_errors(store.root, f"building {recipe.name}"),
+    ):
         progress(0.01, f"reading the package lists of {aptc.mirrors.main} {recipe.suite}")
         aptc.update()
         if base is None:
@@ -132,8 +159,15 @@ def _cache_lock(root: Path, progress: Progress) -> Iterator[None]:
 
 
 # -- a whole image -------------------------------------------------------------------------
-def _build_whole(recipe: Recipe, store: ImageStore, cache: Path, aptc: apt.AptCache, key: str,
-                 work: Path, progress: Progress) -> str:
+def _build_whole(
+    recipe: Recipe,
+    store: ImageStore,
+    cache: Path,
+    aptc: apt.AptCache,
+    key: str,
+    work: Path,
+    progress: Progress,
+) -> str:
     root = work / "root"
     env = host_env(recipe.source_date_epoch)
     progress(0.03, f"debootstrap {recipe.suite}")
@@ -144,9 +178,20 @@ def _build_whole(recipe: Recipe, store: ImageStore, cache: Path, aptc: apt.AptCa
             seen[0] += 1
             progress(0.03 + 0.27 * min(1.0, seen[0] / 420), f"debootstrap: {line[3:]}")
 
-    stream_lines(["debootstrap", "--variant=minbase", "--include=systemd-sysv,udev",
-                  f"--cache-dir={_debootstrap_cache(cache)}", recipe.suite, str(root),
-                  aptc.mirrors.main], on_debootstrap, env=env, timeout=1800)
+    stream_lines(
+        [
+            "debootstrap",
+            "--variant=minbase",
+            "--include=systemd-sysv,udev",
+            f"--cache-dir={_debootstrap_cache(cache)}",
+            recipe.suite,
+            str(root),
+            aptc.mirrors.main,
+        ],
+        on_debootstrap,
+        env=env,
+        timeout=1800,
+    )
     _write_config(recipe, root, aptc)
     packages = sorted({*guest.REQUIRED, recipe.kernel_package, *recipe.packages})
     with _chroot(root, env, aptc) as ch:
@@ -179,19 +224,25 @@ def _write_config(recipe: Recipe, root: Path, aptc: apt.AptCache) -> None:
     if recipe.modules:
         (initramfs / "modules").write_text(
             "# the drivers the root disk and network need (Corral's recipe: modules)\n"
-            + "".join(f"{m}\n" for m in recipe.modules))
+            + "".join(f"{m}\n" for m in recipe.modules)
+        )
     (initramfs / "conf.d/corral.conf").write_text(
-        f"MODULES={'list' if recipe.modules else 'most'}\nCOMPRESS=zstd\n")
+        f"MODULES={'list' if recipe.modules else 'most'}\nCOMPRESS=zstd\n"
+    )
 
 
 def _chroot(root: Path, env: dict[str, str], aptc: apt.AptCache) -> Chroot:
     aptc.ensure()
-    return Chroot(root, env, binds={"/var/lib/apt/lists": aptc.lists,
-                                    "/var/cache/apt/archives": aptc.archives})
+    return Chroot(
+        root,
+        env,
+        binds={"/var/lib/apt/lists": aptc.lists, "/var/cache/apt/archives": aptc.archives},
+    )
 
 
-def _apt_install(ch: Chroot, packages: list[str], start: float, end: float,
-                 progress: Progress) -> None:
+def _apt_install(
+    ch: Chroot, packages: list[str], start: float, end: float, progress: Progress
+) -> None:
     if not packages:
         return
     total = max(1, len(packages) * 3)
@@ -243,8 +294,9 @@ def _kernel_files(root: Path) -> tuple[Path, Path]:
     vmlinuz, initrd = root / f"boot/vmlinuz-{release}", root / f"boot/initrd.img-{release}"
     for p in (vmlinuz, initrd):
         if not p.is_file():
-            raise CorralError(f"the image has no {p.relative_to(root)}; is initramfs-tools "
-                              "installed?")
+            raise CorralError(
+                f"the image has no {p.relative_to(root)}; is initramfs-tools installed?"
+            )
     return vmlinuz, initrd
 
 
@@ -252,8 +304,9 @@ def _version_key(version: str) -> list[int]:
     return [int(x) for x in re.findall(r"\d+", version)]
 
 
-def _store_tree(recipe: Recipe, store: ImageStore, root: Path, work: Path, key: str,
-                progress: Progress) -> str:
+def _store_tree(
+    recipe: Recipe, store: ImageStore, root: Path, work: Path, key: str, progress: Progress
+) -> str:
     epoch = recipe.source_date_epoch
     vmlinuz, initrd = _kernel_files(root)
     kernel_copy, initrd_copy = work / "vmlinuz", work / "initrd"
@@ -272,27 +325,46 @@ def _store_tree(recipe: Recipe, store: ImageStore, root: Path, work: Path, key: 
     raw.unlink()
     progress(0.96, "adding to the image store")
     manifest = Manifest(
-        name=recipe.name, version=recipe.version, kind="debian",
-        description=recipe.description, kernel=store.add_blob(kernel_copy, move=True),
+        name=recipe.name,
+        version=recipe.version,
+        kind="debian",
+        description=recipe.description,
+        kernel=store.add_blob(kernel_copy, move=True),
         initrd=store.add_blob(initrd_copy, move=True),
         root_disk=store.add_blob(qcow, fmt="qcow2", virtual_size=size, move=True),
-        cmdline=recipe.cmdline, default_user=recipe.default_user, min_disk=size,
-        packages=packages, build_key=key)
+        cmdline=recipe.cmdline,
+        default_user=recipe.default_user,
+        min_disk=size,
+        packages=packages,
+        build_key=key,
+    )
     return store.put_manifest(manifest)
 
 
 # -- on a base -----------------------------------------------------------------------------
-def _build_on_base(recipe: Recipe, store: ImageStore, aptc: apt.AptCache, key: str, base: str,
-                   work: Path, progress: Progress) -> str:
+def _build_on_base(
+    recipe: Recipe,
+    store: ImageStore,
+    aptc: apt.AptCache,
+    key: str,
+    base: str,
+    work: Path,
+    progress: Progress,
+) -> str:
     base_manifest = store.verify(base)
     if base_manifest.kind != "debian" or base_manifest.kernel is None:
-        raise Invalid(f"recipe {recipe.name}: base {recipe.base} is a {base_manifest.kind} "
-                      "image; a debian recipe builds on a debian image", field="base")
+        raise Invalid(
+            f"recipe {recipe.name}: base {recipe.base} is a {base_manifest.kind} "
+            "image; a debian recipe builds on a debian image",
+            field="base",
+        )
     base_disk = store.root_disk_path(base_manifest)
     raw = work / "root.raw"
     progress(0.05, f"unpacking the base {base_manifest.name}:{base_manifest.version}")
-    run(["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", str(base_disk), str(raw)],
-        timeout=1800)
+    run(
+        ["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", str(base_disk), str(raw)],
+        timeout=1800,
+    )
     env = host_env(recipe.source_date_epoch)
     mnt = work / "mnt"
     with mounted(["-o", f"loop,offset={disk.PART_START},noatime", "-t", "ext4", str(raw)], mnt):
@@ -317,15 +389,22 @@ def _build_on_base(recipe: Recipe, store: ImageStore, aptc: apt.AptCache, key: s
     raw.unlink()
     progress(0.95, "adding to the image store")
     manifest = Manifest(
-        name=recipe.name, version=recipe.version, kind="debian",
+        name=recipe.name,
+        version=recipe.version,
+        kind="debian",
         description=_inherit(recipe, "description", base_manifest.description),
         kernel=store.add_blob(kernel_copy, move=True),
         initrd=store.add_blob(initrd_copy, move=True),
-        root_disk=store.add_blob(overlay, fmt="qcow2",
-                                 virtual_size=base_manifest.root_disk.virtual_size, move=True),
+        root_disk=store.add_blob(
+            overlay, fmt="qcow2", virtual_size=base_manifest.root_disk.virtual_size, move=True
+        ),
         cmdline=_inherit(recipe, "cmdline", base_manifest.cmdline),
         default_user=_inherit(recipe, "default_user", base_manifest.default_user),
-        min_disk=base_manifest.min_disk, base=base, packages=packages, build_key=key)
+        min_disk=base_manifest.min_disk,
+        base=base,
+        packages=packages,
+        build_key=key,
+    )
     return store.put_manifest(manifest)
 
 

@@ -22,16 +22,36 @@ def fixed_uuid(key: str, purpose: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"corral:{purpose}:{key}"))
 
 
-def make_ext4(tree: Path, out: Path, size: int, *, fs_uuid: str, epoch: int,
-              offset: int = 0) -> None:
+def make_ext4(
+    tree: Path, out: Path, size: int, *, fs_uuid: str, epoch: int, offset: int = 0
+) -> None:
     """An ext4 file system of ``size`` bytes holding ``tree``, at ``offset`` in ``out``."""
     need("mke2fs", "e2fsprogs")
     env = dict(os.environ, E2FSPROGS_FAKE_TIME=str(epoch))
     extended = f"hash_seed={fs_uuid},root_owner=0:0"
     if offset:
         extended += f",offset={offset}"
-    run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", LABEL, "-U", fs_uuid, "-E", extended,
-         "-d", str(tree), str(out), f"{size // 1024}k"], env=env, timeout=900)
+    run(
+        [
+            "mke2fs",
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-L",
+            LABEL,
+            "-U",
+            fs_uuid,
+            "-E",
+            extended,
+            "-d",
+            str(tree),
+            str(out),
+            f"{size // 1024}k",
+        ],
+        env=env,
+        timeout=900,
+    )
 
 
 def _used_inodes(spec: str) -> list[int]:
@@ -65,16 +85,21 @@ def mbr(disk_size: int, signature: int) -> bytes:
     count = disk_size // SECTOR - start
     # CHS fields hold the "use LBA" marker; every current tool reads the LBA fields
     entry = struct.pack("<B3sB3sII", 0x00, b"\xfe\xff\xff", 0x83, b"\xfe\xff\xff", start, count)
-    return (b"\0" * 440 + struct.pack("<I", signature) + b"\0\0" + entry + b"\0" * 48
-            + b"\x55\xaa")
+    return b"\0" * 440 + struct.pack("<I", signature) + b"\0\0" + entry + b"\0" * 48 + b"\x55\xaa"
 
 
 def partitioned(tree: Path, out: Path, size: int, *, key: str, epoch: int) -> None:
     """A raw disk of ``size`` bytes: partition 1 (from 1 MiB) holds ext4 with ``tree``."""
     with open(out, "wb") as fh:
         fh.truncate(size)
-    make_ext4(tree, out, size - PART_START, fs_uuid=fixed_uuid(key, "rootfs"), epoch=epoch,
-              offset=PART_START)
+    make_ext4(
+        tree,
+        out,
+        size - PART_START,
+        fs_uuid=fixed_uuid(key, "rootfs"),
+        epoch=epoch,
+        offset=PART_START,
+    )
     fix_times(out, epoch, offset=PART_START)
     signature = int(fixed_uuid(key, "disk")[:8], 16)
     with open(out, "r+b") as fh:
@@ -83,5 +108,7 @@ def partitioned(tree: Path, out: Path, size: int, *, key: str, epoch: int) -> No
 
 def to_qcow2(raw: Path, out: Path, timeout: float = 900) -> None:
     need("qemu-img", "qemu-utils")
-    run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(out)],
-        timeout=timeout)
+    run(
+        ["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(out)],
+        timeout=timeout,
+    )

@@ -34,8 +34,9 @@ class Manifest(BaseModel):
     build_key: str | None = None
 
     def canonical(self) -> bytes:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True,
-                          separators=(",", ":")).encode()
+        return json.dumps(
+            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")
+        ).encode()
 
     @property
     def digest(self) -> str:

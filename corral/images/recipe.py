@@ -67,8 +67,10 @@ class Recipe(BaseModel):
         for target in value:
             path = PurePosixPath(target)
             if not path.is_absolute() or ".." in path.parts:
-                raise ValueError(f"{target!r} must be an absolute path in the image, "
-                                 "without '..' (e.g. /etc/motd)")
+                raise ValueError(
+                    f"{target!r} must be an absolute path in the image, "
+                    "without '..' (e.g. /etc/motd)"
+                )
         return value
 
     @field_validator("root_disk_size")
@@ -134,14 +136,21 @@ def _check_files(recipe: Recipe, path: Path) -> None:
     for field, rel in named:
         src = (recipe.directory / rel).resolve()
         if not src.is_relative_to(root):
-            raise Invalid(f"recipe {path}: {field} = {rel!r} points outside the recipe's "
-                          "directory; keep the files beside recipe.toml", field=field)
+            raise Invalid(
+                f"recipe {path}: {field} = {rel!r} points outside the recipe's "
+                "directory; keep the files beside recipe.toml",
+                field=field,
+            )
         if not src.exists():
-            raise Invalid(f"recipe {path}: {field} names {rel!r}, which does not exist in "
-                          f"{recipe.directory}", field=field)
+            raise Invalid(
+                f"recipe {path}: {field} names {rel!r}, which does not exist in {recipe.directory}",
+                field=field,
+            )
     if recipe.kind == "busybox" and recipe.base:
-        raise Invalid(f"recipe {path}: base is for the debian kind; busybox images are built "
-                      "whole", field="base")
+        raise Invalid(
+            f"recipe {path}: base is for the debian kind; busybox images are built whole",
+            field="base",
+        )
 
 
 def parse(text: str, directory: Path, where: str = "recipe.toml") -> Recipe:
@@ -151,8 +160,9 @@ def parse(text: str, directory: Path, where: str = "recipe.toml") -> Recipe:
     except tomllib.TOMLDecodeError as err:
         raise Invalid(f"recipe {where} is not valid TOML: {err}", field="recipe") from err
     if "directory" in data:
-        raise Invalid(f"recipe {where}: 'directory' is not a recipe key; remove it",
-                      field="directory")
+        raise Invalid(
+            f"recipe {where}: 'directory' is not a recipe key; remove it", field="directory"
+        )
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as err:
@@ -178,6 +188,7 @@ def load(ref: str | Path) -> Recipe:
         raise NotFound(
             f"no image recipe {ref!r}: give a recipe.toml path or a built-in name "
             f"({', '.join(builtin_names())})",
-            field="recipe", resource="recipe",
+            field="recipe",
+            resource="recipe",
         )
     return parse(path.read_text(), path.parent, str(path))

@@ -21,12 +21,17 @@ def no_space(where: Path, what: str, need: int | None = None) -> NoResources:
         free = format_size(shutil.disk_usage(where).free)
     except OSError:
         free = "unknown"
-    state = (f"it needs {format_size(need)} and the file system of {where} has {free} free"
-             if need is not None else f"the file system of {where} is full ({free} free)")
+    state = (
+        f"it needs {format_size(need)} and the file system of {where} has {free} free"
+        if need is not None
+        else f"the file system of {where} is full ({free} free)"
+    )
     return NoResources(
         f"{what}: {state}; nothing was kept. Free some space (remove unused images with "
         "`corral image rm`) or move the state directory to a larger disk, then try again",
-        field="disk", resource="image")
+        field="disk",
+        resource="image",
+    )
 
 
 def is_no_space(err: BaseException) -> bool:

@@ -47,9 +47,16 @@ class ImageStore:
             raise Invalid(f"{sha256!r} is not a sha256 digest", field="sha256")
         return self.blobs / sha256
 
-    def add_blob(self, src: Path, *, fmt: str = "raw", virtual_size: int | None = None,
-                 move: bool = False, expect_sha256: str | None = None,
-                 known_sha256: str | None = None) -> Blob:
+    def add_blob(
+        self,
+        src: Path,
+        *,
+        fmt: str = "raw",
+        virtual_size: int | None = None,
+        move: bool = False,
+        expect_sha256: str | None = None,
+        known_sha256: str | None = None,
+    ) -> Blob:
         """Add a file by content. ``move`` consumes ``src`` (it must be on this file system).
         ``known_sha256``: the caller hashed the file as it wrote it (no second read)."""
         self.ensure()
@@ -77,13 +84,16 @@ class ImageStore:
     def verify_blob(self, blob: Blob) -> None:
         path = self.blob_path(blob.sha256)
         if not path.exists():
-            raise NotFound(f"image part {blob.sha256[:12]} is missing from {self.blobs}",
-                           resource="image")
+            raise NotFound(
+                f"image part {blob.sha256[:12]} is missing from {self.blobs}", resource="image"
+            )
         actual = sha256_file(path)
         if actual != blob.sha256:
-            raise Invalid(f"image part {path} is corrupt: sha256 {actual}, expected "
-                          f"{blob.sha256}; remove the image, then build or import it again",
-                          resource="image")
+            raise Invalid(
+                f"image part {path} is corrupt: sha256 {actual}, expected "
+                f"{blob.sha256}; remove the image, then build or import it again",
+                resource="image",
+            )
 
     # -- manifests -------------------------------------------------------------------------
     def put_manifest(self, manifest: Manifest) -> str:
@@ -93,12 +103,17 @@ class ImageStore:
     def _put_manifest(self, manifest: Manifest) -> str:
         self.ensure()
         if manifest.base is not None and not self.has(manifest.base):
-            raise NotFound(f"manifest {manifest.name} is built on {manifest.base[:12]}, which "
-                           "is not in the image store", resource="image")
+            raise NotFound(
+                f"manifest {manifest.name} is built on {manifest.base[:12]}, which "
+                "is not in the image store",
+                resource="image",
+            )
         for blob in manifest.blobs():
             if not self.blob_path(blob.sha256).exists():
-                raise NotFound(f"manifest {manifest.name} names a missing part {blob.sha256[:12]}",
-                               resource="image")
+                raise NotFound(
+                    f"manifest {manifest.name} names a missing part {blob.sha256[:12]}",
+                    resource="image",
+                )
         digest = manifest.digest
         path = self.manifests / f"{digest}.json"
         if not path.exists():
@@ -110,8 +125,9 @@ class ImageStore:
         try:
             return Manifest.model_validate_json(path.read_bytes())
         except FileNotFoundError as err:
-            raise NotFound(f"image {digest[:12]} is not in the image store at {self.root}",
-                           resource="image") from err
+            raise NotFound(
+                f"image {digest[:12]} is not in the image store at {self.root}", resource="image"
+            ) from err
 
     def has(self, digest: str) -> bool:
         return (self.manifests / f"{digest}.json").exists()
@@ -123,8 +139,7 @@ class ImageStore:
                 out.append(Manifest.model_validate_json(p.read_bytes()))
         return out
 
-    def verify(self, digest: str, progress: Callable[[float, str], None] | None = None
-               ) -> Manifest:
+    def verify(self, digest: str, progress: Callable[[float, str], None] | None = None) -> Manifest:
         """Check the manifest and every part of the image and of the images it is built on:
         sha256 of every blob, and each overlay's backing file naming its base's disk."""
         chain = self.chain(digest)
@@ -144,13 +159,16 @@ class ImageStore:
         disk = manifest.root_disk
         if disk.format != "qcow2":
             if manifest.base:
-                raise Invalid(f"image {manifest.name}:{manifest.version} names a base but its "
-                              "disk is not a qcow2 overlay; the manifest is wrong",
-                              resource="image")
+                raise Invalid(
+                    f"image {manifest.name}:{manifest.version} names a base but its "
+                    "disk is not a qcow2 overlay; the manifest is wrong",
+                    resource="image",
+                )
             return
         want = self.get_manifest(manifest.base).root_disk.sha256 if manifest.base else None
-        qcow.check_overlay(self.blob_path(disk.sha256), want,
-                           f"image {manifest.name}:{manifest.version}")
+        qcow.check_overlay(
+            self.blob_path(disk.sha256), want, f"image {manifest.name}:{manifest.version}"
+        )
 
     def chain(self, digest: str) -> builtins.list[Manifest]:
         """The image and the images it is built on, nearest first."""
@@ -161,9 +179,12 @@ class ImageStore:
             try:
                 out.append(self.get_manifest(base))
             except NotFound as err:
-                raise NotFound(f"image {out[-1].name}:{out[-1].version} is built on "
-                               f"{base[:12]}, which is missing from the image store; import "
-                               "that image again", resource="image") from err
+                raise NotFound(
+                    f"image {out[-1].name}:{out[-1].version} is built on "
+                    f"{base[:12]}, which is missing from the image store; import "
+                    "that image again",
+                    resource="image",
+                ) from err
         return out
 
     def dependents(self, digest: str) -> builtins.list[Manifest]:
@@ -177,8 +198,10 @@ class ImageStore:
             users = self.dependents(digest)
             if users:
                 names = ", ".join(sorted(f"{m.name}:{m.version}" for m in users))
-                raise WrongState(f"image {digest[:12]} is the base of {names}; remove those "
-                                 "first", resource="image")
+                raise WrongState(
+                    f"image {digest[:12]} is the base of {names}; remove those first",
+                    resource="image",
+                )
             path = self.manifests / f"{digest}.json"
             try:
                 gone = Manifest.model_validate_json(path.read_bytes())

@@ -57,8 +57,17 @@ def clamp_times(root: Path, epoch: int) -> None:
 
 def installed_packages(root: Path, pattern: str = "*") -> dict[str, str]:
     """Installed Debian packages in the tree and their versions (dpkg's own database)."""
-    out = run(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "-f",
-               "${db:Status-Abbrev}\t${Package}\t${Version}\n", pattern], check=False)
+    out = run(
+        [
+            "dpkg-query",
+            f"--admindir={root}/var/lib/dpkg",
+            "-W",
+            "-f",
+            "${db:Status-Abbrev}\t${Package}\t${Version}\n",
+            pattern,
+        ],
+        check=False,
+    )
     found = {}
     for line in out.splitlines():
         status, _, rest = line.partition("\t")

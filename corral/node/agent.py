@@ -62,11 +62,15 @@ def check_host(settings: Settings) -> None:
     if os.geteuid() != 0:
         raise EnvironmentProblem(
             "Corral's daemon must run as root (it creates network namespaces, taps and cgroups); "
-            "run it with sudo")
+            "run it with sudo"
+        )
     qemu.configure(settings.qemu)
     qemu.binary()
-    for binary, package in (("ip", "iproute2"), ("qemu-img", "qemu-utils"),
-                            ("dnsmasq", "dnsmasq-base")):
+    for binary, package in (
+        ("ip", "iproute2"),
+        ("qemu-img", "qemu-utils"),
+        ("dnsmasq", "dnsmasq-base"),
+    ):
         from corral.proc import need
 
         need(binary, package)
@@ -80,7 +84,8 @@ def check_host(settings: Settings) -> None:
     except OSError as err:
         raise EnvironmentProblem(
             f"state directory {settings.state_dir} is not writable ({err.strerror}); "
-            "choose another with --state-dir or fix its permissions") from err
+            "choose another with --state-dir or fix its permissions"
+        ) from err
 
 
 class NodeAgent(VolumeAgent):
@@ -121,8 +126,9 @@ class NodeAgent(VolumeAgent):
             pid = find_pid(paths)
             if pid is None:
                 continue
-            self.machines[iid] = await Machine.adopt(iid, pid, paths, self._cgroup(iid),
-                                                     self._exit_handler)
+            self.machines[iid] = await Machine.adopt(
+                iid, pid, paths, self._cgroup(iid), self._exit_handler
+            )
             adopted.append(iid)
             log.info("adopted %s (pid %d)", iid, pid)
         return adopted
@@ -161,9 +167,9 @@ class NodeAgent(VolumeAgent):
         async with self._accel_lock:
             if self._accel is None or (not self._accel.probed and self.settings.accel == "auto"):
                 kernel, initrd = self._probe_kernel()
-                verdict = await probe.probe(self.settings.accel,
-                                            self.settings.state_dir / "accel.json",
-                                            kernel, initrd)
+                verdict = await probe.probe(
+                    self.settings.accel, self.settings.state_dir / "accel.json", kernel, initrd
+                )
                 if kernel is None and verdict.accel == "tcg" and self.settings.accel == "auto":
                     return verdict  # not cached: probe again once an image exists
                 self._accel = verdict
@@ -198,9 +204,14 @@ class NodeAgent(VolumeAgent):
     def _dnsmasq(self, spec: NetworkSpec) -> dnsmasq.Dnsmasq:
         dm = self.dnsmasqs.get(spec.id)
         if dm is None:
-            dm = dnsmasq.Dnsmasq(namespace=spec.namespace, bridge=spec.bridge, cidr=spec.cidr,
-                                 gateway=spec.gateway, domain=spec.domain,
-                                 directory=self.settings.state_dir / "networks" / spec.id)
+            dm = dnsmasq.Dnsmasq(
+                namespace=spec.namespace,
+                bridge=spec.bridge,
+                cidr=spec.cidr,
+                gateway=spec.gateway,
+                domain=spec.domain,
+                directory=self.settings.state_dir / "networks" / spec.id,
+            )
             self.dnsmasqs[spec.id] = dm
         return dm
 
@@ -220,10 +231,23 @@ class NodeAgent(VolumeAgent):
         if not os.path.exists("/proc/sys/net/bridge"):
             await arun(["modprobe", "br_netfilter"], check=False)
         if not os.path.exists("/proc/sys/net/bridge"):
-            raise EnvironmentProblem("the br_netfilter kernel module is not loaded and could not "
-                                     "be loaded; run `modprobe br_netfilter`")
-        await arun(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
-                    "net.bridge.bridge-nf-call-iptables=1"])
+            raise EnvironmentProblem(
+                "the br_netfilter kernel module is not loaded and could not "
+                "be loaded; run `modprobe br_netfilter`"
+            )
+        await arun(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.ip_forward=1",
+                "net.bridge.bridge-nf-call-iptables=1",
+            ]
+        )
 
     async def network_policy(self, policy: PolicySpec) -> None:
         """Make the kernel enforce ``policy``: anti-spoofing, security groups, NAT, elastic IPs
@@ -292,15 +316,21 @@ class NodeAgent(VolumeAgent):
         paths = self.paths(spec.id)
         if spec.root_volume is not None:  # EBS-style: the controller made the root volume
             if not self._volume(spec.root_volume).exists():
-                raise NotFound(f"the root volume {spec.root_volume} of {spec.id} is not on "
-                               "this node", resource="volume")
+                raise NotFound(
+                    f"the root volume {spec.root_volume} of {spec.id} is not on this node",
+                    resource="volume",
+                )
         else:
             overlays.check_size(spec.disk_size, manifest.root_disk.virtual_size or 0)
         paths.dir.mkdir(parents=True, exist_ok=True)
         atomic_write(paths.spec, spec.model_dump_json(indent=2))
         if spec.root_volume is None:
-            await overlays.create(paths.disk, self.images.root_disk_path(manifest),
-                                  manifest.root_disk.format, spec.disk_size)
+            await overlays.create(
+                paths.disk,
+                self.images.root_disk_path(manifest),
+                manifest.root_disk.format,
+                spec.disk_size,
+            )
         await links.ensure_tap(spec.network.namespace, spec.tap, spec.network.bridge)
         policy = self._policies.get(spec.network.id)
         port = next((p for p in policy.ports if p.tap == spec.tap), None) if policy else None
@@ -316,21 +346,35 @@ class NodeAgent(VolumeAgent):
             await self.instance_create(spec)
             paths = self.paths(spec.id)
             if (pid := find_pid(paths)) is not None:
-                m = await Machine.adopt(spec.id, pid, paths, self._cgroup(spec.id),
-                                        self._exit_handler)
+                m = await Machine.adopt(
+                    spec.id, pid, paths, self._cgroup(spec.id), self._exit_handler
+                )
                 self.machines[spec.id] = m
                 return pid
             manifest = self.images.get_manifest(spec.image)
             accel = await self.accel()
-            argv = qemu.argv(spec, paths, accel=accel.accel, machine=self.settings.machine,
-                             kernel=self.images.kernel_path(manifest),
-                             initrd=self.images.initrd_path(manifest), cmdline=manifest.cmdline,
-                             volume_dir=self.volume_dir)
-            limits = cgroups.Limits(cpu=spec.cpu_limit or float(spec.cpus),
-                                    memory=spec.memory + MEMORY_OVERHEAD)
-            m = await Machine.launch(spec.id, argv, paths, namespace=spec.network.namespace,
-                                     cgroup=self._cgroup(spec.id), limits=limits,
-                                     on_exit=self._exit_handler)
+            argv = qemu.argv(
+                spec,
+                paths,
+                accel=accel.accel,
+                machine=self.settings.machine,
+                kernel=self.images.kernel_path(manifest),
+                initrd=self.images.initrd_path(manifest),
+                cmdline=manifest.cmdline,
+                volume_dir=self.volume_dir,
+            )
+            limits = cgroups.Limits(
+                cpu=spec.cpu_limit or float(spec.cpus), memory=spec.memory + MEMORY_OVERHEAD
+            )
+            m = await Machine.launch(
+                spec.id,
+                argv,
+                paths,
+                namespace=spec.network.namespace,
+                cgroup=self._cgroup(spec.id),
+                limits=limits,
+                on_exit=self._exit_handler,
+            )
             self.machines[spec.id] = m
             assert m.pid is not None
             return m.pid
@@ -342,8 +386,9 @@ class NodeAgent(VolumeAgent):
                 pid = find_pid(self.paths(iid))
                 if pid is None:
                     return read_exit(self.paths(iid))
-                m = await Machine.adopt(iid, pid, self.paths(iid), self._cgroup(iid),
-                                        self._exit_handler)
+                m = await Machine.adopt(
+                    iid, pid, self.paths(iid), self._cgroup(iid), self._exit_handler
+                )
                 self.machines[iid] = m
             info = await m.stop(timeout, force)
             self.machines.pop(iid, None)
@@ -382,13 +427,20 @@ class NodeAgent(VolumeAgent):
             paths = self.paths(iid)
             m = self.machines.get(iid)
             if m is not None and m.running:
-                out.append(ObservedInstance(id=iid, running=True, pid=m.pid,
-                                            status=await m.status()))
+                out.append(
+                    ObservedInstance(id=iid, running=True, pid=m.pid, status=await m.status())
+                )
                 continue
             pid = find_pid(paths)
-            out.append(ObservedInstance(id=iid, running=pid is not None, pid=pid,
-                                        status="unwatched" if pid else "",
-                                        exit=None if pid else read_exit(paths)))
+            out.append(
+                ObservedInstance(
+                    id=iid,
+                    running=pid is not None,
+                    pid=pid,
+                    status="unwatched" if pid else "",
+                    exit=None if pid else read_exit(paths),
+                )
+            )
         out.extend(self._strays(known))
         return out
 
@@ -399,10 +451,17 @@ class NodeAgent(VolumeAgent):
             cmd = proc.info.get("cmdline") or []
             for arg in cmd:
                 if arg.startswith(marker) and arg.endswith("/qmp.sock,server=on,wait=off"):
-                    iid = arg[len(marker):].split("/")[0]
+                    iid = arg[len(marker) :].split("/")[0]
                     if iid not in known:
-                        strays.append(ObservedInstance(id=iid, running=True, pid=proc.info["pid"],
-                                                       status="stray", spec=False))
+                        strays.append(
+                            ObservedInstance(
+                                id=iid,
+                                running=True,
+                                pid=proc.info["pid"],
+                                status="stray",
+                                spec=False,
+                            )
+                        )
         return strays
 
     async def kill_stray(self, iid: str, pid: int) -> None:
@@ -412,9 +471,15 @@ class NodeAgent(VolumeAgent):
                 os.kill(pid, 9)
 
     # -- captured images -------------------------------------------------------------------
-    async def image_capture(self, base_digest: str, name: str, version: str, description: str,
-                            instance_id: str | None = None, snapshot_id: str | None = None,
-                            ) -> str:
+    async def image_capture(
+        self,
+        base_digest: str,
+        name: str,
+        version: str,
+        description: str,
+        instance_id: str | None = None,
+        snapshot_id: str | None = None,
+    ) -> str:
         """A new image with ``base_digest``'s kernel and initrd and a root disk flattened from
         an instance's disk or taken from a snapshot; returns its manifest digest."""
         base = self.images.get_manifest(base_digest)
@@ -428,8 +493,10 @@ class NodeAgent(VolumeAgent):
         else:
             source = self.images.root_disk_path(base)
         if not source.exists():
-            raise NotFound(f"the disk to capture ({source}) is not on this node",
-                           resource="instance" if instance_id else "snapshot")
+            raise NotFound(
+                f"the disk to capture ({source}) is not on this node",
+                resource="instance" if instance_id else "snapshot",
+            )
         self.images.ensure()
         flat = self.images.tmp / f"capture-{os.getpid()}-{name}.qcow2"
         flat.unlink(missing_ok=True)
@@ -437,13 +504,22 @@ class NodeAgent(VolumeAgent):
             await volumes.flatten(source, flat)
             info = await overlays.info(flat)
             virtual = int(info.get("virtual-size", 0))  # type: ignore[call-overload]
-            blob = await asyncio.to_thread(self.images.add_blob, flat, fmt="qcow2",
-                                           virtual_size=virtual, move=True)
+            blob = await asyncio.to_thread(
+                self.images.add_blob, flat, fmt="qcow2", virtual_size=virtual, move=True
+            )
         finally:
             flat.unlink(missing_ok=True)
-        manifest = base.model_copy(update={
-            "name": name, "version": version, "description": description, "root_disk": blob,
-            "min_disk": virtual, "base": base_digest, "build_key": None})
+        manifest = base.model_copy(
+            update={
+                "name": name,
+                "version": version,
+                "description": description,
+                "root_disk": blob,
+                "min_disk": virtual,
+                "base": base_digest,
+                "build_key": None,
+            }
+        )
         return self.images.put_manifest(manifest)
 
     async def image_delete(self, digest: str) -> None:
@@ -465,14 +541,17 @@ class NodeAgent(VolumeAgent):
     async def console_connect(self, iid: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         m = self.machines.get(iid)
         if m is None or not m.running:
-            raise WrongState(f"instance {iid} is not running; start it to use its console",
-                             resource="instance")
+            raise WrongState(
+                f"instance {iid} is not running; start it to use its console", resource="instance"
+            )
         try:
             return await asyncio.wait_for(
-                asyncio.open_unix_connection(str(self.paths(iid).console)), 5)
+                asyncio.open_unix_connection(str(self.paths(iid).console)), 5
+            )
         except (OSError, TimeoutError) as err:
-            raise WrongState(f"the console of {iid} is not reachable: {err}",
-                             resource="instance") from err
+            raise WrongState(
+                f"the console of {iid} is not reachable: {err}", resource="instance"
+            ) from err
 
     async def forward(self, iid: str, address: str, port: int) -> ForwardInfo:
         """A port on 127.0.0.1 forwarding to ``address:port`` in the namespace (reused)."""
@@ -509,8 +588,22 @@ class NodeAgent(VolumeAgent):
         await reach.forget_neighbour(network.namespace, network.bridge, address)
 
     async def ping(self, address: str, count: int = 1) -> bool:
-        out = await arun(["ip", "netns", "exec", self.settings.namespace, "ping", "-c", str(count),
-                          "-W", "1", address], check=False, timeout=count + 5)
+        out = await arun(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.settings.namespace,
+                "ping",
+                "-c",
+                str(count),
+                "-W",
+                "1",
+                address,
+            ],
+            check=False,
+            timeout=count + 5,
+        )
         return " 0% packet loss" in out
 
 

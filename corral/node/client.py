@@ -34,8 +34,9 @@ class NodeClient(Protocol):
 
     async def instance_start(self, spec: InstanceSpec) -> int: ...
 
-    async def instance_stop(self, iid: str, timeout: float,
-                            force: bool = False) -> ExitInfo | None: ...
+    async def instance_stop(
+        self, iid: str, timeout: float, force: bool = False
+    ) -> ExitInfo | None: ...
 
     async def instance_reboot(self, iid: str, timeout: float) -> str: ...
 
@@ -46,13 +47,20 @@ class NodeClient(Protocol):
     async def console_log(self, iid: str, tail: int = 65536) -> bytes: ...
 
     async def console_connect(
-        self, iid: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
+        self, iid: str
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
 
     async def forward(self, iid: str, address: str, port: int) -> ForwardInfo: ...
 
-    async def volume_create(self, vid: str, size: int, snapshot_id: str | None = None,
-                            image_digest: str | None = None, fs: str | None = None,
-                            label: str = "") -> None: ...
+    async def volume_create(
+        self,
+        vid: str,
+        size: int,
+        snapshot_id: str | None = None,
+        image_digest: str | None = None,
+        fs: str | None = None,
+        label: str = "",
+    ) -> None: ...
 
     async def volume_delete(self, vid: str) -> None: ...
 
@@ -62,14 +70,19 @@ class NodeClient(Protocol):
 
     async def instance_volumes(self, iid: str) -> list[str]: ...
 
-    async def snapshot_create(self, sid: str, vid: str, instance_id: str | None = None
-                              ) -> str: ...
+    async def snapshot_create(self, sid: str, vid: str, instance_id: str | None = None) -> str: ...
 
     async def snapshot_delete(self, sid: str) -> None: ...
 
-    async def image_capture(self, base_digest: str, name: str, version: str, description: str,
-                            instance_id: str | None = None, snapshot_id: str | None = None,
-                            ) -> str: ...
+    async def image_capture(
+        self,
+        base_digest: str,
+        name: str,
+        version: str,
+        description: str,
+        instance_id: str | None = None,
+        snapshot_id: str | None = None,
+    ) -> str: ...
 
     async def image_delete(self, digest: str) -> None: ...
 

@@ -44,9 +44,18 @@ class FakeNode:
         self._pids = itertools.count(10000)
 
     async def info(self) -> NodeInfo:
-        return NodeInfo(name=self.name, cpus=2, memory=8 << 30, qemu="fake", qemu_version="0",
-                        accel=Accel(accel="tcg", reason="fake node"), namespace="fake",
-                        cgroup="none", dnsmasq="", nft="")
+        return NodeInfo(
+            name=self.name,
+            cpus=2,
+            memory=8 << 30,
+            qemu="fake",
+            qemu_version="0",
+            accel=Accel(accel="tcg", reason="fake node"),
+            namespace="fake",
+            cgroup="none",
+            dnsmasq="",
+            nft="",
+        )
 
     async def network_ensure(self, spec: NetworkSpec, hosts: list[HostRecord]) -> None:
         self.hosts[spec.id] = list(hosts)
@@ -97,9 +106,16 @@ class FakeNode:
         self.exits.pop(iid, None)
 
     async def instances(self) -> list[ObservedInstance]:
-        return [ObservedInstance(id=i, running=i in self.running, pid=self.running.get(i),
-                                 status="running" if i in self.running else "",
-                                 exit=self.exits.get(i)) for i in self.specs]
+        return [
+            ObservedInstance(
+                id=i,
+                running=i in self.running,
+                pid=self.running.get(i),
+                status="running" if i in self.running else "",
+                exit=self.exits.get(i),
+            )
+            for i in self.specs
+        ]
 
     async def console_log(self, iid: str, tail: int = 65536) -> bytes:
         return b"fake console\n"
@@ -110,9 +126,15 @@ class FakeNode:
     async def forward(self, iid: str, address: str, port: int) -> ForwardInfo:
         return ForwardInfo(host="127.0.0.1", port=1)
 
-    async def volume_create(self, vid: str, size: int, snapshot_id: str | None = None,
-                            image_digest: str | None = None, fs: str | None = None,
-                            label: str = "") -> None:
+    async def volume_create(
+        self,
+        vid: str,
+        size: int,
+        snapshot_id: str | None = None,
+        image_digest: str | None = None,
+        fs: str | None = None,
+        label: str = "",
+    ) -> None:
         self.calls.append(("volume_create", vid))
         if snapshot_id is not None and snapshot_id not in self.snapshots:
             raise NotFound(f"snapshot {snapshot_id} is not on this node", resource="snapshot")
@@ -136,8 +158,9 @@ class FakeNode:
         if vid in self.held:
             from corral.node.driver.hotplug import GuestHoldsDisk
 
-            raise GuestHoldsDisk(f"the guest did not release {vid} within {timeout:.0f} s",
-                                 resource="volume")
+            raise GuestHoldsDisk(
+                f"the guest did not release {vid} within {timeout:.0f} s", resource="volume"
+            )
         self.plugged.get(iid, set()).discard(vid)
         return True
 
@@ -169,17 +192,29 @@ class FakeNode:
         self.calls.append(("snapshot_delete", sid))
         self.snapshots.pop(sid, None)
 
-    async def image_capture(self, base_digest: str, name: str, version: str, description: str,
-                            instance_id: str | None = None, snapshot_id: str | None = None,
-                            ) -> str:
+    async def image_capture(
+        self,
+        base_digest: str,
+        name: str,
+        version: str,
+        description: str,
+        instance_id: str | None = None,
+        snapshot_id: str | None = None,
+    ) -> str:
         """A new manifest naming the base's parts (the fake copies no disk)."""
         self.calls.append(("image_capture", instance_id or snapshot_id or base_digest))
         if self.images is None:
             raise WrongState("this fake node has no image store")
         base = self.images.get_manifest(base_digest)
-        manifest = base.model_copy(update={"name": name, "version": version,
-                                           "description": description, "base": base_digest,
-                                           "build_key": f"fake-{instance_id or snapshot_id}"})
+        manifest = base.model_copy(
+            update={
+                "name": name,
+                "version": version,
+                "description": description,
+                "base": base_digest,
+                "build_key": f"fake-{instance_id or snapshot_id}",
+            }
+        )
         return self.images.put_manifest(manifest)
 
     async def image_delete(self, digest: str) -> None:

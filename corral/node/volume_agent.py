@@ -58,22 +58,31 @@ class VolumeAgent:
             return None
 
     # -- files -----------------------------------------------------------------------------
-    async def volume_create(self, vid: str, size: int, snapshot_id: str | None = None,
-                            image_digest: str | None = None, fs: str | None = None,
-                            label: str = "") -> None:
+    async def volume_create(
+        self,
+        vid: str,
+        size: int,
+        snapshot_id: str | None = None,
+        image_digest: str | None = None,
+        fs: str | None = None,
+        label: str = "",
+    ) -> None:
         """An empty volume, a formatted one (``fs``), or one holding a snapshot's or an image's
         root disk (idempotent)."""
         if fs is not None and fs not in volumes.FILESYSTEMS:
-            raise Invalid(f"file system {fs!r}: Corral formats {', '.join(volumes.FILESYSTEMS)}",
-                          field="fs")
+            raise Invalid(
+                f"file system {fs!r}: Corral formats {', '.join(volumes.FILESYSTEMS)}", field="fs"
+            )
         source = None
         if snapshot_id is not None:
             source = self._snapshot(snapshot_id)
         elif image_digest is not None:
             source = self.images.root_disk_path(self.images.get_manifest(image_digest))
         if source is not None and not source.exists():
-            raise NotFound(f"the source of volume {vid} ({source.name}) is not on this node",
-                           resource="snapshot")
+            raise NotFound(
+                f"the source of volume {vid} ({source.name}) is not on this node",
+                resource="snapshot",
+            )
         await volumes.create(self._volume(vid), size, source, fs=fs, label=label)
 
     async def volume_delete(self, vid: str) -> None:
@@ -96,8 +105,9 @@ class VolumeAgent:
             self._remember(iid, vid, attached=True)
             return True
 
-    async def volume_detach(self, iid: str, vid: str,
-                            timeout: float = hotplug.DETACH_TIMEOUT) -> bool:
+    async def volume_detach(
+        self, iid: str, vid: str, timeout: float = hotplug.DETACH_TIMEOUT
+    ) -> bool:
         """Unplug the volume from the running instance and wait until the guest lets go (True);
         nothing to do when the instance does not run (False). ``GuestHoldsDisk`` when the guest
         keeps it past ``timeout``."""
@@ -131,8 +141,10 @@ class VolumeAgent:
 
             have.append(VolumeAttachment(id=vid, device=""))
         if [v.id for v in have] != [v.id for v in spec.volumes]:
-            atomic_write(self.paths(iid).spec,
-                         spec.model_copy(update={"volumes": have}).model_dump_json(indent=2))
+            atomic_write(
+                self.paths(iid).spec,
+                spec.model_copy(update={"volumes": have}).model_dump_json(indent=2),
+            )
 
     # -- snapshots -------------------------------------------------------------------------
     async def snapshot_create(self, sid: str, vid: str, instance_id: str | None = None) -> str:
@@ -155,21 +167,32 @@ class VolumeAgent:
                     if node == "root" or vid in await hotplug.volumes(m.qmp):
                         size = await volumes.virtual_size(source)
                         await volumes.backup_target(dest, size)
-                        await hotplug.backup(m.qmp, node, dest.with_name(f".{dest.name}.tmp"),
-                                             job=sid, timeout=BACKUP_TIMEOUT)
+                        await hotplug.backup(
+                            m.qmp,
+                            node,
+                            dest.with_name(f".{dest.name}.tmp"),
+                            job=sid,
+                            timeout=BACKUP_TIMEOUT,
+                        )
                         await asyncio.to_thread(volumes.commit, dest)
                         return "live"
         if self._in_use(vid):
-            raise WrongState(f"volume {vid} is in a running VM that was not named; snapshot it "
-                             "through its instance", resource="volume")
+            raise WrongState(
+                f"volume {vid} is in a running VM that was not named; snapshot it "
+                "through its instance",
+                resource="volume",
+            )
         await volumes.flatten(source, dest)
         return "offline"
 
     def _in_use(self, vid: str) -> bool:
         for iid, m in self.machines.items():
             spec = self._spec(iid)
-            if m.running and spec is not None and (
-                    spec.root_volume == vid or any(v.id == vid for v in spec.volumes)):
+            if (
+                m.running
+                and spec is not None
+                and (spec.root_volume == vid or any(v.id == vid for v in spec.volumes))
+            ):
                 return True
         return False
 

@@ -60,8 +60,9 @@ class Account(Base):
 class AccessKey(Base):
     __tablename__ = "access_keys"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"),
-                                            index=True)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
     secret: Mapped[str] = mapped_column(String(64))
     description: Mapped[str] = mapped_column(String(200), default="")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -173,7 +174,10 @@ class Instance(Base):
     __table_args__ = (
         # a name is unique per account among instances that are not terminated
         Index(
-            "uq_instances_live_name", "account_id", "name", unique=True,
+            "uq_instances_live_name",
+            "account_id",
+            "name",
+            unique=True,
             sqlite_where=text("state != 'terminated'"),
             postgresql_where=text("state != 'terminated'"),
         ),
@@ -214,7 +218,8 @@ class Operation(Base):
 class OperationEvent(Base):
     __tablename__ = "operation_events"
     operation_id: Mapped[str] = mapped_column(
-        ForeignKey("operations.id", ondelete="CASCADE"), primary_key=True)
+        ForeignKey("operations.id", ondelete="CASCADE"), primary_key=True
+    )
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     time: Mapped[dt.datetime] = mapped_column(default=utcnow)
     kind: Mapped[str] = mapped_column(String(32))
@@ -253,7 +258,8 @@ class SecurityGroupRule(Base):
     __tablename__ = "security_group_rules"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     group_id: Mapped[str] = mapped_column(
-        ForeignKey("security_groups.id", ondelete="CASCADE"), index=True)
+        ForeignKey("security_groups.id", ondelete="CASCADE"), index=True
+    )
     direction: Mapped[str] = mapped_column(String(8))  # ingress | egress
     protocol: Mapped[str] = mapped_column(String(8))  # -1 (all), tcp, udp, icmp or a number
     from_port: Mapped[int | None] = mapped_column(Integer)
@@ -266,9 +272,11 @@ class SecurityGroupRule(Base):
 class InstanceSecurityGroup(Base):
     __tablename__ = "instance_security_groups"
     instance_id: Mapped[str] = mapped_column(
-        ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True)
-    group_id: Mapped[str] = mapped_column(ForeignKey("security_groups.id"), primary_key=True,
-                                          index=True)
+        ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True
+    )
+    group_id: Mapped[str] = mapped_column(
+        ForeignKey("security_groups.id"), primary_key=True, index=True
+    )
 
 
 class ElasticAddress(Base):
@@ -323,6 +331,7 @@ class LaunchPermission(Base):
     """An account (other than the owner) allowed to launch a private image."""
 
     __tablename__ = "launch_permissions"
-    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"),
-                                          primary_key=True)
+    image_id: Mapped[str] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
     account_id: Mapped[str] = mapped_column(String(12), primary_key=True, index=True)

@@ -34,8 +34,20 @@ def test_the_readme_tour(tmp_path) -> None:
         d.cli("key", "add", "laptop", str(key) + ".pub").ok()
         assert "laptop" in d.cli("key", "ls").ok().out
 
-        d.cli("run", "tiny", "--name", "web1", "--cpus", "1", "--memory", "256M",
-              "--key", str(key) + ".pub", "--user-data", str(init)).ok()
+        d.cli(
+            "run",
+            "tiny",
+            "--name",
+            "web1",
+            "--cpus",
+            "1",
+            "--memory",
+            "256M",
+            "--key",
+            str(key) + ".pub",
+            "--user-data",
+            str(init),
+        ).ok()
         listing = d.cli("ls").ok().out
         assert "web1" in listing and "running" in listing and "256M" in listing
         info = json.loads(d.cli("show", "web1", "--json").ok().out)
@@ -51,8 +63,14 @@ def test_the_readme_tour(tmp_path) -> None:
 
         # the serial console, piped: log in and run a command, then detach with Ctrl-]
         script = "\n\nroot\necho console-$((6*7))\n"
-        p = subprocess.run([sys.executable, "-c", _CONSOLE_DRIVER, str(d.port)], input=script,
-                           capture_output=True, text=True, env=d.env(), timeout=60)
+        p = subprocess.run(
+            [sys.executable, "-c", _CONSOLE_DRIVER, str(d.port)],
+            input=script,
+            capture_output=True,
+            text=True,
+            env=d.env(),
+            timeout=60,
+        )
         assert "console-42" in p.stdout, p.stdout + p.stderr
 
         logs = d.cli("logs", "web1").ok().out
@@ -71,8 +89,10 @@ def test_the_readme_tour(tmp_path) -> None:
         d.cli("run", "tiny", "--name", "left-running", "--memory", "128M").ok()
         assert "instances stopped" in d.cli("down", "--stop-instances").ok().out
         # nothing of Corral is left running on the host
-        assert d.settings.namespace not in subprocess.run(
-            ["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert (
+            d.settings.namespace
+            not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        )
         assert not d.settings.pidfile.exists()
     finally:
         d.teardown()

@@ -28,14 +28,17 @@ def test_up_without_qemu_says_which_package_and_leaves_nothing(tmp_path: Path) -
         assert res.rc == 1
         assert "QEMU is missing" in res.err and "qemu-system-x86" in res.err
         assert not d.settings.pidfile.exists()
-        assert d.settings.namespace not in subprocess.run(
-            ["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert (
+            d.settings.namespace
+            not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        )
     finally:
         d.teardown()
 
 
-def test_up_as_non_root_is_refused_with_the_fix(monkeypatch: pytest.MonkeyPatch,
-                                                 tmp_path: Path) -> None:
+def test_up_as_non_root_is_refused_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setattr(agent.os, "geteuid", lambda: 1000)
     with pytest.raises(EnvironmentProblem, match=r"must run as root.*sudo"):
         agent.check_host(config.load(tmp_path))
@@ -139,8 +142,14 @@ def _add_broken_image(images: Path) -> None:
     junk = images / "tmp" / "junk.qcow2"
     junk.write_bytes(b"this is not a disk image\n" * 100)
     blob = store.add_blob(junk, fmt="qcow2", virtual_size=1 << 20, move=True)
-    broken = Manifest(name="broken", kind="busybox", kernel=tiny.kernel, initrd=tiny.initrd,
-                      root_disk=blob, cmdline=tiny.cmdline)
+    broken = Manifest(
+        name="broken",
+        kind="busybox",
+        kernel=tiny.kernel,
+        initrd=tiny.initrd,
+        root_disk=blob,
+        cmdline=tiny.cmdline,
+    )
     store.put_manifest(broken)
 
 
@@ -155,8 +164,11 @@ def test_a_failed_launch_leaves_no_disk_tap_lease_or_process(small: Daemon) -> N
     assert "t" + info["id"][2:14] not in links
     hosts = "".join(p.read_text() for p in (small.state_dir / "networks").glob("*/dhcp-hosts"))
     assert info["mac"] not in hosts
-    assert not any(f"process=corral:{info['id']}".encode() in cmdline(p)
-                   for p in os.listdir("/proc") if p.isdigit())
+    assert not any(
+        f"process=corral:{info['id']}".encode() in cmdline(p)
+        for p in os.listdir("/proc")
+        if p.isdigit()
+    )
 
 
 def test_no_free_address(small: Daemon) -> None:
@@ -171,4 +183,3 @@ def test_no_free_address(small: Daemon) -> None:
         assert "one-too-many" not in small.cli("ls", "--all").ok().out
     finally:
         small.cli("rm", "--force", *names)
-

@@ -18,9 +18,16 @@ def test_killed_qemu_is_restarted_with_policy_on_failure(corral: Daemon) -> None
     corral.cli("run", "tiny", "--name", "crash1", "--memory", "128M").ok()
     before = _show(corral, "crash1")
     os.kill(before["pid"], signal.SIGKILL)
-    after = wait_for(lambda: (i := _show(corral, "crash1"))["restarts"] == 1
-                     and i["pid"] != before["pid"] and i["state"] == "running" and i,
-                     30, what="a restart")
+    after = wait_for(
+        lambda: (
+            (i := _show(corral, "crash1"))["restarts"] == 1
+            and i["pid"] != before["pid"]
+            and i["state"] == "running"
+            and i
+        ),
+        30,
+        what="a restart",
+    )
     assert "killed by SIGKILL" in after["state_reason"]
     assert os.path.exists(f"/proc/{after['pid']}")
     # the restarted guest is the same server: same address, SSH answers
@@ -33,8 +40,11 @@ def test_killed_qemu_with_policy_never_stays_stopped(corral: Daemon) -> None:
     corral.cli("run", "tiny", "--name", "crash2", "--memory", "128M", "--restart", "never").ok()
     pid = _show(corral, "crash2")["pid"]
     os.kill(pid, signal.SIGKILL)
-    info = wait_for(lambda: (i := _show(corral, "crash2"))["state"] == "stopped" and i, 30,
-                    what="the instance to be marked stopped")
+    info = wait_for(
+        lambda: (i := _show(corral, "crash2"))["state"] == "stopped" and i,
+        30,
+        what="the instance to be marked stopped",
+    )
     assert info["restarts"] == 0
     assert "Server.InternalError" in info["state_reason"]
     assert "restart policy never" in info["state_reason"]
@@ -47,8 +57,11 @@ def test_killed_qemu_with_policy_never_stays_stopped(corral: Daemon) -> None:
 def test_guest_power_off_stops_the_instance(corral: Daemon) -> None:
     corral.cli("run", "tiny", "--name", "halt1", "--memory", "128M").ok()
     corral.ssh("halt1", "poweroff")  # the connection may drop before ssh reports success
-    info = wait_for(lambda: (i := _show(corral, "halt1"))["state"] == "stopped" and i, 60,
-                    what="the guest's power-off to stop the instance")
+    info = wait_for(
+        lambda: (i := _show(corral, "halt1"))["state"] == "stopped" and i,
+        60,
+        what="the guest's power-off to stop the instance",
+    )
     assert "InstanceInitiatedShutdown" in info["state_reason"]
     assert info["restarts"] == 0
     corral.cli("rm", "halt1").ok()
@@ -68,11 +81,13 @@ def test_daemon_killed_with_instances_running_readopts_them(corral: Daemon) -> N
     # exactly one QEMU per instance: adoption never duplicates
     for name, pid in pids.items():
         iid = again[name]["id"]
-        matching = [d for d in os.listdir("/proc") if d.isdigit()
-                    and f"process=corral:{iid}".encode() in cmdline(d)]
+        matching = [
+            d
+            for d in os.listdir("/proc")
+            if d.isdigit() and f"process=corral:{iid}".encode() in cmdline(d)
+        ]
         assert matching == [str(pid)]
     # and the adopted instances are fully managed: console log, SSH, stop
     assert "adopt1" in corral.ssh("adopt1", "hostname").ok().out
     assert "(requested)" in corral.cli("stop", "adopt2").ok().out
     corral.cli("rm", "--force", "adopt1", "adopt2").ok()
-

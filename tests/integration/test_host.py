@@ -39,9 +39,17 @@ def test_a_qemu_the_store_does_not_know_is_reported_as_a_stray(corral: Daemon) -
     fake_id = "i-0000000000000dead"
     # anything whose command line names a QMP socket under Corral's run directory looks like
     # one of its QEMUs; this one is a sleeping Python
-    stray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "-qmp",
-                              f"unix:{run_root}/{fake_id}/qmp.sock,server=on,wait=off"])
+    stray = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; time.sleep(120)",
+            "-qmp",
+            f"unix:{run_root}/{fake_id}/qmp.sock,server=on,wait=off",
+        ]
+    )
     try:
+
         def reported() -> bool:
             nodes = corral.client().node_list()
             return any(fake_id in s for n in nodes for s in n.strays)

@@ -15,8 +15,9 @@ echo "user-data ran on $(hostname)" > /root/user-data.out
 def test_run_ssh_userdata_stop_start_reboot_terminate(corral: Daemon, tmp_path) -> None:
     script = tmp_path / "init.sh"
     script.write_text(USER_DATA)
-    corral.cli("run", "tiny", "--name", "life1", "--memory", "256M", "--user-data",
-               str(script)).ok()
+    corral.cli(
+        "run", "tiny", "--name", "life1", "--memory", "256M", "--user-data", str(script)
+    ).ok()
     info = json.loads(corral.cli("show", "life1", "--json").ok().out)
     assert info["state"] == "running" and info["private_ip"]
 
@@ -41,7 +42,9 @@ def test_run_ssh_userdata_stop_start_reboot_terminate(corral: Daemon, tmp_path) 
     assert "guest reboot" in corral.cli("reboot", "life1").ok().out
     new_boot = wait_for(
         lambda: corral.ssh("life1", "cat /proc/sys/kernel/random/boot_id").out.strip(),
-        60, what="the guest to come back after reboot")
+        60,
+        what="the guest to come back after reboot",
+    )
     assert new_boot != boot_id
 
     pid = json.loads(corral.cli("show", "life1", "--json").ok().out)["pid"]

@@ -12,8 +12,9 @@ def test_three_instances_get_distinct_addresses_and_resolve_each_other(corral: D
     for n in names:
         corral.cli("run", "tiny", "--name", n, "--memory", "128M", "--no-wait").ok()
     for n in names:
-        ops = corral.client().operation_list(target=json.loads(
-            corral.cli("show", n, "--json").ok().out)["id"])
+        ops = corral.client().operation_list(
+            target=json.loads(corral.cli("show", n, "--json").ok().out)["id"]
+        )
         corral.cli("op", "wait", ops[0].id, timeout=120).ok()
     infos = {n: json.loads(corral.cli("show", n, "--json").ok().out) for n in names}
     addresses = {i["private_ip"] for i in infos.values()}
@@ -30,8 +31,8 @@ def test_three_instances_get_distinct_addresses_and_resolve_each_other(corral: D
     assert infos["net-b"]["private_ip"] in out
     # a rename reaches DNS at once: the new name resolves, the old one is gone
     assert "net-z.corral" in corral.cli("rename", "net-c", "net-z").ok().out
-    out = corral.ssh("net-a", f"nslookup net-z.{domain}; nslookup net-c.{domain} || echo OLD-GONE")
-    assert infos["net-c"]["private_ip"] in out.out and "OLD-GONE" in out.out
+    res = corral.ssh("net-a", f"nslookup net-z.{domain}; nslookup net-c.{domain} || echo OLD-GONE")
+    assert infos["net-c"]["private_ip"] in res.out and "OLD-GONE" in res.out
     names[2] = "net-z"
     corral.cli("rm", "--force", *names).ok()
     # terminated names leave DNS

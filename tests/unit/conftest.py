@@ -68,8 +68,9 @@ def node() -> FakeNode:
 
 
 @pytest.fixture
-async def ctrl(settings: Settings, store: Store, image_store: ImageStore,
-               node: FakeNode) -> AsyncIterator[Controller]:
+async def ctrl(
+    settings: Settings, store: Store, image_store: ImageStore, node: FakeNode
+) -> AsyncIterator[Controller]:
     controller = Controller(settings, store, image_store)
     await controller.add_node(node, "n1")
     await controller.start()
@@ -89,12 +90,16 @@ def app_transport(ctrl: Controller, settings: Settings) -> httpx.ASGITransport:
 
 
 @pytest.fixture
-async def api(app_transport: httpx.ASGITransport,
-              credentials: tuple[str, str]) -> AsyncIterator[httpx.AsyncClient]:
+async def api(
+    app_transport: httpx.ASGITransport, credentials: tuple[str, str]
+) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the REST API signed in as the admin account."""
     key_id, secret = credentials
-    async with httpx.AsyncClient(transport=app_transport, base_url="http://corral.test",
-                                 headers={"Authorization": f"Bearer {key_id}:{secret}"}) as c:
+    async with httpx.AsyncClient(
+        transport=app_transport,
+        base_url="http://corral.test",
+        headers={"Authorization": f"Bearer {key_id}:{secret}"},
+    ) as c:
         yield c
 
 

@@ -68,9 +68,15 @@ def add_image(images: ImageStore, work: Path, name: str = "tiny", version: str =
         src = work / f"{name}-{version}-{part}"
         src.write_bytes(f"{name} {version} {part}\n".encode() * 64)
         parts[part] = images.add_blob(
-            src, virtual_size=IMAGE_VIRTUAL_SIZE if part == "disk" else None)
-    manifest = Manifest(name=name, version=version, kernel=parts["kernel"],
-                        initrd=parts["initrd"], root_disk=parts["disk"],
-                        cmdline="console=ttyS0")
+            src, virtual_size=IMAGE_VIRTUAL_SIZE if part == "disk" else None
+        )
+    manifest = Manifest(
+        name=name,
+        version=version,
+        kernel=parts["kernel"],
+        initrd=parts["initrd"],
+        root_disk=parts["disk"],
+        cmdline="console=ttyS0",
+    )
     images.put_manifest(manifest)
     return manifest

@@ -14,12 +14,18 @@ from corral.controller.service import Controller
 from corral.errors import HTTP_STATUS, Code
 from corral.node.fake import FakeNode
 
-ED25519 = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl "
-           "alice@laptop")
+ED25519 = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl alice@laptop"
+)
 
 
-def _error(resp: httpx.Response, status: int, code: str, field: str | None = None,
-           resource: str | None = None) -> dict[str, Any]:
+def _error(
+    resp: httpx.Response,
+    status: int,
+    code: str,
+    field: str | None = None,
+    resource: str | None = None,
+) -> dict[str, Any]:
     assert resp.status_code == status, resp.text
     body = resp.json()
     assert set(body) == {"error"}
@@ -54,33 +60,39 @@ async def test_health_needs_no_credentials(anonymous: httpx.AsyncClient) -> None
 
 
 @pytest.mark.parametrize("path", ["/v1/instances", "/v1/images", "/v1/keys", "/v1/operations"])
-async def test_requests_without_credentials_are_401(anonymous: httpx.AsyncClient,
-                                                    path: str) -> None:
+async def test_requests_without_credentials_are_401(
+    anonymous: httpx.AsyncClient, path: str
+) -> None:
     resp = await anonymous.get(path)
     err = _error(resp, 401, "unauthorized")
     assert "Authorization: Bearer" in err["message"]
     assert resp.headers["www-authenticate"] == "Bearer"
 
 
-@pytest.mark.parametrize("header", [
-    "Bearer CKIAAAAAAAAAAAAAAAAA:secret",  # unknown key
-    "Bearer {key}:wrong-secret",
-    "Bearer {key}",  # no secret
-    "Bearer :{secret}",
-    "Token {key}:{secret}",  # unknown scheme
-    "Basic !!!not-base64!!!",
-])
-async def test_requests_with_wrong_credentials_are_401(anonymous: httpx.AsyncClient,
-                                                       credentials: tuple[str, str],
-                                                       header: str) -> None:
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Bearer CKIAAAAAAAAAAAAAAAAA:secret",  # unknown key
+        "Bearer {key}:wrong-secret",
+        "Bearer {key}",  # no secret
+        "Bearer :{secret}",
+        "Token {key}:{secret}",  # unknown scheme
+        "Basic !!!not-base64!!!",
+    ],
+)
+async def test_requests_with_wrong_credentials_are_401(
+    anonymous: httpx.AsyncClient, credentials: tuple[str, str], header: str
+) -> None:
     key, secret = credentials
-    resp = await anonymous.get("/v1/instances", headers={
-        "Authorization": header.format(key=key, secret=secret)})
+    resp = await anonymous.get(
+        "/v1/instances", headers={"Authorization": header.format(key=key, secret=secret)}
+    )
     _error(resp, 401, "unauthorized")
 
 
-async def test_basic_authentication_with_the_same_pair_works(anonymous: httpx.AsyncClient,
-                                                             credentials: tuple[str, str]) -> None:
+async def test_basic_authentication_with_the_same_pair_works(
+    anonymous: httpx.AsyncClient, credentials: tuple[str, str]
+) -> None:
     token = base64.b64encode(":".join(credentials).encode()).decode()
     resp = await anonymous.get("/v1/instances", headers={"Authorization": f"Basic {token}"})
     assert resp.status_code == 200
@@ -88,45 +100,55 @@ async def test_basic_authentication_with_the_same_pair_works(anonymous: httpx.As
 
 
 # -- validation ------------------------------------------------------------------------------
-@pytest.mark.parametrize(("body", "field"), [
-    ({"image": "tiny", "cpus": 0}, "cpus"),
-    ({"image": "tiny", "cpus": 65}, "cpus"),
-    ({"image": "tiny", "colour": "blue"}, "colour"),
-    ({"name": "web"}, "image"),
-    ({"image": "tiny", "restart_policy": "sometimes"}, "restart_policy"),
-    ({"image": "tiny", "stop_timeout": -1}, "stop_timeout"),
-    ({"image": "tiny", "keys": "laptop"}, "keys"),
-])
-async def test_invalid_run_body_is_400_naming_the_field(api: httpx.AsyncClient,
-                                                        body: dict[str, Any], field: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"image": "tiny", "cpus": 0}, "cpus"),
+        ({"image": "tiny", "cpus": 65}, "cpus"),
+        ({"image": "tiny", "colour": "blue"}, "colour"),
+        ({"name": "web"}, "image"),
+        ({"image": "tiny", "restart_policy": "sometimes"}, "restart_policy"),
+        ({"image": "tiny", "stop_timeout": -1}, "stop_timeout"),
+        ({"image": "tiny", "keys": "laptop"}, "keys"),
+    ],
+)
+async def test_invalid_run_body_is_400_naming_the_field(
+    api: httpx.AsyncClient, body: dict[str, Any], field: str
+) -> None:
     err = _error(await api.post("/v1/instances", json=body), 400, "invalid", field)
     assert err["message"].startswith(f"{field}: ")
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({"image": "tiny", "memory": "12"}, "memory"),
-    ({"image": "tiny", "memory": "lots"}, "memory"),
-    ({"image": "tiny", "name": "Web_1"}, "name"),
-    ({"image": "tiny", "disk": "1M"}, "disk"),
-    ({"image": "tiny", "address": "192.168.1.1"}, "address"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"image": "tiny", "memory": "12"}, "memory"),
+        ({"image": "tiny", "memory": "lots"}, "memory"),
+        ({"image": "tiny", "name": "Web_1"}, "name"),
+        ({"image": "tiny", "disk": "1M"}, "disk"),
+        ({"image": "tiny", "address": "192.168.1.1"}, "address"),
+    ],
+)
 async def test_run_refused_by_the_controller_is_400_naming_the_field(
-        api: httpx.AsyncClient, body: dict[str, Any], field: str) -> None:
+    api: httpx.AsyncClient, body: dict[str, Any], field: str
+) -> None:
     _error(await api.post("/v1/instances", json=body), 400, "invalid", field)
     assert (await api.get("/v1/instances")).json() == []
 
 
 async def test_body_that_is_not_json_is_400(api: httpx.AsyncClient) -> None:
-    resp = await api.post("/v1/instances", content=b"{image: tiny",
-                          headers={"Content-Type": "application/json"})
+    resp = await api.post(
+        "/v1/instances", content=b"{image: tiny", headers={"Content-Type": "application/json"}
+    )
     assert resp.status_code == 400
     assert resp.json()["error"]["code"] == "invalid"
     assert "JSON" in resp.json()["error"]["message"]
 
 
 async def test_body_that_is_not_json_names_no_field(api: httpx.AsyncClient) -> None:
-    resp = await api.post("/v1/instances", content=b"{image: tiny",
-                          headers={"Content-Type": "application/json"})
+    resp = await api.post(
+        "/v1/instances", content=b"{image: tiny", headers={"Content-Type": "application/json"}
+    )
     _error(resp, 400, "invalid", None)
 
 
@@ -181,25 +203,34 @@ async def test_unknown_path_is_404_with_the_error_body(api: httpx.AsyncClient) -
 
 
 # -- instances --------------------------------------------------------------------------------
-async def test_run_is_202_with_an_operation_and_the_pending_instance(api: httpx.AsyncClient,
-                                                                     node: FakeNode) -> None:
-    resp = await api.post("/v1/instances", json={"image": "tiny", "name": "web",
-                                                 "memory": "128M"})
+async def test_run_is_202_with_an_operation_and_the_pending_instance(
+    api: httpx.AsyncClient, node: FakeNode
+) -> None:
+    resp = await api.post("/v1/instances", json={"image": "tiny", "name": "web", "memory": "128M"})
     assert resp.status_code == 202
     body = resp.json()
     inst, op = body["instance"], body["operation"]
     assert (inst["name"], inst["state"], inst["state_code"]) == ("web", "pending", 0)
-    assert (inst["memory"], inst["private_ip"], inst["image_name"]) == (128 << 20,
-                                                                        "10.88.0.10", "tiny")
+    assert (inst["memory"], inst["private_ip"], inst["image_name"]) == (
+        128 << 20,
+        "10.88.0.10",
+        "tiny",
+    )
     assert inst["hostname"] == "web.corral.internal"
-    assert (op["type"], op["target_kind"], op["target_id"]) == ("instance-run", "instance",
-                                                                inst["id"])
+    assert (op["type"], op["target_kind"], op["target_id"]) == (
+        "instance-run",
+        "instance",
+        inst["id"],
+    )
     done = await _done(api, op)
     assert done["status"] == "succeeded"
     assert done["result"]["private_ip"] == "10.88.0.10"
     shown = (await api.get(f"/v1/instances/{inst['id']}")).json()
-    assert (shown["state"], shown["state_code"], shown["pid"]) == ("running", 16,
-                                                                   node.running[inst["id"]])
+    assert (shown["state"], shown["state_code"], shown["pid"]) == (
+        "running",
+        16,
+        node.running[inst["id"]],
+    )
     assert [i["id"] for i in (await api.get("/v1/instances")).json()] == [inst["id"]]
 
 
@@ -216,7 +247,8 @@ async def test_taken_address_is_409(api: httpx.AsyncClient) -> None:
 
 
 async def test_too_much_memory_is_no_resources_with_the_tables_status(
-        api: httpx.AsyncClient) -> None:
+    api: httpx.AsyncClient,
+) -> None:
     resp = await api.post("/v1/instances", json={"image": "tiny", "memory": "64G"})
     _error(resp, HTTP_STATUS[Code.NO_RESOURCES], "no_resources", None, "node")
 
@@ -240,8 +272,9 @@ async def test_stop_start_reboot_delete_are_202_with_operations(api: httpx.Async
     assert (await api.get("/v1/instances", params={"all": "false"})).json() == []
 
 
-async def test_stop_with_a_body_passes_timeout_and_force(api: httpx.AsyncClient,
-                                                         node: FakeNode) -> None:
+async def test_stop_with_a_body_passes_timeout_and_force(
+    api: httpx.AsyncClient, node: FakeNode
+) -> None:
     inst = await _run(api, name="web")
     resp = await api.post("/v1/instances/web/stop", json={"timeout": 3, "force": True})
     assert resp.status_code == 202
@@ -261,13 +294,13 @@ async def test_no_op_request_is_202_without_an_operation(api: httpx.AsyncClient)
 async def test_reboot_of_a_stopped_instance_is_409(api: httpx.AsyncClient) -> None:
     await _run(api, name="web")
     await _done(api, (await api.post("/v1/instances/web/stop")).json()["operation"])
-    err = _error(await api.post("/v1/instances/web/reboot"), 409, "wrong_state", None,
-                 "instance")
+    err = _error(await api.post("/v1/instances/web/reboot"), 409, "wrong_state", None, "instance")
     assert "start it first" in err["message"]
 
 
 async def test_failed_run_shows_as_a_failed_operation_with_the_error(
-        api: httpx.AsyncClient, node: FakeNode, ctrl: Controller) -> None:
+    api: httpx.AsyncClient, node: FakeNode, ctrl: Controller
+) -> None:
     class AlwaysFails(set[str]):
         def __contains__(self, item: object) -> bool:
             return True
@@ -288,8 +321,12 @@ async def test_ssh_endpoint_of_a_running_instance(api: httpx.AsyncClient) -> Non
     inst = await _run(api, name="web")
     resp = await api.post("/v1/instances/web/ssh")
     assert resp.status_code == 200
-    assert resp.json() == {"host": "127.0.0.1", "port": 1, "user": "root",
-                           "address": inst["private_ip"]}
+    assert resp.json() == {
+        "host": "127.0.0.1",
+        "port": 1,
+        "user": "root",
+        "address": inst["private_ip"],
+    }
 
 
 async def test_ssh_endpoint_of_a_stopped_instance_is_409(api: httpx.AsyncClient) -> None:
@@ -318,16 +355,16 @@ async def test_operation_wait_show_list_and_events(api: httpx.AsyncClient) -> No
     events = (await api.get(f"/v1/operations/{op['id']}/events")).json()
     assert events[0]["kind"] == "started" and events[-1]["kind"] == "succeeded"
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
-    later = (await api.get(f"/v1/operations/{op['id']}/events",
-                           params={"since": len(events) - 1})).json()
+    later = (
+        await api.get(f"/v1/operations/{op['id']}/events", params={"since": len(events) - 1})
+    ).json()
     assert [e["kind"] for e in later] == ["succeeded"]
 
 
 async def test_cancel_of_a_finished_operation_is_409(api: httpx.AsyncClient) -> None:
     resp = await api.post("/v1/instances", json={"image": "tiny"})
     op = await _done(api, resp.json()["operation"])
-    _error(await api.delete(f"/v1/operations/{op['id']}"), 409, "wrong_state", None,
-           "operation")
+    _error(await api.delete(f"/v1/operations/{op['id']}"), 409, "wrong_state", None, "operation")
 
 
 async def test_wait_with_a_zero_timeout_answers_at_once(api: httpx.AsyncClient) -> None:
@@ -352,12 +389,16 @@ async def test_import_a_key_is_201_without_a_private_key(api: httpx.AsyncClient)
     assert (await api.get("/v1/keys/laptop")).json()["fingerprint"] == key["fingerprint"]
 
 
-@pytest.mark.parametrize(("key_type", "begins"), [
-    ("ed25519", "-----BEGIN OPENSSH PRIVATE KEY-----"),
-    ("rsa", "-----BEGIN RSA PRIVATE KEY-----"),
-])
-async def test_create_a_key_pair_returns_the_private_key_once(api: httpx.AsyncClient,
-                                                              key_type: str, begins: str) -> None:
+@pytest.mark.parametrize(
+    ("key_type", "begins"),
+    [
+        ("ed25519", "-----BEGIN OPENSSH PRIVATE KEY-----"),
+        ("rsa", "-----BEGIN RSA PRIVATE KEY-----"),
+    ],
+)
+async def test_create_a_key_pair_returns_the_private_key_once(
+    api: httpx.AsyncClient, key_type: str, begins: str
+) -> None:
     resp = await api.post("/v1/keys", json={"name": "made", "key_type": key_type})
     assert resp.status_code == 201
     assert resp.json()["private_key"].startswith(begins)
@@ -378,8 +419,12 @@ async def test_garbage_public_key_is_400(api: httpx.AsyncClient) -> None:
 
 
 async def test_unknown_key_type_is_400_naming_key_type(api: httpx.AsyncClient) -> None:
-    _error(await api.post("/v1/keys", json={"name": "k", "key_type": "dsa"}), 400, "invalid",
-           "key_type")
+    _error(
+        await api.post("/v1/keys", json={"name": "k", "key_type": "dsa"}),
+        400,
+        "invalid",
+        "key_type",
+    )
 
 
 async def test_bad_key_name_is_400_naming_the_request_field(api: httpx.AsyncClient) -> None:
@@ -435,12 +480,10 @@ async def test_unused_image_is_removed(api: httpx.AsyncClient) -> None:
 async def test_nodes_list_shows_the_fake_node(api: httpx.AsyncClient) -> None:
     await _run(api, name="web")
     (node,) = (await api.get("/v1/nodes")).json()
-    assert (node["name"], node["state"], node["instances"], node["accel"]) == (
-        "n1", "up", 1, "tcg")
+    assert (node["name"], node["state"], node["instances"], node["accel"]) == ("n1", "up", 1, "tcg")
 
 
-async def test_shutdown_is_refused_when_the_server_cannot_shut_down(
-        api: httpx.AsyncClient) -> None:
+async def test_shutdown_is_refused_when_the_server_cannot_shut_down(api: httpx.AsyncClient) -> None:
     _error(await api.post("/v1/system/shutdown", json={}), 403, "forbidden")
 
 

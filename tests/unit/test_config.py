@@ -40,15 +40,17 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert (st.subnet, st.api_port) == ("10.66.0.0/24", 9100)
 
 
-def test_empty_environment_variable_is_ignored(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_empty_environment_variable_is_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _toml(tmp_path, 'subnet = "10.77.0.0/24"\n')
     monkeypatch.setenv("CORRAL_SUBNET", "")
     assert config.load(tmp_path).subnet == "10.77.0.0/24"
 
 
 def test_overrides_win_over_environment_and_none_means_not_given(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _toml(tmp_path, 'accel = "kvm"\n')
     monkeypatch.setenv("CORRAL_SUBNET", "10.66.0.0/24")
     st = config.load(tmp_path, subnet="10.55.0.0/24", accel=None, reconcile_interval="7")
@@ -58,7 +60,8 @@ def test_overrides_win_over_environment_and_none_means_not_given(
 
 
 def test_state_dir_comes_from_the_environment_when_not_given(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _toml(tmp_path, 'region = "lab-1"\n')
     monkeypatch.setenv("CORRAL_STATE_DIR", str(tmp_path))
     st = config.load()
@@ -82,16 +85,25 @@ def test_file_that_is_not_toml_is_invalid_and_says_fix_or_remove(tmp_path: Path)
 
 
 def test_setting_of_the_wrong_type_is_invalid_naming_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CORRAL_API_PORT", "eighty")
     with pytest.raises(Invalid) as info:
         config.load(tmp_path)
     assert (info.value.code, info.value.field) == (Code.INVALID, "api_port")
 
 
-@pytest.mark.parametrize("subnet", [
-    "banana", "10.88.0.0/33", "10.88.0.1/24", "10.88.0.0/30", "10.88.0.0/32", "fd00::/64",
-])
+@pytest.mark.parametrize(
+    "subnet",
+    [
+        "banana",
+        "10.88.0.0/33",
+        "10.88.0.1/24",
+        "10.88.0.0/30",
+        "10.88.0.0/32",
+        "fd00::/64",
+    ],
+)
 def test_bad_subnet_is_invalid_naming_subnet(tmp_path: Path, subnet: str) -> None:
     with pytest.raises(Invalid) as info:
         config.load(tmp_path, subnet=subnet)
@@ -137,12 +149,19 @@ def test_database_setting_replaces_the_sqlite_default(tmp_path: Path) -> None:
     assert config.load(tmp_path, db_url=url).database_url == url
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("api_port", 70000), ("api_port", -1), ("reconcile_interval", 0),
-    ("reconcile_interval", -5), ("stop_timeout", -1),
-])
-def test_out_of_range_numbers_are_invalid_naming_the_setting(tmp_path: Path, name: str,
-                                                             value: int) -> None:
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("api_port", 70000),
+        ("api_port", -1),
+        ("reconcile_interval", 0),
+        ("reconcile_interval", -5),
+        ("stop_timeout", -1),
+    ],
+)
+def test_out_of_range_numbers_are_invalid_naming_the_setting(
+    tmp_path: Path, name: str, value: int
+) -> None:
     with pytest.raises(Invalid) as info:
         config.load(tmp_path, **{name: value})
     assert info.value.field == name

@@ -43,7 +43,8 @@ def _hosts(node: FakeNode) -> list[tuple[str, str, list[str]]]:
 
 # -- start-up ---------------------------------------------------------------------------------
 async def test_start_writes_admin_credentials_and_sets_up_the_default_network(
-        ctrl: Controller, settings: Settings, node: FakeNode) -> None:
+    ctrl: Controller, settings: Settings, node: FakeNode
+) -> None:
     creds = settings.state_dir / "admin.credentials"
     data = json.loads(creds.read_text())
     assert creds.stat().st_mode & 0o777 == 0o600
@@ -53,8 +54,9 @@ async def test_start_writes_admin_credentials_and_sets_up_the_default_network(
     assert list(node.hosts.values()) == [[]]  # network ensured, no hosts yet
 
 
-async def test_start_registers_the_images_of_the_image_store(ctrl: Controller,
-                                                             image_store: ImageStore) -> None:
+async def test_start_registers_the_images_of_the_image_store(
+    ctrl: Controller, image_store: ImageStore
+) -> None:
     (image,) = await ctrl.images.list(admin(ctrl))
     (manifest,) = image_store.list()
     assert (image.name, image.digest, image.state) == ("tiny", manifest.digest, "available")
@@ -64,24 +66,32 @@ async def test_start_registers_the_images_of_the_image_store(ctrl: Controller,
 
 # -- run ---------------------------------------------------------------------------------------
 async def test_run_starts_the_instance_and_registers_its_address_with_dhcp(
-        ctrl: Controller, node: FakeNode) -> None:
+    ctrl: Controller, node: FakeNode
+) -> None:
     inst, op = await ctrl.instances.run(admin(ctrl), req(name="web"))
     assert (inst.state, inst.desired_state) == ("pending", "running")
     assert inst.private_ip == "10.88.0.10"
     done = await finish(ctrl, op)
     assert done.status == "succeeded"
-    assert done.result == {"instance_id": inst.id, "pid": node.running[inst.id],
-                           "private_ip": "10.88.0.10"}
+    assert done.result == {
+        "instance_id": inst.id,
+        "pid": node.running[inst.id],
+        "private_ip": "10.88.0.10",
+    }
     row = await reload(ctrl, inst.id)
     assert (row.state, row.pid, row.state_reason) == ("running", node.running[inst.id], "")
     assert row.started_at is not None
     assert await addresses(ctrl) == {"10.88.0.10": inst.id}
-    assert _hosts(node) == [("10.88.0.10", row.mac,
-                             ["web", "web.corral.internal", f"{inst.id}.corral.internal"])]
+    assert _hosts(node) == [
+        ("10.88.0.10", row.mac, ["web", "web.corral.internal", f"{inst.id}.corral.internal"])
+    ]
     assert node.calls == [("create", inst.id), ("start", inst.id)]
     spec = node.specs[inst.id]
-    assert (spec.memory, spec.disk_size, spec.address) == (256 << 20, IMAGE_VIRTUAL_SIZE,
-                                                           "10.88.0.10")
+    assert (spec.memory, spec.disk_size, spec.address) == (
+        256 << 20,
+        IMAGE_VIRTUAL_SIZE,
+        "10.88.0.10",
+    )
     events = [e.kind for e in await ctrl.ops.events(done.id)]
     assert events[0] == "started" and events[-1] == "succeeded" and "progress" in events
 
@@ -109,16 +119,18 @@ async def test_run_with_an_address_in_use_is_exists_and_records_nothing(ctrl: Co
     assert await _count(ctrl, Instance) == 1
 
 
-async def test_run_with_memory_in_plain_mebibytes_and_sizes(ctrl: Controller,
-                                                            node: FakeNode) -> None:
+async def test_run_with_memory_in_plain_mebibytes_and_sizes(
+    ctrl: Controller, node: FakeNode
+) -> None:
     a = await run(ctrl, name="a", memory=128)
     b = await run(ctrl, name="b", memory="1G", disk="1G")
     assert (a.memory, b.memory, b.disk_size) == (128 << 20, 1 << 30, 1 << 30)
 
 
 @pytest.mark.parametrize("memory", ["12", 12, "63M", "abc", "100K", "64.5M", "-1G", ""])
-async def test_run_with_bad_memory_is_invalid_naming_memory(ctrl: Controller,
-                                                            memory: str | int) -> None:
+async def test_run_with_bad_memory_is_invalid_naming_memory(
+    ctrl: Controller, memory: str | int
+) -> None:
     with pytest.raises(Invalid) as info:
         await ctrl.instances.run(admin(ctrl), req(memory=memory))
     assert (info.value.code, info.value.field) == (Code.INVALID, "memory")
@@ -138,7 +150,8 @@ async def test_run_with_more_memory_than_any_node_has_is_no_resources(ctrl: Cont
 
 
 async def test_run_with_a_disk_smaller_than_the_image_is_invalid_naming_disk(
-        ctrl: Controller) -> None:
+    ctrl: Controller,
+) -> None:
     with pytest.raises(Invalid) as info:
         await ctrl.instances.run(admin(ctrl), req(disk="32M"))
     assert (info.value.code, info.value.field) == (Code.INVALID, "disk")
@@ -231,7 +244,11 @@ async def test_failed_start_leaves_nothing_behind(ctrl: Controller, node: FakeNo
     assert "fake launch failure" in done.error["message"]
     row = await reload(ctrl, inst.id)
     assert (row.state, row.desired_state, row.pid, row.private_ip) == (
-        "terminated", "terminated", None, None)
+        "terminated",
+        "terminated",
+        None,
+        None,
+    )
     assert row.state_reason.startswith("Server.InternalError: fake launch failure")
     assert row.terminated_at is not None
     assert await addresses(ctrl) == {}
@@ -244,7 +261,8 @@ async def test_failed_start_leaves_nothing_behind(ctrl: Controller, node: FakeNo
 
 
 async def test_failure_creating_the_disk_leaves_nothing_behind(
-        ctrl: Controller, node: FakeNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctrl: Controller, node: FakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def broken_create(spec: object) -> None:
         raise RuntimeError("disk full")
 
@@ -260,8 +278,9 @@ async def test_failure_creating_the_disk_leaves_nothing_behind(
     assert ("destroy", inst.id) in node.calls
 
 
-async def test_cancelled_run_leaves_no_instance_behind(ctrl: Controller, node: FakeNode,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_cancelled_run_leaves_no_instance_behind(
+    ctrl: Controller, node: FakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
     entered = asyncio.Event()
 
     async def hanging_start(spec: object) -> int:
@@ -283,7 +302,8 @@ async def test_cancelled_run_leaves_no_instance_behind(ctrl: Controller, node: F
 
 
 async def test_same_name_and_version_with_other_content_is_kept_as_a_rebuild(
-        ctrl: Controller, image_store: ImageStore, tmp_path: Path) -> None:
+    ctrl: Controller, image_store: ImageStore, tmp_path: Path
+) -> None:
     rebuilt = add_image(image_store, tmp_path / "rebuild", name="tiny", version="1")
     rebuilt = rebuilt.model_copy(update={"description": "rebuilt"})
     image_store.put_manifest(rebuilt)
@@ -304,8 +324,9 @@ async def test_only_an_admin_may_remove_a_built_in_image(ctrl: Controller) -> No
     assert (await ctrl.images.get(alice, "tiny")).state == "available"
 
 
-async def test_removing_an_unused_image_deletes_its_parts(ctrl: Controller,
-                                                          image_store: ImageStore) -> None:
+async def test_removing_an_unused_image_deletes_its_parts(
+    ctrl: Controller, image_store: ImageStore
+) -> None:
     (manifest,) = image_store.list()
     row = await ctrl.images.remove(admin(ctrl), "tiny")
     assert row.state == "deregistered"
@@ -320,8 +341,7 @@ async def test_stop_powers_off_and_keeps_the_address(ctrl: Controller, node: Fak
     assert (row.state, row.desired_state) == ("stopping", "stopped")
     assert row.state_reason.startswith("User initiated (")
     done = await finish(ctrl, op)
-    assert (done.status, done.result) == ("succeeded", {"instance_id": inst.id,
-                                                        "how": "requested"})
+    assert (done.status, done.result) == ("succeeded", {"instance_id": inst.id, "how": "requested"})
     row = await reload(ctrl, inst.id)
     assert (row.state, row.pid) == ("stopped", None)
     assert row.stopped_at is not None
@@ -339,8 +359,7 @@ async def test_stop_of_a_stopped_instance_is_a_no_op(ctrl: Controller) -> None:
     assert row.state == "stopped"
 
 
-async def test_start_of_a_stopped_instance_runs_it_again(ctrl: Controller,
-                                                          node: FakeNode) -> None:
+async def test_start_of_a_stopped_instance_runs_it_again(ctrl: Controller, node: FakeNode) -> None:
     inst = await run(ctrl, name="web")
     _, op = await ctrl.instances.stop(admin(ctrl), "web")
     await finish(ctrl, op)
@@ -360,7 +379,8 @@ async def test_start_of_a_running_instance_is_a_no_op(ctrl: Controller) -> None:
 
 
 async def test_failed_start_of_a_stopped_instance_leaves_it_stopped_with_the_reason(
-        ctrl: Controller, node: FakeNode) -> None:
+    ctrl: Controller, node: FakeNode
+) -> None:
     inst = await run(ctrl, name="web")
     _, op = await ctrl.instances.stop(admin(ctrl), "web")
     await finish(ctrl, op)
@@ -377,8 +397,10 @@ async def test_reboot_of_a_running_instance_asks_the_guest(ctrl: Controller) -> 
     inst = await run(ctrl, name="web")
     _, op = await ctrl.instances.reboot(admin(ctrl), "web")
     done = await finish(ctrl, op)
-    assert (done.status, done.result) == ("succeeded", {"instance_id": inst.id,
-                                                        "how": "guest reboot"})
+    assert (done.status, done.result) == (
+        "succeeded",
+        {"instance_id": inst.id, "how": "guest reboot"},
+    )
     assert (await reload(ctrl, inst.id)).state == "running"
 
 
@@ -392,8 +414,9 @@ async def test_reboot_of_a_stopped_instance_is_wrong_state(ctrl: Controller) -> 
     assert "start it first" in info.value.message
 
 
-async def test_terminate_destroys_the_instance_and_frees_its_address(ctrl: Controller,
-                                                                     node: FakeNode) -> None:
+async def test_terminate_destroys_the_instance_and_frees_its_address(
+    ctrl: Controller, node: FakeNode
+) -> None:
     inst = await run(ctrl, name="web")
     row, op = await ctrl.instances.terminate(admin(ctrl), "web")
     assert (row.state, row.desired_state) == ("shutting-down", "terminated")
@@ -427,8 +450,9 @@ async def test_terminate_of_a_terminated_instance_is_a_no_op(ctrl: Controller) -
 
 
 @pytest.mark.parametrize("request_", ["start", "stop", "reboot"])
-async def test_requests_on_a_terminated_instance_are_wrong_state(ctrl: Controller,
-                                                                 request_: str) -> None:
+async def test_requests_on_a_terminated_instance_are_wrong_state(
+    ctrl: Controller, request_: str
+) -> None:
     inst = await run(ctrl, name="web")
     _, op = await ctrl.instances.terminate(admin(ctrl), "web")
     await finish(ctrl, op)
@@ -438,8 +462,9 @@ async def test_requests_on_a_terminated_instance_are_wrong_state(ctrl: Controlle
 
 
 @pytest.mark.parametrize("request_", ["start", "stop", "reboot", "terminate", "get"])
-async def test_requests_on_an_unknown_instance_are_not_found(ctrl: Controller,
-                                                             request_: str) -> None:
+async def test_requests_on_an_unknown_instance_are_not_found(
+    ctrl: Controller, request_: str
+) -> None:
     with pytest.raises(NotFound) as info:
         await getattr(ctrl.instances, request_)(admin(ctrl), "ghost")
     err = info.value
@@ -463,7 +488,8 @@ async def test_list_can_leave_terminated_instances_out(ctrl: Controller) -> None
     await finish(ctrl, op)
     assert len(await ctrl.instances.list(admin(ctrl))) == 2
     assert [i.id for i in await ctrl.instances.list(admin(ctrl), include_terminated=False)] == [
-        keep.id]
+        keep.id
+    ]
 
 
 async def test_stop_all_stops_every_running_instance(ctrl: Controller, node: FakeNode) -> None:
@@ -475,8 +501,8 @@ async def test_stop_all_stops_every_running_instance(ctrl: Controller, node: Fak
 
 # -- restart and purge --------------------------------------------------------------------------
 async def test_a_restarted_controller_adopts_running_instances_and_keeps_its_key(
-        ctrl: Controller, settings: Settings, store: Store, image_store: ImageStore,
-        node: FakeNode) -> None:
+    ctrl: Controller, settings: Settings, store: Store, image_store: ImageStore, node: FakeNode
+) -> None:
     inst = await run(ctrl, name="web")
     key_id = admin(ctrl).access_key_id
     await ctrl.close()
@@ -495,8 +521,8 @@ async def test_a_restarted_controller_adopts_running_instances_and_keeps_its_key
 
 
 async def test_changing_the_subnet_under_live_instances_is_refused(
-        ctrl: Controller, settings: Settings, store: Store, image_store: ImageStore,
-        node: FakeNode) -> None:
+    ctrl: Controller, settings: Settings, store: Store, image_store: ImageStore, node: FakeNode
+) -> None:
     await run(ctrl, name="web")
     await ctrl.close()
     moved = dataclasses.replace(settings, subnet="10.77.0.0/24")
@@ -512,8 +538,8 @@ async def test_changing_the_subnet_under_live_instances_is_refused(
 
 
 async def test_changing_the_subnet_without_live_instances_moves_the_network(
-        ctrl: Controller, settings: Settings, store: Store, image_store: ImageStore,
-        node: FakeNode) -> None:
+    ctrl: Controller, settings: Settings, store: Store, image_store: ImageStore, node: FakeNode
+) -> None:
     await ctrl.close()
     moved = dataclasses.replace(settings, subnet="10.77.0.0/24")
     again = Controller(moved, store, image_store)
@@ -549,15 +575,29 @@ async def test_purge_keeps_running_instances_however_old(ctrl: Controller) -> No
 
 async def test_every_mutation_is_recorded_as_an_operation(ctrl: Controller) -> None:
     inst = await run(ctrl, name="web")
-    for call in (ctrl.instances.stop, ctrl.instances.start, ctrl.instances.reboot,
-                 ctrl.instances.terminate):
+    for call in (
+        ctrl.instances.stop,
+        ctrl.instances.start,
+        ctrl.instances.reboot,
+        ctrl.instances.terminate,
+    ):
         _, op = await call(admin(ctrl), inst.id)
         assert (await finish(ctrl, op)).status == "succeeded"
     async with ctrl.store.read() as s:
-        types = list(await s.scalars(select(Operation.type).where(Operation.target_id == inst.id)
-                                     .order_by(Operation.created_at)))
-    assert types == ["instance-run", "instance-stop", "instance-start", "instance-reboot",
-                     "instance-terminate"]
+        types = list(
+            await s.scalars(
+                select(Operation.type)
+                .where(Operation.target_id == inst.id)
+                .order_by(Operation.created_at)
+            )
+        )
+    assert types == [
+        "instance-run",
+        "instance-stop",
+        "instance-start",
+        "instance-reboot",
+        "instance-terminate",
+    ]
 
 
 async def test_node_lookup_of_an_unknown_node_is_not_found(ctrl: Controller) -> None:

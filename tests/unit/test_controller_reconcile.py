@@ -16,37 +16,38 @@ async def _reconcile(ctrl: Controller) -> None:
     await ctrl.reconciler.reconcile_once()
 
 
-async def test_crashed_instance_is_restarted_under_policy_on_failure(ctrl: Controller,
-                                                                     node: FakeNode) -> None:
+async def test_crashed_instance_is_restarted_under_policy_on_failure(
+    ctrl: Controller, node: FakeNode
+) -> None:
     inst = await run(ctrl, name="web")
     node.crash(inst.id)
     await _reconcile(ctrl)
     row = await reload(ctrl, inst.id)
     assert inst.id in node.running
-    assert (row.state, row.desired_state, row.pid) == ("running", "running",
-                                                       node.running[inst.id])
+    assert (row.state, row.desired_state, row.pid) == ("running", "running", node.running[inst.id])
     assert row.pid != inst.pid
     assert row.restarts == 1
     assert row.state_reason == ("QEMU killed by SIGKILL; restarted (restart policy on-failure)")
 
 
-async def test_crashed_instance_with_policy_never_is_marked_stopped(ctrl: Controller,
-                                                                    node: FakeNode) -> None:
+async def test_crashed_instance_with_policy_never_is_marked_stopped(
+    ctrl: Controller, node: FakeNode
+) -> None:
     inst = await run(ctrl, name="web", restart_policy="never")
     node.crash(inst.id)
     await _reconcile(ctrl)
     row = await reload(ctrl, inst.id)
     assert inst.id not in node.running
     assert (row.state, row.desired_state, row.pid) == ("stopped", "stopped", None)
-    assert row.state_reason == ("Server.InternalError: QEMU killed by SIGKILL "
-                                "(restart policy never)")
+    assert row.state_reason == (
+        "Server.InternalError: QEMU killed by SIGKILL (restart policy never)"
+    )
     assert row.private_ip == "10.88.0.10"  # a stopped instance keeps its address
     await _reconcile(ctrl)  # and stays stopped
     assert inst.id not in node.running
 
 
-async def test_guest_power_off_marks_the_instance_stopped(ctrl: Controller,
-                                                          node: FakeNode) -> None:
+async def test_guest_power_off_marks_the_instance_stopped(ctrl: Controller, node: FakeNode) -> None:
     inst = await run(ctrl, name="web")
     node.crash(inst.id, reason="guest-shutdown")
     await _reconcile(ctrl)
@@ -56,8 +57,9 @@ async def test_guest_power_off_marks_the_instance_stopped(ctrl: Controller,
     assert inst.id not in node.running
 
 
-async def test_guest_power_off_with_policy_always_is_restarted(ctrl: Controller,
-                                                               node: FakeNode) -> None:
+async def test_guest_power_off_with_policy_always_is_restarted(
+    ctrl: Controller, node: FakeNode
+) -> None:
     inst = await run(ctrl, name="web", restart_policy="always")
     node.crash(inst.id, reason="guest-shutdown")
     await _reconcile(ctrl)
@@ -105,8 +107,9 @@ async def test_interrupted_termination_is_finished(ctrl: Controller, node: FakeN
     assert hosts == []
 
 
-async def test_running_instance_that_should_be_stopped_is_stopped(ctrl: Controller,
-                                                                  node: FakeNode) -> None:
+async def test_running_instance_that_should_be_stopped_is_stopped(
+    ctrl: Controller, node: FakeNode
+) -> None:
     inst = await run(ctrl, name="web")
     await ctrl.instances._set(inst.id, desired_state="stopped", state="stopping")
     await _reconcile(ctrl)
@@ -124,8 +127,9 @@ async def test_interrupted_start_is_resumed(ctrl: Controller, node: FakeNode) ->
     assert (row.state, row.pid, row.restarts) == ("running", node.running[inst.id], 0)
 
 
-async def test_instance_found_running_under_another_pid_is_adopted(ctrl: Controller,
-                                                                   node: FakeNode) -> None:
+async def test_instance_found_running_under_another_pid_is_adopted(
+    ctrl: Controller, node: FakeNode
+) -> None:
     inst = await run(ctrl, name="web")
     node.running[inst.id] = 4242
     await _reconcile(ctrl)
@@ -151,8 +155,9 @@ async def test_terminated_instances_are_not_touched(ctrl: Controller, node: Fake
     assert (await reload(ctrl, inst.id)).state == "terminated"
 
 
-async def test_instance_with_an_operation_in_flight_is_skipped(ctrl: Controller,
-                                                               node: FakeNode) -> None:
+async def test_instance_with_an_operation_in_flight_is_skipped(
+    ctrl: Controller, node: FakeNode
+) -> None:
     inst = await run(ctrl, name="web")
     node.crash(inst.id)
     async with ctrl.instances.lock(inst.id):  # as an operation holding the instance would
@@ -162,29 +167,46 @@ async def test_instance_with_an_operation_in_flight_is_skipped(ctrl: Controller,
     assert inst.id in node.running
 
 
-async def test_a_qemu_the_store_does_not_know_is_reported_as_a_stray(ctrl: Controller,
-                                                                     node: FakeNode) -> None:
-    net = NetworkSpec(id="net-x", namespace="ns", bridge="cbr0", cidr="10.88.0.0/24",
-                      gateway="10.88.0.1", domain="corral.internal")
+async def test_a_qemu_the_store_does_not_know_is_reported_as_a_stray(
+    ctrl: Controller, node: FakeNode
+) -> None:
+    net = NetworkSpec(
+        id="net-x",
+        namespace="ns",
+        bridge="cbr0",
+        cidr="10.88.0.0/24",
+        gateway="10.88.0.1",
+        domain="corral.internal",
+    )
     stray = "i-0000000000000beef"
-    node.specs[stray] = InstanceSpec(id=stray, name="stray", image="0" * 64, memory=64 << 20,
-                                     disk_size=64 << 20, mac="52:54:00:00:be:ef", network=net,
-                                     tap=tap_name(stray))
+    node.specs[stray] = InstanceSpec(
+        id=stray,
+        name="stray",
+        image="0" * 64,
+        memory=64 << 20,
+        disk_size=64 << 20,
+        mac="52:54:00:00:be:ef",
+        network=net,
+        tap=tap_name(stray),
+    )
     node.running[stray] = 777
     await _reconcile(ctrl)
     (node_id,) = ctrl.nodes
     assert ctrl.reconciler.strays[node_id] == [
-        f"{stray}: QEMU pid 777 runs but the store has no such instance"]
+        f"{stray}: QEMU pid 777 runs but the store has no such instance"
+    ]
     assert node.running[stray] == 777  # reported, never killed
     node.running.pop(stray)
     await _reconcile(ctrl)
     assert ctrl.reconciler.strays[node_id] == [
-        f"{stray}: files on the node but no such instance in the store"]
+        f"{stray}: files on the node but no such instance in the store"
+    ]
 
 
 @pytest.mark.parametrize("policy", ["always", "on-failure"])
-async def test_instance_gone_from_the_node_is_restarted(ctrl: Controller, node: FakeNode,
-                                                        policy: str) -> None:
+async def test_instance_gone_from_the_node_is_restarted(
+    ctrl: Controller, node: FakeNode, policy: str
+) -> None:
     inst = await run(ctrl, name="web", restart_policy=policy)
     node.running.pop(inst.id)  # gone without an exit record: nobody was watching
     await _reconcile(ctrl)

@@ -58,15 +58,17 @@ def test_add_blob_with_move_consumes_the_source(images: ImageStore, tmp_path: Pa
     assert not again.exists()
 
 
-def test_add_blob_with_expected_digest_accepts_the_right_file(images: ImageStore,
-                                                              tmp_path: Path) -> None:
+def test_add_blob_with_expected_digest_accepts_the_right_file(
+    images: ImageStore, tmp_path: Path
+) -> None:
     digest = hashlib.sha256(b"right").hexdigest()
     blob = images.add_blob(_file(tmp_path, "part", b"right"), expect_sha256=digest)
     assert blob.sha256 == digest
 
 
 def test_add_blob_with_wrong_expected_digest_is_invalid_and_stores_nothing(
-        images: ImageStore, tmp_path: Path) -> None:
+    images: ImageStore, tmp_path: Path
+) -> None:
     with pytest.raises(Invalid) as info:
         images.add_blob(_file(tmp_path, "part", b"wrong"), expect_sha256="0" * 64)
     assert (info.value.code, info.value.field) == (Code.INVALID, "sha256")
@@ -107,11 +109,20 @@ def test_manifest_digest_is_stable_and_depends_on_content() -> None:
 
 
 def test_manifest_size_and_summary_count_every_part() -> None:
-    m = Manifest(name="tiny", kernel=Blob(sha256="a" * 64, size=3),
-                 root_disk=Blob(sha256="b" * 64, size=4, virtual_size=99))
+    m = Manifest(
+        name="tiny",
+        kernel=Blob(sha256="a" * 64, size=3),
+        root_disk=Blob(sha256="b" * 64, size=4, virtual_size=99),
+    )
     assert m.size == 7
-    assert m.summary() == {"digest": m.digest, "name": "tiny", "version": "1",
-                           "arch": "x86_64", "size": 7, "virtual_size": 99}
+    assert m.summary() == {
+        "digest": m.digest,
+        "name": "tiny",
+        "version": "1",
+        "arch": "x86_64",
+        "size": 7,
+        "virtual_size": 99,
+    }
 
 
 def test_put_manifest_naming_a_missing_part_is_not_found(images: ImageStore) -> None:
@@ -128,8 +139,9 @@ def test_get_manifest_of_an_unknown_digest_is_not_found(images: ImageStore) -> N
     assert (info.value.code, info.value.resource) == (Code.NOT_FOUND, "image")
 
 
-def test_remove_drops_the_manifest_and_only_its_unshared_parts(images: ImageStore,
-                                                               tmp_path: Path) -> None:
+def test_remove_drops_the_manifest_and_only_its_unshared_parts(
+    images: ImageStore, tmp_path: Path
+) -> None:
     one = add_image(images, tmp_path / "one", name="one")
     # "two" shares one's kernel but has its own initrd and disk
     two = add_image(images, tmp_path / "two", name="two")
@@ -144,8 +156,9 @@ def test_remove_drops_the_manifest_and_only_its_unshared_parts(images: ImageStor
     assert not images.blob_path(one.root_disk.sha256).exists()
 
 
-def test_remove_forgets_build_cache_entries_of_the_image(images: ImageStore,
-                                                         tmp_path: Path) -> None:
+def test_remove_forgets_build_cache_entries_of_the_image(
+    images: ImageStore, tmp_path: Path
+) -> None:
     manifest = add_image(images, tmp_path / "parts")
     images.record_build("key1", manifest.digest)
     images.remove(manifest.digest)

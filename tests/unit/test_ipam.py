@@ -23,9 +23,16 @@ async def _network(store: Store, cidr: str) -> Network:
         s.add(Image(id="ami-00000000000000001", name="tiny", digest="0" * 64))
         s.add(Node(id="node-n1", name="n1"))
         await s.flush()
-        net = Network(id="net-00000000000000001", name="default", node_id="node-n1", cidr=cidr,
-                      gateway=str(next(ipaddress.ip_network(cidr).hosts())),
-                      domain="corral.internal", namespace="corral-test", bridge="cbr0")
+        net = Network(
+            id="net-00000000000000001",
+            name="default",
+            node_id="node-n1",
+            cidr=cidr,
+            gateway=str(next(ipaddress.ip_network(cidr).hosts())),
+            domain="corral.internal",
+            namespace="corral-test",
+            bridge="cbr0",
+        )
         s.add(net)
     return net
 
@@ -38,10 +45,19 @@ def _instance_factory(store: Store) -> NewInstance:
         count += 1
         iid = f"i-{count:017x}"
         async with store.write() as s:
-            s.add(Instance(id=iid, account_id="000000000001", name=f"vm{count}",
-                           image_id="ami-00000000000000001", node_id="node-n1",
-                           network_id="net-00000000000000001", memory=64 << 20,
-                           disk_size=64 << 20, mac=f"52:54:00:00:00:{count:02x}"))
+            s.add(
+                Instance(
+                    id=iid,
+                    account_id="000000000001",
+                    name=f"vm{count}",
+                    image_id="ami-00000000000000001",
+                    node_id="node-n1",
+                    network_id="net-00000000000000001",
+                    memory=64 << 20,
+                    disk_size=64 << 20,
+                    mac=f"52:54:00:00:00:{count:02x}",
+                )
+            )
         return iid
 
     return new_instance
@@ -76,25 +92,33 @@ def test_host_range_keeps_the_gateway_and_service_addresses_out() -> None:
 
 def test_host_range_of_a_small_subnet_keeps_only_the_gateway_out() -> None:
     assert [str(a) for a in ipam.host_range("10.99.0.0/29")] == [
-        "10.99.0.2", "10.99.0.3", "10.99.0.4", "10.99.0.5", "10.99.0.6"]
+        "10.99.0.2",
+        "10.99.0.3",
+        "10.99.0.4",
+        "10.99.0.5",
+        "10.99.0.6",
+    ]
 
 
 async def test_allocate_hands_out_the_first_free_address_after_the_reserved_ones(
-        store: Store, net24: Network, new_instance: NewInstance) -> None:
+    store: Store, net24: Network, new_instance: NewInstance
+) -> None:
     first = await _allocate(store, net24, await new_instance())
     second = await _allocate(store, net24, await new_instance())
     assert (first, second) == ("10.88.0.10", "10.88.0.11")
 
 
-async def test_allocate_skips_addresses_in_use(store: Store, net24: Network,
-                                               new_instance: NewInstance) -> None:
+async def test_allocate_skips_addresses_in_use(
+    store: Store, net24: Network, new_instance: NewInstance
+) -> None:
     await _allocate(store, net24, await new_instance(), "10.88.0.10")
     await _allocate(store, net24, await new_instance(), "10.88.0.11")
     assert await _allocate(store, net24, await new_instance()) == "10.88.0.12"
 
 
-async def test_allocate_records_the_lease(store: Store, net24: Network,
-                                          new_instance: NewInstance) -> None:
+async def test_allocate_records_the_lease(
+    store: Store, net24: Network, new_instance: NewInstance
+) -> None:
     iid = await new_instance()
     addr = await _allocate(store, net24, iid)
     async with store.read() as s:
@@ -102,21 +126,26 @@ async def test_allocate_records_the_lease(store: Store, net24: Network,
     assert [(r.network_id, r.address, r.instance_id) for r in rows] == [(net24.id, addr, iid)]
 
 
-async def test_allocate_gives_a_wanted_free_address(store: Store, net24: Network,
-                                                    new_instance: NewInstance) -> None:
+async def test_allocate_gives_a_wanted_free_address(
+    store: Store, net24: Network, new_instance: NewInstance
+) -> None:
     assert await _allocate(store, net24, await new_instance(), "10.88.0.77") == "10.88.0.77"
 
 
-@pytest.mark.parametrize("wanted", [
-    "10.89.0.5",  # another subnet
-    "10.88.0.0",  # the network address
-    "10.88.0.1",  # the gateway
-    "10.88.0.9",  # kept for services
-    "10.88.0.255",  # broadcast
-    "fd00::5",  # IPv6
-])
+@pytest.mark.parametrize(
+    "wanted",
+    [
+        "10.89.0.5",  # another subnet
+        "10.88.0.0",  # the network address
+        "10.88.0.1",  # the gateway
+        "10.88.0.9",  # kept for services
+        "10.88.0.255",  # broadcast
+        "fd00::5",  # IPv6
+    ],
+)
 async def test_allocate_refuses_a_wanted_address_outside_the_usable_range(
-        store: Store, net24: Network, new_instance: NewInstance, wanted: str) -> None:
+    store: Store, net24: Network, new_instance: NewInstance, wanted: str
+) -> None:
     with pytest.raises(Invalid) as info:
         await _allocate(store, net24, await new_instance(), wanted)
     assert info.value.code == Code.INVALID
@@ -126,14 +155,16 @@ async def test_allocate_refuses_a_wanted_address_outside_the_usable_range(
 
 @pytest.mark.parametrize("wanted", ["banana", "10.88.0", "10.88.0.300", ""])
 async def test_allocate_refuses_a_wanted_value_that_is_no_address(
-        store: Store, net24: Network, new_instance: NewInstance, wanted: str) -> None:
+    store: Store, net24: Network, new_instance: NewInstance, wanted: str
+) -> None:
     with pytest.raises(Invalid) as info:
         await _allocate(store, net24, await new_instance(), wanted)
     assert (info.value.code, info.value.field) == (Code.INVALID, "address")
 
 
 async def test_allocate_refuses_a_wanted_address_in_use_with_exists(
-        store: Store, net24: Network, new_instance: NewInstance) -> None:
+    store: Store, net24: Network, new_instance: NewInstance
+) -> None:
     await _allocate(store, net24, await new_instance(), "10.88.0.50")
     with pytest.raises(Exists) as info:
         await _allocate(store, net24, await new_instance(), "10.88.0.50")
@@ -143,7 +174,8 @@ async def test_allocate_refuses_a_wanted_address_in_use_with_exists(
 
 
 async def test_exhausted_subnet_raises_no_resources_naming_the_fix(
-        store: Store, net29: Network, new_instance: NewInstance) -> None:
+    store: Store, net29: Network, new_instance: NewInstance
+) -> None:
     got = [await _allocate(store, net29, await new_instance()) for _ in range(5)]
     assert got == ["10.99.0.2", "10.99.0.3", "10.99.0.4", "10.99.0.5", "10.99.0.6"]
     with pytest.raises(NoResources) as info:
@@ -156,7 +188,8 @@ async def test_exhausted_subnet_raises_no_resources_naming_the_fix(
 
 
 async def test_release_frees_the_address_for_the_next_allocation(
-        store: Store, net29: Network, new_instance: NewInstance) -> None:
+    store: Store, net29: Network, new_instance: NewInstance
+) -> None:
     iids = [await new_instance() for _ in range(5)]
     for iid in iids:
         await _allocate(store, net29, iid)
@@ -166,7 +199,8 @@ async def test_release_frees_the_address_for_the_next_allocation(
 
 
 async def test_release_of_an_instance_without_an_address_does_nothing(
-        store: Store, net24: Network, new_instance: NewInstance) -> None:
+    store: Store, net24: Network, new_instance: NewInstance
+) -> None:
     kept = await new_instance()
     await _allocate(store, net24, kept)
     async with store.write() as s:
@@ -176,7 +210,8 @@ async def test_release_of_an_instance_without_an_address_does_nothing(
 
 
 async def test_concurrent_allocations_never_share_an_address(
-        store: Store, net24: Network, new_instance: NewInstance) -> None:
+    store: Store, net24: Network, new_instance: NewInstance
+) -> None:
     iids = [await new_instance() for _ in range(8)]
     got = await asyncio.gather(*(_allocate(store, net24, iid) for iid in iids))
     assert len(set(got)) == len(got)

@@ -63,7 +63,8 @@ def test_parse_rsa_line(rsa2048: rsa.RSAPrivateKey) -> None:
 
 
 def test_imported_rsa_fingerprint_is_md5_of_the_subject_public_key_info(
-        rsa2048: rsa.RSAPrivateKey) -> None:
+    rsa2048: rsa.RSAPrivateKey,
+) -> None:
     pub = rsa2048.public_key()
     line = pub.public_bytes(ENC.OpenSSH, PUB.OpenSSH).decode()
     spki = pub.public_bytes(ENC.DER, PUB.SubjectPublicKeyInfo)
@@ -80,14 +81,17 @@ def test_parse_pem_public_key_gives_an_openssh_line(rsa2048: rsa.RSAPrivateKey) 
     assert km.public_key == pub.public_bytes(ENC.OpenSSH, PUB.OpenSSH).decode()
 
 
-@pytest.mark.parametrize("text", [
-    "",
-    "garbage",
-    "ssh-ed25519",
-    "ssh-ed25519 not-base64!!! user@host",
-    "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ== truncated",
-    "-----BEGIN PUBLIC KEY-----\nnonsense\n-----END PUBLIC KEY-----",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "garbage",
+        "ssh-ed25519",
+        "ssh-ed25519 not-base64!!! user@host",
+        "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ== truncated",
+        "-----BEGIN PUBLIC KEY-----\nnonsense\n-----END PUBLIC KEY-----",
+    ],
+)
 def test_garbage_is_invalid_naming_public_key(text: str) -> None:
     with pytest.raises(Invalid) as info:
         keys.parse_public(text)
@@ -124,8 +128,9 @@ def test_created_rsa_fingerprint_is_sha1_of_the_pkcs8_private_key() -> None:
     km = keys.create("rsa")
     assert km.private_key is not None
     priv = serialization.load_pem_private_key(km.private_key.encode(), password=None)
-    pkcs8 = priv.private_bytes(ENC.DER, serialization.PrivateFormat.PKCS8,
-                               serialization.NoEncryption())
+    pkcs8 = priv.private_bytes(
+        ENC.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     assert km.fingerprint == _colon_hex(hashlib.sha1(pkcs8).digest())
     assert len(km.fingerprint.split(":")) == 20
 

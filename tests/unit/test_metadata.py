@@ -28,8 +28,7 @@ def client_from(ctrl: Controller) -> Client:
         (network,) = await ctrl.networks.by_namespace(ctrl.settings.namespace)
         app = metadata.create_app(ctrl, network.id, b"k" * 32)
         transport = httpx.ASGITransport(app=app, client=(address, 40000))
-        async with httpx.AsyncClient(transport=transport,
-                                     base_url="http://169.254.169.254") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://169.254.169.254") as c:
             yield c
 
     return make
@@ -38,8 +37,7 @@ def client_from(ctrl: Controller) -> Client:
 @pytest.fixture
 async def web(ctrl: Controller) -> Instance:
     await ctrl.keypairs.add(admin(ctrl), "laptop", None)
-    return await run(ctrl, name="web", keys=["laptop"], user_data=USER_DATA, cpus=2,
-                     memory="128M")
+    return await run(ctrl, name="web", keys=["laptop"], user_data=USER_DATA, cpus=2, memory="128M")
 
 
 async def _text(c: httpx.AsyncClient, path: str) -> str:
@@ -61,8 +59,9 @@ async def test_instance_learns_its_identity(client_from: Client, web: Instance) 
         assert await _text(c, "/latest/meta-data/reservation-id") == web.reservation_id
 
 
-async def test_instance_gets_its_public_keys(ctrl: Controller, client_from: Client,
-                                             web: Instance) -> None:
+async def test_instance_gets_its_public_keys(
+    ctrl: Controller, client_from: Client, web: Instance
+) -> None:
     (key,) = await ctrl.keypairs.list(admin(ctrl))
     assert web.private_ip is not None
     async with client_from(web.private_ip) as c:
@@ -73,8 +72,9 @@ async def test_instance_gets_its_public_keys(ctrl: Controller, client_from: Clie
         assert (await c.get("/latest/meta-data/public-keys/1/openssh-key")).status_code == 404
 
 
-async def test_inline_keys_are_listed_after_a_generated_name(ctrl: Controller,
-                                                             client_from: Client) -> None:
+async def test_inline_keys_are_listed_after_a_generated_name(
+    ctrl: Controller, client_from: Client
+) -> None:
     made, _ = await ctrl.keypairs.add(admin(ctrl), "tmp", None)
     await ctrl.keypairs.remove(admin(ctrl), "tmp")
     inst = await run(ctrl, name="inline", public_keys=[made.public_key])
@@ -98,8 +98,9 @@ async def test_user_data_is_404_when_there_is_none(ctrl: Controller, client_from
         assert (await c.get("/latest/user-data")).status_code == 404
 
 
-async def test_instance_learns_its_placement(ctrl: Controller, client_from: Client,
-                                             web: Instance) -> None:
+async def test_instance_learns_its_placement(
+    ctrl: Controller, client_from: Client, web: Instance
+) -> None:
     assert web.private_ip is not None
     async with client_from(web.private_ip) as c:
         assert await _text(c, "/latest/meta-data/placement/availability-zone") == "corral-1a"
@@ -107,8 +108,9 @@ async def test_instance_learns_its_placement(ctrl: Controller, client_from: Clie
         assert await _text(c, "/latest/meta-data/services/domain") == "corral.internal"
 
 
-async def test_identity_document_is_json(ctrl: Controller, client_from: Client,
-                                         web: Instance) -> None:
+async def test_identity_document_is_json(
+    ctrl: Controller, client_from: Client, web: Instance
+) -> None:
     assert web.private_ip is not None
     async with client_from(web.private_ip) as c:
         doc = json.loads(await _text(c, "/latest/dynamic/instance-identity/document"))
@@ -141,20 +143,26 @@ async def test_unknown_path_is_404(client_from: Client, web: Instance) -> None:
         assert (await c.get("/latest/meta-data/instance-id/deeper")).status_code == 404
 
 
-@pytest.mark.parametrize("path", [
-    "/latest/meta-data/instance-id", "/latest/user-data",
-    "/latest/dynamic/instance-identity/document",
-])
-async def test_requests_from_an_unknown_address_are_404(client_from: Client, web: Instance,
-                                                        path: str) -> None:
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/latest/meta-data/instance-id",
+        "/latest/user-data",
+        "/latest/dynamic/instance-identity/document",
+    ],
+)
+async def test_requests_from_an_unknown_address_are_404(
+    client_from: Client, web: Instance, path: str
+) -> None:
     async with client_from("10.88.0.99") as c:
         resp = await c.get(path)
     assert resp.status_code == 404
     assert web.id not in resp.text
 
 
-async def test_terminated_instance_gets_no_answers(ctrl: Controller, client_from: Client,
-                                                   web: Instance) -> None:
+async def test_terminated_instance_gets_no_answers(
+    ctrl: Controller, client_from: Client, web: Instance
+) -> None:
     _, op = await ctrl.instances.terminate(admin(ctrl), web.id)
     await finish(ctrl, op)
     assert web.private_ip is not None
@@ -162,8 +170,9 @@ async def test_terminated_instance_gets_no_answers(ctrl: Controller, client_from
         assert (await c.get("/latest/meta-data/instance-id")).status_code == 404
 
 
-async def test_each_instance_sees_only_itself(ctrl: Controller, client_from: Client,
-                                              web: Instance) -> None:
+async def test_each_instance_sees_only_itself(
+    ctrl: Controller, client_from: Client, web: Instance
+) -> None:
     other = await run(ctrl, name="other")
     assert other.private_ip is not None and other.private_ip != web.private_ip
     async with client_from(other.private_ip) as c:
@@ -189,16 +198,16 @@ async def test_imdsv2_token_flow(client_from: Client, web: Instance) -> None:
 
 
 @pytest.mark.parametrize("ttl", [None, "0", "21601", "abc"])
-async def test_imdsv2_token_needs_a_ttl_in_range(client_from: Client, web: Instance,
-                                                  ttl: str | None) -> None:
+async def test_imdsv2_token_needs_a_ttl_in_range(
+    client_from: Client, web: Instance, ttl: str | None
+) -> None:
     assert web.private_ip is not None
     async with client_from(web.private_ip) as c:
         headers = {TTL: ttl} if ttl is not None else {}
         assert (await c.put("/latest/api/token", headers=headers)).status_code == 400
 
 
-async def test_imdsv2_refuses_forwarded_token_requests(client_from: Client,
-                                                        web: Instance) -> None:
+async def test_imdsv2_refuses_forwarded_token_requests(client_from: Client, web: Instance) -> None:
     assert web.private_ip is not None
     async with client_from(web.private_ip) as c:
         resp = await c.put("/latest/api/token", headers={TTL: "60", "X-Forwarded-For": "1.2.3.4"})
@@ -206,7 +215,8 @@ async def test_imdsv2_refuses_forwarded_token_requests(client_from: Client,
 
 
 async def test_a_token_of_one_instance_is_not_valid_for_another(
-        ctrl: Controller, client_from: Client, web: Instance) -> None:
+    ctrl: Controller, client_from: Client, web: Instance
+) -> None:
     other = await run(ctrl, name="other", memory="128M")
     assert web.private_ip is not None and other.private_ip is not None
     async with client_from(web.private_ip) as c:
@@ -225,7 +235,8 @@ async def test_expired_tokens_are_refused() -> None:
 
 
 async def test_tokens_required_means_v1_requests_are_refused(
-        ctrl: Controller, client_from: Client) -> None:
+    ctrl: Controller, client_from: Client
+) -> None:
     inst = await run(ctrl, name="strict", memory="128M", metadata_tokens="required")
     assert inst.private_ip is not None
     async with client_from(inst.private_ip) as c:

@@ -36,8 +36,14 @@ async def _finished(ops: Operations, op_id: str) -> Operation:
 
 
 async def _submit(ops: Operations, op_type: str, **params: Any) -> Operation:
-    return await ops.submit(op_type, account_id=None, target_kind="thing", target_id="t-1",
-                            params=params, requested_by="tester")
+    return await ops.submit(
+        op_type,
+        account_id=None,
+        target_kind="thing",
+        target_id="t-1",
+        params=params,
+        requested_by="tester",
+    )
 
 
 async def test_submitted_operation_succeeds_with_result_and_events(ops: Operations) -> None:
@@ -56,8 +62,7 @@ async def test_submitted_operation_succeeds_with_result_and_events(ops: Operatio
     assert done.attempts == 1
     assert done.started_at is not None and done.finished_at is not None
     events = await ops.events(op.id)
-    assert [(e.seq, e.kind) for e in events] == [(1, "started"), (2, "progress"),
-                                                 (3, "succeeded")]
+    assert [(e.seq, e.kind) for e in events] == [(1, "started"), (2, "progress"), (3, "succeeded")]
     assert events[1].message == "half way" and events[1].progress == 0.5
     assert [e.kind for e in await ops.events(op.id, since=2)] == ["succeeded"]
 
@@ -91,8 +96,12 @@ async def test_handler_raising_a_corral_error_fails_with_its_error(ops: Operatio
     ops.register("bad", handler)
     done = await _finished(ops, (await _submit(ops, "bad")).id)
     assert done.status == "failed"
-    assert done.error == {"code": "invalid", "message": "size must be positive",
-                          "field": "size", "resource": "thing"}
+    assert done.error == {
+        "code": "invalid",
+        "message": "size must be positive",
+        "field": "size",
+        "resource": "thing",
+    }
     assert done.result == {}
     assert (await ops.events(done.id))[-1].kind == "failed"
 
@@ -110,7 +119,8 @@ async def test_handler_crashing_fails_with_code_internal(ops: Operations) -> Non
 
 
 async def test_unknown_operation_type_is_refused_before_anything_is_recorded(
-        ops: Operations, store: Store) -> None:
+    ops: Operations, store: Store
+) -> None:
     with pytest.raises(CorralError, match="no handler for operation type nope") as info:
         await _submit(ops, "nope")
     assert info.value.code == Code.INTERNAL
@@ -124,8 +134,7 @@ async def test_get_of_an_unknown_operation_is_not_found(ops: Operations) -> None
     assert (info.value.code, info.value.field) == (Code.NOT_FOUND, "operation_id")
 
 
-async def test_operations_of_another_account_are_not_found(ops: Operations,
-                                                           store: Store) -> None:
+async def test_operations_of_another_account_are_not_found(ops: Operations, store: Store) -> None:
     from corral.store.models import Account
 
     async with store.write() as s:
@@ -192,8 +201,15 @@ async def test_cancel_stops_a_running_operation(ops: Operations) -> None:
 
 async def test_cancel_of_an_operation_with_no_task_here_finishes_it(store: Store) -> None:
     async with store.write() as s:
-        s.add(Operation(id="op-00000000000000001", type="x", status="pending",
-                        target_kind="thing", target_id="t-1"))
+        s.add(
+            Operation(
+                id="op-00000000000000001",
+                type="x",
+                status="pending",
+                target_kind="thing",
+                target_id="t-1",
+            )
+        )
     ops = Operations(store)
     done = await ops.cancel("op-00000000000000001")
     assert done.status == "cancelled"
@@ -225,8 +241,7 @@ async def test_active_for_tracks_the_target_while_the_operation_runs(ops: Operat
     assert not ops.active_for("t-1")
 
 
-async def test_shutdown_leaves_running_operations_to_resume_after_a_restart(
-        store: Store) -> None:
+async def test_shutdown_leaves_running_operations_to_resume_after_a_restart(store: Store) -> None:
     first = Operations(store)
     calls: list[str] = []
     started = asyncio.Event()
@@ -265,9 +280,16 @@ async def test_resume_runs_pending_operations_in_creation_order(store: Store) ->
     base = utcnow()
     async with store.write() as s:
         for i, status in enumerate(["pending", "running", "succeeded", "failed", "pending"]):
-            s.add(Operation(id=f"op-0000000000000000{i}", type="job", status=status,
-                            target_kind="thing", target_id=f"t-{i}",
-                            created_at=base + dt.timedelta(seconds=i)))
+            s.add(
+                Operation(
+                    id=f"op-0000000000000000{i}",
+                    type="job",
+                    status=status,
+                    target_kind="thing",
+                    target_id=f"t-{i}",
+                    created_at=base + dt.timedelta(seconds=i),
+                )
+            )
     order: list[str] = []
 
     async def handler(ctx: OpContext) -> None:
@@ -296,8 +318,15 @@ async def test_start_after_close_leaves_the_operation_pending(store: Store) -> N
 
 async def test_resume_finishes_an_operation_left_cancelling_as_cancelled(store: Store) -> None:
     async with store.write() as s:
-        s.add(Operation(id="op-00000000000000001", type="job", status="cancelling",
-                        target_kind="thing", target_id="t-1"))
+        s.add(
+            Operation(
+                id="op-00000000000000001",
+                type="job",
+                status="cancelling",
+                target_kind="thing",
+                target_id="t-1",
+            )
+        )
     ran: list[str] = []
 
     async def handler(ctx: OpContext) -> None:
@@ -313,7 +342,8 @@ async def test_resume_finishes_an_operation_left_cancelling_as_cancelled(store: 
 
 
 async def test_wait_returns_promptly_when_the_operation_finishes_during_its_first_read(
-        ops: Operations, monkeypatch: pytest.MonkeyPatch) -> None:
+    ops: Operations, monkeypatch: pytest.MonkeyPatch
+) -> None:
     release = asyncio.Event()
 
     async def handler(ctx: OpContext) -> None:
@@ -340,7 +370,8 @@ async def test_wait_returns_promptly_when_the_operation_finishes_during_its_firs
 
 
 async def test_cancel_right_after_submit_finishes_the_operation_as_cancelled(
-        ops: Operations, monkeypatch: pytest.MonkeyPatch) -> None:
+    ops: Operations, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ran: list[str] = []
 
     async def handler(ctx: OpContext) -> None:
@@ -350,8 +381,7 @@ async def test_cancel_right_after_submit_finishes_the_operation_as_cancelled(
     in_started, gate = asyncio.Event(), asyncio.Event()
     real_event = ops._event
 
-    async def slow_started(op_id: str, kind: str, message: str,
-                           progress: float | None) -> None:
+    async def slow_started(op_id: str, kind: str, message: str, progress: float | None) -> None:
         await real_event(op_id, kind, message, progress)
         if kind == "started":  # hold the task here, as a busy store would
             in_started.set()

@@ -15,14 +15,27 @@ from corral.store.models import Instance
 NOW = 1000.0
 
 
-def _inst(desired: str = "running", state: str = "running", policy: str = "on-failure",
-          pid: int | None = 4242, reason: str = "") -> Instance:
-    return Instance(id="i-0123456789abcdef0", name="web", desired_state=desired, state=state,
-                    restart_policy=policy, pid=pid, state_reason=reason)
+def _inst(
+    desired: str = "running",
+    state: str = "running",
+    policy: str = "on-failure",
+    pid: int | None = 4242,
+    reason: str = "",
+) -> Instance:
+    return Instance(
+        id="i-0123456789abcdef0",
+        name="web",
+        desired_state=desired,
+        state=state,
+        restart_policy=policy,
+        pid=pid,
+        state_reason=reason,
+    )
 
 
-def _obs(running: bool, pid: int | None = None, reason: str | None = None,
-         detail: str = "") -> ObservedInstance:
+def _obs(
+    running: bool, pid: int | None = None, reason: str | None = None, detail: str = ""
+) -> ObservedInstance:
     exit_ = ExitInfo(reason=reason, detail=detail) if reason else None
     return ObservedInstance(id="i-0123456789abcdef0", running=running, pid=pid, exit=exit_)
 
@@ -30,8 +43,9 @@ def _obs(running: bool, pid: int | None = None, reason: str | None = None,
 # -- desired terminated ----------------------------------------------------------------------
 @pytest.mark.parametrize("obs", [None, _obs(True, 4242), _obs(False, reason="crashed")])
 @pytest.mark.parametrize("state", ["shutting-down", "running", "stopped"])
-def test_desired_terminated_destroys_whatever_is_observed(obs: ObservedInstance | None,
-                                                          state: str) -> None:
+def test_desired_terminated_destroys_whatever_is_observed(
+    obs: ObservedInstance | None, state: str
+) -> None:
     d = decide(_inst(desired="terminated", state=state), obs, now=NOW)
     assert d.action == Action.DESTROY
     assert d.reason == "finishing an interrupted termination"
@@ -45,7 +59,8 @@ def test_desired_stopped_but_running_is_stopped() -> None:
 
 @pytest.mark.parametrize("obs", [None, _obs(False, reason="requested")])
 def test_desired_stopped_and_gone_is_marked_stopped_keeping_the_reason(
-        obs: ObservedInstance | None) -> None:
+    obs: ObservedInstance | None,
+) -> None:
     d = decide(_inst(desired="stopped", state="stopping", reason="User initiated"), obs, now=NOW)
     assert (d.action, d.reason) == (Action.MARK_STOPPED, "User initiated")
 
@@ -82,7 +97,8 @@ def test_guest_shutdown_with_policy_always_restarts() -> None:
 
 @pytest.mark.parametrize("policy", ["on-failure", "never"])
 def test_guest_shutdown_without_policy_always_is_marked_stopped_as_instance_initiated(
-        policy: str) -> None:
+    policy: str,
+) -> None:
     d = decide(_inst(policy=policy), _obs(False, reason="guest-shutdown"), now=NOW)
     assert d.action == Action.MARK_STOPPED
     assert d.reason.startswith("Client.InstanceInitiatedShutdown")
@@ -90,8 +106,9 @@ def test_guest_shutdown_without_policy_always_is_marked_stopped_as_instance_init
 
 @pytest.mark.parametrize("policy", ["always", "on-failure"])
 def test_crash_restarts_under_policies_always_and_on_failure(policy: str) -> None:
-    d = decide(_inst(policy=policy),
-               _obs(False, reason="crashed", detail="killed by SIGKILL"), now=NOW)
+    d = decide(
+        _inst(policy=policy), _obs(False, reason="crashed", detail="killed by SIGKILL"), now=NOW
+    )
     assert d.action == Action.RESTART
     assert d.reason == f"QEMU killed by SIGKILL; restarted (restart policy {policy})"
 
@@ -102,8 +119,9 @@ def test_crash_without_detail_says_qemu_exited_unexpectedly() -> None:
 
 
 def test_crash_with_policy_never_is_marked_stopped_as_internal_error() -> None:
-    d = decide(_inst(policy="never"),
-               _obs(False, reason="crashed", detail="killed by SIGKILL"), now=NOW)
+    d = decide(
+        _inst(policy="never"), _obs(False, reason="crashed", detail="killed by SIGKILL"), now=NOW
+    )
     assert d.action == Action.MARK_STOPPED
     assert d.reason == "Server.InternalError: QEMU killed by SIGKILL (restart policy never)"
 
@@ -118,18 +136,23 @@ def test_exit_nobody_saw_is_reported_as_such_and_restarted(obs: ObservedInstance
 def test_exit_nobody_saw_with_policy_never_is_marked_stopped() -> None:
     d = decide(_inst(policy="never"), None, now=NOW)
     assert d.action == Action.MARK_STOPPED
-    assert d.reason == ("Server.InternalError: QEMU exited while Corral was not watching "
-                        "(restart policy never)")
+    assert d.reason == (
+        "Server.InternalError: QEMU exited while Corral was not watching (restart policy never)"
+    )
 
 
 # -- crash-loop back-off ---------------------------------------------------------------------
-@pytest.mark.parametrize(("policy", "reason"), [
-    ("on-failure", "crashed"), ("always", "crashed"), ("always", "guest-shutdown"),
-    ("on-failure", "unknown"),
-])
+@pytest.mark.parametrize(
+    ("policy", "reason"),
+    [
+        ("on-failure", "crashed"),
+        ("always", "crashed"),
+        ("always", "guest-shutdown"),
+        ("on-failure", "unknown"),
+    ],
+)
 def test_restart_due_later_waits(policy: str, reason: str) -> None:
-    d = decide(_inst(policy=policy), _obs(False, reason=reason), now=NOW,
-               next_restart_at=NOW + 1)
+    d = decide(_inst(policy=policy), _obs(False, reason=reason), now=NOW, next_restart_at=NOW + 1)
     assert d.action == Action.WAIT
     assert d.reason  # the reason is kept for the log
 
@@ -140,8 +163,9 @@ def test_restart_at_its_due_time_goes_ahead() -> None:
 
 
 def test_back_off_does_not_hold_up_a_policy_never_stop() -> None:
-    d = decide(_inst(policy="never"), _obs(False, reason="crashed"), now=NOW,
-               next_restart_at=NOW + 100)
+    d = decide(
+        _inst(policy="never"), _obs(False, reason="crashed"), now=NOW, next_restart_at=NOW + 100
+    )
     assert d.action == Action.MARK_STOPPED
 
 

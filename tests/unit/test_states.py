@@ -15,20 +15,36 @@ REFUSED = "refused"
 # request -> state -> expected answer; every pair is listed so a change shows up here
 TABLE: dict[str, dict[State, str]] = {
     "start": {
-        State.PENDING: NOOP, State.RUNNING: NOOP, State.SHUTTING_DOWN: REFUSED,
-        State.TERMINATED: REFUSED, State.STOPPING: REFUSED, State.STOPPED: ACTS,
+        State.PENDING: NOOP,
+        State.RUNNING: NOOP,
+        State.SHUTTING_DOWN: REFUSED,
+        State.TERMINATED: REFUSED,
+        State.STOPPING: REFUSED,
+        State.STOPPED: ACTS,
     },
     "stop": {
-        State.PENDING: ACTS, State.RUNNING: ACTS, State.SHUTTING_DOWN: REFUSED,
-        State.TERMINATED: REFUSED, State.STOPPING: NOOP, State.STOPPED: NOOP,
+        State.PENDING: ACTS,
+        State.RUNNING: ACTS,
+        State.SHUTTING_DOWN: REFUSED,
+        State.TERMINATED: REFUSED,
+        State.STOPPING: NOOP,
+        State.STOPPED: NOOP,
     },
     "reboot": {
-        State.PENDING: REFUSED, State.RUNNING: ACTS, State.SHUTTING_DOWN: REFUSED,
-        State.TERMINATED: REFUSED, State.STOPPING: REFUSED, State.STOPPED: REFUSED,
+        State.PENDING: REFUSED,
+        State.RUNNING: ACTS,
+        State.SHUTTING_DOWN: REFUSED,
+        State.TERMINATED: REFUSED,
+        State.STOPPING: REFUSED,
+        State.STOPPED: REFUSED,
     },
     "terminate": {
-        State.PENDING: ACTS, State.RUNNING: ACTS, State.SHUTTING_DOWN: NOOP,
-        State.TERMINATED: NOOP, State.STOPPING: ACTS, State.STOPPED: ACTS,
+        State.PENDING: ACTS,
+        State.RUNNING: ACTS,
+        State.SHUTTING_DOWN: NOOP,
+        State.TERMINATED: NOOP,
+        State.STOPPING: ACTS,
+        State.STOPPED: ACTS,
     },
 }
 CASES = [(req, st, want) for req, row in TABLE.items() for st, want in row.items()]
@@ -39,10 +55,12 @@ def test_table_covers_every_request_and_state() -> None:
         assert set(TABLE[request]) == set(State)
 
 
-@pytest.mark.parametrize(("request_", "state", "expected"), CASES,
-                         ids=[f"{r}-from-{s}-{w}" for r, s, w in CASES])
-def test_check_acts_answers_noop_or_refuses_with_wrong_state(request_: str, state: State,
-                                                             expected: str) -> None:
+@pytest.mark.parametrize(
+    ("request_", "state", "expected"), CASES, ids=[f"{r}-from-{s}-{w}" for r, s, w in CASES]
+)
+def test_check_acts_answers_noop_or_refuses_with_wrong_state(
+    request_: str, state: State, expected: str
+) -> None:
     if expected == REFUSED:
         with pytest.raises(WrongState) as info:
             states.check(request_, state.value, "web")
@@ -68,10 +86,17 @@ def test_modify_is_allowed_only_when_stopped_and_the_refusal_names_the_fix() -> 
     assert info.value.message.endswith("; stop it first")
 
 
-@pytest.mark.parametrize(("state", "code"), [
-    ("pending", 0), ("running", 16), ("shutting-down", 32), ("terminated", 48),
-    ("stopping", 64), ("stopped", 80),
-])
+@pytest.mark.parametrize(
+    ("state", "code"),
+    [
+        ("pending", 0),
+        ("running", 16),
+        ("shutting-down", 32),
+        ("terminated", 48),
+        ("stopping", 64),
+        ("stopped", 80),
+    ],
+)
 def test_state_codes_are_ec2s(state: str, code: int) -> None:
     assert states.code(state) == code
 

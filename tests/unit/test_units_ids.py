@@ -14,11 +14,20 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("256M", 256 * MiB), ("1G", GiB), ("512MiB", 512 * MiB), ("512MB", 512 * MiB),
-    ("1.5G", 3 * GiB // 2), ("64k", 64 << 10), (" 2 T ", 2 << 40), ("1024", 1024),
-    ("0", 0),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("256M", 256 * MiB),
+        ("1G", GiB),
+        ("512MiB", 512 * MiB),
+        ("512MB", 512 * MiB),
+        ("1.5G", 3 * GiB // 2),
+        ("64k", 64 << 10),
+        (" 2 T ", 2 << 40),
+        ("1024", 1024),
+        ("0", 0),
+    ],
+)
 def test_parse_size_reads_what_users_write(text: str, expected: int) -> None:
     assert parse_size(text) == expected
 
@@ -38,18 +47,36 @@ def test_parse_size_refuses_non_sizes_naming_the_field(text: str) -> None:
     assert "256M" in info.value.message
 
 
-@pytest.mark.parametrize(("n", "text"), [
-    (0, "0B"), (512, "512B"), (1024, "1K"), (MiB, "1M"), (3 * MiB // 2, "1536K"),
-    (256 * MiB, "256M"), (GiB, "1G"), (1 << 40, "1T"), (MiB + 1, "1.0M"), (1500, "1.5K"),
-])
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [
+        (0, "0B"),
+        (512, "512B"),
+        (1024, "1K"),
+        (MiB, "1M"),
+        (3 * MiB // 2, "1536K"),
+        (256 * MiB, "256M"),
+        (GiB, "1G"),
+        (1 << 40, "1T"),
+        (MiB + 1, "1.0M"),
+        (1500, "1.5K"),
+    ],
+)
 def test_format_size_prints_the_largest_exact_unit_else_one_decimal(n: int, text: str) -> None:
     assert format_size(n) == text
 
 
-@pytest.mark.parametrize(("seconds", "text"), [
-    (0, "0s"), (59.9, "59s"), (61, "1m01s"), (3599, "59m59s"), (3661, "1h01m"),
-    (90000, "1d01h"),
-])
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (59.9, "59s"),
+        (61, "1m01s"),
+        (3599, "59m59s"),
+        (3661, "1h01m"),
+        (90000, "1d01h"),
+    ],
+)
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
 
@@ -70,10 +97,18 @@ def test_new_ids_are_unique() -> None:
     assert len({ids.new_id("instance") for _ in range(1000)}) == 1000
 
 
-@pytest.mark.parametrize("value", [
-    "i-0123456789abcdef", "i-0123456789abcdef01", "i-0123456789ABCDEF0", "ami-0123456789abcdef0",
-    "web", "", "i-",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "i-0123456789abcdef",
+        "i-0123456789abcdef01",
+        "i-0123456789ABCDEF0",
+        "ami-0123456789abcdef0",
+        "web",
+        "",
+        "i-",
+    ],
+)
 def test_is_id_refuses_other_forms(value: str) -> None:
     assert not ids.is_id("instance", value)
 
@@ -98,9 +133,20 @@ def test_check_name_accepts_host_names(name: str) -> None:
     assert ids.check_name(name) == name
 
 
-@pytest.mark.parametrize("name", [
-    "", "Web", "web_1", "-web", "web-", "a" * 64, "web.example", "wéb", "web 1",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "Web",
+        "web_1",
+        "-web",
+        "web-",
+        "a" * 64,
+        "web.example",
+        "wéb",
+        "web 1",
+    ],
+)
 def test_check_name_refuses_what_is_no_host_name(name: str) -> None:
     with pytest.raises(Invalid) as info:
         ids.check_name(name)

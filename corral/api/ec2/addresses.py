@@ -14,12 +14,18 @@ from corral.controller import tags
 from corral.store.models import ElasticAddress
 
 
-def _item(a: ElasticAddress, region: str, tag_map: dict[str, dict[str, str]]
-          ) -> dict[str, Any]:
-    return {"publicIp": a.public_ip, "allocationId": a.id, "domain": "vpc",
-            "instanceId": a.instance_id, "associationId": a.association_id,
-            "privateIpAddress": a.private_ip, "networkBorderGroup": region,
-            "publicIpv4Pool": "corral", "tagSet": views.tag_set(tag_map.get(a.id))}
+def _item(a: ElasticAddress, region: str, tag_map: dict[str, dict[str, str]]) -> dict[str, Any]:
+    return {
+        "publicIp": a.public_ip,
+        "allocationId": a.id,
+        "domain": "vpc",
+        "instanceId": a.instance_id,
+        "associationId": a.association_id,
+        "privateIpAddress": a.private_ip,
+        "networkBorderGroup": region,
+        "publicIpv4Pool": "corral",
+        "tagSet": views.tag_set(tag_map.get(a.id)),
+    }
 
 
 @action("AllocateAddress")
@@ -28,30 +34,37 @@ async def address_allocate(call: Call) -> dict[str, Any]:
     if domain not in ("vpc", "standard"):
         raise Ec2Error("InvalidParameterValue", f"Domain {domain!r} must be vpc or standard")
     if call.p.get("Address") or call.p.get("PublicIpv4Pool"):
-        raise Ec2Error("InvalidParameterValue",
-                       "Corral picks the address from its pool; leave Address and "
-                       "PublicIpv4Pool out")
+        raise Ec2Error(
+            "InvalidParameterValue",
+            "Corral picks the address from its pool; leave Address and PublicIpv4Pool out",
+        )
     wanted = tags.check(call.p.tag_specs(("elastic-ip",)).get("elastic-ip", {}))
     row = await call.ctrl.elastic_ips.allocate(call.caller, call.dry_run, wanted)
-    return {"publicIp": row.public_ip, "allocationId": row.id, "domain": "vpc",
-            "publicIpv4Pool": "corral", "networkBorderGroup": call.api.settings.region}
+    return {
+        "publicIp": row.public_ip,
+        "allocationId": row.id,
+        "domain": "vpc",
+        "publicIpv4Pool": "corral",
+        "networkBorderGroup": call.api.settings.region,
+    }
 
 
 @action("AssociateAddress")
 async def address_associate(call: Call) -> dict[str, Any]:
     p = call.p
     if p.get("NetworkInterfaceId"):
-        raise Ec2Error("InvalidParameterValue",
-                       "Corral associates addresses with instances: give InstanceId")
+        raise Ec2Error(
+            "InvalidParameterValue", "Corral associates addresses with instances: give InstanceId"
+        )
     iid = p.get("InstanceId")
     if not iid:
         raise missing("InstanceId")
     alloc, ip = p.get("AllocationId"), p.get("PublicIp")
     if not alloc and not ip:
         raise Ec2Error("MissingParameter", "The request must contain AllocationId or PublicIp")
-    row = await call.ctrl.elastic_ips.associate(call.caller, iid, alloc, ip,
-                                                p.flag("AllowReassociation", False),
-                                                call.dry_run)
+    row = await call.ctrl.elastic_ips.associate(
+        call.caller, iid, alloc, ip, p.flag("AllowReassociation", False), call.dry_run
+    )
     return {"return": True, "associationId": row.association_id}
 
 
@@ -88,18 +101,25 @@ async def address_describe(call: Call) -> dict[str, Any]:
         have = {a.public_ip for a in rows}
         gone = [a for a in ips if a not in have]
         if gone:
-            raise Ec2Error("InvalidAddress.NotFound",
-                           f"Address '{', '.join(gone)}' not found.")
+            raise Ec2Error("InvalidAddress.NotFound", f"Address '{', '.join(gone)}' not found.")
         rows = [a for a in rows if a.public_ip in ips]
     async with call.ctrl.store.read() as s:
         tag_map = await call.ctrl.tags.of(s, call.caller.account_id, [a.id for a in rows])
     region = call.api.settings.region
-    match = Filters(p.filters(), {
-        "allocation-id": lambda a: a.id, "association-id": lambda a: a.association_id,
-        "domain": lambda a: "vpc", "instance-id": lambda a: a.instance_id,
-        "public-ip": lambda a: a.public_ip, "private-ip-address": lambda a: a.private_ip,
-        "network-border-group": lambda a: region, "public-ipv4-pool": lambda a: "corral",
-    }, lambda a: tag_map.get(a.id, {}))
+    match = Filters(
+        p.filters(),
+        {
+            "allocation-id": lambda a: a.id,
+            "association-id": lambda a: a.association_id,
+            "domain": lambda a: "vpc",
+            "instance-id": lambda a: a.instance_id,
+            "public-ip": lambda a: a.public_ip,
+            "private-ip-address": lambda a: a.private_ip,
+            "network-border-group": lambda a: region,
+            "public-ipv4-pool": lambda a: "corral",
+        },
+        lambda a: tag_map.get(a.id, {}),
+    )
     if call.dry_run:
         dry_run_ok()
     return {"addressesSet": [_item(a, region, tag_map) for a in rows if match(a)]}

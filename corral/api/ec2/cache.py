@@ -20,8 +20,9 @@ class AnswerCache:
         self._bytes = 0
 
     @staticmethod
-    def key(account_id: str, action: str,
-            pairs: list[tuple[str, str]]) -> tuple[object, ...] | None:
+    def key(
+        account_id: str, action: str, pairs: list[tuple[str, str]]
+    ) -> tuple[object, ...] | None:
         """The cache key of a call, or None when it must not be cached."""
         if not action.startswith("Describe"):
             return None

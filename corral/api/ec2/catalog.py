@@ -19,13 +19,23 @@ async def regions_describe(call: Call) -> dict[str, Any]:
     names = call.p.strings("RegionName")
     unknown = [n for n in names if n != st.region]
     if unknown:
-        raise Ec2Error("InvalidParameterValue",
-                       f"Invalid region names: {', '.join(unknown)}; this Corral is {st.region}")
-    item = {"regionName": st.region, "regionEndpoint": st.api_url.split("://", 1)[-1],
-            "optInStatus": "opt-in-not-required"}
-    match = Filters(call.p.filters(), {"region-name": lambda r: r["regionName"],
-                                       "endpoint": lambda r: r["regionEndpoint"],
-                                       "opt-in-status": lambda r: r["optInStatus"]})
+        raise Ec2Error(
+            "InvalidParameterValue",
+            f"Invalid region names: {', '.join(unknown)}; this Corral is {st.region}",
+        )
+    item = {
+        "regionName": st.region,
+        "regionEndpoint": st.api_url.split("://", 1)[-1],
+        "optInStatus": "opt-in-not-required",
+    }
+    match = Filters(
+        call.p.filters(),
+        {
+            "region-name": lambda r: r["regionName"],
+            "endpoint": lambda r: r["regionEndpoint"],
+            "opt-in-status": lambda r: r["optInStatus"],
+        },
+    )
     if call.dry_run:
         dry_run_ok()
     return {"regionInfo": [item] if match(item) else []}
@@ -35,23 +45,39 @@ async def regions_describe(call: Call) -> dict[str, Any]:
 async def zones_describe(call: Call) -> dict[str, Any]:
     st = call.api.settings
     zone_id = f"{st.region.replace('-', '')}-az1"
-    item = {"zoneName": st.availability_zone, "zoneState": "available",
-            "regionName": st.region, "zoneId": zone_id, "zoneType": "availability-zone",
-            "optInStatus": "opt-in-not-required", "groupName": st.region,
-            "networkBorderGroup": st.region, "messageSet": []}
+    item = {
+        "zoneName": st.availability_zone,
+        "zoneState": "available",
+        "regionName": st.region,
+        "zoneId": zone_id,
+        "zoneType": "availability-zone",
+        "optInStatus": "opt-in-not-required",
+        "groupName": st.region,
+        "networkBorderGroup": st.region,
+        "messageSet": [],
+    }
     names, zone_ids = call.p.strings("ZoneName"), call.p.strings("ZoneId")
-    unknown = [n for n in names if n != st.availability_zone] + \
-        [z for z in zone_ids if z != zone_id]
+    unknown = [n for n in names if n != st.availability_zone] + [
+        z for z in zone_ids if z != zone_id
+    ]
     if unknown:
-        raise Ec2Error("InvalidParameterValue",
-                       f"The availability zone '{', '.join(unknown)}' does not exist; this "
-                       f"Corral has {st.availability_zone}")
-    match = Filters(call.p.filters(), {
-        "zone-name": lambda z: z["zoneName"], "zone-id": lambda z: z["zoneId"],
-        "state": lambda z: z["zoneState"], "region-name": lambda z: z["regionName"],
-        "zone-type": lambda z: z["zoneType"], "group-name": lambda z: z["groupName"],
-        "opt-in-status": lambda z: z["optInStatus"],
-    })
+        raise Ec2Error(
+            "InvalidParameterValue",
+            f"The availability zone '{', '.join(unknown)}' does not exist; this "
+            f"Corral has {st.availability_zone}",
+        )
+    match = Filters(
+        call.p.filters(),
+        {
+            "zone-name": lambda z: z["zoneName"],
+            "zone-id": lambda z: z["zoneId"],
+            "state": lambda z: z["zoneState"],
+            "region-name": lambda z: z["regionName"],
+            "zone-type": lambda z: z["zoneType"],
+            "group-name": lambda z: z["groupName"],
+            "opt-in-status": lambda z: z["optInStatus"],
+        },
+    )
     if call.dry_run:
         dry_run_ok()
     return {"availabilityZoneInfo": [item] if match(item) else []}
@@ -59,15 +85,21 @@ async def zones_describe(call: Call) -> dict[str, Any]:
 
 def type_item(t: InstanceType) -> dict[str, Any]:
     return {
-        "instanceType": t.name, "currentGeneration": True, "freeTierEligible": False,
+        "instanceType": t.name,
+        "currentGeneration": True,
+        "freeTierEligible": False,
         "supportedUsageClasses": ["on-demand"],
         "supportedRootDeviceTypes": ["ebs", "instance-store"],
-        "supportedVirtualizationTypes": ["hvm"], "bareMetal": False,
+        "supportedVirtualizationTypes": ["hvm"],
+        "bareMetal": False,
         "processorInfo": {"supportedArchitectures": ["x86_64"]},
-        "vCpuInfo": {"defaultVCpus": t.vcpus, "defaultCores": t.vcpus,
-                     "defaultThreadsPerCore": 1,
-                     # Corral's fractional CPU: the host cores the vCPUs may use together
-                     "cpuLimitInCores": f"{t.cores:g}"},
+        "vCpuInfo": {
+            "defaultVCpus": t.vcpus,
+            "defaultCores": t.vcpus,
+            "defaultThreadsPerCore": 1,
+            # Corral's fractional CPU: the host cores the vCPUs may use together
+            "cpuLimitInCores": f"{t.cores:g}",
+        },
         "memoryInfo": {"sizeInMiB": t.memory_mib},
         "instanceStorageSupported": False,
         "burstablePerformanceSupported": t.burstable,
@@ -81,18 +113,23 @@ async def types_describe(call: Call) -> dict[str, Any]:
     names = call.p.strings("InstanceType")
     unknown = [n for n in names if n not in CATALOG]
     if unknown:
-        raise Ec2Error("InvalidInstanceType",
-                       f"The following supplied instance types do not exist: "
-                       f"[{', '.join(unknown)}]")
+        raise Ec2Error(
+            "InvalidInstanceType",
+            f"The following supplied instance types do not exist: [{', '.join(unknown)}]",
+        )
     rows = [CATALOG[n] for n in names] if names else list(CATALOG.values())
-    match = Filters(call.p.filters(), {
-        "instance-type": lambda t: t.name, "vcpu-info.default-vcpus": lambda t: t.vcpus,
-        "memory-info.size-in-mib": lambda t: t.memory_mib,
-        "burstable-performance-supported": lambda t: t.burstable,
-        "current-generation": lambda t: True,
-        "processor-info.supported-architecture": lambda t: "x86_64",
-        "supported-virtualization-type": lambda t: "hvm",
-    })
+    match = Filters(
+        call.p.filters(),
+        {
+            "instance-type": lambda t: t.name,
+            "vcpu-info.default-vcpus": lambda t: t.vcpus,
+            "memory-info.size-in-mib": lambda t: t.memory_mib,
+            "burstable-performance-supported": lambda t: t.burstable,
+            "current-generation": lambda t: True,
+            "processor-info.supported-architecture": lambda t: "x86_64",
+            "supported-virtualization-type": lambda t: "hvm",
+        },
+    )
     rows = [t for t in rows if match(t)]
     if call.dry_run:
         dry_run_ok()
@@ -104,17 +141,28 @@ async def types_describe(call: Call) -> dict[str, Any]:
 async def account_attributes(call: Call) -> dict[str, Any]:
     pool = ipaddress.ip_network(call.api.settings.public_cidr)
     eips = str(max(0, pool.num_addresses - 3))
-    values = {"supported-platforms": ["EC2"], "default-vpc": ["none"],
-              "max-instances": ["100"], "vpc-max-security-groups-per-interface": ["5"],
-              "max-elastic-ips": [eips], "vpc-max-elastic-ips": [eips]}
+    values = {
+        "supported-platforms": ["EC2"],
+        "default-vpc": ["none"],
+        "max-instances": ["100"],
+        "vpc-max-security-groups-per-interface": ["5"],
+        "max-elastic-ips": [eips],
+        "vpc-max-elastic-ips": [eips],
+    }
     wanted = call.p.strings("AttributeName")
     unknown = [w for w in wanted if w not in values]
     if unknown:
-        raise Ec2Error("InvalidParameterValue",
-                       f"Value ({unknown[0]}) for parameter attributeName is invalid; known: "
-                       f"{', '.join(values)}")
+        raise Ec2Error(
+            "InvalidParameterValue",
+            f"Value ({unknown[0]}) for parameter attributeName is invalid; known: "
+            f"{', '.join(values)}",
+        )
     if call.dry_run:
         dry_run_ok()
-    return {"accountAttributeSet": [
-        {"attributeName": k, "attributeValueSet": [{"attributeValue": v} for v in vs]}
-        for k, vs in values.items() if not wanted or k in wanted]}
+    return {
+        "accountAttributeSet": [
+            {"attributeName": k, "attributeValueSet": [{"attributeValue": v} for v in vs]}
+            for k, vs in values.items()
+            if not wanted or k in wanted
+        ]
+    }

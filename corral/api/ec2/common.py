@@ -13,5 +13,7 @@ def dry_run_ok() -> NoReturn:
 
 def not_found(code: str, what: str, gone: list[str]) -> Ec2Error:
     many = len(gone) > 1
-    return Ec2Error(code, f"The {what}{'s' if many else ''} '{', '.join(gone)}' "
-                    f"do{'' if many else 'es'} not exist")
+    return Ec2Error(
+        code,
+        f"The {what}{'s' if many else ''} '{', '.join(gone)}' do{'' if many else 'es'} not exist",
+    )

@@ -56,26 +56,33 @@ async def ec2(request: Request) -> Response:
         try:
             pairs += parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=False)
         except UnicodeDecodeError:
-            return _error(Ec2Error("MalformedQueryString", "the body is not UTF-8 form data"),
-                          request_id)
+            return _error(
+                Ec2Error("MalformedQueryString", "the body is not UTF-8 form data"), request_id
+            )
     action_name = ""
     key = None
     generation = 0
     try:
         req = sigv4.Request(
-            method=request.method, raw_path=request.scope.get("raw_path", b"/").decode(
-                "latin-1").split("?", 1)[0],
+            method=request.method,
+            raw_path=request.scope.get("raw_path", b"/").decode("latin-1").split("?", 1)[0],
             raw_query=raw_query,
-            headers=[(k.decode("latin-1").lower(), v.decode("latin-1"))
-                     for k, v in request.scope["headers"]], body=body)
+            headers=[
+                (k.decode("latin-1").lower(), v.decode("latin-1"))
+                for k, v in request.scope["headers"]
+            ],
+            body=body,
+        )
         accounts = ctx.controller.accounts
 
         async def secret_for(key_id: str) -> str:
             try:
                 await accounts.lookup(key_id)
             except CorralError as err:
-                raise Ec2Error("AuthFailure", "AWS was not able to validate the provided "
-                               f"access credentials ({err.message})") from err
+                raise Ec2Error(
+                    "AuthFailure",
+                    f"AWS was not able to validate the provided access credentials ({err.message})",
+                ) from err
             return accounts.secret_for(key_id)
 
         key_id = await sigv4.verify(req, ctx.settings.region, secret_for)
@@ -92,10 +99,12 @@ async def ec2(request: Request) -> Response:
         handler = ACTIONS.get(action_name)
         if handler is None:
             if action_name in UNSUPPORTED:
-                raise Ec2Error("UnsupportedOperation",
-                               f"The action {action_name} is not supported by Corral")
-            raise Ec2Error("InvalidAction",
-                           f"The action {action_name} is not valid for this web service.")
+                raise Ec2Error(
+                    "UnsupportedOperation", f"The action {action_name} is not supported by Corral"
+                )
+            raise Ec2Error(
+                "InvalidAction", f"The action {action_name} is not valid for this web service."
+            )
         result = await handler(Call(ctx, caller, params, action_name))
     except Ec2Error as err:
         return _error(err, request_id)
@@ -103,19 +112,23 @@ async def ec2(request: Request) -> Response:
         return _error(from_corral(err), request_id)
     except Exception:
         log.exception("EC2 %s failed", action_name or "request")
-        return _error(Ec2Error("InternalError", "An internal error occurred; see the Corral "
-                               "log", 500), request_id)
+        return _error(
+            Ec2Error("InternalError", "An internal error occurred; see the Corral log", 500),
+            request_id,
+        )
     if key is not None:
         body = xml.response(action_name, PLACEHOLDER, result)
         _answers(ctx).put(key, generation, body)
-        return Response(body.replace(PLACEHOLDER.encode(), request_id.encode(), 1),
-                        media_type=XML_TYPE)
+        return Response(
+            body.replace(PLACEHOLDER.encode(), request_id.encode(), 1), media_type=XML_TYPE
+        )
     return Response(xml.response(action_name, request_id, result), media_type=XML_TYPE)
 
 
 def _error(err: Ec2Error, request_id: str) -> Response:
-    return Response(xml.error(err.code, err.message, request_id), status_code=err.status,
-                    media_type=XML_TYPE)
+    return Response(
+        xml.error(err.code, err.message, request_id), status_code=err.status, media_type=XML_TYPE
+    )
 
 
 _load_actions()

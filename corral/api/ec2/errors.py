@@ -5,29 +5,43 @@ from __future__ import annotations
 from corral.errors import Code, CorralError, DryRunPassed
 
 STATUS = {
-    "AuthFailure": 401, "MissingAuthenticationToken": 401, "UnauthorizedOperation": 403,
-    "DryRunOperation": 412, "InternalError": 500, "Unavailable": 503,
-    "InsufficientInstanceCapacity": 500, "ServiceUnavailable": 503,
+    "AuthFailure": 401,
+    "MissingAuthenticationToken": 401,
+    "UnauthorizedOperation": 403,
+    "DryRunOperation": 412,
+    "InternalError": 500,
+    "Unavailable": 503,
+    "InsufficientInstanceCapacity": 500,
+    "ServiceUnavailable": 503,
 }
 
 NOT_FOUND = {
-    "instance": "InvalidInstanceID.NotFound", "image": "InvalidAMIID.NotFound",
-    "key_pair": "InvalidKeyPair.NotFound", "security_group": "InvalidGroup.NotFound",
-    "volume": "InvalidVolume.NotFound", "snapshot": "InvalidSnapshot.NotFound",
-    "allocation": "InvalidAllocationID.NotFound", "association": "InvalidAssociationID.NotFound",
-    "instance_type": "InvalidInstanceType", "account": "InvalidUserID.Malformed",
+    "instance": "InvalidInstanceID.NotFound",
+    "image": "InvalidAMIID.NotFound",
+    "key_pair": "InvalidKeyPair.NotFound",
+    "security_group": "InvalidGroup.NotFound",
+    "volume": "InvalidVolume.NotFound",
+    "snapshot": "InvalidSnapshot.NotFound",
+    "allocation": "InvalidAllocationID.NotFound",
+    "association": "InvalidAssociationID.NotFound",
+    "instance_type": "InvalidInstanceType",
+    "account": "InvalidUserID.Malformed",
     "security_group_rule": "InvalidPermission.NotFound",
 }
 EXISTS = {
-    "key_pair": "InvalidKeyPair.Duplicate", "security_group": "InvalidGroup.Duplicate",
+    "key_pair": "InvalidKeyPair.Duplicate",
+    "security_group": "InvalidGroup.Duplicate",
     "security_group_rule": "InvalidPermission.Duplicate",
 }
 WRONG_STATE = {
-    "instance": "IncorrectInstanceState", "image": "InvalidAMIID.Unavailable",
-    "volume": "IncorrectState", "snapshot": "IncorrectState",
+    "instance": "IncorrectInstanceState",
+    "image": "InvalidAMIID.Unavailable",
+    "volume": "IncorrectState",
+    "snapshot": "IncorrectState",
 }
 INVALID_FIELD = {
-    "public_key": "InvalidKey.Format", "key_name": "InvalidKeyPair.Format",
+    "public_key": "InvalidKey.Format",
+    "key_name": "InvalidKeyPair.Format",
 }
 
 
@@ -40,20 +54,19 @@ class Ec2Error(Exception):
 
 
 def missing(name: str) -> Ec2Error:
-    return Ec2Error("MissingParameter",
-                    f"The request must contain the parameter {name}")
+    return Ec2Error("MissingParameter", f"The request must contain the parameter {name}")
 
 
 def invalid(name: str, value: object, why: str = "") -> Ec2Error:
-    return Ec2Error("InvalidParameterValue",
-                    f"Value ({value}) for parameter {name} is invalid." + (f" {why}" if why
-                                                                            else ""))
+    return Ec2Error(
+        "InvalidParameterValue",
+        f"Value ({value}) for parameter {name} is invalid." + (f" {why}" if why else ""),
+    )
 
 
 def from_corral(err: CorralError) -> Ec2Error:
     if isinstance(err, DryRunPassed):
-        return Ec2Error("DryRunOperation",
-                        "Request would have succeeded, but DryRun flag is set.")
+        return Ec2Error("DryRunOperation", "Request would have succeeded, but DryRun flag is set.")
     code = err.ec2_code
     if code is None:
         res = err.resource or ""
@@ -66,8 +79,9 @@ def from_corral(err: CorralError) -> Ec2Error:
         elif err.code == Code.INVALID:
             code = INVALID_FIELD.get(err.field or "", "InvalidParameterValue")
         elif err.code == Code.NO_RESOURCES:
-            code = "InsufficientInstanceCapacity" if res in ("node", "") else \
-                "ResourceLimitExceeded"
+            code = (
+                "InsufficientInstanceCapacity" if res in ("node", "") else "ResourceLimitExceeded"
+            )
         elif err.code == Code.UNAUTHORIZED:
             code = "AuthFailure"
         elif err.code == Code.FORBIDDEN:

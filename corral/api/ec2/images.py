@@ -34,22 +34,43 @@ def display_name(i: Image) -> str:
 
 def image_item(i: Image, owner: str, tag_map: dict[str, dict[str, str]]) -> dict[str, Any]:
     ebs = i.root_device_type == "ebs"
-    bdm = [{"deviceName": views.ROOT_DEVICE, "ebs": {
-        "snapshotId": i.root_snapshot_id, "volumeSize": max(1, -(-i.virtual_size // GIB)),
-        "deleteOnTermination": True, "volumeType": "standard", "encrypted": False}}] \
-        if ebs else []
+    bdm = (
+        [
+            {
+                "deviceName": views.ROOT_DEVICE,
+                "ebs": {
+                    "snapshotId": i.root_snapshot_id,
+                    "volumeSize": max(1, -(-i.virtual_size // GIB)),
+                    "deleteOnTermination": True,
+                    "volumeType": "standard",
+                    "encrypted": False,
+                },
+            }
+        ]
+        if ebs
+        else []
+    )
     state = {"failed": "failed", "pending": "pending"}.get(i.state, i.state)
     return {
-        "imageId": i.id, "imageLocation": f"{OWNER_ALIAS if i.account_id is None else owner}/"
-        f"{i.name}", "imageState": state, "imageOwnerId": owner,
-        "creationDate": i.created_at, "isPublic": i.public, "architecture": i.arch,
-        "imageType": "machine", "name": display_name(i),
+        "imageId": i.id,
+        "imageLocation": f"{OWNER_ALIAS if i.account_id is None else owner}/{i.name}",
+        "imageState": state,
+        "imageOwnerId": owner,
+        "creationDate": i.created_at,
+        "isPublic": i.public,
+        "architecture": i.arch,
+        "imageType": "machine",
+        "name": display_name(i),
         "description": i.description or None,
         "imageOwnerAlias": OWNER_ALIAS if i.account_id is None else None,
-        "rootDeviceType": i.root_device_type, "rootDeviceName": views.ROOT_DEVICE,
-        "blockDeviceMapping": bdm, "virtualizationType": "hvm",
-        "platformDetails": "Linux/UNIX", "usageOperation": "RunInstances",
-        "tagSet": views.tag_set(tag_map.get(i.id)), "bootMode": "legacy-bios",
+        "rootDeviceType": i.root_device_type,
+        "rootDeviceName": views.ROOT_DEVICE,
+        "blockDeviceMapping": bdm,
+        "virtualizationType": "hvm",
+        "platformDetails": "Linux/UNIX",
+        "usageOperation": "RunInstances",
+        "tagSet": views.tag_set(tag_map.get(i.id)),
+        "bootMode": "legacy-bios",
     }
 
 
@@ -67,8 +88,9 @@ async def images_describe(call: Call) -> dict[str, Any]:
         have = {i.id for i in rows}
         gone = [w for w in wanted if w not in have]
         if gone:
-            raise Ec2Error("InvalidAMIID.NotFound",
-                           f"The image id '[{', '.join(gone)}]' does not exist")
+            raise Ec2Error(
+                "InvalidAMIID.NotFound", f"The image id '[{', '.join(gone)}]' does not exist"
+            )
         rows = [i for i in rows if i.id in wanted]
 
     def owner_of(i: Image) -> str:
@@ -84,13 +106,15 @@ async def images_describe(call: Call) -> dict[str, Any]:
                 keep.add(OWNER_ALIAS)
             else:
                 keep.add(o)
-        rows = [i for i in rows if owner_of(i) in keep
-                or (OWNER_ALIAS in keep and i.account_id is None)]
+        rows = [
+            i for i in rows if owner_of(i) in keep or (OWNER_ALIAS in keep and i.account_id is None)
+        ]
     async with call.ctrl.store.read() as s:
         perms = await call.ctrl.image_publishing.permissions(s, [i.id for i in rows])
         tag_map = await call.ctrl.tags.of(s, me, [i.id for i in rows])
     exec_by = p.strings("ExecutableBy")
     if exec_by:
+
         def may(i: Image, who: str) -> bool:
             if who == "all":
                 return i.public
@@ -98,24 +122,33 @@ async def images_describe(call: Call) -> dict[str, Any]:
             if who != "self" and owner_of(i) != me:
                 return False  # only an owner may ask who else can launch its images
             return i.public or owner_of(i) == acct or acct in perms.get(i.id, [])
+
         rows = [i for i in rows if any(may(i, w) for w in exec_by)]
-    match = Filters(p.filters(), {
-        "image-id": lambda i: i.id, "name": display_name, "state": lambda i: i.state,
-        "owner-id": owner_of,
-        "owner-alias": lambda i: OWNER_ALIAS if i.account_id is None else None,
-        "is-public": lambda i: i.public, "architecture": lambda i: i.arch,
-        "image-type": lambda i: "machine", "root-device-type": lambda i: i.root_device_type,
-        "root-device-name": lambda i: views.ROOT_DEVICE,
-        "virtualization-type": lambda i: "hvm", "description": lambda i: i.description,
-        "block-device-mapping.snapshot-id": lambda i: i.root_snapshot_id,
-        "platform-details": lambda i: "Linux/UNIX",
-    }, lambda i: tag_map.get(i.id, {}))
+    match = Filters(
+        p.filters(),
+        {
+            "image-id": lambda i: i.id,
+            "name": display_name,
+            "state": lambda i: i.state,
+            "owner-id": owner_of,
+            "owner-alias": lambda i: OWNER_ALIAS if i.account_id is None else None,
+            "is-public": lambda i: i.public,
+            "architecture": lambda i: i.arch,
+            "image-type": lambda i: "machine",
+            "root-device-type": lambda i: i.root_device_type,
+            "root-device-name": lambda i: views.ROOT_DEVICE,
+            "virtualization-type": lambda i: "hvm",
+            "description": lambda i: i.description,
+            "block-device-mapping.snapshot-id": lambda i: i.root_snapshot_id,
+            "platform-details": lambda i: "Linux/UNIX",
+        },
+        lambda i: tag_map.get(i.id, {}),
+    )
     rows = [i for i in rows if match(i)]
     if call.dry_run:
         dry_run_ok()
     page, token = paginate(rows, p, call.action, me, 1, 1000, "ImageId")
-    return {"imagesSet": [image_item(i, owner_of(i), tag_map) for i in page],
-            "nextToken": token}
+    return {"imagesSet": [image_item(i, owner_of(i), tag_map) for i in page], "nextToken": token}
 
 
 @action("CreateImage")
@@ -127,8 +160,14 @@ async def image_create(call: Call) -> dict[str, Any]:
     specs = p.tag_specs(("image", "snapshot"))
     wanted = tags.check(specs.get("image", {}))
     row, _ = await call.ctrl.image_publishing.create_image(
-        call.caller, iid, p.need("Name"), p.get("Description", "") or "", wanted, call.dry_run,
-        no_reboot=p.flag("NoReboot"))
+        call.caller,
+        iid,
+        p.need("Name"),
+        p.get("Description", "") or "",
+        wanted,
+        call.dry_run,
+        no_reboot=p.flag("NoReboot"),
+    )
     if specs.get("snapshot") and row.root_snapshot_id:
         await call.ctrl.tags.create(call.caller, [row.root_snapshot_id], specs["snapshot"])
     return {"imageId": row.id}
@@ -139,8 +178,11 @@ async def image_register(call: Call) -> dict[str, Any]:
     p = call.p
     name = p.need("Name")
     if p.get("ImageLocation"):
-        raise Ec2Error("InvalidParameterValue", "Corral registers images from snapshots: give "
-                       "BlockDeviceMapping.1.Ebs.SnapshotId, not ImageLocation")
+        raise Ec2Error(
+            "InvalidParameterValue",
+            "Corral registers images from snapshots: give "
+            "BlockDeviceMapping.1.Ebs.SnapshotId, not ImageLocation",
+        )
     arch = p.get("Architecture", "x86_64")
     if arch != "x86_64":
         raise Ec2Error("InvalidParameterValue", f"Architecture {arch!r}: Corral runs x86_64")
@@ -150,15 +192,14 @@ async def image_register(call: Call) -> dict[str, Any]:
     if not snapshot:
         raise missing("BlockDeviceMapping.1.Ebs.SnapshotId")
     row, _ = await call.ctrl.image_publishing.register(
-        call.caller, name, snapshot, p.get("KernelId"), p.get("Description", "") or "",
-        call.dry_run)
+        call.caller, name, snapshot, p.get("KernelId"), p.get("Description", "") or "", call.dry_run
+    )
     return {"imageId": row.id}
 
 
 @action("DeregisterImage")
 async def image_deregister(call: Call) -> dict[str, Any]:
-    await call.ctrl.image_publishing.deregister(call.caller, call.p.need("ImageId"),
-                                                call.dry_run)
+    await call.ctrl.image_publishing.deregister(call.caller, call.p.need("ImageId"), call.dry_run)
     return {"return": True}
 
 
@@ -181,16 +222,27 @@ async def image_attribute(call: Call) -> dict[str, Any]:
     if attr == "description":
         return {"imageId": image_id, "description": {"value": row.description}}
     if attr == "blockDeviceMapping":
-        return {"imageId": image_id,
-                "blockDeviceMapping": image_item(row, "", {})["blockDeviceMapping"]}
-    if attr in ("kernel", "ramdisk", "sriovNetSupport", "bootMode", "lastLaunchedTime",
-                "imdsSupport", "deregistrationProtection"):
+        return {
+            "imageId": image_id,
+            "blockDeviceMapping": image_item(row, "", {})["blockDeviceMapping"],
+        }
+    if attr in (
+        "kernel",
+        "ramdisk",
+        "sriovNetSupport",
+        "bootMode",
+        "lastLaunchedTime",
+        "imdsSupport",
+        "deregistrationProtection",
+    ):
         return {"imageId": image_id, attr: {}}
     if attr == "productCodes":
         return {"imageId": image_id, "productCodes": []}
-    raise Ec2Error("InvalidParameterValue",
-                   f"Value ({attr}) for parameter attribute is invalid; use launchPermission, "
-                   "description or blockDeviceMapping")
+    raise Ec2Error(
+        "InvalidParameterValue",
+        f"Value ({attr}) for parameter attribute is invalid; use launchPermission, "
+        "description or blockDeviceMapping",
+    )
 
 
 @action("ModifyImageAttribute")
@@ -224,14 +276,16 @@ async def image_modify(call: Call) -> dict[str, Any]:
     if attr == "description":
         description = p.need("Value")
     if description is None and not add_users and not remove_users and add_all is None:
-        raise Ec2Error("MissingParameter", "Say what to change: LaunchPermission.Add/Remove or "
-                       "Description.Value")
+        raise Ec2Error(
+            "MissingParameter",
+            "Say what to change: LaunchPermission.Add/Remove or Description.Value",
+        )
     pub = call.ctrl.image_publishing
-    await pub.modify_launch_permissions(call.caller, image_id, add_users, remove_users,
-                                        add_all, call.dry_run)
+    await pub.modify_launch_permissions(
+        call.caller, image_id, add_users, remove_users, add_all, call.dry_run
+    )
     if description is not None:
         async with call.ctrl.store.write() as s:
             row = await pub.owned(s, call.caller, image_id)
             row.description = description
     return {"return": True}
-

@@ -32,20 +32,35 @@ MAX_COUNT = 100
 def check_ids(values: list[str], kind: str = "instance", param: str = "InstanceId") -> None:
     for v in values:
         if not ids.is_id(kind, v):
-            raise Ec2Error(f"Invalid{_KIND_CODE[kind]}ID.Malformed",
-                           f'Invalid id: "{v}" ({param} must be {ids.PREFIXES[kind]}- and 17 '
-                           "hex digits)")
+            raise Ec2Error(
+                f"Invalid{_KIND_CODE[kind]}ID.Malformed",
+                f'Invalid id: "{v}" ({param} must be {ids.PREFIXES[kind]}- and 17 hex digits)',
+            )
 
 
 _KIND_CODE = {"instance": "Instance", "volume": "Volume", "snapshot": "Snapshot"}
-LISTED = (Instance.id, Instance.account_id, Instance.name, Instance.image_id, Instance.node_id,
-          Instance.state, Instance.state_reason, Instance.instance_type, Instance.cpus,
-          Instance.memory, Instance.private_ip, Instance.key_name, Instance.client_token,
-          Instance.reservation_id, Instance.launch_time)
+LISTED = (
+    Instance.id,
+    Instance.account_id,
+    Instance.name,
+    Instance.image_id,
+    Instance.node_id,
+    Instance.state,
+    Instance.state_reason,
+    Instance.instance_type,
+    Instance.cpus,
+    Instance.memory,
+    Instance.private_ip,
+    Instance.key_name,
+    Instance.client_token,
+    Instance.reservation_id,
+    Instance.launch_time,
+)
 
 
-async def load(call: Call, instance_ids: list[str] | None = None,
-               window: tuple[int, int] | None = None) -> tuple[list[Any], views.InstanceExtras]:
+async def load(
+    call: Call, instance_ids: list[str] | None = None, window: tuple[int, int] | None = None
+) -> tuple[list[Any], views.InstanceExtras]:
     """The caller's instances (all, or these ids: missing ones are an error; or the
     ``(offset, limit)`` window of them) with extras."""
     account = call.caller.account_id
@@ -63,30 +78,38 @@ async def load(call: Call, instance_ids: list[str] | None = None,
             found = {r.id for r in rows}
             gone = [i for i in instance_ids if i not in found]
             if gone:
-                raise Ec2Error("InvalidInstanceID.NotFound",
-                               f"The instance ID{'s' if len(gone) > 1 else ''} "
-                               f"'{', '.join(gone)}' do{'' if len(gone) > 1 else 'es'} not "
-                               "exist")
+                raise Ec2Error(
+                    "InvalidInstanceID.NotFound",
+                    f"The instance ID{'s' if len(gone) > 1 else ''} "
+                    f"'{', '.join(gone)}' do{'' if len(gone) > 1 else 'es'} not "
+                    "exist",
+                )
         x = views.InstanceExtras()
-        x.tags = await call.ctrl.tags.of(s, account, [r.id for r in rows]
-                                         if instance_ids or window else None)
-        gq = (select(InstanceSecurityGroup.instance_id, SecurityGroup.id, SecurityGroup.name)
-              .join(SecurityGroup, SecurityGroup.id == InstanceSecurityGroup.group_id)
-              .where(SecurityGroup.account_id == account))
-        for iid, gid, name in (await s.execute(gq)):
+        x.tags = await call.ctrl.tags.of(
+            s, account, [r.id for r in rows] if instance_ids or window else None
+        )
+        gq = (
+            select(InstanceSecurityGroup.instance_id, SecurityGroup.id, SecurityGroup.name)
+            .join(SecurityGroup, SecurityGroup.id == InstanceSecurityGroup.group_id)
+            .where(SecurityGroup.account_id == account)
+        )
+        for iid, gid, name in await s.execute(gq):
             x.groups.setdefault(iid, []).append((gid, name))
-        for owner, ip in (await s.execute(select(ElasticAddress.instance_id,
-                                                 ElasticAddress.public_ip).where(
-                ElasticAddress.account_id == account,
-                ElasticAddress.instance_id.is_not(None)))):
+        for owner, ip in await s.execute(
+            select(ElasticAddress.instance_id, ElasticAddress.public_ip).where(
+                ElasticAddress.account_id == account, ElasticAddress.instance_id.is_not(None)
+            )
+        ):
             x.public_ips[str(owner)] = str(ip)
-        for v in await s.scalars(select(Volume).where(Volume.account_id == account,
-                                                      Volume.instance_id.is_not(None))):
+        for v in await s.scalars(
+            select(Volume).where(Volume.account_id == account, Volume.instance_id.is_not(None))
+        ):
             x.volumes.setdefault(str(v.instance_id), []).append(v)
         image_ids = {r.image_id for r in rows}
         if image_ids:
-            for iid, rtype in (await s.execute(select(Image.id, Image.root_device_type).where(
-                    Image.id.in_(image_ids)))):
+            for iid, rtype in await s.execute(
+                select(Image.id, Image.root_device_type).where(Image.id.in_(image_ids))
+            ):
                 x.root_types[iid] = rtype
     return rows, x
 
@@ -98,10 +121,20 @@ _ITEMS_MAX = 100_000
 
 
 def _item(r: Any, x: views.InstanceExtras, zone: str, domain: str, index: int) -> xml.Raw:
-    key = (tuple(r), index, zone, domain, tuple(x.tags.get(r.id, {}).items()),
-           tuple(x.groups.get(r.id, ())), x.public_ips.get(r.id), x.root_types.get(r.image_id),
-           tuple((v.id, v.device, v.attach_state, v.attach_time, v.delete_on_termination)
-                 for v in x.volumes.get(r.id, ())))
+    key = (
+        tuple(r),
+        index,
+        zone,
+        domain,
+        tuple(x.tags.get(r.id, {}).items()),
+        tuple(x.groups.get(r.id, ())),
+        x.public_ips.get(r.id),
+        x.root_types.get(r.image_id),
+        tuple(
+            (v.id, v.device, v.attach_state, v.attach_time, v.delete_on_termination)
+            for v in x.volumes.get(r.id, ())
+        ),
+    )
     hit = _ITEMS.get(r.id)
     if hit is not None and hit[0] == key:
         return hit[1]
@@ -112,8 +145,7 @@ def _item(r: Any, x: views.InstanceExtras, zone: str, domain: str, index: int) -
     return frag
 
 
-def _reservations(call: Call, rows: list[Any], x: views.InstanceExtras
-                  ) -> list[dict[str, Any]]:
+def _reservations(call: Call, rows: list[Any], x: views.InstanceExtras) -> list[dict[str, Any]]:
     st = call.api.settings
     zone, domain = st.availability_zone, st.domain
     out: dict[str, dict[str, Any]] = {}
@@ -121,8 +153,12 @@ def _reservations(call: Call, rows: list[Any], x: views.InstanceExtras
         key = r.reservation_id or f"r-{r.id[2:]}"
         res = out.get(key)
         if res is None:
-            res = out[key] = {"reservationId": key, "ownerId": r.account_id, "groupSet": [],
-                              "instancesSet": []}
+            res = out[key] = {
+                "reservationId": key,
+                "ownerId": r.account_id,
+                "groupSet": [],
+                "instancesSet": [],
+            }
         res["instancesSet"].append(_item(r, x, zone, domain, len(res["instancesSet"])))
     return list(out.values())
 
@@ -137,23 +173,35 @@ async def instances_describe(call: Call) -> dict[str, Any]:
         # no filter: the page is cut in SQL, so a page costs the same however many there are
         start, size, fp = window(p, call.action, call.caller.account_id, 5, 1000)
         if call.dry_run:
-            raise Ec2Error("DryRunOperation",
-                           "Request would have succeeded, but DryRun flag is set.")
+            raise Ec2Error(
+                "DryRunOperation", "Request would have succeeded, but DryRun flag is set."
+            )
         if size is not None:
             async with call.ctrl.store.read() as s:
-                total = int(await s.scalar(select(func.count()).select_from(Instance).where(
-                    Instance.account_id == call.caller.account_id)) or 0)
+                total = int(
+                    await s.scalar(
+                        select(func.count())
+                        .select_from(Instance)
+                        .where(Instance.account_id == call.caller.account_id)
+                    )
+                    or 0
+                )
             rows, x = await load(call, window=(start, size))
-            return {"reservationSet": _reservations(call, rows, x),
-                    "nextToken": next_token(start, size, total, fp)}
+            return {
+                "reservationSet": _reservations(call, rows, x),
+                "nextToken": next_token(start, size, total, fp),
+            }
         rows, x = await load(call, window=(start, -1) if start else None)
         return {"reservationSet": _reservations(call, rows, x), "nextToken": None}
     # parameters are checked before anything is looked up, as on AWS
     window(p, call.action, call.caller.account_id, 5, 1000, "InstanceId")
     rows, x = await load(call, wanted or None)
     st = call.api.settings
-    match = Filters(filters, views.instance_filters(x, st.availability_zone, st.domain),
-                    lambda r: x.tags.get(r.id, {}))
+    match = Filters(
+        filters,
+        views.instance_filters(x, st.availability_zone, st.domain),
+        lambda r: x.tags.get(r.id, {}),
+    )
     rows = [r for r in rows if match(r)]
     if call.dry_run:
         raise Ec2Error("DryRunOperation", "Request would have succeeded, but DryRun flag is set.")
@@ -174,15 +222,19 @@ async def instances_run(call: Call) -> dict[str, Any]:
     lo = p.integer("MinCount", 1, 1, MAX_COUNT) or 1
     hi = p.integer("MaxCount", 1, 1, MAX_COUNT) or 1
     if lo > hi:
-        raise Ec2Error("InvalidParameterValue",
-                       f"MinCount ({lo}) must be less than or equal to MaxCount ({hi})")
+        raise Ec2Error(
+            "InvalidParameterValue",
+            f"MinCount ({lo}) must be less than or equal to MaxCount ({hi})",
+        )
     itype = p.get("InstanceType") or instance_types.DEFAULT
     instance_types.get(itype, "InstanceType")
     zone = p.get("Placement.AvailabilityZone")
     if zone and zone != call.api.settings.availability_zone:
-        raise Ec2Error("InvalidParameterValue",
-                       f"Invalid availability zone: [{zone}]; this Corral has "
-                       f"{call.api.settings.availability_zone}")
+        raise Ec2Error(
+            "InvalidParameterValue",
+            f"Invalid availability zone: [{zone}]; this Corral has "
+            f"{call.api.settings.availability_zone}",
+        )
     token = p.get("ClientToken")
     if token is not None and (len(token) > 64 or not token.isascii()):
         raise invalid("ClientToken", token, "At most 64 ASCII characters.")
@@ -197,10 +249,12 @@ async def instances_run(call: Call) -> dict[str, Any]:
     for i, bdm in enumerate(p.group("BlockDeviceMapping"), 1):
         device = bdm.get("DeviceName")
         if device not in ROOT_NAMES:
-            raise Ec2Error("InvalidParameterCombination",
-                           f"BlockDeviceMapping.{i}.DeviceName {device!r}: Corral sets only the "
-                           f"root volume's size at launch ({ROOT_DEVICE_HINT}); create other "
-                           "volumes with CreateVolume and AttachVolume")
+            raise Ec2Error(
+                "InvalidParameterCombination",
+                f"BlockDeviceMapping.{i}.DeviceName {device!r}: Corral sets only the "
+                f"root volume's size at launch ({ROOT_DEVICE_HINT}); create other "
+                "volumes with CreateVolume and AttachVolume",
+            )
         size = bdm.integer("Ebs.VolumeSize", None, 1, 16384)
         if size is not None:
             disk = f"{size}G"
@@ -211,17 +265,33 @@ async def instances_run(call: Call) -> dict[str, Any]:
         if not g.startswith("sg-"):
             raise Ec2Error("InvalidGroupId.Malformed", f'Invalid id: "{g}" (expecting "sg-...")')
     key = p.get("KeyName")
-    req = InstanceCreate(image=image_id, name=tags.get("Name"),  # type: ignore[call-arg]
-                         instance_type=itype, disk=disk, keys=[key] if key else [],
-                         user_data=user_data)
-    opts = LaunchOptions(min_count=lo, max_count=hi, client_token=token, security_groups=groups,
-                         tags=tags, name_is_hint=True, dry_run=call.dry_run)
+    req = InstanceCreate(
+        image=image_id,
+        name=tags.get("Name"),  # type: ignore[call-arg]
+        instance_type=itype,
+        disk=disk,
+        keys=[key] if key else [],
+        user_data=user_data,
+    )
+    opts = LaunchOptions(
+        min_count=lo,
+        max_count=hi,
+        client_token=token,
+        security_groups=groups,
+        tags=tags,
+        name_is_hint=True,
+        dry_run=call.dry_run,
+    )
     made, _ = await call.ctrl.instances.launch(call.caller, req, opts)
     rows, x = await load(call, [i.id for i in made])
     res = _reservations(call, rows, x)[0]
     groups_out = [{"groupId": g, "groupName": n} for g, n in x.groups.get(made[0].id, [])]
-    return {"reservationId": res["reservationId"], "ownerId": res["ownerId"],
-            "groupSet": groups_out, "instancesSet": res["instancesSet"]}
+    return {
+        "reservationId": res["reservationId"],
+        "ownerId": res["ownerId"],
+        "groupSet": groups_out,
+        "instancesSet": res["instancesSet"],
+    }
 
 
 ROOT_DEVICE_HINT = "DeviceName /dev/sda1 with Ebs.VolumeSize"
@@ -242,14 +312,20 @@ async def _change(call: Call, verb: str) -> dict[str, Any]:
             inst, _ = await mgr.terminate(call.caller, iid, dry_run=call.dry_run)
         elif verb == "stop":
             if p.flag("Hibernate"):
-                raise Ec2Error("UnsupportedHibernationConfiguration",
-                               "Corral instances cannot hibernate; stop them without Hibernate")
-            inst, _ = await mgr.stop(call.caller, iid, force=p.flag("Force"),
-                                     dry_run=call.dry_run)
+                raise Ec2Error(
+                    "UnsupportedHibernationConfiguration",
+                    "Corral instances cannot hibernate; stop them without Hibernate",
+                )
+            inst, _ = await mgr.stop(call.caller, iid, force=p.flag("Force"), dry_run=call.dry_run)
         else:
             inst, _ = await mgr.start(call.caller, iid, dry_run=call.dry_run)
-        out.append({"instanceId": iid, "currentState": views.state(inst.state),
-                    "previousState": views.state(before[iid])})
+        out.append(
+            {
+                "instanceId": iid,
+                "currentState": views.state(inst.state),
+                "previousState": views.state(before[iid]),
+            }
+        )
     return {"instancesSet": out}
 
 
@@ -297,23 +373,35 @@ async def instances_status(call: Call) -> dict[str, Any]:
     if not p.flag("IncludeAllInstances"):
         rows = [r for r in rows if r.state == "running"]
     zone = call.api.settings.availability_zone
-    match = Filters(p.filters(), {
-        "availability-zone": lambda r: zone,
-        "instance-state-name": lambda r: r.state,
-        "instance-state-code": lambda r: views.state(r.state)["code"],
-        "instance-status.status": lambda r: _status(r.state)["status"],
-        "system-status.status": lambda r: _status(r.state)["status"],
-        "instance-status.reachability": lambda r: _status(r.state)["details"][0]["status"],
-        "system-status.reachability": lambda r: _status(r.state)["details"][0]["status"],
-    })
+    match = Filters(
+        p.filters(),
+        {
+            "availability-zone": lambda r: zone,
+            "instance-state-name": lambda r: r.state,
+            "instance-state-code": lambda r: views.state(r.state)["code"],
+            "instance-status.status": lambda r: _status(r.state)["status"],
+            "system-status.status": lambda r: _status(r.state)["status"],
+            "instance-status.reachability": lambda r: _status(r.state)["details"][0]["status"],
+            "system-status.reachability": lambda r: _status(r.state)["details"][0]["status"],
+        },
+    )
     rows = [r for r in rows if match(r)]
     if call.dry_run:
         raise Ec2Error("DryRunOperation", "Request would have succeeded, but DryRun flag is set.")
     page, token = paginate(rows, p, call.action, call.caller.account_id, 5, 1000, "InstanceId")
-    return {"instanceStatusSet": [{
-        "instanceId": r.id, "availabilityZone": zone, "instanceState": views.state(r.state),
-        "systemStatus": _status(r.state), "instanceStatus": _status(r.state)} for r in page],
-        "nextToken": token}
+    return {
+        "instanceStatusSet": [
+            {
+                "instanceId": r.id,
+                "availabilityZone": zone,
+                "instanceState": views.state(r.state),
+                "systemStatus": _status(r.state),
+                "instanceStatus": _status(r.state),
+            }
+            for r in page
+        ],
+        "nextToken": token,
+    }
 
 
 @action("GetConsoleOutput")
@@ -328,14 +416,30 @@ async def instances_console_output(call: Call) -> dict[str, Any]:
     if inst.node_id is not None and inst.state != "terminated":
         data = await call.ctrl.node(inst.node_id).console_log(inst.id, 64 * 1024)
     full = await call.ctrl.instances.get(call.caller, inst.id)
-    return {"instanceId": inst.id, "timestamp": full.stopped_at or full.started_at or
-            full.launch_time, "output": base64.b64encode(data).decode()}
+    return {
+        "instanceId": inst.id,
+        "timestamp": full.stopped_at or full.started_at or full.launch_time,
+        "output": base64.b64encode(data).decode(),
+    }
 
 
-ATTRIBUTES = ("instanceType", "userData", "groupSet", "rootDeviceName", "blockDeviceMapping",
-              "disableApiTermination", "instanceInitiatedShutdownBehavior", "ebsOptimized",
-              "kernel", "ramdisk", "productCodes", "sourceDestCheck", "sriovNetSupport",
-              "enaSupport", "disableApiStop")
+ATTRIBUTES = (
+    "instanceType",
+    "userData",
+    "groupSet",
+    "rootDeviceName",
+    "blockDeviceMapping",
+    "disableApiTermination",
+    "instanceInitiatedShutdownBehavior",
+    "ebsOptimized",
+    "kernel",
+    "ramdisk",
+    "productCodes",
+    "sourceDestCheck",
+    "sriovNetSupport",
+    "enaSupport",
+    "disableApiStop",
+)
 
 
 @action("DescribeInstanceAttribute")
@@ -344,9 +448,11 @@ async def instances_attribute(call: Call) -> dict[str, Any]:
     attr = call.p.need("Attribute")
     check_ids([iid])
     if attr not in ATTRIBUTES:
-        raise Ec2Error("InvalidParameterValue",
-                       f"Value ({attr}) for parameter attribute is invalid; use one of "
-                       f"{', '.join(ATTRIBUTES)}")
+        raise Ec2Error(
+            "InvalidParameterValue",
+            f"Value ({attr}) for parameter attribute is invalid; use one of "
+            f"{', '.join(ATTRIBUTES)}",
+        )
     rows, x = await load(call, [iid])
     r = rows[0]
     st = call.api.settings
@@ -391,15 +497,33 @@ async def instances_modify(call: Call) -> dict[str, Any]:
         elif attr == "userData":
             user_data = base64.b64decode(value) if _is_b64(value) else value.encode()
         else:
-            raise Ec2Error("UnsupportedInstanceAttribute",
-                           f"Corral can change instanceType and userData, not {attr}")
-    others = [k for k in p.raw if k.split(".")[0] in (
-        "SourceDestCheck", "DisableApiTermination", "EbsOptimized", "Kernel", "Ramdisk",
-        "GroupId", "InstanceInitiatedShutdownBehavior", "SriovNetSupport", "EnaSupport",
-        "BlockDeviceMapping", "DisableApiStop")]
+            raise Ec2Error(
+                "UnsupportedInstanceAttribute",
+                f"Corral can change instanceType and userData, not {attr}",
+            )
+    others = [
+        k
+        for k in p.raw
+        if k.split(".")[0]
+        in (
+            "SourceDestCheck",
+            "DisableApiTermination",
+            "EbsOptimized",
+            "Kernel",
+            "Ramdisk",
+            "GroupId",
+            "InstanceInitiatedShutdownBehavior",
+            "SriovNetSupport",
+            "EnaSupport",
+            "BlockDeviceMapping",
+            "DisableApiStop",
+        )
+    ]
     if others:
-        raise Ec2Error("UnsupportedInstanceAttribute",
-                       f"Corral can change instanceType and userData, not {others[0]}")
+        raise Ec2Error(
+            "UnsupportedInstanceAttribute",
+            f"Corral can change instanceType and userData, not {others[0]}",
+        )
     if itype is None and user_data is None:
         raise missing("InstanceType.Value or UserData.Value")
     if itype is not None:
@@ -415,4 +539,3 @@ def _is_b64(value: str) -> bool:
     except ValueError:
         return False
     return True
-

@@ -46,8 +46,13 @@ async def keypair_create(call: Call) -> dict[str, Any]:
     if call.dry_run:
         dry_run_ok()
     row, private = await call.ctrl.keypairs.add(call.caller, name, None, key_type)
-    return {"keyName": row.name, "keyFingerprint": row.fingerprint, "keyMaterial": private,
-            "keyPairId": row.id, "tagSet": views.tag_set(await _tag(call, row, wanted))}
+    return {
+        "keyName": row.name,
+        "keyFingerprint": row.fingerprint,
+        "keyMaterial": private,
+        "keyPairId": row.id,
+        "tagSet": views.tag_set(await _tag(call, row, wanted)),
+    }
 
 
 @action("ImportKeyPair")
@@ -65,8 +70,12 @@ async def keypair_import(call: Call) -> dict[str, Any]:
     if call.dry_run:
         dry_run_ok()
     row, _ = await call.ctrl.keypairs.add(call.caller, name, text)
-    return {"keyName": row.name, "keyFingerprint": row.fingerprint, "keyPairId": row.id,
-            "tagSet": views.tag_set(await _tag(call, row, wanted))}
+    return {
+        "keyName": row.name,
+        "keyFingerprint": row.fingerprint,
+        "keyPairId": row.id,
+        "tagSet": views.tag_set(await _tag(call, row, wanted)),
+    }
 
 
 @action("DescribeKeyPairs")
@@ -88,18 +97,34 @@ async def keypair_describe(call: Call) -> dict[str, Any]:
         rows = [r for r in rows if r.id in key_ids]
     async with call.ctrl.store.read() as s:
         tag_map = await call.ctrl.tags.of(s, call.caller.account_id, [r.id for r in rows])
-    match = Filters(p.filters(), {
-        "key-name": lambda r: r.name, "key-pair-id": lambda r: r.id,
-        "fingerprint": lambda r: r.fingerprint, "key-type": lambda r: r.key_type,
-    }, lambda r: tag_map.get(r.id, {}))
+    match = Filters(
+        p.filters(),
+        {
+            "key-name": lambda r: r.name,
+            "key-pair-id": lambda r: r.id,
+            "fingerprint": lambda r: r.fingerprint,
+            "key-type": lambda r: r.key_type,
+        },
+        lambda r: tag_map.get(r.id, {}),
+    )
     if call.dry_run:
         dry_run_ok()
     include = p.flag("IncludePublicKey")
-    return {"keySet": [{
-        "keyPairId": r.id, "keyType": r.key_type, "tagSet": views.tag_set(tag_map.get(r.id)),
-        "publicKey": r.public_key if include else None, "keyName": r.name,
-        "keyFingerprint": r.fingerprint, "createTime": r.created_at}
-        for r in rows if match(r)]}
+    return {
+        "keySet": [
+            {
+                "keyPairId": r.id,
+                "keyType": r.key_type,
+                "tagSet": views.tag_set(tag_map.get(r.id)),
+                "publicKey": r.public_key if include else None,
+                "keyName": r.name,
+                "keyFingerprint": r.fingerprint,
+                "createTime": r.created_at,
+            }
+            for r in rows
+            if match(r)
+        ]
+    }
 
 
 @action("DeleteKeyPair")
@@ -112,8 +137,9 @@ async def keypair_delete(call: Call) -> dict[str, Any]:
         row = await call.ctrl.keypairs.get(call.caller, ref)
     except NotFound:
         if p.get("KeyPairId"):
-            raise Ec2Error("InvalidKeyPair.NotFound",
-                           f"The key pair ID '{ref}' does not exist") from None
+            raise Ec2Error(
+                "InvalidKeyPair.NotFound", f"The key pair ID '{ref}' does not exist"
+            ) from None
         if call.dry_run:
             dry_run_ok()
         return {"return": True}  # as on AWS: deleting a missing key name succeeds

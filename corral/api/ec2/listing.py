@@ -52,8 +52,12 @@ class Filters:
     """Filters as a predicate; ``known`` maps filter names to getters, ``tags`` gives an
     item's tags. An unknown filter name is an error that lists the known ones."""
 
-    def __init__(self, filters: Sequence[Filter], known: dict[str, Getter],
-                 tags: Callable[[Any], dict[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        filters: Sequence[Filter],
+        known: dict[str, Getter],
+        tags: Callable[[Any], dict[str, str]] | None = None,
+    ) -> None:
         self.tests: list[tuple[Callable[[Any], list[str]], list[re.Pattern[str] | str]]] = []
         get: Callable[[Any], list[str]]
         for f in filters:
@@ -68,9 +72,10 @@ class Filters:
                 get = _known_getter(known[f.name])
             else:
                 names = sorted(known) + (["tag:<key>", "tag-key", "tag-value"] if tags else [])
-                raise Ec2Error("InvalidParameterValue",
-                               f"The filter '{f.name}' is invalid; this call knows "
-                               f"{', '.join(names)}")
+                raise Ec2Error(
+                    "InvalidParameterValue",
+                    f"The filter '{f.name}' is invalid; this call knows {', '.join(names)}",
+                )
             self.tests.append((get, patterns))
 
     def __call__(self, item: Any) -> bool:
@@ -109,13 +114,20 @@ def _fingerprint(action: str, account: str, p: Params) -> str:
     return hashlib.sha256(json.dumps([action, account, parts]).encode()).hexdigest()[:16]
 
 
-def paginate(items: list[T], p: Params, action: str, account: str, lo: int, hi: int,
-             ids_param: str | None = None) -> tuple[list[T], str | None]:
+def paginate(
+    items: list[T],
+    p: Params,
+    action: str,
+    account: str,
+    lo: int,
+    hi: int,
+    ids_param: str | None = None,
+) -> tuple[list[T], str | None]:
     """One page of ``items`` and the token for the next, by AWS's rules for this call."""
     start, size, fp = window(p, action, account, lo, hi, ids_param)
     if size is None:
         return items[start:], None
-    return items[start:start + size], next_token(start, size, len(items), fp)
+    return items[start : start + size], next_token(start, size, len(items), fp)
 
 
 def next_token(start: int, size: int, total: int, fp: str) -> str | None:
@@ -123,28 +135,34 @@ def next_token(start: int, size: int, total: int, fp: str) -> str | None:
     return _make_token(nxt, fp) if nxt < total else None
 
 
-def window(p: Params, action: str, account: str, lo: int, hi: int,
-           ids_param: str | None = None) -> tuple[int, int | None, str]:
+def window(
+    p: Params, action: str, account: str, lo: int, hi: int, ids_param: str | None = None
+) -> tuple[int, int | None, str]:
     """Where the page starts, its size (None: everything), and the request's fingerprint the
     next token is bound to; errors by AWS's rules on MaxResults and NextToken."""
     max_results = p.get("MaxResults")
     token = p.get("NextToken")
     if max_results is not None and ids_param and p.strings(ids_param):
-        raise Ec2Error("InvalidParameterCombination",
-                       f"The parameter {ids_param} cannot be used with the parameter "
-                       "MaxResults")
+        raise Ec2Error(
+            "InvalidParameterCombination",
+            f"The parameter {ids_param} cannot be used with the parameter MaxResults",
+        )
     size = None
     if max_results is not None:
         try:
             size = int(max_results)
         except ValueError as err:
-            raise Ec2Error("InvalidParameterValue",
-                           f"Value ({max_results}) for parameter MaxResults is invalid. "
-                           "It must be an integer.") from err
+            raise Ec2Error(
+                "InvalidParameterValue",
+                f"Value ({max_results}) for parameter MaxResults is invalid. "
+                "It must be an integer.",
+            ) from err
         if not lo <= size <= hi:
-            raise Ec2Error("InvalidParameterValue",
-                           f"Value ( {size} ) for parameter maxResults is invalid. Expecting a "
-                           f"value between {lo} and {hi}.")
+            raise Ec2Error(
+                "InvalidParameterValue",
+                f"Value ( {size} ) for parameter maxResults is invalid. Expecting a "
+                f"value between {lo} and {hi}.",
+            )
     start = 0
     fp = _fingerprint(action, account, p)
     if token:
@@ -159,9 +177,10 @@ def _make_token(offset: int, fp: str) -> str:
 
 
 def _read_token(token: str, fp: str) -> int:
-    bad = Ec2Error("InvalidPaginationToken",
-                   f"The pagination token {token!r} is invalid or expired; start again "
-                   "without NextToken")
+    bad = Ec2Error(
+        "InvalidPaginationToken",
+        f"The pagination token {token!r} is invalid or expired; start again without NextToken",
+    )
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError) as err:
@@ -171,7 +190,9 @@ def _read_token(token: str, fp: str) -> int:
         raise bad
     data = json.loads(body)
     if data.get("f") != fp:
-        raise Ec2Error("InvalidPaginationToken",
-                       "The pagination token was made for a request with other parameters; "
-                       "repeat the same filters with it")
+        raise Ec2Error(
+            "InvalidPaginationToken",
+            "The pagination token was made for a request with other parameters; "
+            "repeat the same filters with it",
+        )
     return int(data["o"])

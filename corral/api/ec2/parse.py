@@ -46,8 +46,9 @@ class Params:
             raise missing(name)
         return value
 
-    def integer(self, name: str, default: int | None = None, lo: int | None = None,
-            hi: int | None = None) -> int | None:
+    def integer(
+        self, name: str, default: int | None = None, lo: int | None = None, hi: int | None = None
+    ) -> int | None:
         value = self.raw.get(name)
         if value is None:
             return default
@@ -83,10 +84,11 @@ class Params:
         for k, v in self.raw.items():
             if not k.startswith(head):
                 continue
-            m = _INDEX.match(k[len(head):])
+            m = _INDEX.match(k[len(head) :])
             if m is None:
-                raise Ec2Error("InvalidParameter", f"parameter {k} is malformed: expected "
-                               f"{prefix}.N")
+                raise Ec2Error(
+                    "InvalidParameter", f"parameter {k} is malformed: expected {prefix}.N"
+                )
             out.setdefault(int(m.group(1)), {})[m.group(2) or ""] = v
         return dict(sorted(out.items()))
 
@@ -96,8 +98,7 @@ class Params:
 
     def group(self, prefix: str) -> list[Params]:
         """Structures ``Prefix.N.Field…`` as one Params each (fields relative)."""
-        return [Params((k, v) for k, v in d.items() if k)
-                for d in self._indexed(prefix).values()]
+        return [Params((k, v) for k, v in d.items() if k) for d in self._indexed(prefix).values()]
 
     def filters(self) -> list[Filter]:
         out = []
@@ -125,7 +126,10 @@ class Params:
             if rtype is None:
                 raise missing(f"TagSpecification.{i}.ResourceType")
             if rtype not in allowed:
-                raise invalid(f"TagSpecification.{i}.ResourceType", rtype,
-                              f"Tags here may be for: {', '.join(allowed)}.")
+                raise invalid(
+                    f"TagSpecification.{i}.ResourceType",
+                    rtype,
+                    f"Tags here may be for: {', '.join(allowed)}.",
+                )
             out.setdefault(rtype, {}).update(sub.tags("Tag"))
         return out

@@ -35,16 +35,40 @@ ACTIONS: dict[str, Handler] = {}
 
 # AWS actions Corral knows of but does not offer: they answer UnsupportedOperation (400)
 UNSUPPORTED = (
-    "DescribeVpcs", "CreateVpc", "DeleteVpc", "DescribeSubnets", "CreateSubnet", "DeleteSubnet",
-    "DescribeNetworkInterfaces", "CreateNetworkInterface", "DescribeRouteTables",
-    "DescribeInternetGateways", "CopyImage", "CopySnapshot", "ModifyVolume",
-    "DescribeVolumeStatus", "DescribeSpotInstanceRequests", "RequestSpotInstances",
-    "DescribePlacementGroups", "CreatePlacementGroup", "DescribeLaunchTemplates",
-    "CreateLaunchTemplate", "MonitorInstances", "UnmonitorInstances", "ImportImage",
-    "DescribeIamInstanceProfileAssociations", "AssociateIamInstanceProfile",
-    "DescribeVolumeAttribute", "ModifyVolumeAttribute", "DescribeSnapshotAttribute",
-    "ModifySnapshotAttribute", "ResetImageAttribute", "ResetInstanceAttribute",
-    "GetPasswordData", "DescribeHosts", "DescribeReservedInstances",
+    "DescribeVpcs",
+    "CreateVpc",
+    "DeleteVpc",
+    "DescribeSubnets",
+    "CreateSubnet",
+    "DeleteSubnet",
+    "DescribeNetworkInterfaces",
+    "CreateNetworkInterface",
+    "DescribeRouteTables",
+    "DescribeInternetGateways",
+    "CopyImage",
+    "CopySnapshot",
+    "ModifyVolume",
+    "DescribeVolumeStatus",
+    "DescribeSpotInstanceRequests",
+    "RequestSpotInstances",
+    "DescribePlacementGroups",
+    "CreatePlacementGroup",
+    "DescribeLaunchTemplates",
+    "CreateLaunchTemplate",
+    "MonitorInstances",
+    "UnmonitorInstances",
+    "ImportImage",
+    "DescribeIamInstanceProfileAssociations",
+    "AssociateIamInstanceProfile",
+    "DescribeVolumeAttribute",
+    "ModifyVolumeAttribute",
+    "DescribeSnapshotAttribute",
+    "ModifySnapshotAttribute",
+    "ResetImageAttribute",
+    "ResetInstanceAttribute",
+    "GetPasswordData",
+    "DescribeHosts",
+    "DescribeReservedInstances",
 )
 
 
@@ -52,4 +76,5 @@ def action(name: str) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
         ACTIONS[name] = fn
         return fn
+
     return register

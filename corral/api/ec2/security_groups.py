@@ -24,25 +24,33 @@ def _permissions(p: Params) -> list[Permission]:
         if proto is None:
             raise missing(f"IpPermissions.{i}.IpProtocol")
         if perm.group("Ipv6Ranges") or perm.group("PrefixListIds"):
-            raise Ec2Error("InvalidParameterValue",
-                           f"IpPermissions.{i}: Corral's groups take IPv4 CIDRs and groups "
-                           "(IpRanges, Groups), not IPv6 ranges or prefix lists")
+            raise Ec2Error(
+                "InvalidParameterValue",
+                f"IpPermissions.{i}: Corral's groups take IPv4 CIDRs and groups "
+                "(IpRanges, Groups), not IPv6 ranges or prefix lists",
+            )
         fp, tp = perm.integer("FromPort"), perm.integer("ToPort")
         sources = 0
         for r in perm.group("IpRanges"):
-            out.append(Permission(proto, fp, tp, cidr=r.need("CidrIp"),
-                                  description=r.get("Description", "") or ""))
+            out.append(
+                Permission(
+                    proto, fp, tp, cidr=r.need("CidrIp"), description=r.get("Description", "") or ""
+                )
+            )
             sources += 1
         for g in perm.group("Groups"):
             ref = g.get("GroupId") or g.get("GroupName")
             if not ref:
                 raise missing(f"IpPermissions.{i}.Groups.N.GroupId")
-            out.append(Permission(proto, fp, tp, group_id=ref,
-                                  description=g.get("Description", "") or ""))
+            out.append(
+                Permission(proto, fp, tp, group_id=ref, description=g.get("Description", "") or "")
+            )
             sources += 1
         if not sources:
-            raise Ec2Error("InvalidParameterValue",
-                           f"IpPermissions.{i} names no source: give IpRanges or Groups")
+            raise Ec2Error(
+                "InvalidParameterValue",
+                f"IpPermissions.{i} names no source: give IpRanges or Groups",
+            )
     # the flat form: IpProtocol, FromPort, ToPort with CidrIp or SourceSecurityGroupName
     proto = p.get("IpProtocol")
     if proto is not None or p.get("CidrIp") or p.get("SourceSecurityGroupName"):
@@ -63,30 +71,50 @@ def _group_ref(p: Params) -> str:
 
 
 def rule_item(r: SecurityGroupRule, owner: str) -> dict[str, Any]:
-    return {"securityGroupRuleId": r.id, "groupId": r.group_id, "groupOwnerId": owner,
-            "isEgress": r.direction == "egress", "ipProtocol": r.protocol,
-            "fromPort": -1 if r.from_port is None else r.from_port,
-            "toPort": -1 if r.to_port is None else r.to_port, "cidrIpv4": r.cidr,
-            "referencedGroupInfo": {"groupId": r.source_group_id, "userId": owner}
-            if r.source_group_id else None, "description": r.description or None}
+    return {
+        "securityGroupRuleId": r.id,
+        "groupId": r.group_id,
+        "groupOwnerId": owner,
+        "isEgress": r.direction == "egress",
+        "ipProtocol": r.protocol,
+        "fromPort": -1 if r.from_port is None else r.from_port,
+        "toPort": -1 if r.to_port is None else r.to_port,
+        "cidrIpv4": r.cidr,
+        "referencedGroupInfo": {"groupId": r.source_group_id, "userId": owner}
+        if r.source_group_id
+        else None,
+        "description": r.description or None,
+    }
 
 
-def _perm_set(rules: list[SecurityGroupRule], owner: str, names: dict[str, str]
-              ) -> list[dict[str, Any]]:
+def _perm_set(
+    rules: list[SecurityGroupRule], owner: str, names: dict[str, str]
+) -> list[dict[str, Any]]:
     grouped: dict[tuple[str, int | None, int | None], dict[str, Any]] = {}
     for r in rules:
         key = (r.protocol, r.from_port, r.to_port)
         item = grouped.get(key)
         if item is None:
-            item = grouped[key] = {"ipProtocol": r.protocol, "fromPort": r.from_port,
-                                   "toPort": r.to_port, "groups": [], "ipRanges": [],
-                                   "ipv6Ranges": [], "prefixListIds": []}
+            item = grouped[key] = {
+                "ipProtocol": r.protocol,
+                "fromPort": r.from_port,
+                "toPort": r.to_port,
+                "groups": [],
+                "ipRanges": [],
+                "ipv6Ranges": [],
+                "prefixListIds": [],
+            }
         if r.cidr:
             item["ipRanges"].append({"cidrIp": r.cidr, "description": r.description or None})
         else:
-            item["groups"].append({"userId": owner, "groupId": r.source_group_id,
-                                   "groupName": names.get(r.source_group_id or ""),
-                                   "description": r.description or None})
+            item["groups"].append(
+                {
+                    "userId": owner,
+                    "groupId": r.source_group_id,
+                    "groupName": names.get(r.source_group_id or ""),
+                    "description": r.description or None,
+                }
+            )
     return list(grouped.values())
 
 
@@ -96,8 +124,9 @@ async def group_create(call: Call) -> dict[str, Any]:
     name = p.need("GroupName")
     description = p.need("GroupDescription")
     wanted = tags.check(p.tag_specs(("security-group",)).get("security-group", {}))
-    row = await call.ctrl.security_groups.create(call.caller, name, description, call.dry_run,
-                                                 wanted)
+    row = await call.ctrl.security_groups.create(
+        call.caller, name, description, call.dry_run, wanted
+    )
     return {"return": True, "groupId": row.id, "tagSet": views.tag_set(wanted)}
 
 
@@ -110,18 +139,30 @@ async def group_delete(call: Call) -> dict[str, Any]:
 
 async def _authorize(call: Call, direction: str) -> dict[str, Any]:
     added = await call.ctrl.security_groups.authorize(
-        call.caller, _group_ref(call.p), direction, _permissions(call.p), call.dry_run)
+        call.caller, _group_ref(call.p), direction, _permissions(call.p), call.dry_run
+    )
     owner = call.caller.account_id
     return {"return": True, "securityGroupRuleSet": [rule_item(r, owner) for r in added]}
 
 
 async def _revoke(call: Call, direction: str) -> dict[str, Any]:
     unknown = await call.ctrl.security_groups.revoke(
-        call.caller, _group_ref(call.p), direction, _permissions(call.p), call.dry_run)
-    return {"return": True, "unknownIpPermissionSet": [{
-        "ipProtocol": u.protocol, "fromPort": u.from_port, "toPort": u.to_port,
-        "ipRanges": [{"cidrIp": u.cidr}] if u.cidr else [],
-        "groups": [{"groupId": u.group_id}] if u.group_id else []} for u in unknown] or None}
+        call.caller, _group_ref(call.p), direction, _permissions(call.p), call.dry_run
+    )
+    return {
+        "return": True,
+        "unknownIpPermissionSet": [
+            {
+                "ipProtocol": u.protocol,
+                "fromPort": u.from_port,
+                "toPort": u.to_port,
+                "ipRanges": [{"cidrIp": u.cidr}] if u.cidr else [],
+                "groups": [{"groupId": u.group_id}] if u.group_id else [],
+            }
+            for u in unknown
+        ]
+        or None,
+    }
 
 
 @action("AuthorizeSecurityGroupIngress")
@@ -174,15 +215,19 @@ async def group_describe(call: Call) -> dict[str, Any]:
         return lambda g: [getattr(r, attr) for r in rules_of(g, direction)]
 
     known: dict[str, Any] = {
-        "group-id": lambda g: g.id, "group-name": lambda g: g.name,
-        "description": lambda g: g.description, "owner-id": lambda g: g.account_id,
+        "group-id": lambda g: g.id,
+        "group-name": lambda g: g.name,
+        "description": lambda g: g.description,
+        "owner-id": lambda g: g.account_id,
     }
     for prefix, direction in (("ip-permission", "ingress"), ("egress.ip-permission", "egress")):
-        known |= {f"{prefix}.protocol": field(direction, "protocol"),
-                  f"{prefix}.from-port": field(direction, "from_port"),
-                  f"{prefix}.to-port": field(direction, "to_port"),
-                  f"{prefix}.cidr": field(direction, "cidr"),
-                  f"{prefix}.group-id": field(direction, "source_group_id")}
+        known |= {
+            f"{prefix}.protocol": field(direction, "protocol"),
+            f"{prefix}.from-port": field(direction, "from_port"),
+            f"{prefix}.to-port": field(direction, "to_port"),
+            f"{prefix}.cidr": field(direction, "cidr"),
+            f"{prefix}.group-id": field(direction, "source_group_id"),
+        }
     match = Filters(p.filters(), known, lambda g: tag_map.get(g.id, {}))
     groups = [g for g in groups if match(g)]
     if call.dry_run:
@@ -190,9 +235,18 @@ async def group_describe(call: Call) -> dict[str, Any]:
     page, token = paginate(groups, p, call.action, call.caller.account_id, 5, 1000, "GroupId")
     names = {g.id: g.name for g in groups}
     owner = call.caller.account_id
-    return {"securityGroupInfo": [{
-        "ownerId": g.account_id, "groupId": g.id, "groupName": g.name,
-        "groupDescription": g.description,
-        "ipPermissions": _perm_set(rules_of(g, "ingress"), owner, names),
-        "ipPermissionsEgress": _perm_set(rules_of(g, "egress"), owner, names),
-        "tagSet": views.tag_set(tag_map.get(g.id))} for g in page], "nextToken": token}
+    return {
+        "securityGroupInfo": [
+            {
+                "ownerId": g.account_id,
+                "groupId": g.id,
+                "groupName": g.name,
+                "groupDescription": g.description,
+                "ipPermissions": _perm_set(rules_of(g, "ingress"), owner, names),
+                "ipPermissionsEgress": _perm_set(rules_of(g, "egress"), owner, names),
+                "tagSet": views.tag_set(tag_map.get(g.id)),
+            }
+            for g in page
+        ],
+        "nextToken": token,
+    }

@@ -36,13 +36,28 @@ async def tags_delete(call: Call) -> dict[str, Any]:
 @action("DescribeTags")
 async def tags_describe(call: Call) -> dict[str, Any]:
     rows = await call.ctrl.tags.list(call.caller)
-    match = Filters(call.p.filters(), {
-        "key": lambda t: t.key, "value": lambda t: t.value,
-        "resource-id": lambda t: t.resource_id, "resource-type": lambda t: t.resource_type,
-    })
+    match = Filters(
+        call.p.filters(),
+        {
+            "key": lambda t: t.key,
+            "value": lambda t: t.value,
+            "resource-id": lambda t: t.resource_id,
+            "resource-type": lambda t: t.resource_type,
+        },
+    )
     rows = [t for t in rows if match(t)]
     if call.dry_run:
         dry_run_ok()
     page, token = paginate(rows, call.p, call.action, call.caller.account_id, 5, 1000)
-    return {"tagSet": [{"resourceId": t.resource_id, "resourceType": t.resource_type,
-                        "key": t.key, "value": t.value} for t in page], "nextToken": token}
+    return {
+        "tagSet": [
+            {
+                "resourceId": t.resource_id,
+                "resourceType": t.resource_type,
+                "key": t.key,
+                "value": t.value,
+            }
+            for t in page
+        ],
+        "nextToken": token,
+    }

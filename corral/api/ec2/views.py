@@ -25,8 +25,10 @@ def state_reason(reason: str) -> dict[str, str] | None:
     if not reason:
         return None
     if reason.startswith("User initiated"):
-        return {"code": "Client.UserInitiatedShutdown",
-                "message": "Client.UserInitiatedShutdown: User initiated shutdown"}
+        return {
+            "code": "Client.UserInitiatedShutdown",
+            "message": "Client.UserInitiatedShutdown: User initiated shutdown",
+        }
     code, sep, _ = reason.partition(":")
     if sep and "." in code and " " not in code:
         return {"code": code, "message": reason}
@@ -44,13 +46,17 @@ class InstanceExtras:
     root_types: dict[str, str] = field(default_factory=dict)  # image id -> root device type
 
 
-def instance(row: db.Instance, x: InstanceExtras, zone: str, domain: str,
-             index: int = 0) -> dict[str, Any]:
+def instance(
+    row: db.Instance, x: InstanceExtras, zone: str, domain: str, index: int = 0
+) -> dict[str, Any]:
     groups = x.groups.get(row.id, [])
     live = row.state != "terminated"
     vols = x.volumes.get(row.id, [])
-    reason = row.state_reason if row.state in ("stopped", "stopping", "terminated",
-                                               "shutting-down") else ""
+    reason = (
+        row.state_reason
+        if row.state in ("stopped", "stopping", "terminated", "shutting-down")
+        else ""
+    )
     return {
         "instanceId": row.id,
         "imageId": row.image_id,
@@ -72,10 +78,18 @@ def instance(row: db.Instance, x: InstanceExtras, zone: str, domain: str,
         "architecture": "x86_64",
         "rootDeviceType": x.root_types.get(row.image_id, "instance-store"),
         "rootDeviceName": ROOT_DEVICE,
-        "blockDeviceMapping": [{"deviceName": v.device, "ebs": {
-            "volumeId": v.id, "status": v.attach_state or "attached",
-            "attachTime": v.attach_time, "deleteOnTermination": v.delete_on_termination}}
-            for v in vols],
+        "blockDeviceMapping": [
+            {
+                "deviceName": v.device,
+                "ebs": {
+                    "volumeId": v.id,
+                    "status": v.attach_state or "attached",
+                    "attachTime": v.attach_time,
+                    "deleteOnTermination": v.delete_on_termination,
+                },
+            }
+            for v in vols
+        ],
         "virtualizationType": "hvm",
         "clientToken": row.client_token or "",
         "tagSet": tag_set(x.tags.get(row.id)),
@@ -112,8 +126,7 @@ def instance_filters(x: InstanceExtras, zone: str, domain: str) -> dict[str, Any
         "virtualization-type": lambda r: "hvm",
         "client-token": lambda r: r.client_token,
         "block-device-mapping.volume-id": lambda r: [v.id for v in x.volumes.get(r.id, [])],
-        "block-device-mapping.device-name": lambda r: [v.device for v in
-                                                       x.volumes.get(r.id, [])],
+        "block-device-mapping.device-name": lambda r: [v.device for v in x.volumes.get(r.id, [])],
         "state-reason-code": lambda r: (state_reason(r.state_reason) or {}).get("code"),
         "tenancy": lambda r: "default",
         "monitoring-state": lambda r: "disabled",

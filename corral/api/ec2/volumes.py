@@ -18,26 +18,47 @@ from corral.store.models import Snapshot, Volume
 
 
 def attachment(v: Volume, status: str | None = None) -> dict[str, Any]:
-    return {"volumeId": v.id, "instanceId": v.instance_id, "device": v.device,
-            "status": status or v.attach_state, "attachTime": v.attach_time,
-            "deleteOnTermination": v.delete_on_termination}
+    return {
+        "volumeId": v.id,
+        "instanceId": v.instance_id,
+        "device": v.device,
+        "status": status or v.attach_state,
+        "attachTime": v.attach_time,
+        "deleteOnTermination": v.delete_on_termination,
+    }
 
 
 def volume_item(v: Volume, tag_map: dict[str, dict[str, str]]) -> dict[str, Any]:
-    return {"volumeId": v.id, "size": v.size, "snapshotId": v.snapshot_id or "",
-            "availabilityZone": v.availability_zone, "status": v.state,
-            "createTime": v.created_at,
-            "attachmentSet": [attachment(v)] if v.instance_id else [],
-            "volumeType": v.volume_type, "encrypted": False, "multiAttachEnabled": False,
-            "tagSet": views.tag_set(tag_map.get(v.id))}
+    return {
+        "volumeId": v.id,
+        "size": v.size,
+        "snapshotId": v.snapshot_id or "",
+        "availabilityZone": v.availability_zone,
+        "status": v.state,
+        "createTime": v.created_at,
+        "attachmentSet": [attachment(v)] if v.instance_id else [],
+        "volumeType": v.volume_type,
+        "encrypted": False,
+        "multiAttachEnabled": False,
+        "tagSet": views.tag_set(tag_map.get(v.id)),
+    }
 
 
 def snapshot_item(s: Snapshot, tag_map: dict[str, dict[str, str]]) -> dict[str, Any]:
-    return {"snapshotId": s.id, "volumeId": s.volume_id, "status": s.state,
-            "startTime": s.created_at, "progress": f"{s.progress}%", "ownerId": s.account_id,
-            "volumeSize": s.volume_size, "description": s.description, "encrypted": False,
-            "storageTier": "standard", "tagSet": views.tag_set(tag_map.get(s.id)),
-            "stateMessage": s.error or None}
+    return {
+        "snapshotId": s.id,
+        "volumeId": s.volume_id,
+        "status": s.state,
+        "startTime": s.created_at,
+        "progress": f"{s.progress}%",
+        "ownerId": s.account_id,
+        "volumeSize": s.volume_size,
+        "description": s.description,
+        "encrypted": False,
+        "storageTier": "standard",
+        "tagSet": views.tag_set(tag_map.get(s.id)),
+        "stateMessage": s.error or None,
+    }
 
 
 @action("CreateVolume")
@@ -45,12 +66,19 @@ async def volume_create(call: Call) -> dict[str, Any]:
     p = call.p
     zone = p.need("AvailabilityZone")
     if p.flag("Encrypted"):
-        raise Ec2Error("InvalidParameterValue", "Corral volumes are not encrypted; leave "
-                       "Encrypted out")
+        raise Ec2Error(
+            "InvalidParameterValue", "Corral volumes are not encrypted; leave Encrypted out"
+        )
     wanted = tags.check(p.tag_specs(("volume",)).get("volume", {}))
     row, _ = await call.ctrl.volumes.create(
-        call.caller, p.integer("Size", None), p.get("SnapshotId"), zone,
-        p.get("VolumeType", "standard") or "standard", wanted, call.dry_run)
+        call.caller,
+        p.integer("Size", None),
+        p.get("SnapshotId"),
+        zone,
+        p.get("VolumeType", "standard") or "standard",
+        wanted,
+        call.dry_run,
+    )
     return volume_item(row, {row.id: wanted})
 
 
@@ -63,16 +91,18 @@ async def volume_delete(call: Call) -> dict[str, Any]:
 @action("AttachVolume")
 async def volume_attach(call: Call) -> dict[str, Any]:
     p = call.p
-    row, _ = await call.ctrl.volumes.attach(call.caller, p.need("VolumeId"),
-                                            p.need("InstanceId"), p.need("Device"), call.dry_run)
+    row, _ = await call.ctrl.volumes.attach(
+        call.caller, p.need("VolumeId"), p.need("InstanceId"), p.need("Device"), call.dry_run
+    )
     return attachment(row, "attaching")
 
 
 @action("DetachVolume")
 async def volume_detach(call: Call) -> dict[str, Any]:
     p = call.p
-    row, _ = await call.ctrl.volumes.detach(call.caller, p.need("VolumeId"),
-                                            p.get("InstanceId"), p.flag("Force"), call.dry_run)
+    row, _ = await call.ctrl.volumes.detach(
+        call.caller, p.need("VolumeId"), p.get("InstanceId"), p.flag("Force"), call.dry_run
+    )
     return attachment(row, "detaching")
 
 
@@ -90,17 +120,27 @@ async def volume_describe(call: Call) -> dict[str, Any]:
         rows = [v for v in rows if v.id in wanted]
     async with call.ctrl.store.read() as s:
         tag_map = await call.ctrl.tags.of(s, call.caller.account_id, [v.id for v in rows])
-    match = Filters(p.filters(), {
-        "volume-id": lambda v: v.id, "status": lambda v: v.state, "size": lambda v: v.size,
-        "availability-zone": lambda v: v.availability_zone,
-        "snapshot-id": lambda v: v.snapshot_id, "volume-type": lambda v: v.volume_type,
-        "attachment.instance-id": lambda v: v.instance_id,
-        "attachment.device": lambda v: v.device, "attachment.status": lambda v: v.attach_state,
-        "attachment.delete-on-termination": lambda v: v.delete_on_termination
-        if v.instance_id else None,
-        "create-time": lambda v: views_time(v.created_at), "encrypted": lambda v: False,
-        "multi-attach-enabled": lambda v: False,
-    }, lambda v: tag_map.get(v.id, {}))
+    match = Filters(
+        p.filters(),
+        {
+            "volume-id": lambda v: v.id,
+            "status": lambda v: v.state,
+            "size": lambda v: v.size,
+            "availability-zone": lambda v: v.availability_zone,
+            "snapshot-id": lambda v: v.snapshot_id,
+            "volume-type": lambda v: v.volume_type,
+            "attachment.instance-id": lambda v: v.instance_id,
+            "attachment.device": lambda v: v.device,
+            "attachment.status": lambda v: v.attach_state,
+            "attachment.delete-on-termination": lambda v: (
+                v.delete_on_termination if v.instance_id else None
+            ),
+            "create-time": lambda v: views_time(v.created_at),
+            "encrypted": lambda v: False,
+            "multi-attach-enabled": lambda v: False,
+        },
+        lambda v: tag_map.get(v.id, {}),
+    )
     rows = [v for v in rows if match(v)]
     if call.dry_run:
         dry_run_ok()
@@ -118,16 +158,15 @@ def views_time(when: Any) -> str:
 async def snapshot_create(call: Call) -> dict[str, Any]:
     p = call.p
     wanted = tags.check(p.tag_specs(("snapshot",)).get("snapshot", {}))
-    row, _ = await call.ctrl.snapshots.create(call.caller, p.need("VolumeId"),
-                                              p.get("Description", "") or "", wanted,
-                                              call.dry_run)
+    row, _ = await call.ctrl.snapshots.create(
+        call.caller, p.need("VolumeId"), p.get("Description", "") or "", wanted, call.dry_run
+    )
     return snapshot_item(row, {row.id: wanted})
 
 
 @action("DeleteSnapshot")
 async def snapshot_delete(call: Call) -> dict[str, Any]:
-    await call.ctrl.snapshots.delete(call.caller, call.p.need("SnapshotId"),
-                                            call.dry_run)
+    await call.ctrl.snapshots.delete(call.caller, call.p.need("SnapshotId"), call.dry_run)
     return {"return": True}
 
 
@@ -152,16 +191,24 @@ async def snapshot_describe(call: Call) -> dict[str, Any]:
         rows = [v for v in rows if v.id in wanted]
     async with call.ctrl.store.read() as s:
         tag_map = await call.ctrl.tags.of(s, me, [v.id for v in rows])
-    match = Filters(p.filters(), {
-        "snapshot-id": lambda v: v.id, "volume-id": lambda v: v.volume_id,
-        "status": lambda v: v.state, "owner-id": lambda v: v.account_id,
-        "description": lambda v: v.description, "progress": lambda v: f"{v.progress}%",
-        "start-time": lambda v: views_time(v.created_at), "volume-size": lambda v: v.volume_size,
-        "encrypted": lambda v: False, "storage-tier": lambda v: "standard",
-    }, lambda v: tag_map.get(v.id, {}))
+    match = Filters(
+        p.filters(),
+        {
+            "snapshot-id": lambda v: v.id,
+            "volume-id": lambda v: v.volume_id,
+            "status": lambda v: v.state,
+            "owner-id": lambda v: v.account_id,
+            "description": lambda v: v.description,
+            "progress": lambda v: f"{v.progress}%",
+            "start-time": lambda v: views_time(v.created_at),
+            "volume-size": lambda v: v.volume_size,
+            "encrypted": lambda v: False,
+            "storage-tier": lambda v: "standard",
+        },
+        lambda v: tag_map.get(v.id, {}),
+    )
     rows = [v for v in rows if match(v)]
     if call.dry_run:
         dry_run_ok()
     page, token = paginate(rows, p, call.action, me, 5, 1000, "SnapshotId")
     return {"snapshotSet": [snapshot_item(v, tag_map) for v in page], "nextToken": token}
-

@@ -8,16 +8,24 @@ import datetime as dt
 from typing import Any
 
 NAMESPACE = "http://ec2.amazonaws.com/doc/2016-11-15/"
-_ESC = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
-                      # characters XML 1.0 cannot carry at all (e.g. echoed bad input)
-                      **{chr(c): "\ufffd" for c in range(32) if c not in (9, 10, 13)}})
+_ESC = str.maketrans(
+    {
+        "&": "&amp;",
+        "<": "&lt;",
+        ">": "&gt;",
+        '"': "&quot;",
+        # characters XML 1.0 cannot carry at all (e.g. echoed bad input)
+        **{chr(c): "\ufffd" for c in range(32) if c not in (9, 10, 13)},
+    }
+)
 
 
 def timestamp(when: dt.datetime | None) -> str | None:
     if when is None:
         return None
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + \
-        f"{when.microsecond // 1000:03d}Z"
+    return (
+        when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    )
 
 
 def _text(value: Any) -> str:
@@ -78,8 +86,10 @@ def fragment(name: str, value: Any) -> Raw:
 
 
 def response(action: str, request_id: str, body: dict[str, Any]) -> bytes:
-    out = ['<?xml version="1.0" encoding="UTF-8"?>\n',
-           f'<{action}Response xmlns="{NAMESPACE}"><requestId>{request_id}</requestId>']
+    out = [
+        '<?xml version="1.0" encoding="UTF-8"?>\n',
+        f'<{action}Response xmlns="{NAMESPACE}"><requestId>{request_id}</requestId>',
+    ]
     for k, v in body.items():
         _write(out, k, v)
     out.append(f"</{action}Response>")
@@ -87,6 +97,8 @@ def response(action: str, request_id: str, body: dict[str, Any]) -> bytes:
 
 
 def error(code: str, message: str, request_id: str) -> bytes:
-    return ('<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
-            f"<Code>{_text(code)}</Code><Message>{_text(message)}</Message></Error></Errors>"
-            f"<RequestID>{request_id}</RequestID></Response>").encode()
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
+        f"<Code>{_text(code)}</Code><Message>{_text(message)}</Message></Error></Errors>"
+        f"<RequestID>{request_id}</RequestID></Response>"
+    ).encode()

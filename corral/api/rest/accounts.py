@@ -22,22 +22,29 @@ def _account(row: Account) -> models.Account:
 
 async def _key(ctx: ApiContext, acct: Account) -> models.AccessKeyCreated:
     key = await ctx.controller.accounts.create_key(acct.id, "created over the API")
-    return models.AccessKeyCreated(access_key_id=key.id, secret_access_key=key.secret,
-                                   account_id=acct.id, account_name=acct.name,
-                                   region=ctx.settings.region, endpoint=ctx.settings.api_url)
+    return models.AccessKeyCreated(
+        access_key_id=key.id,
+        secret_access_key=key.secret,
+        account_id=acct.id,
+        account_name=acct.name,
+        region=ctx.settings.region,
+        endpoint=ctx.settings.api_url,
+    )
 
 
 @router.get("", response_model=list[models.Account])
-async def account_list(ctx: ApiContext = Depends(get_context),
-                       who: Caller = Depends(auth)) -> list[models.Account]:
+async def account_list(
+    ctx: ApiContext = Depends(get_context), who: Caller = Depends(auth)
+) -> list[models.Account]:
     if not who.admin:
         return [_account(await ctx.controller.accounts.get(who.account_id))]
     return [_account(a) for a in await ctx.controller.accounts.list()]
 
 
 @router.post("", status_code=201, response_model=models.AccountCreated)
-async def account_create(req: models.AccountCreate, ctx: ApiContext = Depends(get_context),
-                         who: Caller = Depends(auth)) -> models.AccountCreated:
+async def account_create(
+    req: models.AccountCreate, ctx: ApiContext = Depends(get_context), who: Caller = Depends(auth)
+) -> models.AccountCreated:
     if not who.admin:
         raise Forbidden("only an admin account may create accounts")
     acct = await ctx.controller.accounts.create(req.name)
@@ -45,10 +52,11 @@ async def account_create(req: models.AccountCreate, ctx: ApiContext = Depends(ge
 
 
 @router.post("/keys", status_code=201, response_model=models.AccessKeyCreated)
-async def account_key_create(account: str | None = Query(
-        None, description="account id or name (default: the caller's own)"),
-        ctx: ApiContext = Depends(get_context),
-        who: Caller = Depends(auth)) -> models.AccessKeyCreated:
+async def account_key_create(
+    account: str | None = Query(None, description="account id or name (default: the caller's own)"),
+    ctx: ApiContext = Depends(get_context),
+    who: Caller = Depends(auth),
+) -> models.AccessKeyCreated:
     acct = await ctx.controller.accounts.get(account or who.account_id)
     if acct.id != who.account_id and not who.admin:
         raise Forbidden("only an admin may create keys for another account")

@@ -21,8 +21,9 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def body(code: str, message: str, field: str | None = None,
-         resource: str | None = None) -> dict[str, Any]:
+def body(
+    code: str, message: str, field: str | None = None, resource: str | None = None
+) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "field": field, "resource": resource}}
 
 
@@ -30,16 +31,21 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(CorralError)
     async def corral_error(_r: Request, err: CorralError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if err.http_status == 401 else None
-        return JSONResponse(status_code=err.http_status, content={"error": err.to_dict()},
-                            headers=headers)
+        return JSONResponse(
+            status_code=err.http_status, content={"error": err.to_dict()}, headers=headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_r: Request, err: RequestValidationError) -> JSONResponse:
         first = err.errors()[0] if err.errors() else {}
         if first.get("type") == "json_invalid":
             where = first.get("loc", [None, None])[-1]
-            return JSONResponse(status_code=400, content=body(
-                "invalid", f"the request body is not valid JSON (at character {where})"))
+            return JSONResponse(
+                status_code=400,
+                content=body(
+                    "invalid", f"the request body is not valid JSON (at character {where})"
+                ),
+            )
         loc = [str(p) for p in first.get("loc", []) if p not in ("body", "query", "path")]
         field = ".".join(loc) or None
         msg = first.get("msg", "invalid request")
@@ -48,6 +54,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(_r: Request, err: HTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "invalid", 401: "unauthorized"}.get(err.status_code,
-                                                                          "invalid")
+        code = {404: "not_found", 405: "invalid", 401: "unauthorized"}.get(
+            err.status_code, "invalid"
+        )
         return JSONResponse(status_code=err.status_code, content=body(code, str(err.detail)))

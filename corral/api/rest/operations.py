@@ -17,9 +17,12 @@ router = APIRouter(prefix="/v1/operations", tags=["operations"], responses=RESPO
 
 
 @router.get("", response_model=list[models.Operation])
-async def operation_list(limit: int = Query(50, ge=1, le=1000),
-                         target: str | None = None, ctx: ApiContext = Depends(get_context),
-                         who: Caller = Depends(auth)) -> list[models.Operation]:
+async def operation_list(
+    limit: int = Query(50, ge=1, le=1000),
+    target: str | None = None,
+    ctx: ApiContext = Depends(get_context),
+    who: Caller = Depends(auth),
+) -> list[models.Operation]:
     async with ctx.controller.store.read() as s:
         q = select(Operation).where(Operation.account_id == who.account_id)
         if target:
@@ -29,32 +32,43 @@ async def operation_list(limit: int = Query(50, ge=1, le=1000),
 
 
 @router.get("/{op_id}", response_model=models.Operation)
-async def operation_show(op_id: str, ctx: ApiContext = Depends(get_context),
-                         who: Caller = Depends(auth)) -> models.Operation:
+async def operation_show(
+    op_id: str, ctx: ApiContext = Depends(get_context), who: Caller = Depends(auth)
+) -> models.Operation:
     return views.operation(await ctx.controller.ops.get(op_id, who.account_id))
 
 
 @router.get("/{op_id}/wait", response_model=models.Operation)
-async def operation_wait(op_id: str, timeout: float = Query(30, ge=0, le=600),
-                         since: int = Query(-1, description="return at the first event after "
-                                            "this sequence number; -1 waits for the end"),
-                         ctx: ApiContext = Depends(get_context),
-                         who: Caller = Depends(auth)) -> models.Operation:
-    op = await ctx.controller.ops.wait(op_id, timeout=timeout, since=since,
-                                       account_id=who.account_id)
+async def operation_wait(
+    op_id: str,
+    timeout: float = Query(30, ge=0, le=600),
+    since: int = Query(
+        -1, description="return at the first event after this sequence number; -1 waits for the end"
+    ),
+    ctx: ApiContext = Depends(get_context),
+    who: Caller = Depends(auth),
+) -> models.Operation:
+    op = await ctx.controller.ops.wait(
+        op_id, timeout=timeout, since=since, account_id=who.account_id
+    )
     return views.operation(op)
 
 
 @router.get("/{op_id}/events", response_model=list[models.OperationEvent])
-async def operation_events(op_id: str, since: int = 0, ctx: ApiContext = Depends(get_context),
-                           who: Caller = Depends(auth)) -> list[models.OperationEvent]:
+async def operation_events(
+    op_id: str, since: int = 0, ctx: ApiContext = Depends(get_context), who: Caller = Depends(auth)
+) -> list[models.OperationEvent]:
     await ctx.controller.ops.get(op_id, who.account_id)
-    return [models.OperationEvent(seq=e.seq, time=e.time, kind=e.kind, message=e.message,
-                                  progress=e.progress)
-            for e in await ctx.controller.ops.events(op_id, since)]
+    return [
+        models.OperationEvent(
+            seq=e.seq, time=e.time, kind=e.kind, message=e.message, progress=e.progress
+        )
+        for e in await ctx.controller.ops.events(op_id, since)
+    ]
 
 
 @router.delete("/{op_id}", response_model=models.Operation)
-async def operation_cancel(op_id: str, ctx: ApiContext = Depends(get_context),
-                           who: Caller = Depends(auth)) -> models.Operation:
+async def operation_cancel(
+    op_id: str, ctx: ApiContext = Depends(get_context), who: Caller = Depends(auth)
+) -> models.Operation:
     return views.operation(await ctx.controller.ops.cancel(op_id, who.account_id))

@@ -26,17 +26,25 @@ async def health(ctx: ApiContext = Depends(get_context)) -> dict[str, str]:
 
 
 @router.get("/system", response_model=models.SystemInfo)
-async def system_show(ctx: ApiContext = Depends(get_context),
-                      who: Caller = Depends(auth)) -> models.SystemInfo:
+async def system_show(
+    ctx: ApiContext = Depends(get_context), who: Caller = Depends(auth)
+) -> models.SystemInfo:
     st = ctx.settings
     nodes = list(ctx.controller.nodes.values())
     info = await nodes[0].info() if nodes else None
     checks = await _checks(ctx)
     return models.SystemInfo(
-        version=ctx.version, region=st.region, availability_zone=st.availability_zone,
-        state_dir=str(st.state_dir), database=ctx.controller.store.url.split("://")[0],
-        namespace=st.namespace, subnet=st.subnet, domain=st.domain,
-        node=info.model_dump() if info else {}, checks=checks)
+        version=ctx.version,
+        region=st.region,
+        availability_zone=st.availability_zone,
+        state_dir=str(st.state_dir),
+        database=ctx.controller.store.url.split("://")[0],
+        namespace=st.namespace,
+        subnet=st.subnet,
+        domain=st.domain,
+        node=info.model_dump() if info else {},
+        checks=checks,
+    )
 
 
 async def _checks(ctx: ApiContext) -> list[dict[str, object]]:
@@ -57,28 +65,50 @@ async def _checks(ctx: ApiContext) -> list[dict[str, object]]:
 
 
 @router.get("/nodes", response_model=list[models.Node])
-async def node_list(ctx: ApiContext = Depends(get_context),
-                    who: Caller = Depends(auth)) -> list[models.Node]:
+async def node_list(
+    ctx: ApiContext = Depends(get_context), who: Caller = Depends(auth)
+) -> list[models.Node]:
     async with ctx.controller.store.read() as s:
         rows = list(await s.scalars(select(Node).order_by(Node.name)))
-        counts = dict((await s.execute(select(Instance.node_id, func.count()).where(
-            Instance.state != "terminated").group_by(Instance.node_id))).all())
-    return [models.Node(id=n.id, name=n.name, state=n.state, cpus=n.cpus, memory=n.memory,
-                        accel=n.accel, accel_reason=n.accel_reason, qemu_version=n.qemu_version,
-                        last_seen=n.last_seen, instances=int(counts.get(n.id, 0)),
-                        strays=ctx.controller.reconciler.strays.get(n.id, []))
-            for n in rows]
+        counts = dict(
+            (
+                await s.execute(
+                    select(Instance.node_id, func.count())
+                    .where(Instance.state != "terminated")
+                    .group_by(Instance.node_id)
+                )
+            ).all()
+        )
+    return [
+        models.Node(
+            id=n.id,
+            name=n.name,
+            state=n.state,
+            cpus=n.cpus,
+            memory=n.memory,
+            accel=n.accel,
+            accel_reason=n.accel_reason,
+            qemu_version=n.qemu_version,
+            last_seen=n.last_seen,
+            instances=int(counts.get(n.id, 0)),
+            strays=ctx.controller.reconciler.strays.get(n.id, []),
+        )
+        for n in rows
+    ]
 
 
 @router.post("/system/shutdown", status_code=202)
-async def system_shutdown(req: models.Shutdown, ctx: ApiContext = Depends(get_context),
-                          who: Caller = Depends(auth)) -> dict[str, str]:
+async def system_shutdown(
+    req: models.Shutdown, ctx: ApiContext = Depends(get_context), who: Caller = Depends(auth)
+) -> dict[str, str]:
     if not who.admin:
         raise Forbidden("only an admin account may shut Corral down")
     if ctx.shutdown is None:
         raise Forbidden("this server cannot be shut down over the API")
     if req.stop_instances:
         await ctx.controller.stop_all(req.timeout)
-    asyncio.get_running_loop().call_later(0.2, lambda: asyncio.ensure_future(
-        ctx.shutdown(req.stop_instances, req.timeout)))  # type: ignore[misc]
+    shutdown = ctx.shutdown
+    asyncio.get_running_loop().call_later(
+        0.2, lambda: asyncio.ensure_future(shutdown(req.stop_instances, req.timeout))
+    )
     return {"status": "shutting down"}

@@ -39,8 +39,9 @@ class Group:
         return [ROOT / c / self.rel for c in V1_CONTROLLERS if (ROOT / c).is_dir()]
 
     def available(self) -> bool:
-        return ((ROOT.is_dir() and os.access(ROOT, os.W_OK))
-                or any(d.parent.exists() for d in self.dirs()))
+        return (ROOT.is_dir() and os.access(ROOT, os.W_OK)) or any(
+            d.parent.exists() for d in self.dirs()
+        )
 
     def create(self, limits: Limits) -> None:
         if is_v2():
@@ -92,8 +93,10 @@ class Group:
                 d.rmdir()
 
     def memory_usage(self) -> int | None:
-        for f in (ROOT / self.rel / "memory.current",
-                  ROOT / "memory" / self.rel / "memory.usage_in_bytes"):
+        for f in (
+            ROOT / self.rel / "memory.current",
+            ROOT / "memory" / self.rel / "memory.usage_in_bytes",
+        ):
             with contextlib.suppress(OSError, ValueError):
                 return int(f.read_text())
         return None

@@ -41,13 +41,16 @@ def serial(vid: str) -> str:
 def blockdev(vid: str, path: Path) -> dict[str, Any]:
     """The volume's block node (qcow2 over a file), as QMP ``blockdev-add`` and ``-blockdev``
     take it."""
-    return {"driver": "qcow2", "node-name": vid, "discard": "unmap",
-            "file": {"driver": "file", "filename": str(path)}}
+    return {
+        "driver": "qcow2",
+        "node-name": vid,
+        "discard": "unmap",
+        "file": {"driver": "file", "filename": str(path)},
+    }
 
 
 def device(vid: str) -> dict[str, Any]:
-    return {"driver": "virtio-blk-pci", "drive": vid, "id": device_id(vid),
-            "serial": serial(vid)}
+    return {"driver": "virtio-blk-pci", "drive": vid, "id": device_id(vid), "serial": serial(vid)}
 
 
 async def devices(qmp: Qmp) -> set[str]:
@@ -63,8 +66,7 @@ async def nodes(qmp: Qmp) -> set[str]:
 
 async def volumes(qmp: Qmp) -> list[str]:
     """Volume ids plugged into the VM."""
-    return sorted(d.removeprefix("disk-") for d in await devices(qmp)
-                  if d.startswith("disk-vol-"))
+    return sorted(d.removeprefix("disk-") for d in await devices(qmp) if d.startswith("disk-vol-"))
 
 
 async def attach(qmp: Qmp, vid: str, path: Path) -> bool:
@@ -95,8 +97,9 @@ async def detach(qmp: Qmp, vid: str, timeout: float = DETACH_TIMEOUT) -> bool:
             try:
                 await qmp.execute("device_del", {"id": dev})
             except QmpUnavailable as err:
-                if "in the process of unplug" not in str(err) and \
-                        "already in the process" not in str(err):
+                if "in the process of unplug" not in str(
+                    err
+                ) and "already in the process" not in str(err):
                     raise
             if not await _wait_deleted(qmp, events, dev, timeout):
                 raise GuestHoldsDisk(
@@ -104,7 +107,8 @@ async def detach(qmp: Qmp, vid: str, timeout: float = DETACH_TIMEOUT) -> bool:
                     "still booting, paused or without ACPI hot-plug support does not answer); "
                     "it stays attached. Stop what uses it in the guest and detach again, or "
                     "detach with force (the instance is restarted without it)",
-                    resource="volume")
+                    resource="volume",
+                )
     if vid in await nodes(qmp):
         await qmp.execute("blockdev-del", {"node-name": vid})
     return present
@@ -135,19 +139,28 @@ async def backup(qmp: Qmp, node: str, target: Path, job: str, timeout: float) ->
     if tnode in await nodes(qmp):  # left by an interrupted attempt
         await _cancel(qmp, job)
         await qmp.execute("blockdev-del", {"node-name": tnode})
-    await qmp.execute("blockdev-add", {
-        "driver": "qcow2", "node-name": tnode, "discard": "unmap", "detect-zeroes": "unmap",
-        "file": {"driver": "file", "filename": str(target)}})
+    await qmp.execute(
+        "blockdev-add",
+        {
+            "driver": "qcow2",
+            "node-name": tnode,
+            "discard": "unmap",
+            "detect-zeroes": "unmap",
+            "file": {"driver": "file", "filename": str(target)},
+        },
+    )
     try:
         with qmp.listener(["BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"]) as events:
-            await qmp.execute("blockdev-backup", {"job-id": job, "device": node,
-                                                  "target": tnode, "sync": "full"})
+            await qmp.execute(
+                "blockdev-backup", {"job-id": job, "device": node, "target": tnode, "sync": "full"}
+            )
             try:
                 result = await asyncio.wait_for(_job_end(events, job), timeout)
             except TimeoutError:
                 await _cancel(qmp, job)
-                raise CorralError(f"copying {node} took longer than {timeout:.0f} s; "
-                                  "cancelled") from None
+                raise CorralError(
+                    f"copying {node} took longer than {timeout:.0f} s; cancelled"
+                ) from None
         if result.get("error") or result.get("event") == "BLOCK_JOB_CANCELLED":
             raise CorralError(f"copying {node} failed: {result.get('error') or 'cancelled'}")
     finally:

@@ -52,8 +52,13 @@ def read_exit(paths: Paths) -> ExitInfo | None:
 
 
 class Machine:
-    def __init__(self, instance_id: str, paths: Paths, cgroup: cgroups.Group | None,
-                 on_exit: ExitCallback | None) -> None:
+    def __init__(
+        self,
+        instance_id: str,
+        paths: Paths,
+        cgroup: cgroups.Group | None,
+        on_exit: ExitCallback | None,
+    ) -> None:
         self.id = instance_id
         self.paths = paths
         self.cgroup = cgroup
@@ -72,9 +77,17 @@ class Machine:
 
     # -- start -----------------------------------------------------------------------------
     @classmethod
-    async def launch(cls, instance_id: str, argv: list[str], paths: Paths, *, namespace: str,
-                     cgroup: cgroups.Group | None, limits: cgroups.Limits | None,
-                     on_exit: ExitCallback | None) -> Machine:
+    async def launch(
+        cls,
+        instance_id: str,
+        argv: list[str],
+        paths: Paths,
+        *,
+        namespace: str,
+        cgroup: cgroups.Group | None,
+        limits: cgroups.Limits | None,
+        on_exit: ExitCallback | None,
+    ) -> Machine:
         paths.run.mkdir(parents=True, exist_ok=True)
         for stale in (paths.pidfile, paths.qmp, paths.qmp_debug, paths.console):
             stale.unlink(missing_ok=True)
@@ -96,8 +109,14 @@ class Machine:
         return machine
 
     @classmethod
-    async def adopt(cls, instance_id: str, pid: int, paths: Paths,
-                    cgroup: cgroups.Group | None, on_exit: ExitCallback | None) -> Machine:
+    async def adopt(
+        cls,
+        instance_id: str,
+        pid: int,
+        paths: Paths,
+        cgroup: cgroups.Group | None,
+        on_exit: ExitCallback | None,
+    ) -> Machine:
         machine = cls(instance_id, paths, cgroup, on_exit)
         await machine._attach(pid)
         return machine
@@ -145,7 +164,8 @@ class Machine:
                     if not self._requested:
                         log.info("%s: guest powered off (%s)", self.id, data.get("reason"))
                     asyncio.get_running_loop().call_soon(
-                        lambda: asyncio.ensure_future(self._quit_quietly()))
+                        lambda: asyncio.ensure_future(self._quit_quietly())
+                    )
                 elif name == "RESET":
                     self._reset.set()
         except asyncio.CancelledError:
@@ -172,8 +192,7 @@ class Machine:
             # our child (not adopted): reap it and learn how it ended
             try:
                 rc = self._popen.wait(timeout=1)
-                detail = (f"killed by {signal.Signals(-rc).name}" if rc < 0
-                          else f"exit code {rc}")
+                detail = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
             except (subprocess.TimeoutExpired, ValueError):
                 pass
         if self._requested:
@@ -281,8 +300,9 @@ class Machine:
             await self.qmp.close()
 
 
-def _spawn(argv: list[str], namespace: str, cgroup: cgroups.Group | None,
-           logfile: Path) -> subprocess.Popen[bytes]:
+def _spawn(
+    argv: list[str], namespace: str, cgroup: cgroups.Group | None, logfile: Path
+) -> subprocess.Popen[bytes]:
     """Start QEMU in ``namespace`` and ``cgroup``, in a session of its own (blocking)."""
     enter = netns.preexec(namespace)
     cg_fds = cgroup.preexec() if cgroup is not None else []
@@ -293,8 +313,14 @@ def _spawn(argv: list[str], namespace: str, cgroup: cgroups.Group | None,
 
     try:
         with open(logfile, "ab") as out:
-            return subprocess.Popen(argv, preexec_fn=preexec, stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=out, start_new_session=True)
+            return subprocess.Popen(
+                argv,
+                preexec_fn=preexec,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
     except FileNotFoundError as err:
         raise EnvironmentProblem(f"{argv[0]} is not installed; run scripts/setup") from err
     finally:

@@ -30,8 +30,11 @@ async def probe(forced: str, cache_file: Path, kernel: Path | None, initrd: Path
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return Accel(accel="tcg", reason="/dev/kvm is not readable and writable by this user")
     if kernel is None or initrd is None:
-        return Accel(accel="tcg", reason="/dev/kvm exists but no image is built yet to probe it "
-                     "with; using TCG until one is (corral image build tiny)")
+        return Accel(
+            accel="tcg",
+            reason="/dev/kvm exists but no image is built yet to probe it "
+            "with; using TCG until one is (corral image build tiny)",
+        )
     key = _cache_key(kernel)
     try:
         cached = json.loads(cache_file.read_text())
@@ -46,29 +49,60 @@ async def probe(forced: str, cache_file: Path, kernel: Path | None, initrd: Path
 
 async def _boot_probe(kernel: Path, initrd: Path) -> Accel:
     argv = [
-        qemu.binary(), "-accel", "kvm", "-cpu", "host", "-machine", "pc", "-m", "128M",
-        "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
-        "-kernel", str(kernel), "-initrd", str(initrd),
-        "-append", "console=ttyS0 corral.probe panic=-1 quiet",
+        qemu.binary(),
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host",
+        "-machine",
+        "pc",
+        "-m",
+        "128M",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-kernel",
+        str(kernel),
+        "-initrd",
+        str(initrd),
+        "-append",
+        "console=ttyS0 corral.probe panic=-1 quiet",
     ]
     t0 = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), PROBE_TIMEOUT)
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        return Accel(accel="tcg", probed=True, seconds=PROBE_TIMEOUT,
-                     reason="a KVM probe guest did not finish booting within "
-                     f"{PROBE_TIMEOUT:.0f} s "
-                     "(nested virtualisation hangs guests); using TCG")
+        return Accel(
+            accel="tcg",
+            probed=True,
+            seconds=PROBE_TIMEOUT,
+            reason="a KVM probe guest did not finish booting within "
+            f"{PROBE_TIMEOUT:.0f} s "
+            "(nested virtualisation hangs guests); using TCG",
+        )
     seconds = round(time.monotonic() - t0, 2)
     if MARKER in out:
-        return Accel(accel="kvm", probed=True, seconds=seconds,
-                     reason=f"a KVM probe guest booted in {seconds} s")
+        return Accel(
+            accel="kvm",
+            probed=True,
+            seconds=seconds,
+            reason=f"a KVM probe guest booted in {seconds} s",
+        )
     lines = [ln for ln in out.decode(errors="replace").splitlines() if ln.strip()]
     why = lines[-1] if lines else f"exit code {proc.returncode}"
-    return Accel(accel="tcg", probed=True, seconds=seconds,
-                 reason=f"QEMU with KVM failed ({why}); using TCG")
+    return Accel(
+        accel="tcg", probed=True, seconds=seconds, reason=f"QEMU with KVM failed ({why}); using TCG"
+    )

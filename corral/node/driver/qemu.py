@@ -81,7 +81,8 @@ def binary() -> str:
         if not os.access(_configured, os.X_OK):
             raise EnvironmentProblem(
                 f"QEMU is missing: {_configured} does not exist or is not executable; install "
-                "the Debian package qemu-system-x86 (scripts/setup does) or fix CORRAL_QEMU")
+                "the Debian package qemu-system-x86 (scripts/setup does) or fix CORRAL_QEMU"
+            )
         return _configured
     return need(_configured, "qemu-system-x86")
 
@@ -99,17 +100,30 @@ def system_uuid(instance_id: str) -> str:
     return "ec2" + u[3:]
 
 
-def argv(spec: InstanceSpec, paths: Paths, *, accel: str, machine: str, kernel: Path | None,
-         initrd: Path | None, cmdline: str, volume_dir: Path | None = None) -> list[str]:
+def argv(
+    spec: InstanceSpec,
+    paths: Paths,
+    *,
+    accel: str,
+    machine: str,
+    kernel: Path | None,
+    initrd: Path | None,
+    cmdline: str,
+    volume_dir: Path | None = None,
+) -> list[str]:
     mem_mib = max(spec.memory >> 20, 16)
     args = [
         binary(),
-        "-name", f"guest={spec.name},process=corral:{spec.id}",
-        "-uuid", system_uuid(spec.id),
+        "-name",
+        f"guest={spec.name},process=corral:{spec.id}",
+        "-uuid",
+        system_uuid(spec.id),
         # the SMBIOS serial equal to an "ec2…" system UUID is how cloud-init recognises EC2 and
         # so speaks IMDSv2 (it asks for tokens only there); Corral answers EC2's metadata API
-        "-smbios", f"type=1,serial={system_uuid(spec.id)}",
-        "-machine", f"{machine},graphics=off",
+        "-smbios",
+        f"type=1,serial={system_uuid(spec.id)}",
+        "-machine",
+        f"{machine},graphics=off",
     ]
     if accel == "kvm":
         args += ["-accel", "kvm", "-cpu", "host"]
@@ -117,11 +131,17 @@ def argv(spec: InstanceSpec, paths: Paths, *, accel: str, machine: str, kernel: 
         # -cpu max brings RDRAND: guests get entropy at once (dropbear starts ~1 s sooner)
         args += ["-accel", f"tcg,tb-size={TB_SIZE_MIB}", "-cpu", "max"]
     args += [
-        "-smp", str(spec.cpus),
-        "-m", f"{mem_mib}M",
-        "-nodefaults", "-no-user-config", "-display", "none",
+        "-smp",
+        str(spec.cpus),
+        "-m",
+        f"{mem_mib}M",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
         "-no-shutdown",  # a guest power-off leaves QEMU up in 'shutdown', so the agent sees why
-        "-msg", "timestamp=on",
+        "-msg",
+        "timestamp=on",
     ]
     if kernel is not None:
         args += ["-kernel", str(kernel)]
@@ -133,10 +153,11 @@ def argv(spec: InstanceSpec, paths: Paths, *, accel: str, machine: str, kernel: 
     if spec.root_volume is not None and volume_dir is not None:
         root = volume_dir / f"{spec.root_volume}.qcow2"  # EBS-style: the root is a volume
     args += [
-        "-drive", f"file={root},if=none,id=root,format=qcow2,discard=unmap,cache=writeback",
+        "-drive",
+        f"file={root},if=none,id=root,format=qcow2,discard=unmap,cache=writeback",
         # with -kernel, bootindex 0 is the kernel loader's; boot from the disk otherwise
-        "-device", "virtio-blk-pci,drive=root,id=root-disk"
-        + (",bootindex=0" if kernel is None else ""),
+        "-device",
+        "virtio-blk-pci,drive=root,id=root-disk" + (",bootindex=0" if kernel is None else ""),
     ]
     for vol in spec.volumes if volume_dir is not None else []:
         assert volume_dir is not None
@@ -144,20 +165,34 @@ def argv(spec: InstanceSpec, paths: Paths, *, accel: str, machine: str, kernel: 
         # the volume is unplugged alike; the serial is the volume id without its dash
         node = hotplug.blockdev(vol.id, volume_dir / f"{vol.id}.qcow2")
         dev = hotplug.device(vol.id)
-        args += ["-blockdev", json.dumps(node, separators=(",", ":")),
-                 "-device", ",".join([dev["driver"]] + [f"{k}={v}" for k, v in dev.items()
-                                                        if k != "driver"])]
+        args += [
+            "-blockdev",
+            json.dumps(node, separators=(",", ":")),
+            "-device",
+            ",".join([dev["driver"]] + [f"{k}={v}" for k, v in dev.items() if k != "driver"]),
+        ]
     args += [
-        "-netdev", f"tap,id=net0,ifname={spec.tap},script=no,downscript=no",
-        "-device", f"virtio-net-pci,netdev=net0,mac={spec.mac},id=nic0",
-        "-object", "rng-random,id=rng0,filename=/dev/urandom",
-        "-device", "virtio-rng-pci,rng=rng0",
-        "-chardev", (f"socket,id=serial0,path={paths.console},server=on,wait=off,"
-                     f"logfile={paths.console_log},logappend=on"),
-        "-serial", "chardev:serial0",
-        "-qmp", f"unix:{paths.qmp},server=on,wait=off",
-        "-qmp", f"unix:{paths.qmp_debug},server=on,wait=off",
-        "-pidfile", str(paths.pidfile),
+        "-netdev",
+        f"tap,id=net0,ifname={spec.tap},script=no,downscript=no",
+        "-device",
+        f"virtio-net-pci,netdev=net0,mac={spec.mac},id=nic0",
+        "-object",
+        "rng-random,id=rng0,filename=/dev/urandom",
+        "-device",
+        "virtio-rng-pci,rng=rng0",
+        "-chardev",
+        (
+            f"socket,id=serial0,path={paths.console},server=on,wait=off,"
+            f"logfile={paths.console_log},logappend=on"
+        ),
+        "-serial",
+        "chardev:serial0",
+        "-qmp",
+        f"unix:{paths.qmp},server=on,wait=off",
+        "-qmp",
+        f"unix:{paths.qmp_debug},server=on,wait=off",
+        "-pidfile",
+        str(paths.pidfile),
     ]
     return args
 

@@ -56,8 +56,9 @@ class Qmp:
         self.state = LinkState.CLOSED
         raise QmpUnavailable(f"could not connect to QMP at {self.path}: {last}")
 
-    async def execute(self, cmd: str, args: dict[str, Any] | None = None,
-                      timeout: float = COMMAND_TIMEOUT) -> Any:
+    async def execute(
+        self, cmd: str, args: dict[str, Any] | None = None, timeout: float = COMMAND_TIMEOUT
+    ) -> Any:
         if self.state != LinkState.CONNECTED:
             raise QmpUnavailable(f"QMP link to {self.path} is {self.state}")
         try:

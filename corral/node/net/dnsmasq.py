@@ -26,8 +26,9 @@ class HostEntry:
 
 
 class Dnsmasq:
-    def __init__(self, *, namespace: str, bridge: str, cidr: str, gateway: str, domain: str,
-                 directory: Path) -> None:
+    def __init__(
+        self, *, namespace: str, bridge: str, cidr: str, gateway: str, domain: str, directory: Path
+    ) -> None:
         self.namespace = namespace
         self.bridge = bridge
         self.cidr = ipaddress.ip_network(cidr)
@@ -98,14 +99,21 @@ class Dnsmasq:
     def _start(self, argv: list[str]) -> int:
         enter = netns.preexec(self.namespace)
         try:
-            proc = subprocess.run(argv, preexec_fn=enter, stdin=subprocess.DEVNULL,
-                                  capture_output=True, timeout=30, start_new_session=True)
+            proc = subprocess.run(
+                argv,
+                preexec_fn=enter,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=30,
+                start_new_session=True,
+            )
         finally:
             os.close(enter.fd)  # type: ignore[attr-defined]
         if proc.returncode != 0:
             raise EnvironmentProblem(
                 f"dnsmasq failed to start for {self.bridge} in {self.namespace}: "
-                f"{proc.stderr.decode(errors='replace').strip()}")
+                f"{proc.stderr.decode(errors='replace').strip()}"
+            )
         pid = self.pid()
         if pid is None:
             raise EnvironmentProblem(f"dnsmasq started but wrote no pid file at {self.pidfile}")
@@ -150,8 +158,16 @@ class Dnsmasq:
         for mac, address, client_id in self.leases_held():
             if (mac.lower(), address) in wanted:
                 continue
-            argv = ["ip", "netns", "exec", self.namespace, need("dhcp_release", "dnsmasq-utils"),
-                    self.bridge, address, mac]
+            argv = [
+                "ip",
+                "netns",
+                "exec",
+                self.namespace,
+                need("dhcp_release", "dnsmasq-utils"),
+                self.bridge,
+                address,
+                mac,
+            ]
             if client_id:
                 argv.append(client_id)
             await arun(argv, check=False, timeout=10)

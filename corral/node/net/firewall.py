@@ -53,8 +53,9 @@ def _l4(protocol: str) -> Json | None:
         try:
             right = int(protocol)
         except ValueError as err:
-            raise Invalid(f"protocol {protocol!r} must be tcp, udp, icmp, all or a number",
-                          field="protocol") from err
+            raise Invalid(
+                f"protocol {protocol!r} must be tcp, udp, icmp, all or a number", field="protocol"
+            ) from err
     return _match({"meta": {"key": "l4proto"}}, right)
 
 
@@ -137,14 +138,24 @@ def render(policy: PolicySpec) -> list[Json]:
         for g in port.groups:
             members.setdefault(g, []).append(port.address)
     for g, addrs in members.items():
-        add("set", {"family": fam, "table": TABLE, "name": _set_name(g), "type": "ipv4_addr",
-                    **({"elem": sorted(addrs)} if addrs else {})})
+        add(
+            "set",
+            {
+                "family": fam,
+                "table": TABLE,
+                "name": _set_name(g),
+                "type": "ipv4_addr",
+                **({"elem": sorted(addrs)} if addrs else {}),
+            },
+        )
     known = set(members)
 
     # each group's rules once, in its own chains; an instance's chains jump to its groups'
     for gid, group in groups.items():
-        for direction, chain, rules in (("ingress", f"gi_{_id(gid)}", group.ingress),
-                                        ("egress", f"ge_{_id(gid)}", group.egress)):
+        for direction, chain, rules in (
+            ("ingress", f"gi_{_id(gid)}", group.ingress),
+            ("egress", f"ge_{_id(gid)}", group.egress),
+        ):
             add("chain", {"family": fam, "table": TABLE, "name": chain})
             for r in rules:
                 for expr in rule_exprs(r, direction, known):
@@ -166,52 +177,136 @@ def render(policy: PolicySpec) -> list[Json]:
         egress_map.append([port.address, {"jump": {"target": ceg}}])
 
     for name, elems in (("ingress", ingress_map), ("egress", egress_map)):
-        add("map", {"family": fam, "table": TABLE, "name": name, "type": "ipv4_addr",
-                    "map": "verdict", **({"elem": elems} if elems else {})})
+        add(
+            "map",
+            {
+                "family": fam,
+                "table": TABLE,
+                "name": name,
+                "type": "ipv4_addr",
+                "map": "verdict",
+                **({"elem": elems} if elems else {}),
+            },
+        )
 
     # two base chains on the forward hook: a packet must be accepted by both (the sender's
     # egress, then the receiver's ingress); an accept ends only its own base chain
     ct_state = {"ct": {"key": "state"}}
     established = [_match(ct_state, ["established", "related"], "in"), {"accept": None}]
-    add("chain", {"family": fam, "table": TABLE, "name": "forward_egress", "type": "filter",
-                  "hook": "forward", "prio": 0, "policy": "accept"})
+    add(
+        "chain",
+        {
+            "family": fam,
+            "table": TABLE,
+            "name": "forward_egress",
+            "type": "filter",
+            "hook": "forward",
+            "prio": 0,
+            "policy": "accept",
+        },
+    )
     rule("forward_egress", established)
     rule("forward_egress", [_match(ct_state, "invalid", "in"), {"drop": None}])
     rule("forward_egress", [{"vmap": {"key": _payload("ip", "saddr"), "data": "@egress"}}])
-    add("chain", {"family": fam, "table": TABLE, "name": "forward_ingress", "type": "filter",
-                  "hook": "forward", "prio": 10, "policy": "accept"})
+    add(
+        "chain",
+        {
+            "family": fam,
+            "table": TABLE,
+            "name": "forward_ingress",
+            "type": "filter",
+            "hook": "forward",
+            "prio": 10,
+            "policy": "accept",
+        },
+    )
     rule("forward_ingress", established)
     rule("forward_ingress", [{"vmap": {"key": _payload("ip", "daddr"), "data": "@ingress"}}])
 
     # instances may reach the node itself for DHCP, DNS and metadata only
-    add("chain", {"family": fam, "table": TABLE, "name": "input", "type": "filter",
-                  "hook": "input", "prio": 0, "policy": "accept"})
+    add(
+        "chain",
+        {
+            "family": fam,
+            "table": TABLE,
+            "name": "input",
+            "type": "filter",
+            "hook": "input",
+            "prio": 0,
+            "policy": "accept",
+        },
+    )
     from_bridge = _match({"meta": {"key": "iifname"}}, bridge)
     imds = [_match(_payload("ip", "daddr"), METADATA), _match(_payload("tcp", "dport"), 80)]
     # connections that carry an IMDSv2 token PUT are marked; their answers get the
     # instance's hop limit as TTL (below), so the token cannot travel further than allowed
-    rule("input", [from_bridge, *imds,
-                   _match({"payload": {"base": "ih", "offset": 0, "len": 32}}, 0x50555420),
-                   {"mangle": {"key": {"ct": {"key": "mark"}}, "value": IMDS_PUT_MARK}}])
+    rule(
+        "input",
+        [
+            from_bridge,
+            *imds,
+            _match({"payload": {"base": "ih", "offset": 0, "len": 32}}, 0x50555420),
+            {"mangle": {"key": {"ct": {"key": "mark"}}, "value": IMDS_PUT_MARK}},
+        ],
+    )
     rule("input", [_match(ct_state, ["established", "related"], "in"), {"accept": None}])
-    rule("input", [from_bridge, _match({"meta": {"key": "l4proto"}}, "udp"),
-                   _match(_payload("udp", "dport"), {"set": [53, 67]}), {"accept": None}])
-    rule("input", [from_bridge, _match({"meta": {"key": "l4proto"}}, "tcp"),
-                   _match(_payload("tcp", "dport"), 53), {"accept": None}])
-    rule("input", [from_bridge, _match(_payload("ip", "daddr"), METADATA),
-                   _match({"meta": {"key": "l4proto"}}, "tcp"),
-                   _match(_payload("tcp", "dport"), 80), {"accept": None}])
+    rule(
+        "input",
+        [
+            from_bridge,
+            _match({"meta": {"key": "l4proto"}}, "udp"),
+            _match(_payload("udp", "dport"), {"set": [53, 67]}),
+            {"accept": None},
+        ],
+    )
+    rule(
+        "input",
+        [
+            from_bridge,
+            _match({"meta": {"key": "l4proto"}}, "tcp"),
+            _match(_payload("tcp", "dport"), 53),
+            {"accept": None},
+        ],
+    )
+    rule(
+        "input",
+        [
+            from_bridge,
+            _match(_payload("ip", "daddr"), METADATA),
+            _match({"meta": {"key": "l4proto"}}, "tcp"),
+            _match(_payload("tcp", "dport"), 80),
+            {"accept": None},
+        ],
+    )
     rule("input", [from_bridge, _match({"meta": {"key": "l4proto"}}, "icmp"), {"accept": None}])
     rule("input", [from_bridge, {"counter": None}, {"drop": None}])
 
-    add("chain", {"family": fam, "table": TABLE, "name": "output", "type": "filter",
-                  "hook": "output", "prio": 0, "policy": "accept"})
-    answers = [_match(_payload("ip", "saddr"), METADATA), _match(_payload("tcp", "sport"), 80),
-               _match({"ct": {"key": "mark"}}, IMDS_PUT_MARK)]
+    add(
+        "chain",
+        {
+            "family": fam,
+            "table": TABLE,
+            "name": "output",
+            "type": "filter",
+            "hook": "output",
+            "prio": 0,
+            "policy": "accept",
+        },
+    )
+    answers = [
+        _match(_payload("ip", "saddr"), METADATA),
+        _match(_payload("tcp", "sport"), 80),
+        _match({"ct": {"key": "mark"}}, IMDS_PUT_MARK),
+    ]
     for port in policy.ports:
-        rule("output", [*answers, _match(_payload("ip", "daddr"), port.address),
-                        {"mangle": {"key": _payload("ip", "ttl"),
-                                    "value": port.metadata_hop_limit}}])
+        rule(
+            "output",
+            [
+                *answers,
+                _match(_payload("ip", "daddr"), port.address),
+                {"mangle": {"key": _payload("ip", "ttl"), "value": port.metadata_hop_limit}},
+            ],
+        )
 
     _render_nat(policy, add, rule)
     return cmds
@@ -223,32 +318,90 @@ def _render_guard(ports: list[PortSpec], add: Any, rule: Any) -> None:
     def grule(chain: str, expr: list[Json]) -> None:
         rule(chain, expr, family=fam, table=t)
 
-    add("set", {"family": fam, "table": t, "name": "ports", "type": "ifname",
-                **({"elem": sorted(p.tap for p in ports)} if ports else {})})
-    add("set", {"family": fam, "table": t, "name": "port_mac", "type": ["ifname", "ether_addr"],
-                **({"elem": [{"concat": [p.tap, p.mac]} for p in ports]} if ports else {})})
-    add("set", {"family": fam, "table": t, "name": "port_ip", "type": ["ifname", "ipv4_addr"],
-                **({"elem": [{"concat": [p.tap, p.address]} for p in ports]} if ports else {})})
-    add("chain", {"family": fam, "table": t, "name": "prerouting", "type": "filter",
-                  "hook": "prerouting", "prio": -300, "policy": "accept"})
+    add(
+        "set",
+        {
+            "family": fam,
+            "table": t,
+            "name": "ports",
+            "type": "ifname",
+            **({"elem": sorted(p.tap for p in ports)} if ports else {}),
+        },
+    )
+    add(
+        "set",
+        {
+            "family": fam,
+            "table": t,
+            "name": "port_mac",
+            "type": ["ifname", "ether_addr"],
+            **({"elem": [{"concat": [p.tap, p.mac]} for p in ports]} if ports else {}),
+        },
+    )
+    add(
+        "set",
+        {
+            "family": fam,
+            "table": t,
+            "name": "port_ip",
+            "type": ["ifname", "ipv4_addr"],
+            **({"elem": [{"concat": [p.tap, p.address]} for p in ports]} if ports else {}),
+        },
+    )
+    add(
+        "chain",
+        {
+            "family": fam,
+            "table": t,
+            "name": "prerouting",
+            "type": "filter",
+            "hook": "prerouting",
+            "prio": -300,
+            "policy": "accept",
+        },
+    )
     add("chain", {"family": fam, "table": t, "name": "guard"})
     iif = {"meta": {"key": "iifname"}}
     grule("prerouting", [_match(iif, "@ports"), {"jump": {"target": "guard"}}])
     # a port the policy does not know (yet) passes nothing: frames from the bridge's own
     # stack never reach this hook, so every frame here came in through an instance's tap
     grule("prerouting", [{"counter": None}, {"drop": None}])
-    grule("guard", [_match({"concat": [iif, _payload("ether", "saddr")]}, "@port_mac", "!="),
-                    {"counter": None}, {"drop": None}])
-    grule("guard", [_match(_payload("ether", "type"), "arp"),
-                    _match({"concat": [iif, _payload("arp", "saddr ip")]}, "@port_ip", "!="),
-                    {"counter": None}, {"drop": None}])
-    grule("guard", [_match(_payload("ether", "type"), "ip"),
-                    _match(_payload("ip", "saddr"), "0.0.0.0"),
-                    _match(_payload("ip", "protocol"), "udp"),
-                    _match(_payload("udp", "dport"), 67), {"accept": None}])
-    grule("guard", [_match(_payload("ether", "type"), "ip"),
-                    _match({"concat": [iif, _payload("ip", "saddr")]}, "@port_ip", "!="),
-                    {"counter": None}, {"drop": None}])
+    grule(
+        "guard",
+        [
+            _match({"concat": [iif, _payload("ether", "saddr")]}, "@port_mac", "!="),
+            {"counter": None},
+            {"drop": None},
+        ],
+    )
+    grule(
+        "guard",
+        [
+            _match(_payload("ether", "type"), "arp"),
+            _match({"concat": [iif, _payload("arp", "saddr ip")]}, "@port_ip", "!="),
+            {"counter": None},
+            {"drop": None},
+        ],
+    )
+    grule(
+        "guard",
+        [
+            _match(_payload("ether", "type"), "ip"),
+            _match(_payload("ip", "saddr"), "0.0.0.0"),
+            _match(_payload("ip", "protocol"), "udp"),
+            _match(_payload("udp", "dport"), 67),
+            {"accept": None},
+        ],
+    )
+    grule(
+        "guard",
+        [
+            _match(_payload("ether", "type"), "ip"),
+            _match({"concat": [iif, _payload("ip", "saddr")]}, "@port_ip", "!="),
+            {"counter": None},
+            {"drop": None},
+        ],
+    )
     grule("guard", [_match(_payload("ether", "type"), "ip6"), {"drop": None}])
     grule("guard", [{"accept": None}])
 
@@ -257,27 +410,81 @@ def _render_nat(policy: PolicySpec, add: Any, rule: Any) -> None:
     fam = "inet"
     dnat = [[p.public_ip, p.address] for p in policy.ports if p.public_ip]
     snat = [[p.address, p.public_ip] for p in policy.ports if p.public_ip]
-    add("map", {"family": fam, "table": TABLE, "name": "eip_dnat", "type": "ipv4_addr",
-                "map": "ipv4_addr", **({"elem": dnat} if dnat else {})})
-    add("map", {"family": fam, "table": TABLE, "name": "eip_snat", "type": "ipv4_addr",
-                "map": "ipv4_addr", **({"elem": snat} if snat else {})})
-    add("chain", {"family": fam, "table": TABLE, "name": "nat_pre", "type": "nat",
-                  "hook": "prerouting", "prio": -100, "policy": "accept"})
-    add("chain", {"family": fam, "table": TABLE, "name": "nat_post", "type": "nat",
-                  "hook": "postrouting", "prio": 100, "policy": "accept"})
+    add(
+        "map",
+        {
+            "family": fam,
+            "table": TABLE,
+            "name": "eip_dnat",
+            "type": "ipv4_addr",
+            "map": "ipv4_addr",
+            **({"elem": dnat} if dnat else {}),
+        },
+    )
+    add(
+        "map",
+        {
+            "family": fam,
+            "table": TABLE,
+            "name": "eip_snat",
+            "type": "ipv4_addr",
+            "map": "ipv4_addr",
+            **({"elem": snat} if snat else {}),
+        },
+    )
+    add(
+        "chain",
+        {
+            "family": fam,
+            "table": TABLE,
+            "name": "nat_pre",
+            "type": "nat",
+            "hook": "prerouting",
+            "prio": -100,
+            "policy": "accept",
+        },
+    )
+    add(
+        "chain",
+        {
+            "family": fam,
+            "table": TABLE,
+            "name": "nat_post",
+            "type": "nat",
+            "hook": "postrouting",
+            "prio": 100,
+            "policy": "accept",
+        },
+    )
     ip_daddr, ip_saddr = _payload("ip", "daddr"), _payload("ip", "saddr")
-    rule("nat_pre", [_match({"meta": {"key": "nfproto"}}, "ipv4"),
-                     {"dnat": {"family": "ip",
-                               "addr": {"map": {"key": ip_daddr, "data": "@eip_dnat"}}}}])
+    rule(
+        "nat_pre",
+        [
+            _match({"meta": {"key": "nfproto"}}, "ipv4"),
+            {"dnat": {"family": "ip", "addr": {"map": {"key": ip_daddr, "data": "@eip_dnat"}}}},
+        ],
+    )
     subnet = _prefix(policy.network.cidr)
     # hairpin: an instance reaching another's public address gets answers through the node
-    rule("nat_post", [_match(ip_saddr, subnet), _match(ip_daddr, subnet),
-                      _match({"ct": {"key": "status"}}, "dnat", "in"), {"masquerade": None}])
+    rule(
+        "nat_post",
+        [
+            _match(ip_saddr, subnet),
+            _match(ip_daddr, subnet),
+            _match({"ct": {"key": "status"}}, "dnat", "in"),
+            {"masquerade": None},
+        ],
+    )
     if policy.uplink is not None:
         oif = _match({"meta": {"key": "oifname"}}, UPLINK_DEV)
-        rule("nat_post", [oif, _match({"meta": {"key": "nfproto"}}, "ipv4"),
-                          {"snat": {"family": "ip",
-                                    "addr": {"map": {"key": ip_saddr, "data": "@eip_snat"}}}}])
+        rule(
+            "nat_post",
+            [
+                oif,
+                _match({"meta": {"key": "nfproto"}}, "ipv4"),
+                {"snat": {"family": "ip", "addr": {"map": {"key": ip_saddr, "data": "@eip_snat"}}}},
+            ],
+        )
         rule("nat_post", [oif, _match(ip_saddr, subnet), {"masquerade": None}])
 
 

@@ -36,7 +36,8 @@ class Forward:
             sock.setblocking(False)
             try:
                 await asyncio.wait_for(
-                    asyncio.get_running_loop().sock_connect(sock, (self.address, self.port)), 10)
+                    asyncio.get_running_loop().sock_connect(sock, (self.address, self.port)), 10
+                )
             except (OSError, TimeoutError) as err:
                 sock.close()
                 log.info("forward to %s:%s failed: %s", self.address, self.port, err)

@@ -26,16 +26,20 @@ async def link_names(ns: str) -> set[str]:
 async def ensure_bridge(ns: str, bridge: str, address: str) -> None:
     """A bridge ``bridge`` with ``address`` (CIDR form) up in ``ns``."""
     if bridge not in await link_names(ns):
-        await _ip(ns, "link", "add", bridge, "type", "bridge", "stp_state", "0",
-                  "forward_delay", "0")
+        await _ip(
+            ns, "link", "add", bridge, "type", "bridge", "stp_state", "0", "forward_delay", "0"
+        )
     await ensure_address(ns, bridge, address)
     await _ip(ns, "link", "set", bridge, "up")
 
 
 async def ensure_address(ns: str, dev: str, address: str) -> None:
     out = await _ip(ns, "-json", "addr", "show", "dev", dev)
-    have = {f"{a['local']}/{a['prefixlen']}" for i in json.loads(out or "[]")
-            for a in i.get("addr_info", [])}
+    have = {
+        f"{a['local']}/{a['prefixlen']}"
+        for i in json.loads(out or "[]")
+        for a in i.get("addr_info", [])
+    }
     if address not in have:
         await _ip(ns, "addr", "replace", address, "dev", dev)
 

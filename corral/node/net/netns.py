@@ -67,8 +67,9 @@ def preexec(name: str) -> Callable[[], None]:
     return enter
 
 
-def socket_in(name: str, family: int = socket.AF_INET,
-              type_: int = socket.SOCK_STREAM) -> socket.socket:
+def socket_in(
+    name: str, family: int = socket.AF_INET, type_: int = socket.SOCK_STREAM
+) -> socket.socket:
     """A new socket that lives in namespace ``name``."""
     result: list[socket.socket | BaseException] = []
 
@@ -89,8 +90,9 @@ def socket_in(name: str, family: int = socket.AF_INET,
     if not result:
         raise EnvironmentProblem(f"could not open a socket in network namespace {name}")
     if isinstance(result[0], BaseException):
-        raise EnvironmentProblem(f"could not open a socket in network namespace {name}: "
-                                 f"{result[0]}") from result[0]
+        raise EnvironmentProblem(
+            f"could not open a socket in network namespace {name}: {result[0]}"
+        ) from result[0]
     return result[0]
 
 

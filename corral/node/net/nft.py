@@ -12,15 +12,21 @@ from corral.proc import CommandFailed, arun, need
 async def apply(namespace: str, document: dict[str, Any]) -> None:
     nft = need("nft", "nftables")
     try:
-        await arun(["ip", "netns", "exec", namespace, nft, "-j", "-f", "-"],
-                   input=json.dumps(document).encode(), timeout=60)
+        await arun(
+            ["ip", "netns", "exec", namespace, nft, "-j", "-f", "-"],
+            input=json.dumps(document).encode(),
+            timeout=60,
+        )
     except CommandFailed as err:
-        raise EnvironmentProblem(f"nftables refused the rule set for {namespace}: "
-                                 f"{err.stderr.strip()[:500]}") from err
+        raise EnvironmentProblem(
+            f"nftables refused the rule set for {namespace}: {err.stderr.strip()[:500]}"
+        ) from err
 
 
 async def list_ruleset(namespace: str) -> dict[str, Any]:
-    out = await arun(["ip", "netns", "exec", namespace, need("nft", "nftables"), "-j", "list",
-                      "ruleset"], timeout=30)
+    out = await arun(
+        ["ip", "netns", "exec", namespace, need("nft", "nftables"), "-j", "list", "ruleset"],
+        timeout=30,
+    )
     data: dict[str, Any] = json.loads(out or "{}")
     return data

@@ -45,8 +45,9 @@ class PublicDns:
         return dns.name.from_text(name, origin=self.zone)
 
     def _update(self) -> dns.update.UpdateMessage:
-        return dns.update.UpdateMessage(self.zone, keyring=self.keyring, keyname=self.keyname,
-                                        keyalgorithm=self.algorithm)
+        return dns.update.UpdateMessage(
+            self.zone, keyring=self.keyring, keyname=self.keyname, keyalgorithm=self.algorithm
+        )
 
     async def set(self, name: str, address: str) -> None:
         """``name`` resolves to ``address`` and nothing else."""
@@ -67,12 +68,15 @@ class PublicDns:
         try:
             resp = await asyncio.to_thread(self._query, up)
         except (OSError, dns.exception.DNSException) as err:
-            raise EnvironmentProblem(f"DNS update ({what}) to {self.server}:{self.port} failed: "
-                                     f"{err}") from err
+            raise EnvironmentProblem(
+                f"DNS update ({what}) to {self.server}:{self.port} failed: {err}"
+            ) from err
         rcode = resp.rcode()
         if rcode != dns.rcode.NOERROR:
-            raise CorralError(f"DNS server {self.server} refused the update ({what}): "
-                              f"{dns.rcode.to_text(rcode)}; check the zone and TSIG key")
+            raise CorralError(
+                f"DNS server {self.server} refused the update ({what}): "
+                f"{dns.rcode.to_text(rcode)}; check the zone and TSIG key"
+            )
         log.info("public DNS: %s", what)
 
     def _query(self, up: dns.update.UpdateMessage) -> dns.message.Message:

@@ -13,7 +13,7 @@ from corral.proc import arun
 
 
 async def check(namespace: str, address: str, hc: HealthCheck) -> str:
-    """"" when the server answers as ``hc`` asks, else what went wrong (one attempt)."""
+    """ "" when the server answers as ``hc`` asks, else what went wrong (one attempt)."""
     try:
         sock = await asyncio.to_thread(netns.socket_in, namespace)
     except Exception as err:  # the namespace is gone: not the guest's fault, but not healthy
@@ -29,8 +29,9 @@ async def check(namespace: str, address: str, hc: HealthCheck) -> str:
             return ""
         reader, writer = await asyncio.open_connection(sock=sock)
         try:
-            writer.write(f"GET {hc.path} HTTP/1.0\r\nHost: {address}\r\n"
-                         "Connection: close\r\n\r\n".encode())
+            writer.write(
+                f"GET {hc.path} HTTP/1.0\r\nHost: {address}\r\nConnection: close\r\n\r\n".encode()
+            )
             await writer.drain()
             line = await asyncio.wait_for(reader.readline(), hc.timeout)
         except (OSError, TimeoutError) as err:
@@ -60,5 +61,8 @@ def _why(err: BaseException) -> str:
 async def forget_neighbour(namespace: str, device: str, address: str) -> None:
     """Drop the namespace's ARP entry for ``address``: the next packet asks who has it now
     (an entry left pointing at a stopped VM's MAC would hold traffic for seconds)."""
-    await arun(["ip", "-n", namespace, "neigh", "flush", "to", address, "dev", device],
-               check=False, timeout=10)
+    await arun(
+        ["ip", "-n", namespace, "neigh", "flush", "to", address, "dev", device],
+        check=False,
+        timeout=10,
+    )

@@ -29,9 +29,32 @@ async def apply(namespace: str, tap: str, rate_mbit: float | None) -> None:
     await arun(["ip", "-n", namespace, "link", "set", ifb, "up"])
     await arun([*tc, "qdisc", "replace", "dev", ifb, "root", *tbf])
     await arun([*tc, "qdisc", "replace", "dev", tap, "handle", "ffff:", "ingress"])
-    await arun([*tc, "filter", "replace", "dev", tap, "parent", "ffff:", "protocol", "all",
-                "prio", "1", "u32", "match", "u32", "0", "0", "action", "mirred", "egress",
-                "redirect", "dev", ifb])
+    await arun(
+        [
+            *tc,
+            "filter",
+            "replace",
+            "dev",
+            tap,
+            "parent",
+            "ffff:",
+            "protocol",
+            "all",
+            "prio",
+            "1",
+            "u32",
+            "match",
+            "u32",
+            "0",
+            "0",
+            "action",
+            "mirred",
+            "egress",
+            "redirect",
+            "dev",
+            ifb,
+        ]
+    )
 
 
 async def remove(namespace: str, tap: str) -> None:

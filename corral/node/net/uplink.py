@@ -23,12 +23,27 @@ async def ensure(namespace: str, up: UplinkSpec) -> None:
     peer = peer_name(namespace)
     if UPLINK_DEV not in await links.link_names(namespace):
         where = ["netns", up.peer_netns] if up.peer_netns else []
-        await arun(["ip", "link", "add", UPLINK_DEV, "netns", namespace, "type", "veth",
-                    "peer", "name", peer, *where])
+        await arun(
+            [
+                "ip",
+                "link",
+                "add",
+                UPLINK_DEV,
+                "netns",
+                namespace,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                peer,
+                *where,
+            ]
+        )
     await links.ensure_address(namespace, UPLINK_DEV, f"{up.address}/{prefix}")
     await arun(["ip", "-n", namespace, "link", "set", UPLINK_DEV, "up"])
-    await arun(["ip", "-n", namespace, "route", "replace", "default", "via", up.gateway,
-                "dev", UPLINK_DEV])
+    await arun(
+        ["ip", "-n", namespace, "route", "replace", "default", "via", up.gateway, "dev", UPLINK_DEV]
+    )
     outside = ["ip", "-n", up.peer_netns] if up.peer_netns else ["ip"]
     await arun([*outside, "addr", "replace", f"{up.gateway}/{prefix}", "dev", peer])
     await arun([*outside, "link", "set", peer, "up"])
@@ -38,14 +53,19 @@ async def set_public_addresses(namespace: str, up: UplinkSpec, wanted: set[str])
     """The elastic IPs as /32 addresses on cx0 (so the node answers ARP for them); returns
     the ones removed."""
     out = await arun(["ip", "-n", namespace, "-json", "addr", "show", "dev", UPLINK_DEV])
-    have = {a["local"] for i in json.loads(out or "[]") for a in i.get("addr_info", [])
-            if a.get("prefixlen") == 32 and a.get("family") == "inet"}
+    have = {
+        a["local"]
+        for i in json.loads(out or "[]")
+        for a in i.get("addr_info", [])
+        if a.get("prefixlen") == 32 and a.get("family") == "inet"
+    }
     for addr in sorted(wanted - have):
         await arun(["ip", "-n", namespace, "addr", "add", f"{addr}/32", "dev", UPLINK_DEV])
     gone = have - wanted - {up.address}
     for addr in sorted(gone):
-        await arun(["ip", "-n", namespace, "addr", "del", f"{addr}/32", "dev", UPLINK_DEV],
-                   check=False)
+        await arun(
+            ["ip", "-n", namespace, "addr", "del", f"{addr}/32", "dev", UPLINK_DEV], check=False
+        )
     return gone
 
 
@@ -58,5 +78,8 @@ async def flush_flows(namespace: str, addresses: set[str]) -> None:
     the new NAT mapping (an elastic IP moved)."""
     for addr in sorted(addresses):
         for flag in ("--orig-dst", "--reply-src", "--orig-src"):
-            await arun(["ip", "netns", "exec", namespace, "conntrack", "-D", flag, addr],
-                       check=False, timeout=10)
+            await arun(
+                ["ip", "netns", "exec", namespace, "conntrack", "-D", flag, addr],
+                check=False,
+                timeout=10,
+            )

@@ -20,8 +20,22 @@ async def create(disk: Path, base: Path, base_format: str, size: int) -> None:
     tmp = disk.with_name(f".{disk.name}.tmp")
     tmp.unlink(missing_ok=True)
     # -u: do not open the base to read its size, we give the size; it is read-only anyway
-    await arun(["qemu-img", "create", "-q", "-f", "qcow2", "-F", base_format, "-b", str(base),
-                "-u", str(tmp), str(size)])
+    await arun(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            base_format,
+            "-b",
+            str(base),
+            "-u",
+            str(tmp),
+            str(size),
+        ]
+    )
     os.replace(tmp, disk)
 
 

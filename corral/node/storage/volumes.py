@@ -22,8 +22,9 @@ def _tmp(path: Path) -> Path:
 FILESYSTEMS = ("ext4",)
 
 
-async def create(path: Path, size: int, source: Path | None = None, fs: str | None = None,
-                 label: str = "") -> None:
+async def create(
+    path: Path, size: int, source: Path | None = None, fs: str | None = None, label: str = ""
+) -> None:
     """A volume of ``size`` bytes: empty, formatted with ``fs`` (labelled ``label``), or with
     ``source``'s content (idempotent)."""
     if path.exists():
@@ -37,8 +38,10 @@ async def create(path: Path, size: int, source: Path | None = None, fs: str | No
     elif source is None:
         await arun(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp), str(size)])
     else:
-        await arun(["qemu-img", "convert", "-q", "-U", "-O", "qcow2", str(source), str(tmp)],
-                   timeout=TIMEOUT)
+        await arun(
+            ["qemu-img", "convert", "-q", "-U", "-O", "qcow2", str(source), str(tmp)],
+            timeout=TIMEOUT,
+        )
         await arun(["qemu-img", "resize", "-q", "-f", "qcow2", str(tmp), str(size)])
     os.replace(tmp, path)
 
@@ -51,8 +54,10 @@ async def flatten(source: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp(dest)
     tmp.unlink(missing_ok=True)
-    await arun(["qemu-img", "convert", "-q", "-U", "-O", "qcow2", "-c", str(source), str(tmp)],
-               timeout=TIMEOUT)
+    await arun(
+        ["qemu-img", "convert", "-q", "-U", "-O", "qcow2", "-c", str(source), str(tmp)],
+        timeout=TIMEOUT,
+    )
     os.replace(tmp, dest)
 
 
@@ -65,10 +70,25 @@ async def _formatted(tmp: Path, size: int, fs: str, label: str) -> None:
         with open(raw, "wb") as fh:
             fh.truncate(size)
         # lazy init: the guest's kernel zeroes inode tables in the background, the file stays small
-        await arun(["mke2fs", "-q", "-F", "-t", fs, "-L", label[:16], "-E",
-                    "lazy_itable_init=1,lazy_journal_init=1", str(raw)], timeout=TIMEOUT)
-        await arun(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(tmp)],
-                   timeout=TIMEOUT)
+        await arun(
+            [
+                "mke2fs",
+                "-q",
+                "-F",
+                "-t",
+                fs,
+                "-L",
+                label[:16],
+                "-E",
+                "lazy_itable_init=1,lazy_journal_init=1",
+                str(raw),
+            ],
+            timeout=TIMEOUT,
+        )
+        await arun(
+            ["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(tmp)],
+            timeout=TIMEOUT,
+        )
     finally:
         raw.unlink(missing_ok=True)
 

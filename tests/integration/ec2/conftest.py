@@ -16,20 +16,28 @@ from tests.harness import Daemon
 
 def credentials(d: Daemon) -> dict[str, str]:
     data = json.loads((d.state_dir / "admin.credentials").read_text())
-    return {"aws_access_key_id": data["access_key_id"],
-            "aws_secret_access_key": data["secret_access_key"]}
+    return {
+        "aws_access_key_id": data["access_key_id"],
+        "aws_secret_access_key": data["secret_access_key"],
+    }
 
 
 @pytest.fixture(scope="session")
 def ec2(corral: Daemon) -> Any:
-    return boto3.client("ec2", endpoint_url=corral.url, region_name="corral-1",
-                        config=Config(retries={"max_attempts": 2}), **credentials(corral))
+    return boto3.client(
+        "ec2",
+        endpoint_url=corral.url,
+        region_name="corral-1",
+        config=Config(retries={"max_attempts": 2}),
+        **credentials(corral),
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny(corral: Daemon, ec2: Any) -> str:
-    images = ec2.describe_images(Owners=["corral"],
-                                 Filters=[{"Name": "name", "Values": ["tiny-*"]}])["Images"]
+    images = ec2.describe_images(
+        Owners=["corral"], Filters=[{"Name": "name", "Values": ["tiny-*"]}]
+    )["Images"]
     assert images, "the tiny image should be built by the session fixture"
     return str(images[0]["ImageId"])
 
@@ -39,10 +47,16 @@ def aws_env(corral: Daemon, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     home = tmp_path_factory.mktemp("awshome")
     creds = credentials(corral)
     env = dict(os.environ)
-    env.update({"AWS_ACCESS_KEY_ID": creds["aws_access_key_id"],
-                "AWS_SECRET_ACCESS_KEY": creds["aws_secret_access_key"],
-                "AWS_DEFAULT_REGION": "corral-1", "HOME": str(home),
-                "AWS_CONFIG_FILE": str(home / "config"),
-                "AWS_SHARED_CREDENTIALS_FILE": str(home / "credentials"),
-                "AWS_EC2_METADATA_DISABLED": "true", "AWS_PAGER": ""})
+    env.update(
+        {
+            "AWS_ACCESS_KEY_ID": creds["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": creds["aws_secret_access_key"],
+            "AWS_DEFAULT_REGION": "corral-1",
+            "HOME": str(home),
+            "AWS_CONFIG_FILE": str(home / "config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(home / "credentials"),
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_PAGER": "",
+        }
+    )
     yield env

@@ -28,32 +28,54 @@ def cli_key(d: Daemon) -> str:
         priv = ed25519.Ed25519PrivateKey.generate()
         fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(priv.private_bytes(serialization.Encoding.PEM,
-                                        serialization.PrivateFormat.OpenSSH,
-                                        serialization.NoEncryption()))
-        pub.write_text(priv.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode() + "\n")
+            fh.write(
+                priv.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.OpenSSH,
+                    serialization.NoEncryption(),
+                )
+            )
+        pub.write_text(
+            priv.public_key()
+            .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+            .decode()
+            + "\n"
+        )
     return pub.read_text().strip()
 
 
-def test_boto3_lifecycle_with_waiters_volume_and_image(corral: Daemon, ec2: Any,
-                                                       tiny: str) -> None:
+def test_boto3_lifecycle_with_waiters_volume_and_image(corral: Daemon, ec2: Any, tiny: str) -> None:
     ec2.import_key_pair(KeyName="cli", PublicKeyMaterial=cli_key(corral).encode())
     sg = ec2.create_security_group(GroupName="web", Description="web servers")["GroupId"]
-    ec2.authorize_security_group_ingress(GroupId=sg, IpPermissions=[{
-        "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
-        "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+    ec2.authorize_security_group_ingress(
+        GroupId=sg,
+        IpPermissions=[
+            {
+                "IpProtocol": "tcp",
+                "FromPort": 22,
+                "ToPort": 22,
+                "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
+            }
+        ],
+    )
     res = ec2.run_instances(
-        ImageId=tiny, MinCount=1, MaxCount=1, InstanceType="cr1.micro", KeyName="cli",
-        SecurityGroupIds=[sg], UserData=USER_DATA, ClientToken="boto3-lifecycle-1",
-        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name",
-                                                                  "Value": "web-1"}]}])
+        ImageId=tiny,
+        MinCount=1,
+        MaxCount=1,
+        InstanceType="cr1.micro",
+        KeyName="cli",
+        SecurityGroupIds=[sg],
+        UserData=USER_DATA,
+        ClientToken="boto3-lifecycle-1",
+        TagSpecifications=[
+            {"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": "web-1"}]}
+        ],
+    )
     inst = res["Instances"][0]
     iid = inst["InstanceId"]
     assert inst["State"]["Name"] == "pending" and inst["InstanceType"] == "cr1.micro"
     # the same client token gives the same instance, not a second one
-    again = ec2.run_instances(ImageId=tiny, MinCount=1, MaxCount=1,
-                              ClientToken="boto3-lifecycle-1")
+    again = ec2.run_instances(ImageId=tiny, MinCount=1, MaxCount=1, ClientToken="boto3-lifecycle-1")
     assert again["Instances"][0]["InstanceId"] == iid
 
     ec2.get_waiter("instance_running").wait(InstanceIds=[iid], WaiterConfig=WAIT)
@@ -72,16 +94,19 @@ def test_boto3_lifecycle_with_waiters_volume_and_image(corral: Daemon, ec2: Any,
         quota = (Path("/sys/fs/cgroup/cpu") / group / "cpu.cfs_quota_us").read_text().strip()
     assert quota == "50000"  # cr1.micro: half a core
     # botocore decodes the base64 Output itself
-    console = wait_for(lambda: ec2.get_console_output(InstanceId=iid).get("Output", ""), 60,
-                       what="console output")
+    console = wait_for(
+        lambda: ec2.get_console_output(InstanceId=iid).get("Output", ""), 60, what="console output"
+    )
     assert "Linux version" in console
 
     ec2.stop_instances(InstanceIds=[iid])
     ec2.get_waiter("instance_stopped").wait(InstanceIds=[iid], WaiterConfig=WAIT)
 
-    vol = ec2.create_volume(AvailabilityZone="corral-1a", Size=1,
-                            TagSpecifications=[{"ResourceType": "volume",
-                                                "Tags": [{"Key": "role", "Value": "data"}]}])
+    vol = ec2.create_volume(
+        AvailabilityZone="corral-1a",
+        Size=1,
+        TagSpecifications=[{"ResourceType": "volume", "Tags": [{"Key": "role", "Value": "data"}]}],
+    )
     ec2.get_waiter("volume_available").wait(VolumeIds=[vol["VolumeId"]], WaiterConfig=WAIT)
     assert (corral.state_dir / "volumes" / f"{vol['VolumeId']}.qcow2").exists()
     ec2.attach_volume(VolumeId=vol["VolumeId"], InstanceId=iid, Device="/dev/sdf")
@@ -93,32 +118,48 @@ def test_boto3_lifecycle_with_waiters_volume_and_image(corral: Daemon, ec2: Any,
     attr = ec2.describe_instance_attribute(InstanceId=iid, Attribute="instanceType")
     assert attr["InstanceType"]["Value"] == "cr1.small"
     # the volume is the guest's second virtio disk, with the volume id as its serial
-    out = wait_for(lambda: corral.ssh("web-1", "cat /sys/block/vdb/serial").out, 90,
-                   what="the attached volume in the guest")
+    out = wait_for(
+        lambda: corral.ssh("web-1", "cat /sys/block/vdb/serial").out,
+        90,
+        what="the attached volume in the guest",
+    )
     assert vol["VolumeId"].replace("-", "") in out
 
     # an image made from the running instance (powered off for the copy, as on AWS) boots
     boot_id = corral.ssh("web-1", "cat /proc/sys/kernel/random/boot_id").ok().out
     ami = ec2.create_image(InstanceId=iid, Name="web-image", Description="from web-1")["ImageId"]
     ec2.get_waiter("image_available").wait(ImageIds=[ami], WaiterConfig=WAIT)
-    again = wait_for(lambda: corral.ssh("web-1", "cat /proc/sys/kernel/random/boot_id").out,
-                     90, what="web-1 back after CreateImage")
+    again = wait_for(
+        lambda: corral.ssh("web-1", "cat /proc/sys/kernel/random/boot_id").out,
+        90,
+        what="web-1 back after CreateImage",
+    )
     assert again != boot_id  # it was powered off and started again
-    assert ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0][
-        "State"]["Name"] == "running"
+    assert (
+        ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"][
+            "Name"
+        ]
+        == "running"
+    )
     img = ec2.describe_images(ImageIds=[ami])["Images"][0]
     assert img["RootDeviceType"] == "ebs" and img["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
-    clone = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, KeyName="cli",
-                              TagSpecifications=[{"ResourceType": "instance", "Tags": [
-                                  {"Key": "Name", "Value": "web-2"}]}])["Instances"][0]
-    ec2.get_waiter("instance_running").wait(InstanceIds=[clone["InstanceId"]],
-                                            WaiterConfig=WAIT)
+    clone = ec2.run_instances(
+        ImageId=ami,
+        MinCount=1,
+        MaxCount=1,
+        KeyName="cli",
+        TagSpecifications=[
+            {"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": "web-2"}]}
+        ],
+    )["Instances"][0]
+    ec2.get_waiter("instance_running").wait(InstanceIds=[clone["InstanceId"]], WaiterConfig=WAIT)
     # the clone carries web-1's disk: the user-data output is there
     assert "ec2-user-data-ran" in corral.ssh("web-2", "cat /root/ec2.out").ok().out
 
     ec2.terminate_instances(InstanceIds=[iid, clone["InstanceId"]])
-    ec2.get_waiter("instance_terminated").wait(InstanceIds=[iid, clone["InstanceId"]],
-                                               WaiterConfig=WAIT)
+    ec2.get_waiter("instance_terminated").wait(
+        InstanceIds=[iid, clone["InstanceId"]], WaiterConfig=WAIT
+    )
     vols = ec2.describe_volumes(VolumeIds=[vol["VolumeId"]])["Volumes"]
     assert vols[0]["State"] == "available"  # detached by the termination, kept
     ec2.delete_volume(VolumeId=vol["VolumeId"])

@@ -29,13 +29,26 @@ print("V2", urllib.request.urlopen(req, timeout=3).read().decode())
 """
 
 
-def test_cloud_init_works_with_imdsv2_required(corral: Daemon, debian: dict[str, Any],
-                                               tmp_path: Any) -> None:
+def test_cloud_init_works_with_imdsv2_required(
+    corral: Daemon, debian: dict[str, Any], tmp_path: Any
+) -> None:
     ud = tmp_path / "ud.sh"
     ud.write_text("#!/bin/sh\necho v2-user-data > /root/v2.out\n")
-    corral.cli("run", "debian:12", "--name", "deb-v2", "--memory", "512M", "--imds-tokens",
-               "required", "--user-data", str(ud), timeout=300).ok()
+    corral.cli(
+        "run",
+        "debian:12",
+        "--name",
+        "deb-v2",
+        "--memory",
+        "512M",
+        "--imds-tokens",
+        "required",
+        "--user-data",
+        str(ud),
+        timeout=300,
+    ).ok()
     try:
+
         def ssh(cmd: str) -> str:
             return corral.cli("ssh", "deb-v2", "--wait", "300", "--", cmd, timeout=420).ok().out
 

@@ -31,14 +31,20 @@ def _cloud_init_done(d: Daemon, name: str) -> str:
 
 
 def test_debian_is_built_with_the_cloud_kernel_cloud_init_and_ssh(
-        corral: Daemon, debian: dict[str, Any]) -> None:
+    corral: Daemon, debian: dict[str, Any]
+) -> None:
     m = debian["manifest"]
     assert debian["kind"] == "debian" and debian["default_user"] == "debian"
     assert m["kernel"] and m["initrd"] and m["root_disk"]["format"] == "qcow2"
     assert m["root_disk"]["virtual_size"] == 2 << 30 and m["min_disk"] == 2 << 30
     pkgs = corral.client().image_manifest("debian:12").packages
-    for name in ("openssh-server", "cloud-init", "cloud-guest-utils", "initramfs-tools",
-                 "linux-image-cloud-amd64"):
+    for name in (
+        "openssh-server",
+        "cloud-init",
+        "cloud-guest-utils",
+        "initramfs-tools",
+        "linux-image-cloud-amd64",
+    ):
         assert name in pkgs, name
     ops = corral.client().operation_list(limit=20, target="debian")
     build = next(o for o in ops if o.type == "image-build" and o.status == "succeeded")
@@ -47,24 +53,38 @@ def test_debian_is_built_with_the_cloud_kernel_cloud_init_and_ssh(
 
 
 def test_a_second_build_is_cached_and_a_forced_one_gives_the_same_image(
-        corral: Daemon, debian: dict[str, Any]) -> None:
+    corral: Daemon, debian: dict[str, Any]
+) -> None:
     start = time.monotonic()
     out = corral.cli("image", "build", "debian", timeout=600).ok().out
     assert time.monotonic() - start < 120 and debian["id"] in out
     corral.cli("image", "build", "debian", "--force", timeout=2400).ok()
     again = image(corral, "debian:12")
-    assert again["digest"] == debian["digest"], "the same recipe and packages must give " \
-        "the same bytes"
+    assert again["digest"] == debian["digest"], (
+        "the same recipe and packages must give the same bytes"
+    )
     versions = [(i.name, i.version) for i in corral.client().image_list() if i.name == "debian"]
     assert versions == [("debian", "12")]
 
 
 def test_debian_boots_with_identity_keys_user_data_and_a_grown_disk(
-        corral: Daemon, debian: dict[str, Any], tmp_path: Any) -> None:
+    corral: Daemon, debian: dict[str, Any], tmp_path: Any
+) -> None:
     script = tmp_path / "ud.sh"
     script.write_text(USER_DATA)
-    corral.cli("run", "debian:12", "--name", "deb1", "--memory", "512M", "--disk", "3G",
-               "--user-data", str(script), timeout=300).ok()
+    corral.cli(
+        "run",
+        "debian:12",
+        "--name",
+        "deb1",
+        "--memory",
+        "512M",
+        "--disk",
+        "3G",
+        "--user-data",
+        str(script),
+        timeout=300,
+    ).ok()
     try:
         # `corral ssh` logs in as the image's user with the key cloud-init installed
         assert _ssh(corral, "deb1", "hostname; id -un").split() == ["deb1", "debian"]
@@ -81,21 +101,24 @@ def test_debian_boots_with_identity_keys_user_data_and_a_grown_disk(
 
 
 def test_an_image_built_on_debian_is_an_overlay_and_boots(
-        corral: Daemon, debian: dict[str, Any], tools: dict[str, Any]) -> None:
+    corral: Daemon, debian: dict[str, Any], tools: dict[str, Any]
+) -> None:
     m = tools["manifest"]
     assert m["base"] == debian["digest"] and tools["base"] == debian["digest"]
     assert m["root_disk"]["format"] == "qcow2"
     assert m["root_disk"]["size"] < debian["manifest"]["root_disk"]["size"] // 5
     assert m["cmdline"] == debian["manifest"]["cmdline"]  # inherited from the base
     # rebuilding is a cache hit
-    assert tools["id"] in corral.cli("image", "build", str(RECIPES / "debian-tools"),
-                                     timeout=600).ok().out
-    corral.cli("run", "debian-tools:12.1", "--name", "tools1", "--memory", "512M",
-               timeout=300).ok()
+    assert (
+        tools["id"]
+        in corral.cli("image", "build", str(RECIPES / "debian-tools"), timeout=600).ok().out
+    )
+    corral.cli("run", "debian-tools:12.1", "--name", "tools1", "--memory", "512M", timeout=300).ok()
     try:
         _cloud_init_done(corral, "tools1")
-        out = _ssh(corral, "tools1", "cat /etc/motd; jq --version; "
-                   "sudo cat /var/lib/corral-first-boot.out")
+        out = _ssh(
+            corral, "tools1", "cat /etc/motd; jq --version; sudo cat /var/lib/corral-first-boot.out"
+        )
         assert "Built by Corral from the debian-tools recipe." in out
         assert "jq-1.6" in out and "first boot of tools1" in out
     finally:
@@ -103,7 +126,8 @@ def test_an_image_built_on_debian_is_an_overlay_and_boots(
 
 
 def test_a_base_with_images_built_on_it_cannot_be_removed(
-        corral: Daemon, tools: dict[str, Any]) -> None:
+    corral: Daemon, tools: dict[str, Any]
+) -> None:
     res = corral.cli("image", "rm", "debian:12")
     assert res.rc != 0 and "is the base of debian-tools:12.1" in res.err
     corral.cli("image", "verify", "debian-tools:12.1", timeout=300).ok()

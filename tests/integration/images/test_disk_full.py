@@ -22,8 +22,10 @@ def small() -> Iterator[Daemon]:
     d = new_daemon()
     images = d.state_dir / "images"
     images.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SIZE_MIB}m", "corral-test-full",
-                    str(images)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={SIZE_MIB}m", "corral-test-full", str(images)],
+        check=True,
+    )
     try:
         d.start()
         d.cli("image", "build", "tiny", timeout=900).ok()
@@ -40,7 +42,8 @@ def _leftovers(d: Daemon) -> list[str]:
 
 
 def test_a_build_that_fills_the_disk_fails_clearly_and_leaves_nothing(
-        small: Daemon, tmp_path: Path) -> None:
+    small: Daemon, tmp_path: Path
+) -> None:
     recipe = tmp_path / "fat"
     shutil.copytree(BUILTIN / "tiny", recipe)
     text = (recipe / "recipe.toml").read_text().replace('name = "tiny"', 'name = "fat"')
@@ -58,7 +61,8 @@ def test_a_build_that_fills_the_disk_fails_clearly_and_leaves_nothing(
 
 
 def test_an_import_that_does_not_fit_fails_clearly_and_leaves_nothing(
-        small: Daemon, tmp_path: Path) -> None:
+    small: Daemon, tmp_path: Path
+) -> None:
     big = tmp_path / "big.raw"
     with open(big, "wb") as fh:
         for _ in range(SIZE_MIB + 16):

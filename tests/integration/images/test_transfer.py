@@ -27,19 +27,34 @@ def _sha(path: Path) -> str:
 
 def _store_files(d: Daemon) -> set[str]:
     root = d.state_dir / "images"
-    return {str(p.relative_to(root)) for p in root.rglob("*")
-            if p.is_file() and not p.parent.name == "exports"}
+    return {
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and not p.parent.name == "exports"
+    }
 
 
 @pytest.mark.slow
 def test_debian_delta_round_trip_between_two_daemons(
-        corral: Daemon, other: Daemon, debian: dict[str, Any], tools: dict[str, Any],
-        tmp_path: Path) -> None:
+    corral: Daemon, other: Daemon, debian: dict[str, Any], tools: dict[str, Any], tmp_path: Path
+) -> None:
     whole, delta = tmp_path / "debian.tar", tmp_path / "tools-delta.tar"
     out = corral.cli("image", "export", "debian:12", "-o", str(whole), timeout=900).ok().out
     assert _sha(whole) in out
-    out = corral.cli("image", "export", "debian-tools:12.1", "--delta-from", "debian:12",
-                     "-o", str(delta), timeout=900).ok().out
+    out = (
+        corral.cli(
+            "image",
+            "export",
+            "debian-tools:12.1",
+            "--delta-from",
+            "debian:12",
+            "-o",
+            str(delta),
+            timeout=900,
+        )
+        .ok()
+        .out
+    )
     assert _sha(delta) in out
     assert delta.stat().st_size * 10 < whole.stat().st_size
 
@@ -60,13 +75,20 @@ def test_debian_delta_round_trip_between_two_daemons(
     assert "2 image(s)" in out
     # an overlay in the receiving store points at its base's disk, by sha256
     disk = other.state_dir / "images/blobs" / got["manifest"]["root_disk"]["sha256"]
-    info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", str(disk)],
-                                     capture_output=True, text=True, check=True).stdout)
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "-U", "--output=json", str(disk)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     assert info["backing-filename"] == debian["manifest"]["root_disk"]["sha256"]
 
 
-def test_tiny_round_trip_boots_on_the_other_daemon(corral: Daemon, other: Daemon,
-                                                   tmp_path: Path) -> None:
+def test_tiny_round_trip_boots_on_the_other_daemon(
+    corral: Daemon, other: Daemon, tmp_path: Path
+) -> None:
     archive = tmp_path / "tiny.tar"
     corral.cli("image", "export", "tiny", "-o", str(archive), timeout=300).ok()
     other.cli("image", "import", str(archive), timeout=300).ok()
@@ -80,16 +102,16 @@ def test_tiny_round_trip_boots_on_the_other_daemon(corral: Daemon, other: Daemon
         other.cli("rm", "moved1")
 
 
-def test_a_delta_against_another_base_is_refused_at_export(corral: Daemon,
-                                                          tmp_path: Path) -> None:
+def test_a_delta_against_another_base_is_refused_at_export(corral: Daemon, tmp_path: Path) -> None:
     out = tmp_path / "x.tar"
     res = corral.cli("image", "export", "tiny", "--delta-from", "tiny", "-o", str(out))
     assert res.rc != 0 and "not built on" in res.err
     assert not out.exists()
 
 
-def test_a_corrupt_archive_is_refused_and_nothing_is_written(corral: Daemon,
-                                                             tmp_path: Path) -> None:
+def test_a_corrupt_archive_is_refused_and_nothing_is_written(
+    corral: Daemon, tmp_path: Path
+) -> None:
     good, bad = tmp_path / "tiny.tar", tmp_path / "bad.tar"
     corral.cli("image", "export", "tiny", "-o", str(good), timeout=300).ok()
     data = bytearray(good.read_bytes())
@@ -117,10 +139,21 @@ def test_raw_and_qcow2_disks_import_and_boot(corral: Daemon, tmp_path: Path) -> 
     raw, qcow = tmp_path / "disk.raw", tmp_path / "disk.qcow2"
     subprocess.run(["qemu-img", "convert", "-O", "raw", str(blob), str(raw)], check=True)
     subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(blob), str(qcow)], check=True)
-    corral.cli("image", "import", str(raw), "--name", "rawtiny", "--boot-from", "tiny",
-               "--sha256", _sha(raw), timeout=300).ok()
-    corral.cli("image", "import", str(qcow), "--name", "qcowtiny", "--boot-from", "tiny",
-               timeout=300).ok()
+    corral.cli(
+        "image",
+        "import",
+        str(raw),
+        "--name",
+        "rawtiny",
+        "--boot-from",
+        "tiny",
+        "--sha256",
+        _sha(raw),
+        timeout=300,
+    ).ok()
+    corral.cli(
+        "image", "import", str(qcow), "--name", "qcowtiny", "--boot-from", "tiny", timeout=300
+    ).ok()
     got = image(corral, "rawtiny")
     assert got["kind"] == "imported" and got["manifest"]["kernel"] == tiny["manifest"]["kernel"]
     assert got["virtual_size"] == tiny["virtual_size"]
@@ -135,8 +168,22 @@ def test_raw_and_qcow2_disks_import_and_boot(corral: Daemon, tmp_path: Path) -> 
 
 def test_unsafe_or_unknown_disks_are_refused(corral: Daemon, tmp_path: Path) -> None:
     overlay = tmp_path / "overlay.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "/etc/shadow", "-F", "raw",
-                    str(overlay), "64M"], check=True)
+    subprocess.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "/etc/shadow",
+            "-F",
+            "raw",
+            str(overlay),
+            "64M",
+        ],
+        check=True,
+    )
     res = corral.cli("image", "import", str(overlay), "--name", "sneaky")
     assert res.rc != 0 and "overlay on '/etc/shadow'" in res.err
     tiny = tmp_path / "tiny.raw"
@@ -151,13 +198,13 @@ def test_unsafe_or_unknown_disks_are_refused(corral: Daemon, tmp_path: Path) -> 
 
 
 def test_verify_finds_a_corrupt_part_and_an_export_refuses_to_ship_it(
-        corral: Daemon, other: Daemon, tmp_path: Path) -> None:
+    corral: Daemon, other: Daemon, tmp_path: Path
+) -> None:
     archive = tmp_path / "tiny.tar"
     corral.cli("image", "export", "tiny", "-o", str(archive), timeout=300).ok()
     other.cli("image", "import", str(archive), timeout=300).ok()
     other.cli("image", "verify", "tiny").ok()
-    kernel = other.state_dir / "images/blobs" / image(other, "tiny")["manifest"]["kernel"][
-        "sha256"]
+    kernel = other.state_dir / "images/blobs" / image(other, "tiny")["manifest"]["kernel"]["sha256"]
     saved = kernel.read_bytes()
     os.chmod(kernel, 0o644)
     kernel.write_bytes(saved[:-1] + bytes([saved[-1] ^ 1]))

@@ -16,10 +16,16 @@ class Uplinked:
     corral: Daemon
     outside: str  # the outside world's namespace
 
-    def outside_exec(self, *argv: str, timeout: float = 60, input: str | None = None
-                     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", self.outside, *argv], capture_output=True,
-                              text=True, timeout=timeout, input=input)
+    def outside_exec(
+        self, *argv: str, timeout: float = 60, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", self.outside, *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+        )
 
 
 @pytest.fixture(scope="session")

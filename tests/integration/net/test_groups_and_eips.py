@@ -25,10 +25,14 @@ OUTSIDE = "198.51.100.254"
 @pytest.fixture(scope="module")
 def ec2(uplinked: Uplinked) -> Any:
     data = json.loads((uplinked.corral.state_dir / "admin.credentials").read_text())
-    return boto3.client("ec2", endpoint_url=uplinked.corral.url, region_name="corral-1",
-                        aws_access_key_id=data["access_key_id"],
-                        aws_secret_access_key=data["secret_access_key"],
-                        config=Config(retries={"max_attempts": 1}))
+    return boto3.client(
+        "ec2",
+        endpoint_url=uplinked.corral.url,
+        region_name="corral-1",
+        aws_access_key_id=data["access_key_id"],
+        aws_secret_access_key=data["secret_access_key"],
+        config=Config(retries={"max_attempts": 1}),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,19 +49,35 @@ def pair(uplinked: Uplinked, ec2: Any) -> Iterator[dict[str, Any]]:
     ids = {}
     for name, groups in (("web", [web_sg]), ("client", None)):
         kw: dict[str, Any] = {"SecurityGroupIds": groups} if groups else {}
-        r = ec2.run_instances(ImageId=image["ImageId"], MinCount=1, MaxCount=1, KeyName="cli",
-                              InstanceType="cr1.micro", TagSpecifications=[{
-                                  "ResourceType": "instance",
-                                  "Tags": [{"Key": "Name", "Value": name}]}], **kw)
+        r = ec2.run_instances(
+            ImageId=image["ImageId"],
+            MinCount=1,
+            MaxCount=1,
+            KeyName="cli",
+            InstanceType="cr1.micro",
+            TagSpecifications=[
+                {"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": name}]}
+            ],
+            **kw,
+        )
         ids[name] = r["Instances"][0]["InstanceId"]
     ec2.get_waiter("instance_running").wait(InstanceIds=list(ids.values()))
     info = {n: json.loads(d.cli("show", n, "--json").ok().out) for n in ids}
     for n in ids:
-        d.ssh(n, "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && "
-                 "for p in 8080 8081 9005 9011; do httpd -p $p -h /www; done").ok()
-    yield {"d": d, "web_sg": web_sg, "ids": ids, "info": info,
-           "default_sg": ec2.describe_security_groups(GroupNames=["default"])
-           ["SecurityGroups"][0]["GroupId"]}
+        d.ssh(
+            n,
+            "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && "
+            "for p in 8080 8081 9005 9011; do httpd -p $p -h /www; done",
+        ).ok()
+    yield {
+        "d": d,
+        "web_sg": web_sg,
+        "ids": ids,
+        "info": info,
+        "default_sg": ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0][
+            "GroupId"
+        ],
+    }
     ec2.terminate_instances(InstanceIds=list(ids.values()))
 
 
@@ -66,8 +86,9 @@ def _get(d: Daemon, frm: str, url: str) -> bool:
     return "GOT" in out
 
 
-def _perm(proto: str, lo: int | None, hi: int | None, cidr: str | None = None,
-          group: str | None = None) -> dict[str, Any]:
+def _perm(
+    proto: str, lo: int | None, hi: int | None, cidr: str | None = None, group: str | None = None
+) -> dict[str, Any]:
     p: dict[str, Any] = {"IpProtocol": proto}
     if lo is not None:
         p["FromPort"], p["ToPort"] = lo, hi
@@ -125,11 +146,13 @@ def test_icmp_and_all_protocols(pair: dict, ec2: Any) -> None:
 
 
 def _udp_listener(up: Uplinked, port: int) -> dict[str, Any]:
-    code = ("import socket,json\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-            f"s.bind(('{OUTSIDE}', {port})); s.settimeout(8)\n"
-            "try:\n    d,a=s.recvfrom(4096)\n"
-            "    print(json.dumps({'from': a[0], 'data': d.decode()}))\n"
-            "except socket.timeout:\n    print('{}')\n")
+    code = (
+        "import socket,json\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"s.bind(('{OUTSIDE}', {port})); s.settimeout(8)\n"
+        "try:\n    d,a=s.recvfrom(4096)\n"
+        "    print(json.dumps({'from': a[0], 'data': d.decode()}))\n"
+        "except socket.timeout:\n    print('{}')\n"
+    )
     result: dict[str, Any] = {}
 
     def run() -> None:
@@ -145,8 +168,11 @@ def _udp_listener(up: Uplinked, port: int) -> dict[str, Any]:
 
 def _syslog_udp(d: Daemon, name: str, port: int, text: str) -> None:
     # busybox nc has no UDP mode; syslogd forwards over UDP (-R) and logger feeds it
-    d.ssh(name, f"killall syslogd 2>/dev/null; syslogd -R {OUTSIDE}:{port} -L && sleep 0.3 && "
-                f"logger {text}; sleep 0.5; killall syslogd").ok()
+    d.ssh(
+        name,
+        f"killall syslogd 2>/dev/null; syslogd -R {OUTSIDE}:{port} -L && sleep 0.3 && "
+        f"logger {text}; sleep 0.5; killall syslogd",
+    ).ok()
 
 
 def test_egress_rules_udp_and_tcp(pair: dict, uplinked: Uplinked, ec2: Any) -> None:
@@ -159,7 +185,8 @@ def test_egress_rules_udp_and_tcp(pair: dict, uplinked: Uplinked, ec2: Any) -> N
         seen["_thread"].join(30)
         assert "data" not in seen
         ec2.authorize_security_group_egress(
-            GroupId=pair["web_sg"], IpPermissions=[_perm("udp", 7777, 7777, cidr=f"{OUTSIDE}/32")])
+            GroupId=pair["web_sg"], IpPermissions=[_perm("udp", 7777, 7777, cidr=f"{OUTSIDE}/32")]
+        )
         seen = _udp_listener(uplinked, 7777)
         _syslog_udp(d, "web", 7777, "allowed-udp")
         seen["_thread"].join(30)
@@ -169,23 +196,32 @@ def test_egress_rules_udp_and_tcp(pair: dict, uplinked: Uplinked, ec2: Any) -> N
         assert "rc=0" not in out
     finally:
         ec2.revoke_security_group_egress(
-            GroupId=pair["web_sg"], IpPermissions=[_perm("udp", 7777, 7777, cidr=f"{OUTSIDE}/32")])
+            GroupId=pair["web_sg"], IpPermissions=[_perm("udp", 7777, 7777, cidr=f"{OUTSIDE}/32")]
+        )
         ec2.authorize_security_group_egress(GroupId=pair["web_sg"], IpPermissions=[everything])
 
 
 def _outside_get(up: Uplinked, url: str) -> str:
-    code = ("import urllib.request,sys\ntry:\n"
-            f"    print(urllib.request.urlopen('{url}', timeout=3).read().decode())\n"
-            "except Exception as e:\n    print('ERR', e)\n")
+    code = (
+        "import urllib.request,sys\ntry:\n"
+        f"    print(urllib.request.urlopen('{url}', timeout=3).read().decode())\n"
+        "except Exception as e:\n    print('ERR', e)\n"
+    )
     return up.outside_exec("python3", "-c", code).stdout
 
 
 def test_elastic_ip_answers_from_outside_and_moves_without_loss(
-        pair: dict, uplinked: Uplinked, ec2: Any) -> None:
+    pair: dict, uplinked: Uplinked, ec2: Any
+) -> None:
     d, ids = pair["d"], pair["ids"]
     for sg in (pair["web_sg"], pair["default_sg"]):
-        ec2.authorize_security_group_ingress(GroupId=sg, IpPermissions=[
-            _perm("tcp", 8080, 8080, cidr="0.0.0.0/0"), _perm("icmp", -1, -1, cidr="0.0.0.0/0")])
+        ec2.authorize_security_group_ingress(
+            GroupId=sg,
+            IpPermissions=[
+                _perm("tcp", 8080, 8080, cidr="0.0.0.0/0"),
+                _perm("icmp", -1, -1, cidr="0.0.0.0/0"),
+            ],
+        )
     alloc = ec2.allocate_address(Domain="vpc")
     eip = alloc["PublicIp"]
     assert _outside_get(uplinked, f"http://{eip}:8080/").startswith("ERR")
@@ -193,15 +229,35 @@ def test_elastic_ip_answers_from_outside_and_moves_without_loss(
     assert "hello-from-web" in _outside_get(uplinked, f"http://{eip}:8080/")
     desc = ec2.describe_instances(InstanceIds=[ids["web"]])["Reservations"][0]["Instances"][0]
     assert desc["PublicIpAddress"] == eip
-    assert eip in d.ssh("web", "wget -q -O - http://169.254.169.254/latest/meta-data/public-ipv4").out
+    assert (
+        eip in d.ssh("web", "wget -q -O - http://169.254.169.254/latest/meta-data/public-ipv4").out
+    )
     # hairpin: the other instance reaches web by its public address
     assert _get(d, "client", f"http://{eip}:8080/")
     # move it to `client` while the outside pings it every 10 ms
-    ping = subprocess.Popen(["ip", "netns", "exec", uplinked.outside, "ping", "-n", "-i", "0.01",
-                             "-c", "400", "-W", "1", eip], stdout=subprocess.PIPE, text=True)
+    ping = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            uplinked.outside,
+            "ping",
+            "-n",
+            "-i",
+            "0.01",
+            "-c",
+            "400",
+            "-W",
+            "1",
+            eip,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(1.5)
-    ec2.associate_address(AllocationId=alloc["AllocationId"], InstanceId=ids["client"],
-                          AllowReassociation=True)
+    ec2.associate_address(
+        AllocationId=alloc["AllocationId"], InstanceId=ids["client"], AllowReassociation=True
+    )
     out, _ = ping.communicate(timeout=60)
     m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
     assert m, out
@@ -209,8 +265,11 @@ def test_elastic_ip_answers_from_outside_and_moves_without_loss(
     assert lost <= 2, f"{lost} pings lost while the address moved"
     assert "hello-from-client" in _outside_get(uplinked, f"http://{eip}:8080/")
     # never routed to both: web no longer answers for it
-    ec2.disassociate_address(AssociationId=ec2.describe_addresses(
-        AllocationIds=[alloc["AllocationId"]])["Addresses"][0]["AssociationId"])
+    ec2.disassociate_address(
+        AssociationId=ec2.describe_addresses(AllocationIds=[alloc["AllocationId"]])["Addresses"][0][
+            "AssociationId"
+        ]
+    )
     assert _outside_get(uplinked, f"http://{eip}:8080/").startswith("ERR")
     with pytest.raises(ClientError) as err:
         ec2.associate_address(AllocationId="eipalloc-00000000000000000", InstanceId=ids["web"])
@@ -234,15 +293,17 @@ def test_bad_rules_are_refused_and_change_nothing(pair: dict, ec2: Any) -> None:
     assert d.nsexec("nft", "list", "table", "inet", "corral").stdout == before
 
 
-def test_rules_are_rebuilt_after_a_daemon_crash_never_lost_or_doubled(pair: dict,
-                                                                      ec2: Any) -> None:
+def test_rules_are_rebuilt_after_a_daemon_crash_never_lost_or_doubled(pair: dict, ec2: Any) -> None:
     d, web_ip = pair["d"], pair["info"]["web"]["private_ip"]
     perm = _perm("tcp", 8081, 8081, group=pair["default_sg"])
     ec2.authorize_security_group_ingress(GroupId=pair["web_sg"], IpPermissions=[perm])
     rules = d.nsexec("nft", "list", "ruleset").stdout
     d.kill9()
     d.start()
-    assert d.nsexec("nft", "list", "ruleset").stdout.count("tcp dport 8081") == \
-        rules.count("tcp dport 8081") == 1
+    assert (
+        d.nsexec("nft", "list", "ruleset").stdout.count("tcp dport 8081")
+        == rules.count("tcp dport 8081")
+        == 1
+    )
     assert _get(d, "client", f"http://{web_ip}:8081/")
     ec2.revoke_security_group_ingress(GroupId=pair["web_sg"], IpPermissions=[perm])

@@ -92,18 +92,30 @@ def test_a_guest_cannot_pass_for_another_instance(uplinked: Uplinked) -> None:
 
 def test_imdsv2_tokens_from_inside_a_guest(uplinked: Uplinked) -> None:
     d = uplinked.corral
-    d.cli("run", "tiny", "--name", "imds2", "--memory", "128M", "--imds-tokens", "required",
-          "--imds-hop-limit", "2").ok()
+    d.cli(
+        "run",
+        "tiny",
+        "--name",
+        "imds2",
+        "--memory",
+        "128M",
+        "--imds-tokens",
+        "required",
+        "--imds-hop-limit",
+        "2",
+    ).ok()
     info = _show(d, "imds2")
     # busybox nc quits at the end of its input: keep it open a moment for the answer
-    put = ("{ printf 'PUT /latest/api/token HTTP/1.0\\r\\n"
-           "X-aws-ec2-metadata-token-ttl-seconds: 60\\r\\n\\r\\n'; sleep 1; } "
-           "| nc 169.254.169.254 80 | tail -n 1")
+    put = (
+        "{ printf 'PUT /latest/api/token HTTP/1.0\\r\\n"
+        "X-aws-ec2-metadata-token-ttl-seconds: 60\\r\\n\\r\\n'; sleep 1; } "
+        "| nc 169.254.169.254 80 | tail -n 1"
+    )
     script = (
         f"T=$({put}); "
         "wget -q -O - http://169.254.169.254/latest/meta-data/instance-id >/dev/null 2>&1 "
         "&& echo V1-OK || echo V1-REFUSED; "
-        "wget -q -O - --header \"X-aws-ec2-metadata-token: $T\" "
+        'wget -q -O - --header "X-aws-ec2-metadata-token: $T" '
         "http://169.254.169.254/latest/meta-data/instance-id; echo"
     )
     out = d.ssh("imds2", script).ok().out
@@ -118,8 +130,9 @@ def test_bandwidth_cap(uplinked: Uplinked) -> None:
     d = uplinked.corral
     d.cli("run", "tiny", "--name", "capped", "--memory", "128M", "--net-limit", "4").ok()
     seen = _listen(uplinked, 7002, 60)
-    d.ssh("capped", f"dd if=/dev/zero bs=1k count=1024 2>/dev/null | nc {OUTSIDE} 7002",
-          timeout=120).ok()
+    d.ssh(
+        "capped", f"dd if=/dev/zero bs=1k count=1024 2>/dev/null | nc {OUTSIDE} 7002", timeout=120
+    ).ok()
     seen["_thread"].join(120)
     mbit = seen["bytes"] * 8 / seen["seconds"] / 1e6
     assert seen["bytes"] == 1 << 20

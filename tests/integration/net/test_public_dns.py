@@ -34,7 +34,8 @@ def bind(uplinked: Uplinked) -> Iterator[str]:
     d = Path(tempfile.mkdtemp(prefix="corral-bind-", dir="/var/tmp"))
     (d / "db.public").write_text(
         "$TTL 60\n@ IN SOA ns.public.test. admin.public.test. 1 60 60 600 60\n"
-        "@ IN NS ns.public.test.\nns IN A 198.51.100.254\n")
+        "@ IN NS ns.public.test.\nns IN A 198.51.100.254\n"
+    )
     (d / "named.conf").write_text(f"""
 key "corral" {{ algorithm hmac-sha256; secret "{secret}"; }};
 options {{
@@ -44,9 +45,11 @@ options {{
 }};
 zone "public.test" {{ type primary; file "{d}/db.public"; allow-update {{ key corral; }}; }};
 """)
-    proc = subprocess.Popen(["ip", "netns", "exec", uplinked.outside, "named", "-g", "-c",
-                             str(d / "named.conf")], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", uplinked.outside, "named", "-g", "-c", str(d / "named.conf")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and _query(uplinked, "ns") != [SERVER]:
@@ -75,9 +78,15 @@ def _query(up: Uplinked, name: str) -> list[str] | None:
 
 
 def _publisher(up: Uplinked, secret: str) -> PublicDns:
-    st = config.load(up.corral.state_dir, uplink=f"netns:{up.outside}", subnet=up.corral.subnet,
-                     dns_server=f"{SERVER}:53", dns_zone=ZONE, dns_tsig_name="corral",
-                     dns_tsig_secret=secret)
+    st = config.load(
+        up.corral.state_dir,
+        uplink=f"netns:{up.outside}",
+        subnet=up.corral.subnet,
+        dns_server=f"{SERVER}:53",
+        dns_zone=ZONE,
+        dns_tsig_name="corral",
+        dns_tsig_secret=secret,
+    )
     return PublicDns(st)
 
 

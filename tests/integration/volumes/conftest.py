@@ -21,10 +21,10 @@ from tests.integration.images.conftest import debian  # noqa: F401 (the Debian i
 BOOM = {
     # something else holds the web port and answers nothing: the service never comes up
     "broken": "(while :; do nc -l -p 80 < /dev/null > /dev/null 2>&1; done) "
-              "< /dev/null > /dev/null 2>&1 &\n",
+    "< /dev/null > /dev/null 2>&1 &\n",
     # the release dies once its data volume is there (a failed data migration)
     "lateboom": "(while :; do grep -q ' /srv/data ' /proc/mounts && killall httpd 2>/dev/null; "
-                "sleep 0.2; done) < /dev/null > /dev/null 2>&1 &\n",
+    "sleep 0.2; done) < /dev/null > /dev/null 2>&1 &\n",
 }
 
 
@@ -35,7 +35,8 @@ def tiny_variant(base: Path, name: str, version: str, first_boot: str | None = N
     shutil.copytree(BUILTIN / "tiny", d)
     text = (d / "recipe.toml").read_text()
     text = text.replace('name = "tiny"', f'name = "{name}"').replace(
-        'version = "1"', f'version = "{version}"')
+        'version = "1"', f'version = "{version}"'
+    )
     (d / "version").write_text(f"{version}\n")
     if first_boot is not None:
         (d / "boom.sh").write_text("#!/bin/sh\n" + first_boot)
@@ -50,10 +51,12 @@ def tiny_images(corral: Daemon, tmp_path_factory: pytest.TempPathFactory) -> dic
     """name -> name:version of the variants, built on the session daemon."""
     base = tmp_path_factory.mktemp("recipes")
     out = {}
-    for name, version, boom in (("tiny-next", "2", None), ("broken", "2", BOOM["broken"]),
-                                ("lateboom", "2", BOOM["lateboom"])):
-        corral.cli("image", "build", str(tiny_variant(base, name, version, boom)),
-                   timeout=900).ok()
+    for name, version, boom in (
+        ("tiny-next", "2", None),
+        ("broken", "2", BOOM["broken"]),
+        ("lateboom", "2", BOOM["lateboom"]),
+    ):
+        corral.cli("image", "build", str(tiny_variant(base, name, version, boom)), timeout=900).ok()
         out[name] = f"{name}:{version}"
     return out
 
@@ -101,6 +104,7 @@ def cleanup(corral: Daemon) -> Iterator[list[str]]:
 
 def gone(d: Daemon, ref: str) -> None:
     """Remove a volume (waiting while its instance lets go of it); fine if it never was."""
+
     def removed() -> bool:
         res = d.cli("volume", "rm", ref)
         return res.rc == 0 or "no volume is named" in res.err or "does not exist" in res.err

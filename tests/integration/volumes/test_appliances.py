@@ -46,8 +46,12 @@ def test_apply_twice_the_second_run_changes_nothing(corral: Daemon, web: Path) -
     out = corral.cli("apply", str(web)).ok().out
     assert "= unchanged web" in out and "no changes" in out
     assert _state(corral) == before
-    served = ssh(corral, "web", "wget -q -O - http://127.0.0.1/; wget -q -O - "
-                                "http://127.0.0.1/data/file; cat /var/log/corral-appliance.log")
+    served = ssh(
+        corral,
+        "web",
+        "wget -q -O - http://127.0.0.1/; wget -q -O - "
+        "http://127.0.0.1/data/file; cat /var/log/corral-appliance.log",
+    )
     assert "web of shop" in served and "precious" in served
     assert "mounted data" in served
     vol = volume(corral, "web-data")
@@ -55,15 +59,20 @@ def test_apply_twice_the_second_run_changes_nothing(corral: Daemon, web: Path) -
 
 
 def test_replace_with_a_newer_image_keeps_data_address_and_name(
-        corral: Daemon, web: Path, tiny_images: dict[str, str]) -> None:
+    corral: Daemon, web: Path, tiny_images: dict[str, str]
+) -> None:
     old_id, address, dns_before = _state(corral)
     assert dns_before == address
     out = corral.cli("replace", "web", "--image", tiny_images["tiny-next"], timeout=600).ok().out
     assert f"at {address}" in out and f"{old_id} was terminated" in out
     new_id, new_address, dns_after = _state(corral)
     assert new_id != old_id and (new_address, dns_after) == (address, address)
-    got = ssh(corral, "web", "cat /etc/appliance-version /srv/data/file; hostname; "
-                             "wget -q -O - http://127.0.0.1/data/file")
+    got = ssh(
+        corral,
+        "web",
+        "cat /etc/appliance-version /srv/data/file; hostname; "
+        "wget -q -O - http://127.0.0.1/data/file",
+    )
     assert got.split() == ["2", "precious", "web", "precious"]
     assert volume(corral, "web-data")["attachment"]["instance_id"] == new_id
     # the old one and the temporary name are gone
@@ -75,24 +84,31 @@ def test_replace_with_a_newer_image_keeps_data_address_and_name(
 
 @pytest.mark.parametrize("image,when", [("broken", "before"), ("lateboom", "after")])
 def test_a_new_instance_failing_its_health_check_is_rolled_back(
-        corral: Daemon, web: Path, tiny_images: dict[str, str], image: str, when: str) -> None:
+    corral: Daemon, web: Path, tiny_images: dict[str, str], image: str, when: str
+) -> None:
     old_id, address, _ = _state(corral)
-    res = corral.cli("replace", "web", "--image", tiny_images[image], "--timeout", "30",
-                     timeout=600)
+    res = corral.cli(
+        "replace", "web", "--image", tiny_images[image], "--timeout", "30", timeout=600
+    )
     assert res.rc != 0 and "failed its health check" in res.err
     assert ("runs on, unchanged" if when == "before" else "rolled back") in res.err
     assert _state(corral) == (old_id, address, address)
     assert instances(corral)["web"]["state"] == "running"
-    got = wait_for(lambda: ssh(corral, "web", "cat /srv/data/file; wget -q -O - "
-                                              "http://127.0.0.1/health").split(), 60,
-                   what="the old server serving again")
+    got = wait_for(
+        lambda: ssh(
+            corral, "web", "cat /srv/data/file; wget -q -O - http://127.0.0.1/health"
+        ).split(),
+        60,
+        what="the old server serving again",
+    )
     assert got == ["precious", "ok"]
     assert volume(corral, "web-data")["attachment"]["instance_id"] == old_id
     wait_for(lambda: _webs(corral) == {"web"}, 60, what="the new instance removed")
 
 
 def test_a_daemon_killed_during_a_replace_finishes_it_after_a_restart(
-        corral: Daemon, web: Path, tiny_images: dict[str, str]) -> None:
+    corral: Daemon, web: Path, tiny_images: dict[str, str]
+) -> None:
     old_id, address, _ = _state(corral)
     c = corral.client()
     from corral import models
@@ -102,17 +118,27 @@ def test_a_daemon_killed_during_a_replace_finishes_it_after_a_restart(
     op_id = acc.operation.id
     # kill -9 once the old instance is being stopped: the new one runs beside it, nothing
     # has moved yet
-    wait_for(lambda: "stopping the old" in c.operation_show(op_id).message, 180, interval=0.05,
-             what="the cutover")
+    wait_for(
+        lambda: "stopping the old" in c.operation_show(op_id).message,
+        180,
+        interval=0.05,
+        what="the cutover",
+    )
     corral.kill9()
     time.sleep(1)
     corral.start()
     c = corral.client()
-    done = wait_for(lambda: (o := c.operation_show(op_id)).status in ("succeeded", "failed")
-                    and o, 300, interval=1, what="the resumed replace")
+    done = wait_for(
+        lambda: (o := c.operation_show(op_id)).status in ("succeeded", "failed") and o,
+        300,
+        interval=1,
+        what="the resumed replace",
+    )
     assert done.status == "succeeded", done.error
     new_id, new_address, dns_after = _state(corral)
     assert new_id != old_id and (new_address, dns_after) == (address, address)
     assert ssh(corral, "web", "cat /etc/appliance-version /srv/data/file").split() == [
-        "2", "precious"]
+        "2",
+        "precious",
+    ]
     wait_for(lambda: _webs(corral) == {"web"}, 60, what="the old instance removed")

@@ -35,7 +35,8 @@ mount = "/srv/data"
 
 
 def test_a_debian_appliance_is_upgraded_by_replace_keeping_its_data(
-        corral: Daemon, debian: dict[str, Any], tmp_path: Path) -> None:
+    corral: Daemon, debian: dict[str, Any], tmp_path: Path
+) -> None:
     path = tmp_path / "deb.toml"
     path.write_text(API.format(image="debian:12"))
     try:
@@ -44,21 +45,31 @@ def test_a_debian_appliance_is_upgraded_by_replace_keeping_its_data(
         ssh(corral, "api", "echo debian-data | sudo tee /srv/data/file && sync", wait=300)
         assert "no changes" in corral.cli("apply", str(path)).ok().out
         before = instances(corral)["api"]
-        corral.cli("replace", "api", "--image", "debian:12", "--timeout", "600",
-                   timeout=1500).ok()
+        corral.cli("replace", "api", "--image", "debian:12", "--timeout", "600", timeout=1500).ok()
         after = instances(corral)["api"]
         assert after["id"] != before["id"]
         assert after["private_ip"] == before["private_ip"] == resolve(corral, "api")
-        got = ssh(corral, "api", "cat /srv/data/file; curl -s http://127.0.0.1/data/file "
-                                 "|| python3 -c 'import urllib.request as u; print(u.urlopen("
-                                 "\"http://127.0.0.1/data/file\").read().decode())'; "
-                                 "ls /dev/disk/by-id/", wait=300)
+        got = ssh(
+            corral,
+            "api",
+            "cat /srv/data/file; curl -s http://127.0.0.1/data/file "
+            "|| python3 -c 'import urllib.request as u; print(u.urlopen("
+            '"http://127.0.0.1/data/file").read().decode())\'; '
+            "ls /dev/disk/by-id/",
+            wait=300,
+        )
         vid = volume(corral, "api-data")["id"]
         assert got.split()[:2] == ["debian-data", "debian-data"]
         assert f"virtio-{vid.replace('-', '')}" in got
-        log = wait_for(lambda: "host name api" in (o := ssh(corral, "api", "sudo cat "
-                       "/var/log/corral-appliance.log")) and o, 60,
-                       what="the helper saw the address move")
+        log = wait_for(
+            lambda: (
+                "host name api"
+                in (o := ssh(corral, "api", "sudo cat /var/log/corral-appliance.log"))
+                and o
+            ),
+            60,
+            what="the helper saw the address move",
+        )
         assert "mounted data" in log
     finally:
         corral.cli("rm", "api", "--force", timeout=300)

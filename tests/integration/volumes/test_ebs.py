@@ -21,17 +21,24 @@ WAIT = {"Delay": 2, "MaxAttempts": 90}
 @pytest.fixture(scope="module")
 def ec2(corral: Daemon) -> Any:
     data = json.loads((corral.state_dir / "admin.credentials").read_text())
-    return boto3.client("ec2", endpoint_url=corral.url, region_name="corral-1",
-                        aws_access_key_id=data["access_key_id"],
-                        aws_secret_access_key=data["secret_access_key"],
-                        config=Config(retries={"max_attempts": 2}))
+    return boto3.client(
+        "ec2",
+        endpoint_url=corral.url,
+        region_name="corral-1",
+        aws_access_key_id=data["access_key_id"],
+        aws_secret_access_key=data["secret_access_key"],
+        config=Config(retries={"max_attempts": 2}),
+    )
 
 
 def _run(ec2: Any, image: str, name: str) -> str:
-    iid: str = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, KeyName="ebs-cli",
-                                 TagSpecifications=[{"ResourceType": "instance", "Tags": [
-                                     {"Key": "Name", "Value": name}]}])["Instances"][0][
-        "InstanceId"]
+    iid: str = ec2.run_instances(
+        ImageId=image,
+        MinCount=1,
+        MaxCount=1,
+        KeyName="ebs-cli",
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": name}]}],
+    )["Instances"][0]["InstanceId"]
     ec2.get_waiter("instance_running").wait(InstanceIds=[iid], WaiterConfig=WAIT)
     return iid
 
@@ -44,7 +51,8 @@ def _root(ec2: Any, iid: str) -> dict[str, Any]:
 
 
 def test_an_ebs_style_image_boots_from_a_volume_made_from_its_snapshot(
-        corral: Daemon, ec2: Any) -> None:
+    corral: Daemon, ec2: Any
+) -> None:
     corral.cli("run", "tiny", "--name", "ebs-src").ok()  # makes the CLI's key, too
     pub = (corral.home / "corral" / "id_ed25519.pub").read_text()
     ec2.import_key_pair(KeyName="ebs-cli", PublicKeyMaterial=pub.encode())
@@ -68,8 +76,7 @@ def test_an_ebs_style_image_boots_from_a_volume_made_from_its_snapshot(
         desc = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
         assert desc["RootDeviceType"] == "ebs"
         assert desc["BlockDeviceMappings"][0]["Ebs"]["VolumeId"] == root["VolumeId"]
-        out = ssh(corral, "ebs-1", "cat /root/ebs-proof; echo written-on-ebs-1 > "
-                                   "/root/ebs-1; sync")
+        out = ssh(corral, "ebs-1", "cat /root/ebs-proof; echo written-on-ebs-1 > /root/ebs-1; sync")
         assert "from-the-source" in out
         # the root volume cannot be pulled out from under the instance
         res = corral.cli("volume", "detach", root["VolumeId"])
@@ -78,22 +85,28 @@ def test_an_ebs_style_image_boots_from_a_volume_made_from_its_snapshot(
         # a snapshot of the running root volume (a QEMU backup job) registers as an image
         snap2 = ec2.create_snapshot(VolumeId=root["VolumeId"])["SnapshotId"]
         ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[snap2], WaiterConfig=WAIT)
-        ami2 = ec2.register_image(Name="ebs-test-2", RootDeviceName="/dev/sda1",
-                                  BlockDeviceMappings=[{"DeviceName": "/dev/sda1",
-                                                        "Ebs": {"SnapshotId": snap2}}])[
-            "ImageId"]
+        ami2 = ec2.register_image(
+            Name="ebs-test-2",
+            RootDeviceName="/dev/sda1",
+            BlockDeviceMappings=[{"DeviceName": "/dev/sda1", "Ebs": {"SnapshotId": snap2}}],
+        )["ImageId"]
         ec2.get_waiter("image_available").wait(ImageIds=[ami2], WaiterConfig=WAIT)
         iid2 = _run(ec2, ami2, "ebs-2")
         made.append(iid2)
         assert _root(ec2, iid2)["VolumeId"] != root["VolumeId"]
         assert ssh(corral, "ebs-2", "cat /root/ebs-proof /root/ebs-1").split() == [
-            "from-the-source", "written-on-ebs-1"]
+            "from-the-source",
+            "written-on-ebs-1",
+        ]
 
         ec2.terminate_instances(InstanceIds=made)
         ec2.get_waiter("instance_terminated").wait(InstanceIds=made, WaiterConfig=WAIT)
         gone = root["VolumeId"]
-        wait_for(lambda: gone not in [v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]],
-                 60, what="the root volume deleted with its instance")
+        wait_for(
+            lambda: gone not in [v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]],
+            60,
+            what="the root volume deleted with its instance",
+        )
         made.clear()
         ec2.deregister_image(ImageId=ami2)
         ec2.deregister_image(ImageId=ami)

@@ -29,16 +29,19 @@ def _qmp(d: Daemon, iid: str, command: str) -> None:
     asyncio.run(go())
 
 
-def test_data_written_to_a_volume_outlives_the_instance(corral: Daemon,
-                                                        cleanup: list[str]) -> None:
+def test_data_written_to_a_volume_outlives_the_instance(corral: Daemon, cleanup: list[str]) -> None:
     cleanup += ["vol-a", "vol:keep"]
     corral.cli("volume", "create", "1G", "--name", "keep", "--fs", "ext4").ok()
     corral.cli("run", "tiny", "--name", "vol-a").ok()
     corral.cli("volume", "attach", "keep", "vol-a").ok()
     vid = volume(corral, "keep")["id"]
     dev = wait_for(lambda: guest_disk(corral, "vol-a", vid), 30, what="the disk in the guest")
-    ssh(corral, "vol-a", f"mkdir -p /data && mount /dev/{dev} /data && "
-                         "echo kept-across-instances > /data/proof && umount /data")
+    ssh(
+        corral,
+        "vol-a",
+        f"mkdir -p /data && mount /dev/{dev} /data && "
+        "echo kept-across-instances > /data/proof && umount /data",
+    )
     corral.cli("rm", "vol-a").ok()
     shown = volume(corral, "keep")
     assert shown["state"] == "available" and shown["attachment"] is None  # it outlived it
@@ -73,7 +76,8 @@ def test_hot_attach_and_detach_on_a_running_vm(corral: Daemon, cleanup: list[str
 
 
 def test_a_guest_that_does_not_let_go_keeps_the_volume_until_forced(
-        corral: Daemon, cleanup: list[str]) -> None:
+    corral: Daemon, cleanup: list[str]
+) -> None:
     cleanup += ["held", "vol:heldvol"]
     corral.cli("run", "tiny", "--name", "held").ok()
     corral.cli("volume", "create", "1G", "--name", "heldvol").ok()
@@ -93,8 +97,9 @@ def test_a_guest_that_does_not_let_go_keeps_the_volume_until_forced(
     finally:
         _qmp(corral, iid, "cont")
     assert volume(corral, "heldvol")["state"] == "available"
-    wait_for(lambda: ssh(corral, "held", "echo up").strip() == "up", 120, interval=1,
-             what="held back up")
+    wait_for(
+        lambda: ssh(corral, "held", "echo up").strip() == "up", 120, interval=1, what="held back up"
+    )
     assert guest_disk(corral, "held", vid) == ""
 
 
@@ -119,7 +124,8 @@ def test_a_volume_attached_elsewhere_is_refused(corral: Daemon, cleanup: list[st
 
 
 def test_a_snapshot_of_a_running_volume_restores_the_data_of_that_moment(
-        corral: Daemon, cleanup: list[str]) -> None:
+    corral: Daemon, cleanup: list[str]
+) -> None:
     cleanup += ["snap", "vol:live", "vol:restored"]
     corral.cli("run", "tiny", "--name", "snap").ok()
     corral.cli("volume", "create", "1G", "--name", "live", "--fs", "ext4").ok()
@@ -127,10 +133,14 @@ def test_a_snapshot_of_a_running_volume_restores_the_data_of_that_moment(
     live = volume(corral, "live")["id"]
     dev = wait_for(lambda: guest_disk(corral, "snap", live), 30, what="the disk in the guest")
     # a writer that never stops, and a marker written before the snapshot
-    ssh(corral, "snap", f"mkdir -p /live && mount /dev/{dev} /live && "
-                        "echo before > /live/marker && sync && "
-                        "(i=0; while :; do echo $i >> /live/log; sync; i=$((i+1)); "
-                        "sleep 0.05; done) > /dev/null 2>&1 < /dev/null & sleep 1")
+    ssh(
+        corral,
+        "snap",
+        f"mkdir -p /live && mount /dev/{dev} /live && "
+        "echo before > /live/marker && sync && "
+        "(i=0; while :; do echo $i >> /live/log; sync; i=$((i+1)); "
+        "sleep 0.05; done) > /dev/null 2>&1 < /dev/null & sleep 1",
+    )
     out = corral.cli("volume", "snapshot", "live").ok().out
     assert "while the instance ran" in out  # a QEMU backup job, not a file copy
     snap = out.split()[1]
@@ -140,10 +150,14 @@ def test_a_snapshot_of_a_running_volume_restores_the_data_of_that_moment(
     corral.cli("volume", "attach", "restored", "snap").ok()
     rid = volume(corral, "restored")["id"]
     rdev = wait_for(lambda: guest_disk(corral, "snap", rid), 30, what="the restored disk")
-    got = ssh(corral, "snap", f"mkdir -p /restored && mount /dev/{rdev} /restored && "
-                              "cat /restored/marker; echo ---; cat /restored/log").split("---")
+    got = ssh(
+        corral,
+        "snap",
+        f"mkdir -p /restored && mount /dev/{rdev} /restored && "
+        "cat /restored/marker; echo ---; cat /restored/log",
+    ).split("---")
     assert got[0].strip() == "before"  # the snapshot's moment, not what came after
     lines = got[1].split()
     assert lines == [str(i) for i in range(len(lines))]  # whole lines, in order
     assert 0 < len(lines) < len(final)  # writing went on after the snapshot
-    assert final[:len(lines)] == lines
+    assert final[: len(lines)] == lines

@@ -45,16 +45,26 @@ class Ec2Failed(Exception):
 class Ec2:
     """Calls like boto3's (``await ec2.call("DescribeInstances", InstanceIds=[...])``)."""
 
-    def __init__(self, http: httpx.AsyncClient, key_id: str, secret: str,
-                 region: str = REGION) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, key_id: str, secret: str, region: str = REGION
+    ) -> None:
         self.http, self.key_id, self.secret, self.region = http, key_id, secret, region
 
-    def sign(self, method: str, body: bytes | str, url: str = ENDPOINT + "/",
-             headers: dict[str, str] | None = None, *, secret: str | None = None,
-             region: str | None = None, when: dt.datetime | None = None) -> AWSRequest:
+    def sign(
+        self,
+        method: str,
+        body: bytes | str,
+        url: str = ENDPOINT + "/",
+        headers: dict[str, str] | None = None,
+        *,
+        secret: str | None = None,
+        region: str | None = None,
+        when: dt.datetime | None = None,
+    ) -> AWSRequest:
         req = AWSRequest(method=method, url=url, data=body, headers=dict(headers or {}))
-        signer = SigV4Auth(Credentials(self.key_id, secret or self.secret), "ec2",
-                           region or self.region)
+        signer = SigV4Auth(
+            Credentials(self.key_id, secret or self.secret), "ec2", region or self.region
+        )
         if when is not None:
             import unittest.mock
 
@@ -77,8 +87,9 @@ class Ec2:
 
     async def send(self, req: AWSRequest) -> httpx.Response:
         prepared = req.prepare()
-        return await self.http.request(prepared.method, prepared.url,
-                                       headers=dict(prepared.headers), content=prepared.body)
+        return await self.http.request(
+            prepared.method, prepared.url, headers=dict(prepared.headers), content=prepared.body
+        )
 
     def body(self, action: str, **params: Any) -> bytes:
         op = _MODEL.operation_model(action)
@@ -98,12 +109,15 @@ class Ec2:
 
     def parse(self, action: str, resp: httpx.Response) -> dict[str, Any]:
         op = _MODEL.operation_model(action)
-        parsed = _PARSER.parse({"status_code": resp.status_code, "headers": dict(resp.headers),
-                                "body": resp.content}, op.output_shape)
+        parsed = _PARSER.parse(
+            {"status_code": resp.status_code, "headers": dict(resp.headers), "body": resp.content},
+            op.output_shape,
+        )
         if resp.status_code >= 300:
             err = parsed.get("Error", {})
-            raise Ec2Failed(resp.status_code, err.get("Code", ""), err.get("Message", ""),
-                            resp.content)
+            raise Ec2Failed(
+                resp.status_code, err.get("Code", ""), err.get("Message", ""), resp.content
+            )
         parsed.pop("ResponseMetadata", None)
         return parsed
 
@@ -121,10 +135,19 @@ def add_fake_image(images: ImageStore, tmp: Path, name: str = "tiny") -> Manifes
     for part in ("kernel", "initrd", "root"):
         f = tmp / f"{name}-{part}"
         f.write_bytes(f"{name} {part}".encode())
-        blobs[part] = images.add_blob(f, fmt="qcow2" if part == "root" else "raw",
-                                      virtual_size=512 << 20 if part == "root" else None)
-    m = Manifest(name=name, kernel=blobs["kernel"], initrd=blobs["initrd"],
-                 root_disk=blobs["root"], cmdline="console=ttyS0", min_disk=512 << 20)
+        blobs[part] = images.add_blob(
+            f,
+            fmt="qcow2" if part == "root" else "raw",
+            virtual_size=512 << 20 if part == "root" else None,
+        )
+    m = Manifest(
+        name=name,
+        kernel=blobs["kernel"],
+        initrd=blobs["initrd"],
+        root_disk=blobs["root"],
+        cmdline="console=ttyS0",
+        min_disk=512 << 20,
+    )
     images.put_manifest(m)
     return m
 
@@ -137,8 +160,9 @@ def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class World:
-    def __init__(self, ctrl: Controller, node: FakeNode, http: httpx.AsyncClient,
-                 admin: Ec2) -> None:
+    def __init__(
+        self, ctrl: Controller, node: FakeNode, http: httpx.AsyncClient, admin: Ec2
+    ) -> None:
         self.ctrl, self.node, self.http, self.admin = ctrl, node, http, admin
         self.image_id = ""
 
@@ -176,8 +200,7 @@ async def world(tmp_path: Path, template_db: Path) -> AsyncIterator[World]:
     await ctrl.add_node(node, "fake")  # type: ignore[arg-type]
     await ctrl.start()
     app = create_app(ApiContext(settings, ctrl))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url=ENDPOINT) as http:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ENDPOINT) as http:
         assert ctrl.admin is not None
         secret = ctrl.accounts.secret_for(ctrl.admin.access_key_id)
         w = World(ctrl, node, http, Ec2(http, ctrl.admin.access_key_id, secret))

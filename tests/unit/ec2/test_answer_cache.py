@@ -14,8 +14,7 @@ def _request_id(body: bytes) -> str:
     return m.group(1).decode()
 
 
-async def test_a_repeated_describe_is_the_same_answer_with_a_new_request_id(
-        world: World) -> None:
+async def test_a_repeated_describe_is_the_same_answer_with_a_new_request_id(world: World) -> None:
     ec2 = world.admin
     out = await ec2.call("RunInstances", ImageId=world.image_id, MinCount=1, MaxCount=1)
     iid = out["Instances"][0]["InstanceId"]
@@ -39,8 +38,9 @@ async def test_answers_are_not_shared_between_accounts_or_questions(world: World
     await world.settle()
     assert len((await ec2.call("DescribeInstances"))["Reservations"]) == 1
     assert (await other.call("DescribeInstances"))["Reservations"] == []
-    filtered = await ec2.call("DescribeInstances", Filters=[
-        {"Name": "instance-state-name", "Values": ["stopped"]}])
+    filtered = await ec2.call(
+        "DescribeInstances", Filters=[{"Name": "instance-state-name", "Values": ["stopped"]}]
+    )
     assert filtered["Reservations"] == []
     # DryRun is never answered from the cache
     err = await ec2.fails("DryRunOperation", "DescribeInstances", DryRun=True)

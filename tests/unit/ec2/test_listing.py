@@ -6,10 +6,19 @@ from tests.unit.ec2.conftest import Ec2, World
 
 
 async def _run(world: World, ec2: Ec2, n: int, tags: dict[str, str] | None = None) -> list[str]:
-    spec = [{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v}
-                                                  for k, v in tags.items()]}] if tags else []
-    out = await ec2.call("RunInstances", ImageId=world.image_id, MinCount=n, MaxCount=n,
-                         InstanceType="cr1.nano", TagSpecifications=spec)
+    spec = (
+        [{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}]
+        if tags
+        else []
+    )
+    out = await ec2.call(
+        "RunInstances",
+        ImageId=world.image_id,
+        MinCount=n,
+        MaxCount=n,
+        InstanceType="cr1.nano",
+        TagSpecifications=spec,
+    )
     await world.settle()
     return [i["InstanceId"] for i in out["Instances"]]
 
@@ -38,14 +47,19 @@ async def test_tag_filters_and_wildcards(world: World) -> None:
     await world.settle()
     f = [{"Name": "instance-state-name", "Values": ["stopped"]}]
     assert _ids(await ec2.call("DescribeInstances", Filters=f)) == plain
-    f = [{"Name": "instance-type", "Values": ["cr1.nano"]},
-         {"Name": "instance-state-code", "Values": ["16"]}]
+    f = [
+        {"Name": "instance-type", "Values": ["cr1.nano"]},
+        {"Name": "instance-state-code", "Values": ["16"]},
+    ]
     assert len(_ids(await ec2.call("DescribeInstances", Filters=f))) == 3
 
 
 async def test_unknown_filter_is_refused(world: World) -> None:
-    err = await world.admin.fails("InvalidParameterValue", "DescribeInstances",
-                                  Filters=[{"Name": "colour", "Values": ["red"]}])
+    err = await world.admin.fails(
+        "InvalidParameterValue",
+        "DescribeInstances",
+        Filters=[{"Name": "colour", "Values": ["red"]}],
+    )
     assert "colour" in err.message
 
 
@@ -73,21 +87,31 @@ async def test_pagination_rules(world: World) -> None:
     made = await _run(world, ec2, 6)
     await ec2.fails("InvalidParameterValue", "DescribeInstances", MaxResults=4)
     await ec2.fails("InvalidParameterValue", "DescribeInstances", MaxResults=1001)
-    await ec2.fails("InvalidParameterCombination", "DescribeInstances", MaxResults=5,
-                    InstanceIds=made[:1])
-    await ec2.fails("InvalidPaginationToken", "DescribeInstances", MaxResults=5,
-                    NextToken="bm90LWEtdG9rZW4")
+    await ec2.fails(
+        "InvalidParameterCombination", "DescribeInstances", MaxResults=5, InstanceIds=made[:1]
+    )
+    await ec2.fails(
+        "InvalidPaginationToken", "DescribeInstances", MaxResults=5, NextToken="bm90LWEtdG9rZW4"
+    )
     out = await ec2.call("DescribeInstances", MaxResults=5)
     f = [{"Name": "instance-type", "Values": ["cr1.nano"]}]
-    await ec2.fails("InvalidPaginationToken", "DescribeInstances", MaxResults=5,
-                    NextToken=out["NextToken"], Filters=f)
+    await ec2.fails(
+        "InvalidPaginationToken",
+        "DescribeInstances",
+        MaxResults=5,
+        NextToken=out["NextToken"],
+        Filters=f,
+    )
 
 
 async def test_instance_ids_not_found_lists_them(world: World) -> None:
     ec2 = world.admin
     made = await _run(world, ec2, 1)
-    err = await ec2.fails("InvalidInstanceID.NotFound", "DescribeInstances",
-                          InstanceIds=[made[0], "i-0000000000000000a"])
+    err = await ec2.fails(
+        "InvalidInstanceID.NotFound",
+        "DescribeInstances",
+        InstanceIds=[made[0], "i-0000000000000000a"],
+    )
     assert "i-0000000000000000a" in err.message and made[0] not in err.message
 
 

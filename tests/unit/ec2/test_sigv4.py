@@ -32,8 +32,9 @@ async def test_signed_request_is_accepted(world: World) -> None:
 
 
 async def test_wrong_secret_is_auth_failure(world: World) -> None:
-    status, code = await _sent(world.admin, world.admin.body("DescribeRegions"),
-                               secret="not-the-secret")
+    status, code = await _sent(
+        world.admin, world.admin.body("DescribeRegions"), secret="not-the-secret"
+    )
     assert (status, code) == (401, "AuthFailure")
 
 
@@ -45,8 +46,11 @@ async def test_unknown_access_key_is_auth_failure(world: World) -> None:
 
 async def test_tampered_body_is_refused_and_nothing_runs(world: World) -> None:
     ec2 = world.admin
-    req = ec2.sign("POST", ec2.body("RunInstances", ImageId=world.image_id, MinCount=1,
-                                    MaxCount=1), headers=FORM)
+    req = ec2.sign(
+        "POST",
+        ec2.body("RunInstances", ImageId=world.image_id, MinCount=1, MaxCount=1),
+        headers=FORM,
+    )
     req.data = ec2.body("RunInstances", ImageId=world.image_id, MinCount=5, MaxCount=5)
     resp = await ec2.send(req)
     assert resp.status_code == 401 and _code(resp.content) == "AuthFailure"
@@ -66,15 +70,15 @@ async def test_date_within_skew_is_accepted(world: World) -> None:
 
 
 async def test_wrong_region_is_auth_failure(world: World) -> None:
-    status, code = await _sent(world.admin, world.admin.body("DescribeRegions"),
-                               region="us-east-1")
+    status, code = await _sent(world.admin, world.admin.body("DescribeRegions"), region="us-east-1")
     assert (status, code) == (401, "AuthFailure")
 
 
 async def test_signed_header_missing_from_request_is_auth_failure(world: World) -> None:
     ec2 = world.admin
-    req = ec2.sign("POST", ec2.body("DescribeRegions"),
-                   headers={**FORM, "X-Corral-Extra": "signed"})
+    req = ec2.sign(
+        "POST", ec2.body("DescribeRegions"), headers={**FORM, "X-Corral-Extra": "signed"}
+    )
     del req.headers["X-Corral-Extra"]
     resp = await ec2.send(req)
     assert resp.status_code == 401 and _code(resp.content) == "AuthFailure"
@@ -82,8 +86,9 @@ async def test_signed_header_missing_from_request_is_auth_failure(world: World) 
 
 
 async def test_unsigned_request_is_refused(world: World) -> None:
-    resp = await world.http.post("/", content=b"Action=DescribeRegions&Version=2016-11-15",
-                                 headers=FORM)
+    resp = await world.http.post(
+        "/", content=b"Action=DescribeRegions&Version=2016-11-15", headers=FORM
+    )
     assert resp.status_code == 401 and _code(resp.content) == "MissingAuthenticationToken"
 
 
@@ -91,8 +96,9 @@ async def test_wrong_service_in_scope_is_refused(world: World) -> None:
     from botocore.auth import SigV4Auth
 
     ec2 = world.admin
-    req = AWSRequest(method="POST", url=ENDPOINT + "/", data=ec2.body("DescribeRegions"),
-                     headers=dict(FORM))
+    req = AWSRequest(
+        method="POST", url=ENDPOINT + "/", data=ec2.body("DescribeRegions"), headers=dict(FORM)
+    )
     SigV4Auth(Credentials(ec2.key_id, ec2.secret), "s3", "corral-1").add_auth(req)
     resp = await ec2.send(req)
     assert resp.status_code == 401 and _code(resp.content) == "AuthFailure"
@@ -101,12 +107,17 @@ async def test_wrong_service_in_scope_is_refused(world: World) -> None:
 @pytest.mark.parametrize("expires, ok", [(300, True), (-1, False)])
 async def test_presigned_get(world: World, expires: int, ok: bool) -> None:
     ec2 = world.admin
-    query = urlencode({"Action": "DescribeAvailabilityZones", "Version": "2016-11-15",
-                       "Filter.1.Name": "zone-name", "Filter.1.Value.1": "corral-1*"})
+    query = urlencode(
+        {
+            "Action": "DescribeAvailabilityZones",
+            "Version": "2016-11-15",
+            "Filter.1.Name": "zone-name",
+            "Filter.1.Value.1": "corral-1*",
+        }
+    )
     req = AWSRequest(method="GET", url=f"{ENDPOINT}/?{query}")
     when = dt.datetime.now(dt.UTC) - (dt.timedelta(seconds=400) if not ok else dt.timedelta())
-    signer = SigV4QueryAuth(Credentials(ec2.key_id, ec2.secret), "ec2", "corral-1",
-                            expires=300)
+    signer = SigV4QueryAuth(Credentials(ec2.key_id, ec2.secret), "ec2", "corral-1", expires=300)
     import unittest.mock
 
     class _Frozen(dt.datetime):
@@ -126,7 +137,10 @@ async def test_presigned_get(world: World, expires: int, ok: bool) -> None:
 
 async def test_get_with_authorization_header(world: World) -> None:
     ec2 = world.admin
-    req = ec2.sign("GET", b"", url=f"{ENDPOINT}/?Action=DescribeRegions&Version=2016-11-15"
-                   "&RegionName.1=corral-1")
+    req = ec2.sign(
+        "GET",
+        b"",
+        url=f"{ENDPOINT}/?Action=DescribeRegions&Version=2016-11-15&RegionName.1=corral-1",
+    )
     resp = await ec2.send(req)
     assert resp.status_code == 200 and b"<regionName>corral-1</regionName>" in resp.content

@@ -26,8 +26,9 @@ async def test_success_has_namespace_request_id_and_item_lists(world: World) -> 
 
 
 async def test_error_document_shape(world: World) -> None:
-    status, root = await _post(world, b"Action=DescribeInstances&Version=2016-11-15"
-                               b"&InstanceId.1=i-0123456789abcdef0")
+    status, root = await _post(
+        world, b"Action=DescribeInstances&Version=2016-11-15&InstanceId.1=i-0123456789abcdef0"
+    )
     assert status == 400
     assert root.tag == "Response"
     err = root.find("Errors/Error")
@@ -37,8 +38,9 @@ async def test_error_document_shape(world: World) -> None:
 
 
 async def test_malformed_instance_id(world: World) -> None:
-    err = await world.admin.fails("InvalidInstanceID.Malformed", "DescribeInstances",
-                                  InstanceIds=["web-1"])
+    err = await world.admin.fails(
+        "InvalidInstanceID.Malformed", "DescribeInstances", InstanceIds=["web-1"]
+    )
     assert err.status == 400
 
 
@@ -58,20 +60,20 @@ async def test_missing_action(world: World) -> None:
 
 
 async def test_missing_parameter_names_it(world: World) -> None:
-    err = await world.admin.fails("MissingParameter", "CreateSecurityGroup", GroupName="x",
-                                  Description="")
+    err = await world.admin.fails(
+        "MissingParameter", "CreateSecurityGroup", GroupName="x", Description=""
+    )
     assert "GroupDescription" in err.message
 
 
 async def test_bad_boolean_names_the_parameter(world: World) -> None:
-    status, root = await _post(world, b"Action=DescribeInstances&Version=2016-11-15"
-                               b"&DryRun=maybe")
+    status, root = await _post(world, b"Action=DescribeInstances&Version=2016-11-15&DryRun=maybe")
     assert status == 400 and "DryRun" in (root.findtext("Errors/Error/Message") or "")
 
 
 async def test_catalog(world: World) -> None:
     ec2 = world.admin
-    types = (await ec2.call("DescribeInstanceTypes", InstanceTypes=["cr1.nano"]))
+    types = await ec2.call("DescribeInstanceTypes", InstanceTypes=["cr1.nano"])
     t = types["InstanceTypes"][0]
     assert t["VCpuInfo"]["DefaultVCpus"] == 1 and t["MemoryInfo"]["SizeInMiB"] == 128
     assert t["BurstablePerformanceSupported"] is True

@@ -29,7 +29,8 @@ async def _op(ctrl: Controller, resp: httpx.Response) -> Any:
 
 
 async def test_images_list_their_base_and_show_their_manifest(
-        api: httpx.AsyncClient, ctrl: Controller, tmp_path: Path) -> None:
+    api: httpx.AsyncClient, ctrl: Controller, tmp_path: Path
+) -> None:
     base, tools = await _images(ctrl, tmp_path)
     rows = {f"{r['name']}:{r['version']}": r for r in (await api.get("/v1/images")).json()}
     assert rows["tools:12.1"]["base"] == base.digest and rows["debian:12"]["base"] is None
@@ -38,22 +39,32 @@ async def test_images_list_their_base_and_show_their_manifest(
 
 
 async def test_export_a_delta_download_it_and_import_it_back(
-        api: httpx.AsyncClient, ctrl: Controller, tmp_path: Path) -> None:
+    api: httpx.AsyncClient, ctrl: Controller, tmp_path: Path
+) -> None:
     base, tools = await _images(ctrl, tmp_path)
-    op = await _op(ctrl, await api.post("/v1/images/tools:12.1/export",
-                                        json={"delta_from": "debian:12"}))
+    op = await _op(
+        ctrl, await api.post("/v1/images/tools:12.1/export", json={"delta_from": "debian:12"})
+    )
     assert op.status == "succeeded", op.error
     assert op.result["delta_from"] == base.digest
     resp = await api.get(f"/v1/images/exports/{op.result['archive']}")
     assert resp.status_code == 200
-    assert hashlib.sha256(resp.content).hexdigest() == resp.headers["x-corral-sha256"] \
+    assert (
+        hashlib.sha256(resp.content).hexdigest()
+        == resp.headers["x-corral-sha256"]
         == op.result["sha256"]
+    )
     assert (await api.delete("/v1/images/tools:12.1")).status_code == 200
     assert not ctrl.image_store.has(tools.digest)
-    op = await _op(ctrl, await api.post(
-        "/v1/images/import", content=resp.content,
-        params={"sha256": op.result["sha256"]},
-        headers={"Content-Type": "application/octet-stream"}))
+    op = await _op(
+        ctrl,
+        await api.post(
+            "/v1/images/import",
+            content=resp.content,
+            params={"sha256": op.result["sha256"]},
+            headers={"Content-Type": "application/octet-stream"},
+        ),
+    )
     assert op.status == "succeeded", op.error
     assert op.result["digest"] == tools.digest and op.result["name"] == "tools"
     assert (await api.get("/v1/images/tools:12.1")).json()["state"] == "available"
@@ -61,7 +72,8 @@ async def test_export_a_delta_download_it_and_import_it_back(
 
 
 async def test_export_against_a_base_that_is_not_the_images_is_400(
-        api: httpx.AsyncClient, ctrl: Controller, tmp_path: Path) -> None:
+    api: httpx.AsyncClient, ctrl: Controller, tmp_path: Path
+) -> None:
     await _images(ctrl, tmp_path)
     resp = await api.post("/v1/images/tools:12.1/export", json={"delta_from": "tiny"})
     assert resp.status_code == 400
@@ -72,9 +84,11 @@ async def test_export_against_a_base_that_is_not_the_images_is_400(
 
 
 async def test_an_upload_with_the_wrong_sha256_is_400_and_leaves_nothing(
-        api: httpx.AsyncClient, ctrl: Controller) -> None:
-    resp = await api.post("/v1/images/import", content=b"x" * 4096,
-                          params={"name": "x", "sha256": "0" * 64})
+    api: httpx.AsyncClient, ctrl: Controller
+) -> None:
+    resp = await api.post(
+        "/v1/images/import", content=b"x" * 4096, params={"name": "x", "sha256": "0" * 64}
+    )
     assert resp.status_code == 400 and resp.json()["error"]["field"] == "sha256"
     assert list(ctrl.image_store.tmp.iterdir()) == []
 
@@ -90,16 +104,19 @@ async def test_an_empty_upload_is_400(api: httpx.AsyncClient, ctrl: Controller) 
     assert resp.status_code == 400 and resp.json()["error"]["field"] == "file"
 
 
-async def test_a_disk_upload_under_a_taken_name_is_409(api: httpx.AsyncClient,
-                                                      ctrl: Controller) -> None:
-    resp = await api.post("/v1/images/import", content=b"\0" * 4096,
-                          params={"name": "tiny", "version": "1"})
+async def test_a_disk_upload_under_a_taken_name_is_409(
+    api: httpx.AsyncClient, ctrl: Controller
+) -> None:
+    resp = await api.post(
+        "/v1/images/import", content=b"\0" * 4096, params={"name": "tiny", "version": "1"}
+    )
     assert resp.status_code == 409 and resp.json()["error"]["code"] == "exists"
     assert list(ctrl.image_store.tmp.iterdir()) == []
 
 
 async def test_a_base_in_use_by_another_image_cannot_be_removed(
-        api: httpx.AsyncClient, ctrl: Controller, tmp_path: Path) -> None:
+    api: httpx.AsyncClient, ctrl: Controller, tmp_path: Path
+) -> None:
     await _images(ctrl, tmp_path)
     resp = await api.delete("/v1/images/debian:12")
     assert resp.status_code == 409 and resp.json()["error"]["code"] == "wrong_state"
@@ -108,7 +125,8 @@ async def test_a_base_in_use_by_another_image_cannot_be_removed(
 
 
 async def test_verify_succeeds_then_fails_on_a_corrupt_part(
-        api: httpx.AsyncClient, ctrl: Controller, tmp_path: Path) -> None:
+    api: httpx.AsyncClient, ctrl: Controller, tmp_path: Path
+) -> None:
     base, _ = await _images(ctrl, tmp_path)
     op = await _op(ctrl, await api.post("/v1/images/tools:12.1/verify"))
     assert op.status == "succeeded" and op.result["images"] == 2
@@ -121,7 +139,8 @@ async def test_verify_succeeds_then_fails_on_a_corrupt_part(
 
 
 async def test_a_tag_is_another_name_for_the_same_image(
-        api: httpx.AsyncClient, ctrl: Controller, tmp_path: Path) -> None:
+    api: httpx.AsyncClient, ctrl: Controller, tmp_path: Path
+) -> None:
     base, _ = await _images(ctrl, tmp_path)
     resp = await api.post("/v1/images/debian:12/tags", json={"name": "stable", "version": "1"})
     assert resp.status_code == 201
@@ -144,7 +163,8 @@ async def test_downloading_an_unknown_export_is_404(api: httpx.AsyncClient) -> N
 
 
 async def test_building_on_a_base_that_is_not_there_is_404_naming_base(
-        api: httpx.AsyncClient, tmp_path: Path) -> None:
+    api: httpx.AsyncClient, tmp_path: Path
+) -> None:
     recipe = tmp_path / "web"
     recipe.mkdir()
     (recipe / "recipe.toml").write_text('name = "web"\nkind = "debian"\nbase = "nope:1"\n')
@@ -154,8 +174,7 @@ async def test_building_on_a_base_that_is_not_there_is_404_naming_base(
     assert err["field"] == "base" and "build or import nope:1 first" in err["message"]
 
 
-async def test_a_bad_recipe_is_400_naming_the_key(api: httpx.AsyncClient,
-                                                  tmp_path: Path) -> None:
+async def test_a_bad_recipe_is_400_naming_the_key(api: httpx.AsyncClient, tmp_path: Path) -> None:
     recipe = tmp_path / "web"
     recipe.mkdir()
     (recipe / "recipe.toml").write_text('name = "web"\nkind = "debian"\nsize = "2G"\n')

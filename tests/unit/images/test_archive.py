@@ -40,8 +40,9 @@ def _members(path: Path) -> list[str]:
         return tar.getnames()
 
 
-def test_a_whole_export_carries_the_image_and_its_bases(here: ImageStore, there: ImageStore,
-                                                        tmp_path: Path) -> None:
+def test_a_whole_export_carries_the_image_and_its_bases(
+    here: ImageStore, there: ImageStore, tmp_path: Path
+) -> None:
     base = add_base(here, tmp_path / "w")
     tools = add_derived(here, tmp_path / "w", base)
     out = tmp_path / "tools.tar"
@@ -56,20 +57,27 @@ def test_a_whole_export_carries_the_image_and_its_bases(here: ImageStore, there:
     assert there.get_manifest(base.digest) == base
 
 
-def test_a_delta_carries_only_what_the_base_lacks(here: ImageStore, there: ImageStore,
-                                                  tmp_path: Path) -> None:
+def test_a_delta_carries_only_what_the_base_lacks(
+    here: ImageStore, there: ImageStore, tmp_path: Path
+) -> None:
     base = add_base(here, tmp_path / "w")
     tools = add_derived(here, tmp_path / "w", base)
     archive.import_archive(there, _export(here, base.digest, tmp_path / "base.tar"))
     delta = _export(here, tools.digest, tmp_path / "delta.tar", base.digest)
-    assert sorted(_members(delta)) == sorted([
-        archive.INDEX, f"manifests/{tools.digest}.json", f"blobs/{tools.root_disk.sha256}.zst"])
+    assert sorted(_members(delta)) == sorted(
+        [archive.INDEX, f"manifests/{tools.digest}.json", f"blobs/{tools.root_disk.sha256}.zst"]
+    )
     index = archive.import_archive(there, delta)
     assert (index.image, index.delta_from, index.delta_from_name) == (
-        tools.digest, base.digest, "debian:12")
+        tools.digest,
+        base.digest,
+        "debian:12",
+    )
     there.verify(tools.digest)
-    assert there.blob_path(tools.root_disk.sha256).read_bytes() == \
-        here.blob_path(tools.root_disk.sha256).read_bytes()
+    assert (
+        there.blob_path(tools.root_disk.sha256).read_bytes()
+        == here.blob_path(tools.root_disk.sha256).read_bytes()
+    )
 
 
 def _export(store: ImageStore, digest: str, out: Path, base: str | None = None) -> Path:
@@ -85,7 +93,8 @@ def test_the_same_image_exports_to_the_same_bytes(here: ImageStore, tmp_path: Pa
 
 
 def test_a_delta_from_an_image_that_is_not_the_base_is_refused_at_export(
-        here: ImageStore, tmp_path: Path) -> None:
+    here: ImageStore, tmp_path: Path
+) -> None:
     base = add_base(here, tmp_path / "w")
     other = add_base(here, tmp_path / "w2", name="other", salt=b"2")
     tools = add_derived(here, tmp_path / "w", base)
@@ -101,7 +110,8 @@ def test_a_delta_from_an_image_that_is_not_the_base_is_refused_at_export(
 
 
 def test_a_delta_without_its_base_is_refused_and_nothing_is_written(
-        here: ImageStore, there: ImageStore, tmp_path: Path) -> None:
+    here: ImageStore, there: ImageStore, tmp_path: Path
+) -> None:
     base = add_base(here, tmp_path / "w")
     tools = add_derived(here, tmp_path / "w", base)
     delta = _export(here, tools.digest, tmp_path / "delta.tar", base.digest)
@@ -114,7 +124,8 @@ def test_a_delta_without_its_base_is_refused_and_nothing_is_written(
 
 
 def test_a_delta_against_another_build_of_the_base_names_both(
-        here: ImageStore, there: ImageStore, tmp_path: Path) -> None:
+    here: ImageStore, there: ImageStore, tmp_path: Path
+) -> None:
     base = add_base(here, tmp_path / "w")
     tools = add_derived(here, tmp_path / "w", base)
     theirs = add_base(there, tmp_path / "w2", salt=b"another build")  # also debian:12
@@ -122,13 +133,15 @@ def test_a_delta_against_another_build_of_the_base_names_both(
     before = _snapshot(there)
     with pytest.raises(NotFound) as info:
         archive.import_archive(there, delta)
-    assert f"this store's debian:12 is {theirs.digest[:12]}, a different build" in \
-        info.value.message
+    assert (
+        f"this store's debian:12 is {theirs.digest[:12]}, a different build" in info.value.message
+    )
     assert _snapshot(there) == before
 
 
-def test_a_delta_onto_a_corrupt_base_is_refused(here: ImageStore, there: ImageStore,
-                                                tmp_path: Path) -> None:
+def test_a_delta_onto_a_corrupt_base_is_refused(
+    here: ImageStore, there: ImageStore, tmp_path: Path
+) -> None:
     base = add_base(here, tmp_path / "w")
     tools = add_derived(here, tmp_path / "w", base)
     archive.import_archive(there, _export(here, base.digest, tmp_path / "base.tar"))
@@ -136,8 +149,7 @@ def test_a_delta_onto_a_corrupt_base_is_refused(here: ImageStore, there: ImageSt
     os.chmod(disk, 0o644)
     disk.write_bytes(disk.read_bytes()[:-1] + b"!")
     with pytest.raises(Invalid) as info:
-        archive.import_archive(there, _export(here, tools.digest, tmp_path / "d.tar",
-                                              base.digest))
+        archive.import_archive(there, _export(here, tools.digest, tmp_path / "d.tar", base.digest))
     assert "corrupt" in info.value.message
     assert not there.has(tools.digest)
 
@@ -157,7 +169,8 @@ def _rewrite(src: Path, dst: Path, change: dict[str, bytes]) -> None:
 
 
 def test_a_corrupt_part_is_refused_and_nothing_is_written(
-        here: ImageStore, there: ImageStore, tmp_path: Path) -> None:
+    here: ImageStore, there: ImageStore, tmp_path: Path
+) -> None:
     base = add_base(here, tmp_path / "w")
     good = _export(here, base.digest, tmp_path / "good.tar")
     name = f"blobs/{base.kernel.sha256}.zst"  # type: ignore[union-attr]
@@ -170,49 +183,61 @@ def test_a_corrupt_part_is_refused_and_nothing_is_written(
     assert _snapshot(there) == before
 
 
-def test_a_part_that_is_not_zstd_is_refused(here: ImageStore, there: ImageStore,
-                                            tmp_path: Path) -> None:
+def test_a_part_that_is_not_zstd_is_refused(
+    here: ImageStore, there: ImageStore, tmp_path: Path
+) -> None:
     base = add_base(here, tmp_path / "w")
     bad = tmp_path / "bad.tar"
-    _rewrite(_export(here, base.digest, tmp_path / "g.tar"), bad,
-             {f"blobs/{base.root_disk.sha256}.zst": b"garbage"})
+    _rewrite(
+        _export(here, base.digest, tmp_path / "g.tar"),
+        bad,
+        {f"blobs/{base.root_disk.sha256}.zst": b"garbage"},
+    )
     with pytest.raises(Invalid):
         archive.import_archive(there, bad)
     assert not there.has(base.digest)
 
 
-def test_a_part_larger_than_its_manifest_says_is_refused(here: ImageStore, there: ImageStore,
-                                                         tmp_path: Path) -> None:
+def test_a_part_larger_than_its_manifest_says_is_refused(
+    here: ImageStore, there: ImageStore, tmp_path: Path
+) -> None:
     base = add_base(here, tmp_path / "w")
     bomb = zstandard.ZstdCompressor().compress(b"\0" * (8 << 20))
     bad = tmp_path / "bad.tar"
-    _rewrite(_export(here, base.digest, tmp_path / "g.tar"), bad,
-             {f"blobs/{base.root_disk.sha256}.zst": bomb})
+    _rewrite(
+        _export(here, base.digest, tmp_path / "g.tar"),
+        bad,
+        {f"blobs/{base.root_disk.sha256}.zst": bomb},
+    )
     with pytest.raises(Invalid):
         archive.import_archive(there, bad)
     assert list(there.tmp.iterdir()) == []
 
 
-def test_a_tampered_manifest_is_refused(here: ImageStore, there: ImageStore,
-                                        tmp_path: Path) -> None:
+def test_a_tampered_manifest_is_refused(
+    here: ImageStore, there: ImageStore, tmp_path: Path
+) -> None:
     base = add_base(here, tmp_path / "w")
     data = json.loads(base.canonical())
     data["cmdline"] = "init=/bin/sh"
     bad = tmp_path / "bad.tar"
-    _rewrite(_export(here, base.digest, tmp_path / "g.tar"), bad,
-             {f"manifests/{base.digest}.json": json.dumps(data).encode()})
+    _rewrite(
+        _export(here, base.digest, tmp_path / "g.tar"),
+        bad,
+        {f"manifests/{base.digest}.json": json.dumps(data).encode()},
+    )
     with pytest.raises(Invalid) as info:
         archive.import_archive(there, bad)
     assert "does not match its sha256" in info.value.message
 
 
-def test_an_overlay_pointing_elsewhere_is_refused(here: ImageStore, there: ImageStore,
-                                                  tmp_path: Path) -> None:
+def test_an_overlay_pointing_elsewhere_is_refused(
+    here: ImageStore, there: ImageStore, tmp_path: Path
+) -> None:
     from tests.unit.images.fakes import part, qcow2_bytes
 
     base = add_base(here, tmp_path / "w")
-    evil_disk = here.add_blob(part(tmp_path, "evil", qcow2_bytes("/etc/shadow", b"x")),
-                              fmt="qcow2")
+    evil_disk = here.add_blob(part(tmp_path, "evil", qcow2_bytes("/etc/shadow", b"x")), fmt="qcow2")
     evil = Manifest(name="evil", root_disk=evil_disk, base=base.digest)
     here.put_manifest(evil)
     out = tmp_path / "evil.tar"
@@ -223,10 +248,10 @@ def test_an_overlay_pointing_elsewhere_is_refused(here: ImageStore, there: Image
     assert not there.has(evil.digest) and not there.has(base.digest)
 
 
-@pytest.mark.parametrize("name", ["../../etc/cron.d/x", "blobs/../../x", "blobs/abc.zst",
-                                  "README"])
-def test_unexpected_members_are_refused(here: ImageStore, there: ImageStore, tmp_path: Path,
-                                        name: str) -> None:
+@pytest.mark.parametrize("name", ["../../etc/cron.d/x", "blobs/../../x", "blobs/abc.zst", "README"])
+def test_unexpected_members_are_refused(
+    here: ImageStore, there: ImageStore, tmp_path: Path, name: str
+) -> None:
     base = add_base(here, tmp_path / "w")
     good = _export(here, base.digest, tmp_path / "g.tar")
     bad = tmp_path / "bad.tar"
@@ -251,8 +276,7 @@ def test_a_file_that_is_not_an_archive_is_invalid(there: ImageStore, tmp_path: P
     assert info.value.field == "file"
 
 
-def test_importing_twice_is_a_no_op(here: ImageStore, there: ImageStore,
-                                    tmp_path: Path) -> None:
+def test_importing_twice_is_a_no_op(here: ImageStore, there: ImageStore, tmp_path: Path) -> None:
     base = add_base(here, tmp_path / "w")
     out = _export(here, base.digest, tmp_path / "b.tar")
     archive.import_archive(there, out)
@@ -262,8 +286,8 @@ def test_importing_twice_is_a_no_op(here: ImageStore, there: ImageStore,
 
 
 def test_an_import_that_does_not_fit_is_refused_before_writing(
-        here: ImageStore, there: ImageStore, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    here: ImageStore, there: ImageStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import shutil
     from collections import namedtuple
 
@@ -280,7 +304,8 @@ def test_an_import_that_does_not_fit_is_refused_before_writing(
 
 
 def test_an_export_of_a_corrupt_part_is_refused_and_leaves_no_file(
-        here: ImageStore, tmp_path: Path) -> None:
+    here: ImageStore, tmp_path: Path
+) -> None:
     base = add_base(here, tmp_path / "w")
     kernel = here.blob_path(base.kernel.sha256)  # type: ignore[union-attr]
     os.chmod(kernel, 0o644)

@@ -57,18 +57,22 @@ def test_check_overlay_names_what_is_wrong(tmp_path: Path) -> None:
 
 
 def test_host_mirrors_come_from_deb822_and_one_line_sources(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     d = tmp_path / "sources.list.d"
     d.mkdir()
     (d / "debian.sources").write_text(
         "Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm bookworm-updates\n"
         "Components: main\n\nTypes: deb\nURIs: http://sec.example/debian-security\n"
-        "Suites: bookworm-security\nComponents: main\n")
+        "Suites: bookworm-security\nComponents: main\n"
+    )
     (d / "other.list").write_text("deb [arch=amd64] https://apt.example/node nodistro main\n")
     monkeypatch.setattr(apt, "SOURCES_DIRS", (d, tmp_path))
     m = apt.host_mirrors("bookworm")
-    assert (m.main, m.security) == ("http://mirror.example/debian",
-                                    "http://sec.example/debian-security")
+    assert (m.main, m.security) == (
+        "http://mirror.example/debian",
+        "http://sec.example/debian-security",
+    )
     assert apt.host_mirrors("trixie").main == apt.DEFAULT_MIRROR
     assert apt.host_mirrors("bookworm", main="http://x/").main == "http://x"
 
@@ -76,8 +80,11 @@ def test_host_mirrors_come_from_deb822_and_one_line_sources(
 def test_sources_name_the_suite_its_updates_and_security() -> None:
     text = apt.Mirrors("http://m/debian", "http://s/sec").sources("bookworm")
     lines = [line.split()[-2:] for line in text.splitlines()]
-    assert lines == [["bookworm", "main"], ["bookworm-updates", "main"],
-                     ["bookworm-security", "main"]]
+    assert lines == [
+        ["bookworm", "main"],
+        ["bookworm-updates", "main"],
+        ["bookworm-security", "main"],
+    ]
 
 
 def test_shadow_dates_are_set_to_the_build_epoch(tmp_path: Path) -> None:
@@ -141,15 +148,16 @@ def test_other_errors_pass_through(tmp_path: Path) -> None:
 
 def _read_cpio(data: bytes) -> list[tuple[str, int, int, bytes]]:
     """(name, inode, mode, bytes) of each newc entry, up to the trailer."""
-    out, pos = [], 0
+    out: list[tuple[str, int, int, bytes]] = []
+    pos = 0
     while True:
-        assert data[pos:pos + 6] == b"070701"
-        f = [int(data[pos + 6 + 8 * i: pos + 14 + 8 * i], 16) for i in range(13)]
+        assert data[pos : pos + 6] == b"070701"
+        f = [int(data[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
         namesize, size = f[11], f[6]
-        name = data[pos + 110: pos + 110 + namesize - 1].decode()
+        name = data[pos + 110 : pos + 110 + namesize - 1].decode()
         pos += 110 + namesize
         pos += -pos % 4
-        body = data[pos: pos + size]
+        body = data[pos : pos + size]
         pos += size + (-size % 4)
         if name == "TRAILER!!!":
             return out
@@ -172,7 +180,11 @@ def test_cpio_is_the_same_for_the_same_tree_whatever_the_host_did(tmp_path: Path
         archives.append((tmp_path / f"{n}.cpio").read_bytes())
     assert archives[0] == archives[1]
     entries = _read_cpio(archives[0])
-    assert [(e[0], e[1]) for e in entries] == [("bin", 1), ("bin/busybox", 2), ("bin/sh", 3),
-                                              ("init", 4)]
+    assert [(e[0], e[1]) for e in entries] == [
+        ("bin", 1),
+        ("bin/busybox", 2),
+        ("bin/sh", 3),
+        ("init", 4),
+    ]
     assert entries[2][3] == b"busybox" and entries[1][2] == 0o100755
     assert len(archives[0]) % 4 == 0

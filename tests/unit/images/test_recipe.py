@@ -34,9 +34,15 @@ def _write(d: Path, text: str, **files: str) -> Path:
 
 
 def _web(tmp_path: Path) -> Path:
-    return _write(tmp_path / "web", DEBIAN, **{"first-boot.sh": "#!/bin/sh\n",
-                                                "site.conf": "server {}\n",
-                                                "www__index.html": "<p>hi</p>\n"})
+    return _write(
+        tmp_path / "web",
+        DEBIAN,
+        **{
+            "first-boot.sh": "#!/bin/sh\n",
+            "site.conf": "server {}\n",
+            "www__index.html": "<p>hi</p>\n",
+        },
+    )
 
 
 def test_builtin_recipes_load_and_are_listed() -> None:
@@ -64,8 +70,7 @@ def test_a_recipe_loads_from_its_directory_or_its_file(tmp_path: Path) -> None:
     assert recipe.load(d).content_hash() == recipe.load(d / "recipe.toml").content_hash()
 
 
-def test_content_hash_follows_the_files_the_recipe_uses_and_nothing_else(
-        tmp_path: Path) -> None:
+def test_content_hash_follows_the_files_the_recipe_uses_and_nothing_else(tmp_path: Path) -> None:
     d = _web(tmp_path)
     first = recipe.load(d).content_hash()
     (d / "notes.txt").write_text("not used by the recipe")
@@ -89,16 +94,19 @@ def test_an_unknown_key_is_invalid_and_named(tmp_path: Path) -> None:
     assert "not a recipe key" in info.value.message
 
 
-@pytest.mark.parametrize(("text", "field"), [
-    ('name = "x"\nkind = "gentoo"\n', "kind"),
-    ('name = "Bad Name"\nkind = "debian"\n', "name"),
-    ('name = "x"\nkind = "debian"\npackages = ["rm -rf /"]\n', "packages"),
-    ('name = "x"\nkind = "debian"\nroot_disk_size = "1M"\n', "root_disk_size"),
-    ('name = "x"\nkind = "debian"\nroot_disk_size = "lots"\n', "root_disk_size"),
-    ('name = "x"\nkind = "debian"\n[files]\n"etc/motd" = "motd"\n', "files"),
-    ('name = "x"\nkind = "debian"\n[files]\n"/etc/../../motd" = "motd"\n', "files"),
-    ('kind = "debian"\n', "name"),
-])
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('name = "x"\nkind = "gentoo"\n', "kind"),
+        ('name = "Bad Name"\nkind = "debian"\n', "name"),
+        ('name = "x"\nkind = "debian"\npackages = ["rm -rf /"]\n', "packages"),
+        ('name = "x"\nkind = "debian"\nroot_disk_size = "1M"\n', "root_disk_size"),
+        ('name = "x"\nkind = "debian"\nroot_disk_size = "lots"\n', "root_disk_size"),
+        ('name = "x"\nkind = "debian"\n[files]\n"etc/motd" = "motd"\n', "files"),
+        ('name = "x"\nkind = "debian"\n[files]\n"/etc/../../motd" = "motd"\n', "files"),
+        ('kind = "debian"\n', "name"),
+    ],
+)
 def test_bad_values_are_invalid_and_name_the_key(tmp_path: Path, text: str, field: str) -> None:
     d = _write(tmp_path / "r", text)
     with pytest.raises(Invalid) as info:

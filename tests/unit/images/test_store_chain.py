@@ -29,8 +29,7 @@ def test_chain_lists_the_image_then_its_bases(store: ImageStore, tmp_path: Path)
     assert [m.digest for m in store.dependents(base.digest)] == [v1.digest]
 
 
-def test_a_manifest_cannot_name_a_base_the_store_lacks(store: ImageStore,
-                                                       tmp_path: Path) -> None:
+def test_a_manifest_cannot_name_a_base_the_store_lacks(store: ImageStore, tmp_path: Path) -> None:
     disk = store.add_blob(part(tmp_path, "d", qcow2_bytes("f" * 64)), fmt="qcow2")
     m = Manifest(name="orphan", root_disk=disk, base="f" * 64)
     with pytest.raises(NotFound) as info:
@@ -39,8 +38,9 @@ def test_a_manifest_cannot_name_a_base_the_store_lacks(store: ImageStore,
     assert not store.has(m.digest)
 
 
-def test_a_base_cannot_be_removed_while_an_image_is_built_on_it(store: ImageStore,
-                                                                tmp_path: Path) -> None:
+def test_a_base_cannot_be_removed_while_an_image_is_built_on_it(
+    store: ImageStore, tmp_path: Path
+) -> None:
     base = add_base(store, tmp_path / "w")
     derived = add_derived(store, tmp_path / "w", base)
     with pytest.raises(WrongState) as info:
@@ -50,8 +50,9 @@ def test_a_base_cannot_be_removed_while_an_image_is_built_on_it(store: ImageStor
     store.verify(derived.digest)  # intact
 
 
-def test_removing_the_derived_image_keeps_the_parts_its_base_uses(store: ImageStore,
-                                                                  tmp_path: Path) -> None:
+def test_removing_the_derived_image_keeps_the_parts_its_base_uses(
+    store: ImageStore, tmp_path: Path
+) -> None:
     base = add_base(store, tmp_path / "w")
     derived = add_derived(store, tmp_path / "w", base)
     store.remove(derived.digest)
@@ -75,8 +76,9 @@ def test_verify_checks_every_part_of_the_chain(store: ImageStore, tmp_path: Path
 
 def test_verify_refuses_an_overlay_on_another_disk(store: ImageStore, tmp_path: Path) -> None:
     base = add_base(store, tmp_path / "w")
-    wrong = store.add_blob(part(tmp_path, "wrong", qcow2_bytes("/etc/shadow", b"x")),
-                           fmt="qcow2", virtual_size=VIRTUAL)
+    wrong = store.add_blob(
+        part(tmp_path, "wrong", qcow2_bytes("/etc/shadow", b"x")), fmt="qcow2", virtual_size=VIRTUAL
+    )
     m = Manifest(name="evil", root_disk=wrong, base=base.digest)
     store.put_manifest(m)
     with pytest.raises(Invalid) as info:
@@ -84,8 +86,9 @@ def test_verify_refuses_an_overlay_on_another_disk(store: ImageStore, tmp_path: 
     assert "/etc/shadow" in info.value.message
 
 
-def test_verify_refuses_a_standalone_disk_with_a_backing_file(store: ImageStore,
-                                                              tmp_path: Path) -> None:
+def test_verify_refuses_a_standalone_disk_with_a_backing_file(
+    store: ImageStore, tmp_path: Path
+) -> None:
     disk = store.add_blob(part(tmp_path, "d", qcow2_bytes("/dev/sda")), fmt="qcow2")
     m = Manifest(name="sneaky", root_disk=disk)
     store.put_manifest(m)
@@ -94,8 +97,7 @@ def test_verify_refuses_a_standalone_disk_with_a_backing_file(store: ImageStore,
 
 
 def test_verify_refuses_an_external_data_file(store: ImageStore, tmp_path: Path) -> None:
-    disk = store.add_blob(part(tmp_path, "d", qcow2_bytes(None, incompatible=0b100)),
-                          fmt="qcow2")
+    disk = store.add_blob(part(tmp_path, "d", qcow2_bytes(None, incompatible=0b100)), fmt="qcow2")
     m = Manifest(name="external", root_disk=disk)
     store.put_manifest(m)
     with pytest.raises(Invalid) as info:
@@ -110,8 +112,9 @@ def test_verify_reports_progress(store: ImageStore, tmp_path: Path) -> None:
     assert seen and seen == sorted(seen) and seen[0] == 0.0
 
 
-def test_gc_removes_staging_and_unnamed_blobs_but_keeps_images(store: ImageStore,
-                                                               tmp_path: Path) -> None:
+def test_gc_removes_staging_and_unnamed_blobs_but_keeps_images(
+    store: ImageStore, tmp_path: Path
+) -> None:
     base = add_base(store, tmp_path / "w")
     (store.tmp / "build-debian-x").mkdir()
     (store.tmp / "build-debian-x" / "root.raw").write_bytes(b"half a disk")
@@ -124,8 +127,9 @@ def test_gc_removes_staging_and_unnamed_blobs_but_keeps_images(store: ImageStore
     store.verify(base.digest)
 
 
-def test_chain_of_an_image_whose_base_vanished_says_what_to_do(store: ImageStore,
-                                                              tmp_path: Path) -> None:
+def test_chain_of_an_image_whose_base_vanished_says_what_to_do(
+    store: ImageStore, tmp_path: Path
+) -> None:
     base = add_base(store, tmp_path / "w")
     derived = add_derived(store, tmp_path / "w", base)
     (store.manifests / f"{base.digest}.json").unlink()  # someone deleted it by hand

@@ -10,15 +10,24 @@ from corral.appliances import render, spec
 from corral.appliances.plan import Current, Facts, VolumeFact, compute
 from corral.errors import Exists
 
-FILE: dict[str, Any] = {"name": "shop", "services": {
-    "web": {"image": "tiny", "count": 2, "run": "httpd",
-            "volumes": [{"name": "data", "size": "1G", "mount": "/srv/data"}]},
-    "db": {"image": "tiny"}}}
+FILE: dict[str, Any] = {
+    "name": "shop",
+    "services": {
+        "web": {
+            "image": "tiny",
+            "count": 2,
+            "run": "httpd",
+            "volumes": [{"name": "data", "size": "1G", "mount": "/srv/data"}],
+        },
+        "db": {"image": "tiny"},
+    },
+}
 IMAGES = {"web": "ami-1", "db": "ami-1"}
 
 
-def _desired(data: dict[str, Any] | None = None, images: dict[str, str] | None = None
-             ) -> list[render.Desired]:
+def _desired(
+    data: dict[str, Any] | None = None, images: dict[str, str] | None = None
+) -> list[render.Desired]:
     return render.desired(spec.validate(data or FILE), images or IMAGES, "c.internal")
 
 
@@ -26,9 +35,17 @@ def _running(desired: list[render.Desired], state: str = "running") -> list[Curr
     out = []
     for n, d in enumerate(desired):
         tags = d.tags("shop")
-        out.append(Current(id=f"i-{n:017x}", name=d.name, state=state, appliance="shop",
-                           service=d.service, config=tags[render.TAG_CONFIG],
-                           parts=tags[render.TAG_PARTS]))
+        out.append(
+            Current(
+                id=f"i-{n:017x}",
+                name=d.name,
+                state=state,
+                appliance="shop",
+                service=d.service,
+                config=tags[render.TAG_CONFIG],
+                parts=tags[render.TAG_PARTS],
+            )
+        )
     return out
 
 
@@ -53,16 +70,24 @@ def test_the_same_file_again_is_no_change() -> None:
 def test_a_new_image_replaces_and_says_why() -> None:
     before = _desired()
     after = _desired(images={"web": "ami-2", "db": "ami-1"})
-    plan = compute("shop", after, Facts(current=_running(before),
-                                        image_names={"ami-1": "tiny:1", "ami-2": "tiny:2"}))
+    plan = compute(
+        "shop",
+        after,
+        Facts(current=_running(before), image_names={"ami-1": "tiny:1", "ami-2": "tiny:2"}),
+    )
     assert _actions(plan) == [("replace", "web-1"), ("replace", "web-2"), ("unchanged", "db")]
     assert plan.steps[0].reasons == ["image tiny:1 -> tiny:2"]
 
 
 def test_a_changed_file_or_command_replaces() -> None:
     before = _desired()
-    data = {**FILE, "services": {**FILE["services"], "db": {
-        "image": "tiny", "files": {"/etc/db.conf": {"content": "port 5432\n"}}}}}
+    data = {
+        **FILE,
+        "services": {
+            **FILE["services"],
+            "db": {"image": "tiny", "files": {"/etc/db.conf": {"content": "port 5432\n"}}},
+        },
+    }
     plan = compute("shop", _desired(data), Facts(current=_running(before)))
     step = next(s for s in plan.steps if s.instance == "db")
     assert step.action == "replace" and step.reasons == ["config files changed"]
@@ -70,10 +95,11 @@ def test_a_changed_file_or_command_replaces() -> None:
 
 def test_fewer_instances_remove_the_rest_and_keep_their_volumes() -> None:
     before = _desired()
-    data = {**FILE, "services": {**FILE["services"], "web": {**FILE["services"]["web"],
-                                                             "count": 1}}}
-    vols = {"web-2-data": VolumeFact(id="vol-2", state="in-use", attached_to="web-2",
-                                     size_gib=1)}
+    data = {
+        **FILE,
+        "services": {**FILE["services"], "web": {**FILE["services"]["web"], "count": 1}},
+    }
+    vols = {"web-2-data": VolumeFact(id="vol-2", state="in-use", attached_to="web-2", size_gib=1)}
     plan = compute("shop", _desired(data), Facts(current=_running(before), volumes=vols))
     # web-1 becomes "web" (count 1): a new name is a new instance
     assert ("create", "web") in _actions(plan)
@@ -111,7 +137,6 @@ def test_a_volume_attached_elsewhere_is_a_conflict() -> None:
 
 def test_instances_of_other_appliances_are_left_alone() -> None:
     d = _desired()
-    theirs = Current(id="i-00000000000000009", name="other", state="running",
-                     appliance="blog")
+    theirs = Current(id="i-00000000000000009", name="other", state="running", appliance="blog")
     plan = compute("shop", d, Facts(current=[*_running(d), theirs]))
     assert "other" not in [s.instance for s in plan.steps]

@@ -22,9 +22,17 @@ from corral.store import Store
 from corral.store.models import Instance, Operation, Volume
 from tests.unit.helpers import add_image, admin, finish, run
 
-FILE: dict[str, Any] = {"name": "shop", "services": {"web": {
-    "image": "tiny:1", "run": "httpd", "health": {"port": 80, "path": "/health"},
-    "volumes": [{"name": "data", "size": "1G", "mount": "/srv/data"}]}}}
+FILE: dict[str, Any] = {
+    "name": "shop",
+    "services": {
+        "web": {
+            "image": "tiny:1",
+            "run": "httpd",
+            "health": {"port": 80, "path": "/health"},
+            "volumes": [{"name": "data", "size": "1G", "mount": "/srv/data"}],
+        }
+    },
+}
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +76,8 @@ async def _web_with_data(ctrl: Controller) -> tuple[Instance, str]:
 
 
 async def test_replace_moves_name_address_and_volume_then_drops_the_old(
-        ctrl: Controller, node: FakeNode, v2: str) -> None:
+    ctrl: Controller, node: FakeNode, v2: str
+) -> None:
     web, vid = await _web_with_data(ctrl)
     _, op = await ctrl.replacements.request(admin(ctrl), "web", v2)
     done = await finish(ctrl, op)
@@ -87,7 +96,8 @@ async def test_replace_moves_name_address_and_volume_then_drops_the_old(
 
 
 async def test_falling_back_to_the_ssh_check_says_what_it_does_not_show(
-        ctrl: Controller, v2: str) -> None:
+    ctrl: Controller, v2: str
+) -> None:
     """A plain instance has no declared check: SSH answers before user-data has started the
     service, and the progress says so; a named check gets no such warning."""
     await _web_with_data(ctrl)
@@ -103,7 +113,8 @@ async def test_falling_back_to_the_ssh_check_says_what_it_does_not_show(
 
 
 async def test_a_new_instance_failing_its_check_is_removed_and_the_old_runs_on(
-        ctrl: Controller, node: FakeNode, v2: str) -> None:
+    ctrl: Controller, node: FakeNode, v2: str
+) -> None:
     web, vid = await _web_with_data(ctrl)
     node.unhealthy.add("10.88.0.11")  # the new instance's own address
     _, op = await ctrl.replacements.request(admin(ctrl), "web", v2, timeout=0.5)
@@ -118,8 +129,9 @@ async def test_a_new_instance_failing_its_check_is_removed_and_the_old_runs_on(
     assert (await _volumes(ctrl))[vid] == web.id
 
 
-async def test_a_failure_after_the_cutover_rolls_back(ctrl: Controller, node: FakeNode,
-                                                      v2: str) -> None:
+async def test_a_failure_after_the_cutover_rolls_back(
+    ctrl: Controller, node: FakeNode, v2: str
+) -> None:
     web, vid = await _web_with_data(ctrl)
     node.unhealthy.add(web.private_ip or "")  # whoever holds the address fails
     _, op = await ctrl.replacements.request(admin(ctrl), "web", v2, timeout=0.5)
@@ -136,8 +148,13 @@ async def test_a_failure_after_the_cutover_rolls_back(ctrl: Controller, node: Fa
 
 
 async def test_an_interrupted_replace_resumes_after_a_restart(
-        ctrl: Controller, node: FakeNode, v2: str, settings: Settings, store: Store,
-        image_store: ImageStore) -> None:
+    ctrl: Controller,
+    node: FakeNode,
+    v2: str,
+    settings: Settings,
+    store: Store,
+    image_store: ImageStore,
+) -> None:
     web, vid = await _web_with_data(ctrl)
     stop = node.instance_stop
     hang = asyncio.Event()
@@ -172,8 +189,9 @@ async def test_an_interrupted_replace_resumes_after_a_restart(
         await again.close()
 
 
-async def test_apply_twice_then_a_new_image_replaces(ctrl: Controller, node: FakeNode,
-                                                     v2: str) -> None:
+async def test_apply_twice_then_a_new_image_replaces(
+    ctrl: Controller, node: FakeNode, v2: str
+) -> None:
     caller = admin(ctrl)
     spec = specs.validate(FILE)
     plan, op = await ctrl.appliances.apply(caller, spec)
@@ -187,11 +205,11 @@ async def test_apply_twice_then_a_new_image_replaces(ctrl: Controller, node: Fak
     assert [v.id for v in node.specs[web.id].volumes] == [vol.id]  # there from the first boot
     plan, op = await ctrl.appliances.apply(caller, spec)
     assert op is None and not plan.changes  # the second run is a no-op
-    newer = specs.validate({**FILE, "services": {"web": {**FILE["services"]["web"],
-                                                         "image": "tiny:2"}}})
+    newer = specs.validate(
+        {**FILE, "services": {"web": {**FILE["services"]["web"], "image": "tiny:2"}}}
+    )
     plan, op = await ctrl.appliances.apply(caller, newer)
-    assert [(s.action, s.reasons) for s in plan.steps] == [
-        ("replace", ["image tiny:1 -> tiny:2"])]
+    assert [(s.action, s.reasons) for s in plan.steps] == [("replace", ["image tiny:1 -> tiny:2"])]
     done = await finish(ctrl, op)
     assert done.status == "succeeded", done.error
     await _settle(ctrl)

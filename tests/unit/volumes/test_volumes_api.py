@@ -33,8 +33,9 @@ async def _volume(api: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
     return (await api.get(f"/v1/volumes/{resp.json()['volume']['id']}")).json()
 
 
-async def test_create_by_size_with_a_name_and_a_file_system(api: httpx.AsyncClient,
-                                                            node: FakeNode) -> None:
+async def test_create_by_size_with_a_name_and_a_file_system(
+    api: httpx.AsyncClient, node: FakeNode
+) -> None:
     vol = await _volume(api, size="2G", name="data", fs="ext4")
     assert vol["name"] == "data" and vol["size"] == 2 << 30 and vol["state"] == "available"
     assert node.volumes[vol["id"]] == 2 << 30
@@ -42,11 +43,16 @@ async def test_create_by_size_with_a_name_and_a_file_system(api: httpx.AsyncClie
     assert [v["id"] for v in (await api.get("/v1/volumes")).json()] == [vol["id"]]
 
 
-async def test_bad_sizes_and_names_are_refused_naming_the_field(api: httpx.AsyncClient,
-                                                                node: FakeNode) -> None:
-    for body, field in (({"size": "1.5G"}, "size"), ({"size": "lots"}, "size"),
-                        ({"size": "1G", "name": "Bad Name"}, "name"),
-                        ({"size": "1G", "fs": "zfs"}, "fs"), ({}, "Size")):
+async def test_bad_sizes_and_names_are_refused_naming_the_field(
+    api: httpx.AsyncClient, node: FakeNode
+) -> None:
+    for body, field in (
+        ({"size": "1.5G"}, "size"),
+        ({"size": "lots"}, "size"),
+        ({"size": "1G", "name": "Bad Name"}, "name"),
+        ({"size": "1G", "fs": "zfs"}, "fs"),
+        ({}, "Size"),
+    ):
         resp = await api.post("/v1/volumes", json=body)
         assert resp.status_code == 400, (body, resp.text)
         assert resp.json()["error"]["field"] == field, (body, resp.text)
@@ -56,8 +62,9 @@ async def test_bad_sizes_and_names_are_refused_naming_the_field(api: httpx.Async
     assert len(node.volumes) == 1  # nothing half-made
 
 
-async def test_hot_attach_and_detach_on_a_running_instance(api: httpx.AsyncClient,
-                                                           node: FakeNode) -> None:
+async def test_hot_attach_and_detach_on_a_running_instance(
+    api: httpx.AsyncClient, node: FakeNode
+) -> None:
     inst = await _run(api, "web")
     vol = await _volume(api, name="data")
     resp = await api.post("/v1/volumes/data/attach", json={"instance": "web"})
@@ -67,9 +74,13 @@ async def test_hot_attach_and_detach_on_a_running_instance(api: httpx.AsyncClien
     assert (await _done(api, body["operation"]))["result"]["hot"] is True
     assert vol["id"] in node.plugged[inst["id"]]
     shown = (await api.get("/v1/volumes/data")).json()
-    assert shown["attachment"] == {**shown["attachment"], "instance_id": inst["id"],
-                                   "instance_name": "web", "device": "/dev/vdb",
-                                   "state": "attached"}
+    assert shown["attachment"] == {
+        **shown["attachment"],
+        "instance_id": inst["id"],
+        "instance_name": "web",
+        "device": "/dev/vdb",
+        "state": "attached",
+    }
     resp = await api.post("/v1/volumes/data/detach", json={})
     assert (await _done(api, resp.json()["operation"]))["result"]["how"] == "unplugged"
     assert vol["id"] not in node.plugged[inst["id"]]
@@ -77,10 +88,12 @@ async def test_hot_attach_and_detach_on_a_running_instance(api: httpx.AsyncClien
 
 
 async def test_attach_to_a_stopped_instance_is_recorded_for_its_next_start(
-        api: httpx.AsyncClient, node: FakeNode) -> None:
+    api: httpx.AsyncClient, node: FakeNode
+) -> None:
     inst = await _run(api, "web")
-    await _done(api, (await api.post("/v1/instances/web/stop", json={"force": True}))
-                .json()["operation"])
+    await _done(
+        api, (await api.post("/v1/instances/web/stop", json={"force": True})).json()["operation"]
+    )
     vol = await _volume(api)
     resp = await api.post(f"/v1/volumes/{vol['id']}/attach", json={"instance": "web"})
     assert resp.json()["operation"] is None  # nothing to wait for
@@ -90,11 +103,13 @@ async def test_attach_to_a_stopped_instance_is_recorded_for_its_next_start(
 
 
 async def test_a_volume_attached_elsewhere_is_refused_and_nothing_changes(
-        api: httpx.AsyncClient, node: FakeNode) -> None:
+    api: httpx.AsyncClient, node: FakeNode
+) -> None:
     a, _ = await _run(api, "a"), await _run(api, "b")
     await _volume(api, name="data")
-    await _done(api, (await api.post("/v1/volumes/data/attach", json={"instance": "a"}))
-                .json()["operation"])
+    await _done(
+        api, (await api.post("/v1/volumes/data/attach", json={"instance": "a"})).json()["operation"]
+    )
     resp = await api.post("/v1/volumes/data/attach", json={"instance": "b"})
     assert resp.status_code == 409
     err = resp.json()["error"]
@@ -105,11 +120,14 @@ async def test_a_volume_attached_elsewhere_is_refused_and_nothing_changes(
 
 
 async def test_a_guest_that_holds_on_keeps_the_volume_attached_until_forced(
-        api: httpx.AsyncClient, node: FakeNode) -> None:
+    api: httpx.AsyncClient, node: FakeNode
+) -> None:
     inst = await _run(api, "web")
     vol = await _volume(api, name="data")
-    await _done(api, (await api.post("/v1/volumes/data/attach", json={"instance": "web"}))
-                .json()["operation"])
+    await _done(
+        api,
+        (await api.post("/v1/volumes/data/attach", json={"instance": "web"})).json()["operation"],
+    )
     node.held.add(vol["id"])
     resp = await api.post("/v1/volumes/data/detach", json={"timeout": 1})
     done = await _done(api, resp.json()["operation"])
@@ -129,8 +147,9 @@ async def test_delete_on_termination(api: httpx.AsyncClient, node: FakeNode) -> 
     await _run(api, "web")
     keep, doomed = await _volume(api, name="keep"), await _volume(api, name="doomed")
     for name, flag in (("keep", False), ("doomed", True)):
-        resp = await api.post(f"/v1/volumes/{name}/attach",
-                              json={"instance": "web", "delete_on_termination": flag})
+        resp = await api.post(
+            f"/v1/volumes/{name}/attach", json={"instance": "web", "delete_on_termination": flag}
+        )
         await _done(api, resp.json()["operation"])
     assert (await api.get("/v1/volumes/doomed")).json()["delete_on_termination"] is True
     await _done(api, (await api.delete("/v1/instances/web")).json()["operation"])
@@ -146,12 +165,15 @@ async def test_delete_on_termination(api: httpx.AsyncClient, node: FakeNode) -> 
     assert resp.json()["delete_on_termination"] is True
 
 
-async def test_snapshot_of_a_running_volume_and_restore(api: httpx.AsyncClient,
-                                                        node: FakeNode) -> None:
+async def test_snapshot_of_a_running_volume_and_restore(
+    api: httpx.AsyncClient, node: FakeNode
+) -> None:
     await _run(api, "web")
     vol = await _volume(api, name="data", size="3G")
-    await _done(api, (await api.post("/v1/volumes/data/attach", json={"instance": "web"}))
-                .json()["operation"])
+    await _done(
+        api,
+        (await api.post("/v1/volumes/data/attach", json={"instance": "web"})).json()["operation"],
+    )
     resp = await api.post("/v1/volumes/data/snapshots", json={"description": "nightly"})
     assert resp.status_code == 202
     snap = resp.json()["snapshot"]
