@@ -207,6 +207,12 @@ class Client:
             self._call("POST", "/v1/images/build", json={"recipe": recipe, "force": force})
         )
 
+    def image_build_upload(self, archive: str, force: bool = False) -> models.ImageAccepted:
+        """Build an uploaded recipe (``archive`` from corral.images.recipe_upload.pack)."""
+        return models.ImageAccepted.model_validate(
+            self._call("POST", "/v1/images/build", json={"archive": archive, "force": force})
+        )
+
     def image_remove(self, ref: str) -> models.Image:
         return models.Image.model_validate(self._call("DELETE", f"/v1/images/{ref}"))
 

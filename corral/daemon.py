@@ -19,6 +19,7 @@ from typing import Any
 
 import uvicorn
 
+from corral import filemodes
 from corral.api import metadata
 from corral.api.app import VERSION, create_app
 from corral.api.context import ApiContext
@@ -209,5 +210,15 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def main(settings: Settings, verbose: bool = False) -> None:
+    # everything the daemon (and what it starts) creates is its own: 0600 files, 0700 folders
+    os.umask(filemodes.DAEMON_UMASK)
     setup_logging(verbose)
+    changed = filemodes.secure_state_dir(settings.state_dir)
+    if changed:
+        log.warning(
+            "state directory %s: took group and other access away from %d entries "
+            "(made by an older Corral)",
+            settings.state_dir,
+            changed,
+        )
     asyncio.run(Daemon(settings).run())

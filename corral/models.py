@@ -146,7 +146,17 @@ class Image(BaseModel):
 
 class ImageBuild(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    recipe: str = Field(description="a built-in recipe name (tiny) or a recipe path on the server")
+    recipe: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$",
+        description="a built-in recipe's name (tiny, debian)",
+    )
+    archive: str | None = Field(
+        None,
+        max_length=24 << 20,
+        description="a recipe directory as base64 of a gzip tar of plain files "
+        "(what `corral image build DIR` sends); give this or recipe",
+    )
     force: bool = False
 
 

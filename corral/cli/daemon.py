@@ -14,7 +14,7 @@ import httpx
 import typer
 from rich.table import Table
 
-from corral import config
+from corral import config, filemodes
 from corral.cli.common import console, err_console, fail, opts
 from corral.errors import CorralError
 from corral.fsutil import pid_alive, read_pidfile
@@ -62,7 +62,7 @@ def up(
     if pid and pid_alive(pid):
         console.print(f"Corral already runs (pid {pid}) at {settings.api_url}")
         return
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "corral", "--state-dir", str(settings.state_dir), "up"]
     for flag, value in (
         ("--port", port),
@@ -186,6 +186,16 @@ def doctor(ctx: typer.Context) -> None:
         "cgroups",
         Path("/sys/fs/cgroup").is_dir(),
         "v2" if cgroups.is_v2() else "v1 (cpu, memory, pids)",
+    )
+    state_dir = config.load(o.state_dir).state_dir
+    open_files = filemodes.audit(state_dir)
+    row(
+        "state files",
+        not open_files,
+        f"{state_dir} 0700, files 0600"
+        if not open_files
+        else f"{len(open_files)} open to other local users (restart the daemon to tighten): "
+        + "; ".join(open_files[:5]),
     )
     try:
         info = o.client().system_show()

@@ -17,6 +17,7 @@ from rich.progress import (
 from rich.table import Table
 
 from corral.cli.common import console, err_console, fail, opts, wait_op
+from corral.images import recipe_upload
 from corral.units import format_size
 
 app = typer.Typer(
@@ -69,7 +70,9 @@ def image_show(
 @app.command("build")
 def image_build(
     ctx: typer.Context,
-    recipe: str = typer.Argument(..., help="a built-in recipe (tiny, debian) or a recipe path"),
+    recipe: str = typer.Argument(
+        ..., help="a built-in recipe (tiny, debian) or a recipe directory (uploaded)"
+    ),
     force: bool = typer.Option(False, help="rebuild even if cached"),
     no_wait: bool = typer.Option(False, "--no-wait"),
 ) -> None:
@@ -77,8 +80,11 @@ def image_build(
     c = opts(ctx).client()
     path = Path(recipe)
     if path.exists():
-        recipe = str(path.resolve())  # the server reads it: an absolute path
-    acc = c.image_build(recipe, force)
+        # the server never reads a path of ours: the recipe directory travels as content
+        directory = path.parent if path.is_file() else path
+        acc = c.image_build_upload(recipe_upload.pack(directory), force)
+    else:
+        acc = c.image_build(recipe, force)
     if no_wait:
         console.print(f"building {recipe}: operation {acc.operation.id}")
         return

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -18,6 +19,7 @@ from corral import models
 from corral.cli import sshkey
 from corral.cli.common import ago, console, err_console, fail, opts, wait_op
 from corral.errors import CorralError
+from corral.images import fields
 from corral.units import format_size
 
 app = typer.Typer()
@@ -188,6 +190,45 @@ def _wait_ssh(host: str, port: int, timeout: float) -> bool:
     return False
 
 
+def ssh_argv(
+    host: str,
+    port: int,
+    login: str,
+    key: Path,
+    inst_id: str,
+    identity: Path | None,
+    tty: bool,
+    command: list[str],
+) -> list[str]:
+    """ssh's argv: options, then ``--``, then the destination and the command. The login is
+    checked to be a user name, so nothing an image or a user names becomes an ssh option."""
+    if not re.fullmatch(fields.DEFAULT_USER, login or ""):
+        raise fail(
+            f"user {login!r} is not a user name (1-32 lower-case letters, digits, '_' or '-', "
+            "starting with a letter or '_'); give another with -l"
+        )
+    argv = [
+        "ssh",
+        "-p",
+        str(port),
+        "-i",
+        str(key),
+        "-o",
+        f"UserKnownHostsFile={sshkey.KNOWN_HOSTS}",
+        "-o",
+        "StrictHostKeyChecking=accept-new",
+        "-o",
+        f"HostKeyAlias={inst_id}",
+        "-o",
+        "LogLevel=ERROR",
+    ]
+    if identity is not None:
+        argv += ["-i", str(identity)]
+    if not tty:
+        argv.append("-T")
+    return [*argv, "-l", login, "--", host, *command]
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def ssh(
     ctx: typer.Context,
@@ -207,30 +248,12 @@ def ssh(
         )
     key, _ = sshkey.ensure()
     inst_id = c.instance_show(name).id
-    argv = [
-        "ssh",
-        "-p",
-        str(ep.port),
-        "-i",
-        str(key),
-        "-o",
-        f"UserKnownHostsFile={sshkey.KNOWN_HOSTS}",
-        "-o",
-        "StrictHostKeyChecking=accept-new",
-        "-o",
-        f"HostKeyAlias={inst_id}",
-        "-o",
-        "LogLevel=ERROR",
-    ]
-    if identity is not None:
-        argv += ["-i", str(identity)]
-    if not sys.stdin.isatty():
-        argv.append("-T")
-    argv.append(f"{user or ep.user}@{ep.host}")
     extra = list(ctx.args)
     if extra and extra[0] == "--":
         extra = extra[1:]
-    argv += extra
+    argv = ssh_argv(
+        ep.host, ep.port, user or ep.user, key, inst_id, identity, sys.stdin.isatty(), extra
+    )
     sys.stdout.flush()
     try:
         os.execvp("ssh", argv)

@@ -9,12 +9,13 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import and_, delete, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import ids
 from corral.controller.accounts import Caller
-from corral.errors import DryRunPassed, Exists, Invalid, NotFound, WrongState
+from corral.errors import DryRunPassed, Exists, Forbidden, Invalid, NotFound, WrongState
+from corral.images import fields
 from corral.store.models import (
     Account,
     Image,
@@ -38,7 +39,7 @@ def check_image_name(name: str) -> str:
             f"image name {name!r} must be 3-128 letters, digits, spaces or ( ) [ ] . / - ' @ _",
             field="Name",
         )
-    return name
+    return fields.check_name(name, field="Name")
 
 
 class ImagePublishing:
@@ -47,12 +48,25 @@ class ImagePublishing:
         ctrl.ops.register("image-capture", self._capture)
 
     def visible(self, caller: Caller) -> Any:
-        """Images the caller may see and launch: public, its own, shared with it."""
+        """Images the caller may see and launch by id: public, its own, shared with it (and,
+        for an admin, built-in images not yet published)."""
         shared = select(LaunchPermission.image_id).where(
             LaunchPermission.account_id == caller.account_id
         )
         return or_(
-            Image.public.is_(True), Image.account_id == caller.account_id, Image.id.in_(shared)
+            Image.public.is_(True),
+            Image.account_id == caller.account_id,
+            Image.id.in_(shared),
+            and_(Image.account_id.is_(None), literal(caller.admin)),
+        )
+
+    def by_name(self, caller: Caller) -> Any:
+        """Images a name may resolve to: the caller's own and public ones, never another
+        account's private image (shared images are launched by id)."""
+        return or_(
+            Image.public.is_(True),
+            Image.account_id == caller.account_id,
+            and_(Image.account_id.is_(None), literal(caller.admin)),
         )
 
     async def owned(self, s: AsyncSession, caller: Caller, image_id: str) -> Image:
@@ -117,6 +131,7 @@ class ImagePublishing:
         base: Image,
         **extra: Any,
     ) -> Image:
+        fields.check_description(description, field="Description")
         if await s.scalar(
             select(Image.id).where(
                 Image.account_id == caller.account_id,
@@ -425,6 +440,13 @@ class ImagePublishing:
                         resource="account",
                         ec2_code="InvalidUserID.Malformed",
                     )
+            if add_all and not row.public and not caller.admin:
+                raise Forbidden(
+                    f"only an admin may make image {row.id} public; share it with accounts "
+                    "instead (launch permission for their account ids)",
+                    field="LaunchPermission.Add.Group",
+                    ec2_code="AuthFailure",
+                )
             if dry_run:
                 raise DryRunPassed("ModifyImageAttribute would have succeeded")
             if add_all is not None:

@@ -15,13 +15,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import select
+
 from corral.controller.accounts import Caller
 from corral.errors import Exists, Invalid, NotFound
 from corral.fsutil import atomic_write
-from corral.images import archive, imports
+from corral.images import archive, fields, imports
+from corral.images.manifest import Manifest
 from corral.images.space import is_no_space, no_space
 from corral.images.store import ImageStore
-from corral.store.models import Image, Operation
+from corral.store.models import Account, Image, Operation
 from corral.units import parse_size
 
 if TYPE_CHECKING:
@@ -110,10 +113,23 @@ class ImageTransfer:
             upload.unlink(missing_ok=True)
             raise
 
+    @staticmethod
+    def check_fields(params: dict[str, Any]) -> None:
+        """The image fields of an import, checked before anything is received."""
+        if params.get("name") is not None:
+            fields.check_name(params["name"])
+        if params.get("version") is not None:
+            fields.check_version(params["version"])
+        fields.check_description(params.get("description") or "")
+        fields.check_default_user(params.get("default_user") or "root")
+        if params.get("cmdline") is not None:
+            fields.check_description(params["cmdline"], field="cmdline")
+
     async def _check_disk_params(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
         name, version = params.get("name"), params.get("version") or "1"
         if not name:
             raise Invalid("name is required to import a disk file (e.g. --name web)", field="name")
+        self.check_fields(params)
         out = dict(params, version=version)
         async with self.ctrl.store.read() as s:
             try:
@@ -149,8 +165,10 @@ class ImageTransfer:
                 index = await asyncio.to_thread(
                     archive.import_archive, self.store, upload, progress
                 )
+                last = len(index.manifests) - 1
                 rows = [
-                    await self.images.register(self.store.get_manifest(d)) for d in index.manifests
+                    await self._register(ctx, self.store.get_manifest(d), base=i < last)
+                    for i, d in enumerate(index.manifests)
                 ]
                 row = rows[-1]
             else:
@@ -168,10 +186,30 @@ class ImageTransfer:
                 digest = await asyncio.to_thread(
                     imports.import_disk, self.store, upload, req, progress
                 )
-                row = await self.images.register(self.store.get_manifest(digest))
+                row = await self._register(ctx, self.store.get_manifest(digest))
         finally:
             upload.unlink(missing_ok=True)
         return {"image_id": row.id, "digest": row.digest, "name": row.name, "version": row.version}
+
+    async def _register(self, ctx: Any, manifest: Manifest, base: bool = False) -> Image:
+        """An imported image belongs to the account that imported it, private (an admin's
+        too: an admin publishes it through its launch permissions). A base carried in an
+        archive that the account can already launch keeps the record it has."""
+        account = ctx.account_id
+        if base and account is not None:
+            async with self.ctrl.store.read() as s:
+                acct = await s.get(Account, account)
+                caller = Caller(account, acct.name if acct else "", bool(acct and acct.admin), "")
+                known = await s.scalar(
+                    select(Image).where(
+                        Image.digest == manifest.digest,
+                        Image.state != "deregistered",
+                        self.ctrl.image_publishing.visible(caller),
+                    )
+                )
+            if known is not None:
+                return known
+        return await self.images.register(manifest, account)
 
     # -- export --------------------------------------------------------------------------
     def export_path(self, digest: str, delta_from: str | None) -> Path:

@@ -8,17 +8,18 @@ import asyncio
 import builtins
 import hashlib
 import logging
+import shutil
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import case, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from corral import ids
+from corral import filemodes, ids
 from corral.controller.accounts import Caller
 from corral.controller.image_transfer import ImageTransfer
-from corral.errors import Exists, Invalid, NotFound, WrongState
-from corral.images import busybox, debian, recipe
+from corral.errors import Exists, Forbidden, Invalid, NotFound, WrongState
+from corral.images import busybox, debian, fields, recipe, recipe_upload
 from corral.images.manifest import Manifest
 from corral.store.models import Image, Instance, Operation, utcnow
 
@@ -29,10 +30,12 @@ log = logging.getLogger(__name__)
 BUILDERS = {"busybox": busybox.build, "debian": debian.build}
 
 
-def image_id_for(digest: str, tag: str | None = None) -> str:
-    """A stable ``ami-`` id for a manifest (and a tag of it): the same image gets the same id
-    on every host."""
+def image_id_for(digest: str, tag: str | None = None, account_id: str | None = None) -> str:
+    """A stable ``ami-`` id for a manifest (and a tag of it, and the account that owns the
+    record): the same built-in image gets the same id on every host, and two accounts that
+    import the same content get records of their own."""
     key = f"corral-image:{digest}" + (f":{tag}" if tag else "")
+    key += f"@{account_id}" if account_id else ""
     return "ami-" + hashlib.sha256(key.encode()).hexdigest()[:17]
 
 
@@ -53,17 +56,20 @@ class Images:
         return progress
 
     async def resolve(self, s: AsyncSession, caller: Caller, ref: str) -> Image:
-        """By id, ``name`` (newest version) or ``name:version``; own or public images."""
-        visible = self.ctrl.image_publishing.visible(caller)  # public, own, shared
-        q = select(Image).where(visible, Image.state != "deregistered")
+        """By id (own, public or shared with the caller), or by ``name`` (newest version) or
+        ``name:version`` among the caller's own images first, then public ones. A name never
+        reaches another account's private image, even one shared with the caller: an account
+        cannot plant an image under a name another account launches by."""
+        q = select(Image).where(Image.state != "deregistered")
         if ids.is_id("image", ref):
-            q = q.where(Image.id == ref)
-        elif ":" in ref:
-            name, version = ref.split(":", 1)
-            q = q.where(Image.name == name, Image.version == version)
+            q = q.where(Image.id == ref, self.ctrl.image_publishing.visible(caller))
         else:
-            q = q.where(Image.name == ref)
-        row = (await s.scalars(q.order_by(Image.created_at.desc()))).first()
+            name, version = ref.split(":", 1) if ":" in ref else (ref, None)
+            q = q.where(Image.name == name, self.ctrl.image_publishing.by_name(caller))
+            if version is not None:
+                q = q.where(Image.version == version)
+        mine = case((Image.account_id == caller.account_id, 0), else_=1)
+        row = (await s.scalars(q.order_by(mine, Image.created_at.desc()))).first()
         if row is None:
             raise NotFound(
                 f"image {ref} does not exist; `corral image ls` lists the images, "
@@ -89,11 +95,11 @@ class Images:
                 )
             )
 
-    async def register(
-        self, manifest: Manifest, account_id: str | None = None, public: bool = True
-    ) -> Image:
-        """The record for a manifest in the image store (idempotent)."""
-        iid = image_id_for(manifest.digest)
+    async def register(self, manifest: Manifest, account_id: str | None = None) -> Image:
+        """The record for a manifest in the image store (idempotent). With ``account_id`` the
+        image belongs to that account and is private (shared through launch permissions);
+        without, it is a public built-in image (only an admin's build of a built-in recipe)."""
+        iid = image_id_for(manifest.digest, account_id=account_id)
         async with self.ctrl.store.write() as s:
             row = await s.get(Image, iid)
             if row is None:
@@ -117,7 +123,7 @@ class Images:
                     version=version,
                     digest=manifest.digest,
                     state="available",
-                    public=public,
+                    public=account_id is None,
                     arch=manifest.arch,
                     kind=manifest.kind,
                     description=manifest.description,
@@ -134,16 +140,30 @@ class Images:
     async def sync_from_store(self) -> builtins.list[Image]:
         """At start: drop what a crash left half-written in the image store, then make sure
         every built-in image in it has a record (bases before the images built on them); images
-        accounts made keep their own records."""
+        accounts made keep their own records. A manifest no record claims (a fresh database,
+        or a crash between a build and its record) is public only when it is a built-in
+        recipe's; anything else is kept for the admin, private, to publish or remove."""
         store = self.ctrl.image_store
         removed = await asyncio.to_thread(store.gc)
         if removed:
             log.info("image store: removed %d leftovers of interrupted work", len(removed))
         async with self.ctrl.store.read() as s:
             owned = set(await s.scalars(select(Image.digest).where(Image.account_id.is_not(None))))
+            known = set(await s.scalars(select(Image.id).where(Image.account_id.is_(None))))
         manifests = [m for m in await asyncio.to_thread(store.list) if m.digest not in owned]
         manifests.sort(key=lambda m: m.base is not None)
-        return [await self.register(m) for m in manifests]
+        builtin = set(recipe.builtin_names())
+        rows = []
+        for m in manifests:
+            row = await self.register(m)
+            if row.id not in known and (m.name not in builtin or m.kind not in BUILDERS):
+                async with self.ctrl.store.write() as s:
+                    kept = await s.get(Image, row.id)
+                    if kept is not None:
+                        kept.public = False
+                        row = kept
+            rows.append(row)
+        return rows
 
     async def manifest(self, caller: Caller, ref: str) -> Manifest:
         row = await self.get(caller, ref)
@@ -161,15 +181,20 @@ class Images:
         return out
 
     async def tag(self, caller: Caller, ref: str, name: str, version: str) -> Image:
-        """Another name:version for an image (the same content, another record)."""
+        """Another name:version for an image (the same content, another record). The new record
+        is the caller's own and private; an admin's tag of a built-in image is built-in."""
+        fields.check_name(name)
+        fields.check_version(version)
         async with self.ctrl.store.write() as s:
             row = await self.resolve(s, caller, ref)
+            builtin = row.account_id is None and caller.admin
+            owner = None if builtin else caller.account_id
             taken = await s.scalar(
                 select(Image).where(
                     Image.name == name,
                     Image.version == version,
                     Image.state != "deregistered",
-                    or_(Image.account_id.is_(None), Image.account_id == caller.account_id),
+                    Image.account_id.is_(None) if owner is None else Image.account_id == owner,
                 )
             )
             if taken is not None:
@@ -181,19 +206,19 @@ class Images:
                     field="version",
                     resource="image",
                 )
-            iid = image_id_for(row.digest, f"{name}:{version}")
+            iid = image_id_for(row.digest, f"{name}:{version}", owner)
             old = await s.get(Image, iid)
             if old is not None:  # tagged before, then removed: bring the record back
                 old.state = "available"
                 return old
             tagged = Image(
                 id=iid,
-                account_id=row.account_id,
+                account_id=owner,
                 name=name,
                 version=version,
                 digest=row.digest,
                 state="available",
-                public=row.public,
+                public=row.public if builtin else False,
                 arch=row.arch,
                 kind=row.kind,
                 description=row.description,
@@ -205,48 +230,118 @@ class Images:
             s.add(tagged)
         return tagged
 
-    async def build(self, caller: Caller, recipe_ref: str, force: bool = False) -> Operation:
-        r = recipe.load(recipe_ref)  # raises NotFound/Invalid before anything starts
-        if r.kind not in BUILDERS:
+    async def build(
+        self,
+        caller: Caller,
+        recipe_name: str | None = None,
+        archive: str | None = None,
+        force: bool = False,
+    ) -> Operation:
+        """Build a built-in recipe (by name) or an uploaded one (its directory packed by
+        recipe_upload.pack); never a path on the server. An admin's build of a built-in recipe
+        is a public built-in image; everything else belongs to the caller, private."""
+        if (recipe_name is None) == (archive is None):
             raise Invalid(
-                f"recipe {r.name} is of kind {r.kind}; this Corral builds {', '.join(BUILDERS)}",
+                "give recipe (a built-in recipe's name: "
+                f"{', '.join(recipe.builtin_names())}) or archive (an uploaded recipe)",
                 field="recipe",
             )
-        base = None
-        if r.base:
-            async with self.ctrl.store.read() as s:
-                try:
-                    base = (await self.resolve(s, caller, r.base)).digest
-                except NotFound as err:
-                    raise NotFound(
-                        f"recipe {r.name} is built on {r.base}, which is not in the "
-                        f"image store; build or import {r.base} first",
-                        field="base",
-                        resource="image",
-                    ) from err
-        return await self.ctrl.ops.submit(
-            "image-build",
-            account_id=caller.account_id,
-            target_kind="image",
-            target_id=r.name,
-            params={"recipe": str(r.directory), "force": force, "base": base},
-            requested_by=caller.access_key_id,
-        )
+        directory = None
+        if recipe_name is not None:
+            if recipe_name not in recipe.builtin_names():
+                raise NotFound(
+                    f"no built-in recipe {recipe_name!r} (there are "
+                    f"{', '.join(recipe.builtin_names())}); to build your own, "
+                    "`corral image build DIR` uploads the recipe directory",
+                    field="recipe",
+                    resource="recipe",
+                )
+            r = recipe.load(recipe_name)
+        else:
+            assert archive is not None
+            directory = self.ctrl.settings.state_dir / "recipes" / ids.new_id("operation")
+            await asyncio.to_thread(recipe_upload.unpack, archive, directory)
+            try:
+                r = recipe.load(directory)
+                self._check_uploaded(caller, r)
+            except BaseException:
+                await asyncio.to_thread(shutil.rmtree, directory, True)
+                raise
+        try:
+            if r.kind not in BUILDERS:
+                raise Invalid(
+                    f"recipe {r.name} is of kind {r.kind}; this Corral builds "
+                    f"{', '.join(BUILDERS)}",
+                    field="recipe",
+                )
+            base = None
+            if r.base:
+                async with self.ctrl.store.read() as s:
+                    try:
+                        base = (await self.resolve(s, caller, r.base)).digest
+                    except NotFound as err:
+                        raise NotFound(
+                            f"recipe {r.name} is built on {r.base}, which is not in the "
+                            f"image store; build or import {r.base} first",
+                            field="base",
+                            resource="image",
+                        ) from err
+            builtin = caller.admin and recipe_name is not None
+            return await self.ctrl.ops.submit(
+                "image-build",
+                account_id=caller.account_id,
+                target_kind="image",
+                target_id=r.name,
+                params={
+                    "recipe": str(r.directory),
+                    "uploaded": directory is not None,
+                    "owner": None if builtin else caller.account_id,
+                    "force": force,
+                    "base": base,
+                },
+                requested_by=caller.access_key_id,
+            )
+        except BaseException:
+            if directory is not None:
+                await asyncio.to_thread(shutil.rmtree, directory, True)
+            raise
+
+    @staticmethod
+    def _check_uploaded(caller: Caller, r: recipe.Recipe) -> None:
+        if r.name in recipe.builtin_names():
+            raise Invalid(
+                f"recipe name {r.name} is a built-in recipe's; give your recipe another name",
+                field="name",
+            )
+        if (r.mirror or r.security_mirror) and not caller.admin:
+            raise Forbidden(
+                "only an admin may point a build at another apt mirror; leave mirror and "
+                "security_mirror out (the host's mirror is used)",
+                field="mirror",
+            )
 
     async def _build(self, ctx: Any) -> dict[str, Any]:
-        r = recipe.load(ctx.params["recipe"])
-        progress = self.thread_progress(ctx)
-        digest = await asyncio.to_thread(
-            BUILDERS[r.kind],
-            r,
-            self.ctrl.image_store,
-            self.ctrl.settings.cache_dir,
-            progress,
-            bool(ctx.params.get("force")),
-            ctx.params.get("base"),
-        )
+        p = ctx.params
+        try:
+            r = recipe.load(p["recipe"])
+            progress = self.thread_progress(ctx)
+            # the image's own files get the modes a guest expects, not the daemon's 077
+            digest = await filemodes.to_thread_with_umask(
+                0o022,
+                BUILDERS[r.kind],
+                r,
+                self.ctrl.image_store,
+                self.ctrl.settings.cache_dir,
+                progress,
+                bool(p.get("force")),
+                p.get("base"),
+            )
+        finally:
+            if p.get("uploaded"):
+                await asyncio.to_thread(shutil.rmtree, p["recipe"], True)
         manifest = self.ctrl.image_store.get_manifest(digest)
-        row = await self.register(manifest)
+        # operations from before images had owners: the account that asked owns the image
+        row = await self.register(manifest, p.get("owner", ctx.account_id))
         return {"image_id": row.id, "digest": digest, "name": row.name, "version": row.version}
 
     async def remove(self, caller: Caller, ref: str) -> Image:
@@ -260,15 +355,20 @@ class Images:
                     resource="image",
                 )
             users = list(
-                await s.scalars(
-                    select(Instance.name).where(
+                await s.execute(
+                    select(Instance.account_id, Instance.name).where(
                         Instance.image_id == row.id, Instance.state != "terminated"
                     )
                 )
             )
             if users:
+                # other accounts' instances are counted, never named
+                mine = sorted(n for a, n in users if a == caller.account_id)
+                others = len(users) - len(mine)
+                used_by = mine + ([f"{others} instance(s) of other accounts"] if others else [])
                 raise WrongState(
-                    f"image {row.name} is used by {', '.join(sorted(users))}; terminate them first",
+                    f"image {row.name} is used by {', '.join(used_by)}; "
+                    + ("terminate them first" if not others else "it stays while they run"),
                     resource="image",
                 )
             others = await s.scalar(

@@ -6,7 +6,9 @@ import hashlib
 import json
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
+
+from corral.images import fields
 
 
 class Blob(BaseModel):
@@ -32,6 +34,12 @@ class Manifest(BaseModel):
     base: str | None = None  # manifest digest of the base image, for deltas
     packages: dict[str, str] = Field(default_factory=dict)
     build_key: str | None = None
+
+    @model_validator(mode="after")
+    def _safe_fields(self) -> Manifest:
+        # every source of a manifest (recipes, imports, archives, captures) meets these rules
+        fields.check_all(self.name, self.version, self.description, self.default_user)
+        return self
 
     def canonical(self) -> bytes:
         return json.dumps(

@@ -39,7 +39,9 @@ def info(path: Path, fmt: str) -> DiskInfo:
     """Facts from ``qemu-img info`` (which opens no backing file), for a known format."""
     need("qemu-img", "qemu-utils")
     try:
-        out = run(["qemu-img", "info", "-U", "-f", fmt, "--output=json", str(path)], timeout=60)
+        out = run(
+            ["qemu-img", "info", "-U", "-f", fmt, "--output=json", "--", str(path)], timeout=60
+        )
     except CommandFailed as err:
         raise Invalid(
             f"{path.name} is not a readable {fmt} disk: {err.message}", field="format"

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import shutil
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -498,7 +499,8 @@ class NodeAgent(VolumeAgent):
                 resource="instance" if instance_id else "snapshot",
             )
         self.images.ensure()
-        flat = self.images.tmp / f"capture-{os.getpid()}-{name}.qcow2"
+        # never a name in a path: an image name may hold "/" and ".."
+        flat = self.images.tmp / f"capture-{os.getpid()}-{uuid.uuid4().hex[:12]}.qcow2"
         flat.unlink(missing_ok=True)
         try:
             await volumes.flatten(source, flat)

@@ -44,7 +44,8 @@ async def image_list(
 async def image_build(
     req: models.ImageBuild, ctx: ApiContext = Depends(get_context), who: Caller = Depends(auth)
 ) -> models.ImageAccepted:
-    op = await ctx.controller.images.build(who, req.recipe, req.force)
+    """Build a built-in recipe by name, or an uploaded recipe directory (``archive``)."""
+    op = await ctx.controller.images.build(who, req.recipe, req.archive, req.force)
     return models.ImageAccepted(operation=views.operation(op))
 
 
@@ -82,7 +83,6 @@ async def image_import(
             "cmdline needs boot_from (the image whose kernel boots the disk)", field="cmdline"
         )
     transfer = ctx.controller.images.transfer
-    upload = await transfer.receive(request.stream(), size, sha256)
     params = {
         "name": name,
         "version": version,
@@ -93,6 +93,8 @@ async def image_import(
         "boot_from": boot_from,
         "cmdline": cmdline,
     }
+    transfer.check_fields(params)  # before a byte is received
+    upload = await transfer.receive(request.stream(), size, sha256)
     op = await transfer.import_(who, upload, params)
     return models.ImageAccepted(operation=views.operation(op))
 

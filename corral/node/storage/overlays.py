@@ -40,7 +40,7 @@ async def create(disk: Path, base: Path, base_format: str, size: int) -> None:
 
 
 async def info(disk: Path) -> dict[str, object]:
-    out = await arun(["qemu-img", "info", "-U", "--output=json", str(disk)])
+    out = await arun(["qemu-img", "info", "-U", "--output=json", "--", str(disk)])
     data: dict[str, object] = json.loads(out)
     return data
 

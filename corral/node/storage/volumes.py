@@ -36,13 +36,13 @@ async def create(
     if source is None and fs is not None:
         await _formatted(tmp, size, fs, label)
     elif source is None:
-        await arun(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp), str(size)])
+        await arun(["qemu-img", "create", "-q", "-f", "qcow2", "--", str(tmp), str(size)])
     else:
         await arun(
-            ["qemu-img", "convert", "-q", "-U", "-O", "qcow2", str(source), str(tmp)],
+            ["qemu-img", "convert", "-q", "-U", "-O", "qcow2", "--", str(source), str(tmp)],
             timeout=TIMEOUT,
         )
-        await arun(["qemu-img", "resize", "-q", "-f", "qcow2", str(tmp), str(size)])
+        await arun(["qemu-img", "resize", "-q", "-f", "qcow2", "--", str(tmp), str(size)])
     os.replace(tmp, path)
 
 
@@ -55,7 +55,7 @@ async def flatten(source: Path, dest: Path) -> None:
     tmp = _tmp(dest)
     tmp.unlink(missing_ok=True)
     await arun(
-        ["qemu-img", "convert", "-q", "-U", "-O", "qcow2", "-c", str(source), str(tmp)],
+        ["qemu-img", "convert", "-q", "-U", "-O", "qcow2", "-c", "--", str(source), str(tmp)],
         timeout=TIMEOUT,
     )
     os.replace(tmp, dest)
@@ -86,7 +86,7 @@ async def _formatted(tmp: Path, size: int, fs: str, label: str) -> None:
             timeout=TIMEOUT,
         )
         await arun(
-            ["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(tmp)],
+            ["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", "--", str(raw), str(tmp)],
             timeout=TIMEOUT,
         )
     finally:
@@ -100,7 +100,7 @@ async def backup_target(path: Path, size: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp(path)
     tmp.unlink(missing_ok=True)
-    await arun(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp), str(size)])
+    await arun(["qemu-img", "create", "-q", "-f", "qcow2", "--", str(tmp), str(size)])
     return tmp
 
 
@@ -116,7 +116,7 @@ def commit(path: Path) -> None:
 
 
 async def virtual_size(path: Path) -> int:
-    out = await arun(["qemu-img", "info", "-U", "--output=json", str(path)])
+    out = await arun(["qemu-img", "info", "-U", "--output=json", "--", str(path)])
     return int(json.loads(out)["virtual-size"])
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from corral.controller.service import Controller
+from corral.images import recipe_upload
 from corral.images.manifest import Manifest
 from tests.unit.helpers import finish
 from tests.unit.images.fakes import add_base, add_derived
@@ -168,7 +169,7 @@ async def test_building_on_a_base_that_is_not_there_is_404_naming_base(
     recipe = tmp_path / "web"
     recipe.mkdir()
     (recipe / "recipe.toml").write_text('name = "web"\nkind = "debian"\nbase = "nope:1"\n')
-    resp = await api.post("/v1/images/build", json={"recipe": str(recipe)})
+    resp = await api.post("/v1/images/build", json={"archive": recipe_upload.pack(recipe)})
     assert resp.status_code == 404
     err = resp.json()["error"]
     assert err["field"] == "base" and "build or import nope:1 first" in err["message"]
@@ -178,5 +179,5 @@ async def test_a_bad_recipe_is_400_naming_the_key(api: httpx.AsyncClient, tmp_pa
     recipe = tmp_path / "web"
     recipe.mkdir()
     (recipe / "recipe.toml").write_text('name = "web"\nkind = "debian"\nsize = "2G"\n')
-    resp = await api.post("/v1/images/build", json={"recipe": str(recipe)})
+    resp = await api.post("/v1/images/build", json={"archive": recipe_upload.pack(recipe)})
     assert resp.status_code == 400 and resp.json()["error"]["field"] == "size"
