@@ -346,6 +346,9 @@ class Client:
             self._call("POST", "/v1/accounts/keys", params=params)
         )
 
+    def credentials_delete(self, key_id: str) -> None:
+        self._call("DELETE", f"/v1/accounts/keys/{key_id}")
+
     # -- operations ------------------------------------------------------------------------
     def operation_list(self, limit: int = 50, target: str | None = None) -> list[models.Operation]:
         params: dict[str, Any] = {"limit": limit}

@@ -46,6 +46,7 @@ class Settings:
     dns_tsig_secret: str = ""  # base64
     dns_tsig_algorithm: str = "hmac-sha256"
     dns_ttl: int = 60
+    max_access_keys: int = 2  # per non-admin account
     extra: dict[str, Any] = field(default_factory=dict)
 
     # -- derived paths ---------------------------------------------------------------------
@@ -95,6 +96,11 @@ class Settings:
         return self.node_name or os.uname().nodename
 
     def validate(self) -> None:
+        if self.max_access_keys < 1:
+            raise Invalid(
+                f"max_access_keys {self.max_access_keys} must be at least 1",
+                field="max_access_keys",
+            )
         try:
             net = ipaddress.ip_network(self.subnet, strict=True)
         except ValueError as err:
@@ -175,6 +181,7 @@ _ENV = {
     "CORRAL_DNS_TSIG_SECRET": "dns_tsig_secret",
     "CORRAL_DNS_TSIG_ALGORITHM": "dns_tsig_algorithm",
     "CORRAL_DNS_TTL": "dns_ttl",
+    "CORRAL_MAX_ACCESS_KEYS": "max_access_keys",
 }
 
 

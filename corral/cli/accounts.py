@@ -67,3 +67,12 @@ def credentials_create(
     """Create an access key and print it with a ready AWS CLI profile."""
     c = opts(ctx).client()
     print(profile_snippet(c.credentials_create(account), c.creds.endpoint))
+
+
+@credentials.command("delete")
+def credentials_delete(
+    ctx: typer.Context, key_id: str = typer.Argument(..., help="the access key id")
+) -> None:
+    """Delete an access key (a non-admin account holds at most two; this frees one)."""
+    opts(ctx).client().credentials_delete(key_id)
+    console.print(f"access key {key_id} deleted")

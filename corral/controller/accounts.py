@@ -1,8 +1,10 @@
 """Accounts and access keys. The all-in-one set-up makes an ``admin`` account and writes its
-key to ``<state>/admin.credentials`` (mode 0600) for the CLI on the same host."""
+key to ``<state>/admin.credentials`` (mode 0600) for the CLI on the same host. Secrets are
+stored sealed (secrets_box.py); a non-admin account holds at most ``max_keys`` keys."""
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import hmac
 import json
@@ -10,15 +12,31 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from corral.errors import Exists, Invalid, NotFound, Unauthorized
+from corral.controller.secrets_box import SecretBox
+from corral.errors import Code, CorralError, Exists, Forbidden, Invalid, NotFound, Unauthorized
 from corral.fsutil import atomic_write
 from corral.ids import new_access_key, new_account_id
 from corral.store import Store
 from corral.store.models import AccessKey, Account
 
 ACCOUNT_NAME_MAX = 64
+MAX_KEYS = 2  # per non-admin account, as AWS IAM allows a user
+
+
+class LimitExceeded(CorralError):
+    code = Code.NO_RESOURCES
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A key just made: the only time its secret is handed out."""
+
+    id: str
+    secret: str
+    account_id: str
+    description: str
 
 
 @dataclass(frozen=True)
@@ -32,9 +50,23 @@ class Caller:
 
 
 class Accounts:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, box: SecretBox, max_keys: int = MAX_KEYS) -> None:
         self.store = store
+        self.box = box
+        self.max_keys = max_keys
         self._cache: dict[str, tuple[str, Caller]] = {}
+
+    async def seal_stored(self) -> int:
+        """Seal secrets an older Corral stored in the clear (idempotent; at start)."""
+        async with self.store.write() as s:
+            rows = [
+                r for r in await s.scalars(select(AccessKey)) if not self.box.is_sealed(r.secret)
+            ]
+            for r in rows:
+                r.secret = self.box.seal(r.id, r.secret)
+        if rows:
+            await asyncio.to_thread(self.store.scrub)  # no clear copy left in free pages
+        return len(rows)
 
     async def create(self, name: str, admin: bool = False) -> Account:
         if not name or len(name) > ACCOUNT_NAME_MAX or not name.replace("-", "").isalnum():
@@ -61,14 +93,49 @@ class Accounts:
         async with self.store.read() as s:
             return list(await s.scalars(select(Account).order_by(Account.created_at)))
 
-    async def create_key(self, account_id: str, description: str = "") -> AccessKey:
+    async def create_key(self, account_id: str, description: str = "") -> NewKey:
         key_id, secret = new_access_key()
         async with self.store.write() as s:
-            key = AccessKey(
-                id=key_id, account_id=account_id, secret=secret, description=description
+            acct = await s.get(Account, account_id)
+            if acct is None:
+                raise NotFound(f"account {account_id} does not exist", resource="account")
+            held = await s.scalar(
+                select(func.count())
+                .select_from(AccessKey)
+                .where(AccessKey.account_id == account_id, AccessKey.active.is_(True))
             )
-            s.add(key)
-        return key
+            if not acct.admin and (held or 0) >= self.max_keys:
+                raise LimitExceeded(
+                    f"account {acct.name} has {held} access keys, the most a non-admin account "
+                    f"may hold ({self.max_keys}); delete one first "
+                    "(DELETE /v1/accounts/keys/{key_id})",
+                    field="access_key",
+                    resource="access_key",
+                    ec2_code="LimitExceeded",
+                )
+            s.add(
+                AccessKey(
+                    id=key_id,
+                    account_id=account_id,
+                    secret=self.box.seal(key_id, secret),
+                    description=description,
+                )
+            )
+        return NewKey(key_id, secret, account_id, description)
+
+    async def delete_key(self, caller: Caller, key_id: str) -> None:
+        """Delete an access key of the caller's account (an admin: of any account)."""
+        async with self.store.write() as s:
+            row = await s.get(AccessKey, key_id)
+            if row is None or (row.account_id != caller.account_id and not caller.admin):
+                raise NotFound(f"access key {key_id} does not exist", resource="access_key")
+            if key_id == caller.access_key_id:
+                raise Forbidden(
+                    "an access key cannot delete itself; sign the request with another key",
+                    field="access_key",
+                )
+            await s.delete(row)
+        self._cache.pop(key_id, None)
 
     async def authenticate(self, key_id: str, secret: str) -> Caller:
         caller = await self.lookup(key_id)
@@ -85,7 +152,13 @@ class Accounts:
                 acct = await s.get(Account, row.account_id) if row is not None else None
             if row is None or acct is None or not row.active:
                 raise Unauthorized(f"access key {key_id} is not known to this Corral")
-            self._cache[key_id] = (row.secret, Caller(acct.id, acct.name, acct.admin, key_id))
+            secret = self.box.open(key_id, row.secret)
+            if secret is None:
+                raise Unauthorized(
+                    f"access key {key_id} cannot be checked: its secret was sealed with "
+                    "another key file than this Corral's secrets.key"
+                )
+            self._cache[key_id] = (secret, Caller(acct.id, acct.name, acct.admin, key_id))
         return self._cache[key_id][1]
 
     def secret_for(self, key_id: str) -> str:

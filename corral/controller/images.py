@@ -260,8 +260,8 @@ class Images:
         else:
             assert archive is not None
             directory = self.ctrl.settings.state_dir / "recipes" / ids.new_id("operation")
-            await asyncio.to_thread(recipe_upload.unpack, archive, directory)
             try:
+                await asyncio.to_thread(recipe_upload.unpack, archive, directory)
                 r = recipe.load(directory)
                 self._check_uploaded(caller, r)
             except BaseException:

@@ -21,6 +21,7 @@ from corral.controller.networks import Networks
 from corral.controller.operations import Operations
 from corral.controller.reconciler import Reconciler
 from corral.controller.replace import Replacements
+from corral.controller.secrets_box import SecretBox
 from corral.controller.security_groups import SecurityGroups
 from corral.controller.snapshots import Snapshots
 from corral.controller.tags import Tags
@@ -44,7 +45,11 @@ class Controller:
         self.image_store = image_store
         self.nodes: dict[str, NodeClient] = {}
         self.ops = Operations(store)
-        self.accounts = Accounts(store)
+        self.accounts = Accounts(
+            store,
+            SecretBox.from_file(settings.state_dir / "secrets.key"),
+            settings.max_access_keys,
+        )
         self.networks = Networks(self)
         self.images = Images(self)
         self.instances = Instances(self)
@@ -92,6 +97,9 @@ class Controller:
     async def start(self) -> None:
         """Bring the controller up: admin account, images, networks, unfinished operations,
         one reconcile pass, then the background loops. Nodes are added before this."""
+        sealed = await self.accounts.seal_stored()
+        if sealed:
+            log.info("sealed %d access-key secrets stored in the clear", sealed)
         self.admin = await self.accounts.ensure_admin(
             self.settings.state_dir / "admin.credentials", self.settings.api_url
         )

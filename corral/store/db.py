@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ def _sqlite_engine(url: str, begin: str, pool_size: int) -> AsyncEngine:
         cur.execute("PRAGMA busy_timeout=10000")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
+        # what is deleted or overwritten is zeroed, not left in free space (secrets, user data)
+        cur.execute("PRAGMA secure_delete=ON")
         cur.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -71,6 +74,19 @@ class Store:
                 yield session
         finally:
             self.generation += 1
+
+    def scrub(self) -> None:
+        """Rewrite an SQLite database so no free page keeps old content (blocking; at start,
+        after secrets stored in the clear were sealed). PostgreSQL: its autovacuum does it."""
+        if not self.is_sqlite:
+            return
+        path = make_url(self.url).database
+        if not path or path == ":memory:":
+            return
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None, timeout=30)) as c:
+            c.execute("PRAGMA secure_delete=ON")
+            c.execute("VACUUM")
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def sync_url(self) -> str:
         url = make_url(self.url)

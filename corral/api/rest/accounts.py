@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 
 from corral import models
 from corral.api.auth import caller as auth
@@ -61,3 +61,13 @@ async def account_key_create(
     if acct.id != who.account_id and not who.admin:
         raise Forbidden("only an admin may create keys for another account")
     return await _key(ctx, acct)
+
+
+@router.delete("/keys/{key_id}", status_code=204)
+async def account_key_delete(
+    key_id: str, ctx: ApiContext = Depends(get_context), who: Caller = Depends(auth)
+) -> Response:
+    """Delete an access key of one's own account (an admin: of any account); not the key
+    that signs this request."""
+    await ctx.controller.accounts.delete_key(who, key_id)
+    return Response(status_code=204)

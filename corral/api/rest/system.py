@@ -29,7 +29,22 @@ async def health(ctx: ApiContext = Depends(get_context)) -> dict[str, str]:
 async def system_show(
     ctx: ApiContext = Depends(get_context), who: Caller = Depends(auth)
 ) -> models.SystemInfo:
+    """Facts about this Corral; the host's (state directory, database, namespace, node,
+    checks) only for an admin account, empty for others."""
     st = ctx.settings
+    if not who.admin:
+        # the host's own facts (paths, namespace, QEMU, checks) are for the operator
+        return models.SystemInfo(
+            version=ctx.version,
+            region=st.region,
+            availability_zone=st.availability_zone,
+            state_dir="",
+            database="",
+            namespace="",
+            subnet=st.subnet,
+            domain=st.domain,
+            node={},
+        )
     nodes = list(ctx.controller.nodes.values())
     info = await nodes[0].info() if nodes else None
     checks = await _checks(ctx)
@@ -68,6 +83,9 @@ async def _checks(ctx: ApiContext) -> list[dict[str, object]]:
 async def node_list(
     ctx: ApiContext = Depends(get_context), who: Caller = Depends(auth)
 ) -> list[models.Node]:
+    """The hypervisor nodes (an admin's view: other accounts' instances run there too)."""
+    if not who.admin:
+        raise Forbidden("only an admin account sees the nodes")
     async with ctx.controller.store.read() as s:
         rows = list(await s.scalars(select(Node).order_by(Node.name)))
         counts = dict(
