@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 
 from corral.controller.service import Controller
+from corral.naming import private_dns_name
 from corral.store.models import (
     ElasticAddress,
     Image,
@@ -53,7 +54,7 @@ class Asker:
 def build_tree(asker: Asker, settings: Any) -> Tree:
     inst, image, network = asker.inst, asker.image, asker.network
     key_names, groups = asker.key_names, asker.groups
-    fqdn = f"{inst.name}.{network.domain}"
+    fqdn = private_dns_name(inst.name, inst.account_id, network.domain)
     keys: Tree = {}
     for i, key in enumerate(inst.ssh_keys or []):
         name = key_names[i] if i < len(key_names) else f"key-{i}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from corral import models
 from corral.controller import states
+from corral.naming import private_dns_name
 from corral.store import models as db
 
 
@@ -24,7 +25,7 @@ def instance(row: db.Instance, image_name: str = "", domain: str = "") -> models
         disk_size=row.disk_size,
         private_ip=row.private_ip,
         mac=row.mac,
-        hostname=f"{row.name}.{domain}" if domain else row.name,
+        hostname=private_dns_name(row.name, row.account_id, domain) if domain else row.name,
         key_name=row.key_name,
         restart_policy=row.restart_policy,
         restarts=row.restarts,

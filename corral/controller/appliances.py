@@ -17,6 +17,7 @@ from corral.appliances.plan import Current, Facts, Plan, Step, VolumeFact, compu
 from corral.appliances.spec import ApplianceSpec, check_inline
 from corral.controller import health
 from corral.controller.accounts import Caller
+from corral.naming import account_zone
 from corral.controller.instances import LaunchOptions
 from corral.controller.operations import DONE
 from corral.controller.replace import system_caller
@@ -51,7 +52,9 @@ class Appliances:
                         resource="image",
                     ) from err
                 image_ids[name] = image.id
-        return render.desired(spec, image_ids, self.ctrl.settings.domain)
+        # names resolve within the account (naming.py): its zone is the appliance's domain
+        zone = account_zone(caller.account_id, self.ctrl.settings.domain)
+        return render.desired(spec, image_ids, zone)
 
     async def facts(
         self, caller: Caller, spec: ApplianceSpec, desired: list[render.Desired]

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from corral import ids
 from corral.controller import policy
 from corral.errors import NotFound
+from corral.naming import account_zone, private_dns_name
 from corral.node.spec import HostRecord, NetworkSpec, PolicySpec
 from corral.store.models import Instance, Network
 
@@ -99,11 +100,14 @@ class Networks:
                 HostRecord(
                     mac=inst.mac,
                     address=inst.private_ip,
+                    # names qualified by account (naming.py); the id first, so a reverse
+                    # lookup tells another account nothing
                     names=[
-                        inst.name,
-                        f"{inst.name}.{network.domain}",
                         f"{inst.id}.{network.domain}",
+                        private_dns_name(inst.name, inst.account_id, network.domain),
                     ],
+                    hostname=inst.name,
+                    zone=account_zone(inst.account_id, network.domain),
                 )
             )
         return out

@@ -610,4 +610,9 @@ class NodeAgent(VolumeAgent):
 
 
 def _entries(hosts: list[HostRecord]) -> list[dnsmasq.HostEntry]:
-    return [dnsmasq.HostEntry(mac=h.mac, address=h.address, names=tuple(h.names)) for h in hosts]
+    return [
+        dnsmasq.HostEntry(
+            mac=h.mac, address=h.address, names=tuple(h.names), hostname=h.hostname, zone=h.zone
+        )
+        for h in hosts
+    ]

@@ -17,7 +17,9 @@ class NetworkSpec(BaseModel):
 class HostRecord(BaseModel):
     mac: str
     address: str
-    names: list[str]
+    names: list[str]  # DNS names; the first is what a reverse lookup answers
+    hostname: str = ""  # the guest's host name (DHCP option 12)
+    zone: str = ""  # the guest's DHCP domain, its search domain (its account's zone)
 
 
 class VolumeAttachment(BaseModel):

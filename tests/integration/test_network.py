@@ -1,4 +1,5 @@
-"""Three instances at once: distinct addresses, each reaches the others by name."""
+"""Three instances at once: distinct addresses, each reaches the others by name (bare through
+its account's search domain, and qualified by account)."""
 
 from __future__ import annotations
 
@@ -24,14 +25,17 @@ def test_three_instances_get_distinct_addresses_and_resolve_each_other(corral: D
         for other in names:
             if other == n:
                 continue
-            out = corral.ssh(n, f"ping -c 1 -W 2 {other} && nslookup {other}.{domain}").ok().out
+            fqdn = infos[other]["hostname"]
+            assert fqdn.startswith(f"{other}.") and fqdn.endswith(f".{domain}")
+            out = corral.ssh(n, f"ping -c 1 -W 2 {other} && nslookup {fqdn}").ok().out
             assert infos[other]["private_ip"] in out
     # the instance id is a DNS name too
     out = corral.ssh("net-a", f"nslookup {infos['net-b']['id']}.{domain}").ok().out
     assert infos["net-b"]["private_ip"] in out
     # a rename reaches DNS at once: the new name resolves, the old one is gone
-    assert "net-z.corral" in corral.cli("rename", "net-c", "net-z").ok().out
-    res = corral.ssh("net-a", f"nslookup net-z.{domain}; nslookup net-c.{domain} || echo OLD-GONE")
+    zone = infos["net-c"]["hostname"].removeprefix("net-c.")
+    assert f"net-z.{zone}" in corral.cli("rename", "net-c", "net-z").ok().out
+    res = corral.ssh("net-a", f"nslookup net-z.{zone}; nslookup net-c.{zone} || echo OLD-GONE")
     assert infos["net-c"]["private_ip"] in res.out and "OLD-GONE" in res.out
     names[2] = "net-z"
     corral.cli("rm", "--force", *names).ok()

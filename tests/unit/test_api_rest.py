@@ -216,7 +216,7 @@ async def test_run_is_202_with_an_operation_and_the_pending_instance(
         "10.88.0.10",
         "tiny",
     )
-    assert inst["hostname"] == "web.corral.internal"
+    assert inst["hostname"] == f"web.{inst['account_id']}.corral.internal"
     assert (op["type"], op["target_kind"], op["target_id"]) == (
         "instance-run",
         "instance",

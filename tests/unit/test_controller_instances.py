@@ -83,7 +83,11 @@ async def test_run_starts_the_instance_and_registers_its_address_with_dhcp(
     assert row.started_at is not None
     assert await addresses(ctrl) == {"10.88.0.10": inst.id}
     assert _hosts(node) == [
-        ("10.88.0.10", row.mac, ["web", "web.corral.internal", f"{inst.id}.corral.internal"])
+        (
+            "10.88.0.10",
+            row.mac,
+            [f"{inst.id}.corral.internal", f"web.{row.account_id}.corral.internal"],
+        )
     ]
     assert node.calls == [("create", inst.id), ("start", inst.id)]
     spec = node.specs[inst.id]

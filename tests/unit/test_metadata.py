@@ -51,8 +51,9 @@ async def test_instance_learns_its_identity(client_from: Client, web: Instance) 
     async with client_from(web.private_ip) as c:
         assert await _text(c, "/latest/meta-data/instance-id") == web.id
         assert await _text(c, "/latest/meta-data/local-ipv4") == web.private_ip
-        assert await _text(c, "/latest/meta-data/local-hostname") == "web.corral.internal"
-        assert await _text(c, "/latest/meta-data/hostname") == "web.corral.internal"
+        fqdn = f"web.{web.account_id}.corral.internal"  # qualified by account: naming.py
+        assert await _text(c, "/latest/meta-data/local-hostname") == fqdn
+        assert await _text(c, "/latest/meta-data/hostname") == fqdn
         assert await _text(c, "/latest/meta-data/ami-id") == web.image_id
         assert await _text(c, "/latest/meta-data/mac") == web.mac
         assert await _text(c, "/latest/meta-data/instance-type") == "c2m128"

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.controller import states
+from corral.naming import private_dns_name
 from corral.store import models as db
 
 ROOT_DEVICE = "/dev/sda1"
@@ -61,7 +62,9 @@ def instance(
         "instanceId": row.id,
         "imageId": row.image_id,
         "instanceState": state(row.state),
-        "privateDnsName": f"{row.name}.{domain}" if live and row.private_ip else "",
+        "privateDnsName": private_dns_name(row.name, row.account_id, domain)
+        if live and row.private_ip
+        else "",
         "dnsName": "",
         "reason": reason if reason.startswith("User initiated") else "",
         "keyName": row.key_name,
@@ -109,7 +112,9 @@ def instance_filters(x: InstanceExtras, zone: str, domain: str) -> dict[str, Any
         "key-name": lambda r: r.key_name,
         "private-ip-address": lambda r: r.private_ip,
         "ip-address": lambda r: x.public_ips.get(r.id),
-        "private-dns-name": lambda r: f"{r.name}.{domain}" if r.private_ip else None,
+        "private-dns-name": lambda r: (
+            private_dns_name(r.name, r.account_id, domain) if r.private_ip else None
+        ),
         "dns-name": lambda r: None,
         "reservation-id": lambda r: r.reservation_id,
         "owner-id": lambda r: r.account_id,

@@ -22,7 +22,13 @@ from corral.proc import arun, need
 class HostEntry:
     mac: str
     address: str
-    names: tuple[str, ...]  # first is the DHCP host name
+    names: tuple[str, ...]  # DNS names; the first answers reverse lookups
+    hostname: str = ""  # sent as DHCP option 12, never entered in DNS
+    zone: str = ""  # sent as the DHCP domain and search domain
+
+    @property
+    def tag(self) -> str:
+        return "m" + self.mac.replace(":", "").lower()
 
 
 class Dnsmasq:
@@ -38,6 +44,7 @@ class Dnsmasq:
         self.pidfile = directory / "dnsmasq.pid"
         self.hostsfile = directory / "dhcp-hosts"
         self.addn_hosts = directory / "hosts"
+        self.optsfile = directory / "dhcp-opts"
         self.leases = directory / "leases"
         self.log = directory / "dnsmasq.log"
         self._hosts_lock = asyncio.Lock()  # one host update (maybe a restart) at a time
@@ -54,6 +61,10 @@ class Dnsmasq:
             f"--dhcp-range={self.cidr.network_address},static,{self.cidr.netmask},infinite",
             f"--dhcp-hostsfile={self.hostsfile}",
             f"--addn-hosts={self.addn_hosts}",
+            f"--dhcp-optsfile={self.optsfile}",
+            # DNS holds only the names Corral writes: not the names guests send, nor the DHCP
+            # host names (unqualified, they would be one namespace for every account)
+            "--dhcp-ignore-names",
             f"--dhcp-leasefile={self.leases}",
             f"--domain={self.domain}",
             f"--local=/{self.domain}/",
@@ -79,7 +90,7 @@ class Dnsmasq:
         self.dir.mkdir(parents=True, exist_ok=True)
         if hosts is not None:
             self._write_hosts(hosts)
-        for f in (self.hostsfile, self.addn_hosts):
+        for f in (self.hostsfile, self.addn_hosts, self.optsfile):
             if not f.exists():
                 atomic_write(f, "")
         argv = self.argv()
@@ -120,8 +131,17 @@ class Dnsmasq:
         return pid
 
     def _write_hosts(self, hosts: list[HostEntry]) -> None:
-        dhcp = "".join(f"{h.mac},{h.address},{h.names[0]},infinite\n" for h in hosts)
+        dhcp = "".join(f"{h.mac},set:{h.tag},{h.address},infinite\n" for h in hosts)
         dns = "".join(f"{h.address} {' '.join(h.names)}\n" for h in hosts)
+        opts = []
+        for h in hosts:
+            if h.hostname:
+                opts.append(f"tag:{h.tag},option:hostname,{h.hostname}\n")
+            if h.zone:
+                opts.append(f"tag:{h.tag},option:domain-name,{h.zone}\n")
+                opts.append(f"tag:{h.tag},option:domain-search,{h.zone}\n")
+        # options first: a host never gets its address before its own domain is there
+        atomic_write(self.optsfile, "".join(opts))
         atomic_write(self.hostsfile, dhcp)
         atomic_write(self.addn_hosts, dns)
 

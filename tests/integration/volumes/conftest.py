@@ -131,7 +131,8 @@ def resolve(d: Daemon, name: str) -> str:
     gateway = str(next(ipaddress.ip_network(st.subnet).hosts()))
     sock = netns.socket_in(st.namespace, socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        q = dns.message.make_query(f"{name}.{st.domain}", dns.rdatatype.A)
+        account = json.loads((d.state_dir / "admin.credentials").read_text())["account_id"]
+        q = dns.message.make_query(f"{name}.{account}.{st.domain}", dns.rdatatype.A)
         answer = dns.query.udp(q, gateway, timeout=2, sock=sock)
     finally:
         sock.close()
