@@ -17,12 +17,12 @@ from corral.appliances.plan import Current, Facts, Plan, Step, VolumeFact, compu
 from corral.appliances.spec import ApplianceSpec, check_inline
 from corral.controller import health
 from corral.controller.accounts import Caller
-from corral.naming import account_zone
 from corral.controller.instances import LaunchOptions
 from corral.controller.operations import DONE
 from corral.controller.replace import system_caller
 from corral.errors import CorralError, WrongState
 from corral.models import InstanceCreate
+from corral.naming import account_zone
 from corral.node.spec import HealthCheck
 from corral.store.models import Image, Instance, Operation, Tag, Volume
 
