@@ -217,7 +217,7 @@ def main(settings: Settings, verbose: bool = False) -> None:
     if changed:
         log.warning(
             "state directory %s: took group and other access away from %d entries "
-            "(made by an older Corral)",
+            "(made before the daemon ran, or by an older Corral)",
             settings.state_dir,
             changed,
         )

@@ -93,6 +93,10 @@ class Dnsmasq:
         for f in (self.hostsfile, self.addn_hosts, self.optsfile):
             if not f.exists():
                 atomic_write(f, "")
+        # dnsmasq makes its log 0640 and its lease file by umask; made first, they keep 0600
+        for f in (self.log, self.leases):
+            os.close(os.open(f, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+            os.chmod(f, 0o600)
         argv = self.argv()
         pid = self.pid()
         if pid is not None:
@@ -128,6 +132,7 @@ class Dnsmasq:
         pid = self.pid()
         if pid is None:
             raise EnvironmentProblem(f"dnsmasq started but wrote no pid file at {self.pidfile}")
+        os.chmod(self.pidfile, 0o600)  # dnsmasq sets its own umask (022)
         return pid
 
     def _write_hosts(self, hosts: list[HostEntry]) -> None:
