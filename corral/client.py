@@ -213,6 +213,23 @@ class Client:
             self._call("POST", "/v1/images/build", json={"archive": archive, "force": force})
         )
 
+    def image_permissions(self, ref: str) -> models.ImagePermissions:
+        return models.ImagePermissions.model_validate(
+            self._call("GET", f"/v1/images/{ref}/permissions")
+        )
+
+    def image_permissions_update(
+        self,
+        ref: str,
+        add: list[str] | None = None,
+        remove: list[str] | None = None,
+        public: bool | None = None,
+    ) -> models.ImagePermissions:
+        body = {"add": add or [], "remove": remove or [], "public": public}
+        return models.ImagePermissions.model_validate(
+            self._call("PATCH", f"/v1/images/{ref}/permissions", json=body)
+        )
+
     def image_remove(self, ref: str) -> models.Image:
         return models.Image.model_validate(self._call("DELETE", f"/v1/images/{ref}"))
 

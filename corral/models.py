@@ -178,6 +178,20 @@ class ImageTag(BaseModel):
     version: str = Field("1", pattern=r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,62}$")
 
 
+class ImagePermissions(BaseModel):
+    """Who may launch an image besides its owner (EC2's launch permissions)."""
+
+    public: bool
+    accounts: list[str] = Field(default_factory=list, description="12-digit account ids")
+
+
+class ImagePermissionsChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    add: list[str] = Field(default_factory=list, description="account ids to share with")
+    remove: list[str] = Field(default_factory=list, description="account ids to stop sharing with")
+    public: bool | None = Field(None, description="true: public (admins only); false: private")
+
+
 class KeyPair(BaseModel):
     id: str
     name: str

@@ -198,6 +198,22 @@ def image_tag(
     console.print(f"tagged {ref} as {img.name}:{img.version} ({img.id})")
 
 
+@app.command("share")
+def image_share(
+    ctx: typer.Context,
+    ref: str,
+    accounts: list[str] = typer.Argument(None, help="12-digit account ids to share with"),
+    remove: list[str] = typer.Option([], "--remove", help="an account id to stop sharing with"),
+    public: bool | None = typer.Option(
+        None, "--public/--private", help="everyone may launch it (admins only) / only shares"
+    ),
+) -> None:
+    """Who may launch an image of yours: accounts you share it with (they launch it by id)."""
+    p = opts(ctx).client().image_permissions_update(ref, accounts or [], remove, public)
+    who = ", ".join(p.accounts) or "no other account"
+    console.print(f"{ref}: {'public' if p.public else 'private'}, shared with {who}")
+
+
 @app.command("rm")
 def image_rm(ctx: typer.Context, ref: str) -> None:
     """Remove an image (refused while instances use it or images are built on it)."""

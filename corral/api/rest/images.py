@@ -167,6 +167,32 @@ async def image_tag(
     return (await _views(ctx, [row]))[0]
 
 
+@router.get("/{ref}/permissions", response_model=models.ImagePermissions)
+async def image_permissions_show(
+    ref: str, ctx: ApiContext = Depends(get_context), who: Caller = Depends(auth)
+) -> models.ImagePermissions:
+    """Who may launch the image (its owner only may ask): the EC2 launch permissions."""
+    row = await ctx.controller.images.get(who, ref)
+    public, accounts = await ctx.controller.image_publishing.launch_permissions(who, row.id)
+    return models.ImagePermissions(public=public, accounts=accounts)
+
+
+@router.patch("/{ref}/permissions", response_model=models.ImagePermissions)
+async def image_permissions_update(
+    ref: str,
+    req: models.ImagePermissionsChange,
+    ctx: ApiContext = Depends(get_context),
+    who: Caller = Depends(auth),
+) -> models.ImagePermissions:
+    """Share the image with accounts, stop sharing it, or (an admin) make it public; the
+    same controller path as EC2's ModifyImageAttribute."""
+    pub = ctx.controller.image_publishing
+    row = await ctx.controller.images.get(who, ref)
+    await pub.modify_launch_permissions(who, row.id, req.add, req.remove, req.public)
+    public, accounts = await pub.launch_permissions(who, row.id)
+    return models.ImagePermissions(public=public, accounts=accounts)
+
+
 @router.delete("/{ref}", response_model=models.Image)
 async def image_remove(
     ref: str, ctx: ApiContext = Depends(get_context), who: Caller = Depends(auth)

@@ -225,3 +225,31 @@ async def test_the_chain_from_a_tenant_to_a_command_on_the_host_is_broken_at_eve
         with pytest.raises(typer.Exit):
             ssh_argv("127.0.0.1", 22, HOSTILE, tmp_path / "k", inst.id, None, True, [])
     assert not Path("/tmp/corral-pwned").exists()
+
+
+async def test_rest_shares_an_image_through_the_same_launch_permissions_as_ec2(
+    api: httpx.AsyncClient, ctrl: Controller, tenant: TenantFactory, tmp_path: Path
+) -> None:
+    async with tenant("bob") as (bob, bob_api), tenant("alice") as (alice, alice_api):
+        m = add_base(ctrl.image_store, tmp_path / "w", name="web", version="1", salt=b"s")
+        row = await ctrl.images.register(m, bob.account_id)
+        assert (await alice_api.get(f"/v1/images/{row.id}")).status_code == 404
+        resp = await bob_api.patch(
+            f"/v1/images/{row.id}/permissions", json={"add": [alice.account_id]}
+        )
+        assert resp.json() == {"public": False, "accounts": [alice.account_id]}
+        assert (await alice_api.get(f"/v1/images/{row.id}")).status_code == 200
+        assert (await alice_api.get("/v1/images/web")).status_code == 404  # by id only
+        # EC2 sees the same permission
+        public, users = await ctrl.image_publishing.launch_permissions(bob, row.id)
+        assert (public, users) == (False, [alice.account_id])
+        # only its owner may change it; only an admin makes it public
+        resp = await alice_api.patch(f"/v1/images/{row.id}/permissions", json={"remove": []})
+        assert resp.status_code == 400
+        resp = await bob_api.patch(f"/v1/images/{row.id}/permissions", json={"public": True})
+        assert resp.status_code == 403
+        resp = await bob_api.patch(
+            f"/v1/images/{row.id}/permissions", json={"remove": [alice.account_id]}
+        )
+        assert resp.json()["accounts"] == []
+        assert (await alice_api.get(f"/v1/images/{row.id}")).status_code == 404
