@@ -7,21 +7,16 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import dns.exception
-import dns.message
-import dns.query
-import dns.rdatatype
 import httpx
 import pytest
 
 from corral.client import ApiError, Client, Credentials
-from corral.node.net import netns
 from tests.harness import CliResult, Daemon
 
 HOSTILE = "-oProxyCommand=touch /tmp/corral-sec-pwned"
@@ -55,8 +50,6 @@ class Tenant:
 
 
 def corral_argv() -> list[str]:
-    import sys
-
     return [sys.executable, "-m", "corral"]
 
 
@@ -201,20 +194,21 @@ def test_a_second_account_learns_nothing_of_the_host_or_other_accounts(
 
 # -- DNS -----------------------------------------------------------------------------------------
 def _ask(corral: Daemon, name: str) -> list[str] | None:
-    """The A records the network's dnsmasq answers for ``name`` (asked inside the namespace);
-    None when it does not answer at all."""
+    """The A records the network's dnsmasq answers for ``name``, asked from inside Corral's
+    namespace; None when it does not answer."""
     st = corral.settings
     gateway = str(next(ipaddress.ip_network(st.subnet).hosts()))
-    sock = netns.socket_in(st.namespace, socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setblocking(False)  # dnspython's timeout holds only on a non-blocking socket
-    try:
-        query = dns.message.make_query(name, dns.rdatatype.A)
-        answer = dns.query.udp(query, gateway, timeout=5, sock=sock)
-    except dns.exception.Timeout:
-        return None
-    finally:
-        sock.close()
-    return sorted(str(rr) for rrset in answer.answer for rr in rrset)
+    script = (
+        "import sys, dns.exception, dns.message, dns.query, dns.rdatatype\n"
+        "q = dns.message.make_query(sys.argv[1], dns.rdatatype.A)\n"
+        "try:\n"
+        "    a = dns.query.udp(q, sys.argv[2], timeout=5)\n"
+        "except dns.exception.Timeout:\n"
+        "    print('TIMEOUT'); sys.exit(0)\n"
+        "print(' '.join(str(r) for rr in a.answer for r in rr))\n"
+    )
+    out = corral.nsexec(sys.executable, "-c", script, name, gateway).stdout.strip()
+    return None if out == "TIMEOUT" else sorted(out.split())
 
 
 def test_a_name_resolves_only_to_the_askers_accounts_instance(
@@ -235,7 +229,8 @@ def test_a_name_resolves_only_to_the_askers_accounts_instance(
         assert _ask(corral, "dnsweb") in ([], None)
         # from the admin's guest: the bare name is its own account's instance, every time
         for _ in range(3):
-            out = corral.ssh("dnsweb", "ping -c 1 -W 2 dnsweb; cat /etc/resolv.conf").ok().out
+            cmd = "ping -c 1 -W 2 dnsweb; cat /etc/resolv.conf"
+            out = corral.cli("ssh", "dnsweb", "--wait", "600", "--", cmd, timeout=700).ok().out
             assert f"({mine['private_ip']})" in out and bobs.private_ip not in out
             assert f"search {admin_id}.{domain}" in out
     finally:
