@@ -188,13 +188,6 @@ class KeyImport(BaseModel):
     key_type: Literal["rsa", "ed25519"] = "ed25519"
 
 
-class SshEndpoint(BaseModel):
-    host: str
-    port: int
-    user: str
-    address: str
-
-
 class Node(BaseModel):
     id: str
     name: str

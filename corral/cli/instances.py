@@ -3,10 +3,10 @@ reboot, rm."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from corral import models
-from corral.cli import sshkey
+from corral.cli import sshkey, tunnel
 from corral.cli.common import ago, console, err_console, fail, opts, wait_op
 from corral.errors import CorralError
 from corral.units import format_size
@@ -173,21 +173,6 @@ def show(ctx: typer.Context, name: str, as_json: bool = typer.Option(False, "--j
     console.print(table)
 
 
-def _wait_ssh(host: str, port: int, timeout: float) -> bool:
-    """True once the forwarded port answers with an SSH banner."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=2) as s:
-                s.settimeout(3)
-                if s.recv(4).startswith(b"SSH-"):
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.3)
-    return False
-
-
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def ssh(
     ctx: typer.Context,
@@ -196,29 +181,36 @@ def ssh(
     user: str | None = typer.Option(None, "-l", help="user (default: the image's)"),
     wait: float = typer.Option(90, help="seconds to wait for SSH to answer"),
 ) -> None:
-    """SSH into an instance (through a port Corral forwards on 127.0.0.1). Put a command
-    after `--` to run it instead of a shell."""
+    """SSH into an instance, through the API's authenticated stream to its port 22 (nothing
+    listens on the host). Put a command after `--` to run it instead of a shell."""
     c = opts(ctx).client()
-    ep = c.instance_ssh(name)
-    if not _wait_ssh(ep.host, ep.port, wait):
+    inst = c.instance_show(name)
+    if inst.state != "running":
+        raise fail(f"instance {inst.name} is {inst.state}; start it first")
+    if not tunnel.wait_banner(c, inst.id, 22, wait):
         raise fail(
-            f"SSH on {name} ({ep.address}) did not answer within {wait:.0f} s; "
+            f"SSH on {name} ({inst.private_ip}) did not answer within {wait:.0f} s; "
             f"see `corral logs {name}`"
         )
+    if user is None:
+        user = "root"
+        with contextlib.suppress(CorralError):
+            user = c.image_show(inst.image_id).default_user
     key, _ = sshkey.ensure()
-    inst_id = c.instance_show(name).id
     argv = [
         "ssh",
-        "-p",
-        str(ep.port),
         "-i",
         str(key),
+        "-l",
+        user,
+        "-o",
+        f"ProxyCommand={tunnel.proxy_command(inst.id, 22)}",
         "-o",
         f"UserKnownHostsFile={sshkey.KNOWN_HOSTS}",
         "-o",
         "StrictHostKeyChecking=accept-new",
         "-o",
-        f"HostKeyAlias={inst_id}",
+        f"HostKeyAlias={inst.id}",
         "-o",
         "LogLevel=ERROR",
     ]
@@ -226,11 +218,19 @@ def ssh(
         argv += ["-i", str(identity)]
     if not sys.stdin.isatty():
         argv.append("-T")
-    argv.append(f"{user or ep.user}@{ep.host}")
     extra = list(ctx.args)
     if extra and extra[0] == "--":
         extra = extra[1:]
-    argv += extra
+    argv += ["--", inst.id, *extra]  # options end before the destination and the command
+    # the tunnel (ssh's child) finds the same API and credentials in its environment, never
+    # on its command line, which every local user can read
+    os.environ.update(
+        {
+            "CORRAL_ENDPOINT": c.creds.endpoint,
+            "CORRAL_ACCESS_KEY": c.creds.access_key_id,
+            "CORRAL_SECRET_KEY": c.creds.secret_access_key,
+        }
+    )
     sys.stdout.flush()
     try:
         os.execvp("ssh", argv)
@@ -245,23 +245,15 @@ def console_cmd(ctx: typer.Context, name: str) -> None:
     import threading
     import tty
 
-    from websockets.exceptions import ConnectionClosed, InvalidStatus
-    from websockets.sync.client import connect
+    from websockets.exceptions import ConnectionClosed
 
     c = opts(ctx).client()
     inst = c.instance_show(name)
+    stack = contextlib.ExitStack()
     try:
-        ws = connect(
-            c.console_url(inst.id),
-            additional_headers={"Authorization": c.auth_header()},
-            open_timeout=10,
-        )
-    except InvalidStatus as err:
-        raise fail(
-            f"cannot attach to the console of {name}: HTTP {err.response.status_code}"
-        ) from err
-    except OSError as err:
-        raise fail(f"cannot attach to the console of {name}: {err}") from err
+        ws = stack.enter_context(c.stream(c.console_url(inst.id)))
+    except CorralError as err:
+        raise fail(f"cannot attach to the console of {name}: {err.message}") from err
     interactive = sys.stdin.isatty()
     err_console.print(f"[dim]connected to {name}'s console; Ctrl-] detaches[/dim]")
     old = termios.tcgetattr(sys.stdin) if interactive else None
@@ -299,6 +291,7 @@ def console_cmd(ctx: typer.Context, name: str) -> None:
             os.write(sys.stdout.fileno(), out)
     finally:
         done.set()
+        stack.close()
         if old is not None:
             termios.tcsetattr(sys.stdin, termios.TCSADRAIN, old)
     err_console.print("\n[dim]detached[/dim]")

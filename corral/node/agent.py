@@ -25,7 +25,6 @@ from corral.node.driver.machine import Machine, find_pid, read_exit
 from corral.node.net import (
     dnsmasq,
     firewall,
-    forward,
     links,
     netns,
     nft,
@@ -37,7 +36,6 @@ from corral.node.net import (
 from corral.node.spec import (
     Accel,
     ExitInfo,
-    ForwardInfo,
     HealthCheck,
     HostRecord,
     InstanceSpec,
@@ -53,6 +51,7 @@ from corral.proc import arun
 log = logging.getLogger(__name__)
 
 METADATA_ADDRESS = "169.254.169.254"
+PORT_TIMEOUT = 10.0  # seconds to connect to a guest's port
 MEMORY_OVERHEAD = 256 << 20  # QEMU's own memory above the guest's, in the instance's cgroup
 ExitHandler = Callable[[str, ExitInfo], Awaitable[None] | None]
 
@@ -96,7 +95,6 @@ class NodeAgent(VolumeAgent):
         self.images = ImageStore(settings.images_dir)
         self.machines: dict[str, Machine] = {}
         self.dnsmasqs: dict[str, dnsmasq.Dnsmasq] = {}
-        self.forwards: dict[tuple[str, int], forward.Forward] = {}
         self.run_root = Path("/run/corral") / settings.namespace
         self.cgroup_parent = f"corral/{settings.namespace}"
         self._locks: dict[str, asyncio.Lock] = {}
@@ -135,9 +133,6 @@ class NodeAgent(VolumeAgent):
 
     async def close(self) -> None:
         """Let go of everything without stopping instances."""
-        for fwd in list(self.forwards.values()):
-            await fwd.close()
-        self.forwards.clear()
         for m in list(self.machines.values()):
             await m.detach()
         self.machines.clear()
@@ -152,8 +147,6 @@ class NodeAgent(VolumeAgent):
         return self._locks.setdefault(iid, asyncio.Lock())
 
     async def _exit_handler(self, iid: str, info: ExitInfo) -> None:
-        for key in [k for k in self.forwards if k[0] == iid]:
-            await self.forwards.pop(key).close()
         m = self.machines.get(iid)
         if m is not None and not m.running:
             self.machines.pop(iid, None)
@@ -553,19 +546,32 @@ class NodeAgent(VolumeAgent):
                 f"the console of {iid} is not reachable: {err}", resource="instance"
             ) from err
 
-    async def forward(self, iid: str, address: str, port: int) -> ForwardInfo:
-        """A port on 127.0.0.1 forwarding to ``address:port`` in the namespace (reused)."""
+    async def port_connect(
+        self, iid: str, address: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A TCP stream to ``address:port`` of a running instance, connected from inside the
+        node's namespace. Nothing listens on the host for it: the caller (the API, for an
+        authenticated client) carries the stream, and it ends when either side closes."""
         m = self.machines.get(iid)
         if m is None or not m.running:
-            raise WrongState(f"instance {iid} is not running", resource="instance")
-        fwd = self.forwards.get((iid, port))
-        if fwd is None or fwd.address != address:
-            if fwd is not None:
-                await fwd.close()
-            fwd = forward.Forward(self.settings.namespace, address, port)
-            await fwd.start()
-            self.forwards[(iid, port)] = fwd
-        return ForwardInfo(host="127.0.0.1", port=fwd.local_port)
+            raise WrongState(
+                f"instance {iid} is not running; start it to reach its ports", resource="instance"
+            )
+        sock = await asyncio.to_thread(netns.socket_in, self.settings.namespace)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(
+                asyncio.get_running_loop().sock_connect(sock, (address, port)), PORT_TIMEOUT
+            )
+            return await asyncio.open_connection(sock=sock)
+        except (OSError, TimeoutError) as err:
+            sock.close()
+            why = err.strerror if isinstance(err, OSError) and err.strerror else "no answer"
+            raise WrongState(
+                f"port {port} of {iid} ({address}) does not answer ({why}); is the server "
+                "in the guest up?",
+                resource="instance",
+            ) from err
 
     async def health_check(self, address: str, check: HealthCheck) -> str:
         """One attempt at ``check`` against ``address`` from the node's namespace: "" when the

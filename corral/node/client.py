@@ -8,7 +8,6 @@ from typing import Protocol
 
 from corral.node.spec import (
     ExitInfo,
-    ForwardInfo,
     HealthCheck,
     HostRecord,
     InstanceSpec,
@@ -50,7 +49,9 @@ class NodeClient(Protocol):
         self, iid: str
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
 
-    async def forward(self, iid: str, address: str, port: int) -> ForwardInfo: ...
+    async def port_connect(
+        self, iid: str, address: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
 
     async def volume_create(
         self,

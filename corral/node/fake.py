@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import time
 
 from corral.errors import NotFound, WrongState
@@ -13,7 +14,6 @@ from corral.images.store import ImageStore
 from corral.node.spec import (
     Accel,
     ExitInfo,
-    ForwardInfo,
     HealthCheck,
     HostRecord,
     InstanceSpec,
@@ -40,7 +40,9 @@ class FakeNode:
         self.plugged: dict[str, set[str]] = {}  # instance -> volumes hot-plugged
         self.held: set[str] = set()  # volumes the "guest" refuses to release
         self.unhealthy: set[str] = set()  # addresses whose health check fails
+        self.closed_ports: set[int] = set()  # ports port_connect finds closed
         self.calls: list[tuple[str, str]] = []
+        self._servers: set[asyncio.Task[None]] = set()  # pretend servers behind port_connect
         self._pids = itertools.count(10000)
 
     async def info(self) -> NodeInfo:
@@ -123,8 +125,34 @@ class FakeNode:
     async def console_connect(self, iid: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         raise WrongState("the fake node has no consoles")
 
-    async def forward(self, iid: str, address: str, port: int) -> ForwardInfo:
-        return ForwardInfo(host="127.0.0.1", port=1)
+    async def port_connect(
+        self, iid: str, address: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A stream to a pretend server: it greets with ``fake <iid> <address>:<port>`` and
+        echoes what it gets until the caller closes (a unix socket pair, nothing listens)."""
+        self.calls.append(("port_connect", f"{iid}:{port}"))
+        if iid not in self.running:
+            raise WrongState(f"instance {iid} is not running", resource="instance")
+        if port in self.closed_ports:
+            raise WrongState(f"port {port} of {iid} does not answer", resource="instance")
+        ours, theirs = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=theirs)
+
+        async def serve() -> None:
+            try:
+                writer.write(f"fake {iid} {address}:{port}\n".encode())
+                while data := await reader.read(4096):
+                    writer.write(data)
+                    await writer.drain()
+            except OSError:
+                pass
+            finally:
+                writer.close()
+
+        task = asyncio.create_task(serve())
+        self._servers.add(task)
+        task.add_done_callback(self._servers.discard)
+        return await asyncio.open_connection(sock=ours)
 
     async def volume_create(
         self,

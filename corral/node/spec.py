@@ -89,11 +89,6 @@ class NodeInfo(BaseModel):
     facts: dict[str, str] = Field(default_factory=dict)
 
 
-class ForwardInfo(BaseModel):
-    host: str
-    port: int
-
-
 class RuleSpec(BaseModel):
     """One allow rule of a security group, resolved for the node."""
 
