@@ -188,6 +188,11 @@ class Client:
     def instance_console_output(self, ref: str, tail: int = 65536) -> str:
         return str(self._call("GET", f"/v1/instances/{ref}/console-output", params={"tail": tail}))
 
+    def instance_confinement(self, ref: str) -> models.Confinement:
+        return models.Confinement.model_validate(
+            self._call("GET", f"/v1/instances/{ref}/confinement")
+        )
+
     def console_url(self, ref: str) -> str:
         return self.creds.endpoint.replace("http", "ws", 1) + f"/v1/instances/{ref}/console"
 

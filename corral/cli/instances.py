@@ -170,6 +170,15 @@ def show(ctx: typer.Context, name: str, as_json: bool = typer.Option(False, "--j
             v = v.strftime("%Y-%m-%d %H:%M:%S UTC")
         table.add_row(k, "-" if v in (None, "") else str(v))
     table.add_row("uptime", _uptime(i))
+    if i.state == "running":
+        with contextlib.suppress(CorralError):  # it may stop between the two calls
+            c = opts(ctx).client().instance_confinement(i.id)
+            table.add_row("qemu user", f"uid {c.uid} gid {c.gid}, capabilities {c.capabilities}")
+            table.add_row("qemu sandbox", f"seccomp {c.seccomp}: {c.sandbox or 'off'}")
+            table.add_row("qemu jail", c.jail or "none (the host's root)")
+            table.add_row("qemu cgroup", c.cgroup)
+            table.add_row("qemu devices", c.devices)
+            table.add_row("qemu block io", c.block_io)
     console.print(table)
 
 

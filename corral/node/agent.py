@@ -20,7 +20,7 @@ from corral.config import Settings
 from corral.errors import EnvironmentProblem, NotFound, WrongState
 from corral.fsutil import atomic_write, pid_alive, proc_cmdline
 from corral.images.store import ImageStore
-from corral.node.driver import cgroups, probe, qemu
+from corral.node.driver import cgroups, confine, jail, probe, qemu
 from corral.node.driver.machine import Machine, find_pid, read_exit
 from corral.node.net import (
     dnsmasq,
@@ -35,6 +35,7 @@ from corral.node.net import (
 )
 from corral.node.spec import (
     Accel,
+    Confinement,
     ExitInfo,
     HealthCheck,
     HostRecord,
@@ -176,7 +177,8 @@ class NodeAgent(VolumeAgent):
 
     async def info(self) -> NodeInfo:
         accel = await self.accel()
-        cg = "v2" if cgroups.is_v2() else "v1 (cpu, memory, pids)"
+        limits = cgroups.confinement()
+        cg = limits["cgroup"]
         dnsmasq_path = shutil.which("dnsmasq") or shutil.which("dnsmasq", path="/usr/sbin") or ""
         nft_path = shutil.which("nft") or shutil.which("nft", path="/usr/sbin") or ""
         return NodeInfo(
@@ -190,7 +192,15 @@ class NodeAgent(VolumeAgent):
             cgroup=cg,
             dnsmasq=dnsmasq_path,
             nft=nft_path,
-            facts={"kernel": os.uname().release},
+            facts={
+                "kernel": os.uname().release,
+                "qemu_user": f"one uid per instance from {jail.UID_BASE} (no /etc/passwd entry)",
+                "qemu_sandbox": jail.SANDBOX,
+                "qemu_jail": "private mount namespace, tmpfs root: /usr read-only, its kernel, "
+                "initrd, console log and sockets; disks and tap as open descriptors",
+                "qemu_devices": limits["devices"],
+                "qemu_block_io": limits["block_io"],
+            },
         )
 
     # -- networks --------------------------------------------------------------------------
@@ -346,15 +356,31 @@ class NodeAgent(VolumeAgent):
                 return pid
             manifest = self.images.get_manifest(spec.image)
             accel = await self.accel()
-            argv = qemu.argv(
+            root = paths.disk
+            if spec.root_volume is not None:  # EBS-style: the root is a volume
+                root = self._volume(spec.root_volume)
+            kernel = self.images.kernel_path(manifest)
+            initrd = self.images.initrd_path(manifest)
+            qemu_argv, fds = qemu.argv(
                 spec,
                 paths,
                 accel=accel.accel,
                 machine=self.settings.machine,
-                kernel=self.images.kernel_path(manifest),
-                initrd=self.images.initrd_path(manifest),
+                kernel=kernel,
+                initrd=initrd,
                 cmdline=manifest.cmdline,
+                root=qemu.Chain(await overlays.chain(root)),
                 volume_dir=self.volume_dir,
+            )
+            argv = await asyncio.to_thread(
+                confine.plan,
+                self.settings.instances_dir,
+                spec,
+                paths,
+                qemu_argv,
+                fds,
+                accel.accel,
+                [kernel, initrd],
             )
             limits = cgroups.Limits(
                 cpu=spec.cpu_limit or float(spec.cpus), memory=spec.memory + MEMORY_OVERHEAD
@@ -406,6 +432,8 @@ class NodeAgent(VolumeAgent):
         async with self._lock(iid):
             shutil.rmtree(paths.dir, ignore_errors=True)
             shutil.rmtree(paths.run, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                paths.jail.rmdir()
             await asyncio.to_thread(self._cgroup(iid).remove)
         self._locks.pop(iid, None)
 
@@ -462,6 +490,14 @@ class NodeAgent(VolumeAgent):
         if any(a.startswith(f"unix:{self.run_root}/{iid}/") for a in cmd):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
+
+    async def instance_confinement(self, iid: str) -> Confinement | None:
+        """How the instance's QEMU is confined, read from /proc; None when it does not run."""
+        m = self.machines.get(iid)
+        pid = m.pid if m is not None and m.running else find_pid(self.paths(iid))
+        if pid is None:
+            return None
+        return await asyncio.to_thread(confine.observe, pid, self.paths(iid), self._cgroup(iid))
 
     # -- captured images -------------------------------------------------------------------
     async def image_capture(

@@ -7,6 +7,7 @@ import asyncio
 from typing import Protocol
 
 from corral.node.spec import (
+    Confinement,
     ExitInfo,
     HealthCheck,
     HostRecord,
@@ -42,6 +43,8 @@ class NodeClient(Protocol):
     async def instance_destroy(self, iid: str, tap: str | None = None) -> None: ...
 
     async def instances(self) -> list[ObservedInstance]: ...
+
+    async def instance_confinement(self, iid: str) -> Confinement | None: ...
 
     async def console_log(self, iid: str, tail: int = 65536) -> bytes: ...
 

@@ -13,6 +13,7 @@ from corral.errors import NotFound, WrongState
 from corral.images.store import ImageStore
 from corral.node.spec import (
     Accel,
+    Confinement,
     ExitInfo,
     HealthCheck,
     HostRecord,
@@ -118,6 +119,25 @@ class FakeNode:
             )
             for i in self.specs
         ]
+
+    async def instance_confinement(self, iid: str) -> Confinement | None:
+        """What a confined QEMU would show (the fake runs no process: labelled so)."""
+        if iid not in self.running:
+            return None
+        return Confinement(
+            pid=self.running[iid],
+            uid=1 << 30,
+            gid=1 << 30,
+            capabilities="0",
+            seccomp="filter",
+            no_new_privs=True,
+            sandbox="fake",
+            jail=f"/fake/{iid}.jail",
+            own_mount_namespace=True,
+            cgroup="fake",
+            devices="fake",
+            block_io="fake",
+        )
 
     async def console_log(self, iid: str, tail: int = 65536) -> bytes:
         return b"fake console\n"

@@ -119,6 +119,23 @@ async def instance_console_output(
     return PlainTextResponse(data.decode(errors="replace"))
 
 
+@router.get("/{ref}/confinement", response_model=models.Confinement)
+async def instance_confinement(
+    ref: str, ctx: ApiContext = Depends(get_context), who: Caller = Depends(auth)
+) -> models.Confinement:
+    """How the instance's QEMU is confined (its uid, seccomp, jail, cgroup), as observed."""
+    inst = await ctx.controller.instances.get(who, ref)
+    seen = None
+    if inst.state == "running" and inst.node_id is not None:
+        seen = await ctx.controller.node(inst.node_id).instance_confinement(inst.id)
+    if seen is None:
+        raise WrongState(
+            f"instance {inst.name} is {inst.state}; its QEMU runs only while it runs",
+            resource="instance",
+        )
+    return models.Confinement.model_validate(seen.model_dump())
+
+
 @router.websocket("/{ref}/console")
 async def instance_console(ws: WebSocket, ref: str) -> None:
     """The serial console, both ways, as binary WebSocket frames."""
