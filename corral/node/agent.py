@@ -22,6 +22,7 @@ from corral.fsutil import atomic_write, pid_alive, proc_cmdline
 from corral.images.store import ImageStore
 from corral.node.driver import cgroups, confine, jail, probe, qemu
 from corral.node.driver.machine import Machine, find_pid, read_exit
+from corral.node.driver.qmp import own_socket
 from corral.node.net import (
     dnsmasq,
     firewall,
@@ -574,6 +575,7 @@ class NodeAgent(VolumeAgent):
                 f"instance {iid} is not running; start it to use its console", resource="instance"
             )
         try:
+            own_socket(self.paths(iid).console)
             return await asyncio.wait_for(
                 asyncio.open_unix_connection(str(self.paths(iid).console)), 5
             )

@@ -91,6 +91,14 @@ def test_qemu_runs_as_its_own_user_sandboxed_in_a_jail(corral: Daemon) -> None:
     )
     assert log
     assert corral.ssh("jail1", "hostname").ok().out.strip() == "jail1"
+    # corral show and corral doctor report what the node observes
+    shown = corral.cli("show", "jail1").ok().out
+    assert f"uid {uid1} gid {uid1}, capabilities 0" in shown
+    assert "seccomp filter: on,obsolete=deny" in shown
+    assert f"{id1}.jail" in shown
+    doctor = corral.cli("doctor").out
+    assert "each with its own uid, seccomp and jail" in doctor, doctor
+    assert "qemu sandbox" in doctor and "elevateprivileges=deny" in doctor
     for name in ("jail1", "jail2"):
         corral.cli("rm", "--force", name).ok()
 

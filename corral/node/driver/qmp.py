@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import stat
 from collections.abc import AsyncIterator
 from enum import StrEnum
 from pathlib import Path
@@ -35,6 +36,18 @@ class QmpUnavailable(CorralError):
     pass
 
 
+class NotASocket(OSError):
+    pass
+
+
+def own_socket(path: Path) -> None:
+    """Refuse anything at ``path`` but a socket: QEMU, unprivileged, owns the directory, and a
+    symlink there must not lead the agent (root) to another instance's QMP or console."""
+    mode = os.lstat(path).st_mode
+    if not stat.S_ISSOCK(mode):
+        raise NotASocket(f"{path} is not a socket (a {stat.filemode(mode)[0]!r} entry)")
+
+
 class Qmp:
     def __init__(self, socket_path: Path, name: str) -> None:
         self.path = socket_path
@@ -49,9 +62,13 @@ class Qmp:
         last: BaseException | None = None
         while loop.time() < deadline:
             try:
+                own_socket(self.path)
                 await asyncio.wait_for(self.client.connect(str(self.path)), timeout)
                 self.state = LinkState.CONNECTED
                 return
+            except NotASocket as err:
+                last = err
+                break
             except (OSError, QMPError, TimeoutError) as err:
                 last = err
                 await asyncio.sleep(0.05)
