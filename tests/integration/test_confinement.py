@@ -125,3 +125,40 @@ def test_cgroup_limits_devices_and_block_io(corral: Daemon) -> None:
         if weight.exists():
             assert int(weight.read_text()) > 0
     corral.cli("rm", "--force", "jail3").ok()
+
+
+def test_qemu_needs_no_access_to_the_state_directory_by_path(corral: Daemon) -> None:
+    """With every file root's alone (0600 in 0700 directories, as the host hardening makes
+    them), QEMU still boots, hot-plugs and snapshots: disks come as descriptors, the kernel and
+    initrd as private copies in its jail."""
+    state = corral.state_dir
+    before = {
+        p: p.stat().st_mode & 0o7777 for p in [state, *state.rglob("*")] if not p.is_symlink()
+    }
+    try:
+        for p in before:
+            if p.is_dir():
+                p.chmod(0o700)
+            elif p.is_file():
+                p.chmod(0o600)
+        corral.cli("run", "tiny", "--name", "jail4", "--memory", "192M").ok()
+        info = _show(corral, "jail4")
+        root = Path(f"/proc/{info['pid']}/root")
+        copies = [p for p in (root / str(state / "images").lstrip("/")).rglob("*") if p.is_file()]
+        assert len(copies) == 2 and all(p.stat().st_mode & 0o777 == 0o400 for p in copies)
+        assert corral.ssh("jail4", "hostname").ok().out.strip() == "jail4"
+        corral.cli("volume", "create", "64M", "--name", "jv1").ok()
+        corral.cli("volume", "attach", "jv1", "jail4").ok()
+        serial = wait_for(
+            lambda: corral.ssh("jail4", "cat /sys/block/vdb/serial").out.strip(),
+            60,
+            what="the hot-plugged disk in the guest",
+        )
+        assert serial.startswith("vol")
+        assert "while the instance ran" in corral.cli("volume", "snapshot", "jv1").ok().out
+    finally:
+        corral.cli("rm", "--force", "jail4")
+        corral.cli("volume", "rm", "jv1")  # detached with its instance
+        for p, mode in before.items():
+            if p.exists():
+                p.chmod(mode)

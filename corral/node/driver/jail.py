@@ -160,7 +160,9 @@ def enter(plan: Plan) -> None:
     _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     os.makedirs(root, mode=0o700, exist_ok=True)
-    _mount("corral-jail", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64m")
+    copies = [p for p in plan.readonly if not _readable_by_others(p)]
+    size = (16 << 20) + sum(os.stat(p).st_size for p in copies)  # room for the copies
+    _mount("corral-jail", root, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0755,size={size}")
     for top in sorted(os.listdir("/")):
         host = "/" + top
         if top == "usr":
@@ -177,7 +179,7 @@ def enter(plan: Plan) -> None:
             os.chown(path, plan.uid, plan.gid)
         _bind(path, _place(root, path, path), readonly=False)
     for path in plan.readonly:
-        if _readable_by_others(path):
+        if path not in copies:
             _bind(path, _place(root, path, path), readonly=True)
         else:  # closed to other uids: QEMU gets its own copy
             inside = _place(root, path, path)
