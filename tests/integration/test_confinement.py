@@ -147,7 +147,7 @@ def test_qemu_needs_no_access_to_the_state_directory_by_path(corral: Daemon) -> 
         copies = [p for p in (root / str(state / "images").lstrip("/")).rglob("*") if p.is_file()]
         assert len(copies) == 2 and all(p.stat().st_mode & 0o777 == 0o400 for p in copies)
         assert corral.ssh("jail4", "hostname").ok().out.strip() == "jail4"
-        corral.cli("volume", "create", "64M", "--name", "jv1").ok()
+        corral.cli("volume", "create", "1G", "--name", "jv1").ok()
         corral.cli("volume", "attach", "jv1", "jail4").ok()
         serial = wait_for(
             lambda: corral.ssh("jail4", "cat /sys/block/vdb/serial").out.strip(),
