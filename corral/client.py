@@ -3,13 +3,14 @@ uses nothing else to talk to Corral."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -19,6 +20,9 @@ from corral.appliances.spec import ApplianceSpec
 from corral.config import DEFAULT_PORT, DEFAULT_STATE_DIR
 from corral.errors import Code, CorralError, EnvironmentProblem, Unauthorized
 from corral.images.manifest import Manifest
+
+if TYPE_CHECKING:
+    from websockets.sync.client import ClientConnection
 
 TRANSFER_CHUNK = 1 << 20  # image uploads and downloads stream in pieces of this size
 USER_CONFIG = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "corral"
@@ -184,16 +188,52 @@ class Client:
     def instance_console_output(self, ref: str, tail: int = 65536) -> str:
         return str(self._call("GET", f"/v1/instances/{ref}/console-output", params={"tail": tail}))
 
-    def instance_ssh(self, ref: str, port: int = 22) -> models.SshEndpoint:
-        return models.SshEndpoint.model_validate(
-            self._call("POST", f"/v1/instances/{ref}/ssh", params={"port": port})
+    def instance_confinement(self, ref: str) -> models.Confinement:
+        return models.Confinement.model_validate(
+            self._call("GET", f"/v1/instances/{ref}/confinement")
         )
 
     def console_url(self, ref: str) -> str:
         return self.creds.endpoint.replace("http", "ws", 1) + f"/v1/instances/{ref}/console"
 
+    def port_url(self, ref: str, port: int) -> str:
+        """The WebSocket that carries a TCP stream to ``port`` of the instance."""
+        return self.creds.endpoint.replace("http", "ws", 1) + f"/v1/instances/{ref}/ports/{port}"
+
     def auth_header(self) -> str:
         return f"Bearer {self.creds.access_key_id}:{self.creds.secret_access_key}"
+
+    @contextlib.contextmanager
+    def stream(self, url: str, timeout: float = 10.0) -> Iterator[ClientConnection]:
+        """One of the API's WebSocket streams (console, ports), opened with this client's
+        credentials and closed on leaving; a refusal raises the API's error, as for any other
+        call."""
+        from websockets.exceptions import InvalidHandshake, InvalidStatus
+        from websockets.sync.client import connect
+
+        try:
+            ws = connect(
+                url,
+                additional_headers={"Authorization": self.auth_header()},
+                open_timeout=timeout,
+                max_size=None,
+                legacy=True,  # the connection itself; this generator closes it
+            )
+        except InvalidStatus as err:
+            status = err.response.status_code
+            try:
+                body = json.loads(err.response.body or b"")
+            except ValueError:
+                body = {}
+            if not isinstance(body, dict) or "error" not in body:
+                body = {"error": {"code": "internal", "message": f"refused with HTTP {status}"}}
+            raise ApiError(status, body) from err
+        except (OSError, TimeoutError, InvalidHandshake) as err:
+            raise EnvironmentProblem(
+                f"Corral is not answering at {self.creds.endpoint} ({err}); check `corral status`"
+            ) from err
+        with ws:
+            yield ws
 
     # -- images ----------------------------------------------------------------------------
     def image_list(self) -> list[models.Image]:

@@ -207,6 +207,14 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # it logs every connect retry
     for noisy in ("uvicorn.error", "aiosqlite", "sqlalchemy", "alembic", "websockets", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.error").addFilter(_denial_is_not_an_error)
+
+
+def _denial_is_not_an_error(record: logging.LogRecord) -> bool:
+    """uvicorn's sans-io WebSocket protocol logs an error after every denial response (a stream
+    refused with 401/404/409 before its handshake, as ``api/rest/instances.py`` does), although
+    the client got its answer: drop just that line."""
+    return record.getMessage() != "ASGI callable returned without completing handshake."
 
 
 def main(settings: Settings, verbose: bool = False) -> None:

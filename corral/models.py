@@ -201,6 +201,24 @@ class KeyPair(BaseModel):
     created_at: dt.datetime
 
 
+class Confinement(BaseModel):
+    """How a running instance's QEMU is confined, as its node observes it in /proc."""
+
+    pid: int
+    uid: int = Field(description="QEMU's own unprivileged uid (and gid), one per instance")
+    gid: int
+    groups: list[int] = Field(default_factory=list)
+    capabilities: str = Field(description="effective capabilities, hex; 0 is none")
+    seccomp: str = Field(description="filter when QEMU's -sandbox is on")
+    no_new_privs: bool
+    sandbox: str = Field(description="the -sandbox options QEMU runs with")
+    jail: str = Field(description="the jail's mount point on the node; empty: the host's root")
+    own_mount_namespace: bool
+    cgroup: str
+    devices: str
+    block_io: str
+
+
 class KeyPairCreated(KeyPair):
     private_key: str | None = None
 
@@ -210,13 +228,6 @@ class KeyImport(BaseModel):
     name: str
     public_key: str | None = Field(None, description="import this key; create a pair if absent")
     key_type: Literal["rsa", "ed25519"] = "ed25519"
-
-
-class SshEndpoint(BaseModel):
-    host: str
-    port: int
-    user: str
-    address: str
 
 
 class Node(BaseModel):

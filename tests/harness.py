@@ -199,7 +199,7 @@ class Daemon:
             with contextlib.suppress(ValueError, ProcessLookupError, FileNotFoundError):
                 os.kill(int(pidfile.read_text()), signal.SIGKILL)
         subprocess.run(["ip", "netns", "delete", st.namespace], capture_output=True)
-        for ctrl in ("cpu", "memory", "pids", ""):
+        for ctrl in ("cpu", "memory", "pids", "blkio", "devices", ""):
             base = Path("/sys/fs/cgroup") / ctrl / "corral" / st.namespace
             if base.is_dir():
                 for child in base.iterdir():

@@ -182,11 +182,7 @@ def doctor(ctx: typer.Context) -> None:
         if kvm.exists()
         else "absent: guests run under TCG (software emulation)",
     )
-    row(
-        "cgroups",
-        Path("/sys/fs/cgroup").is_dir(),
-        "v2" if cgroups.is_v2() else "v1 (cpu, memory, pids)",
-    )
+    row("cgroups", Path("/sys/fs/cgroup").is_dir(), cgroups.confinement()["cgroup"])
     state_dir = config.load(o.state_dir).state_dir
     open_files = filemodes.audit(state_dir)
     row(
@@ -208,6 +204,11 @@ def doctor(ctx: typer.Context) -> None:
     row("daemon", True, f"Corral {info.version}, state {info.state_dir}, db {info.database}")
     row("qemu version", True, str(node.get("qemu_version", "")))
     row("accelerator", True, f"{accel.get('accel', '?')}: {accel.get('reason', '')}")
+    facts = node.get("facts") or {}
+    row("qemu cgroup", True, str(node.get("cgroup", "")))
+    for key in ("qemu_user", "qemu_sandbox", "qemu_jail", "qemu_devices", "qemu_block_io"):
+        if key in facts:
+            row(key.replace("_", " "), True, str(facts[key]))
     for check in info.checks:
         row(str(check["name"]), bool(check["ok"]), str(check["detail"]))
     console.print(table)

@@ -3,11 +3,11 @@ reboot, rm."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import re
-import socket
 import sys
 import time
 from pathlib import Path
@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from corral import models
-from corral.cli import sshkey
+from corral.cli import sshkey, tunnel
 from corral.cli.common import ago, console, err_console, fail, opts, wait_op
 from corral.errors import CorralError
 from corral.images import fields
@@ -172,27 +172,20 @@ def show(ctx: typer.Context, name: str, as_json: bool = typer.Option(False, "--j
             v = v.strftime("%Y-%m-%d %H:%M:%S UTC")
         table.add_row(k, "-" if v in (None, "") else str(v))
     table.add_row("uptime", _uptime(i))
+    if i.state == "running":
+        with contextlib.suppress(CorralError):  # it may stop between the two calls
+            c = opts(ctx).client().instance_confinement(i.id)
+            table.add_row("qemu user", f"uid {c.uid} gid {c.gid}, capabilities {c.capabilities}")
+            table.add_row("qemu sandbox", f"seccomp {c.seccomp}: {c.sandbox or 'off'}")
+            table.add_row("qemu jail", c.jail or "none (the host's root)")
+            table.add_row("qemu cgroup", c.cgroup)
+            table.add_row("qemu devices", c.devices)
+            table.add_row("qemu block io", c.block_io)
     console.print(table)
 
 
-def _wait_ssh(host: str, port: int, timeout: float) -> bool:
-    """True once the forwarded port answers with an SSH banner."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=2) as s:
-                s.settimeout(3)
-                if s.recv(4).startswith(b"SSH-"):
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.3)
-    return False
-
-
 def ssh_argv(
-    host: str,
-    port: int,
+    proxy: str,
     login: str,
     key: Path,
     inst_id: str,
@@ -200,8 +193,9 @@ def ssh_argv(
     tty: bool,
     command: list[str],
 ) -> list[str]:
-    """ssh's argv: options, then ``--``, then the destination and the command. The login is
-    checked to be a user name, so nothing an image or a user names becomes an ssh option."""
+    """ssh's argv: options (the API tunnel as ProxyCommand), then ``--``, then the destination
+    and the command. The login is checked to be a user name, so nothing an image or a user
+    names becomes an ssh option."""
     if not re.fullmatch(fields.DEFAULT_USER, login or ""):
         raise fail(
             f"user {login!r} is not a user name (1-32 lower-case letters, digits, '_' or '-', "
@@ -209,10 +203,10 @@ def ssh_argv(
         )
     argv = [
         "ssh",
-        "-p",
-        str(port),
         "-i",
         str(key),
+        "-o",
+        f"ProxyCommand={proxy}",
         "-o",
         f"UserKnownHostsFile={sshkey.KNOWN_HOSTS}",
         "-o",
@@ -226,7 +220,7 @@ def ssh_argv(
         argv += ["-i", str(identity)]
     if not tty:
         argv.append("-T")
-    return [*argv, "-l", login, "--", host, *command]
+    return [*argv, "-l", login, "--", inst_id, *command]
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -237,22 +231,36 @@ def ssh(
     user: str | None = typer.Option(None, "-l", help="user (default: the image's)"),
     wait: float = typer.Option(90, help="seconds to wait for SSH to answer"),
 ) -> None:
-    """SSH into an instance (through a port Corral forwards on 127.0.0.1). Put a command
-    after `--` to run it instead of a shell."""
+    """SSH into an instance, through the API's authenticated stream to its port 22 (nothing
+    listens on the host). Put a command after `--` to run it instead of a shell."""
     c = opts(ctx).client()
-    ep = c.instance_ssh(name)
-    if not _wait_ssh(ep.host, ep.port, wait):
+    inst = c.instance_show(name)
+    if inst.state != "running":
+        raise fail(f"instance {inst.name} is {inst.state}; start it first")
+    if not tunnel.wait_banner(c, inst.id, 22, wait):
         raise fail(
-            f"SSH on {name} ({ep.address}) did not answer within {wait:.0f} s; "
+            f"SSH on {name} ({inst.private_ip}) did not answer within {wait:.0f} s; "
             f"see `corral logs {name}`"
         )
+    if user is None:
+        user = "root"
+        with contextlib.suppress(CorralError):
+            user = c.image_show(inst.image_id).default_user
     key, _ = sshkey.ensure()
-    inst_id = c.instance_show(name).id
     extra = list(ctx.args)
     if extra and extra[0] == "--":
         extra = extra[1:]
     argv = ssh_argv(
-        ep.host, ep.port, user or ep.user, key, inst_id, identity, sys.stdin.isatty(), extra
+        tunnel.proxy_command(inst.id, 22), user, key, inst.id, identity, sys.stdin.isatty(), extra
+    )
+    # the tunnel (ssh's child) finds the same API and credentials in its environment, never
+    # on its command line, which every local user can read
+    os.environ.update(
+        {
+            "CORRAL_ENDPOINT": c.creds.endpoint,
+            "CORRAL_ACCESS_KEY": c.creds.access_key_id,
+            "CORRAL_SECRET_KEY": c.creds.secret_access_key,
+        }
     )
     sys.stdout.flush()
     try:
@@ -268,23 +276,15 @@ def console_cmd(ctx: typer.Context, name: str) -> None:
     import threading
     import tty
 
-    from websockets.exceptions import ConnectionClosed, InvalidStatus
-    from websockets.sync.client import connect
+    from websockets.exceptions import ConnectionClosed
 
     c = opts(ctx).client()
     inst = c.instance_show(name)
+    stack = contextlib.ExitStack()
     try:
-        ws = connect(
-            c.console_url(inst.id),
-            additional_headers={"Authorization": c.auth_header()},
-            open_timeout=10,
-        )
-    except InvalidStatus as err:
-        raise fail(
-            f"cannot attach to the console of {name}: HTTP {err.response.status_code}"
-        ) from err
-    except OSError as err:
-        raise fail(f"cannot attach to the console of {name}: {err}") from err
+        ws = stack.enter_context(c.stream(c.console_url(inst.id)))
+    except CorralError as err:
+        raise fail(f"cannot attach to the console of {name}: {err.message}") from err
     interactive = sys.stdin.isatty()
     err_console.print(f"[dim]connected to {name}'s console; Ctrl-] detaches[/dim]")
     old = termios.tcgetattr(sys.stdin) if interactive else None
@@ -322,6 +322,7 @@ def console_cmd(ctx: typer.Context, name: str) -> None:
             os.write(sys.stdout.fileno(), out)
     finally:
         done.set()
+        stack.close()
         if old is not None:
             termios.tcsetattr(sys.stdin, termios.TCSADRAIN, old)
     err_console.print("\n[dim]detached[/dim]")

@@ -8,7 +8,17 @@ from pathlib import Path
 
 import typer
 
-from corral.cli import accounts, appliances, daemon, images, instances, keys, ops, volumes
+from corral.cli import (
+    accounts,
+    appliances,
+    daemon,
+    images,
+    instances,
+    keys,
+    ops,
+    tunnel,
+    volumes,
+)
 from corral.cli.common import Options, err_console
 from corral.errors import CorralError
 
@@ -36,7 +46,7 @@ def root(
     ctx.obj = Options(state_dir=state_dir, endpoint=endpoint)
 
 
-for sub in (daemon.app, instances.app, appliances.app):
+for sub in (daemon.app, instances.app, appliances.app, tunnel.app):
     for command in sub.registered_commands:
         app.registered_commands.append(command)
 app.add_typer(images.app, name="image")

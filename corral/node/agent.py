@@ -21,12 +21,12 @@ from corral.config import Settings
 from corral.errors import EnvironmentProblem, NotFound, WrongState
 from corral.fsutil import atomic_write, pid_alive, proc_cmdline
 from corral.images.store import ImageStore
-from corral.node.driver import cgroups, probe, qemu
+from corral.node.driver import cgroups, confine, jail, probe, qemu
 from corral.node.driver.machine import Machine, find_pid, read_exit
+from corral.node.driver.qmp import own_socket
 from corral.node.net import (
     dnsmasq,
     firewall,
-    forward,
     links,
     netns,
     nft,
@@ -37,8 +37,8 @@ from corral.node.net import (
 )
 from corral.node.spec import (
     Accel,
+    Confinement,
     ExitInfo,
-    ForwardInfo,
     HealthCheck,
     HostRecord,
     InstanceSpec,
@@ -54,6 +54,7 @@ from corral.proc import arun
 log = logging.getLogger(__name__)
 
 METADATA_ADDRESS = "169.254.169.254"
+PORT_TIMEOUT = 10.0  # seconds to connect to a guest's port
 MEMORY_OVERHEAD = 256 << 20  # QEMU's own memory above the guest's, in the instance's cgroup
 ExitHandler = Callable[[str, ExitInfo], Awaitable[None] | None]
 
@@ -97,7 +98,6 @@ class NodeAgent(VolumeAgent):
         self.images = ImageStore(settings.images_dir)
         self.machines: dict[str, Machine] = {}
         self.dnsmasqs: dict[str, dnsmasq.Dnsmasq] = {}
-        self.forwards: dict[tuple[str, int], forward.Forward] = {}
         self.run_root = Path("/run/corral") / settings.namespace
         self.cgroup_parent = f"corral/{settings.namespace}"
         self._locks: dict[str, asyncio.Lock] = {}
@@ -136,9 +136,6 @@ class NodeAgent(VolumeAgent):
 
     async def close(self) -> None:
         """Let go of everything without stopping instances."""
-        for fwd in list(self.forwards.values()):
-            await fwd.close()
-        self.forwards.clear()
         for m in list(self.machines.values()):
             await m.detach()
         self.machines.clear()
@@ -153,8 +150,6 @@ class NodeAgent(VolumeAgent):
         return self._locks.setdefault(iid, asyncio.Lock())
 
     async def _exit_handler(self, iid: str, info: ExitInfo) -> None:
-        for key in [k for k in self.forwards if k[0] == iid]:
-            await self.forwards.pop(key).close()
         m = self.machines.get(iid)
         if m is not None and not m.running:
             self.machines.pop(iid, None)
@@ -184,7 +179,8 @@ class NodeAgent(VolumeAgent):
 
     async def info(self) -> NodeInfo:
         accel = await self.accel()
-        cg = "v2" if cgroups.is_v2() else "v1 (cpu, memory, pids)"
+        limits = cgroups.confinement()
+        cg = limits["cgroup"]
         dnsmasq_path = shutil.which("dnsmasq") or shutil.which("dnsmasq", path="/usr/sbin") or ""
         nft_path = shutil.which("nft") or shutil.which("nft", path="/usr/sbin") or ""
         return NodeInfo(
@@ -198,7 +194,15 @@ class NodeAgent(VolumeAgent):
             cgroup=cg,
             dnsmasq=dnsmasq_path,
             nft=nft_path,
-            facts={"kernel": os.uname().release},
+            facts={
+                "kernel": os.uname().release,
+                "qemu_user": f"one uid per instance from {jail.UID_BASE} (no /etc/passwd entry)",
+                "qemu_sandbox": jail.SANDBOX,
+                "qemu_jail": "private mount namespace, tmpfs root: /usr read-only, its kernel, "
+                "initrd, console log and sockets; disks and tap as open descriptors",
+                "qemu_devices": limits["devices"],
+                "qemu_block_io": limits["block_io"],
+            },
         )
 
     # -- networks --------------------------------------------------------------------------
@@ -354,15 +358,31 @@ class NodeAgent(VolumeAgent):
                 return pid
             manifest = self.images.get_manifest(spec.image)
             accel = await self.accel()
-            argv = qemu.argv(
+            root = paths.disk
+            if spec.root_volume is not None:  # EBS-style: the root is a volume
+                root = self._volume(spec.root_volume)
+            kernel = self.images.kernel_path(manifest)
+            initrd = self.images.initrd_path(manifest)
+            qemu_argv, fds = qemu.argv(
                 spec,
                 paths,
                 accel=accel.accel,
                 machine=self.settings.machine,
-                kernel=self.images.kernel_path(manifest),
-                initrd=self.images.initrd_path(manifest),
+                kernel=kernel,
+                initrd=initrd,
                 cmdline=manifest.cmdline,
+                root=qemu.Chain(await overlays.chain(root)),
                 volume_dir=self.volume_dir,
+            )
+            argv = await asyncio.to_thread(
+                confine.plan,
+                self.settings.instances_dir,
+                spec,
+                paths,
+                qemu_argv,
+                fds,
+                accel.accel,
+                [kernel, initrd],
             )
             limits = cgroups.Limits(
                 cpu=spec.cpu_limit or float(spec.cpus), memory=spec.memory + MEMORY_OVERHEAD
@@ -414,6 +434,8 @@ class NodeAgent(VolumeAgent):
         async with self._lock(iid):
             shutil.rmtree(paths.dir, ignore_errors=True)
             shutil.rmtree(paths.run, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                paths.jail.rmdir()
             await asyncio.to_thread(self._cgroup(iid).remove)
         self._locks.pop(iid, None)
 
@@ -470,6 +492,14 @@ class NodeAgent(VolumeAgent):
         if any(a.startswith(f"unix:{self.run_root}/{iid}/") for a in cmd):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
+
+    async def instance_confinement(self, iid: str) -> Confinement | None:
+        """How the instance's QEMU is confined, read from /proc; None when it does not run."""
+        m = self.machines.get(iid)
+        pid = m.pid if m is not None and m.running else find_pid(self.paths(iid))
+        if pid is None:
+            return None
+        return await asyncio.to_thread(confine.observe, pid, self.paths(iid), self._cgroup(iid))
 
     # -- captured images -------------------------------------------------------------------
     async def image_capture(
@@ -547,6 +577,7 @@ class NodeAgent(VolumeAgent):
                 f"instance {iid} is not running; start it to use its console", resource="instance"
             )
         try:
+            own_socket(self.paths(iid).console)
             return await asyncio.wait_for(
                 asyncio.open_unix_connection(str(self.paths(iid).console)), 5
             )
@@ -555,19 +586,32 @@ class NodeAgent(VolumeAgent):
                 f"the console of {iid} is not reachable: {err}", resource="instance"
             ) from err
 
-    async def forward(self, iid: str, address: str, port: int) -> ForwardInfo:
-        """A port on 127.0.0.1 forwarding to ``address:port`` in the namespace (reused)."""
+    async def port_connect(
+        self, iid: str, address: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A TCP stream to ``address:port`` of a running instance, connected from inside the
+        node's namespace. Nothing listens on the host for it: the caller (the API, for an
+        authenticated client) carries the stream, and it ends when either side closes."""
         m = self.machines.get(iid)
         if m is None or not m.running:
-            raise WrongState(f"instance {iid} is not running", resource="instance")
-        fwd = self.forwards.get((iid, port))
-        if fwd is None or fwd.address != address:
-            if fwd is not None:
-                await fwd.close()
-            fwd = forward.Forward(self.settings.namespace, address, port)
-            await fwd.start()
-            self.forwards[(iid, port)] = fwd
-        return ForwardInfo(host="127.0.0.1", port=fwd.local_port)
+            raise WrongState(
+                f"instance {iid} is not running; start it to reach its ports", resource="instance"
+            )
+        sock = await asyncio.to_thread(netns.socket_in, self.settings.namespace)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(
+                asyncio.get_running_loop().sock_connect(sock, (address, port)), PORT_TIMEOUT
+            )
+            return await asyncio.open_connection(sock=sock)
+        except (OSError, TimeoutError) as err:
+            sock.close()
+            why = err.strerror if isinstance(err, OSError) and err.strerror else "no answer"
+            raise WrongState(
+                f"port {port} of {iid} ({address}) does not answer ({why}); is the server "
+                "in the guest up?",
+                resource="instance",
+            ) from err
 
     async def health_check(self, address: str, check: HealthCheck) -> str:
         """One attempt at ``check`` against ``address`` from the node's namespace: "" when the

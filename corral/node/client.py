@@ -7,8 +7,8 @@ import asyncio
 from typing import Protocol
 
 from corral.node.spec import (
+    Confinement,
     ExitInfo,
-    ForwardInfo,
     HealthCheck,
     HostRecord,
     InstanceSpec,
@@ -44,13 +44,17 @@ class NodeClient(Protocol):
 
     async def instances(self) -> list[ObservedInstance]: ...
 
+    async def instance_confinement(self, iid: str) -> Confinement | None: ...
+
     async def console_log(self, iid: str, tail: int = 65536) -> bytes: ...
 
     async def console_connect(
         self, iid: str
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
 
-    async def forward(self, iid: str, address: str, port: int) -> ForwardInfo: ...
+    async def port_connect(
+        self, iid: str, address: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
 
     async def volume_create(
         self,

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import time
 
 from corral.errors import NotFound, WrongState
 from corral.images.store import ImageStore
 from corral.node.spec import (
     Accel,
+    Confinement,
     ExitInfo,
-    ForwardInfo,
     HealthCheck,
     HostRecord,
     InstanceSpec,
@@ -40,7 +41,9 @@ class FakeNode:
         self.plugged: dict[str, set[str]] = {}  # instance -> volumes hot-plugged
         self.held: set[str] = set()  # volumes the "guest" refuses to release
         self.unhealthy: set[str] = set()  # addresses whose health check fails
+        self.closed_ports: set[int] = set()  # ports port_connect finds closed
         self.calls: list[tuple[str, str]] = []
+        self._servers: set[asyncio.Task[None]] = set()  # pretend servers behind port_connect
         self._pids = itertools.count(10000)
 
     async def info(self) -> NodeInfo:
@@ -117,14 +120,59 @@ class FakeNode:
             for i in self.specs
         ]
 
+    async def instance_confinement(self, iid: str) -> Confinement | None:
+        """What a confined QEMU would show (the fake runs no process: labelled so)."""
+        if iid not in self.running:
+            return None
+        return Confinement(
+            pid=self.running[iid],
+            uid=1 << 30,
+            gid=1 << 30,
+            capabilities="0",
+            seccomp="filter",
+            no_new_privs=True,
+            sandbox="fake",
+            jail=f"/fake/{iid}.jail",
+            own_mount_namespace=True,
+            cgroup="fake",
+            devices="fake",
+            block_io="fake",
+        )
+
     async def console_log(self, iid: str, tail: int = 65536) -> bytes:
         return b"fake console\n"
 
     async def console_connect(self, iid: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         raise WrongState("the fake node has no consoles")
 
-    async def forward(self, iid: str, address: str, port: int) -> ForwardInfo:
-        return ForwardInfo(host="127.0.0.1", port=1)
+    async def port_connect(
+        self, iid: str, address: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A stream to a pretend server: it greets with ``fake <iid> <address>:<port>`` and
+        echoes what it gets until the caller closes (a unix socket pair, nothing listens)."""
+        self.calls.append(("port_connect", f"{iid}:{port}"))
+        if iid not in self.running:
+            raise WrongState(f"instance {iid} is not running", resource="instance")
+        if port in self.closed_ports:
+            raise WrongState(f"port {port} of {iid} does not answer", resource="instance")
+        ours, theirs = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=theirs)
+
+        async def serve() -> None:
+            try:
+                writer.write(f"fake {iid} {address}:{port}\n".encode())
+                while data := await reader.read(4096):
+                    writer.write(data)
+                    await writer.drain()
+            except OSError:
+                pass
+            finally:
+                writer.close()
+
+        task = asyncio.create_task(serve())
+        self._servers.add(task)
+        task.add_done_callback(self._servers.discard)
+        return await asyncio.open_connection(sock=ours)
 
     async def volume_create(
         self,

@@ -91,11 +91,6 @@ class NodeInfo(BaseModel):
     facts: dict[str, str] = Field(default_factory=dict)
 
 
-class ForwardInfo(BaseModel):
-    host: str
-    port: int
-
-
 class RuleSpec(BaseModel):
     """One allow rule of a security group, resolved for the node."""
 
@@ -141,3 +136,21 @@ class PolicySpec(BaseModel):
     groups: list[GroupSpec] = Field(default_factory=list)
     ports: list[PortSpec] = Field(default_factory=list)
     uplink: UplinkSpec | None = None
+
+
+class Confinement(BaseModel):
+    """How a running instance's QEMU is confined, as observed in /proc (not as intended)."""
+
+    pid: int
+    uid: int
+    gid: int
+    groups: list[int] = Field(default_factory=list)
+    capabilities: str  # effective set, hex (0 is none)
+    seccomp: str  # filter | strict | off
+    no_new_privs: bool
+    sandbox: str  # the -sandbox options QEMU runs with ("" when none)
+    jail: str  # the jail's mount point on the host ("" when its root is the host's)
+    own_mount_namespace: bool
+    cgroup: str  # the instance's cgroup and the controllers it is in
+    devices: str
+    block_io: str

@@ -317,24 +317,6 @@ async def test_failed_run_shows_as_a_failed_operation_with_the_error(
     assert shown["state_reason"].startswith("Server.InternalError")
 
 
-async def test_ssh_endpoint_of_a_running_instance(api: httpx.AsyncClient) -> None:
-    inst = await _run(api, name="web")
-    resp = await api.post("/v1/instances/web/ssh")
-    assert resp.status_code == 200
-    assert resp.json() == {
-        "host": "127.0.0.1",
-        "port": 1,
-        "user": "root",
-        "address": inst["private_ip"],
-    }
-
-
-async def test_ssh_endpoint_of_a_stopped_instance_is_409(api: httpx.AsyncClient) -> None:
-    await _run(api, name="web")
-    await _done(api, (await api.post("/v1/instances/web/stop")).json()["operation"])
-    _error(await api.post("/v1/instances/web/ssh"), 409, "wrong_state", None, "instance")
-
-
 async def test_console_output_is_plain_text(api: httpx.AsyncClient) -> None:
     await _run(api, name="web")
     resp = await api.get("/v1/instances/web/console-output")

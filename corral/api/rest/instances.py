@@ -1,4 +1,5 @@
-"""Instances: run, list, show, start, stop, reboot, terminate, console, SSH endpoint."""
+"""Instances: run, list, show, start, stop, reboot, terminate, and streams to the serial
+console and to the guest's ports."""
 
 from __future__ import annotations
 
@@ -6,15 +7,16 @@ import asyncio
 import contextlib
 
 from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from corral import models
 from corral.api import views
+from corral.api.auth import _credentials
 from corral.api.auth import caller as auth
 from corral.api.context import ApiContext, get_context
 from corral.api.rest.errors import RESPONSES
 from corral.controller.accounts import Caller
-from corral.errors import CorralError, WrongState
+from corral.errors import CorralError, Invalid, Unauthorized, WrongState
 from corral.store.models import Instance
 
 router = APIRouter(prefix="/v1/instances", tags=["instances"], responses=RESPONSES)
@@ -117,24 +119,21 @@ async def instance_console_output(
     return PlainTextResponse(data.decode(errors="replace"))
 
 
-@router.post("/{ref}/ssh", response_model=models.SshEndpoint)
-async def instance_ssh(
-    ref: str,
-    port: int = Query(22, ge=1, le=65535),
-    ctx: ApiContext = Depends(get_context),
-    who: Caller = Depends(auth),
-) -> models.SshEndpoint:
-    """A TCP endpoint on the host (127.0.0.1) that reaches the guest's SSH port."""
+@router.get("/{ref}/confinement", response_model=models.Confinement)
+async def instance_confinement(
+    ref: str, ctx: ApiContext = Depends(get_context), who: Caller = Depends(auth)
+) -> models.Confinement:
+    """How the instance's QEMU is confined (its uid, seccomp, jail, cgroup), as observed."""
     inst = await ctx.controller.instances.get(who, ref)
-    if inst.state != "running" or inst.private_ip is None:
+    seen = None
+    if inst.state == "running" and inst.node_id is not None:
+        seen = await ctx.controller.node(inst.node_id).instance_confinement(inst.id)
+    if seen is None:
         raise WrongState(
-            f"instance {inst.name} is {inst.state}; start it first", resource="instance"
+            f"instance {inst.name} is {inst.state}; its QEMU runs only while it runs",
+            resource="instance",
         )
-    fwd = await ctx.controller.node(inst.node_id).forward(inst.id, inst.private_ip, port)
-    user = "root"
-    with contextlib.suppress(CorralError):
-        user = (await ctx.controller.images.get(who, inst.image_id)).default_user
-    return models.SshEndpoint(host=fwd.host, port=fwd.port, user=user, address=inst.private_ip)
+    return models.Confinement.model_validate(seen.model_dump())
 
 
 @router.websocket("/{ref}/console")
@@ -142,32 +141,92 @@ async def instance_console(ws: WebSocket, ref: str) -> None:
     """The serial console, both ways, as binary WebSocket frames."""
     ctx: ApiContext = ws.app.state.ctx
     try:
-        header = ws.headers.get("authorization", "")
-        from corral.api.auth import _credentials
-
-        key_id, secret = _credentials(header)
-        who = await ctx.controller.accounts.authenticate(key_id, secret)
+        who = await _ws_caller(ctx, ws)
         inst = await ctx.controller.instances.get(who, ref)
         reader, writer = await ctx.controller.node(inst.node_id).console_connect(inst.id)
     except CorralError as err:
-        await ws.close(code=4000 + min(err.http_status, 999), reason=err.message[:120])
+        await _ws_refuse(ws, err)
         return
     await ws.accept()
+    await _relay(ws, reader, writer, half_close=False)
 
-    async def guest_to_client() -> None:
-        while data := await reader.read(4096):
+
+@router.websocket("/{ref}/ports/{port}")
+async def instance_port(ws: WebSocket, ref: str, port: int) -> None:
+    """A TCP stream to ``port`` of a running instance (what `corral ssh` uses as its
+    ProxyCommand), as binary WebSocket frames; an empty frame from the client ends its side
+    of the stream (half-close). Only the caller that opened it can use it: no port is opened
+    on the host, and the stream ends when either side closes."""
+    ctx: ApiContext = ws.app.state.ctx
+    try:
+        who = await _ws_caller(ctx, ws)
+        if not 1 <= port <= 65535:
+            raise Invalid(f"port {port} is not a TCP port (1-65535)", field="port")
+        inst = await ctx.controller.instances.get(who, ref)
+        if inst.state != "running" or inst.private_ip is None or inst.node_id is None:
+            raise WrongState(
+                f"instance {inst.name} is {inst.state}; start it first", resource="instance"
+            )
+        node = ctx.controller.node(inst.node_id)
+        reader, writer = await node.port_connect(inst.id, inst.private_ip, port)
+    except CorralError as err:
+        await _ws_refuse(ws, err)
+        return
+    await ws.accept()
+    await _relay(ws, reader, writer, half_close=True)
+
+
+async def _ws_caller(ctx: ApiContext, ws: WebSocket) -> Caller:
+    """The account behind a WebSocket's ``Authorization`` header (as for every other call)."""
+    header = ws.headers.get("authorization")
+    if not header:
+        raise Unauthorized("this stream needs credentials: `Authorization: Bearer KEY:SECRET`")
+    key_id, secret = _credentials(header)
+    return await ctx.controller.accounts.authenticate(key_id, secret)
+
+
+async def _ws_refuse(ws: WebSocket, err: CorralError) -> None:
+    """Refuse before the handshake completes: the client gets the error's HTTP status and the
+    usual error body (or a plain 403 where the server cannot send a denial response), never a
+    stream."""
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        headers = {"WWW-Authenticate": "Bearer"} if err.http_status == 401 else None
+        await ws.send_denial_response(
+            JSONResponse({"error": err.to_dict()}, status_code=err.http_status, headers=headers)
+        )
+        return
+    await ws.close(code=4000 + min(err.http_status, 999), reason=err.message[:120])
+
+
+async def _relay(
+    ws: WebSocket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, half_close: bool
+) -> None:
+    """Copy both ways until either side ends, then close both."""
+
+    async def to_client() -> None:
+        while data := await reader.read(65536):
             await ws.send_bytes(data)
 
-    async def client_to_guest() -> None:
+    async def from_client() -> None:
+        ended = False  # the client's side is closed; the other way goes on
         while True:
             msg = await ws.receive()
             if msg["type"] == "websocket.disconnect":
                 return
-            data = msg.get("bytes") or (msg.get("text") or "").encode()
+            data = msg.get("bytes")
+            if data is None:
+                data = (msg.get("text") or "").encode()
+            if ended:
+                continue
+            if not data and half_close:
+                ended = True
+                if writer.can_write_eof():
+                    writer.write_eof()
+                continue
             writer.write(data)
             await writer.drain()
 
-    tasks = [asyncio.create_task(guest_to_client()), asyncio.create_task(client_to_guest())]
+    tasks = [asyncio.create_task(to_client()), asyncio.create_task(from_client())]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     except WebSocketDisconnect:

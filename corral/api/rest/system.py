@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Depends
 from sqlalchemy import func, select
@@ -16,6 +17,9 @@ from corral.api.rest.errors import RESPONSES
 from corral.controller.accounts import Caller
 from corral.errors import Forbidden
 from corral.store.models import Instance, Node
+
+if TYPE_CHECKING:
+    from corral.node.client import NodeClient
 
 router = APIRouter(prefix="/v1", tags=["system"], responses=RESPONSES)
 
@@ -74,9 +78,29 @@ async def _checks(ctx: ApiContext) -> list[dict[str, object]]:
     add("namespace", netns.exists(st.namespace), f"network namespace {st.namespace}")
     for node_id, strays in ctx.controller.reconciler.strays.items():
         add(f"strays on {node_id}", not strays, "; ".join(strays) or "none")
+    for node_id, node in ctx.controller.nodes.items():
+        add(f"qemu confinement on {node_id}", *await _confinement_check(node))
     free = shutil.disk_usage(st.state_dir).free
     add("disk", free > 1 << 30, f"{free >> 30} GiB free in {st.state_dir}")
     return out
+
+
+async def _confinement_check(node: NodeClient) -> tuple[bool, str]:
+    """Every running QEMU as observed: its own uid, no capabilities, seccomp, its own root."""
+    bad, good = [], 0
+    for obs in await node.instances():
+        if not obs.running or not obs.spec:
+            continue
+        c = await node.instance_confinement(obs.id)
+        if c is None:
+            continue
+        if c.uid == 0 or c.capabilities != "0" or c.seccomp != "filter" or not c.jail:
+            bad.append(f"{obs.id}: uid {c.uid}, seccomp {c.seccomp}, jail {c.jail or 'none'}")
+        else:
+            good += 1
+    if bad:
+        return False, "; ".join(bad) + " (restart those instances to confine them)"
+    return True, f"{good} running QEMU(s), each with its own uid, seccomp and jail"
 
 
 @router.get("/nodes", response_model=list[models.Node])

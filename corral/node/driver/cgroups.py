@@ -1,7 +1,12 @@
-"""A small cgroupfs layer: one group per instance with its CPU, memory and pid limits.
+"""A small cgroupfs layer: one group per instance with its CPU, memory, pid, block-IO and
+device limits.
 
 Handles cgroup v2 (a normal Debian 12 host) and v1 (hosts like our build machines). The QEMU
-process joins its group before it execs (see ``preexec``), so no thread escapes the limits."""
+process joins its group before it execs (see ``preexec``), so no thread escapes the limits.
+Devices: v1 denies every device but the few QEMU uses (``devices.allow``); v2 has no devices
+file (it takes a BPF program), so there the jail's handful of device nodes, no capabilities and
+the seccomp sandbox keep QEMU from others. Block IO: each QEMU has its own blkio/io group (its
+IO is accounted and, where the I/O scheduler supports it, weighted fairly)."""
 
 from __future__ import annotations
 
@@ -11,7 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path("/sys/fs/cgroup")
-V1_CONTROLLERS = ("cpu", "memory", "pids")
+V1_CONTROLLERS = ("cpu", "memory", "pids", "blkio", "devices")
+V2_CONTROLLERS = ("cpu", "memory", "pids", "io")
+# what QEMU may open: null, zero, random, urandom, /dev/net/tun (the launcher opens the tap
+# inside the group), /dev/kvm
+DEVICE_ALLOW = ("c 1:3 rwm", "c 1:5 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 10:200 rwm", "c 10:232 rwm")
+IO_WEIGHT = 100
 CPU_PERIOD = 100_000
 
 
@@ -24,6 +34,7 @@ class Limits:
     cpu: float  # cores (fractions allowed); 0 = no CPU cap
     memory: int  # bytes
     pids: int = 4096
+    io_weight: int = IO_WEIGHT  # proportional share of block IO (where the scheduler has one)
 
 
 class Group:
@@ -53,14 +64,19 @@ class Group:
         # enable the controllers down the path, then make the leaf
         path = ROOT
         for part in self.rel.parts:
-            with contextlib.suppress(OSError):
-                (path / "cgroup.subtree_control").write_text("+cpu +memory +pids")
+            for controller in V2_CONTROLLERS:  # one by one: a missing one spoils no other
+                with contextlib.suppress(OSError):
+                    (path / "cgroup.subtree_control").write_text(f"+{controller}")
             path = path / part
             path.mkdir(exist_ok=True)
         quota = "max" if limits.cpu <= 0 else str(int(limits.cpu * CPU_PERIOD))
         _write(path / "cpu.max", f"{quota} {CPU_PERIOD}")
         _write(path / "memory.max", str(limits.memory))
         _write(path / "pids.max", str(limits.pids))
+        for name in ("io.weight", "io.bfq.weight"):
+            if (path / name).exists():
+                with contextlib.suppress(OSError):
+                    _write(path / name, f"default {limits.io_weight}")
 
     def _create_v1(self, limits: Limits) -> None:
         for d in self.dirs():
@@ -76,6 +92,16 @@ class Group:
         pids = ROOT / "pids" / self.rel
         if pids.is_dir():
             _write(pids / "pids.max", str(limits.pids))
+        blkio = ROOT / "blkio" / self.rel
+        for name in ("blkio.weight", "blkio.bfq.weight"):
+            if (blkio / name).exists():
+                with contextlib.suppress(OSError):
+                    _write(blkio / name, str(limits.io_weight))
+        devices = ROOT / "devices" / self.rel
+        if devices.is_dir() and not self.pids():
+            _write(devices / "devices.deny", "a")
+            for rule in DEVICE_ALLOW:
+                _write(devices / "devices.allow", rule)
 
     def proc_files(self) -> list[Path]:
         return [d / "cgroup.procs" for d in self.dirs()]
@@ -104,6 +130,30 @@ class Group:
     def preexec(self) -> list[int]:
         """Open the ``cgroup.procs`` files now; the child writes its pid into each (``join``)."""
         return [os.open(f, os.O_WRONLY | os.O_CLOEXEC) for f in self.proc_files()]
+
+
+def confinement() -> dict[str, str]:
+    """What an instance's cgroup limits on this host (for `corral doctor` and `corral show`)."""
+    if is_v2():
+        have = (ROOT / "cgroup.controllers").read_text().split()
+        used = [c for c in V2_CONTROLLERS if c in have]
+        return {
+            "cgroup": f"v2 ({', '.join(used)})",
+            "devices": "jail device nodes only (v2 has no devices file)",
+            "block_io": "io group, weight " + str(IO_WEIGHT) if "io" in used else "not limited",
+        }
+    used = [c for c in V1_CONTROLLERS if (ROOT / c).is_dir()]
+    blkio = ROOT / "blkio"
+    weighted = any((blkio / n).exists() for n in ("blkio.weight", "blkio.bfq.weight"))
+    return {
+        "cgroup": f"v1 ({', '.join(used)})",
+        "devices": "denied but null, zero, random, urandom, net/tun, kvm"
+        if "devices" in used
+        else "jail device nodes only (no devices controller)",
+        "block_io": (f"blkio group, weight {IO_WEIGHT}" if weighted else "blkio group (accounted)")
+        if "blkio" in used
+        else "not limited",
+    }
 
 
 def join(fds: list[int]) -> None:

@@ -75,12 +75,20 @@ async def attach(qmp: Qmp, vid: str, path: Path) -> bool:
     if device_id(vid) in await devices(qmp):
         return False
     if vid not in await nodes(qmp):
-        await qmp.execute("blockdev-add", blockdev(vid, path))
+        # QEMU lives in a jail without the volume's path: it gets the file open
+        await qmp.remove_fds(vid)
+        fdset = await qmp.add_fd(path, True, vid)
+        try:
+            await qmp.execute("blockdev-add", blockdev(vid, Path(fdset)))
+        except QmpUnavailable:
+            await qmp.remove_fds(vid)
+            raise
     try:
         await qmp.execute("device_add", device(vid))
     except QmpUnavailable:
         with contextlib.suppress(QmpUnavailable):
             await qmp.execute("blockdev-del", {"node-name": vid})
+            await qmp.remove_fds(vid)
         raise
     return True
 
@@ -111,6 +119,7 @@ async def detach(qmp: Qmp, vid: str, timeout: float = DETACH_TIMEOUT) -> bool:
                 )
     if vid in await nodes(qmp):
         await qmp.execute("blockdev-del", {"node-name": vid})
+    await qmp.remove_fds(vid)
     return present
 
 
@@ -139,16 +148,22 @@ async def backup(qmp: Qmp, node: str, target: Path, job: str, timeout: float) ->
     if tnode in await nodes(qmp):  # left by an interrupted attempt
         await _cancel(qmp, job)
         await qmp.execute("blockdev-del", {"node-name": tnode})
-    await qmp.execute(
-        "blockdev-add",
-        {
-            "driver": "qcow2",
-            "node-name": tnode,
-            "discard": "unmap",
-            "detect-zeroes": "unmap",
-            "file": {"driver": "file", "filename": str(target)},
-        },
-    )
+    await qmp.remove_fds(tnode)
+    fdset = await qmp.add_fd(target, True, tnode)  # QEMU's jail has no path to the target
+    try:
+        await qmp.execute(
+            "blockdev-add",
+            {
+                "driver": "qcow2",
+                "node-name": tnode,
+                "discard": "unmap",
+                "detect-zeroes": "unmap",
+                "file": {"driver": "file", "filename": fdset},
+            },
+        )
+    except QmpUnavailable:
+        await qmp.remove_fds(tnode)
+        raise
     try:
         with qmp.listener(["BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"]) as events:
             await qmp.execute(
@@ -166,6 +181,7 @@ async def backup(qmp: Qmp, node: str, target: Path, job: str, timeout: float) ->
     finally:
         with contextlib.suppress(QmpUnavailable):
             await qmp.execute("blockdev-del", {"node-name": tnode})
+            await qmp.remove_fds(tnode)
 
 
 async def _job_end(events: Any, job: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corral.errors import EnvironmentProblem
-from corral.node.driver import hotplug
+from corral.node.driver import hotplug, jail
 from corral.node.spec import InstanceSpec
 from corral.proc import need, run
 
@@ -63,6 +63,23 @@ class Paths:
     def console(self) -> Path:
         return self.run / "console.sock"
 
+    @property
+    def jail(self) -> Path:
+        """The mount point of QEMU's jail (an empty directory on the host)."""
+        return self.run.with_name(self.run.name + ".jail")
+
+    @property
+    def plan(self) -> Path:
+        return self.dir / "jail.json"
+
+
+@dataclass
+class Chain:
+    """A disk and its backing files, top first: (path, format) each. QEMU gets every layer as
+    an open file descriptor, the top writable, the rest read-only."""
+
+    layers: list[tuple[Path, str]]
+
 
 _configured = QEMU
 
@@ -100,6 +117,59 @@ def system_uuid(instance_id: str) -> str:
     return "ec2" + u[3:]
 
 
+class Fds:
+    """File descriptors QEMU is started with, numbered from 3 in the order asked for; each file
+    is its own fd set (``-add-fd``), named by its number."""
+
+    def __init__(self) -> None:
+        self.specs: list[jail.FdSpec] = []
+        self.args: list[str] = []
+        self.tap_fd = 0
+        self._next = jail.FIRST_FD
+
+    def fdset(self, path: Path, write: bool, opaque: str) -> str:
+        """``/dev/fdset/N`` for ``path``, opened by the launcher as root."""
+        num = self._take()
+        self.specs.append(jail.FdSpec(path=str(path), fd=num, write=write))
+        self.args += ["-add-fd", f"fd={num},set={num},opaque={opaque}"]
+        return f"/dev/fdset/{num}"
+
+    def tap(self) -> int:
+        """The number of the tap's descriptor (the launcher opens the tap by name)."""
+        self.tap_fd = self._take()
+        return self.tap_fd
+
+    def _take(self) -> int:
+        num = self._next
+        self._next += 1
+        return num
+
+
+def root_blockdev(chain: Chain, fds: Fds) -> dict[str, object]:
+    """The root disk's block node ``root`` with its whole backing chain spelled out, each layer
+    by descriptor (QEMU never opens a backing file by the path in the qcow2 header)."""
+    node: dict[str, object] | None = None
+    for depth, (path, fmt) in reversed(list(enumerate(chain.layers))):
+        top = depth == 0
+        layer: dict[str, object] = {
+            "driver": fmt,
+            "node-name": "root" if top else f"root-b{depth}",
+            "file": {
+                "driver": "file",
+                "filename": fds.fdset(path, top, "root" if top else f"root-b{depth}"),
+            },
+        }
+        if top:
+            layer["discard"] = "unmap"
+        else:
+            layer["read-only"] = True
+        if fmt == "qcow2":
+            layer["backing"] = node
+        node = layer
+    assert node is not None
+    return node
+
+
 def argv(
     spec: InstanceSpec,
     paths: Paths,
@@ -109,8 +179,11 @@ def argv(
     kernel: Path | None,
     initrd: Path | None,
     cmdline: str,
+    root: Chain,
     volume_dir: Path | None = None,
-) -> list[str]:
+) -> tuple[list[str], Fds]:
+    """QEMU's command line for a jailed, sandboxed start, and the descriptors it expects."""
+    fds = Fds()
     mem_mib = max(spec.memory >> 20, 16)
     args = [
         binary(),
@@ -124,6 +197,8 @@ def argv(
         f"type=1,serial={system_uuid(spec.id)}",
         "-machine",
         f"{machine},graphics=off",
+        "-sandbox",
+        jail.SANDBOX,
     ]
     if accel == "kvm":
         args += ["-accel", "kvm", "-cpu", "host"]
@@ -149,12 +224,9 @@ def argv(
             args += ["-initrd", str(initrd)]
         full = " ".join(x for x in (cmdline, spec.cmdline_extra) if x)
         args += ["-append", full]
-    root = paths.disk
-    if spec.root_volume is not None and volume_dir is not None:
-        root = volume_dir / f"{spec.root_volume}.qcow2"  # EBS-style: the root is a volume
     args += [
-        "-drive",
-        f"file={root},if=none,id=root,format=qcow2,discard=unmap,cache=writeback",
+        "-blockdev",
+        json.dumps(root_blockdev(root, fds), separators=(",", ":")),
         # with -kernel, bootindex 0 is the kernel loader's; boot from the disk otherwise
         "-device",
         "virtio-blk-pci,drive=root,id=root-disk" + (",bootindex=0" if kernel is None else ""),
@@ -163,7 +235,8 @@ def argv(
         assert volume_dir is not None
         # the same block node and device as a hot-plug makes (hotplug.py), so either way
         # the volume is unplugged alike; the serial is the volume id without its dash
-        node = hotplug.blockdev(vol.id, volume_dir / f"{vol.id}.qcow2")
+        path = fds.fdset(volume_dir / f"{vol.id}.qcow2", True, vol.id)
+        node = hotplug.blockdev(vol.id, Path(path))
         dev = hotplug.device(vol.id)
         args += [
             "-blockdev",
@@ -173,11 +246,11 @@ def argv(
         ]
     args += [
         "-netdev",
-        f"tap,id=net0,ifname={spec.tap},script=no,downscript=no",
+        f"tap,id=net0,fd={fds.tap()}",
         "-device",
         f"virtio-net-pci,netdev=net0,mac={spec.mac},id=nic0",
         "-object",
-        "rng-random,id=rng0,filename=/dev/urandom",
+        "rng-builtin,id=rng0",
         "-device",
         "virtio-rng-pci,rng=rng0",
         "-chardev",
@@ -194,7 +267,7 @@ def argv(
         "-pidfile",
         str(paths.pidfile),
     ]
-    return args
+    return args[:1] + fds.args + args[1:], fds
 
 
 def is_ours(cmdline: list[str], paths: Paths) -> bool:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import stat
 from collections.abc import AsyncIterator
 from enum import StrEnum
 from pathlib import Path
@@ -34,11 +36,24 @@ class QmpUnavailable(CorralError):
     pass
 
 
+class NotASocket(OSError):
+    pass
+
+
+def own_socket(path: Path) -> None:
+    """Refuse anything at ``path`` but a socket: QEMU, unprivileged, owns the directory, and a
+    symlink there must not lead the agent (root) to another instance's QMP or console."""
+    mode = os.lstat(path).st_mode
+    if not stat.S_ISSOCK(mode):
+        raise NotASocket(f"{path} is not a socket (a {stat.filemode(mode)[0]!r} entry)")
+
+
 class Qmp:
     def __init__(self, socket_path: Path, name: str) -> None:
         self.path = socket_path
         self.client = QMPClient(name)
         self.state = LinkState.IDLE
+        self._fd_lock = asyncio.Lock()
 
     async def connect(self, timeout: float = 10.0) -> None:
         self.state = LinkState.CONNECTING
@@ -47,9 +62,13 @@ class Qmp:
         last: BaseException | None = None
         while loop.time() < deadline:
             try:
+                own_socket(self.path)
                 await asyncio.wait_for(self.client.connect(str(self.path)), timeout)
                 self.state = LinkState.CONNECTED
                 return
+            except NotASocket as err:
+                last = err
+                break
             except (OSError, QMPError, TimeoutError) as err:
                 last = err
                 await asyncio.sleep(0.05)
@@ -96,6 +115,30 @@ class Qmp:
         """A queue of the named events from now on (open it before the command that causes
         them, so none is missed)."""
         return self.client.listener(names)
+
+    async def add_fd(self, path: Path, write: bool, opaque: str) -> str:
+        """Open ``path`` here (as root) and hand the descriptor to QEMU, which cannot open it
+        from its jail; returns the ``/dev/fdset/N`` name to open it by (``blockdev-add``)."""
+        if self.state != LinkState.CONNECTED:
+            raise QmpUnavailable(f"QMP link to {self.path} is {self.state}")
+        fd = os.open(path, (os.O_RDWR if write else os.O_RDONLY) | os.O_CLOEXEC)
+        try:
+            async with self._fd_lock:  # the descriptor goes with the next command
+                self.client.send_fd_scm(fd)
+                res = await self.execute("add-fd", {"opaque": opaque})
+        finally:
+            os.close(fd)
+        return f"/dev/fdset/{res['fdset-id']}"
+
+    async def remove_fds(self, opaque: str) -> None:
+        """Drop the descriptors handed over as ``opaque`` (after their block node is gone)."""
+        for fdset in await self.execute("query-fdsets"):
+            for fd in fdset.get("fds") or []:
+                if fd.get("opaque") == opaque:
+                    with contextlib.suppress(QmpUnavailable):
+                        await self.execute(
+                            "remove-fd", {"fdset-id": fdset["fdset-id"], "fd": fd["fd"]}
+                        )
 
     async def set_link(self, nic: str, up: bool) -> None:
         await self.execute("set_link", {"name": nic, "up": up})

@@ -57,3 +57,12 @@ def check_size(size: int, image_virtual_size: int) -> None:
 
 def remove(disk: Path) -> None:
     disk.unlink(missing_ok=True)
+
+
+async def chain(disk: Path) -> list[tuple[Path, str]]:
+    """``disk`` and its backing files, top first, each with its format."""
+    out = await arun(["qemu-img", "info", "-U", "--backing-chain", "--output=json", str(disk)])
+    layers = json.loads(out)
+    if isinstance(layers, dict):
+        layers = [layers]
+    return [(Path(x["filename"]), str(x["format"])) for x in layers]

@@ -173,16 +173,16 @@ def _parsed(argv: list[str]) -> dict[str, str]:
 
 
 def test_ssh_argv_ends_options_before_the_destination(tmp_path: Path) -> None:
-    argv = ssh_argv("127.0.0.1", 2222, "debian", tmp_path / "k", "i-1", None, True, ["id"])
-    assert argv[-5:] == ["-l", "debian", "--", "127.0.0.1", "id"]
+    argv = ssh_argv("corral tunnel i-1 22", "debian", tmp_path / "k", "i-1", None, True, ["id"])
+    assert argv[-5:] == ["-l", "debian", "--", "i-1", "id"]
     conf = _parsed(argv[:-1])
-    assert conf["user"] == "debian" and conf["port"] == "2222" and "proxycommand" not in conf
+    assert conf["user"] == "debian" and conf["proxycommand"] == "corral tunnel i-1 22"
 
 
 def test_ssh_argv_refuses_a_user_that_would_be_an_option(tmp_path: Path) -> None:
     for user in (HOSTILE, "-l", "root@evil", "a b", "root\n", ""):
         with pytest.raises(typer.Exit):
-            ssh_argv("127.0.0.1", 22, user, tmp_path / "k", "i-1", None, True, [])
+            ssh_argv("corral tunnel i-1 22", user, tmp_path / "k", "i-1", None, True, [])
 
 
 def test_after_the_double_dash_an_option_like_operand_is_only_a_name() -> None:
@@ -223,7 +223,7 @@ async def test_the_chain_from_a_tenant_to_a_command_on_the_host_is_broken_at_eve
         assert inst.image_id == builtin.id
         # 3. and were a hostile user ever handed to `corral ssh`, it is refused, not run
         with pytest.raises(typer.Exit):
-            ssh_argv("127.0.0.1", 22, HOSTILE, tmp_path / "k", inst.id, None, True, [])
+            ssh_argv("corral tunnel x 22", HOSTILE, tmp_path / "k", inst.id, None, True, [])
     assert not Path("/tmp/corral-pwned").exists()
 
 
