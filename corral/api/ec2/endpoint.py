@@ -125,6 +125,19 @@ async def ec2(request: Request) -> Response:
     return Response(xml.response(action_name, request_id, result), media_type=XML_TYPE)
 
 
+@router.api_route("/", methods=["PUT", "DELETE", "PATCH", "OPTIONS"])
+async def ec2_other_method(request: Request) -> Response:
+    """The Query API speaks GET and POST; anything else gets an EC2 error, not REST JSON."""
+    return _error(
+        Ec2Error(
+            "UnsupportedHttpVerb",
+            f"The EC2 Query API takes GET or POST, not {request.method}; "
+            "send the Action as a form (POST) or a query string (GET)",
+        ),
+        str(uuid.uuid4()),
+    )
+
+
 def _error(err: Ec2Error, request_id: str) -> Response:
     return Response(
         xml.error(err.code, err.message, request_id), status_code=err.status, media_type=XML_TYPE
