@@ -7,7 +7,7 @@ import uuid
 from fastapi import FastAPI
 from starlette.types import Scope
 
-from corral.api import limits
+from corral.api import limits, openapi
 from corral.api.context import ApiContext
 from corral.api.ec2 import endpoint as ec2
 from corral.api.ec2 import xml
@@ -43,6 +43,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(appliances.router)
     app.include_router(ec2.router)  # the EC2 Query API at / (POST form or GET ?Action=)
     app.add_middleware(limits.BodyLimit, render=_render_refusal)
+    openapi.install(app)
     return app
 
 

@@ -16,6 +16,7 @@ from corral.api.ec2.cache import PLACEHOLDER, AnswerCache
 from corral.api.ec2.errors import Ec2Error, from_corral
 from corral.api.ec2.parse import Params
 from corral.api.ec2.registry import ACTIONS, UNSUPPORTED, Call
+from corral.api.ec2.text import check_params
 from corral.errors import CorralError
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ async def ec2(request: Request) -> Response:
 
         key_id = await sigv4.verify(req, ctx.settings.region, secret_for)
         caller = await accounts.lookup(key_id)
+        check_params(pairs)
         params = Params(pairs)
         action_name = params.get("Action") or ""
         answers = _answers(ctx)
