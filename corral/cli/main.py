@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 
 from corral.cli import accounts, appliances, daemon, images, instances, keys, ops, volumes
-from corral.cli.common import Options, err_console
+from corral.cli.common import Options, err_console, invalid_input
 from corral.errors import CorralError
 
 app = typer.Typer(
@@ -54,6 +55,9 @@ def main() -> None:
     except CorralError as err:
         where = f" [{err.field}]" if err.field else ""
         err_console.print(f"[red]error:[/red] {err.message}{where}", highlight=False)
+        sys.exit(1)
+    except ValidationError as err:  # a request the client refused to send
+        err_console.print(f"[red]error:[/red] {invalid_input(err)}", highlight=False)
         sys.exit(1)
 
 
