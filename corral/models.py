@@ -54,12 +54,6 @@ class InstanceCreate(BaseModel):
         1, ge=1, le=64, description="IP hops an IMDSv2 token answer may travel"
     )
 
-    @field_validator("memory")
-    @classmethod
-    def _memory_is_a_size(cls, v: str | int) -> str | int:
-        _size(v, "memory", "M")
-        return v
-
     @field_validator("disk")
     @classmethod
     def _disk_is_a_size(cls, v: str | int | None) -> str | int | None:
@@ -69,13 +63,6 @@ class InstanceCreate(BaseModel):
             except CorralError as err:
                 raise ValueError(err.message) from err
         return v
-
-
-def _size(value: str | int, field: str, unit: str) -> int:
-    try:
-        return units.parse_size(value, field=field, default_unit=unit)
-    except CorralError as err:
-        raise ValueError(err.message) from err
 
 
 class Instance(BaseModel):

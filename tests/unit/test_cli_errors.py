@@ -136,7 +136,11 @@ def _instances(served: Served) -> list[str]:
         (["--restart", "sometimes"], "restart_policy (--restart): Input should be 'always'"),
         (["--net-limit", "-1"], "net_limit_mbit (--net-limit): Input should be greater than 0"),
         (["--disk", "99999T"], "disk (--disk): disk '99999T' is not a disk size Corral makes"),
-        (["--memory", "lots"], "memory (--memory): memory 'lots' is not a size"),
+        # checked by the server (the controller knows the limits): its 400 names the field
+        (
+            ["--memory", "lots"],
+            "memory 'lots' is not a size; write it like 256M, 1G or 512MiB [memory]",
+        ),
     ],
 )
 def test_run_with_bad_input_names_the_option_and_the_fix(
