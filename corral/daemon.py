@@ -139,7 +139,7 @@ class Daemon:
                 st.api_url,
                 st.state_dir,
                 st.namespace,
-                (await agent.accel()).accel,
+                agent.accel_now().accel,
             )
             server_tasks = [asyncio.create_task(t) for t in tasks]
             stopper = asyncio.create_task(self.stop_event.wait())

@@ -20,6 +20,7 @@ class Code(StrEnum):
     ENVIRONMENT = "environment"
     INTERNAL = "internal"
     CANCELLED = "cancelled"
+    TOO_LARGE = "too_large"
 
 
 HTTP_STATUS: dict[Code, int] = {
@@ -33,6 +34,7 @@ HTTP_STATUS: dict[Code, int] = {
     Code.ENVIRONMENT: 503,
     Code.INTERNAL: 500,
     Code.CANCELLED: 409,
+    Code.TOO_LARGE: 413,
 }
 
 EC2_CODE: dict[Code, str] = {
@@ -46,6 +48,7 @@ EC2_CODE: dict[Code, str] = {
     Code.ENVIRONMENT: "Unavailable",
     Code.INTERNAL: "InternalError",
     Code.CANCELLED: "IncorrectState",
+    Code.TOO_LARGE: "RequestEntityTooLarge",
 }
 
 
@@ -124,6 +127,12 @@ class EnvironmentProblem(CorralError):
 
 class Cancelled(CorralError):
     code = Code.CANCELLED
+
+
+class TooLarge(CorralError):
+    """A request body over the route's limit (refused before it is read whole)."""
+
+    code = Code.TOO_LARGE
 
 
 class DryRunPassed(CorralError):

@@ -4,13 +4,17 @@ and the CLI (one definition each), and by the controller for the requests it acc
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from corral import units, xmltext
 from corral.appliances.plan import Plan
+from corral.errors import CorralError
 
 RestartPolicy = Literal["always", "on-failure", "never"]
+# text that can reach an EC2 answer (names, descriptions, keys): no character XML 1.0 forbids
+Text = Annotated[str, AfterValidator(xmltext.valid)]
 
 
 class ErrorBody(BaseModel):
@@ -27,15 +31,15 @@ class ErrorResponse(BaseModel):
 class InstanceCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     image: str = Field(description="image name (tiny), name:version, or id (ami-…)")
-    name: str | None = Field(None, description="host name; generated when left out")
+    name: Text | None = Field(None, description="host name; generated when left out")
     instance_type: str | None = Field(
         None, description="an instance type (cr1.micro …); sets cpus, CPU share and memory"
     )
     cpus: int = Field(1, ge=1, le=64)
     memory: str | int = Field("256M", description="guest memory, e.g. 256M or 1G")
     disk: str | int | None = Field(None, description="root disk size; default the image's")
-    keys: list[str] = Field(default_factory=list, description="names of key pairs")
-    public_keys: list[str] = Field(default_factory=list, description="OpenSSH public keys")
+    keys: list[Text] = Field(default_factory=list, description="names of key pairs")
+    public_keys: list[Text] = Field(default_factory=list, description="OpenSSH public keys")
     user_data: str | None = Field(None, description="user-data (a script starting with #!)")
     restart_policy: RestartPolicy = "on-failure"
     address: str | None = Field(None, description="a fixed private address")
@@ -49,6 +53,16 @@ class InstanceCreate(BaseModel):
     metadata_hop_limit: int = Field(
         1, ge=1, le=64, description="IP hops an IMDSv2 token answer may travel"
     )
+
+    @field_validator("disk")
+    @classmethod
+    def _disk_is_a_size(cls, v: str | int | None) -> str | int | None:
+        if v is not None:
+            try:
+                units.check_disk(v)
+            except CorralError as err:
+                raise ValueError(err.message) from err
+        return v
 
 
 class Instance(BaseModel):
@@ -112,7 +126,7 @@ class InstanceAccepted(BaseModel):
 
 class InstanceUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str | None = Field(None, description="a new name (DNS names follow)")
+    name: Text | None = Field(None, description="a new name (DNS names follow)")
 
 
 class StopRequest(BaseModel):
@@ -225,8 +239,8 @@ class KeyPairCreated(KeyPair):
 
 class KeyImport(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str
-    public_key: str | None = Field(None, description="import this key; create a pair if absent")
+    name: Text
+    public_key: Text | None = Field(None, description="import this key; create a pair if absent")
     key_type: Literal["rsa", "ed25519"] = "ed25519"
 
 
@@ -260,12 +274,12 @@ class SystemInfo(BaseModel):
 class Shutdown(BaseModel):
     model_config = ConfigDict(extra="forbid")
     stop_instances: bool = False
-    timeout: float | None = None
+    timeout: float | None = Field(None, ge=0, le=3600, description="seconds before forcing")
 
 
 class AccountCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(description="1-64 letters, digits or hyphens")
+    name: Text = Field(description="1-64 letters, digits or hyphens")
 
 
 class Account(BaseModel):
@@ -321,7 +335,7 @@ class VolumeCreate(BaseModel):
         description="e.g. 1G or 10G (whole GiB; a plain "
         "number is GiB); default: the snapshot's size",
     )
-    name: str | None = Field(None, description="a name to use instead of the id")
+    name: Text | None = Field(None, description="a name to use instead of the id")
     snapshot: str | None = Field(None, description="restore this snapshot (snap-…)")
     fs: Literal["ext4"] | None = Field(
         None, description="format it (labelled with its name), so a guest only mounts it"
@@ -331,7 +345,7 @@ class VolumeCreate(BaseModel):
 
 class VolumeUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str | None = None
+    name: Text | None = None
     delete_on_termination: bool | None = Field(
         None, description="delete it when the instance it is attached to is terminated"
     )
@@ -378,7 +392,7 @@ class Snapshot(BaseModel):
 
 class SnapshotCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    description: str = Field("", max_length=255)
+    description: Text = Field("", max_length=255)
 
 
 class SnapshotAccepted(BaseModel):
@@ -388,7 +402,7 @@ class SnapshotAccepted(BaseModel):
 
 class VolumeRestore(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str | None = None
+    name: Text | None = None
     size: str | int | None = Field(None, description="at least the snapshot's size")
 
 
@@ -408,6 +422,13 @@ class ReplaceRequest(BaseModel):
     timeout: float = Field(
         300.0, gt=0, le=3600, description="seconds the new instance gets to pass the check"
     )
+
+    @field_validator("check")
+    @classmethod
+    def _port_in_range(cls, v: str | None) -> str | None:
+        if v is not None and v != "ssh" and not 1 <= int(v.partition("/")[0]) <= 65535:
+            raise ValueError(f"port {v.partition('/')[0]} is not a TCP port: use 1-65535")
+        return v
 
 
 class ApplianceAccepted(BaseModel):

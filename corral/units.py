@@ -23,6 +23,21 @@ def parse_size(value: str | int, *, field: str = "size", default_unit: str = "")
     return int(number * _MULT[unit])
 
 
+MAX_DISK = 16 << 40  # the largest root disk or volume (as EBS): qemu-img fails far beyond it
+
+
+def check_disk(value: str | int, *, field: str = "disk", default_unit: str = "G") -> int:
+    """Bytes of a disk size, refused (naming ``field``) when it is 0 or over MAX_DISK."""
+    n = parse_size(value, field=field, default_unit=default_unit)
+    if n <= 0 or n > MAX_DISK:
+        raise Invalid(
+            f"{field} {value!r} is not a disk size Corral makes: give a size above 0 and up "
+            "to 16T (e.g. 2G)",
+            field=field,
+        )
+    return n
+
+
 def format_size(n: int) -> str:
     for unit in ("T", "G", "M", "K"):
         if n >= _MULT[unit] and n % _MULT[unit] == 0:

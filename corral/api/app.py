@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import uuid
 
+from fastapi import FastAPI
+from starlette.types import Scope
+
+from corral.api import limits, openapi
 from corral.api.context import ApiContext
 from corral.api.ec2 import endpoint as ec2
+from corral.api.ec2 import xml
+from corral.api.ec2.errors import from_corral
 from corral.api.rest import (
     accounts,
     appliances,
@@ -17,6 +23,7 @@ from corral.api.rest import (
     system,
     volumes,
 )
+from corral.errors import CorralError
 
 VERSION = "0.1.0"
 
@@ -35,4 +42,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(volumes.snapshots)
     app.include_router(appliances.router)
     app.include_router(ec2.router)  # the EC2 Query API at / (POST form or GET ?Action=)
+    app.add_middleware(limits.BodyLimit, render=_render_refusal)
+    openapi.install(app)
     return app
+
+
+def _render_refusal(scope: Scope, err: CorralError) -> tuple[bytes, str]:
+    """A body refused before routing, in the format of the API it was sent to."""
+    if scope.get("path") == "/":
+        e = from_corral(err)
+        return xml.error(e.code, e.message, str(uuid.uuid4())), ec2.XML_TYPE
+    return limits.json_error(scope, err)

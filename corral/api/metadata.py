@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 
+from corral.api.limits import METADATA_LIMIT, BodyLimit
 from corral.controller.service import Controller
 from corral.naming import private_dns_name
 from corral.store.models import (
@@ -181,6 +182,7 @@ class Tokens:
 
 def create_app(ctrl: Controller, network_id: str, key: bytes) -> FastAPI:
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app.add_middleware(BodyLimit, limits=lambda _path: METADATA_LIMIT)
     tokens = Tokens(key)
 
     def refused(inst: Instance, request: Request) -> PlainTextResponse | None:

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from corral import models
@@ -40,8 +42,42 @@ def opts(ctx: typer.Context) -> Options:
     return obj
 
 
+# request fields and the command-line options that set them, for error messages
+OPTIONS = {
+    "cpus": "--cpus",
+    "memory": "--memory",
+    "disk": "--disk",
+    "restart_policy": "--restart",
+    "net_limit_mbit": "--net-limit",
+    "metadata_tokens": "--imds-tokens",
+    "metadata_hop_limit": "--imds-hop-limit",
+    "instance_type": "--type",
+    "timeout": "--timeout",
+    "name": "--name",
+    "address": "--address",
+    "check": "--check",
+}
+
+
+def invalid_input(err: ValidationError) -> str:
+    """A request model's refusal as ``field (--option): what is wrong (got X)``, one per bad
+    field, instead of pydantic's text that ends in a link and names no option."""
+    parts = []
+    for e in err.errors():
+        loc = [str(p) for p in e.get("loc", ())]
+        field = ".".join(loc) or "input"
+        option = OPTIONS.get(loc[0]) if loc else None
+        msg = str(e.get("msg", "is not valid")).removeprefix("Value error, ")
+        got = e.get("input")
+        shown = (
+            f" (got {got!r})" if isinstance(got, (str, int, float)) and str(got) not in msg else ""
+        )
+        parts.append(f"{field}{f' ({option})' if option else ''}: {msg}{shown}")
+    return "; ".join(parts)
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 

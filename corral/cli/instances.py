@@ -13,11 +13,12 @@ import time
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 
 from corral import models
 from corral.cli import sshkey, tunnel
-from corral.cli.common import ago, console, err_console, fail, opts, wait_op
+from corral.cli.common import ago, console, err_console, fail, invalid_input, opts, wait_op
 from corral.errors import CorralError
 from corral.images import fields
 from corral.units import format_size
@@ -28,11 +29,13 @@ DETACH_KEY = b"\x1d"  # Ctrl-]
 
 
 def _keys(values: list[str]) -> tuple[list[str], list[str]]:
-    """Split --key values into key-pair names and public keys read from files."""
+    """Split --key values into key-pair names and public keys read from files. A file is named
+    as a path (with a /, or ~) or ends in .pub; anything else is a key pair name, even when a
+    local file has that name (reading it would send a file the user never meant to send)."""
     names, inline = [], []
     for v in values:
         path = Path(v).expanduser()
-        if path.suffix == ".pub" or "/" in v or path.exists():
+        if path.suffix == ".pub" or "/" in v or v.startswith("~"):
             if not path.is_file():
                 raise fail(
                     f"key file {v} does not exist; give a public key file "
@@ -102,9 +105,17 @@ def run(
             metadata_tokens=imds_tokens,  # type: ignore[arg-type]
             metadata_hop_limit=imds_hop_limit,
         )
-    except ValueError as err:
-        raise fail(str(err).splitlines()[-1]) from err
-    acc = c.instance_run(req)
+    except ValidationError as err:
+        raise fail(invalid_input(err)) from err
+    try:
+        acc = c.instance_run(req)
+    except CorralError as err:
+        if err.field == "keys" and names:
+            raise fail(
+                f"{err.message}; to use a public key file, give its path "
+                f"(./{names[0]} or a name ending in .pub)"
+            ) from err
+        raise
     inst = acc.instance
     if no_wait or acc.operation is None:
         op_id = acc.operation.id if acc.operation else "-"

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
+from rich.markup import escape
 
 from corral.cli import (
     accounts,
@@ -19,7 +21,7 @@ from corral.cli import (
     tunnel,
     volumes,
 )
-from corral.cli.common import Options, err_console
+from corral.cli.common import Options, err_console, invalid_input
 from corral.errors import CorralError
 
 app = typer.Typer(
@@ -63,7 +65,11 @@ def main() -> None:
         app()
     except CorralError as err:
         where = f" [{err.field}]" if err.field else ""
-        err_console.print(f"[red]error:[/red] {err.message}{where}", highlight=False)
+        # escaped: "[memory]" is not rich markup (it was swallowed, so the field never showed)
+        err_console.print(f"[red]error:[/red] {escape(err.message + where)}", highlight=False)
+        sys.exit(1)
+    except ValidationError as err:  # a request the client refused to send
+        err_console.print(f"[red]error:[/red] {escape(invalid_input(err))}", highlight=False)
         sys.exit(1)
 
 

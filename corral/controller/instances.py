@@ -39,7 +39,7 @@ from corral.store.models import (
     Operation,
     utcnow,
 )
-from corral.units import parse_size
+from corral.units import check_disk, parse_size
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
@@ -150,7 +150,7 @@ class Instances:
                 f"memory {req.memory} must be a whole number of MiB, at least 64M (e.g. 256M)",
                 field="memory",
             )
-        disk = parse_size(req.disk, field="disk", default_unit="G") if req.disk else None
+        disk = check_disk(req.disk) if req.disk else None
         wish = req.name
         if wish is not None and not opts.name_is_hint:
             ids.check_name(wish)

@@ -22,6 +22,11 @@ from corral.store.models import Operation, OperationEvent, utcnow
 log = logging.getLogger(__name__)
 
 ACTIVE = ("pending", "running", "cancelling")
+# parameters naming other things an operation owns while it runs, besides its target: an image
+# capture powers its instance off and on, a volume detach may restart its instance, a replace
+# drives its new instance. The reconciler leaves them alone (a kill -9 during CreateImage left
+# the instance stopped, "powered off by the guest", because nothing said the capture owned it).
+HOLDS = ("instance_id", "new_id")
 CANCELLED = {"code": "cancelled", "message": "cancelled on request"}
 DONE = ("succeeded", "failed", "cancelled")
 
@@ -65,6 +70,7 @@ class Operations:
         self.handlers: dict[str, Handler] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.targets: dict[str, str] = {}  # running operation id -> its target's id
+        self.holds: dict[str, dict[str, Any]] = {}  # running operation id -> its parameters
         self._changed: dict[str, asyncio.Condition] = {}
         self._generation: dict[str, int] = {}
         self._closing = False
@@ -109,6 +115,8 @@ class Operations:
         task = asyncio.create_task(self._run(op.id), name=f"op-{op.type}-{op.id}")
         self.tasks[op.id] = task
         self.targets[op.id] = op.target_id
+        # known from the start (a resumed operation holds its instance before its task runs)
+        self.holds[op.id] = dict(op.params or {})
         task.add_done_callback(self._forget)
 
     async def submit(self, op_type: str, **kw: Any) -> Operation:
@@ -123,6 +131,7 @@ class Operations:
             if t is task:
                 self.tasks.pop(oid, None)
                 self.targets.pop(oid, None)
+                self.holds.pop(oid, None)
 
     async def _run(self, op_id: str) -> None:
         async with self.store.write() as s:
@@ -136,6 +145,8 @@ class Operations:
                 op.attempts += 1
             ctx = OpContext(self, op.id, op.type, dict(op.params), op.account_id, op.target_id)
             handler = self.handlers[op.type]
+        if op_id in self.tasks:
+            self.holds[op_id] = ctx.params  # the live parameters: checkpoints add to them
         if cancel_now:  # cancelled while no one ran it (e.g. across a restart)
             await self._finish(op_id, "cancelled", None, CANCELLED)
             return
@@ -273,7 +284,10 @@ class Operations:
         return await self.get(op_id)
 
     def active_for(self, target_id: str) -> bool:
-        return target_id in self.targets.values()
+        """Whether a running operation targets or holds this (instance, volume …)."""
+        if target_id in self.targets.values():
+            return True
+        return any(p.get(k) == target_id for p in self.holds.values() for k in HOLDS)
 
     # -- life cycle ------------------------------------------------------------------------
     async def resume(self) -> list[str]:

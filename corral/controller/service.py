@@ -87,7 +87,31 @@ class Controller:
             row.facts = dict(info.facts)
             row.last_seen = utcnow()
         self.nodes[row.id] = client
+        if info.accel.accel == "probing":
+            self._tasks.append(
+                asyncio.create_task(self._accel_settled(row.id, client), name="accel-settled")
+            )
         return row.id
+
+    async def _accel_settled(self, node_id: str, client: NodeClient, every: float = 1.0) -> None:
+        """A node still probing its accelerator when it joined: record the verdict once known
+        (the probe boots a guest for seconds, and nothing waits for it)."""
+        for _ in range(600):
+            await asyncio.sleep(every)
+            try:
+                accel = (await client.info()).accel
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("node %s did not answer", node_id)
+                continue
+            if accel.accel == "probing":
+                continue
+            async with self.store.write() as s:
+                row = await s.get(Node, node_id)
+                if row is not None:
+                    row.accel, row.accel_reason = accel.accel, accel.reason
+            return
 
     def on_node_exit(self, iid: str, info: ExitInfo) -> None:
         """A node saw a QEMU exit: reconcile now rather than at the next tick."""

@@ -565,6 +565,11 @@ class Volumes:
             async with self.ctrl.store.read() as s:
                 row = await s.get(Volume, ctx.target_id)
                 inst = await s.get(Instance, iid)
+            if ctx.params.get("restarting") and inst is not None:
+                # resumed after a crash in the middle of a forced detach: QEMU may be down
+                # and the volume released already; finish the restart (each step idempotent)
+                how = await self._restart_without(inst, ctx.target_id)
+                return {"volume_id": ctx.target_id, "instance_id": iid, "how": how}
             if row is None or row.instance_id != iid:
                 return {"volume_id": ctx.target_id, "changed": "meanwhile"}
             how = "recorded"
@@ -584,6 +589,7 @@ class Volumes:
                     await ctx.progress(
                         0.5, f"{err.message}; forcing: restarting {inst.name} without the volume"
                     )
+                    await ctx.checkpoint(restarting=True)  # before QEMU goes down
                     how = await self._restart_without(inst, row.id)
             await self._release(row.id, iid)
         return {"volume_id": row.id, "instance_id": iid, "how": how}

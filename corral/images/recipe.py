@@ -180,11 +180,15 @@ def parse(text: str, directory: Path, where: str = "recipe.toml") -> Recipe:
 def load(ref: str | Path) -> Recipe:
     """Load a recipe by built-in name (``tiny``), directory, or ``recipe.toml`` path."""
     path = Path(ref)
-    if not path.exists() and (BUILTIN / str(ref) / "recipe.toml").is_file():
-        path = BUILTIN / str(ref)
-    if path.is_dir():
-        path = path / "recipe.toml"
-    if not path.is_file():
+    try:
+        if not path.exists() and (BUILTIN / str(ref) / "recipe.toml").is_file():
+            path = BUILTIN / str(ref)
+        if path.is_dir():
+            path = path / "recipe.toml"
+        found = path.is_file()
+    except (OSError, ValueError):  # a name too long for a path, or holding a NUL
+        found = False
+    if not found:
         raise NotFound(
             f"no image recipe {ref!r}: give a recipe.toml path or a built-in name "
             f"({', '.join(builtin_names())})",

@@ -103,6 +103,8 @@ class NodeAgent(VolumeAgent):
         self._locks: dict[str, asyncio.Lock] = {}
         self._accel: Accel | None = None
         self._accel_lock = asyncio.Lock()
+        self._accel_last: Accel | None = None  # the newest verdict, final or not
+        self._probe_task: asyncio.Task[None] | None = None
         self._public: dict[str, dict[str, str]] = {}  # network -> elastic IP -> private
         self._rates: dict[str, float | None] = {}  # tap -> the cap applied
         self._policies: dict[str, PolicySpec] = {}  # network -> the policy last applied
@@ -115,6 +117,7 @@ class NodeAgent(VolumeAgent):
             d.mkdir(parents=True, exist_ok=True)
         self.images.ensure()
         await self.adopt()
+        self.accel_now()  # the probe may boot a guest for seconds: start it in the background
 
     async def adopt(self) -> list[str]:
         """Take back every QEMU of ours that still runs (after an agent restart)."""
@@ -136,6 +139,10 @@ class NodeAgent(VolumeAgent):
 
     async def close(self) -> None:
         """Let go of everything without stopping instances."""
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
         for m in list(self.machines.values()):
             await m.detach()
         self.machines.clear()
@@ -171,6 +178,34 @@ class NodeAgent(VolumeAgent):
                 self._accel = verdict
             return self._accel
 
+    def _accel_final(self) -> bool:
+        return self._accel is not None and (self._accel.probed or self.settings.accel != "auto")
+
+    def accel_now(self) -> Accel:
+        """The verdict without waiting, for answers to requests: the final one once known;
+        until then the probe runs in the background (started here) and this says "probing"
+        (or the last interim verdict, e.g. "no image to probe with yet")."""
+        if self._accel_final():
+            assert self._accel is not None
+            return self._accel
+        if self._probe_task is None or self._probe_task.done():
+            self._probe_task = asyncio.create_task(self._probe_background(), name="accel-probe")
+            if self._accel_last is not None:
+                return self._accel_last
+        return Accel(
+            accel="probing",
+            reason="the accelerator probe is running (a small guest boots under KVM to see "
+            "whether KVM works here); ask again in a few seconds",
+        )
+
+    async def _probe_background(self) -> None:
+        try:
+            self._accel_last = await self.accel()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the accelerator probe failed")
+
     def _probe_kernel(self) -> tuple[Path | None, Path | None]:
         for m in self.images.list():
             if m.kind == "busybox" and m.kernel and m.initrd:
@@ -178,7 +213,7 @@ class NodeAgent(VolumeAgent):
         return None, None
 
     async def info(self) -> NodeInfo:
-        accel = await self.accel()
+        accel = self.accel_now()  # never waits for the probe: info answers requests
         limits = cgroups.confinement()
         cg = limits["cgroup"]
         dnsmasq_path = shutil.which("dnsmasq") or shutil.which("dnsmasq", path="/usr/sbin") or ""

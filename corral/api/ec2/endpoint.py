@@ -16,6 +16,7 @@ from corral.api.ec2.cache import PLACEHOLDER, AnswerCache
 from corral.api.ec2.errors import Ec2Error, from_corral
 from corral.api.ec2.parse import Params
 from corral.api.ec2.registry import ACTIONS, UNSUPPORTED, Call
+from corral.api.ec2.text import check_params
 from corral.errors import CorralError
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ async def ec2(request: Request) -> Response:
 
         key_id = await sigv4.verify(req, ctx.settings.region, secret_for)
         caller = await accounts.lookup(key_id)
+        check_params(pairs)
         params = Params(pairs)
         action_name = params.get("Action") or ""
         answers = _answers(ctx)
@@ -123,6 +125,19 @@ async def ec2(request: Request) -> Response:
             body.replace(PLACEHOLDER.encode(), request_id.encode(), 1), media_type=XML_TYPE
         )
     return Response(xml.response(action_name, request_id, result), media_type=XML_TYPE)
+
+
+@router.api_route("/", methods=["PUT", "DELETE", "PATCH", "OPTIONS"])
+async def ec2_other_method(request: Request) -> Response:
+    """The Query API speaks GET and POST; anything else gets an EC2 error, not REST JSON."""
+    return _error(
+        Ec2Error(
+            "UnsupportedHttpVerb",
+            f"The EC2 Query API takes GET or POST, not {request.method}; "
+            "send the Action as a form (POST) or a query string (GET)",
+        ),
+        str(uuid.uuid4()),
+    )
 
 
 def _error(err: Ec2Error, request_id: str) -> Response:

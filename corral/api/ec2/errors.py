@@ -13,6 +13,8 @@ STATUS = {
     "Unavailable": 503,
     "InsufficientInstanceCapacity": 500,
     "ServiceUnavailable": 503,
+    "RequestEntityTooLarge": 413,
+    "UnsupportedHttpVerb": 405,
 }
 
 NOT_FOUND = {
@@ -88,6 +90,8 @@ def from_corral(err: CorralError) -> Ec2Error:
             code = "UnauthorizedOperation"
         elif err.code == Code.ENVIRONMENT:
             code = "Unavailable"
+        elif err.code == Code.TOO_LARGE:
+            code = "RequestEntityTooLarge"
         else:
             code = "InternalError"
     return Ec2Error(code, err.message)

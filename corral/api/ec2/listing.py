@@ -10,32 +10,17 @@ import binascii
 import hashlib
 import hmac
 import json
-import re
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+from corral.api.ec2 import wildcard
 from corral.api.ec2.errors import Ec2Error
 from corral.api.ec2.parse import Filter, Params
 
 T = TypeVar("T")
 Getter = Callable[[Any], "str | int | bool | Iterable[str] | None"]
 _TOKEN_KEY = secrets.token_bytes(32)  # tokens live as long as the process, as on AWS (hours)
-
-
-def _pattern(value: str) -> re.Pattern[str] | str:
-    if "*" not in value and "?" not in value:
-        return value.replace("\\\\", "\\")
-    out, i = [], 0
-    while i < len(value):
-        c = value[i]
-        if c == "\\" and i + 1 < len(value):
-            out.append(re.escape(value[i + 1]))
-            i += 2
-            continue
-        out.append(".*" if c == "*" else "." if c == "?" else re.escape(c))
-        i += 1
-    return re.compile("^" + "".join(out) + "$", re.DOTALL)
 
 
 def _as_strings(value: Any) -> list[str]:
@@ -58,10 +43,10 @@ class Filters:
         known: dict[str, Getter],
         tags: Callable[[Any], dict[str, str]] | None = None,
     ) -> None:
-        self.tests: list[tuple[Callable[[Any], list[str]], list[re.Pattern[str] | str]]] = []
+        self.tests: list[tuple[Callable[[Any], list[str]], list[wildcard.Pattern]]] = []
         get: Callable[[Any], list[str]]
         for f in filters:
-            patterns = [_pattern(v) for v in f.values]
+            patterns = [wildcard.parse(v) for v in f.values]
             if f.name.startswith("tag:") and tags is not None:
                 get = _tag_getter(tags, f.name[4:])
             elif f.name == "tag-key" and tags is not None:
@@ -105,8 +90,8 @@ def _known_getter(getter: Getter) -> Callable[[Any], list[str]]:
     return lambda it: _as_strings(getter(it))
 
 
-def _match(p: re.Pattern[str] | str, v: str) -> bool:
-    return p == v if isinstance(p, str) else p.match(v) is not None
+def _match(p: wildcard.Pattern, v: str) -> bool:
+    return wildcard.match(p, v)
 
 
 def _fingerprint(action: str, account: str, p: Params) -> str:

@@ -14,8 +14,12 @@ _ESC = str.maketrans(
         "<": "&lt;",
         ">": "&gt;",
         '"': "&quot;",
-        # characters XML 1.0 cannot carry at all (e.g. echoed bad input)
+        # characters XML 1.0 cannot carry at all (e.g. echoed bad input, or text stored
+        # before input was checked): the last guard, so every answer parses
         **{chr(c): "\ufffd" for c in range(32) if c not in (9, 10, 13)},
+        **{chr(c): "\ufffd" for c in range(0xD800, 0xE000)},  # lone surrogates
+        "\ufffe": "\ufffd",
+        "\uffff": "\ufffd",
     }
 )
 

@@ -16,8 +16,10 @@ from corral.models import ErrorResponse
 RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "invalid input (the field is named)"},
     401: {"model": ErrorResponse, "description": "missing or wrong credentials"},
+    403: {"model": ErrorResponse, "description": "not allowed for this account"},
     404: {"model": ErrorResponse, "description": "no such resource"},
-    409: {"model": ErrorResponse, "description": "exists already, or wrong state"},
+    409: {"model": ErrorResponse, "description": "exists already, wrong state, or no room"},
+    503: {"model": ErrorResponse, "description": "the host lacks something Corral needs"},
 }
 
 
@@ -48,7 +50,7 @@ def install(app: FastAPI) -> None:
             )
         loc = [str(p) for p in first.get("loc", []) if p not in ("body", "query", "path")]
         field = ".".join(loc) or None
-        msg = first.get("msg", "invalid request")
+        msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
         message = f"{field}: {msg}" if field else msg
         return JSONResponse(status_code=400, content=body("invalid", message, field))
 

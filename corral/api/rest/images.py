@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
 
-from corral import models
+from corral import models, xmltext
 from corral.api import views
 from corral.api.auth import caller as auth
 from corral.api.context import ApiContext, get_context
@@ -82,6 +82,11 @@ async def image_import(
         raise Invalid(
             "cmdline needs boot_from (the image whose kernel boots the disk)", field="cmdline"
         )
+    texts = {"name": name, "version": version, "description": description}
+    texts |= {"default_user": default_user, "boot_from": boot_from, "cmdline": cmdline}
+    for field, text in texts.items():
+        if text is not None:
+            xmltext.check(field, text)  # checked before the upload is read
     transfer = ctx.controller.images.transfer
     params = {
         "name": name,

@@ -97,7 +97,7 @@ async def instance_reboot(
 async def instance_terminate(
     ref: str,
     force: bool = False,
-    timeout: float | None = None,
+    timeout: float | None = Query(None, ge=0, le=3600, description="seconds before forcing"),
     ctx: ApiContext = Depends(get_context),
     who: Caller = Depends(auth),
 ) -> models.InstanceAccepted:

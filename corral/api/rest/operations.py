@@ -14,6 +14,7 @@ from corral.controller.accounts import Caller
 from corral.store.models import Operation
 
 router = APIRouter(prefix="/v1/operations", tags=["operations"], responses=RESPONSES)
+MAX_SEQ = 2**63 - 1  # the store's integers are 64-bit: a larger `since` overflowed into a 500
 
 
 @router.get("", response_model=list[models.Operation])
@@ -43,7 +44,10 @@ async def operation_wait(
     op_id: str,
     timeout: float = Query(30, ge=0, le=600),
     since: int = Query(
-        -1, description="return at the first event after this sequence number; -1 waits for the end"
+        -1,
+        ge=-1,
+        le=MAX_SEQ,
+        description="return at the first event after this sequence number; -1 waits for the end",
     ),
     ctx: ApiContext = Depends(get_context),
     who: Caller = Depends(auth),
@@ -56,7 +60,10 @@ async def operation_wait(
 
 @router.get("/{op_id}/events", response_model=list[models.OperationEvent])
 async def operation_events(
-    op_id: str, since: int = 0, ctx: ApiContext = Depends(get_context), who: Caller = Depends(auth)
+    op_id: str,
+    since: int = Query(0, ge=0, le=MAX_SEQ, description="events after this sequence number"),
+    ctx: ApiContext = Depends(get_context),
+    who: Caller = Depends(auth),
 ) -> list[models.OperationEvent]:
     await ctx.controller.ops.get(op_id, who.account_id)
     return [
