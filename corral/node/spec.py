@@ -18,7 +18,7 @@ class HostRecord(BaseModel):
     mac: str
     address: str
     names: list[str]  # DNS names; the first is what a reverse lookup answers
-    hostname: str = ""  # the guest's host name (DHCP option 12)
+    hostname: str = ""  # the guest's host name (the metadata service tells the guest)
     zone: str = ""  # the guest's DHCP domain, its search domain (its account's zone)
 
 

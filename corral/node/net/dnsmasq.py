@@ -23,7 +23,7 @@ class HostEntry:
     mac: str
     address: str
     names: tuple[str, ...]  # DNS names; the first answers reverse lookups
-    hostname: str = ""  # sent as DHCP option 12, never entered in DNS
+    hostname: str = ""  # the guest's host name (not sent by DHCP, never entered in DNS)
     zone: str = ""  # sent as the DHCP domain and search domain
 
     @property
@@ -140,8 +140,8 @@ class Dnsmasq:
         dns = "".join(f"{h.address} {' '.join(h.names)}\n" for h in hosts)
         opts = []
         for h in hosts:
-            if h.hostname:
-                opts.append(f"tag:{h.tag},option:hostname,{h.hostname}\n")
+            # (no option 12: dnsmasq refuses it in an options file; guests take their host
+            # name from the metadata service)
             if h.zone:
                 opts.append(f"tag:{h.tag},option:domain-name,{h.zone}\n")
                 opts.append(f"tag:{h.tag},option:domain-search,{h.zone}\n")
