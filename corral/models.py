@@ -49,6 +49,12 @@ class InstanceCreate(BaseModel):
     metadata_hop_limit: int = Field(
         1, ge=1, le=64, description="IP hops an IMDSv2 token answer may travel"
     )
+    zone: str | None = Field(None, description="the availability zone to run in")
+    node: str | None = Field(None, description="pin to this node (name or id)")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="labels the node must carry (k: v)"
+    )
+    placement_group: str | None = Field(None, description="a placement group (name or pg- id)")
 
 
 class Instance(BaseModel):

@@ -1,0 +1,286 @@
+"""The scheduler over several fake nodes: filters (ready, cordon, pin, zone, labels,
+architecture, memory with QEMU's overhead, fractional cores, disk), weighers (spread, pack),
+the claims in the database (concurrent launches never overbook), and the reasons given when
+nothing fits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from corral import config
+from corral.controller import scheduler
+from corral.controller.service import Controller
+from corral.errors import Invalid, NoResources, NotFound
+from corral.images.store import ImageStore
+from corral.node.fake import FakeNode
+from corral.store import Store
+from corral.store.models import Image, Instance, Node
+from tests.unit.helpers import admin, finish, req
+
+GiB, MiB = 1 << 30, 1 << 20
+
+Cluster = Callable[..., Any]
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, store: Store, image_store: ImageStore) -> AsyncIterator[Cluster]:
+    """``await cluster({"a": dict(memory=...), ...}, **settings)``: a started controller
+    whose nodes are fake nodes of those sizes (zone/labels given per node too)."""
+    made: list[Controller] = []
+
+    async def build(nodes: dict[str, dict[str, Any]], **overrides: Any) -> Controller:
+        state = tmp_path / "state"
+        state.mkdir(exist_ok=True)
+        overrides.setdefault("scheduler_subset", 1)
+        settings = config.load(state, reconcile_interval=3600, **overrides)
+        ctrl = Controller(settings, store, image_store)
+        for name, spec in nodes.items():
+            spec = dict(spec)
+            labels = spec.pop("labels", None)
+            zone = spec.pop("zone", None)
+            await ctrl.add_node(FakeNode(name, **spec), name, zone=zone, labels=labels)
+        await ctrl.start()
+        made.append(ctrl)
+        return ctrl
+
+    yield build
+    for c in made:
+        await c.close()
+
+
+async def _run(ctrl: Controller, **fields: Any) -> Instance:
+    inst, op = await ctrl.instances.run(admin(ctrl), req(**fields))
+    done = await finish(ctrl, op)
+    assert done.status == "succeeded", done.error
+    return inst
+
+
+async def _where(ctrl: Controller) -> Counter[str]:
+    async with ctrl.store.read() as s:
+        rows = await s.execute(
+            select(Node.name)
+            .join(Instance, Instance.node_id == Node.id)
+            .where(Instance.state != "terminated")
+        )
+        return Counter(name for (name,) in rows)
+
+
+async def _claimed(ctrl: Controller, name: str) -> tuple[int, float, int]:
+    async with ctrl.store.read() as s:
+        n = await s.scalar(select(Node).where(Node.name == name))
+        assert n is not None
+        return n.claimed_memory, n.claimed_cores, n.claimed_disk
+
+
+# -- weighers ---------------------------------------------------------------------------------
+async def test_spread_puts_each_launch_on_the_emptiest_node(cluster: Cluster) -> None:
+    ctrl = await cluster({"a": {}, "b": {}, "c": {}})
+    for _ in range(6):
+        await _run(ctrl, memory="512M")
+    assert await _where(ctrl) == {"a": 2, "b": 2, "c": 2}
+
+
+async def test_pack_fills_one_node_before_the_next(cluster: Cluster) -> None:
+    ctrl = await cluster({"a": {}, "b": {}}, scheduler_weigher="pack")
+    for _ in range(3):
+        await _run(ctrl, memory="1G")
+    assert sorted((await _where(ctrl)).values()) == [3]
+
+
+async def test_the_random_pick_is_among_the_best_few_only(cluster: Cluster) -> None:
+    """With a subset of 3, launches onto three empty nodes and one nearly full one never
+    choose the full one (it weighs far below the best)."""
+    ctrl = await cluster(
+        {"a": {}, "b": {}, "c": {}, "full": {"memory": 1 * GiB}}, scheduler_subset=3
+    )
+    for _ in range(6):
+        await _run(ctrl, memory="700M")
+    where = await _where(ctrl)
+    assert "full" not in where and sum(where.values()) == 6
+
+
+# -- filters and their reasons ----------------------------------------------------------------
+async def test_nothing_fits_says_why_per_filter(cluster: Cluster) -> None:
+    ctrl = await cluster({"a": {"memory": 2 * GiB}, "b": {"memory": 2 * GiB}, "c": {}})
+    async with ctrl.store.write() as s:
+        await s.execute(update(Node).where(Node.name == "c").values(cordoned=True))
+    with pytest.raises(NoResources) as err:
+        await ctrl.instances.run(admin(ctrl), req(memory="4G"))
+    assert "3 nodes: 2 lack 4 GiB free memory, 1 is cordoned" in err.value.message
+    assert await _where(ctrl) == {}
+
+
+async def test_memory_counts_qemu_overhead_and_the_hosts_reserve(cluster: Cluster) -> None:
+    ctrl = await cluster({"a": {"memory": 2 * GiB}})
+    async with ctrl.store.write() as s:  # as a real agent reports them
+        await s.execute(update(Node).values(memory_overhead=256 * MiB, memory_reserved=512 * MiB))
+    # 2 GiB - 512 MiB reserved = 1536 MiB: two 512 MiB guests with 256 MiB overhead each
+    await _run(ctrl, memory="512M")
+    await _run(ctrl, memory="512M")
+    assert await _claimed(ctrl, "a") == (1536 * MiB, 2.0, 2 * 64 * MiB)
+    with pytest.raises(NoResources, match="1 node: 1 lacks 64 MiB free memory"):
+        await ctrl.instances.run(admin(ctrl), req(memory="64M"))
+
+
+async def test_fractional_cores_are_counted_against_the_allocation_ratio(
+    cluster: Cluster,
+) -> None:
+    ctrl = await cluster({"a": {"cpus": 1}}, cpu_allocation_ratio=1.0)
+    for _ in range(5):  # cr1.nano: 0.2 of a core each, five fill one core exactly
+        await _run(ctrl, instance_type="cr1.nano")
+    with pytest.raises(NoResources, match=r"1 node: 1 lacks 0\.2 free CPU cores"):
+        await ctrl.instances.run(admin(ctrl), req(instance_type="cr1.nano"))
+    assert (await _claimed(ctrl, "a"))[1] == pytest.approx(1.0)
+
+
+async def test_disk_is_a_filter(cluster: Cluster) -> None:
+    ctrl = await cluster({"a": {"disk": 1 * GiB}, "b": {"disk": 8 * GiB}})
+    inst = await _run(ctrl, disk="2G")
+    assert inst.node_id == "node-b"
+    with pytest.raises(NoResources, match="2 nodes: 2 lack 7 GiB free disk"):
+        await ctrl.instances.run(admin(ctrl), req(disk="7G"))
+
+
+async def test_a_pinned_node_is_used_or_the_launch_says_why(cluster: Cluster) -> None:
+    ctrl = await cluster({"a": {}, "b": {"memory": 1 * GiB}})
+    inst = await _run(ctrl, node="b")
+    assert inst.node_id == "node-b"
+    with pytest.raises(NoResources, match="2 nodes: 1 is not the requested node b, 1 lacks"):
+        await ctrl.instances.run(admin(ctrl), req(node="b", memory="1G"))
+    with pytest.raises(NotFound, match="node nope does not exist"):
+        await ctrl.instances.run(admin(ctrl), req(node="nope"))
+
+
+async def test_zone_and_labels_choose_the_node(cluster: Cluster) -> None:
+    ctrl = await cluster(
+        {
+            "a": {"zone": "z1", "labels": {"disk": "ssd"}},
+            "b": {"zone": "z2", "labels": {"disk": "hdd"}},
+            "c": {"zone": "z2", "labels": {"disk": "ssd", "gpu": "no"}},
+        }
+    )
+    assert (await _run(ctrl, zone="z2", node_selector={"disk": "ssd"})).node_id == "node-c"
+    assert (await _run(ctrl, node_selector={"disk": "hdd"})).node_id == "node-b"
+    with pytest.raises(NoResources, match="3 nodes: 2 lack the labels disk=ssd, gpu=yes, 1 is"):
+        await ctrl.instances.run(
+            admin(ctrl), req(zone="z2", node_selector={"disk": "ssd", "gpu": "yes"})
+        )
+    with pytest.raises(Invalid, match="availability zone z9 does not exist; the nodes are in z1"):
+        await ctrl.instances.run(admin(ctrl), req(zone="z9"))
+
+
+async def test_the_images_architecture_must_match_the_nodes(cluster: Cluster) -> None:
+    ctrl = await cluster({"a": {}, "b": {"arch": "aarch64"}})
+    async with ctrl.store.write() as s:
+        await s.execute(update(Image).values(arch="aarch64"))
+    assert (await _run(ctrl)).node_id == "node-b"
+    async with ctrl.store.write() as s:
+        await s.execute(update(Image).values(arch="riscv64"))
+    with pytest.raises(NoResources, match="2 nodes: 2 do not run riscv64 guests"):
+        await ctrl.instances.run(admin(ctrl), req())
+
+
+async def test_a_node_that_is_not_up_takes_nothing(cluster: Cluster) -> None:
+    ctrl = await cluster({"a": {}, "b": {}})
+    async with ctrl.store.write() as s:
+        await s.execute(update(Node).where(Node.name == "a").values(state="down"))
+    for _ in range(2):
+        assert (await _run(ctrl)).node_id == "node-b"
+
+
+# -- claims -------------------------------------------------------------------------------------
+async def test_ten_concurrent_launches_onto_room_for_four_give_exactly_four(
+    cluster: Cluster,
+) -> None:
+    # each node: 2 GiB - room for two 1 GiB guests; two nodes: room for four
+    ctrl = await cluster({"a": {"memory": 2 * GiB}, "b": {"memory": 2 * GiB}}, scheduler_subset=3)
+    results = await asyncio.gather(
+        *(ctrl.instances.run(admin(ctrl), req(memory="1G")) for _ in range(10)),
+        return_exceptions=True,
+    )
+    ok = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(ok) == 4
+    assert all(isinstance(e, NoResources) for e in refused) and len(refused) == 6
+    assert await _where(ctrl) == {"a": 2, "b": 2}
+    assert (await _claimed(ctrl, "a"))[0] == 2 * GiB
+    for _, op in ok:
+        assert (await finish(ctrl, op)).status == "succeeded"
+
+
+async def test_the_claim_is_checked_again_by_the_database(cluster: Cluster) -> None:
+    """A controller that weighed a stale picture (the node looked empty) cannot claim past
+    the node's capacity: the UPDATE itself refuses."""
+    ctrl = await cluster({"a": {"memory": 2 * GiB}})
+    policy = scheduler.Policy.from_settings(ctrl.settings)
+    need = scheduler.Request(memory=1536 * MiB, cores=1.0, disk=0)
+    async with ctrl.store.write() as s:
+        (stale,) = await scheduler.nodes(s)
+        assert await scheduler.claim(s, stale, need, policy) is not None
+        assert await scheduler.claim(s, stale, need, policy) is None  # stale view: refused
+    assert await _claimed(ctrl, "a") == (1536 * MiB, 1.0, 0)
+
+
+async def test_terminating_gives_the_claim_back_and_stopping_does_not(
+    cluster: Cluster,
+) -> None:
+    ctrl = await cluster({"a": {"memory": 1 * GiB}})
+    inst = await _run(ctrl, memory="1G")
+    _, op = await ctrl.instances.stop(admin(ctrl), inst.id)
+    await finish(ctrl, op)
+    with pytest.raises(NoResources):  # a stopped instance keeps its place to start again
+        await ctrl.instances.run(admin(ctrl), req(memory="1G"))
+    _, op = await ctrl.instances.terminate(admin(ctrl), inst.id)
+    await finish(ctrl, op)
+    assert await _claimed(ctrl, "a") == (0, 0.0, 0)
+    await _run(ctrl, memory="1G")
+
+
+async def test_a_failed_run_gives_the_claim_back(cluster: Cluster) -> None:
+    ctrl = await cluster({"a": {"memory": 1 * GiB}})
+    node = ctrl.nodes["node-a"]
+    assert isinstance(node, FakeNode)
+    inst, op = await ctrl.instances.run(admin(ctrl), req(memory="1G", name="doomed"))
+    node.fail_start.add(inst.id)
+    done = await finish(ctrl, op)
+    if done.status == "succeeded":  # the operation started before fail_start was set
+        _, op = await ctrl.instances.terminate(admin(ctrl), inst.id)
+        await finish(ctrl, op)
+    assert await _claimed(ctrl, "a") == (0, 0.0, 0)
+
+
+async def test_recount_repairs_claims_that_drifted(cluster: Cluster) -> None:
+    ctrl = await cluster({"a": {}, "b": {}})
+    inst = await _run(ctrl, memory="512M")
+    async with ctrl.store.write() as s:
+        await s.execute(update(Node).values(claimed_memory=7 * GiB, claimed_cores=9.0))
+    async with ctrl.store.write() as s:
+        await scheduler.recount(s)
+    assert inst.node_id is not None
+    here = inst.node_id.removeprefix("node-")
+    assert await _claimed(ctrl, here) == (512 * MiB, 1.0, 64 * MiB)
+    other = "b" if here == "a" else "a"
+    assert await _claimed(ctrl, other) == (0, 0.0, 0)
+
+
+async def test_a_bigger_type_must_fit_the_instances_own_node(cluster: Cluster) -> None:
+    ctrl = await cluster({"a": {"memory": 2 * GiB}})
+    inst = await _run(ctrl, instance_type="cr1.small")
+    _, op = await ctrl.instances.stop(admin(ctrl), inst.id)
+    await finish(ctrl, op)
+    await ctrl.instances.modify(admin(ctrl), inst.id, instance_type="cr1.large")
+    assert (await _claimed(ctrl, "a"))[0] == 2 * GiB
+    await ctrl.instances.modify(admin(ctrl), inst.id, instance_type="cr1.medium")
+    assert (await _claimed(ctrl, "a"))[0] == 1 * GiB
+    await _run(ctrl, instance_type="cr1.medium")  # the other half
+    with pytest.raises(NoResources, match="node cannot hold the new size"):
+        await ctrl.instances.modify(admin(ctrl), inst.id, instance_type="cr1.large")
+    assert (await _claimed(ctrl, "a"))[0] == 2 * GiB
+    assert (await ctrl.instances.get(admin(ctrl), inst.id)).instance_type == "cr1.medium"
