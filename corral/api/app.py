@@ -14,6 +14,7 @@ from corral.api.rest import (
     instances,
     keys,
     operations,
+    placement,
     system,
     volumes,
 )
@@ -34,5 +35,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         app.include_router(module.router)
     app.include_router(volumes.snapshots)
     app.include_router(appliances.router)
+    app.include_router(placement.router)
+    app.include_router(placement.capacity_router)
     app.include_router(ec2.router)  # the EC2 Query API at / (POST form or GET ?Action=)
     return app

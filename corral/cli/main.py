@@ -8,7 +8,17 @@ from pathlib import Path
 
 import typer
 
-from corral.cli import accounts, appliances, daemon, images, instances, keys, ops, volumes
+from corral.cli import (
+    accounts,
+    appliances,
+    daemon,
+    images,
+    instances,
+    keys,
+    ops,
+    placement,
+    volumes,
+)
 from corral.cli.common import Options, err_console
 from corral.errors import CorralError
 
@@ -36,12 +46,13 @@ def root(
     ctx.obj = Options(state_dir=state_dir, endpoint=endpoint)
 
 
-for sub in (daemon.app, instances.app, appliances.app):
+for sub in (daemon.app, instances.app, appliances.app, placement.capacity_app):
     for command in sub.registered_commands:
         app.registered_commands.append(command)
 app.add_typer(images.app, name="image")
 app.add_typer(volumes.app, name="volume")
 app.add_typer(keys.app, name="key")
+app.add_typer(placement.app, name="placement-group")
 app.add_typer(ops.app, name="op")
 app.add_typer(ops.nodes, name="node")
 app.add_typer(accounts.app, name="account")

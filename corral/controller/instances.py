@@ -124,7 +124,7 @@ class Instances:
 
     # -- run -------------------------------------------------------------------------------
     async def run(self, caller: Caller, req: InstanceCreate) -> tuple[Instance, Operation]:
-        insts, ops = await self.launch(caller, req, LaunchOptions())
+        insts, ops = await self.launch(caller, req, LaunchOptions(tags=dict(req.tags)))
         return insts[0], ops[0]
 
     async def launch(

@@ -7,52 +7,20 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 
-from corral import config
 from corral.controller import scheduler
 from corral.controller.service import Controller
 from corral.errors import Invalid, NoResources, NotFound
-from corral.images.store import ImageStore
 from corral.node.fake import FakeNode
-from corral.store import Store
 from corral.store.models import Image, Instance, Node
+from tests.unit.conftest import Cluster
 from tests.unit.helpers import admin, finish, req
 
 GiB, MiB = 1 << 30, 1 << 20
-
-Cluster = Callable[..., Any]
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path, store: Store, image_store: ImageStore) -> AsyncIterator[Cluster]:
-    """``await cluster({"a": dict(memory=...), ...}, **settings)``: a started controller
-    whose nodes are fake nodes of those sizes (zone/labels given per node too)."""
-    made: list[Controller] = []
-
-    async def build(nodes: dict[str, dict[str, Any]], **overrides: Any) -> Controller:
-        state = tmp_path / "state"
-        state.mkdir(exist_ok=True)
-        overrides.setdefault("scheduler_subset", 1)
-        settings = config.load(state, reconcile_interval=3600, **overrides)
-        ctrl = Controller(settings, store, image_store)
-        for name, spec in nodes.items():
-            spec = dict(spec)
-            labels = spec.pop("labels", None)
-            zone = spec.pop("zone", None)
-            await ctrl.add_node(FakeNode(name, **spec), name, zone=zone, labels=labels)
-        await ctrl.start()
-        made.append(ctrl)
-        return ctrl
-
-    yield build
-    for c in made:
-        await c.close()
 
 
 async def _run(ctrl: Controller, **fields: Any) -> Instance:
