@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.config import Settings
@@ -144,7 +144,7 @@ COLUMNS = (
 
 
 async def nodes(s: AsyncSession) -> list[NodeView]:
-    rows = await s.execute(select(*COLUMNS).order_by(Node.name))
+    rows = await (await s.connection()).execute(select(*COLUMNS).order_by(Node.name))
     return [NodeView(*r) for r in rows]
 
 
@@ -355,21 +355,28 @@ def _hint(failed: Counter[str]) -> str:
     return ", ".join(tips[:-1]) + " or " + tips[-1]
 
 
+def _share(left: float, cap: float) -> float:
+    return left / cap if cap > 0 else 0.0
+
+
+def capacity_score(n: NodeView, req: Request, p: Policy) -> float:
+    """The capacity weighers: the weighted mean of the shares of memory, cores and disk the
+    node has left after taking ``req`` (0 where it reports no capacity). ``_score_sql`` is
+    the same formula for the database."""
+    total = p.memory_weight + p.cpu_weight + p.disk_weight
+    if not total:
+        return 0.0
+    mem = _share(n.free_memory(p) - _need_memory(n, req), n.memory_capacity(p))
+    cores = _share(n.free_cores(p) - req.cores, n.cores_capacity(p))
+    disk = _share(n.disk_capacity(p) - n.claimed_disk - req.disk, n.disk_capacity(p))
+    return (p.memory_weight * mem + p.cpu_weight * cores + p.disk_weight * disk) / total
+
+
 def weigh(n: NodeView, req: Request, p: Policy, ctx: Context) -> float:
     """Higher is better. Spread favours the node left with the largest free share of its
     memory, cores and disk; pack the smallest. Soft anti-affinity and cluster groups add
     penalties and bonuses that outweigh capacity."""
-    parts = []
-    mcap, ccap, dcap = n.memory_capacity(p), n.cores_capacity(p), n.disk_capacity(p)
-    if p.memory_weight and mcap > 0:
-        left = (n.free_memory(p) - _need_memory(n, req)) / mcap
-        parts.append((p.memory_weight, left))
-    if p.cpu_weight and ccap > 0:
-        parts.append((p.cpu_weight, (n.free_cores(p) - req.cores) / ccap))
-    if p.disk_weight and dcap > 0:
-        parts.append((p.disk_weight, (dcap - n.claimed_disk - req.disk) / dcap))
-    total = sum(w for w, _ in parts)
-    score = sum(w * x for w, x in parts) / total if total else 0.0
+    score = capacity_score(n, req, p)
     if p.pack:
         score = -score
     if not p.exclusion_hard:
@@ -402,27 +409,38 @@ class Placement:
     disk: int
 
 
+def _claim_stmt(p: Policy) -> Any:
+    stmt = _STATEMENTS.get(("claim", p))
+    if stmt is None:
+        mem: Any = bindparam("b_mem")
+        cores: Any = bindparam("b_cores")
+        disk: Any = bindparam("b_disk")
+        stmt = _STATEMENTS[("claim", p)] = (
+            update(Node)
+            .where(
+                Node.id == bindparam("b_node_id"),
+                Node.state == READY,
+                Node.cordoned.is_(False),
+                Node.claimed_memory + mem + Node.memory_reserved <= Node.memory * p.memory_ratio,
+                Node.claimed_cores + cores <= Node.cpus * p.cpu_ratio + EPSILON,
+                or_(Node.disk == 0, Node.claimed_disk + disk <= Node.disk * p.disk_ratio),
+            )
+            .values(
+                claimed_memory=Node.claimed_memory + mem,
+                claimed_cores=Node.claimed_cores + cores,
+                claimed_disk=Node.claimed_disk + disk,
+            )
+        )
+    return stmt
+
+
 async def claim(s: AsyncSession, n: NodeView, req: Request, p: Policy) -> Placement | None:
     """Claim ``req`` on node ``n`` if it still fits, checked by the database in the UPDATE
     itself (another controller may have claimed since ``n`` was read); None when it does
     not fit any more. On PostgreSQL the UPDATE also locks the node's row until commit."""
     mem = _need_memory(n, req)
-    res = await s.execute(
-        update(Node)
-        .where(
-            Node.id == n.id,
-            Node.state == READY,
-            Node.cordoned.is_(False),
-            Node.claimed_memory + mem + Node.memory_reserved <= Node.memory * p.memory_ratio,
-            Node.claimed_cores + req.cores <= Node.cpus * p.cpu_ratio + EPSILON,
-            or_(Node.disk == 0, Node.claimed_disk + req.disk <= Node.disk * p.disk_ratio),
-        )
-        .values(
-            claimed_memory=Node.claimed_memory + mem,
-            claimed_cores=Node.claimed_cores + req.cores,
-            claimed_disk=Node.claimed_disk + req.disk,
-        )
-        .execution_options(synchronize_session=False)
+    res = await (await s.connection()).execute(
+        _claim_stmt(p), {"b_node_id": n.id, "b_mem": mem, "b_cores": req.cores, "b_disk": req.disk}
     )
     if getattr(res, "rowcount", 0) != 1:
         return None
@@ -444,37 +462,28 @@ async def _unclaim(s: AsyncSession, node_id: str, memory: int, cores: float, dis
 
 async def place(s: AsyncSession, req: Request, p: Policy) -> Placement:
     """Choose a node for ``req`` and claim it, inside the caller's write transaction (which
-    then assigns the instance and stores the claim on it). Raises NoResources saying, per
-    filter, why no node fits."""
-    views = await nodes(s)
-    if req.node is not None and not any(req.node in (n.name, n.id) for n in views):
-        raise NotFound(
-            f"node {req.node} does not exist; `corral node ls` lists the nodes",
-            field="node",
-            resource="node",
-        )
-    if req.zone is not None and not any(n.zone == req.zone for n in views):
-        zones = sorted({n.zone for n in views})
-        raise Invalid(
-            f"availability zone {req.zone} does not exist; the nodes are in "
-            f"{', '.join(zones) or 'no zone yet'}",
-            field="zone",
-        )
+    then assigns the instance and stores the claim on it). The database filters and orders
+    the nodes (``_where``, ``_score_sql``) and hands back only the best few; when it finds
+    none, every node is read and the Python filters say, per filter, why none fits."""
+    await _check_names(s, req)
     for _ in range(3):  # a claim lost to another controller: weigh again
         ctx = await Context.load(s, req)
-        ok, failed = sift(views, req, p, ctx)
-        if not ok:
-            if not views:
+        found = await _candidates(s, req, p, ctx)
+        if not found:
+            views = await nodes(s)
+            found, failed = sift(views, req, p, ctx)
+            if not found:
+                if not views:
+                    raise NoResources(
+                        "no node is registered; start Corral with `corral up` or join a node",
+                        resource="node",
+                    )
                 raise NoResources(
-                    "no node is registered; start Corral with `corral up` or join a node",
+                    f"no node can take this instance "
+                    f"({explain(len(views), failed, req, p)}); {_hint(failed)}",
                     resource="node",
                 )
-            raise NoResources(
-                f"no node can take this instance ({explain(len(views), failed, req, p)}); "
-                f"{_hint(failed)}",
-                resource="node",
-            )
-        for n in rank(ok, req, p, ctx):
+        for n in rank(found, req, p, ctx):
             got = await claim(s, n, req, p)
             if got is None:
                 continue
@@ -482,11 +491,145 @@ async def place(s: AsyncSession, req: Request, p: Policy) -> Placement:
                 await _unclaim(s, n.id, got.memory, got.cores, got.disk)
                 continue
             return got
-        views = await nodes(s)
     raise NoResources(
         "every node that fitted was claimed by concurrent launches; try again",
         resource="node",
     )
+
+
+async def _check_names(s: AsyncSession, req: Request) -> None:
+    conn = await s.connection()
+    if req.node is not None:
+        hit = await conn.scalar(
+            select(Node.id).where(or_(Node.name == req.node, Node.id == req.node)).limit(1)
+        )
+        if hit is None:
+            raise NotFound(
+                f"node {req.node} does not exist; `corral node ls` lists the nodes",
+                field="node",
+                resource="node",
+            )
+    if req.zone is not None:
+        hit = await conn.scalar(select(Node.id).where(Node.zone == req.zone).limit(1))
+        if hit is None:
+            zones = sorted(set(await conn.scalars(select(Node.zone).distinct())))
+            raise Invalid(
+                f"availability zone {req.zone} does not exist; the nodes are in "
+                f"{', '.join(zones) or 'no zone yet'}",
+                field="zone",
+            )
+
+
+def _where(req: Request, p: Policy, ctx: Context) -> list[Any]:
+    """FILTERS as SQL conditions with bound parameters (``_params`` fills them; the
+    statement is built once per shape of request); tests/unit/test_scheduler.py checks they
+    agree with FILTERS."""
+    mem: Any = bindparam("memory")
+    cores: Any = bindparam("cores")
+    disk: Any = bindparam("disk")
+    w: list[Any] = [
+        Node.state == READY,
+        Node.cordoned.is_(False),
+        or_(Node.arch == "", Node.arch == bindparam("arch")),
+        Node.claimed_memory + mem + Node.memory_overhead + Node.memory_reserved
+        <= Node.memory * p.memory_ratio,
+        Node.claimed_cores + cores <= Node.cpus * p.cpu_ratio + EPSILON,
+        or_(Node.disk == 0, Node.claimed_disk + disk <= Node.disk * p.disk_ratio),
+    ]
+    if req.node is not None:
+        w.append(or_(Node.name == bindparam("node"), Node.id == bindparam("node")))
+    if req.zone is not None:
+        w.append(Node.zone == bindparam("zone"))
+    for i, k in enumerate(sorted(req.selector)):
+        w.append(Node.labels[k].as_string() == bindparam(f"label_{i}"))
+    if req.group is not None and req.group.strategy == "spread" and ctx.group_nodes:
+        w.append(Node.id.not_in(bindparam("group_nodes", expanding=True)))
+    if req.group is not None and req.group.strategy == "cluster" and ctx.group_zones:
+        w.append(Node.zone.in_(bindparam("group_zones", expanding=True)))
+    if p.exclusion_hard and ctx.shared:
+        w.append(Node.id.not_in(bindparam("shared", expanding=True)))
+    return w
+
+
+def _params(req: Request, ctx: Context) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "memory": req.memory,
+        "cores": req.cores,
+        "disk": req.disk,
+        "arch": req.arch,
+        "node": req.node,
+        "zone": req.zone,
+        "group_nodes": sorted(ctx.group_nodes),
+        "group_zones": sorted(ctx.group_zones),
+        "shared": sorted(ctx.shared),
+    }
+    for i, k in enumerate(sorted(req.selector)):
+        out[f"label_{i}"] = req.selector[k]
+    return out
+
+
+def _share_sql(left: Any, cap: Any) -> Any:
+    return case((cap > 0, left * 1.0 / cap), else_=0.0)
+
+
+def _score_sql(p: Policy) -> Any:
+    """``capacity_score`` for the database (signed for pack)."""
+    total = p.memory_weight + p.cpu_weight + p.disk_weight
+    if not total:
+        return literal(0.0)
+    mcap = Node.memory * p.memory_ratio - Node.memory_reserved
+    ccap = Node.cpus * p.cpu_ratio
+    dcap = Node.disk * p.disk_ratio
+    mem = _share_sql(mcap - Node.claimed_memory - bindparam("memory") - Node.memory_overhead, mcap)
+    cores = _share_sql(ccap - Node.claimed_cores - bindparam("cores"), ccap)
+    disk = _share_sql(dcap - Node.claimed_disk - bindparam("disk"), dcap)
+    score = (p.memory_weight * mem + p.cpu_weight * cores + p.disk_weight * disk) / total
+    return -score if p.pack else score
+
+
+_STATEMENTS: dict[tuple[Any, ...], Any] = {}  # built statements by shape (a few dozen at most)
+
+
+def _select(req: Request, p: Policy, ctx: Context, limit: int | None, cluster: bool) -> Any:
+    shape = (
+        p,
+        limit,
+        cluster,
+        req.node is not None,
+        req.zone is not None,
+        tuple(sorted(req.selector)),
+        req.group.strategy if req.group is not None else None,
+        bool(ctx.group_nodes),
+        bool(ctx.group_zones),
+        bool(ctx.shared),
+    )
+    stmt = _STATEMENTS.get(shape)
+    if stmt is None:
+        where = _where(req, p, ctx)
+        if cluster:
+            where.append(Node.id.in_(bindparam("group_nodes", expanding=True)))
+        stmt = select(*COLUMNS).where(*where).order_by(_score_sql(p).desc(), Node.name)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        if len(_STATEMENTS) > 256:
+            _STATEMENTS.clear()
+        _STATEMENTS[shape] = stmt
+    return stmt
+
+
+async def _candidates(s: AsyncSession, req: Request, p: Policy, ctx: Context) -> list[NodeView]:
+    """The nodes every filter lets pass, best first by capacity, as many as the random pick
+    and the soft penalties and bonuses can need (a penalised node may drop below others; a
+    cluster group's nodes are fetched whatever their capacity weight)."""
+    conn = await s.connection()
+    params = _params(req, ctx)
+    limit = p.subset + (0 if p.exclusion_hard else len(ctx.shared))
+    rows = await conn.execute(_select(req, p, ctx, limit, False), params)
+    found = {r.id: NodeView(*r) for r in rows}
+    if req.group is not None and req.group.strategy == "cluster" and ctx.group_nodes:
+        rows = await conn.execute(_select(req, p, ctx, None, True), params)
+        found.update({r.id: NodeView(*r) for r in rows})
+    return list(found.values())
 
 
 async def _conflicts(s: AsyncSession, node_id: str, req: Request, p: Policy) -> bool:
