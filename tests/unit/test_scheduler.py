@@ -262,7 +262,8 @@ async def test_the_sql_filters_and_order_agree_with_the_python_ones(store: Store
     """Random nodes and requests: the nodes the database lets through (and their order) are
     the ones FILTERS let through, ordered by capacity_score."""
     rng = random.Random(5)
-    zones, labels = ("z1", "z2"), ({}, {"disk": "ssd"}, {"disk": "hdd", "gpu": "yes"})
+    zones = ("z1", "z2")
+    labels: tuple[dict[str, str], ...] = ({}, {"disk": "ssd"}, {"disk": "hdd", "gpu": "yes"})
     async with store.write() as s:
         for i in range(40):
             memory = rng.choice((1, 2, 4, 8)) * GiB
