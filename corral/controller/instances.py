@@ -17,7 +17,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import ids
-from corral.controller import instance_types, ipam, keys, scheduler, states
+from corral.controller import claims, instance_types, ipam, keys, scheduler, states
 from corral.controller.accounts import Caller
 from corral.errors import (
     CorralError,
@@ -282,7 +282,7 @@ class Instances:
                     reservation_id=reservation,
                     client_token=opts.client_token,
                 )
-                scheduler.hold(inst, got)
+                claims.hold(inst, got)
                 s.add(inst)
                 await s.flush()
                 if image.root_device_type == "ebs" and image.root_snapshot_id:
@@ -444,7 +444,7 @@ class Instances:
                 row.pid = None
                 row.private_ip = None
                 await ipam.release(s, inst.id)
-                await scheduler.release(s, row)
+                await claims.release(s, row)
         with contextlib.suppress(Exception):
             await self.ctrl.instance_released(inst.id)
         with contextlib.suppress(Exception):
@@ -628,7 +628,7 @@ class Instances:
                         row.private_ip = None
                         row.terminated_at = utcnow()
                         await ipam.release(s, iid)
-                        await scheduler.release(s, row)
+                        await claims.release(s, row)
                 await self.ctrl.instance_released(iid)
                 await self.ctrl.networks.sync(inst.network_id)
         self.locks.pop(iid, None)
@@ -683,7 +683,7 @@ class Instances:
                 raise DryRunPassed("ModifyInstanceAttribute would have succeeded")
             if itype is not None:
                 policy = scheduler.Policy.from_settings(self.ctrl.settings)
-                await scheduler.resize(s, inst, itype.memory, itype.cores, policy)
+                await claims.resize(s, inst, itype.memory, itype.cores, policy)
                 inst.instance_type = itype.name
                 inst.cpus, inst.memory, inst.cpu_limit = itype.vcpus, itype.memory, itype.cpu_limit
             if user_data is not None:

@@ -10,7 +10,7 @@ import logging
 from sqlalchemy import delete, select
 
 from corral.config import Settings
-from corral.controller import scheduler
+from corral.controller import claims
 from corral.controller.accounts import Accounts, Caller
 from corral.controller.appliances import Appliances
 from corral.controller.elastic_ips import ElasticIps
@@ -114,7 +114,7 @@ class Controller:
         )
         await self.images.sync_from_store()
         async with self.store.write() as s:
-            await scheduler.recount(s)  # claims made before a crash or an upgrade
+            await claims.recount(s)  # claims made before a crash or an upgrade
         for node_id in self.nodes:
             net = await self.networks.ensure_default(node_id)
             await self.networks.ensure_on_node(net.id)
@@ -155,7 +155,7 @@ class Controller:
             try:
                 await self.purge_terminated()
                 async with self.store.write() as s:
-                    await scheduler.recount(s)
+                    await claims.recount(s)
                 for node_id in self.nodes:
                     async with self.store.read() as s:
                         net = await self.networks.default(s, node_id)
