@@ -44,7 +44,7 @@ TYPES = ("cr1.nano", "cr1.micro", "cr1.small", "cr1.medium", "cr1.large")
 
 def pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 async def setup(store: Store, nodes: int) -> None:
