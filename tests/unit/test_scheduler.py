@@ -214,16 +214,21 @@ async def test_terminating_gives_the_claim_back_and_stopping_does_not(
     await _run(ctrl, memory="1G")
 
 
-async def test_a_failed_run_gives_the_claim_back(cluster: Cluster) -> None:
+async def test_a_failed_run_gives_the_claim_back(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ctrl = await cluster({"a": {"memory": 1 * GiB}})
     node = ctrl.nodes["node-a"]
     assert isinstance(node, FakeNode)
-    inst, op = await ctrl.instances.run(admin(ctrl), req(memory="1G", name="doomed"))
-    node.fail_start.add(inst.id)
-    done = await finish(ctrl, op)
-    if done.status == "succeeded":  # the operation started before fail_start was set
-        _, op = await ctrl.instances.terminate(admin(ctrl), inst.id)
-        await finish(ctrl, op)
+
+    async def refuse(spec: Any) -> int:
+        from corral.node.driver.machine import LaunchFailed
+
+        raise LaunchFailed(f"fake launch failure for {spec.id}")
+
+    monkeypatch.setattr(node, "instance_start", refuse)
+    _, op = await ctrl.instances.run(admin(ctrl), req(memory="1G", name="doomed"))
+    assert (await finish(ctrl, op)).status == "failed"
     assert await _claimed(ctrl, "a") == (0, 0.0, 0)
 
 
