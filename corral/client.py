@@ -388,6 +388,26 @@ class Client:
     def key_remove(self, name: str) -> None:
         self._call("DELETE", f"/v1/keys/{name}")
 
+    # -- placement -------------------------------------------------------------------------
+    def placement_group_list(self) -> list[models.PlacementGroup]:
+        data = self._call("GET", "/v1/placement-groups")
+        return [models.PlacementGroup.model_validate(x) for x in data]
+
+    def placement_group_create(self, req: models.PlacementGroupCreate) -> models.PlacementGroup:
+        data = self._call("POST", "/v1/placement-groups", json=req.model_dump())
+        return models.PlacementGroup.model_validate(data)
+
+    def placement_group_show(self, ref: str) -> models.PlacementGroup:
+        return models.PlacementGroup.model_validate(
+            self._call("GET", f"/v1/placement-groups/{ref}")
+        )
+
+    def placement_group_remove(self, ref: str) -> None:
+        self._call("DELETE", f"/v1/placement-groups/{ref}")
+
+    def capacity_show(self) -> models.Capacity:
+        return models.Capacity.model_validate(self._call("GET", "/v1/capacity"))
+
     # -- accounts --------------------------------------------------------------------------
     def account_list(self) -> list[models.Account]:
         return [models.Account.model_validate(x) for x in self._call("GET", "/v1/accounts")]

@@ -47,6 +47,18 @@ class Settings:
     dns_tsig_algorithm: str = "hmac-sha256"
     dns_ttl: int = 60
     max_access_keys: int = 2  # per non-admin account
+    # placement (docs/operator-guide.md, "The scheduler")
+    reserved_memory_mib: int = 512  # this node's memory kept for the host, not for instances
+    cpu_allocation_ratio: float = 16.0  # host cores promised per real core (Nova's classic)
+    memory_allocation_ratio: float = 1.0
+    disk_allocation_ratio: float = 1.0  # root disks are thin qcow2 overlays
+    scheduler_weigher: str = "spread"  # spread | pack
+    scheduler_memory_weight: float = 1.0
+    scheduler_cpu_weight: float = 1.0
+    scheduler_disk_weight: float = 0.5
+    scheduler_subset: int = 3  # a random pick among this many best nodes
+    exclusion_tags: str = ""  # tag keys, comma-separated: equal values avoid sharing a node
+    exclusion: str = "soft"  # soft (a weigher) | hard (a filter)
     extra: dict[str, Any] = field(default_factory=dict)
 
     # -- derived paths ---------------------------------------------------------------------
@@ -90,6 +102,10 @@ class Settings:
     @property
     def availability_zone(self) -> str:
         return f"{self.region}a"
+
+    @property
+    def exclusion_keys(self) -> list[str]:
+        return [k.strip() for k in self.exclusion_tags.split(",") if k.strip()]
 
     @property
     def hostname(self) -> str:
@@ -153,6 +169,29 @@ class Settings:
             )
         if self.accel not in ("auto", "kvm", "tcg"):
             raise Invalid(f"accel {self.accel!r} must be auto, kvm or tcg", field="accel")
+        for name in ("cpu_allocation_ratio", "memory_allocation_ratio", "disk_allocation_ratio"):
+            if getattr(self, name) <= 0:
+                raise Invalid(
+                    f"{name} {getattr(self, name)} must be more than 0 (1.0: no overcommit)",
+                    field=name,
+                )
+        if self.scheduler_weigher not in ("spread", "pack"):
+            raise Invalid(
+                f"scheduler_weigher {self.scheduler_weigher!r} must be spread or pack",
+                field="scheduler_weigher",
+            )
+        if self.scheduler_subset < 1:
+            raise Invalid(
+                f"scheduler_subset {self.scheduler_subset} must be at least 1",
+                field="scheduler_subset",
+            )
+        if self.exclusion not in ("soft", "hard"):
+            raise Invalid(f"exclusion {self.exclusion!r} must be soft or hard", field="exclusion")
+        if self.reserved_memory_mib < 0:
+            raise Invalid(
+                f"reserved_memory_mib {self.reserved_memory_mib} must not be negative",
+                field="reserved_memory_mib",
+            )
         if self.machine not in ("pc", "q35"):
             raise Invalid(f"machine {self.machine!r} must be pc or q35", field="machine")
 
@@ -182,6 +221,14 @@ _ENV = {
     "CORRAL_DNS_TSIG_ALGORITHM": "dns_tsig_algorithm",
     "CORRAL_DNS_TTL": "dns_ttl",
     "CORRAL_MAX_ACCESS_KEYS": "max_access_keys",
+    "CORRAL_RESERVED_MEMORY_MIB": "reserved_memory_mib",
+    "CORRAL_CPU_ALLOCATION_RATIO": "cpu_allocation_ratio",
+    "CORRAL_MEMORY_ALLOCATION_RATIO": "memory_allocation_ratio",
+    "CORRAL_DISK_ALLOCATION_RATIO": "disk_allocation_ratio",
+    "CORRAL_SCHEDULER_WEIGHER": "scheduler_weigher",
+    "CORRAL_SCHEDULER_SUBSET": "scheduler_subset",
+    "CORRAL_EXCLUSION_TAGS": "exclusion_tags",
+    "CORRAL_EXCLUSION": "exclusion",
 }
 
 

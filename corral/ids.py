@@ -20,6 +20,7 @@ PREFIXES = {
     "association": "eipassoc",
     "reservation": "r",
     "security_group_rule": "sgr",
+    "placement_group": "pg",
 }
 
 _HEX17 = re.compile(r"^[0-9a-f]{17}$")

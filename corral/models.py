@@ -53,6 +53,15 @@ class InstanceCreate(BaseModel):
     metadata_hop_limit: int = Field(
         1, ge=1, le=64, description="IP hops an IMDSv2 token answer may travel"
     )
+    zone: str | None = Field(None, description="the availability zone to run in")
+    node: str | None = Field(None, description="pin to this node (name or id)")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="labels the node must carry (k: v)"
+    )
+    placement_group: str | None = Field(None, description="a placement group (name or pg- id)")
+    tags: dict[str, str] = Field(
+        default_factory=dict, description="tags (exclusion tags keep equal values apart)"
+    )
 
     @field_validator("disk")
     @classmethod
@@ -256,6 +265,9 @@ class Node(BaseModel):
     last_seen: dt.datetime | None = None
     instances: int = 0
     strays: list[str] = Field(default_factory=list)
+    zone: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    cordoned: bool = False
 
 
 class SystemInfo(BaseModel):
@@ -434,3 +446,55 @@ class ReplaceRequest(BaseModel):
 class ApplianceAccepted(BaseModel):
     plan: Plan
     operation: Operation | None = Field(None, description="absent when there is nothing to do")
+
+
+class PlacementGroupCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=255)
+    strategy: Literal["spread", "cluster"] = Field(
+        "spread", description="spread: one instance per node; cluster: together in one zone"
+    )
+
+
+class PlacementGroup(BaseModel):
+    id: str
+    name: str
+    strategy: str
+    state: str
+    created_at: dt.datetime
+    instances: list[str] = Field(default_factory=list, description="live members (ids)")
+
+
+class NodeCapacity(BaseModel):
+    id: str
+    name: str
+    state: str
+    cordoned: bool
+    zone: str
+    instances: int
+    memory_total: int = Field(description="bytes for instances: memory x ratio - reserve")
+    memory_claimed: int
+    memory_free: int
+    cores_total: float = Field(description="host cores x the CPU allocation ratio")
+    cores_claimed: float
+    cores_free: float
+    disk_total: int | None = Field(None, description="None: the node did not report its disk")
+    disk_claimed: int
+    disk_free: int | None = None
+    fits: dict[str, int] = Field(description="instance type -> how many more fit here")
+
+
+class Evacuation(BaseModel):
+    node: str
+    instances: int
+    unplaced: list[str] = Field(description="instances that would find no room elsewhere")
+
+
+class Capacity(BaseModel):
+    nodes: list[NodeCapacity]
+    fits: dict[str, int] = Field(description="instance type -> how many more fit in all")
+    n_plus_one: bool = Field(description="any one node could fail and its instances fit")
+    evacuations: list[Evacuation]
+    cpu_allocation_ratio: float
+    memory_allocation_ratio: float
+    disk_allocation_ratio: float

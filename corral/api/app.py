@@ -20,6 +20,7 @@ from corral.api.rest import (
     instances,
     keys,
     operations,
+    placement,
     system,
     volumes,
 )
@@ -41,6 +42,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
         app.include_router(module.router)
     app.include_router(volumes.snapshots)
     app.include_router(appliances.router)
+    app.include_router(placement.router)
+    app.include_router(placement.capacity_router)
     app.include_router(ec2.router)  # the EC2 Query API at / (POST form or GET ?Action=)
     app.add_middleware(limits.BodyLimit, render=_render_refusal)
     openapi.install(app)

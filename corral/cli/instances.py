@@ -47,6 +47,16 @@ def _keys(values: list[str]) -> tuple[list[str], list[str]]:
     return names, inline
 
 
+def _pairs(values: list[str], option: str) -> dict[str, str]:
+    out = {}
+    for v in values:
+        k, sep, val = v.partition("=")
+        if not sep or not k:
+            raise fail(f"{option} {v!r} must be KEY=VALUE (e.g. {option} disk=ssd)")
+        out[k] = val
+    return out
+
+
 @app.command()
 def run(
     ctx: typer.Context,
@@ -76,6 +86,15 @@ def run(
     imds_hop_limit: int = typer.Option(
         1, "--imds-hop-limit", help="IP hops an IMDSv2 token may travel"
     ),
+    zone: str | None = typer.Option(None, "--zone", help="the availability zone to run in"),
+    node: str | None = typer.Option(None, "--node", help="pin to this node (name or id)"),
+    node_selector: list[str] = typer.Option(
+        [], "--node-selector", help="k=v: a label the node must carry; repeatable"
+    ),
+    placement_group: str | None = typer.Option(
+        None, "--placement-group", help="a placement group (`corral placement-group create`)"
+    ),
+    tag: list[str] = typer.Option([], "--tag", help="k=v: a tag on the instance; repeatable"),
     no_wait: bool = typer.Option(False, "--no-wait", help="return at once with the operation"),
 ) -> None:
     """Run a new instance."""
@@ -104,6 +123,11 @@ def run(
             net_limit_mbit=net_limit,
             metadata_tokens=imds_tokens,  # type: ignore[arg-type]
             metadata_hop_limit=imds_hop_limit,
+            zone=zone,
+            node=node,
+            node_selector=_pairs(node_selector, "--node-selector"),
+            placement_group=placement_group,
+            tags=_pairs(tag, "--tag"),
         )
     except ValidationError as err:
         raise fail(invalid_input(err)) from err

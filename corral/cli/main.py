@@ -18,6 +18,7 @@ from corral.cli import (
     instances,
     keys,
     ops,
+    placement,
     tunnel,
     volumes,
 )
@@ -48,12 +49,13 @@ def root(
     ctx.obj = Options(state_dir=state_dir, endpoint=endpoint)
 
 
-for sub in (daemon.app, instances.app, appliances.app, tunnel.app):
+for sub in (daemon.app, instances.app, appliances.app, tunnel.app, placement.capacity_app):
     for command in sub.registered_commands:
         app.registered_commands.append(command)
 app.add_typer(images.app, name="image")
 app.add_typer(volumes.app, name="volume")
 app.add_typer(keys.app, name="key")
+app.add_typer(placement.app, name="placement-group")
 app.add_typer(ops.app, name="op")
 app.add_typer(ops.nodes, name="node")
 app.add_typer(accounts.app, name="account")

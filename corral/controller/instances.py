@@ -17,7 +17,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import ids
-from corral.controller import instance_types, ipam, keys, scheduler, states
+from corral.controller import claims, instance_types, ipam, keys, scheduler, states
 from corral.controller.accounts import Caller
 from corral.errors import (
     CorralError,
@@ -124,7 +124,7 @@ class Instances:
 
     # -- run -------------------------------------------------------------------------------
     async def run(self, caller: Caller, req: InstanceCreate) -> tuple[Instance, Operation]:
-        insts, ops = await self.launch(caller, req, LaunchOptions())
+        insts, ops = await self.launch(caller, req, LaunchOptions(tags=dict(req.tags)))
         return insts[0], ops[0]
 
     async def launch(
@@ -224,11 +224,27 @@ class Instances:
                 await self.ctrl.security_groups.resolve(s, caller, g)
                 for g in opts.security_groups or ["default"]
             ]
+            policy = scheduler.Policy.from_settings(self.ctrl.settings)
+            pg = None
+            if req.placement_group:
+                pg = await self.ctrl.placement_groups.resolve(s, caller, req.placement_group)
+            need = scheduler.Request(
+                memory=memory,
+                cores=cpu_limit or float(cpus),
+                disk=disk,
+                arch=image.arch,
+                zone=req.zone,
+                node=req.node,
+                selector=dict(req.node_selector),
+                account_id=caller.account_id,
+                group=scheduler.Group(pg.id, pg.name, pg.strategy) if pg else None,
+                exclusion={k: opts.tags[k] for k in policy.exclusion_keys if k in opts.tags},
+            )
             reservation = ids.new_id("reservation")
             made: builtins.list[Instance] = []
             for n in range(opts.max_count):
                 try:
-                    node = await scheduler.pick(s, memory, cpus)
+                    got = await scheduler.place(s, need, policy)
                 except NoResources:
                     if n >= opts.min_count:
                         break
@@ -237,14 +253,15 @@ class Instances:
                 name = await self._pick_name(
                     s, caller, wish if n == 0 else None, image, iid, strict=not opts.name_is_hint
                 )
-                network = await self.ctrl.networks.default(s, node.id)
+                network = await self.ctrl.networks.default(s, got.node_id)
                 inst = Instance(
                     id=iid,
                     account_id=caller.account_id,
                     name=name,
                     image_id=image.id,
-                    node_id=node.id,
+                    node_id=got.node_id,
                     network_id=network.id,
+                    placement_group_id=pg.id if pg else None,
                     state="pending",
                     desired_state="running",
                     instance_type=req.instance_type or "",
@@ -265,6 +282,7 @@ class Instances:
                     reservation_id=reservation,
                     client_token=opts.client_token,
                 )
+                claims.hold(inst, got)
                 s.add(inst)
                 await s.flush()
                 if image.root_device_type == "ebs" and image.root_snapshot_id:
@@ -426,6 +444,7 @@ class Instances:
                 row.pid = None
                 row.private_ip = None
                 await ipam.release(s, inst.id)
+                await claims.release(s, row)
         with contextlib.suppress(Exception):
             await self.ctrl.instance_released(inst.id)
         with contextlib.suppress(Exception):
@@ -609,6 +628,7 @@ class Instances:
                         row.private_ip = None
                         row.terminated_at = utcnow()
                         await ipam.release(s, iid)
+                        await claims.release(s, row)
                 await self.ctrl.instance_released(iid)
                 await self.ctrl.networks.sync(inst.network_id)
         self.locks.pop(iid, None)
@@ -662,6 +682,8 @@ class Instances:
             if dry_run:
                 raise DryRunPassed("ModifyInstanceAttribute would have succeeded")
             if itype is not None:
+                policy = scheduler.Policy.from_settings(self.ctrl.settings)
+                await claims.resize(s, inst, itype.memory, itype.cores, policy)
                 inst.instance_type = itype.name
                 inst.cpus, inst.memory, inst.cpu_limit = itype.vcpus, itype.memory, itype.cpu_limit
             if user_data is not None:

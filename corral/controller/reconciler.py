@@ -213,7 +213,7 @@ class Reconciler:
                     spec = await inst_mgr.spec(s, inst)
                 await node.instance_stop(inst.id, 0, force=True)
                 await node.instance_destroy(inst.id, spec.tap)
-                from corral.controller import ipam
+                from corral.controller import claims, ipam
 
                 async with self.ctrl.store.write() as s:
                     row = await s.get(Instance, inst.id)
@@ -223,6 +223,7 @@ class Reconciler:
                         row.private_ip = None
                         row.terminated_at = row.terminated_at or utcnow()
                         await ipam.release(s, inst.id)
+                        await claims.release(s, row)
                 await self.ctrl.instance_released(inst.id)
                 await self.ctrl.networks.sync(inst.network_id)
 

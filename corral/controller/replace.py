@@ -261,7 +261,10 @@ class Replacements:
         if found is None:
             await ctx.progress(0.05, "starting the new instance beside the old one")
             temp = f"{ctx.params['name'][:46]}-next-{secrets.token_hex(3)}"
-            req = InstanceCreate.model_validate({**ctx.params["launch"], "name": temp})
+            # beside the old one: its address and volumes move on that node
+            req = InstanceCreate.model_validate(
+                {**ctx.params["launch"], "name": temp, "node": old.node_id}
+            )
             tags = {**ctx.params["tags"], TAG_REPLACES: old_id}
             made, _ = await self.ctrl.instances.launch(
                 system_caller(old.account_id),

@@ -10,6 +10,7 @@ import logging
 from sqlalchemy import delete, select
 
 from corral.config import Settings
+from corral.controller import claims
 from corral.controller.accounts import Accounts, Caller
 from corral.controller.appliances import Appliances
 from corral.controller.elastic_ips import ElasticIps
@@ -19,6 +20,7 @@ from corral.controller.instances import Instances
 from corral.controller.keypairs import KeyPairs
 from corral.controller.networks import Networks
 from corral.controller.operations import Operations
+from corral.controller.placement_groups import PlacementGroups
 from corral.controller.reconciler import Reconciler
 from corral.controller.replace import Replacements
 from corral.controller.secrets_box import SecretBox
@@ -59,6 +61,7 @@ class Controller:
         self.elastic_ips = ElasticIps(self)
         self.volumes = Volumes(self)
         self.snapshots = Snapshots(self)
+        self.placement_groups = PlacementGroups(self)
         self.replacements = Replacements(self)
         self.appliances = Appliances(self)
         self.image_publishing = ImagePublishing(self)
@@ -71,8 +74,17 @@ class Controller:
             raise NotFound(f"node {node_id} is not connected to this controller", resource="node")
         return self.nodes[node_id]
 
-    async def add_node(self, client: NodeClient, name: str, address: str = "local") -> str:
-        """Register a node (idempotent by name) and remember its client."""
+    async def add_node(
+        self,
+        client: NodeClient,
+        name: str,
+        address: str = "local",
+        zone: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> str:
+        """Register a node (idempotent by name) and remember its client. Its zone is
+        ``zone``, else the one it reports, else this controller's availability zone; its
+        cordon and claimed totals are kept across re-registration."""
         info = await client.info()
         async with self.store.write() as s:
             row = await s.scalar(select(Node).where(Node.name == name))
@@ -86,6 +98,11 @@ class Controller:
             row.qemu_version = info.qemu_version
             row.facts = dict(info.facts)
             row.last_seen = utcnow()
+            row.zone = zone or info.zone or row.zone or self.settings.availability_zone
+            if labels is not None:
+                row.labels = dict(labels)
+            row.arch, row.disk = info.arch, info.disk
+            row.memory_overhead, row.memory_reserved = info.memory_overhead, info.memory_reserved
         self.nodes[row.id] = client
         if info.accel.accel == "probing":
             self._tasks.append(
@@ -128,6 +145,8 @@ class Controller:
             self.settings.state_dir / "admin.credentials", self.settings.api_url
         )
         await self.images.sync_from_store()
+        async with self.store.write() as s:
+            await claims.recount(s)  # claims made before a crash or an upgrade
         for node_id in self.nodes:
             net = await self.networks.ensure_default(node_id)
             await self.networks.ensure_on_node(net.id)
@@ -167,6 +186,8 @@ class Controller:
             await asyncio.sleep(60)
             try:
                 await self.purge_terminated()
+                async with self.store.write() as s:
+                    await claims.recount(s)
                 for node_id in self.nodes:
                     async with self.store.read() as s:
                         net = await self.networks.default(s, node_id)

@@ -17,6 +17,7 @@ from corral.store.models import (
     Image,
     Instance,
     KeyPair,
+    PlacementGroup,
     SecurityGroup,
     Snapshot,
     Tag,
@@ -38,6 +39,7 @@ KINDS: dict[str, tuple[str, type[Any], str]] = {
     "sg": ("security-group", SecurityGroup, "security_group"),
     "eipalloc": ("elastic-ip", ElasticAddress, "allocation"),
     "key": ("key-pair", KeyPair, "key_pair"),
+    "pg": ("placement-group", PlacementGroup, "placement_group"),
 }
 
 

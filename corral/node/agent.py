@@ -56,6 +56,14 @@ log = logging.getLogger(__name__)
 METADATA_ADDRESS = "169.254.169.254"
 PORT_TIMEOUT = 10.0  # seconds to connect to a guest's port
 MEMORY_OVERHEAD = 256 << 20  # QEMU's own memory above the guest's, in the instance's cgroup
+
+
+def qemu_arch(binary: str) -> str:
+    """The guest architecture a QEMU binary runs: ``qemu-system-x86_64`` -> ``x86_64``."""
+    name = os.path.basename(binary)
+    return name.removeprefix("qemu-system-") if name.startswith("qemu-system-") else "x86_64"
+
+
 ExitHandler = Callable[[str, ExitInfo], Awaitable[None] | None]
 
 
@@ -238,6 +246,11 @@ class NodeAgent(VolumeAgent):
                 "qemu_devices": limits["devices"],
                 "qemu_block_io": limits["block_io"],
             },
+            arch=qemu_arch(qemu.binary()),
+            disk=shutil.disk_usage(self.settings.state_dir).total,
+            memory_overhead=MEMORY_OVERHEAD,
+            memory_reserved=self.settings.reserved_memory_mib << 20,
+            zone=self.settings.availability_zone,
         )
 
     # -- networks --------------------------------------------------------------------------

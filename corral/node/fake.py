@@ -26,8 +26,20 @@ from corral.node.spec import (
 
 
 class FakeNode:
-    def __init__(self, name: str = "fake", images: ImageStore | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "fake",
+        images: ImageStore | None = None,
+        *,
+        cpus: int = 2,
+        memory: int = 8 << 30,
+        disk: int = 1 << 40,
+        arch: str = "x86_64",
+        zone: str = "",
+    ) -> None:
         self.name = name
+        self.size = {"cpus": cpus, "memory": memory, "disk": disk}
+        self.arch, self.zone = arch, zone
         self.images = images  # captured images go here when given
         self.volumes: dict[str, int] = {}
         self.snapshots: dict[str, str] = {}
@@ -49,8 +61,8 @@ class FakeNode:
     async def info(self) -> NodeInfo:
         return NodeInfo(
             name=self.name,
-            cpus=2,
-            memory=8 << 30,
+            cpus=self.size["cpus"],
+            memory=self.size["memory"],
             qemu="fake",
             qemu_version="0",
             accel=Accel(accel="tcg", reason="fake node"),
@@ -58,6 +70,9 @@ class FakeNode:
             cgroup="none",
             dnsmasq="",
             nft="",
+            arch=self.arch,
+            disk=self.size["disk"],
+            zone=self.zone,
         )
 
     async def network_ensure(self, spec: NetworkSpec, hosts: list[HostRecord]) -> None:

@@ -89,6 +89,12 @@ class NodeInfo(BaseModel):
     dnsmasq: str
     nft: str
     facts: dict[str, str] = Field(default_factory=dict)
+    # what the scheduler needs (0 / "" = unknown: the filter lets the node pass)
+    arch: str = "x86_64"  # the guest architecture its QEMU runs
+    disk: int = 0  # bytes of the file system holding instance disks
+    memory_overhead: int = 0  # QEMU's own memory per instance above the guest's
+    memory_reserved: int = 0  # memory kept for the host itself
+    zone: str = ""  # its availability zone
 
 
 class RuleSpec(BaseModel):

@@ -83,6 +83,18 @@ class Node(Base):
     facts: Mapped[dict[str, Any]] = mapped_column(default=dict)
     last_seen: Mapped[dt.datetime | None] = mapped_column(default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # placement (migration 0004_sched): where the node is, what it offers, what is claimed.
+    # The claimed_* totals move only with the instances' own claim columns, in one transaction.
+    zone: Mapped[str] = mapped_column(String(64), default="")
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    cordoned: Mapped[bool] = mapped_column(Boolean, default=False)
+    arch: Mapped[str] = mapped_column(String(16), default="x86_64")
+    disk: Mapped[int] = mapped_column(BigInteger, default=0)  # bytes for instance disks; 0 = ?
+    memory_overhead: Mapped[int] = mapped_column(BigInteger, default=0)  # QEMU's, per instance
+    memory_reserved: Mapped[int] = mapped_column(BigInteger, default=0)  # kept for the host
+    claimed_memory: Mapped[int] = mapped_column(BigInteger, default=0)
+    claimed_cores: Mapped[float] = mapped_column(Float, default=0.0)
+    claimed_disk: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Network(Base):
@@ -171,6 +183,12 @@ class Instance(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     stopped_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     terminated_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # what this instance holds on its node (guest memory plus QEMU's overhead, host cores,
+    # disk) until it is terminated; zeroed when released (migration 0004_sched)
+    placement_group_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    claim_memory: Mapped[int] = mapped_column(BigInteger, default=0)
+    claim_cores: Mapped[float] = mapped_column(Float, default=0.0)
+    claim_disk: Mapped[int] = mapped_column(BigInteger, default=0)
     __table_args__ = (
         # a name is unique per account among instances that are not terminated
         Index(
@@ -335,3 +353,17 @@ class LaunchPermission(Base):
         ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
     )
     account_id: Mapped[str] = mapped_column(String(12), primary_key=True, index=True)
+
+
+class PlacementGroup(Base):
+    """EC2's placement group: ``spread`` keeps its instances on different nodes, ``cluster``
+    keeps them together (one zone, the same node where it has room)."""
+
+    __tablename__ = "placement_groups"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # pg-…
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    strategy: Mapped[str] = mapped_column(String(16))  # spread | cluster
+    state: Mapped[str] = mapped_column(String(16), default="available")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    __table_args__ = (UniqueConstraint("account_id", "name"),)

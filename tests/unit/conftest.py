@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -107,3 +108,32 @@ async def api(
 async def anonymous(app_transport: httpx.ASGITransport) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(transport=app_transport, base_url="http://corral.test") as c:
         yield c
+
+
+Cluster = Callable[..., Any]
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, store: Store, image_store: ImageStore) -> AsyncIterator[Cluster]:
+    """``await cluster({"a": dict(memory=...), ...}, **settings)``: a started controller
+    whose nodes are fake nodes of those sizes (zone/labels given per node too)."""
+    made: list[Controller] = []
+
+    async def build(nodes: dict[str, dict[str, Any]], **overrides: Any) -> Controller:
+        state = tmp_path / "state"
+        state.mkdir(exist_ok=True)
+        overrides.setdefault("scheduler_subset", 1)
+        settings = config.load(state, reconcile_interval=3600, **overrides)
+        ctrl = Controller(settings, store, image_store)
+        for name, spec in nodes.items():
+            spec = dict(spec)
+            labels = spec.pop("labels", None)
+            zone = spec.pop("zone", None)
+            await ctrl.add_node(FakeNode(name, **spec), name, zone=zone, labels=labels)
+        await ctrl.start()
+        made.append(ctrl)
+        return ctrl
+
+    yield build
+    for c in made:
+        await c.close()

@@ -38,6 +38,7 @@ def _load_actions() -> None:
         images,
         instances,
         keypairs,
+        placement_groups,
         security_groups,
         tags,
         volumes,

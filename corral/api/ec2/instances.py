@@ -21,6 +21,8 @@ from corral.store.models import (
     Image,
     Instance,
     InstanceSecurityGroup,
+    Node,
+    PlacementGroup,
     SecurityGroup,
     Volume,
 )
@@ -55,6 +57,7 @@ LISTED = (
     Instance.client_token,
     Instance.reservation_id,
     Instance.launch_time,
+    Instance.placement_group_id,
 )
 
 
@@ -105,6 +108,13 @@ async def load(
             select(Volume).where(Volume.account_id == account, Volume.instance_id.is_not(None))
         ):
             x.volumes.setdefault(str(v.instance_id), []).append(v)
+        x.zones = {str(k): str(v) for k, v in await s.execute(select(Node.id, Node.zone))}
+        pg_ids = {r.placement_group_id for r in rows if r.placement_group_id}
+        if pg_ids:
+            for pid, name in await s.execute(
+                select(PlacementGroup.id, PlacementGroup.name).where(PlacementGroup.id.in_(pg_ids))
+            ):
+                x.placement_groups[pid] = name
         image_ids = {r.image_id for r in rows}
         if image_ids:
             for iid, rtype in await s.execute(
@@ -130,6 +140,8 @@ def _item(r: Any, x: views.InstanceExtras, zone: str, domain: str, index: int) -
         tuple(x.groups.get(r.id, ())),
         x.public_ips.get(r.id),
         x.root_types.get(r.image_id),
+        x.zones.get(r.node_id or ""),
+        x.placement_groups.get(r.placement_group_id or ""),
         tuple(
             (v.id, v.device, v.attach_state, v.attach_time, v.delete_on_termination)
             for v in x.volumes.get(r.id, ())
@@ -228,13 +240,7 @@ async def instances_run(call: Call) -> dict[str, Any]:
         )
     itype = p.get("InstanceType") or instance_types.DEFAULT
     instance_types.get(itype, "InstanceType")
-    zone = p.get("Placement.AvailabilityZone")
-    if zone and zone != call.api.settings.availability_zone:
-        raise Ec2Error(
-            "InvalidParameterValue",
-            f"Invalid availability zone: [{zone}]; this Corral has "
-            f"{call.api.settings.availability_zone}",
-        )
+    zone, group = _placement(p)
     token = p.get("ClientToken")
     if token is not None and (len(token) > 64 or not token.isascii()):
         raise invalid("ClientToken", token, "At most 64 ASCII characters.")
@@ -272,6 +278,8 @@ async def instances_run(call: Call) -> dict[str, Any]:
         disk=disk,
         keys=[key] if key else [],
         user_data=user_data,
+        zone=zone,
+        placement_group=group,
     )
     opts = LaunchOptions(
         min_count=lo,
@@ -295,6 +303,31 @@ async def instances_run(call: Call) -> dict[str, Any]:
 
 
 ROOT_DEVICE_HINT = "DeviceName /dev/sda1 with Ebs.VolumeSize"
+PLACEMENT = ("AvailabilityZone", "GroupName", "GroupId", "Tenancy")
+
+
+def _placement(p: Any) -> tuple[str | None, str | None]:
+    """RunInstances' Placement: the zone and the placement group (name or id). What Corral
+    cannot honour (dedicated tenancy, hosts, partitions) is refused, never ignored."""
+    for k in p.raw:
+        if k.startswith("Placement.") and k.split(".", 1)[1] not in PLACEMENT:
+            raise Ec2Error(
+                "InvalidParameterCombination",
+                f"{k}: Corral honours Placement.AvailabilityZone, Placement.GroupName and "
+                "Placement.GroupId (Tenancy default only)",
+            )
+    tenancy = p.get("Placement.Tenancy")
+    if tenancy not in (None, "", "default"):
+        raise invalid("Placement.Tenancy", tenancy, "Corral offers default tenancy only.")
+    name, gid = p.get("Placement.GroupName") or None, p.get("Placement.GroupId") or None
+    if name and gid:
+        raise Ec2Error(
+            "InvalidParameterCombination",
+            "give Placement.GroupName or Placement.GroupId, not both",
+        )
+    if gid and not gid.startswith("pg-"):
+        raise invalid("Placement.GroupId", gid, 'Expecting "pg-...".')
+    return p.get("Placement.AvailabilityZone") or None, name or gid
 
 
 async def _change(call: Call, verb: str) -> dict[str, Any]:

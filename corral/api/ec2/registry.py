@@ -51,8 +51,6 @@ UNSUPPORTED = (
     "DescribeVolumeStatus",
     "DescribeSpotInstanceRequests",
     "RequestSpotInstances",
-    "DescribePlacementGroups",
-    "CreatePlacementGroup",
     "DescribeLaunchTemplates",
     "CreateLaunchTemplate",
     "MonitorInstances",

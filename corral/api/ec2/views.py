@@ -45,6 +45,8 @@ class InstanceExtras:
     public_ips: dict[str, str] = field(default_factory=dict)
     volumes: dict[str, list[db.Volume]] = field(default_factory=dict)
     root_types: dict[str, str] = field(default_factory=dict)  # image id -> root device type
+    zones: dict[str, str] = field(default_factory=dict)  # node id -> availability zone
+    placement_groups: dict[str, str] = field(default_factory=dict)  # pg id -> name
 
 
 def instance(
@@ -72,7 +74,11 @@ def instance(
         "productCodes": [],
         "instanceType": row.instance_type or f"custom-{row.cpus}vcpu-{row.memory >> 20}mib",
         "launchTime": row.launch_time,
-        "placement": {"availabilityZone": zone, "groupName": "", "tenancy": "default"},
+        "placement": {
+            "availabilityZone": x.zones.get(row.node_id or "", zone),
+            "groupName": x.placement_groups.get(row.placement_group_id or "", ""),
+            "tenancy": "default",
+        },
         "monitoring": {"state": "disabled"},
         "privateIpAddress": row.private_ip,
         "ipAddress": x.public_ips.get(row.id),
@@ -118,8 +124,9 @@ def instance_filters(x: InstanceExtras, zone: str, domain: str) -> dict[str, Any
         "dns-name": lambda r: None,
         "reservation-id": lambda r: r.reservation_id,
         "owner-id": lambda r: r.account_id,
-        "availability-zone": lambda r: zone,
-        "placement-availability-zone": lambda r: zone,
+        "availability-zone": lambda r: x.zones.get(r.node_id or "", zone),
+        "placement-availability-zone": lambda r: x.zones.get(r.node_id or "", zone),
+        "placement-group-name": lambda r: x.placement_groups.get(r.placement_group_id or ""),
         "launch-time": lambda r: r.launch_time.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
         "group-id": lambda r: [g for g, _ in x.groups.get(r.id, [])],
         "group-name": lambda r: [n for _, n in x.groups.get(r.id, [])],

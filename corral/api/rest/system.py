@@ -134,6 +134,9 @@ async def node_list(
             last_seen=n.last_seen,
             instances=int(counts.get(n.id, 0)),
             strays=ctx.controller.reconciler.strays.get(n.id, []),
+            zone=n.zone,
+            labels={str(k): str(v) for k, v in (n.labels or {}).items()},
+            cordoned=n.cordoned,
         )
         for n in rows
     ]
