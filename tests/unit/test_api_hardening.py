@@ -55,10 +55,12 @@ async def test_terminate_timeout_must_be_a_number_of_seconds(
     _invalid(await api.delete("/v1/instances/web", params={"timeout": timeout}), "timeout")
 
 
-async def test_recipe_name_too_long_for_a_path_is_not_found(api: httpx.AsyncClient) -> None:
+async def test_recipe_name_too_long_for_a_path_is_refused_naming_it(
+    api: httpx.AsyncClient,
+) -> None:
     for recipe in ("a" * 5000, "bad\x00name"):
         resp = await api.post("/v1/images/build", json={"recipe": recipe})
-        assert resp.status_code == 404, resp.text
+        assert resp.status_code == 400, resp.text  # a recipe is a built-in name, never a path
         assert resp.json()["error"]["field"] == "recipe"
 
 
