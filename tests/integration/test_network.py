@@ -21,6 +21,8 @@ def test_three_instances_get_distinct_addresses_and_resolve_each_other(corral: D
     addresses = {i["private_ip"] for i in infos.values()}
     assert len(addresses) == 3
     domain = corral.settings.domain
+    for n in names:  # every guest booted and configured before any pings another
+        corral.cli("ssh", n, "--wait", "300", "--", "true", timeout=400).ok()
     for n in names:
         for other in names:
             if other == n:
