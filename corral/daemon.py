@@ -106,14 +106,9 @@ class Daemon:
         ctrl: Controller | None = None
         try:
             await asyncio.to_thread(store.migrate)
-            ctrl_ref: dict[str, Controller] = {}
-            agent = NodeAgent(
-                st,
-                on_exit=lambda i, e: ctrl_ref["c"].on_node_exit(i, e) if "c" in ctrl_ref else None,
-            )
+            agent = NodeAgent(st)
             await agent.start()
             ctrl = Controller(st, store, agent.images)
-            ctrl_ref["c"] = ctrl
             await ctrl.add_node(agent, st.hostname)
             await ctrl.start()
             # what start-up made lives as long as the process: keep it out of the collector's

@@ -83,6 +83,9 @@ class Node(Base):
     facts: Mapped[dict[str, Any]] = mapped_column(default=dict)
     last_seen: Mapped[dt.datetime | None] = mapped_column(default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # where the controller stands in the node's event log (resumed from after a restart)
+    event_epoch: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    event_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Network(Base):
