@@ -98,6 +98,26 @@ def up(
 
 
 @app.command()
+def agent(
+    ctx: typer.Context,
+    listen: str | None = typer.Option(
+        None, help="where to serve the node API: unix:PATH (default: beside the runtime files)"
+    ),
+    accel: str | None = typer.Option(None, help="auto, kvm or tcg (default auto: probed)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run the node agent alone (`corral up` starts one itself)."""
+    o = opts(ctx)
+    try:
+        settings = config.load(o.state_dir, accel=accel)
+        from corral import agentd
+
+        agentd.main(settings, listen, verbose)
+    except CorralError as err:
+        raise fail(err.message) from err
+
+
+@app.command()
 def down(
     ctx: typer.Context,
     stop_instances: bool = typer.Option(

@@ -108,7 +108,8 @@ class Controller:
                 continue
             delay = 1.0
             if batch.gap:
-                log.info("node %s: events were missed; reconciling in full", node_id)
+                if epoch:
+                    log.info("node %s: events were missed; reconciling in full", node_id)
                 self.reconciler.poke()
             for ev in batch.events:
                 self.on_node_event(node_id, ev)
@@ -123,12 +124,12 @@ class Controller:
                     )
 
     def on_node_event(self, node_id: str, ev: Event) -> None:
-        """Something happened on a node: an instance's state changed, so reconcile now rather
-        than at the next tick."""
+        """Something happened on a node. A QEMU exited: reconcile now rather than at the next
+        tick (a start is the controller's own doing)."""
         if ev.kind == "instance-exited":
             info = ExitInfo.model_validate(ev.payload.get("exit") or {"reason": "unknown"})
             log.info("instance %s exited (%s %s)", ev.payload.get("id"), info.reason, info.detail)
-        self.reconciler.poke()
+            self.reconciler.poke()
 
     async def start(self) -> None:
         """Bring the controller up: admin account, images, networks, unfinished operations,

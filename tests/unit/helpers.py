@@ -106,6 +106,7 @@ async def node_server(node: Any, sock_dir: Path | None = None) -> AsyncIterator[
         yield f"unix:{path}"
     finally:
         srv.should_exit = True
+        srv.force_exit = True  # a follower's long poll may still be open: do not wait for it
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 10)
         sock.close()
