@@ -61,6 +61,7 @@ class Controller:
         self.reconciler = Reconciler(self)
         self.admin: Caller | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
 
     def node(self, node_id: str | None) -> NodeClient:
         if node_id is None or node_id not in self.nodes:
@@ -96,12 +97,14 @@ class Controller:
             row = await s.get(Node, node_id)
             epoch, seq = (row.event_epoch, row.event_seq) if row is not None else ("", 0)
         delay = 1.0
-        while True:
+        while not self._closing:
             try:
                 batch = await client.events(seq, epoch, EVENT_WAIT)
             except asyncio.CancelledError:
                 raise
             except Exception as err:
+                if self._closing:
+                    return
                 log.warning("node %s: following its events failed (%s); retrying", node_id, err)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
@@ -205,11 +208,17 @@ class Controller:
         return int(getattr(res, "rowcount", 0) or 0)
 
     async def close(self) -> None:
+        self._closing = True
+        pending = set(self._tasks)
+        while pending:
+            for t in pending:
+                t.cancel()
+            # a cancellation can be lost on the way (a library turning it into another error,
+            # or Python 3.11's wait_for swallowing it): cancel again until every task is done
+            _, pending = await asyncio.wait(pending, timeout=1.0)
         for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                t.result()
         await self.ops.close()
 
     async def stop_all(self, timeout: float | None = None) -> None:

@@ -107,6 +107,10 @@ class EventLog:
             left = deadline - asyncio.get_running_loop().time()
             if batch.events or batch.gap or left <= 0:
                 return batch
-            changed = self._changed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), left)
+            # asyncio.wait, not wait_for: Python 3.11's wait_for can swallow a cancellation that
+            # arrives as the event fires, and a follower being closed would then poll on
+            waiter = asyncio.ensure_future(self._changed.wait())
+            try:
+                await asyncio.wait({waiter}, timeout=left)
+            finally:
+                waiter.cancel()
