@@ -58,9 +58,7 @@ def _failure(call: wire.Call, err: Exception) -> tuple[int, WireError]:
     if isinstance(err, errors.CorralError):
         return err.http_status, wire.error_out(err)
     log.exception("node call %s failed", call.name, exc_info=err)
-    return 500, WireError(
-        code=str(errors.Code.INTERNAL), message=f"{call.name} failed on the node: {err!r}"
-    )
+    return 500, WireError(code=str(errors.Code.INTERNAL), message=repr(err))
 
 
 def _endpoint(node: Any, call: wire.Call) -> Callable[[Request], Awaitable[Response]]:

@@ -165,8 +165,8 @@ async def test_instance_with_an_operation_in_flight_is_skipped(
     ctrl: Controller, node: FakeNode
 ) -> None:
     inst = await run(ctrl, name="web")
-    node.crash(inst.id)
     async with ctrl.instances.lock(inst.id):  # as an operation holding the instance would
+        node.crash(inst.id)  # its exit event wakes the reconciler, which must skip it too
         await _reconcile(ctrl)
         assert inst.id not in node.running
     await _reconcile(ctrl)
