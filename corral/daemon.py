@@ -1,6 +1,8 @@
-"""`corral up`: the all-in-one daemon. API server, controller and one node agent in one
-process on SQLite under the state directory. Stopping it leaves instances running; the next
-start re-adopts them."""
+"""`corral up`: the all-in-one daemon. API server and controller on SQLite under the state
+directory, and one node agent as a child process (`corral agent`) that the controller reaches
+only over the node wire, on a unix socket. The daemon restarts the agent when it dies; the
+agent dies with the daemon. Stopping either leaves instances running; the next agent re-adopts
+them."""
 
 from __future__ import annotations
 
@@ -13,13 +15,17 @@ import os
 import secrets
 import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import httpx
 import uvicorn
 
-from corral import filemodes
+from corral import agentd, filemodes
 from corral.api import metadata
 from corral.api.app import VERSION, create_app
 from corral.api.context import ApiContext
@@ -27,8 +33,11 @@ from corral.config import Settings
 from corral.controller.service import Controller
 from corral.errors import EnvironmentProblem
 from corral.fsutil import atomic_write
-from corral.node.agent import METADATA_ADDRESS, NodeAgent, check_host
+from corral.images.store import ImageStore
+from corral.node.agent import METADATA_ADDRESS, check_host
+from corral.node.client import NodeClient
 from corral.node.net import netns
+from corral.node.remote import RemoteNode, connect_node
 from corral.store import Store
 
 log = logging.getLogger("corral")
@@ -103,19 +112,15 @@ class Daemon:
         api_sock = self._bind_api()
         atomic_write(st.pidfile, f"{os.getpid()}\n")
         store = Store(st.database_url)
-        agent: NodeAgent | None = None
+        agent = AgentProcess(st)
+        remote: RemoteNode | None = None
         ctrl: Controller | None = None
         try:
             await asyncio.to_thread(store.migrate)
-            ctrl_ref: dict[str, Controller] = {}
-            agent = NodeAgent(
-                st,
-                on_exit=lambda i, e: ctrl_ref["c"].on_node_exit(i, e) if "c" in ctrl_ref else None,
-            )
             await agent.start()
-            ctrl = Controller(st, store, agent.images)
-            ctrl_ref["c"] = ctrl
-            await ctrl.add_node(agent, st.hostname)
+            node, remote = connect_node(agent.url)
+            ctrl = Controller(st, store, ImageStore(st.images_dir))
+            await ctrl.add_node(node, st.hostname)
             await ctrl.start()
             # what start-up made lives as long as the process: keep it out of the collector's
             # full passes, which otherwise stall large API answers (a p99 of 150 ms, not 40)
@@ -139,7 +144,7 @@ class Daemon:
                 st.api_url,
                 st.state_dir,
                 st.namespace,
-                agent.accel_now().accel,
+                (await node.info()).accel.accel,
             )
             server_tasks = [asyncio.create_task(t) for t in tasks]
             stopper = asyncio.create_task(self.stop_event.wait())
@@ -163,10 +168,13 @@ class Daemon:
                     with contextlib.suppress(Exception):
                         await ctrl.stop_all(self.stop_timeout)
                 await ctrl.close()
-            if agent is not None:
-                if self.stop_instances and not any(o.running for o in await agent.instances()):
-                    await agent.teardown()  # nothing runs: leave the host clean
-                await agent.close()
+            if remote is not None:
+                seen = cast(NodeClient, remote)
+                with contextlib.suppress(Exception):
+                    if self.stop_instances and not any(o.running for o in await seen.instances()):
+                        await seen.teardown()  # nothing runs: leave the host clean
+                await remote.aclose()
+            await agent.stop()
             await store.close()
             st.pidfile.unlink(missing_ok=True)
             if self._lock_fd is not None:
@@ -184,6 +192,97 @@ class Daemon:
         server = _Server(config)
         self.servers.append(server)
         await server.serve(sockets=sockets)
+
+
+class AgentProcess:
+    """The node agent as a child process: started, waited for until it answers, restarted
+    when it dies. It gets a parent-death signal, so a daemon killed with SIGKILL does not leave
+    it behind (its VMs stay; the next agent adopts them)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.url = agentd.default_listen(settings)
+        self.proc: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def argv(self) -> list[str]:
+        st = self.settings
+        return [
+            sys.executable,
+            "-m",
+            "corral",
+            "--state-dir",
+            str(st.state_dir),
+            "agent",
+            "--listen",
+            self.url,
+            "--accel",
+            st.accel,
+        ]
+
+    async def _spawn(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv(),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # the terminal's ^C is the daemon's to handle
+            preexec_fn=_die_with_parent,
+        )
+        log.info("node agent started (pid %d)", self.proc.pid)
+
+    async def start(self, timeout: float = 120) -> None:
+        await self._spawn()
+        self._task = asyncio.create_task(self._supervise(), name="agent-supervisor")
+        deadline = time.monotonic() + timeout
+        uds = self.url[len("unix:") :]
+        async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=uds)) as http:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get("http://node/v1/version", timeout=2)).status_code == 200:
+                        return
+                await asyncio.sleep(0.1)
+        raise EnvironmentProblem(
+            f"the node agent did not answer on {self.url} within {timeout:.0f} s; see the log above"
+        )
+
+    async def _supervise(self) -> None:
+        delay = 0.5
+        while True:
+            assert self.proc is not None
+            started = time.monotonic()
+            code = await self.proc.wait()
+            if self._stopping:
+                return
+            log.warning("the node agent exited (%s); restarting it", code)
+            delay = 0.5 if time.monotonic() - started > 30 else min(delay * 2, 10.0)
+            await asyncio.sleep(delay)
+            self.restarts += 1
+            await self._spawn()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 20)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the daemon dies."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _metadata_key(path: Path) -> bytes:

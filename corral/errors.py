@@ -56,8 +56,12 @@ class CorralError(Exception):
     """An error a user can act on: ``code`` says what kind, ``message`` says what to do.
 
     ``field`` names the bad input when there is one; ``resource`` names the kind of thing
-    (``instance``, ``image`` …) so front doors can pick a precise code.
+    (``instance``, ``image`` …) so front doors can pick a precise code. ``reason`` is a finer,
+    stable word within the code (``guest-holds-disk`` …) that a caller across the node wire may
+    act on, since exception classes do not cross it.
     """
+
+    reason: str | None = None
 
     code: Code = Code.INTERNAL
 
@@ -69,8 +73,11 @@ class CorralError(Exception):
         field: str | None = None,
         resource: str | None = None,
         ec2_code: str | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
+        if reason is not None:
+            self.reason = reason
         if code is not None:
             self.code = code
         self.message = message

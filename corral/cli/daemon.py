@@ -98,6 +98,26 @@ def up(
 
 
 @app.command()
+def agent(
+    ctx: typer.Context,
+    listen: str | None = typer.Option(
+        None, help="where to serve the node API: unix:PATH (default: beside the runtime files)"
+    ),
+    accel: str | None = typer.Option(None, help="auto, kvm or tcg (default auto: probed)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run the node agent alone (`corral up` starts one itself)."""
+    o = opts(ctx)
+    try:
+        settings = config.load(o.state_dir, accel=accel)
+        from corral import agentd
+
+        agentd.main(settings, listen, verbose)
+    except CorralError as err:
+        raise fail(err.message) from err
+
+
+@app.command()
 def down(
     ctx: typer.Context,
     stop_instances: bool = typer.Option(
@@ -149,8 +169,6 @@ def status(ctx: typer.Context) -> None:
 def doctor(ctx: typer.Context) -> None:
     """Check this host and the running Corral: QEMU, accelerator, namespace, dnsmasq, nft,
     cgroups."""
-    from corral.node.driver import cgroups
-
     o = opts(ctx)
     table = Table(title="corral doctor", show_lines=False)
     table.add_column("check")
@@ -182,7 +200,6 @@ def doctor(ctx: typer.Context) -> None:
         if kvm.exists()
         else "absent: guests run under TCG (software emulation)",
     )
-    row("cgroups", Path("/sys/fs/cgroup").is_dir(), cgroups.confinement()["cgroup"])
     state_dir = config.load(o.state_dir).state_dir
     open_files = filemodes.audit(state_dir)
     row(

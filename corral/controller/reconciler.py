@@ -93,6 +93,7 @@ class Reconciler:
     def __init__(self, ctrl: Controller) -> None:
         self.ctrl = ctrl
         self._poke = asyncio.Event()
+        self._pass_lock = asyncio.Lock()
         self.crashes: dict[str, list[float]] = {}
         self.strays: dict[str, list[str]] = {}  # node id -> descriptions
         self._reported: set[str] = set()
@@ -123,9 +124,12 @@ class Reconciler:
             self._poke.clear()
 
     async def reconcile_once(self) -> None:
-        self.passes += 1
-        for node_id in list(self.ctrl.nodes):
-            await self._reconcile_node(node_id)
+        """One pass over every node. Passes never overlap: a pass woken by a node's exit event
+        and one run by the tick (or at start) would both count the same crash."""
+        async with self._pass_lock:
+            self.passes += 1
+            for node_id in list(self.ctrl.nodes):
+                await self._reconcile_node(node_id)
 
     async def _reconcile_node(self, node_id: str) -> None:
         node = self.ctrl.node(node_id)

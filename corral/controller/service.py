@@ -7,7 +7,7 @@ import contextlib
 import datetime as dt
 import logging
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from corral.config import Settings
 from corral.controller import claims
@@ -31,13 +31,14 @@ from corral.controller.volumes import Volumes
 from corral.errors import NotFound
 from corral.images.store import ImageStore
 from corral.node.client import NodeClient
-from corral.node.spec import ExitInfo
+from corral.node.spec import Event, ExitInfo
 from corral.store import Store
 from corral.store.models import Instance, Node, Tag, utcnow
 
 log = logging.getLogger(__name__)
 
 TERMINATED_TTL = dt.timedelta(hours=1)  # terminated instances stay visible this long, as on EC2
+EVENT_WAIT = 25.0  # seconds a node holds an event poll open
 
 
 class Controller:
@@ -68,6 +69,7 @@ class Controller:
         self.reconciler = Reconciler(self)
         self.admin: Caller | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
 
     def node(self, node_id: str | None) -> NodeClient:
         if node_id is None or node_id not in self.nodes:
@@ -108,6 +110,9 @@ class Controller:
             self._tasks.append(
                 asyncio.create_task(self._accel_settled(row.id, client), name="accel-settled")
             )
+        self._tasks.append(
+            asyncio.create_task(self._follow_events(row.id, client), name=f"events-{row.id}")
+        )
         return row.id
 
     async def _accel_settled(self, node_id: str, client: NodeClient, every: float = 1.0) -> None:
@@ -130,10 +135,50 @@ class Controller:
                     row.accel, row.accel_reason = accel.accel, accel.reason
             return
 
-    def on_node_exit(self, iid: str, info: ExitInfo) -> None:
-        """A node saw a QEMU exit: reconcile now rather than at the next tick."""
-        log.info("instance %s exited (%s %s)", iid, info.reason, info.detail)
-        self.reconciler.poke()
+    async def _follow_events(self, node_id: str, client: NodeClient) -> None:
+        """Follow the node's event log from where this controller last stood (kept in the
+        database, so a restarted controller resumes); a gap (events dropped, or a log started
+        afresh) is made good by a full reconcile."""
+        async with self.store.read() as s:
+            row = await s.get(Node, node_id)
+            epoch, seq = (row.event_epoch, row.event_seq) if row is not None else ("", 0)
+        delay = 1.0
+        while not self._closing:
+            try:
+                batch = await client.events(seq, epoch, EVENT_WAIT)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                if self._closing:
+                    return
+                log.warning("node %s: following its events failed (%s); retrying", node_id, err)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            delay = 1.0
+            if batch.gap:
+                if epoch:
+                    log.info("node %s: events were missed; reconciling in full", node_id)
+                self.reconciler.poke()
+            for ev in batch.events:
+                self.on_node_event(node_id, ev)
+            new_seq = batch.events[-1].seq if batch.events else batch.last if batch.gap else seq
+            if (batch.epoch, new_seq) != (epoch, seq):
+                epoch, seq = batch.epoch, new_seq
+                async with self.store.write() as s:
+                    await s.execute(
+                        update(Node)
+                        .where(Node.id == node_id)
+                        .values(event_epoch=epoch, event_seq=seq)
+                    )
+
+    def on_node_event(self, node_id: str, ev: Event) -> None:
+        """Something happened on a node. A QEMU exited: reconcile now rather than at the next
+        tick (a start is the controller's own doing)."""
+        if ev.kind == "instance-exited":
+            info = ExitInfo.model_validate(ev.payload.get("exit") or {"reason": "unknown"})
+            log.info("instance %s exited (%s %s)", ev.payload.get("id"), info.reason, info.detail)
+            self.reconciler.poke()
 
     async def start(self) -> None:
         """Bring the controller up: admin account, images, networks, unfinished operations,
@@ -216,11 +261,17 @@ class Controller:
         return int(getattr(res, "rowcount", 0) or 0)
 
     async def close(self) -> None:
+        self._closing = True
+        pending = set(self._tasks)
+        while pending:
+            for t in pending:
+                t.cancel()
+            # a cancellation can be lost on the way (a library turning it into another error,
+            # or Python 3.11's wait_for swallowing it): cancel again until every task is done
+            _, pending = await asyncio.wait(pending, timeout=1.0)
         for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                t.result()
         await self.ops.close()
 
     async def stop_all(self, timeout: float | None = None) -> None:

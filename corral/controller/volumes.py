@@ -20,8 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from corral import ids
 from corral.controller.accounts import Caller
 from corral.errors import DryRunPassed, Exists, Invalid, NotFound, WrongState
-from corral.node.driver.hotplug import GuestHoldsDisk
-from corral.node.spec import VolumeAttachment
+from corral.node.spec import GUEST_HOLDS_DISK, VolumeAttachment
 from corral.store.models import Image, Instance, Operation, Tag, Volume, utcnow
 
 if TYPE_CHECKING:
@@ -582,7 +581,9 @@ class Volumes:
                         if await node.volume_detach(iid, row.id, timeout)
                         else "recorded"
                     )
-                except GuestHoldsDisk as err:
+                except WrongState as err:
+                    if err.reason != GUEST_HOLDS_DISK:
+                        raise
                     if not force:
                         await self._set(row.id, attach_state="attached")
                         raise

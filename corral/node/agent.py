@@ -1,8 +1,9 @@
 """The node agent: runs instances on this host as the controller asks, and reports what really
 runs. Everything it does is idempotent, so the controller may repeat any call after a crash.
 
-In all-in-one mode the controller holds the agent itself as its node client; in a cluster the
-same calls go over HTTP."""
+The controller reaches it only over the wire (``corral.node.wire``): the agent's server runs
+these methods, and what happens on the node (a QEMU exits) goes to its event log, which the
+controller follows."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import psutil
@@ -24,6 +24,7 @@ from corral.images.store import ImageStore
 from corral.node.driver import cgroups, confine, jail, probe, qemu
 from corral.node.driver.machine import Machine, find_pid, read_exit
 from corral.node.driver.qmp import own_socket
+from corral.node.events import EventLog
 from corral.node.net import (
     dnsmasq,
     firewall,
@@ -38,6 +39,7 @@ from corral.node.net import (
 from corral.node.spec import (
     Accel,
     Confinement,
+    EventBatch,
     ExitInfo,
     HealthCheck,
     HostRecord,
@@ -62,9 +64,6 @@ def qemu_arch(binary: str) -> str:
     """The guest architecture a QEMU binary runs: ``qemu-system-x86_64`` -> ``x86_64``."""
     name = os.path.basename(binary)
     return name.removeprefix("qemu-system-") if name.startswith("qemu-system-") else "x86_64"
-
-
-ExitHandler = Callable[[str, ExitInfo], Awaitable[None] | None]
 
 
 def check_host(settings: Settings) -> None:
@@ -99,9 +98,9 @@ def check_host(settings: Settings) -> None:
 
 
 class NodeAgent(VolumeAgent):
-    def __init__(self, settings: Settings, on_exit: ExitHandler | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.on_exit = on_exit
+        self.event_log = EventLog(settings.state_dir / "events.jsonl", settings.hostname)
         qemu.configure(settings.qemu)
         self.images = ImageStore(settings.images_dir)
         self.machines: dict[str, Machine] = {}
@@ -168,10 +167,11 @@ class NodeAgent(VolumeAgent):
         m = self.machines.get(iid)
         if m is not None and not m.running:
             self.machines.pop(iid, None)
-        if self.on_exit is not None:
-            res = self.on_exit(iid, info)
-            if asyncio.iscoroutine(res):
-                await res
+        self.event_log.append("instance-exited", {"id": iid, "exit": info.model_dump(mode="json")})
+
+    async def events(self, after: int = 0, epoch: str = "", wait: float = 0.0) -> EventBatch:
+        """What happened here after event ``after`` of ``epoch`` (long poll: ``wait``)."""
+        return await self.event_log.read(after, epoch, wait)
 
     # -- facts -----------------------------------------------------------------------------
     async def accel(self) -> Accel:
@@ -446,6 +446,7 @@ class NodeAgent(VolumeAgent):
             )
             self.machines[spec.id] = m
             assert m.pid is not None
+            self.event_log.append("instance-started", {"id": spec.id, "pid": m.pid})
             return m.pid
 
     async def instance_stop(self, iid: str, timeout: float, force: bool = False) -> ExitInfo | None:

@@ -1,5 +1,6 @@
-"""What the controller may ask of a node. The agent itself satisfies it in all-in-one mode; a
-fake (``corral.node.fake``) satisfies it for fast controller tests."""
+"""What the controller may ask of a node. The agent (``corral.node.agent``) and the fake node
+(``corral.node.fake``) implement it; the controller reaches them through the wire
+(``corral.node.remote``, generated from the declarations in ``corral.node.wire``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Protocol
 
 from corral.node.spec import (
     Confinement,
+    EventBatch,
     ExitInfo,
     HealthCheck,
     HostRecord,
@@ -97,3 +99,7 @@ class NodeClient(Protocol):
     async def address_moved(self, network: NetworkSpec, address: str) -> None: ...
 
     async def ping(self, address: str, count: int = 1) -> bool: ...
+
+    async def events(self, after: int = 0, epoch: str = "", wait: float = 0.0) -> EventBatch: ...
+
+    async def teardown(self) -> None: ...

@@ -9,11 +9,15 @@ import itertools
 import socket
 import time
 
-from corral.errors import NotFound, WrongState
+from corral.errors import CorralError, NotFound, WrongState
 from corral.images.store import ImageStore
+from corral.node.events import EventLog
 from corral.node.spec import (
+    GUEST_HOLDS_DISK,
+    LAUNCH_FAILED,
     Accel,
     Confinement,
+    EventBatch,
     ExitInfo,
     HealthCheck,
     HostRecord,
@@ -57,6 +61,7 @@ class FakeNode:
         self.calls: list[tuple[str, str]] = []
         self._servers: set[asyncio.Task[None]] = set()  # pretend servers behind port_connect
         self._pids = itertools.count(10000)
+        self.event_log = EventLog(None, name)
 
     async def info(self) -> NodeInfo:
         return NodeInfo(
@@ -96,13 +101,12 @@ class FakeNode:
     async def instance_start(self, spec: InstanceSpec) -> int:
         self.calls.append(("start", spec.id))
         if spec.id in self.fail_start:
-            from corral.node.driver.machine import LaunchFailed
-
-            raise LaunchFailed(f"fake launch failure for {spec.id}")
+            raise CorralError(f"fake launch failure for {spec.id}", reason=LAUNCH_FAILED)
         self.specs[spec.id] = spec
         if spec.id not in self.running:
             self.running[spec.id] = next(self._pids)
             self.plugged[spec.id] = {v.id for v in spec.volumes}
+            self.event_log.append("instance-started", {"id": spec.id, "pid": self.running[spec.id]})
         self.exits.pop(spec.id, None)
         return self.running[spec.id]
 
@@ -219,10 +223,10 @@ class FakeNode:
         if iid not in self.running:
             return False
         if vid in self.held:
-            from corral.node.driver.hotplug import GuestHoldsDisk
-
-            raise GuestHoldsDisk(
-                f"the guest did not release {vid} within {timeout:.0f} s", resource="volume"
+            raise WrongState(
+                f"the guest did not release {vid} within {timeout:.0f} s",
+                resource="volume",
+                reason=GUEST_HOLDS_DISK,
             )
         self.plugged.get(iid, set()).discard(vid)
         return True
@@ -284,7 +288,16 @@ class FakeNode:
         if self.images is not None:
             self.images.remove(digest)
 
+    async def events(self, after: int = 0, epoch: str = "", wait: float = 0.0) -> EventBatch:
+        return await self.event_log.read(after, epoch, wait)
+
+    async def teardown(self) -> None:
+        self.calls.append(("teardown", self.name))
+
     # test helpers: make things happen behind the controller's back
     def crash(self, iid: str, reason: str = "crashed") -> None:
         self.running.pop(iid, None)
         self.exits[iid] = ExitInfo(reason=reason, detail="killed by SIGKILL", time=time.time())
+        self.event_log.append(
+            "instance-exited", {"id": iid, "exit": self.exits[iid].model_dump(mode="json")}
+        )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -160,3 +162,168 @@ class Confinement(BaseModel):
     cgroup: str  # the instance's cgroup and the controllers it is in
     devices: str
     block_io: str
+
+
+# -- the wire: what travels besides the specs above -------------------------------------------
+# Reasons: finer, stable words within an error code that the controller may act on (exception
+# classes never cross the wire; corral.errors codes and these reasons do).
+GUEST_HOLDS_DISK = "guest-holds-disk"
+LAUNCH_FAILED = "launch-failed"
+NODE_UNREACHABLE = "node-unreachable"
+NODE_TIMEOUT = "node-timeout"
+
+
+class WireError(BaseModel):
+    """An error as it crosses the wire: a ``corral.errors.Code``, an optional reason and the
+    message for the user."""
+
+    code: str
+    message: str
+    reason: str | None = None
+    field: str | None = None
+    resource: str | None = None
+
+
+class Event(BaseModel):
+    """One thing that happened on a node, numbered: ``seq`` grows by one per event within the
+    node's event log (``epoch`` names the log, so a log started afresh is told apart)."""
+
+    node: str
+    seq: int
+    kind: str  # instance-started | instance-exited
+    time: float
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventBatch(BaseModel):
+    epoch: str
+    events: list[Event] = Field(default_factory=list)
+    last: int = 0  # the newest seq in the log (0: none yet)
+    gap: bool = False  # events after the asked seq were dropped or the epoch changed
+
+
+# -- requests: one model per call, fields in the order of the NodeClient method's parameters --
+class NoArgs(BaseModel):
+    pass
+
+
+class NetworkEnsureRequest(BaseModel):
+    spec: NetworkSpec
+    hosts: list[HostRecord]
+
+
+class NetworkPolicyRequest(BaseModel):
+    policy: PolicySpec
+
+
+class DnsUpdateRequest(BaseModel):
+    put: dict[str, str]
+    remove: list[str]
+
+
+class InstanceSpecRequest(BaseModel):
+    spec: InstanceSpec
+
+
+class InstanceStopRequest(BaseModel):
+    iid: str
+    timeout: float
+    force: bool = False
+
+
+class InstanceRebootRequest(BaseModel):
+    iid: str
+    timeout: float
+
+
+class InstanceDestroyRequest(BaseModel):
+    iid: str
+    tap: str | None = None
+
+
+class InstanceRequest(BaseModel):
+    iid: str
+
+
+class ConsoleLogRequest(BaseModel):
+    iid: str
+    tail: int = 65536
+
+
+class PortConnectRequest(BaseModel):
+    iid: str
+    address: str
+    port: int = Field(ge=1, le=65535)
+
+
+class VolumeCreateRequest(BaseModel):
+    vid: str
+    size: int
+    snapshot_id: str | None = None
+    image_digest: str | None = None
+    fs: str | None = None
+    label: str = ""
+
+
+class VolumeRequest(BaseModel):
+    vid: str
+
+
+class VolumeAttachRequest(BaseModel):
+    iid: str
+    vid: str
+
+
+class VolumeDetachRequest(BaseModel):
+    iid: str
+    vid: str
+    timeout: float = 20.0
+
+
+class SnapshotCreateRequest(BaseModel):
+    sid: str
+    vid: str
+    instance_id: str | None = None
+
+
+class SnapshotRequest(BaseModel):
+    sid: str
+
+
+class ImageCaptureRequest(BaseModel):
+    base_digest: str
+    name: str
+    version: str
+    description: str
+    instance_id: str | None = None
+    snapshot_id: str | None = None
+
+
+class ImageRequest(BaseModel):
+    digest: str
+
+
+class HealthCheckRequest(BaseModel):
+    address: str
+    check: HealthCheck
+
+
+class InstanceRelinkRequest(BaseModel):
+    iid: str
+    down: float = 0.3
+
+
+class AddressMovedRequest(BaseModel):
+    network: NetworkSpec
+    address: str
+
+
+class PingRequest(BaseModel):
+    address: str
+    count: int = 1
+
+
+class EventsRequest(BaseModel):
+    after: int = 0  # the last seq the caller has seen
+    epoch: str = ""  # the epoch that seq belongs to ("" at first)
+    wait: float = Field(0.0, ge=0, le=300)  # long poll: seconds to wait for a new event

@@ -95,6 +95,9 @@ class Node(Base):
     claimed_memory: Mapped[int] = mapped_column(BigInteger, default=0)
     claimed_cores: Mapped[float] = mapped_column(Float, default=0.0)
     claimed_disk: Mapped[int] = mapped_column(BigInteger, default=0)
+    # where the controller stands in the node's event log (resumed from after a restart)
+    event_epoch: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    event_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Network(Base):

@@ -1,5 +1,6 @@
 """A QEMU that dies is noticed and handled per restart policy; a guest that powers itself off
-is stopped, not restarted."""
+is stopped, not restarted; a daemon or a node agent killed with SIGKILL leaves the VMs running,
+and what comes back adopts them."""
 
 from __future__ import annotations
 
@@ -91,3 +92,48 @@ def test_daemon_killed_with_instances_running_readopts_them(corral: Daemon) -> N
     assert "adopt1" in corral.ssh("adopt1", "hostname").ok().out
     assert "(requested)" in corral.cli("stop", "adopt2").ok().out
     corral.cli("rm", "--force", "adopt1", "adopt2").ok()
+
+
+def _agents(corral: Daemon) -> list[int]:
+    """The pids of the node agents serving this daemon's state directory."""
+    out = []
+    for d in os.listdir("/proc"):
+        cmd = cmdline(d) if d.isdigit() else b""
+        if b"\0agent\0" in cmd and str(corral.state_dir).encode() + b"\0" in cmd:
+            out.append(int(d))
+    return out
+
+
+def test_killed_agent_is_restarted_and_adopts_the_running_vms(corral: Daemon) -> None:
+    corral.cli("run", "tiny", "--name", "agentkill", "--memory", "128M").ok()
+    pid = _show(corral, "agentkill")["pid"]
+    (agent,) = _agents(corral)
+    os.kill(agent, signal.SIGKILL)
+    again = wait_for(
+        lambda: (a := _agents(corral)) and a != [agent] and a,
+        60,
+        what="the daemon to start a new node agent",
+    )
+    assert len(again) == 1
+    assert os.path.exists(f"/proc/{pid}"), "the VM died with its agent"
+    # the new agent adopted it: the controller reaches it through the wire and stops it
+    assert "(requested)" in corral.cli("stop", "agentkill").ok().out
+    info = _show(corral, "agentkill")
+    assert info["state"] == "stopped" and info["restarts"] == 0
+    assert not os.path.exists(f"/proc/{pid}")
+    corral.cli("rm", "agentkill").ok()
+
+
+def test_the_daemon_killed_takes_its_agent_but_not_the_vms(corral: Daemon) -> None:
+    corral.cli("run", "tiny", "--name", "orphan1", "--memory", "128M").ok()
+    pid = _show(corral, "orphan1")["pid"]
+    (agent,) = _agents(corral)
+    corral.kill9()
+    wait_for(
+        lambda: not os.path.exists(f"/proc/{agent}"), 30, what="the agent to follow its daemon"
+    )
+    assert os.path.exists(f"/proc/{pid}")
+    corral.start()
+    assert _show(corral, "orphan1")["pid"] == pid
+    assert len(_agents(corral)) == 1
+    corral.cli("rm", "--force", "orphan1").ok()

@@ -1,5 +1,6 @@
 """Fixtures for the fast unit tests: a migrated SQLite store in a temporary directory, an image
-store holding one small image, and a controller driving a fake node (no root, no QEMU)."""
+store holding one small image, and a controller driving a fake node (no root, no QEMU) through
+the node wire: the fake is served by the agent's server on a unix socket, as the agent is."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from corral.config import Settings
 from corral.controller.service import Controller
 from corral.images.store import ImageStore
 from corral.node.fake import FakeNode
+from corral.node.remote import connect_node
 from corral.store import Store
-from tests.unit.helpers import add_image
+from tests.unit.helpers import add_image, node_server
 
 
 @pytest.fixture(autouse=True)
@@ -72,11 +74,14 @@ def node() -> FakeNode:
 async def ctrl(
     settings: Settings, store: Store, image_store: ImageStore, node: FakeNode
 ) -> AsyncIterator[Controller]:
-    controller = Controller(settings, store, image_store)
-    await controller.add_node(node, "n1")
-    await controller.start()
-    yield controller
-    await controller.close()
+    async with node_server(node) as url:
+        client, remote = connect_node(url)
+        controller = Controller(settings, store, image_store)
+        await controller.add_node(client, "n1")
+        await controller.start()
+        yield controller
+        await controller.close()
+        await remote.aclose()
 
 
 @pytest.fixture

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +84,31 @@ def add_image(images: ImageStore, work: Path, name: str = "tiny", version: str =
     )
     images.put_manifest(manifest)
     return manifest
+
+
+@contextlib.asynccontextmanager
+async def node_server(node: Any, sock_dir: Path | None = None) -> AsyncIterator[str]:
+    """Serve ``node`` with the agent's server on a unix socket (as ``corral agent`` does) and
+    give its URL; the server stops at the end."""
+    from corral.node import server as node_server_mod
+
+    made = sock_dir is None
+    directory = Path(tempfile.mkdtemp(prefix="cw-", dir="/tmp")) if sock_dir is None else sock_dir
+    path = directory / "agent.sock"
+    sock = node_server_mod.bind_unix(path)
+    srv = node_server_mod.server(node_server_mod.create_app(node))
+    task = asyncio.create_task(srv.serve(sockets=[sock]))
+    try:
+        while not srv.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.005)
+        yield f"unix:{path}"
+    finally:
+        srv.should_exit = True
+        srv.force_exit = True  # a follower's long poll may still be open: do not wait for it
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)
+        sock.close()
+        if made:
+            shutil.rmtree(directory, ignore_errors=True)

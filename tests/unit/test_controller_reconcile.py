@@ -3,12 +3,18 @@ crash loop, finishes interrupted work and reports strays."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from corral.config import Settings
 from corral.controller.instances import tap_name
 from corral.controller.service import Controller
+from corral.images.store import ImageStore
 from corral.node.fake import FakeNode
-from corral.node.spec import InstanceSpec, NetworkSpec
+from corral.node.spec import EventBatch, InstanceSpec, NetworkSpec
+from corral.store import Store
+from corral.store.models import Node
 from tests.unit.helpers import addresses, admin, finish, reload, run
 
 
@@ -159,8 +165,8 @@ async def test_instance_with_an_operation_in_flight_is_skipped(
     ctrl: Controller, node: FakeNode
 ) -> None:
     inst = await run(ctrl, name="web")
-    node.crash(inst.id)
     async with ctrl.instances.lock(inst.id):  # as an operation holding the instance would
+        node.crash(inst.id)  # its exit event wakes the reconciler, which must skip it too
         await _reconcile(ctrl)
         assert inst.id not in node.running
     await _reconcile(ctrl)
@@ -213,3 +219,63 @@ async def test_instance_gone_from_the_node_is_restarted(
     row = await reload(ctrl, inst.id)
     assert row.state == "running" and inst.id in node.running
     assert row.state_reason.startswith("QEMU exited while Corral was not watching")
+
+
+async def test_an_exit_event_from_the_node_wakes_the_reconciler(
+    ctrl: Controller, node: FakeNode
+) -> None:
+    """No reconcile tick comes (the interval is an hour): the node's event stream, followed over
+    the wire, is what makes the controller notice the crash."""
+    inst = await run(ctrl, name="web", restart_policy="never")
+    node.crash(inst.id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while (row := await reload(ctrl, inst.id)).state != "stopped":
+        assert loop.time() < deadline, f"still {row.state}: the exit event was not followed"
+        await asyncio.sleep(0.05)
+    assert "SIGKILL" in row.state_reason
+
+
+async def test_the_controller_resumes_the_event_stream_where_it_stood(
+    ctrl: Controller, node: FakeNode, settings: Settings, store: Store, image_store: ImageStore
+) -> None:
+    """Where the controller stands in the node's log is in the database: a controller started
+    afresh asks for what came after it, not for everything nor only for what comes next."""
+    inst = await run(ctrl, name="web", restart_policy="never")
+    (node_id,) = ctrl.nodes
+    seen = node.event_log.last
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while True:
+        async with ctrl.store.read() as s:
+            row = await s.get(Node, node_id)
+            assert row is not None
+        if row.event_seq == seen and row.event_epoch == node.event_log.epoch:
+            break
+        assert loop.time() < deadline, f"the controller stands at {row.event_seq}, not {seen}"
+        await asyncio.sleep(0.05)
+    await ctrl.close()
+    node.crash(inst.id)  # while no controller follows
+    asked: list[tuple[int, str]] = []
+    events = node.events
+
+    async def spy(after: int = 0, epoch: str = "", wait: float = 0.0) -> EventBatch:
+        asked.append((after, epoch))
+        return await events(after, epoch, wait)
+
+    node.events = spy  # type: ignore[method-assign]
+    again = Controller(settings, store, image_store)
+    await again.add_node(node, "n1")
+    try:
+        deadline = loop.time() + 20
+        while True:
+            async with again.store.read() as s:
+                row = await s.get(Node, node_id)
+                assert row is not None
+            if row.event_seq == seen + 1:
+                break
+            assert loop.time() < deadline, f"the new controller stands at {row.event_seq}"
+            await asyncio.sleep(0.05)
+        assert asked[0] == (seen, node.event_log.epoch)  # resumed, not from the start
+    finally:
+        await again.close()

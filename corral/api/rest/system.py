@@ -16,6 +16,7 @@ from corral.api.context import ApiContext, get_context
 from corral.api.rest.errors import RESPONSES
 from corral.controller.accounts import Caller
 from corral.errors import Forbidden
+from corral.node.spec import NodeInfo
 from corral.store.models import Instance, Node
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ async def system_show(
         )
     nodes = list(ctx.controller.nodes.values())
     info = await nodes[0].info() if nodes else None
-    checks = await _checks(ctx)
+    checks = await _checks(ctx, info)
     return models.SystemInfo(
         version=ctx.version,
         region=st.region,
@@ -66,16 +67,15 @@ async def system_show(
     )
 
 
-async def _checks(ctx: ApiContext) -> list[dict[str, object]]:
-    from corral.node.net import netns
-
+async def _checks(ctx: ApiContext, info: NodeInfo | None) -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
 
     def add(name: str, ok: bool, detail: str) -> None:
         out.append({"name": name, "ok": ok, "detail": detail})
 
     st = ctx.settings
-    add("namespace", netns.exists(st.namespace), f"network namespace {st.namespace}")
+    # the node reports its namespace only when it exists
+    add("namespace", bool(info and info.namespace), f"network namespace {st.namespace}")
     for node_id, strays in ctx.controller.reconciler.strays.items():
         add(f"strays on {node_id}", not strays, "; ".join(strays) or "none")
     for node_id, node in ctx.controller.nodes.items():

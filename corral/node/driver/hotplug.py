@@ -18,6 +18,7 @@ from typing import Any
 
 from corral.errors import CorralError, WrongState
 from corral.node.driver.qmp import Qmp, QmpUnavailable
+from corral.node.spec import GUEST_HOLDS_DISK
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ DETACH_TIMEOUT = 20.0  # seconds a guest gets to release a disk after the unplug
 
 class GuestHoldsDisk(WrongState):
     """The guest did not release the disk in time (it may refuse, or not listen yet)."""
+
+    reason = GUEST_HOLDS_DISK
 
 
 def device_id(vid: str) -> str:

@@ -23,7 +23,7 @@ from corral.node.driver import cgroups
 from corral.node.driver.qemu import Paths, is_ours
 from corral.node.driver.qmp import Qmp, QmpUnavailable
 from corral.node.net import netns
-from corral.node.spec import ExitInfo
+from corral.node.spec import LAUNCH_FAILED, ExitInfo
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ POWERDOWN_REPEAT = 3.0
 
 
 class LaunchFailed(CorralError):
-    pass
+    reason = LAUNCH_FAILED
 
 
 def find_pid(paths: Paths) -> int | None:

@@ -27,7 +27,9 @@ from corral.controller.service import Controller
 from corral.images.manifest import Manifest
 from corral.images.store import ImageStore
 from corral.node.fake import FakeNode
+from corral.node.remote import connect_node
 from corral.store import Store
+from tests.unit.helpers import node_server
 
 ENDPOINT = "http://127.0.0.1:8773"
 REGION = "corral-1"
@@ -197,7 +199,9 @@ async def world(tmp_path: Path, template_db: Path) -> AsyncIterator[World]:
     manifest = add_fake_image(images, tmp_path)
     node = FakeNode(images=images)
     ctrl = Controller(settings, store, images)
-    await ctrl.add_node(node, "fake")  # type: ignore[arg-type]
+    served = node_server(node)
+    client, remote = connect_node(await served.__aenter__())
+    await ctrl.add_node(client, "fake")
     await ctrl.start()
     app = create_app(ApiContext(settings, ctrl))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ENDPOINT) as http:
@@ -212,4 +216,6 @@ async def world(tmp_path: Path, template_db: Path) -> AsyncIterator[World]:
         finally:
             await w.settle()
             await ctrl.close()
+            await remote.aclose()
+            await served.__aexit__(None, None, None)
             await store.close()
