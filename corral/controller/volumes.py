@@ -496,14 +496,22 @@ class Volumes:
         force: bool = False,
         dry_run: bool = False,
         timeout: float | None = None,
+        device: str | None = None,
     ) -> tuple[Volume, Operation | None]:
         """Detach the volume: at once from a stopped instance, by an operation (an unplug the
-        guest must answer) from one that runs. Returns the attachment as it was."""
+        guest must answer) from one that runs. Returns the attachment as it was. ``device``,
+        when given, must be where the volume is attached."""
         async with self.ctrl.store.write() as s:
             row = await self.resolve(s, caller, vid)
             if row.instance_id is None:
                 raise WrongState(
                     f"volume {row.id} is not attached", resource="volume", ec2_code="IncorrectState"
+                )
+            if device is not None and device != row.device:
+                raise Invalid(
+                    f"volume {row.id} is attached as {row.device}, not {device}",
+                    field="Device",
+                    ec2_code="InvalidAttachment.NotFound",
                 )
             if instance_ref is not None:
                 inst = await self.ctrl.instances.resolve(

@@ -9,12 +9,22 @@ from typing import Any
 from corral.api.ec2.common import dry_run_ok
 from corral.api.ec2.errors import Ec2Error
 from corral.api.ec2.listing import Filters, paginate
+from corral.api.ec2.params import DRY_RUN, FILTERS, PAGES
 from corral.api.ec2.registry import Call, action
 from corral.controller.instance_types import CATALOG, InstanceType
 
 
-@action("DescribeRegions")
+@action(
+    "DescribeRegions",
+    accepts=(
+        "RegionName.N",
+        "AllRegions",
+        *FILTERS,
+        *DRY_RUN,
+    ),
+)
 async def regions_describe(call: Call) -> dict[str, Any]:
+    call.p.flag("AllRegions")  # one region: all of them are this one
     st = call.api.settings
     names = call.p.strings("RegionName")
     unknown = [n for n in names if n != st.region]
@@ -41,8 +51,18 @@ async def regions_describe(call: Call) -> dict[str, Any]:
     return {"regionInfo": [item] if match(item) else []}
 
 
-@action("DescribeAvailabilityZones")
+@action(
+    "DescribeAvailabilityZones",
+    accepts=(
+        "ZoneName.N",
+        "ZoneId.N",
+        "AllAvailabilityZones",
+        *FILTERS,
+        *DRY_RUN,
+    ),
+)
 async def zones_describe(call: Call) -> dict[str, Any]:
+    call.p.flag("AllAvailabilityZones")  # one zone, always opted in
     st = call.api.settings
     zone_id = f"{st.region.replace('-', '')}-az1"
     item = {
@@ -108,8 +128,18 @@ def type_item(t: InstanceType) -> dict[str, Any]:
     }
 
 
-@action("DescribeInstanceTypes")
+@action(
+    "DescribeInstanceTypes",
+    accepts=(
+        "InstanceType.N",
+        "IncludeUnsupportedInRegion",
+        *FILTERS,
+        *PAGES,
+        *DRY_RUN,
+    ),
+)
 async def types_describe(call: Call) -> dict[str, Any]:
+    call.p.flag("IncludeUnsupportedInRegion")  # every type runs here
     names = call.p.strings("InstanceType")
     unknown = [n for n in names if n not in CATALOG]
     if unknown:
@@ -137,7 +167,13 @@ async def types_describe(call: Call) -> dict[str, Any]:
     return {"instanceTypeSet": [type_item(t) for t in page], "nextToken": token}
 
 
-@action("DescribeAccountAttributes")
+@action(
+    "DescribeAccountAttributes",
+    accepts=(
+        "AttributeName.N",
+        *DRY_RUN,
+    ),
+)
 async def account_attributes(call: Call) -> dict[str, Any]:
     pool = ipaddress.ip_network(call.api.settings.public_cidr)
     eips = str(max(0, pool.num_addresses - 3))

@@ -15,7 +15,7 @@ from corral.api.ec2 import sigv4, xml
 from corral.api.ec2.cache import PLACEHOLDER, AnswerCache
 from corral.api.ec2.errors import Ec2Error, from_corral
 from corral.api.ec2.parse import Params
-from corral.api.ec2.registry import ACTIONS, UNSUPPORTED, Call
+from corral.api.ec2.registry import ACTIONS, PARAMS, UNSUPPORTED, Call
 from corral.errors import CorralError
 
 log = logging.getLogger(__name__)
@@ -87,13 +87,7 @@ async def ec2(request: Request) -> Response:
 
         key_id = await sigv4.verify(req, ctx.settings.region, secret_for)
         caller = await accounts.lookup(key_id)
-        params = Params(pairs)
-        action_name = params.get("Action") or ""
-        answers = _answers(ctx)
-        key = answers.key(caller.account_id, action_name, pairs)
-        generation = ctx.controller.store.generation
-        if key is not None and (hit := answers.get(key, generation, request_id)) is not None:
-            return Response(hit, media_type=XML_TYPE)
+        action_name = next((v for k, v in pairs if k == "Action"), "")
         if not action_name:
             raise Ec2Error("MissingAction", "The request must contain the parameter Action")
         handler = ACTIONS.get(action_name)
@@ -105,7 +99,14 @@ async def ec2(request: Request) -> Response:
             raise Ec2Error(
                 "InvalidAction", f"The action {action_name} is not valid for this web service."
             )
-        result = await handler(Call(ctx, caller, params, action_name))
+        # every name checked against what the action honours before anything else
+        pairs = PARAMS[action_name].normalise(action_name, pairs)
+        answers = _answers(ctx)
+        key = answers.key(caller.account_id, action_name, pairs)
+        generation = ctx.controller.store.generation
+        if key is not None and (hit := answers.get(key, generation, request_id)) is not None:
+            return Response(hit, media_type=XML_TYPE)
+        result = await handler(Call(ctx, caller, Params(pairs), action_name))
     except Ec2Error as err:
         return _error(err, request_id)
     except CorralError as err:

@@ -11,14 +11,16 @@ from sqlalchemy import select
 from corral import ids
 from corral.api.ec2 import views
 from corral.api.ec2.common import dry_run_ok
-from corral.api.ec2.errors import Ec2Error, missing
+from corral.api.ec2.errors import Ec2Error, invalid, missing
 from corral.api.ec2.listing import Filters, paginate
+from corral.api.ec2.params import DRY_RUN, FILTERS, PAGES, TAG_SPECS
 from corral.api.ec2.registry import Call, action
 from corral.controller import tags
 from corral.store.models import Account, Image
 
 OWNER_ALIAS = "corral"
 GIB = 1 << 30
+ROOT_NAMES = ("/dev/sda1", "/dev/sda", "/dev/xvda", "/dev/vda")
 
 
 async def _admin_id(call: Call) -> str:
@@ -74,9 +76,24 @@ def image_item(i: Image, owner: str, tag_map: dict[str, dict[str, str]]) -> dict
     }
 
 
-@action("DescribeImages")
+@action(
+    "DescribeImages",
+    accepts=(
+        "ImageId.N",
+        "Owner.N",
+        "ExecutableBy.N",
+        "IncludeDeprecated",
+        "IncludeDisabled",
+        *FILTERS,
+        *PAGES,
+        *DRY_RUN,
+    ),
+)
 async def images_describe(call: Call) -> dict[str, Any]:
     p = call.p
+    # Corral neither deprecates nor disables images: these widen nothing
+    p.flag("IncludeDeprecated")
+    p.flag("IncludeDisabled")
     me = call.caller.account_id
     admin = await _admin_id(call)
     rows = await call.ctrl.image_publishing.list(call.caller)
@@ -151,7 +168,22 @@ async def images_describe(call: Call) -> dict[str, Any]:
     return {"imagesSet": [image_item(i, owner_of(i), tag_map) for i in page], "nextToken": token}
 
 
-@action("CreateImage")
+@action(
+    "CreateImage",
+    accepts=(
+        "InstanceId",
+        "Name",
+        "Description",
+        "NoReboot",
+        *TAG_SPECS,
+        *DRY_RUN,
+    ),
+    unsupported=(
+        "SnapshotLocation",
+        "BootModeOverride",
+        "BlockDeviceMapping.N.*",
+    ),
+)
 async def image_create(call: Call) -> dict[str, Any]:
     p = call.p
     iid = p.need("InstanceId")
@@ -173,37 +205,90 @@ async def image_create(call: Call) -> dict[str, Any]:
     return {"imageId": row.id}
 
 
-@action("RegisterImage")
+@action(
+    "RegisterImage",
+    accepts=(
+        "Name",
+        "Description",
+        "Architecture",
+        "KernelId",
+        "RootDeviceName",
+        "VirtualizationType",
+        "BlockDeviceMapping.N.DeviceName",
+        "BlockDeviceMapping.N.Ebs.SnapshotId",
+        *DRY_RUN,
+    ),
+    unsupported=(
+        "ImageLocation",
+        "BillingProduct.N",
+        "BootMode",
+        "TpmSupport",
+        "UefiData",
+        "ImdsSupport",
+        "TagSpecification.N.*",
+        "RamdiskId",
+        "BlockDeviceMapping.N.*",
+        "SriovNetSupport",
+        "EnaSupport",
+    ),
+)
 async def image_register(call: Call) -> dict[str, Any]:
     p = call.p
     name = p.need("Name")
-    if p.get("ImageLocation"):
-        raise Ec2Error(
-            "InvalidParameterValue",
-            "Corral registers images from snapshots: give "
-            "BlockDeviceMapping.1.Ebs.SnapshotId, not ImageLocation",
-        )
     arch = p.get("Architecture", "x86_64")
     if arch != "x86_64":
         raise Ec2Error("InvalidParameterValue", f"Architecture {arch!r}: Corral runs x86_64")
-    snapshot = None
-    for bdm in p.group("BlockDeviceMapping"):
-        snapshot = bdm.get("Ebs.SnapshotId") or snapshot
+    virt = p.get("VirtualizationType", "hvm")
+    if virt != "hvm":
+        raise Ec2Error(
+            "InvalidParameterValue", f"VirtualizationType {virt!r}: Corral's images are hvm"
+        )
+    root = p.get("RootDeviceName")
+    if root is not None and root not in ROOT_NAMES:
+        raise invalid("RootDeviceName", root, f"Corral's root device is one of {ROOT_NAMES}.")
+    mappings = p.group("BlockDeviceMapping")
+    if len(mappings) > 1:
+        raise Ec2Error(
+            "UnsupportedOperation",
+            "Corral's images have one disk: give one BlockDeviceMapping, the root's snapshot",
+        )
+    snapshot = mappings[0].get("Ebs.SnapshotId") if mappings else None
     if not snapshot:
         raise missing("BlockDeviceMapping.1.Ebs.SnapshotId")
+    device = mappings[0].get("DeviceName")
+    if (device is not None and device != (root or device)) or device not in (None, *ROOT_NAMES):
+        raise invalid(
+            "BlockDeviceMapping.1.DeviceName",
+            device,
+            f"The snapshot is the root disk: map it at {root or views.ROOT_DEVICE}.",
+        )
     row, _ = await call.ctrl.image_publishing.register(
         call.caller, name, snapshot, p.get("KernelId"), p.get("Description", "") or "", call.dry_run
     )
     return {"imageId": row.id}
 
 
-@action("DeregisterImage")
+@action(
+    "DeregisterImage",
+    accepts=(
+        "ImageId",
+        *DRY_RUN,
+    ),
+    unsupported=("DeleteAssociatedSnapshots",),
+)
 async def image_deregister(call: Call) -> dict[str, Any]:
     await call.ctrl.image_publishing.deregister(call.caller, call.p.need("ImageId"), call.dry_run)
     return {"return": True}
 
 
-@action("DescribeImageAttribute")
+@action(
+    "DescribeImageAttribute",
+    accepts=(
+        "ImageId",
+        "Attribute",
+        *DRY_RUN,
+    ),
+)
 async def image_attribute(call: Call) -> dict[str, Any]:
     image_id, attr = call.p.need("ImageId"), call.p.need("Attribute")
     pub = call.ctrl.image_publishing
@@ -245,7 +330,31 @@ async def image_attribute(call: Call) -> dict[str, Any]:
     )
 
 
-@action("ModifyImageAttribute")
+@action(
+    "ModifyImageAttribute",
+    accepts=(
+        "ImageId",
+        "Attribute",
+        "Value",
+        "Description.Value",
+        "OperationType",
+        "UserId.N",
+        "UserGroup.N",
+        "LaunchPermission.Add.N.UserId",
+        "LaunchPermission.Add.N.Group",
+        "LaunchPermission.Remove.N.UserId",
+        "LaunchPermission.Remove.N.Group",
+        *DRY_RUN,
+    ),
+    unsupported=(
+        "LaunchPermission.Add.N.*",
+        "LaunchPermission.Remove.N.*",
+        "ProductCode.N",
+        "OrganizationArn.N",
+        "OrganizationalUnitArn.N",
+        "ImdsSupport.Value",
+    ),
+)
 async def image_modify(call: Call) -> dict[str, Any]:
     p = call.p
     image_id = p.need("ImageId")

@@ -12,6 +12,8 @@ from corral import ids
 from corral.api.ec2 import views, xml
 from corral.api.ec2.errors import Ec2Error, invalid, missing
 from corral.api.ec2.listing import Filters, next_token, paginate, window
+from corral.api.ec2.params import DRY_RUN, FILTERS, PAGES, TAG_SPECS
+from corral.api.ec2.parse import Params
 from corral.api.ec2.registry import Call, action
 from corral.controller import instance_types
 from corral.controller.instances import LaunchOptions
@@ -163,9 +165,19 @@ def _reservations(call: Call, rows: list[Any], x: views.InstanceExtras) -> list[
     return list(out.values())
 
 
-@action("DescribeInstances")
+@action(
+    "DescribeInstances",
+    accepts=(
+        "InstanceId.N",
+        "IncludeManagedResources",
+        *FILTERS,
+        *PAGES,
+        *DRY_RUN,
+    ),
+)
 async def instances_describe(call: Call) -> dict[str, Any]:
     p = call.p
+    p.flag("IncludeManagedResources")  # Corral has no managed instances
     wanted = p.strings("InstanceId")
     check_ids(wanted)
     filters = p.filters()
@@ -209,7 +221,106 @@ async def instances_describe(call: Call) -> dict[str, Any]:
     return {"reservationSet": _reservations(call, page, x), "nextToken": token}
 
 
-@action("RunInstances")
+RUN_ACCEPTS = (
+    "ImageId",
+    "MinCount",
+    "MaxCount",
+    "InstanceType",
+    "KeyName",
+    "UserData",
+    "ClientToken",
+    "Placement.AvailabilityZone",
+    "Placement.Tenancy",
+    "SecurityGroupId.N",
+    "SecurityGroup.N",
+    "PrivateIpAddress",
+    "EbsOptimized",
+    "MetadataOptions.HttpTokens",
+    "MetadataOptions.HttpPutResponseHopLimit",
+    "BlockDeviceMapping.N.DeviceName",
+    "BlockDeviceMapping.N.Ebs.VolumeSize",
+    # device 0 only: its security groups (SecurityGroupId on the wire; Groups from some clients)
+    "NetworkInterface.N.DeviceIndex",
+    "NetworkInterface.N.SecurityGroupId.N",
+    "NetworkInterface.N.Groups.N",
+    "NetworkInterface.N.DeleteOnTermination",
+    *TAG_SPECS,
+    *DRY_RUN,
+)
+RUN_UNSUPPORTED = (
+    "BlockDeviceMapping.N.*",
+    "NetworkInterface.N.*",
+    "Placement.*",
+    "MetadataOptions.*",
+    "Ipv6AddressCount",
+    "Ipv6Address.N.*",
+    "KernelId",
+    "RamdiskId",
+    "Monitoring.*",
+    "SubnetId",
+    "ElasticGpuSpecification.N.*",
+    "ElasticInferenceAccelerator.N.*",
+    "LaunchTemplate.*",
+    "InstanceMarketOptions.*",
+    "CreditSpecification.*",
+    "CpuOptions.*",
+    "CapacityReservationSpecification.*",
+    "HibernationOptions.*",
+    "LicenseSpecification.N.*",
+    "EnclaveOptions.*",
+    "PrivateDnsNameOptions.*",
+    "MaintenanceOptions.*",
+    "DisableApiStop",
+    "EnablePrimaryIpv6",
+    "NetworkPerformanceOptions.*",
+    "Operator.*",
+    "SecondaryInterface.N.*",
+    "DisableApiTermination",
+    "InstanceInitiatedShutdownBehavior",
+    "AdditionalInfo",
+    "IamInstanceProfile.*",
+)
+
+
+def _interface_groups(p: Params) -> list[str] | None:
+    """The security groups of ``NetworkInterface.N`` (None when none is given): Corral gives
+    an instance one interface, device 0, created with it and deleted with it."""
+    nics = p.group("NetworkInterface")
+    if not nics:
+        return None
+    if len(nics) > 1:
+        raise Ec2Error(
+            "UnsupportedOperation",
+            "Corral instances have one network interface: give NetworkInterface.1 only",
+        )
+    nic = nics[0]
+    index = nic.get("DeviceIndex")
+    if index is None:
+        raise missing("NetworkInterface.1.DeviceIndex")
+    if index != "0":
+        raise invalid(
+            "NetworkInterface.1.DeviceIndex", index, "Corral's only interface is device 0."
+        )
+    if not nic.flag("DeleteOnTermination", True):
+        raise Ec2Error(
+            "UnsupportedOperation",
+            "NetworkInterface.1.DeleteOnTermination=false: Corral's interface goes with its "
+            "instance",
+        )
+    if p.strings("SecurityGroupId") or p.strings("SecurityGroup"):
+        raise Ec2Error(
+            "InvalidParameterCombination",
+            "Network interfaces and an instance-level security groups may not be specified on "
+            "the same request",
+        )
+    groups = nic.strings("SecurityGroupId") + nic.strings("Groups")
+    for g in groups:
+        if not g.startswith("sg-"):
+            raise Ec2Error("InvalidGroupId.Malformed", f'Invalid id: "{g}" (expecting "sg-...")')
+    return groups
+
+
+@action("RunInstances", accepts=RUN_ACCEPTS, unsupported=RUN_UNSUPPORTED)
 async def instances_run(call: Call) -> dict[str, Any]:
     p = call.p
     image_id = p.need("ImageId")
@@ -235,6 +346,17 @@ async def instances_run(call: Call) -> dict[str, Any]:
             f"Invalid availability zone: [{zone}]; this Corral has "
             f"{call.api.settings.availability_zone}",
         )
+    tenancy = p.get("Placement.Tenancy")
+    if tenancy not in (None, "default"):
+        raise Ec2Error(
+            "UnsupportedOperation",
+            f"Placement.Tenancy {tenancy!r}: Corral's instances share hosts (tenancy default)",
+        )
+    if p.flag("EbsOptimized"):
+        raise Ec2Error(
+            "UnsupportedOperation",
+            "EbsOptimized=true: Corral's volumes have no separate EBS bandwidth; leave it out",
+        )
     token = p.get("ClientToken")
     if token is not None and (len(token) > 64 or not token.isascii()):
         raise invalid("ClientToken", token, "At most 64 ASCII characters.")
@@ -258,12 +380,25 @@ async def instances_run(call: Call) -> dict[str, Any]:
         size = bdm.integer("Ebs.VolumeSize", None, 1, 16384)
         if size is not None:
             disk = f"{size}G"
-    specs = p.tag_specs(("instance", "volume"))
+    specs = p.tag_specs(("instance",))
     tags = specs.get("instance", {})
+    nic_groups = _interface_groups(p)
     groups = p.strings("SecurityGroupId") + p.strings("SecurityGroup")
     for g in p.strings("SecurityGroupId"):
         if not g.startswith("sg-"):
             raise Ec2Error("InvalidGroupId.Malformed", f'Invalid id: "{g}" (expecting "sg-...")')
+    if nic_groups is not None:
+        groups = nic_groups
+    address = p.get("PrivateIpAddress")
+    if address is not None and hi > 1:
+        raise Ec2Error(
+            "InvalidParameterCombination",
+            "PrivateIpAddress names one address: launch one instance (MaxCount=1) with it",
+        )
+    hop_limit = p.integer("MetadataOptions.HttpPutResponseHopLimit", 1, 1, 64) or 1
+    tokens = p.get("MetadataOptions.HttpTokens", "optional") or "optional"
+    if tokens not in ("optional", "required"):
+        raise invalid("MetadataOptions.HttpTokens", tokens, "It must be optional or required.")
     key = p.get("KeyName")
     req = InstanceCreate(
         image=image_id,
@@ -272,6 +407,9 @@ async def instances_run(call: Call) -> dict[str, Any]:
         disk=disk,
         keys=[key] if key else [],
         user_data=user_data,
+        address=address,
+        metadata_tokens=tokens,  # type: ignore[arg-type]
+        metadata_hop_limit=hop_limit,
     )
     opts = LaunchOptions(
         min_count=lo,
@@ -309,7 +447,9 @@ async def _change(call: Call, verb: str) -> dict[str, Any]:
     out = []
     for iid in wanted:
         if verb == "terminate":
-            inst, _ = await mgr.terminate(call.caller, iid, dry_run=call.dry_run)
+            inst, _ = await mgr.terminate(
+                call.caller, iid, force=p.flag("Force"), dry_run=call.dry_run
+            )
         elif verb == "stop":
             if p.flag("Hibernate"):
                 raise Ec2Error(
@@ -329,22 +469,52 @@ async def _change(call: Call, verb: str) -> dict[str, Any]:
     return {"instancesSet": out}
 
 
-@action("TerminateInstances")
+@action(
+    "TerminateInstances",
+    accepts=(
+        "InstanceId.N",
+        "Force",
+        *DRY_RUN,
+    ),
+    unsupported=("SkipOsShutdown",),
+)
 async def instances_terminate(call: Call) -> dict[str, Any]:
     return await _change(call, "terminate")
 
 
-@action("StopInstances")
+@action(
+    "StopInstances",
+    accepts=(
+        "InstanceId.N",
+        "Force",
+        "Hibernate",
+        *DRY_RUN,
+    ),
+    unsupported=("SkipOsShutdown",),
+)
 async def instances_stop(call: Call) -> dict[str, Any]:
     return await _change(call, "stop")
 
 
-@action("StartInstances")
+@action(
+    "StartInstances",
+    accepts=(
+        "InstanceId.N",
+        *DRY_RUN,
+    ),
+    unsupported=("AdditionalInfo",),
+)
 async def instances_start(call: Call) -> dict[str, Any]:
     return await _change(call, "start")
 
 
-@action("RebootInstances")
+@action(
+    "RebootInstances",
+    accepts=(
+        "InstanceId.N",
+        *DRY_RUN,
+    ),
+)
 async def instances_reboot(call: Call) -> dict[str, Any]:
     wanted = call.p.strings("InstanceId")
     if not wanted:
@@ -363,9 +533,20 @@ def _status(state: str) -> dict[str, Any]:
     return {"status": value, "details": details}
 
 
-@action("DescribeInstanceStatus")
+@action(
+    "DescribeInstanceStatus",
+    accepts=(
+        "InstanceId.N",
+        "IncludeAllInstances",
+        "IncludeManagedResources",
+        *FILTERS,
+        *PAGES,
+        *DRY_RUN,
+    ),
+)
 async def instances_status(call: Call) -> dict[str, Any]:
     p = call.p
+    p.flag("IncludeManagedResources")
     wanted = p.strings("InstanceId")
     check_ids(wanted)
     window(p, call.action, call.caller.account_id, 5, 1000, "InstanceId")
@@ -404,8 +585,16 @@ async def instances_status(call: Call) -> dict[str, Any]:
     }
 
 
-@action("GetConsoleOutput")
+@action(
+    "GetConsoleOutput",
+    accepts=(
+        "InstanceId",
+        "Latest",
+        *DRY_RUN,
+    ),
+)
 async def instances_console_output(call: Call) -> dict[str, Any]:
+    call.p.flag("Latest")  # the answer is always the latest 64 KiB
     iid = call.p.need("InstanceId")
     check_ids([iid])
     rows, _ = await load(call, [iid])
@@ -442,7 +631,14 @@ ATTRIBUTES = (
 )
 
 
-@action("DescribeInstanceAttribute")
+@action(
+    "DescribeInstanceAttribute",
+    accepts=(
+        "InstanceId",
+        "Attribute",
+        *DRY_RUN,
+    ),
+)
 async def instances_attribute(call: Call) -> dict[str, Any]:
     iid = call.p.need("InstanceId")
     attr = call.p.need("Attribute")
@@ -480,7 +676,31 @@ async def instances_attribute(call: Call) -> dict[str, Any]:
     return {"instanceId": r.id, attr: value}
 
 
-@action("ModifyInstanceAttribute")
+@action(
+    "ModifyInstanceAttribute",
+    accepts=(
+        "InstanceId",
+        "Attribute",
+        "Value",
+        "InstanceType.Value",
+        "UserData.Value",
+        *DRY_RUN,
+    ),
+    unsupported=(
+        "SourceDestCheck.Value",
+        "EnclaveOptions.Enabled",
+        "DisableApiStop.Value",
+        "BlockDeviceMapping.N.*",
+        "DisableApiTermination.Value",
+        "Kernel.Value",
+        "Ramdisk.Value",
+        "InstanceInitiatedShutdownBehavior.Value",
+        "GroupId.N",
+        "EbsOptimized.Value",
+        "SriovNetSupport.Value",
+        "EnaSupport.Value",
+    ),
+)
 async def instances_modify(call: Call) -> dict[str, Any]:
     p = call.p
     iid = p.need("InstanceId")
@@ -501,29 +721,6 @@ async def instances_modify(call: Call) -> dict[str, Any]:
                 "UnsupportedInstanceAttribute",
                 f"Corral can change instanceType and userData, not {attr}",
             )
-    others = [
-        k
-        for k in p.raw
-        if k.split(".")[0]
-        in (
-            "SourceDestCheck",
-            "DisableApiTermination",
-            "EbsOptimized",
-            "Kernel",
-            "Ramdisk",
-            "GroupId",
-            "InstanceInitiatedShutdownBehavior",
-            "SriovNetSupport",
-            "EnaSupport",
-            "BlockDeviceMapping",
-            "DisableApiStop",
-        )
-    ]
-    if others:
-        raise Ec2Error(
-            "UnsupportedInstanceAttribute",
-            f"Corral can change instanceType and userData, not {others[0]}",
-        )
     if itype is None and user_data is None:
         raise missing("InstanceType.Value or UserData.Value")
     if itype is not None:

@@ -12,6 +12,7 @@ from corral.api.ec2.common import dry_run_ok, not_found
 from corral.api.ec2.errors import Ec2Error
 from corral.api.ec2.instances import check_ids
 from corral.api.ec2.listing import Filters, paginate
+from corral.api.ec2.params import DRY_RUN, FILTERS, PAGES, TAG_SPECS
 from corral.api.ec2.registry import Call, action
 from corral.controller import tags
 from corral.store.models import Snapshot, Volume
@@ -61,7 +62,29 @@ def snapshot_item(s: Snapshot, tag_map: dict[str, dict[str, str]]) -> dict[str, 
     }
 
 
-@action("CreateVolume")
+@action(
+    "CreateVolume",
+    accepts=(
+        "AvailabilityZone",
+        "Size",
+        "SnapshotId",
+        "VolumeType",
+        "Encrypted",
+        *TAG_SPECS,
+        *DRY_RUN,
+    ),
+    unsupported=(
+        "AvailabilityZoneId",
+        "Iops",
+        "KmsKeyId",
+        "OutpostArn",
+        "MultiAttachEnabled",
+        "Throughput",
+        "ClientToken",
+        "VolumeInitializationRate",
+        "Operator.*",
+    ),
+)
 async def volume_create(call: Call) -> dict[str, Any]:
     p = call.p
     zone = p.need("AvailabilityZone")
@@ -82,13 +105,28 @@ async def volume_create(call: Call) -> dict[str, Any]:
     return volume_item(row, {row.id: wanted})
 
 
-@action("DeleteVolume")
+@action(
+    "DeleteVolume",
+    accepts=(
+        "VolumeId",
+        *DRY_RUN,
+    ),
+)
 async def volume_delete(call: Call) -> dict[str, Any]:
     await call.ctrl.volumes.delete(call.caller, call.p.need("VolumeId"), call.dry_run)
     return {"return": True}
 
 
-@action("AttachVolume")
+@action(
+    "AttachVolume",
+    accepts=(
+        "VolumeId",
+        "InstanceId",
+        "Device",
+        *DRY_RUN,
+    ),
+    unsupported=("EbsCardIndex",),
+)
 async def volume_attach(call: Call) -> dict[str, Any]:
     p = call.p
     row, _ = await call.ctrl.volumes.attach(
@@ -97,18 +135,42 @@ async def volume_attach(call: Call) -> dict[str, Any]:
     return attachment(row, "attaching")
 
 
-@action("DetachVolume")
+@action(
+    "DetachVolume",
+    accepts=(
+        "VolumeId",
+        "InstanceId",
+        "Device",
+        "Force",
+        *DRY_RUN,
+    ),
+)
 async def volume_detach(call: Call) -> dict[str, Any]:
     p = call.p
     row, _ = await call.ctrl.volumes.detach(
-        call.caller, p.need("VolumeId"), p.get("InstanceId"), p.flag("Force"), call.dry_run
+        call.caller,
+        p.need("VolumeId"),
+        p.get("InstanceId"),
+        p.flag("Force"),
+        call.dry_run,
+        device=p.get("Device"),
     )
     return attachment(row, "detaching")
 
 
-@action("DescribeVolumes")
+@action(
+    "DescribeVolumes",
+    accepts=(
+        "VolumeId.N",
+        "IncludeManagedResources",
+        *FILTERS,
+        *PAGES,
+        *DRY_RUN,
+    ),
+)
 async def volume_describe(call: Call) -> dict[str, Any]:
     p = call.p
+    p.flag("IncludeManagedResources")  # Corral has no managed volumes
     wanted = p.strings("VolumeId")
     check_ids(wanted, "volume", "VolumeId")
     rows = await call.ctrl.volumes.list(call.caller)
@@ -154,7 +216,19 @@ def views_time(when: Any) -> str:
     return timestamp(when) or ""
 
 
-@action("CreateSnapshot")
+@action(
+    "CreateSnapshot",
+    accepts=(
+        "VolumeId",
+        "Description",
+        *TAG_SPECS,
+        *DRY_RUN,
+    ),
+    unsupported=(
+        "OutpostArn",
+        "Location",
+    ),
+)
 async def snapshot_create(call: Call) -> dict[str, Any]:
     p = call.p
     wanted = tags.check(p.tag_specs(("snapshot",)).get("snapshot", {}))
@@ -164,13 +238,29 @@ async def snapshot_create(call: Call) -> dict[str, Any]:
     return snapshot_item(row, {row.id: wanted})
 
 
-@action("DeleteSnapshot")
+@action(
+    "DeleteSnapshot",
+    accepts=(
+        "SnapshotId",
+        *DRY_RUN,
+    ),
+)
 async def snapshot_delete(call: Call) -> dict[str, Any]:
     await call.ctrl.snapshots.delete(call.caller, call.p.need("SnapshotId"), call.dry_run)
     return {"return": True}
 
 
-@action("DescribeSnapshots")
+@action(
+    "DescribeSnapshots",
+    accepts=(
+        "SnapshotId.N",
+        "Owner.N",
+        "RestorableBy.N",
+        *FILTERS,
+        *PAGES,
+        *DRY_RUN,
+    ),
+)
 async def snapshot_describe(call: Call) -> dict[str, Any]:
     p = call.p
     wanted = p.strings("SnapshotId")
