@@ -69,7 +69,7 @@ class ImagePublishing:
     async def get_visible(self, s: AsyncSession, caller: Caller, image_id: str) -> Image:
         if not ids.is_id("image", image_id):
             raise Invalid(
-                f"image id {image_id!r} is malformed (ami- and 17 hex digits)",
+                f"image id {image_id!r} is malformed (ami- and 8 or 17 hex digits)",
                 field="ImageId",
                 ec2_code="InvalidAMIID.Malformed",
             )

@@ -151,7 +151,7 @@ class SecurityGroups:
         if ref.startswith("sg-"):
             if not ids.is_id("security_group", ref) and not _short_id(ref):
                 raise Invalid(
-                    f"security group id {ref!r} is malformed (sg- and 17 hex digits)",
+                    f"security group id {ref!r} is malformed (sg- and 8 or 17 hex digits)",
                     field="GroupId",
                     ec2_code="InvalidGroupId.Malformed",
                 )

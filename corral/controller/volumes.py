@@ -66,7 +66,7 @@ class Volumes:
             return row
         if ref.startswith("vol-"):
             raise Invalid(
-                f"volume id {ref!r} is malformed (vol- and 17 hex digits)",
+                f"volume id {ref!r} is malformed (vol- and 8 or 17 hex digits)",
                 field="VolumeId",
                 ec2_code="InvalidVolumeID.Malformed",
             )

@@ -159,8 +159,10 @@ async def address_describe(call: Call) -> dict[str, Any]:
             "private-ip-address": lambda a: a.private_ip,
             "network-border-group": lambda a: region,
             "public-ipv4-pool": lambda a: "corral",
+            "network-interface-owner-id": lambda a: a.account_id if a.instance_id else None,
         },
         lambda a: tag_map.get(a.id, {}),
+        ("network-interface-id",),
     )
     if call.dry_run:
         dry_run_ok()

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 
 from corral import ids
-from corral.api.ec2 import views
+from corral.api.ec2 import views, xml
 from corral.api.ec2.common import dry_run_ok
 from corral.api.ec2.errors import Ec2Error, invalid, missing
 from corral.api.ec2.listing import Filters, paginate
@@ -74,6 +74,47 @@ def image_item(i: Image, owner: str, tag_map: dict[str, dict[str, str]]) -> dict
         "tagSet": views.tag_set(tag_map.get(i.id)),
         "bootMode": "legacy-bios",
     }
+
+
+# filters AWS documents for DescribeImages on what Corral's images never have
+IMAGE_ABSENT = (
+    "hypervisor",
+    "image-allowed",
+    "image-watermark.source-image-creation-time",
+    "image-watermark.source-image-id",
+    "image-watermark.source-image-region",
+    "image-watermark.watermark-creation-time",
+    "image-watermark.watermark-key",
+    "instance-type-specification.supported-instance-type",
+    "instance-type-specification.unsupported-instance-type",
+    "kernel-id",
+    "ramdisk-id",
+    "platform",
+    "product-code",
+    "product-code.type",
+    "public-ssm-parameter-name",
+    "scan-result.critical-fix-available-since",
+    "scan-result.finding-scan-date",
+    "scan-result.high-fix-available-since",
+    "scan-result.highest-finding-severity-label",
+    "scan-result.informational-fix-available-since",
+    "scan-result.low-fix-available-since",
+    "scan-result.medium-fix-available-since",
+    "source-image-id",
+    "source-image-region",
+    "state-reason-code",
+    "state-reason-message",
+    "sriov-net-support",
+)
+
+
+def _bdm(i: Image, field: str) -> list[Any]:
+    out = []
+    for m in image_item(i, "", {})["blockDeviceMapping"]:
+        value = m.get(field, m.get("ebs", {}).get(field))
+        if value is not None:
+            out.append(value)
+    return out
 
 
 @action(
@@ -158,8 +199,20 @@ async def images_describe(call: Call) -> dict[str, Any]:
             "description": lambda i: i.description,
             "block-device-mapping.snapshot-id": lambda i: i.root_snapshot_id,
             "platform-details": lambda i: "Linux/UNIX",
+            "block-device-mapping.device-name": lambda i: _bdm(i, "deviceName"),
+            "block-device-mapping.delete-on-termination": lambda i: _bdm(i, "deleteOnTermination"),
+            "block-device-mapping.volume-size": lambda i: _bdm(i, "volumeSize"),
+            "block-device-mapping.volume-type": lambda i: _bdm(i, "volumeType"),
+            "block-device-mapping.encrypted": lambda i: _bdm(i, "encrypted"),
+            "boot-mode": lambda i: "legacy-bios",
+            "creation-date": lambda i: xml.timestamp(i.created_at),
+            "ena-support": lambda i: False,
+            "free-tier-eligible": lambda i: False,
+            "manifest-location": lambda i: image_item(i, owner_of(i), {})["imageLocation"],
+            "source-instance-id": lambda i: i.source_instance_id,
         },
         lambda i: tag_map.get(i.id, {}),
+        IMAGE_ABSENT,
     )
     rows = [i for i in rows if match(i)]
     if call.dry_run:

@@ -31,12 +31,17 @@ ROOT_NAMES = ("/dev/sda1", "/dev/sda", "/dev/xvda", "/dev/vda")
 MAX_COUNT = 100
 
 
+def zone_id(region: str) -> str:
+    """The one zone's id, as DescribeAvailabilityZones names it."""
+    return f"{region.replace('-', '')}-az1"
+
+
 def check_ids(values: list[str], kind: str = "instance", param: str = "InstanceId") -> None:
     for v in values:
         if not ids.is_id(kind, v):
             raise Ec2Error(
                 f"Invalid{_KIND_CODE[kind]}ID.Malformed",
-                f'Invalid id: "{v}" ({param} must be {ids.PREFIXES[kind]}- and 17 hex digits)',
+                f'Invalid id: "{v}" ({param} must be {ids.PREFIXES[kind]}- and 8 or 17 hex digits)',
             )
 
 
@@ -57,6 +62,10 @@ LISTED = (
     Instance.client_token,
     Instance.reservation_id,
     Instance.launch_time,
+    Instance.mac,
+    Instance.metadata_tokens,
+    Instance.metadata_hop_limit,
+    Instance.metadata_endpoint,
 )
 
 
@@ -209,10 +218,16 @@ async def instances_describe(call: Call) -> dict[str, Any]:
     window(p, call.action, call.caller.account_id, 5, 1000, "InstanceId")
     rows, x = await load(call, wanted or None)
     st = call.api.settings
+    counts: dict[str, int] = {}
+    for r in rows:
+        key = r.reservation_id or r.id
+        x.launch_index[r.id] = counts.get(key, 0)
+        counts[key] = x.launch_index[r.id] + 1
     match = Filters(
         filters,
-        views.instance_filters(x, st.availability_zone, st.domain),
+        views.instance_filters(x, st.availability_zone, st.domain, zone_id(st.region)),
         lambda r: x.tags.get(r.id, {}),
+        views.INSTANCE_ABSENT,
     )
     rows = [r for r in rows if match(r)]
     if call.dry_run:
@@ -564,7 +579,20 @@ async def instances_status(call: Call) -> dict[str, Any]:
             "system-status.status": lambda r: _status(r.state)["status"],
             "instance-status.reachability": lambda r: _status(r.state)["details"][0]["status"],
             "system-status.reachability": lambda r: _status(r.state)["details"][0]["status"],
+            "availability-zone-id": lambda r: zone_id(call.api.settings.region),
+            "operator.managed": lambda r: False,
         },
+        absent=(
+            "event.code",
+            "event.description",
+            "event.instance-event-id",
+            "event.not-after",
+            "event.not-before",
+            "event.not-before-deadline",
+            "operator.principal",
+            "attached-ebs-status.status",
+            "application-status.status",
+        ),
     )
     rows = [r for r in rows if match(r)]
     if call.dry_run:

@@ -285,6 +285,16 @@ async def group_revoke_egress(call: Call) -> dict[str, Any]:
     return await _revoke(call, "egress")
 
 
+def _source_names(rules_of: Any, direction: str, names: dict[str, str]) -> Any:
+    return lambda g: [
+        names.get(r.source_group_id) for r in rules_of(g, direction) if r.source_group_id
+    ]
+
+
+def _source_owners(rules_of: Any, direction: str) -> Any:
+    return lambda g: [g.account_id for r in rules_of(g, direction) if r.source_group_id]
+
+
 @action(
     "DescribeSecurityGroups",
     accepts=(
@@ -298,6 +308,7 @@ async def group_revoke_egress(call: Call) -> dict[str, Any]:
 async def group_describe(call: Call) -> dict[str, Any]:
     p = call.p
     groups, rules = await call.ctrl.security_groups.list(call.caller)
+    all_names = {g.id: g.name for g in groups}
     ids_wanted, names_wanted = p.strings("GroupId"), p.strings("GroupName")
     if ids_wanted:
         have = {g.id for g in groups}
@@ -336,8 +347,21 @@ async def group_describe(call: Call) -> dict[str, Any]:
             f"{prefix}.to-port": field(direction, "to_port"),
             f"{prefix}.cidr": field(direction, "cidr"),
             f"{prefix}.group-id": field(direction, "source_group_id"),
+            f"{prefix}.group-name": _source_names(rules_of, direction, all_names),
+            f"{prefix}.user-id": _source_owners(rules_of, direction),
         }
-    match = Filters(p.filters(), known, lambda g: tag_map.get(g.id, {}))
+    match = Filters(
+        p.filters(),
+        known,
+        lambda g: tag_map.get(g.id, {}),
+        (
+            "ip-permission.ipv6-cidr",
+            "ip-permission.prefix-list-id",
+            "egress.ip-permission.ipv6-cidr",
+            "egress.ip-permission.prefix-list-id",
+            "vpc-id",
+        ),
+    )
     groups = [g for g in groups if match(g)]
     if call.dry_run:
         dry_run_ok()

@@ -60,6 +60,9 @@ async def tags_delete(call: Call) -> dict[str, Any]:
 )
 async def tags_describe(call: Call) -> dict[str, Any]:
     rows = await call.ctrl.tags.list(call.caller)
+    by_resource: dict[str, dict[str, str]] = {}
+    for t in rows:
+        by_resource.setdefault(t.resource_id, {})[t.key] = t.value
     match = Filters(
         call.p.filters(),
         {
@@ -68,6 +71,8 @@ async def tags_describe(call: Call) -> dict[str, Any]:
             "resource-id": lambda t: t.resource_id,
             "resource-type": lambda t: t.resource_type,
         },
+        # tag:<key> (and tag-key, tag-value): the tags of resources that carry such a tag
+        lambda t: by_resource.get(t.resource_id, {}),
     )
     rows = [t for t in rows if match(t)]
     if call.dry_run:

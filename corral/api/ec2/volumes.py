@@ -10,7 +10,7 @@ from typing import Any
 from corral.api.ec2 import views
 from corral.api.ec2.common import dry_run_ok, not_found
 from corral.api.ec2.errors import Ec2Error
-from corral.api.ec2.instances import check_ids
+from corral.api.ec2.instances import check_ids, zone_id
 from corral.api.ec2.listing import Filters, paginate
 from corral.api.ec2.params import DRY_RUN, FILTERS, PAGES, TAG_SPECS
 from corral.api.ec2.registry import Call, action
@@ -200,13 +200,22 @@ async def volume_describe(call: Call) -> dict[str, Any]:
             "create-time": lambda v: views_time(v.created_at),
             "encrypted": lambda v: False,
             "multi-attach-enabled": lambda v: False,
+            "attachment.attach-time": lambda v: (
+                views_time(v.attach_time) if v.instance_id else None
+            ),
+            "availability-zone-id": lambda v: zone_id(call.api.settings.region),
+            "fast-restored": lambda v: False,
+            "operator.managed": lambda v: False,
         },
         lambda v: tag_map.get(v.id, {}),
+        ("operator.principal",),
     )
     rows = [v for v in rows if match(v)]
     if call.dry_run:
         dry_run_ok()
-    page, token = paginate(rows, p, call.action, call.caller.account_id, 5, 500, "VolumeId")
+    page, token = paginate(
+        rows, p, call.action, call.caller.account_id, 5, 500, "VolumeId", clamp=True
+    )
     return {"volumeSet": [volume_item(v, tag_map) for v in page], "nextToken": token}
 
 
@@ -296,9 +305,10 @@ async def snapshot_describe(call: Call) -> dict[str, Any]:
             "storage-tier": lambda v: "standard",
         },
         lambda v: tag_map.get(v.id, {}),
+        ("owner-alias", "transfer-type"),
     )
     rows = [v for v in rows if match(v)]
     if call.dry_run:
         dry_run_ok()
-    page, token = paginate(rows, p, call.action, me, 5, 1000, "SnapshotId")
+    page, token = paginate(rows, p, call.action, me, 5, 1000, "SnapshotId", clamp=True)
     return {"snapshotSet": [snapshot_item(v, tag_map) for v in page], "nextToken": token}
