@@ -22,6 +22,7 @@ from corral.store.models import (
     LaunchPermission,
     Operation,
     Snapshot,
+    Tag,
     Volume,
     utcnow,
 )
@@ -376,6 +377,8 @@ class ImagePublishing:
                 raise DryRunPassed("DeregisterImage would have succeeded")
             row.state = "deregistered"
             await s.execute(delete(LaunchPermission).where(LaunchPermission.image_id == row.id))
+            # the row stays for the instances that refer to it; its tags go now
+            await s.execute(delete(Tag).where(Tag.resource_id == row.id))
             digest = row.digest
             others = await s.scalar(
                 select(Image.id).where(

@@ -19,7 +19,7 @@ def _item(a: ElasticAddress, region: str, tag_map: dict[str, dict[str, str]]) ->
     return {
         "publicIp": a.public_ip,
         "allocationId": a.id,
-        "domain": "vpc",
+        "domain": a.domain,
         "instanceId": a.instance_id,
         "associationId": a.association_id,
         "privateIpAddress": a.private_ip,
@@ -45,15 +45,15 @@ def _item(a: ElasticAddress, region: str, tag_map: dict[str, dict[str, str]]) ->
     ),
 )
 async def address_allocate(call: Call) -> dict[str, Any]:
-    domain = call.p.get("Domain", "vpc")
+    domain = call.p.get("Domain") or "vpc"
     if domain not in ("vpc", "standard"):
         raise Ec2Error("InvalidParameterValue", f"Domain {domain!r} must be vpc or standard")
     wanted = tags.check(call.p.tag_specs(("elastic-ip",)).get("elastic-ip", {}))
-    row = await call.ctrl.elastic_ips.allocate(call.caller, call.dry_run, wanted)
+    row = await call.ctrl.elastic_ips.allocate(call.caller, call.dry_run, wanted, domain)
     return {
         "publicIp": row.public_ip,
         "allocationId": row.id,
-        "domain": "vpc",
+        "domain": row.domain,
         "publicIpv4Pool": "corral",
         "networkBorderGroup": call.api.settings.region,
     }
@@ -153,7 +153,7 @@ async def address_describe(call: Call) -> dict[str, Any]:
         {
             "allocation-id": lambda a: a.id,
             "association-id": lambda a: a.association_id,
-            "domain": lambda a: "vpc",
+            "domain": lambda a: a.domain,
             "instance-id": lambda a: a.instance_id,
             "public-ip": lambda a: a.public_ip,
             "private-ip-address": lambda a: a.private_ip,
