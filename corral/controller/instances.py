@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import ids
@@ -63,6 +63,9 @@ class LaunchOptions:
     name_is_hint: bool = False  # the Name tag: used when it is a free host name
     dry_run: bool = False
     volumes: list[str] = field(default_factory=list)  # ids attached before the first start
+    disable_api_termination: bool = False
+    shutdown_behavior: str = "stop"  # what a power-off from inside the guest means
+    monitoring: bool = False
 
 
 def _user_initiated() -> str:
@@ -264,6 +267,9 @@ class Instances:
                     launch_time=utcnow(),
                     reservation_id=reservation,
                     client_token=opts.client_token,
+                    disable_api_termination=opts.disable_api_termination,
+                    shutdown_behavior=opts.shutdown_behavior,
+                    monitoring="enabled" if opts.monitoring else "disabled",
                 )
                 s.add(inst)
                 await s.flush()
@@ -451,6 +457,13 @@ class Instances:
     ) -> tuple[Instance, Operation | None]:
         async with self.ctrl.store.write() as s:
             inst = await self.resolve(s, caller, ref, include_terminated=True)
+            if request == "terminate" and inst.disable_api_termination:
+                raise WrongState(
+                    f"The instance '{inst.id}' may not be terminated. Modify its "
+                    "'disableApiTermination' instance attribute and try again.",
+                    resource="instance",
+                    ec2_code="OperationNotPermitted",
+                )
             acts = states.check(request, inst.state, inst.name)
             if dry_run:
                 raise DryRunPassed(f"{request} would have succeeded")
@@ -667,6 +680,61 @@ class Instances:
             if user_data is not None:
                 inst.user_data = user_data
         return inst
+
+    async def set_attributes(
+        self, caller: Caller, ref: str, dry_run: bool = False, **values: Any
+    ) -> Instance:
+        """Change EC2 instance attributes that take effect at once: ``disable_api_termination``
+        (TerminateInstances refused while true), ``shutdown_behavior`` (stop | terminate, on a
+        power-off from inside the guest), ``source_dest_check``, ``monitoring``."""
+        allowed = {
+            "disable_api_termination",
+            "shutdown_behavior",
+            "source_dest_check",
+            "monitoring",
+        }
+        unknown = set(values) - allowed
+        if unknown:
+            raise Invalid(f"no such instance attribute: {', '.join(sorted(unknown))}")
+        behavior = values.get("shutdown_behavior")
+        if behavior is not None and behavior not in ("stop", "terminate"):
+            raise Invalid(
+                f"shutdown behaviour {behavior!r} must be stop or terminate",
+                field="InstanceInitiatedShutdownBehavior",
+                ec2_code="InvalidParameterValue",
+            )
+        async with self.ctrl.store.write() as s:
+            inst = await self.resolve(s, caller, ref, include_terminated=True)
+            if inst.state == "terminated":
+                raise WrongState(f"instance {inst.id} is terminated", resource="instance")
+            if dry_run:
+                raise DryRunPassed("ModifyInstanceAttribute would have succeeded")
+            for k, v in values.items():
+                setattr(inst, k, v)
+        return inst
+
+    async def set_groups(
+        self, caller: Caller, ref: str, groups: builtins.list[str], dry_run: bool = False
+    ) -> builtins.list[str]:
+        """Replace a live instance's security groups; the packet filter follows before this
+        returns. Returns the group ids."""
+        if not groups:
+            raise Invalid("give at least one security group", field="GroupId")
+        async with self.ctrl.store.write() as s:
+            inst = await self.resolve(s, caller, ref, include_terminated=True)
+            if inst.state == "terminated":
+                raise WrongState(f"instance {inst.id} is terminated", resource="instance")
+            rows = [await self.ctrl.security_groups.resolve(s, caller, g) for g in groups]
+            if dry_run:
+                raise DryRunPassed("ModifyInstanceAttribute would have succeeded")
+            await s.execute(
+                delete(InstanceSecurityGroup).where(InstanceSecurityGroup.instance_id == inst.id)
+            )
+            await s.flush()
+            for gid in dict.fromkeys(g.id for g in rows):
+                s.add(InstanceSecurityGroup(instance_id=inst.id, group_id=gid))
+        await self.ctrl.networks.sync_all()  # in force in the kernel before we answer
+        return [g.id for g in rows]
 
     # -- odds and ends ---------------------------------------------------------------------
     async def user_data_b64(self, inst: Instance) -> str:

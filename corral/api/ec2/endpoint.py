@@ -36,6 +36,7 @@ def _load_actions() -> None:
         addresses,
         catalog,
         images,
+        instance_attributes,
         instances,
         keypairs,
         security_groups,

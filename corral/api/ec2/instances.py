@@ -66,6 +66,8 @@ LISTED = (
     Instance.metadata_tokens,
     Instance.metadata_hop_limit,
     Instance.metadata_endpoint,
+    Instance.monitoring,
+    Instance.source_dest_check,
 )
 
 
@@ -252,6 +254,9 @@ RUN_ACCEPTS = (
     "EbsOptimized",
     "MetadataOptions.HttpTokens",
     "MetadataOptions.HttpPutResponseHopLimit",
+    "DisableApiTermination",
+    "InstanceInitiatedShutdownBehavior",
+    "Monitoring.Enabled",
     "BlockDeviceMapping.N.DeviceName",
     "BlockDeviceMapping.N.Ebs.VolumeSize",
     # device 0 only: its security groups (SecurityGroupId on the wire; Groups from some clients)
@@ -290,8 +295,6 @@ RUN_UNSUPPORTED = (
     "NetworkPerformanceOptions.*",
     "Operator.*",
     "SecondaryInterface.N.*",
-    "DisableApiTermination",
-    "InstanceInitiatedShutdownBehavior",
     "AdditionalInfo",
     "IamInstanceProfile.*",
 )
@@ -426,6 +429,11 @@ async def instances_run(call: Call) -> dict[str, Any]:
         metadata_tokens=tokens,  # type: ignore[arg-type]
         metadata_hop_limit=hop_limit,
     )
+    behavior = p.get("InstanceInitiatedShutdownBehavior") or "stop"
+    if behavior not in ("stop", "terminate"):
+        raise invalid(
+            "InstanceInitiatedShutdownBehavior", behavior, "It must be stop or terminate."
+        )
     opts = LaunchOptions(
         min_count=lo,
         max_count=hi,
@@ -434,6 +442,9 @@ async def instances_run(call: Call) -> dict[str, Any]:
         tags=tags,
         name_is_hint=True,
         dry_run=call.dry_run,
+        disable_api_termination=p.flag("DisableApiTermination"),
+        shutdown_behavior=behavior,
+        monitoring=p.flag("Monitoring.Enabled"),
     )
     made, _ = await call.ctrl.instances.launch(call.caller, req, opts)
     rows, x = await load(call, [i.id for i in made])
@@ -638,129 +649,3 @@ async def instances_console_output(call: Call) -> dict[str, Any]:
         "timestamp": full.stopped_at or full.started_at or full.launch_time,
         "output": base64.b64encode(data).decode(),
     }
-
-
-ATTRIBUTES = (
-    "instanceType",
-    "userData",
-    "groupSet",
-    "rootDeviceName",
-    "blockDeviceMapping",
-    "disableApiTermination",
-    "instanceInitiatedShutdownBehavior",
-    "ebsOptimized",
-    "kernel",
-    "ramdisk",
-    "productCodes",
-    "sourceDestCheck",
-    "sriovNetSupport",
-    "enaSupport",
-    "disableApiStop",
-)
-
-
-@action(
-    "DescribeInstanceAttribute",
-    accepts=(
-        "InstanceId",
-        "Attribute",
-        *DRY_RUN,
-    ),
-)
-async def instances_attribute(call: Call) -> dict[str, Any]:
-    iid = call.p.need("InstanceId")
-    attr = call.p.need("Attribute")
-    check_ids([iid])
-    if attr not in ATTRIBUTES:
-        raise Ec2Error(
-            "InvalidParameterValue",
-            f"Value ({attr}) for parameter attribute is invalid; use one of "
-            f"{', '.join(ATTRIBUTES)}",
-        )
-    rows, x = await load(call, [iid])
-    r = rows[0]
-    st = call.api.settings
-    item = views.instance(r, x, st.availability_zone, st.domain)
-    value: Any
-    if attr == "instanceType":
-        value = {"value": item["instanceType"]}
-    elif attr == "userData":
-        data = (await call.ctrl.instances.get(call.caller, r.id)).user_data
-        value = {"value": base64.b64encode(data).decode()} if data else {}
-    elif attr == "groupSet":
-        value = item["groupSet"]
-    elif attr == "rootDeviceName":
-        value = {"value": views.ROOT_DEVICE}
-    elif attr == "blockDeviceMapping":
-        value = item["blockDeviceMapping"]
-    elif attr == "instanceInitiatedShutdownBehavior":
-        value = {"value": "stop"}
-    elif attr == "productCodes":
-        value = []
-    elif attr in ("kernel", "ramdisk", "sriovNetSupport"):
-        value = {}
-    else:
-        value = {"value": attr == "sourceDestCheck"}
-    return {"instanceId": r.id, attr: value}
-
-
-@action(
-    "ModifyInstanceAttribute",
-    accepts=(
-        "InstanceId",
-        "Attribute",
-        "Value",
-        "InstanceType.Value",
-        "UserData.Value",
-        *DRY_RUN,
-    ),
-    unsupported=(
-        "SourceDestCheck.Value",
-        "EnclaveOptions.Enabled",
-        "DisableApiStop.Value",
-        "BlockDeviceMapping.N.*",
-        "DisableApiTermination.Value",
-        "Kernel.Value",
-        "Ramdisk.Value",
-        "InstanceInitiatedShutdownBehavior.Value",
-        "GroupId.N",
-        "EbsOptimized.Value",
-        "SriovNetSupport.Value",
-        "EnaSupport.Value",
-    ),
-)
-async def instances_modify(call: Call) -> dict[str, Any]:
-    p = call.p
-    iid = p.need("InstanceId")
-    check_ids([iid])
-    itype = p.get("InstanceType.Value")
-    user_data = p.base64("UserData.Value")
-    attr = p.get("Attribute")
-    if attr is not None:
-        value = p.get("Value")
-        if value is None:
-            raise missing("Value")
-        if attr == "instanceType":
-            itype = value
-        elif attr == "userData":
-            user_data = base64.b64decode(value) if _is_b64(value) else value.encode()
-        else:
-            raise Ec2Error(
-                "UnsupportedInstanceAttribute",
-                f"Corral can change instanceType and userData, not {attr}",
-            )
-    if itype is None and user_data is None:
-        raise missing("InstanceType.Value or UserData.Value")
-    if itype is not None:
-        instance_types.get(itype, "InstanceType")
-    await load(call, [iid])
-    await call.ctrl.instances.modify(call.caller, iid, itype, user_data, call.dry_run)
-    return {"return": True}
-
-
-def _is_b64(value: str) -> bool:
-    try:
-        base64.b64decode(value, validate=True)
-    except ValueError:
-        return False
-    return True

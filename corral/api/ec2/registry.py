@@ -57,8 +57,6 @@ UNSUPPORTED = (
     "CreatePlacementGroup",
     "DescribeLaunchTemplates",
     "CreateLaunchTemplate",
-    "MonitorInstances",
-    "UnmonitorInstances",
     "ImportImage",
     "DescribeIamInstanceProfileAssociations",
     "AssociateIamInstanceProfile",
@@ -67,8 +65,6 @@ UNSUPPORTED = (
     "DescribeSnapshotAttribute",
     "ModifySnapshotAttribute",
     "ResetImageAttribute",
-    "ResetInstanceAttribute",
-    "GetPasswordData",
     "DescribeHosts",
     "DescribeReservedInstances",
 )

@@ -71,7 +71,7 @@ def instance(
         "instanceType": row.instance_type or f"custom-{row.cpus}vcpu-{row.memory >> 20}mib",
         "launchTime": row.launch_time,
         "placement": {"availabilityZone": zone, "groupName": "", "tenancy": "default"},
-        "monitoring": {"state": "disabled"},
+        "monitoring": {"state": row.monitoring},
         "privateIpAddress": row.private_ip,
         "ipAddress": x.public_ips.get(row.id),
         "groupSet": [{"groupId": g, "groupName": n} for g, n in groups],
@@ -97,6 +97,15 @@ def instance(
         "cpuOptions": {"coreCount": row.cpus, "threadsPerCore": 1},
         "ebsOptimized": False,
         "platformDetails": "Linux/UNIX",
+        "sourceDestCheck": row.source_dest_check,
+        "metadataOptions": {
+            "state": "applied",
+            "httpTokens": row.metadata_tokens,
+            "httpPutResponseHopLimit": row.metadata_hop_limit,
+            "httpEndpoint": row.metadata_endpoint,
+            "httpProtocolIpv6": "disabled",
+            "instanceMetadataTags": "disabled",
+        },
     }
 
 
@@ -184,7 +193,7 @@ def instance_filters(x: InstanceExtras, zone: str, domain: str, zone_id: str) ->
         "block-device-mapping.device-name": lambda r: [v.device for v in x.volumes.get(r.id, [])],
         "state-reason-code": lambda r: (state_reason(r.state_reason) or {}).get("code"),
         "tenancy": lambda r: "default",
-        "monitoring-state": lambda r: "disabled",
+        "monitoring-state": lambda r: r.monitoring,
         "availability-zone-id": lambda r: zone_id,
         "block-device-mapping.attach-time": lambda r: [_time(v.attach_time) for v in vols(r)],
         "block-device-mapping.delete-on-termination": lambda r: [
@@ -211,7 +220,7 @@ def instance_filters(x: InstanceExtras, zone: str, domain: str, zone_id: str) ->
         "operator.managed": lambda r: False,
         "platform-details": lambda r: "Linux/UNIX",
         "reason": lambda r: r.state_reason if r.state_reason.startswith("User initiated") else "",
-        "source-dest-check": lambda r: True,
+        "source-dest-check": lambda r: r.source_dest_check,
         "state-reason-message": lambda r: (state_reason(r.state_reason) or {}).get("message"),
         "usage-operation": lambda r: "RunInstances",
         "usage-operation-update-time": lambda r: _time(r.launch_time),
