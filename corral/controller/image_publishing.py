@@ -115,9 +115,11 @@ class ImagePublishing:
         caller: Caller,
         name: str,
         description: str,
-        base: Image,
+        base: Image | None,
         **extra: Any,
     ) -> Image:
+        """A pending EBS-style image row; without ``base`` (no kernel known) an imported-style
+        disk that boots by firmware."""
         if await s.scalar(
             select(Image.id).where(
                 Image.account_id == caller.account_id,
@@ -140,12 +142,12 @@ class ImagePublishing:
             digest="",
             state="pending",
             public=False,
-            arch=base.arch,
-            kind=base.kind,
+            arch=base.arch if base is not None else "x86_64",
+            kind=base.kind if base is not None else "imported",
             description=description,
-            default_user=base.default_user,
+            default_user=base.default_user if base is not None else "root",
             size=0,
-            virtual_size=base.virtual_size,
+            virtual_size=base.virtual_size if base is not None else 0,
             created_at=utcnow(),
             root_device_type="ebs",
             **extra,
@@ -155,7 +157,7 @@ class ImagePublishing:
             account_id=caller.account_id,
             node_id=next(iter(self.ctrl.nodes), None),
             volume_id="vol-ffffffff",
-            volume_size=max(1, -(-base.virtual_size // (1 << 30))),
+            volume_size=max(1, -(-(base.virtual_size if base is not None else 0) // (1 << 30))),
             state="pending",
             image_id=row.id,
             description=f"Created by CreateImage for {row.id}",
@@ -243,22 +245,19 @@ class ImagePublishing:
                 base = await self.get_visible(s, caller, kernel_image)
             else:
                 base = await self._lineage(s, snap)
-            if base is None:
-                raise Invalid(
-                    f"snapshot {snapshot_id} does not descend from an image, so "
-                    "Corral does not know which kernel boots it; give KernelId as "
-                    "the ami- id of an image whose kernel to use",
-                    field="KernelId",
-                    ec2_code="InvalidParameterCombination",
-                )
+            # no kernel known (a snapshot of a disk made some other way, no KernelId): the
+            # image boots from the disk's own boot loader, by firmware, as imported disks do
             row = await self._new_image(s, caller, name, description, base)
             row.virtual_size = snap.volume_size << 30
             if dry_run:
                 raise DryRunPassed("RegisterImage would have succeeded")
-            params: dict[str, Any] = {"base": base.digest, "node_id": snap.node_id}
+            params: dict[str, Any] = {
+                "base": base.digest if base is not None else "",
+                "node_id": snap.node_id,
+            }
             if snap.image_id:
                 origin = await s.get(Image, snap.image_id)
-                params["base_root"] = origin.digest if origin is not None else base.digest
+                params["base_root"] = origin.digest if origin is not None else params["base"]
             else:
                 params["snapshot_id"] = snap.id
             op = self.ctrl.ops.new(
@@ -404,6 +403,17 @@ class ImagePublishing:
             row = await self.owned(s, caller, image_id)
             perms = await self.permissions(s, [row.id])
         return row.public, sorted(perms.get(row.id, []))
+
+    async def reset_launch_permissions(
+        self, caller: Caller, image_id: str, dry_run: bool = False
+    ) -> None:
+        """Back to private, launchable by its owner alone (EC2's ResetImageAttribute)."""
+        async with self.ctrl.store.write() as s:
+            row = await self.owned(s, caller, image_id)
+            if dry_run:
+                raise DryRunPassed("ResetImageAttribute would have succeeded")
+            row.public = False
+            await s.execute(delete(LaunchPermission).where(LaunchPermission.image_id == row.id))
 
     async def modify_launch_permissions(
         self,

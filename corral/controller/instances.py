@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from corral import ids
 from corral.controller import instance_types, ipam, keys, scheduler, states
 from corral.controller.accounts import Caller
+from corral.controller.volumes import LaunchVolume
 from corral.errors import (
     CorralError,
     DryRunPassed,
@@ -66,6 +67,10 @@ class LaunchOptions:
     disable_api_termination: bool = False
     shutdown_behavior: str = "stop"  # what a power-off from inside the guest means
     monitoring: bool = False
+    block_devices: list[LaunchVolume] = field(default_factory=list)  # made for each instance
+    root_delete_on_termination: bool | None = None  # None: the image's (true)
+    root_volume_type: str | None = None  # None: the image's (standard)
+    volume_tags: dict[str, str] = field(default_factory=dict)  # on the volumes made at launch
 
 
 def _user_initiated() -> str:
@@ -273,8 +278,41 @@ class Instances:
                 )
                 s.add(inst)
                 await s.flush()
+                made_volumes = []
                 if image.root_device_type == "ebs" and image.root_snapshot_id:
-                    s.add(self.ctrl.volumes.new_root(inst, image))  # boots from a volume
+                    root = self.ctrl.volumes.new_root(inst, image)  # boots from a volume
+                    if opts.root_delete_on_termination is not None:
+                        root.delete_on_termination = opts.root_delete_on_termination
+                    if opts.root_volume_type is not None:
+                        root.volume_type = opts.root_volume_type
+                    s.add(root)
+                    made_volumes.append(root)
+                elif opts.root_delete_on_termination is not None or opts.root_volume_type:
+                    raise Invalid(
+                        f"image {image.id} keeps its root on the instance (instance-store): "
+                        "there is no root volume to keep, delete or type; leave "
+                        "DeleteOnTermination and VolumeType of the root device out",
+                        field="BlockDeviceMapping.Ebs.DeleteOnTermination",
+                        ec2_code="InvalidParameterCombination",
+                    )
+                for want in opts.block_devices:
+                    made_volumes.append(
+                        await self.ctrl.volumes.new_at_launch(s, caller, inst, want)
+                    )
+                if opts.volume_tags and not made_volumes:
+                    raise Invalid(
+                        f"TagSpecification of type volume: no volume is made at this launch "
+                        f"(image {image.id} keeps its root on the instance and no "
+                        "BlockDeviceMapping asks for one); leave it out or map a volume",
+                        field="TagSpecification",
+                        ec2_code="InvalidParameterCombination",
+                    )
+                if opts.volume_tags:
+                    await s.flush()
+                    for vol in made_volumes:
+                        await self.ctrl.tags.apply(
+                            s, caller.account_id, vol.id, "volume", opts.volume_tags
+                        )
                 inst.private_ip = await ipam.allocate(
                     s, network, iid, req.address if n == 0 else None
                 )
@@ -400,6 +438,7 @@ class Instances:
                 await ctx.progress(0.3, "creating the root disk and the network port")
                 if spec.root_volume is not None:
                     await self.ctrl.volumes.ensure_root(iid)
+                await self.ctrl.volumes.ensure_launch_volumes(iid)
                 await node.instance_create(spec)
                 await ctx.progress(0.6, "starting QEMU")
                 pid = await node.instance_start(spec)

@@ -317,6 +317,7 @@ class Volume(Base):
     attach_time: Mapped[dt.datetime | None] = mapped_column(default=None)
     delete_on_termination: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str] = mapped_column(Text, default="")
+    client_token: Mapped[str | None] = mapped_column(String(64), default=None)  # CreateVolume's
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

@@ -334,6 +334,23 @@ async def image_deregister(call: Call) -> dict[str, Any]:
     return {"return": True}
 
 
+IMAGE_ATTRIBUTES = (
+    "description",
+    "kernel",
+    "ramdisk",
+    "launchPermission",
+    "productCodes",
+    "blockDeviceMapping",
+    "sriovNetSupport",
+    "bootMode",
+    "tpmSupport",
+    "uefiData",
+    "lastLaunchedTime",
+    "imdsSupport",
+    "deregistrationProtection",
+)
+
+
 @action(
     "DescribeImageAttribute",
     accepts=(
@@ -364,22 +381,20 @@ async def image_attribute(call: Call) -> dict[str, Any]:
             "imageId": image_id,
             "blockDeviceMapping": image_item(row, "", {})["blockDeviceMapping"],
         }
-    if attr in (
-        "kernel",
-        "ramdisk",
-        "sriovNetSupport",
-        "bootMode",
-        "lastLaunchedTime",
-        "imdsSupport",
-        "deregistrationProtection",
-    ):
+    if attr == "bootMode":
+        return {"imageId": image_id, attr: {"value": "legacy-bios"}}
+    if attr == "deregistrationProtection":
+        return {"imageId": image_id, attr: {"value": "disabled"}}
+    if attr in ("kernel", "ramdisk", "sriovNetSupport", "lastLaunchedTime", "imdsSupport"):
+        return {"imageId": image_id, attr: {}}
+    if attr in ("tpmSupport", "uefiData"):
         return {"imageId": image_id, attr: {}}
     if attr == "productCodes":
         return {"imageId": image_id, "productCodes": []}
     raise Ec2Error(
         "InvalidParameterValue",
-        f"Value ({attr}) for parameter attribute is invalid; use launchPermission, "
-        "description or blockDeviceMapping",
+        f"Value ({attr}) for parameter attribute is invalid; use one of "
+        f"{', '.join(IMAGE_ATTRIBUTES)}",
     )
 
 
@@ -423,6 +438,13 @@ async def image_modify(call: Call) -> dict[str, Any]:
         elif g.get("UserId"):
             remove_users.append(g.need("UserId"))
     attr = p.get("Attribute")
+    if attr is not None and attr not in ("launchPermission", "description"):
+        if attr not in IMAGE_ATTRIBUTES:
+            raise invalid("Attribute", attr, f"Use one of {', '.join(IMAGE_ATTRIBUTES)}.")
+        raise Ec2Error(
+            "UnsupportedOperation",
+            f"Corral changes an image's launchPermission and description, not {attr}",
+        )
     if attr == "launchPermission" or p.get("OperationType"):
         op = p.need("OperationType")
         if op not in ("add", "remove"):
@@ -450,4 +472,14 @@ async def image_modify(call: Call) -> dict[str, Any]:
         async with call.ctrl.store.write() as s:
             row = await pub.owned(s, call.caller, image_id)
             row.description = description
+    return {"return": True}
+
+
+@action("ResetImageAttribute", accepts=("ImageId", "Attribute", *DRY_RUN))
+async def image_reset(call: Call) -> dict[str, Any]:
+    """As on AWS, only launchPermission resets: the image becomes private to its owner."""
+    image_id, attr = call.p.need("ImageId"), call.p.need("Attribute")
+    if attr != "launchPermission":
+        raise invalid("Attribute", attr, "Only launchPermission can be reset.")
+    await call.ctrl.image_publishing.reset_launch_permissions(call.caller, image_id, call.dry_run)
     return {"return": True}

@@ -4,6 +4,7 @@ per-instance calls (status, console output, attributes)."""
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select
@@ -17,6 +18,7 @@ from corral.api.ec2.parse import Params
 from corral.api.ec2.registry import Call, action
 from corral.controller import instance_types
 from corral.controller.instances import LaunchOptions
+from corral.controller.volumes import LaunchVolume
 from corral.models import InstanceCreate
 from corral.store.models import (
     ElasticAddress,
@@ -258,7 +260,12 @@ RUN_ACCEPTS = (
     "InstanceInitiatedShutdownBehavior",
     "Monitoring.Enabled",
     "BlockDeviceMapping.N.DeviceName",
+    "BlockDeviceMapping.N.NoDevice",
     "BlockDeviceMapping.N.Ebs.VolumeSize",
+    "BlockDeviceMapping.N.Ebs.VolumeType",
+    "BlockDeviceMapping.N.Ebs.SnapshotId",
+    "BlockDeviceMapping.N.Ebs.DeleteOnTermination",
+    "BlockDeviceMapping.N.Ebs.Encrypted",
     # device 0 only: its security groups (SecurityGroupId on the wire; Groups from some clients)
     "NetworkInterface.N.DeviceIndex",
     "NetworkInterface.N.SecurityGroupId.N",
@@ -338,6 +345,73 @@ def _interface_groups(p: Params) -> list[str] | None:
     return groups
 
 
+@dataclass
+class _Devices:
+    volumes: list[LaunchVolume] = field(default_factory=list)
+    root_delete_on_termination: bool | None = None
+    root_volume_type: str | None = None
+
+
+def _block_devices(p: Params) -> tuple[str | None, _Devices]:
+    """RunInstances' BlockDeviceMapping.N: the root's size, type and DeleteOnTermination, and
+    the volumes to make (blank or from a snapshot) for each instance. ``NoDevice`` suppresses
+    an image mapping: Corral's images map only their root, which cannot be suppressed."""
+    disk, out, seen = None, _Devices(), set()
+    for i, bdm in enumerate(p.group("BlockDeviceMapping"), 1):
+        name = f"BlockDeviceMapping.{i}"
+        device = bdm.get("DeviceName")
+        if not device:
+            raise missing(f"{name}.DeviceName")
+        if device in seen:
+            raise invalid(f"{name}.DeviceName", device, "Each device may be mapped once.")
+        seen.add(device)
+        root = device in ROOT_NAMES
+        ebs_given = any(k.startswith("Ebs.") for k in bdm.raw)
+        if "NoDevice" in bdm:
+            if root:
+                raise Ec2Error(
+                    "InvalidBlockDeviceMapping",
+                    f"{name}: the root device {device} cannot be suppressed (NoDevice)",
+                )
+            if ebs_given:
+                raise Ec2Error(
+                    "InvalidBlockDeviceMapping", f"{name}: give NoDevice or Ebs, not both"
+                )
+            continue  # nothing of the image's is mapped there: nothing to suppress
+        if bdm.flag("Ebs.Encrypted"):
+            raise Ec2Error(
+                "UnsupportedOperation",
+                f"{name}.Ebs.Encrypted=true: Corral's volumes are not encrypted",
+            )
+        size = bdm.integer("Ebs.VolumeSize", None, 1, 16384)
+        vtype = bdm.get("Ebs.VolumeType")
+        keep = bdm.get("Ebs.DeleteOnTermination")
+        delete = bdm.flag("Ebs.DeleteOnTermination", True)
+        if root:
+            if bdm.get("Ebs.SnapshotId"):
+                raise Ec2Error(
+                    "InvalidBlockDeviceMapping",
+                    f"{name}: the root volume comes from the image; leave Ebs.SnapshotId out",
+                )
+            if size is not None:
+                disk = f"{size}G"
+            out.root_volume_type = vtype
+            out.root_delete_on_termination = None if keep is None else delete
+            continue
+        if not ebs_given:
+            raise missing(f"{name}.Ebs.VolumeSize or {name}.Ebs.SnapshotId")
+        out.volumes.append(
+            LaunchVolume(
+                device=device,
+                size=size,
+                snapshot_id=bdm.get("Ebs.SnapshotId"),
+                volume_type=vtype or "standard",
+                delete_on_termination=delete,
+            )
+        )
+    return disk, out
+
+
 @action("RunInstances", accepts=RUN_ACCEPTS, unsupported=RUN_UNSUPPORTED)
 async def instances_run(call: Call) -> dict[str, Any]:
     p = call.p
@@ -385,20 +459,8 @@ async def instances_run(call: Call) -> dict[str, Any]:
             user_data = user_data_raw.decode()
         except UnicodeDecodeError as err:
             raise invalid("UserData", "...", "Corral keeps user data as UTF-8 text.") from err
-    disk = None
-    for i, bdm in enumerate(p.group("BlockDeviceMapping"), 1):
-        device = bdm.get("DeviceName")
-        if device not in ROOT_NAMES:
-            raise Ec2Error(
-                "InvalidParameterCombination",
-                f"BlockDeviceMapping.{i}.DeviceName {device!r}: Corral sets only the "
-                f"root volume's size at launch ({ROOT_DEVICE_HINT}); create other "
-                "volumes with CreateVolume and AttachVolume",
-            )
-        size = bdm.integer("Ebs.VolumeSize", None, 1, 16384)
-        if size is not None:
-            disk = f"{size}G"
-    specs = p.tag_specs(("instance",))
+    disk, devices = _block_devices(p)
+    specs = p.tag_specs(("instance", "volume"))
     tags = specs.get("instance", {})
     nic_groups = _interface_groups(p)
     groups = p.strings("SecurityGroupId") + p.strings("SecurityGroup")
@@ -445,6 +507,10 @@ async def instances_run(call: Call) -> dict[str, Any]:
         disable_api_termination=p.flag("DisableApiTermination"),
         shutdown_behavior=behavior,
         monitoring=p.flag("Monitoring.Enabled"),
+        block_devices=devices.volumes,
+        root_delete_on_termination=devices.root_delete_on_termination,
+        root_volume_type=devices.root_volume_type,
+        volume_tags=specs.get("volume", {}),
     )
     made, _ = await call.ctrl.instances.launch(call.caller, req, opts)
     rows, x = await load(call, [i.id for i in made])
@@ -456,9 +522,6 @@ async def instances_run(call: Call) -> dict[str, Any]:
         "groupSet": groups_out,
         "instancesSet": res["instancesSet"],
     }
-
-
-ROOT_DEVICE_HINT = "DeviceName /dev/sda1 with Ebs.VolumeSize"
 
 
 async def _change(call: Call, verb: str) -> dict[str, Any]:

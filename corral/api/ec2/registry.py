@@ -64,7 +64,6 @@ UNSUPPORTED = (
     "ModifyVolumeAttribute",
     "DescribeSnapshotAttribute",
     "ModifySnapshotAttribute",
-    "ResetImageAttribute",
     "DescribeHosts",
     "DescribeReservedInstances",
 )

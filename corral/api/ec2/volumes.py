@@ -70,6 +70,7 @@ def snapshot_item(s: Snapshot, tag_map: dict[str, dict[str, str]]) -> dict[str, 
         "SnapshotId",
         "VolumeType",
         "Encrypted",
+        "ClientToken",
         *TAG_SPECS,
         *DRY_RUN,
     ),
@@ -80,7 +81,6 @@ def snapshot_item(s: Snapshot, tag_map: dict[str, dict[str, str]]) -> dict[str, 
         "OutpostArn",
         "MultiAttachEnabled",
         "Throughput",
-        "ClientToken",
         "VolumeInitializationRate",
         "Operator.*",
     ),
@@ -101,8 +101,19 @@ async def volume_create(call: Call) -> dict[str, Any]:
         p.get("VolumeType", "standard") or "standard",
         wanted,
         call.dry_run,
+        client_token=_token(p.get("ClientToken")),
     )
-    return volume_item(row, {row.id: wanted})
+    async with call.ctrl.store.read() as s:
+        tag_map = await call.ctrl.tags.of(s, call.caller.account_id, [row.id])
+    return volume_item(row, tag_map)
+
+
+def _token(token: str | None) -> str | None:
+    if token is not None and (len(token) > 64 or not token.isascii()):
+        raise Ec2Error(
+            "InvalidParameterValue", "Value for parameter ClientToken is invalid: at most 64 ASCII"
+        )
+    return token
 
 
 @action(

@@ -198,3 +198,31 @@ async def test_run_instances_refuses_what_it_cannot_do_with_an_interface(world: 
         status, doc = await send(ec2, base + extra)
         assert (status, error_of(doc)[0]) == (400, code), extra
     assert (await ec2.call("DescribeInstances"))["Reservations"] == []
+
+
+@pytest.mark.parametrize("action", ACTION_NAMES)
+def test_parameters_boto3_always_sends_are_accepted(action: str) -> None:
+    """boto3 fills idempotency tokens (CreateVolume's ClientToken) on its own: refusing them
+    would make the action unusable from boto3."""
+    shape = _MODEL.operation_model(action).input_shape
+    for member, ms in shape.members.items():
+        if ms.metadata.get("idempotencyToken"):
+            wire = ms.serialization.get("name") or member
+            wire = wire[:1].upper() + wire[1:]
+            assert PARAMS[action].canonical(action, wire) == wire
+
+
+async def test_create_volume_client_token_is_idempotent(world: World) -> None:
+    ec2 = world.admin
+    one = await ec2.call("CreateVolume", AvailabilityZone="corral-1a", Size=1, ClientToken="t-1")
+    again = await ec2.call("CreateVolume", AvailabilityZone="corral-1a", Size=1, ClientToken="t-1")
+    assert one["VolumeId"] == again["VolumeId"]
+    await ec2.fails(
+        "IdempotentParameterMismatch",
+        "CreateVolume",
+        AvailabilityZone="corral-1a",
+        Size=2,
+        ClientToken="t-1",
+    )
+    await world.settle()
+    assert len((await ec2.call("DescribeVolumes"))["Volumes"]) == 1

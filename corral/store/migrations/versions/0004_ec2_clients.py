@@ -1,5 +1,6 @@
 """EC2 as clients use it: the domain an elastic address was allocated for; an instance's
-termination protection, shutdown behaviour, monitoring and source/destination check.
+termination protection, shutdown behaviour, monitoring and source/destination check; the client
+token a volume was created with.
 
 Revision ID: 0004_ec2_clients
 Revises: 0003
@@ -18,6 +19,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("volumes", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("client_token", sa.String(length=64), nullable=True))
     with op.batch_alter_table("elastic_addresses", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("domain", sa.String(length=16), nullable=False, server_default="vpc")
@@ -49,3 +52,5 @@ def downgrade() -> None:
         batch_op.drop_column("disable_api_termination")
     with op.batch_alter_table("elastic_addresses", schema=None) as batch_op:
         batch_op.drop_column("domain")
+    with op.batch_alter_table("volumes", schema=None) as batch_op:
+        batch_op.drop_column("client_token")
