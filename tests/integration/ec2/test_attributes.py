@@ -143,14 +143,13 @@ def test_block_device_mappings_at_launch_on_a_real_guest(
             m["DeviceName"]: m["Ebs"]["VolumeId"] for m in _state(ec2, iid)["BlockDeviceMappings"]
         }
         assert sorted(mapped) == ["/dev/sdb", "/dev/sdc"]
-        listing = (
-            corral.ssh(
-                "bdm-1",
-                "for d in /sys/block/vd*; do echo $(cat $d/serial 2>/dev/null) $(cat $d/size); done",
-            )
-            .ok()
-            .out
-        )
+        cmd = "for d in /sys/block/vd*; do echo $(cat $d/serial 2>/dev/null) $(cat $d/size); done"
+        res = corral.ssh("bdm-1", cmd)
+        if res.rc != 0:  # a loaded machine: SSH may need longer than the CLI waits
+            res = corral.ssh("bdm-1", cmd)
+        console = ec2.get_console_output(InstanceId=iid).get("Output", "")
+        assert res.rc == 0, f"{res.err}\nconsole:\n{console[-3000:]}"
+        listing = res.out
         seen = dict(line.split() for line in listing.splitlines() if len(line.split()) == 2)
         assert seen[mapped["/dev/sdb"].replace("-", "")] == str(1 << 21)  # 1 GiB in sectors
         assert seen[mapped["/dev/sdc"].replace("-", "")] == str(2 << 21)
