@@ -21,7 +21,7 @@ from corral.controller.networks import Networks
 from corral.controller.operations import Operations
 from corral.controller.reconciler import Reconciler
 from corral.controller.replace import Replacements
-from corral.controller.security_groups import SecurityGroups
+from corral.controller.security_groups import SecurityGroupRules, SecurityGroups
 from corral.controller.snapshots import Snapshots
 from corral.controller.tags import Tags
 from corral.controller.volumes import Volumes
@@ -51,6 +51,7 @@ class Controller:
         self.keypairs = KeyPairs(self)
         self.tags = Tags(self)
         self.security_groups = SecurityGroups(self)
+        self.security_group_rules = SecurityGroupRules(self.security_groups)
         self.elastic_ips = ElasticIps(self)
         self.volumes = Volumes(self)
         self.snapshots = Snapshots(self)

@@ -39,6 +39,7 @@ def _load_actions() -> None:
         instance_attributes,
         instances,
         keypairs,
+        security_group_rules,
         security_groups,
         tags,
         volumes,

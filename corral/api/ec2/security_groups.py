@@ -196,6 +196,24 @@ async def _authorize(call: Call, direction: str) -> dict[str, Any]:
 
 
 async def _revoke(call: Call, direction: str) -> dict[str, Any]:
+    rule_ids = call.p.strings("SecurityGroupRuleId")
+    if rule_ids:
+        from corral.api.ec2.security_group_rules import check_rule_ids
+
+        if _permissions(call.p, call.caller.account_id):
+            raise Ec2Error(
+                "InvalidParameterCombination",
+                "Give SecurityGroupRuleId.N or IpPermissions, not both",
+            )
+        check_rule_ids(rule_ids)
+        group = call.p.get("GroupId") or call.p.get("GroupName")
+        if not group:
+            raise missing("GroupId")
+        gone = await call.ctrl.security_group_rules.revoke(
+            call.caller, group, direction, rule_ids, call.dry_run
+        )
+        owner = call.caller.account_id
+        return {"return": True, "revokedSecurityGroupRuleSet": [rule_item(r, owner) for r in gone]}
     unknown = await call.ctrl.security_groups.revoke(
         call.caller,
         _group_ref(call.p),
@@ -257,13 +275,11 @@ async def group_authorize_egress(call: Call) -> dict[str, Any]:
     accepts=(
         "GroupId",
         "GroupName",
+        "SecurityGroupRuleId.N",
         *PERMISSIONS,
         *DRY_RUN,
     ),
-    unsupported=(
-        *PERMISSIONS_UNSUPPORTED,
-        "SecurityGroupRuleId.N",
-    ),
+    unsupported=(*PERMISSIONS_UNSUPPORTED,),
 )
 async def group_revoke_ingress(call: Call) -> dict[str, Any]:
     return await _revoke(call, "ingress")
@@ -273,13 +289,11 @@ async def group_revoke_ingress(call: Call) -> dict[str, Any]:
     "RevokeSecurityGroupEgress",
     accepts=(
         "GroupId",
+        "SecurityGroupRuleId.N",
         *PERMISSIONS,
         *DRY_RUN,
     ),
-    unsupported=(
-        *PERMISSIONS_UNSUPPORTED,
-        "SecurityGroupRuleId.N",
-    ),
+    unsupported=(*PERMISSIONS_UNSUPPORTED,),
 )
 async def group_revoke_egress(call: Call) -> dict[str, Any]:
     return await _revoke(call, "egress")
