@@ -87,7 +87,8 @@ def normalize(p: Permission) -> Permission:
     cidr = p.cidr
     if cidr is not None:
         try:
-            cidr = str(ipaddress.ip_network(cidr, strict=True))
+            # as AWS does: host bits are dropped (10.0.0.5/8 is the rule 10.0.0.0/8)
+            cidr = str(ipaddress.ip_network(cidr, strict=False))
         except ValueError as err:
             raise Invalid(
                 f"CidrIp {p.cidr!r} is not a valid CIDR block (e.g. 203.0.113.0/24)", field="CidrIp"

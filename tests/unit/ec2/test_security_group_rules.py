@@ -53,6 +53,24 @@ async def test_rules_have_ids_and_are_revoked_by_id(world: World) -> None:
     same = {"IpProtocol": "1", "FromPort": -1, "ToPort": -1, "IpRanges": [{"CidrIp": "10.0.0.0/8"}]}
     await ec2.call("RevokeSecurityGroupIngress", GroupId=sg, IpPermissions=[same])
     assert [r for r in await _rules(world, sg) if not r["IsEgress"]] == []
+    # CIDRs are normalised as AWS does: 10.1.2.3/16 is the rule 10.1.0.0/16
+    loose = {
+        "IpProtocol": "tcp",
+        "FromPort": 80,
+        "ToPort": 80,
+        "IpRanges": [{"CidrIp": "10.1.2.3/16"}],
+    }
+    made = await ec2.call("AuthorizeSecurityGroupIngress", GroupId=sg, IpPermissions=[loose])
+    assert made["SecurityGroupRules"][0]["CidrIpv4"] == "10.1.0.0/16"
+    exact = dict(loose, IpRanges=[{"CidrIp": "10.1.0.0/16"}])
+    await ec2.fails(
+        "InvalidPermission.Duplicate",
+        "AuthorizeSecurityGroupIngress",
+        GroupId=sg,
+        IpPermissions=[exact],
+    )
+    await ec2.call("RevokeSecurityGroupIngress", GroupId=sg, IpPermissions=[loose])
+    assert [r for r in await _rules(world, sg) if not r["IsEgress"]] == []
 
 
 async def test_modify_rules_and_descriptions(world: World) -> None:
