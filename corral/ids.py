@@ -24,6 +24,7 @@ PREFIXES = {
 }
 
 _HEX17 = re.compile(r"^[0-9a-f]{17}$")
+_HEX = re.compile(r"^(?:[0-9a-f]{8}|[0-9a-f]{17})$")  # AWS's short (older) and long forms
 
 
 def new_id(kind: str) -> str:
@@ -31,8 +32,10 @@ def new_id(kind: str) -> str:
 
 
 def is_id(kind: str, value: str) -> bool:
+    """Whether ``value`` is an id of ``kind`` in either of AWS's forms: the prefix and 17 hex
+    digits, or the short form with 8 (``i-1234abcd``)."""
     prefix, _, rest = value.partition("-")
-    return prefix == PREFIXES[kind] and bool(_HEX17.match(rest))
+    return prefix == PREFIXES[kind] and bool(_HEX.match(rest))
 
 
 def new_account_id() -> str:
@@ -65,6 +68,6 @@ def check_name(name: str, field: str = "name") -> str:
             "and hyphens, starting and ending with a letter or digit",
             field=field,
         )
-    if _HEX17.match(name.partition("-")[2]) and name.startswith("i-"):
+    if _HEX.match(name.partition("-")[2]) and name.startswith("i-"):
         raise Invalid(f"{field} {name!r} looks like an instance id; pick another name", field=field)
     return name

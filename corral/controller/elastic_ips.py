@@ -67,7 +67,11 @@ class ElasticIps:
         return row
 
     async def allocate(
-        self, caller: Caller, dry_run: bool = False, tags: dict[str, str] | None = None
+        self,
+        caller: Caller,
+        dry_run: bool = False,
+        tags: dict[str, str] | None = None,
+        domain: str = "vpc",
     ) -> ElasticAddress:
         pool = ipaddress.ip_network(self.ctrl.settings.public_cidr)
         async with self.ctrl.store.write() as s:
@@ -82,7 +86,10 @@ class ElasticIps:
                     ec2_code="AddressLimitExceeded",
                 )
             row = ElasticAddress(
-                id=ids.new_id("allocation"), account_id=caller.account_id, public_ip=free
+                id=ids.new_id("allocation"),
+                account_id=caller.account_id,
+                public_ip=free,
+                domain=domain,
             )
             s.add(row)
             if tags:

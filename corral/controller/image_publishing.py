@@ -23,6 +23,7 @@ from corral.store.models import (
     LaunchPermission,
     Operation,
     Snapshot,
+    Tag,
     Volume,
     utcnow,
 )
@@ -83,7 +84,7 @@ class ImagePublishing:
     async def get_visible(self, s: AsyncSession, caller: Caller, image_id: str) -> Image:
         if not ids.is_id("image", image_id):
             raise Invalid(
-                f"image id {image_id!r} is malformed (ami- and 17 hex digits)",
+                f"image id {image_id!r} is malformed (ami- and 8 or 17 hex digits)",
                 field="ImageId",
                 ec2_code="InvalidAMIID.Malformed",
             )
@@ -128,9 +129,11 @@ class ImagePublishing:
         caller: Caller,
         name: str,
         description: str,
-        base: Image,
+        base: Image | None,
         **extra: Any,
     ) -> Image:
+        """A pending EBS-style image row; without ``base`` (no kernel known) an imported-style
+        disk that boots by firmware."""
         fields.check_description(description, field="Description")
         if await s.scalar(
             select(Image.id).where(
@@ -154,12 +157,12 @@ class ImagePublishing:
             digest="",
             state="pending",
             public=False,
-            arch=base.arch,
-            kind=base.kind,
+            arch=base.arch if base is not None else "x86_64",
+            kind=base.kind if base is not None else "imported",
             description=description,
-            default_user=base.default_user,
+            default_user=base.default_user if base is not None else "root",
             size=0,
-            virtual_size=base.virtual_size,
+            virtual_size=base.virtual_size if base is not None else 0,
             created_at=utcnow(),
             root_device_type="ebs",
             **extra,
@@ -169,7 +172,7 @@ class ImagePublishing:
             account_id=caller.account_id,
             node_id=next(iter(self.ctrl.nodes), None),
             volume_id="vol-ffffffff",
-            volume_size=max(1, -(-base.virtual_size // (1 << 30))),
+            volume_size=max(1, -(-(base.virtual_size if base is not None else 0) // (1 << 30))),
             state="pending",
             image_id=row.id,
             description=f"Created by CreateImage for {row.id}",
@@ -257,22 +260,19 @@ class ImagePublishing:
                 base = await self.get_visible(s, caller, kernel_image)
             else:
                 base = await self._lineage(s, snap)
-            if base is None:
-                raise Invalid(
-                    f"snapshot {snapshot_id} does not descend from an image, so "
-                    "Corral does not know which kernel boots it; give KernelId as "
-                    "the ami- id of an image whose kernel to use",
-                    field="KernelId",
-                    ec2_code="InvalidParameterCombination",
-                )
+            # no kernel known (a snapshot of a disk made some other way, no KernelId): the
+            # image boots from the disk's own boot loader, by firmware, as imported disks do
             row = await self._new_image(s, caller, name, description, base)
             row.virtual_size = snap.volume_size << 30
             if dry_run:
                 raise DryRunPassed("RegisterImage would have succeeded")
-            params: dict[str, Any] = {"base": base.digest, "node_id": snap.node_id}
+            params: dict[str, Any] = {
+                "base": base.digest if base is not None else "",
+                "node_id": snap.node_id,
+            }
             if snap.image_id:
                 origin = await s.get(Image, snap.image_id)
-                params["base_root"] = origin.digest if origin is not None else base.digest
+                params["base_root"] = origin.digest if origin is not None else params["base"]
             else:
                 params["snapshot_id"] = snap.id
             op = self.ctrl.ops.new(
@@ -391,6 +391,8 @@ class ImagePublishing:
                 raise DryRunPassed("DeregisterImage would have succeeded")
             row.state = "deregistered"
             await s.execute(delete(LaunchPermission).where(LaunchPermission.image_id == row.id))
+            # the row stays for the instances that refer to it; its tags go now
+            await s.execute(delete(Tag).where(Tag.resource_id == row.id))
             digest = row.digest
             others = await s.scalar(
                 select(Image.id).where(
@@ -416,6 +418,17 @@ class ImagePublishing:
             row = await self.owned(s, caller, image_id)
             perms = await self.permissions(s, [row.id])
         return row.public, sorted(perms.get(row.id, []))
+
+    async def reset_launch_permissions(
+        self, caller: Caller, image_id: str, dry_run: bool = False
+    ) -> None:
+        """Back to private, launchable by its owner alone (EC2's ResetImageAttribute)."""
+        async with self.ctrl.store.write() as s:
+            row = await self.owned(s, caller, image_id)
+            if dry_run:
+                raise DryRunPassed("ResetImageAttribute would have succeeded")
+            row.public = False
+            await s.execute(delete(LaunchPermission).where(LaunchPermission.image_id == row.id))
 
     async def modify_launch_permissions(
         self,

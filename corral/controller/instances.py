@@ -13,12 +13,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import ids
 from corral.controller import claims, instance_types, ipam, keys, scheduler, states
 from corral.controller.accounts import Caller
+from corral.controller.volumes import LaunchVolume
 from corral.errors import (
     CorralError,
     DryRunPassed,
@@ -63,6 +64,13 @@ class LaunchOptions:
     name_is_hint: bool = False  # the Name tag: used when it is a free host name
     dry_run: bool = False
     volumes: list[str] = field(default_factory=list)  # ids attached before the first start
+    disable_api_termination: bool = False
+    shutdown_behavior: str = "stop"  # what a power-off from inside the guest means
+    monitoring: bool = False
+    block_devices: list[LaunchVolume] = field(default_factory=list)  # made for each instance
+    root_delete_on_termination: bool | None = None  # None: the image's (true)
+    root_volume_type: str | None = None  # None: the image's (standard)
+    volume_tags: dict[str, str] = field(default_factory=dict)  # on the volumes made at launch
 
 
 def _user_initiated() -> str:
@@ -281,12 +289,48 @@ class Instances:
                     launch_time=utcnow(),
                     reservation_id=reservation,
                     client_token=opts.client_token,
+                    disable_api_termination=opts.disable_api_termination,
+                    shutdown_behavior=opts.shutdown_behavior,
+                    monitoring="enabled" if opts.monitoring else "disabled",
                 )
                 claims.hold(inst, got)
                 s.add(inst)
                 await s.flush()
+                made_volumes = []
                 if image.root_device_type == "ebs" and image.root_snapshot_id:
-                    s.add(self.ctrl.volumes.new_root(inst, image))  # boots from a volume
+                    root = self.ctrl.volumes.new_root(inst, image)  # boots from a volume
+                    if opts.root_delete_on_termination is not None:
+                        root.delete_on_termination = opts.root_delete_on_termination
+                    if opts.root_volume_type is not None:
+                        root.volume_type = opts.root_volume_type
+                    s.add(root)
+                    made_volumes.append(root)
+                elif opts.root_delete_on_termination is not None or opts.root_volume_type:
+                    raise Invalid(
+                        f"image {image.id} keeps its root on the instance (instance-store): "
+                        "there is no root volume to keep, delete or type; leave "
+                        "DeleteOnTermination and VolumeType of the root device out",
+                        field="BlockDeviceMapping.Ebs.DeleteOnTermination",
+                        ec2_code="InvalidParameterCombination",
+                    )
+                for want in opts.block_devices:
+                    made_volumes.append(
+                        await self.ctrl.volumes.new_at_launch(s, caller, inst, want)
+                    )
+                if opts.volume_tags and not made_volumes:
+                    raise Invalid(
+                        f"TagSpecification of type volume: no volume is made at this launch "
+                        f"(image {image.id} keeps its root on the instance and no "
+                        "BlockDeviceMapping asks for one); leave it out or map a volume",
+                        field="TagSpecification",
+                        ec2_code="InvalidParameterCombination",
+                    )
+                if opts.volume_tags:
+                    await s.flush()
+                    for vol in made_volumes:
+                        await self.ctrl.tags.apply(
+                            s, caller.account_id, vol.id, "volume", opts.volume_tags
+                        )
                 inst.private_ip = await ipam.allocate(
                     s, network, iid, req.address if n == 0 else None
                 )
@@ -412,6 +456,7 @@ class Instances:
                 await ctx.progress(0.3, "creating the root disk and the network port")
                 if spec.root_volume is not None:
                     await self.ctrl.volumes.ensure_root(iid)
+                await self.ctrl.volumes.ensure_launch_volumes(iid)
                 await node.instance_create(spec)
                 await ctx.progress(0.6, "starting QEMU")
                 pid = await node.instance_start(spec)
@@ -470,6 +515,13 @@ class Instances:
     ) -> tuple[Instance, Operation | None]:
         async with self.ctrl.store.write() as s:
             inst = await self.resolve(s, caller, ref, include_terminated=True)
+            if request == "terminate" and inst.disable_api_termination:
+                raise WrongState(
+                    f"The instance '{inst.id}' may not be terminated. Modify its "
+                    "'disableApiTermination' instance attribute and try again.",
+                    resource="instance",
+                    ec2_code="OperationNotPermitted",
+                )
             acts = states.check(request, inst.state, inst.name)
             if dry_run:
                 raise DryRunPassed(f"{request} would have succeeded")
@@ -689,6 +741,61 @@ class Instances:
             if user_data is not None:
                 inst.user_data = user_data
         return inst
+
+    async def set_attributes(
+        self, caller: Caller, ref: str, dry_run: bool = False, **values: Any
+    ) -> Instance:
+        """Change EC2 instance attributes that take effect at once: ``disable_api_termination``
+        (TerminateInstances refused while true), ``shutdown_behavior`` (stop | terminate, on a
+        power-off from inside the guest), ``source_dest_check``, ``monitoring``."""
+        allowed = {
+            "disable_api_termination",
+            "shutdown_behavior",
+            "source_dest_check",
+            "monitoring",
+        }
+        unknown = set(values) - allowed
+        if unknown:
+            raise Invalid(f"no such instance attribute: {', '.join(sorted(unknown))}")
+        behavior = values.get("shutdown_behavior")
+        if behavior is not None and behavior not in ("stop", "terminate"):
+            raise Invalid(
+                f"shutdown behaviour {behavior!r} must be stop or terminate",
+                field="InstanceInitiatedShutdownBehavior",
+                ec2_code="InvalidParameterValue",
+            )
+        async with self.ctrl.store.write() as s:
+            inst = await self.resolve(s, caller, ref, include_terminated=True)
+            if inst.state == "terminated":
+                raise WrongState(f"instance {inst.id} is terminated", resource="instance")
+            if dry_run:
+                raise DryRunPassed("ModifyInstanceAttribute would have succeeded")
+            for k, v in values.items():
+                setattr(inst, k, v)
+        return inst
+
+    async def set_groups(
+        self, caller: Caller, ref: str, groups: builtins.list[str], dry_run: bool = False
+    ) -> builtins.list[str]:
+        """Replace a live instance's security groups; the packet filter follows before this
+        returns. Returns the group ids."""
+        if not groups:
+            raise Invalid("give at least one security group", field="GroupId")
+        async with self.ctrl.store.write() as s:
+            inst = await self.resolve(s, caller, ref, include_terminated=True)
+            if inst.state == "terminated":
+                raise WrongState(f"instance {inst.id} is terminated", resource="instance")
+            rows = [await self.ctrl.security_groups.resolve(s, caller, g) for g in groups]
+            if dry_run:
+                raise DryRunPassed("ModifyInstanceAttribute would have succeeded")
+            await s.execute(
+                delete(InstanceSecurityGroup).where(InstanceSecurityGroup.instance_id == inst.id)
+            )
+            await s.flush()
+            for gid in dict.fromkeys(g.id for g in rows):
+                s.add(InstanceSecurityGroup(instance_id=inst.id, group_id=gid))
+        await self.ctrl.networks.sync_all()  # in force in the kernel before we answer
+        return [g.id for g in rows]
 
     # -- odds and ends ---------------------------------------------------------------------
     async def user_data_b64(self, inst: Instance) -> str:

@@ -36,6 +36,7 @@ class Action(StrEnum):
     START = "start"
     STOP = "stop"
     DESTROY = "destroy"
+    TERMINATE = "terminate"  # the guest powered off and its shutdown behaviour says terminate
     WAIT = "wait"  # a restart is due later (crash-loop back-off)
 
 
@@ -68,6 +69,12 @@ def decide(
     exit_reason = obs.exit.reason if obs is not None and obs.exit is not None else "unknown"
     detail = obs.exit.detail if obs is not None and obs.exit is not None else ""
     if exit_reason == "guest-shutdown":
+        if inst.shutdown_behavior == "terminate":
+            return Decision(
+                Action.TERMINATE,
+                "Client.InstanceInitiatedShutdown: the guest powered itself off "
+                "(shutdown behaviour terminate)",
+            )
         if inst.restart_policy == "always":
             return _restart(now, next_restart_at, "the guest powered off (restart policy always)")
         return Decision(
@@ -212,7 +219,16 @@ class Reconciler:
                 if d.action == Action.RESTART:
                     values |= {"restarts": inst.restarts + 1, "state_reason": d.reason}
                 await inst_mgr._set(inst.id, **values)
-            elif d.action == Action.DESTROY:
+            elif d.action in (Action.DESTROY, Action.TERMINATE):
+                if d.action == Action.TERMINATE:
+                    # intent first: a crash from here on resumes as an interrupted termination
+                    await inst_mgr._set(
+                        inst.id,
+                        desired_state="terminated",
+                        state="shutting-down",
+                        pid=None,
+                        state_reason=d.reason,
+                    )
                 async with self.ctrl.store.read() as s:
                     spec = await inst_mgr.spec(s, inst)
                 await node.instance_stop(inst.id, 0, force=True)

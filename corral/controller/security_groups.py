@@ -87,7 +87,8 @@ def normalize(p: Permission) -> Permission:
     cidr = p.cidr
     if cidr is not None:
         try:
-            cidr = str(ipaddress.ip_network(cidr, strict=True))
+            # as AWS does: host bits are dropped (10.0.0.5/8 is the rule 10.0.0.0/8)
+            cidr = str(ipaddress.ip_network(cidr, strict=False))
         except ValueError as err:
             raise Invalid(
                 f"CidrIp {p.cidr!r} is not a valid CIDR block (e.g. 203.0.113.0/24)", field="CidrIp"
@@ -151,7 +152,7 @@ class SecurityGroups:
         if ref.startswith("sg-"):
             if not ids.is_id("security_group", ref) and not _short_id(ref):
                 raise Invalid(
-                    f"security group id {ref!r} is malformed (sg- and 17 hex digits)",
+                    f"security group id {ref!r} is malformed (sg- and 8 or 17 hex digits)",
                     field="GroupId",
                     ec2_code="InvalidGroupId.Malformed",
                 )
@@ -441,3 +442,130 @@ def _short_id(ref: str) -> bool:
 def _describe(p: Permission) -> str:
     ports = "" if p.from_port is None else f" {p.from_port}-{p.to_port}"
     return f"{p.protocol}{ports} {'from ' + (p.cidr or p.group_id or '')}"
+
+
+class SecurityGroupRules:
+    """Rules as resources (``sgr-`` ids): revoke, describe and change them by id, set their
+    descriptions. Every change reaches the packet filter before it returns."""
+
+    def __init__(self, groups: SecurityGroups) -> None:
+        self.groups = groups
+        self.ctrl = groups.ctrl
+
+    async def _by_id(
+        self, s: AsyncSession, group: SecurityGroup, direction: str | None, rule_ids: list[str]
+    ) -> list[SecurityGroupRule]:
+        rows = {
+            r.id: r
+            for r in await s.scalars(
+                select(SecurityGroupRule).where(
+                    SecurityGroupRule.group_id == group.id,
+                    SecurityGroupRule.id.in_(rule_ids),
+                )
+            )
+            if direction is None or r.direction == direction
+        }
+        gone = [r for r in rule_ids if r not in rows]
+        if gone:
+            raise NotFound(
+                f"the security group rule{'s' if len(gone) > 1 else ''} {', '.join(gone)} "
+                f"do{'' if len(gone) > 1 else 'es'} not exist in {group.id}"
+                + (f" ({direction})" if direction else ""),
+                resource="security_group_rule",
+                ec2_code="InvalidSecurityGroupRuleId.NotFound",
+            )
+        return [rows[r] for r in rule_ids]
+
+    async def revoke(
+        self, caller: Caller, ref: str, direction: str, rule_ids: list[str], dry_run: bool = False
+    ) -> list[SecurityGroupRule]:
+        async with self.ctrl.store.write() as s:
+            group = await self.groups.resolve(s, caller, ref)
+            rows = await self._by_id(s, group, direction, rule_ids)
+            if dry_run:
+                raise DryRunPassed(f"Revoke {direction} would have succeeded")
+            for r in rows:
+                await s.delete(r)
+        await self.ctrl.networks.sync_all()
+        return rows
+
+    async def describe_all(self, caller: Caller) -> list[SecurityGroupRule]:
+        _, rules = await self.groups.list(caller)
+        return rules
+
+    async def set_descriptions(
+        self,
+        caller: Caller,
+        ref: str,
+        direction: str,
+        by_id: dict[str, str],
+        by_permission: list[Permission],
+        dry_run: bool = False,
+    ) -> None:
+        """Descriptions of existing rules, named by id or by their permission."""
+        async with self.ctrl.store.write() as s:
+            group = await self.groups.resolve(s, caller, ref)
+            rows = await self._by_id(s, group, direction, list(by_id))
+            have = {
+                _key(r): r
+                for r in await s.scalars(
+                    select(SecurityGroupRule).where(
+                        SecurityGroupRule.group_id == group.id,
+                        SecurityGroupRule.direction == direction,
+                    )
+                )
+            }
+            matched = []
+            for p in by_permission:
+                p = await self.groups._source(s, caller, normalize(p))
+                rule = have.get(_key(p))
+                if rule is None:
+                    raise NotFound(
+                        f"the rule {_describe(p)} does not exist in {group.id}",
+                        resource="security_group_rule",
+                        ec2_code="InvalidPermission.NotFound",
+                    )
+                matched.append((rule, p.description))
+            if dry_run:
+                raise DryRunPassed("UpdateSecurityGroupRuleDescriptions would have succeeded")
+            for r in rows:
+                r.description = by_id[r.id]
+            for rule, text in matched:
+                rule.description = text
+
+    async def modify(
+        self,
+        caller: Caller,
+        ref: str,
+        changes: dict[str, Permission],
+        dry_run: bool = False,
+    ) -> None:
+        """Replace rules in place, keeping their ids (EC2's ModifySecurityGroupRules)."""
+        wanted = {rid: normalize(p) for rid, p in changes.items()}
+        async with self.ctrl.store.write() as s:
+            group = await self.groups.resolve(s, caller, ref)
+            rows = await self._by_id(s, group, None, list(wanted))
+            wanted = {rid: await self.groups._source(s, caller, p) for rid, p in wanted.items()}
+            others = {
+                (r.direction, _key(r))
+                for r in await s.scalars(
+                    select(SecurityGroupRule).where(SecurityGroupRule.group_id == group.id)
+                )
+                if r.id not in wanted
+            }
+            for r in rows:
+                p = wanted[r.id]
+                if (r.direction, _key(p)) in others:
+                    raise Exists(
+                        f"the rule {_describe(p)} already exists in {group.id}",
+                        resource="security_group_rule",
+                        ec2_code="InvalidPermission.Duplicate",
+                    )
+                others.add((r.direction, _key(p)))
+            if dry_run:
+                raise DryRunPassed("ModifySecurityGroupRules would have succeeded")
+            for r in rows:
+                p = wanted[r.id]
+                r.protocol, r.from_port, r.to_port = p.protocol, p.from_port, p.to_port
+                r.cidr, r.source_group_id, r.description = p.cidr, p.group_id, p.description
+        await self.ctrl.networks.sync_all()

@@ -24,7 +24,7 @@ from corral.controller.placement_groups import PlacementGroups
 from corral.controller.reconciler import Reconciler
 from corral.controller.replace import Replacements
 from corral.controller.secrets_box import SecretBox
-from corral.controller.security_groups import SecurityGroups
+from corral.controller.security_groups import SecurityGroupRules, SecurityGroups
 from corral.controller.snapshots import Snapshots
 from corral.controller.tags import Tags
 from corral.controller.volumes import Volumes
@@ -59,6 +59,7 @@ class Controller:
         self.keypairs = KeyPairs(self)
         self.tags = Tags(self)
         self.security_groups = SecurityGroups(self)
+        self.security_group_rules = SecurityGroupRules(self.security_groups)
         self.elastic_ips = ElasticIps(self)
         self.volumes = Volumes(self)
         self.snapshots = Snapshots(self)

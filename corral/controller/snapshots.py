@@ -29,7 +29,7 @@ class Snapshots:
     async def resolve(self, s: AsyncSession, caller: Caller, sid: str) -> Snapshot:
         if not ids.is_id("snapshot", sid):
             raise Invalid(
-                f"snapshot id {sid!r} is malformed (snap- and 17 hex digits)",
+                f"snapshot id {sid!r} is malformed (snap- and 8 or 17 hex digits)",
                 field="SnapshotId",
                 ec2_code="InvalidSnapshotID.Malformed",
             )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -29,6 +30,20 @@ if TYPE_CHECKING:
 GIB = 1 << 30
 MAX_GIB = 16384
 VOLUME_TYPES = ("standard", "gp2", "gp3", "io1", "io2", "sc1", "st1")
+
+
+@dataclass(frozen=True)
+class LaunchVolume:
+    """A volume RunInstances' BlockDeviceMapping asks for: blank (``size``) or from a
+    snapshot, attached at ``device``."""
+
+    device: str
+    size: int | None = None
+    snapshot_id: str | None = None
+    volume_type: str = "standard"
+    delete_on_termination: bool = True
+
+
 DEVICE = re.compile(r"^/dev/(sd[b-z]|xvd[b-z]|vd[b-z])$")
 ROOT_DEVICE = "/dev/sda1"  # EBS-style instances: their root volume, as EC2 names it
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -65,7 +80,7 @@ class Volumes:
             return row
         if ref.startswith("vol-"):
             raise Invalid(
-                f"volume id {ref!r} is malformed (vol- and 17 hex digits)",
+                f"volume id {ref!r} is malformed (vol- and 8 or 17 hex digits)",
                 field="VolumeId",
                 ec2_code="InvalidVolumeID.Malformed",
             )
@@ -149,9 +164,11 @@ class Volumes:
         name: str | None = None,
         fs: str | None = None,
         label: str | None = None,
+        client_token: str | None = None,
     ) -> tuple[Volume, Operation | None]:
         """A new volume of ``size`` GiB, empty, formatted with ``fs`` (labelled with its name),
-        or holding a snapshot's content (a restore)."""
+        or holding a snapshot's content (a restore). With a ``client_token`` already used by
+        this account, that volume again (EC2's idempotency; boto3 always sends one)."""
         zone = zone or self.ctrl.settings.availability_zone
         if zone != self.ctrl.settings.availability_zone:
             raise Invalid(
@@ -185,6 +202,26 @@ class Volumes:
         if name is not None:
             tags["Name"] = name
         async with self.ctrl.store.write() as s:
+            if client_token is not None:
+                done = await s.scalar(
+                    select(Volume).where(
+                        Volume.account_id == caller.account_id,
+                        Volume.client_token == client_token,
+                    )
+                )
+                if done is not None:
+                    if (size is not None and size != done.size) or (
+                        snapshot_id != done.snapshot_id or volume_type != done.volume_type
+                    ):
+                        raise Invalid(
+                            f"client token {client_token!r} was used for volume {done.id} "
+                            "with other parameters; use a new token",
+                            field="ClientToken",
+                            ec2_code="IdempotentParameterMismatch",
+                        )
+                    if dry_run:
+                        raise DryRunPassed("CreateVolume would have succeeded")
+                    return done, None
             snap = None
             if snapshot_id is not None:
                 snap = await self.ctrl.snapshots.resolve(s, caller, snapshot_id)
@@ -221,6 +258,7 @@ class Volumes:
                 volume_type=volume_type,
                 availability_zone=zone,
                 snapshot_id=snapshot_id,
+                client_token=client_token,
                 created_at=utcnow(),
             )
             s.add(row)
@@ -495,14 +533,22 @@ class Volumes:
         force: bool = False,
         dry_run: bool = False,
         timeout: float | None = None,
+        device: str | None = None,
     ) -> tuple[Volume, Operation | None]:
         """Detach the volume: at once from a stopped instance, by an operation (an unplug the
-        guest must answer) from one that runs. Returns the attachment as it was."""
+        guest must answer) from one that runs. Returns the attachment as it was. ``device``,
+        when given, must be where the volume is attached."""
         async with self.ctrl.store.write() as s:
             row = await self.resolve(s, caller, vid)
             if row.instance_id is None:
                 raise WrongState(
                     f"volume {row.id} is not attached", resource="volume", ec2_code="IncorrectState"
+                )
+            if device is not None and device != row.device:
+                raise Invalid(
+                    f"volume {row.id} is attached as {row.device}, not {device}",
+                    field="Device",
+                    ec2_code="InvalidAttachment.NotFound",
                 )
             if instance_ref is not None:
                 inst = await self.ctrl.instances.resolve(
@@ -620,6 +666,83 @@ class Volumes:
                 row.state = "deleting"
                 doomed.append(row.id)
         return doomed
+
+    # -- volumes made at launch (RunInstances BlockDeviceMapping) ---------------------------
+    async def new_at_launch(
+        self, s: AsyncSession, caller: Caller, inst: Instance, want: LaunchVolume
+    ) -> Volume:
+        """A volume made for an instance being created, in its launch's transaction: attached
+        at ``want.device`` and made on the node before the instance first starts."""
+        if not DEVICE.match(want.device):
+            raise Invalid(
+                f"device {want.device!r} must be like /dev/sdf, /dev/xvdf or /dev/vdb",
+                field="BlockDeviceMapping.DeviceName",
+            )
+        if want.volume_type not in VOLUME_TYPES:
+            raise Invalid(
+                f"VolumeType {want.volume_type!r} must be one of {', '.join(VOLUME_TYPES)}",
+                field="BlockDeviceMapping.Ebs.VolumeType",
+            )
+        size = want.size
+        if want.snapshot_id is not None:
+            snap = await self.ctrl.snapshots.resolve(s, caller, want.snapshot_id)
+            if snap.state != "completed":
+                raise WrongState(
+                    f"snapshot {snap.id} is {snap.state}",
+                    resource="snapshot",
+                    ec2_code="IncorrectState",
+                )
+            if size is None:
+                size = snap.volume_size
+            elif size < snap.volume_size:
+                raise Invalid(
+                    f"volume size {size} GiB at {want.device} is smaller than snapshot "
+                    f"{snap.id} ({snap.volume_size} GiB)",
+                    field="BlockDeviceMapping.Ebs.VolumeSize",
+                )
+        if size is None:
+            raise Invalid(
+                f"give Ebs.VolumeSize or Ebs.SnapshotId for {want.device}",
+                field="BlockDeviceMapping.Ebs.VolumeSize",
+                ec2_code="MissingParameter",
+            )
+        if not 1 <= size <= MAX_GIB:
+            raise Invalid(f"VolumeSize {size} must be 1-{MAX_GIB} GiB", field="Ebs.VolumeSize")
+        row = Volume(
+            id=ids.new_id("volume"),
+            account_id=inst.account_id,
+            node_id=inst.node_id,
+            size=size,
+            state="creating",
+            volume_type=want.volume_type,
+            availability_zone=self.ctrl.settings.availability_zone,
+            snapshot_id=want.snapshot_id,
+            instance_id=inst.id,
+            device=want.device,
+            attach_state="attached",
+            attach_time=utcnow(),
+            delete_on_termination=want.delete_on_termination,
+            created_at=utcnow(),
+        )
+        s.add(row)
+        return row
+
+    async def ensure_launch_volumes(self, iid: str) -> None:
+        """Make on the node the volumes its launch asked for that are still to be made
+        (idempotent: a resumed launch makes only what is missing)."""
+        async with self.ctrl.store.read() as s:
+            rows = list(
+                await s.scalars(
+                    select(Volume).where(
+                        Volume.instance_id == iid,
+                        Volume.state == "creating",
+                        Volume.device != ROOT_DEVICE,
+                    )
+                )
+            )
+        for row in rows:
+            await self.make(row, None)
+            await self._set(row.id, state="in-use")
 
     # -- root volumes (EBS-style images) ----------------------------------------------------
     def new_root(self, inst: Instance, image: Image) -> Volume:

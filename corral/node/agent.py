@@ -18,8 +18,9 @@ from pathlib import Path
 import psutil
 
 from corral.config import Settings
-from corral.errors import EnvironmentProblem, NotFound, WrongState
+from corral.errors import EnvironmentProblem, Invalid, NotFound, WrongState
 from corral.fsutil import atomic_write, pid_alive, proc_cmdline
+from corral.images.manifest import Manifest
 from corral.images.store import ImageStore
 from corral.node.driver import cgroups, confine, jail, probe, qemu
 from corral.node.driver.machine import Machine, find_pid, read_exit
@@ -561,8 +562,10 @@ class NodeAgent(VolumeAgent):
         snapshot_id: str | None = None,
     ) -> str:
         """A new image with ``base_digest``'s kernel and initrd and a root disk flattened from
-        an instance's disk or taken from a snapshot; returns its manifest digest."""
-        base = self.images.get_manifest(base_digest)
+        an instance's disk or taken from a snapshot; returns its manifest digest. Without a
+        base (``""``) the image has no kernel: it boots the disk's own boot loader by firmware,
+        as an imported disk does."""
+        base = self.images.get_manifest(base_digest) if base_digest else None
         if instance_id is not None:
             spec = self._spec(instance_id)
             source = self.paths(instance_id).disk
@@ -570,8 +573,10 @@ class NodeAgent(VolumeAgent):
                 source = self._volume(spec.root_volume)
         elif snapshot_id is not None:
             source = self._snapshot(snapshot_id)
-        else:
+        elif base is not None:
             source = self.images.root_disk_path(base)
+        else:
+            raise Invalid("capture what? give an instance, a snapshot or a base image")
         if not source.exists():
             raise NotFound(
                 f"the disk to capture ({source}) is not on this node",
@@ -590,6 +595,18 @@ class NodeAgent(VolumeAgent):
             )
         finally:
             flat.unlink(missing_ok=True)
+        if base is None:
+            return self.images.put_manifest(
+                Manifest(
+                    name=name,
+                    version=version,
+                    kind="imported",
+                    description=description,
+                    root_disk=blob,
+                    cmdline="",
+                    min_disk=virtual,
+                )
+            )
         manifest = base.model_copy(
             update={
                 "name": name,

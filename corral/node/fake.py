@@ -272,6 +272,23 @@ class FakeNode:
         self.calls.append(("image_capture", instance_id or snapshot_id or base_digest))
         if self.images is None:
             raise WrongState("this fake node has no image store")
+        if not base_digest:  # no kernel known: the disk boots by firmware
+            base = self.images.list()[0]
+            return self.images.put_manifest(
+                base.model_copy(
+                    update={
+                        "name": name,
+                        "version": version,
+                        "kind": "imported",
+                        "description": description,
+                        "kernel": None,
+                        "initrd": None,
+                        "cmdline": "",
+                        "base": None,
+                        "build_key": f"fake-{snapshot_id}",
+                    }
+                )
+            )
         base = self.images.get_manifest(base_digest)
         manifest = base.model_copy(
             update={

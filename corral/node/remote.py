@@ -165,6 +165,10 @@ class RemoteNode:
         async def up() -> None:
             while data := await reader.read(CHUNK):
                 await ws.send(data)
+            # our side ended (write_eof or close): an empty frame half-closes the node's end;
+            # the other direction stays open until the node ends it
+            await ws.send(b"")
+            await asyncio.Future()
 
         async def down() -> None:
             async for msg in ws:

@@ -116,6 +116,10 @@ async def pump_websocket(
             if msg["type"] == "websocket.disconnect":
                 return
             data = msg.get("bytes") or (msg.get("text") or "").encode()
+            if not data:  # an empty frame: the caller's side ended (half-close)
+                if writer.can_write_eof():
+                    writer.write_eof()
+                continue
             writer.write(data)
             await writer.drain()
 

@@ -175,6 +175,13 @@ class Instance(Base):
     metadata_hop_limit: Mapped[int] = mapped_column(Integer, default=1)
     metadata_endpoint: Mapped[str] = mapped_column(String(16), default="enabled")
     stop_timeout: Mapped[float | None] = mapped_column(Float, default=None)
+    # EC2 instance attributes: TerminateInstances refused while set; what a power-off from
+    # inside the guest means (stop | terminate); CloudWatch-style detailed monitoring as asked
+    # (Corral's metrics are always on); the source/destination check
+    disable_api_termination: Mapped[bool] = mapped_column(Boolean, default=False)
+    shutdown_behavior: Mapped[str] = mapped_column(String(16), default="stop")
+    monitoring: Mapped[str] = mapped_column(String(16), default="disabled")
+    source_dest_check: Mapped[bool] = mapped_column(Boolean, default=True)
     user_data: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
     ssh_keys: Mapped[list[Any]] = mapped_column(default=list)
     key_name: Mapped[str | None] = mapped_column(String(255))
@@ -311,6 +318,7 @@ class ElasticAddress(Base):
     instance_id: Mapped[str | None] = mapped_column(String(32), index=True)
     association_id: Mapped[str | None] = mapped_column(String(32))
     private_ip: Mapped[str | None] = mapped_column(String(39))
+    domain: Mapped[str] = mapped_column(String(16), default="vpc")  # as asked at allocation
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
@@ -330,6 +338,7 @@ class Volume(Base):
     attach_time: Mapped[dt.datetime | None] = mapped_column(default=None)
     delete_on_termination: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str] = mapped_column(Text, default="")
+    client_token: Mapped[str | None] = mapped_column(String(64), default=None)  # CreateVolume's
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

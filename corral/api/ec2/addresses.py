@@ -9,6 +9,7 @@ from corral.api.ec2 import views
 from corral.api.ec2.common import dry_run_ok, not_found
 from corral.api.ec2.errors import Ec2Error, missing
 from corral.api.ec2.listing import Filters
+from corral.api.ec2.params import DRY_RUN, FILTERS, TAG_SPECS
 from corral.api.ec2.registry import Call, action
 from corral.controller import tags
 from corral.store.models import ElasticAddress
@@ -18,7 +19,7 @@ def _item(a: ElasticAddress, region: str, tag_map: dict[str, dict[str, str]]) ->
     return {
         "publicIp": a.public_ip,
         "allocationId": a.id,
-        "domain": "vpc",
+        "domain": a.domain,
         "instanceId": a.instance_id,
         "associationId": a.association_id,
         "privateIpAddress": a.private_ip,
@@ -28,34 +29,52 @@ def _item(a: ElasticAddress, region: str, tag_map: dict[str, dict[str, str]]) ->
     }
 
 
-@action("AllocateAddress")
+@action(
+    "AllocateAddress",
+    accepts=(
+        "Domain",
+        *TAG_SPECS,
+        *DRY_RUN,
+    ),
+    unsupported=(
+        "Address",
+        "PublicIpv4Pool",
+        "NetworkBorderGroup",
+        "CustomerOwnedIpv4Pool",
+        "IpamPoolId",
+    ),
+)
 async def address_allocate(call: Call) -> dict[str, Any]:
-    domain = call.p.get("Domain", "vpc")
+    domain = call.p.get("Domain") or "vpc"
     if domain not in ("vpc", "standard"):
         raise Ec2Error("InvalidParameterValue", f"Domain {domain!r} must be vpc or standard")
-    if call.p.get("Address") or call.p.get("PublicIpv4Pool"):
-        raise Ec2Error(
-            "InvalidParameterValue",
-            "Corral picks the address from its pool; leave Address and PublicIpv4Pool out",
-        )
     wanted = tags.check(call.p.tag_specs(("elastic-ip",)).get("elastic-ip", {}))
-    row = await call.ctrl.elastic_ips.allocate(call.caller, call.dry_run, wanted)
+    row = await call.ctrl.elastic_ips.allocate(call.caller, call.dry_run, wanted, domain)
     return {
         "publicIp": row.public_ip,
         "allocationId": row.id,
-        "domain": "vpc",
+        "domain": row.domain,
         "publicIpv4Pool": "corral",
         "networkBorderGroup": call.api.settings.region,
     }
 
 
-@action("AssociateAddress")
+@action(
+    "AssociateAddress",
+    accepts=(
+        "AllocationId",
+        "InstanceId",
+        "PublicIp",
+        "AllowReassociation",
+        *DRY_RUN,
+    ),
+    unsupported=(
+        "NetworkInterfaceId",
+        "PrivateIpAddress",
+    ),
+)
 async def address_associate(call: Call) -> dict[str, Any]:
     p = call.p
-    if p.get("NetworkInterfaceId"):
-        raise Ec2Error(
-            "InvalidParameterValue", "Corral associates addresses with instances: give InstanceId"
-        )
     iid = p.get("InstanceId")
     if not iid:
         raise missing("InstanceId")
@@ -68,7 +87,14 @@ async def address_associate(call: Call) -> dict[str, Any]:
     return {"return": True, "associationId": row.association_id}
 
 
-@action("DisassociateAddress")
+@action(
+    "DisassociateAddress",
+    accepts=(
+        "AssociationId",
+        "PublicIp",
+        *DRY_RUN,
+    ),
+)
 async def address_disassociate(call: Call) -> dict[str, Any]:
     assoc, ip = call.p.get("AssociationId"), call.p.get("PublicIp")
     if not assoc and not ip:
@@ -77,7 +103,15 @@ async def address_disassociate(call: Call) -> dict[str, Any]:
     return {"return": True}
 
 
-@action("ReleaseAddress")
+@action(
+    "ReleaseAddress",
+    accepts=(
+        "AllocationId",
+        "PublicIp",
+        *DRY_RUN,
+    ),
+    unsupported=("NetworkBorderGroup",),
+)
 async def address_release(call: Call) -> dict[str, Any]:
     alloc, ip = call.p.get("AllocationId"), call.p.get("PublicIp")
     if not alloc and not ip:
@@ -86,7 +120,15 @@ async def address_release(call: Call) -> dict[str, Any]:
     return {"return": True}
 
 
-@action("DescribeAddresses")
+@action(
+    "DescribeAddresses",
+    accepts=(
+        "PublicIp.N",
+        "AllocationId.N",
+        *FILTERS,
+        *DRY_RUN,
+    ),
+)
 async def address_describe(call: Call) -> dict[str, Any]:
     p = call.p
     rows = await call.ctrl.elastic_ips.list(call.caller)
@@ -111,14 +153,16 @@ async def address_describe(call: Call) -> dict[str, Any]:
         {
             "allocation-id": lambda a: a.id,
             "association-id": lambda a: a.association_id,
-            "domain": lambda a: "vpc",
+            "domain": lambda a: a.domain,
             "instance-id": lambda a: a.instance_id,
             "public-ip": lambda a: a.public_ip,
             "private-ip-address": lambda a: a.private_ip,
             "network-border-group": lambda a: region,
             "public-ipv4-pool": lambda a: "corral",
+            "network-interface-owner-id": lambda a: a.account_id if a.instance_id else None,
         },
         lambda a: tag_map.get(a.id, {}),
+        ("network-interface-id",),
     )
     if call.dry_run:
         dry_run_ok()

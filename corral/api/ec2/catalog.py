@@ -6,15 +6,26 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from corral.api.ec2 import instances
 from corral.api.ec2.common import dry_run_ok
 from corral.api.ec2.errors import Ec2Error
 from corral.api.ec2.listing import Filters, paginate
+from corral.api.ec2.params import DRY_RUN, FILTERS, PAGES
 from corral.api.ec2.registry import Call, action
 from corral.controller.instance_types import CATALOG, InstanceType
 
 
-@action("DescribeRegions")
+@action(
+    "DescribeRegions",
+    accepts=(
+        "RegionName.N",
+        "AllRegions",
+        *FILTERS,
+        *DRY_RUN,
+    ),
+)
 async def regions_describe(call: Call) -> dict[str, Any]:
+    call.p.flag("AllRegions")  # one region: all of them are this one
     st = call.api.settings
     names = call.p.strings("RegionName")
     unknown = [n for n in names if n != st.region]
@@ -41,10 +52,20 @@ async def regions_describe(call: Call) -> dict[str, Any]:
     return {"regionInfo": [item] if match(item) else []}
 
 
-@action("DescribeAvailabilityZones")
+@action(
+    "DescribeAvailabilityZones",
+    accepts=(
+        "ZoneName.N",
+        "ZoneId.N",
+        "AllAvailabilityZones",
+        *FILTERS,
+        *DRY_RUN,
+    ),
+)
 async def zones_describe(call: Call) -> dict[str, Any]:
+    call.p.flag("AllAvailabilityZones")  # one zone, always opted in
     st = call.api.settings
-    zone_id = f"{st.region.replace('-', '')}-az1"
+    zone_id = instances.zone_id(st.region)
     item = {
         "zoneName": st.availability_zone,
         "zoneState": "available",
@@ -76,7 +97,9 @@ async def zones_describe(call: Call) -> dict[str, Any]:
             "zone-type": lambda z: z["zoneType"],
             "group-name": lambda z: z["groupName"],
             "opt-in-status": lambda z: z["optInStatus"],
+            "group-long-name": lambda z: z["groupName"],
         },
+        absent=("message", "parent-zone-id", "parent-zone-name"),
     )
     if call.dry_run:
         dry_run_ok()
@@ -108,8 +131,61 @@ def type_item(t: InstanceType) -> dict[str, Any]:
     }
 
 
-@action("DescribeInstanceTypes")
+# what AWS's types describe and Corral's do not have (EBS bandwidth, local disks, ENA/EFA …)
+TYPE_ABSENT = (
+    "ebs-info.attachment-limit-type",
+    "ebs-info.maximum-ebs-attachments",
+    "ebs-info.ebs-optimized-info.baseline-bandwidth-in-mbps",
+    "ebs-info.ebs-optimized-info.baseline-iops",
+    "ebs-info.ebs-optimized-info.baseline-throughput-in-mbps",
+    "ebs-info.ebs-optimized-info.maximum-bandwidth-in-mbps",
+    "ebs-info.ebs-optimized-info.maximum-iops",
+    "ebs-info.ebs-optimized-info.maximum-throughput-in-mbps",
+    "ebs-info.ebs-optimized-support",
+    "ebs-info.encryption-support",
+    "ebs-info.nvme-support",
+    "hypervisor",
+    "instance-storage-info.disk.count",
+    "instance-storage-info.disk.size-in-gb",
+    "instance-storage-info.disk.type",
+    "instance-storage-info.encryption-support",
+    "instance-storage-info.nvme-support",
+    "instance-storage-info.total-size-in-gb",
+    "network-info.bandwidth-weightings",
+    "network-info.efa-info.maximum-efa-interfaces",
+    "network-info.efa-supported",
+    "network-info.ena-support",
+    "network-info.flexible-ena-queues-support",
+    "network-info.encryption-in-transit-supported",
+    "network-info.ipv4-addresses-per-interface",
+    "network-info.ipv6-addresses-per-interface",
+    "network-info.ipv6-supported",
+    "network-info.maximum-network-cards",
+    "network-info.maximum-network-interfaces",
+    "network-info.network-performance",
+    "nitro-enclaves-support",
+    "nitro-tpm-support",
+    "nitro-tpm-info.supported-versions",
+    "processor-info.sustained-clock-speed-in-ghz",
+    "processor-info.supported-features",
+    "reboot-migration-support",
+    "vcpu-info.valid-cores",
+    "vcpu-info.valid-threads-per-core",
+)
+
+
+@action(
+    "DescribeInstanceTypes",
+    accepts=(
+        "InstanceType.N",
+        "IncludeUnsupportedInRegion",
+        *FILTERS,
+        *PAGES,
+        *DRY_RUN,
+    ),
+)
 async def types_describe(call: Call) -> dict[str, Any]:
+    call.p.flag("IncludeUnsupportedInRegion")  # every type runs here
     names = call.p.strings("InstanceType")
     unknown = [n for n in names if n not in CATALOG]
     if unknown:
@@ -128,7 +204,19 @@ async def types_describe(call: Call) -> dict[str, Any]:
             "current-generation": lambda t: True,
             "processor-info.supported-architecture": lambda t: "x86_64",
             "supported-virtualization-type": lambda t: "hvm",
+            "auto-recovery-supported": lambda t: False,
+            "bare-metal": lambda t: False,
+            "dedicated-hosts-supported": lambda t: False,
+            "free-tier-eligible": lambda t: False,
+            "hibernation-supported": lambda t: False,
+            "instance-storage-supported": lambda t: False,
+            "supported-boot-mode": lambda t: "legacy-bios",
+            "supported-root-device-type": lambda t: ["ebs", "instance-store"],
+            "supported-usage-class": lambda t: "on-demand",
+            "vcpu-info.default-cores": lambda t: t.vcpus,
+            "vcpu-info.default-threads-per-core": lambda t: 1,
         },
+        absent=TYPE_ABSENT,
     )
     rows = [t for t in rows if match(t)]
     if call.dry_run:
@@ -137,7 +225,13 @@ async def types_describe(call: Call) -> dict[str, Any]:
     return {"instanceTypeSet": [type_item(t) for t in page], "nextToken": token}
 
 
-@action("DescribeAccountAttributes")
+@action(
+    "DescribeAccountAttributes",
+    accepts=(
+        "AttributeName.N",
+        *DRY_RUN,
+    ),
+)
 async def account_attributes(call: Call) -> dict[str, Any]:
     pool = ipaddress.ip_network(call.api.settings.public_cidr)
     eips = str(max(0, pool.num_addresses - 3))

@@ -1,5 +1,6 @@
 """The HTTP side: ``POST /`` (form) and ``GET /?Action=…``. Reads the raw body (SigV4 hashes
-the exact bytes), authenticates, dispatches, and answers XML; every failure is an EC2 error
+the exact bytes), authenticates, dispatches (a request signed for ``sts`` to ``sts.py``), and
+answers XML; every failure is an EC2 error
 document with a non-2xx status, never a 5xx for a request Corral does not implement."""
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request, Response
 
 from corral.api.context import ApiContext
-from corral.api.ec2 import sigv4, xml
+from corral.api.ec2 import sigv4, sts, xml
 from corral.api.ec2.cache import PLACEHOLDER, AnswerCache
 from corral.api.ec2.errors import Ec2Error, from_corral
 from corral.api.ec2.parse import Params
-from corral.api.ec2.registry import ACTIONS, UNSUPPORTED, Call
+from corral.api.ec2.registry import ACTIONS, PARAMS, UNSUPPORTED, Call
 from corral.api.ec2.text import check_params
 from corral.errors import CorralError
 
@@ -36,9 +37,11 @@ def _load_actions() -> None:
         addresses,
         catalog,
         images,
+        instance_attributes,
         instances,
         keypairs,
         placement_groups,
+        security_group_rules,
         security_groups,
         tags,
         volumes,
@@ -87,16 +90,19 @@ async def ec2(request: Request) -> Response:
                 ) from err
             return accounts.secret_for(key_id)
 
-        key_id = await sigv4.verify(req, ctx.settings.region, secret_for)
-        caller = await accounts.lookup(key_id)
+        auth = await sigv4.verify_auth(req, ctx.settings.region, secret_for)
+        caller = await accounts.lookup(auth.key_id)
         check_params(pairs)
-        params = Params(pairs)
-        action_name = params.get("Action") or ""
-        answers = _answers(ctx)
-        key = answers.key(caller.account_id, action_name, pairs)
-        generation = ctx.controller.store.generation
-        if key is not None and (hit := answers.get(key, generation, request_id)) is not None:
-            return Response(hit, media_type=XML_TYPE)
+        if auth.service == "sts":
+            action_name = next((v for k, v in pairs if k == "Action"), "")
+            try:
+                answer = sts.answer(action_name, pairs, caller, request_id)
+            except Ec2Error as err:
+                return Response(
+                    sts.error(err, request_id), status_code=err.status, media_type=XML_TYPE
+                )
+            return Response(answer, media_type=XML_TYPE)
+        action_name = next((v for k, v in pairs if k == "Action"), "")
         if not action_name:
             raise Ec2Error("MissingAction", "The request must contain the parameter Action")
         handler = ACTIONS.get(action_name)
@@ -108,7 +114,14 @@ async def ec2(request: Request) -> Response:
             raise Ec2Error(
                 "InvalidAction", f"The action {action_name} is not valid for this web service."
             )
-        result = await handler(Call(ctx, caller, params, action_name))
+        # every name checked against what the action honours before anything else
+        pairs = PARAMS[action_name].normalise(action_name, pairs)
+        answers = _answers(ctx)
+        key = answers.key(caller.account_id, action_name, pairs)
+        generation = ctx.controller.store.generation
+        if key is not None and (hit := answers.get(key, generation, request_id)) is not None:
+            return Response(hit, media_type=XML_TYPE)
+        result = await handler(Call(ctx, caller, Params(pairs), action_name))
     except Ec2Error as err:
         return _error(err, request_id)
     except CorralError as err:

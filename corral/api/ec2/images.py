@@ -9,16 +9,18 @@ from typing import Any
 from sqlalchemy import select
 
 from corral import ids
-from corral.api.ec2 import views
+from corral.api.ec2 import views, xml
 from corral.api.ec2.common import dry_run_ok
-from corral.api.ec2.errors import Ec2Error, missing
+from corral.api.ec2.errors import Ec2Error, invalid, missing
 from corral.api.ec2.listing import Filters, paginate
+from corral.api.ec2.params import DRY_RUN, FILTERS, PAGES, TAG_SPECS
 from corral.api.ec2.registry import Call, action
 from corral.controller import tags
 from corral.store.models import Account, Image
 
 OWNER_ALIAS = "corral"
 GIB = 1 << 30
+ROOT_NAMES = ("/dev/sda1", "/dev/sda", "/dev/xvda", "/dev/vda")
 
 
 async def _admin_id(call: Call) -> str:
@@ -74,9 +76,65 @@ def image_item(i: Image, owner: str, tag_map: dict[str, dict[str, str]]) -> dict
     }
 
 
-@action("DescribeImages")
+# filters AWS documents for DescribeImages on what Corral's images never have
+IMAGE_ABSENT = (
+    "hypervisor",
+    "image-allowed",
+    "image-watermark.source-image-creation-time",
+    "image-watermark.source-image-id",
+    "image-watermark.source-image-region",
+    "image-watermark.watermark-creation-time",
+    "image-watermark.watermark-key",
+    "instance-type-specification.supported-instance-type",
+    "instance-type-specification.unsupported-instance-type",
+    "kernel-id",
+    "ramdisk-id",
+    "platform",
+    "product-code",
+    "product-code.type",
+    "public-ssm-parameter-name",
+    "scan-result.critical-fix-available-since",
+    "scan-result.finding-scan-date",
+    "scan-result.high-fix-available-since",
+    "scan-result.highest-finding-severity-label",
+    "scan-result.informational-fix-available-since",
+    "scan-result.low-fix-available-since",
+    "scan-result.medium-fix-available-since",
+    "source-image-id",
+    "source-image-region",
+    "state-reason-code",
+    "state-reason-message",
+    "sriov-net-support",
+)
+
+
+def _bdm(i: Image, field: str) -> list[Any]:
+    out = []
+    for m in image_item(i, "", {})["blockDeviceMapping"]:
+        value = m.get(field, m.get("ebs", {}).get(field))
+        if value is not None:
+            out.append(value)
+    return out
+
+
+@action(
+    "DescribeImages",
+    accepts=(
+        "ImageId.N",
+        "Owner.N",
+        "ExecutableBy.N",
+        "IncludeDeprecated",
+        "IncludeDisabled",
+        *FILTERS,
+        *PAGES,
+        *DRY_RUN,
+    ),
+)
 async def images_describe(call: Call) -> dict[str, Any]:
     p = call.p
+    # Corral neither deprecates nor disables images: these widen nothing
+    p.flag("IncludeDeprecated")
+    p.flag("IncludeDisabled")
     me = call.caller.account_id
     admin = await _admin_id(call)
     rows = await call.ctrl.image_publishing.list(call.caller)
@@ -141,8 +199,20 @@ async def images_describe(call: Call) -> dict[str, Any]:
             "description": lambda i: i.description,
             "block-device-mapping.snapshot-id": lambda i: i.root_snapshot_id,
             "platform-details": lambda i: "Linux/UNIX",
+            "block-device-mapping.device-name": lambda i: _bdm(i, "deviceName"),
+            "block-device-mapping.delete-on-termination": lambda i: _bdm(i, "deleteOnTermination"),
+            "block-device-mapping.volume-size": lambda i: _bdm(i, "volumeSize"),
+            "block-device-mapping.volume-type": lambda i: _bdm(i, "volumeType"),
+            "block-device-mapping.encrypted": lambda i: _bdm(i, "encrypted"),
+            "boot-mode": lambda i: "legacy-bios",
+            "creation-date": lambda i: xml.timestamp(i.created_at),
+            "ena-support": lambda i: False,
+            "free-tier-eligible": lambda i: False,
+            "manifest-location": lambda i: image_item(i, owner_of(i), {})["imageLocation"],
+            "source-instance-id": lambda i: i.source_instance_id,
         },
         lambda i: tag_map.get(i.id, {}),
+        IMAGE_ABSENT,
     )
     rows = [i for i in rows if match(i)]
     if call.dry_run:
@@ -151,7 +221,22 @@ async def images_describe(call: Call) -> dict[str, Any]:
     return {"imagesSet": [image_item(i, owner_of(i), tag_map) for i in page], "nextToken": token}
 
 
-@action("CreateImage")
+@action(
+    "CreateImage",
+    accepts=(
+        "InstanceId",
+        "Name",
+        "Description",
+        "NoReboot",
+        *TAG_SPECS,
+        *DRY_RUN,
+    ),
+    unsupported=(
+        "SnapshotLocation",
+        "BootModeOverride",
+        "BlockDeviceMapping.N.*",
+    ),
+)
 async def image_create(call: Call) -> dict[str, Any]:
     p = call.p
     iid = p.need("InstanceId")
@@ -173,37 +258,107 @@ async def image_create(call: Call) -> dict[str, Any]:
     return {"imageId": row.id}
 
 
-@action("RegisterImage")
+@action(
+    "RegisterImage",
+    accepts=(
+        "Name",
+        "Description",
+        "Architecture",
+        "KernelId",
+        "RootDeviceName",
+        "VirtualizationType",
+        "BlockDeviceMapping.N.DeviceName",
+        "BlockDeviceMapping.N.Ebs.SnapshotId",
+        *DRY_RUN,
+    ),
+    unsupported=(
+        "ImageLocation",
+        "BillingProduct.N",
+        "BootMode",
+        "TpmSupport",
+        "UefiData",
+        "ImdsSupport",
+        "TagSpecification.N.*",
+        "RamdiskId",
+        "BlockDeviceMapping.N.*",
+        "SriovNetSupport",
+        "EnaSupport",
+    ),
+)
 async def image_register(call: Call) -> dict[str, Any]:
     p = call.p
     name = p.need("Name")
-    if p.get("ImageLocation"):
-        raise Ec2Error(
-            "InvalidParameterValue",
-            "Corral registers images from snapshots: give "
-            "BlockDeviceMapping.1.Ebs.SnapshotId, not ImageLocation",
-        )
     arch = p.get("Architecture", "x86_64")
     if arch != "x86_64":
         raise Ec2Error("InvalidParameterValue", f"Architecture {arch!r}: Corral runs x86_64")
-    snapshot = None
-    for bdm in p.group("BlockDeviceMapping"):
-        snapshot = bdm.get("Ebs.SnapshotId") or snapshot
+    virt = p.get("VirtualizationType", "hvm")
+    if virt != "hvm":
+        raise Ec2Error(
+            "InvalidParameterValue", f"VirtualizationType {virt!r}: Corral's images are hvm"
+        )
+    root = p.get("RootDeviceName")
+    if root is not None and root not in ROOT_NAMES:
+        raise invalid("RootDeviceName", root, f"Corral's root device is one of {ROOT_NAMES}.")
+    mappings = p.group("BlockDeviceMapping")
+    if len(mappings) > 1:
+        raise Ec2Error(
+            "UnsupportedOperation",
+            "Corral's images have one disk: give one BlockDeviceMapping, the root's snapshot",
+        )
+    snapshot = mappings[0].get("Ebs.SnapshotId") if mappings else None
     if not snapshot:
         raise missing("BlockDeviceMapping.1.Ebs.SnapshotId")
+    device = mappings[0].get("DeviceName")
+    if (device is not None and device != (root or device)) or device not in (None, *ROOT_NAMES):
+        raise invalid(
+            "BlockDeviceMapping.1.DeviceName",
+            device,
+            f"The snapshot is the root disk: map it at {root or views.ROOT_DEVICE}.",
+        )
     row, _ = await call.ctrl.image_publishing.register(
         call.caller, name, snapshot, p.get("KernelId"), p.get("Description", "") or "", call.dry_run
     )
     return {"imageId": row.id}
 
 
-@action("DeregisterImage")
+@action(
+    "DeregisterImage",
+    accepts=(
+        "ImageId",
+        *DRY_RUN,
+    ),
+    unsupported=("DeleteAssociatedSnapshots",),
+)
 async def image_deregister(call: Call) -> dict[str, Any]:
     await call.ctrl.image_publishing.deregister(call.caller, call.p.need("ImageId"), call.dry_run)
     return {"return": True}
 
 
-@action("DescribeImageAttribute")
+IMAGE_ATTRIBUTES = (
+    "description",
+    "kernel",
+    "ramdisk",
+    "launchPermission",
+    "productCodes",
+    "blockDeviceMapping",
+    "sriovNetSupport",
+    "bootMode",
+    "tpmSupport",
+    "uefiData",
+    "lastLaunchedTime",
+    "imdsSupport",
+    "deregistrationProtection",
+)
+
+
+@action(
+    "DescribeImageAttribute",
+    accepts=(
+        "ImageId",
+        "Attribute",
+        *DRY_RUN,
+    ),
+)
 async def image_attribute(call: Call) -> dict[str, Any]:
     image_id, attr = call.p.need("ImageId"), call.p.need("Attribute")
     pub = call.ctrl.image_publishing
@@ -226,26 +381,48 @@ async def image_attribute(call: Call) -> dict[str, Any]:
             "imageId": image_id,
             "blockDeviceMapping": image_item(row, "", {})["blockDeviceMapping"],
         }
-    if attr in (
-        "kernel",
-        "ramdisk",
-        "sriovNetSupport",
-        "bootMode",
-        "lastLaunchedTime",
-        "imdsSupport",
-        "deregistrationProtection",
-    ):
+    if attr == "bootMode":
+        return {"imageId": image_id, attr: {"value": "legacy-bios"}}
+    if attr == "deregistrationProtection":
+        return {"imageId": image_id, attr: {"value": "disabled"}}
+    if attr in ("kernel", "ramdisk", "sriovNetSupport", "lastLaunchedTime", "imdsSupport"):
+        return {"imageId": image_id, attr: {}}
+    if attr in ("tpmSupport", "uefiData"):
         return {"imageId": image_id, attr: {}}
     if attr == "productCodes":
         return {"imageId": image_id, "productCodes": []}
     raise Ec2Error(
         "InvalidParameterValue",
-        f"Value ({attr}) for parameter attribute is invalid; use launchPermission, "
-        "description or blockDeviceMapping",
+        f"Value ({attr}) for parameter attribute is invalid; use one of "
+        f"{', '.join(IMAGE_ATTRIBUTES)}",
     )
 
 
-@action("ModifyImageAttribute")
+@action(
+    "ModifyImageAttribute",
+    accepts=(
+        "ImageId",
+        "Attribute",
+        "Value",
+        "Description.Value",
+        "OperationType",
+        "UserId.N",
+        "UserGroup.N",
+        "LaunchPermission.Add.N.UserId",
+        "LaunchPermission.Add.N.Group",
+        "LaunchPermission.Remove.N.UserId",
+        "LaunchPermission.Remove.N.Group",
+        *DRY_RUN,
+    ),
+    unsupported=(
+        "LaunchPermission.Add.N.*",
+        "LaunchPermission.Remove.N.*",
+        "ProductCode.N",
+        "OrganizationArn.N",
+        "OrganizationalUnitArn.N",
+        "ImdsSupport.Value",
+    ),
+)
 async def image_modify(call: Call) -> dict[str, Any]:
     p = call.p
     image_id = p.need("ImageId")
@@ -261,6 +438,13 @@ async def image_modify(call: Call) -> dict[str, Any]:
         elif g.get("UserId"):
             remove_users.append(g.need("UserId"))
     attr = p.get("Attribute")
+    if attr is not None and attr not in ("launchPermission", "description"):
+        if attr not in IMAGE_ATTRIBUTES:
+            raise invalid("Attribute", attr, f"Use one of {', '.join(IMAGE_ATTRIBUTES)}.")
+        raise Ec2Error(
+            "UnsupportedOperation",
+            f"Corral changes an image's launchPermission and description, not {attr}",
+        )
     if attr == "launchPermission" or p.get("OperationType"):
         op = p.need("OperationType")
         if op not in ("add", "remove"):
@@ -288,4 +472,14 @@ async def image_modify(call: Call) -> dict[str, Any]:
         async with call.ctrl.store.write() as s:
             row = await pub.owned(s, call.caller, image_id)
             row.description = description
+    return {"return": True}
+
+
+@action("ResetImageAttribute", accepts=("ImageId", "Attribute", *DRY_RUN))
+async def image_reset(call: Call) -> dict[str, Any]:
+    """As on AWS, only launchPermission resets: the image becomes private to its owner."""
+    image_id, attr = call.p.need("ImageId"), call.p.need("Attribute")
+    if attr != "launchPermission":
+        raise invalid("Attribute", attr, "Only launchPermission can be reset.")
+    await call.ctrl.image_publishing.reset_launch_permissions(call.caller, image_id, call.dry_run)
     return {"return": True}

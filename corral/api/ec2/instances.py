@@ -4,6 +4,7 @@ per-instance calls (status, console output, attributes)."""
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select
@@ -12,9 +13,12 @@ from corral import ids
 from corral.api.ec2 import views, xml
 from corral.api.ec2.errors import Ec2Error, invalid, missing
 from corral.api.ec2.listing import Filters, next_token, paginate, window
+from corral.api.ec2.params import DRY_RUN, FILTERS, PAGES, TAG_SPECS
+from corral.api.ec2.parse import Params
 from corral.api.ec2.registry import Call, action
 from corral.controller import instance_types
 from corral.controller.instances import LaunchOptions
+from corral.controller.volumes import LaunchVolume
 from corral.models import InstanceCreate
 from corral.store.models import (
     ElasticAddress,
@@ -31,12 +35,17 @@ ROOT_NAMES = ("/dev/sda1", "/dev/sda", "/dev/xvda", "/dev/vda")
 MAX_COUNT = 100
 
 
+def zone_id(region: str) -> str:
+    """The one zone's id, as DescribeAvailabilityZones names it."""
+    return f"{region.replace('-', '')}-az1"
+
+
 def check_ids(values: list[str], kind: str = "instance", param: str = "InstanceId") -> None:
     for v in values:
         if not ids.is_id(kind, v):
             raise Ec2Error(
                 f"Invalid{_KIND_CODE[kind]}ID.Malformed",
-                f'Invalid id: "{v}" ({param} must be {ids.PREFIXES[kind]}- and 17 hex digits)',
+                f'Invalid id: "{v}" ({param} must be {ids.PREFIXES[kind]}- and 8 or 17 hex digits)',
             )
 
 
@@ -58,6 +67,12 @@ LISTED = (
     Instance.reservation_id,
     Instance.launch_time,
     Instance.placement_group_id,
+    Instance.mac,
+    Instance.metadata_tokens,
+    Instance.metadata_hop_limit,
+    Instance.metadata_endpoint,
+    Instance.monitoring,
+    Instance.source_dest_check,
 )
 
 
@@ -175,9 +190,19 @@ def _reservations(call: Call, rows: list[Any], x: views.InstanceExtras) -> list[
     return list(out.values())
 
 
-@action("DescribeInstances")
+@action(
+    "DescribeInstances",
+    accepts=(
+        "InstanceId.N",
+        "IncludeManagedResources",
+        *FILTERS,
+        *PAGES,
+        *DRY_RUN,
+    ),
+)
 async def instances_describe(call: Call) -> dict[str, Any]:
     p = call.p
+    p.flag("IncludeManagedResources")  # Corral has no managed instances
     wanted = p.strings("InstanceId")
     check_ids(wanted)
     filters = p.filters()
@@ -209,10 +234,16 @@ async def instances_describe(call: Call) -> dict[str, Any]:
     window(p, call.action, call.caller.account_id, 5, 1000, "InstanceId")
     rows, x = await load(call, wanted or None)
     st = call.api.settings
+    counts: dict[str, int] = {}
+    for r in rows:
+        key = r.reservation_id or r.id
+        x.launch_index[r.id] = counts.get(key, 0)
+        counts[key] = x.launch_index[r.id] + 1
     match = Filters(
         filters,
-        views.instance_filters(x, st.availability_zone, st.domain),
+        views.instance_filters(x, st.availability_zone, st.domain, zone_id(st.region)),
         lambda r: x.tags.get(r.id, {}),
+        views.INSTANCE_ABSENT,
     )
     rows = [r for r in rows if match(r)]
     if call.dry_run:
@@ -221,7 +252,181 @@ async def instances_describe(call: Call) -> dict[str, Any]:
     return {"reservationSet": _reservations(call, page, x), "nextToken": token}
 
 
-@action("RunInstances")
+RUN_ACCEPTS = (
+    "ImageId",
+    "MinCount",
+    "MaxCount",
+    "InstanceType",
+    "KeyName",
+    "UserData",
+    "ClientToken",
+    "Placement.AvailabilityZone",
+    "Placement.GroupName",
+    "Placement.GroupId",
+    "Placement.Tenancy",
+    "SecurityGroupId.N",
+    "SecurityGroup.N",
+    "PrivateIpAddress",
+    "EbsOptimized",
+    "MetadataOptions.HttpTokens",
+    "MetadataOptions.HttpPutResponseHopLimit",
+    "DisableApiTermination",
+    "InstanceInitiatedShutdownBehavior",
+    "Monitoring.Enabled",
+    "BlockDeviceMapping.N.DeviceName",
+    "BlockDeviceMapping.N.NoDevice",
+    "BlockDeviceMapping.N.Ebs.VolumeSize",
+    "BlockDeviceMapping.N.Ebs.VolumeType",
+    "BlockDeviceMapping.N.Ebs.SnapshotId",
+    "BlockDeviceMapping.N.Ebs.DeleteOnTermination",
+    "BlockDeviceMapping.N.Ebs.Encrypted",
+    # device 0 only: its security groups (SecurityGroupId on the wire; Groups from some clients)
+    "NetworkInterface.N.DeviceIndex",
+    "NetworkInterface.N.SecurityGroupId.N",
+    "NetworkInterface.N.Groups.N",
+    "NetworkInterface.N.DeleteOnTermination",
+    *TAG_SPECS,
+    *DRY_RUN,
+)
+RUN_UNSUPPORTED = (
+    "BlockDeviceMapping.N.*",
+    "NetworkInterface.N.*",
+    "Placement.*",
+    "MetadataOptions.*",
+    "Ipv6AddressCount",
+    "Ipv6Address.N.*",
+    "KernelId",
+    "RamdiskId",
+    "Monitoring.*",
+    "SubnetId",
+    "ElasticGpuSpecification.N.*",
+    "ElasticInferenceAccelerator.N.*",
+    "LaunchTemplate.*",
+    "InstanceMarketOptions.*",
+    "CreditSpecification.*",
+    "CpuOptions.*",
+    "CapacityReservationSpecification.*",
+    "HibernationOptions.*",
+    "LicenseSpecification.N.*",
+    "EnclaveOptions.*",
+    "PrivateDnsNameOptions.*",
+    "MaintenanceOptions.*",
+    "DisableApiStop",
+    "EnablePrimaryIpv6",
+    "NetworkPerformanceOptions.*",
+    "Operator.*",
+    "SecondaryInterface.N.*",
+    "AdditionalInfo",
+    "IamInstanceProfile.*",
+)
+
+
+def _interface_groups(p: Params) -> list[str] | None:
+    """The security groups of ``NetworkInterface.N`` (None when none is given): Corral gives
+    an instance one interface, device 0, created with it and deleted with it."""
+    nics = p.group("NetworkInterface")
+    if not nics:
+        return None
+    if len(nics) > 1:
+        raise Ec2Error(
+            "UnsupportedOperation",
+            "Corral instances have one network interface: give NetworkInterface.1 only",
+        )
+    nic = nics[0]
+    index = nic.get("DeviceIndex")
+    if index is None:
+        raise missing("NetworkInterface.1.DeviceIndex")
+    if index != "0":
+        raise invalid(
+            "NetworkInterface.1.DeviceIndex", index, "Corral's only interface is device 0."
+        )
+    if not nic.flag("DeleteOnTermination", True):
+        raise Ec2Error(
+            "UnsupportedOperation",
+            "NetworkInterface.1.DeleteOnTermination=false: Corral's interface goes with its "
+            "instance",
+        )
+    if p.strings("SecurityGroupId") or p.strings("SecurityGroup"):
+        raise Ec2Error(
+            "InvalidParameterCombination",
+            "Network interfaces and an instance-level security groups may not be specified on "
+            "the same request",
+        )
+    groups = nic.strings("SecurityGroupId") + nic.strings("Groups")
+    for g in groups:
+        if not g.startswith("sg-"):
+            raise Ec2Error("InvalidGroupId.Malformed", f'Invalid id: "{g}" (expecting "sg-...")')
+    return groups
+
+
+@dataclass
+class _Devices:
+    volumes: list[LaunchVolume] = field(default_factory=list)
+    root_delete_on_termination: bool | None = None
+    root_volume_type: str | None = None
+
+
+def _block_devices(p: Params) -> tuple[str | None, _Devices]:
+    """RunInstances' BlockDeviceMapping.N: the root's size, type and DeleteOnTermination, and
+    the volumes to make (blank or from a snapshot) for each instance. ``NoDevice`` suppresses
+    an image mapping: Corral's images map only their root, which cannot be suppressed."""
+    disk, out, seen = None, _Devices(), set()
+    for i, bdm in enumerate(p.group("BlockDeviceMapping"), 1):
+        name = f"BlockDeviceMapping.{i}"
+        device = bdm.get("DeviceName")
+        if not device:
+            raise missing(f"{name}.DeviceName")
+        if device in seen:
+            raise invalid(f"{name}.DeviceName", device, "Each device may be mapped once.")
+        seen.add(device)
+        root = device in ROOT_NAMES
+        ebs_given = any(k.startswith("Ebs.") for k in bdm.raw)
+        if "NoDevice" in bdm:
+            if root:
+                raise Ec2Error(
+                    "InvalidBlockDeviceMapping",
+                    f"{name}: the root device {device} cannot be suppressed (NoDevice)",
+                )
+            if ebs_given:
+                raise Ec2Error(
+                    "InvalidBlockDeviceMapping", f"{name}: give NoDevice or Ebs, not both"
+                )
+            continue  # nothing of the image's is mapped there: nothing to suppress
+        if bdm.flag("Ebs.Encrypted"):
+            raise Ec2Error(
+                "UnsupportedOperation",
+                f"{name}.Ebs.Encrypted=true: Corral's volumes are not encrypted",
+            )
+        size = bdm.integer("Ebs.VolumeSize", None, 1, 16384)
+        vtype = bdm.get("Ebs.VolumeType")
+        keep = bdm.get("Ebs.DeleteOnTermination")
+        delete = bdm.flag("Ebs.DeleteOnTermination", True)
+        if root:
+            if bdm.get("Ebs.SnapshotId"):
+                raise Ec2Error(
+                    "InvalidBlockDeviceMapping",
+                    f"{name}: the root volume comes from the image; leave Ebs.SnapshotId out",
+                )
+            if size is not None:
+                disk = f"{size}G"
+            out.root_volume_type = vtype
+            out.root_delete_on_termination = None if keep is None else delete
+            continue
+        if not ebs_given:
+            raise missing(f"{name}.Ebs.VolumeSize or {name}.Ebs.SnapshotId")
+        out.volumes.append(
+            LaunchVolume(
+                device=device,
+                size=size,
+                snapshot_id=bdm.get("Ebs.SnapshotId"),
+                volume_type=vtype or "standard",
+                delete_on_termination=delete,
+            )
+        )
+    return disk, out
+
+
+@action("RunInstances", accepts=RUN_ACCEPTS, unsupported=RUN_UNSUPPORTED)
 async def instances_run(call: Call) -> dict[str, Any]:
     p = call.p
     image_id = p.need("ImageId")
@@ -241,6 +446,11 @@ async def instances_run(call: Call) -> dict[str, Any]:
     itype = p.get("InstanceType") or instance_types.DEFAULT
     instance_types.get(itype, "InstanceType")
     zone, group = _placement(p)
+    if p.flag("EbsOptimized"):
+        raise Ec2Error(
+            "UnsupportedOperation",
+            "EbsOptimized=true: Corral's volumes have no separate EBS bandwidth; leave it out",
+        )
     token = p.get("ClientToken")
     if token is not None and (len(token) > 64 or not token.isascii()):
         raise invalid("ClientToken", token, "At most 64 ASCII characters.")
@@ -251,25 +461,26 @@ async def instances_run(call: Call) -> dict[str, Any]:
             user_data = user_data_raw.decode()
         except UnicodeDecodeError as err:
             raise invalid("UserData", "...", "Corral keeps user data as UTF-8 text.") from err
-    disk = None
-    for i, bdm in enumerate(p.group("BlockDeviceMapping"), 1):
-        device = bdm.get("DeviceName")
-        if device not in ROOT_NAMES:
-            raise Ec2Error(
-                "InvalidParameterCombination",
-                f"BlockDeviceMapping.{i}.DeviceName {device!r}: Corral sets only the "
-                f"root volume's size at launch ({ROOT_DEVICE_HINT}); create other "
-                "volumes with CreateVolume and AttachVolume",
-            )
-        size = bdm.integer("Ebs.VolumeSize", None, 1, 16384)
-        if size is not None:
-            disk = f"{size}G"
+    disk, devices = _block_devices(p)
     specs = p.tag_specs(("instance", "volume"))
     tags = specs.get("instance", {})
+    nic_groups = _interface_groups(p)
     groups = p.strings("SecurityGroupId") + p.strings("SecurityGroup")
     for g in p.strings("SecurityGroupId"):
         if not g.startswith("sg-"):
             raise Ec2Error("InvalidGroupId.Malformed", f'Invalid id: "{g}" (expecting "sg-...")')
+    if nic_groups is not None:
+        groups = nic_groups
+    address = p.get("PrivateIpAddress")
+    if address is not None and hi > 1:
+        raise Ec2Error(
+            "InvalidParameterCombination",
+            "PrivateIpAddress names one address: launch one instance (MaxCount=1) with it",
+        )
+    hop_limit = p.integer("MetadataOptions.HttpPutResponseHopLimit", 1, 1, 64) or 1
+    tokens = p.get("MetadataOptions.HttpTokens", "optional") or "optional"
+    if tokens not in ("optional", "required"):
+        raise invalid("MetadataOptions.HttpTokens", tokens, "It must be optional or required.")
     key = p.get("KeyName")
     req = InstanceCreate(
         image=image_id,
@@ -280,7 +491,15 @@ async def instances_run(call: Call) -> dict[str, Any]:
         user_data=user_data,
         zone=zone,
         placement_group=group,
+        address=address,
+        metadata_tokens=tokens,  # type: ignore[arg-type]
+        metadata_hop_limit=hop_limit,
     )
+    behavior = p.get("InstanceInitiatedShutdownBehavior") or "stop"
+    if behavior not in ("stop", "terminate"):
+        raise invalid(
+            "InstanceInitiatedShutdownBehavior", behavior, "It must be stop or terminate."
+        )
     opts = LaunchOptions(
         min_count=lo,
         max_count=hi,
@@ -289,6 +508,13 @@ async def instances_run(call: Call) -> dict[str, Any]:
         tags=tags,
         name_is_hint=True,
         dry_run=call.dry_run,
+        disable_api_termination=p.flag("DisableApiTermination"),
+        shutdown_behavior=behavior,
+        monitoring=p.flag("Monitoring.Enabled"),
+        block_devices=devices.volumes,
+        root_delete_on_termination=devices.root_delete_on_termination,
+        root_volume_type=devices.root_volume_type,
+        volume_tags=specs.get("volume", {}),
     )
     made, _ = await call.ctrl.instances.launch(call.caller, req, opts)
     rows, x = await load(call, [i.id for i in made])
@@ -342,7 +568,9 @@ async def _change(call: Call, verb: str) -> dict[str, Any]:
     out = []
     for iid in wanted:
         if verb == "terminate":
-            inst, _ = await mgr.terminate(call.caller, iid, dry_run=call.dry_run)
+            inst, _ = await mgr.terminate(
+                call.caller, iid, force=p.flag("Force"), dry_run=call.dry_run
+            )
         elif verb == "stop":
             if p.flag("Hibernate"):
                 raise Ec2Error(
@@ -362,22 +590,52 @@ async def _change(call: Call, verb: str) -> dict[str, Any]:
     return {"instancesSet": out}
 
 
-@action("TerminateInstances")
+@action(
+    "TerminateInstances",
+    accepts=(
+        "InstanceId.N",
+        "Force",
+        *DRY_RUN,
+    ),
+    unsupported=("SkipOsShutdown",),
+)
 async def instances_terminate(call: Call) -> dict[str, Any]:
     return await _change(call, "terminate")
 
 
-@action("StopInstances")
+@action(
+    "StopInstances",
+    accepts=(
+        "InstanceId.N",
+        "Force",
+        "Hibernate",
+        *DRY_RUN,
+    ),
+    unsupported=("SkipOsShutdown",),
+)
 async def instances_stop(call: Call) -> dict[str, Any]:
     return await _change(call, "stop")
 
 
-@action("StartInstances")
+@action(
+    "StartInstances",
+    accepts=(
+        "InstanceId.N",
+        *DRY_RUN,
+    ),
+    unsupported=("AdditionalInfo",),
+)
 async def instances_start(call: Call) -> dict[str, Any]:
     return await _change(call, "start")
 
 
-@action("RebootInstances")
+@action(
+    "RebootInstances",
+    accepts=(
+        "InstanceId.N",
+        *DRY_RUN,
+    ),
+)
 async def instances_reboot(call: Call) -> dict[str, Any]:
     wanted = call.p.strings("InstanceId")
     if not wanted:
@@ -396,9 +654,20 @@ def _status(state: str) -> dict[str, Any]:
     return {"status": value, "details": details}
 
 
-@action("DescribeInstanceStatus")
+@action(
+    "DescribeInstanceStatus",
+    accepts=(
+        "InstanceId.N",
+        "IncludeAllInstances",
+        "IncludeManagedResources",
+        *FILTERS,
+        *PAGES,
+        *DRY_RUN,
+    ),
+)
 async def instances_status(call: Call) -> dict[str, Any]:
     p = call.p
+    p.flag("IncludeManagedResources")
     wanted = p.strings("InstanceId")
     check_ids(wanted)
     window(p, call.action, call.caller.account_id, 5, 1000, "InstanceId")
@@ -416,7 +685,20 @@ async def instances_status(call: Call) -> dict[str, Any]:
             "system-status.status": lambda r: _status(r.state)["status"],
             "instance-status.reachability": lambda r: _status(r.state)["details"][0]["status"],
             "system-status.reachability": lambda r: _status(r.state)["details"][0]["status"],
+            "availability-zone-id": lambda r: zone_id(call.api.settings.region),
+            "operator.managed": lambda r: False,
         },
+        absent=(
+            "event.code",
+            "event.description",
+            "event.instance-event-id",
+            "event.not-after",
+            "event.not-before",
+            "event.not-before-deadline",
+            "operator.principal",
+            "attached-ebs-status.status",
+            "application-status.status",
+        ),
     )
     rows = [r for r in rows if match(r)]
     if call.dry_run:
@@ -437,8 +719,16 @@ async def instances_status(call: Call) -> dict[str, Any]:
     }
 
 
-@action("GetConsoleOutput")
+@action(
+    "GetConsoleOutput",
+    accepts=(
+        "InstanceId",
+        "Latest",
+        *DRY_RUN,
+    ),
+)
 async def instances_console_output(call: Call) -> dict[str, Any]:
+    call.p.flag("Latest")  # the answer is always the latest 64 KiB
     iid = call.p.need("InstanceId")
     check_ids([iid])
     rows, _ = await load(call, [iid])
@@ -454,121 +744,3 @@ async def instances_console_output(call: Call) -> dict[str, Any]:
         "timestamp": full.stopped_at or full.started_at or full.launch_time,
         "output": base64.b64encode(data).decode(),
     }
-
-
-ATTRIBUTES = (
-    "instanceType",
-    "userData",
-    "groupSet",
-    "rootDeviceName",
-    "blockDeviceMapping",
-    "disableApiTermination",
-    "instanceInitiatedShutdownBehavior",
-    "ebsOptimized",
-    "kernel",
-    "ramdisk",
-    "productCodes",
-    "sourceDestCheck",
-    "sriovNetSupport",
-    "enaSupport",
-    "disableApiStop",
-)
-
-
-@action("DescribeInstanceAttribute")
-async def instances_attribute(call: Call) -> dict[str, Any]:
-    iid = call.p.need("InstanceId")
-    attr = call.p.need("Attribute")
-    check_ids([iid])
-    if attr not in ATTRIBUTES:
-        raise Ec2Error(
-            "InvalidParameterValue",
-            f"Value ({attr}) for parameter attribute is invalid; use one of "
-            f"{', '.join(ATTRIBUTES)}",
-        )
-    rows, x = await load(call, [iid])
-    r = rows[0]
-    st = call.api.settings
-    item = views.instance(r, x, st.availability_zone, st.domain)
-    value: Any
-    if attr == "instanceType":
-        value = {"value": item["instanceType"]}
-    elif attr == "userData":
-        data = (await call.ctrl.instances.get(call.caller, r.id)).user_data
-        value = {"value": base64.b64encode(data).decode()} if data else {}
-    elif attr == "groupSet":
-        value = item["groupSet"]
-    elif attr == "rootDeviceName":
-        value = {"value": views.ROOT_DEVICE}
-    elif attr == "blockDeviceMapping":
-        value = item["blockDeviceMapping"]
-    elif attr == "instanceInitiatedShutdownBehavior":
-        value = {"value": "stop"}
-    elif attr == "productCodes":
-        value = []
-    elif attr in ("kernel", "ramdisk", "sriovNetSupport"):
-        value = {}
-    else:
-        value = {"value": attr == "sourceDestCheck"}
-    return {"instanceId": r.id, attr: value}
-
-
-@action("ModifyInstanceAttribute")
-async def instances_modify(call: Call) -> dict[str, Any]:
-    p = call.p
-    iid = p.need("InstanceId")
-    check_ids([iid])
-    itype = p.get("InstanceType.Value")
-    user_data = p.base64("UserData.Value")
-    attr = p.get("Attribute")
-    if attr is not None:
-        value = p.get("Value")
-        if value is None:
-            raise missing("Value")
-        if attr == "instanceType":
-            itype = value
-        elif attr == "userData":
-            user_data = base64.b64decode(value) if _is_b64(value) else value.encode()
-        else:
-            raise Ec2Error(
-                "UnsupportedInstanceAttribute",
-                f"Corral can change instanceType and userData, not {attr}",
-            )
-    others = [
-        k
-        for k in p.raw
-        if k.split(".")[0]
-        in (
-            "SourceDestCheck",
-            "DisableApiTermination",
-            "EbsOptimized",
-            "Kernel",
-            "Ramdisk",
-            "GroupId",
-            "InstanceInitiatedShutdownBehavior",
-            "SriovNetSupport",
-            "EnaSupport",
-            "BlockDeviceMapping",
-            "DisableApiStop",
-        )
-    ]
-    if others:
-        raise Ec2Error(
-            "UnsupportedInstanceAttribute",
-            f"Corral can change instanceType and userData, not {others[0]}",
-        )
-    if itype is None and user_data is None:
-        raise missing("InstanceType.Value or UserData.Value")
-    if itype is not None:
-        instance_types.get(itype, "InstanceType")
-    await load(call, [iid])
-    await call.ctrl.instances.modify(call.caller, iid, itype, user_data, call.dry_run)
-    return {"return": True}
-
-
-def _is_b64(value: str) -> bool:
-    try:
-        base64.b64decode(value, validate=True)
-    except ValueError:
-        return False
-    return True

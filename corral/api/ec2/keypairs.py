@@ -11,6 +11,7 @@ from corral.api.ec2 import views
 from corral.api.ec2.common import dry_run_ok, not_found
 from corral.api.ec2.errors import Ec2Error, invalid
 from corral.api.ec2.listing import Filters
+from corral.api.ec2.params import DRY_RUN, FILTERS, TAG_SPECS
 from corral.api.ec2.registry import Call, action
 from corral.controller import keys, tags
 from corral.errors import NotFound
@@ -32,7 +33,16 @@ async def _check_new(call: Call, name: str) -> None:
     raise Ec2Error("InvalidKeyPair.Duplicate", f"The keypair '{name}' already exists.")
 
 
-@action("CreateKeyPair")
+@action(
+    "CreateKeyPair",
+    accepts=(
+        "KeyName",
+        "KeyType",
+        "KeyFormat",
+        *TAG_SPECS,
+        *DRY_RUN,
+    ),
+)
 async def keypair_create(call: Call) -> dict[str, Any]:
     p = call.p
     name = p.need("KeyName")
@@ -55,7 +65,15 @@ async def keypair_create(call: Call) -> dict[str, Any]:
     }
 
 
-@action("ImportKeyPair")
+@action(
+    "ImportKeyPair",
+    accepts=(
+        "KeyName",
+        "PublicKeyMaterial",
+        *TAG_SPECS,
+        *DRY_RUN,
+    ),
+)
 async def keypair_import(call: Call) -> dict[str, Any]:
     p = call.p
     name = p.need("KeyName")
@@ -78,7 +96,16 @@ async def keypair_import(call: Call) -> dict[str, Any]:
     }
 
 
-@action("DescribeKeyPairs")
+@action(
+    "DescribeKeyPairs",
+    accepts=(
+        "KeyName.N",
+        "KeyPairId.N",
+        "IncludePublicKey",
+        *FILTERS,
+        *DRY_RUN,
+    ),
+)
 async def keypair_describe(call: Call) -> dict[str, Any]:
     p = call.p
     rows = await call.ctrl.keypairs.list(call.caller)
@@ -127,7 +154,14 @@ async def keypair_describe(call: Call) -> dict[str, Any]:
     }
 
 
-@action("DeleteKeyPair")
+@action(
+    "DeleteKeyPair",
+    accepts=(
+        "KeyName",
+        "KeyPairId",
+        *DRY_RUN,
+    ),
+)
 async def keypair_delete(call: Call) -> dict[str, Any]:
     p = call.p
     ref = p.get("KeyPairId") or p.get("KeyName")

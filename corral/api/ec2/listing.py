@@ -33,16 +33,25 @@ def _as_strings(value: Any) -> list[str]:
     return [str(v) for v in value if v is not None]
 
 
+def _nothing(_: Any) -> list[str]:
+    return []
+
+
 class Filters:
     """Filters as a predicate; ``known`` maps filter names to getters, ``tags`` gives an
-    item's tags. An unknown filter name is an error that lists the known ones."""
+    item's tags. ``absent`` names filters AWS documents for the call on attributes Corral's
+    resources never have (a spot request id, a VPC, an IAM profile): they are valid names
+    and match nothing, as on AWS for a resource without the attribute. An unknown filter name
+    is an error that lists the known ones."""
 
     def __init__(
         self,
         filters: Sequence[Filter],
         known: dict[str, Getter],
         tags: Callable[[Any], dict[str, str]] | None = None,
+        absent: Iterable[str] = (),
     ) -> None:
+        absent = frozenset(absent)
         self.tests: list[tuple[Callable[[Any], list[str]], list[wildcard.Pattern]]] = []
         get: Callable[[Any], list[str]]
         for f in filters:
@@ -55,8 +64,12 @@ class Filters:
                 get = _values_getter(tags)
             elif f.name in known:
                 get = _known_getter(known[f.name])
+            elif f.name in absent:
+                get = _nothing
             else:
-                names = sorted(known) + (["tag:<key>", "tag-key", "tag-value"] if tags else [])
+                names = sorted([*known, *absent]) + (
+                    ["tag:<key>", "tag-key", "tag-value"] if tags else []
+                )
                 raise Ec2Error(
                     "InvalidParameterValue",
                     f"The filter '{f.name}' is invalid; this call knows {', '.join(names)}",
@@ -107,9 +120,10 @@ def paginate(
     lo: int,
     hi: int,
     ids_param: str | None = None,
+    clamp: bool = False,
 ) -> tuple[list[T], str | None]:
     """One page of ``items`` and the token for the next, by AWS's rules for this call."""
-    start, size, fp = window(p, action, account, lo, hi, ids_param)
+    start, size, fp = window(p, action, account, lo, hi, ids_param, clamp)
     if size is None:
         return items[start:], None
     return items[start : start + size], next_token(start, size, len(items), fp)
@@ -121,10 +135,18 @@ def next_token(start: int, size: int, total: int, fp: str) -> str | None:
 
 
 def window(
-    p: Params, action: str, account: str, lo: int, hi: int, ids_param: str | None = None
+    p: Params,
+    action: str,
+    account: str,
+    lo: int,
+    hi: int,
+    ids_param: str | None = None,
+    clamp: bool = False,
 ) -> tuple[int, int | None, str]:
     """Where the page starts, its size (None: everything), and the request's fingerprint the
-    next token is bound to; errors by AWS's rules on MaxResults and NextToken."""
+    next token is bound to; errors by AWS's rules on MaxResults and NextToken. With ``clamp``,
+    a MaxResults above ``hi`` serves ``hi`` (AWS's DescribeVolumes and DescribeSnapshots do, and
+    the AWS CLI sends 1000 to both); below ``lo`` it is refused everywhere."""
     max_results = p.get("MaxResults")
     token = p.get("NextToken")
     if max_results is not None and ids_param and p.strings(ids_param):
@@ -142,6 +164,8 @@ def window(
                 f"Value ({max_results}) for parameter MaxResults is invalid. "
                 "It must be an integer.",
             ) from err
+        if clamp and size > hi:
+            size = hi
         if not lo <= size <= hi:
             raise Ec2Error(
                 "InvalidParameterValue",

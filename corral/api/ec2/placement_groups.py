@@ -10,6 +10,7 @@ from corral.api.ec2 import views
 from corral.api.ec2.common import dry_run_ok, not_found
 from corral.api.ec2.errors import Ec2Error, invalid
 from corral.api.ec2.listing import Filters
+from corral.api.ec2.params import DRY_RUN, FILTERS, TAG_SPECS
 from corral.api.ec2.registry import Call, action
 from corral.controller import tags
 from corral.store.models import PlacementGroup
@@ -31,7 +32,11 @@ def _item(call: Call, row: PlacementGroup, tag_map: dict[str, dict[str, str]]) -
     }
 
 
-@action("CreatePlacementGroup")
+@action(
+    "CreatePlacementGroup",
+    accepts=("GroupName", "Strategy", "SpreadLevel", "PartitionCount", *TAG_SPECS, *DRY_RUN),
+    unsupported=("LinkedGroupId", "Operator.*", "ParentGroupId"),
+)
 async def placement_group_create(call: Call) -> dict[str, Any]:
     p = call.p
     name = p.need("GroupName")
@@ -57,7 +62,7 @@ async def placement_group_create(call: Call) -> dict[str, Any]:
     return {"placementGroup": _item(call, row, {row.id: wanted})}
 
 
-@action("DescribePlacementGroups")
+@action("DescribePlacementGroups", accepts=("GroupName.N", "GroupId.N", *FILTERS, *DRY_RUN))
 async def placement_group_describe(call: Call) -> dict[str, Any]:
     p = call.p
     rows = await call.ctrl.placement_groups.list(call.caller)
@@ -90,7 +95,7 @@ async def placement_group_describe(call: Call) -> dict[str, Any]:
     return {"placementGroupSet": [_item(call, r, tag_map) for r in rows if match(r)]}
 
 
-@action("DeletePlacementGroup")
+@action("DeletePlacementGroup", accepts=("GroupName", *DRY_RUN))
 async def placement_group_delete(call: Call) -> dict[str, Any]:
     name = call.p.need("GroupName")
     await call.ctrl.placement_groups.delete(call.caller, name, dry_run=call.dry_run)

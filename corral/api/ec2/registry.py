@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral.api.context import ApiContext
+from corral.api.ec2.params import ParamSpec
 from corral.api.ec2.parse import Params
 from corral.controller.accounts import Caller
 from corral.controller.service import Controller
@@ -32,6 +33,7 @@ class Call:
 
 Handler = Callable[[Call], Awaitable[dict[str, Any]]]
 ACTIONS: dict[str, Handler] = {}
+PARAMS: dict[str, ParamSpec] = {}  # what each action accepts (corral/api/ec2/params.py)
 
 # AWS actions Corral knows of but does not offer: they answer UnsupportedOperation (400)
 UNSUPPORTED = (
@@ -53,8 +55,6 @@ UNSUPPORTED = (
     "RequestSpotInstances",
     "DescribeLaunchTemplates",
     "CreateLaunchTemplate",
-    "MonitorInstances",
-    "UnmonitorInstances",
     "ImportImage",
     "DescribeIamInstanceProfileAssociations",
     "AssociateIamInstanceProfile",
@@ -62,17 +62,20 @@ UNSUPPORTED = (
     "ModifyVolumeAttribute",
     "DescribeSnapshotAttribute",
     "ModifySnapshotAttribute",
-    "ResetImageAttribute",
-    "ResetInstanceAttribute",
-    "GetPasswordData",
     "DescribeHosts",
     "DescribeReservedInstances",
 )
 
 
-def action(name: str) -> Callable[[Handler], Handler]:
+def action(
+    name: str, accepts: tuple[str, ...], unsupported: tuple[str, ...] = ()
+) -> Callable[[Handler], Handler]:
+    """Register a handler with the parameters it honours (``accepts``) and the AWS parameters
+    of the action it refuses (``unsupported``); any other name is ``UnknownParameter``."""
+
     def register(fn: Handler) -> Handler:
         ACTIONS[name] = fn
+        PARAMS[name] = ParamSpec(accepts, unsupported)
         return fn
 
     return register

@@ -10,25 +10,53 @@ from corral.api.ec2 import views
 from corral.api.ec2.common import dry_run_ok, not_found
 from corral.api.ec2.errors import Ec2Error, missing
 from corral.api.ec2.listing import Filters, paginate
+from corral.api.ec2.params import DRY_RUN, FILTERS, PAGES, TAG_SPECS
 from corral.api.ec2.parse import Params
 from corral.api.ec2.registry import Call, action
 from corral.controller import tags
 from corral.controller.security_groups import Permission
 from corral.store.models import SecurityGroup, SecurityGroupRule
 
+PERMISSIONS = (
+    "IpProtocol",
+    "FromPort",
+    "ToPort",
+    "CidrIp",
+    "SourceSecurityGroupName",
+    "SourceSecurityGroupOwnerId",
+    "IpPermissions.N.IpProtocol",
+    "IpPermissions.N.FromPort",
+    "IpPermissions.N.ToPort",
+    "IpPermissions.N.IpRanges.N.CidrIp",
+    "IpPermissions.N.IpRanges.N.Description",
+    "IpPermissions.N.Groups.N.GroupId",
+    "IpPermissions.N.Groups.N.GroupName",
+    "IpPermissions.N.Groups.N.Description",
+    "IpPermissions.N.Groups.N.UserId",
+)
+PERMISSIONS_UNSUPPORTED = (
+    "IpPermissions.N.Groups.N.*",  # VPC peering
+    "IpPermissions.N.Ipv6Ranges.N.*",
+    "IpPermissions.N.PrefixListIds.N.*",
+)
 
-def _permissions(p: Params) -> list[Permission]:
+
+def _same_account(p: Params, name: str, account: str) -> None:
+    """A group pair may name its owner: it must be the caller's own account."""
+    owner = p.get(name)
+    if owner is not None and owner != account:
+        raise Ec2Error(
+            "InvalidParameterValue",
+            f"{name} {owner!r}: Corral's rules refer to groups of your own account ({account})",
+        )
+
+
+def _permissions(p: Params, account: str) -> list[Permission]:
     out: list[Permission] = []
     for i, perm in enumerate(p.group("IpPermissions"), 1):
         proto = perm.get("IpProtocol")
         if proto is None:
             raise missing(f"IpPermissions.{i}.IpProtocol")
-        if perm.group("Ipv6Ranges") or perm.group("PrefixListIds"):
-            raise Ec2Error(
-                "InvalidParameterValue",
-                f"IpPermissions.{i}: Corral's groups take IPv4 CIDRs and groups "
-                "(IpRanges, Groups), not IPv6 ranges or prefix lists",
-            )
         fp, tp = perm.integer("FromPort"), perm.integer("ToPort")
         sources = 0
         for r in perm.group("IpRanges"):
@@ -38,10 +66,11 @@ def _permissions(p: Params) -> list[Permission]:
                 )
             )
             sources += 1
-        for g in perm.group("Groups"):
+        for j, g in enumerate(perm.group("Groups"), 1):
+            _same_account(g, "UserId", account)
             ref = g.get("GroupId") or g.get("GroupName")
             if not ref:
-                raise missing(f"IpPermissions.{i}.Groups.N.GroupId")
+                raise missing(f"IpPermissions.{i}.Groups.{j}.GroupId")
             out.append(
                 Permission(proto, fp, tp, group_id=ref, description=g.get("Description", "") or "")
             )
@@ -52,6 +81,7 @@ def _permissions(p: Params) -> list[Permission]:
                 f"IpPermissions.{i} names no source: give IpRanges or Groups",
             )
     # the flat form: IpProtocol, FromPort, ToPort with CidrIp or SourceSecurityGroupName
+    _same_account(p, "SourceSecurityGroupOwnerId", account)
     proto = p.get("IpProtocol")
     if proto is not None or p.get("CidrIp") or p.get("SourceSecurityGroupName"):
         fp, tp = p.integer("FromPort"), p.integer("ToPort")
@@ -118,7 +148,16 @@ def _perm_set(
     return list(grouped.values())
 
 
-@action("CreateSecurityGroup")
+@action(
+    "CreateSecurityGroup",
+    accepts=(
+        "GroupName",
+        "GroupDescription",
+        *TAG_SPECS,
+        *DRY_RUN,
+    ),
+    unsupported=("VpcId",),
+)
 async def group_create(call: Call) -> dict[str, Any]:
     p = call.p
     name = p.need("GroupName")
@@ -130,7 +169,14 @@ async def group_create(call: Call) -> dict[str, Any]:
     return {"return": True, "groupId": row.id, "tagSet": views.tag_set(wanted)}
 
 
-@action("DeleteSecurityGroup")
+@action(
+    "DeleteSecurityGroup",
+    accepts=(
+        "GroupId",
+        "GroupName",
+        *DRY_RUN,
+    ),
+)
 async def group_delete(call: Call) -> dict[str, Any]:
     ref = _group_ref(call.p)
     await call.ctrl.security_groups.delete(call.caller, ref, call.dry_run)
@@ -139,15 +185,41 @@ async def group_delete(call: Call) -> dict[str, Any]:
 
 async def _authorize(call: Call, direction: str) -> dict[str, Any]:
     added = await call.ctrl.security_groups.authorize(
-        call.caller, _group_ref(call.p), direction, _permissions(call.p), call.dry_run
+        call.caller,
+        _group_ref(call.p),
+        direction,
+        _permissions(call.p, call.caller.account_id),
+        call.dry_run,
     )
     owner = call.caller.account_id
     return {"return": True, "securityGroupRuleSet": [rule_item(r, owner) for r in added]}
 
 
 async def _revoke(call: Call, direction: str) -> dict[str, Any]:
+    rule_ids = call.p.strings("SecurityGroupRuleId")
+    if rule_ids:
+        from corral.api.ec2.security_group_rules import check_rule_ids
+
+        if _permissions(call.p, call.caller.account_id):
+            raise Ec2Error(
+                "InvalidParameterCombination",
+                "Give SecurityGroupRuleId.N or IpPermissions, not both",
+            )
+        check_rule_ids(rule_ids)
+        group = call.p.get("GroupId") or call.p.get("GroupName")
+        if not group:
+            raise missing("GroupId")
+        gone = await call.ctrl.security_group_rules.revoke(
+            call.caller, group, direction, rule_ids, call.dry_run
+        )
+        owner = call.caller.account_id
+        return {"return": True, "revokedSecurityGroupRuleSet": [rule_item(r, owner) for r in gone]}
     unknown = await call.ctrl.security_groups.revoke(
-        call.caller, _group_ref(call.p), direction, _permissions(call.p), call.dry_run
+        call.caller,
+        _group_ref(call.p),
+        direction,
+        _permissions(call.p, call.caller.account_id),
+        call.dry_run,
     )
     return {
         "return": True,
@@ -165,30 +237,92 @@ async def _revoke(call: Call, direction: str) -> dict[str, Any]:
     }
 
 
-@action("AuthorizeSecurityGroupIngress")
+@action(
+    "AuthorizeSecurityGroupIngress",
+    accepts=(
+        "GroupId",
+        "GroupName",
+        *PERMISSIONS,
+        *DRY_RUN,
+    ),
+    unsupported=(
+        *PERMISSIONS_UNSUPPORTED,
+        "TagSpecification.N.*",
+    ),
+)
 async def group_authorize_ingress(call: Call) -> dict[str, Any]:
     return await _authorize(call, "ingress")
 
 
-@action("AuthorizeSecurityGroupEgress")
+@action(
+    "AuthorizeSecurityGroupEgress",
+    accepts=(
+        "GroupId",
+        *PERMISSIONS,
+        *DRY_RUN,
+    ),
+    unsupported=(
+        *PERMISSIONS_UNSUPPORTED,
+        "TagSpecification.N.*",
+    ),
+)
 async def group_authorize_egress(call: Call) -> dict[str, Any]:
     return await _authorize(call, "egress")
 
 
-@action("RevokeSecurityGroupIngress")
+@action(
+    "RevokeSecurityGroupIngress",
+    accepts=(
+        "GroupId",
+        "GroupName",
+        "SecurityGroupRuleId.N",
+        *PERMISSIONS,
+        *DRY_RUN,
+    ),
+    unsupported=(*PERMISSIONS_UNSUPPORTED,),
+)
 async def group_revoke_ingress(call: Call) -> dict[str, Any]:
     return await _revoke(call, "ingress")
 
 
-@action("RevokeSecurityGroupEgress")
+@action(
+    "RevokeSecurityGroupEgress",
+    accepts=(
+        "GroupId",
+        "SecurityGroupRuleId.N",
+        *PERMISSIONS,
+        *DRY_RUN,
+    ),
+    unsupported=(*PERMISSIONS_UNSUPPORTED,),
+)
 async def group_revoke_egress(call: Call) -> dict[str, Any]:
     return await _revoke(call, "egress")
 
 
-@action("DescribeSecurityGroups")
+def _source_names(rules_of: Any, direction: str, names: dict[str, str]) -> Any:
+    return lambda g: [
+        names.get(r.source_group_id) for r in rules_of(g, direction) if r.source_group_id
+    ]
+
+
+def _source_owners(rules_of: Any, direction: str) -> Any:
+    return lambda g: [g.account_id for r in rules_of(g, direction) if r.source_group_id]
+
+
+@action(
+    "DescribeSecurityGroups",
+    accepts=(
+        "GroupId.N",
+        "GroupName.N",
+        *FILTERS,
+        *PAGES,
+        *DRY_RUN,
+    ),
+)
 async def group_describe(call: Call) -> dict[str, Any]:
     p = call.p
     groups, rules = await call.ctrl.security_groups.list(call.caller)
+    all_names = {g.id: g.name for g in groups}
     ids_wanted, names_wanted = p.strings("GroupId"), p.strings("GroupName")
     if ids_wanted:
         have = {g.id for g in groups}
@@ -227,8 +361,21 @@ async def group_describe(call: Call) -> dict[str, Any]:
             f"{prefix}.to-port": field(direction, "to_port"),
             f"{prefix}.cidr": field(direction, "cidr"),
             f"{prefix}.group-id": field(direction, "source_group_id"),
+            f"{prefix}.group-name": _source_names(rules_of, direction, all_names),
+            f"{prefix}.user-id": _source_owners(rules_of, direction),
         }
-    match = Filters(p.filters(), known, lambda g: tag_map.get(g.id, {}))
+    match = Filters(
+        p.filters(),
+        known,
+        lambda g: tag_map.get(g.id, {}),
+        (
+            "ip-permission.ipv6-cidr",
+            "ip-permission.prefix-list-id",
+            "egress.ip-permission.ipv6-cidr",
+            "egress.ip-permission.prefix-list-id",
+            "vpc-id",
+        ),
+    )
     groups = [g for g in groups if match(g)]
     if call.dry_run:
         dry_run_ok()

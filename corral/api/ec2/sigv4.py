@@ -1,6 +1,6 @@
 """AWS Signature Version 4, verified server-side: the Authorization header or a presigned query,
 following exactly the headers the request says it signed. Checks the credential scope (date,
-region, service ``ec2``), the clock (±15 minutes) and a presigned URL's expiry; any mismatch
+region, service ``ec2`` or ``sts``), the clock (±15 minutes) and a presigned URL's expiry; any mismatch
 is an ``AuthFailure``. botocore is only the test oracle, never used here."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from corral.api.ec2.errors import Ec2Error
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 SERVICE = "ec2"
+SERVICES = (SERVICE, "sts")  # the one endpoint answers EC2 and STS's GetCallerIdentity
 MAX_SKEW = dt.timedelta(minutes=15)
 MAX_EXPIRES = 7 * 24 * 3600
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -157,9 +158,10 @@ def check_scope(auth: Auth, region: str, now: dt.datetime) -> None:
         raise _fail(
             f"X-Amz-Date {auth.timestamp!r} must look like 20260101T120000Z", "IncompleteSignature"
         ) from err
-    if auth.service != SERVICE:
+    if auth.service not in SERVICES:
         raise _fail(
-            f"credential scope names service {auth.service!r}; this endpoint is {SERVICE!r}"
+            f"credential scope names service {auth.service!r}; this endpoint is "
+            f"{' or '.join(repr(s) for s in SERVICES)}"
         )
     if auth.region != region:
         raise _fail(
@@ -246,6 +248,14 @@ async def verify(
     req: Request, region: str, secret_for: SecretLookup, now: dt.datetime | None = None
 ) -> str:
     """The access key id of a correctly signed request; Ec2Error otherwise."""
+    return (await verify_auth(req, region, secret_for, now)).key_id
+
+
+async def verify_auth(
+    req: Request, region: str, secret_for: SecretLookup, now: dt.datetime | None = None
+) -> Auth:
+    """The checked authorization of a correctly signed request (its key id and the service
+    it was signed for); Ec2Error otherwise."""
     auth = parse(req)
     check_scope(auth, region, now or dt.datetime.now(dt.UTC))
     secret = await secret_for(auth.key_id)
@@ -255,4 +265,4 @@ async def verify(
             "the request signature does not match: check the secret access key and "
             "that nothing changed the request after signing"
         )
-    return auth.key_id
+    return auth

@@ -7,10 +7,19 @@ from typing import Any
 from corral.api.ec2.common import dry_run_ok
 from corral.api.ec2.errors import missing
 from corral.api.ec2.listing import Filters, paginate
+from corral.api.ec2.params import DRY_RUN, FILTERS, PAGES
 from corral.api.ec2.registry import Call, action
 
 
-@action("CreateTags")
+@action(
+    "CreateTags",
+    accepts=(
+        "ResourceId.N",
+        "Tag.N.Key",
+        "Tag.N.Value",
+        *DRY_RUN,
+    ),
+)
 async def tags_create(call: Call) -> dict[str, Any]:
     rids = call.p.strings("ResourceId")
     if not rids:
@@ -22,7 +31,15 @@ async def tags_create(call: Call) -> dict[str, Any]:
     return {"return": True}
 
 
-@action("DeleteTags")
+@action(
+    "DeleteTags",
+    accepts=(
+        "ResourceId.N",
+        "Tag.N.Key",
+        "Tag.N.Value",
+        *DRY_RUN,
+    ),
+)
 async def tags_delete(call: Call) -> dict[str, Any]:
     rids = call.p.strings("ResourceId")
     if not rids:
@@ -33,9 +50,19 @@ async def tags_delete(call: Call) -> dict[str, Any]:
     return {"return": True}
 
 
-@action("DescribeTags")
+@action(
+    "DescribeTags",
+    accepts=(
+        *FILTERS,
+        *PAGES,
+        *DRY_RUN,
+    ),
+)
 async def tags_describe(call: Call) -> dict[str, Any]:
     rows = await call.ctrl.tags.list(call.caller)
+    by_resource: dict[str, dict[str, str]] = {}
+    for t in rows:
+        by_resource.setdefault(t.resource_id, {})[t.key] = t.value
     match = Filters(
         call.p.filters(),
         {
@@ -44,6 +71,8 @@ async def tags_describe(call: Call) -> dict[str, Any]:
             "resource-id": lambda t: t.resource_id,
             "resource-type": lambda t: t.resource_type,
         },
+        # tag:<key> (and tag-key, tag-value): the tags of resources that carry such a tag
+        lambda t: by_resource.get(t.resource_id, {}),
     )
     rows = [t for t in rows if match(t)]
     if call.dry_run:

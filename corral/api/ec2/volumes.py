@@ -10,8 +10,9 @@ from typing import Any
 from corral.api.ec2 import views
 from corral.api.ec2.common import dry_run_ok, not_found
 from corral.api.ec2.errors import Ec2Error
-from corral.api.ec2.instances import check_ids
+from corral.api.ec2.instances import check_ids, zone_id
 from corral.api.ec2.listing import Filters, paginate
+from corral.api.ec2.params import DRY_RUN, FILTERS, PAGES, TAG_SPECS
 from corral.api.ec2.registry import Call, action
 from corral.controller import tags
 from corral.store.models import Snapshot, Volume
@@ -61,7 +62,29 @@ def snapshot_item(s: Snapshot, tag_map: dict[str, dict[str, str]]) -> dict[str, 
     }
 
 
-@action("CreateVolume")
+@action(
+    "CreateVolume",
+    accepts=(
+        "AvailabilityZone",
+        "Size",
+        "SnapshotId",
+        "VolumeType",
+        "Encrypted",
+        "ClientToken",
+        *TAG_SPECS,
+        *DRY_RUN,
+    ),
+    unsupported=(
+        "AvailabilityZoneId",
+        "Iops",
+        "KmsKeyId",
+        "OutpostArn",
+        "MultiAttachEnabled",
+        "Throughput",
+        "VolumeInitializationRate",
+        "Operator.*",
+    ),
+)
 async def volume_create(call: Call) -> dict[str, Any]:
     p = call.p
     zone = p.need("AvailabilityZone")
@@ -78,17 +101,43 @@ async def volume_create(call: Call) -> dict[str, Any]:
         p.get("VolumeType", "standard") or "standard",
         wanted,
         call.dry_run,
+        client_token=_token(p.get("ClientToken")),
     )
-    return volume_item(row, {row.id: wanted})
+    async with call.ctrl.store.read() as s:
+        tag_map = await call.ctrl.tags.of(s, call.caller.account_id, [row.id])
+    return volume_item(row, tag_map)
 
 
-@action("DeleteVolume")
+def _token(token: str | None) -> str | None:
+    if token is not None and (len(token) > 64 or not token.isascii()):
+        raise Ec2Error(
+            "InvalidParameterValue", "Value for parameter ClientToken is invalid: at most 64 ASCII"
+        )
+    return token
+
+
+@action(
+    "DeleteVolume",
+    accepts=(
+        "VolumeId",
+        *DRY_RUN,
+    ),
+)
 async def volume_delete(call: Call) -> dict[str, Any]:
     await call.ctrl.volumes.delete(call.caller, call.p.need("VolumeId"), call.dry_run)
     return {"return": True}
 
 
-@action("AttachVolume")
+@action(
+    "AttachVolume",
+    accepts=(
+        "VolumeId",
+        "InstanceId",
+        "Device",
+        *DRY_RUN,
+    ),
+    unsupported=("EbsCardIndex",),
+)
 async def volume_attach(call: Call) -> dict[str, Any]:
     p = call.p
     row, _ = await call.ctrl.volumes.attach(
@@ -97,18 +146,42 @@ async def volume_attach(call: Call) -> dict[str, Any]:
     return attachment(row, "attaching")
 
 
-@action("DetachVolume")
+@action(
+    "DetachVolume",
+    accepts=(
+        "VolumeId",
+        "InstanceId",
+        "Device",
+        "Force",
+        *DRY_RUN,
+    ),
+)
 async def volume_detach(call: Call) -> dict[str, Any]:
     p = call.p
     row, _ = await call.ctrl.volumes.detach(
-        call.caller, p.need("VolumeId"), p.get("InstanceId"), p.flag("Force"), call.dry_run
+        call.caller,
+        p.need("VolumeId"),
+        p.get("InstanceId"),
+        p.flag("Force"),
+        call.dry_run,
+        device=p.get("Device"),
     )
     return attachment(row, "detaching")
 
 
-@action("DescribeVolumes")
+@action(
+    "DescribeVolumes",
+    accepts=(
+        "VolumeId.N",
+        "IncludeManagedResources",
+        *FILTERS,
+        *PAGES,
+        *DRY_RUN,
+    ),
+)
 async def volume_describe(call: Call) -> dict[str, Any]:
     p = call.p
+    p.flag("IncludeManagedResources")  # Corral has no managed volumes
     wanted = p.strings("VolumeId")
     check_ids(wanted, "volume", "VolumeId")
     rows = await call.ctrl.volumes.list(call.caller)
@@ -138,13 +211,22 @@ async def volume_describe(call: Call) -> dict[str, Any]:
             "create-time": lambda v: views_time(v.created_at),
             "encrypted": lambda v: False,
             "multi-attach-enabled": lambda v: False,
+            "attachment.attach-time": lambda v: (
+                views_time(v.attach_time) if v.instance_id else None
+            ),
+            "availability-zone-id": lambda v: zone_id(call.api.settings.region),
+            "fast-restored": lambda v: False,
+            "operator.managed": lambda v: False,
         },
         lambda v: tag_map.get(v.id, {}),
+        ("operator.principal",),
     )
     rows = [v for v in rows if match(v)]
     if call.dry_run:
         dry_run_ok()
-    page, token = paginate(rows, p, call.action, call.caller.account_id, 5, 500, "VolumeId")
+    page, token = paginate(
+        rows, p, call.action, call.caller.account_id, 5, 500, "VolumeId", clamp=True
+    )
     return {"volumeSet": [volume_item(v, tag_map) for v in page], "nextToken": token}
 
 
@@ -154,7 +236,19 @@ def views_time(when: Any) -> str:
     return timestamp(when) or ""
 
 
-@action("CreateSnapshot")
+@action(
+    "CreateSnapshot",
+    accepts=(
+        "VolumeId",
+        "Description",
+        *TAG_SPECS,
+        *DRY_RUN,
+    ),
+    unsupported=(
+        "OutpostArn",
+        "Location",
+    ),
+)
 async def snapshot_create(call: Call) -> dict[str, Any]:
     p = call.p
     wanted = tags.check(p.tag_specs(("snapshot",)).get("snapshot", {}))
@@ -164,13 +258,29 @@ async def snapshot_create(call: Call) -> dict[str, Any]:
     return snapshot_item(row, {row.id: wanted})
 
 
-@action("DeleteSnapshot")
+@action(
+    "DeleteSnapshot",
+    accepts=(
+        "SnapshotId",
+        *DRY_RUN,
+    ),
+)
 async def snapshot_delete(call: Call) -> dict[str, Any]:
     await call.ctrl.snapshots.delete(call.caller, call.p.need("SnapshotId"), call.dry_run)
     return {"return": True}
 
 
-@action("DescribeSnapshots")
+@action(
+    "DescribeSnapshots",
+    accepts=(
+        "SnapshotId.N",
+        "Owner.N",
+        "RestorableBy.N",
+        *FILTERS,
+        *PAGES,
+        *DRY_RUN,
+    ),
+)
 async def snapshot_describe(call: Call) -> dict[str, Any]:
     p = call.p
     wanted = p.strings("SnapshotId")
@@ -206,9 +316,10 @@ async def snapshot_describe(call: Call) -> dict[str, Any]:
             "storage-tier": lambda v: "standard",
         },
         lambda v: tag_map.get(v.id, {}),
+        ("owner-alias", "transfer-type"),
     )
     rows = [v for v in rows if match(v)]
     if call.dry_run:
         dry_run_ok()
-    page, token = paginate(rows, p, call.action, me, 5, 1000, "SnapshotId")
+    page, token = paginate(rows, p, call.action, me, 5, 1000, "SnapshotId", clamp=True)
     return {"snapshotSet": [snapshot_item(v, tag_map) for v in page], "nextToken": token}

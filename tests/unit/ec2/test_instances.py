@@ -212,12 +212,13 @@ async def test_unsupported_instance_attribute(world: World) -> None:
     ec2 = world.admin
     out = await ec2.call("RunInstances", ImageId=world.image_id, MinCount=1, MaxCount=1)
     iid = out["Instances"][0]["InstanceId"]
-    await ec2.fails(
-        "UnsupportedInstanceAttribute",
+    err = await ec2.fails(
+        "UnsupportedOperation",
         "ModifyInstanceAttribute",
         InstanceId=iid,
-        SourceDestCheck={"Value": False},
+        EnaSupport={"Value": True},
     )
+    assert "EnaSupport.Value" in err.message
     await ec2.fails(
         "InvalidParameterValue", "DescribeInstanceAttribute", InstanceId=iid, Attribute="colour"
     )

@@ -119,7 +119,7 @@ async def test_security_groups(world: World) -> None:
                 "IpProtocol": "tcp",
                 "FromPort": 22,
                 "ToPort": 22,
-                "IpRanges": [{"CidrIp": "10.0.0.1/8"}],
+                "IpRanges": [{"CidrIp": "10.0.0.300/8"}],  # (host bits are normalised away)
             }
         ],
     )
