@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,12 +81,20 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_results(name: str, data: dict[str, Any], summary: str, module: str = "") -> Path:
+def write_results(
+    name: str,
+    data: dict[str, Any],
+    summary: str | Callable[[dict[str, Any]], str],
+    module: str = "",
+) -> Path:
     """Write bench/results/NAME.json and NAME.md; the command recorded is the one that ran
-    (``module`` defaults to bench.NAME)."""
+    (``module`` defaults to bench.NAME). ``summary`` may be a function of the data, called
+    once the command and the end load are in it."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     data["machine"]["loadavg_end"] = os.getloadavg()
     data["command"] = " ".join(["python", "-m", module or f"bench.{name}", *sys.argv[1:]])
+    if callable(summary):
+        summary = summary(data)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     (RESULTS / f"{name}.md").write_text(summary + "\n")
