@@ -55,6 +55,8 @@ def test_a_guest_cannot_pass_for_another_instance(uplinked: Uplinked) -> None:
     gw = d.settings.subnet.rsplit(".", 1)[0] + ".1"
     v = victim["private_ip"]
     script = (
+        # the probes work when the guest does not lie: the gateway answers its pings
+        f"ping -c 1 -W 2 {gw} >/dev/null 2>&1 && echo PLAIN-PING-OK; "
         f"ip addr add {v}/32 dev eth0; "
         f"ping -c 1 -W 1 -I {v} {gw} >/dev/null 2>&1 "
         "&& echo SPOOF-PING-OK || echo SPOOF-PING-BLOCKED; "
@@ -65,17 +67,19 @@ def test_a_guest_cannot_pass_for_another_instance(uplinked: Uplinked) -> None:
         "wget -q -O - http://169.254.169.254/latest/meta-data/instance-id; echo"
     )
     out = d.ssh("liar", script).ok().out
+    assert "PLAIN-PING-OK" in out, out
     assert "SPOOF-PING-BLOCKED" in out and "SPOOF-MD-BLOCKED" in out
     assert victim["id"] not in out  # never the victim's identity
     assert liar["id"] in out  # its own, once it stops lying
     # a forged MAC passes nothing either (the SSH session stalls until it is restored)
     script_mac = (
+        f"ping -c 1 -W 2 {gw} > /dev/null 2>&1; echo before=$? > /tmp/r; "
         "ip link set eth0 address 52:54:00:de:ad:01; "
         f"ping -c 1 -W 2 {gw} > /tmp/r 2>&1; echo rc=$? >> /tmp/r; "
         f"ip link set eth0 address {liar['mac']}; cat /tmp/r"
     )
     out = d.ssh("liar", script_mac, timeout=180).ok().out
-    assert "rc=1" in out
+    assert "before=0" in out and "rc=1" in out, out  # the same ping worked unforged
     d.cli("rm", "--force", "honest", "liar").ok()
 
 
