@@ -171,7 +171,7 @@ async def test_an_interrupted_replace_resumes_after_a_restart(
 
     node.instance_stop = hanging_stop  # type: ignore[method-assign]
     _, op = await ctrl.replacements.request(admin(ctrl), "web", v2)
-    await asyncio.wait_for(hang.wait(), 10)
+    await asyncio.wait_for(hang.wait(), 60)
     await ctrl.close()  # like a kill: the operation stays "running"
     async with store.read() as s:
         row = await s.get(Operation, op.id)
