@@ -481,7 +481,10 @@ def main() -> None:
             f"bridge: {tp['raw_median_mbit']:.0f} Mbit/s; ratio {tp['ratio']:.3f}",
         ]
     lines += ["", "Rerun: `sudo .venv/bin/python -m bench.net " + " ".join(sys.argv[1:]) + "`"]
-    write_results("net", data, "\n".join(lines))
+    # a run of some parts only gets a file of its own: net.md stays the whole benchmark's
+    every = {"rules", "policy", "throughput"}
+    name = "net" if parts >= every else "net-" + "-".join(sorted(parts & every))
+    write_results(name, data, "\n".join(lines), module="bench.net")
 
 
 if __name__ == "__main__":
