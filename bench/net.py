@@ -434,7 +434,7 @@ def main() -> None:
         "# bench/net",
         "",
         f"Measured {info['time']} on {info['cpus']} CPUs; load average at start "
-        f"{info['loadavg_start'][0]:.2f} (at the end: see net.json).",
+        f"{info['loadavg_start'][0]:.2f} (at the end: see the .json beside this file).",
     ]
     if "rules" in parts:
         ru = data["rule_update"] = rule_update(args.rules, 10)
