@@ -309,6 +309,8 @@ def summary(data: dict[str, Any]) -> str:
     ]
     for case, d in data["deltas"].items():
         lines += delta_table(case, d, data["runs"])
+        if not d["packages_changed"]:
+            lines += ["", f"**No package changed in case {case}: it measures nothing.**"]
     c = data.get("creation")
     if c:
         tiny = c["tiny:1"]
@@ -376,7 +378,9 @@ def main() -> None:
     finally:
         d.teardown()
         shutil.rmtree(work, ignore_errors=True)
-    write_results("images", data, summary)
+    # a run of some cases only gets a file of its own: images.md stays the whole benchmark's
+    name = "images" if set(cases) >= set(CASES) else "images-" + "-".join(cases)
+    write_results(name, data, summary, module="bench.images")
 
 
 if __name__ == "__main__":
