@@ -271,13 +271,14 @@ def resolve(prober: Prober) -> list[str]:
 
 
 def kept(rows: list[dict[str, Any]]) -> str:
-    """ "yes in every run", or which run lost what."""
+    """ "yes in every run", or which run lost what (and which failed and rolled back)."""
     keys = ("data_kept", "address_kept", "name_kept", "new_instance")
     lost = [
         f"run {i + 1}: not {', '.join(k for k in keys if not r[k])}"
         for i, r in enumerate(rows)
         if not all(r[k] for k in keys)
     ]
+    lost += [f"run {i + 1} failed and rolled back" for i, r in enumerate(rows) if "failed" in r]
     return "yes in every run" if not lost else "; ".join(lost)
 
 
@@ -296,6 +297,7 @@ def main() -> None:
     info = machine()
     d = new_daemon()
     work = Path(tempfile.mkdtemp(prefix="bench-replace-"))
+    prober: Prober | None = None
     results: dict[str, list[dict[str, Any]]] = {"replace": [], "naive": []}
     try:
         d.start()
@@ -330,7 +332,12 @@ def main() -> None:
             target = images[1 - current]
             time.sleep(2.0)  # steady state before
             start = time.monotonic()
-            extra = (upgrade_replace if kind == "replace" else upgrade_naive)(c, target, boot)
+            try:
+                extra = (upgrade_replace if kind == "replace" else upgrade_naive)(c, target, boot)
+            except RuntimeError as err:
+                # a replace that fails rolls back (the old server keeps serving): recorded, and
+                # its outage counted like any other; the image did not change
+                extra, target = {"failed": str(err)[:500]}, images[current]
             healthy(prober, boot)
             end = time.monotonic()
             # measure on after the first good answer: a server that flaps counts too
@@ -356,13 +363,17 @@ def main() -> None:
                 "load": list(os.getloadavg()),
                 **extra,
             }
+            if "failed" in row:  # rolled back: the same instance serves on, by design
+                row["new_instance"] = now.id == before_id
             before_id = now.id
             results[kind].append(row)
             print(row, flush=True)
-            current = 1 - current
-        prober.running = False
-        prober.join(5)
+            if "failed" not in row:
+                current = 1 - current
     finally:
+        if prober is not None:  # stopped before its namespace goes
+            prober.running = False
+            prober.join(5)
         d.teardown()
         shutil.rmtree(work, ignore_errors=True)
     rep = [r["outage_seconds"] for r in results["replace"]]
