@@ -73,10 +73,10 @@ def test_a_guest_cannot_pass_for_another_instance(uplinked: Uplinked) -> None:
     assert liar["id"] in out  # its own, once it stops lying
     # a forged MAC passes nothing either (the SSH session stalls until it is restored)
     script_mac = (
-        f"ping -c 1 -W 2 {gw} > /dev/null 2>&1; echo before=$? > /tmp/r; "
+        f"ping -c 1 -W 2 {gw} > /dev/null 2>&1; echo before=$? > /tmp/b; "
         "ip link set eth0 address 52:54:00:de:ad:01; "
         f"ping -c 1 -W 2 {gw} > /tmp/r 2>&1; echo rc=$? >> /tmp/r; "
-        f"ip link set eth0 address {liar['mac']}; cat /tmp/r"
+        f"ip link set eth0 address {liar['mac']}; cat /tmp/b /tmp/r"
     )
     out = d.ssh("liar", script_mac, timeout=180).ok().out
     assert "before=0" in out and "rc=1" in out, out  # the same ping worked unforged
