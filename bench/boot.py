@@ -197,7 +197,7 @@ def main() -> None:
             f"- 10 GiB / 1 GiB overlay time: {dd['size_ratio_10G_over_1G']:.2f} (independent of size "
             "when ~1); target < 100 ms",
             "",
-            "Rerun: `sudo .venv/bin/python -m bench.boot --runs 7`",
+            f"Rerun: `sudo .venv/bin/python -m bench.boot --runs {args.runs}`",
         ]
     )
     write_results("boot", data, summary)
