@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,24 @@ __all__ = [
     "new_daemon",
     "raw_guest",
     "ssh_banner_at",
+    "tail",
     "write_results",
 ]
 
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
+
+
+def tail(xs: list[float]) -> tuple[str, float]:
+    """The top of a distribution as far as the samples can show it: ("p99", value) from 100
+    samples up, else ("max", the largest). A "p99" of 20 samples would be their maximum."""
+    s = sorted(xs)
+    if not s:
+        return "max", float("nan")
+    if len(s) >= 100:
+        return "p99", s[min(len(s) - 1, round(0.99 * (len(s) - 1)))]
+    return "max", s[-1]
 
 
 def ssh_banner_at(namespace: str, address: str, deadline: float, interval: float = 0.02) -> float:
@@ -68,10 +81,20 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_results(name: str, data: dict[str, Any], summary: str) -> Path:
+def write_results(
+    name: str,
+    data: dict[str, Any],
+    summary: str | Callable[[dict[str, Any]], str],
+    module: str = "",
+) -> Path:
+    """Write bench/results/NAME.json and NAME.md; the command recorded is the one that ran
+    (``module`` defaults to bench.NAME). ``summary`` may be a function of the data, called
+    once the command and the end load are in it."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     data["machine"]["loadavg_end"] = os.getloadavg()
-    data["command"] = " ".join(["python", "-m", f"bench.{name}", *sys.argv[1:]])
+    data["command"] = " ".join(["python", "-m", module or f"bench.{name}", *sys.argv[1:]])
+    if callable(summary):
+        summary = summary(data)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     (RESULTS / f"{name}.md").write_text(summary + "\n")

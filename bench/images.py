@@ -1,10 +1,19 @@
-"""Image benchmark. Deltas: a real Debian update (the debian image, and debian-tools built on it
-with a few more packages) shipped as Corral's delta (a qcow2 overlay of the new image on the
-base, zstd-compressed), against `xdelta3 -9` over the whole disks and against the whole new image
-compressed with zstd, all in one run and each checked by applying it and comparing sha256.
+"""Image benchmark. Deltas of two real Debian updates shipped as Corral's delta (a qcow2 overlay
+of the new image on the base, zstd-compressed), against `xdelta3 -9` over the whole disks and
+against the whole new image compressed with zstd, all in one run and each checked by applying
+it and comparing sha256:
+
+* packages added: debian:12 -> debian-tools:12.1 (four more packages, a file);
+* files changed: debian-point:12.0 (Debian 12 without the security suite) -> debian-point:12.1
+  (the same upgraded with it, `apt-get dist-upgrade`): binaries and libraries replaced all over
+  the system, as a point release or a security update does (bench/recipes/).
+
+xdelta3 runs on one core; so does every zstd here (-T1), so the times compare like with like.
+The one exception is the `corral image export` row: Corral's own export, which compresses with
+zstd on all cores (threads=-1), as it does for users.
 Instances: creation time (API call to a running QEMU) against image size, tiny the baseline.
 
-    sudo .venv/bin/python -m bench.images [--runs 3]
+    sudo .venv/bin/python -m bench.images [--runs 3] [--cases tools,point]
 
 Targets (docs/images.md): the delta no bigger than xdelta3's, made >= 10x faster. The row in
 bold is what Corral does (qcow.DELTA_CLUSTER, archive.DELTA_LEVEL); the others show why."""
@@ -26,9 +35,23 @@ from corral import models
 from corral.images import archive, qcow
 from corral.images.store import ImageStore
 
-TOOLS_RECIPE = (
-    Path(__file__).resolve().parent.parent / "tests/integration/images/recipes/debian-tools"
-)
+HERE = Path(__file__).resolve().parent
+TOOLS_RECIPE = HERE.parent / "tests/integration/images/recipes/debian-tools"
+CASES: dict[str, tuple[str, str, str, list[str]]] = {
+    # name: (base, new, what the update does, recipes to build)
+    "tools": (
+        "debian:12",
+        "debian-tools:12.1",
+        "four packages added",
+        ["debian", str(TOOLS_RECIPE)],
+    ),
+    "point": (
+        "debian-point:12.0",
+        "debian-point:12.1",
+        "security updates applied: files changed",
+        [str(HERE / "recipes/debian-point"), str(HERE / "recipes/debian-point-upgrade")],
+    ),
+}
 
 
 def run_measured(argv: list[str], stdout: Any = subprocess.DEVNULL) -> tuple[float, int]:
@@ -92,7 +115,7 @@ def corral_delta(
         ]
     )
     with open(packed, "wb") as out:
-        t3, m3 = run_measured(["zstd", f"-{level}", "-T0", "-q", "-c", str(overlay)], out)
+        t3, m3 = run_measured(["zstd", f"-{level}", "-T1", "-q", "-c", str(overlay)], out)
     total = time.monotonic() - start
     # apply: unpack the overlay, point it at the base, read the result back as a raw disk
     applied, restored = work / "applied.qcow2", work / "restored.raw"
@@ -146,7 +169,7 @@ def whole(new_qcow: Path, work: Path, level: int) -> dict[str, Any]:
     """The whole new image as shipped without deltas: its standalone qcow2, zstd."""
     out = work / f"whole-{level}.zst"
     with open(out, "wb") as fh:
-        seconds, memory = run_measured(["zstd", f"-{level}", "-T0", "-q", "-c", str(new_qcow)], fh)
+        seconds, memory = run_measured(["zstd", f"-{level}", "-T1", "-q", "-c", str(new_qcow)], fh)
     return {"size": out.stat().st_size, "seconds": seconds, "memory": memory, "verified": True}
 
 
@@ -247,28 +270,24 @@ def creation(d: Any, refs: list[str], runs: int) -> dict[str, Any]:
     return out
 
 
-def summary(data: dict[str, Any]) -> str:
-    d = data["deltas"]
+def delta_table(case: str, d: dict[str, Any], runs: int) -> list[str]:
     base = d["xdelta3 -9 (baseline)"]
     lines = [
-        "# Image benchmark",
         "",
-        f"`{data['command']}` on {data['machine']['host']} ({data['machine']['cpus']} cores, "
-        f"load {data['machine']['loadavg_start'][0]:.2f} at start, "
-        f"{data['machine']['loadavg_end'][0]:.2f} at end), {data['machine']['time']}.",
-        "",
-        f"## Deltas: debian:12 -> debian-tools:12.1 ({d['image_bytes'] >> 20} MiB disk, "
-        f"{d['image_allocated_bytes'] >> 20} MiB used; the stored overlay is "
+        f"## Deltas, {case}: {d['base']} -> {d['new']} ({d['what']}; "
+        f"{d['image_bytes'] >> 20} MiB disk, {d['image_allocated_bytes'] >> 20} MiB used; "
+        f"{d['packages_changed']} packages changed or added; the stored overlay is "
         f"{d['stored_overlay_bytes'] / 1e6:.1f} MB)",
         "",
         "Each made from the two whole disks, applied and checked by sha256 (median of "
-        f"{data['runs']} runs). Ratios are to xdelta3 -9 in the same run.",
+        f"{runs} runs). Ratios are to xdelta3 -9 in the same run. xdelta3 and zstd -T1 run on "
+        "one core; the export row compresses on all cores, as Corral does.",
         "",
         "| method | size | time | memory | size / xdelta3 | speed-up vs xdelta3 | checked |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for name, r in d.items():
-        if not isinstance(r, dict):
+        if not isinstance(r, dict) or "size" not in r:
             continue
         memory = f"{r['memory'] / 1e6:.0f} MB" if r["memory"] else "(in process)"
         lines.append(
@@ -276,55 +295,92 @@ def summary(data: dict[str, Any]) -> str:
             f"{memory} | {r['size'] / base['size']:.2f} | "
             f"{base['seconds'] / r['seconds']:.1f}x | {'yes' if r['verified'] else 'NO'} |"
         )
-    c = data["creation"]
-    tiny = c["tiny:1"]
-    lines += [
+    return lines
+
+
+def summary(data: dict[str, Any]) -> str:
+    m = data["machine"]
+    lines = [
+        "# Image benchmark",
         "",
-        "## Instance creation against image size (API call -> QEMU running)",
-        "",
-        "| image | image size | disk | time | / tiny |",
-        "|---|---:|---:|---:|---:|",
+        f"`{data['command']}` on {m['host']} ({m['cpus']} cores, "
+        f"load {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end), "
+        f"{m['time']}.",
     ]
-    for ref, r in c.items():
-        lines.append(
-            f"| {ref} | {r['image_bytes'] / 1e6:.1f} MB | "
-            f"{r['virtual_size'] >> 20} MiB | {r['seconds']:.2f} s | "
-            f"{r['seconds'] / tiny['seconds']:.2f} |"
-        )
+    for case, d in data["deltas"].items():
+        lines += delta_table(case, d, data["runs"])
+        if not d["packages_changed"]:
+            lines += ["", f"**No package changed in case {case}: it measures nothing.**"]
+    c = data.get("creation")
+    if c:
+        tiny = c["tiny:1"]
+        lines += [
+            "",
+            "## Instance creation against image size (API call -> QEMU running)",
+            "",
+            "| image | image size | disk | time | / tiny |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for ref, r in c.items():
+            lines.append(
+                f"| {ref} | {r['image_bytes'] / 1e6:.1f} MB | "
+                f"{r['virtual_size'] >> 20} MiB | {r['seconds']:.2f} s | "
+                f"{r['seconds'] / tiny['seconds']:.2f} |"
+            )
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--cases", default="tools,point", help="update cases (comma-separated)")
+    ap.add_argument("--no-creation", action="store_true", help="skip instance creation")
     args = ap.parse_args()
+    cases = args.cases.split(",")
     for tool in ("xdelta3", "zstd", "qemu-img"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is missing: run scripts/setup")
-    data: dict[str, Any] = {"machine": machine(), "runs": args.runs}
+    data: dict[str, Any] = {"machine": machine(), "runs": args.runs, "deltas": {}}
     d = new_daemon()
     work = Path(tempfile.mkdtemp(prefix="corral-bench-images-", dir="/var/tmp"))
     try:
         d.start()
-        print("building tiny, debian and debian-tools …", flush=True)
         d.cli("image", "build", "tiny", timeout=900).ok()
-        d.cli("image", "build", "debian", timeout=2400).ok()
-        d.cli("image", "build", str(TOOLS_RECIPE), timeout=1800).ok()
         c = d.client()
-        base, new = c.image_show("debian:12").digest, c.image_show("debian-tools:12.1").digest
         store = ImageStore(d.settings.images_dir)
-        print("deltas …", flush=True)
-        data["deltas"] = deltas(store, base, new, args.runs, work)
-        print("instance creation …", flush=True)
-        data["creation"] = creation(d, ["tiny:1", "debian:12", "debian-tools:12.1"], args.runs)
+        for case in cases:
+            base_ref, new_ref, what, recipes = CASES[case]
+            for recipe in recipes:
+                print(f"building {recipe} …", flush=True)
+                d.cli("image", "build", recipe, timeout=3600).ok()
+            base, new = c.image_show(base_ref).digest, c.image_show(new_ref).digest
+            print(f"deltas {base_ref} -> {new_ref} …", flush=True)
+            cwork = work / case
+            cwork.mkdir()
+            out = deltas(store, base, new, args.runs, cwork)
+            shutil.rmtree(cwork, ignore_errors=True)  # 2 GiB disks: one case at a time
+            old_pkgs = store.get_manifest(base).packages
+            new_pkgs = store.get_manifest(new).packages
+            out.update(
+                base=base_ref,
+                new=new_ref,
+                what=what,
+                packages_changed=sum(1 for k, v in new_pkgs.items() if old_pkgs.get(k) != v),
+                packages_changed_names=sorted(
+                    k for k, v in new_pkgs.items() if old_pkgs.get(k) != v
+                )[:200],
+            )
+            data["deltas"][case] = out
+        if not args.no_creation:
+            print("instance creation …", flush=True)
+            refs = ["tiny:1", *(r for case in cases for r in CASES[case][:2])]
+            data["creation"] = creation(d, refs, args.runs)
     finally:
         d.teardown()
         shutil.rmtree(work, ignore_errors=True)
-    data["machine"]["loadavg_end"] = os.getloadavg()
-    data["command"] = "sudo .venv/bin/python -m bench.images " + " ".join(
-        f"--runs {args.runs}".split()
-    )
-    write_results("images", data, summary(data))
+    # a run of some cases only gets a file of its own: images.md stays the whole benchmark's
+    name = "images" if set(cases) >= set(CASES) else "images-" + "-".join(cases)
+    write_results(name, data, summary, module="bench.images")
 
 
 if __name__ == "__main__":

@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
+import re
 import statistics
 import subprocess
+import sys
 import time
+from typing import Any
 
-from bench.common import machine, median, new_daemon, write_results
+from bench.common import machine, median, new_daemon, tail, write_results
 from corral.node.net import firewall
 from corral.node.spec import GroupSpec, NetworkSpec, PolicySpec, PortSpec, RuleSpec
 from tests.harness import outside_namespace
@@ -222,12 +226,17 @@ def policy_and_eip(runs: int, moves: int) -> dict[str, object]:
             aws_access_key_id=creds["access_key_id"],
             aws_secret_access_key=creds["secret_access_key"],
         )
+        ids: dict[str, str] = {}
         for n in ("e-a", "e-b"):
             d.cli("run", "tiny", "--name", n, "--memory", "128M").ok()
+            ids[n] = json.loads(d.cli("show", n, "--json").ok().out)["id"]
+            # each guest serves its instance id over HTTP and marks its ping replies with a TTL
+            # of its own, so every answer says which instance gave it
             d.ssh(
-                n, "mkdir -p /www && echo $(hostname) > /www/index.html && httpd -p 8080 -h /www"
+                n,
+                f"mkdir -p /www && echo {ids[n]} > /www/index.html && httpd -p 8080 -h /www && "
+                f"sysctl -q -w net.ipv4.ip_default_ttl={TTL_MARK[n]}",
             ).ok()
-        ids = {n: json.loads(d.cli("show", n, "--json").ok().out)["id"] for n in ("e-a", "e-b")}
         sg = ec2.describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
         ec2.authorize_security_group_ingress(
             GroupId=sg,
@@ -286,78 +295,150 @@ def policy_and_eip(runs: int, moves: int) -> dict[str, object]:
             ec2.authorize_security_group_ingress(GroupId=sg, IpPermissions=perm)
             ec2.revoke_security_group_ingress(GroupId=sg, IpPermissions=perm)
             time.sleep(0.2)
-        api_s.sort()
-        raw_s.sort()
-
-        def pct(xs: list[float], q: float) -> float:
-            return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))] * 1000
-
-        # elastic IP moves under a 10 ms ping
-        lost_per_move = []
-        for i in range(moves):
-            target = ids["e-b"] if i % 2 == 0 else ids["e-a"]
-            ping = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    outside,
-                    "ping",
-                    "-n",
-                    "-i",
-                    "0.01",
-                    "-c",
-                    "300",
-                    "-W",
-                    "1",
-                    eip,
-                ],
-                stdout=subprocess.PIPE,
-                text=True,
+        api_top, nft_top = tail(api_s), tail(raw_s)
+        # the moves' HTTP check (who serves the address afterwards) needs port 8080 open
+        ec2.authorize_security_group_ingress(GroupId=sg, IpPermissions=perm)
+        moves_out = [
+            eip_move(
+                ec2,
+                outside,
+                eip,
+                alloc["AllocationId"],
+                new="e-b" if i % 2 == 0 else "e-a",
+                ids=ids,
             )
-            time.sleep(1.0)
-            ec2.associate_address(
-                AllocationId=alloc["AllocationId"], InstanceId=target, AllowReassociation=True
-            )
-            out, _ = ping.communicate(timeout=60)
-            sent, got = (
-                int(x)
-                for x in out.split("packets transmitted")[0].split()[-1:]
-                + out.split(" received")[0].split()[-1:]
-            )
-            lost_per_move.append(sent - got)
+            for i in range(moves)
+        ]
         return {
             "first_packet_api_ms": [x * 1000 for x in api_s],
             "first_packet_nft_ms": [x * 1000 for x in raw_s],
-            "api_p50_ms": pct(api_s, 0.5),
-            "api_p99_ms": pct(api_s, 0.99),
-            "nft_p50_ms": pct(raw_s, 0.5),
-            "nft_p99_ms": pct(raw_s, 0.99),
-            "ratio_p50": pct(api_s, 0.5) / pct(raw_s, 0.5),
+            "samples": runs,
+            "api_p50_ms": median(api_s) * 1000,
+            f"api_{api_top[0]}_ms": api_top[1] * 1000,
+            "nft_p50_ms": median(raw_s) * 1000,
+            f"nft_{nft_top[0]}_ms": nft_top[1] * 1000,
+            "top": api_top[0],
+            "ratio_p50": median(api_s) / median(raw_s),
             "eip_moves": moves,
-            "lost_pings_per_move": lost_per_move,
-            "lost_pings_total": sum(lost_per_move),
+            "moves": moves_out,
+            "lost_pings_per_move": [m["lost"] for m in moves_out],
+            "lost_pings_total": sum(m["lost"] for m in moves_out),
+            "old_answers_after_switch_total": sum(m["old_after_switch"] for m in moves_out),
+            "every_move_switched": all(m["switched"] for m in moves_out),
+            "http_after_move_from_new": all(m["http_from_new"] for m in moves_out),
+            "longest_gap_ms": max(m["longest_gap_ms"] for m in moves_out),
+            "switch_gap_ms": [m["switch_gap_ms"] for m in moves_out],
         }
+
+
+TTL_MARK = {"e-a": 71, "e-b": 91}  # ip_default_ttl in each guest: a reply's TTL names its sender
+REPLY = re.compile(r"^\[(?P<t>[\d.]+)\].* (?:icmp_)?seq=(?P<seq>\d+) ttl=(?P<ttl>\d+)")
+
+
+def _who(ttl: int) -> str:
+    """The instance whose mark a received TTL comes from (marks minus the few routed hops)."""
+    return min(TTL_MARK, key=lambda n: TTL_MARK[n] - ttl if TTL_MARK[n] >= ttl else 999)
+
+
+def eip_move(
+    ec2: Any, outside: str, eip: str, allocation: str, new: str, ids: dict[str, str]
+) -> dict[str, Any]:
+    """Move ``eip`` to ``new`` under a 10 ms ping from the outside world (one ICMP flow, the
+    kind conntrack keeps). Each reply's TTL says which instance answered. Result: pings lost,
+    the longest time between two replies, the first reply from the new instance, and how many
+    replies after it still came from the old one (must be 0)."""
+    ping = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            outside,
+            "ping",
+            "-D",
+            "-n",
+            "-i",
+            "0.01",
+            "-c",
+            "400",
+            "-W",
+            "1",
+            eip,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert ping.stdout is not None
+    lines = []
+    for line in ping.stdout:  # the move starts once the address has answered 50 times
+        lines.append(line)
+        if sum(1 for ln in lines if REPLY.match(ln)) >= 50:
+            break
+    t_req = time.time()
+    ec2.associate_address(AllocationId=allocation, InstanceId=ids[new], AllowReassociation=True)
+    t_done = time.time()
+    rest, _ = ping.communicate(timeout=60)
+    out = "".join(lines) + rest
+    replies = [
+        (float(m["t"]), int(m["seq"]), _who(int(m["ttl"])))
+        for m in (REPLY.match(ln) for ln in out.splitlines())
+        if m
+    ]
+    stats = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    assert stats, out
+    sent, got = int(stats.group(1)), int(stats.group(2))
+    first_new = next((i for i, r in enumerate(replies) if r[2] == new), None)
+    after = replies[first_new:] if first_new is not None else []
+    times = [r[0] for r in replies]
+    gaps = [(b - a, a) for a, b in itertools.pairwise(times)]
+    longest, longest_at = max(gaps) if gaps else (0.0, t_req)
+    # the gap the move itself made: the old instance's last reply -> the new one's first
+    switch_gap = replies[first_new][0] - replies[first_new - 1][0] if first_new else None
+    http = subprocess.run(
+        ["ip", "netns", "exec", outside, "wget", "-q", "-O", "-", "-T", "5", f"http://{eip}:8080/"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return {
+        "to": new,
+        "sent": sent,
+        "received": got,
+        "lost": sent - got,
+        "longest_gap_ms": round(longest * 1000, 1),
+        "longest_gap_starts_after_request_ms": round((longest_at - t_req) * 1000, 1),
+        "switch_gap_ms": round(switch_gap * 1000, 1) if switch_gap is not None else None,
+        "request_s": round(t_done - t_req, 3),
+        "switched": first_new is not None,
+        "first_new_reply_after_request_ms": round((replies[first_new][0] - t_req) * 1000, 1)
+        if first_new is not None
+        else None,
+        "old_after_switch": sum(1 for r in after if r[2] != new),
+        "answers": {n: sum(1 for r in replies if r[2] == n) for n in TTL_MARK},
+        "http_from_new": http == ids[new],
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rules", type=int, default=1000)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--policy-runs", type=int, default=20)
+    ap.add_argument("--policy-runs", type=int, default=100, help="100+ for a p99, else max")
     ap.add_argument("--moves", type=int, default=10)
+    ap.add_argument(
+        "--parts", default="rules,policy,throughput", help="which parts to run (comma-separated)"
+    )
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     info = machine()
-    ru = rule_update(args.rules, 10)
-    pe = policy_and_eip(args.policy_runs, args.moves)
-    tp = throughput(args.runs)
-    data = {"machine": info, "rule_update": ru, "throughput": tp, "policy_and_eip": pe}
-    summary = "\n".join(
-        [
-            "# bench/net",
-            "",
-            f"Measured {info['time']} on {info['cpus']} CPUs; load average at start "
-            f"{info['loadavg_start'][0]:.2f}.",
+    data: dict[str, Any] = {"machine": info}
+    lines = [
+        "# bench/net",
+        "",
+        f"Measured {info['time']} on {info['cpus']} CPUs; load average at start "
+        f"{info['loadavg_start'][0]:.2f} (at the end: see the .json beside this file).",
+    ]
+    if "rules" in parts:
+        ru = data["rule_update"] = rule_update(args.rules, 10)
+        lines += [
             "",
             f"Rule update with {ru['rules_in_ruleset']} rules in the rule set (50 instances, 10 "
             "groups), median of 10:",
@@ -365,24 +446,45 @@ def main() -> None:
             f"(+ {ru['render_ms']:.1f} ms to render the JSON)",
             f"- baseline, one `nft add rule` to the live table: {ru['one_rule_ms']:.1f} ms; "
             f"ratio {ru['rebuild_over_one_rule']:.2f}",
-            "",
-            f"Guest -> guest TCP throughput (busybox dd | nc, {tp['megabytes_per_run']} MiB, TCG), "
-            f"median of {args.runs}, alternated:",
-            f"- through Corral's filtering: {tp['corral_median_mbit']:.0f} Mbit/s; on a raw bridge: "
-            f"{tp['raw_median_mbit']:.0f} Mbit/s; ratio {tp['ratio']:.3f}",
-            "",
-            f"API call -> first allowed packet (outside world -> elastic IP, TCP connect tried every "
-            f"2 ms), {args.policy_runs} runs:",
-            f"- AuthorizeSecurityGroupIngress: p50 {pe['api_p50_ms']:.0f} ms, p99 "
-            f"{pe['api_p99_ms']:.0f} ms; baseline `nft add rule` by hand: p50 {pe['nft_p50_ms']:.0f} "
-            f"ms, p99 {pe['nft_p99_ms']:.0f} ms; ratio at p50 {pe['ratio_p50']:.1f}",
-            f"- elastic IP moved {pe['eip_moves']} times between two instances under a 10 ms ping: "
-            f"{pe['lost_pings_total']} pings lost in all ({pe['lost_pings_per_move']}; target 0)",
-            "",
-            "Rerun: `sudo .venv/bin/python -m bench.net`",
         ]
-    )
-    write_results("net", data, summary)
+    if "policy" in parts:
+        pe = data["policy_and_eip"] = policy_and_eip(args.policy_runs, args.moves)
+        top = pe["top"]
+        lines += [
+            "",
+            f"API call -> first allowed packet (outside world -> elastic IP, TCP connect tried "
+            f"every 2 ms), {args.policy_runs} runs:",
+            f"- AuthorizeSecurityGroupIngress: p50 {pe['api_p50_ms']:.0f} ms, {top} "
+            f"{pe[f'api_{top}_ms']:.0f} ms; baseline `nft add rule` by hand: p50 "
+            f"{pe['nft_p50_ms']:.0f} ms, {top} {pe[f'nft_{top}_ms']:.0f} ms; ratio at p50 "
+            f"{pe['ratio_p50']:.1f}",
+            "",
+            f"Elastic IP moved {pe['eip_moves']} times between two instances under a 10 ms ping "
+            "from the outside world (each guest marks its replies with a TTL of its own, so each "
+            "reply names the instance that sent it):",
+            f"- pings lost in all: {pe['lost_pings_total']} (per move {pe['lost_pings_per_move']}; "
+            "target 0); the old instance's last reply -> the new one's first, per move: "
+            f"{pe['switch_gap_ms']} ms; longest time between any two replies: "
+            f"{pe['longest_gap_ms']:.0f} ms (replies delayed, not lost, count here)",
+            f"- replies from the old instance after the new one first answered: "
+            f"{pe['old_answers_after_switch_total']} (target 0); every move switched: "
+            f"{pe['every_move_switched']}; HTTP to the address afterwards answered by the new "
+            f"instance every time: {pe['http_after_move_from_new']}",
+        ]
+    if "throughput" in parts:
+        tp = data["throughput"] = throughput(args.runs)
+        lines += [
+            "",
+            f"Guest -> guest TCP throughput (busybox dd | nc, {tp['megabytes_per_run']} MiB, "
+            f"TCG), median of {args.runs}, alternated:",
+            f"- through Corral's filtering: {tp['corral_median_mbit']:.0f} Mbit/s; on a raw "
+            f"bridge: {tp['raw_median_mbit']:.0f} Mbit/s; ratio {tp['ratio']:.3f}",
+        ]
+    lines += ["", "Rerun: `sudo .venv/bin/python -m bench.net " + " ".join(sys.argv[1:]) + "`"]
+    # a run of some parts only gets a file of its own: net.md stays the whole benchmark's
+    every = {"rules", "policy", "throughput"}
+    name = "net" if parts >= every else "net-" + "-".join(sorted(parts & every))
+    write_results(name, data, "\n".join(lines), module="bench.net")
 
 
 if __name__ == "__main__":

@@ -11,12 +11,22 @@ check) is upgraded back and forth between two images, alternately by
 
 A prober inside Corral's network namespace, every 50 ms, resolves the name with the node's
 dnsmasq and connects to the service port of the address it got (0.5 s timeout per attempt). The
-outage is the time from the start of the first failed probe to the start of the next good one
-(the sum of such gaps during an upgrade; the resolution is the probe period); each gap is kept
-with its start relative to the request. The upgrade's own duration (request to done) and the
-server's cutover time (old stopping -> new healthy at the old address) are reported beside it.
+outage is the sum of the gaps without a good answer (each from the start of a failed probe to
+the start of the next good one; the resolution is the probe period) from the request until
+WINDOW seconds after the server first answered again, so a server that flaps after its first
+good answer is counted too; each gap is kept with its start relative to the request. After
+each upgrade the name must resolve to the address it had before, the instance called by that
+name must be a new one at that address, and the data on its volume must be there. The
+upgrade's own duration (request to done) and the server's cutover time (old stopping -> new
+healthy at the old address) are reported beside it.
 
-    sudo .venv/bin/python -m bench.replace [--runs 5] [--image tiny|debian]
+The tiny image stops through busybox init, which sleeps 1 s after SIGTERM and 1 s more before
+powering off (init/init.c: run_shutdown_and_kill_processes, pause_and_low_level_reboot): its
+old server refuses connections for those 2 s in either kind of upgrade. ``--fast-shutdown``
+gives the appliance an /etc/init.d/rcK that ends in ``poweroff -f`` (no init sleeps), to show
+the ratio without that fixed timer.
+
+    sudo .venv/bin/python -m bench.replace [--runs 5] [--image tiny|debian] [--fast-shutdown]
 
 With ``--image debian`` the server is Debian (python3's http.server) upgraded from debian:12 to
 itself (a new instance all the same); it boots in about 60-90 s under TCG, so use few runs."""
@@ -47,6 +57,18 @@ from corral.node.net import netns
 
 PERIOD = 0.05
 PROBE_TIMEOUT = 0.5
+WINDOW = 5.0  # seconds measured after the server first answers again
+
+# /etc/init.d/rcK for --fast-shutdown: what tiny's does, then power off at once (busybox init
+# would otherwise sleep 2 s in all before powering off)
+FAST_RCK = """\
+#!/bin/sh
+echo "corral-tiny: shutting down (fast)" > /dev/console
+killall httpd dropbear udhcpc acpid 2>/dev/null
+sync
+mount -o remount,ro / 2>/dev/null
+poweroff -f
+"""
 
 TINY = """\
 name = "bench"
@@ -237,14 +259,45 @@ def sshkey_line() -> str:
     return NAIVE_USER_DATA["key"]
 
 
+def resolve(prober: Prober) -> list[str]:
+    """The addresses the node's dnsmasq gives for the server's name."""
+    udp = netns.socket_in(prober.ns, socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        q = dns.message.make_query(prober.fqdn, dns.rdatatype.A)
+        answer = dns.query.udp(q, prober.dns, timeout=2, sock=udp)
+    finally:
+        udp.close()
+    return sorted(str(rr) for rrset in answer.answer for rr in rrset)
+
+
+def kept(rows: list[dict[str, Any]]) -> str:
+    """ "yes in every run", or which run lost what (and which failed and rolled back)."""
+    keys = ("data_kept", "address_kept", "name_kept", "new_instance")
+    lost = [
+        f"run {i + 1}: not {', '.join(k for k in keys if not r[k])}"
+        for i, r in enumerate(rows)
+        if not all(r[k] for k in keys)
+    ]
+    lost += [f"run {i + 1} failed and rolled back" for i, r in enumerate(rows) if "failed" in r]
+    return "yes in every run" if not lost else "; ".join(lost)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5, help="upgrades of each kind")
     ap.add_argument("--image", choices=("tiny", "debian"), default="tiny")
+    ap.add_argument(
+        "--fast-shutdown",
+        action="store_true",
+        help="tiny: an rcK that powers off at once (no busybox init sleeps)",
+    )
     args = ap.parse_args()
+    if args.fast_shutdown and args.image != "tiny":
+        ap.error("--fast-shutdown is for the tiny image")
     info = machine()
     d = new_daemon()
     work = Path(tempfile.mkdtemp(prefix="bench-replace-"))
+    prober: Prober | None = None
     results: dict[str, list[dict[str, Any]]] = {"replace": [], "naive": []}
     try:
         d.start()
@@ -256,6 +309,9 @@ def main() -> None:
             d.cli("image", "build", "debian", timeout=3600).ok()
             images, text, boot = ["debian:12", "debian:12"], DEBIAN, 400.0
         path = work / "bench.toml"
+        if args.fast_shutdown:
+            rck = '"/etc/init.d/rcK" = {{ content = """\n' + FAST_RCK + '""", mode = "755" }}\n'
+            text = text.replace("[services.web.files]\n", "[services.web.files]\n" + rck)
         path.write_text(text.format(image=images[0]))
         d.cli("apply", str(path), timeout=900).ok()
         c = d.client()
@@ -267,36 +323,57 @@ def main() -> None:
         prober = Prober(d, "web")
         prober.start()
         healthy(prober, boot)
+        address = c.instance_show("web").private_ip
+        assert address and resolve(prober) == [address]
+        before_id = c.instance_show("web").id
         current = 0
         for n in range(args.runs * 2):
             kind = "replace" if n % 2 == 0 else "naive"
             target = images[1 - current]
             time.sleep(2.0)  # steady state before
             start = time.monotonic()
-            extra = (upgrade_replace if kind == "replace" else upgrade_naive)(c, target, boot)
+            try:
+                extra = (upgrade_replace if kind == "replace" else upgrade_naive)(c, target, boot)
+            except RuntimeError as err:
+                # a replace that fails rolls back (the old server keeps serving): recorded, and
+                # its outage counted like any other; the image did not change
+                extra, target = {"failed": str(err)[:500]}, images[current]
             healthy(prober, boot)
             end = time.monotonic()
-            time.sleep(1.0)
-            gaps = prober.outage(start, end)
+            # measure on after the first good answer: a server that flaps counts too
+            time.sleep(WINDOW)
+            until = time.monotonic()
+            gaps = prober.outage(start, until)
             down = sum(length for _, length in gaps)
             proof = d.ssh("web", "cat /srv/data/proof").out.strip()
+            now = c.instance_show("web")
             row = {
                 "kind": kind,
                 "to": target,
                 "outage_seconds": round(down, 3),
                 "gaps": gaps,
-                "failures": prober.reasons(start, end),
+                "gaps_after_first_good_answer": [g for g in gaps if g[0] > end - start],
+                "failures": prober.reasons(start, until),
                 "upgrade_seconds": round(end - start, 3),
+                "measured_until_seconds": round(until - start, 3),
                 "data_kept": proof == "bench",
+                "address_kept": now.private_ip == address,
+                "name_kept": resolve(prober) == [address],
+                "new_instance": now.id != before_id and now.image_name == target.split(":")[0],
                 "load": list(os.getloadavg()),
                 **extra,
             }
+            if "failed" in row:  # rolled back: the same instance serves on, by design
+                row["new_instance"] = now.id == before_id
+            before_id = now.id
             results[kind].append(row)
             print(row, flush=True)
-            current = 1 - current
-        prober.running = False
-        prober.join(5)
+            if "failed" not in row:
+                current = 1 - current
     finally:
+        if prober is not None:  # stopped before its namespace goes
+            prober.running = False
+            prober.join(5)
         d.teardown()
         shutil.rmtree(work, ignore_errors=True)
     rep = [r["outage_seconds"] for r in results["replace"]]
@@ -329,21 +406,32 @@ def main() -> None:
             f"inside Corral's namespace, {PROBE_TIMEOUT} s timeout per probe. Each run's gaps "
             "(start after the request, length) are in the JSON.",
             "",
-            "| upgrade | outage median | outage min-max | whole upgrade median | data kept |",
-            "|---|---:|---:|---:|---|",
-            f"| `corral replace` | {median(rep):.2f} s | {min(rep):.2f}-{max(rep):.2f} s | "
-            f"{median(rep_up):.1f} s | {all(r['data_kept'] for r in results['replace'])} |",
-            f"| naive stop-then-start (baseline) | {median(naive):.2f} s | "
+            "| upgrade | runs | outage median | outage min-max | whole upgrade median "
+            "| data, address, name kept; a new instance |",
+            "|---|---:|---:|---:|---:|---|",
+            f"| `corral replace` | {len(rep)} | {median(rep):.2f} s | "
+            f"{min(rep):.2f}-{max(rep):.2f} s | {median(rep_up):.1f} s | "
+            f"{kept(results['replace'])} |",
+            f"| naive stop-then-start (baseline) | {len(naive)} | {median(naive):.2f} s | "
             f"{min(naive):.2f}-{max(naive):.2f} s | {median(naive_up):.1f} s | "
-            f"{all(r['data_kept'] for r in results['naive'])} |",
+            f"{kept(results['naive'])} |",
             "",
             f"Outage ratio naive / replace: {ratio:.1f}x. Server-side cutover (old stopping -> "
-            f"new healthy at the old address) median {median(cut):.2f} s.",
+            f"new healthy at the old address) median {median(cut):.2f} s. Each outage counts "
+            f"every gap until {WINDOW:.0f} s after the first good answer.",
+            (
+                "Guest shutdown: fast (an rcK ending in `poweroff -f`)."
+                if args.fast_shutdown
+                else "Guest shutdown: the image's own"
+                + (" (busybox init: 2 s of fixed sleeps)." if args.image == "tiny" else ".")
+            ),
             f"Load average at start {info['loadavg_start'][0]:.2f}, at end "
             f"{os.getloadavg()[0]:.2f} (2 cores, TCG).",
         ]
     )
-    write_results(f"replace-{args.image}" if args.image != "tiny" else "replace", data, summary)
+    name = "replace" + ("" if args.image == "tiny" else f"-{args.image}")
+    name += "-fast-shutdown" if args.fast_shutdown else ""
+    write_results(name, data, summary, module="bench.replace")
 
 
 if __name__ == "__main__":

@@ -157,8 +157,10 @@ class Daemon:
         )
         return CliResult(p.returncode, p.stdout, p.stderr)
 
-    def ssh(self, name: str, command: str, timeout: float = 120) -> CliResult:
-        return self.cli("ssh", name, "--", command, timeout=timeout)
+    def ssh(self, name: str, command: str, timeout: float = 120, wait: int = 300) -> CliResult:
+        """Run ``command`` in the guest; SSH gets ``wait`` s to answer (a guest booting on a
+        loaded 2-core machine under TCG can take minutes), the command ``timeout`` s."""
+        return self.cli("ssh", name, "--wait", str(wait), "--", command, timeout=timeout + wait)
 
     def guest_file(self, name: str, path: str, timeout: int = 60) -> str:
         """A file's content once it exists in the guest (user-data runs after SSH is up)."""

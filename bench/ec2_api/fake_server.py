@@ -1,16 +1,23 @@
-"""Corral's API (EC2 and REST) over a fake node, on 127.0.0.1, for benchmarks that need more
+"""Corral's API (EC2 and REST) over fake nodes, on 127.0.0.1, for benchmarks that need more
 instances than this machine can boot. Labelled "fake node" wherever its figures appear.
 
-    python -m bench.ec2_api.fake_server --port 18773 --state /tmp/x
+The controller runs as the daemon's does: the reconciler at its normal interval (the settings'
+default), and nodes the size of this machine (its CPUs and memory each), as many as the
+instances need (``--nodes``), so placement works as it would on a real cluster of such hosts.
 
-Prints the admin key as JSON on its first line, then serves until killed."""
+    python -m bench.ec2_api.fake_server --port 18773 --state /tmp/x [--nodes 6]
+
+Prints the admin key as JSON on its first line, then serves until SIGINT/SIGTERM; on the way
+out writes STATE/stats.json (reconcile passes, interval, nodes)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +33,7 @@ from corral.daemon import GC_THRESHOLDS
 from corral.images.manifest import Manifest
 from corral.images.store import ImageStore
 from corral.node.fake import FakeNode
+from corral.node.spec import NodeInfo
 from corral.store import Store
 
 
@@ -63,18 +71,27 @@ class _Timed:
         self.fh.write(f"{(time.perf_counter() - t0) * 1000:.3f}\n")
 
 
-async def main(port: int, state: Path, timings: Path | None = None) -> None:
+def host_size() -> tuple[int, int]:
+    """This machine's CPUs and memory (bytes): the size every fake node claims."""
+    with open("/proc/meminfo") as fh:
+        kib = next(int(ln.split()[1]) for ln in fh if ln.startswith("MemTotal:"))
+    return os.cpu_count() or 1, kib << 10
+
+
+async def main(port: int, state: Path, nodes: int, timings: Path | None = None) -> None:
     state.mkdir(parents=True, exist_ok=True)
-    settings = config.load(state, api_port=port, subnet="10.251.0.0/20", reconcile_interval=3600)
+    settings = config.load(state, api_port=port, subnet="10.251.0.0/20")
     store = Store(settings.database_url)
     await asyncio.to_thread(store.migrate)
     images = ImageStore(settings.images_dir)
     _image(images, state)
-    node = FakeNode(images=images)
-    info = await node.info()
-    node.info = lambda: _big(info)  # type: ignore[method-assign]
+    cpus, memory = host_size()
     ctrl = Controller(settings, store, images)
-    await ctrl.add_node(node, "fake")  # type: ignore[arg-type]
+    for i in range(nodes):
+        node = FakeNode(name=f"fake{i}", images=images)
+        info = await node.info()
+        node.info = functools.partial(_sized, info, cpus, memory)  # type: ignore[method-assign]
+        await ctrl.add_node(node, f"fake{i}")  # type: ignore[arg-type]
     await ctrl.start()
     assert ctrl.admin is not None
     print(
@@ -97,11 +114,24 @@ async def main(port: int, state: Path, timings: Path | None = None) -> None:
             app, host="127.0.0.1", port=port, lifespan="off", log_level="warning", access_log=False
         )
     )
-    await server.serve()
+    try:
+        await server.serve()
+    finally:
+        (state / "stats.json").write_text(
+            json.dumps(
+                {
+                    "reconcile_interval_s": settings.reconcile_interval,
+                    "reconcile_passes": ctrl.reconciler.passes,
+                    "nodes": nodes,
+                    "node_cpus": cpus,
+                    "node_memory": memory,
+                }
+            )
+        )
 
 
-async def _big(info):  # type: ignore[no-untyped-def]
-    return info.model_copy(update={"memory": 1 << 40, "cpus": 64})
+async def _sized(info: NodeInfo, cpus: int, memory: int) -> NodeInfo:
+    return info.model_copy(update={"memory": memory, "cpus": cpus})
 
 
 if __name__ == "__main__":
@@ -109,8 +139,9 @@ if __name__ == "__main__":
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--state", type=Path, required=True)
     ap.add_argument("--timings", type=Path, help="append each request's server time (ms)")
+    ap.add_argument("--nodes", type=int, default=1, help="fake nodes, each this machine's size")
     a = ap.parse_args()
     try:
-        asyncio.run(main(a.port, a.state, a.timings))
+        asyncio.run(main(a.port, a.state, a.nodes, a.timings))
     except KeyboardInterrupt:
         sys.exit(0)

@@ -20,7 +20,7 @@ from corral.models import InstanceCreate
 from corral.store.models import Address, Instance, Operation
 
 IMAGE_VIRTUAL_SIZE = 64 << 20
-WAIT = 10.0  # seconds; the fake node answers at once, so this is only a safety net
+WAIT = 60.0  # seconds; only a safety net, generous for a loaded 2-core machine
 
 
 def admin(ctrl: Controller) -> Caller:

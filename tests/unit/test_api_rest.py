@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import time
 from typing import Any
 
 import httpx
@@ -349,14 +349,26 @@ async def test_cancel_of_a_finished_operation_is_409(api: httpx.AsyncClient) -> 
     _error(await api.delete(f"/v1/operations/{op['id']}"), 409, "wrong_state", None, "operation")
 
 
-async def test_wait_with_a_zero_timeout_answers_at_once(api: httpx.AsyncClient) -> None:
+async def test_wait_with_a_zero_timeout_answers_at_once(
+    api: httpx.AsyncClient, node: FakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the node holds the start until released: a wait that waited would never answer
+    release = asyncio.Event()
+    start = node.instance_start
+
+    async def held_start(spec: Any) -> int:
+        await release.wait()
+        return await start(spec)
+
+    monkeypatch.setattr(node, "instance_start", held_start)
     resp = await api.post("/v1/instances", json={"image": "tiny"})
     op = resp.json()["operation"]
-    t0 = time.monotonic()
-    got = await api.get(f"/v1/operations/{op['id']}/wait", params={"timeout": 0})
-    assert got.status_code == 200
-    assert time.monotonic() - t0 < 1.0
-    await _done(api, op)
+    got = await asyncio.wait_for(
+        api.get(f"/v1/operations/{op['id']}/wait", params={"timeout": 0}), 30
+    )
+    assert got.status_code == 200 and got.json()["status"] in ("pending", "running")
+    release.set()
+    assert (await _done(api, op))["status"] == "succeeded"
 
 
 # -- keys -------------------------------------------------------------------------------------

@@ -65,9 +65,11 @@ async def test_start_registers_the_images_of_the_image_store(
 
 
 # -- run ---------------------------------------------------------------------------------------
-async def test_run_starts_the_instance_and_registers_its_address_with_dhcp(
+async def test_run_starts_the_instance_and_gives_the_node_its_address_and_host_names(
     ctrl: Controller, node: FakeNode
 ) -> None:
+    """What the controller hands the (fake) node; dnsmasq answering with it is shown in
+    tests/integration/test_network.py."""
     inst, op = await ctrl.instances.run(admin(ctrl), req(name="web"))
     assert (inst.state, inst.desired_state) == ("pending", "running")
     assert inst.private_ip == "10.88.0.10"
@@ -397,7 +399,11 @@ async def test_failed_start_of_a_stopped_instance_leaves_it_stopped_with_the_rea
     assert row.state_reason.startswith("Server.InternalError: fake launch failure")
 
 
-async def test_reboot_of_a_running_instance_asks_the_guest(ctrl: Controller) -> None:
+async def test_reboot_of_a_running_instance_succeeds_with_the_nodes_answer(
+    ctrl: Controller,
+) -> None:
+    """The fake node always answers "guest reboot"; that the real guest reboots (a new boot
+    id) is tests/integration/test_lifecycle.py."""
     inst = await run(ctrl, name="web")
     _, op = await ctrl.instances.reboot(admin(ctrl), "web")
     done = await finish(ctrl, op)

@@ -173,9 +173,10 @@ async def test_instance_with_an_operation_in_flight_is_skipped(
     assert inst.id in node.running
 
 
-async def test_a_qemu_the_store_does_not_know_is_reported_as_a_stray(
+async def test_an_instance_the_node_reports_but_the_store_does_not_know_is_listed_as_a_stray(
     ctrl: Controller, node: FakeNode
 ) -> None:
+    """The node here is the fake one; a real stray QEMU is tests/integration/test_host.py."""
     net = NetworkSpec(
         id="net-x",
         namespace="ns",

@@ -11,7 +11,7 @@ import json
 from corral.node.net import links
 from corral.node.net.firewall import UPLINK_DEV
 from corral.node.spec import UplinkSpec
-from corral.proc import arun
+from corral.proc import CommandFailed, arun
 
 
 def peer_name(namespace: str) -> str:
@@ -73,13 +73,25 @@ async def remove(namespace: str, up: UplinkSpec | None) -> None:
     await links.delete_link(namespace, UPLINK_DEV)
 
 
+NO_FLOWS = "0 flow entries have been deleted"  # conntrack -D exits 1 when nothing matched
+
+
 async def flush_flows(namespace: str, addresses: set[str]) -> None:
     """Forget conntrack entries to or from ``addresses`` so the next packet of a flow meets
-    the new NAT mapping (an elastic IP moved)."""
+    the new NAT mapping (an elastic IP moved). Nothing to forget is fine; any other failure is
+    an error: a kept flow would go on reaching the address's old instance."""
     for addr in sorted(addresses):
         for flag in ("--orig-dst", "--reply-src", "--orig-src"):
-            await arun(
-                ["ip", "netns", "exec", namespace, "conntrack", "-D", flag, addr],
-                check=False,
-                timeout=10,
-            )
+            argv = ["ip", "netns", "exec", namespace, "conntrack", "-D", flag, addr]
+            try:
+                await arun(argv, timeout=10)
+            except CommandFailed as err:
+                if NO_FLOWS in err.stderr:
+                    continue
+                raise CommandFailed(
+                    argv,
+                    err.returncode,
+                    f"{err.stderr.strip()}\nthe flows of {addr} could not be forgotten: they "
+                    "would keep reaching its old instance (is conntrack installed? run "
+                    "scripts/setup)",
+                ) from err

@@ -154,15 +154,17 @@ def test_raw_and_qcow2_disks_import_and_boot(corral: Daemon, tmp_path: Path) -> 
     corral.cli(
         "image", "import", str(qcow), "--name", "qcowtiny", "--boot-from", "tiny", timeout=300
     ).ok()
-    got = image(corral, "rawtiny")
-    assert got["kind"] == "imported" and got["manifest"]["kernel"] == tiny["manifest"]["kernel"]
-    assert got["virtual_size"] == tiny["virtual_size"]
-    corral.cli("run", "rawtiny", "--name", "raw1").ok()
-    try:
-        assert corral.ssh("raw1", "hostname").ok().out.strip() == "raw1"
-    finally:
-        corral.cli("rm", "raw1")
-    for name in ("rawtiny", "qcowtiny"):
+    for name, vm in (("rawtiny", "raw1"), ("qcowtiny", "qcow1")):
+        got = image(corral, name)
+        assert got["kind"] == "imported", name
+        assert got["manifest"]["kernel"] == tiny["manifest"]["kernel"], name
+        assert got["virtual_size"] == tiny["virtual_size"], name
+        corral.cli("run", name, "--name", vm).ok()
+        try:
+            # booted from the imported disk: the guest's root is that image's file system
+            assert corral.ssh(vm, "hostname").ok().out.strip() == vm
+        finally:
+            corral.cli("rm", vm).ok()
         corral.cli("image", "rm", name).ok()
 
 

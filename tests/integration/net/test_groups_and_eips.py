@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +15,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests.harness import Daemon
-from tests.integration.net.conftest import Uplinked
+from tests.integration.net.conftest import Listener, Uplinked
 
 OUTSIDE = "198.51.100.254"
 
@@ -82,8 +80,29 @@ def pair(uplinked: Uplinked, ec2: Any) -> Iterator[dict[str, Any]]:
 
 
 def _get(d: Daemon, frm: str, url: str) -> bool:
-    out = d.ssh(frm, f"timeout 3 wget -q -O - {url} && echo GOT || echo NOPE").out
-    return "GOT" in out
+    """Whether guest ``frm`` fetched ``url``. The SSH session must work (its exit status is
+    checked) and say which: a probe that did not run is an error, never "blocked"."""
+    res = d.ssh(frm, f"if timeout 5 wget -q -O - {url}; then echo GOT; else echo NOPE; fi").ok()
+    verdict = res.out.split()[-1:] if res.out.split() else []
+    assert verdict in (["GOT"], ["NOPE"]), f"the probe from {frm} did not run: {res}"
+    return verdict == ["GOT"]
+
+
+def _blocked(d: Daemon, frm: str, server: str, url: str) -> bool:
+    """``frm`` cannot fetch ``url`` (served by guest ``server``), and the probe is shown able
+    to: the server answers that port on itself, and ``frm``'s wget fetches from its own
+    server. Only then does a failed fetch mean the rules blocked it."""
+    port = url.rsplit(":", 1)[1].strip("/")
+    assert _get(d, server, f"http://127.0.0.1:{port}/"), f"{server} does not serve port {port}"
+    assert _get(d, frm, f"http://127.0.0.1:{port}/"), f"wget on {frm} does not work"
+    return not _get(d, frm, url)
+
+
+def _ping(d: Daemon, frm: str, address: str) -> bool:
+    """Whether one ping from guest ``frm`` to ``address`` is answered (SSH checked)."""
+    res = d.ssh(frm, f"ping -c 1 -W 2 {address} >/dev/null && echo PONG || echo SILENT").ok()
+    assert res.out.split()[-1:] in (["PONG"], ["SILENT"]), res
+    return "PONG" in res.out
 
 
 def _perm(
@@ -101,18 +120,18 @@ def _perm(
 
 def test_ingress_is_denied_until_a_group_reference_allows_it(pair: dict, ec2: Any) -> None:
     d, web_ip = pair["d"], pair["info"]["web"]["private_ip"]
-    assert not _get(d, "client", f"http://{web_ip}:8080/")
+    assert _blocked(d, "client", "web", f"http://{web_ip}:8080/")
     perm = _perm("tcp", 8080, 8080, group=pair["default_sg"])
     ec2.authorize_security_group_ingress(GroupId=pair["web_sg"], IpPermissions=[perm])
     # in force when the API answers; the reply comes back through conntrack (stateful): the
     # client's default group admits no traffic from `web`
     assert _get(d, "client", f"http://{web_ip}:8080/")
-    assert not _get(d, "client", f"http://{web_ip}:8081/")  # another port stays closed
+    assert _blocked(d, "client", "web", f"http://{web_ip}:8081/")  # another port stays closed
     ec2.revoke_security_group_ingress(GroupId=pair["web_sg"], IpPermissions=[perm])
-    assert not _get(d, "client", f"http://{web_ip}:8080/")
+    assert _blocked(d, "client", "web", f"http://{web_ip}:8080/")
     # the other way round, the default group admits its own members only: web -> client drops
     client_ip = pair["info"]["client"]["private_ip"]
-    assert not _get(d, "web", f"http://{client_ip}:8080/")
+    assert _blocked(d, "web", "client", f"http://{client_ip}:8080/")
 
 
 def test_port_ranges_and_cidrs(pair: dict, ec2: Any) -> None:
@@ -121,79 +140,115 @@ def test_port_ranges_and_cidrs(pair: dict, ec2: Any) -> None:
     perm = _perm("tcp", 9000, 9010, cidr=f"{client_ip}/32")
     ec2.authorize_security_group_ingress(GroupId=pair["web_sg"], IpPermissions=[perm])
     assert _get(d, "client", f"http://{web_ip}:9005/")
-    assert not _get(d, "client", f"http://{web_ip}:9011/")
+    assert _blocked(d, "client", "web", f"http://{web_ip}:9011/")
     ec2.revoke_security_group_ingress(GroupId=pair["web_sg"], IpPermissions=[perm])
     # a CIDR that does not hold the client admits nothing
     perm = _perm("tcp", 9000, 9010, cidr="10.1.0.0/16")
     ec2.authorize_security_group_ingress(GroupId=pair["web_sg"], IpPermissions=[perm])
-    assert not _get(d, "client", f"http://{web_ip}:9005/")
+    assert _blocked(d, "client", "web", f"http://{web_ip}:9005/")
     ec2.revoke_security_group_ingress(GroupId=pair["web_sg"], IpPermissions=[perm])
 
 
 def test_icmp_and_all_protocols(pair: dict, ec2: Any) -> None:
     d, web_ip = pair["d"], pair["info"]["web"]["private_ip"]
-    ping = f"ping -c 1 -W 1 {web_ip} >/dev/null && echo PONG || echo SILENT"
-    assert "SILENT" in d.ssh("client", ping).out
+    # the probe works: the client's ping answers itself, and web answers its own
+    assert _ping(d, "client", pair["info"]["client"]["private_ip"])
+    assert _ping(d, "web", web_ip)
+    assert not _ping(d, "client", web_ip)
     perm = _perm("icmp", 8, -1, cidr="0.0.0.0/0")
     ec2.authorize_security_group_ingress(GroupId=pair["web_sg"], IpPermissions=[perm])
-    assert "PONG" in d.ssh("client", ping).out
-    assert not _get(d, "client", f"http://{web_ip}:8080/")  # icmp only
+    assert _ping(d, "client", web_ip)
+    assert _blocked(d, "client", "web", f"http://{web_ip}:8080/")  # icmp only
     ec2.revoke_security_group_ingress(GroupId=pair["web_sg"], IpPermissions=[perm])
     everything = _perm("-1", None, None, group=pair["default_sg"])
     ec2.authorize_security_group_ingress(GroupId=pair["web_sg"], IpPermissions=[everything])
-    assert "PONG" in d.ssh("client", ping).out and _get(d, "client", f"http://{web_ip}:8081/")
+    assert _ping(d, "client", web_ip) and _get(d, "client", f"http://{web_ip}:8081/")
     ec2.revoke_security_group_ingress(GroupId=pair["web_sg"], IpPermissions=[everything])
 
 
-def _udp_listener(up: Uplinked, port: int) -> dict[str, Any]:
+def _collector(up: Uplinked, proto: str, port: int) -> Listener:
+    """A listener in the outside namespace on ``proto``/``port`` that keeps every message it
+    gets until one says END (or 120 s pass)."""
+    kind = "SOCK_DGRAM" if proto == "udp" else "SOCK_STREAM"
     code = (
-        "import socket,json\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-        f"s.bind(('{OUTSIDE}', {port})); s.settimeout(8)\n"
-        "try:\n    d,a=s.recvfrom(4096)\n"
-        "    print(json.dumps({'from': a[0], 'data': d.decode()}))\n"
-        "except socket.timeout:\n    print('{}')\n"
+        "import json, socket, time\n"
+        f"s = socket.socket(socket.AF_INET, socket.{kind})\n"
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        f"s.bind(('{OUTSIDE}', {port}))\n"
+        + ("" if proto == "udp" else "s.listen(8)\n")
+        + "s.settimeout(1); seen = []; end = time.monotonic() + 120\n"
+        "print('READY', flush=True)\n"
+        "while time.monotonic() < end and 'END' not in [m['data'] for m in seen]:\n"
+        "    try:\n"
+        + (
+            "        d, a = s.recvfrom(4096)\n"
+            if proto == "udp"
+            else "        c, a = s.accept(); c.settimeout(10); d = c.recv(4096); c.close()\n"
+        )
+        + "    except socket.timeout:\n        continue\n"
+        "    seen.append({'from': a[0], 'data': d.decode(errors='replace').strip()})\n"
+        "print(json.dumps({'messages': seen}))\n"
     )
-    result: dict[str, Any] = {}
+    return up.listener(code)
 
-    def run() -> None:
-        p = up.outside_exec("python3", "-c", code, timeout=30)
-        result.update(json.loads(p.stdout or "{}"))
 
-    t = threading.Thread(target=run)
-    t.start()
-    time.sleep(0.5)
-    result["_thread"] = t
-    return result
+def _collected(up: Uplinked, listener: Listener, proto: str, port: int) -> list[str]:
+    """End ``listener`` with an END of our own, sent from the outside namespace itself: the
+    listener must hear it (so it was alive and listening all along). The other messages."""
+    kind = "SOCK_DGRAM" if proto == "udp" else "SOCK_STREAM"
+    send = f"import socket; s = socket.socket(socket.AF_INET, socket.{kind}); " + (
+        f"s.sendto(b'END', ('{OUTSIDE}', {port}))"
+        if proto == "udp"
+        else f"s.connect(('{OUTSIDE}', {port})); s.sendall(b'END'); s.close()"
+    )
+    assert up.outside_exec("python3", "-c", send).returncode == 0
+    got = [m["data"] for m in listener.result(150)["messages"]]
+    assert "END" in got, f"the outside listener missed its own END: {got}"
+    return [x for x in got if x != "END"]
 
 
 def _syslog_udp(d: Daemon, name: str, port: int, text: str) -> None:
-    # busybox nc has no UDP mode; syslogd forwards over UDP (-R) and logger feeds it
+    """Send ``text`` over UDP from guest ``name`` (busybox nc has no UDP mode: syslogd forwards
+    over UDP with -R, logger feeds it). Returns once syslogd has handled the line: it sends to
+    the remote host before it writes its local log (-L -O), which is what is waited on."""
     d.ssh(
         name,
-        f"killall syslogd 2>/dev/null; syslogd -R {OUTSIDE}:{port} -L && sleep 0.3 && "
-        f"logger {text}; sleep 0.5; killall syslogd",
+        "killall syslogd 2>/dev/null; rm -f /dev/log /tmp/udp.log; "
+        f"syslogd -R {OUTSIDE}:{port} -L -O /tmp/udp.log; "
+        "i=0; until [ -S /dev/log ]; do [ $i -ge 300 ] && exit 3; sleep 0.1; i=$((i+1)); done; "
+        f"logger {text}; "
+        f"i=0; until grep -q {text} /tmp/udp.log; do [ $i -ge 300 ] && exit 4; sleep 0.1; "
+        "i=$((i+1)); done; killall syslogd",
     ).ok()
+
+
+def _udp_arrives(up: Uplinked, d: Daemon, name: str, port: int, text: str) -> bool:
+    listener = _collector(up, "udp", port)
+    _syslog_udp(d, name, port, text)
+    return any(text in m for m in _collected(up, listener, "udp", port))
+
+
+def _tcp_arrives(up: Uplinked, d: Daemon, name: str, port: int, text: str) -> bool:
+    listener = _collector(up, "tcp", port)
+    d.ssh(name, f"echo {text} | timeout 5 nc {OUTSIDE} {port}; true").ok()
+    return text in _collected(up, listener, "tcp", port)
 
 
 def test_egress_rules_udp_and_tcp(pair: dict, uplinked: Uplinked, ec2: Any) -> None:
     d = pair["d"]
+    # the probes work: with the default egress (everything) both reach the outside
+    assert _udp_arrives(uplinked, d, "web", 7777, "udp-before")
+    assert _tcp_arrives(uplinked, d, "web", 7778, "tcp-before")
     everything = _perm("-1", None, None, cidr="0.0.0.0/0")
     ec2.revoke_security_group_egress(GroupId=pair["web_sg"], IpPermissions=[everything])
     try:
-        seen = _udp_listener(uplinked, 7777)
-        _syslog_udp(d, "web", 7777, "blocked-by-egress")
-        seen["_thread"].join(30)
-        assert "data" not in seen
+        assert not _udp_arrives(uplinked, d, "web", 7777, "blocked-by-egress")
         ec2.authorize_security_group_egress(
             GroupId=pair["web_sg"], IpPermissions=[_perm("udp", 7777, 7777, cidr=f"{OUTSIDE}/32")]
         )
-        seen = _udp_listener(uplinked, 7777)
-        _syslog_udp(d, "web", 7777, "allowed-udp")
-        seen["_thread"].join(30)
-        assert "allowed-udp" in seen.get("data", "")
+        assert _udp_arrives(uplinked, d, "web", 7777, "allowed-udp")
         # tcp to the outside stays closed: only udp/7777 is allowed out
-        out = d.ssh("web", f"timeout 3 wget -q -O - http://{OUTSIDE}:1/ ; echo rc=$?").out
-        assert "rc=0" not in out
+        assert not _tcp_arrives(uplinked, d, "web", 7778, "tcp-blocked")
     finally:
         ec2.revoke_security_group_egress(
             GroupId=pair["web_sg"], IpPermissions=[_perm("udp", 7777, 7777, cidr=f"{OUTSIDE}/32")]
@@ -208,6 +263,16 @@ def _outside_get(up: Uplinked, url: str) -> str:
         "except Exception as e:\n    print('ERR', e)\n"
     )
     return up.outside_exec("python3", "-c", code).stdout
+
+
+def _first_reply(ping: subprocess.Popen[str]) -> None:
+    """Return once ``ping`` has printed its first reply (the address answers before it moves);
+    ping ends by itself (-c), so this read ends too."""
+    assert ping.stdout is not None
+    for line in ping.stdout:
+        if "bytes from" in line:
+            return
+    raise AssertionError("ping ended without a reply")
 
 
 def test_elastic_ip_answers_from_outside_and_moves_without_loss(
@@ -254,7 +319,7 @@ def test_elastic_ip_answers_from_outside_and_moves_without_loss(
         stdout=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.5)
+    _first_reply(ping)
     ec2.associate_address(
         AllocationId=alloc["AllocationId"], InstanceId=ids["client"], AllowReassociation=True
     )

@@ -47,12 +47,17 @@ zone "public.test" {{ type primary; file "{d}/db.public"; allow-update {{ key co
 """)
     proc = subprocess.Popen(
         ["ip", "netns", "exec", uplinked.outside, "named", "-g", "-c", str(d / "named.conf")],
-        stdout=subprocess.PIPE,
+        stdout=open(d / "named.log", "wb"),  # a file: a full pipe would stall BIND
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and _query(uplinked, "ns") != [SERVER]:
+        deadline = time.monotonic() + 60
+        while _query(uplinked, "ns") != [SERVER]:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                proc.wait(10)
+                out = (d / "named.log").read_text(errors="replace")
+                raise RuntimeError(f"BIND did not answer for ns.{ZONE} in 60 s:\n{out[-2000:]}")
             time.sleep(0.2)
         yield secret
     finally:

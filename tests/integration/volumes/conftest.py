@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,10 +109,6 @@ def gone(d: Daemon, ref: str) -> None:
         return res.rc == 0 or "no volume is named" in res.err or "does not exist" in res.err
 
     wait_for(removed, 60, interval=1, what=f"volume {ref} removed")
-
-
-def settle(seconds: float = 0.5) -> None:
-    time.sleep(seconds)
 
 
 def resolve(d: Daemon, name: str) -> str:

@@ -5,7 +5,6 @@ middle of a replace finishes it when it comes back."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,8 +123,7 @@ def test_a_daemon_killed_during_a_replace_finishes_it_after_a_restart(
         interval=0.05,
         what="the cutover",
     )
-    corral.kill9()
-    time.sleep(1)
+    corral.kill9()  # returns once the daemon has been reaped
     corral.start()
     c = corral.client()
     done = wait_for(

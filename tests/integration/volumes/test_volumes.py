@@ -139,12 +139,20 @@ def test_a_snapshot_of_a_running_volume_restores_the_data_of_that_moment(
         f"mkdir -p /live && mount /dev/{dev} /live && "
         "echo before > /live/marker && sync && "
         "(i=0; while :; do echo $i >> /live/log; sync; i=$((i+1)); "
-        "sleep 0.05; done) > /dev/null 2>&1 < /dev/null & sleep 1",
+        "sleep 0.05; done) > /dev/null 2>&1 < /dev/null & "
+        # return once the writer is writing
+        "until [ -s /live/log ] && [ $(wc -l < /live/log) -ge 3 ]; do sleep 0.1; done",
     )
     out = corral.cli("volume", "snapshot", "live").ok().out
     assert "while the instance ran" in out  # a QEMU backup job, not a file copy
     snap = out.split()[1]
-    ssh(corral, "snap", "echo after > /live/marker; sleep 1; sync")
+    # the marker changes after the snapshot, and the writer goes on for a few more lines
+    ssh(
+        corral,
+        "snap",
+        "echo after > /live/marker; n=$(wc -l < /live/log); "
+        "until [ $(wc -l < /live/log) -ge $((n + 3)) ]; do sleep 0.1; done; sync",
+    )
     final = ssh(corral, "snap", "cat /live/log").split()
     corral.cli("volume", "restore", snap, "--name", "restored").ok()
     corral.cli("volume", "attach", "restored", "snap").ok()

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from tests.unit.ec2.conftest import Ec2, World
+import asyncio
+from typing import Any
+
+import botocore.session
+from botocore.paginate import Paginator
+
+from tests.unit.ec2.conftest import _MODEL, Ec2, World
 
 
 async def _run(world: World, ec2: Ec2, n: int, tags: dict[str, str] | None = None) -> list[str]:
@@ -78,8 +84,41 @@ async def test_pagination_walks_every_instance_once(world: World) -> None:
         if not token:
             break
     assert pages == 3 and sorted(seen) == sorted(made) and len(seen) == 12
-    # botocore's paginator does the same
-    assert len(made) == 12
+    # botocore's own paginator (the one boto3's get_paginator uses) walks it the same way
+    assert sorted(await _botocore_pages(ec2, PageSize=5)) == sorted(made)
+
+
+async def _botocore_pages(ec2: Ec2, **config: int) -> list[str]:
+    """Every instance id, as botocore's Paginator collects them from Corral's pages. The
+    paginator is synchronous: it runs in a thread and each page it asks for is one request to
+    the app on this loop."""
+    loop = asyncio.get_running_loop()
+    calls: list[dict[str, Any]] = []
+
+    def describe(**kw: Any) -> dict[str, Any]:
+        calls.append(kw)
+        return asyncio.run_coroutine_threadsafe(ec2.call("DescribeInstances", **kw), loop).result(
+            30
+        )
+
+    model = botocore.session.get_session().get_paginator_model("ec2")
+    paginator = Paginator(
+        describe,
+        model.get_paginator("DescribeInstances"),
+        _MODEL.operation_model("DescribeInstances"),
+    )
+
+    def walk() -> list[str]:
+        pages = paginator.paginate(PaginationConfig=config)
+        return [
+            i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"]
+        ]
+
+    ids = await asyncio.to_thread(walk)
+    # it asked page by page, passing Corral's NextToken back
+    assert len(calls) > 1 and all(c["MaxResults"] == config["PageSize"] for c in calls), calls
+    assert "NextToken" not in calls[0] and all("NextToken" in c for c in calls[1:]), calls
+    return ids
 
 
 async def test_pagination_rules(world: World) -> None:

@@ -58,11 +58,15 @@ async def _volumes(ctrl: Controller) -> dict[str, str | None]:
         return {v.id: v.instance_id for v in await s.scalars(select(Volume))}
 
 
-async def _settle(ctrl: Controller) -> None:
-    for _ in range(500):
-        if not ctrl.ops.tasks:
-            return
-        await asyncio.sleep(0.01)
+async def _settle(ctrl: Controller, timeout: float = 30) -> None:
+    """Wait until no operation runs (a replace starts follow-up work); fail if some still do."""
+    tasks = list(ctrl.ops.tasks.values())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while tasks:
+        assert loop.time() < deadline, f"operations still running after {timeout} s: {tasks}"
+        await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+        tasks = list(ctrl.ops.tasks.values())
 
 
 async def _web_with_data(ctrl: Controller) -> tuple[Instance, str]:
@@ -167,7 +171,7 @@ async def test_an_interrupted_replace_resumes_after_a_restart(
 
     node.instance_stop = hanging_stop  # type: ignore[method-assign]
     _, op = await ctrl.replacements.request(admin(ctrl), "web", v2)
-    await asyncio.wait_for(hang.wait(), 10)
+    await asyncio.wait_for(hang.wait(), 60)
     await ctrl.close()  # like a kill: the operation stays "running"
     async with store.read() as s:
         row = await s.get(Operation, op.id)
