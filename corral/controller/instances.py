@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from corral import ids
 from corral.controller import instance_types, ipam, keys, scheduler, states
 from corral.controller.accounts import Caller
+from corral.controller.claims import ClaimLock
 from corral.errors import (
     CorralError,
     DryRunPassed,
@@ -77,7 +78,6 @@ def tap_name(iid: str) -> str:
 class Instances:
     def __init__(self, ctrl: Controller) -> None:
         self.ctrl = ctrl
-        self.locks: dict[str, asyncio.Lock] = {}
         ops = ctrl.ops
         ops.register("instance-run", self._run)
         ops.register("instance-start", self._start)
@@ -85,8 +85,10 @@ class Instances:
         ops.register("instance-reboot", self._reboot)
         ops.register("instance-terminate", self._terminate)
 
-    def lock(self, iid: str) -> asyncio.Lock:
-        return self.locks.setdefault(iid, asyncio.Lock())
+    def lock(self, iid: str) -> ClaimLock:
+        """The instance's lock: a claim in the database, so one operation at a time works on
+        it whichever controller runs it."""
+        return self.ctrl.claims.lock(iid)
 
     # -- lookups ---------------------------------------------------------------------------
     async def resolve(
@@ -611,7 +613,7 @@ class Instances:
                         await ipam.release(s, iid)
                 await self.ctrl.instance_released(iid)
                 await self.ctrl.networks.sync(inst.network_id)
-        self.locks.pop(iid, None)
+        self.ctrl.claims.forget(iid)
         return {"instance_id": iid}
 
     async def rename(self, caller: Caller, ref: str, name: str) -> Instance:

@@ -135,8 +135,9 @@ class Reconciler:
         volumes = await volume_sync.attached_on(
             self.ctrl, [r.id for r in rows if r.state == "running"]
         )
+        busy = await self.ctrl.ops.active_targets([r.id for r in rows])
         for inst in rows:
-            if self.ctrl.ops.active_for(inst.id) or self.ctrl.instances.lock(inst.id).locked():
+            if inst.id in busy or self.ctrl.instances.lock(inst.id).locked():
                 continue
             if inst.state == "terminated" and inst.desired_state == "terminated":
                 continue
@@ -166,7 +167,7 @@ class Reconciler:
             # the row may have changed while earlier instances were handled: decide again
             async with self.ctrl.store.read() as s:
                 fresh = await s.get(Instance, inst.id)
-            if fresh is None or self.ctrl.ops.active_for(inst.id):
+            if fresh is None or await self.ctrl.ops.active_for(inst.id):
                 return
             if (
                 decide(

@@ -12,6 +12,7 @@ from sqlalchemy import delete, select
 from corral.config import Settings
 from corral.controller.accounts import Accounts, Caller
 from corral.controller.appliances import Appliances
+from corral.controller.claims import LEASE, Claims, owner_name
 from corral.controller.elastic_ips import ElasticIps
 from corral.controller.image_publishing import ImagePublishing
 from corral.controller.images import Images
@@ -43,7 +44,10 @@ class Controller:
         self.store = store
         self.image_store = image_store
         self.nodes: dict[str, NodeClient] = {}
-        self.ops = Operations(store)
+        # this controller's name on its claims and operations in the (maybe shared) database
+        self.owner = owner_name(settings.hostname, str(settings.state_dir))
+        self.claims = Claims(store, self.owner)
+        self.ops = Operations(store, self.owner)
         self.accounts = Accounts(store)
         self.networks = Networks(self)
         self.images = Images(self)
@@ -103,6 +107,19 @@ class Controller:
         await self.reconciler.reconcile_once()
         self._tasks.append(asyncio.create_task(self.reconciler.run(), name="reconciler"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        self._tasks.append(asyncio.create_task(self._leases(), name="leases"))
+
+    async def _leases(self) -> None:
+        """Keep this controller's leases (claims, operations) alive, and take over the
+        operations of a controller that stopped renewing its own."""
+        while True:
+            await asyncio.sleep(LEASE / 3)
+            try:
+                await self.claims.renew()
+                await self.ops.renew()
+                await self.ops.take_over()
+            except Exception:
+                log.exception("renewing leases")
 
     async def instance_released(self, iid: str) -> None:
         """A terminated instance lets go of what it held: its elastic address is disassociated,

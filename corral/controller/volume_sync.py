@@ -53,7 +53,7 @@ async def sync_instance(
         rows = (await attached_on(ctrl, [inst.id]))[inst.id]
     changed = []
     for row in rows:
-        if ctrl.ops.active_for(row.id) or row.attach_state != "attached" or row.id in plugged:
+        if await ctrl.ops.active_for(row.id) or row.attach_state != "attached" or row.id in plugged:
             continue
         # the guest let go after all (or ejected it itself): the volume is free
         log.info("%s: the guest released %s; recording it detached", inst.name, row.id)
@@ -75,7 +75,7 @@ async def sync_instance(
                 fresh.error = f"released by the guest of {inst.name} ({inst.id})"
         changed.append(row.id)
     for vid in sorted(plugged - {r.id for r in rows}):
-        if ctrl.ops.active_for(vid):
+        if await ctrl.ops.active_for(vid):
             continue
         log.warning("%s: %s is plugged in but not attached to it; unplugging", inst.name, vid)
         try:

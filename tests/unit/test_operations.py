@@ -196,7 +196,7 @@ async def test_cancel_stops_a_running_operation(ops: Operations) -> None:
     assert done.status == "cancelled"
     assert done.error == {"code": "cancelled", "message": "cancelled on request"}
     assert cancelled.is_set()
-    assert not ops.active_for("t-1")
+    assert not await ops.active_for("t-1")
 
 
 async def test_cancel_of_an_operation_with_no_task_here_finishes_it(store: Store) -> None:
@@ -234,11 +234,11 @@ async def test_active_for_tracks_the_target_while_the_operation_runs(ops: Operat
 
     ops.register("hold", handler)
     op = await _submit(ops, "hold")
-    assert ops.active_for("t-1")
+    assert await ops.active_for("t-1")
     release.set()
     await _finished(ops, op.id)
     await asyncio.sleep(0)  # let the done-callback run
-    assert not ops.active_for("t-1")
+    assert not await ops.active_for("t-1")
 
 
 async def test_shutdown_leaves_running_operations_to_resume_after_a_restart(store: Store) -> None:
