@@ -12,6 +12,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import re
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ FIRST_HOST = 11
 OUTSIDE_ADDRESS = ipaddress.ip_address("192.0.2.254")
 BRIDGE = "lan0"
 HOST_IFACE = "eth0"  # the underlay link's name inside each host namespace
-PREFIX = "ccl"  # every namespace of these LANs starts with it: ccl<tag>-…
+PREFIX = "ccl"  # every namespace of these LANs: ccl<pid>-<random>-<role>
 
 
 def _ip(*argv: str) -> None:
@@ -72,8 +73,9 @@ def lan(hosts: int = 3) -> Iterator[Lan]:
     """Build the LAN with ``hosts`` host namespaces; tear it all down on exit."""
     if not 1 <= hosts <= UNDERLAY.num_addresses - FIRST_HOST - 2:
         raise ValueError(f"hosts={hosts}: between 1 and {UNDERLAY.num_addresses - FIRST_HOST - 2}")
-    # the tag: random, salted with the pid so that parallel runs never meet
-    tag = f"{os.getpid() % 1000:03d}{secrets.token_hex(2)}"
+    sweep_stale()
+    # the tag: the test process's pid (for the sweep) and a random part
+    tag = f"{os.getpid()}-{secrets.token_hex(3)}"
     net = Lan(tag=tag, netns=f"{PREFIX}{tag}-lan", outside=f"{PREFIX}{tag}-out")
     made: list[str] = []
     try:
@@ -112,6 +114,14 @@ def _attach(
     _ip("-n", net.netns, "link", "set", port, "master", BRIDGE, "up")
     _ip("-n", ns, "addr", "add", f"{address}/{UNDERLAY.prefixlen}", "dev", HOST_IFACE)
     _ip("-n", ns, "link", "set", HOST_IFACE, "up")
+
+
+def sweep_stale() -> None:
+    """Delete the LANs of test processes that are gone (killed before their teardown ran)."""
+    for ns in namespaces():
+        m = re.fullmatch(rf"{PREFIX}(\d+)-[0-9a-f]+-\w+", ns)
+        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=30)
 
 
 def teardown(names: list[str]) -> None:

@@ -153,11 +153,14 @@ class Reconciler:
                 except CorralError as err:
                     log.warning("reconcile %s (%s): %s", inst.name, d.action, err.message)
             elif d.action == Action.NONE and inst.state == "running":
-                async with self.ctrl.instances.lock(inst.id):
-                    try:
-                        await volume_sync.sync_instance(self.ctrl, inst, volumes.get(inst.id, []))
-                    except CorralError as err:
-                        log.warning("reconcile %s (volumes): %s", inst.name, err.message)
+                held = volumes.get(inst.id, [])
+                try:
+                    if await volume_sync.in_sync(self.ctrl, inst, held):
+                        continue  # nothing to change: no lock taken
+                    async with self.ctrl.instances.lock(inst.id):
+                        await volume_sync.sync_instance(self.ctrl, inst, held)
+                except CorralError as err:
+                    log.warning("reconcile %s (volumes): %s", inst.name, err.message)
         self._report_strays(node_id, observed, known)
 
     async def _apply(self, inst: Instance, d: Decision, obs: ObservedInstance | None) -> None:

@@ -39,6 +39,14 @@ async def attached_on(ctrl: Controller, instance_ids: list[str]) -> dict[str, li
     return out
 
 
+async def in_sync(ctrl: Controller, inst: Instance, rows: list[Volume]) -> bool:
+    """Whether ``inst``'s QEMU holds exactly what ``rows`` (from :func:`attached_on`) give it:
+    then a pass has nothing to do and takes no lock (a lock is a claim in the database)."""
+    plugged = set(await ctrl.node(inst.node_id).instance_volumes(inst.id))
+    attached = {r.id for r in rows if r.attach_state == "attached"}
+    return attached <= plugged <= {r.id for r in rows}
+
+
 async def sync_instance(
     ctrl: Controller, inst: Instance, rows: list[Volume] | None = None
 ) -> list[str]:

@@ -46,6 +46,16 @@ def test_hosts_reach_each_other_over_the_underlay_and_leave_nothing() -> None:
     assert not any(n.startswith(PREFIX + net.tag) for n in namespaces())
 
 
+def test_a_lan_left_by_a_killed_test_process_is_swept() -> None:
+    ghost = f"{PREFIX}999999999-abcdef-lan"  # no such pid: its process is gone
+    subprocess.run(["ip", "netns", "add", ghost], check=True)
+    try:
+        with lan(1):
+            assert ghost not in namespaces()
+    finally:
+        subprocess.run(["ip", "netns", "delete", ghost], capture_output=True)
+
+
 def test_a_failing_block_still_removes_the_lan() -> None:
     with pytest.raises(RuntimeError, match="boom"), lan(2) as net:
         made = list(net.namespaces)

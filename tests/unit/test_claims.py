@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 
 from corral.controller.claims import Claims
 from corral.controller.operations import OpContext, Operations
+from corral.controller.service import Controller
 from corral.store import Store
 from corral.store.models import Claim, Operation, utcnow
 
@@ -243,3 +244,15 @@ async def test_cancel_through_another_controller_reaches_the_owner(
 async def _status_is(store: Store, op_id: str, status: str) -> bool:
     async with store.read() as s:
         return await s.scalar(select(Operation.status).where(Operation.id == op_id)) == status
+
+
+async def test_an_instance_lock_is_a_claim_another_controller_sees(
+    ctrl: Controller, other: Store
+) -> None:
+    b = Claims(other, "ctl-b")
+    async with ctrl.instances.lock("i-0123456789abcdef0"):
+        claim = await b.holder("i-0123456789abcdef0")
+        assert claim is not None and claim.owner == ctrl.owner
+        assert not await b.try_claim("i-0123456789abcdef0")
+    assert await b.holder("i-0123456789abcdef0") is None
+    assert await b.try_claim("i-0123456789abcdef0")

@@ -11,6 +11,8 @@ from corral.node.fake import FakeNode
 from corral.node.spec import InstanceSpec, NetworkSpec
 from tests.unit.helpers import addresses, admin, finish, reload, run
 
+pytestmark = pytest.mark.postgres  # also on PostgreSQL
+
 
 async def _reconcile(ctrl: Controller) -> None:
     await ctrl.reconciler.reconcile_once()

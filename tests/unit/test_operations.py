@@ -15,6 +15,8 @@ from corral.errors import Code, CorralError, Invalid, NotFound, WrongState
 from corral.store import Store
 from corral.store.models import Operation
 
+pytestmark = pytest.mark.postgres  # also on PostgreSQL
+
 WAIT = 5.0
 
 

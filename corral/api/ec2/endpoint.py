@@ -89,6 +89,13 @@ async def ec2(request: Request) -> Response:
         caller = await accounts.lookup(key_id)
         params = Params(pairs)
         action_name = params.get("Action") or ""
+        for name, value in pairs:
+            if "\x00" in name or "\x00" in value:
+                # no database keeps NUL in text (PostgreSQL refuses it): refuse it here
+                raise Ec2Error(
+                    "InvalidParameterValue",
+                    f"parameter {name.replace(chr(0), '')!r} contains a NUL character; remove it",
+                )
         answers = _answers(ctx)
         key = answers.key(caller.account_id, action_name, pairs)
         generation = ctx.controller.store.generation
