@@ -74,6 +74,8 @@ class Operations:
         self.handlers: dict[str, Handler] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._lost: set[str] = set()  # operations another controller took over from us
+        # one scan at a time in this controller: a claimed row is started before the next scan
+        self._taking = asyncio.Lock()
         self._changed: dict[str, asyncio.Condition] = {}
         self._generation: dict[str, int] = {}
         self._closing = False
@@ -320,6 +322,10 @@ class Operations:
         """Claim and start the unfinished operations free to take: never owned, owned by an
         earlier run of this controller, or whose owner's lease has ended. Rows another
         transaction has locked are skipped, not waited for."""
+        async with self._taking:
+            return await self._take_over()
+
+    async def _take_over(self) -> list[str]:
         async with self.store.write(exclusive=False) as s:
             now = await db_now(s)
             rows = [
