@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import update  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from corral.controller import claims, instance_types, scheduler  # noqa: E402
+from corral.controller import instance_types, placement_claims, scheduler  # noqa: E402
 from corral.store import Store  # noqa: E402
 from corral.store.models import Account, Image, Instance, Node  # noqa: E402
 
@@ -108,7 +108,7 @@ async def place_all(
         async with store.write() as s:
             got = await scheduler.place(s, req, policy)
             inst = instance(i, req, "a")
-            claims.hold(inst, got)
+            placement_claims.hold(inst, got)
             s.add(inst)
         times.append((time.perf_counter() - t0) * 1000)
         cpu.append((time.process_time() - c0) * 1000)

@@ -167,6 +167,13 @@ class Settings:
             raise Invalid(
                 f"stop_timeout {self.stop_timeout} must not be negative", field="stop_timeout"
             )
+        scheme = self.db_url.partition("://")[0]
+        if self.db_url and scheme not in DB_SCHEMES:
+            raise Invalid(
+                f"db: the URL scheme {scheme!r} is not a database Corral speaks; use "
+                "postgresql://USER@HOST/DB (PostgreSQL, psycopg 3) or sqlite+aiosqlite:///PATH",
+                field="db_url",
+            )
         if self.accel not in ("auto", "kvm", "tcg"):
             raise Invalid(f"accel {self.accel!r} must be auto, kvm or tcg", field="accel")
         for name in ("cpu_allocation_ratio", "memory_allocation_ratio", "disk_allocation_ratio"):
@@ -195,6 +202,9 @@ class Settings:
         if self.machine not in ("pc", "q35"):
             raise Invalid(f"machine {self.machine!r} must be pc or q35", field="machine")
 
+
+# database URLs: SQLite (the default in the state dir) or PostgreSQL through psycopg 3
+DB_SCHEMES = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgres", "postgresql+psycopg")
 
 _ENV = {
     "CORRAL_STATE_DIR": "state_dir",

@@ -31,7 +31,10 @@ def up(
     subnet: str | None = typer.Option(None, help="instance subnet (default 10.88.0.0/24)"),
     domain: str | None = typer.Option(None, help="DNS domain (default corral.internal)"),
     accel: str | None = typer.Option(None, help="auto, kvm or tcg (default auto: probed)"),
-    db: str | None = typer.Option(None, help="database URL (default SQLite in the state dir)"),
+    db: str | None = typer.Option(
+        None,
+        help="database URL: postgresql://USER@HOST/DB for a cluster (default SQLite in the state dir)",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the all-in-one cloud: API, controller and node agent in one process."""

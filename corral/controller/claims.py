@@ -1,97 +1,190 @@
-"""An instance's claim on its node over its life: recorded at launch (``hold``), given
-back when it is terminated (``release``), moved to a new size while it is stopped
-(``resize``), and every node's totals recounted from the instances' claims (``recount``), so
-a path that forgot to release cannot leak capacity for long."""
+"""Claims: named locks kept in the database, each with an owner (a controller) and a lease. They
+hold across every controller sharing the database, and a claim whose owner stops renewing it
+(a crashed or cut-off controller) expires and can be taken over. Time is the database's clock
+on PostgreSQL, so controllers' clocks need not agree."""
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, update
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+import secrets
+from types import TracebackType
+
+from sqlalchemy import delete, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from corral.controller.scheduler import (
-    EPSILON,
-    Context,
-    Placement,
-    Policy,
-    Request,
-    claim,
-    explain,
-    nodes,
-    sift,
-    unclaim,
-)
-from corral.errors import NoResources, NotFound
-from corral.store.models import Instance, Node
+from corral.errors import WrongState
+from corral.store import Store
+from corral.store.models import Claim, utcnow
+
+log = logging.getLogger(__name__)
+
+LEASE = 30.0  # seconds a claim (or an operation) lives without renewal
+WAIT = 600.0  # seconds a lock waits for another controller's claim before giving up
 
 
-def hold(inst: Instance, got: Placement) -> None:
-    """Record on the instance what it claimed (in the same transaction as the claim)."""
-    inst.node_id = got.node_id
-    inst.claim_memory, inst.claim_cores, inst.claim_disk = got.memory, got.cores, got.disk
+def owner_name(hostname: str, state_dir: str) -> str:
+    """A controller's stable owner name: the same after a restart, so a restarted controller
+    takes its own claims back at once; others must wait out the lease."""
+    digest = hashlib.sha256(state_dir.encode()).hexdigest()[:12]
+    return f"{hostname[:48]}:{digest}"
 
 
-async def release(s: AsyncSession, inst: Instance) -> None:
-    """Give back what ``inst`` claimed on its node; idempotent (the claim is zeroed)."""
-    if inst.node_id is None or not (inst.claim_memory or inst.claim_cores or inst.claim_disk):
-        return
-    await unclaim(s, inst.node_id, inst.claim_memory, inst.claim_cores, inst.claim_disk)
-    inst.claim_memory, inst.claim_cores, inst.claim_disk = 0, 0.0, 0
+async def db_now(s: AsyncSession) -> dt.datetime:
+    """Now by the database's clock (PostgreSQL), or this host's (SQLite: one host anyway)."""
+    if s.get_bind().dialect.name == "postgresql":
+        value = await s.scalar(text("SELECT now()"))
+        assert isinstance(value, dt.datetime)
+        return value.astimezone(dt.UTC)
+    return utcnow()
 
 
-async def resize(s: AsyncSession, inst: Instance, memory: int, cores: float, p: Policy) -> None:
-    """A stopped instance's new size, claimed on its own node (it cannot move): the old
-    claim is given back and the new one taken, or NoResources saying what is short."""
-    if inst.node_id is None:
-        return
-    old = (inst.claim_memory, inst.claim_cores, inst.claim_disk)
-    await release(s, inst)
-    view = next((n for n in await nodes(s) if n.id == inst.node_id), None)
-    if view is None:
-        raise NotFound(f"instance {inst.name}'s node {inst.node_id} is gone", resource="node")
-    req = Request(memory=memory, cores=cores, disk=old[2])
-    got = await claim(s, view, req, p)
-    if got is None:
-        why = explain(1, sift([view], req, p, Context())[1], req, p)
-        raise NoResources(  # the caller's transaction rolls back: the old claim stands
-            f"instance {inst.name}'s node cannot hold the new size ({why}); pick a smaller "
-            "type or free the node",
-            resource="node",
-        )
-    hold(inst, got)
+class Claims:
+    """This controller's claims: ``lock(key)`` for a section of code, ``try_claim``/``release``
+    below it, ``renew()`` from a loop that runs more often than the lease ends."""
 
+    def __init__(self, store: Store, owner: str, lease: float = LEASE) -> None:
+        self.store = store
+        self.owner = owner
+        self.lease = dt.timedelta(seconds=lease)
+        self.held: dict[str, str] = {}  # key -> the token of our acquisition
+        self._local: dict[str, asyncio.Lock] = {}
 
-async def recount(s: AsyncSession) -> None:
-    """Make every node's claimed totals the sum of its live instances' claims again, and
-    drop the claims of terminated instances: the repair for any path that forgot to
-    release. The node rows are locked first (PostgreSQL), so no claim slips between."""
-    await s.execute(select(Node.id).with_for_update())
-    await s.execute(
-        update(Instance)
-        .where(Instance.state == "terminated", Instance.claim_memory != 0)
-        .values(claim_memory=0, claim_cores=0.0, claim_disk=0)
-        .execution_options(synchronize_session=False)
-    )
-    sums = {
-        node_id: (int(m or 0), float(c or 0), int(d or 0))
-        for node_id, m, c, d in await s.execute(
-            select(
-                Instance.node_id,
-                func.sum(Instance.claim_memory),
-                func.sum(Instance.claim_cores),
-                func.sum(Instance.claim_disk),
+    async def try_claim(self, key: str, holder: str = "") -> bool:
+        """Take ``key`` if it is free, expired, or left by an earlier run of this controller;
+        False if another live owner holds it."""
+        token = secrets.token_hex(8)
+        async with self.store.write() as s:
+            now = await db_now(s)
+            row = await s.get(Claim, key, with_for_update=True)
+            if row is None:
+                s.add(
+                    Claim(
+                        key=key,
+                        owner=self.owner,
+                        holder=holder,
+                        token=token,
+                        acquired_at=now,
+                        expires_at=now + self.lease,
+                    )
+                )
+            elif row.owner != self.owner and row.expires_at > now:
+                return False
+            else:
+                if row.owner != self.owner:
+                    log.warning(
+                        "taking over %s from %s (lease ended %s)", key, row.owner, row.expires_at
+                    )
+                row.owner, row.holder, row.token = self.owner, holder, token
+                row.acquired_at, row.expires_at = now, now + self.lease
+        self.held[key] = token
+        return True
+
+    async def release(self, key: str) -> None:
+        token = self.held.pop(key, None)
+        if token is None:
+            return
+        async with self.store.write() as s:
+            await s.execute(delete(Claim).where(Claim.key == key, Claim.token == token))
+
+    async def holder(self, key: str) -> Claim | None:
+        async with self.store.read() as s:
+            return await s.get(Claim, key)
+
+    async def renew(self) -> set[str]:
+        """Extend the lease of every claim held; returns the keys found lost (taken over after
+        our lease ended), which are forgotten."""
+        tokens = set(self.held.values())
+        keys = set(self.held)
+        if not keys:
+            return set()
+        async with self.store.write() as s:
+            now = await db_now(s)
+            result = await s.execute(
+                update(Claim)
+                .where(Claim.token.in_(tokens), Claim.owner == self.owner)
+                .values(expires_at=now + self.lease)
+                .returning(Claim.key)
             )
-            .where(Instance.state != "terminated")
-            .group_by(Instance.node_id)
+            kept = set(result.scalars())
+        lost = keys - kept
+        for key in lost:
+            log.error("claim %s was lost (its lease ended and another owner took it)", key)
+        for key in lost:
+            self.held.pop(key, None)
+        return lost
+
+    def forget(self, key: str) -> None:
+        """Drop the local queue of a key no longer used (e.g. a terminated instance's)."""
+        local = self._local.get(key)
+        if local is not None and not local.locked():
+            del self._local[key]
+
+    def lock(self, key: str, holder: str = "", wait: float = WAIT) -> ClaimLock:
+        """``holder`` says who holds it (default: the task's name, e.g. op-instance-stop-…)."""
+        if not holder:
+            task = asyncio.current_task()
+            holder = task.get_name()[:128] if task is not None else ""
+        return ClaimLock(self, key, self._local.setdefault(key, asyncio.Lock()), holder, wait)
+
+
+class ClaimLock:
+    """``async with claims.lock(key)``: one holder at a time across every controller. Tasks of
+    this process queue on a local lock first, then the claim is taken in the database, polling
+    while another controller holds it (at most ``wait`` seconds)."""
+
+    def __init__(
+        self, claims: Claims, key: str, local: asyncio.Lock, holder: str, wait: float
+    ) -> None:
+        self.claims, self.key, self.local, self.holder, self.wait = (
+            claims,
+            key,
+            local,
+            holder,
+            wait,
         )
-    }
-    for node_id, m, c, d in list(
-        await s.execute(select(Node.id, Node.claimed_memory, Node.claimed_cores, Node.claimed_disk))
-    ):
-        want = sums.get(node_id, (0, 0.0, 0))
-        if m != want[0] or d != want[2] or abs(c - want[1]) > EPSILON:
-            await s.execute(
-                update(Node)
-                .where(Node.id == node_id)
-                .values(claimed_memory=want[0], claimed_cores=want[1], claimed_disk=want[2])
-                .execution_options(synchronize_session=False)
-            )
+
+    def locked(self) -> bool:
+        """Held by a task of this controller (another controller's claim is not seen here)."""
+        return self.local.locked()
+
+    async def __aenter__(self) -> ClaimLock:
+        await self.local.acquire()
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.wait
+            pause = 0.05
+            while not await self.claims.try_claim(self.key, self.holder):
+                if loop.time() > deadline:
+                    other = await self.claims.holder(self.key)
+                    raise WrongState(
+                        f"{self.key} is busy: controller {other.owner if other else '?'} holds "
+                        f"it for {other.holder if other else '?'}; try again when that finishes"
+                    )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
+        except BaseException:
+            self.local.release()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            # shielded: a cancelled holder still hands the claim back (else it waits out
+            # the lease); if the database is gone, the lease ends it
+            await asyncio.shield(self._release())
+        finally:
+            self.local.release()
+
+    async def _release(self) -> None:
+        try:
+            await self.claims.release(self.key)
+        except Exception as err:
+            log.warning("releasing claim %s: %r (its lease will end it)", self.key, err)

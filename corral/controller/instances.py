@@ -17,8 +17,9 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import ids
-from corral.controller import claims, instance_types, ipam, keys, scheduler, states
+from corral.controller import instance_types, ipam, keys, placement_claims, scheduler, states
 from corral.controller.accounts import Caller
+from corral.controller.claims import ClaimLock
 from corral.controller.volumes import LaunchVolume
 from corral.errors import (
     CorralError,
@@ -85,7 +86,6 @@ def tap_name(iid: str) -> str:
 class Instances:
     def __init__(self, ctrl: Controller) -> None:
         self.ctrl = ctrl
-        self.locks: dict[str, asyncio.Lock] = {}
         ops = ctrl.ops
         ops.register("instance-run", self._run)
         ops.register("instance-start", self._start)
@@ -93,8 +93,10 @@ class Instances:
         ops.register("instance-reboot", self._reboot)
         ops.register("instance-terminate", self._terminate)
 
-    def lock(self, iid: str) -> asyncio.Lock:
-        return self.locks.setdefault(iid, asyncio.Lock())
+    def lock(self, iid: str) -> ClaimLock:
+        """The instance's lock: a claim in the database, so one operation at a time works on
+        it whichever controller runs it."""
+        return self.ctrl.claims.lock(iid)
 
     # -- lookups ---------------------------------------------------------------------------
     async def resolve(
@@ -293,7 +295,7 @@ class Instances:
                     shutdown_behavior=opts.shutdown_behavior,
                     monitoring="enabled" if opts.monitoring else "disabled",
                 )
-                claims.hold(inst, got)
+                placement_claims.hold(inst, got)
                 s.add(inst)
                 await s.flush()
                 made_volumes = []
@@ -489,7 +491,7 @@ class Instances:
                 row.pid = None
                 row.private_ip = None
                 await ipam.release(s, inst.id)
-                await claims.release(s, row)
+                await placement_claims.release(s, row)
         with contextlib.suppress(Exception):
             await self.ctrl.instance_released(inst.id)
         with contextlib.suppress(Exception):
@@ -680,10 +682,10 @@ class Instances:
                         row.private_ip = None
                         row.terminated_at = utcnow()
                         await ipam.release(s, iid)
-                        await claims.release(s, row)
+                        await placement_claims.release(s, row)
                 await self.ctrl.instance_released(iid)
                 await self.ctrl.networks.sync(inst.network_id)
-        self.locks.pop(iid, None)
+        self.ctrl.claims.forget(iid)
         return {"instance_id": iid}
 
     async def rename(self, caller: Caller, ref: str, name: str) -> Instance:
@@ -735,7 +737,7 @@ class Instances:
                 raise DryRunPassed("ModifyInstanceAttribute would have succeeded")
             if itype is not None:
                 policy = scheduler.Policy.from_settings(self.ctrl.settings)
-                await claims.resize(s, inst, itype.memory, itype.cores, policy)
+                await placement_claims.resize(s, inst, itype.memory, itype.cores, policy)
                 inst.instance_type = itype.name
                 inst.cpus, inst.memory, inst.cpu_limit = itype.vcpus, itype.memory, itype.cpu_limit
             if user_data is not None:

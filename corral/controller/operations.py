@@ -1,19 +1,26 @@
 """Operations (jobs): every mutation runs as one, recorded in the store with status, progress,
 events and a clear error. Handlers are idempotent, so an operation interrupted by a crash is
-simply run again when the controller starts (``resume``)."""
+simply run again when the controller starts (``resume``).
+
+Each running operation is owned by one controller with a lease in its row, renewed while it
+runs. ``take_over`` claims the unfinished operations nobody holds (never started, left by a
+crash, or whose owner stopped renewing) with ``SELECT … FOR UPDATE SKIP LOCKED``, so controllers
+sharing a PostgreSQL database each take different ones (on SQLite the single writer serialises)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
+from corral.controller.claims import LEASE, db_now
 from corral.errors import CorralError, NotFound, WrongState
 from corral.ids import new_id
 from corral.store import Store
@@ -65,12 +72,15 @@ Handler = Callable[[OpContext], Awaitable[dict[str, Any] | None]]
 
 
 class Operations:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, owner: str = "controller", lease: float = LEASE) -> None:
         self.store = store
+        self.owner = owner  # this controller's name in operations' owner column
+        self.lease = dt.timedelta(seconds=lease)
         self.handlers: dict[str, Handler] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.targets: dict[str, str] = {}  # running operation id -> its target's id
-        self.holds: dict[str, dict[str, Any]] = {}  # running operation id -> its parameters
+        self._lost: set[str] = set()  # operations another controller took over from us
+        # one scan at a time in this controller: a claimed row is started before the next scan
+        self._taking = asyncio.Lock()
         self._changed: dict[str, asyncio.Condition] = {}
         self._generation: dict[str, int] = {}
         self._closing = False
@@ -106,17 +116,16 @@ class Operations:
             params=params or {},
             requested_by=requested_by,
             created_at=utcnow(),
+            owner=self.owner,
+            lease_expires_at=utcnow() + self.lease,
         )
 
     def start(self, op: Operation) -> None:
-        """Run a committed pending operation in the background."""
-        if self._closing:
-            return  # it stays pending and resumes at the next start
+        """Run a committed pending operation in the background (once, however often called)."""
+        if self._closing or op.id in self.tasks:
+            return  # closing: it stays pending and resumes at the next start
         task = asyncio.create_task(self._run(op.id), name=f"op-{op.type}-{op.id}")
         self.tasks[op.id] = task
-        self.targets[op.id] = op.target_id
-        # known from the start (a resumed operation holds its instance before its task runs)
-        self.holds[op.id] = dict(op.params or {})
         task.add_done_callback(self._forget)
 
     async def submit(self, op_type: str, **kw: Any) -> Operation:
@@ -130,14 +139,22 @@ class Operations:
         for oid, t in list(self.tasks.items()):
             if t is task:
                 self.tasks.pop(oid, None)
-                self.targets.pop(oid, None)
-                self.holds.pop(oid, None)
+                self._lost.discard(oid)
 
     async def _run(self, op_id: str) -> None:
         async with self.store.write() as s:
             op = await s.get(Operation, op_id)
             if op is None or op.status not in ACTIVE:
                 return
+            now = await db_now(s)
+            if (
+                op.owner not in (None, self.owner)
+                and op.lease_expires_at is not None
+                and op.lease_expires_at > now
+            ):
+                log.info("operation %s is run by %s; leaving it", op_id, op.owner)
+                return
+            op.owner, op.lease_expires_at = self.owner, now + self.lease
             cancel_now = op.status == "cancelling"
             if not cancel_now:
                 op.status = "running"
@@ -145,8 +162,6 @@ class Operations:
                 op.attempts += 1
             ctx = OpContext(self, op.id, op.type, dict(op.params), op.account_id, op.target_id)
             handler = self.handlers[op.type]
-        if op_id in self.tasks:
-            self.holds[op_id] = ctx.params  # the live parameters: checkpoints add to them
         if cancel_now:  # cancelled while no one ran it (e.g. across a restart)
             await self._finish(op_id, "cancelled", None, CANCELLED)
             return
@@ -154,8 +169,8 @@ class Operations:
             await self._event(op_id, "started", f"{ctx.type} {ctx.target_id}".strip(), None)
             result = await handler(ctx)
         except asyncio.CancelledError:
-            if self._closing:
-                raise  # controller shutdown: stays running, resumed at the next start
+            if self._closing or op_id in self._lost:
+                raise  # shutdown or taken over: stays running, resumed by whoever owns it
             await asyncio.shield(self._finish(op_id, "cancelled", None, CANCELLED))
             raise
         except CorralError as err:
@@ -178,6 +193,7 @@ class Operations:
                 return
             op.status = status
             op.finished_at = utcnow()
+            op.lease_expires_at = None
             if result is not None:
                 op.result = result
                 op.progress = 1.0
@@ -279,31 +295,107 @@ class Operations:
         task = self.tasks.get(op_id)
         if task is not None:
             task.cancel()
+        elif (
+            op.owner not in (None, self.owner)
+            and op.lease_expires_at is not None
+            and op.lease_expires_at > utcnow()
+        ):
+            pass  # another controller runs it: it sees "cancelling" when it renews its lease
         else:
             await self._finish(op_id, "cancelled", None, CANCELLED)
         return await self.get(op_id)
 
-    def active_for(self, target_id: str) -> bool:
-        """Whether a running operation targets or holds this (instance, volume …)."""
-        if target_id in self.targets.values():
-            return True
-        return any(p.get(k) == target_id for p in self.holds.values() for k in HOLDS)
+    async def active_for(self, target_id: str) -> bool:
+        """Whether an unfinished operation (of any controller) targets or holds ``target_id``
+        (an instance, a volume …)."""
+        return target_id in await self.active_targets([target_id])
+
+    async def active_targets(self, target_ids: list[str] | None = None) -> set[str]:
+        """The targets (of ``target_ids``, or all) that unfinished operations work on: their
+        target, and what they hold by name in their parameters (``HOLDS``: a capture holds its
+        instance, a replace its new one), known from the moment the operation is recorded."""
+        q = select(Operation.target_id, Operation.params).where(Operation.status.in_(ACTIVE))
+        async with self.store.read() as s:
+            rows = (await s.execute(q)).all()
+        found: set[str] = set()
+        for target, params in rows:
+            if target:
+                found.add(target)
+            for k in HOLDS:
+                v = (params or {}).get(k)
+                if isinstance(v, str):
+                    found.add(v)
+        return found if target_ids is None else found & set(target_ids)
 
     # -- life cycle ------------------------------------------------------------------------
     async def resume(self) -> list[str]:
-        """Start again every operation a crash or shutdown left unfinished."""
-        async with self.store.read() as s:
-            rows = list(
-                await s.scalars(
+        """Start again every operation a crash or shutdown left unfinished (ours, nobody's, or
+        another controller's whose lease has ended)."""
+        return await self.take_over()
+
+    async def take_over(self) -> list[str]:
+        """Claim and start the unfinished operations free to take: never owned, owned by an
+        earlier run of this controller, or whose owner's lease has ended. Rows another
+        transaction has locked are skipped, not waited for."""
+        async with self._taking:
+            return await self._take_over()
+
+    async def _take_over(self) -> list[str]:
+        async with self.store.write(exclusive=False) as s:
+            now = await db_now(s)
+            rows = [
+                op
+                for op in await s.scalars(
                     select(Operation)
-                    .where(Operation.status.in_(ACTIVE))
+                    .where(
+                        Operation.status.in_(ACTIVE),
+                        or_(
+                            Operation.owner.is_(None),
+                            Operation.owner == self.owner,
+                            Operation.lease_expires_at.is_(None),
+                            Operation.lease_expires_at < now,
+                        ),
+                    )
                     .order_by(Operation.created_at)
+                    .with_for_update(skip_locked=True)
                 )
-            )
+                if op.id not in self.tasks
+            ]
+            for op in rows:
+                if op.owner not in (None, self.owner):
+                    log.warning("taking over operation %s from %s", op.id, op.owner)
+                op.owner, op.lease_expires_at = self.owner, now + self.lease
         for op in rows:
             log.info("resuming operation %s (%s %s)", op.id, op.type, op.target_id)
             self.start(op)
         return [op.id for op in rows]
+
+    async def renew(self) -> set[str]:
+        """Extend the leases of the operations this controller runs. One found taken over
+        (our lease ended first) is stopped here without being finished: its new owner runs
+        it. Returns those."""
+        ids = set(self.tasks)
+        if not ids:
+            return set()
+        async with self.store.write() as s:
+            now = await db_now(s)
+            result = await s.execute(
+                update(Operation)
+                .where(Operation.id.in_(ids), Operation.owner == self.owner)
+                .values(lease_expires_at=now + self.lease)
+                .returning(Operation.id, Operation.status)
+            )
+            kept: dict[str, str] = {oid: status for oid, status in result.all()}
+        for oid, status in kept.items():
+            task = self.tasks.get(oid)
+            if status == "cancelling" and task is not None:
+                task.cancel()  # cancelled through another controller
+        lost = {oid for oid in ids - set(kept) if oid in self.tasks}
+        for oid in lost:
+            log.error("operation %s was taken over by another controller; stopping it here", oid)
+            self._lost.add(oid)
+            self.tasks[oid].cancel()
+        return lost
 
     async def close(self) -> None:
         self._closing = True

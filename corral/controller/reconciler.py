@@ -146,8 +146,9 @@ class Reconciler:
         volumes = await volume_sync.attached_on(
             self.ctrl, [r.id for r in rows if r.state == "running"]
         )
+        busy = await self.ctrl.ops.active_targets([r.id for r in rows])
         for inst in rows:
-            if self.ctrl.ops.active_for(inst.id) or self.ctrl.instances.lock(inst.id).locked():
+            if inst.id in busy or self.ctrl.instances.lock(inst.id).locked():
                 continue
             if inst.state == "terminated" and inst.desired_state == "terminated":
                 continue
@@ -163,11 +164,14 @@ class Reconciler:
                 except CorralError as err:
                     log.warning("reconcile %s (%s): %s", inst.name, d.action, err.message)
             elif d.action == Action.NONE and inst.state == "running":
-                async with self.ctrl.instances.lock(inst.id):
-                    try:
-                        await volume_sync.sync_instance(self.ctrl, inst, volumes.get(inst.id, []))
-                    except CorralError as err:
-                        log.warning("reconcile %s (volumes): %s", inst.name, err.message)
+                held = volumes.get(inst.id, [])
+                try:
+                    if await volume_sync.in_sync(self.ctrl, inst, held):
+                        continue  # nothing to change: no lock taken
+                    async with self.ctrl.instances.lock(inst.id):
+                        await volume_sync.sync_instance(self.ctrl, inst, held)
+                except CorralError as err:
+                    log.warning("reconcile %s (volumes): %s", inst.name, err.message)
         self._report_strays(node_id, observed, known)
 
     async def _apply(self, inst: Instance, d: Decision, obs: ObservedInstance | None) -> None:
@@ -177,7 +181,7 @@ class Reconciler:
             # the row may have changed while earlier instances were handled: decide again
             async with self.ctrl.store.read() as s:
                 fresh = await s.get(Instance, inst.id)
-            if fresh is None or self.ctrl.ops.active_for(inst.id):
+            if fresh is None or await self.ctrl.ops.active_for(inst.id):
                 return
             if (
                 decide(
@@ -233,7 +237,7 @@ class Reconciler:
                     spec = await inst_mgr.spec(s, inst)
                 await node.instance_stop(inst.id, 0, force=True)
                 await node.instance_destroy(inst.id, spec.tap)
-                from corral.controller import claims, ipam
+                from corral.controller import ipam, placement_claims
 
                 async with self.ctrl.store.write() as s:
                     row = await s.get(Instance, inst.id)
@@ -243,7 +247,7 @@ class Reconciler:
                         row.private_ip = None
                         row.terminated_at = row.terminated_at or utcnow()
                         await ipam.release(s, inst.id)
-                        await claims.release(s, row)
+                        await placement_claims.release(s, row)
                 await self.ctrl.instance_released(inst.id)
                 await self.ctrl.networks.sync(inst.network_id)
 

@@ -10,9 +10,10 @@ import logging
 from sqlalchemy import delete, select, update
 
 from corral.config import Settings
-from corral.controller import claims
+from corral.controller import placement_claims
 from corral.controller.accounts import Accounts, Caller
 from corral.controller.appliances import Appliances
+from corral.controller.claims import LEASE, Claims, owner_name
 from corral.controller.elastic_ips import ElasticIps
 from corral.controller.image_publishing import ImagePublishing
 from corral.controller.images import Images
@@ -47,7 +48,10 @@ class Controller:
         self.store = store
         self.image_store = image_store
         self.nodes: dict[str, NodeClient] = {}
-        self.ops = Operations(store)
+        # this controller's name on its claims and operations in the (maybe shared) database
+        self.owner = owner_name(settings.hostname, str(settings.state_dir))
+        self.claims = Claims(store, self.owner)
+        self.ops = Operations(store, self.owner)
         self.accounts = Accounts(
             store,
             SecretBox.from_file(settings.state_dir / "secrets.key"),
@@ -192,7 +196,7 @@ class Controller:
         )
         await self.images.sync_from_store()
         async with self.store.write() as s:
-            await claims.recount(s)  # claims made before a crash or an upgrade
+            await placement_claims.recount(s)  # claims made before a crash or an upgrade
         for node_id in self.nodes:
             net = await self.networks.ensure_default(node_id)
             await self.networks.ensure_on_node(net.id)
@@ -200,6 +204,19 @@ class Controller:
         await self.reconciler.reconcile_once()
         self._tasks.append(asyncio.create_task(self.reconciler.run(), name="reconciler"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        self._tasks.append(asyncio.create_task(self._leases(), name="leases"))
+
+    async def _leases(self) -> None:
+        """Keep this controller's leases (claims, operations) alive, and take over the
+        operations of a controller that stopped renewing its own."""
+        while True:
+            await asyncio.sleep(LEASE / 3)
+            try:
+                await self.claims.renew()
+                await self.ops.renew()
+                await self.ops.take_over()
+            except Exception:
+                log.exception("renewing leases")
 
     async def instance_released(self, iid: str) -> None:
         """A terminated instance lets go of what it held: its elastic address is disassociated,
@@ -233,7 +250,7 @@ class Controller:
             try:
                 await self.purge_terminated()
                 async with self.store.write() as s:
-                    await claims.recount(s)
+                    await placement_claims.recount(s)
                 for node_id in self.nodes:
                     async with self.store.read() as s:
                         net = await self.networks.default(s, node_id)

@@ -39,6 +39,14 @@ async def attached_on(ctrl: Controller, instance_ids: list[str]) -> dict[str, li
     return out
 
 
+async def in_sync(ctrl: Controller, inst: Instance, rows: list[Volume]) -> bool:
+    """Whether ``inst``'s QEMU holds exactly what ``rows`` (from :func:`attached_on`) give it:
+    then a pass has nothing to do and takes no lock (a lock is a claim in the database)."""
+    plugged = set(await ctrl.node(inst.node_id).instance_volumes(inst.id))
+    attached = {r.id for r in rows if r.attach_state == "attached"}
+    return attached <= plugged <= {r.id for r in rows}
+
+
 async def sync_instance(
     ctrl: Controller, inst: Instance, rows: list[Volume] | None = None
 ) -> list[str]:
@@ -53,7 +61,7 @@ async def sync_instance(
         rows = (await attached_on(ctrl, [inst.id]))[inst.id]
     changed = []
     for row in rows:
-        if ctrl.ops.active_for(row.id) or row.attach_state != "attached" or row.id in plugged:
+        if await ctrl.ops.active_for(row.id) or row.attach_state != "attached" or row.id in plugged:
             continue
         # the guest let go after all (or ejected it itself): the volume is free
         log.info("%s: the guest released %s; recording it detached", inst.name, row.id)
@@ -75,7 +83,7 @@ async def sync_instance(
                 fresh.error = f"released by the guest of {inst.name} ({inst.id})"
         changed.append(row.id)
     for vid in sorted(plugged - {r.id for r in rows}):
-        if ctrl.ops.active_for(vid):
+        if await ctrl.ops.active_for(vid):
             continue
         log.warning("%s: %s is plugged in but not attached to it; unplugging", inst.name, vid)
         try:

@@ -1,5 +1,10 @@
-"""Engines and sessions. SQLite (WAL) all-in-one: reads in deferred transactions, writes in
-``BEGIN IMMEDIATE`` ones so writers queue instead of failing with "database is locked"."""
+"""Engines and sessions on SQLite (the all-in-one default) or PostgreSQL (clusters).
+
+SQLite (WAL): reads in deferred transactions, writes in ``BEGIN IMMEDIATE`` ones so writers queue
+instead of failing with "database is locked". PostgreSQL (psycopg 3, async): every write
+transaction first takes one transaction-scoped advisory lock (at its first statement), the same
+single-writer rule, so the controller's read-check-write transactions (IPAM, names, claims)
+behave alike on both; commit or rollback releases it, also when a controller dies mid-way."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -18,7 +24,40 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from corral.errors import Invalid
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+# pg_advisory_xact_lock key of the writer lock ("corral" in ASCII: one constant for every
+# controller sharing the database)
+WRITER_LOCK = 0x636F7272616C
+LOCK_TIMEOUT_MS = 60_000  # a writer waiting longer than this fails (SQLite: busy_timeout)
+_SQLITE = {"sqlite", "sqlite+aiosqlite"}
+_POSTGRES = {"postgresql", "postgres", "postgresql+psycopg"}
+
+
+def async_url(url: str) -> str:
+    """``url`` with the async driver Corral uses: aiosqlite for SQLite, psycopg 3 for PostgreSQL
+    (``postgresql://…`` and ``postgresql+psycopg://…`` mean the same). Any other database or
+    driver is refused with the forms that work."""
+    hint = "use sqlite+aiosqlite:///PATH or postgresql://USER@HOST/DB (psycopg 3)"
+    try:
+        parsed = make_url(url)
+    except ArgumentError as err:
+        raise Invalid(f"database URL {url!r} is not a URL: {hint}", field="db_url") from err
+    name = parsed.drivername
+    if name in _SQLITE:
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    elif name in _POSTGRES:
+        if not parsed.database:
+            raise Invalid(
+                f"database URL {parsed!r} names no database: add /DBNAME ({hint})", field="db_url"
+            )
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    else:
+        raise Invalid(
+            f"database URL {parsed!r}: driver {name!r} is not supported; {hint}", field="db_url"
+        )
+    return parsed.render_as_string(hide_password=False)
 
 
 def _sqlite_engine(url: str, begin: str, pool_size: int) -> AsyncEngine:
@@ -43,19 +82,41 @@ def _sqlite_engine(url: str, begin: str, pool_size: int) -> AsyncEngine:
     return engine
 
 
+def _postgres_writer(url: str) -> AsyncEngine:
+    """One connection whose every transaction starts by taking the writer lock (at its first
+    statement, as SQLite's ``BEGIN IMMEDIATE``); a lock wait ends after ``LOCK_TIMEOUT``."""
+    engine = create_async_engine(
+        url,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=60,
+        pool_pre_ping=True,
+        connect_args={"options": f"-c lock_timeout={LOCK_TIMEOUT_MS}"},
+    )
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITER_LOCK})")
+
+    return engine
+
+
 class Store:
     """The database: ``read()`` and ``write()`` give sessions; ``migrate()`` brings the schema
     to the newest Alembic revision."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
-        self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
+        self.url = async_url(url)
+        self.is_sqlite = make_url(self.url).get_backend_name() == "sqlite"
+        self.dialect = "sqlite" if self.is_sqlite else "postgresql"
         if self.is_sqlite:
-            self._read_engine = _sqlite_engine(url, "BEGIN", pool_size=4)
-            self._write_engine = _sqlite_engine(url, "BEGIN IMMEDIATE", pool_size=1)
+            self._read_engine = _sqlite_engine(self.url, "BEGIN", pool_size=4)
+            self._write_engine = _sqlite_engine(self.url, "BEGIN IMMEDIATE", pool_size=1)
         else:
-            self._read_engine = create_async_engine(url, pool_size=10)
-            self._write_engine = self._read_engine
+            self._read_engine = create_async_engine(
+                self.url, pool_size=8, max_overflow=4, pool_timeout=60, pool_pre_ping=True
+            )
+            self._write_engine = _postgres_writer(self.url)
         self._reader = async_sessionmaker(self._read_engine, expire_on_commit=False)
         # bumped by every write transaction: readers cache answers until it moves
         self.generation = 0
@@ -67,10 +128,17 @@ class Store:
             yield session
 
     @contextlib.asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncSession]:
-        """One write transaction: committed on normal exit, rolled back on any error."""
+    async def write(self, *, exclusive: bool = True) -> AsyncIterator[AsyncSession]:
+        """One write transaction: committed on normal exit, rolled back on any error.
+
+        ``exclusive`` (the default) queues it behind every other exclusive writer of the
+        database, whichever controller runs it. Only code whose correctness rests on row locks
+        alone (``SELECT … FOR UPDATE SKIP LOCKED``, conditional updates) passes
+        ``exclusive=False``, and never waits for a row lock; on SQLite every write is exclusive.
+        Never open a write inside another: the inner one would wait for the outer."""
+        maker = self._writer if exclusive or self.is_sqlite else self._reader
         try:
-            async with self._writer() as session, session.begin():
+            async with maker() as session, session.begin():
                 yield session
         finally:
             self.generation += 1

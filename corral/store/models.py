@@ -241,6 +241,23 @@ class Operation(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # the controller running it and until when (renewed while it runs; another controller
+    # takes over an unfinished operation whose lease has ended)
+    owner: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class Claim(Base):
+    """A named lock held by one controller (``owner``) until ``expires_at`` unless renewed:
+    "an operation is working on this instance", across every controller of the database."""
+
+    __tablename__ = "claims"
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    holder: Mapped[str] = mapped_column(String(128), default="")  # e.g. the operation's id
+    token: Mapped[str] = mapped_column(String(32))  # one acquisition (release only our own)
+    acquired_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
 
 
 class OperationEvent(Base):

@@ -1,13 +1,17 @@
-"""Fixtures for the fast unit tests: a migrated SQLite store in a temporary directory, an image
-store holding one small image, and a controller driving a fake node (no root, no QEMU) through
-the node wire: the fake is served by the agent's server on a unix socket, as the agent is."""
+"""Fixtures for the fast unit tests: a migrated store, an image store holding one small image,
+and a controller driving a fake node (no root, no QEMU) through the node wire: the fake is
+served by the agent's server on a unix socket, as the agent is.
+
+The store is SQLite in a temporary directory; tests marked ``postgres`` run a second time on
+PostgreSQL (a server this session starts, a fresh database per test). ``CORRAL_TEST_ALL_DBS=1``
+runs every test that uses the store on both."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,10 @@ from corral.images.store import ImageStore
 from corral.node.fake import FakeNode
 from corral.node.remote import connect_node
 from corral.store import Store
+from tests.postgres import PostgresServer
 from tests.unit.helpers import add_image, node_server
+
+ALL_DBS = os.environ.get("CORRAL_TEST_ALL_DBS") == "1"
 
 
 @pytest.fixture(autouse=True)
@@ -49,11 +56,38 @@ def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "db_backend" not in metafunc.fixturenames:
+        return
+    if metafunc.definition.get_closest_marker("postgres") or ALL_DBS:
+        metafunc.parametrize("db_backend", ["sqlite", "postgresql"], indirect=True)
+
+
 @pytest.fixture
-async def store(tmp_path: Path, migrated_db: Path) -> AsyncIterator[Store]:
-    path = tmp_path / "t.db"
-    shutil.copyfile(migrated_db, path)
-    db = Store(f"sqlite+aiosqlite:///{path}")
+def db_backend(request: pytest.FixtureRequest) -> str:
+    """sqlite, or postgresql for the tests marked ``postgres`` (their second run)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def db_url(
+    db_backend: str, tmp_path: Path, migrated_db: Path, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """The URL of a fresh database at the newest schema, dropped after the test."""
+    if db_backend == "sqlite":
+        path = tmp_path / "t.db"
+        shutil.copyfile(migrated_db, path)
+        yield f"sqlite+aiosqlite:///{path}"
+        return
+    template: str = request.getfixturevalue("postgres_template")
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    with server.database(template) as url:
+        yield url
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
+    db = Store(db_url)
     yield db
     await db.close()
 

@@ -149,6 +149,16 @@ def test_database_setting_replaces_the_sqlite_default(tmp_path: Path) -> None:
     assert config.load(tmp_path, db_url=url).database_url == url
 
 
+def test_a_database_url_corral_does_not_speak_is_invalid_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(Invalid) as info:
+        config.load(tmp_path, db_url="mysql://root:hunter2@db/corral")
+    assert info.value.field == "db_url"
+    assert "postgresql://" in info.value.message
+    assert "hunter2" not in info.value.message
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [

@@ -17,6 +17,8 @@ from corral.store import Store
 from corral.store.models import Node
 from tests.unit.helpers import addresses, admin, finish, reload, run
 
+pytestmark = pytest.mark.postgres  # also on PostgreSQL
+
 
 async def _reconcile(ctrl: Controller) -> None:
     await ctrl.reconciler.reconcile_once()

@@ -14,6 +14,8 @@ from corral.errors import Code, Exists, Invalid, NoResources
 from corral.store import Store
 from corral.store.models import Account, Address, Image, Instance, Network, Node
 
+pytestmark = pytest.mark.postgres  # also on PostgreSQL
+
 NewInstance = Callable[[], Awaitable[str]]
 
 

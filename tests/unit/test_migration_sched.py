@@ -10,7 +10,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from corral.controller import claims
+from corral.controller import placement_claims
 from corral.store import Store
 from corral.store.db import MIGRATIONS
 from corral.store.models import Node
@@ -72,7 +72,7 @@ async def test_live_instances_are_backfilled_with_their_claims(tmp_path: Path) -
         ("i-3", 0, 0.0, 0),
     ]
     async with store.write() as s:
-        await claims.recount(s)
+        await placement_claims.recount(s)
     async with store.read() as s:
         node = await s.get(Node, "node-n1")
         assert node is not None

@@ -15,6 +15,8 @@ from corral.errors import Code, CorralError, Invalid, NotFound, WrongState
 from corral.store import Store
 from corral.store.models import Operation
 
+pytestmark = pytest.mark.postgres  # also on PostgreSQL
+
 WAIT = 60.0  # a safety net only (generous: a loaded 2-core machine)
 
 
@@ -195,7 +197,7 @@ async def test_cancel_stops_a_running_operation(ops: Operations) -> None:
     assert done.status == "cancelled"
     assert done.error == {"code": "cancelled", "message": "cancelled on request"}
     assert cancelled.is_set()
-    assert not ops.active_for("t-1")
+    assert not await ops.active_for("t-1")
 
 
 async def test_cancel_of_an_operation_with_no_task_here_finishes_it(store: Store) -> None:
@@ -233,11 +235,11 @@ async def test_active_for_tracks_the_target_while_the_operation_runs(ops: Operat
 
     ops.register("hold", handler)
     op = await _submit(ops, "hold")
-    assert ops.active_for("t-1")
+    assert await ops.active_for("t-1")
     release.set()
     await _finished(ops, op.id)
     await asyncio.sleep(0)  # let the done-callback run
-    assert not ops.active_for("t-1")
+    assert not await ops.active_for("t-1")
 
 
 async def test_shutdown_leaves_running_operations_to_resume_after_a_restart(store: Store) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from corral.controller import claims, scheduler
+from corral.controller import placement_claims, scheduler
 from corral.controller.service import Controller
 from corral.errors import Invalid, NoResources, NotFound
 from corral.node.fake import FakeNode
@@ -238,7 +238,7 @@ async def test_recount_repairs_claims_that_drifted(cluster: Cluster) -> None:
     async with ctrl.store.write() as s:
         await s.execute(update(Node).values(claimed_memory=7 * GiB, claimed_cores=9.0))
     async with ctrl.store.write() as s:
-        await claims.recount(s)
+        await placement_claims.recount(s)
     assert inst.node_id is not None
     here = inst.node_id.removeprefix("node-")
     assert await _claimed(ctrl, here) == (512 * MiB, 1.0, 64 * MiB)

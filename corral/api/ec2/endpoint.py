@@ -93,6 +93,13 @@ async def ec2(request: Request) -> Response:
         auth = await sigv4.verify_auth(req, ctx.settings.region, secret_for)
         caller = await accounts.lookup(auth.key_id)
         check_params(pairs)
+        for name, value in pairs:
+            if "\x00" in name or "\x00" in value:
+                # no database keeps NUL in text (PostgreSQL refuses it): refuse it here
+                raise Ec2Error(
+                    "InvalidParameterValue",
+                    f"parameter {name.replace(chr(0), '')!r} contains a NUL character; remove it",
+                )
         if auth.service == "sts":
             action_name = next((v for k, v in pairs if k == "Action"), "")
             try:

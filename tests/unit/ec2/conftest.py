@@ -5,7 +5,6 @@ httpx.ASGITransport, so no socket is opened)."""
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -154,13 +153,6 @@ def add_fake_image(images: ImageStore, tmp: Path, name: str = "tiny") -> Manifes
     return m
 
 
-@pytest.fixture(scope="session")
-def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ec2db") / "template.db"
-    Store(f"sqlite+aiosqlite:///{path}").migrate()
-    return path
-
-
 class World:
     def __init__(
         self, ctrl: Controller, node: FakeNode, http: httpx.AsyncClient, admin: Ec2
@@ -189,11 +181,10 @@ class World:
 
 
 @pytest.fixture
-async def world(tmp_path: Path, template_db: Path) -> AsyncIterator[World]:
+async def world(tmp_path: Path, db_url: str) -> AsyncIterator[World]:
     state = tmp_path / "state"
     state.mkdir()
-    shutil.copy(template_db, state / "corral.db")
-    settings = config.load(state, subnet="10.250.0.0/24", reconcile_interval=3600)
+    settings = config.load(state, subnet="10.250.0.0/24", reconcile_interval=3600, db_url=db_url)
     store = Store(settings.database_url)
     images = ImageStore(settings.images_dir)
     manifest = add_fake_image(images, tmp_path)

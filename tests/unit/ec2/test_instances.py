@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import base64
 
+import pytest
 from sqlalchemy import func, select
 
 from corral.store.models import Instance
 from tests.unit.ec2.conftest import World
+
+pytestmark = pytest.mark.postgres  # also on PostgreSQL
 
 
 async def _count(world: World) -> int:

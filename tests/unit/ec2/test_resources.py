@@ -7,10 +7,13 @@ import base64
 import hashlib
 import re
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from tests.unit.ec2.conftest import World
+
+pytestmark = pytest.mark.postgres
 
 
 async def _instance(world: World, **kw: object) -> str:
@@ -386,3 +389,11 @@ async def test_tags_on_every_kind(world: World) -> None:
         "InvalidID", "CreateTags", Resources=["web-1"], Tags=[{"Key": "a", "Value": "b"}]
     )
     assert base64  # keep the import for readers who decode outputs
+
+
+async def test_a_nul_character_in_a_parameter_is_invalid_on_every_database(world: World) -> None:
+    """PostgreSQL keeps no NUL in text: the endpoint refuses it for both databases alike."""
+    await world.admin.fails(
+        "InvalidParameterValue", "CreateSecurityGroup", GroupName="a\x00b", Description="d"
+    )
+    await world.admin.fails("InvalidParameterValue", "DeleteSecurityGroup", GroupName="\x00")

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from corral.controller.service import Controller
 from corral.node.fake import FakeNode
 
 
@@ -192,3 +193,30 @@ async def test_snapshot_of_an_attached_volume_records_the_nodes_answer_and_resto
     assert resp.status_code == 400 and resp.json()["error"]["field"] == "Size"
     await _done(api, (await api.delete(f"/v1/snapshots/{snap['id']}")).json())
     assert snap["id"] not in node.snapshots
+
+
+async def test_a_guest_that_lets_go_later_frees_the_volume_at_the_next_pass(
+    api: httpx.AsyncClient, node: FakeNode, ctrl: Controller
+) -> None:
+    inst = await _run(api, "web")
+    vol = await _volume(api, name="data")
+    await _done(
+        api,
+        (await api.post("/v1/volumes/data/attach", json={"instance": "web"})).json()["operation"],
+    )
+    taken: list[str] = []
+    real_try_claim = ctrl.claims.try_claim
+
+    async def counting(key: str, holder: str = "") -> bool:
+        taken.append(key)
+        return await real_try_claim(key, holder)
+
+    ctrl.claims.try_claim = counting  # type: ignore[method-assign]
+    await ctrl.reconciler.reconcile_once()
+    assert (await api.get("/v1/volumes/data")).json()["state"] == "in-use"
+    assert taken == []  # in sync: the pass took no lock (no claim written)
+    node.plugged[inst["id"]].discard(vol["id"])  # the guest released it after all
+    await ctrl.reconciler.reconcile_once()
+    after = (await api.get("/v1/volumes/data")).json()
+    assert after["state"] == "available" and "released by the guest" in after["error"]
+    assert taken == [inst["id"]]
