@@ -143,6 +143,9 @@ def _readable_by_others(path: str) -> bool:
 def enter(plan: Plan) -> None:
     """Build the jail, enter it and become the instance's user (never returns on success)."""
     root = plan.root
+    # the daemon runs with umask 077; the jail's own directories (the way down to /usr, the
+    # devices, the sockets) must be traversable by the instance's uid
+    os.umask(0o022)
     opened: list[tuple[int, int]] = []  # (where it is now, where QEMU expects it)
     for spec in plan.fds:
         flags = (os.O_RDWR if spec.write else os.O_RDONLY) | os.O_CLOEXEC
@@ -194,6 +197,7 @@ def enter(plan: Plan) -> None:
     os.setresuid(plan.uid, plan.uid, plan.uid)
     if os.getuid() == 0 or os.geteuid() == 0:
         raise OSError("dropping root failed")
+    os.umask(0o077)  # what QEMU itself creates (its pid file, sockets) is its own
     os.execv(plan.argv[0], plan.argv)
 
 
