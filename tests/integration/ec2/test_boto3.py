@@ -45,7 +45,9 @@ def cli_key(d: Daemon) -> str:
 
 
 def test_boto3_lifecycle_with_waiters_volume_and_image(corral: Daemon, ec2: Any, tiny: str) -> None:
-    ec2.import_key_pair(KeyName="cli", PublicKeyMaterial=cli_key(corral).encode())
+    # the session's earlier EC2 tests may have imported the same key already
+    if not ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": ["cli"]}])["KeyPairs"]:
+        ec2.import_key_pair(KeyName="cli", PublicKeyMaterial=cli_key(corral).encode())
     sg = ec2.create_security_group(GroupName="web", Description="web servers")["GroupId"]
     ec2.authorize_security_group_ingress(
         GroupId=sg,
