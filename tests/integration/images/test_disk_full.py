@@ -44,14 +44,25 @@ def _leftovers(d: Daemon) -> list[str]:
 def test_a_build_that_fills_the_disk_fails_clearly_and_leaves_nothing(
     small: Daemon, tmp_path: Path
 ) -> None:
+    # a recipe is uploaded (never read from a server path), so it stays small: the store is
+    # filled up to its last MiB beforehand instead, and a new build needs more than that
     recipe = tmp_path / "fat"
     shutil.copytree(BUILTIN / "tiny", recipe)
     text = (recipe / "recipe.toml").read_text().replace('name = "tiny"', 'name = "fat"')
     (recipe / "recipe.toml").write_text(text + '\n[files]\n"/srv/ballast" = "ballast"\n')
     with open(recipe / "ballast", "wb") as fh:
-        fh.write(os.urandom(SIZE_MIB << 20))
+        fh.write(os.urandom(256 << 10))
     before = sorted(p.name for p in (small.state_dir / "images/blobs").iterdir())
-    res = small.cli("image", "build", str(recipe), timeout=900)
+    filler = small.state_dir / "images" / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        try:
+            os.posix_fallocate(fd, 0, shutil.disk_usage(filler.parent).free - (1 << 20))
+        finally:
+            os.close(fd)
+        res = small.cli("image", "build", str(recipe), timeout=900)
+    finally:
+        filler.unlink()
     assert res.rc != 0
     assert "is full" in res.err and "nothing was kept" in res.err, res.err
     assert _leftovers(small) == []
