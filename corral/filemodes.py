@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from corral.errors import EnvironmentProblem
+
 T = TypeVar("T")
 # immutable, shared content (relative to the state directory): see the module's note
 SHARED_READ_ONLY = ("images/blobs", "images/manifests")
@@ -29,7 +31,13 @@ CLONE_FS = 0x200
 def secure_state_dir(path: Path) -> int:
     """Create ``path`` 0700 (or make it so) and take group and other access away from every
     root-owned file beneath it; returns how many entries were changed."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as err:
+        raise EnvironmentProblem(
+            f"state directory {path} is not writable ({err.strerror}); "
+            "choose another with --state-dir or fix its permissions"
+        ) from err
     changed = 0
     if stat.S_IMODE(path.stat().st_mode) != 0o700:
         os.chmod(path, 0o700)
