@@ -100,12 +100,9 @@ class Dnsmasq:
         argv = self.argv()
         pid = self.pid()
         if pid is not None:
-            if proc_cmdline(pid) == argv:
-                if hosts is not None:
-                    os.kill(pid, signal.SIGHUP)
-                    await self.release_stale(hosts)
+            if proc_cmdline(pid) == argv and hosts is None:
                 return pid
-            await self.stop()
+            await self.stop()  # new hosts: restarted, never SIGHUP'd (see update_hosts)
         pid = await asyncio.to_thread(self._start, argv)
         if hosts is not None:
             await self.release_stale(hosts)
@@ -151,14 +148,12 @@ class Dnsmasq:
         atomic_write(self.addn_hosts, dns)
 
     async def update_hosts(self, hosts: list[HostEntry]) -> None:
+        """New host files, read by a restarted dnsmasq. Not SIGHUP: dnsmasq 2.90 re-reading a
+        dhcp-optsfile with tagged options crashes (segfault in libc) at the next DHCP exchange,
+        which left a network without DNS until the next housekeeping pass; a restart takes
+        tens of milliseconds and keeps the leases (they are in the lease file)."""
         async with self._hosts_lock:
-            self._write_hosts(hosts)
-            pid = self.pid()
-            if pid is None:
-                await self.ensure()
-            else:
-                os.kill(pid, signal.SIGHUP)
-            await self.release_stale(hosts)
+            await self.ensure(hosts)
 
     def leases_held(self) -> list[tuple[str, str, str]]:
         """(mac, address, client id) of every lease dnsmasq has written down."""
