@@ -68,7 +68,9 @@ def test_debian_delta_round_trip_between_two_daemons(
     other.cli("image", "import", str(whole), "--sha256", _sha(whole), timeout=900).ok()
     other.cli("image", "import", str(delta), "--sha256", _sha(delta), timeout=900).ok()
     got = image(other, "debian-tools:12.1")
-    assert got["digest"] == tools["digest"] and got["id"] == tools["id"]
+    # the same content (digest); the id is the importing account's own record of it (an
+    # account-owned image's id names its account, and the two daemons' admins differ)
+    assert got["digest"] == tools["digest"]
     assert got["manifest"] == tools["manifest"]
     assert got["base"] == debian["digest"]
     out = other.cli("image", "verify", "debian-tools:12.1", timeout=600).ok().out
