@@ -4,7 +4,6 @@ on: a unix socket (mode 0600) in all-in-one mode; TCP with mutual TLS in a clust
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -20,11 +19,12 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from corral import errors
 from corral.node import wire
 from corral.node.spec import WireError
+from corral.streams import relay
 
 log = logging.getLogger(__name__)
 
@@ -96,47 +96,9 @@ def _stream(node: Any, call: wire.Call) -> Callable[[WebSocket], Awaitable[None]
             await ws.close()
             return
         await ws.send_text(json.dumps({"ok": True}))
-        await pump_websocket(ws, reader, writer)
+        await relay(ws, reader, writer, half_close=True)
 
     return endpoint
-
-
-async def pump_websocket(
-    ws: WebSocket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> None:
-    """Copy bytes between a Starlette websocket and a stream pair until one side ends."""
-
-    async def out() -> None:
-        while data := await reader.read(CHUNK):
-            await ws.send_bytes(data)
-
-    async def into() -> None:
-        while True:
-            msg = await ws.receive()
-            if msg["type"] == "websocket.disconnect":
-                return
-            data = msg.get("bytes") or (msg.get("text") or "").encode()
-            if not data:  # an empty frame: the caller's side ended (half-close)
-                if writer.can_write_eof():
-                    writer.write_eof()
-                continue
-            writer.write(data)
-            await writer.drain()
-
-    tasks = [asyncio.create_task(out()), asyncio.create_task(into())]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    except WebSocketDisconnect:
-        pass
-    finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        writer.close()
-        with contextlib.suppress(Exception):
-            await ws.close()
 
 
 # -- listeners ---------------------------------------------------------------------------------

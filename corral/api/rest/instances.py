@@ -3,10 +3,9 @@ console and to the guest's ports."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
-from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, Query, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from corral import models
@@ -18,6 +17,7 @@ from corral.api.rest.errors import RESPONSES
 from corral.controller.accounts import Caller
 from corral.errors import CorralError, Invalid, Unauthorized, WrongState
 from corral.store.models import Instance
+from corral.streams import relay
 
 router = APIRouter(prefix="/v1/instances", tags=["instances"], responses=RESPONSES)
 
@@ -148,7 +148,7 @@ async def instance_console(ws: WebSocket, ref: str) -> None:
         await _ws_refuse(ws, err)
         return
     await ws.accept()
-    await _relay(ws, reader, writer, half_close=False)
+    await relay(ws, reader, writer, half_close=False)
 
 
 @router.websocket("/{ref}/ports/{port}")
@@ -173,7 +173,7 @@ async def instance_port(ws: WebSocket, ref: str, port: int) -> None:
         await _ws_refuse(ws, err)
         return
     await ws.accept()
-    await _relay(ws, reader, writer, half_close=True)
+    await relay(ws, reader, writer, half_close=True)
 
 
 async def _ws_caller(ctx: ApiContext, ws: WebSocket) -> Caller:
@@ -196,50 +196,6 @@ async def _ws_refuse(ws: WebSocket, err: CorralError) -> None:
         )
         return
     await ws.close(code=4000 + min(err.http_status, 999), reason=err.message[:120])
-
-
-async def _relay(
-    ws: WebSocket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, half_close: bool
-) -> None:
-    """Copy both ways until either side ends, then close both."""
-
-    async def to_client() -> None:
-        while data := await reader.read(65536):
-            await ws.send_bytes(data)
-
-    async def from_client() -> None:
-        ended = False  # the client's side is closed; the other way goes on
-        while True:
-            msg = await ws.receive()
-            if msg["type"] == "websocket.disconnect":
-                return
-            data = msg.get("bytes")
-            if data is None:
-                data = (msg.get("text") or "").encode()
-            if ended:
-                continue
-            if not data and half_close:
-                ended = True
-                if writer.can_write_eof():
-                    writer.write_eof()
-                continue
-            writer.write(data)
-            await writer.drain()
-
-    tasks = [asyncio.create_task(to_client()), asyncio.create_task(from_client())]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    except WebSocketDisconnect:
-        pass
-    finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        writer.close()
-        with contextlib.suppress(Exception):
-            await ws.close()
 
 
 async def _view(ctx: ApiContext, who: Caller, inst: Instance) -> models.Instance:
