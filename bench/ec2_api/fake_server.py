@@ -5,7 +5,11 @@ The controller runs as the daemon's does: the reconciler at its normal interval 
 default), and nodes the size of this machine (its CPUs and memory each), as many as the
 instances need (``--nodes``), so placement works as it would on a real cluster of such hosts.
 
-    python -m bench.ec2_api.fake_server --port 18773 --state /tmp/x [--nodes 6]
+    python -m bench.ec2_api.fake_server --port 18773 --state /tmp/x [--nodes 6] [--wire]
+
+With ``--wire`` the fake nodes are not Python objects in this process: they run in a process of
+their own behind the agent's real server on unix sockets (bench/ec2_api/fake_nodes.py), and the
+controller reaches them through the real node client, as it reaches a real agent.
 
 Prints the admin key as JSON on its first line, then serves until SIGINT/SIGTERM; on the way
 out writes STATE/stats.json (reconcile passes, interval, nodes)."""
@@ -18,6 +22,7 @@ import functools
 import gc
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +38,7 @@ from corral.daemon import GC_THRESHOLDS
 from corral.images.manifest import Manifest
 from corral.images.store import ImageStore
 from corral.node.fake import FakeNode
+from corral.node.remote import RemoteNode, connect_node
 from corral.node.spec import NodeInfo
 from corral.store import Store
 
@@ -78,7 +84,36 @@ def host_size() -> tuple[int, int]:
     return os.cpu_count() or 1, kib << 10
 
 
-async def main(port: int, state: Path, nodes: int, timings: Path | None = None) -> None:
+def _start_wired_nodes(
+    state: Path, images: Path, nodes: int
+) -> tuple[subprocess.Popen[bytes], list[str]]:
+    """The fake nodes in their own process, behind the agent's server: their URLs."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.ec2_api.fake_nodes",
+            "--sockets",
+            str(state / "nodes"),
+            "--images",
+            str(images),
+            "--count",
+            str(nodes),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait(10)
+        raise SystemExit(f"the fake nodes' process ended (exit {proc.returncode}) before serving")
+    urls: list[str] = json.loads(line)["nodes"]
+    return proc, urls
+
+
+async def main(
+    port: int, state: Path, nodes: int, timings: Path | None = None, wire: bool = False
+) -> None:
     state.mkdir(parents=True, exist_ok=True)
     settings = config.load(state, api_port=port, subnet="10.251.0.0/20")
     store = Store(settings.database_url)
@@ -87,7 +122,15 @@ async def main(port: int, state: Path, nodes: int, timings: Path | None = None) 
     _image(images, state)
     cpus, memory = host_size()
     ctrl = Controller(settings, store, images)
-    for i in range(nodes):
+    wired: subprocess.Popen[bytes] | None = None
+    owners: list[RemoteNode] = []
+    if wire:
+        wired, urls = _start_wired_nodes(state, settings.images_dir, nodes)
+        for i, url in enumerate(urls):
+            client, owner = connect_node(url)
+            owners.append(owner)
+            await ctrl.add_node(client, f"fake{i}")
+    for i in range(0 if wire else nodes):
         node = FakeNode(name=f"fake{i}", images=images)
         info = await node.info()
         node.info = functools.partial(_sized, info, cpus, memory)  # type: ignore[method-assign]
@@ -117,12 +160,19 @@ async def main(port: int, state: Path, nodes: int, timings: Path | None = None) 
     try:
         await server.serve()
     finally:
+        await ctrl.close()  # its followers' long polls end before their clients close
+        for owner in owners:
+            await owner.aclose()
+        if wired is not None:
+            wired.terminate()
+            wired.wait(30)
         (state / "stats.json").write_text(
             json.dumps(
                 {
                     "reconcile_interval_s": settings.reconcile_interval,
                     "reconcile_passes": ctrl.reconciler.passes,
                     "nodes": nodes,
+                    "wire": wire,
                     "node_cpus": cpus,
                     "node_memory": memory,
                 }
@@ -140,8 +190,11 @@ if __name__ == "__main__":
     ap.add_argument("--state", type=Path, required=True)
     ap.add_argument("--timings", type=Path, help="append each request's server time (ms)")
     ap.add_argument("--nodes", type=int, default=1, help="fake nodes, each this machine's size")
+    ap.add_argument(
+        "--wire", action="store_true", help="the fake nodes in their own process, over the wire"
+    )
     a = ap.parse_args()
     try:
-        asyncio.run(main(a.port, a.state, a.nodes, a.timings))
+        asyncio.run(main(a.port, a.state, a.nodes, a.timings, a.wire))
     except KeyboardInterrupt:
         sys.exit(0)

@@ -45,6 +45,7 @@ from botocore.credentials import Credentials
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
+CORRAL = "corral (fake node)"  # the fake nodes are in-process, or behind the wire with --wire
 FORM = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
 
 
@@ -180,7 +181,9 @@ def start_moto(tmp: Path) -> tuple[subprocess.Popen[bytes], Target]:
     return proc, Target("moto", f"http://127.0.0.1:{port}", "testing", "testing", "us-east-1")
 
 
-def start_corral_fake(tmp: Path, nodes: int) -> tuple[subprocess.Popen[bytes], Target]:
+def start_corral_fake(
+    tmp: Path, nodes: int, wire: bool = False
+) -> tuple[subprocess.Popen[bytes], Target]:
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -195,6 +198,7 @@ def start_corral_fake(tmp: Path, nodes: int) -> tuple[subprocess.Popen[bytes], T
             str(tmp / "server-ms"),
             "--nodes",
             str(nodes),
+            *(["--wire"] if wire else []),
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -204,7 +208,7 @@ def start_corral_fake(tmp: Path, nodes: int) -> tuple[subprocess.Popen[bytes], T
     creds = json.loads(proc.stdout.readline())
     wait_http(f"http://127.0.0.1:{port}/v1/health")
     t = Target(
-        "corral (fake node)",
+        CORRAL,
         f"http://127.0.0.1:{port}",
         creds["access_key_id"],
         creds["secret_access_key"],
@@ -248,6 +252,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="per measurement")
     ap.add_argument("--no-real", action="store_true", help="skip the real-VM measurements")
     ap.add_argument("--runs", type=int, default=3, help="RunInstances -> running samples")
+    ap.add_argument(
+        "--wire",
+        action="store_true",
+        help="the fake nodes in a process of their own, reached over the real node wire",
+    )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="corral-bench-"))
     load_before = os.getloadavg()
@@ -265,12 +274,13 @@ def main() -> None:
     sizes = (1, 100, 1000)
     nodes = nodes_for(max(sizes))
     results["fake_nodes"] = nodes
+    results["wire"] = args.wire
     procs = []
     fake_proc = None
     try:
         moto_proc, moto = start_moto(tmp)
         procs.append(moto_proc)
-        fake_proc, corral = start_corral_fake(tmp, nodes)
+        fake_proc, corral = start_corral_fake(tmp, nodes, args.wire)
         procs.append(fake_proc)
         moto_ami = moto.boto.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
         corral_ami = corral.boto.describe_images(Owners=["corral"])["Images"][0]["ImageId"]
@@ -311,16 +321,14 @@ def main() -> None:
                         flush=True,
                     )
             for kind in ("after_write", "polled"):
-                row[kind]["ratio_rps"] = (
-                    row[kind]["corral (fake node)"]["rps"] / row[kind]["moto"]["rps"]
-                )
+                row[kind]["ratio_rps"] = row[kind][CORRAL]["rps"] / row[kind]["moto"]["rps"]
             results["describe_instances"].append(row)
         results["run_to_running"].append(
             {"target": "moto", **run_to_running(moto, moto_ami, "t2.micro", args.runs)}
         )
         results["run_to_running"].append(
             {
-                "target": "corral (fake node)",
+                "target": CORRAL,
                 **run_to_running(corral, corral_ami, "cr1.nano", args.runs),
             }
         )
@@ -415,7 +423,7 @@ def _table(rows: list[dict[str, Any]], kind: str) -> list[str]:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
-        c, mo = row[kind]["corral (fake node)"], row[kind]["moto"]
+        c, mo = row[kind][CORRAL], row[kind]["moto"]
         out.append(
             f"| {row['instances']} | {c['rps']:.1f} | {c['p50_ms']:.1f} | "
             f"{c['top']} {c['top_ms']:.1f} | {mo['rps']:.1f} | {mo['p50_ms']:.1f} | "
@@ -440,7 +448,13 @@ def write(results: dict[str, Any]) -> None:
         f"{m.get('load_after')}; QEMU processes running before: "
         f"{m['qemu_processes_before']}  ",
         f"Corral's side: the real API, controller and store over {results.get('fake_nodes')} "
-        "fake nodes, each this machine's size "
+        + (
+            "fake nodes in a process of their own behind the agent's real server, reached "
+            "through the real node client over unix sockets (the wire), "
+            if results.get("wire")
+            else "fake nodes in the controller's process, "
+        )
+        + "each this machine's size "
         f"({fake.get('node_cpus', '?')} CPUs, {fake.get('node_memory', 0) / 2**30:.1f} GiB); "
         f"the reconciler at its normal interval ({fake.get('reconcile_interval_s', '?')} s, "
         f"{fake.get('reconcile_passes', '?')} passes during the run).",
