@@ -53,6 +53,7 @@ from corral import models
 from corral.appliances import render
 from corral.appliances import spec as specs
 from corral.images.recipe import BUILTIN
+from corral.naming import account_zone, private_dns_name
 from corral.node.net import netns
 
 PERIOD = 0.05
@@ -108,13 +109,14 @@ mount = "/srv/data"
 
 
 class Prober(threading.Thread):
-    """Resolve NAME with dnsmasq and connect to its port 80, every PERIOD, in the namespace."""
+    """Resolve NAME (in its account's zone, corral/naming.py) with dnsmasq and connect to its
+    port 80, every PERIOD, in the namespace."""
 
-    def __init__(self, d: Daemon, name: str) -> None:
+    def __init__(self, d: Daemon, name: str, account_id: str) -> None:
         super().__init__(daemon=True)
         st = d.settings
         self.ns = st.namespace
-        self.fqdn = f"{name}.{st.domain}"
+        self.fqdn = private_dns_name(name, account_id, st.domain)
         self.dns = str(next(ipaddress.ip_network(st.subnet).hosts()))
         self.samples: list[tuple[float, bool]] = []
         self.why: dict[float, str] = {}  # a failed probe's time -> what failed
@@ -316,11 +318,13 @@ def main() -> None:
         d.cli("apply", str(path), timeout=900).ok()
         c = d.client()
         # the naive upgrade gives the new instance the same user-data the appliance has
-        desired = render.desired(specs.load(path), {"web": "-"}, d.settings.domain)
+        account = c.instance_show("web").account_id
+        zone = account_zone(account, d.settings.domain)
+        desired = render.desired(specs.load(path), {"web": "-"}, zone)
         NAIVE_USER_DATA["text"] = desired[0].user_data
         NAIVE_USER_DATA["key"] = (d.home / "corral" / "id_ed25519.pub").read_text().strip()
         d.ssh("web", "echo bench | $(command -v sudo) tee /srv/data/proof > /dev/null && sync").ok()
-        prober = Prober(d, "web")
+        prober = Prober(d, "web", account)
         prober.start()
         healthy(prober, boot)
         address = c.instance_show("web").private_ip
