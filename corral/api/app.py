@@ -14,14 +14,18 @@ from corral.api.ec2 import xml
 from corral.api.ec2.errors import from_corral
 from corral.api.rest import (
     accounts,
+    addresses,
     appliances,
+    catalog,
     errors,
     images,
     instances,
     keys,
     operations,
     placement,
+    security_groups,
     system,
+    tags,
     volumes,
 )
 from corral.errors import CorralError
@@ -44,6 +48,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(appliances.router)
     app.include_router(placement.router)
     app.include_router(placement.capacity_router)
+    # the native API of what EC2 had first (issue 15)
+    for module in (security_groups, addresses, tags, catalog):
+        app.include_router(module.router)
     app.include_router(ec2.router)  # the EC2 Query API at / (POST form or GET ?Action=)
     app.add_middleware(limits.BodyLimit, render=_render_refusal)
     openapi.install(app)

@@ -19,6 +19,8 @@ from corral.cli import (
     keys,
     ops,
     placement,
+    resources,
+    security_groups,
     tunnel,
     volumes,
 )
@@ -60,6 +62,12 @@ app.add_typer(ops.app, name="op")
 app.add_typer(ops.nodes, name="node")
 app.add_typer(accounts.app, name="account")
 app.add_typer(accounts.credentials, name="credentials")
+# the native commands for what EC2 had first (issue 15)
+app.add_typer(security_groups.app, name="sg")
+app.add_typer(resources.ips, name="ip")
+app.add_typer(resources.tags, name="tag")
+app.add_typer(resources.types, name="type")
+app.add_typer(resources.zones, name="zone")
 
 
 def main() -> None:
