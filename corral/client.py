@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from corral import models, netmodels
+from corral import models, netmodels, viewmodels
 from corral.appliances.plan import Plan
 from corral.appliances.spec import ApplianceSpec
 from corral.config import DEFAULT_PORT, DEFAULT_STATE_DIR
@@ -608,3 +608,37 @@ class Client:
 
     def zone_list(self) -> list[netmodels.Zone]:
         return [netmodels.Zone.model_validate(x) for x in self._call("GET", "/v1/zones")]
+
+    # -- operator views (issue 15) ---------------------------------------------------------
+    def stats(self) -> viewmodels.Stats:
+        return viewmodels.Stats.model_validate(self._call("GET", "/v1/stats"))
+
+    def metrics(self) -> str:
+        return str(self._call("GET", "/metrics"))
+
+    def events(self, snapshot: bool = False) -> Iterator[viewmodels.Event | None]:
+        """Server-sent events as they come (ends when the server ends the stream); None marks
+        the end of the snapshot."""
+        params = {"snapshot": "true"} if snapshot else {}
+        try:
+            with self.http.stream(
+                "GET", "/v1/events", params=params, timeout=httpx.Timeout(60, read=None)
+            ) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise ApiError(resp.status_code, resp.json())
+                data: list[str] = []
+                name = ""
+                for line in resp.iter_lines():
+                    if line.startswith("event:"):
+                        name = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[5:].strip())
+                    elif not line and data:
+                        if name == "ready":
+                            yield None
+                        else:
+                            yield viewmodels.Event.model_validate_json("\n".join(data))
+                        data, name = [], ""
+        except httpx.ConnectError as err:
+            raise EnvironmentProblem(f"Corral is not answering at {self.creds.endpoint}") from err

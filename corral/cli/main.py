@@ -17,6 +17,7 @@ from corral.cli import (
     images,
     instances,
     keys,
+    observe,
     ops,
     placement,
     resources,
@@ -51,7 +52,14 @@ def root(
     ctx.obj = Options(state_dir=state_dir, endpoint=endpoint)
 
 
-for sub in (daemon.app, instances.app, appliances.app, tunnel.app, placement.capacity_app):
+for sub in (
+    daemon.app,
+    instances.app,
+    appliances.app,
+    tunnel.app,
+    placement.capacity_app,
+    observe.app,
+):
     for command in sub.registered_commands:
         app.registered_commands.append(command)
 app.add_typer(images.app, name="image")
