@@ -7,7 +7,7 @@ import uuid
 from fastapi import FastAPI
 from starlette.types import Scope
 
-from corral.api import limits, metrics, openapi
+from corral.api import limits, metrics, openapi, ui
 from corral.api.context import ApiContext
 from corral.api.ec2 import endpoint as ec2
 from corral.api.ec2 import xml
@@ -52,6 +52,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     # the native API of what EC2 had first (issue 15)
     for module in (security_groups, addresses, tags, catalog, observe):
         app.include_router(module.router)
+    app.include_router(ui.router)  # the dashboard at /ui
     app.include_router(ec2.router)  # the EC2 Query API at / (POST form or GET ?Action=)
     app.add_middleware(limits.BodyLimit, render=_render_refusal)
     app.add_middleware(metrics.RequestMetrics)  # /metrics: requests by route and status
