@@ -5,11 +5,14 @@ answers a query for the instance's CPU seconds. One tiny VM."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -132,3 +135,65 @@ def test_prometheus_scrapes_corral_and_answers_a_query(
     assert isinstance(value, list) and float(value[1]) > 0
     up = httpx.get(f"{prometheus}/api/v1/query", params={"query": "up"}, timeout=5).json()
     assert [r["value"][1] for r in up["data"]["result"]] == ["1"]
+
+
+# -- the dashboard in a real browser (last: it stops the VM) ----------------------------------
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = os.environ.get("CORRAL_SCREENSHOTS")  # a folder (e.g. docs) to keep the screenshots in
+
+
+def _terminal_text(page: Any) -> str:
+    return str(
+        page.evaluate(
+            """() => { const b = window.corralTerm ? window.corralTerm.buffer.active : null;
+                 if (!b) return "";
+                 const out = [];
+                 for (let i = 0; i < b.length; i++) out.push(b.getLine(i).translateToString(true));
+                 return out.join("\\n"); }"""
+        )
+    )
+
+
+def test_the_dashboard_signs_in_maps_stops_and_opens_the_console(
+    corral: Daemon, vm: str, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    creds = json.loads((corral.state_dir / "admin.credentials").read_text())
+    iid = corral.client().instance_show(vm).id
+    shots = Path(SHOTS) if SHOTS else tmp_path
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(f"{corral.url}/ui")
+            page.fill("input[name=access_key_id]", creds["access_key_id"])
+            page.fill("input[name=secret_access_key]", creds["secret_access_key"])
+            page.click("form#login button")
+            expect(page.locator("#nav")).to_be_visible(timeout=30_000)
+            expect(page.locator("form#login")).to_be_hidden()
+            assert creds["secret_access_key"] not in page.content()
+            # the map: the running VM inside its node's box
+            pill = page.locator(f".node .inst[data-id='{iid}']")
+            expect(pill).to_have_class(re.compile("state-running"), timeout=60_000)
+            page.screenshot(path=str(shots / "dashboard-map.png"), full_page=True)
+            # the instance page: type into the browser console, read the answer
+            pill.click()
+            expect(page.locator("#terminal .xterm")).to_be_visible(timeout=30_000)
+            page.click("#terminal")
+            deadline = time.monotonic() + 180
+            page.keyboard.type("\n")
+            time.sleep(1.5)
+            page.keyboard.type("root\n")
+            time.sleep(1.5)
+            while "ui-42" not in _terminal_text(page) and time.monotonic() < deadline:
+                page.keyboard.type("echo ui-$((6*7))\n")
+                page.wait_for_timeout(3000)
+            assert "ui-42" in _terminal_text(page), _terminal_text(page)[-2000:]
+            page.screenshot(path=str(shots / "dashboard-instance.png"), full_page=True)
+            # stop it from the page; the state changes without a reload (the event stream)
+            page.click("button[data-act=stop]")
+            expect(page.locator("#inst-state")).to_have_text("stopped", timeout=240_000)
+            assert corral.client().instance_show(vm).state == "stopped"
+        finally:
+            browser.close()
