@@ -186,6 +186,8 @@ def test_cli_top_once_json_and_events(
     got = json.loads(out)
     assert [r["name"] for r in got["instances"]] == ["topweb"]
     assert got["instances"][0]["state"] == "running" and got["nodes"][0]["answered"]
+    code, out = corral(capsys, "top", "--once", "--interval", "0.1", "--sort", "name")
+    assert code == 0 and "topweb" in out and "NODE" in out and "UPTIME" in out, out
     code, out = corral(capsys, "top", "--once", "--sort", "colour")
     assert code == 1 and "--sort 'colour'" in out
     code, out = corral(capsys, "events", "--json")
