@@ -38,7 +38,7 @@ class SecurityGroupCreate(BaseModel):
     description: Text | None = Field(
         None, min_length=1, max_length=255, description="defaults to the name"
     )
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: dict[Text, Text] = Field(default_factory=dict)
 
 
 class RuleSpec(BaseModel):
@@ -68,7 +68,7 @@ class Address(BaseModel):
 
 class AddressAllocate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: dict[Text, Text] = Field(default_factory=dict)
 
 
 class AddressAssociate(BaseModel):

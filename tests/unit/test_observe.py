@@ -224,3 +224,18 @@ def test_cli_top_once_json_and_events(
     states = [e.data["state"] for e in seen if e.kind == "instance" and e.data["name"] == "topweb"]
     assert states[-1] == "stopped"
     assert {e.data["target"] for e in seen if e.kind == "operation"} == {states_id(seen)}
+
+
+@pytest.mark.usefixtures("cli")
+def test_the_event_stream_refuses_bad_input_and_strangers(request: pytest.FixtureRequest) -> None:
+    app: Served = request.getfixturevalue("served")
+    with httpx.Client(base_url=app.url, timeout=10) as c:
+        resp = c.get("/v1/events", params={"snapshot": "maybe"}, headers=_bearer(app))
+        assert resp.status_code == 400 and resp.json()["error"]["field"] == "snapshot"
+        assert c.get("/v1/events").status_code == 401
+        resp = c.get("/v1/events", cookies={"corral_session": "made-up"})
+        assert resp.status_code == 401
+
+
+def _bearer(app: Served) -> dict[str, str]:
+    return {"Authorization": f"Bearer {app.key_id}:{app.secret}"}
