@@ -233,8 +233,8 @@ def test_the_event_stream_refuses_bad_input_and_strangers(request: pytest.Fixtur
         resp = c.get("/v1/events", params={"snapshot": "maybe"}, headers=_bearer(app))
         assert resp.status_code == 400 and resp.json()["error"]["field"] == "snapshot"
         assert c.get("/v1/events").status_code == 401
-        resp = c.get("/v1/events", cookies={"corral_session": "made-up"})
-        assert resp.status_code == 401
+        c.cookies.set("corral_session", "made-up")
+        assert c.get("/v1/events").status_code == 401
 
 
 def _bearer(app: Served) -> dict[str, str]:
