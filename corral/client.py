@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from corral import models
+from corral import models, netmodels, viewmodels
 from corral.appliances.plan import Plan
 from corral.appliances.spec import ApplianceSpec
 from corral.config import DEFAULT_PORT, DEFAULT_STATE_DIR
@@ -531,3 +531,114 @@ class Client:
                 "POST", f"/v1/instances/{ref}/replace", json=req.model_dump(exclude_none=True)
             )
         )
+
+    # -- security groups, addresses, tags, types and zones (issue 15) ------------------------
+    def security_group_list(self) -> list[netmodels.SecurityGroup]:
+        data = self._call("GET", "/v1/security-groups")
+        return [netmodels.SecurityGroup.model_validate(x) for x in data]
+
+    def security_group_create(self, req: netmodels.SecurityGroupCreate) -> netmodels.SecurityGroup:
+        data = self._call("POST", "/v1/security-groups", json=req.model_dump(exclude_none=True))
+        return netmodels.SecurityGroup.model_validate(data)
+
+    def security_group_show(self, ref: str) -> netmodels.SecurityGroup:
+        data = self._call("GET", f"/v1/security-groups/{ref}")
+        return netmodels.SecurityGroup.model_validate(data)
+
+    def security_group_remove(self, ref: str) -> None:
+        self._call("DELETE", f"/v1/security-groups/{ref}")
+
+    def security_group_allow(
+        self, ref: str, req: netmodels.RuleSpec
+    ) -> netmodels.SecurityGroupRule:
+        data = self._call(
+            "POST", f"/v1/security-groups/{ref}/rules", json=req.model_dump(exclude_none=True)
+        )
+        return netmodels.SecurityGroupRule.model_validate(data)
+
+    def security_group_revoke(self, ref: str, req: netmodels.RuleSpec) -> None:
+        self._call(
+            "POST",
+            f"/v1/security-groups/{ref}/rules/revoke",
+            json=req.model_dump(exclude_none=True),
+        )
+
+    def security_group_rule_remove(self, ref: str, rule_id: str) -> None:
+        self._call("DELETE", f"/v1/security-groups/{ref}/rules/{rule_id}")
+
+    def address_list(self) -> list[netmodels.Address]:
+        return [netmodels.Address.model_validate(x) for x in self._call("GET", "/v1/addresses")]
+
+    def address_allocate(self, tags: dict[str, str] | None = None) -> netmodels.Address:
+        data = self._call("POST", "/v1/addresses", json={"tags": tags or {}})
+        return netmodels.Address.model_validate(data)
+
+    def address_show(self, ref: str) -> netmodels.Address:
+        return netmodels.Address.model_validate(self._call("GET", f"/v1/addresses/{ref}"))
+
+    def address_associate(
+        self, ref: str, instance: str, allow_reassociation: bool = False
+    ) -> netmodels.Address:
+        body = netmodels.AddressAssociate(
+            instance=instance, allow_reassociation=allow_reassociation
+        ).model_dump()
+        data = self._call("POST", f"/v1/addresses/{ref}/associate", json=body)
+        return netmodels.Address.model_validate(data)
+
+    def address_disassociate(self, ref: str) -> netmodels.Address:
+        data = self._call("POST", f"/v1/addresses/{ref}/disassociate")
+        return netmodels.Address.model_validate(data)
+
+    def address_release(self, ref: str) -> None:
+        self._call("DELETE", f"/v1/addresses/{ref}")
+
+    def tag_list(self, resources: list[str] | None = None) -> list[netmodels.Tag]:
+        data = self._call("GET", "/v1/tags", params={"resource": resources or []})
+        return [netmodels.Tag.model_validate(x) for x in data]
+
+    def tag_set(self, resources: list[str], tags: dict[str, str]) -> None:
+        self._call("POST", "/v1/tags", json={"resources": resources, "tags": tags})
+
+    def tag_remove(self, resources: list[str], keys: list[str] | None) -> None:
+        self._call("POST", "/v1/tags/remove", json={"resources": resources, "keys": keys})
+
+    def instance_type_list(self) -> list[netmodels.InstanceType]:
+        data = self._call("GET", "/v1/instance-types")
+        return [netmodels.InstanceType.model_validate(x) for x in data]
+
+    def zone_list(self) -> list[netmodels.Zone]:
+        return [netmodels.Zone.model_validate(x) for x in self._call("GET", "/v1/zones")]
+
+    # -- operator views (issue 15) ---------------------------------------------------------
+    def stats(self) -> viewmodels.Stats:
+        return viewmodels.Stats.model_validate(self._call("GET", "/v1/stats"))
+
+    def metrics(self) -> str:
+        return str(self._call("GET", "/metrics"))
+
+    def events(self, snapshot: bool = False) -> Iterator[viewmodels.Event | None]:
+        """Server-sent events as they come (ends when the server ends the stream); None marks
+        the end of the snapshot."""
+        params = {"snapshot": "true"} if snapshot else {}
+        try:
+            with self.http.stream(
+                "GET", "/v1/events", params=params, timeout=httpx.Timeout(60, read=None)
+            ) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise ApiError(resp.status_code, resp.json())
+                data: list[str] = []
+                name = ""
+                for line in resp.iter_lines():
+                    if line.startswith("event:"):
+                        name = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[5:].strip())
+                    elif not line and data:
+                        if name == "ready":
+                            yield None
+                        else:
+                            yield viewmodels.Event.model_validate_json("\n".join(data))
+                        data, name = [], ""
+        except httpx.ConnectError as err:
+            raise EnvironmentProblem(f"Corral is not answering at {self.creds.endpoint}") from err

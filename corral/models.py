@@ -62,6 +62,9 @@ class InstanceCreate(BaseModel):
     tags: dict[str, str] = Field(
         default_factory=dict, description="tags (exclusion tags keep equal values apart)"
     )
+    security_groups: list[Text] = Field(
+        default_factory=list, description="security groups (names or sg- ids); default: default"
+    )
 
     @field_validator("disk")
     @classmethod

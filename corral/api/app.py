@@ -7,21 +7,26 @@ import uuid
 from fastapi import FastAPI
 from starlette.types import Scope
 
-from corral.api import limits, openapi
+from corral.api import limits, metrics, openapi, ui
 from corral.api.context import ApiContext
 from corral.api.ec2 import endpoint as ec2
 from corral.api.ec2 import xml
 from corral.api.ec2.errors import from_corral
 from corral.api.rest import (
     accounts,
+    addresses,
     appliances,
+    catalog,
     errors,
     images,
     instances,
     keys,
+    observe,
     operations,
     placement,
+    security_groups,
     system,
+    tags,
     volumes,
 )
 from corral.errors import CorralError
@@ -44,8 +49,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(appliances.router)
     app.include_router(placement.router)
     app.include_router(placement.capacity_router)
+    # the native API of what EC2 had first (issue 15)
+    for module in (security_groups, addresses, tags, catalog, observe):
+        app.include_router(module.router)
+    app.include_router(ui.router)  # the dashboard at /ui
     app.include_router(ec2.router)  # the EC2 Query API at / (POST form or GET ?Action=)
     app.add_middleware(limits.BodyLimit, render=_render_refusal)
+    app.add_middleware(metrics.RequestMetrics)  # /metrics: requests by route and status
     openapi.install(app)
     return app
 

@@ -9,6 +9,7 @@ import binascii
 from fastapi import Depends, Request
 
 from corral.api.context import ApiContext, get_context
+from corral.api.ui import COOKIE, session_caller
 from corral.controller.accounts import Caller
 from corral.errors import Unauthorized
 
@@ -31,6 +32,8 @@ def _credentials(header: str) -> tuple[str, str]:
 
 async def caller(request: Request, ctx: ApiContext = Depends(get_context)) -> Caller:
     header = request.headers.get("authorization")
+    if not header and COOKIE in request.cookies:  # the dashboard's session (corral.api.ui)
+        return session_caller(ctx, request)
     if not header:
         raise Unauthorized(
             "this API needs credentials: `Authorization: Bearer "

@@ -56,6 +56,7 @@ OPTIONS = {
     "name": "--name",
     "address": "--address",
     "check": "--check",
+    "security_groups": "--sg",
 }
 
 

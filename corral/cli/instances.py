@@ -95,6 +95,9 @@ def run(
         None, "--placement-group", help="a placement group (`corral placement-group create`)"
     ),
     tag: list[str] = typer.Option([], "--tag", help="k=v: a tag on the instance; repeatable"),
+    sg: list[str] = typer.Option(
+        [], "--sg", help="a security group (`corral sg create`); repeatable; default: default"
+    ),
     no_wait: bool = typer.Option(False, "--no-wait", help="return at once with the operation"),
 ) -> None:
     """Run a new instance."""
@@ -128,6 +131,7 @@ def run(
             node_selector=_pairs(node_selector, "--node-selector"),
             placement_group=placement_group,
             tags=_pairs(tag, "--tag"),
+            security_groups=sg,
         )
     except ValidationError as err:
         raise fail(invalid_input(err)) from err

@@ -17,8 +17,11 @@ from corral.cli import (
     images,
     instances,
     keys,
+    observe,
     ops,
     placement,
+    resources,
+    security_groups,
     tunnel,
     volumes,
 )
@@ -49,7 +52,14 @@ def root(
     ctx.obj = Options(state_dir=state_dir, endpoint=endpoint)
 
 
-for sub in (daemon.app, instances.app, appliances.app, tunnel.app, placement.capacity_app):
+for sub in (
+    daemon.app,
+    instances.app,
+    appliances.app,
+    tunnel.app,
+    placement.capacity_app,
+    observe.app,
+):
     for command in sub.registered_commands:
         app.registered_commands.append(command)
 app.add_typer(images.app, name="image")
@@ -60,6 +70,12 @@ app.add_typer(ops.app, name="op")
 app.add_typer(ops.nodes, name="node")
 app.add_typer(accounts.app, name="account")
 app.add_typer(accounts.credentials, name="credentials")
+# the native commands for what EC2 had first (issue 15)
+app.add_typer(security_groups.app, name="sg")
+app.add_typer(resources.ips, name="ip")
+app.add_typer(resources.tags, name="tag")
+app.add_typer(resources.types, name="type")
+app.add_typer(resources.zones, name="zone")
 
 
 def main() -> None:

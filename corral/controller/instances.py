@@ -134,7 +134,8 @@ class Instances:
 
     # -- run -------------------------------------------------------------------------------
     async def run(self, caller: Caller, req: InstanceCreate) -> tuple[Instance, Operation]:
-        insts, ops = await self.launch(caller, req, LaunchOptions(tags=dict(req.tags)))
+        opts = LaunchOptions(tags=dict(req.tags), security_groups=list(req.security_groups))
+        insts, ops = await self.launch(caller, req, opts)
         return insts[0], ops[0]
 
     async def launch(

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import or_, select, update
 
+from corral.controller import observe
 from corral.controller.claims import LEASE, db_now
 from corral.errors import CorralError, NotFound, WrongState
 from corral.ids import new_id
@@ -200,6 +201,8 @@ class Operations:
             op.error = error
             msg = error["message"] if error else "done"
             await self._add_event(s, op, status, msg, op.progress)
+            took = (op.finished_at - op.created_at).total_seconds()
+        observe.operation_finished(op.type, status, took)  # /metrics
         await self._notify(op_id)
         asyncio.get_running_loop().call_later(60, self._prune, op_id)
 

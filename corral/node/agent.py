@@ -22,6 +22,7 @@ from corral.errors import EnvironmentProblem, Invalid, NotFound, WrongState
 from corral.fsutil import atomic_write, pid_alive, proc_cmdline
 from corral.images.manifest import Manifest
 from corral.images.store import ImageStore
+from corral.node import stats
 from corral.node.driver import cgroups, confine, jail, probe, qemu
 from corral.node.driver.machine import Machine, find_pid, read_exit
 from corral.node.driver.qmp import own_socket
@@ -47,6 +48,7 @@ from corral.node.spec import (
     InstanceSpec,
     NetworkSpec,
     NodeInfo,
+    NodeStats,
     ObservedInstance,
     PolicySpec,
 )
@@ -169,6 +171,10 @@ class NodeAgent(VolumeAgent):
         if m is not None and not m.running:
             self.machines.pop(iid, None)
         self.event_log.append("instance-exited", {"id": iid, "exit": info.model_dump(mode="json")})
+
+    async def stats(self) -> NodeStats:
+        """Counters of the node and its running instances (operator views)."""
+        return await stats.read(self.machines, self._spec, self._cgroup, self.settings.namespace)
 
     async def events(self, after: int = 0, epoch: str = "", wait: float = 0.0) -> EventBatch:
         """What happened here after event ``after`` of ``epoch`` (long poll: ``wait``)."""

@@ -16,6 +16,7 @@ from corral.node.spec import (
     InstanceSpec,
     NetworkSpec,
     NodeInfo,
+    NodeStats,
     ObservedInstance,
     PolicySpec,
 )
@@ -103,3 +104,5 @@ class NodeClient(Protocol):
     async def events(self, after: int = 0, epoch: str = "", wait: float = 0.0) -> EventBatch: ...
 
     async def teardown(self) -> None: ...
+
+    async def stats(self) -> NodeStats: ...

@@ -22,8 +22,10 @@ from corral.node.spec import (
     HealthCheck,
     HostRecord,
     InstanceSpec,
+    InstanceStats,
     NetworkSpec,
     NodeInfo,
+    NodeStats,
     ObservedInstance,
     PolicySpec,
 )
@@ -50,6 +52,8 @@ class FakeNode:
         self.specs: dict[str, InstanceSpec] = {}
         self.running: dict[str, int] = {}
         self.exits: dict[str, ExitInfo] = {}
+        # what `stats` reports for a running instance (tests set them; zero otherwise)
+        self.counters: dict[str, InstanceStats] = {}
         self.hosts: dict[str, list[HostRecord]] = {}
         self.policies: dict[str, PolicySpec] = {}
         self.dns: dict[str, str] = {}
@@ -307,6 +311,31 @@ class FakeNode:
 
     async def events(self, after: int = 0, epoch: str = "", wait: float = 0.0) -> EventBatch:
         return await self.event_log.read(after, epoch, wait)
+
+    async def stats(self) -> NodeStats:
+        """The counters tests set, for running instances only (the fake runs no QEMU)."""
+        out = []
+        for iid in sorted(self.running):
+            spec = self.specs[iid]
+            base = self.counters.get(iid) or InstanceStats(id=iid)
+            out.append(
+                base.model_copy(
+                    update={
+                        "cpu_limit": spec.cpu_limit,
+                        "vcpus": spec.cpus,
+                        "memory_limit": spec.memory,
+                    }
+                )
+            )
+        return NodeStats(
+            time=time.time(),
+            cpus=int(self.size["cpus"]),
+            cpu_seconds=0.0,
+            load1=0.0,
+            memory_total=int(self.size["memory"]),
+            memory_available=int(self.size["memory"]),
+            instances=out,
+        )
 
     async def teardown(self) -> None:
         self.calls.append(("teardown", self.name))

@@ -327,3 +327,31 @@ class EventsRequest(BaseModel):
     after: int = 0  # the last seq the caller has seen
     epoch: str = ""  # the epoch that seq belongs to ("" at first)
     wait: float = Field(0.0, ge=0, le=300)  # long poll: seconds to wait for a new event
+
+
+# -- stats (operator views, issue 15) ------------------------------------------------------------
+class InstanceStats(BaseModel):
+    """Counters of one running instance, read from its cgroup, QMP and tap. Counters only grow
+    while the QEMU lives (rates are the reader's business); None: not readable here."""
+
+    id: str
+    cpu_seconds: float | None = None  # CPU time its QEMU used (cgroup), seconds
+    cpu_limit: float = 0.0  # cores it may use (0: one per vCPU)
+    vcpus: int = 1
+    memory_bytes: int | None = None  # memory its QEMU holds now (cgroup)
+    memory_limit: int = 0  # the guest's memory, bytes
+    disk_read_bytes: int | None = None  # all its disks (QMP query-blockstats)
+    disk_write_bytes: int | None = None
+    net_rx_bytes: int | None = None  # what the guest received (its tap's tx)
+    net_tx_bytes: int | None = None  # what the guest sent (its tap's rx)
+    started_at: float | None = None  # the QEMU process's start (epoch seconds)
+
+
+class NodeStats(BaseModel):
+    time: float  # when read (epoch seconds)
+    cpus: int
+    cpu_seconds: float  # host CPU time spent busy (all cores, not idle/iowait)
+    load1: float
+    memory_total: int
+    memory_available: int
+    instances: list[InstanceStats] = Field(default_factory=list)

@@ -98,6 +98,7 @@ CALLS: dict[str, Call] = {
         Call("ping", s.PingRequest, bool, budget="count"),
         Call("events", s.EventsRequest, s.EventBatch, T.FAST, budget="wait"),
         Call("teardown", s.NoArgs, None, T.LONG),
+        Call("stats", s.NoArgs, s.NodeStats, T.FAST),  # operator views (issue 15)
     )
 }
 

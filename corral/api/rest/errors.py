@@ -3,6 +3,8 @@ status from the one table in ``corral.errors``."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -60,3 +62,15 @@ def install(app: FastAPI) -> None:
             err.status_code, "invalid"
         )
         return JSONResponse(status_code=err.status_code, content=body(code, str(err.detail)))
+
+
+@contextlib.contextmanager
+def rest_fields(names: dict[str, str]) -> Iterator[None]:
+    """Controller errors that name EC2's parameter (``GroupName``) name the REST body's field
+    (``name``) instead, so the message points at what the caller sent."""
+    try:
+        yield
+    except CorralError as err:
+        if err.field in names:
+            err.field = names[err.field]
+        raise

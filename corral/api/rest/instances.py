@@ -14,6 +14,7 @@ from corral.api.auth import _credentials
 from corral.api.auth import caller as auth
 from corral.api.context import ApiContext, get_context
 from corral.api.rest.errors import RESPONSES
+from corral.api.ui import COOKIE, session_caller
 from corral.controller.accounts import Caller
 from corral.errors import CorralError, Invalid, Unauthorized, WrongState
 from corral.store.models import Instance
@@ -179,6 +180,8 @@ async def instance_port(ws: WebSocket, ref: str, port: int) -> None:
 async def _ws_caller(ctx: ApiContext, ws: WebSocket) -> Caller:
     """The account behind a WebSocket's ``Authorization`` header (as for every other call)."""
     header = ws.headers.get("authorization")
+    if not header and COOKIE in ws.cookies:  # the dashboard's console (corral.api.ui)
+        return session_caller(ctx, ws, websocket=True)
     if not header:
         raise Unauthorized("this stream needs credentials: `Authorization: Bearer KEY:SECRET`")
     key_id, secret = _credentials(header)

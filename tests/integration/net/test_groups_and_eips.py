@@ -372,3 +372,15 @@ def test_rules_are_rebuilt_after_a_daemon_crash_never_lost_or_doubled(pair: dict
     )
     assert _get(d, "client", f"http://{web_ip}:8081/")
     ec2.revoke_security_group_ingress(GroupId=pair["web_sg"], IpPermissions=[perm])
+
+
+def test_a_rule_allowed_with_the_native_cli_is_in_force_when_it_returns(pair: dict) -> None:
+    """`corral sg allow/revoke` (the REST API) reach the same packet filter as EC2's calls."""
+    d, web_ip = pair["d"], pair["info"]["web"]["private_ip"]
+    assert _blocked(d, "client", "web", f"http://{web_ip}:8081/")
+    d.cli("sg", "allow", "web", "--port", "8081", "--group", "default").ok()
+    assert _get(d, "client", f"http://{web_ip}:8081/")
+    shown = json.loads(d.cli("sg", "show", "web", "--json").ok().out)
+    assert [r["from_port"] for r in shown["rules"] if r["direction"] == "ingress"] == [8081]
+    d.cli("sg", "revoke", "web", "--port", "8081", "--group", "default").ok()
+    assert _blocked(d, "client", "web", f"http://{web_ip}:8081/")
