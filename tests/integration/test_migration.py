@@ -22,12 +22,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from corral import config
 from corral.controller import migration
 from corral.images.store import ImageStore
+from corral.node.client import NodeClient
 from corral.node.remote import RemoteNode
 from corral.node.spec import InstanceSpec, NetworkSpec
 from tests.cluster import Host, lan
@@ -46,6 +48,9 @@ class Agent:
 
     def node(self) -> RemoteNode:
         return RemoteNode(f"unix:{self.sock}")
+
+    def client(self) -> NodeClient:
+        return cast(NodeClient, self.node())
 
     def instance_dir(self, iid: str) -> Path:
         return self.settings.instances_dir / iid
@@ -188,8 +193,8 @@ def test_a_writing_guest_moves_between_nodes_with_every_write(pair: tuple[Agent,
 
     move = migration.Move(
         iid=iid,
-        src=src.node(),
-        dst=dst.node(),
+        src=src.client(),
+        dst=dst.client(),
         src_spec=s_spec,
         dst_spec=d_spec,
         src_address=src.host.address,
