@@ -87,6 +87,7 @@ async def mirror(
     st = await m.src.migrate_mirror(
         m.iid, prepared.address, prepared.nbd_port, disks(m.src_spec, prepared)
     )
+    await report("mirroring", 0.05 + 0.45 * st.disk_percent / 100, describe(st))
     while st.phase == "mirroring":
         if time.monotonic() > deadline:
             raise MigrationFailed(
@@ -119,6 +120,7 @@ async def memory(
             m.downtime_ms,
             m.max_downtime_ms,
         )
+    await report("migrating", 0.5 + 0.45 * st.memory.percent / 100, describe(st))
     while st.phase == "migrating":
         await report("migrating", 0.5 + 0.45 * st.memory.percent / 100, describe(st))
         await asyncio.sleep(POLL)
@@ -155,17 +157,23 @@ async def rollback(m: Move) -> None:
         pass  # nothing runs at the source to call off
 
 
-async def run(m: Move, report: Report = _quiet) -> MigrationStatus:
-    """The whole migration; on failure before the switch-over, rolled back and re-raised."""
+async def run_until_moved(m: Move, report: Report = _quiet) -> MigrationStatus:
+    """Prepare, mirror and move memory; on any failure (the time limit included) rolled back
+    and re-raised. On return the source is paused and the destination has the guest."""
     deadline = time.monotonic() + m.timeout
     await report("preparing", 0.0, "preparing the destination")
     try:
         prepared = await prepare(m)
         await mirror(m, prepared, deadline, report)
-        done = await memory(m, prepared, deadline, report)
+        return await memory(m, prepared, deadline, report)
     except BaseException:
         await asyncio.shield(rollback(m))
         raise
+
+
+async def run(m: Move, report: Report = _quiet) -> MigrationStatus:
+    """The whole migration, the source's copy removed at the end."""
+    done = await run_until_moved(m, report)
     await report("switching", 0.95, "switching over")
     await switch(m)
     await report("cleaning", 0.98, "removing the source's copy")

@@ -250,6 +250,7 @@ class NodeAgent(MigrateAgent):
                 "initrd, console log and sockets; disks and tap as open descriptors",
                 "qemu_devices": limits["devices"],
                 "qemu_block_io": limits["block_io"],
+                "migration_address": self.settings.migration_address,
             },
             arch=qemu_arch(qemu.binary()),
             disk=shutil.disk_usage(self.settings.state_dir).total,

@@ -84,6 +84,7 @@ class FakeNode:
             arch=self.arch,
             disk=self.size["disk"],
             zone=self.zone,
+            facts={"migration_address": "127.0.0.1"},
         )
 
     async def network_ensure(self, spec: NetworkSpec, hosts: list[HostRecord]) -> None:
