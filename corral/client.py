@@ -175,6 +175,14 @@ class Client:
             self._call("POST", f"/v1/instances/{ref}/reboot", json=body)
         )
 
+    def instance_migrate(
+        self, ref: str, to: str | None = None, timeout: float | None = None
+    ) -> models.InstanceAccepted:
+        body = models.MigrateRequest(to=to, timeout=timeout).model_dump(exclude_none=True)
+        return models.InstanceAccepted.model_validate(
+            self._call("POST", f"/v1/instances/{ref}/migrate", json=body)
+        )
+
     def instance_terminate(
         self, ref: str, force: bool = False, timeout: float | None = None
     ) -> models.InstanceAccepted:

@@ -5,11 +5,15 @@ operation resumed after a controller crash decides by its phase and the source's
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
 
+from corral.api.app import create_app
+from corral.api.context import ApiContext
 from corral.controller.migrations import OP
 from corral.controller.service import Controller
 from corral.errors import Invalid, NoResources, WrongState
@@ -171,3 +175,23 @@ async def test_a_crash_after_the_record_moved_finishes_the_cleanup(cluster: Clus
     done = await _resumed(ctrl, inst, "moved")
     assert done.status == "succeeded", done.error
     assert inst.id not in fake(ctrl, "a").specs and inst.id in fake(ctrl, "b").running
+
+
+async def test_the_rest_api_migrates_and_refuses_unknown_fields(cluster: Cluster) -> None:
+    ctrl = await cluster({"a": {}, "b": {}})
+    inst = await run(ctrl, node="a")
+    data = json.loads((ctrl.settings.state_dir / "admin.credentials").read_text())
+    auth = f"Bearer {data['access_key_id']}:{data['secret_access_key']}"
+    transport = httpx.ASGITransport(app=create_app(ApiContext(ctrl.settings, ctrl)))
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://corral.test", headers={"Authorization": auth}
+    ) as c:
+        bad = await c.post(f"/v1/instances/{inst.name}/migrate", json={"to": "b", "live": 1})
+        assert bad.status_code in (400, 422), bad.text
+        assert "live" in bad.text
+        r = await c.post(f"/v1/instances/{inst.name}/migrate", json={"to": "b", "timeout": 60})
+        assert r.status_code == 202, r.text
+        op = await ctrl.ops.get(r.json()["operation"]["id"])
+        assert op.type == "instance-migrate" and op.params["timeout"] == 60
+        assert (await finish(ctrl, op)).status == "succeeded"
+        assert (await reload(ctrl, inst.id)).node_id == "node-b"
