@@ -28,10 +28,11 @@ import pytest
 
 from corral import config
 from corral.controller import migration
+from corral.errors import CorralError
 from corral.images.store import ImageStore
 from corral.node.client import NodeClient
 from corral.node.remote import RemoteNode
-from corral.node.spec import InstanceSpec, NetworkSpec
+from corral.node.spec import MIGRATION_TIMED_OUT, InstanceSpec, NetworkSpec
 from tests.cluster import Host, lan
 from tests.harness import Daemon, wait_for
 
@@ -175,50 +176,86 @@ VERIFY = (
 )
 
 
-def test_a_writing_guest_moves_between_nodes_with_every_write(pair: tuple[Agent, Agent]) -> None:
-    src, dst = pair
+@dataclass
+class Guest:
+    """The one guest of this module, and where it runs now."""
+
+    iid: str
+    digest: str
+    disk: int
+    where: Agent
+    agents: tuple[Agent, Agent]
+
+    def spec(self, a: Agent) -> InstanceSpec:
+        return _spec(a, self.iid, self.digest, self.disk)
+
+    def other(self) -> Agent:
+        return self.agents[1] if self.where is self.agents[0] else self.agents[0]
+
+    def move(self, timeout: float, phases: list[str]) -> migration.MigrationStatus:
+        src, dst = self.where, self.other()
+        move = migration.Move(
+            iid=self.iid,
+            src=src.client(),
+            dst=dst.client(),
+            src_spec=self.spec(src),
+            dst_spec=self.spec(dst),
+            src_address=src.host.address,
+            dst_address=dst.host.address,
+            timeout=timeout,
+        )
+
+        async def report(phase: str, fraction: float, message: str) -> None:
+            print(f"{time.monotonic():.1f} {phase} {fraction:.2f} {message}")
+            if not phases or phases[-1] != phase:
+                phases.append(phase)
+
+        async def go() -> migration.MigrationStatus:
+            try:
+                return await migration.run(move, report)
+            finally:
+                for n in (move.src, move.dst):
+                    await n.aclose()  # type: ignore[attr-defined]
+
+        st = asyncio.run(go())
+        self.where = dst
+        return st
+
+
+@pytest.fixture(scope="module")
+def guest(pair: tuple[Agent, Agent]) -> Guest:
+    """A tiny guest booted on the first host, logged in at its console."""
+    src, _ = pair
     store = ImageStore(src.settings.images_dir)
     tiny = next(m for m in store.list() if m.name == "tiny")
-    digest = tiny.digest
-    disk = int(tiny.root_disk.virtual_size or (512 << 20))
-    iid = f"i-mig{secrets.token_hex(4)}"
-    s_spec, d_spec = _spec(src, iid, digest, disk), _spec(dst, iid, digest, disk)
-    for a in (src, dst):
-        call(a, "network_ensure", spec=_network(a), hosts=[])
-    call(src, "instance_start", spec=s_spec)
-    con = Console(src, iid)
-    wait_for(lambda: "login:" in con.text(), 300, what="the guest's login prompt")
-    con.type("root", WRITER)
-    wait_for(lambda: re.search(r"\bW5\b", con.text()), 120, what="the writer's first records")
-
-    move = migration.Move(
-        iid=iid,
-        src=src.client(),
-        dst=dst.client(),
-        src_spec=s_spec,
-        dst_spec=d_spec,
-        src_address=src.host.address,
-        dst_address=dst.host.address,
-        timeout=300,
+    g = Guest(
+        iid=f"i-mig{secrets.token_hex(4)}",
+        digest=tiny.digest,
+        disk=int(tiny.root_disk.virtual_size or (512 << 20)),
+        where=src,
+        agents=pair,
     )
+    for a in pair:
+        call(a, "network_ensure", spec=_network(a), hosts=[])
+    call(src, "instance_start", spec=g.spec(src))
+    con = Console(src, g.iid)
+    wait_for(lambda: "login:" in con.text(), 300, what="the guest's login prompt")
+    con.type("root")
+    return g
+
+
+def test_a_writing_guest_moves_between_nodes_with_every_write(guest: Guest) -> None:
+    src, dst = guest.where, guest.other()
+    iid = guest.iid
+    s_spec = guest.spec(src)
+    con = Console(src, iid)
+    con.type(WRITER)
+    wait_for(lambda: re.search(r"\bW5\b", con.text()), 120, what="the writer's first records")
     phases: list[str] = []
-
-    async def report(phase: str, fraction: float, message: str) -> None:
-        print(f"{time.monotonic():.1f} {phase} {fraction:.2f} {message}")
-        if not phases or phases[-1] != phase:
-            phases.append(phase)
-
-    async def go() -> object:
-        try:
-            return await migration.run(move, report)
-        finally:
-            for n in (move.src, move.dst):
-                await n.aclose()  # type: ignore[attr-defined]
-
     written_before = max(int(x) for x in re.findall(r"\bW(\d+)\b", con.text()))
-    done = asyncio.run(go())
+    done = guest.move(300, phases)
     assert phases[:4] == ["preparing", "mirroring", "migrating", "switching"], phases
-    assert done.memory.status == "completed"  # type: ignore[attr-defined]
+    assert done.memory.status == "completed"
 
     # the source's copy is gone, the destination's runs
     observed_src = call(src, "instances")
@@ -257,4 +294,39 @@ def test_a_writing_guest_moves_between_nodes_with_every_write(pair: tuple[Agent,
     assert mac == s_spec.mac
     # the destination's NBD server is gone, and its QEMU took the memory by descriptor
     assert "incoming.json" not in os.listdir(dst.instance_dir(iid))
-    call(dst, "instance_destroy", iid=iid, tap="tmig0")
+
+
+DIRTIER = (
+    "mount -t tmpfs -o size=64m tmpfs /mnt; "
+    "while :; do dd if=/dev/urandom of=/mnt/d bs=1M count=40 2>/dev/null; done &"
+)
+
+
+def test_a_guest_dirtying_memory_faster_than_the_link_is_called_off(guest: Guest) -> None:
+    src, dst = guest.where, guest.other()
+    iid = guest.iid
+    con = Console(src, iid)
+    con.type(DIRTIER)
+    # the source's underlay link slowed to 20 Mbit/s: the guest dirties memory faster
+    shaped = src.host.exec(
+        *("tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "20mbit"),
+        *("burst", "64kb", "latency", "200ms"),
+    )
+    assert shaped.returncode == 0, shaped.stderr
+    phases: list[str] = []
+    try:
+        with pytest.raises(CorralError) as err:
+            guest.move(25, phases)
+    finally:
+        src.host.exec("tc", "qdisc", "del", "dev", "eth0", "root")
+    guest.where = src  # it never left
+    assert err.value.reason == MIGRATION_TIMED_OUT, err.value.message
+    assert "migrating" in phases, phases
+    # the guest runs on at the source, untouched; nothing is left at the destination
+    st = call(src, "migrate_status", iid=iid)
+    assert st.phase in ("cancelled", "none") and st.vm_status == "running", st  # type: ignore[attr-defined]
+    assert not dst.instance_dir(iid).exists()
+    assert all(o.id != iid for o in call(dst, "instances"))  # type: ignore[attr-defined]
+    before = con.text()
+    con.type("kill %1; echo alive-$((6*7))")
+    wait_for(lambda: "alive-42" in con.text()[len(before) :], 120, what="the guest's answer")
