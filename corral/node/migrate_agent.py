@@ -166,7 +166,9 @@ class MigrateAgent(VolumeAgent):
                 root=qemu.Chain(await overlays.chain(root)),
                 volume_dir=self.volume_dir,
             )
-            qemu_argv += ["-incoming", "defer"]
+            # paused when the memory is in (-S): the guest continues only once the source's
+            # mirrors have ended and the NBD server is gone (migrate_finish)
+            qemu_argv += ["-S", "-incoming", "defer"]
             argv = await asyncio.to_thread(
                 confine.plan,
                 self.settings.instances_dir,
@@ -260,16 +262,29 @@ class MigrateAgent(VolumeAgent):
             inc.listener = None
 
     async def migrate_finish(self, iid: str, timeout: float = 60.0) -> str:
-        """The destination's confirmation: its QEMU runs the guest. Then the NBD server stops
-        and the MAC is announced. Returns the run state ("running")."""
+        """The destination takes over. Its QEMU waits paused (``-S``, block devices inactive:
+        ``late-block-activate``) once the memory is in; the source has ended its mirrors (their
+        last writes copied) before this is called. Here the NBD server stops, the guest
+        continues (its disks activated only now, so no mirror write can land after the guest's
+        own), and the MAC is announced. Returns the run state ("running")."""
         m = self.machines.get(iid)
         if m is None or not m.running or m.qmp is None:
             raise WrongState(f"instance {iid} does not run on this node", resource="instance")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         status = await m.status()
-        while status not in RUNNING and loop.time() < deadline:
+        while status not in ("paused", "running") and loop.time() < deadline:
             await asyncio.sleep(0.1)
+            status = await m.status()
+        if status == "paused":
+            mem = await migration.progress(m.qmp)
+            if mem.status != "completed":
+                raise WrongState(
+                    f"the incoming migration of {iid} is {mem.status!r}, not completed",
+                    resource="instance",
+                )
+            await mirror.unserve(m.qmp)
+            await m.qmp.execute("cont", timeout=30)
             status = await m.status()
         if status not in RUNNING:
             raise WrongState(
@@ -348,7 +363,7 @@ class MigrateAgent(VolumeAgent):
         assert m.qmp is not None
         out = self._outgoing.setdefault(iid, _Outgoing())
         now = await migration.progress(m.qmp)
-        if now.status in migration.ACTIVE or now.status == "completed":
+        if now.status in migration.ACTIVE or _sent(now, await m.status()):
             return await self.migrate_status(iid)
         jobs = await mirror.jobs(m.qmp)
         waiting = [j.node for j in jobs if not j.ready]
@@ -406,8 +421,9 @@ class MigrateAgent(VolumeAgent):
             )
         jobs = await mirror.jobs(m.qmp)
         mem = await migration.progress(m.qmp)
+        vm_status = await m.status()
         disks = mirror.summary(jobs)
-        if mem.status == "completed":
+        if _sent(mem, vm_status):
             phase = "completed"
         elif mem.status in migration.ACTIVE:
             phase = "migrating"
@@ -427,7 +443,7 @@ class MigrateAgent(VolumeAgent):
             memory=mem if mem.status != "none" else MemoryProgress(),
             downtime_limit_ms=out.ramp.limit if out and out.ramp else 0,
             reason=reason,
-            vm_status=await m.status(),
+            vm_status=vm_status,
         )
 
     async def migrate_complete(self, iid: str) -> None:
@@ -435,9 +451,10 @@ class MigrateAgent(VolumeAgent):
         m = self._source(iid)
         assert m.qmp is not None
         mem = await migration.progress(m.qmp)
-        if mem.status != "completed":
+        if not _sent(mem, await m.status()):
             raise WrongState(
-                f"the migration of {iid} is {mem.status!r}, not completed", resource="instance"
+                f"the migration of {iid} from this node is {mem.status!r}, not completed",
+                resource="instance",
             )
         out = self._outgoing.get(iid)
         nodes = out.disks if out and out.disks else [j.node for j in await mirror.jobs(m.qmp)]
@@ -489,6 +506,12 @@ class MigrateAgent(VolumeAgent):
         for vid in volumes or []:
             volume_files.remove(self._volume(vid))
         self.event_log.append("instance-departed", {"id": iid})
+
+
+def _sent(mem: MemoryProgress, vm_status: str) -> bool:
+    """Did this VM's memory leave (an outgoing migration completed, the VM paused for it)? A
+    VM that came here by migration also reports a completed migration: its incoming one."""
+    return mem.status == "completed" and vm_status in ("postmigrate", "finish-migrate")
 
 
 def _listen(address: str) -> socket.socket:

@@ -43,9 +43,16 @@ async def set_downtime(qmp: Qmp, downtime_ms: int) -> None:
 
 
 async def setup_destination(qmp: Qmp) -> None:
+    """Events on; block devices activated only at ``cont`` (not when the memory is in), so the
+    NBD export that takes the mirror's last writes never meets an active guest disk."""
     await qmp.execute(
         "migrate-set-capabilities",
-        {"capabilities": [{"capability": "events", "state": True}]},
+        {
+            "capabilities": [
+                {"capability": "events", "state": True},
+                {"capability": "late-block-activate", "state": True},
+            ]
+        },
     )
 
 
