@@ -10,6 +10,7 @@ guest runs there with the same MAC, and its QEMU and files are gone from the sou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import secrets
@@ -64,7 +65,12 @@ def _start_agent(host: Host, images: Path, tag: str) -> Agent:
     # the image is already here (hard links to the session daemon's store)
     subprocess.run(["cp", "-al", str(images), str(state / "images")], check=True)
     sock = f"/run/corral-mig-{tag}-{host.name}.sock"
-    env = dict(os.environ, CORRAL_STATE_DIR=str(state), PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        CORRAL_STATE_DIR=str(state),
+        CORRAL_MIGRATION_ADDRESS=host.address,
+        PYTHONUNBUFFERED="1",
+    )
     log = open(state / "agent.log", "ab")
     proc = subprocess.Popen(
         [
@@ -102,11 +108,13 @@ def call(a: Agent, name: str, **kw: object) -> object:
     return asyncio.run(_call(a, name, **kw))
 
 
-@pytest.fixture(scope="module")
-def pair(corral: Daemon) -> Iterator[tuple[Agent, Agent]]:
+@contextlib.contextmanager
+def agent_pair(images: Path) -> Iterator[tuple[Agent, Agent]]:
+    """Two agents in the two host namespaces of a new test LAN, each with a copy (hard links)
+    of ``images``; everything removed afterwards."""
     tag = secrets.token_hex(3)
     with lan(2) as net:
-        agents = [_start_agent(h, corral.state_dir / "images", tag) for h in net.hosts]
+        agents = [_start_agent(h, images, tag) for h in net.hosts]
         try:
             for a in agents:
                 wait_for(lambda a=a: os.path.exists(a.sock), 60, what=f"{a.host.name}'s agent")
@@ -118,6 +126,12 @@ def pair(corral: Daemon) -> Iterator[tuple[Agent, Agent]]:
                 asyncio.run(_call(a, "teardown"))
                 _stop_agent(a)
                 shutil.rmtree(a.state.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pair(corral: Daemon) -> Iterator[tuple[Agent, Agent]]:
+    with agent_pair(corral.state_dir / "images") as agents:
+        yield agents
 
 
 def _network(a: Agent) -> NetworkSpec:
