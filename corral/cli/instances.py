@@ -484,6 +484,8 @@ def migrate(
     c = opts(ctx).client()
     try:
         acc = c.instance_migrate(name, to, timeout)
+    except ValidationError as err:
+        raise fail(invalid_input(err)) from err
     except CorralError as err:
         raise fail(err.message) from err
     op = acc.operation
