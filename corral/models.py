@@ -159,6 +159,21 @@ class MigrateRequest(BaseModel):
     )
 
 
+class DrainMove(BaseModel):
+    instance: str  # name
+    id: str
+    operation: str  # the instance-migrate operation moving it
+
+
+class DrainResult(BaseModel):
+    """A node drained: cordoned, its running instances each moving by a live migration."""
+
+    node: str
+    cordoned: bool
+    migrations: list[DrainMove]
+    not_moved: dict[str, str]  # instance name -> why it stays
+
+
 class Image(BaseModel):
     id: str
     name: str

@@ -21,11 +21,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from corral.controller import migration, scheduler
 from corral.controller.accounts import Caller
-from corral.errors import CorralError, Invalid, NoResources, NotFound, WrongState
+from corral.errors import CorralError, Forbidden, Invalid, NoResources, NotFound, WrongState
 from corral.node.spec import MIGRATION_TIMEOUT
 from corral.store.models import Address, Image, Instance, Network, Node, Operation, Volume
 
@@ -47,10 +47,19 @@ class Migrations:
     async def request(
         self, caller: Caller, ref: str, to: str | None = None, timeout: float | None = None
     ) -> tuple[Instance, Operation]:
+        async with self.ctrl.store.read() as s:
+            iid = (await self.ctrl.instances.resolve(s, caller, ref)).id
+        return await self._request(iid, to, timeout, caller.access_key_id)
+
+    async def _request(
+        self, iid: str, to: str | None, timeout: float | None, requested_by: str
+    ) -> tuple[Instance, Operation]:
         if timeout is not None and not 0 < timeout <= 86400:
             raise Invalid("timeout must be between 0 and 86400 seconds", field="timeout")
         async with self.ctrl.store.write() as s:
-            inst = await self.ctrl.instances.resolve(s, caller, ref)
+            inst = await s.get(Instance, iid)
+            if inst is None:
+                raise NotFound(f"instance {iid} does not exist", resource="instance")
             if inst.state != "running" or inst.desired_state != "running":
                 raise WrongState(
                     f"instance {inst.name} is {inst.state}; only a running instance migrates "
@@ -81,7 +90,7 @@ class Migrations:
                 )
             op = self.ctrl.ops.new(
                 OP,
-                account_id=caller.account_id,
+                account_id=inst.account_id,
                 target_kind="instance",
                 target_id=inst.id,
                 params={
@@ -91,11 +100,51 @@ class Migrations:
                     "claim": [got.memory, got.cores, got.disk],
                     "phase": "requested",
                 },
-                requested_by=caller.access_key_id,
+                requested_by=requested_by,
             )
             s.add(op)
         self.ctrl.ops.start(op)
         return inst, op
+
+    async def drain(
+        self, caller: Caller, node_ref: str, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Cordon the node, then move each of its running instances away by a live migration
+        (the scheduler picks each destination among the other nodes, the claims of those
+        already placed counted, so they spread); what cannot move is listed with the reason."""
+        if not caller.admin:
+            raise Forbidden("only an admin account may drain a node")
+        async with self.ctrl.store.write() as s:
+            node = await s.scalar(
+                select(Node).where(or_(Node.name == node_ref, Node.id == node_ref))
+            )
+            if node is None:
+                raise NotFound(f"node {node_ref} does not exist; `corral node ls`", field="node")
+            node.cordoned = True
+            name, node_id = node.name, node.id
+            rows = list(
+                await s.scalars(
+                    select(Instance)
+                    .where(Instance.node_id == node_id, Instance.state != "terminated")
+                    .order_by(Instance.memory.desc(), Instance.name)
+                )
+            )
+        moves: list[dict[str, str]] = []
+        stays: dict[str, str] = {}
+        for inst in rows:
+            if inst.state != "running":
+                stays[inst.name] = (
+                    f"{inst.state}: only running instances move live (a stopped one moves "
+                    "cold with `corral node evacuate`, which is not built yet)"
+                )
+                continue
+            try:
+                _, op = await self._request(inst.id, None, timeout, caller.access_key_id)
+            except CorralError as err:
+                stays[inst.name] = err.message
+                continue
+            moves.append({"instance": inst.name, "id": inst.id, "operation": op.id})
+        return {"node": name, "cordoned": True, "migrations": moves, "not_moved": stays}
 
     async def _choose(self, s: Any, inst: Instance, to: str | None) -> scheduler.NodeView:
         views = await scheduler.nodes(s)

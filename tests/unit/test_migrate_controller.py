@@ -195,3 +195,24 @@ async def test_the_rest_api_migrates_and_refuses_unknown_fields(cluster: Cluster
         assert op.type == "instance-migrate" and op.params["timeout"] == 60
         assert (await finish(ctrl, op)).status == "succeeded"
         assert (await reload(ctrl, inst.id)).node_id == "node-b"
+
+
+async def test_drain_cordons_and_spreads_the_running_instances(cluster: Cluster) -> None:
+    ctrl = await cluster({"a": {}, "b": {}, "c": {}}, scheduler_weigher="spread")
+    moving = [await run(ctrl, node="a", name=f"d{i}") for i in range(2)]
+    stopped = await run(ctrl, node="a", name="dstop")
+    _, stop = await ctrl.instances.stop(admin(ctrl), stopped.name, force=True)
+    await finish(ctrl, stop)
+    res = await ctrl.migrations.drain(admin(ctrl), "a")
+    assert res["cordoned"] and res["node"] == "a"
+    assert sorted(m["instance"] for m in res["migrations"]) == ["d0", "d1"]
+    assert set(res["not_moved"]) == {"dstop"} and "stopped" in res["not_moved"]["dstop"]
+    for m in res["migrations"]:
+        assert (await finish(ctrl, await ctrl.ops.get(m["operation"]))).status == "succeeded"
+    nodes = {(await reload(ctrl, i.id)).node_id for i in moving}
+    assert nodes == {"node-b", "node-c"}  # spread, not both on one node
+    async with ctrl.store.read() as s:
+        a = await s.scalar(select(Node).where(Node.name == "a"))
+        assert a is not None and a.cordoned
+    with pytest.raises(NoResources):  # cordoned: nothing new lands there
+        await run(ctrl, node="a")
