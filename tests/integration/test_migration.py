@@ -206,7 +206,9 @@ class Guest:
     def other(self) -> Agent:
         return self.agents[1] if self.where is self.agents[0] else self.agents[0]
 
-    def move(self, timeout: float, phases: list[str]) -> migration.MigrationStatus:
+    def move(
+        self, timeout: float, phases: list[str], times: dict[str, float] | None = None
+    ) -> migration.MigrationStatus:
         src, dst = self.where, self.other()
         move = migration.Move(
             iid=self.iid,
@@ -223,6 +225,8 @@ class Guest:
             print(f"{time.monotonic():.1f} {phase} {fraction:.2f} {message}")
             if not phases or phases[-1] != phase:
                 phases.append(phase)
+                if times is not None:
+                    times[phase] = time.monotonic()
 
         async def go() -> migration.MigrationStatus:
             try:
