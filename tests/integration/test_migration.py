@@ -334,7 +334,7 @@ def test_a_guest_dirtying_memory_faster_than_the_link_is_called_off(guest: Guest
     phases: list[str] = []
     try:
         with pytest.raises(CorralError) as err:
-            guest.move(25, phases)
+            guest.move(20, phases)
     finally:
         src.host.exec("tc", "qdisc", "del", "dev", "eth0", "root")
     guest.where = src  # it never left
