@@ -31,6 +31,7 @@ from corral.node.spec import (
 log = logging.getLogger(__name__)
 
 POLL = 0.5
+GRACE = 15.0  # seconds past the deadline before the controller calls off what the agent did not
 Report = Callable[[str, float, str], Awaitable[None]]
 
 
@@ -122,6 +123,14 @@ async def memory(
         )
     await report("migrating", 0.5 + 0.45 * st.memory.percent / 100, describe(st))
     while st.phase == "migrating":
+        if time.monotonic() > deadline + GRACE:
+            # the source's agent cancels at the deadline; one restarted meanwhile does not
+            # know it (the rollback cancels it then)
+            raise MigrationFailed(
+                f"{MIGRATION_TIMED_OUT}: the migration of {m.iid} did not finish within "
+                f"{m.timeout:.0f} s",
+                reason=MIGRATION_TIMED_OUT,
+            )
         await report("migrating", 0.5 + 0.45 * st.memory.percent / 100, describe(st))
         await asyncio.sleep(POLL)
         st = await m.src.migrate_status(m.iid)

@@ -216,3 +216,28 @@ async def test_drain_cordons_and_spreads_the_running_instances(cluster: Cluster)
         assert a is not None and a.cordoned
     with pytest.raises(NoResources):  # cordoned: nothing new lands there
         await run(ctrl, node="a")
+
+
+async def test_the_controller_calls_off_a_migration_its_source_agent_forgot(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source agent restarted mid-migration has lost its watch (and the time limit): the
+    controller's own deadline still ends it, rolled back."""
+    from corral.controller import migration
+
+    monkeypatch.setattr(migration, "GRACE", 0.0)
+    ctrl = await cluster({"a": {}, "b": {}})
+    inst = await run(ctrl, node="a")
+    src = fake(ctrl, "a")
+
+    async def start_forever(iid: str, *args: Any, **kw: Any) -> Any:
+        src.outgoing[iid] = "migrating"  # runs on, and nobody on the node will stop it
+        return await src.migrate_status(iid)
+
+    monkeypatch.setattr(src, "migrate_start", start_forever)
+    _, op = await ctrl.migrations.request(admin(ctrl), inst.name, to="b", timeout=1)
+    done = await finish(ctrl, op)
+    assert done.status == "failed" and "migration-timed-out" in str(done.error)
+    assert ("migrate_cancel", inst.id) in src.calls
+    assert (await reload(ctrl, inst.id)).node_id == "node-a"
+    assert inst.id not in fake(ctrl, "b").specs
