@@ -132,8 +132,7 @@ async def memory(
                 reason=MIGRATION_TIMED_OUT,
             )
         await report("migrating", 0.5 + 0.45 * st.memory.percent / 100, describe(st))
-        await asyncio.sleep(POLL)
-        st = await m.src.migrate_status(m.iid)
+        st = await m.src.migrate_wait(m.iid, 1.0)  # returns as soon as the memory is in
     if st.phase != "completed":
         reason = MIGRATION_TIMED_OUT if MIGRATION_TIMED_OUT in st.reason else "migration-failed"
         raise MigrationFailed(

@@ -375,6 +375,10 @@ class FakeNode:
             vm_status="postmigrate" if phase == "completed" else "running",
         )
 
+    async def migrate_wait(self, iid: str, wait: float = 1.0) -> MigrationStatus:
+        await asyncio.sleep(min(wait, 0.01))
+        return await self.migrate_status(iid)
+
     async def migrate_complete(self, iid: str) -> None:
         if self.outgoing.get(iid) != "completed":
             raise WrongState(f"the migration of {iid} has not completed")

@@ -63,6 +63,7 @@ from corral.node.volume_agent import VolumeAgent
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL = 0.5
+POLL = 0.02  # the guest is paused while the switch-over waits on these: poll often
 ACCEPT_TIMEOUT = 120.0  # seconds the destination waits for the source's memory stream
 ANNOUNCE = {"initial": 50, "max": 550, "rounds": 5, "step": 100}
 RUNNING = {"running"}
@@ -274,9 +275,10 @@ class MigrateAgent(VolumeAgent):
         deadline = loop.time() + timeout
         status = await m.status()
         while status not in ("paused", "running") and loop.time() < deadline:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(POLL)
             status = await m.status()
-        if status == "paused":
+        resumed = status == "paused"
+        if resumed:
             mem = await migration.progress(m.qmp)
             if mem.status != "completed":
                 raise WrongState(
@@ -292,7 +294,8 @@ class MigrateAgent(VolumeAgent):
                 "not completed",
                 resource="instance",
             )
-        await mirror.unserve(m.qmp)
+        if not resumed:  # a repeated call: the first may have stopped before this
+            await mirror.unserve(m.qmp)
         with contextlib.suppress(QmpUnavailable):
             await m.qmp.execute("announce-self", ANNOUNCE)
         inc = self._incoming.pop(iid, None)
@@ -445,6 +448,23 @@ class MigrateAgent(VolumeAgent):
             reason=reason,
             vm_status=vm_status,
         )
+
+    async def migrate_wait(self, iid: str, wait: float = 1.0) -> MigrationStatus:
+        """The status once the memory migration is no longer under way, or after ``wait``
+        seconds: the caller hears of the end within a poll (the guest is paused until the
+        switch-over is done, so it must not wait long)."""
+        m = self.machines.get(iid)
+        if m is not None and m.running and m.qmp is not None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait
+            while loop.time() < deadline:
+                try:
+                    if (await migration.progress(m.qmp)).status not in migration.ACTIVE:
+                        break
+                except QmpUnavailable:
+                    break
+                await asyncio.sleep(POLL)
+        return await self.migrate_status(iid)
 
     async def migrate_complete(self, iid: str) -> None:
         """Memory has moved (the source is paused): end the mirrors, their last writes copied."""

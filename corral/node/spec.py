@@ -415,6 +415,11 @@ class MigrationStartRequest(BaseModel):
     max_downtime_ms: int = Field(1000, ge=1)
 
 
+class MigrationWaitRequest(BaseModel):
+    iid: str
+    wait: float = Field(1.0, ge=0, le=60)  # seconds to wait for the migration to end
+
+
 class MigrationCancelRequest(BaseModel):
     iid: str
     resume: bool = True  # a source paused by a finished migration runs again

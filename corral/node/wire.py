@@ -104,6 +104,7 @@ CALLS: dict[str, Call] = {
         Call("migrate_mirror", s.MigrationMirrorRequest, s.MigrationStatus),
         Call("migrate_start", s.MigrationStartRequest, s.MigrationStatus),
         Call("migrate_status", s.InstanceRequest, s.MigrationStatus, T.FAST),
+        Call("migrate_wait", s.MigrationWaitRequest, s.MigrationStatus, T.FAST, budget="wait"),
         Call("migrate_complete", s.InstanceRequest, None),
         Call("migrate_cancel", s.MigrationCancelRequest, s.MigrationStatus),
         Call("migrate_finish", s.MigrationFinishRequest, str, budget="timeout"),

@@ -172,7 +172,7 @@ async def stop(qmp: Qmp, nodes: list[str], force: bool = False) -> None:
         left = {j.node for j in await jobs(qmp)} & set(nodes)
         if not left:
             break
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.01)  # at a switch-over the guest is paused meanwhile
     else:
         log.warning("mirror jobs of %s did not end in %.0f s", nodes, CANCEL_TIMEOUT)
     have = {r["node-name"] for r in await qmp.execute("query-named-block-nodes", {"flat": True})}
