@@ -243,7 +243,9 @@ def summary(data: dict[str, Any]) -> str:
         "(query-migrate); for Corral the guest also stays paused through the switch-over (the "
         "source's mirrors end, the destination's NBD server stops, then the guest continues, "
         "driven over the node wire), measured from the controller's side and added as "
-        "'paused' (an upper bound: it includes the wire round trips). The raw destination "
+        "'paused' (from the controller hearing the memory is in, within a 20 ms poll and one "
+        "wire round trip not counted, to the destination's confirmation, which includes "
+        "announce-self after the guest runs again). The raw destination "
         "continues by itself as the memory is in (QEMU's default), so its downtime is its "
         "pause. The whole move includes the disk mirror.",
         "",
