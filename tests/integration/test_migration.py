@@ -348,3 +348,29 @@ def test_a_guest_dirtying_memory_faster_than_the_link_is_called_off(guest: Guest
     before = con.text()
     con.type("kill %1; echo alive-$((6*7))")
     wait_for(lambda: "alive-42" in con.text()[len(before) :], 120, what="the guest's answer")
+
+
+def test_the_only_copy_is_never_removed_and_an_aborted_destination_leaves_nothing(
+    guest: Guest,
+) -> None:
+    src, dst = guest.where, guest.other()
+    iid = guest.iid
+    # the copy that runs the guest: neither abort (not an incoming copy) nor cleanup (it runs)
+    with pytest.raises(CorralError, match="not an incoming migration"):
+        call(src, "migrate_abort", iid=iid, tap="tmig0")
+    with pytest.raises(CorralError, match="refusing to remove a copy that runs"):
+        call(src, "migrate_cleanup", iid=iid, tap="tmig0", volumes=[])
+    # a destination prepared and then called off: its QEMU, files, tap and ports are gone
+    prepared = call(
+        dst, "migrate_prepare", spec=guest.spec(dst), sizes={}, address=dst.host.address
+    )
+    assert dst.instance_dir(iid).exists()
+    port = prepared.nbd_port  # type: ignore[attr-defined]
+    probe = f"exec 3<>/dev/tcp/{dst.host.address}/{port}"
+    assert src.host.exec("bash", "-c", probe).returncode == 0  # QEMU's NBD server answers
+    call(dst, "migrate_abort", iid=iid, tap="tmig0")
+    assert not dst.instance_dir(iid).exists()
+    assert all(o.id != iid for o in call(dst, "instances"))  # type: ignore[attr-defined]
+    assert "tmig0" not in dst.host.exec("ip", "-n", dst.settings.namespace, "link").stdout
+    assert src.host.exec("bash", "-c", probe).returncode != 0  # and no more
+    assert call(src, "migrate_status", iid=iid).vm_status == "running"  # type: ignore[attr-defined]
