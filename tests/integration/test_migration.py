@@ -125,6 +125,7 @@ def agent_pair(images: Path) -> Iterator[tuple[Agent, Agent]]:
                     asyncio.run(_call(a, "instance_destroy", iid=d.name, tap=None))
                 asyncio.run(_call(a, "teardown"))
                 _stop_agent(a)
+                Path(a.sock).unlink(missing_ok=True)
                 shutil.rmtree(a.state.parent, ignore_errors=True)
 
 
