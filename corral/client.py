@@ -138,6 +138,12 @@ class Client:
     def node_list(self) -> list[models.Node]:
         return [models.Node.model_validate(x) for x in self._call("GET", "/v1/nodes")]
 
+    def node_drain(self, ref: str, timeout: float | None = None) -> models.DrainResult:
+        params = {"timeout": str(timeout)} if timeout is not None else None
+        return models.DrainResult.model_validate(
+            self._call("POST", f"/v1/nodes/{ref}/drain", params=params)
+        )
+
     # -- instances -------------------------------------------------------------------------
     def instance_list(self, all: bool = True) -> list[models.Instance]:
         data = self._call("GET", "/v1/instances", params={"all": str(all).lower()})
@@ -173,6 +179,14 @@ class Client:
         body = models.RebootRequest(timeout=timeout).model_dump(exclude_none=True)
         return models.InstanceAccepted.model_validate(
             self._call("POST", f"/v1/instances/{ref}/reboot", json=body)
+        )
+
+    def instance_migrate(
+        self, ref: str, to: str | None = None, timeout: float | None = None
+    ) -> models.InstanceAccepted:
+        body = models.MigrateRequest(to=to, timeout=timeout).model_dump(exclude_none=True)
+        return models.InstanceAccepted.model_validate(
+            self._call("POST", f"/v1/instances/{ref}/migrate", json=body)
         )
 
     def instance_terminate(

@@ -34,6 +34,7 @@ class Settings:
     cache_dir: Path = Path("/var/cache/corral")
     region: str = "corral-1"
     node_name: str = ""  # empty: the host name
+    migration_address: str = "127.0.0.1"  # this node's address for live migration traffic
     qemu: str = "qemu-system-x86_64"  # command or path of the QEMU binary
     uplink: str = "none"  # none | host | netns:NAME (the namespace standing for the outside)
     # elastic IPs: a documentation range, never routed; the addresses exist only inside
@@ -222,6 +223,7 @@ _ENV = {
     "CORRAL_REGION": "region",
     "CORRAL_PUBLIC_CIDR": "public_cidr",
     "CORRAL_NODE_NAME": "node_name",
+    "CORRAL_MIGRATION_ADDRESS": "migration_address",
     "CORRAL_QEMU": "qemu",
     "CORRAL_UPLINK": "uplink",
     "CORRAL_DNS_SERVER": "dns_server",

@@ -152,6 +152,31 @@ class RebootRequest(BaseModel):
     timeout: float | None = Field(None, ge=0, le=3600)
 
 
+class MigrateRequest(BaseModel):
+    """A live migration: to a given node, or to one the scheduler picks among the others."""
+
+    model_config = ConfigDict(extra="forbid")
+    to: str | None = Field(None, description="the destination node's name or id")
+    timeout: float | None = Field(
+        None, gt=0, le=86400, description="seconds before the migration is called off (600)"
+    )
+
+
+class DrainMove(BaseModel):
+    instance: str  # name
+    id: str
+    operation: str  # the instance-migrate operation moving it
+
+
+class DrainResult(BaseModel):
+    """A node drained: cordoned, its running instances each moving by a live migration."""
+
+    node: str
+    cordoned: bool
+    migrations: list[DrainMove]
+    not_moved: dict[str, str]  # instance name -> why it stays
+
+
 class Image(BaseModel):
     id: str
     name: str

@@ -21,6 +21,7 @@ from corral.api.rest import (
     images,
     instances,
     keys,
+    migration,
     observe,
     operations,
     placement,
@@ -53,6 +54,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     for module in (security_groups, addresses, tags, catalog, observe):
         app.include_router(module.router)
     app.include_router(ui.router)  # the dashboard at /ui
+    app.include_router(migration.router)  # node drain (live migration)
     app.include_router(ec2.router)  # the EC2 Query API at / (POST form or GET ?Action=)
     app.add_middleware(limits.BodyLimit, render=_render_refusal)
     app.add_middleware(metrics.RequestMetrics)  # /metrics: requests by route and status

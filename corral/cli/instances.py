@@ -474,6 +474,37 @@ def reboot(
 
 
 @app.command()
+def migrate(
+    ctx: typer.Context,
+    name: str,
+    to: str | None = typer.Option(None, "--to", help="the destination node (default: chosen)"),
+    timeout: float | None = typer.Option(
+        None, help="seconds before the migration is called off and the instance stays (600)"
+    ),
+    no_wait: bool = typer.Option(False, "--no-wait"),
+) -> None:
+    """Move a running instance to another node while it runs, its disks with it. A migration
+    that does not finish within the timeout is called off: the instance runs on where it was."""
+    c = opts(ctx).client()
+    try:
+        acc = c.instance_migrate(name, to, timeout)
+    except ValidationError as err:
+        raise fail(invalid_input(err)) from err
+    except CorralError as err:
+        raise fail(err.message) from err
+    op = acc.operation
+    assert op is not None
+    if no_wait:
+        console.print(f"{name}: migration requested (operation {op.id}; `corral op show {op.id}`)")
+        return
+    try:
+        done = wait_op(c, op, f"migrate {name}")
+    except CorralError as err:
+        raise fail(err.message) from err
+    console.print(f"{name}: now on {done.result.get('node')} (from {done.result.get('from')})")
+
+
+@app.command()
 def rm(
     ctx: typer.Context,
     names: list[str],

@@ -74,3 +74,38 @@ def node_ls(ctx: typer.Context) -> None:
             str(n.instances),
         )
     console.print(table)
+
+
+@nodes.command("drain")
+def node_drain(
+    ctx: typer.Context,
+    node: str,
+    timeout: float | None = typer.Option(None, help="seconds each migration may take (600)"),
+    no_wait: bool = typer.Option(False, "--no-wait"),
+) -> None:
+    """Cordon a node and live-migrate every running instance away (spread over the others);
+    lists what cannot move and why."""
+    from corral.cli.common import fail, wait_op
+    from corral.errors import CorralError
+
+    c = opts(ctx).client()
+    try:
+        res = c.node_drain(node, timeout)
+    except CorralError as err:
+        raise fail(err.message) from err
+    console.print(f"{res.node}: cordoned; {len(res.migrations)} instance(s) moving")
+    for name, why in res.not_moved.items():
+        console.print(f"  {name}: stays ({why})")
+    failed = 0
+    for mv in res.migrations:
+        if no_wait:
+            console.print(f"  {mv.instance}: operation {mv.operation}")
+            continue
+        try:
+            done = wait_op(c, c.operation_show(mv.operation), f"migrate {mv.instance}")
+            console.print(f"  {mv.instance}: now on {done.result.get('node')}")
+        except CorralError as err:
+            console.print(f"  {mv.instance}: [red]{err.message}[/red]")
+            failed += 1
+    if failed or res.not_moved:
+        raise typer.Exit(1)

@@ -72,6 +72,9 @@ class Controller:
         self.appliances = Appliances(self)
         self.image_publishing = ImagePublishing(self)
         self.reconciler = Reconciler(self)
+        from corral.controller.migrations import Migrations
+
+        self.migrations = Migrations(self)  # live migration (issue 13)
         self.admin: Caller | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False

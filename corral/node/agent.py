@@ -27,6 +27,7 @@ from corral.node.driver import cgroups, confine, jail, probe, qemu
 from corral.node.driver.machine import Machine, find_pid, read_exit
 from corral.node.driver.qmp import own_socket
 from corral.node.events import EventLog
+from corral.node.migrate_agent import MigrateAgent
 from corral.node.net import (
     dnsmasq,
     firewall,
@@ -53,7 +54,6 @@ from corral.node.spec import (
     PolicySpec,
 )
 from corral.node.storage import overlays, volumes
-from corral.node.volume_agent import VolumeAgent
 from corral.proc import arun
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,9 @@ def check_host(settings: Settings) -> None:
         ) from err
 
 
-class NodeAgent(VolumeAgent):
+class NodeAgent(MigrateAgent):
+    memory_overhead = MEMORY_OVERHEAD
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.event_log = EventLog(settings.state_dir / "events.jsonl", settings.hostname)
@@ -120,6 +122,8 @@ class NodeAgent(VolumeAgent):
         self._policies: dict[str, PolicySpec] = {}  # network -> the policy last applied
         self._policy_lock = asyncio.Lock()
         self.public_dns = publicdns.PublicDns(settings)
+        self._incoming = {}  # live migrations coming here (corral.node.migrate_agent)
+        self._outgoing = {}  # and leaving from here
 
     # -- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -252,6 +256,7 @@ class NodeAgent(VolumeAgent):
                 "initrd, console log and sockets; disks and tap as open descriptors",
                 "qemu_devices": limits["devices"],
                 "qemu_block_io": limits["block_io"],
+                "migration_address": self.settings.migration_address,
             },
             arch=qemu_arch(qemu.binary()),
             disk=shutil.disk_usage(self.settings.state_dir).total,

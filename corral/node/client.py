@@ -14,6 +14,9 @@ from corral.node.spec import (
     HealthCheck,
     HostRecord,
     InstanceSpec,
+    MigrationPrepared,
+    MigrationStatus,
+    MirrorDisk,
     NetworkSpec,
     NodeInfo,
     NodeStats,
@@ -106,3 +109,39 @@ class NodeClient(Protocol):
     async def teardown(self) -> None: ...
 
     async def stats(self) -> NodeStats: ...
+    # -- live migration (corral.node.migrate_agent) ----------------------------------------
+    async def migrate_prepare(
+        self, spec: InstanceSpec, sizes: dict[str, int], address: str, peer: str = ""
+    ) -> MigrationPrepared: ...
+
+    async def migrate_incoming(self, iid: str) -> None: ...
+
+    async def migrate_mirror(
+        self, iid: str, address: str, port: int, disks: list[MirrorDisk]
+    ) -> MigrationStatus: ...
+
+    async def migrate_start(
+        self,
+        iid: str,
+        address: str,
+        port: int,
+        timeout: float = 600.0,
+        downtime_ms: int = 50,
+        max_downtime_ms: int = 1000,
+    ) -> MigrationStatus: ...
+
+    async def migrate_status(self, iid: str) -> MigrationStatus: ...
+
+    async def migrate_wait(self, iid: str, wait: float = 1.0) -> MigrationStatus: ...
+
+    async def migrate_complete(self, iid: str) -> None: ...
+
+    async def migrate_cancel(self, iid: str, resume: bool = True) -> MigrationStatus: ...
+
+    async def migrate_finish(self, iid: str, timeout: float = 60.0) -> str: ...
+
+    async def migrate_abort(self, iid: str, tap: str | None = None) -> None: ...
+
+    async def migrate_cleanup(
+        self, iid: str, tap: str | None = None, volumes: list[str] | None = None
+    ) -> None: ...

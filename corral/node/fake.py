@@ -23,6 +23,9 @@ from corral.node.spec import (
     HostRecord,
     InstanceSpec,
     InstanceStats,
+    MigrationPrepared,
+    MigrationStatus,
+    MirrorDisk,
     NetworkSpec,
     NodeInfo,
     NodeStats,
@@ -66,6 +69,9 @@ class FakeNode:
         self._servers: set[asyncio.Task[None]] = set()  # pretend servers behind port_connect
         self._pids = itertools.count(10000)
         self.event_log = EventLog(None, name)
+        self.incoming: dict[str, MigrationPrepared] = {}  # prepared migrations to here
+        self.outgoing: dict[str, str] = {}  # instance -> migration phase from here
+        self.never_converge: set[str] = set()  # instances whose migration times out
 
     async def info(self) -> NodeInfo:
         return NodeInfo(
@@ -82,6 +88,7 @@ class FakeNode:
             arch=self.arch,
             disk=self.size["disk"],
             zone=self.zone,
+            facts={"migration_address": "127.0.0.1"},
         )
 
     async def network_ensure(self, spec: NetworkSpec, hosts: list[HostRecord]) -> None:
@@ -339,6 +346,102 @@ class FakeNode:
 
     async def teardown(self) -> None:
         self.calls.append(("teardown", self.name))
+
+    # -- live migration: states only (the agent's is corral.node.migrate_agent) -------------
+    async def migrate_prepare(
+        self, spec: InstanceSpec, sizes: dict[str, int], address: str, peer: str = ""
+    ) -> MigrationPrepared:
+        self.calls.append(("migrate_prepare", spec.id))
+        if spec.id in self.specs and spec.id not in self.incoming:
+            raise WrongState(f"instance {spec.id} already has files on this node")
+        if spec.id not in self.incoming:
+            self.specs[spec.id] = spec
+            self.running[spec.id] = next(self._pids)
+            nodes = [spec.root_volume or "root"] + [v.id for v in spec.volumes]
+            self.incoming[spec.id] = MigrationPrepared(
+                address=address,
+                nbd_port=10809,
+                migration_port=49152,
+                exports={n: f"export-{n}" for n in nodes},
+            )
+        return self.incoming[spec.id]
+
+    async def migrate_incoming(self, iid: str) -> None:
+        if iid not in self.incoming:
+            raise WrongState(f"no migration of {iid} is prepared on this node")
+
+    async def migrate_mirror(
+        self, iid: str, address: str, port: int, disks: list[MirrorDisk]
+    ) -> MigrationStatus:
+        if iid not in self.running:
+            raise WrongState(f"instance {iid} does not run on this node")
+        self.outgoing[iid] = "mirrored"
+        return await self.migrate_status(iid)
+
+    async def migrate_start(
+        self,
+        iid: str,
+        address: str,
+        port: int,
+        timeout: float = 600.0,
+        downtime_ms: int = 50,
+        max_downtime_ms: int = 1000,
+    ) -> MigrationStatus:
+        self.calls.append(("migrate_start", iid))
+        if self.outgoing.get(iid) not in ("mirrored", "completed"):
+            raise WrongState(f"the disks of {iid} are not mirrored yet")
+        self.outgoing[iid] = "cancelled" if iid in self.never_converge else "completed"
+        return await self.migrate_status(iid)
+
+    async def migrate_status(self, iid: str) -> MigrationStatus:
+        if iid not in self.running:
+            return MigrationStatus(phase="none", vm_status="exited")
+        phase = self.outgoing.get(iid, "none")
+        return MigrationStatus(
+            phase=phase,
+            disk_percent=100.0 if phase != "none" else 0.0,
+            reason="migration-timed-out: fake" if phase == "cancelled" else "",
+            vm_status="postmigrate" if phase == "completed" else "running",
+        )
+
+    async def migrate_wait(self, iid: str, wait: float = 1.0) -> MigrationStatus:
+        await asyncio.sleep(min(wait, 0.01))
+        return await self.migrate_status(iid)
+
+    async def migrate_complete(self, iid: str) -> None:
+        if self.outgoing.get(iid) != "completed":
+            raise WrongState(f"the migration of {iid} has not completed")
+
+    async def migrate_cancel(self, iid: str, resume: bool = True) -> MigrationStatus:
+        self.calls.append(("migrate_cancel", iid))
+        self.outgoing.pop(iid, None)
+        return await self.migrate_status(iid)
+
+    async def migrate_finish(self, iid: str, timeout: float = 60.0) -> str:
+        if iid not in self.running:
+            raise WrongState(f"instance {iid} does not run on this node")
+        self.incoming.pop(iid, None)
+        return "running"
+
+    async def migrate_abort(self, iid: str, tap: str | None = None) -> None:
+        self.calls.append(("migrate_abort", iid))
+        if iid not in self.incoming:
+            if iid in self.specs:
+                raise WrongState(f"instance {iid} on this node is not an incoming migration")
+            return
+        self.incoming.pop(iid)
+        await self.instance_destroy(iid, tap)
+
+    async def migrate_cleanup(
+        self, iid: str, tap: str | None = None, volumes: list[str] | None = None
+    ) -> None:
+        self.calls.append(("migrate_cleanup", iid))
+        if iid in self.running and self.outgoing.get(iid) != "completed":
+            raise WrongState(f"instance {iid} runs on this node: refusing to remove it")
+        self.outgoing.pop(iid, None)
+        await self.instance_destroy(iid, tap)
+        for vid in volumes or []:
+            self.volumes.pop(vid, None)
 
     # test helpers: make things happen behind the controller's back
     def crash(self, iid: str, reason: str = "crashed") -> None:

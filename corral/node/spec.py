@@ -355,3 +355,115 @@ class NodeStats(BaseModel):
     memory_total: int
     memory_available: int
     instances: list[InstanceStats] = Field(default_factory=list)
+
+
+# -- live migration (corral.node.migrate_agent; the disk mirror is corral.node.driver.mirror) ---
+MIGRATION_TIMEOUT = 600.0  # seconds a migration may take before it is cancelled
+MIGRATION_TIMED_OUT = "migration-timed-out"
+
+
+class MirrorDisk(BaseModel):
+    """One disk to copy: the source's block node, the export it goes to, and how much of it."""
+
+    node: str  # "root" or a volume id (the block node's name on both sides)
+    export: str  # the destination's NBD export name (a random token)
+    sync: str = Field("full", pattern="^(top|full)$")  # top: the overlay only
+
+
+class MirrorProgress(BaseModel):
+    node: str
+    total: int = 0  # bytes the job knows it has to copy (grows as the guest writes)
+    done: int = 0
+    ready: bool = False
+    status: str = ""  # QEMU's job status (running, ready, …)
+    error: str = ""
+
+
+class MemoryProgress(BaseModel):
+    """What ``query-migrate`` says, in Corral's words."""
+
+    status: str = "none"  # none, setup, active, device, completed, failed, cancelled, …
+    percent: float = 0.0
+    transferred: int = 0  # bytes sent so far
+    remaining: int = 0  # bytes of memory still dirty
+    total: int = 0  # the guest's memory
+    dirty_rate: int = 0  # bytes per second the guest dirties
+    mbps: float = 0.0  # the link's throughput as QEMU measures it
+    iterations: int = 0  # passes over memory
+    expected_downtime_ms: int = 0
+    downtime_ms: int = 0  # the real one, once completed
+    total_time_ms: int = 0
+    throttle_percent: int = 0  # auto-converge's CPU throttle
+    error: str = ""
+
+
+class MigrationStatus(BaseModel):
+    """The source's view: phase ``none`` (nothing under way), ``mirroring`` (disks copying),
+    ``mirrored`` (every disk caught up), ``migrating``, ``completed`` (the source is paused,
+    the destination has the VM), ``failed`` or ``cancelled`` (the VM runs here)."""
+
+    phase: str = "none"
+    disks: list[MirrorProgress] = Field(default_factory=list)
+    disk_percent: float = 0.0
+    memory: MemoryProgress = Field(default_factory=MemoryProgress)
+    downtime_limit_ms: int = 0
+    reason: str = ""  # why it failed or was cancelled
+    vm_status: str = ""  # the source QEMU's run state
+
+
+class MigrationPrepared(BaseModel):
+    """Where the destination listens: NBD for the disks, the migration stream for memory."""
+
+    address: str
+    nbd_port: int
+    migration_port: int
+    exports: dict[str, str]  # block node -> NBD export name
+
+
+class MigrationPrepareRequest(BaseModel):
+    spec: InstanceSpec
+    sizes: dict[str, int] = Field(default_factory=dict)  # volume id -> bytes (created empty)
+    address: str  # this node's address for the disks and memory (its underlay address)
+    peer: str = ""  # the source's address: the only one the memory stream is taken from
+
+
+class MigrationMirrorRequest(BaseModel):
+    iid: str
+    address: str
+    port: int
+    disks: list[MirrorDisk]
+
+
+class MigrationStartRequest(BaseModel):
+    iid: str
+    address: str
+    port: int
+    timeout: float = Field(MIGRATION_TIMEOUT, gt=0)
+    downtime_ms: int = Field(50, ge=1)
+    max_downtime_ms: int = Field(1000, ge=1)
+
+
+class MigrationWaitRequest(BaseModel):
+    iid: str
+    wait: float = Field(1.0, ge=0, le=60)  # seconds to wait for the migration to end
+
+
+class MigrationCancelRequest(BaseModel):
+    iid: str
+    resume: bool = True  # a source paused by a finished migration runs again
+
+
+class MigrationFinishRequest(BaseModel):
+    iid: str
+    timeout: float = Field(60.0, gt=0)
+
+
+class MigrationAbortRequest(BaseModel):
+    iid: str
+    tap: str | None = None
+
+
+class MigrationCleanupRequest(BaseModel):
+    iid: str
+    tap: str | None = None
+    volumes: list[str] = Field(default_factory=list)

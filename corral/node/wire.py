@@ -99,6 +99,18 @@ CALLS: dict[str, Call] = {
         Call("events", s.EventsRequest, s.EventBatch, T.FAST, budget="wait"),
         Call("teardown", s.NoArgs, None, T.LONG),
         Call("stats", s.NoArgs, s.NodeStats, T.FAST),  # operator views (issue 15)
+        # live migration (corral.node.migrate_agent)
+        Call("migrate_prepare", s.MigrationPrepareRequest, s.MigrationPrepared, T.LONG),
+        Call("migrate_incoming", s.InstanceRequest, None),
+        Call("migrate_mirror", s.MigrationMirrorRequest, s.MigrationStatus),
+        Call("migrate_start", s.MigrationStartRequest, s.MigrationStatus),
+        Call("migrate_status", s.InstanceRequest, s.MigrationStatus, T.FAST),
+        Call("migrate_wait", s.MigrationWaitRequest, s.MigrationStatus, T.FAST, budget="wait"),
+        Call("migrate_complete", s.InstanceRequest, None),
+        Call("migrate_cancel", s.MigrationCancelRequest, s.MigrationStatus),
+        Call("migrate_finish", s.MigrationFinishRequest, str, budget="timeout"),
+        Call("migrate_abort", s.MigrationAbortRequest, None),
+        Call("migrate_cleanup", s.MigrationCleanupRequest, None),
     )
 }
 

@@ -167,6 +167,22 @@ def test_stop_with_a_negative_timeout_is_an_error_not_a_traceback(
     assert json.loads(out)["state"] == "running"
 
 
+def test_migrate_with_bad_input_or_nowhere_to_go_is_a_clear_error(
+    cli: object, served: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = corral(capsys, "run", "tiny", "--name", "mover1")
+    assert code == 0, out
+    code, out = corral(capsys, "migrate", "mover1", "--timeout", "-5")
+    assert code == 1
+    assert "timeout (--timeout): Input should be greater than 0" in out, out
+    code, out = corral(capsys, "migrate", "mover1")
+    assert code == 1
+    assert "no other node can take mover1" in out, out
+    code, out = corral(capsys, "migrate", "mover1", "--to", "elsewhere")
+    assert code == 1 and "node elsewhere does not exist" in out, out
+    assert "Traceback" not in out
+
+
 def test_disk_over_the_limit_is_refused_by_the_api_too(served: Served) -> None:
     with httpx.Client(
         base_url=served.url, headers={"Authorization": f"Bearer {served.key_id}:{served.secret}"}

@@ -94,6 +94,20 @@ async def instance_reboot(
     return await _accepted(ctx, who, inst, op)
 
 
+@router.post("/{ref}/migrate", status_code=202, response_model=models.InstanceAccepted)
+async def instance_migrate(
+    ref: str,
+    req: models.MigrateRequest | None = None,
+    ctx: ApiContext = Depends(get_context),
+    who: Caller = Depends(auth),
+) -> models.InstanceAccepted:
+    """Move a running instance to another node while it runs, disks included; the
+    operation shows the phase and progress (``corral op show``)."""
+    req = req or models.MigrateRequest()
+    inst, op = await ctx.controller.migrations.request(who, ref, req.to, req.timeout)
+    return await _accepted(ctx, who, inst, op)
+
+
 @router.delete("/{ref}", status_code=202, response_model=models.InstanceAccepted)
 async def instance_terminate(
     ref: str,

@@ -130,6 +130,16 @@ class Qmp:
             os.close(fd)
         return f"/dev/fdset/{res['fdset-id']}"
 
+    async def get_fd(self, fd: int, name: str) -> None:
+        """Hand QEMU an open descriptor (a socket, say) under ``name``, for commands that take
+        ``fd:name`` or ``{"type": "fd", "str": name}`` (QEMU in its jail opens no sockets of
+        its own on the node's addresses). An older descriptor of that name is replaced."""
+        if self.state != LinkState.CONNECTED:
+            raise QmpUnavailable(f"QMP link to {self.path} is {self.state}")
+        async with self._fd_lock:
+            self.client.send_fd_scm(fd)
+            await self.execute("getfd", {"fdname": name})
+
     async def remove_fds(self, opaque: str) -> None:
         """Drop the descriptors handed over as ``opaque`` (after their block node is gone)."""
         for fdset in await self.execute("query-fdsets"):

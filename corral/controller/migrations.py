@@ -1,0 +1,385 @@
+"""``corral migrate NAME [--to NODE]``: a running instance moved to another node while it runs,
+its disks included (``corral.controller.migration`` drives the nodes).
+
+The request claims room on the destination (chosen by the scheduler among the other nodes when
+no ``--to`` is given) in the transaction that records the operation; the record keeps saying the
+source until the destination has confirmed it runs the guest, and then, in one transaction, the
+instance's node, network, address and claim move together.
+
+Crash safety: the operation records its phase; a resumed one decides by it and by what the
+source's QEMU says (``migrate_status``), so a restart at any point ends with exactly one copy:
+- before the switch-over (preparing, mirroring, migrating) with the source's memory migration
+  not completed: rolled back (the destination's copy removed; the guest runs on at the source),
+  and the operation fails saying so;
+- the source's migration completed (the source is paused) or the phase is ``switching``: rolled
+  forward (mirrors ended, the destination confirms, the record moves); if the destination's
+  copy is gone, the source resumes instead;
+- ``moved``: the source's leftovers are removed."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import or_, select, update
+
+from corral.controller import migration, scheduler
+from corral.controller.accounts import Caller
+from corral.errors import CorralError, Forbidden, Invalid, NoResources, NotFound, WrongState
+from corral.node.spec import MIGRATION_TIMEOUT
+from corral.store.models import Address, Image, Instance, Network, Node, Operation, Volume
+
+if TYPE_CHECKING:
+    from corral.controller.service import Controller
+
+log = logging.getLogger(__name__)
+
+OP = "instance-migrate"
+ADDRESS_FACT = "migration_address"  # the node's address for migration traffic (NodeInfo.facts)
+
+
+class Migrations:
+    def __init__(self, ctrl: Controller) -> None:
+        self.ctrl = ctrl
+        ctrl.ops.register(OP, self._migrate)
+
+    # -- the request -----------------------------------------------------------------------
+    async def request(
+        self, caller: Caller, ref: str, to: str | None = None, timeout: float | None = None
+    ) -> tuple[Instance, Operation]:
+        async with self.ctrl.store.read() as s:
+            iid = (await self.ctrl.instances.resolve(s, caller, ref)).id
+        return await self._request(iid, to, timeout, caller.access_key_id)
+
+    async def _request(
+        self, iid: str, to: str | None, timeout: float | None, requested_by: str
+    ) -> tuple[Instance, Operation]:
+        if timeout is not None and not 0 < timeout <= 86400:
+            raise Invalid("timeout must be between 0 and 86400 seconds", field="timeout")
+        async with self.ctrl.store.write() as s:
+            inst = await s.get(Instance, iid)
+            if inst is None:
+                raise NotFound(f"instance {iid} does not exist", resource="instance")
+            if inst.state != "running" or inst.desired_state != "running":
+                raise WrongState(
+                    f"instance {inst.name} is {inst.state}; only a running instance migrates "
+                    "live (start it first)",
+                    resource="instance",
+                )
+            if await self.ctrl.ops.active_for(inst.id):
+                raise WrongState(
+                    f"instance {inst.name} has an operation under way; wait for it "
+                    "(`corral op ls`)",
+                    resource="instance",
+                )
+            target = await self._choose(s, inst, to)
+            image = await s.get(Image, inst.image_id)
+            image_arch = image.arch if image is not None else "x86_64"
+            req = scheduler.Request(
+                memory=inst.memory,
+                cores=inst.cpu_limit or float(inst.cpus),
+                disk=inst.disk_size,
+                arch=image_arch,
+            )
+            got = await scheduler.claim(
+                s, target, req, scheduler.Policy.from_settings(self.ctrl.settings)
+            )
+            if got is None:
+                raise NoResources(
+                    f"node {target.name} has no room for {inst.name} any more", resource="node"
+                )
+            op = self.ctrl.ops.new(
+                OP,
+                account_id=inst.account_id,
+                target_kind="instance",
+                target_id=inst.id,
+                params={
+                    "to": got.node_id,
+                    "from": inst.node_id,
+                    "timeout": float(timeout or MIGRATION_TIMEOUT),
+                    "claim": [got.memory, got.cores, got.disk],
+                    "phase": "requested",
+                },
+                requested_by=requested_by,
+            )
+            s.add(op)
+        self.ctrl.ops.start(op)
+        return inst, op
+
+    async def drain(
+        self, caller: Caller, node_ref: str, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Cordon the node, then move each of its running instances away by a live migration
+        (the scheduler picks each destination among the other nodes, the claims of those
+        already placed counted, so they spread); what cannot move is listed with the reason."""
+        if not caller.admin:
+            raise Forbidden("only an admin account may drain a node")
+        async with self.ctrl.store.write() as s:
+            node = await s.scalar(
+                select(Node).where(or_(Node.name == node_ref, Node.id == node_ref))
+            )
+            if node is None:
+                raise NotFound(f"node {node_ref} does not exist; `corral node ls`", field="node")
+            node.cordoned = True
+            name, node_id = node.name, node.id
+            rows = list(
+                await s.scalars(
+                    select(Instance)
+                    .where(Instance.node_id == node_id, Instance.state != "terminated")
+                    .order_by(Instance.memory.desc(), Instance.name)
+                )
+            )
+        moves: list[dict[str, str]] = []
+        stays: dict[str, str] = {}
+        for inst in rows:
+            if inst.state != "running":
+                stays[inst.name] = (
+                    f"{inst.state}: only running instances move live (a stopped one moves "
+                    "cold with `corral node evacuate`, which is not built yet)"
+                )
+                continue
+            try:
+                _, op = await self._request(inst.id, None, timeout, caller.access_key_id)
+            except CorralError as err:
+                stays[inst.name] = err.message
+                continue
+            moves.append({"instance": inst.name, "id": inst.id, "operation": op.id})
+        return {"node": name, "cordoned": True, "migrations": moves, "not_moved": stays}
+
+    async def _choose(self, s: Any, inst: Instance, to: str | None) -> scheduler.NodeView:
+        views = await scheduler.nodes(s)
+        if to is not None:
+            named = [v for v in views if to in (v.name, v.id)]
+            if not named:
+                raise NotFound(f"node {to} does not exist; `corral node ls`", field="to")
+            if named[0].id == inst.node_id:
+                raise Invalid(f"instance {inst.name} already runs on {to}", field="to")
+            if named[0].id not in self.ctrl.nodes:
+                raise WrongState(f"node {to} is not connected to this controller", field="to")
+            return named[0]
+        others = [v for v in views if v.id != inst.node_id and v.id in self.ctrl.nodes]
+        req = scheduler.Request(
+            memory=inst.memory, cores=inst.cpu_limit or float(inst.cpus), disk=inst.disk_size
+        )
+        policy = scheduler.Policy.from_settings(self.ctrl.settings)
+        ctx = await scheduler.Context.load(s, req)
+        ok, failed = scheduler.sift(others, req, policy, ctx)
+        if not ok:
+            why = scheduler.explain(len(others), failed, req, policy) if others else "no other node"
+            raise NoResources(
+                f"no other node can take {inst.name} ({why}); add a node or free one",
+                resource="node",
+            )
+        return scheduler.rank(ok, req, policy, ctx)[0]
+
+    # -- the operation -----------------------------------------------------------------------
+    async def _move(self, inst: Instance, params: dict[str, Any]) -> tuple[migration.Move, str]:
+        """The steps' inputs, and the destination's network for this instance."""
+        src_id, dst_id = params["from"], params["to"]
+        async with self.ctrl.store.read() as s:
+            src_spec = await self.ctrl.instances.spec(s, inst)
+            src_net = await s.get(Network, inst.network_id)
+            assert src_net is not None
+            dst_net = await s.scalar(
+                select(Network).where(Network.node_id == dst_id, Network.name == src_net.name)
+            )
+            if dst_net is None or dst_net.cidr != src_net.cidr:
+                raise WrongState(
+                    f"node {dst_id} has no network {src_net.name} on {src_net.cidr}: the "
+                    "instance could not keep its address there",
+                    resource="network",
+                )
+            taken = await s.scalar(
+                select(Address.instance_id).where(
+                    Address.network_id == dst_net.id, Address.address == inst.private_ip
+                )
+            )
+            if taken is not None and taken != inst.id:
+                raise WrongState(
+                    f"address {inst.private_ip} of {inst.name} is taken on node {dst_id}'s "
+                    f"network {src_net.name}; choose another node (--to)",
+                    resource="address",
+                )
+            sizes = {}
+            for v in src_spec.volumes:
+                vol = await s.get(Volume, v.id)
+                if vol is not None:
+                    sizes[v.id] = vol.size << 30  # GiB in the store
+            if src_spec.root_volume:
+                vol = await s.get(Volume, src_spec.root_volume)
+                if vol is not None:
+                    sizes[vol.id] = vol.size << 30
+            src_node = await s.get(Node, src_id)
+            dst_node = await s.get(Node, dst_id)
+        dst_spec = src_spec.model_copy(update={"network": self.ctrl.networks.spec(dst_net)})
+        move = migration.Move(
+            iid=inst.id,
+            src=self.ctrl.node(src_id),
+            dst=self.ctrl.node(dst_id),
+            src_spec=src_spec,
+            dst_spec=dst_spec,
+            src_address=_address(src_node),
+            dst_address=_address(dst_node),
+            sizes=sizes,
+            timeout=float(params.get("timeout") or MIGRATION_TIMEOUT),
+        )
+        return move, dst_net.id
+
+    async def _migrate(self, ctx: Any) -> dict[str, Any]:
+        iid = ctx.target_id
+        async with self.ctrl.instances.lock(iid):
+            async with self.ctrl.store.read() as s:
+                inst = await s.get(Instance, iid)
+            if inst is None:
+                raise NotFound(f"instance {iid} is gone", resource="instance")
+            phase = ctx.params.get("phase", "requested")
+            if phase == "moved" or inst.node_id == ctx.params["to"]:
+                return await self._cleanup(ctx, inst)
+            if inst.state != "running":
+                await self._unclaim(ctx)
+                raise WrongState(f"instance {inst.name} is {inst.state}; not migrated")
+            move, dst_net = await self._move(inst, ctx.params)
+            if phase != "requested":  # resumed after a crash: decide by what the source says
+                return await self._resume(ctx, inst, move, dst_net, phase)
+
+            async def report(step: str, fraction: float, message: str) -> None:
+                if ctx.params.get("phase") != step:
+                    await ctx.checkpoint(phase=step)
+                await ctx.progress(fraction, f"{step}: {message}")
+
+            try:
+                await migration.run_until_moved(move, report)
+            except BaseException as err:
+                await self._unclaim(ctx)
+                await ctx.checkpoint(phase="rolled-back")
+                if isinstance(err, migration.MigrationFailed):
+                    raise
+                if isinstance(err, CorralError):
+                    raise CorralError(
+                        f"the migration of {inst.name} failed and was rolled back; it runs on "
+                        f"at its node: {err.message}",
+                        reason=err.reason,
+                    ) from err
+                raise
+            await ctx.checkpoint(phase="switching")
+            await ctx.progress(0.95, "switching: the destination takes over")
+            return await self._switch(ctx, inst, move, dst_net)
+
+    async def _switch(
+        self, ctx: Any, inst: Instance, move: migration.Move, dst_net: str
+    ) -> dict[str, Any]:
+        """Memory has moved: forward (the destination confirms, the record moves), or, when
+        the destination's copy does not run, back (the source resumes the guest)."""
+        try:
+            await move.src.migrate_complete(inst.id)
+        except WrongState as err:  # the source's QEMU is gone (or its mirrors ended already)
+            log.info("%s: the source has no mirror to end (%s)", inst.id, err.message)
+        try:
+            await move.dst.migrate_finish(inst.id, 60.0)
+        except WrongState as err:
+            st = await move.src.migrate_status(inst.id)
+            if st.phase != "completed":
+                raise CorralError(
+                    f"neither node runs {inst.name} after its migration: the destination says "
+                    f"{err.message}; the source's copy is {st.vm_status or 'gone'}",
+                    reason="migration-failed",
+                ) from err
+            log.warning("%s: switch-over failed (%s); resuming at the source", inst.id, err)
+            await migration.rollback(move)
+            await self._unclaim(ctx)
+            await ctx.checkpoint(phase="rolled-back")
+            raise CorralError(
+                f"the destination could not take {inst.name} ({err.message}); it runs on "
+                "at its source",
+                reason="migration-failed",
+            ) from err
+        await self._record(ctx, inst, dst_net)
+        return await self._cleanup(ctx, inst)
+
+    async def _resume(
+        self, ctx: Any, inst: Instance, move: migration.Move, dst_net: str, phase: str
+    ) -> dict[str, Any]:
+        try:
+            st = await move.src.migrate_status(inst.id)
+        except CorralError as err:
+            raise WrongState(
+                f"the source node of {inst.name} does not answer ({err.message}); the "
+                "migration is resumed when it does",
+            ) from err
+        if st.phase == "completed" or phase == "switching":
+            await ctx.checkpoint(phase="switching")
+            return await self._switch(ctx, inst, move, dst_net)
+        await migration.rollback(move)
+        await self._unclaim(ctx)
+        await ctx.checkpoint(phase="rolled-back")
+        raise CorralError(
+            f"the migration of {inst.name} was interrupted at {phase} (a controller restart) "
+            "and rolled back; it runs on at its node; run `corral migrate` again",
+            reason="migration-interrupted",
+        )
+
+    async def _record(self, ctx: Any, inst: Instance, dst_net: str) -> None:
+        """The destination confirmed: node, network, address and claim move in one go."""
+        to = ctx.params["to"]
+        mem, cores, disk = ctx.params["claim"]
+        async with self.ctrl.store.write() as s:
+            row = await s.get(Instance, inst.id)
+            if row is None:
+                return
+            if row.node_id is not None and (row.claim_memory or row.claim_cores):
+                await scheduler.unclaim(
+                    s, row.node_id, row.claim_memory, row.claim_cores, row.claim_disk
+                )
+            row.node_id, row.network_id = to, dst_net
+            row.claim_memory, row.claim_cores, row.claim_disk = mem, cores, disk
+            await s.execute(
+                update(Address).where(Address.instance_id == inst.id).values(network_id=dst_net)
+            )
+            for vol in await s.scalars(select(Volume).where(Volume.instance_id == inst.id)):
+                vol.node_id = to
+            op = await s.get(Operation, ctx.id)
+            if op is not None:
+                op.params = {**(op.params or {}), "phase": "moved"}
+            ctx.params["phase"] = "moved"
+        await self.ctrl.networks.sync(inst.network_id)
+        await self.ctrl.networks.sync(dst_net)
+
+    async def _cleanup(self, ctx: Any, inst: Instance) -> dict[str, Any]:
+        move_src = self.ctrl.node(ctx.params["from"])
+        async with self.ctrl.store.read() as s:
+            row = await s.get(Instance, inst.id)
+            assert row is not None
+            spec = await self.ctrl.instances.spec(s, row)
+        vols = [v.id for v in spec.volumes] + ([spec.root_volume] if spec.root_volume else [])
+        await ctx.progress(0.98, "removing the source's copy")
+        await move_src.migrate_cleanup(inst.id, spec.tap, vols)
+        pid = None
+        for o in await self.ctrl.node(ctx.params["to"]).instances():
+            if o.id == inst.id:
+                pid = o.pid
+        if pid is not None:
+            await self.ctrl.instances._set(inst.id, pid=pid)
+        await ctx.checkpoint(phase="done")
+        return {"instance_id": inst.id, "node": ctx.params["to"], "from": ctx.params["from"]}
+
+    async def _unclaim(self, ctx: Any) -> None:
+        if ctx.params.get("unclaimed"):
+            return
+        mem, cores, disk = ctx.params["claim"]
+        async with self.ctrl.store.write() as s:
+            await scheduler.unclaim(s, ctx.params["to"], mem, cores, disk)
+            await ctx.checkpoint(s, unclaimed=True)
+
+
+def _address(node: Node | None) -> str:
+    if node is None:
+        raise NotFound("a node of the migration is gone", resource="node")
+    facts = node.facts or {}
+    addr = str(facts.get(ADDRESS_FACT) or "")
+    if not addr:
+        raise WrongState(
+            f"node {node.name} reports no address for migration traffic; set "
+            "migration_address (CORRAL_MIGRATION_ADDRESS) on its agent",
+            resource="node",
+        )
+    return addr

@@ -1,0 +1,243 @@
+"""The migrate operation over fake nodes (the nodes' half runs real QEMU in
+tests/integration/test_migration.py): the record moves only after the destination confirms,
+the scheduler picks another node, a migration that does not converge is rolled back, and an
+operation resumed after a controller crash decides by its phase and the source's state."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from corral.api.app import create_app
+from corral.api.context import ApiContext
+from corral.controller.migrations import OP
+from corral.controller.service import Controller
+from corral.errors import Invalid, NoResources, WrongState
+from corral.node.fake import FakeNode
+from corral.store.models import Address, Instance, Network, Node
+from tests.unit.conftest import Cluster
+from tests.unit.helpers import admin, finish, reload, run
+
+
+def fake(ctrl: Controller, name: str) -> FakeNode:
+    node = ctrl.nodes[f"node-{name}"]
+    assert isinstance(node, FakeNode)
+    return node
+
+
+async def _claimed(ctrl: Controller, name: str) -> int:
+    async with ctrl.store.read() as s:
+        row = await s.scalar(select(Node).where(Node.name == name))
+        assert row is not None
+        return row.claimed_memory
+
+
+async def _network_node(ctrl: Controller, iid: str) -> tuple[str, str]:
+    async with ctrl.store.read() as s:
+        addr = await s.scalar(select(Address).where(Address.instance_id == iid))
+        assert addr is not None
+        net = await s.get(Network, addr.network_id)
+        inst = await s.get(Instance, iid)
+        assert net is not None and inst is not None
+        assert inst.network_id == net.id
+        return net.node_id, addr.address
+
+
+async def test_migrate_moves_the_record_after_the_destination_confirms(cluster: Cluster) -> None:
+    ctrl = await cluster({"a": {}, "b": {}})
+    inst = await run(ctrl, node="a")
+    before = await _claimed(ctrl, "a")
+    assert before > 0 and await _claimed(ctrl, "b") == 0
+    _, op = await ctrl.migrations.request(admin(ctrl), inst.name, to="b")
+    done = await finish(ctrl, op)
+    assert done.status == "succeeded", done.error
+    assert done.params["phase"] == "done"
+    row = await reload(ctrl, inst.id)
+    assert row.node_id == "node-b" and row.state == "running"
+    assert row.pid == fake(ctrl, "b").running[inst.id]
+    assert inst.id not in fake(ctrl, "a").running and inst.id not in fake(ctrl, "a").specs
+    assert await _network_node(ctrl, inst.id) == ("node-b", inst.private_ip)
+    assert await _claimed(ctrl, "a") == 0 and await _claimed(ctrl, "b") == before
+    calls = [c for c in fake(ctrl, "a").calls + fake(ctrl, "b").calls if "migrate" in c[0]]
+    assert [c[0] for c in calls] == ["migrate_start", "migrate_cleanup", "migrate_prepare"]
+    events = [e.message for e in await ctrl.ops.events(op.id)]
+    assert any("mirroring" in m for m in events) and any("switching" in m for m in events)
+
+
+async def test_without_to_the_scheduler_picks_another_node(cluster: Cluster) -> None:
+    ctrl = await cluster({"a": {}, "b": {}, "c": {"memory": 1 << 30}})
+    inst = await run(ctrl, node="a")
+    _, op = await ctrl.migrations.request(admin(ctrl), inst.id)
+    assert (await finish(ctrl, op)).status == "succeeded"
+    assert (await reload(ctrl, inst.id)).node_id == "node-b"  # c is the smaller
+
+
+async def test_a_migration_is_refused_clearly(cluster: Cluster) -> None:
+    ctrl = await cluster({"a": {}, "b": {"memory": 64 << 20}})
+    inst = await run(ctrl, node="a")
+    with pytest.raises(Invalid, match="already runs on a"):
+        await ctrl.migrations.request(admin(ctrl), inst.name, to="a")
+    with pytest.raises(NoResources, match="no other node can take"):
+        await ctrl.migrations.request(admin(ctrl), inst.name)
+    _, stop = await ctrl.instances.stop(admin(ctrl), inst.name, force=True)
+    await finish(ctrl, stop)
+    with pytest.raises(WrongState, match="only a running instance migrates"):
+        await ctrl.migrations.request(admin(ctrl), inst.name, to="b")
+
+
+async def test_a_migration_that_does_not_converge_is_rolled_back(cluster: Cluster) -> None:
+    ctrl = await cluster({"a": {}, "b": {}})
+    inst = await run(ctrl, node="a")
+    fake(ctrl, "a").never_converge.add(inst.id)
+    _, op = await ctrl.migrations.request(admin(ctrl), inst.name, to="b", timeout=5)
+    done = await finish(ctrl, op)
+    assert done.status == "failed"
+    assert "migration-timed-out" in str(done.error)
+    row = await reload(ctrl, inst.id)
+    assert row.node_id == "node-a" and row.state == "running"
+    assert inst.id in fake(ctrl, "a").running
+    assert inst.id not in fake(ctrl, "b").running and inst.id not in fake(ctrl, "b").specs
+    assert ("migrate_abort", inst.id) in fake(ctrl, "b").calls
+    assert await _claimed(ctrl, "b") == 0
+    assert await _network_node(ctrl, inst.id) == ("node-a", inst.private_ip)
+
+
+async def _resumed(ctrl: Controller, inst: Instance, phase: str) -> Any:
+    """An operation as a crashed controller left it at ``phase`` (its claim made), run again."""
+    async with ctrl.store.write() as s:
+        row = await s.scalar(select(Node).where(Node.name == "b"))
+        assert row is not None
+        row.claimed_memory += inst.claim_memory
+        op = ctrl.ops.new(
+            OP,
+            account_id=inst.account_id,
+            target_kind="instance",
+            target_id=inst.id,
+            params={
+                "to": "node-b",
+                "from": "node-a",
+                "timeout": 60.0,
+                "claim": [inst.claim_memory, inst.claim_cores, inst.claim_disk],
+                "phase": phase,
+            },
+        )
+        s.add(op)
+    ctrl.ops.start(op)
+    return await finish(ctrl, op)
+
+
+async def _leave_prepared(ctrl: Controller, inst: Instance, completed: bool) -> None:
+    async with ctrl.store.read() as s:
+        spec = await ctrl.instances.spec(s, inst)
+    await fake(ctrl, "b").migrate_prepare(spec, {}, "127.0.0.1")
+    await fake(ctrl, "a").migrate_mirror(inst.id, "127.0.0.1", 1, [])
+    if completed:
+        await fake(ctrl, "a").migrate_start(inst.id, "127.0.0.1", 2)
+
+
+@pytest.mark.parametrize("phase", ["preparing", "mirroring", "migrating"])
+async def test_a_crash_before_memory_moved_rolls_back(cluster: Cluster, phase: str) -> None:
+    ctrl = await cluster({"a": {}, "b": {}})
+    inst = await reload(ctrl, (await run(ctrl, node="a")).id)
+    await _leave_prepared(ctrl, inst, completed=False)
+    done = await _resumed(ctrl, inst, phase)
+    assert done.status == "failed" and "rolled back" in str(done.error)
+    assert (await reload(ctrl, inst.id)).node_id == "node-a"
+    assert inst.id in fake(ctrl, "a").running and inst.id not in fake(ctrl, "b").specs
+    assert await _claimed(ctrl, "b") == 0
+
+
+@pytest.mark.parametrize("phase", ["migrating", "switching"])
+async def test_a_crash_after_memory_moved_rolls_forward(cluster: Cluster, phase: str) -> None:
+    ctrl = await cluster({"a": {}, "b": {}})
+    inst = await reload(ctrl, (await run(ctrl, node="a")).id)
+    await _leave_prepared(ctrl, inst, completed=True)
+    done = await _resumed(ctrl, inst, phase)
+    assert done.status == "succeeded", done.error
+    assert (await reload(ctrl, inst.id)).node_id == "node-b"
+    assert inst.id not in fake(ctrl, "a").running and inst.id in fake(ctrl, "b").running
+    assert await _claimed(ctrl, "a") == 0
+
+
+async def test_a_crash_after_the_record_moved_finishes_the_cleanup(cluster: Cluster) -> None:
+    ctrl = await cluster({"a": {}, "b": {}})
+    inst = await reload(ctrl, (await run(ctrl, node="a")).id)
+    await _leave_prepared(ctrl, inst, completed=True)
+    await fake(ctrl, "b").migrate_finish(inst.id)
+    async with ctrl.store.write() as s:
+        row = await s.get(Instance, inst.id)
+        assert row is not None
+        row.node_id = "node-b"
+    done = await _resumed(ctrl, inst, "moved")
+    assert done.status == "succeeded", done.error
+    assert inst.id not in fake(ctrl, "a").specs and inst.id in fake(ctrl, "b").running
+
+
+async def test_the_rest_api_migrates_and_refuses_unknown_fields(cluster: Cluster) -> None:
+    ctrl = await cluster({"a": {}, "b": {}})
+    inst = await run(ctrl, node="a")
+    data = json.loads((ctrl.settings.state_dir / "admin.credentials").read_text())
+    auth = f"Bearer {data['access_key_id']}:{data['secret_access_key']}"
+    transport = httpx.ASGITransport(app=create_app(ApiContext(ctrl.settings, ctrl)))
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://corral.test", headers={"Authorization": auth}
+    ) as c:
+        bad = await c.post(f"/v1/instances/{inst.name}/migrate", json={"to": "b", "live": 1})
+        assert bad.status_code in (400, 422), bad.text
+        assert "live" in bad.text
+        r = await c.post(f"/v1/instances/{inst.name}/migrate", json={"to": "b", "timeout": 60})
+        assert r.status_code == 202, r.text
+        op = await ctrl.ops.get(r.json()["operation"]["id"])
+        assert op.type == "instance-migrate" and op.params["timeout"] == 60
+        assert (await finish(ctrl, op)).status == "succeeded"
+        assert (await reload(ctrl, inst.id)).node_id == "node-b"
+
+
+async def test_drain_cordons_and_spreads_the_running_instances(cluster: Cluster) -> None:
+    ctrl = await cluster({"a": {}, "b": {}, "c": {}}, scheduler_weigher="spread")
+    moving = [await run(ctrl, node="a", name=f"d{i}") for i in range(2)]
+    stopped = await run(ctrl, node="a", name="dstop")
+    _, stop = await ctrl.instances.stop(admin(ctrl), stopped.name, force=True)
+    await finish(ctrl, stop)
+    res = await ctrl.migrations.drain(admin(ctrl), "a")
+    assert res["cordoned"] and res["node"] == "a"
+    assert sorted(m["instance"] for m in res["migrations"]) == ["d0", "d1"]
+    assert set(res["not_moved"]) == {"dstop"} and "stopped" in res["not_moved"]["dstop"]
+    for m in res["migrations"]:
+        assert (await finish(ctrl, await ctrl.ops.get(m["operation"]))).status == "succeeded"
+    nodes = {(await reload(ctrl, i.id)).node_id for i in moving}
+    assert nodes == {"node-b", "node-c"}  # spread, not both on one node
+    async with ctrl.store.read() as s:
+        a = await s.scalar(select(Node).where(Node.name == "a"))
+        assert a is not None and a.cordoned
+    with pytest.raises(NoResources):  # cordoned: nothing new lands there
+        await run(ctrl, node="a")
+
+
+async def test_the_controller_calls_off_a_migration_its_source_agent_forgot(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source agent restarted mid-migration has lost its watch (and the time limit): the
+    controller's own deadline still ends it, rolled back."""
+    from corral.controller import migration
+
+    monkeypatch.setattr(migration, "GRACE", 0.0)
+    ctrl = await cluster({"a": {}, "b": {}})
+    inst = await run(ctrl, node="a")
+    src = fake(ctrl, "a")
+
+    async def start_forever(iid: str, *args: Any, **kw: Any) -> Any:
+        src.outgoing[iid] = "migrating"  # runs on, and nobody on the node will stop it
+        return await src.migrate_status(iid)
+
+    monkeypatch.setattr(src, "migrate_start", start_forever)
+    _, op = await ctrl.migrations.request(admin(ctrl), inst.name, to="b", timeout=1)
+    done = await finish(ctrl, op)
+    assert done.status == "failed" and "migration-timed-out" in str(done.error)
+    assert ("migrate_cancel", inst.id) in src.calls
+    assert (await reload(ctrl, inst.id)).node_id == "node-a"
+    assert inst.id not in fake(ctrl, "b").specs
