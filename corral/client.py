@@ -531,3 +531,13 @@ class Client:
                 "POST", f"/v1/instances/{ref}/replace", json=req.model_dump(exclude_none=True)
             )
         )
+
+    # -- quotas, usage and bills (controller/quotas.py, controller/metering.py) ---------------
+    def quota_show(self, account: str | None = None) -> models.Quotas:
+        params = {"account": account} if account else {}
+        return models.Quotas.model_validate(self._call("GET", "/v1/quotas", params=params))
+
+    def quota_set(self, account: str, name: str, value: int | None) -> models.Quotas:
+        return models.Quotas.model_validate(
+            self._call("PUT", f"/v1/quotas/{account}/{name}", json={"value": value})
+        )

@@ -498,3 +498,28 @@ class Capacity(BaseModel):
     cpu_allocation_ratio: float
     memory_allocation_ratio: float
     disk_allocation_ratio: float
+
+
+# -- quotas (controller/quotas.py) -------------------------------------------------------------
+
+
+class QuotaLimit(BaseModel):
+    name: str
+    limit: int = Field(description="-1: unlimited")
+    used: int
+    default: int
+    overridden: bool = Field(description="true when the account has its own limit")
+    ec2_code: str = Field(description="the EC2 error code when it is exceeded")
+
+
+class Quotas(BaseModel):
+    account_id: str
+    account_name: str
+    quotas: list[QuotaLimit]
+
+
+class QuotaSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: int | None = Field(
+        description="the account's own limit; -1 unlimited; null: back to the default"
+    )

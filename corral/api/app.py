@@ -21,6 +21,7 @@ from corral.api.rest import (
     keys,
     operations,
     placement,
+    quotas,
     system,
     volumes,
 )
@@ -44,6 +45,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(appliances.router)
     app.include_router(placement.router)
     app.include_router(placement.capacity_router)
+    app.include_router(quotas.router)
     app.include_router(ec2.router)  # the EC2 Query API at / (POST form or GET ?Action=)
     app.add_middleware(limits.BodyLimit, render=_render_refusal)
     openapi.install(app)

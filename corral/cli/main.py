@@ -19,6 +19,7 @@ from corral.cli import (
     keys,
     ops,
     placement,
+    quotas,
     tunnel,
     volumes,
 )
@@ -60,6 +61,7 @@ app.add_typer(ops.app, name="op")
 app.add_typer(ops.nodes, name="node")
 app.add_typer(accounts.app, name="account")
 app.add_typer(accounts.credentials, name="credentials")
+app.add_typer(quotas.app, name="quota")
 
 
 def main() -> None:

@@ -17,7 +17,15 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import ids
-from corral.controller import instance_types, ipam, keys, placement_claims, scheduler, states
+from corral.controller import (
+    instance_types,
+    ipam,
+    keys,
+    placement_claims,
+    quotas,
+    scheduler,
+    states,
+)
 from corral.controller.accounts import Caller
 from corral.controller.claims import ClaimLock
 from corral.controller.volumes import LaunchVolume
@@ -250,9 +258,19 @@ class Instances:
                 group=scheduler.Group(pg.id, pg.name, pg.strategy) if pg else None,
                 exclusion={k: opts.tags[k] for k in policy.exclusion_keys if k in opts.tags},
             )
+            max_count = opts.max_count
+            room = await quotas.instance_headroom(
+                s, self.ctrl.settings, caller.account_id, cpus, memory
+            )
+            if room is not None:
+                if room < opts.min_count:
+                    raise await quotas.launch_refusal(
+                        s, self.ctrl.settings, caller.account_id, cpus, memory, opts.min_count
+                    )
+                max_count = min(max_count, room)  # as EC2: up to what the quotas allow
             reservation = ids.new_id("reservation")
             made: builtins.list[Instance] = []
-            for n in range(opts.max_count):
+            for n in range(max_count):
                 try:
                     got = await scheduler.place(s, need, policy)
                 except NoResources:
@@ -343,6 +361,16 @@ class Instances:
                 if opts.volumes and n == 0:
                     await self.ctrl.volumes.attach_at_launch(s, caller, inst, opts.volumes)
                 made.append(inst)
+            await quotas.enforce(
+                s,
+                self.ctrl.settings,
+                caller.account_id,
+                "instances",
+                "vcpus",
+                "memory_mib",
+                "volumes",
+                "volume_gib",
+            )
             if opts.dry_run:
                 raise DryRunPassed("RunInstances would have succeeded")
             ops = []
@@ -740,6 +768,7 @@ class Instances:
                 await placement_claims.resize(s, inst, itype.memory, itype.cores, policy)
                 inst.instance_type = itype.name
                 inst.cpus, inst.memory, inst.cpu_limit = itype.vcpus, itype.memory, itype.cpu_limit
+                await quotas.enforce(s, self.ctrl.settings, inst.account_id, "vcpus", "memory_mib")
             if user_data is not None:
                 inst.user_data = user_data
         return inst

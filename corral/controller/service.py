@@ -22,6 +22,7 @@ from corral.controller.keypairs import KeyPairs
 from corral.controller.networks import Networks
 from corral.controller.operations import Operations
 from corral.controller.placement_groups import PlacementGroups
+from corral.controller.quotas import Quotas
 from corral.controller.reconciler import Reconciler
 from corral.controller.replace import Replacements
 from corral.controller.secrets_box import SecretBox
@@ -68,6 +69,7 @@ class Controller:
         self.volumes = Volumes(self)
         self.snapshots = Snapshots(self)
         self.placement_groups = PlacementGroups(self)
+        self.quotas = Quotas(store, settings, self.accounts)
         self.replacements = Replacements(self)
         self.appliances = Appliances(self)
         self.image_publishing = ImagePublishing(self)

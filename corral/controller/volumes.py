@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import ids
+from corral.controller import quotas
 from corral.controller.accounts import Caller
 from corral.errors import DryRunPassed, Exists, Invalid, NotFound, WrongState
 from corral.node.spec import GUEST_HOLDS_DISK, VolumeAttachment
@@ -262,6 +263,7 @@ class Volumes:
                 created_at=utcnow(),
             )
             s.add(row)
+            await quotas.enforce(s, self.ctrl.settings, caller.account_id, "volumes", "volume_gib")
             if tags:
                 await self.ctrl.tags.apply(s, caller.account_id, row.id, "volume", tags)
             if dry_run:
