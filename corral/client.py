@@ -541,3 +541,13 @@ class Client:
         return models.Quotas.model_validate(
             self._call("PUT", f"/v1/quotas/{account}/{name}", json={"value": value})
         )
+
+    def usage_show(
+        self, account: str | None = None, start: str | None = None, end: str | None = None
+    ) -> models.Usage:
+        params = {k: v for k, v in (("account", account), ("start", start), ("end", end)) if v}
+        return models.Usage.model_validate(self._call("GET", "/v1/usage", params=params))
+
+    def bill_show(self, month: str, account: str | None = None) -> models.Bill:
+        params = {"month": month, **({"account": account} if account else {})}
+        return models.Bill.model_validate(self._call("GET", "/v1/bills", params=params))

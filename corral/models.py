@@ -523,3 +523,45 @@ class QuotaSet(BaseModel):
     value: int | None = Field(
         description="the account's own limit; -1 unlimited; null: back to the default"
     )
+
+
+# -- usage and bills (controller/metering.py) ---------------------------------------------------
+
+
+class UsageLine(BaseModel):
+    kind: str = Field(description="instance | volume | snapshot | image | address")
+    detail: str = Field(description="instance type, volume type or image name")
+    state: str
+    seconds: float = Field(description="resource-seconds in this state over the period")
+    amount_seconds: float = Field(description="vCPU-seconds (instances), GiB-seconds (storage)")
+    resources: int
+
+
+class Usage(BaseModel):
+    account_id: str
+    account_name: str
+    start: dt.datetime
+    end: dt.datetime
+    lines: list[UsageLine]
+
+
+class BillLine(BaseModel):
+    kind: str
+    detail: str
+    state: str
+    quantity: float
+    unit: str = Field(description="hour | GiB-month")
+    unit_price: float
+    amount: float
+    resources: int
+
+
+class Bill(BaseModel):
+    account_id: str
+    account_name: str
+    month: str
+    start: dt.datetime
+    end: dt.datetime
+    currency: str
+    lines: list[BillLine]
+    total: float

@@ -19,6 +19,7 @@ from corral.api.rest import (
     images,
     instances,
     keys,
+    metering,
     operations,
     placement,
     quotas,
@@ -46,6 +47,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(placement.router)
     app.include_router(placement.capacity_router)
     app.include_router(quotas.router)
+    app.include_router(metering.router)
     app.include_router(ec2.router)  # the EC2 Query API at / (POST form or GET ?Action=)
     app.add_middleware(limits.BodyLimit, render=_render_refusal)
     openapi.install(app)

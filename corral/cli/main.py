@@ -13,6 +13,7 @@ from rich.markup import escape
 from corral.cli import (
     accounts,
     appliances,
+    billing,
     daemon,
     images,
     instances,
@@ -50,7 +51,14 @@ def root(
     ctx.obj = Options(state_dir=state_dir, endpoint=endpoint)
 
 
-for sub in (daemon.app, instances.app, appliances.app, tunnel.app, placement.capacity_app):
+for sub in (
+    daemon.app,
+    instances.app,
+    appliances.app,
+    tunnel.app,
+    placement.capacity_app,
+    billing.app,
+):
     for command in sub.registered_commands:
         app.registered_commands.append(command)
 app.add_typer(images.app, name="image")

@@ -19,6 +19,7 @@ from corral.controller.image_publishing import ImagePublishing
 from corral.controller.images import Images
 from corral.controller.instances import Instances
 from corral.controller.keypairs import KeyPairs
+from corral.controller.metering import Metering
 from corral.controller.networks import Networks
 from corral.controller.operations import Operations
 from corral.controller.placement_groups import PlacementGroups
@@ -70,6 +71,7 @@ class Controller:
         self.snapshots = Snapshots(self)
         self.placement_groups = PlacementGroups(self)
         self.quotas = Quotas(store, settings, self.accounts)
+        self.metering = Metering(store, settings, self.accounts)  # records usage from here on
         self.replacements = Replacements(self)
         self.appliances = Appliances(self)
         self.image_publishing = ImagePublishing(self)
@@ -199,6 +201,7 @@ class Controller:
         await self.images.sync_from_store()
         async with self.store.write() as s:
             await placement_claims.recount(s)  # claims made before a crash or an upgrade
+        await self.metering.backfill()  # resources made before metering existed
         for node_id in self.nodes:
             net = await self.networks.ensure_default(node_id)
             await self.networks.ensure_on_node(net.id)
