@@ -551,3 +551,13 @@ class Client:
     def bill_show(self, month: str, account: str | None = None) -> models.Bill:
         params = {"month": month, **({"account": account} if account else {})}
         return models.Bill.model_validate(self._call("GET", "/v1/bills", params=params))
+
+    def instance_credits(self, ref: str) -> models.InstanceCredits:
+        return models.InstanceCredits.model_validate(
+            self._call("GET", f"/v1/instances/{ref}/credits")
+        )
+
+    def instance_credits_set(self, ref: str, mode: str) -> models.InstanceCredits:
+        return models.InstanceCredits.model_validate(
+            self._call("PUT", f"/v1/instances/{ref}/credits", json={"mode": mode})
+        )

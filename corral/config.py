@@ -70,6 +70,7 @@ class Settings:
     quota_elastic_ips: int = 5
     quota_security_groups: int = 100
     prices_file: str = ""  # empty: <state_dir>/prices.toml (docs/billing.md)
+    cpu_credit_max_hours: float = 24.0  # a burstable instance banks this many hours of baseline
     extra: dict[str, Any] = field(default_factory=dict)
 
     # -- derived paths ---------------------------------------------------------------------
@@ -210,6 +211,11 @@ class Settings:
                 f"reserved_memory_mib {self.reserved_memory_mib} must not be negative",
                 field="reserved_memory_mib",
             )
+        if self.cpu_credit_max_hours <= 0:
+            raise Invalid(
+                f"cpu_credit_max_hours {self.cpu_credit_max_hours} must be more than 0 (e.g. 24)",
+                field="cpu_credit_max_hours",
+            )
         for f in dataclasses.fields(self):
             if f.name.startswith("quota_") and getattr(self, f.name) < -1:
                 raise Invalid(
@@ -257,6 +263,7 @@ _ENV = {
     "CORRAL_SCHEDULER_SUBSET": "scheduler_subset",
     "CORRAL_EXCLUSION_TAGS": "exclusion_tags",
     "CORRAL_EXCLUSION": "exclusion",
+    "CORRAL_CPU_CREDIT_MAX_HOURS": "cpu_credit_max_hours",
 }
 
 

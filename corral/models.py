@@ -565,3 +565,24 @@ class Bill(BaseModel):
     currency: str
     lines: list[BillLine]
     total: float
+
+
+# -- CPU credits (controller/credits.py) --------------------------------------------------------
+
+
+class InstanceCredits(BaseModel):
+    instance_id: str
+    burstable: bool = Field(description="a baseline below the ceiling: it runs on CPU credits")
+    mode: str = Field(description="standard (held to the baseline when out) | unlimited")
+    baseline: float = Field(description="cores it may use for ever")
+    ceiling: float = Field(description="cores it may use while it has credits")
+    balance: float | None = Field(None, description="credits (core-seconds); while it runs")
+    maximum: float | None = Field(None, description="the most credits it banks")
+    surplus: float | None = Field(None, description="core-seconds above the baseline unbanked")
+    held: bool | None = Field(None, description="held to its baseline now (out of credits)")
+    quota: float | None = Field(None, description="the CPU quota applied now (cores)")
+
+
+class CreditModeSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["standard", "unlimited"]

@@ -15,6 +15,7 @@ from corral.api.ec2.errors import from_corral
 from corral.api.rest import (
     accounts,
     appliances,
+    credits,
     errors,
     images,
     instances,
@@ -48,6 +49,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(placement.capacity_router)
     app.include_router(quotas.router)
     app.include_router(metering.router)
+    app.include_router(credits.router)
     app.include_router(ec2.router)  # the EC2 Query API at / (POST form or GET ?Action=)
     app.add_middleware(limits.BodyLimit, render=_render_refusal)
     openapi.install(app)

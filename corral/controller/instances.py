@@ -156,10 +156,11 @@ class Instances:
                 "least 1 with MinCount <= MaxCount",
                 field="MinCount",
             )
-        cpu_limit = 0.0
+        cpu_limit = cpu_baseline = 0.0
         if req.instance_type:
             itype = instance_types.get(req.instance_type)
             cpus, memory, cpu_limit = itype.vcpus, itype.memory, itype.cpu_limit
+            cpu_baseline = itype.baseline
         else:
             cpus = req.cpus
             memory = parse_size(req.memory, field="memory", default_unit="M")
@@ -295,6 +296,7 @@ class Instances:
                     instance_type=req.instance_type or "",
                     cpus=cpus,
                     cpu_limit=cpu_limit,
+                    cpu_baseline=cpu_baseline,
                     memory=memory,
                     disk_size=disk,
                     mac=await self._new_mac(s),
@@ -464,6 +466,9 @@ class Instances:
             tap=tap_name(inst.id),
             volumes=await self.ctrl.volumes.attachments(s, inst.id),
             root_volume=root.id if root is not None else None,
+            cpu_baseline=inst.cpu_baseline,
+            cpu_credit_mode=inst.cpu_credits,
+            cpu_credit_max=inst.cpu_baseline * 3600 * self.ctrl.settings.cpu_credit_max_hours,
         )
 
     async def _load(self, iid: str) -> tuple[Instance, InstanceSpec]:
@@ -768,6 +773,7 @@ class Instances:
                 await placement_claims.resize(s, inst, itype.memory, itype.cores, policy)
                 inst.instance_type = itype.name
                 inst.cpus, inst.memory, inst.cpu_limit = itype.vcpus, itype.memory, itype.cpu_limit
+                inst.cpu_baseline = itype.baseline
                 await quotas.enforce(s, self.ctrl.settings, inst.account_id, "vcpus", "memory_mib")
             if user_data is not None:
                 inst.user_data = user_data

@@ -14,6 +14,7 @@ from corral.controller import placement_claims
 from corral.controller.accounts import Accounts, Caller
 from corral.controller.appliances import Appliances
 from corral.controller.claims import LEASE, Claims, owner_name
+from corral.controller.credits import Credits
 from corral.controller.elastic_ips import ElasticIps
 from corral.controller.image_publishing import ImagePublishing
 from corral.controller.images import Images
@@ -72,6 +73,7 @@ class Controller:
         self.placement_groups = PlacementGroups(self)
         self.quotas = Quotas(store, settings, self.accounts)
         self.metering = Metering(store, settings, self.accounts)  # records usage from here on
+        self.credits = Credits(self)
         self.replacements = Replacements(self)
         self.appliances = Appliances(self)
         self.image_publishing = ImagePublishing(self)

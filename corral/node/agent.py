@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from corral.errors import EnvironmentProblem, Invalid, NotFound, WrongState
 from corral.fsutil import atomic_write, pid_alive, proc_cmdline
 from corral.images.manifest import Manifest
 from corral.images.store import ImageStore
+from corral.node import credits
 from corral.node.driver import cgroups, confine, jail, probe, qemu
 from corral.node.driver.machine import Machine, find_pid, read_exit
 from corral.node.driver.qmp import own_socket
@@ -40,6 +42,7 @@ from corral.node.net import (
 from corral.node.spec import (
     Accel,
     Confinement,
+    CreditStatus,
     EventBatch,
     ExitInfo,
     HealthCheck,
@@ -118,6 +121,8 @@ class NodeAgent(VolumeAgent):
         self._policies: dict[str, PolicySpec] = {}  # network -> the policy last applied
         self._policy_lock = asyncio.Lock()
         self.public_dns = publicdns.PublicDns(settings)
+        self.credits = credits.Governor(lambda iid: self.paths(iid).dir, self._cgroup)
+        self._credits_task: asyncio.Task[None] | None = None
 
     # -- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -126,6 +131,7 @@ class NodeAgent(VolumeAgent):
         self.images.ensure()
         await self.adopt()
         self.accel_now()  # the probe may boot a guest for seconds: start it in the background
+        self._credits_task = asyncio.create_task(self._credits_loop(), name="cpu-credits")
 
     async def adopt(self) -> list[str]:
         """Take back every QEMU of ours that still runs (after an agent restart)."""
@@ -151,6 +157,10 @@ class NodeAgent(VolumeAgent):
             self._probe_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe_task
+        if self._credits_task is not None:
+            self._credits_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._credits_task
         for m in list(self.machines.values()):
             await m.detach()
         self.machines.clear()
@@ -434,8 +444,11 @@ class NodeAgent(VolumeAgent):
                 [kernel, initrd],
             )
             limits = cgroups.Limits(
-                cpu=spec.cpu_limit or float(spec.cpus), memory=spec.memory + MEMORY_OVERHEAD
+                cpu=spec.cpu_limit or float(spec.cpus),
+                memory=spec.memory + MEMORY_OVERHEAD,
+                cpu_baseline=spec.cpu_baseline,
             )
+            self.credits.forget(spec.id)  # its terms may have changed; the balance is kept
             m = await Machine.launch(
                 spec.id,
                 argv,
@@ -464,6 +477,21 @@ class NodeAgent(VolumeAgent):
             info = await m.stop(timeout, force)
             self.machines.pop(iid, None)
             return info
+
+    # -- CPU credits (node/credits.py) ----------------------------------------------------
+    async def _credits_loop(self) -> None:
+        while True:
+            await asyncio.sleep(credits.TICK)
+            running = {iid: m.pid for iid, m in self.machines.items() if m.running}
+            try:
+                await asyncio.to_thread(self.credits.tick, running, time.monotonic())
+            except Exception:
+                log.exception("CPU credit accounting failed")
+
+    async def instance_credits(self, iid: str, mode: str | None = None) -> CreditStatus | None:
+        if mode is not None:
+            return await asyncio.to_thread(self.credits.set_mode, iid, mode)
+        return self.credits.status(iid)
 
     async def instance_reboot(self, iid: str, timeout: float) -> str:
         async with self._lock(iid):

@@ -9,6 +9,7 @@ from typing import Protocol
 
 from corral.node.spec import (
     Confinement,
+    CreditStatus,
     EventBatch,
     ExitInfo,
     HealthCheck,
@@ -47,6 +48,8 @@ class NodeClient(Protocol):
     async def instances(self) -> list[ObservedInstance]: ...
 
     async def instance_confinement(self, iid: str) -> Confinement | None: ...
+
+    async def instance_credits(self, iid: str, mode: str | None = None) -> CreditStatus | None: ...
 
     async def console_log(self, iid: str, tail: int = 65536) -> bytes: ...
 

@@ -46,6 +46,11 @@ class InstanceSpec(BaseModel):
     cmdline_extra: str = ""
     volumes: list[VolumeAttachment] = Field(default_factory=list)
     root_volume: str | None = None  # EBS-style: the root disk is this volume, not an overlay
+    # CPU credits (node/credits.py): a baseline below the ceiling (cpu_limit) makes the
+    # instance burstable; 0 = no credits, the ceiling always
+    cpu_baseline: float = 0.0  # cores
+    cpu_credit_mode: str = "standard"  # standard | unlimited
+    cpu_credit_max: float = 0.0  # core-seconds the balance holds at most
 
 
 class HealthCheck(BaseModel):
@@ -327,3 +332,21 @@ class EventsRequest(BaseModel):
     after: int = 0  # the last seq the caller has seen
     epoch: str = ""  # the epoch that seq belongs to ("" at first)
     wait: float = Field(0.0, ge=0, le=300)  # long poll: seconds to wait for a new event
+
+
+class CreditStatus(BaseModel):
+    """A burstable instance's CPU credits as its node keeps them (credits are core-seconds)."""
+
+    mode: str
+    baseline: float
+    ceiling: float
+    balance: float
+    maximum: float
+    surplus: float  # core-seconds above the baseline with no credits (unlimited mode)
+    held: bool  # held to its baseline (standard mode, out of credits)
+    quota: float  # the CPU quota applied now (cores)
+
+
+class InstanceCreditsRequest(BaseModel):
+    iid: str
+    mode: str | None = None  # standard | unlimited: change it (running or not); None: look

@@ -98,6 +98,7 @@ CALLS: dict[str, Call] = {
         Call("ping", s.PingRequest, bool, budget="count"),
         Call("events", s.EventsRequest, s.EventBatch, T.FAST, budget="wait"),
         Call("teardown", s.NoArgs, None, T.LONG),
+        Call("instance_credits", s.InstanceCreditsRequest, s.CreditStatus | None, T.FAST),
     )
 }
 

@@ -199,6 +199,10 @@ class Instance(Base):
     claim_memory: Mapped[int] = mapped_column(BigInteger, default=0)
     claim_cores: Mapped[float] = mapped_column(Float, default=0.0)
     claim_disk: Mapped[int] = mapped_column(BigInteger, default=0)
+    # CPU credits (migration 0009_fair): cores it may use for ever (0: not burstable) and
+    # what happens when its credits run out (standard: held to the baseline; unlimited)
+    cpu_baseline: Mapped[float] = mapped_column(Float, default=0.0)
+    cpu_credits: Mapped[str] = mapped_column(String(16), default="standard")
     __table_args__ = (
         # a name is unique per account among instances that are not terminated
         Index(

@@ -1,4 +1,5 @@
-"""Quotas per account (overrides of the settings' defaults) and usage records (metering).
+"""Quotas per account (overrides of the settings' defaults), usage records (metering), and
+an instance's CPU baseline and credit mode.
 
 Revision ID: 0009_fair
 Revises: 0004_postgres
@@ -43,7 +44,20 @@ def upgrade() -> None:
         batch_op.create_index("ix_usage_records_resource_id", ["resource_id"], unique=False)
         batch_op.create_index("ix_usage_records_time", ["time"], unique=False)
 
+    with op.batch_alter_table("instances") as batch_op:
+        batch_op.add_column(
+            sa.Column("cpu_baseline", sa.Float(), nullable=False, server_default="0")
+        )
+        batch_op.add_column(
+            sa.Column(
+                "cpu_credits", sa.String(length=16), nullable=False, server_default="standard"
+            )
+        )
+
 
 def downgrade() -> None:
+    with op.batch_alter_table("instances") as batch_op:
+        batch_op.drop_column("cpu_credits")
+        batch_op.drop_column("cpu_baseline")
     op.drop_table("usage_records")
     op.drop_table("account_quotas")
