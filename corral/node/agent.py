@@ -24,7 +24,7 @@ from corral.fsutil import atomic_write, pid_alive, proc_cmdline
 from corral.images.manifest import Manifest
 from corral.images.store import ImageStore
 from corral.node import credits
-from corral.node.driver import cgroups, confine, jail, probe, qemu
+from corral.node.driver import cgroups, confine, hotplug, jail, probe, qemu
 from corral.node.driver.machine import Machine, find_pid, read_exit
 from corral.node.driver.qmp import own_socket
 from corral.node.events import EventLog
@@ -460,6 +460,10 @@ class NodeAgent(VolumeAgent):
             )
             self.machines[spec.id] = m
             assert m.pid is not None
+            if m.qmp is not None:  # the volumes' IO limits (controller/volume_io.py)
+                for vol in spec.volumes:
+                    if vol.iops or vol.bps:
+                        await hotplug.throttle(m.qmp, vol.id, vol.iops, vol.iops_burst, vol.bps)
             self.event_log.append("instance-started", {"id": spec.id, "pid": m.pid})
             return m.pid
 

@@ -56,6 +56,7 @@ class FakeNode:
         self.dns: dict[str, str] = {}
         self.fail_start: set[str] = set()
         self.plugged: dict[str, set[str]] = {}  # instance -> volumes hot-plugged
+        self.io_limits: dict[str, tuple[int, int, int]] = {}  # volume -> iops, burst, bytes/s
         self.held: set[str] = set()  # volumes the "guest" refuses to release
         self.unhealthy: set[str] = set()  # addresses whose health check fails
         self.closed_ports: set[int] = set()  # ports port_connect finds closed
@@ -235,8 +236,11 @@ class FakeNode:
         self.calls.append(("volume_delete", vid))
         self.volumes.pop(vid, None)
 
-    async def volume_attach(self, iid: str, vid: str) -> bool:
+    async def volume_attach(
+        self, iid: str, vid: str, iops: int = 0, iops_burst: int = 0, bps: int = 0
+    ) -> bool:
         self.calls.append(("volume_attach", vid))
+        self.io_limits[vid] = (iops, iops_burst, bps)
         if iid not in self.running:
             return False
         self.plugged.setdefault(iid, set()).add(vid)

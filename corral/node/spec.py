@@ -29,6 +29,10 @@ class VolumeAttachment(BaseModel):
 
     id: str
     device: str  # the name the API gave (/dev/sdf …); the guest sees /dev/vdb, /dev/vdc …
+    # QEMU block throttling of the disk (controller/volume_io.py); 0: none
+    iops: int = 0
+    iops_burst: int = 0
+    bps: int = 0
 
 
 class InstanceSpec(BaseModel):
@@ -277,6 +281,9 @@ class VolumeRequest(BaseModel):
 class VolumeAttachRequest(BaseModel):
     iid: str
     vid: str
+    iops: int = 0  # block throttling of the disk (0: none), applied again on every call
+    iops_burst: int = 0
+    bps: int = 0
 
 
 class VolumeDetachRequest(BaseModel):

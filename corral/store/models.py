@@ -351,6 +351,9 @@ class Volume(Base):
     size: Mapped[int] = mapped_column(Integer)  # GiB
     state: Mapped[str] = mapped_column(String(16), default="creating")
     volume_type: Mapped[str] = mapped_column(String(16), default="standard")
+    # as asked (EC2's Iops for io1/io2/gp3, Throughput MiB/s for gp3); migration 0009_fair
+    iops: Mapped[int | None] = mapped_column(Integer, default=None)
+    throughput: Mapped[int | None] = mapped_column(Integer, default=None)
     availability_zone: Mapped[str] = mapped_column(String(64))
     snapshot_id: Mapped[str | None] = mapped_column(String(32))
     instance_id: Mapped[str | None] = mapped_column(String(32), index=True)

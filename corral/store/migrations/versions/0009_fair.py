@@ -1,5 +1,5 @@
 """Quotas per account (overrides of the settings' defaults), usage records (metering), and
-an instance's CPU baseline and credit mode.
+an instance's CPU baseline and credit mode, a volume's Iops and Throughput.
 
 Revision ID: 0009_fair
 Revises: 0004_postgres
@@ -53,9 +53,15 @@ def upgrade() -> None:
                 "cpu_credits", sa.String(length=16), nullable=False, server_default="standard"
             )
         )
+    with op.batch_alter_table("volumes") as batch_op:
+        batch_op.add_column(sa.Column("iops", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("throughput", sa.Integer(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("volumes") as batch_op:
+        batch_op.drop_column("throughput")
+        batch_op.drop_column("iops")
     with op.batch_alter_table("instances") as batch_op:
         batch_op.drop_column("cpu_credits")
         batch_op.drop_column("cpu_baseline")
