@@ -353,6 +353,8 @@ class VolumeCreate(BaseModel):
         None, description="format it (labelled with its name), so a guest only mounts it"
     )
     volume_type: str = "standard"
+    iops: int | None = Field(None, description="io1, io2 (required), gp3: IO operations a second")
+    throughput: int | None = Field(None, description="gp3: MiB a second (125-1000)")
 
 
 class VolumeUpdate(BaseModel):
