@@ -209,8 +209,20 @@ async def throttle(qmp: Qmp, vid: str, iops: int, iops_burst: int, bps: int) -> 
     """Limit the volume's disk (QEMU block throttling, seen by the guest as a slower disk):
     ``iops`` operations and ``bps`` bytes a second in total, bursting to ``iops_burst``
     operations a second for up to a minute; zeros lift the limits."""
+    # the block backend is the virtio-blk device inside the PCI proxy that carries the id:
+    # its QOM path as query-block names it
+    dev = device_id(vid)
+    rows = await qmp.execute("query-block")
+    qdev = next(
+        (
+            str(r["qdev"])
+            for r in rows
+            if str(r.get("qdev", "")).split("/")[-2:-1] == [dev] or r.get("qdev") == dev
+        ),
+        f"/machine/peripheral/{dev}/virtio-backend",
+    )
     args: dict[str, Any] = {
-        "id": device_id(vid),
+        "id": qdev,
         "iops": iops,
         "iops_rd": 0,
         "iops_wr": 0,
