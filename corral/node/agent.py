@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 
 from corral.config import Settings
-from corral.errors import EnvironmentProblem, Invalid, NotFound, WrongState
+from corral.errors import CorralError, EnvironmentProblem, Invalid, NotFound, WrongState
 from corral.fsutil import atomic_write, pid_alive, proc_cmdline
 from corral.images.manifest import Manifest
 from corral.images.store import ImageStore
@@ -462,8 +462,17 @@ class NodeAgent(VolumeAgent):
             assert m.pid is not None
             if m.qmp is not None:  # the volumes' IO limits (controller/volume_io.py)
                 for vol in spec.volumes:
-                    if vol.iops or vol.bps:
+                    if not (vol.iops or vol.bps):
+                        continue
+                    try:
                         await hotplug.throttle(m.qmp, vol.id, vol.iops, vol.iops_burst, vol.bps)
+                    except CorralError as err:  # never run it unlimited: stop it, say why
+                        await m.stop(0, force=True)
+                        self.machines.pop(spec.id, None)
+                        raise EnvironmentProblem(
+                            f"instance {spec.id}: QEMU refused the IO limits of volume "
+                            f"{vol.id} ({err.message}); it was stopped"
+                        ) from err
             self.event_log.append("instance-started", {"id": spec.id, "pid": m.pid})
             return m.pid
 
