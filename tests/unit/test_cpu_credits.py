@@ -77,8 +77,11 @@ def v1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_cgroup_v2_ceiling_is_the_quota_and_baseline_the_weight(v2: Path) -> None:
     g = cgroups.Group("corral/t", "i-1")
-    g.create(cgroups.Limits(cpu=0.5, memory=1 << 28, cpu_baseline=0.2))
     leaf = v2 / "corral/t/i-1"
+    leaf.mkdir(parents=True)
+    (leaf / "memory.swap.max").write_text("max")  # as the kernel makes it
+    g.create(cgroups.Limits(cpu=0.5, memory=1 << 28, cpu_baseline=0.2))
+    assert (leaf / "memory.swap.max").read_text() == "0"  # no swap for guests
     assert (leaf / "cpu.max").read_text() == "50000 100000"
     assert (leaf / "cpu.weight").read_text() == "20"
     g.set_cpu_quota(0.2)
@@ -91,7 +94,12 @@ def test_cgroup_v2_ceiling_is_the_quota_and_baseline_the_weight(v2: Path) -> Non
 
 def test_cgroup_v1_ceiling_is_the_quota_and_baseline_the_shares(v1: Path) -> None:
     g = cgroups.Group("corral/t", "i-1")
+    mem = v1 / "memory/corral/t/i-1"
+    mem.mkdir(parents=True)
+    (mem / "memory.swappiness").write_text("60")  # as the kernel makes it
     g.create(cgroups.Limits(cpu=0.5, memory=1 << 28, cpu_baseline=0.2))
+    assert (mem / "memory.swappiness").read_text() == "0"
+    assert (mem / "memory.limit_in_bytes").read_text() == str(1 << 28)
     cpu = v1 / "cpu/corral/t/i-1"
     assert (cpu / "cpu.cfs_quota_us").read_text() == "50000"
     assert (cpu / "cpu.shares").read_text() == str(round(0.2 * 1024))

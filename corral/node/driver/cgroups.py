@@ -85,6 +85,9 @@ class Group:
         if limits.cpu_baseline > 0:
             _write(path / "cpu.weight", str(cpu_weight_v2(limits.cpu_baseline)))
         _write(path / "memory.max", str(limits.memory))
+        if (path / "memory.swap.max").exists():  # guests never push the host into swap
+            with contextlib.suppress(OSError):
+                _write(path / "memory.swap.max", "0")
         _write(path / "pids.max", str(limits.pids))
         for name in ("io.weight", "io.bfq.weight"):
             if (path / name).exists():
@@ -104,6 +107,9 @@ class Group:
         mem = ROOT / "memory" / self.rel
         if mem.is_dir():
             _write(mem / "memory.limit_in_bytes", str(limits.memory))
+            if (mem / "memory.swappiness").exists():  # guests never push the host into swap
+                with contextlib.suppress(OSError):
+                    _write(mem / "memory.swappiness", "0")
         pids = ROOT / "pids" / self.rel
         if pids.is_dir():
             _write(pids / "pids.max", str(limits.pids))
