@@ -49,8 +49,20 @@ GiB = 1 << 30
 GONE = "gone"
 
 
+def _v(obj: Any, name: str) -> Any:
+    """The attribute, or its column's default when a new row does not set it (defaults are
+    applied at the INSERT, after this hook)."""
+    value = getattr(obj, name)
+    if value is None:
+        default = type(obj).__table__.c[name].default
+        if default is not None and default.is_scalar:
+            return default.arg
+    return value
+
+
 def _instance_detail(inst: Instance) -> str:
-    return inst.instance_type or f"custom-{inst.cpus}cpu-{int(inst.memory or 0) >> 20}mib"
+    mib = int(_v(inst, "memory") or 0) >> 20
+    return _v(inst, "instance_type") or f"custom-{_v(inst, 'cpus')}cpu-{mib}mib"
 
 
 def _changed(obj: Any, *names: str) -> bool:
@@ -80,17 +92,19 @@ def _record(
 def _observe(session: Session, obj: Any, new: bool) -> None:
     if isinstance(obj, Instance):
         if new or _changed(obj, "state", "instance_type", "cpus", "memory"):
-            _record(session, obj, "instance", obj.state, _instance_detail(obj), obj.cpus or 0)
+            detail = _instance_detail(obj)
+            _record(session, obj, "instance", _v(obj, "state"), detail, _v(obj, "cpus") or 0)
     elif isinstance(obj, Volume):
         if new or _changed(obj, "size", "volume_type"):
-            _record(session, obj, "volume", "exists", obj.volume_type or "", obj.size or 0)
+            vtype = _v(obj, "volume_type") or ""
+            _record(session, obj, "volume", "exists", vtype, obj.size or 0)
     elif isinstance(obj, Snapshot):
         if new or _changed(obj, "volume_size"):
             _record(session, obj, "snapshot", "exists", "", obj.volume_size or 0)
     elif isinstance(obj, Image):
         if new or _changed(obj, "public", "size"):
-            state = "public" if obj.public else "private"
-            _record(session, obj, "image", state, obj.name or "", (obj.size or 0) / GiB)
+            state = "public" if _v(obj, "public") else "private"
+            _record(session, obj, "image", state, obj.name or "", (_v(obj, "size") or 0) / GiB)
     elif isinstance(obj, ElasticAddress) and (new or _changed(obj, "instance_id")):
         _record(session, obj, "address", "associated" if obj.instance_id else "idle", "", 1)
 

@@ -284,3 +284,41 @@ def test_a_bill_renders_as_table_csv_and_json() -> None:
     assert models.Bill.model_validate_json(render_bill(b, "json")) == b
     table = render_bill(b, "table")
     assert "instance cr1.nano running" in table and table.splitlines()[-1].endswith("3.758400")
+
+
+async def test_a_row_made_without_its_defaulted_columns_is_recorded_with_the_defaults(
+    store: Store,
+) -> None:
+    """Column defaults are applied at the INSERT, after the hook: a new instance that leaves
+    state, cpus and type to them is recorded as pending, 1 vCPU, a custom size (it failed the
+    INSERT of its record with a NULL state)."""
+    from sqlalchemy import select
+
+    from corral.store.models import Account, Image, Instance, Node, UsageRecord
+
+    metering.install()
+    async with store.write() as s:
+        s.add(Account(id="000000000001", name="admin", admin=True))
+        s.add(Image(id="ami-00000000000000001", name="tiny", digest="0" * 64))
+        s.add(Node(id="node-n1", name="n1"))
+    async with store.write() as s:
+        s.add(
+            Instance(
+                id="i-00000000000000001",
+                account_id="000000000001",
+                name="vm",
+                image_id="ami-00000000000000001",
+                node_id="node-n1",
+                memory=64 << 20,
+                disk_size=64 << 20,
+                mac="52:54:00:00:00:01",
+            )
+        )
+    async with store.read() as s:
+        rec = (await s.scalars(select(UsageRecord))).one()
+    assert (rec.kind, rec.state, rec.detail, rec.amount) == (
+        "instance",
+        "pending",
+        "custom-1cpu-64mib",
+        1.0,
+    )
