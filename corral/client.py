@@ -656,3 +656,33 @@ class Client:
                         data, name = [], ""
         except httpx.ConnectError as err:
             raise EnvironmentProblem(f"Corral is not answering at {self.creds.endpoint}") from err
+
+    # -- quotas, usage and bills (controller/quotas.py, controller/metering.py) ---------------
+    def quota_show(self, account: str | None = None) -> models.Quotas:
+        params = {"account": account} if account else {}
+        return models.Quotas.model_validate(self._call("GET", "/v1/quotas", params=params))
+
+    def quota_set(self, account: str, name: str, value: int | None) -> models.Quotas:
+        return models.Quotas.model_validate(
+            self._call("PUT", f"/v1/quotas/{account}/{name}", json={"value": value})
+        )
+
+    def usage_show(
+        self, account: str | None = None, start: str | None = None, end: str | None = None
+    ) -> models.Usage:
+        params = {k: v for k, v in (("account", account), ("start", start), ("end", end)) if v}
+        return models.Usage.model_validate(self._call("GET", "/v1/usage", params=params))
+
+    def bill_show(self, month: str, account: str | None = None) -> models.Bill:
+        params = {"month": month, **({"account": account} if account else {})}
+        return models.Bill.model_validate(self._call("GET", "/v1/bills", params=params))
+
+    def instance_credits(self, ref: str) -> models.InstanceCredits:
+        return models.InstanceCredits.model_validate(
+            self._call("GET", f"/v1/instances/{ref}/credits")
+        )
+
+    def instance_credits_set(self, ref: str, mode: str) -> models.InstanceCredits:
+        return models.InstanceCredits.model_validate(
+            self._call("PUT", f"/v1/instances/{ref}/credits", json={"mode": mode})
+        )

@@ -60,6 +60,18 @@ class Settings:
     scheduler_subset: int = 3  # a random pick among this many best nodes
     exclusion_tags: str = ""  # tag keys, comma-separated: equal values avoid sharing a node
     exclusion: str = "soft"  # soft (a weigher) | hard (a filter)
+    # quotas per account (docs/quotas.md): the defaults; `corral quota set` overrides them per
+    # account; -1 means unlimited
+    quota_instances: int = 100  # instances not terminated (stopped ones count)
+    quota_vcpus: int = 256
+    quota_memory_mib: int = 262144
+    quota_volumes: int = 500
+    quota_volume_gib: int = 16384
+    quota_snapshots: int = 1000
+    quota_elastic_ips: int = 5
+    quota_security_groups: int = 100
+    prices_file: str = ""  # empty: <state_dir>/prices.toml (docs/billing.md)
+    cpu_credit_max_hours: float = 24.0  # a burstable instance banks this many hours of baseline
     extra: dict[str, Any] = field(default_factory=dict)
 
     # -- derived paths ---------------------------------------------------------------------
@@ -200,6 +212,18 @@ class Settings:
                 f"reserved_memory_mib {self.reserved_memory_mib} must not be negative",
                 field="reserved_memory_mib",
             )
+        if self.cpu_credit_max_hours <= 0:
+            raise Invalid(
+                f"cpu_credit_max_hours {self.cpu_credit_max_hours} must be more than 0 (e.g. 24)",
+                field="cpu_credit_max_hours",
+            )
+        for f in dataclasses.fields(self):
+            if f.name.startswith("quota_") and getattr(self, f.name) < -1:
+                raise Invalid(
+                    f"{f.name} {getattr(self, f.name)} must be a limit of 0 or more, or -1 "
+                    "(unlimited)",
+                    field=f.name,
+                )
         if self.machine not in ("pc", "q35"):
             raise Invalid(f"machine {self.machine!r} must be pc or q35", field="machine")
 
@@ -241,6 +265,7 @@ _ENV = {
     "CORRAL_SCHEDULER_SUBSET": "scheduler_subset",
     "CORRAL_EXCLUSION_TAGS": "exclusion_tags",
     "CORRAL_EXCLUSION": "exclusion",
+    "CORRAL_CPU_CREDIT_MAX_HOURS": "cpu_credit_max_hours",
 }
 
 

@@ -381,6 +381,8 @@ class VolumeCreate(BaseModel):
         None, description="format it (labelled with its name), so a guest only mounts it"
     )
     volume_type: str = "standard"
+    iops: int | None = Field(None, description="io1, io2 (required), gp3: IO operations a second")
+    throughput: int | None = Field(None, description="gp3: MiB a second (125-1000)")
 
 
 class VolumeUpdate(BaseModel):
@@ -526,3 +528,91 @@ class Capacity(BaseModel):
     cpu_allocation_ratio: float
     memory_allocation_ratio: float
     disk_allocation_ratio: float
+
+
+# -- quotas (controller/quotas.py) -------------------------------------------------------------
+
+
+class QuotaLimit(BaseModel):
+    name: str
+    limit: int = Field(description="-1: unlimited")
+    used: int
+    default: int
+    overridden: bool = Field(description="true when the account has its own limit")
+    ec2_code: str = Field(description="the EC2 error code when it is exceeded")
+
+
+class Quotas(BaseModel):
+    account_id: str
+    account_name: str
+    quotas: list[QuotaLimit]
+
+
+class QuotaSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: int | None = Field(
+        description="the account's own limit; -1 unlimited; null: back to the default"
+    )
+
+
+# -- usage and bills (controller/metering.py) ---------------------------------------------------
+
+
+class UsageLine(BaseModel):
+    kind: str = Field(description="instance | volume | snapshot | image | address")
+    detail: str = Field(description="instance type, volume type or image name")
+    state: str
+    seconds: float = Field(description="resource-seconds in this state over the period")
+    amount_seconds: float = Field(description="vCPU-seconds (instances), GiB-seconds (storage)")
+    resources: int
+
+
+class Usage(BaseModel):
+    account_id: str
+    account_name: str
+    start: dt.datetime
+    end: dt.datetime
+    lines: list[UsageLine]
+
+
+class BillLine(BaseModel):
+    kind: str
+    detail: str
+    state: str
+    quantity: float
+    unit: str = Field(description="hour | GiB-month")
+    unit_price: float
+    amount: float
+    resources: int
+
+
+class Bill(BaseModel):
+    account_id: str
+    account_name: str
+    month: str
+    start: dt.datetime
+    end: dt.datetime
+    currency: str
+    lines: list[BillLine]
+    total: float
+
+
+# -- CPU credits (controller/credits.py) --------------------------------------------------------
+
+
+class InstanceCredits(BaseModel):
+    instance_id: str
+    burstable: bool = Field(description="a baseline below the ceiling: it runs on CPU credits")
+    mode: str = Field(description="standard (held to the baseline when out) | unlimited")
+    baseline: float = Field(description="cores it may use for ever")
+    ceiling: float = Field(description="cores it may use while it has credits")
+    balance: float | None = Field(None, description="credits (core-seconds); while it runs")
+    maximum: float | None = Field(None, description="the most credits it banks")
+    surplus: float | None = Field(None, description="core-seconds above the baseline unbanked")
+    held: bool | None = Field(None, description="held to its baseline now (out of credits)")
+    quota: float | None = Field(None, description="the CPU quota applied now (cores)")
+
+
+class CreditModeSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["standard", "unlimited"]

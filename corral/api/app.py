@@ -17,14 +17,17 @@ from corral.api.rest import (
     addresses,
     appliances,
     catalog,
+    credits,
     errors,
     images,
     instances,
     keys,
+    metering,
     migration,
     observe,
     operations,
     placement,
+    quotas,
     security_groups,
     system,
     tags,
@@ -55,6 +58,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
         app.include_router(module.router)
     app.include_router(ui.router)  # the dashboard at /ui
     app.include_router(migration.router)  # node drain (live migration)
+    app.include_router(quotas.router)
+    app.include_router(metering.router)
+    app.include_router(credits.router)
     app.include_router(ec2.router)  # the EC2 Query API at / (POST form or GET ?Action=)
     app.add_middleware(limits.BodyLimit, render=_render_refusal)
     app.add_middleware(metrics.RequestMetrics)  # /metrics: requests by route and status

@@ -220,6 +220,19 @@ def show(ctx: typer.Context, name: str, as_json: bool = typer.Option(False, "--j
             table.add_row("qemu cgroup", c.cgroup)
             table.add_row("qemu devices", c.devices)
             table.add_row("qemu block io", c.block_io)
+    with contextlib.suppress(CorralError):
+        cr = opts(ctx).client().instance_credits(i.id)
+        if cr.burstable:
+            table.add_row(
+                "cpu", f"baseline {cr.baseline:g} of a core, bursting to {cr.ceiling:g} ({cr.mode})"
+            )
+            if cr.balance is not None:
+                state = ", held to its baseline" if cr.held else ""
+                table.add_row(
+                    "cpu credits",
+                    f"{cr.balance:.1f} of {cr.maximum or 0:.0f} core-seconds{state}"
+                    + (f", surplus {cr.surplus:.1f}" if cr.surplus else ""),
+                )
     console.print(table)
 
 

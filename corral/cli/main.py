@@ -13,6 +13,7 @@ from rich.markup import escape
 from corral.cli import (
     accounts,
     appliances,
+    billing,
     daemon,
     images,
     instances,
@@ -20,6 +21,7 @@ from corral.cli import (
     observe,
     ops,
     placement,
+    quotas,
     resources,
     security_groups,
     tunnel,
@@ -59,6 +61,7 @@ for sub in (
     tunnel.app,
     placement.capacity_app,
     observe.app,
+    billing.app,
 ):
     for command in sub.registered_commands:
         app.registered_commands.append(command)
@@ -76,6 +79,7 @@ app.add_typer(resources.ips, name="ip")
 app.add_typer(resources.tags, name="tag")
 app.add_typer(resources.types, name="type")
 app.add_typer(resources.zones, name="zone")
+app.add_typer(quotas.app, name="quota")
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import ids
+from corral.controller import quotas
 from corral.controller.accounts import Caller
 from corral.errors import (
     CorralError,
@@ -92,6 +93,7 @@ class ElasticIps:
                 domain=domain,
             )
             s.add(row)
+            await quotas.enforce(s, self.ctrl.settings, caller.account_id, "elastic_ips")
             if tags:
                 await self.ctrl.tags.apply(s, caller.account_id, row.id, "elastic-ip", tags)
             if dry_run:

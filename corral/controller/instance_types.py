@@ -19,6 +19,8 @@ class InstanceType:
     memory_mib: int
     burstable: bool = False
     description: str = ""
+    # cores it may use for ever; below cpu_limit it bursts on CPU credits (node/credits.py)
+    baseline: float = 0.0
 
     @property
     def cores(self) -> float:
@@ -37,6 +39,13 @@ CATALOG: dict[str, InstanceType] = {
         InstanceType("cr1.small", 1, 1.0, 512, False, "1 vCPU, a whole core, 512 MiB"),
         InstanceType("cr1.medium", 2, 0.0, 1024, False, "2 vCPUs, 1 GiB"),
         InstanceType("cr1.large", 2, 0.0, 2048, False, "2 vCPUs, 2 GiB"),
+        # burstable on CPU credits: the baseline for ever, the ceiling while credits last
+        InstanceType(
+            "cb1.nano", 1, 0.5, 128, True, "1 vCPU, 0.2 of a core bursting to 0.5, 128 MiB", 0.2
+        ),
+        InstanceType(
+            "cb1.micro", 1, 1.0, 256, True, "1 vCPU, 0.5 of a core bursting to 1, 256 MiB", 0.5
+        ),
         # AWS names, with the sizes this Corral gives them
         InstanceType("t2.nano", 1, 0.2, 128, True, "alias sized like cr1.nano"),
         InstanceType("t2.micro", 1, 0.5, 256, True, "alias sized like cr1.micro"),

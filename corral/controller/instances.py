@@ -17,7 +17,15 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import ids
-from corral.controller import instance_types, ipam, keys, placement_claims, scheduler, states
+from corral.controller import (
+    instance_types,
+    ipam,
+    keys,
+    placement_claims,
+    quotas,
+    scheduler,
+    states,
+)
 from corral.controller.accounts import Caller
 from corral.controller.claims import ClaimLock
 from corral.controller.volumes import LaunchVolume
@@ -149,10 +157,11 @@ class Instances:
                 "least 1 with MinCount <= MaxCount",
                 field="MinCount",
             )
-        cpu_limit = 0.0
+        cpu_limit = cpu_baseline = 0.0
         if req.instance_type:
             itype = instance_types.get(req.instance_type)
             cpus, memory, cpu_limit = itype.vcpus, itype.memory, itype.cpu_limit
+            cpu_baseline = itype.baseline
         else:
             cpus = req.cpus
             memory = parse_size(req.memory, field="memory", default_unit="M")
@@ -251,9 +260,19 @@ class Instances:
                 group=scheduler.Group(pg.id, pg.name, pg.strategy) if pg else None,
                 exclusion={k: opts.tags[k] for k in policy.exclusion_keys if k in opts.tags},
             )
+            max_count = opts.max_count
+            room = await quotas.instance_headroom(
+                s, self.ctrl.settings, caller.account_id, cpus, memory
+            )
+            if room is not None:
+                if room < opts.min_count:
+                    raise await quotas.launch_refusal(
+                        s, self.ctrl.settings, caller.account_id, cpus, memory, opts.min_count
+                    )
+                max_count = min(max_count, room)  # as EC2: up to what the quotas allow
             reservation = ids.new_id("reservation")
             made: builtins.list[Instance] = []
-            for n in range(opts.max_count):
+            for n in range(max_count):
                 try:
                     got = await scheduler.place(s, need, policy)
                 except NoResources:
@@ -278,6 +297,7 @@ class Instances:
                     instance_type=req.instance_type or "",
                     cpus=cpus,
                     cpu_limit=cpu_limit,
+                    cpu_baseline=cpu_baseline,
                     memory=memory,
                     disk_size=disk,
                     mac=await self._new_mac(s),
@@ -344,6 +364,16 @@ class Instances:
                 if opts.volumes and n == 0:
                     await self.ctrl.volumes.attach_at_launch(s, caller, inst, opts.volumes)
                 made.append(inst)
+            await quotas.enforce(
+                s,
+                self.ctrl.settings,
+                caller.account_id,
+                "instances",
+                "vcpus",
+                "memory_mib",
+                "volumes",
+                "volume_gib",
+            )
             if opts.dry_run:
                 raise DryRunPassed("RunInstances would have succeeded")
             ops = []
@@ -437,6 +467,9 @@ class Instances:
             tap=tap_name(inst.id),
             volumes=await self.ctrl.volumes.attachments(s, inst.id),
             root_volume=root.id if root is not None else None,
+            cpu_baseline=inst.cpu_baseline,
+            cpu_credit_mode=inst.cpu_credits,
+            cpu_credit_max=inst.cpu_baseline * 3600 * self.ctrl.settings.cpu_credit_max_hours,
         )
 
     async def _load(self, iid: str) -> tuple[Instance, InstanceSpec]:
@@ -741,6 +774,8 @@ class Instances:
                 await placement_claims.resize(s, inst, itype.memory, itype.cores, policy)
                 inst.instance_type = itype.name
                 inst.cpus, inst.memory, inst.cpu_limit = itype.vcpus, itype.memory, itype.cpu_limit
+                inst.cpu_baseline = itype.baseline
+                await quotas.enforce(s, self.ctrl.settings, inst.account_id, "vcpus", "memory_mib")
             if user_data is not None:
                 inst.user_data = user_data
         return inst

@@ -38,6 +38,7 @@ from corral.controller.accounts import Caller
 from corral.controller.instances import LaunchOptions
 from corral.controller.operations import ACTIVE
 from corral.controller.volumes import ROOT_DEVICE
+from corral.controller.volumes import io_args as volume_io_args
 from corral.errors import CorralError, Invalid, NotFound, WrongState
 from corral.models import InstanceCreate
 from corral.node.spec import HealthCheck
@@ -404,7 +405,7 @@ class Replacements:
         async with self.ctrl.instances.lock(new_id):
             for vol in vols:
                 try:
-                    await node.volume_attach(new_id, vol.id)
+                    await node.volume_attach(new_id, vol.id, **volume_io_args(vol))
                 except CorralError as err:
                     return f"plugging in {vol.id} failed: {err.message}"
                 await self.ctrl.volumes._set(vol.id, attach_state="attached")

@@ -13,6 +13,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import ids
+from corral.controller import quotas
 from corral.controller.accounts import Caller
 from corral.errors import DryRunPassed, Exists, Invalid, NotFound, WrongState
 from corral.store.models import (
@@ -221,6 +222,7 @@ class SecurityGroups:
                     cidr="0.0.0.0/0",
                 )
             )
+            await quotas.enforce(s, self.ctrl.settings, caller.account_id, "security_groups")
             if tags:
                 await self.ctrl.tags.apply(s, caller.account_id, row.id, "security-group", tags)
             if dry_run:

@@ -14,14 +14,17 @@ from corral.controller import placement_claims
 from corral.controller.accounts import Accounts, Caller
 from corral.controller.appliances import Appliances
 from corral.controller.claims import LEASE, Claims, owner_name
+from corral.controller.credits import Credits
 from corral.controller.elastic_ips import ElasticIps
 from corral.controller.image_publishing import ImagePublishing
 from corral.controller.images import Images
 from corral.controller.instances import Instances
 from corral.controller.keypairs import KeyPairs
+from corral.controller.metering import Metering
 from corral.controller.networks import Networks
 from corral.controller.operations import Operations
 from corral.controller.placement_groups import PlacementGroups
+from corral.controller.quotas import Quotas
 from corral.controller.reconciler import Reconciler
 from corral.controller.replace import Replacements
 from corral.controller.secrets_box import SecretBox
@@ -68,6 +71,9 @@ class Controller:
         self.volumes = Volumes(self)
         self.snapshots = Snapshots(self)
         self.placement_groups = PlacementGroups(self)
+        self.quotas = Quotas(store, settings, self.accounts)
+        self.metering = Metering(store, settings, self.accounts)  # records usage from here on
+        self.credits = Credits(self)
         self.replacements = Replacements(self)
         self.appliances = Appliances(self)
         self.image_publishing = ImagePublishing(self)
@@ -200,6 +206,7 @@ class Controller:
         await self.images.sync_from_store()
         async with self.store.write() as s:
             await placement_claims.recount(s)  # claims made before a crash or an upgrade
+        await self.metering.backfill()  # resources made before metering existed
         for node_id in self.nodes:
             net = await self.networks.ensure_default(node_id)
             await self.networks.ensure_on_node(net.id)

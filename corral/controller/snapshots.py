@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import ids
+from corral.controller import quotas
 from corral.controller.accounts import Caller
 from corral.errors import DryRunPassed, Invalid, NotFound, WrongState
 from corral.store.models import Image, Instance, Operation, Snapshot, Volume, utcnow
@@ -79,6 +80,7 @@ class Snapshots:
                 created_at=utcnow(),
             )
             s.add(row)
+            await quotas.enforce(s, self.ctrl.settings, caller.account_id, "snapshots")
             if tags:
                 await self.ctrl.tags.apply(s, caller.account_id, row.id, "snapshot", tags)
             if dry_run:

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import ids
+from corral.controller import quotas, volume_io
 from corral.controller.accounts import Caller
 from corral.errors import DryRunPassed, Exists, Invalid, NotFound, WrongState
 from corral.node.spec import GUEST_HOLDS_DISK, VolumeAttachment
@@ -30,6 +31,16 @@ if TYPE_CHECKING:
 GIB = 1 << 30
 MAX_GIB = 16384
 VOLUME_TYPES = ("standard", "gp2", "gp3", "io1", "io2", "sc1", "st1")
+
+
+def io_limits(row: Volume) -> volume_io.IoLimits:
+    return volume_io.limits(row.volume_type, row.size, row.iops, row.throughput)
+
+
+def io_args(row: Volume) -> dict[str, int]:
+    """The volume's IO limits as the node's volume_attach takes them."""
+    io = io_limits(row)
+    return {"iops": io.iops, "iops_burst": io.iops_burst, "bps": io.bps}
 
 
 @dataclass(frozen=True)
@@ -144,7 +155,19 @@ class Volumes:
             )
             .order_by(Volume.attach_time, Volume.id)
         )
-        return [VolumeAttachment(id=v.id, device=v.device or "") for v in rows]
+        out = []
+        for v in rows:
+            io = io_limits(v)
+            out.append(
+                VolumeAttachment(
+                    id=v.id,
+                    device=v.device or "",
+                    iops=io.iops,
+                    iops_burst=io.iops_burst,
+                    bps=io.bps,
+                )
+            )
+        return out
 
     async def root_of(self, s: AsyncSession, iid: str) -> Volume | None:
         return await s.scalar(
@@ -165,6 +188,8 @@ class Volumes:
         fs: str | None = None,
         label: str | None = None,
         client_token: str | None = None,
+        iops: int | None = None,
+        throughput: int | None = None,
     ) -> tuple[Volume, Operation | None]:
         """A new volume of ``size`` GiB, empty, formatted with ``fs`` (labelled with its name),
         or holding a snapshot's content (a restore). With a ``client_token`` already used by
@@ -187,6 +212,7 @@ class Volumes:
             )
         if size is not None and not 1 <= size <= MAX_GIB:
             raise Invalid(f"Size {size} must be 1-{MAX_GIB} GiB", field="Size")
+        volume_io.check(volume_type, size or 1, iops, throughput)
         if fs is not None and snapshot_id is not None:
             raise Invalid(
                 "a volume restored from a snapshot has the snapshot's content; leave fs out",
@@ -256,12 +282,15 @@ class Volumes:
                 size=size,
                 state="creating",
                 volume_type=volume_type,
+                iops=iops,
+                throughput=throughput,
                 availability_zone=zone,
                 snapshot_id=snapshot_id,
                 client_token=client_token,
                 created_at=utcnow(),
             )
             s.add(row)
+            await quotas.enforce(s, self.ctrl.settings, caller.account_id, "volumes", "volume_gib")
             if tags:
                 await self.ctrl.tags.apply(s, caller.account_id, row.id, "volume", tags)
             if dry_run:
@@ -510,7 +539,9 @@ class Volumes:
             if inst is not None and inst.state == "running":
                 await ctx.progress(0.3, f"plugging {row.id} into {inst.name}")
                 try:
-                    plugged = await self.ctrl.node(inst.node_id).volume_attach(iid, row.id)
+                    plugged = await self.ctrl.node(inst.node_id).volume_attach(
+                        iid, row.id, **io_args(row)
+                    )
                 except Exception as err:
                     await self._release(row.id, iid, f"attach failed: {err}")
                     raise

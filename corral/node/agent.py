@@ -12,18 +12,19 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
 import psutil
 
 from corral.config import Settings
-from corral.errors import EnvironmentProblem, Invalid, NotFound, WrongState
+from corral.errors import CorralError, EnvironmentProblem, Invalid, NotFound, WrongState
 from corral.fsutil import atomic_write, pid_alive, proc_cmdline
 from corral.images.manifest import Manifest
 from corral.images.store import ImageStore
-from corral.node import stats
-from corral.node.driver import cgroups, confine, jail, probe, qemu
+from corral.node import credits, stats
+from corral.node.driver import cgroups, confine, hotplug, jail, probe, qemu
 from corral.node.driver.machine import Machine, find_pid, read_exit
 from corral.node.driver.qmp import own_socket
 from corral.node.events import EventLog
@@ -42,6 +43,7 @@ from corral.node.net import (
 from corral.node.spec import (
     Accel,
     Confinement,
+    CreditStatus,
     EventBatch,
     ExitInfo,
     HealthCheck,
@@ -124,6 +126,8 @@ class NodeAgent(MigrateAgent):
         self.public_dns = publicdns.PublicDns(settings)
         self._incoming = {}  # live migrations coming here (corral.node.migrate_agent)
         self._outgoing = {}  # and leaving from here
+        self.credits = credits.Governor(lambda iid: self.paths(iid).dir, self._cgroup)
+        self._credits_task: asyncio.Task[None] | None = None
 
     # -- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -132,6 +136,7 @@ class NodeAgent(MigrateAgent):
         self.images.ensure()
         await self.adopt()
         self.accel_now()  # the probe may boot a guest for seconds: start it in the background
+        self._credits_task = asyncio.create_task(self._credits_loop(), name="cpu-credits")
 
     async def adopt(self) -> list[str]:
         """Take back every QEMU of ours that still runs (after an agent restart)."""
@@ -157,6 +162,10 @@ class NodeAgent(MigrateAgent):
             self._probe_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe_task
+        if self._credits_task is not None:
+            self._credits_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._credits_task
         for m in list(self.machines.values()):
             await m.detach()
         self.machines.clear()
@@ -445,8 +454,11 @@ class NodeAgent(MigrateAgent):
                 [kernel, initrd],
             )
             limits = cgroups.Limits(
-                cpu=spec.cpu_limit or float(spec.cpus), memory=spec.memory + MEMORY_OVERHEAD
+                cpu=spec.cpu_limit or float(spec.cpus),
+                memory=spec.memory + MEMORY_OVERHEAD,
+                cpu_baseline=spec.cpu_baseline,
             )
+            self.credits.forget(spec.id)  # its terms may have changed; the balance is kept
             m = await Machine.launch(
                 spec.id,
                 argv,
@@ -458,6 +470,19 @@ class NodeAgent(MigrateAgent):
             )
             self.machines[spec.id] = m
             assert m.pid is not None
+            if m.qmp is not None:  # the volumes' IO limits (controller/volume_io.py)
+                for vol in spec.volumes:
+                    if not (vol.iops or vol.bps):
+                        continue
+                    try:
+                        await hotplug.throttle(m.qmp, vol.id, vol.iops, vol.iops_burst, vol.bps)
+                    except CorralError as err:  # never run it unlimited: stop it, say why
+                        await m.stop(0, force=True)
+                        self.machines.pop(spec.id, None)
+                        raise EnvironmentProblem(
+                            f"instance {spec.id}: QEMU refused the IO limits of volume "
+                            f"{vol.id} ({err.message}); it was stopped"
+                        ) from err
             self.event_log.append("instance-started", {"id": spec.id, "pid": m.pid})
             return m.pid
 
@@ -475,6 +500,21 @@ class NodeAgent(MigrateAgent):
             info = await m.stop(timeout, force)
             self.machines.pop(iid, None)
             return info
+
+    # -- CPU credits (node/credits.py) ----------------------------------------------------
+    async def _credits_loop(self) -> None:
+        while True:
+            await asyncio.sleep(credits.TICK)
+            running = {iid: m.pid for iid, m in self.machines.items() if m.running}
+            try:
+                await asyncio.to_thread(self.credits.tick, running, time.monotonic())
+            except Exception:
+                log.exception("CPU credit accounting failed")
+
+    async def instance_credits(self, iid: str, mode: str | None = None) -> CreditStatus | None:
+        if mode is not None:
+            return await asyncio.to_thread(self.credits.set_mode, iid, mode)
+        return self.credits.status(iid)
 
     async def instance_reboot(self, iid: str, timeout: float) -> str:
         async with self._lock(iid):

@@ -9,6 +9,7 @@ from typing import Protocol
 
 from corral.node.spec import (
     Confinement,
+    CreditStatus,
     EventBatch,
     ExitInfo,
     HealthCheck,
@@ -52,6 +53,8 @@ class NodeClient(Protocol):
 
     async def instance_confinement(self, iid: str) -> Confinement | None: ...
 
+    async def instance_credits(self, iid: str, mode: str | None = None) -> CreditStatus | None: ...
+
     async def console_log(self, iid: str, tail: int = 65536) -> bytes: ...
 
     async def console_connect(
@@ -74,7 +77,9 @@ class NodeClient(Protocol):
 
     async def volume_delete(self, vid: str) -> None: ...
 
-    async def volume_attach(self, iid: str, vid: str) -> bool: ...
+    async def volume_attach(
+        self, iid: str, vid: str, iops: int = 0, iops_burst: int = 0, bps: int = 0
+    ) -> bool: ...
 
     async def volume_detach(self, iid: str, vid: str, timeout: float = 20.0) -> bool: ...
 

@@ -9,7 +9,7 @@ import itertools
 import socket
 import time
 
-from corral.errors import CorralError, NotFound, WrongState
+from corral.errors import CorralError, Invalid, NotFound, WrongState
 from corral.images.store import ImageStore
 from corral.node.events import EventLog
 from corral.node.spec import (
@@ -17,6 +17,7 @@ from corral.node.spec import (
     LAUNCH_FAILED,
     Accel,
     Confinement,
+    CreditStatus,
     EventBatch,
     ExitInfo,
     HealthCheck,
@@ -62,6 +63,7 @@ class FakeNode:
         self.dns: dict[str, str] = {}
         self.fail_start: set[str] = set()
         self.plugged: dict[str, set[str]] = {}  # instance -> volumes hot-plugged
+        self.io_limits: dict[str, tuple[int, int, int]] = {}  # volume -> iops, burst, bytes/s
         self.held: set[str] = set()  # volumes the "guest" refuses to release
         self.unhealthy: set[str] = set()  # addresses whose health check fails
         self.closed_ports: set[int] = set()  # ports port_connect finds closed
@@ -150,6 +152,29 @@ class FakeNode:
             for i in self.specs
         ]
 
+    async def instance_credits(self, iid: str, mode: str | None = None) -> CreditStatus | None:
+        """A burstable instance's bucket as a node that ran no CPU would keep it: full."""
+        spec = self.specs.get(iid)
+        if spec is None:
+            raise NotFound(f"instance {iid} is not on this node", resource="instance")
+        if mode is not None:
+            if mode not in ("standard", "unlimited"):
+                raise Invalid(f"CPU credit mode {mode!r} must be standard or unlimited")
+            spec = self.specs[iid] = spec.model_copy(update={"cpu_credit_mode": mode})
+        ceiling = spec.cpu_limit or float(spec.cpus)
+        if not 0 < spec.cpu_baseline < ceiling:
+            return None
+        return CreditStatus(
+            mode=spec.cpu_credit_mode,
+            baseline=spec.cpu_baseline,
+            ceiling=ceiling,
+            balance=spec.cpu_credit_max,
+            maximum=spec.cpu_credit_max,
+            surplus=0.0,
+            held=False,
+            quota=ceiling,
+        )
+
     async def instance_confinement(self, iid: str) -> Confinement | None:
         """What a confined QEMU would show (the fake runs no process: labelled so)."""
         if iid not in self.running:
@@ -222,8 +247,11 @@ class FakeNode:
         self.calls.append(("volume_delete", vid))
         self.volumes.pop(vid, None)
 
-    async def volume_attach(self, iid: str, vid: str) -> bool:
+    async def volume_attach(
+        self, iid: str, vid: str, iops: int = 0, iops_burst: int = 0, bps: int = 0
+    ) -> bool:
         self.calls.append(("volume_attach", vid))
+        self.io_limits[vid] = (iops, iops_burst, bps)
         if iid not in self.running:
             return False
         self.plugged.setdefault(iid, set()).add(vid)

@@ -29,6 +29,10 @@ class VolumeAttachment(BaseModel):
 
     id: str
     device: str  # the name the API gave (/dev/sdf …); the guest sees /dev/vdb, /dev/vdc …
+    # QEMU block throttling of the disk (controller/volume_io.py); 0: none
+    iops: int = 0
+    iops_burst: int = 0
+    bps: int = 0
 
 
 class InstanceSpec(BaseModel):
@@ -46,6 +50,11 @@ class InstanceSpec(BaseModel):
     cmdline_extra: str = ""
     volumes: list[VolumeAttachment] = Field(default_factory=list)
     root_volume: str | None = None  # EBS-style: the root disk is this volume, not an overlay
+    # CPU credits (node/credits.py): a baseline below the ceiling (cpu_limit) makes the
+    # instance burstable; 0 = no credits, the ceiling always
+    cpu_baseline: float = 0.0  # cores
+    cpu_credit_mode: str = "standard"  # standard | unlimited
+    cpu_credit_max: float = 0.0  # core-seconds the balance holds at most
 
 
 class HealthCheck(BaseModel):
@@ -272,6 +281,9 @@ class VolumeRequest(BaseModel):
 class VolumeAttachRequest(BaseModel):
     iid: str
     vid: str
+    iops: int = 0  # block throttling of the disk (0: none), applied again on every call
+    iops_burst: int = 0
+    bps: int = 0
 
 
 class VolumeDetachRequest(BaseModel):
@@ -467,3 +479,21 @@ class MigrationCleanupRequest(BaseModel):
     iid: str
     tap: str | None = None
     volumes: list[str] = Field(default_factory=list)
+
+
+class CreditStatus(BaseModel):
+    """A burstable instance's CPU credits as its node keeps them (credits are core-seconds)."""
+
+    mode: str
+    baseline: float
+    ceiling: float
+    balance: float
+    maximum: float
+    surplus: float  # core-seconds above the baseline with no credits (unlimited mode)
+    held: bool  # held to its baseline (standard mode, out of credits)
+    quota: float  # the CPU quota applied now (cores)
+
+
+class InstanceCreditsRequest(BaseModel):
+    iid: str
+    mode: str | None = None  # standard | unlimited: change it (running or not); None: look

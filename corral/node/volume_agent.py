@@ -89,9 +89,11 @@ class VolumeAgent:
         volumes.remove(self._volume(vid))
 
     # -- plugging into running VMs ---------------------------------------------------------
-    async def volume_attach(self, iid: str, vid: str) -> bool:
+    async def volume_attach(
+        self, iid: str, vid: str, iops: int = 0, iops_burst: int = 0, bps: int = 0
+    ) -> bool:
         """Plug the volume into the instance if it runs (True); a stopped instance gets it at
-        its next start from its spec (False)."""
+        its next start from its spec (False). Its IO limits are applied (again) either way."""
         path = self._volume(vid)
         if not path.exists():
             raise NotFound(f"volume {vid} has no disk on this node", resource="volume")
@@ -102,7 +104,9 @@ class VolumeAgent:
             assert m.qmp is not None
             if await hotplug.attach(m.qmp, vid, path):
                 log.info("%s: plugged in %s", iid, vid)
-            self._remember(iid, vid, attached=True)
+            if iops or bps or self._throttled(iid, vid):
+                await hotplug.throttle(m.qmp, vid, iops, iops_burst, bps)
+            self._remember(iid, vid, attached=True, io=(iops, iops_burst, bps))
             return True
 
     async def volume_detach(
@@ -130,17 +134,34 @@ class VolumeAgent:
         assert m.qmp is not None
         return await hotplug.volumes(m.qmp)
 
-    def _remember(self, iid: str, vid: str, attached: bool) -> None:
+    def _throttled(self, iid: str, vid: str) -> bool:
+        spec = self._spec(iid)
+        return spec is not None and any(v.id == vid and (v.iops or v.bps) for v in spec.volumes)
+
+    def _remember(
+        self, iid: str, vid: str, attached: bool, io: tuple[int, int, int] = (0, 0, 0)
+    ) -> None:
         """Keep the spec file true, so an adopted or restarted VM is described correctly."""
         spec = self._spec(iid)
         if spec is None:
             return
+        before = next((v for v in spec.volumes if v.id == vid), None)
         have = [v for v in spec.volumes if v.id != vid]
         if attached:
             from corral.node.spec import VolumeAttachment
 
-            have.append(VolumeAttachment(id=vid, device=""))
-        if [v.id for v in have] != [v.id for v in spec.volumes]:
+            have.append(
+                VolumeAttachment(
+                    id=vid,
+                    device=before.device if before else "",
+                    iops=io[0],
+                    iops_burst=io[1],
+                    bps=io[2],
+                )
+            )
+        if [(v.id, v.iops, v.iops_burst, v.bps) for v in have] != [
+            (v.id, v.iops, v.iops_burst, v.bps) for v in spec.volumes
+        ]:
             atomic_write(
                 self.paths(iid).spec,
                 spec.model_copy(update={"volumes": have}).model_dump_json(indent=2),

@@ -111,6 +111,7 @@ CALLS: dict[str, Call] = {
         Call("migrate_finish", s.MigrationFinishRequest, str, budget="timeout"),
         Call("migrate_abort", s.MigrationAbortRequest, None),
         Call("migrate_cleanup", s.MigrationCleanupRequest, None),
+        Call("instance_credits", s.InstanceCreditsRequest, s.CreditStatus | None, T.FAST),
     )
 }
 

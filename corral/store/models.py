@@ -199,6 +199,10 @@ class Instance(Base):
     claim_memory: Mapped[int] = mapped_column(BigInteger, default=0)
     claim_cores: Mapped[float] = mapped_column(Float, default=0.0)
     claim_disk: Mapped[int] = mapped_column(BigInteger, default=0)
+    # CPU credits (migration 0009_fair): cores it may use for ever (0: not burstable) and
+    # what happens when its credits run out (standard: held to the baseline; unlimited)
+    cpu_baseline: Mapped[float] = mapped_column(Float, default=0.0)
+    cpu_credits: Mapped[str] = mapped_column(String(16), default="standard")
     __table_args__ = (
         # a name is unique per account among instances that are not terminated
         Index(
@@ -347,6 +351,9 @@ class Volume(Base):
     size: Mapped[int] = mapped_column(Integer)  # GiB
     state: Mapped[str] = mapped_column(String(16), default="creating")
     volume_type: Mapped[str] = mapped_column(String(16), default="standard")
+    # as asked (EC2's Iops for io1/io2/gp3, Throughput MiB/s for gp3); migration 0009_fair
+    iops: Mapped[int | None] = mapped_column(Integer, default=None)
+    throughput: Mapped[int | None] = mapped_column(Integer, default=None)
     availability_zone: Mapped[str] = mapped_column(String(64))
     snapshot_id: Mapped[str | None] = mapped_column(String(32))
     instance_id: Mapped[str | None] = mapped_column(String(32), index=True)
@@ -396,3 +403,35 @@ class PlacementGroup(Base):
     state: Mapped[str] = mapped_column(String(16), default="available")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     __table_args__ = (UniqueConstraint("account_id", "name"),)
+
+
+# -- quotas and metering (migration 0009_fair) ------------------------------------------------
+
+
+class AccountQuota(Base):
+    """An account's own limit for one quota (``instances``, ``vcpus`` …), overriding the
+    settings' default; -1 means unlimited."""
+
+    __tablename__ = "account_quotas"
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    resource: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
+class UsageRecord(Base):
+    """From ``time`` on, resource ``resource_id`` of an account is in ``state`` (``detail``
+    and ``amount`` say what it is: an instance's type and vCPUs, a volume's GiB …) until the
+    resource's next record. Written in the transaction that changes the resource, so usage is
+    derived from recorded transitions and a crashed daemon loses nothing (metering.py)."""
+
+    __tablename__ = "usage_records"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(12), index=True)
+    resource_id: Mapped[str] = mapped_column(String(32), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # instance | volume | snapshot | image | address
+    time: Mapped[dt.datetime] = mapped_column(index=True)
+    state: Mapped[str] = mapped_column(String(16))  # "gone" ends the resource's usage
+    detail: Mapped[str] = mapped_column(String(64), default="")
+    amount: Mapped[float] = mapped_column(Float, default=0.0)

@@ -234,11 +234,15 @@ async def types_describe(call: Call) -> dict[str, Any]:
 )
 async def account_attributes(call: Call) -> dict[str, Any]:
     pool = ipaddress.ip_network(call.api.settings.public_cidr)
-    eips = str(max(0, pool.num_addresses - 3))
+    pool_size = max(0, pool.num_addresses - 3)
+    _acct, quota = await call.api.controller.quotas.show(call.caller.account_id)
+    limit = {q.name: q.limit for q in quota}
+    # the account's quotas (controller/quotas.py); -1 (unlimited) as the most there can be
+    eips = str(pool_size if limit["elastic_ips"] < 0 else min(pool_size, limit["elastic_ips"]))
     values = {
         "supported-platforms": ["EC2"],
         "default-vpc": ["none"],
-        "max-instances": ["100"],
+        "max-instances": [str(2**31 - 1 if limit["instances"] < 0 else limit["instances"])],
         "vpc-max-security-groups-per-interface": ["5"],
         "max-elastic-ips": [eips],
         "vpc-max-elastic-ips": [eips],

@@ -36,6 +36,7 @@ def _load_actions() -> None:
     from corral.api.ec2 import (  # noqa: F401  (registers the handlers)
         addresses,
         catalog,
+        credits,
         images,
         instance_attributes,
         instances,

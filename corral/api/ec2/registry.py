@@ -49,7 +49,6 @@ UNSUPPORTED = (
     "DescribeInternetGateways",
     "CopyImage",
     "CopySnapshot",
-    "ModifyVolume",
     "DescribeVolumeStatus",
     "DescribeSpotInstanceRequests",
     "RequestSpotInstances",

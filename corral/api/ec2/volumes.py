@@ -14,8 +14,9 @@ from corral.api.ec2.instances import check_ids, zone_id
 from corral.api.ec2.listing import Filters, paginate
 from corral.api.ec2.params import DRY_RUN, FILTERS, PAGES, TAG_SPECS
 from corral.api.ec2.registry import Call, action
-from corral.controller import tags
-from corral.store.models import Snapshot, Volume
+from corral.controller import tags, volume_io
+from corral.controller.volumes import io_limits
+from corral.store.models import Snapshot, Volume, utcnow
 
 
 def attachment(v: Volume, status: str | None = None) -> dict[str, Any]:
@@ -39,10 +40,23 @@ def volume_item(v: Volume, tag_map: dict[str, dict[str, str]]) -> dict[str, Any]
         "createTime": v.created_at,
         "attachmentSet": [attachment(v)] if v.instance_id else [],
         "volumeType": v.volume_type,
+        **_io_fields(v),
         "encrypted": False,
         "multiAttachEnabled": False,
         "tagSet": views.tag_set(tag_map.get(v.id)),
     }
+
+
+def _io_fields(v: Volume) -> dict[str, Any]:
+    """Iops and Throughput as DescribeVolumes shows them: what the volume's type gives (gp2's
+    from its size), for the types that have them."""
+    io = io_limits(v)
+    out: dict[str, Any] = {}
+    if v.volume_type in ("gp2", "gp3", "io1", "io2"):
+        out["iops"] = io.iops
+    if v.volume_type == "gp3":
+        out["throughput"] = io.bps >> 20
+    return out
 
 
 def snapshot_item(s: Snapshot, tag_map: dict[str, dict[str, str]]) -> dict[str, Any]:
@@ -69,6 +83,8 @@ def snapshot_item(s: Snapshot, tag_map: dict[str, dict[str, str]]) -> dict[str, 
         "Size",
         "SnapshotId",
         "VolumeType",
+        "Iops",
+        "Throughput",
         "Encrypted",
         "ClientToken",
         *TAG_SPECS,
@@ -76,11 +92,9 @@ def snapshot_item(s: Snapshot, tag_map: dict[str, dict[str, str]]) -> dict[str, 
     ),
     unsupported=(
         "AvailabilityZoneId",
-        "Iops",
         "KmsKeyId",
         "OutpostArn",
         "MultiAttachEnabled",
-        "Throughput",
         "VolumeInitializationRate",
         "Operator.*",
     ),
@@ -102,6 +116,8 @@ async def volume_create(call: Call) -> dict[str, Any]:
         wanted,
         call.dry_run,
         client_token=_token(p.get("ClientToken")),
+        iops=p.integer("Iops", None),
+        throughput=p.integer("Throughput", None),
     )
     async with call.ctrl.store.read() as s:
         tag_map = await call.ctrl.tags.of(s, call.caller.account_id, [row.id])
@@ -323,3 +339,47 @@ async def snapshot_describe(call: Call) -> dict[str, Any]:
         dry_run_ok()
     page, token = paginate(rows, p, call.action, me, 5, 1000, "SnapshotId", clamp=True)
     return {"snapshotSet": [snapshot_item(v, tag_map) for v in page], "nextToken": token}
+
+
+@action(
+    "ModifyVolume",
+    accepts=("VolumeId", "VolumeType", "Iops", "Throughput", "Size", *DRY_RUN),
+    unsupported=("MultiAttachEnabled",),
+)
+async def volume_modify(call: Call) -> dict[str, Any]:
+    """A volume's type, Iops and Throughput, at once (its disk is throttled anew while it is
+    attached to a running instance); resizing is refused."""
+    p = call.p
+    vid = p.need("VolumeId")
+    check_ids([vid], "volume", "VolumeId")
+    started = utcnow()
+    row, before = await volume_io.modify(
+        call.ctrl,
+        call.caller,
+        vid,
+        p.get("VolumeType"),
+        p.integer("Iops", None),
+        p.integer("Throughput", None),
+        p.integer("Size", None),
+        call.dry_run,
+    )
+    now = _io_fields(row)
+    return {
+        "volumeModification": {
+            "volumeId": row.id,
+            "modificationState": "completed",
+            "targetSize": row.size,
+            "targetIops": now.get("iops"),
+            "targetVolumeType": row.volume_type,
+            "targetThroughput": now.get("throughput"),
+            "targetMultiAttachEnabled": False,
+            "originalSize": before["size"],
+            "originalIops": before["iops"] or None,
+            "originalVolumeType": before["volume_type"],
+            "originalThroughput": before["throughput"],
+            "originalMultiAttachEnabled": False,
+            "progress": 100,
+            "startTime": started,
+            "endTime": utcnow(),
+        }
+    }

@@ -34,7 +34,14 @@ async def volume_create(
     """A new volume: empty, formatted (``fs``), or restored from ``snapshot``."""
     size = gib(req.size) if req.size is not None else None
     row, op = await ctx.controller.volumes.create(
-        who, size, req.snapshot, volume_type=req.volume_type, name=req.name, fs=req.fs
+        who,
+        size,
+        req.snapshot,
+        volume_type=req.volume_type,
+        name=req.name,
+        fs=req.fs,
+        iops=req.iops,
+        throughput=req.throughput,
     )
     return await _accepted(ctx, who, row, op)
 

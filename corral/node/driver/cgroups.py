@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path("/sys/fs/cgroup")
-V1_CONTROLLERS = ("cpu", "memory", "pids", "blkio", "devices")
+V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio", "devices")
 V2_CONTROLLERS = ("cpu", "memory", "pids", "io")
 # what QEMU may open: null, zero, random, urandom, /dev/net/tun (the launcher opens the tap
 # inside the group), /dev/kvm
@@ -35,6 +35,17 @@ class Limits:
     memory: int  # bytes
     pids: int = 4096
     io_weight: int = IO_WEIGHT  # proportional share of block IO (where the scheduler has one)
+    cpu_baseline: float = 0.0  # cores guaranteed when the host is busy (the CPU weight); 0: default
+
+
+def cpu_weight_v2(baseline: float) -> int:
+    """cpu.weight for a baseline in cores: 100 (the default) per core, 1 to 10000."""
+    return max(1, min(10000, round(baseline * 100)))
+
+
+def cpu_shares_v1(baseline: float) -> int:
+    """cpu.shares for a baseline in cores: 1024 (the default) per core, at least 2."""
+    return max(2, round(baseline * 1024))
 
 
 class Group:
@@ -71,7 +82,12 @@ class Group:
             path.mkdir(exist_ok=True)
         quota = "max" if limits.cpu <= 0 else str(int(limits.cpu * CPU_PERIOD))
         _write(path / "cpu.max", f"{quota} {CPU_PERIOD}")
+        if limits.cpu_baseline > 0:
+            _write(path / "cpu.weight", str(cpu_weight_v2(limits.cpu_baseline)))
         _write(path / "memory.max", str(limits.memory))
+        if (path / "memory.swap.max").exists():  # guests never push the host into swap
+            with contextlib.suppress(OSError):
+                _write(path / "memory.swap.max", "0")
         _write(path / "pids.max", str(limits.pids))
         for name in ("io.weight", "io.bfq.weight"):
             if (path / name).exists():
@@ -86,9 +102,14 @@ class Group:
             _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD))
             quota = -1 if limits.cpu <= 0 else int(limits.cpu * CPU_PERIOD)
             _write(cpu / "cpu.cfs_quota_us", str(quota))
+            if limits.cpu_baseline > 0:
+                _write(cpu / "cpu.shares", str(cpu_shares_v1(limits.cpu_baseline)))
         mem = ROOT / "memory" / self.rel
         if mem.is_dir():
             _write(mem / "memory.limit_in_bytes", str(limits.memory))
+            if (mem / "memory.swappiness").exists():  # guests never push the host into swap
+                with contextlib.suppress(OSError):
+                    _write(mem / "memory.swappiness", "0")
         pids = ROOT / "pids" / self.rel
         if pids.is_dir():
             _write(pids / "pids.max", str(limits.pids))
@@ -102,6 +123,24 @@ class Group:
             _write(devices / "devices.deny", "a")
             for rule in DEVICE_ALLOW:
                 _write(devices / "devices.allow", rule)
+
+    def set_cpu_quota(self, cores: float) -> None:
+        """Change the CPU quota of the running group (CPU credits: ceiling or baseline)."""
+        if is_v2():
+            _write(ROOT / self.rel / "cpu.max", f"{int(cores * CPU_PERIOD)} {CPU_PERIOD}")
+        else:
+            _write(ROOT / "cpu" / self.rel / "cpu.cfs_quota_us", str(int(cores * CPU_PERIOD)))
+
+    def cpu_quota(self) -> float | None:
+        """The CPU quota now (cores), None when unlimited or unreadable."""
+        with contextlib.suppress(OSError, ValueError):
+            if is_v2():
+                quota, period = (ROOT / self.rel / "cpu.max").read_text().split()
+                return None if quota == "max" else int(quota) / int(period)
+            quota_us = int((ROOT / "cpu" / self.rel / "cpu.cfs_quota_us").read_text())
+            period_us = int((ROOT / "cpu" / self.rel / "cpu.cfs_period_us").read_text())
+            return None if quota_us < 0 else quota_us / period_us
+        return None
 
     def proc_files(self) -> list[Path]:
         return [d / "cgroup.procs" for d in self.dirs()]

@@ -203,3 +203,33 @@ async def _cancel(qmp: Qmp, job: str) -> None:
         if not any(j.get("device") == job for j in jobs):
             return
         await asyncio.sleep(0.1)
+
+
+async def throttle(qmp: Qmp, vid: str, iops: int, iops_burst: int, bps: int) -> None:
+    """Limit the volume's disk (QEMU block throttling, seen by the guest as a slower disk):
+    ``iops`` operations and ``bps`` bytes a second in total, bursting to ``iops_burst``
+    operations a second for up to a minute; zeros lift the limits."""
+    # the block backend is the virtio-blk device inside the PCI proxy that carries the id:
+    # its QOM path as query-block names it
+    dev = device_id(vid)
+    rows = await qmp.execute("query-block")
+    qdev = next(
+        (
+            str(r["qdev"])
+            for r in rows
+            if str(r.get("qdev", "")).split("/")[-2:-1] == [dev] or r.get("qdev") == dev
+        ),
+        f"/machine/peripheral/{dev}/virtio-backend",
+    )
+    args: dict[str, Any] = {
+        "id": qdev,
+        "iops": iops,
+        "iops_rd": 0,
+        "iops_wr": 0,
+        "bps": bps,
+        "bps_rd": 0,
+        "bps_wr": 0,
+    }
+    if iops and iops_burst > iops:
+        args |= {"iops_max": iops_burst, "iops_max_length": 60}
+    await qmp.execute("block_set_io_throttle", args)
