@@ -96,8 +96,24 @@ class Settings:
         return self.state_dir / "corral.log"
 
     @property
+    def api_tls(self) -> bool:
+        """The API serves HTTPS (certificate from the cluster CA) when it listens beyond
+        loopback: it carries secrets."""
+        if self.api_host == "localhost":
+            return False
+        try:
+            return not ipaddress.ip_address(self.api_host).is_loopback
+        except ValueError:
+            return True
+
+    @property
+    def ca_bundle(self) -> Path:
+        """The cluster CA's certificate: what the CLI and agents verify the API with."""
+        return self.state_dir / "pki" / "ca.crt"
+
+    @property
     def api_url(self) -> str:
-        return f"http://{self.api_host}:{self.api_port}"
+        return f"{'https' if self.api_tls else 'http'}://{self.api_host}:{self.api_port}"
 
     @property
     def availability_zone(self) -> str:

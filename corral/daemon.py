@@ -128,7 +128,11 @@ class Daemon:
             gc.freeze()
             gc.set_threshold(*GC_THRESHOLDS)
             app = create_app(ApiContext(st, ctrl, shutdown=self.request_shutdown, version=VERSION))
-            tasks = [self._serve(app, [api_sock], "api")]
+            tls: tuple[Path, Path] | None = None
+            if st.api_tls:  # beyond loopback: HTTPS with a certificate from the cluster's CA
+                hosts = [st.api_host, st.hostname, "127.0.0.1", "localhost"]
+                tls = ctrl.cluster.ca.own("api", "corral-api", hosts, "server")
+            tasks = [self._serve(app, [api_sock], "api", tls)]
             key = _metadata_key(st.state_dir / "metadata.key")
             for network in await ctrl.networks.by_namespace(st.namespace):
                 sock = netns.listen_in(network.namespace, METADATA_ADDRESS, 80)
@@ -180,9 +184,17 @@ class Daemon:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
 
-    async def _serve(self, app: Any, sockets: list[socket.socket], name: str) -> None:
+    async def _serve(
+        self,
+        app: Any,
+        sockets: list[socket.socket],
+        name: str,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         config = uvicorn.Config(
             app,
+            ssl_keyfile=str(tls[0]) if tls else None,
+            ssl_certfile=str(tls[1]) if tls else None,
             lifespan="off",
             log_level="warning",
             access_log=False,

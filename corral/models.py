@@ -498,3 +498,30 @@ class Capacity(BaseModel):
     cpu_allocation_ratio: float
     memory_allocation_ratio: float
     disk_allocation_ratio: float
+
+
+# -- cluster: joining nodes ----------------------------------------------------------------------
+class NodeTokenCreate(BaseModel):
+    ttl: str = "1h"  # seconds, or 15m, 1h, 2d (at most 7 days)
+
+
+class NodeToken(BaseModel):
+    token: str  # K1.<secret>.<sha256 of the CA certificate>; shown once, only its hash is kept
+    expires_at: dt.datetime
+    ca_fingerprint: str
+    api_url: str
+
+
+class NodeJoin(BaseModel):
+    token: str
+    certificate_request: str  # PEM CSR for the node's own key
+    name: str
+    address: str  # https://IP:PORT where the node's agent serves, reachable by the controller
+    zone: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class NodeJoined(BaseModel):
+    node_id: str
+    certificate: str  # PEM, for server use, naming the node's address
+    ca_certificate: str  # PEM: the CA the controller's client certificate comes from

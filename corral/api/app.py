@@ -15,6 +15,7 @@ from corral.api.ec2.errors import from_corral
 from corral.api.rest import (
     accounts,
     appliances,
+    cluster,
     errors,
     images,
     instances,
@@ -44,6 +45,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(appliances.router)
     app.include_router(placement.router)
     app.include_router(placement.capacity_router)
+    app.include_router(cluster.router)
     app.include_router(ec2.router)  # the EC2 Query API at / (POST form or GET ?Action=)
     app.add_middleware(limits.BodyLimit, render=_render_refusal)
     openapi.install(app)

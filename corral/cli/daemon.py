@@ -89,7 +89,11 @@ def up(
             tail = settings.logfile.read_text(errors="replace").strip().splitlines()[-5:]
             raise fail("Corral did not start:\n  " + "\n  ".join(tail))
         try:
-            if httpx.get(f"{settings.api_url}/v1/health", timeout=1).status_code == 200:
+            verify: str | bool = str(settings.ca_bundle) if settings.api_tls else True
+            if settings.api_tls and not settings.ca_bundle.exists():
+                raise httpx.ConnectError("no CA yet")
+            health = httpx.get(f"{settings.api_url}/v1/health", timeout=1, verify=verify)
+            if health.status_code == 200:
                 console.print(
                     f"Corral is up at {settings.api_url} (pid {proc.pid}); log: {settings.logfile}"
                 )

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select, update
 
@@ -14,6 +15,7 @@ from corral.controller import placement_claims
 from corral.controller.accounts import Accounts, Caller
 from corral.controller.appliances import Appliances
 from corral.controller.claims import LEASE, Claims, owner_name
+from corral.controller.cluster import Cluster
 from corral.controller.elastic_ips import ElasticIps
 from corral.controller.image_publishing import ImagePublishing
 from corral.controller.images import Images
@@ -35,6 +37,9 @@ from corral.node.client import NodeClient
 from corral.node.spec import Event, ExitInfo
 from corral.store import Store
 from corral.store.models import Instance, Node, Tag, utcnow
+
+if TYPE_CHECKING:
+    from corral.node.remote import RemoteNode
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,9 @@ class Controller:
         self.appliances = Appliances(self)
         self.image_publishing = ImagePublishing(self)
         self.reconciler = Reconciler(self)
+        # joined nodes (corral node join): certificates, tokens, connections kept here
+        self.cluster = Cluster(self)
+        self.remotes: dict[str, RemoteNode] = {}
         self.admin: Caller | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -192,19 +200,23 @@ class Controller:
         if sealed:
             log.info("sealed %d access-key secrets stored in the clear", sealed)
         self.admin = await self.accounts.ensure_admin(
-            self.settings.state_dir / "admin.credentials", self.settings.api_url
+            self.settings.state_dir / "admin.credentials",
+            self.settings.api_url,
+            str(self.settings.ca_bundle) if self.settings.api_tls else None,
         )
         await self.images.sync_from_store()
         async with self.store.write() as s:
             await placement_claims.recount(s)  # claims made before a crash or an upgrade
         for node_id in self.nodes:
-            net = await self.networks.ensure_default(node_id)
+            net = await self.networks.ensure_default(node_id, self.settings.namespace)
             await self.networks.ensure_on_node(net.id)
+        await self.cluster.connect_joined()  # nodes that joined before a restart
         await self.ops.resume()
         await self.reconciler.reconcile_once()
         self._tasks.append(asyncio.create_task(self.reconciler.run(), name="reconciler"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         self._tasks.append(asyncio.create_task(self._leases(), name="leases"))
+        self._tasks.append(asyncio.create_task(self.cluster.run(), name="cluster"))
 
     async def _leases(self) -> None:
         """Keep this controller's leases (claims, operations) alive, and take over the
@@ -291,6 +303,10 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 t.result()
         await self.ops.close()
+        for remote in self.remotes.values():
+            with contextlib.suppress(Exception):
+                await remote.aclose()
+        self.remotes.clear()
 
     async def stop_all(self, timeout: float | None = None) -> None:
         """Stop every running instance (``corral down --stop-instances``) and wait."""

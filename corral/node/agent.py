@@ -252,6 +252,7 @@ class NodeAgent(VolumeAgent):
             memory_overhead=MEMORY_OVERHEAD,
             memory_reserved=self.settings.reserved_memory_mib << 20,
             zone=self.settings.availability_zone,
+            netns=self.settings.namespace,
         )
 
     # -- networks --------------------------------------------------------------------------

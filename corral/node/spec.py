@@ -97,6 +97,7 @@ class NodeInfo(BaseModel):
     memory_overhead: int = 0  # QEMU's own memory per instance above the guest's
     memory_reserved: int = 0  # memory kept for the host itself
     zone: str = ""  # its availability zone
+    netns: str = ""  # the namespace its networks live in (its own setting, made or not)
 
 
 class RuleSpec(BaseModel):

@@ -1,0 +1,187 @@
+"""Joining a node: single-use tokens (only their hash kept), refusals naming the fix, the node's
+certificate from the controller's CA, and the wire over TCP with mutual TLS (the controller's
+client certificate required; a node's certificate or none refused), on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from sqlalchemy import select, update
+
+from corral import agentd, pki
+from corral.controller.service import Controller
+from corral.node import server as node_server_mod
+from corral.node.fake import FakeNode
+from corral.node.remote import connect_node
+from corral.store.models import JoinToken, Node, utcnow
+
+pytestmark = pytest.mark.asyncio
+
+
+async def _token(api: httpx.AsyncClient, ttl: str = "1h") -> str:
+    r = await api.post("/v1/nodes/tokens", json={"ttl": ttl})
+    assert r.status_code == 201, r.text
+    return str(r.json()["token"])
+
+
+def _join_body(token: str, name: str = "n2", address: str = "127.0.0.1:18774") -> dict[str, object]:
+    key = pki.new_key()
+    return {
+        "token": token,
+        "certificate_request": pki.csr(key, name).decode(),
+        "name": name,
+        "address": address,
+        "zone": "zone-b",
+        "labels": {"rack": "r1"},
+        "_key": pki.key_pem(key).decode(),
+    }
+
+
+async def _join(anonymous: httpx.AsyncClient, body: dict[str, object]) -> httpx.Response:
+    return await anonymous.post(
+        "/v1/nodes/join", json={k: v for k, v in body.items() if not k.startswith("_")}
+    )
+
+
+async def test_a_token_joins_once_and_only_its_hash_is_kept(
+    api: httpx.AsyncClient, anonymous: httpx.AsyncClient, ctrl: Controller
+) -> None:
+    token = await _token(api)
+    prefix, secret, fp = token.split(".")
+    assert prefix == "K1" and fp == ctrl.cluster.ca.fingerprint
+    async with ctrl.store.read() as s:
+        rows = list(await s.scalars(select(JoinToken)))
+    assert [r.hash for r in rows] == [hashlib.sha256(secret.encode()).hexdigest()]
+    assert secret not in repr([(r.hash, r.used_by) for r in rows])
+
+    body = _join_body(token)
+    r = await _join(anonymous, body)
+    assert r.status_code == 201, r.text
+    joined = r.json()
+    cert = x509.load_pem_x509_certificate(joined["certificate"].encode())
+    ca = x509.load_pem_x509_certificate(joined["ca_certificate"].encode())
+    cert.verify_directly_issued_by(ca)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "127.0.0.1" in {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]
+    async with ctrl.store.read() as s:
+        row = await s.scalar(select(Node).where(Node.name == "n2"))
+    assert row is not None
+    assert (row.address, row.zone, row.labels) == (
+        "https://127.0.0.1:18774",
+        "zone-b",
+        {"rack": "r1"},
+    )
+
+    again = await _join(anonymous, _join_body(token, name="n3"))
+    assert again.status_code == 401
+    msg = again.json()["error"]["message"]
+    assert "already used" in msg and "n2" in msg and "corral node token" in msg
+
+
+async def test_wrong_expired_and_foreign_tokens_are_refused_naming_the_fix(
+    api: httpx.AsyncClient, anonymous: httpx.AsyncClient, ctrl: Controller
+) -> None:
+    good = await _token(api)
+    async with ctrl.store.write() as s:
+        await s.execute(update(JoinToken).values(expires_at=utcnow() - dt.timedelta(seconds=1)))
+    r = await _join(anonymous, _join_body(good))
+    assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
+
+    _, _, fp = good.split(".")
+    r = await _join(anonymous, _join_body(f"K1.madeup.{fp}"))
+    assert r.status_code == 401 and "never issued" in r.json()["error"]["message"]
+    r = await _join(anonymous, _join_body(f"K1.madeup.{'0' * 64}"))
+    assert r.status_code == 401 and "another controller" in r.json()["error"]["message"]
+    r = await _join(anonymous, _join_body("hello"))
+    assert r.status_code == 401 and "not a Corral join token" in r.json()["error"]["message"]
+    # nothing joined
+    async with ctrl.store.read() as s:
+        assert await s.scalar(select(Node).where(Node.name == "n2")) is None
+
+    fresh = await _token(api)
+    r = await _join(anonymous, _join_body(fresh, address="0.0.0.0:8774"))
+    assert r.status_code == 400 and "not 0.0.0.0" in r.json()["error"]["message"]
+    r = await api.post("/v1/nodes/tokens", json={"ttl": "9d"})
+    assert r.status_code == 400 and "7 days" in r.json()["error"]["message"]
+
+
+async def test_only_an_admin_makes_tokens(anonymous: httpx.AsyncClient) -> None:
+    r = await anonymous.post("/v1/nodes/tokens", json={})
+    assert r.status_code == 401
+
+
+@contextlib.asynccontextmanager
+async def tls_node(node: FakeNode, state_dir: Path, port: int) -> AsyncIterator[str]:
+    """The fake node behind the agent's server on TCP with the joined node's TLS settings."""
+    url = f"https://127.0.0.1:{port}"
+    sock = node_server_mod.listen(url)
+    srv = node_server_mod.server(node_server_mod.create_app(node), agentd.tls_settings(state_dir))
+    task = asyncio.create_task(srv.serve(sockets=[sock]))
+    try:
+        while not srv.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.005)
+        yield url
+    finally:
+        srv.should_exit = True
+        srv.force_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)
+        sock.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_the_wire_over_tcp_needs_the_controllers_certificate(
+    api: httpx.AsyncClient, anonymous: httpx.AsyncClient, ctrl: Controller, tmp_path: Path
+) -> None:
+    port = _free_port()
+    body = _join_body(await _token(api), name="n2", address=f"127.0.0.1:{port}")
+    r = await _join(anonymous, body)
+    assert r.status_code == 201, r.text
+    node_dir = tmp_path / "node"
+    d = agentd.pki_dir(node_dir)
+    d.mkdir(parents=True)
+    (d / "node.key").write_text(str(body["_key"]))
+    (d / "node.crt").write_text(r.json()["certificate"])
+    (d / "ca.crt").write_text(r.json()["ca_certificate"])
+    fake = FakeNode()
+    async with tls_node(fake, node_dir, port) as url:
+        # the controller's client certificate: accepted, and the node's name checked
+        client, remote = connect_node(url, 0.0, ctrl.cluster.client_ssl())
+        try:
+            assert (await client.info()).name == (await fake.info()).name
+        finally:
+            await remote.aclose()
+        # no client certificate, or a node's own (server-only) one: refused in the handshake
+        for ctx in (
+            pki.client_context(d / "ca.crt"),
+            pki.client_context(d / "ca.crt", d / "node.crt", d / "node.key"),
+        ):
+            async with httpx.AsyncClient(verify=ctx) as http:
+                with pytest.raises((httpx.HTTPError, ssl.SSLError)):
+                    await http.get(f"{url}/v1/version")
+        # and the controller connects to the joined node by itself (as after a restart)
+        await ctrl.cluster.connect_joined()
+        assert "node-n2" in ctrl.nodes
+        async with ctrl.store.read() as s:
+            row = await s.get(Node, "node-n2")
+        assert row is not None and row.state == "up" and row.zone == "zone-b"
