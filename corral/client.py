@@ -154,6 +154,22 @@ class Client:
         body = models.NodeTokenCreate(ttl=ttl).model_dump()
         return models.NodeToken.model_validate(self._call("POST", "/v1/nodes/tokens", json=body))
 
+    def node_show(self, ref: str) -> models.Node:
+        return models.Node.model_validate(self._call("GET", f"/v1/nodes/{ref}"))
+
+    def node_update(
+        self, ref: str, labels: dict[str, str], remove: list[str] | None = None
+    ) -> models.Node:
+        body = models.NodeUpdate(labels=labels, remove_labels=remove or []).model_dump()
+        return models.Node.model_validate(self._call("PATCH", f"/v1/nodes/{ref}", json=body))
+
+    def node_cordon(self, ref: str, cordon: bool = True) -> models.Node:
+        action = "cordon" if cordon else "uncordon"
+        return models.Node.model_validate(self._call("POST", f"/v1/nodes/{ref}/{action}"))
+
+    def node_remove(self, ref: str, force: bool = False) -> None:
+        self._call("DELETE", f"/v1/nodes/{ref}", params={"force": str(force).lower()})
+
     def node_list(self) -> list[models.Node]:
         return [models.Node.model_validate(x) for x in self._call("GET", "/v1/nodes")]
 

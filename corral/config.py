@@ -59,6 +59,9 @@ class Settings:
     scheduler_subset: int = 3  # a random pick among this many best nodes
     exclusion_tags: str = ""  # tag keys, comma-separated: equal values avoid sharing a node
     exclusion: str = "soft"  # soft (a weigher) | hard (a filter)
+    # clusters (docs/operator-guide.md, "A cluster of nodes")
+    local_node: bool = True  # `corral up` runs a node agent of its own (off: a controller only)
+    node_timeout: float = 30.0  # seconds without a heartbeat before a node is unreachable
     extra: dict[str, Any] = field(default_factory=dict)
 
     # -- derived paths ---------------------------------------------------------------------
@@ -267,6 +270,12 @@ def _coerce(name: str, value: Any) -> Any:
             return int(value)
         if kind in ("float", float):
             return float(value)
+        if kind in ("bool", bool):
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return str(value).lower() in ("1", "true", "yes", "on")
+            raise ValueError(value)
     except (TypeError, ValueError) as err:
         raise Invalid(f"setting {name}={value!r} is not a {kind}", field=name) from err
     return str(value)

@@ -112,15 +112,18 @@ class Daemon:
         api_sock = self._bind_api()
         atomic_write(st.pidfile, f"{os.getpid()}\n")
         store = Store(st.database_url)
-        agent = AgentProcess(st)
+        # a controller of a cluster may run no node of its own (`corral up --no-local-node`)
+        agent = AgentProcess(st) if st.local_node else None
         remote: RemoteNode | None = None
+        node: NodeClient | None = None
         ctrl: Controller | None = None
         try:
             await asyncio.to_thread(store.migrate)
-            await agent.start()
-            node, remote = connect_node(agent.url)
             ctrl = Controller(st, store, ImageStore(st.images_dir))
-            await ctrl.add_node(node, st.hostname)
+            if agent is not None:
+                await agent.start()
+                node, remote = connect_node(agent.url)
+                await ctrl.add_node(node, st.hostname)
             await ctrl.start()
             # what start-up made lives as long as the process: keep it out of the collector's
             # full passes, which otherwise stall large API answers (a p99 of 150 ms, not 40)
@@ -148,7 +151,7 @@ class Daemon:
                 st.api_url,
                 st.state_dir,
                 st.namespace,
-                (await node.info()).accel.accel,
+                (await node.info()).accel.accel if node is not None else "none (no local node)",
             )
             server_tasks = [asyncio.create_task(t) for t in tasks]
             stopper = asyncio.create_task(self.stop_event.wait())
@@ -178,7 +181,8 @@ class Daemon:
                     if self.stop_instances and not any(o.running for o in await seen.instances()):
                         await seen.teardown()  # nothing runs: leave the host clean
                 await remote.aclose()
-            await agent.stop()
+            if agent is not None:
+                await agent.stop()
             await store.close()
             st.pidfile.unlink(missing_ok=True)
             if self._lock_fd is not None:

@@ -268,6 +268,20 @@ class Node(BaseModel):
     zone: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
     cordoned: bool = False
+    # clusters: where the controller reaches it, and its capacity as placement counts it
+    address: str = ""
+    memory_claimed: int = 0
+    memory_free: int = 0
+    cores_claimed: float = 0.0
+    cores_free: float = 0.0
+    disk: int = 0
+    disk_claimed: int = 0
+    instance_ids: list[str] = Field(default_factory=list)
+
+
+class NodeUpdate(BaseModel):
+    labels: dict[str, str] = Field(default_factory=dict)  # set these
+    remove_labels: list[str] = Field(default_factory=list)
 
 
 class SystemInfo(BaseModel):

@@ -3,23 +3,99 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import ipaddress
+import json
 import ssl
 
 import httpx
 import typer
+from rich.table import Table
 
 from corral import config, pki
 from corral.cli.common import console, fail, opts
 from corral.errors import CorralError
 from corral.fsutil import atomic_write, atomic_write_json
+from corral.units import format_size
 
 DEFAULT_AGENT_PORT = 8774
 
 
 def register(nodes: typer.Typer) -> None:
+    nodes.command("ls")(node_ls)
+    nodes.command("show")(node_show)
+    nodes.command("label")(node_label)
+    nodes.command("cordon")(node_cordon)
+    nodes.command("uncordon")(node_uncordon)
+    nodes.command("rm")(node_rm)
     nodes.command("token")(token)
     nodes.command("join")(join)
+
+
+def _ago(when: dt.datetime | None) -> str:
+    if when is None:
+        return "never"
+    return f"{max(0.0, (dt.datetime.now(dt.UTC) - when).total_seconds()):.0f}s ago"
+
+
+def node_ls(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Nodes: state (ready, cordoned, unreachable), zone, capacity free, instances, heartbeat."""
+    nodes = opts(ctx).client().node_list()
+    if as_json:
+        print(json.dumps([n.model_dump(mode="json") for n in nodes], indent=2))
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("NAME", "STATE", "ZONE", "ADDRESS", "CPUS", "CORES FREE", "MEMORY",
+                "MEM FREE", "ACCEL", "INSTANCES", "HEARTBEAT"):  # fmt: skip
+        table.add_column(col)
+    for n in nodes:
+        table.add_row(
+            n.name, n.state, n.zone, n.address, str(n.cpus), f"{n.cores_free:g}",
+            format_size(n.memory), format_size(max(0, n.memory_free)), n.accel,
+            str(n.instances), _ago(n.last_seen),
+        )  # fmt: skip
+    console.print(table)
+
+
+def node_show(ctx: typer.Context, ref: str) -> None:
+    """One node (by name or id), as JSON."""
+    print(opts(ctx).client().node_show(ref).model_dump_json(indent=2))
+
+
+def node_label(
+    ctx: typer.Context,
+    ref: str,
+    labels: list[str] = typer.Argument(..., help="key=value to set, key- to remove"),
+) -> None:
+    """Set (key=value) or remove (key-) a node's labels (what --node-selector matches)."""
+    add = _labels([x for x in labels if not x.endswith("-")])
+    remove = [x[:-1] for x in labels if x.endswith("-")]
+    n = opts(ctx).client().node_update(ref, add, remove)
+    console.print(
+        f"{n.name}: " + (", ".join(f"{k}={v}" for k, v in n.labels.items()) or "no labels")
+    )
+
+
+def node_cordon(ctx: typer.Context, ref: str) -> None:
+    """Take no new instances on this node (what runs there stays)."""
+    n = opts(ctx).client().node_cordon(ref, True)
+    console.print(f"{n.name} is {n.state}")
+
+
+def node_uncordon(ctx: typer.Context, ref: str) -> None:
+    """Let the node take new instances again."""
+    n = opts(ctx).client().node_cordon(ref, False)
+    console.print(f"{n.name} is {n.state}")
+
+
+def node_rm(
+    ctx: typer.Context,
+    ref: str,
+    force: bool = typer.Option(False, "--force", help="even with instances (recorded terminated)"),
+) -> None:
+    """Forget a node; refused while it has instances unless --force."""
+    opts(ctx).client().node_remove(ref, force)
+    console.print(f"node {ref} removed")
 
 
 def token(

@@ -19,11 +19,12 @@ import ssl
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, type_coerce, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import pki
-from corral.errors import Invalid, Unauthorized
-from corral.store.models import JoinToken, Node, utcnow
+from corral.errors import Invalid, NotFound, Unauthorized, WrongState
+from corral.store.models import Instance, JoinToken, Node, UTCDateTime, utcnow
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
@@ -34,6 +35,9 @@ TOKEN_PREFIX = "K1"
 DEFAULT_TTL = 3600.0
 MAX_TTL = 7 * 86400.0
 CONNECT_EVERY = 2.0  # seconds between attempts to reach a joined node that is not connected
+HEARTBEAT_EVERY = 2.0  # seconds between the controller's pings of each node
+PING_TIMEOUT = 5.0
+UP, UNREACHABLE, REMOVED = "up", "unreachable", "removed"
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 TTL = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 
@@ -85,12 +89,33 @@ def node_address(address: str) -> tuple[str, int]:
     return str(ip), port
 
 
+async def db_now(s: AsyncSession, dialect: str) -> dt.datetime:
+    """The database's clock (one clock for every controller sharing the database)."""
+    expr = func.timezone("UTC", func.now()) if dialect == "postgresql" else func.current_timestamp()
+    value = await s.scalar(select(type_coerce(expr, UTCDateTime())))
+    assert value is not None
+    return value
+
+
+def node_state(row: Node) -> str:
+    """What `corral node ls` says: ready, cordoned, unreachable (or joining)."""
+    if row.state == UNREACHABLE:
+        return UNREACHABLE
+    if row.state == "joining":
+        return "joining"
+    return "cordoned" if row.cordoned else "ready"
+
+
 class Cluster:
     def __init__(self, ctrl: Controller) -> None:
         self.ctrl = ctrl
         self._ca: pki.CertificateAuthority | None = None
         self._client_ssl: ssl.SSLContext | None = None
         self._connecting: set[str] = set()
+        self.unreachable: set[str] = set()  # node ids silent longer than node_timeout
+
+    def reachable(self, node_id: str) -> bool:
+        return node_id not in self.unreachable
 
     @property
     def ca(self) -> pki.CertificateAuthority:
@@ -173,8 +198,9 @@ class Cluster:
         async with self.ctrl.store.write() as s:
             row = await s.scalar(select(Node).where(Node.name == name))
             if row is None:
-                row = Node(id=node_id, name=name, state="joining")
+                row = Node(id=node_id, name=name)
                 s.add(row)
+            row.state = "joining"
             row.address = f"https://{ip}:{port}"
             row.zone = zone or row.zone or ""
             if labels:
@@ -189,7 +215,7 @@ class Cluster:
         async with self.ctrl.store.read() as s:
             rows = list(await s.scalars(select(Node).where(Node.address.like("https://%"))))
         for row in rows:
-            if row.id in self.ctrl.nodes or row.id in self._connecting:
+            if row.id in self.ctrl.nodes or row.id in self._connecting or row.state == REMOVED:
                 continue
             self._connecting.add(row.id)
             try:
@@ -227,3 +253,152 @@ class Cluster:
             with contextlib.suppress(Exception):
                 await self.connect_joined()
             await asyncio.sleep(CONNECT_EVERY)
+
+    # -- liveness ----------------------------------------------------------------------------
+    async def _ping(self, node_id: str) -> bool:
+        client = self.ctrl.nodes.get(node_id)
+        if client is None:
+            return False
+        try:
+            await asyncio.wait_for(client.heartbeat(), PING_TIMEOUT)
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return False
+
+    async def heartbeat_once(self) -> None:
+        """Ping every connected node; record who answered with the database's clock; a node
+        silent longer than ``node_timeout`` becomes unreachable (its instances are left as they
+        are: the agent keeps them running); one that answers again is re-adopted (a full
+        reconcile reads what runs there)."""
+        ids = list(self.ctrl.nodes)
+        answers = await asyncio.gather(*(self._ping(n) for n in ids))
+        alive = [n for n, ok in zip(ids, answers, strict=True) if ok]
+        timeout = dt.timedelta(seconds=self.ctrl.settings.node_timeout)
+        back: list[str] = []
+        gone: list[str] = []
+        async with self.ctrl.store.write() as s:
+            now = await db_now(s, self.ctrl.store.dialect)
+            if alive:
+                await s.execute(
+                    update(Node).where(Node.id.in_(alive)).values(last_seen=now, state=UP)
+                )
+            rows = list(
+                await s.scalars(select(Node).where(Node.address != "", Node.state != REMOVED))
+            )
+            for row in rows:
+                if row.id in alive:
+                    if row.id in self.unreachable:
+                        back.append(row.id)
+                    continue
+                if row.state == "joining":
+                    continue
+                silent = row.last_seen is None or now - row.last_seen > timeout
+                if silent and row.state != UNREACHABLE:
+                    row.state = UNREACHABLE
+                if silent:
+                    if row.id not in self.unreachable:
+                        gone.append(row.id)
+        for node_id in gone:
+            self.unreachable.add(node_id)
+            log.warning(
+                "node %s missed heartbeats for %.0f s: unreachable; its instances are unknown "
+                "until it answers again",
+                node_id,
+                timeout.total_seconds(),
+            )
+        for node_id in back:
+            self.unreachable.discard(node_id)
+            log.info("node %s answers again: re-adopting what runs there", node_id)
+        if back:
+            self.ctrl.reconciler.poke()
+
+    async def heartbeats(self) -> None:
+        while True:
+            try:
+                await self.heartbeat_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("heartbeats")
+            await asyncio.sleep(HEARTBEAT_EVERY)
+
+    async def instances_unknown(self, s: AsyncSession) -> set[str]:
+        """Ids of the live instances on unreachable nodes (their state is unknown)."""
+        if not self.unreachable:
+            return set()
+        rows = await s.scalars(
+            select(Instance.id).where(
+                Instance.node_id.in_(self.unreachable), Instance.state != "terminated"
+            )
+        )
+        return set(rows)
+
+    # -- node administration (`corral node …`) ----------------------------------------------
+    async def node_row(self, s: AsyncSession, ref: str) -> Node:
+        row = await s.get(Node, ref) or await s.scalar(select(Node).where(Node.name == ref))
+        if row is None:
+            raise NotFound(f"node {ref!r} does not exist; see `corral node ls`", resource="node")
+        return row
+
+    async def cordon(self, ref: str, cordoned: bool) -> None:
+        """A cordoned node takes no new instances; what runs there stays."""
+        async with self.ctrl.store.write() as s:
+            (await self.node_row(s, ref)).cordoned = cordoned
+
+    async def label(self, ref: str, set_: dict[str, str], remove: list[str]) -> None:
+        async with self.ctrl.store.write() as s:
+            row = await self.node_row(s, ref)
+            labels = {str(k): str(v) for k, v in (row.labels or {}).items()}
+            labels.update(set_)
+            for key in remove:
+                labels.pop(key, None)
+            row.labels = labels
+
+    async def remove(self, ref: str, force: bool) -> None:
+        """Forget a node. One that still has instances is refused unless ``force``d (then its
+        instances are recorded terminated: the node is gone with them)."""
+        async with self.ctrl.store.write() as s:
+            row = await self.node_row(s, ref)
+            live = list(
+                await s.scalars(
+                    select(Instance).where(
+                        Instance.node_id == row.id, Instance.state != "terminated"
+                    )
+                )
+            )
+            if live and not force:
+                names = ", ".join(sorted(i.name or i.id for i in live)[:5])
+                raise WrongState(
+                    f"node {row.name} still has {len(live)} instance(s) ({names}); terminate "
+                    "them first, or remove it with --force (they are then recorded terminated)",
+                    resource="node",
+                )
+            node_id = row.id
+        if live:
+            for inst in live:
+                await self.ctrl.instances._set(
+                    inst.id,
+                    state="terminated",
+                    desired_state="terminated",
+                    pid=None,
+                    terminated_at=utcnow(),
+                    state_reason="its node was removed",
+                )
+                await self.ctrl.instance_released(inst.id)
+        # the row stays (instances' history and networks point at it), marked removed: no
+        # listing, no placement, no connection; a join under the same name takes it up again
+        async with self.ctrl.store.write() as s:
+            from corral.controller import placement_claims
+
+            gone = await s.get(Node, node_id)
+            if gone is not None:
+                gone.state, gone.address, gone.cordoned = REMOVED, "", False
+            await placement_claims.recount(s)
+        self.ctrl.nodes.pop(node_id, None)
+        self.unreachable.discard(node_id)
+        remote = self.ctrl.remotes.pop(node_id, None)
+        if remote is not None:
+            await remote.aclose()
+        log.info("node %s removed", node_id)

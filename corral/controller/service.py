@@ -217,6 +217,7 @@ class Controller:
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         self._tasks.append(asyncio.create_task(self._leases(), name="leases"))
         self._tasks.append(asyncio.create_task(self.cluster.run(), name="cluster"))
+        self._tasks.append(asyncio.create_task(self.cluster.heartbeats(), name="heartbeats"))
 
     async def _leases(self) -> None:
         """Keep this controller's leases (claims, operations) alive, and take over the
@@ -263,7 +264,9 @@ class Controller:
                 await self.purge_terminated()
                 async with self.store.write() as s:
                     await placement_claims.recount(s)
-                for node_id in self.nodes:
+                for node_id in list(self.nodes):
+                    if not self.cluster.reachable(node_id):
+                        continue
                     async with self.store.read() as s:
                         net = await self.networks.default(s, node_id)
                     await self.networks.ensure_on_node(net.id)

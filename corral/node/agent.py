@@ -221,6 +221,10 @@ class NodeAgent(VolumeAgent):
                 return self.images.kernel_path(m), self.images.initrd_path(m)
         return None, None
 
+    async def heartbeat(self) -> str:
+        """Answered at once: the controller's heartbeat (it records the time, not the node)."""
+        return self.settings.hostname
+
     async def info(self) -> NodeInfo:
         accel = self.accel_now()  # never waits for the probe: info answers requests
         limits = cgroups.confinement()

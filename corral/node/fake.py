@@ -63,6 +63,9 @@ class FakeNode:
         self._pids = itertools.count(10000)
         self.event_log = EventLog(None, name)
 
+    async def heartbeat(self) -> str:
+        return self.name
+
     async def info(self) -> NodeInfo:
         return NodeInfo(
             name=self.name,

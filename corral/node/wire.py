@@ -69,6 +69,7 @@ CALLS: dict[str, Call] = {
     c.name: c
     for c in (
         Call("info", s.NoArgs, s.NodeInfo, T.LONG),  # the first call probes the accelerator
+        Call("heartbeat", s.NoArgs, str, T.FAST),  # the controller's heartbeat: the node's name
         Call("network_ensure", s.NetworkEnsureRequest, None),
         Call("network_hosts", s.NetworkEnsureRequest, None),
         Call("network_policy", s.NetworkPolicyRequest, None),

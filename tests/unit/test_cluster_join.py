@@ -185,3 +185,78 @@ async def test_the_wire_over_tcp_needs_the_controllers_certificate(
         async with ctrl.store.read() as s:
             row = await s.get(Node, "node-n2")
         assert row is not None and row.state == "up" and row.zone == "zone-b"
+
+
+# -- liveness and node administration -------------------------------------------------------------
+class Silent:
+    """A node whose agent does not answer (killed): every call fails as unreachable."""
+
+    async def heartbeat(self) -> str:
+        from corral.errors import EnvironmentProblem
+
+        raise EnvironmentProblem("node is unreachable", reason="node-unreachable")
+
+
+async def _node(api: httpx.AsyncClient, ref: str = "n1") -> dict[str, object]:
+    r = await api.get(f"/v1/nodes/{ref}")
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+async def test_a_silent_node_becomes_unreachable_and_comes_back(
+    api: httpx.AsyncClient, ctrl: Controller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    ctrl.settings = dataclasses.replace(ctrl.settings, node_timeout=0.5)
+    await ctrl.cluster.heartbeat_once()
+    first = await _node(api)
+    assert first["state"] == "ready" and first["last_seen"]
+    await asyncio.sleep(1.1)  # the database's clock has whole seconds on SQLite
+    await ctrl.cluster.heartbeat_once()
+    assert (await _node(api))["last_seen"] != first["last_seen"]  # heartbeats move it
+
+    answering = ctrl.nodes["node-n1"]
+    ctrl.nodes["node-n1"] = Silent()  # type: ignore[assignment]
+    await asyncio.sleep(1.1)
+    await ctrl.cluster.heartbeat_once()
+    assert (await _node(api))["state"] == "unreachable"
+    assert not ctrl.cluster.reachable("node-n1")
+    await ctrl.reconciler.reconcile_once()  # skips it (a Silent node has no instances call)
+    # nothing is placed there
+    r = await api.post("/v1/instances", json={"image": "tiny"})
+    assert r.status_code in (400, 409, 503), r.text
+    assert "not ready" in r.text
+
+    ctrl.nodes["node-n1"] = answering
+    await ctrl.cluster.heartbeat_once()
+    assert (await _node(api))["state"] == "ready"
+    assert ctrl.cluster.reachable("node-n1")
+
+
+async def test_cordon_label_and_remove_a_node(api: httpx.AsyncClient, ctrl: Controller) -> None:
+    assert (await api.post("/v1/nodes/n1/cordon")).json()["state"] == "cordoned"
+    r = await api.post("/v1/instances", json={"image": "tiny"})
+    assert "cordoned" in r.text and "uncordon" in r.text
+    assert (await api.post("/v1/nodes/node-n1/uncordon")).json()["state"] == "ready"
+    r = await api.patch("/v1/nodes/n1", json={"labels": {"disk": "ssd", "gpu": "no"}})
+    assert r.json()["labels"] == {"disk": "ssd", "gpu": "no"}
+    r = await api.patch("/v1/nodes/n1", json={"remove_labels": ["gpu"]})
+    assert r.json()["labels"] == {"disk": "ssd"}
+
+    r = await api.post("/v1/instances", json={"image": "tiny", "name": "web", "memory": "128M"})
+    assert r.status_code == 202, r.text
+    iid = r.json()["instance"]["id"]
+    shown = await _node(api)
+    assert shown["instance_ids"] == [iid] and shown["instances"] == 1
+    assert int(str(shown["memory_claimed"])) > 0
+
+    r = await api.delete("/v1/nodes/n1")
+    assert r.status_code == 409
+    msg = r.json()["error"]["message"]
+    assert "1 instance" in msg and "web" in msg and "--force" in msg
+    r = await api.delete("/v1/nodes/n1", params={"force": "true"})
+    assert r.status_code == 204, r.text
+    assert [n["name"] for n in (await api.get("/v1/nodes")).json()] == []
+    assert (await api.get(f"/v1/instances/{iid}")).json()["state"] == "terminated"
+    assert (await api.get("/v1/nodes/nope")).status_code == 404
