@@ -18,6 +18,7 @@ from corral.controller.claims import LEASE, Claims, owner_name
 from corral.controller.cluster import Cluster
 from corral.controller.elastic_ips import ElasticIps
 from corral.controller.image_publishing import ImagePublishing
+from corral.controller.image_push import ImagePush
 from corral.controller.images import Images
 from corral.controller.instances import Instances
 from corral.controller.keypairs import KeyPairs
@@ -79,6 +80,7 @@ class Controller:
         self.reconciler = Reconciler(self)
         # joined nodes (corral node join): certificates, tokens, connections kept here
         self.cluster = Cluster(self)
+        self.image_push = ImagePush(self)  # images to nodes on first use
         self.remotes: dict[str, RemoteNode] = {}
         self.admin: Caller | None = None
         self._tasks: list[asyncio.Task[None]] = []

@@ -22,6 +22,7 @@ from corral.errors import EnvironmentProblem, Invalid, NotFound, WrongState
 from corral.fsutil import atomic_write, pid_alive, proc_cmdline
 from corral.images.manifest import Manifest
 from corral.images.store import ImageStore
+from corral.node import image_pull
 from corral.node.driver import cgroups, confine, jail, probe, qemu
 from corral.node.driver.machine import Machine, find_pid, read_exit
 from corral.node.driver.qmp import own_socket
@@ -220,6 +221,18 @@ class NodeAgent(VolumeAgent):
             if m.kind == "busybox" and m.kernel and m.initrd:
                 return self.images.kernel_path(m), self.images.initrd_path(m)
         return None, None
+
+    # -- images pulled on first use (corral.node.image_pull) ---------------------------------
+    async def image_missing(self, manifests: list[str], blobs: list[str]) -> list[str]:
+        return image_pull.missing(self.images, manifests, blobs)
+
+    async def image_blob_put(
+        self, sha256: str
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await image_pull.receive_blob(self.images, sha256)
+
+    async def image_manifest_put(self, digest: str, manifest: str) -> None:
+        await asyncio.to_thread(image_pull.put_manifest, self.images, digest, manifest)
 
     async def heartbeat(self) -> str:
         """Answered at once: the controller's heartbeat (it records the time, not the node)."""

@@ -11,6 +11,7 @@ import time
 
 from corral.errors import CorralError, NotFound, WrongState
 from corral.images.store import ImageStore
+from corral.node import image_pull
 from corral.node.events import EventLog
 from corral.node.spec import (
     GUEST_HOLDS_DISK,
@@ -62,6 +63,23 @@ class FakeNode:
         self._servers: set[asyncio.Task[None]] = set()  # pretend servers behind port_connect
         self._pids = itertools.count(10000)
         self.event_log = EventLog(None, name)
+
+    # -- images: with a store, as the agent (corral.node.image_pull); without, it has all -----
+    async def image_missing(self, manifests: list[str], blobs: list[str]) -> list[str]:
+        self.calls.append(("image_missing", ",".join(manifests)))
+        return [] if self.images is None else image_pull.missing(self.images, manifests, blobs)
+
+    async def image_blob_put(
+        self, sha256: str
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.images is None:
+            raise WrongState("this fake node keeps no images", resource="image")
+        self.calls.append(("image_blob_put", sha256))
+        return await image_pull.receive_blob(self.images, sha256)
+
+    async def image_manifest_put(self, digest: str, manifest: str) -> None:
+        if self.images is not None:
+            image_pull.put_manifest(self.images, digest, manifest)
 
     async def heartbeat(self) -> str:
         return self.name

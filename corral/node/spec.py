@@ -304,6 +304,20 @@ class ImageRequest(BaseModel):
     digest: str
 
 
+class ImageMissingRequest(BaseModel):
+    manifests: list[str] = Field(default_factory=list)  # manifest digests
+    blobs: list[str] = Field(default_factory=list)  # sha256 of parts
+
+
+class ImageBlobRequest(BaseModel):
+    sha256: str
+
+
+class ImageManifestRequest(BaseModel):
+    digest: str
+    manifest: str  # the manifest's canonical JSON
+
+
 class HealthCheckRequest(BaseModel):
     address: str
     check: HealthCheck

@@ -93,6 +93,10 @@ CALLS: dict[str, Call] = {
         Call("snapshot_delete", s.SnapshotRequest, None),
         Call("image_capture", s.ImageCaptureRequest, str, T.LONG),
         Call("image_delete", s.ImageRequest, None),
+        # an image pulled to the node on first use (corral.node.image_pull)
+        Call("image_missing", s.ImageMissingRequest, list[str], T.FAST),
+        Call("image_blob_put", s.ImageBlobRequest, None, T.STREAM),
+        Call("image_manifest_put", s.ImageManifestRequest, None),
         Call("health_check", s.HealthCheckRequest, str, T.FAST),
         Call("instance_relink", s.InstanceRelinkRequest, bool, budget="down"),
         Call("address_moved", s.AddressMovedRequest, None),
