@@ -154,6 +154,7 @@ class Agent:
     host: Host
     base: Path  # removed at teardown; the state directory is base/state
     proc: subprocess.Popen[bytes] | None = None
+    token: str = ""  # the token it joined with (spent)
 
     @property
     def name(self) -> str:
@@ -181,6 +182,7 @@ class Agent:
 
     def join(self, url: str, token: str, *extra: str) -> None:
         """`corral node join` (it goes on running as the agent)."""
+        self.token = token
         self._spawn(["node", "join", url, "--token", token, "--listen", self.address,
                      "--name", self.name, "--accel", "tcg", *extra])  # fmt: skip
 
@@ -224,6 +226,7 @@ class Cluster:
     lan: Lan
     db_url: str
     base: Path
+    settings: dict[str, Any] = field(default_factory=dict)  # the controller's corral.toml
     agents: dict[str, Agent] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -268,6 +271,10 @@ class Cluster:
     def start(self, timeout: float = 120) -> None:
         """`corral up --no-local-node` on PostgreSQL, serving HTTPS on the LAN."""
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.settings:
+            (self.state_dir / "corral.toml").write_text(
+                "".join(f"{k} = {json.dumps(v)}\n" for k, v in self.settings.items())
+            )
         with open(self.base / "controller.log", "ab") as log:
             self.proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.lan.outside, PYTHON, "-m", "corral", "up",
@@ -318,7 +325,10 @@ class Cluster:
 
     def teardown(self) -> None:
         for agent in self.agents.values():
-            agent.teardown()
+            try:
+                agent.teardown()
+            except Exception as err:  # the others and the controller still go
+                print(f"teardown of {agent.name}: {err!r}", file=sys.stderr)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -330,7 +340,9 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def cluster(db_url: str, nodes: int = 3, join: bool = True) -> Iterator[Cluster]:
+def cluster(
+    db_url: str, nodes: int = 3, join: bool = True, settings: dict[str, Any] | None = None
+) -> Iterator[Cluster]:
     """A Corral cluster on this machine, torn down on exit (also when the body or the set-up
     fails): ``lan(nodes)`` (host namespaces host1.. at 192.0.2.11.., the outside namespace at
     192.0.2.254); the controller (`corral up --no-local-node --db db_url`) in the outside
@@ -351,12 +363,17 @@ def cluster(db_url: str, nodes: int = 3, join: bool = True) -> Iterator[Cluster]
     controller and ``c.start()`` starts it again on the same state and database."""
     with lan(nodes) as net:
         base = Path(tempfile.mkdtemp(prefix="corral-cluster-", dir="/var/tmp"))
-        c = Cluster(net, db_url, base)
+        c = Cluster(net, db_url, base, dict(settings or {}))
         try:
             c.start()
             if join:
                 for host in net.hosts:
                     c.join(host)
             yield c
+        except BaseException:
+            print(f"controller log:\n{c.log_tail(60)}", file=sys.stderr)
+            for agent in c.agents.values():
+                print(f"agent {agent.name} log:\n{agent.log_tail(30)}", file=sys.stderr)
+            raise
         finally:
             c.teardown()
