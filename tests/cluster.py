@@ -213,7 +213,7 @@ class Agent:
                 self.proc.wait(10)
         if self.state_dir.exists():
             Daemon(
-                state_dir=self.state_dir, port=0, subnet=next_subnet(), home=self.base
+                state_dir=self.state_dir, port=1, subnet=next_subnet(), home=self.base
             ).teardown()
         shutil.rmtree(self.base, ignore_errors=True)
 
