@@ -120,6 +120,7 @@ class Daemon:
         try:
             await asyncio.to_thread(store.migrate)
             ctrl = Controller(st, store, ImageStore(st.images_dir))
+            ctrl.cluster.connector = connect_node  # joined nodes: https:// with mutual TLS
             if agent is not None:
                 await agent.start()
                 node, remote = connect_node(agent.url)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +27,25 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from corral.errors import Invalid
+from corral.errors import Invalid, Unauthorized
 from corral.fsutil import atomic_write
 
 CA_DAYS = 3650
 CERT_DAYS = 825
 CONTROLLER_CN = "corral-controller"
+TOKEN_PREFIX = "K1"
+
+
+def split_token(token: str) -> tuple[str, str]:
+    """(secret, CA fingerprint) of a join token ``K1.<secret>.<sha256 of the CA certificate>``,
+    or Unauthorized naming the fix."""
+    parts = token.strip().split(".")
+    if len(parts) != 3 or parts[0] != TOKEN_PREFIX or not re.fullmatch(r"[0-9a-f]{64}", parts[2]):
+        raise Unauthorized(
+            "join token refused: it is not a Corral join token (K1.<secret>.<fingerprint>); "
+            "copy it whole from `corral node token` on the controller"
+        )
+    return parts[1], parts[2]
 
 
 def _now() -> dt.datetime:

@@ -163,12 +163,11 @@ def join(
     """Join this host to a cluster and run its node agent (in the foreground; run it again as
     `corral agent` after a restart)."""
     from corral import agentd
-    from corral.controller.cluster import split_token
 
     o = opts(ctx)
     try:
         settings = config.load(o.state_dir, accel=accel)
-        _, fp = split_token(token_)
+        _, fp = pki.split_token(token_)
     except CorralError as err:
         raise fail(err.message) from err
     node_name = (name or settings.hostname).lower()

@@ -16,7 +16,8 @@ import logging
 import re
 import secrets
 import ssl
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 from sqlalchemy import func, select, type_coerce, update
@@ -24,14 +25,27 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import pki
 from corral.errors import Invalid, NotFound, Unauthorized, WrongState
+from corral.pki import TOKEN_PREFIX, split_token
 from corral.store.models import Instance, JoinToken, Node, UTCDateTime, utcnow
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
+    from corral.node.client import NodeClient
+
+
+class Remote(Protocol):
+    """The closing side of a node client (``corral.node.remote.RemoteNode``)."""
+
+    retry_window: float
+
+    async def aclose(self) -> None: ...
+
+
+Connector = Callable[[str, float, ssl.SSLContext], tuple["NodeClient", Remote]]
+RETRY = 30.0  # seconds a connected node's calls keep trying a node that refuses connections
 
 log = logging.getLogger(__name__)
 
-TOKEN_PREFIX = "K1"
 DEFAULT_TTL = 3600.0
 MAX_TTL = 7 * 86400.0
 CONNECT_EVERY = 2.0  # seconds between attempts to reach a joined node that is not connected
@@ -54,17 +68,6 @@ def parse_ttl(value: str | float) -> float:
     if not 0 < seconds <= MAX_TTL:
         raise Invalid(f"ttl {value!r}: between 1 s and 7 days", field="ttl")
     return seconds
-
-
-def split_token(token: str) -> tuple[str, str]:
-    """(secret, CA fingerprint) of a token, or Invalid naming the fix."""
-    parts = token.strip().split(".")
-    if len(parts) != 3 or parts[0] != TOKEN_PREFIX or not re.fullmatch(r"[0-9a-f]{64}", parts[2]):
-        raise Unauthorized(
-            "join token refused: it is not a Corral join token (K1.<secret>.<fingerprint>); "
-            "copy it whole from `corral node token` on the controller"
-        )
-    return parts[1], parts[2]
 
 
 def _hash(secret: str) -> str:
@@ -113,6 +116,9 @@ class Cluster:
         self._client_ssl: ssl.SSLContext | None = None
         self._connecting: set[str] = set()
         self.unreachable: set[str] = set()  # node ids silent longer than node_timeout
+        # how to reach a node at an https:// address: ``corral.node.remote.connect_node``,
+        # given by whoever runs the controller (the controller knows nodes only by their wire)
+        self.connector: Connector | None = None
 
     def reachable(self, node_id: str) -> bool:
         return node_id not in self.unreachable
@@ -228,16 +234,16 @@ class Cluster:
                 self._connecting.discard(row.id)
 
     async def _connect(self, node_id: str, name: str, address: str, zone: str) -> None:
-        from corral.node.remote import RETRY_WINDOW, connect_node
-
+        if self.connector is None:
+            raise WrongState(f"node {name} at {address}: this controller cannot reach nodes")
         # a node that is away fails this first call at once; once connected, calls retry
-        client, remote = connect_node(address, retry_window=0.0, ssl_context=self.client_ssl())
+        client, remote = self.connector(address, 0.0, self.client_ssl())
         try:
             info = await client.info()
         except BaseException:
             await remote.aclose()
             raise
-        remote.retry_window = RETRY_WINDOW
+        remote.retry_window = RETRY
         old = self.ctrl.remotes.pop(node_id, None)
         if old is not None:
             await old.aclose()

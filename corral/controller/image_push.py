@@ -11,7 +11,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from corral.errors import EnvironmentProblem
-from corral.node.image_pull import OK
+from corral.node.spec import IMAGE_PART_KEPT as OK
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select, update
 
@@ -15,7 +14,7 @@ from corral.controller import placement_claims
 from corral.controller.accounts import Accounts, Caller
 from corral.controller.appliances import Appliances
 from corral.controller.claims import LEASE, Claims, owner_name
-from corral.controller.cluster import Cluster
+from corral.controller.cluster import Cluster, Remote
 from corral.controller.elastic_ips import ElasticIps
 from corral.controller.image_publishing import ImagePublishing
 from corral.controller.image_push import ImagePush
@@ -38,9 +37,6 @@ from corral.node.client import NodeClient
 from corral.node.spec import Event, ExitInfo
 from corral.store import Store
 from corral.store.models import Instance, Node, Tag, utcnow
-
-if TYPE_CHECKING:
-    from corral.node.remote import RemoteNode
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +77,7 @@ class Controller:
         # joined nodes (corral node join): certificates, tokens, connections kept here
         self.cluster = Cluster(self)
         self.image_push = ImagePush(self)  # images to nodes on first use
-        self.remotes: dict[str, RemoteNode] = {}
+        self.remotes: dict[str, Remote] = {}
         self.admin: Caller | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False

@@ -15,11 +15,12 @@ import socket
 from corral.errors import CorralError, Invalid
 from corral.images.manifest import Manifest
 from corral.images.store import ImageStore
+from corral.node.spec import IMAGE_PART_KEPT
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
-OK = b"ok "
+OK = IMAGE_PART_KEPT
 
 
 def missing(store: ImageStore, manifests: list[str], blobs: list[str]) -> list[str]:

@@ -313,6 +313,9 @@ class ImageBlobRequest(BaseModel):
     sha256: str
 
 
+IMAGE_PART_KEPT = b"ok "  # image_blob_put's answer, then the sha256 (else "error: …")
+
+
 class ImageManifestRequest(BaseModel):
     digest: str
     manifest: str  # the manifest's canonical JSON

@@ -180,6 +180,7 @@ async def test_the_wire_over_tcp_needs_the_controllers_certificate(
                 with pytest.raises((httpx.HTTPError, ssl.SSLError)):
                     await http.get(f"{url}/v1/version")
         # and the controller connects to the joined node by itself (as after a restart)
+        ctrl.cluster.connector = connect_node
         await ctrl.cluster.connect_joined()
         assert "node-n2" in ctrl.nodes
         async with ctrl.store.read() as s:
