@@ -24,8 +24,6 @@ from corral.node.fake import FakeNode
 from corral.node.remote import connect_node
 from corral.store.models import JoinToken, Node, utcnow
 
-pytestmark = pytest.mark.asyncio
-
 
 async def _token(api: httpx.AsyncClient, ttl: str = "1h") -> str:
     r = await api.post("/v1/nodes/tokens", json={"ttl": ttl})
@@ -261,3 +259,32 @@ async def test_cordon_label_and_remove_a_node(api: httpx.AsyncClient, ctrl: Cont
     assert [n["name"] for n in (await api.get("/v1/nodes")).json()] == []
     assert (await api.get(f"/v1/instances/{iid}")).json()["state"] == "terminated"
     assert (await api.get("/v1/nodes/nope")).status_code == 404
+
+
+def test_the_api_beyond_loopback_is_https_only(tmp_path: Path) -> None:
+    from corral import config
+
+    assert config.load(tmp_path, api_host="127.0.0.1").api_url.startswith("http://")
+    assert config.load(tmp_path, api_host="localhost").api_url.startswith("http://")
+    beyond = config.load(tmp_path, api_host="192.0.2.254")
+    assert beyond.api_tls and beyond.api_url == "https://192.0.2.254:8773"
+    assert beyond.ca_bundle == tmp_path / "pki" / "ca.crt"
+
+
+def test_the_api_certificate_names_its_address_and_is_for_servers(tmp_path: Path) -> None:
+    ca = pki.CertificateAuthority.load_or_create(tmp_path / "pki")
+    key, cert = ca.own("api", "corral-api", ["192.0.2.254", "ctl"], "server")
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert oct((tmp_path / "pki" / "ca.key").stat().st_mode & 0o777) == "0o600"
+    c = x509.load_pem_x509_certificate(cert.read_bytes())
+    c.verify_directly_issued_by(ca.cert)
+    sans = c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(i) for i in sans.get_values_for_type(x509.IPAddress)} == {"192.0.2.254"}
+    # kept while the names are the same; made again when they change
+    assert ca.own("api", "corral-api", ["192.0.2.254", "ctl"], "server")[1].read_bytes() == (
+        cert.read_bytes()
+    )
+    again = pki.CertificateAuthority.load_or_create(tmp_path / "pki")
+    assert again.fingerprint == ca.fingerprint
+    other = ca.own("api", "corral-api", ["192.0.2.253"], "server")[1].read_bytes()
+    assert other != pki.cert_pem(c)

@@ -11,8 +11,6 @@ from corral.controller.service import Controller
 from corral.images.store import ImageStore
 from corral.node.fake import FakeNode
 
-pytestmark = pytest.mark.asyncio
-
 
 @pytest.fixture
 def node(tmp_path: Path) -> FakeNode:
