@@ -116,6 +116,8 @@ class Cluster:
         self._client_ssl: ssl.SSLContext | None = None
         self._connecting: set[str] = set()
         self.unreachable: set[str] = set()  # node ids silent longer than node_timeout
+        self.boots: dict[str, str] = {}  # node id -> its agent's last heartbeat answer
+        self._renewing: set[asyncio.Task[None]] = set()
         # how to reach a node at an https:// address: ``corral.node.remote.connect_node``,
         # given by whoever runs the controller (the controller knows nodes only by their wire)
         self.connector: Connector | None = None
@@ -266,12 +268,37 @@ class Cluster:
         if client is None:
             return False
         try:
-            await asyncio.wait_for(client.heartbeat(), PING_TIMEOUT)
-            return True
+            answer = await asyncio.wait_for(client.heartbeat(), PING_TIMEOUT)
         except asyncio.CancelledError:
             raise
         except Exception:
             return False
+        before = self.boots.get(node_id)
+        self.boots[node_id] = answer
+        if before is not None and before != answer:
+            log.info("node %s: its agent restarted; pushing its networks again", node_id)
+            self._renew(node_id)
+        return True
+
+    def _renew(self, node_id: str) -> None:
+        task = asyncio.create_task(self._push_networks(node_id), name=f"renew-{node_id}")
+        self._renewing.add(task)
+        task.add_done_callback(self._renewing.discard)
+
+    async def _push_networks(self, node_id: str) -> None:
+        """An agent that restarted or came back gets its networks' desired state again (it
+        keeps the VMs; what it rebuilt at start may lack the latest hosts or policy), then a
+        full reconcile re-adopts what runs there."""
+        from corral.store.models import Network
+
+        try:
+            async with self.ctrl.store.read() as s:
+                nets = list(await s.scalars(select(Network.id).where(Network.node_id == node_id)))
+            for net_id in nets:
+                await self.ctrl.networks.ensure_on_node(net_id)
+        except Exception:
+            log.exception("node %s: pushing its networks again failed", node_id)
+        self.ctrl.reconciler.poke()
 
     async def heartbeat_once(self) -> None:
         """Ping every connected node; record who answered with the database's clock; a node
@@ -317,8 +344,7 @@ class Cluster:
         for node_id in back:
             self.unreachable.discard(node_id)
             log.info("node %s answers again: re-adopting what runs there", node_id)
-        if back:
-            self.ctrl.reconciler.poke()
+            self._renew(node_id)
 
     async def heartbeats(self) -> None:
         while True:

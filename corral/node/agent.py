@@ -102,6 +102,7 @@ def check_host(settings: Settings) -> None:
 class NodeAgent(VolumeAgent):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.boot = os.urandom(4).hex()  # a new one each start: the controller sees restarts
         self.event_log = EventLog(settings.state_dir / "events.jsonl", settings.hostname)
         qemu.configure(settings.qemu)
         self.images = ImageStore(settings.images_dir)
@@ -235,8 +236,9 @@ class NodeAgent(VolumeAgent):
         await asyncio.to_thread(image_pull.put_manifest, self.images, digest, manifest)
 
     async def heartbeat(self) -> str:
-        """Answered at once: the controller's heartbeat (it records the time, not the node)."""
-        return self.settings.hostname
+        """Answered at once: the controller's heartbeat (it records the time, not the node):
+        the node's name and this agent's start (a restart changes it)."""
+        return f"{self.settings.hostname} {self.boot}"
 
     async def info(self) -> NodeInfo:
         accel = self.accel_now()  # never waits for the probe: info answers requests

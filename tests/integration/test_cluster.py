@@ -11,6 +11,7 @@ agent: the node turns unreachable, its VM runs on, and is re-adopted when the ag
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -84,13 +85,24 @@ def test_nodes_report_capacity_and_take_labels_and_cordons(three: Cluster) -> No
 
 def _ssh_banner(c: Cluster, name: str) -> str:
     """What the guest's port 22 says first, through `corral tunnel` (ssh's ProxyCommand)."""
-    return str(
-        wait_for(
-            lambda: c.cli("tunnel", name, "22", input="", timeout=60).out,
-            120,
-            what=f"{name}'s SSH banner through the API",
-        )
-    )
+
+    def banner() -> str:
+        p = subprocess.run(
+            ["ip", "netns", "exec", c.lan.outside, sys.executable, "-m", "corral", "tunnel",
+             name, "22"],
+            input=b"", capture_output=True, env=c.env(), timeout=60,
+        )  # fmt: skip
+        seen.append(p.stderr.decode(errors="replace")[-300:])
+        return p.stdout.split(b"\r\n", 1)[0].decode(errors="replace")
+
+    seen: list[str] = []
+    try:
+        return str(wait_for(banner, 120, what=f"{name}'s SSH banner through the API"))
+    except AssertionError as err:
+        agents = "\n".join(f"{a.name}: {a.log_tail(15)}" for a in c.agents.values())
+        raise AssertionError(
+            f"{err}; tunnel said {seen[-1:]}\n{c.log_tail(20)}\n{agents}"
+        ) from None
 
 
 def _show(c: Cluster, name: str) -> dict[str, object]:

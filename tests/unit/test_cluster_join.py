@@ -288,3 +288,22 @@ def test_the_api_certificate_names_its_address_and_is_for_servers(tmp_path: Path
     assert again.fingerprint == ca.fingerprint
     other = ca.own("api", "corral-api", ["192.0.2.253"], "server")[1].read_bytes()
     assert other != pki.cert_pem(c)
+
+
+async def test_an_agent_that_restarted_gets_its_networks_again(
+    ctrl: Controller, node: FakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await ctrl.cluster.heartbeat_once()
+    assert ctrl.cluster.boots["node-n1"]
+    node.hosts.clear()  # what a restarted agent may have lost
+
+    async def restarted() -> str:
+        return "n1 another-start"
+
+    monkeypatch.setattr(node, "heartbeat", restarted)
+    await ctrl.cluster.heartbeat_once()
+    for _ in range(100):
+        if node.hosts:
+            break
+        await asyncio.sleep(0.05)
+    assert node.hosts, "the networks were not pushed again after the agent restarted"
