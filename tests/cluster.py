@@ -175,7 +175,10 @@ class Agent:
     def _spawn(self, argv: list[str]) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.host.netns, PYTHON, "-m", "corral",
+                # nsenter switches only the network namespace: the namespaces the agent names
+                # (`ip netns add`) must outlive it, which they do not from inside `ip netns
+                # exec`'s private mount namespace
+                ["nsenter", f"--net=/run/netns/{self.host.netns}", PYTHON, "-m", "corral",
                  "--state-dir", str(self.state_dir), *argv],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
@@ -191,7 +194,7 @@ class Agent:
         self._spawn(["agent", "--accel", "tcg"])
 
     def kill9(self) -> None:
-        """SIGKILL the agent (``ip netns exec`` execs it: the pid is the agent's)."""
+        """SIGKILL the agent (nsenter execs it: the pid is the agent's)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(30)
