@@ -80,6 +80,7 @@ class Controller:
         self.remotes: dict[str, Remote] = {}
         self.admin: Caller | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._followers: dict[str, asyncio.Task[None]] = {}  # node id -> its event follower
         self._closing = False
 
     def node(self, node_id: str | None) -> NodeClient:
@@ -121,9 +122,12 @@ class Controller:
             self._tasks.append(
                 asyncio.create_task(self._accel_settled(row.id, client), name="accel-settled")
             )
-        self._tasks.append(
-            asyncio.create_task(self._follow_events(row.id, client), name=f"events-{row.id}")
-        )
+        follower = asyncio.create_task(self._follow_events(row.id, client), name=f"events-{row.id}")
+        old = self._followers.pop(row.id, None)
+        if old is not None:  # the node connected again (a new client): follow with that one
+            old.cancel()
+        self._followers[row.id] = follower
+        self._tasks.append(follower)
         return row.id
 
     async def _accel_settled(self, node_id: str, client: NodeClient, every: float = 1.0) -> None:

@@ -307,3 +307,20 @@ async def test_an_agent_that_restarted_gets_its_networks_again(
             break
         await asyncio.sleep(0.05)
     assert node.hosts, "the networks were not pushed again after the agent restarted"
+
+
+async def test_a_node_connected_again_is_followed_with_its_new_client(
+    ctrl: Controller, node: FakeNode, tmp_path: Path
+) -> None:
+    from tests.unit.helpers import node_server
+
+    first = ctrl._followers["node-n1"]
+    async with node_server(node) as url:
+        client, remote = connect_node(url)
+        try:
+            await ctrl.add_node(client, "n1")
+            await asyncio.sleep(0.1)
+            assert first.done(), "the old client's event follower still runs"
+            assert not ctrl._followers["node-n1"].done()
+        finally:
+            await remote.aclose()
