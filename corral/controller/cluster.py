@@ -314,8 +314,11 @@ class Cluster:
         async with self.ctrl.store.write() as s:
             now = await db_now(s, self.ctrl.store.dialect)
             if alive:
-                await s.execute(
-                    update(Node).where(Node.id.in_(alive)).values(last_seen=now, state=UP)
+                await s.execute(update(Node).where(Node.id.in_(alive)).values(last_seen=now))
+                await s.execute(  # back from unreachable; other states are not the heartbeat's
+                    update(Node)
+                    .where(Node.id.in_(alive), Node.state == UNREACHABLE)
+                    .values(state=UP)
                 )
             rows = list(
                 await s.scalars(select(Node).where(Node.address != "", Node.state != REMOVED))

@@ -66,7 +66,6 @@ class FakeNode:
 
     # -- images: with a store, as the agent (corral.node.image_pull); without, it has all -----
     async def image_missing(self, manifests: list[str], blobs: list[str]) -> list[str]:
-        self.calls.append(("image_missing", ",".join(manifests)))
         return [] if self.images is None else image_pull.missing(self.images, manifests, blobs)
 
     async def image_blob_put(
@@ -74,7 +73,6 @@ class FakeNode:
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self.images is None:
             raise WrongState("this fake node keeps no images", resource="image")
-        self.calls.append(("image_blob_put", sha256))
         return await image_pull.receive_blob(self.images, sha256)
 
     async def image_manifest_put(self, digest: str, manifest: str) -> None:
