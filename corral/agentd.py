@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
+import json
 import logging
 import os
 import signal
+import ssl
+from pathlib import Path
+from typing import Any
 
 from corral.config import Settings
 from corral.errors import EnvironmentProblem
@@ -21,8 +26,52 @@ log = logging.getLogger("corral.agent")
 
 
 def default_listen(settings: Settings) -> str:
-    """The agent's socket in all-in-one mode: beside its instances' runtime files."""
+    """The agent's socket in all-in-one mode: beside its instances' runtime files; a node that
+    joined a cluster: the address it joined with."""
+    joined = joined_state(settings.state_dir)
+    if joined is not None:
+        return str(joined["address"])
     return f"unix:/run/corral/{settings.namespace}/agent.sock"
+
+
+# -- a node that joined a cluster (`corral node join`) ----------------------------------------
+def node_file(state_dir: Path) -> Path:
+    return state_dir / "node.json"
+
+
+def pki_dir(state_dir: Path) -> Path:
+    return state_dir / "pki"
+
+
+def joined_state(state_dir: Path) -> dict[str, Any] | None:
+    """What `corral node join` kept: controller, name, address, zone, labels; None if never."""
+    try:
+        data = json.loads(node_file(state_dir).read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as err:
+        raise EnvironmentProblem(
+            f"{node_file(state_dir)} is not valid JSON; join again with `corral node join`"
+        ) from err
+    return data if isinstance(data, dict) else None
+
+
+def tls_settings(state_dir: Path) -> dict[str, Any]:
+    """uvicorn's TLS for a joined agent: its own certificate, and client certificates required
+    from the cluster CA (issued for client use: the controller's, never another node's)."""
+    d = pki_dir(state_dir)
+    files = {
+        "ssl_keyfile": d / "node.key",
+        "ssl_certfile": d / "node.crt",
+        "ssl_ca_certs": d / "ca.crt",
+    }
+    missing = [str(p) for p in files.values() if not p.exists()]
+    if missing:
+        raise EnvironmentProblem(
+            f"this node has no cluster certificate ({', '.join(missing)} missing); "
+            "join it with `corral node join URL --token T`"
+        )
+    return {k: str(v) for k, v in files.items()} | {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
 def _lock(settings: Settings) -> int:
@@ -44,8 +93,9 @@ async def run(settings: Settings, listen: str) -> None:
     agent = NodeAgent(settings)
     try:
         await agent.start()
+        tls = tls_settings(settings.state_dir) if listen.startswith("https://") else None
         sock = server.listen(listen)
-        srv = server.server(server.create_app(agent))
+        srv = server.server(server.create_app(agent), tls)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: setattr(srv, "should_exit", True))
@@ -61,5 +111,9 @@ def main(settings: Settings, listen: str | None, verbose: bool = False) -> None:
     from corral.daemon import setup_logging
 
     setup_logging(verbose)
+    joined = joined_state(settings.state_dir)
+    if joined is not None and not settings.node_name:
+        # the agent's own settings: the name it joined with
+        settings = dataclasses.replace(settings, node_name=str(joined["name"]))
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run(settings, listen or default_listen(settings)))

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,15 +50,26 @@ class Credentials:
     access_key_id: str
     secret_access_key: str
     source: str
+    ca_bundle: str | None = None  # the CA an https endpoint's certificate comes from
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.endpoint.startswith("https") or not self.ca_bundle:
+            return None
+        return ssl.create_default_context(cafile=self.ca_bundle)
 
 
 def find_credentials(state_dir: Path | None = None, endpoint: str | None = None) -> Credentials:
     """Environment, then ~/.config/corral/credentials, then <state-dir>/admin.credentials."""
     env_key, env_secret = os.environ.get("CORRAL_ACCESS_KEY"), os.environ.get("CORRAL_SECRET_KEY")
     env_endpoint = endpoint or os.environ.get("CORRAL_ENDPOINT")
+    env_ca = os.environ.get("CORRAL_CA_BUNDLE") or None
     if env_key and env_secret:
         return Credentials(
-            env_endpoint or f"http://127.0.0.1:{DEFAULT_PORT}", env_key, env_secret, "environment"
+            env_endpoint or f"http://127.0.0.1:{DEFAULT_PORT}",
+            env_key,
+            env_secret,
+            "environment",
+            env_ca,
         )
     sd = state_dir or Path(os.environ.get("CORRAL_STATE_DIR") or DEFAULT_STATE_DIR)
     candidates = [sd / "admin.credentials"]
@@ -80,6 +92,7 @@ def find_credentials(state_dir: Path | None = None, endpoint: str | None = None)
             data["access_key_id"],
             data["secret_access_key"],
             str(path),
+            env_ca or data.get("ca_bundle"),
         )
     raise EnvironmentProblem(
         f"no Corral credentials found (looked in {', '.join(map(str, candidates))}); "
@@ -90,8 +103,10 @@ def find_credentials(state_dir: Path | None = None, endpoint: str | None = None)
 class Client:
     def __init__(self, creds: Credentials, timeout: float = 60.0) -> None:
         self.creds = creds
+        self.ssl = creds.ssl_context()
         self.http = httpx.Client(
             base_url=creds.endpoint,
+            verify=self.ssl if self.ssl is not None else True,
             timeout=timeout,
             headers={"Authorization": f"Bearer {creds.access_key_id}:{creds.secret_access_key}"},
         )
@@ -134,6 +149,26 @@ class Client:
             json={"stop_instances": stop_instances, "timeout": timeout},
             timeout=(timeout or 60) + 120,
         )
+
+    def node_token(self, ttl: str = "1h") -> models.NodeToken:
+        body = models.NodeTokenCreate(ttl=ttl).model_dump()
+        return models.NodeToken.model_validate(self._call("POST", "/v1/nodes/tokens", json=body))
+
+    def node_show(self, ref: str) -> models.Node:
+        return models.Node.model_validate(self._call("GET", f"/v1/nodes/{ref}"))
+
+    def node_update(
+        self, ref: str, labels: dict[str, str], remove: list[str] | None = None
+    ) -> models.Node:
+        body = models.NodeUpdate(labels=labels, remove_labels=remove or []).model_dump()
+        return models.Node.model_validate(self._call("PATCH", f"/v1/nodes/{ref}", json=body))
+
+    def node_cordon(self, ref: str, cordon: bool = True) -> models.Node:
+        action = "cordon" if cordon else "uncordon"
+        return models.Node.model_validate(self._call("POST", f"/v1/nodes/{ref}/{action}"))
+
+    def node_remove(self, ref: str, force: bool = False) -> None:
+        self._call("DELETE", f"/v1/nodes/{ref}", params={"force": str(force).lower()})
 
     def node_list(self) -> list[models.Node]:
         return [models.Node.model_validate(x) for x in self._call("GET", "/v1/nodes")]
@@ -231,6 +266,7 @@ class Client:
                 additional_headers={"Authorization": self.auth_header()},
                 open_timeout=timeout,
                 max_size=None,
+                ssl=self.ssl if url.startswith("wss") else None,
                 legacy=True,  # the connection itself; this generator closes it
             )
         except InvalidStatus as err:

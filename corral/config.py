@@ -72,6 +72,9 @@ class Settings:
     quota_security_groups: int = 100
     prices_file: str = ""  # empty: <state_dir>/prices.toml (docs/billing.md)
     cpu_credit_max_hours: float = 24.0  # a burstable instance banks this many hours of baseline
+    # clusters (docs/operator-guide.md, "A cluster of nodes")
+    local_node: bool = True  # `corral up` runs a node agent of its own (off: a controller only)
+    node_timeout: float = 30.0  # seconds without a heartbeat before a node is unreachable
     extra: dict[str, Any] = field(default_factory=dict)
 
     # -- derived paths ---------------------------------------------------------------------
@@ -109,8 +112,24 @@ class Settings:
         return self.state_dir / "corral.log"
 
     @property
+    def api_tls(self) -> bool:
+        """The API serves HTTPS (certificate from the cluster CA) when it listens beyond
+        loopback: it carries secrets."""
+        if self.api_host == "localhost":
+            return False
+        try:
+            return not ipaddress.ip_address(self.api_host).is_loopback
+        except ValueError:
+            return True
+
+    @property
+    def ca_bundle(self) -> Path:
+        """The cluster CA's certificate: what the CLI and agents verify the API with."""
+        return self.state_dir / "pki" / "ca.crt"
+
+    @property
     def api_url(self) -> str:
-        return f"http://{self.api_host}:{self.api_port}"
+        return f"{'https' if self.api_tls else 'http'}://{self.api_host}:{self.api_port}"
 
     @property
     def availability_zone(self) -> str:
@@ -278,6 +297,12 @@ def _coerce(name: str, value: Any) -> Any:
             return int(value)
         if kind in ("float", float):
             return float(value)
+        if kind in ("bool", bool):
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return str(value).lower() in ("1", "true", "yes", "on")
+            raise ValueError(value)
     except (TypeError, ValueError) as err:
         raise Invalid(f"setting {name}={value!r} is not a {kind}", field=name) from err
     return str(value)

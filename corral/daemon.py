@@ -112,15 +112,19 @@ class Daemon:
         api_sock = self._bind_api()
         atomic_write(st.pidfile, f"{os.getpid()}\n")
         store = Store(st.database_url)
-        agent = AgentProcess(st)
+        # a controller of a cluster may run no node of its own (`corral up --no-local-node`)
+        agent = AgentProcess(st) if st.local_node else None
         remote: RemoteNode | None = None
+        node: NodeClient | None = None
         ctrl: Controller | None = None
         try:
             await asyncio.to_thread(store.migrate)
-            await agent.start()
-            node, remote = connect_node(agent.url)
             ctrl = Controller(st, store, ImageStore(st.images_dir))
-            await ctrl.add_node(node, st.hostname)
+            ctrl.cluster.connector = connect_node  # joined nodes: https:// with mutual TLS
+            if agent is not None:
+                await agent.start()
+                node, remote = connect_node(agent.url)
+                await ctrl.add_node(node, st.hostname)
             await ctrl.start()
             # what start-up made lives as long as the process: keep it out of the collector's
             # full passes, which otherwise stall large API answers (a p99 of 150 ms, not 40)
@@ -128,7 +132,11 @@ class Daemon:
             gc.freeze()
             gc.set_threshold(*GC_THRESHOLDS)
             app = create_app(ApiContext(st, ctrl, shutdown=self.request_shutdown, version=VERSION))
-            tasks = [self._serve(app, [api_sock], "api")]
+            tls: tuple[Path, Path] | None = None
+            if st.api_tls:  # beyond loopback: HTTPS with a certificate from the cluster's CA
+                hosts = [st.api_host, st.hostname, "127.0.0.1", "localhost"]
+                tls = ctrl.cluster.ca.own("api", "corral-api", hosts, "server")
+            tasks = [self._serve(app, [api_sock], "api", tls)]
             key = _metadata_key(st.state_dir / "metadata.key")
             for network in await ctrl.networks.by_namespace(st.namespace):
                 sock = netns.listen_in(network.namespace, METADATA_ADDRESS, 80)
@@ -144,7 +152,7 @@ class Daemon:
                 st.api_url,
                 st.state_dir,
                 st.namespace,
-                (await node.info()).accel.accel,
+                (await node.info()).accel.accel if node is not None else "none (no local node)",
             )
             server_tasks = [asyncio.create_task(t) for t in tasks]
             stopper = asyncio.create_task(self.stop_event.wait())
@@ -174,15 +182,24 @@ class Daemon:
                     if self.stop_instances and not any(o.running for o in await seen.instances()):
                         await seen.teardown()  # nothing runs: leave the host clean
                 await remote.aclose()
-            await agent.stop()
+            if agent is not None:
+                await agent.stop()
             await store.close()
             st.pidfile.unlink(missing_ok=True)
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
 
-    async def _serve(self, app: Any, sockets: list[socket.socket], name: str) -> None:
+    async def _serve(
+        self,
+        app: Any,
+        sockets: list[socket.socket],
+        name: str,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         config = uvicorn.Config(
             app,
+            ssl_keyfile=str(tls[0]) if tls else None,
+            ssl_certfile=str(tls[1]) if tls else None,
             lifespan="off",
             log_level="warning",
             access_log=False,

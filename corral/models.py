@@ -296,6 +296,20 @@ class Node(BaseModel):
     zone: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
     cordoned: bool = False
+    # clusters: where the controller reaches it, and its capacity as placement counts it
+    address: str = ""
+    memory_claimed: int = 0
+    memory_free: int = 0
+    cores_claimed: float = 0.0
+    cores_free: float = 0.0
+    disk: int = 0
+    disk_claimed: int = 0
+    instance_ids: list[str] = Field(default_factory=list)
+
+
+class NodeUpdate(BaseModel):
+    labels: dict[str, str] = Field(default_factory=dict)  # set these
+    remove_labels: list[str] = Field(default_factory=list)
 
 
 class SystemInfo(BaseModel):
@@ -616,3 +630,30 @@ class InstanceCredits(BaseModel):
 class CreditModeSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
     mode: Literal["standard", "unlimited"]
+
+
+# -- cluster: joining nodes ----------------------------------------------------------------------
+class NodeTokenCreate(BaseModel):
+    ttl: str = "1h"  # seconds, or 15m, 1h, 2d (at most 7 days)
+
+
+class NodeToken(BaseModel):
+    token: str  # K1.<secret>.<sha256 of the CA certificate>; shown once, only its hash is kept
+    expires_at: dt.datetime
+    ca_fingerprint: str
+    api_url: str
+
+
+class NodeJoin(BaseModel):
+    token: str
+    certificate_request: str  # PEM CSR for the node's own key
+    name: str
+    address: str  # https://IP:PORT where the node's agent serves, reachable by the controller
+    zone: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class NodeJoined(BaseModel):
+    node_id: str
+    certificate: str  # PEM, for server use, naming the node's address
+    ca_certificate: str  # PEM: the CA the controller's client certificate comes from

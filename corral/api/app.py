@@ -17,6 +17,7 @@ from corral.api.rest import (
     addresses,
     appliances,
     catalog,
+    cluster,
     credits,
     errors,
     images,
@@ -61,6 +62,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(quotas.router)
     app.include_router(metering.router)
     app.include_router(credits.router)
+    app.include_router(cluster.router)
     app.include_router(ec2.router)  # the EC2 Query API at / (POST form or GET ?Action=)
     app.add_middleware(limits.BodyLimit, render=_render_refusal)
     app.add_middleware(metrics.RequestMetrics)  # /metrics: requests by route and status

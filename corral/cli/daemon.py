@@ -35,6 +35,11 @@ def up(
         None,
         help="database URL: postgresql://USER@HOST/DB for a cluster (default SQLite in the state dir)",
     ),
+    local_node: bool | None = typer.Option(
+        None,
+        "--local-node/--no-local-node",
+        help="run a node agent here too (default yes; no: a cluster's controller only)",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the all-in-one cloud: API, controller and node agent in one process."""
@@ -48,6 +53,7 @@ def up(
             domain=domain,
             accel=accel,
             db_url=db,
+            local_node=local_node,
         )
     except CorralError as err:
         raise fail(err.message) from err
@@ -77,6 +83,8 @@ def up(
     ):
         if value is not None:
             argv += [flag, str(value)]
+    if local_node is False:
+        argv.append("--no-local-node")
     if verbose:
         argv.append("-v")
     with open(settings.logfile, "ab") as log:
@@ -89,7 +97,11 @@ def up(
             tail = settings.logfile.read_text(errors="replace").strip().splitlines()[-5:]
             raise fail("Corral did not start:\n  " + "\n  ".join(tail))
         try:
-            if httpx.get(f"{settings.api_url}/v1/health", timeout=1).status_code == 200:
+            verify: str | bool = str(settings.ca_bundle) if settings.api_tls else True
+            if settings.api_tls and not settings.ca_bundle.exists():
+                raise httpx.ConnectError("no CA yet")
+            health = httpx.get(f"{settings.api_url}/v1/health", timeout=1, verify=verify)
+            if health.status_code == 200:
                 console.print(
                     f"Corral is up at {settings.api_url} (pid {proc.pid}); log: {settings.logfile}"
                 )

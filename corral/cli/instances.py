@@ -314,6 +314,8 @@ def ssh(
             "CORRAL_SECRET_KEY": c.creds.secret_access_key,
         }
     )
+    if c.creds.ca_bundle:  # an https API: the tunnel verifies it with the same CA
+        os.environ["CORRAL_CA_BUNDLE"] = c.creds.ca_bundle
     sys.stdout.flush()
     try:
         os.execvp("ssh", argv)

@@ -14,6 +14,7 @@ from corral.cli import (
     accounts,
     appliances,
     billing,
+    cluster,
     daemon,
     images,
     instances,
@@ -70,6 +71,7 @@ app.add_typer(volumes.app, name="volume")
 app.add_typer(keys.app, name="key")
 app.add_typer(placement.app, name="placement-group")
 app.add_typer(ops.app, name="op")
+cluster.register(ops.nodes)
 app.add_typer(ops.nodes, name="node")
 app.add_typer(accounts.app, name="account")
 app.add_typer(accounts.credentials, name="credentials")

@@ -6,7 +6,6 @@ import typer
 from rich.table import Table
 
 from corral.cli.common import console, opts, wait_op
-from corral.units import format_size
 
 app = typer.Typer(help="Operations: list, show, wait, cancel.", no_args_is_help=True)
 nodes = typer.Typer(help="Nodes (hypervisor hosts).", no_args_is_help=True)
@@ -54,26 +53,6 @@ def op_cancel(ctx: typer.Context, op_id: str) -> None:
     """Cancel a running operation."""
     op = opts(ctx).client().operation_cancel(op_id)
     console.print(f"{op.id}: {op.status}")
-
-
-@nodes.command("ls")
-def node_ls(ctx: typer.Context) -> None:
-    """Nodes, their accelerator and load."""
-    table = Table(box=None, header_style="bold")
-    for col in ("NAME", "ID", "STATE", "CPUS", "MEMORY", "ACCEL", "QEMU", "INSTANCES"):
-        table.add_column(col)
-    for n in opts(ctx).client().node_list():
-        table.add_row(
-            n.name,
-            n.id,
-            n.state,
-            str(n.cpus),
-            format_size(n.memory),
-            n.accel,
-            n.qemu_version,
-            str(n.instances),
-        )
-    console.print(table)
 
 
 @nodes.command("drain")

@@ -164,8 +164,11 @@ class Accounts:
     def secret_for(self, key_id: str) -> str:
         return self._cache[key_id][0]
 
-    async def ensure_admin(self, credentials_file: Path, endpoint: str) -> Caller:
-        """The admin account, and a key for it in ``credentials_file`` (kept if it still works)."""
+    async def ensure_admin(
+        self, credentials_file: Path, endpoint: str, ca_bundle: str | None = None
+    ) -> Caller:
+        """The admin account, and a key for it in ``credentials_file`` (kept if it still works;
+        ``ca_bundle``: the CA file an HTTPS endpoint is verified with)."""
         async with self.store.read() as s:
             admin = await s.scalar(select(Account).where(Account.name == "admin"))
         if admin is None:
@@ -174,23 +177,33 @@ class Accounts:
             data = json.loads(credentials_file.read_text())
             caller = await self.authenticate(data["access_key_id"], data["secret_access_key"])
             if caller.account_id == admin.id:
-                if data.get("endpoint") != endpoint:
+                if data.get("endpoint") != endpoint or data.get("ca_bundle") != ca_bundle:
                     data["endpoint"] = endpoint
+                    data["ca_bundle"] = ca_bundle
                     atomic_write(credentials_file, json.dumps(data, indent=2) + "\n", 0o600)
                 return caller
         except (FileNotFoundError, ValueError, KeyError, Unauthorized):
             pass
         key = await self.create_key(admin.id, "all-in-one admin key")
-        write_credentials(credentials_file, key.id, key.secret, admin.id, endpoint)
+        write_credentials(credentials_file, key.id, key.secret, admin.id, endpoint, ca_bundle)
         return await self.lookup(key.id)
 
 
-def write_credentials(path: Path, key_id: str, secret: str, account_id: str, endpoint: str) -> None:
-    data = {
+def write_credentials(
+    path: Path,
+    key_id: str,
+    secret: str,
+    account_id: str,
+    endpoint: str,
+    ca_bundle: str | None = None,
+) -> None:
+    data: dict[str, str | None] = {
         "access_key_id": key_id,
         "secret_access_key": secret,
         "account_id": account_id,
         "endpoint": endpoint,
     }
+    if ca_bundle:
+        data["ca_bundle"] = ca_bundle
     atomic_write(path, json.dumps(data, indent=2) + "\n", 0o600)
     os.chmod(path, 0o600)

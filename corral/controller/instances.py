@@ -490,6 +490,7 @@ class Instances:
             await self.ctrl.networks.sync(inst.network_id)
             try:
                 await ctx.progress(0.3, "creating the root disk and the network port")
+                await self.ctrl.image_push.ensure(inst.node_id, spec.image)
                 if spec.root_volume is not None:
                     await self.ctrl.volumes.ensure_root(iid)
                 await self.ctrl.volumes.ensure_launch_volumes(iid)

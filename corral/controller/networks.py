@@ -26,8 +26,9 @@ class Networks:
     def __init__(self, ctrl: Controller) -> None:
         self.ctrl = ctrl
 
-    async def ensure_default(self, node_id: str) -> Network:
-        """The node's default network, matching the configured subnet and domain."""
+    async def ensure_default(self, node_id: str, namespace: str | None = None) -> Network:
+        """The node's default network, matching the configured subnet and domain, in the
+        node's own namespace (``namespace``, as the node reports it; else the one it has)."""
         st = self.ctrl.settings
         net = ipaddress.ip_network(st.subnet)
         async with self.ctrl.store.write() as s:
@@ -42,11 +43,15 @@ class Networks:
                     cidr=str(net),
                     gateway=str(next(net.hosts())),
                     domain=st.domain,
-                    namespace=st.namespace,
+                    namespace=namespace or st.namespace,
                     bridge=BRIDGE,
                 )
                 s.add(row)
-            elif (row.cidr, row.domain, row.namespace) != (str(net), st.domain, st.namespace):
+            elif (row.cidr, row.domain, row.namespace) != (
+                str(net),
+                st.domain,
+                namespace or row.namespace,
+            ):
                 live = await s.scalar(
                     select(Instance.id).where(
                         Instance.network_id == row.id, Instance.state != "terminated"
@@ -61,7 +66,7 @@ class Networks:
                         field="subnet",
                     )
                 row.cidr, row.gateway = str(net), str(next(net.hosts()))
-                row.domain, row.namespace = st.domain, st.namespace
+                row.domain, row.namespace = st.domain, namespace or row.namespace
         return row
 
     async def default(self, s: AsyncSession, node_id: str) -> Network:

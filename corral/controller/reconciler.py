@@ -136,7 +136,12 @@ class Reconciler:
         async with self._pass_lock:
             self.passes += 1
             for node_id in list(self.ctrl.nodes):
-                await self._reconcile_node(node_id)
+                if not self.ctrl.cluster.reachable(node_id):
+                    continue  # its instances are unknown until it answers again
+                try:
+                    await self._reconcile_node(node_id)
+                except CorralError as err:  # one node away must not stop the others' pass
+                    log.warning("reconcile node %s: %s", node_id, err.message)
 
     async def _reconcile_node(self, node_id: str) -> None:
         node = self.ctrl.node(node_id)

@@ -14,9 +14,11 @@ from corral.controller import placement_claims
 from corral.controller.accounts import Accounts, Caller
 from corral.controller.appliances import Appliances
 from corral.controller.claims import LEASE, Claims, owner_name
+from corral.controller.cluster import Cluster, Remote
 from corral.controller.credits import Credits
 from corral.controller.elastic_ips import ElasticIps
 from corral.controller.image_publishing import ImagePublishing
+from corral.controller.image_push import ImagePush
 from corral.controller.images import Images
 from corral.controller.instances import Instances
 from corral.controller.keypairs import KeyPairs
@@ -81,8 +83,13 @@ class Controller:
         from corral.controller.migrations import Migrations
 
         self.migrations = Migrations(self)  # live migration (issue 13)
+        # joined nodes (corral node join): certificates, tokens, connections kept here
+        self.cluster = Cluster(self)
+        self.image_push = ImagePush(self)  # images to nodes on first use
+        self.remotes: dict[str, Remote] = {}
         self.admin: Caller | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._followers: dict[str, asyncio.Task[None]] = {}  # node id -> its event follower
         self._closing = False
 
     def node(self, node_id: str | None) -> NodeClient:
@@ -124,9 +131,12 @@ class Controller:
             self._tasks.append(
                 asyncio.create_task(self._accel_settled(row.id, client), name="accel-settled")
             )
-        self._tasks.append(
-            asyncio.create_task(self._follow_events(row.id, client), name=f"events-{row.id}")
-        )
+        follower = asyncio.create_task(self._follow_events(row.id, client), name=f"events-{row.id}")
+        old = self._followers.pop(row.id, None)
+        if old is not None:  # the node connected again (a new client): follow with that one
+            old.cancel()
+        self._followers[row.id] = follower
+        self._tasks.append(follower)
         return row.id
 
     async def _accel_settled(self, node_id: str, client: NodeClient, every: float = 1.0) -> None:
@@ -201,20 +211,25 @@ class Controller:
         if sealed:
             log.info("sealed %d access-key secrets stored in the clear", sealed)
         self.admin = await self.accounts.ensure_admin(
-            self.settings.state_dir / "admin.credentials", self.settings.api_url
+            self.settings.state_dir / "admin.credentials",
+            self.settings.api_url,
+            str(self.settings.ca_bundle) if self.settings.api_tls else None,
         )
         await self.images.sync_from_store()
         async with self.store.write() as s:
             await placement_claims.recount(s)  # claims made before a crash or an upgrade
         await self.metering.backfill()  # resources made before metering existed
         for node_id in self.nodes:
-            net = await self.networks.ensure_default(node_id)
+            net = await self.networks.ensure_default(node_id, self.settings.namespace)
             await self.networks.ensure_on_node(net.id)
+        await self.cluster.connect_joined()  # nodes that joined before a restart
         await self.ops.resume()
         await self.reconciler.reconcile_once()
         self._tasks.append(asyncio.create_task(self.reconciler.run(), name="reconciler"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         self._tasks.append(asyncio.create_task(self._leases(), name="leases"))
+        self._tasks.append(asyncio.create_task(self.cluster.run(), name="cluster"))
+        self._tasks.append(asyncio.create_task(self.cluster.heartbeats(), name="heartbeats"))
 
     async def _leases(self) -> None:
         """Keep this controller's leases (claims, operations) alive, and take over the
@@ -261,7 +276,9 @@ class Controller:
                 await self.purge_terminated()
                 async with self.store.write() as s:
                     await placement_claims.recount(s)
-                for node_id in self.nodes:
+                for node_id in list(self.nodes):
+                    if not self.cluster.reachable(node_id):
+                        continue
                     async with self.store.read() as s:
                         net = await self.networks.default(s, node_id)
                     await self.networks.ensure_on_node(net.id)
@@ -301,6 +318,10 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 t.result()
         await self.ops.close()
+        for remote in self.remotes.values():
+            with contextlib.suppress(Exception):
+                await remote.aclose()
+        self.remotes.clear()
 
     async def stop_all(self, timeout: float | None = None) -> None:
         """Stop every running instance (``corral down --stop-instances``) and wait."""

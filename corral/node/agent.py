@@ -23,7 +23,7 @@ from corral.errors import CorralError, EnvironmentProblem, Invalid, NotFound, Wr
 from corral.fsutil import atomic_write, pid_alive, proc_cmdline
 from corral.images.manifest import Manifest
 from corral.images.store import ImageStore
-from corral.node import credits, stats
+from corral.node import credits, image_pull, stats
 from corral.node.driver import cgroups, confine, hotplug, jail, probe, qemu
 from corral.node.driver.machine import Machine, find_pid, read_exit
 from corral.node.driver.qmp import own_socket
@@ -107,6 +107,7 @@ class NodeAgent(MigrateAgent):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.boot = os.urandom(4).hex()  # a new one each start: the controller sees restarts
         self.event_log = EventLog(settings.state_dir / "events.jsonl", settings.hostname)
         qemu.configure(settings.qemu)
         self.images = ImageStore(settings.images_dir)
@@ -240,6 +241,23 @@ class NodeAgent(MigrateAgent):
                 return self.images.kernel_path(m), self.images.initrd_path(m)
         return None, None
 
+    # -- images pulled on first use (corral.node.image_pull) ---------------------------------
+    async def image_missing(self, manifests: list[str], blobs: list[str]) -> list[str]:
+        return image_pull.missing(self.images, manifests, blobs)
+
+    async def image_blob_put(
+        self, sha256: str
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await image_pull.receive_blob(self.images, sha256)
+
+    async def image_manifest_put(self, digest: str, manifest: str) -> None:
+        await asyncio.to_thread(image_pull.put_manifest, self.images, digest, manifest)
+
+    async def heartbeat(self) -> str:
+        """Answered at once: the controller's heartbeat (it records the time, not the node):
+        the node's name and this agent's start (a restart changes it)."""
+        return f"{self.settings.hostname} {self.boot}"
+
     async def info(self) -> NodeInfo:
         accel = self.accel_now()  # never waits for the probe: info answers requests
         limits = cgroups.confinement()
@@ -272,6 +290,7 @@ class NodeAgent(MigrateAgent):
             memory_overhead=MEMORY_OVERHEAD,
             memory_reserved=self.settings.reserved_memory_mib << 20,
             zone=self.settings.availability_zone,
+            netns=self.settings.namespace,
         )
 
     # -- networks --------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import time
 
 from corral.errors import CorralError, Invalid, NotFound, WrongState
 from corral.images.store import ImageStore
+from corral.node import image_pull
 from corral.node.events import EventLog
 from corral.node.spec import (
     GUEST_HOLDS_DISK,
@@ -74,6 +75,24 @@ class FakeNode:
         self.incoming: dict[str, MigrationPrepared] = {}  # prepared migrations to here
         self.outgoing: dict[str, str] = {}  # instance -> migration phase from here
         self.never_converge: set[str] = set()  # instances whose migration times out
+
+    # -- images: with a store, as the agent (corral.node.image_pull); without, it has all -----
+    async def image_missing(self, manifests: list[str], blobs: list[str]) -> list[str]:
+        return [] if self.images is None else image_pull.missing(self.images, manifests, blobs)
+
+    async def image_blob_put(
+        self, sha256: str
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.images is None:
+            raise WrongState("this fake node keeps no images", resource="image")
+        return await image_pull.receive_blob(self.images, sha256)
+
+    async def image_manifest_put(self, digest: str, manifest: str) -> None:
+        if self.images is not None:
+            image_pull.put_manifest(self.images, digest, manifest)
+
+    async def heartbeat(self) -> str:
+        return self.name
 
     async def info(self) -> NodeInfo:
         return NodeInfo(

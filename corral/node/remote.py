@@ -1,7 +1,8 @@
 """The one client of the node API: a ``NodeClient`` whose methods are generated from
 ``corral.node.wire.CALLS``. The transport follows the node's URL: ``unix:/path`` for the agent
-of an all-in-one Corral (httpx over a unix socket); ``https://host:port`` with mutual TLS comes
-with clusters.
+of an all-in-one Corral (httpx over a unix socket); ``https://IP:PORT`` for a joined node, with
+mutual TLS (the caller's ``ssl_context`` carries the controller's client certificate and the
+cluster's CA, ``corral.pki``).
 
 A call that never reached the node (connection refused: the agent is restarting) is sent again
 for a while; one whose answer was lost is sent again only when the declaration says it is
@@ -14,6 +15,7 @@ import contextlib
 import json
 import logging
 import socket
+import ssl
 import time
 from typing import Any, cast
 from urllib.parse import urlencode
@@ -38,16 +40,27 @@ class RemoteNode:
     """A node reached over the wire. Its NodeClient methods are added from the declarations
     below the class; ``connect_node`` gives it typed as ``NodeClient``."""
 
-    def __init__(self, url: str, retry_window: float = RETRY_WINDOW) -> None:
+    def __init__(
+        self,
+        url: str,
+        retry_window: float = RETRY_WINDOW,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.url = url
         self.retry_window = retry_window
+        self.ssl_context = ssl_context
+        self.uds: str | None = None
         if url.startswith("unix:"):
-            self.uds: str | None = url[len("unix:") :]
+            self.uds = url[len("unix:") :]
             transport = httpx.AsyncHTTPTransport(uds=self.uds)
             self.base = "http://node"
+        elif url.startswith("https://") and ssl_context is not None:
+            transport = httpx.AsyncHTTPTransport(verify=ssl_context)
+            self.base = url.rstrip("/")
         else:
             raise errors.Invalid(
-                f"node address {url!r}: this Corral reaches nodes at unix:/path only",
+                f"node address {url!r}: nodes are reached at unix:/path, or at https://IP:PORT "
+                "with the cluster's certificates",
                 field="node",
             )
         self.http = httpx.AsyncClient(transport=transport, base_url=self.base)
@@ -135,8 +148,13 @@ class RemoteNode:
                 ws = await unix_connect(
                     self.uds, f"ws://node{path}", open_timeout=CONNECT_TIMEOUT, max_size=2**22
                 )
-            else:  # pragma: no cover - clusters
-                ws = await connect(f"{self.base}{path}", open_timeout=CONNECT_TIMEOUT)
+            else:
+                ws = await connect(
+                    "wss" + self.base[len("https") :] + path,
+                    ssl=self.ssl_context,
+                    open_timeout=CONNECT_TIMEOUT,
+                    max_size=2**22,
+                )
         except (OSError, TimeoutError) as err:
             raise errors.EnvironmentProblem(
                 f"node {self.url} is unreachable ({err!s} opening {name})",
@@ -211,7 +229,9 @@ for _call in wire.CALLS.values():
     setattr(RemoteNode, _call.name, _method(_call))
 
 
-def connect_node(url: str, retry_window: float = RETRY_WINDOW) -> tuple[NodeClient, RemoteNode]:
+def connect_node(
+    url: str, retry_window: float = RETRY_WINDOW, ssl_context: ssl.SSLContext | None = None
+) -> tuple[NodeClient, RemoteNode]:
     """A client for the node at ``url``: as the controller sees it, and as its owner closes it."""
-    node = RemoteNode(url, retry_window)
+    node = RemoteNode(url, retry_window, ssl_context)
     return cast(NodeClient, node), node

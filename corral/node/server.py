@@ -118,12 +118,34 @@ def bind_unix(path: Path) -> socket.socket:
     return sock
 
 
+def bind_tcp(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise errors.EnvironmentProblem(
+            f"cannot listen on {host}:{port} ({err.strerror}); is another agent running there? "
+            "choose another with --listen",
+        ) from err
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
 def listen(url: str) -> socket.socket:
-    """The socket for a listen URL: ``unix:/path`` (TCP with TLS comes with clusters)."""
+    """The socket for a listen URL: ``unix:/path``, or ``https://IP:PORT`` (TCP; the caller
+    serves TLS on it)."""
     if url.startswith("unix:"):
         return bind_unix(Path(url[len("unix:") :]))
+    if url.startswith("https://"):
+        host, _, port = url[len("https://") :].rpartition(":")
+        if host and port.isdigit():
+            return bind_tcp(host.strip("[]"), int(port))
     raise errors.Invalid(
-        f"listen address {url!r}: this agent listens on unix:/path only", field="listen"
+        f"listen address {url!r}: unix:/path, or https://IP:PORT for a joined node",
+        field="listen",
     )
 
 
@@ -135,10 +157,13 @@ class Server(uvicorn.Server):
         yield
 
 
-def server(app: Starlette) -> Server:
+def server(app: Starlette, tls: dict[str, Any] | None = None) -> Server:
+    """``tls``: uvicorn's ssl_* settings (a joined node: its certificate, and the CA whose
+    client certificates it requires)."""
     return Server(
         uvicorn.Config(
             app,
+            **(tls or {}),
             lifespan="off",
             log_level="warning",
             access_log=False,

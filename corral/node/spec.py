@@ -106,6 +106,7 @@ class NodeInfo(BaseModel):
     memory_overhead: int = 0  # QEMU's own memory per instance above the guest's
     memory_reserved: int = 0  # memory kept for the host itself
     zone: str = ""  # its availability zone
+    netns: str = ""  # the namespace its networks live in (its own setting, made or not)
 
 
 class RuleSpec(BaseModel):
@@ -313,6 +314,23 @@ class ImageCaptureRequest(BaseModel):
 
 class ImageRequest(BaseModel):
     digest: str
+
+
+class ImageMissingRequest(BaseModel):
+    manifests: list[str] = Field(default_factory=list)  # manifest digests
+    blobs: list[str] = Field(default_factory=list)  # sha256 of parts
+
+
+class ImageBlobRequest(BaseModel):
+    sha256: str
+
+
+IMAGE_PART_KEPT = b"ok "  # image_blob_put's answer, then the sha256 (else "error: …")
+
+
+class ImageManifestRequest(BaseModel):
+    digest: str
+    manifest: str  # the manifest's canonical JSON
 
 
 class HealthCheckRequest(BaseModel):

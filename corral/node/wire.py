@@ -69,6 +69,7 @@ CALLS: dict[str, Call] = {
     c.name: c
     for c in (
         Call("info", s.NoArgs, s.NodeInfo, T.LONG),  # the first call probes the accelerator
+        Call("heartbeat", s.NoArgs, str, T.FAST),  # the controller's heartbeat: the node's name
         Call("network_ensure", s.NetworkEnsureRequest, None),
         Call("network_hosts", s.NetworkEnsureRequest, None),
         Call("network_policy", s.NetworkPolicyRequest, None),
@@ -92,6 +93,10 @@ CALLS: dict[str, Call] = {
         Call("snapshot_delete", s.SnapshotRequest, None),
         Call("image_capture", s.ImageCaptureRequest, str, T.LONG),
         Call("image_delete", s.ImageRequest, None),
+        # an image pulled to the node on first use (corral.node.image_pull)
+        Call("image_missing", s.ImageMissingRequest, list[str], T.FAST),
+        Call("image_blob_put", s.ImageBlobRequest, None, T.STREAM),
+        Call("image_manifest_put", s.ImageManifestRequest, None),
         Call("health_check", s.HealthCheckRequest, str, T.FAST),
         Call("instance_relink", s.InstanceRelinkRequest, bool, budget="down"),
         Call("address_moved", s.AddressMovedRequest, None),

@@ -435,3 +435,14 @@ class UsageRecord(Base):
     state: Mapped[str] = mapped_column(String(16))  # "gone" ends the resource's usage
     detail: Mapped[str] = mapped_column(String(64), default="")
     amount: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class JoinToken(Base):
+    """A single-use node join token (`corral node token`): only its sha256 is kept."""
+
+    __tablename__ = "join_tokens"
+    hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column()
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    used_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    used_by: Mapped[str] = mapped_column(String(64), default="")  # the node that joined with it

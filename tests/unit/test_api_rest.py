@@ -474,7 +474,12 @@ async def test_unused_image_is_removed(api: httpx.AsyncClient) -> None:
 async def test_nodes_list_shows_the_fake_node(api: httpx.AsyncClient) -> None:
     await _run(api, name="web")
     (node,) = (await api.get("/v1/nodes")).json()
-    assert (node["name"], node["state"], node["instances"], node["accel"]) == ("n1", "up", 1, "tcg")
+    assert (node["name"], node["state"], node["instances"], node["accel"]) == (
+        "n1",
+        "ready",
+        1,
+        "tcg",
+    )
 
 
 async def test_shutdown_is_refused_when_the_server_cannot_shut_down(api: httpx.AsyncClient) -> None:

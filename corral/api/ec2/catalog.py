@@ -63,30 +63,38 @@ async def regions_describe(call: Call) -> dict[str, Any]:
     ),
 )
 async def zones_describe(call: Call) -> dict[str, Any]:
-    call.p.flag("AllAvailabilityZones")  # one zone, always opted in
+    call.p.flag("AllAvailabilityZones")  # every zone is opted in
     st = call.api.settings
-    zone_id = instances.zone_id(st.region)
-    item = {
-        "zoneName": st.availability_zone,
-        "zoneState": "available",
-        "regionName": st.region,
-        "zoneId": zone_id,
-        "zoneType": "availability-zone",
-        "optInStatus": "opt-in-not-required",
-        "groupName": st.region,
-        "networkBorderGroup": st.region,
-        "messageSet": [],
-    }
+    zones = await _node_zones(call)
+    items = [
+        {
+            "zoneName": name,
+            "zoneState": state,
+            "regionName": st.region,
+            "zoneId": _zone_id(st, name),
+            "zoneType": "availability-zone",
+            "optInStatus": "opt-in-not-required",
+            "groupName": st.region,
+            "networkBorderGroup": st.region,
+            "messageSet": [],
+        }
+        for name, state in sorted(zones.items())
+    ]
     names, zone_ids = call.p.strings("ZoneName"), call.p.strings("ZoneId")
-    unknown = [n for n in names if n != st.availability_zone] + [
-        z for z in zone_ids if z != zone_id
+    unknown = [n for n in names if n not in zones] + [
+        z for z in zone_ids if z not in {i["zoneId"] for i in items}
     ]
     if unknown:
         raise Ec2Error(
             "InvalidParameterValue",
             f"The availability zone '{', '.join(unknown)}' does not exist; this "
-            f"Corral has {st.availability_zone}",
+            f"Corral has {', '.join(sorted(zones))}",
         )
+    items = [
+        i
+        for i in items
+        if (not names or i["zoneName"] in names) and (not zone_ids or i["zoneId"] in zone_ids)
+    ]
     match = Filters(
         call.p.filters(),
         {
@@ -103,7 +111,34 @@ async def zones_describe(call: Call) -> dict[str, Any]:
     )
     if call.dry_run:
         dry_run_ok()
-    return {"availabilityZoneInfo": [item] if match(item) else []}
+    return {"availabilityZoneInfo": [i for i in items if match(i)]}
+
+
+def _zone_id(st: Any, name: str) -> str:
+    if name == st.availability_zone:
+        return instances.zone_id(st.region)
+    return f"{st.region.replace('-', '')}-{name}"
+
+
+async def _node_zones(call: Call) -> dict[str, str]:
+    """The nodes' zones: ``available`` while one of its nodes is ready or cordoned,
+    ``unavailable`` when all are unreachable. With no node yet: this Corral's own zone."""
+    from sqlalchemy import select
+
+    from corral.controller.cluster import REMOVED, UNREACHABLE
+    from corral.store.models import Node
+
+    st = call.api.settings
+    async with call.api.controller.store.read() as s:
+        rows = (await s.execute(select(Node.zone, Node.state).where(Node.state != REMOVED))).all()
+    zones: dict[str, str] = {}
+    for zone, state in rows:
+        name = zone or st.availability_zone
+        if state != UNREACHABLE or zones.get(name) == "available":
+            zones[name] = "available"
+        else:
+            zones.setdefault(name, "unavailable")
+    return zones or {st.availability_zone: "available"}
 
 
 def type_item(t: InstanceType) -> dict[str, Any]:

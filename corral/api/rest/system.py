@@ -8,7 +8,6 @@ import shutil
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Depends
-from sqlalchemy import func, select
 
 from corral import models
 from corral.api.auth import caller as auth
@@ -17,7 +16,6 @@ from corral.api.rest.errors import RESPONSES
 from corral.controller.accounts import Caller
 from corral.errors import Forbidden
 from corral.node.spec import NodeInfo
-from corral.store.models import Instance, Node
 
 if TYPE_CHECKING:
     from corral.node.client import NodeClient
@@ -110,36 +108,9 @@ async def node_list(
     """The hypervisor nodes (an admin's view: other accounts' instances run there too)."""
     if not who.admin:
         raise Forbidden("only an admin account sees the nodes")
-    async with ctx.controller.store.read() as s:
-        rows = list(await s.scalars(select(Node).order_by(Node.name)))
-        counts = dict(
-            (
-                await s.execute(
-                    select(Instance.node_id, func.count())
-                    .where(Instance.state != "terminated")
-                    .group_by(Instance.node_id)
-                )
-            ).all()
-        )
-    return [
-        models.Node(
-            id=n.id,
-            name=n.name,
-            state=n.state,
-            cpus=n.cpus,
-            memory=n.memory,
-            accel=n.accel,
-            accel_reason=n.accel_reason,
-            qemu_version=n.qemu_version,
-            last_seen=n.last_seen,
-            instances=int(counts.get(n.id, 0)),
-            strays=ctx.controller.reconciler.strays.get(n.id, []),
-            zone=n.zone,
-            labels={str(k): str(v) for k, v in (n.labels or {}).items()},
-            cordoned=n.cordoned,
-        )
-        for n in rows
-    ]
+    from corral.api.rest.cluster import node_views
+
+    return await node_views(ctx)
 
 
 @router.post("/system/shutdown", status_code=202)

@@ -85,3 +85,21 @@ async def test_catalog(world: World) -> None:
     assert values == [{"AttributeValue": "EC2"}]
     zones = await ec2.call("DescribeAvailabilityZones")
     assert zones["AvailabilityZones"][0]["State"] == "available"
+
+
+async def test_zones_are_the_nodes_zones_with_their_state(world: World) -> None:
+    from corral.store.models import Node
+
+    async with world.ctrl.store.write() as s:
+        s.add(Node(id="node-b1", name="b1", zone="zone-b", state="up", address="https://x"))
+        s.add(Node(id="node-c1", name="c1", zone="zone-c", state="unreachable", address="h"))
+        s.add(Node(id="node-c2", name="c2", zone="zone-c", state="removed", address=""))
+    status, root = await _post(world, b"Action=DescribeAvailabilityZones&Version=2016-11-15")
+    assert status == 200
+    items = root.findall(f"{NS}availabilityZoneInfo/{NS}item")
+    got = {i.findtext(f"{NS}zoneName"): i.findtext(f"{NS}zoneState") for i in items}
+    assert got == {"corral-1a": "available", "zone-b": "available", "zone-c": "unavailable"}
+    status, root = await _post(
+        world, b"Action=DescribeAvailabilityZones&Version=2016-11-15&ZoneName.1=zone-x"
+    )
+    assert status == 400 and b"zone-b" in ET.tostring(root)

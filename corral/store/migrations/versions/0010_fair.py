@@ -13,7 +13,7 @@ from alembic import op
 from corral.store.models import UTCDateTime
 
 revision = "0009_fair"
-down_revision = "0004_postgres"
+down_revision = "0009_cluster"
 branch_labels = None
 depends_on = None
 

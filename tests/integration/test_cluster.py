@@ -1,0 +1,168 @@
+"""Three nodes on one machine (tests/cluster.py): each host namespace runs its own agent joined
+with `corral node join` (mutual TLS), the controller on PostgreSQL serves HTTPS on the LAN.
+One cluster is shared by the module; two tiny VMs boot in all.
+
+Shown: joins refused for bad, expired and reused tokens; nodes ready with their capacity;
+labels and cordons; an image pulled to a node on first use (checked by sha256 there); pinning
+with --node; a spread placement group honoured, and refused with the reason when it cannot be;
+console log and the SSH port of an instance on a remote node through the API's streams; `kill -9` of an
+agent: the node turns unreachable, its VM runs on, and is re-adopted when the agent is back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import AGENT_PORT, Cluster, cluster
+from tests.harness import cmdline, wait_for
+from tests.postgres import PostgresServer
+
+NODE_TIMEOUT = 6  # seconds: the controller's node_timeout here (so unreachable comes quickly)
+
+
+@pytest.fixture(scope="module")
+def three(postgres_server: PostgresServer) -> Iterator[Cluster]:
+    with (
+        postgres_server.database() as url,
+        cluster(url, 3, settings={"node_timeout": NODE_TIMEOUT}) as c,
+    ):
+        yield c
+
+
+def _join_again(c: Cluster, token: str) -> tuple[int, str]:
+    """`corral node join` from host1's namespace with a scratch state dir (refused before it
+    serves anything)."""
+    host = c.lan.hosts[0]
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
+        r = host.exec(
+            sys.executable, "-m", "corral", "--state-dir", d, "node", "join", c.url,
+            "--token", token, "--listen", f"{host.address}:{AGENT_PORT + 1}", "--name", "extra",
+            timeout=120,
+        )  # fmt: skip
+        assert not (Path(d) / "node.json").exists()
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_joins_with_bad_expired_or_reused_tokens_are_refused(three: Cluster) -> None:
+    rc, out = _join_again(three, three.agents["host1"].token)
+    assert rc != 0 and "already used" in out and "corral node token" in out
+    expiring = three.token("1s")
+    time.sleep(2)
+    rc, out = _join_again(three, expiring)
+    assert rc != 0 and "expired" in out and "corral node token" in out
+    fingerprint = expiring.split(".")[2]
+    rc, out = _join_again(three, f"K1.notissued.{fingerprint}")
+    assert rc != 0 and "never issued" in out
+    rc, out = _join_again(three, f"K1.x.{'0' * 64}")
+    assert rc != 0 and "not the one that made this token" in out
+    assert sorted(n["name"] for n in three.nodes()) == ["host1", "host2", "host3"]
+
+
+def test_nodes_report_capacity_and_take_labels_and_cordons(three: Cluster) -> None:
+    nodes = {n["name"]: n for n in three.nodes()}
+    for i, name in enumerate(("host1", "host2", "host3")):
+        n = nodes[name]
+        assert n["state"] == "ready", n
+        assert n["address"] == f"https://192.0.2.{11 + i}:{AGENT_PORT}"
+        assert n["cpus"] > 0 and n["memory"] > 0 and n["memory_free"] > 0
+        assert n["accel"] == "tcg" and n["qemu_version"] and n["last_seen"]
+    three.cli("node", "label", "host3", "disk=ssd").ok()
+    assert three.node("host3")["labels"] == {"disk": "ssd"}
+    three.cli("node", "label", "host3", "disk-").ok()
+    assert three.node("host3")["labels"] == {}
+    three.cli("node", "cordon", "host3").ok()
+    assert three.node("host3")["state"] == "cordoned"
+    three.cli("node", "uncordon", "host3").ok()
+    assert three.node("host3")["state"] == "ready"
+
+
+def _ssh_banner(c: Cluster, name: str) -> str:
+    """What the guest's port 22 says first, through `corral tunnel` (ssh's ProxyCommand)."""
+
+    def banner() -> str:
+        p = subprocess.run(
+            ["ip", "netns", "exec", c.lan.outside, sys.executable, "-m", "corral", "tunnel",
+             name, "22"],
+            input=b"", capture_output=True, env=c.env(), timeout=60,
+        )  # fmt: skip
+        seen.append(p.stderr.decode(errors="replace")[-300:])
+        return p.stdout.split(b"\r\n", 1)[0].decode(errors="replace")
+
+    seen: list[str] = []
+    try:
+        return str(wait_for(banner, 120, what=f"{name}'s SSH banner through the API"))
+    except AssertionError as err:
+        agents = "\n".join(f"{a.name}: {a.log_tail(15)}" for a in c.agents.values())
+        raise AssertionError(
+            f"{err}; tunnel said {seen[-1:]}\n{c.log_tail(20)}\n{agents}"
+        ) from None
+
+
+def _show(c: Cluster, name: str) -> dict[str, object]:
+    return dict(json.loads(c.cli("show", name, "--json").ok().out))
+
+
+def test_instances_on_remote_nodes(three: Cluster) -> None:
+    c = three
+    c.cli("image", "build", "tiny", timeout=900).ok()
+    c.cli("placement-group", "create", "apart", "--strategy", "spread").ok()
+    # pinned: on host2, the image pulled there on first use (and checked by sha256 there)
+    c.cli(
+        "run", "tiny", "--name", "a", "--memory", "192M", "--node", "host2",
+        "--placement-group", "apart", timeout=900,
+    ).ok()  # fmt: skip
+    a = _show(c, "a")
+    assert a["state"] == "running" and a["node"] in ("host2", "node-host2"), a
+    host2 = c.agents["host2"]
+    pulled = list((host2.state_dir / "images" / "manifests").glob("*.json"))
+    assert pulled, "the image did not reach host2's own store"
+    assert not list((c.agents["host1"].state_dir / "images" / "manifests").glob("*.json"))
+
+    # spread: the second member goes elsewhere; a third with the others cordoned cannot
+    c.cli(
+        "run", "tiny", "--name", "b", "--memory", "192M", "--placement-group", "apart",
+        timeout=900,
+    ).ok()  # fmt: skip
+    b = _show(c, "b")
+    assert b["state"] == "running" and b["node"] not in (a["node"],), (a, b)
+    free = next(n for n in ("host1", "host3") if n not in str(b["node"]))
+    c.cli("node", "cordon", free).ok()
+    try:
+        r = c.cli("run", "tiny", "--name", "c", "--memory", "192M", "--placement-group", "apart")
+        assert r.rc != 0
+        assert "spread" in (r.out + r.err) and "cordoned" in (r.out + r.err), r
+    finally:
+        c.cli("node", "uncordon", free).ok()
+
+    # the console and the guest's SSH port through the API's streams to the remote node (the
+    # guest names itself by its id and has no key: metadata is not served on joined nodes yet)
+    wait_for(
+        lambda: f"corral-tiny: {a['id']} ready" in c.cli("logs", "a").ok().out,
+        300,
+        what="a's console to say it is ready",
+    )
+    assert _ssh_banner(c, "a").startswith("SSH-2.0-")
+
+    # kill -9 of host2's agent: unreachable, the VM runs on; back: re-adopted
+    pid = int(str(a["pid"]))
+    assert b"qemu" in cmdline(pid)
+    host2.kill9()
+    wait_for(lambda: c.node("host2").get("state") == "unreachable", 120, what="host2 unreachable")
+    assert b"qemu" in cmdline(pid), "the VM died with its agent"
+    refused = c.cli("node", "rm", "host2")  # it still has an instance
+    assert refused.rc != 0 and "still has 1 instance" in refused.out + refused.err
+    host2.restart()
+    wait_for(lambda: c.node("host2").get("state") == "ready", 180, what="host2 ready again")
+    assert b"qemu" in cmdline(pid)
+    wait_for(lambda: _show(c, "a")["state"] == "running", 60, what="a running")
+    assert _show(c, "a")["pid"] == pid  # the same QEMU, adopted, not a new one
+    assert _ssh_banner(c, "a").startswith("SSH-2.0-")
+
+    c.cli("rm", "a", "b", timeout=300).ok()
