@@ -29,6 +29,7 @@ from corral.controller.security_groups import SecurityGroupRules, SecurityGroups
 from corral.controller.snapshots import Snapshots
 from corral.controller.tags import Tags
 from corral.controller.volumes import Volumes
+from corral.controller.vpcs import Vpcs
 from corral.errors import NotFound
 from corral.images.store import ImageStore
 from corral.node.client import NodeClient
@@ -68,6 +69,7 @@ class Controller:
         self.volumes = Volumes(self)
         self.snapshots = Snapshots(self)
         self.placement_groups = PlacementGroups(self)
+        self.vpcs = Vpcs(self)
         self.replacements = Replacements(self)
         self.appliances = Appliances(self)
         self.image_publishing = ImagePublishing(self)
