@@ -23,6 +23,7 @@ from corral.api.rest import (
     placement,
     system,
     volumes,
+    vpcs,
 )
 from corral.errors import CorralError
 
@@ -44,6 +45,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(appliances.router)
     app.include_router(placement.router)
     app.include_router(placement.capacity_router)
+    app.include_router(vpcs.router)
+    app.include_router(vpcs.subnet_router)
     app.include_router(ec2.router)  # the EC2 Query API at / (POST form or GET ?Action=)
     app.add_middleware(limits.BodyLimit, render=_render_refusal)
     openapi.install(app)

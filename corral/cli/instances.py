@@ -94,6 +94,9 @@ def run(
     placement_group: str | None = typer.Option(
         None, "--placement-group", help="a placement group (`corral placement-group create`)"
     ),
+    subnet: str | None = typer.Option(
+        None, "--subnet", help="the subnet (subnet- id; default: the default VPC's)"
+    ),
     tag: list[str] = typer.Option([], "--tag", help="k=v: a tag on the instance; repeatable"),
     no_wait: bool = typer.Option(False, "--no-wait", help="return at once with the operation"),
 ) -> None:
@@ -127,6 +130,7 @@ def run(
             node=node,
             node_selector=_pairs(node_selector, "--node-selector"),
             placement_group=placement_group,
+            subnet=subnet,
             tags=_pairs(tag, "--tag"),
         )
     except ValidationError as err:

@@ -135,7 +135,9 @@ class Instances:
 
     # -- run -------------------------------------------------------------------------------
     async def run(self, caller: Caller, req: InstanceCreate) -> tuple[Instance, Operation]:
-        insts, ops = await self.launch(caller, req, LaunchOptions(tags=dict(req.tags)))
+        insts, ops = await self.launch(
+            caller, req, LaunchOptions(tags=dict(req.tags), subnet=req.subnet)
+        )
         return insts[0], ops[0]
 
     async def launch(
