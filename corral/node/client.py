@@ -17,6 +17,7 @@ from corral.node.spec import (
     NetworkSpec,
     NodeInfo,
     ObservedInstance,
+    OverlaySpec,
     PolicySpec,
 )
 
@@ -31,6 +32,10 @@ class NodeClient(Protocol):
     async def network_policy(self, policy: PolicySpec) -> None: ...
 
     async def dns_update(self, put: dict[str, str], remove: list[str]) -> None: ...
+
+    async def overlay_ensure(self, spec: OverlaySpec) -> None: ...
+
+    async def overlay_remove(self, namespace: str, vni: int) -> None: ...
 
     async def instance_create(self, spec: InstanceSpec) -> None: ...
 

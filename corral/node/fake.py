@@ -25,6 +25,7 @@ from corral.node.spec import (
     NetworkSpec,
     NodeInfo,
     ObservedInstance,
+    OverlaySpec,
     PolicySpec,
 )
 
@@ -52,6 +53,7 @@ class FakeNode:
         self.exits: dict[str, ExitInfo] = {}
         self.hosts: dict[str, list[HostRecord]] = {}
         self.policies: dict[str, PolicySpec] = {}
+        self.overlays: dict[tuple[str, int], OverlaySpec] = {}
         self.dns: dict[str, str] = {}
         self.fail_start: set[str] = set()
         self.plugged: dict[str, set[str]] = {}  # instance -> volumes hot-plugged
@@ -82,6 +84,12 @@ class FakeNode:
 
     async def network_ensure(self, spec: NetworkSpec, hosts: list[HostRecord]) -> None:
         self.hosts[spec.id] = list(hosts)
+
+    async def overlay_ensure(self, spec: OverlaySpec) -> None:
+        self.overlays[(spec.namespace, spec.vni)] = spec
+
+    async def overlay_remove(self, namespace: str, vni: int) -> None:
+        self.overlays.pop((namespace, vni), None)
 
     async def network_hosts(self, spec: NetworkSpec, hosts: list[HostRecord]) -> None:
         self.hosts[spec.id] = list(hosts)
