@@ -185,6 +185,32 @@ class Vpcs:
         row = await self.ensure_default(s, account_id)
         return row.id if row is not None else None
 
+    async def settled_default(self, account_id: str) -> str | None:
+        """The account's default VPC id (None when it deleted it), made or brought in line
+        with the node network in a write only when needed: Describe calls stay reads."""
+        async with self.ctrl.store.read() as s:
+            rows = list(
+                await s.scalars(
+                    select(Vpc).where(Vpc.account_id == account_id, Vpc.is_default.is_(True))
+                )
+            )
+            live = [r for r in rows if r.state == "available"]
+            if rows and not live:
+                return None
+            if live:
+                zone, net = self._default_layout()[1][0]
+                first = await s.scalar(
+                    select(Subnet.cidr).where(
+                        Subnet.vpc_id == live[0].id,
+                        Subnet.is_default.is_(True),
+                        Subnet.zone == zone,
+                    )
+                )
+                if first in (None, net):
+                    return live[0].id
+        async with self.ctrl.store.write() as s:
+            return await self.default_vpc_id(s, account_id)
+
     # -- lookups -------------------------------------------------------------------------------
 
     async def vpc(self, s: AsyncSession, caller: Caller, vpc_id: str) -> Vpc:
@@ -223,8 +249,8 @@ class Vpcs:
     async def list(
         self, caller: Caller
     ) -> tuple[builtins.list[Vpc], builtins.list[Subnet], builtins.list[InternetGateway]]:
-        async with self.ctrl.store.write() as s:
-            await self.ensure_default(s, caller.account_id)
+        await self.settled_default(caller.account_id)
+        async with self.ctrl.store.read() as s:
             vpcs = list(
                 await s.scalars(
                     select(Vpc)

@@ -104,7 +104,8 @@ async def _default_vpc_only(call: Call, vpc_id: str) -> None:
     """Security groups belong to the account's default VPC (controller/vpcs.py): a group for
     another of its VPCs is refused until those VPCs have a data plane; an unknown id is
     InvalidVpcID.NotFound."""
-    async with call.ctrl.store.write() as s:
+    await call.ctrl.vpcs.settled_default(call.caller.account_id)
+    async with call.ctrl.store.read() as s:
         row = await call.ctrl.vpcs.vpc(s, call.caller, vpc_id)
     if not row.is_default:
         raise Ec2Error(
@@ -115,8 +116,7 @@ async def _default_vpc_only(call: Call, vpc_id: str) -> None:
 
 
 async def _account_vpc(call: Call) -> str | None:
-    async with call.ctrl.store.write() as s:
-        return await call.ctrl.vpcs.default_vpc_id(s, call.caller.account_id)
+    return await call.ctrl.vpcs.settled_default(call.caller.account_id)
 
 
 def rule_item(r: SecurityGroupRule, owner: str) -> dict[str, Any]:

@@ -263,3 +263,13 @@ async def test_the_default_vpc_is_deleted_and_made_again(world: World) -> None:
     assert new_vpc["VpcId"] == made["VpcId"] and new_subnet["CidrBlock"] == "10.250.0.0/24"
     ran = await ec2.call("RunInstances", ImageId=world.image_id, MinCount=1, MaxCount=1)
     assert ran["Instances"][0]["VpcId"] == made["VpcId"]
+
+
+async def test_concurrent_first_calls_make_one_default_vpc(world: World) -> None:
+    import asyncio
+
+    fresh = await world.account("fresh")
+    answers = await asyncio.gather(*(fresh.call("DescribeVpcs") for _ in range(6)))
+    made = {v["VpcId"] for a in answers for v in a["Vpcs"]}
+    assert len(made) == 1
+    assert len((await fresh.call("DescribeSubnets"))["Subnets"]) == 1
