@@ -273,3 +273,21 @@ async def test_concurrent_first_calls_make_one_default_vpc(world: World) -> None
     made = {v["VpcId"] for a in answers for v in a["Vpcs"]}
     assert len(made) == 1
     assert len((await fresh.call("DescribeSubnets"))["Subnets"]) == 1
+
+
+async def test_the_default_subnet_follows_a_moved_node_network(world: World) -> None:
+    import dataclasses
+
+    ec2 = world.admin
+    vpc, subnet = await _default(ec2)
+    ran = await ec2.call("RunInstances", ImageId=world.image_id, MinCount=1, MaxCount=1)
+    iid = ran["Instances"][0]["InstanceId"]
+    # the operator moves the node network (corral up --subnet) ...
+    world.ctrl.settings = dataclasses.replace(world.ctrl.settings, subnet="10.251.0.0/24")
+    # ... while an instance still uses the old one: the subnet keeps its CIDR
+    assert (await _default(ec2))[1]["CidrBlock"] == "10.250.0.0/24"
+    await ec2.call("TerminateInstances", InstanceIds=[iid])
+    await world.settle()
+    moved_vpc, moved = await _default(ec2)
+    assert moved["SubnetId"] == subnet["SubnetId"] and moved["CidrBlock"] == "10.251.0.0/24"
+    assert moved_vpc["VpcId"] == vpc["VpcId"] and moved_vpc["CidrBlock"] == "10.251.0.0/16"
