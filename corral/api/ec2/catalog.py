@@ -235,9 +235,10 @@ async def types_describe(call: Call) -> dict[str, Any]:
 async def account_attributes(call: Call) -> dict[str, Any]:
     pool = ipaddress.ip_network(call.api.settings.public_cidr)
     eips = str(max(0, pool.num_addresses - 3))
+    default_vpc = await call.ctrl.vpcs.settled_default(call.caller.account_id)
     values = {
-        "supported-platforms": ["EC2"],
-        "default-vpc": ["none"],
+        "supported-platforms": ["VPC"],  # issue 12: every account has VPCs
+        "default-vpc": [default_vpc or "none"],
         "max-instances": ["100"],
         "vpc-max-security-groups-per-interface": ["5"],
         "max-elastic-ips": [eips],

@@ -243,9 +243,15 @@ async def test_vpcs_and_subnets_are_made_described_tagged_and_deleted(world: Wor
     await other.fails("InvalidSubnetID.NotFound", "DescribeSubnets", SubnetIds=[sub["SubnetId"]])
 
 
+async def _default_vpc_attribute(ec2: Ec2) -> str:
+    attrs = await ec2.call("DescribeAccountAttributes", AttributeNames=["default-vpc"])
+    return str(attrs["AccountAttributes"][0]["AttributeValues"][0]["AttributeValue"])
+
+
 async def test_the_default_vpc_is_deleted_and_made_again(world: World) -> None:
     ec2 = world.admin
     vpc, subnet = await _default(ec2)
+    assert await _default_vpc_attribute(ec2) == vpc["VpcId"]
     await ec2.fails("DefaultVpcAlreadyExists", "CreateDefaultVpc")
     igw = (await ec2.call("DescribeInternetGateways"))["InternetGateways"][0]["InternetGatewayId"]
     await ec2.call("DetachInternetGateway", InternetGatewayId=igw, VpcId=vpc["VpcId"])
@@ -254,6 +260,7 @@ async def test_the_default_vpc_is_deleted_and_made_again(world: World) -> None:
     await ec2.call("DeleteVpc", VpcId=vpc["VpcId"])
     # gone, and not made again behind the caller's back
     assert (await ec2.call("DescribeVpcs"))["Vpcs"] == []
+    assert await _default_vpc_attribute(ec2) == "none"
     await ec2.fails(
         "VPCIdNotSpecified", "RunInstances", ImageId=world.image_id, MinCount=1, MaxCount=1
     )
@@ -261,6 +268,7 @@ async def test_the_default_vpc_is_deleted_and_made_again(world: World) -> None:
     assert made["IsDefault"] and made["VpcId"] != vpc["VpcId"]
     new_vpc, new_subnet = await _default(ec2)
     assert new_vpc["VpcId"] == made["VpcId"] and new_subnet["CidrBlock"] == "10.250.0.0/24"
+    assert await _default_vpc_attribute(ec2) == made["VpcId"]
     ran = await ec2.call("RunInstances", ImageId=world.image_id, MinCount=1, MaxCount=1)
     assert ran["Instances"][0]["VpcId"] == made["VpcId"]
 

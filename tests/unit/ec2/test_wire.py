@@ -82,6 +82,6 @@ async def test_catalog(world: World) -> None:
     await ec2.fails("InvalidInstanceType", "DescribeInstanceTypes", InstanceTypes=["x9.huge"])
     attrs = await ec2.call("DescribeAccountAttributes", AttributeNames=["supported-platforms"])
     values = attrs["AccountAttributes"][0]["AttributeValues"]
-    assert values == [{"AttributeValue": "EC2"}]
+    assert values == [{"AttributeValue": "VPC"}]
     zones = await ec2.call("DescribeAvailabilityZones")
     assert zones["AvailabilityZones"][0]["State"] == "available"
