@@ -455,6 +455,32 @@ class Client:
     def placement_group_remove(self, ref: str) -> None:
         self._call("DELETE", f"/v1/placement-groups/{ref}")
 
+    # -- VPCs ------------------------------------------------------------------------------
+    def vpc_list(self) -> list[models.Vpc]:
+        return [models.Vpc.model_validate(x) for x in self._call("GET", "/v1/vpcs")]
+
+    def vpc_create(self, req: models.VpcCreate) -> models.Vpc:
+        return models.Vpc.model_validate(self._call("POST", "/v1/vpcs", json=req.model_dump()))
+
+    def vpc_show(self, vpc_id: str) -> models.Vpc:
+        return models.Vpc.model_validate(self._call("GET", f"/v1/vpcs/{vpc_id}"))
+
+    def vpc_remove(self, vpc_id: str) -> None:
+        self._call("DELETE", f"/v1/vpcs/{vpc_id}")
+
+    def subnet_list(self) -> list[models.Subnet]:
+        return [models.Subnet.model_validate(x) for x in self._call("GET", "/v1/subnets")]
+
+    def subnet_create(self, req: models.SubnetCreate) -> models.Subnet:
+        data = self._call("POST", "/v1/subnets", json=req.model_dump())
+        return models.Subnet.model_validate(data)
+
+    def subnet_show(self, subnet_id: str) -> models.Subnet:
+        return models.Subnet.model_validate(self._call("GET", f"/v1/subnets/{subnet_id}"))
+
+    def subnet_remove(self, subnet_id: str) -> None:
+        self._call("DELETE", f"/v1/subnets/{subnet_id}")
+
     def capacity_show(self) -> models.Capacity:
         return models.Capacity.model_validate(self._call("GET", "/v1/capacity"))
 

@@ -21,6 +21,11 @@ PREFIXES = {
     "reservation": "r",
     "security_group_rule": "sgr",
     "placement_group": "pg",
+    "vpc": "vpc",
+    "subnet": "subnet",
+    "internet_gateway": "igw",
+    "route_table": "rtb",
+    "network_interface": "eni",
 }
 
 _HEX17 = re.compile(r"^[0-9a-f]{17}$")

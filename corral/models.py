@@ -59,6 +59,9 @@ class InstanceCreate(BaseModel):
         default_factory=dict, description="labels the node must carry (k: v)"
     )
     placement_group: str | None = Field(None, description="a placement group (name or pg- id)")
+    subnet: str | None = Field(
+        None, description="the subnet (subnet- id); default: the default VPC's default subnet"
+    )
     tags: dict[str, str] = Field(
         default_factory=dict, description="tags (exclusion tags keep equal values apart)"
     )
@@ -99,6 +102,7 @@ class Instance(BaseModel):
     net_limit_mbit: float | None = None
     metadata_tokens: str = "optional"
     metadata_hop_limit: int = 1
+    subnet_id: str | None = None
     restarts: int = 0
     pid: int | None = None
     launch_time: dt.datetime
@@ -657,3 +661,40 @@ class NodeJoined(BaseModel):
     node_id: str
     certificate: str  # PEM, for server use, naming the node's address
     ca_certificate: str  # PEM: the CA the controller's client certificate comes from
+
+
+# -- VPCs (issue 12) ---------------------------------------------------------------------------
+
+
+class VpcCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cidr: str = Field(description="IPv4 CIDR, /16 to /28 (e.g. 10.0.0.0/16)")
+
+
+class Vpc(BaseModel):
+    id: str
+    cidr: str
+    is_default: bool
+    dns_support: bool
+    dns_hostnames: bool
+    internet_gateway: str | None = None
+    subnets: list[str] = Field(default_factory=list, description="its subnets (ids)")
+    created_at: dt.datetime
+
+
+class SubnetCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    vpc: str = Field(description="the VPC (vpc- id)")
+    cidr: str = Field(description="IPv4 CIDR inside the VPC, /16 to /28, not overlapping others")
+    zone: str | None = Field(None, description="availability zone (default: the first)")
+
+
+class Subnet(BaseModel):
+    id: str
+    vpc_id: str
+    cidr: str
+    zone: str
+    is_default: bool
+    map_public_ip: bool
+    instances: list[str] = Field(default_factory=list, description="live instances (ids)")
+    created_at: dt.datetime

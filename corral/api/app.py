@@ -33,6 +33,7 @@ from corral.api.rest import (
     system,
     tags,
     volumes,
+    vpcs,
 )
 from corral.errors import CorralError
 
@@ -63,6 +64,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(metering.router)
     app.include_router(credits.router)
     app.include_router(cluster.router)
+    app.include_router(vpcs.router)
+    app.include_router(vpcs.subnet_router)
     app.include_router(ec2.router)  # the EC2 Query API at / (POST form or GET ?Action=)
     app.add_middleware(limits.BodyLimit, render=_render_refusal)
     app.add_middleware(metrics.RequestMetrics)  # /metrics: requests by route and status

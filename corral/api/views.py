@@ -32,6 +32,7 @@ def instance(row: db.Instance, image_name: str = "", domain: str = "") -> models
         net_limit_mbit=row.net_limit_mbit,
         metadata_tokens=row.metadata_tokens,
         metadata_hop_limit=row.metadata_hop_limit,
+        subnet_id=row.subnet_id,
         pid=row.pid,
         launch_time=row.launch_time,
         started_at=row.started_at,

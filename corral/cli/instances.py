@@ -94,6 +94,9 @@ def run(
     placement_group: str | None = typer.Option(
         None, "--placement-group", help="a placement group (`corral placement-group create`)"
     ),
+    subnet: str | None = typer.Option(
+        None, "--subnet", help="the subnet (subnet- id; default: the default VPC's)"
+    ),
     tag: list[str] = typer.Option([], "--tag", help="k=v: a tag on the instance; repeatable"),
     sg: list[str] = typer.Option(
         [], "--sg", help="a security group (`corral sg create`); repeatable; default: default"
@@ -130,6 +133,7 @@ def run(
             node=node,
             node_selector=_pairs(node_selector, "--node-selector"),
             placement_group=placement_group,
+            subnet=subnet,
             tags=_pairs(tag, "--tag"),
             security_groups=sg,
         )

@@ -27,6 +27,7 @@ from corral.cli import (
     security_groups,
     tunnel,
     volumes,
+    vpcs,
 )
 from corral.cli.common import Options, err_console, invalid_input
 from corral.errors import CorralError
@@ -70,6 +71,8 @@ app.add_typer(images.app, name="image")
 app.add_typer(volumes.app, name="volume")
 app.add_typer(keys.app, name="key")
 app.add_typer(placement.app, name="placement-group")
+app.add_typer(vpcs.app, name="vpc")
+app.add_typer(vpcs.subnets, name="subnet")
 app.add_typer(ops.app, name="op")
 cluster.register(ops.nodes)
 app.add_typer(ops.nodes, name="node")

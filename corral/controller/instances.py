@@ -80,6 +80,7 @@ class LaunchOptions:
     root_delete_on_termination: bool | None = None  # None: the image's (true)
     root_volume_type: str | None = None  # None: the image's (standard)
     volume_tags: dict[str, str] = field(default_factory=dict)  # on the volumes made at launch
+    subnet: str | None = None  # subnet-…; None: the default VPC's default subnet
 
 
 def _user_initiated() -> str:
@@ -142,7 +143,9 @@ class Instances:
 
     # -- run -------------------------------------------------------------------------------
     async def run(self, caller: Caller, req: InstanceCreate) -> tuple[Instance, Operation]:
-        opts = LaunchOptions(tags=dict(req.tags), security_groups=list(req.security_groups))
+        opts = LaunchOptions(
+            tags=dict(req.tags), security_groups=list(req.security_groups), subnet=req.subnet
+        )
         insts, ops = await self.launch(caller, req, opts)
         return insts[0], ops[0]
 
@@ -244,6 +247,7 @@ class Instances:
                 await self.ctrl.security_groups.resolve(s, caller, g)
                 for g in opts.security_groups or ["default"]
             ]
+            subnet = await self.ctrl.vpcs.launch_subnet(s, caller, opts.subnet, req.zone)
             policy = scheduler.Policy.from_settings(self.ctrl.settings)
             pg = None
             if req.placement_group:
@@ -291,6 +295,7 @@ class Instances:
                     image_id=image.id,
                     node_id=got.node_id,
                     network_id=network.id,
+                    subnet_id=subnet.id,
                     placement_group_id=pg.id if pg else None,
                     state="pending",
                     desired_state="running",

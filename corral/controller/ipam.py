@@ -42,6 +42,7 @@ async def allocate(
                 f"address {wanted} is already in use on network {network.name}",
                 field="address",
                 resource="address",
+                ec2_code="InvalidIPAddress.InUse",
             )
         choice = str(addr)
     else:

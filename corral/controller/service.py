@@ -34,6 +34,7 @@ from corral.controller.security_groups import SecurityGroupRules, SecurityGroups
 from corral.controller.snapshots import Snapshots
 from corral.controller.tags import Tags
 from corral.controller.volumes import Volumes
+from corral.controller.vpcs import Vpcs
 from corral.errors import NotFound
 from corral.images.store import ImageStore
 from corral.node.client import NodeClient
@@ -76,6 +77,7 @@ class Controller:
         self.quotas = Quotas(store, settings, self.accounts)
         self.metering = Metering(store, settings, self.accounts)  # records usage from here on
         self.credits = Credits(self)
+        self.vpcs = Vpcs(self)
         self.replacements = Replacements(self)
         self.appliances = Appliances(self)
         self.image_publishing = ImagePublishing(self)

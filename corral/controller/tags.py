@@ -16,12 +16,15 @@ from corral.store.models import (
     ElasticAddress,
     Image,
     Instance,
+    InternetGateway,
     KeyPair,
     PlacementGroup,
     SecurityGroup,
     Snapshot,
+    Subnet,
     Tag,
     Volume,
+    Vpc,
 )
 
 if TYPE_CHECKING:
@@ -40,6 +43,9 @@ KINDS: dict[str, tuple[str, type[Any], str]] = {
     "eipalloc": ("elastic-ip", ElasticAddress, "allocation"),
     "key": ("key-pair", KeyPair, "key_pair"),
     "pg": ("placement-group", PlacementGroup, "placement_group"),
+    "vpc": ("vpc", Vpc, "vpc"),
+    "subnet": ("subnet", Subnet, "subnet"),
+    "igw": ("internet-gateway", InternetGateway, "internet_gateway"),
 }
 
 
@@ -68,7 +74,7 @@ class Tags:
         if prefix not in KINDS or "-" not in rid:
             raise Invalid(
                 f"resource id {rid!r} is not a taggable resource id (i-, ami-, vol-, "
-                "snap-, sg-, eipalloc-, key-)",
+                "snap-, sg-, eipalloc-, key-, pg-, vpc-, subnet-, igw-)",
                 field="ResourceId",
                 ec2_code="InvalidID",
             )

@@ -35,6 +35,7 @@ from corral.node.net import (
     links,
     netns,
     nft,
+    overlay,
     publicdns,
     reach,
     shaping,
@@ -53,6 +54,7 @@ from corral.node.spec import (
     NodeInfo,
     NodeStats,
     ObservedInstance,
+    OverlaySpec,
     PolicySpec,
 )
 from corral.node.storage import overlays, volumes
@@ -377,6 +379,21 @@ class NodeAgent(MigrateAgent):
             await self.public_dns.remove(name)
         for name, address in put.items():
             await self.public_dns.set(name, address)
+
+    async def overlay_ensure(self, spec: OverlaySpec) -> None:
+        """A subnet's segment here, joined to its other nodes over VXLAN (net/overlay.py)."""
+        seg = overlay.Segment(
+            namespace=spec.namespace,
+            bridge=spec.bridge,
+            vni=spec.vni,
+            local=spec.local,
+            underlay_namespace=spec.underlay_namespace,
+            underlay_dev=spec.underlay_dev,
+        )
+        await overlay.ensure(seg, spec.peers, spec.entries)
+
+    async def overlay_remove(self, namespace: str, vni: int) -> None:
+        await overlay.remove(namespace, vni)
 
     async def network_hosts(self, spec: NetworkSpec, hosts: list[HostRecord]) -> None:
         await self._dnsmasq(spec).update_hosts(_entries(hosts))

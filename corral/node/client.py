@@ -22,6 +22,7 @@ from corral.node.spec import (
     NodeInfo,
     NodeStats,
     ObservedInstance,
+    OverlaySpec,
     PolicySpec,
 )
 
@@ -46,6 +47,10 @@ class NodeClient(Protocol):
     async def network_policy(self, policy: PolicySpec) -> None: ...
 
     async def dns_update(self, put: dict[str, str], remove: list[str]) -> None: ...
+
+    async def overlay_ensure(self, spec: OverlaySpec) -> None: ...
+
+    async def overlay_remove(self, namespace: str, vni: int) -> None: ...
 
     async def instance_create(self, spec: InstanceSpec) -> None: ...
 

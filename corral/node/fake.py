@@ -32,6 +32,7 @@ from corral.node.spec import (
     NodeInfo,
     NodeStats,
     ObservedInstance,
+    OverlaySpec,
     PolicySpec,
 )
 
@@ -61,6 +62,7 @@ class FakeNode:
         self.counters: dict[str, InstanceStats] = {}
         self.hosts: dict[str, list[HostRecord]] = {}
         self.policies: dict[str, PolicySpec] = {}
+        self.overlays: dict[tuple[str, int], OverlaySpec] = {}
         self.dns: dict[str, str] = {}
         self.fail_start: set[str] = set()
         self.plugged: dict[str, set[str]] = {}  # instance -> volumes hot-plugged
@@ -114,6 +116,12 @@ class FakeNode:
 
     async def network_ensure(self, spec: NetworkSpec, hosts: list[HostRecord]) -> None:
         self.hosts[spec.id] = list(hosts)
+
+    async def overlay_ensure(self, spec: OverlaySpec) -> None:
+        self.overlays[(spec.namespace, spec.vni)] = spec
+
+    async def overlay_remove(self, namespace: str, vni: int) -> None:
+        self.overlays.pop((namespace, vni), None)
 
     async def network_hosts(self, spec: NetworkSpec, hosts: list[HostRecord]) -> None:
         self.hosts[spec.id] = list(hosts)

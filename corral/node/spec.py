@@ -222,6 +222,30 @@ class NetworkEnsureRequest(BaseModel):
     hosts: list[HostRecord]
 
 
+class OverlaySpec(BaseModel):
+    """A subnet's segment on this node, joined to the other nodes hosting it by VXLAN
+    (corral/node/net/overlay.py): ``entries`` maps each remote guest MAC to the underlay
+    address of its node; ``peers`` are those nodes (broadcast is replicated to them only)."""
+
+    namespace: str
+    bridge: str = Field(max_length=15)
+    vni: int = Field(ge=1, lt=1 << 24)
+    local: str  # this node's underlay address
+    underlay_namespace: str | None = None  # where the underlay is; None: the agent's own
+    underlay_dev: str | None = None
+    peers: list[str] = Field(default_factory=list)
+    entries: dict[str, str] = Field(default_factory=dict)
+
+
+class OverlayRequest(BaseModel):
+    spec: OverlaySpec
+
+
+class OverlayRemoveRequest(BaseModel):
+    namespace: str
+    vni: int = Field(ge=1, lt=1 << 24)
+
+
 class NetworkPolicyRequest(BaseModel):
     policy: PolicySpec
 

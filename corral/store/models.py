@@ -203,6 +203,8 @@ class Instance(Base):
     # what happens when its credits run out (standard: held to the baseline; unlimited)
     cpu_baseline: Mapped[float] = mapped_column(Float, default=0.0)
     cpu_credits: Mapped[str] = mapped_column(String(16), default="standard")
+    # the VPC subnet its interface is in (migration 0009_vpc); None for instances made before
+    subnet_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
     __table_args__ = (
         # a name is unique per account among instances that are not terminated
         Index(
@@ -446,3 +448,46 @@ class JoinToken(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     used_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     used_by: Mapped[str] = mapped_column(String(64), default="")  # the node that joined with it
+
+
+# -- VPCs (migration 0009_vpc) ------------------------------------------------------------------
+
+
+class Vpc(Base):
+    """An account's private network: a CIDR its subnets carve up (corral/controller/vpcs.py)."""
+
+    __tablename__ = "vpcs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # vpc-…
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    cidr: Mapped[str] = mapped_column(String(43))
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    dns_support: Mapped[bool] = mapped_column(Boolean, default=True)
+    dns_hostnames: Mapped[bool] = mapped_column(Boolean, default=False)
+    # available, or deleted: a deleted default VPC stays as a mark that the account had one
+    # (it is not made again on first use; CreateDefaultVpc makes a new one)
+    state: Mapped[str] = mapped_column(String(16), default="available")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Subnet(Base):
+    """A CIDR inside a VPC, in one availability zone."""
+
+    __tablename__ = "subnets"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # subnet-…
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    vpc_id: Mapped[str] = mapped_column(ForeignKey("vpcs.id"), index=True)
+    cidr: Mapped[str] = mapped_column(String(43))
+    zone: Mapped[str] = mapped_column(String(64))
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    map_public_ip: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class InternetGateway(Base):
+    """An internet gateway, attached to at most one VPC of its account."""
+
+    __tablename__ = "internet_gateways"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # igw-…
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    vpc_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -274,9 +274,10 @@ async def account_attributes(call: Call) -> dict[str, Any]:
     limit = {q.name: q.limit for q in quota}
     # the account's quotas (controller/quotas.py); -1 (unlimited) as the most there can be
     eips = str(pool_size if limit["elastic_ips"] < 0 else min(pool_size, limit["elastic_ips"]))
+    default_vpc = await call.ctrl.vpcs.settled_default(call.caller.account_id)
     values = {
-        "supported-platforms": ["EC2"],
-        "default-vpc": ["none"],
+        "supported-platforms": ["VPC"],  # issue 12: every account has VPCs
+        "default-vpc": [default_vpc or "none"],
         "max-instances": [str(2**31 - 1 if limit["instances"] < 0 else limit["instances"])],
         "vpc-max-security-groups-per-interface": ["5"],
         "max-elastic-ips": [eips],

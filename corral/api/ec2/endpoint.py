@@ -46,6 +46,7 @@ def _load_actions() -> None:
         security_groups,
         tags,
         volumes,
+        vpcs,
     )
 
 

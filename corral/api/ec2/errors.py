@@ -29,6 +29,9 @@ NOT_FOUND = {
     "instance_type": "InvalidInstanceType",
     "account": "InvalidUserID.Malformed",
     "security_group_rule": "InvalidPermission.NotFound",
+    "vpc": "InvalidVpcID.NotFound",
+    "subnet": "InvalidSubnetID.NotFound",
+    "internet_gateway": "InvalidInternetGatewayID.NotFound",
 }
 EXISTS = {
     "key_pair": "InvalidKeyPair.Duplicate",

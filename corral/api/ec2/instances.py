@@ -28,6 +28,7 @@ from corral.store.models import (
     Node,
     PlacementGroup,
     SecurityGroup,
+    Subnet,
     Volume,
 )
 
@@ -73,6 +74,7 @@ LISTED = (
     Instance.metadata_endpoint,
     Instance.monitoring,
     Instance.source_dest_check,
+    Instance.subnet_id,
 )
 
 
@@ -124,6 +126,12 @@ async def load(
         ):
             x.volumes.setdefault(str(v.instance_id), []).append(v)
         x.zones = {str(k): str(v) for k, v in await s.execute(select(Node.id, Node.zone))}
+        x.vpcs = {
+            str(k): str(v)
+            for k, v in await s.execute(
+                select(Subnet.id, Subnet.vpc_id).where(Subnet.account_id == account)
+            )
+        }
         pg_ids = {r.placement_group_id for r in rows if r.placement_group_id}
         if pg_ids:
             for pid, name in await s.execute(
@@ -285,6 +293,10 @@ RUN_ACCEPTS = (
     "NetworkInterface.N.SecurityGroupId.N",
     "NetworkInterface.N.Groups.N",
     "NetworkInterface.N.DeleteOnTermination",
+    "NetworkInterface.N.SubnetId",
+    "NetworkInterface.N.PrivateIpAddress",
+    "NetworkInterface.N.AssociatePublicIpAddress",
+    "SubnetId",
     *TAG_SPECS,
     *DRY_RUN,
 )
@@ -298,7 +310,6 @@ RUN_UNSUPPORTED = (
     "KernelId",
     "RamdiskId",
     "Monitoring.*",
-    "SubnetId",
     "ElasticGpuSpecification.N.*",
     "ElasticInferenceAccelerator.N.*",
     "LaunchTemplate.*",
@@ -319,6 +330,40 @@ RUN_UNSUPPORTED = (
     "AdditionalInfo",
     "IamInstanceProfile.*",
 )
+
+
+@dataclass
+class _Nic:
+    """What RunInstances says of the instance's interface: its groups (None: not given),
+    subnet and private address."""
+
+    groups: list[str] | None = None
+    subnet: str | None = None
+    address: str | None = None
+
+
+def _interface(p: Params) -> _Nic:
+    """``SubnetId``/``PrivateIpAddress`` or ``NetworkInterface.1`` (not both, as on AWS)."""
+    nic = _Nic(subnet=p.get("SubnetId"), address=p.get("PrivateIpAddress"))
+    nics = p.group("NetworkInterface")
+    if not nics:
+        return nic
+    if nic.subnet is not None or nic.address is not None:
+        raise Ec2Error(
+            "InvalidParameterCombination",
+            "Network interfaces and an instance-level subnet ID or private IP address may not "
+            "be specified on the same request",
+        )
+    one = nics[0]
+    if one.flag("AssociatePublicIpAddress"):
+        raise Ec2Error(
+            "UnsupportedOperation",
+            "NetworkInterface.1.AssociatePublicIpAddress=true: Corral's public addresses are "
+            "elastic IPs; allocate one (AllocateAddress) and associate it after the launch",
+        )
+    nic.groups = _interface_groups(p)
+    nic.subnet, nic.address = one.get("SubnetId"), one.get("PrivateIpAddress")
+    return nic
 
 
 def _interface_groups(p: Params) -> list[str] | None:
@@ -464,14 +509,19 @@ async def instances_run(call: Call) -> dict[str, Any]:
     disk, devices = _block_devices(p)
     specs = p.tag_specs(("instance", "volume"))
     tags = specs.get("instance", {})
-    nic_groups = _interface_groups(p)
+    nic = _interface(p)
+    nic_groups = nic.groups
+    if nic.subnet is not None and not ids.is_id("subnet", nic.subnet):
+        raise Ec2Error(
+            "InvalidSubnetID.Malformed", f'Invalid id: "{nic.subnet}" (expecting "subnet-...")'
+        )
     groups = p.strings("SecurityGroupId") + p.strings("SecurityGroup")
     for g in p.strings("SecurityGroupId"):
         if not g.startswith("sg-"):
             raise Ec2Error("InvalidGroupId.Malformed", f'Invalid id: "{g}" (expecting "sg-...")')
     if nic_groups is not None:
         groups = nic_groups
-    address = p.get("PrivateIpAddress")
+    address = nic.address
     if address is not None and hi > 1:
         raise Ec2Error(
             "InvalidParameterCombination",
@@ -515,6 +565,7 @@ async def instances_run(call: Call) -> dict[str, Any]:
         root_delete_on_termination=devices.root_delete_on_termination,
         root_volume_type=devices.root_volume_type,
         volume_tags=specs.get("volume", {}),
+        subnet=nic.subnet,
     )
     made, _ = await call.ctrl.instances.launch(call.caller, req, opts)
     rows, x = await load(call, [i.id for i in made])

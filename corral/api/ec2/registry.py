@@ -37,16 +37,7 @@ PARAMS: dict[str, ParamSpec] = {}  # what each action accepts (corral/api/ec2/pa
 
 # AWS actions Corral knows of but does not offer: they answer UnsupportedOperation (400)
 UNSUPPORTED = (
-    "DescribeVpcs",
-    "CreateVpc",
-    "DeleteVpc",
-    "DescribeSubnets",
-    "CreateSubnet",
-    "DeleteSubnet",
-    "DescribeNetworkInterfaces",
     "CreateNetworkInterface",
-    "DescribeRouteTables",
-    "DescribeInternetGateways",
     "CopyImage",
     "CopySnapshot",
     "DescribeVolumeStatus",

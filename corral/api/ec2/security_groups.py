@@ -100,6 +100,25 @@ def _group_ref(p: Params) -> str:
     return ref
 
 
+async def _default_vpc_only(call: Call, vpc_id: str) -> None:
+    """Security groups belong to the account's default VPC (controller/vpcs.py): a group for
+    another of its VPCs is refused until those VPCs have a data plane; an unknown id is
+    InvalidVpcID.NotFound."""
+    await call.ctrl.vpcs.settled_default(call.caller.account_id)
+    async with call.ctrl.store.read() as s:
+        row = await call.ctrl.vpcs.vpc(s, call.caller, vpc_id)
+    if not row.is_default:
+        raise Ec2Error(
+            "UnsupportedOperation",
+            f"VpcId {vpc_id}: Corral's security groups belong to the default VPC until other "
+            "VPCs span nodes (docs/networking.md); give the default VPC or leave VpcId out",
+        )
+
+
+async def _account_vpc(call: Call) -> str | None:
+    return await call.ctrl.vpcs.settled_default(call.caller.account_id)
+
+
 def rule_item(r: SecurityGroupRule, owner: str) -> dict[str, Any]:
     return {
         "securityGroupRuleId": r.id,
@@ -153,15 +172,18 @@ def _perm_set(
     accepts=(
         "GroupName",
         "GroupDescription",
+        "VpcId",
         *TAG_SPECS,
         *DRY_RUN,
     ),
-    unsupported=("VpcId",),
 )
 async def group_create(call: Call) -> dict[str, Any]:
     p = call.p
     name = p.need("GroupName")
     description = p.need("GroupDescription")
+    vpc_id = p.get("VpcId")
+    if vpc_id is not None:
+        await _default_vpc_only(call, vpc_id)
     wanted = tags.check(p.tag_specs(("security-group",)).get("security-group", {}))
     row = await call.ctrl.security_groups.create(
         call.caller, name, description, call.dry_run, wanted
@@ -322,6 +344,7 @@ def _source_owners(rules_of: Any, direction: str) -> Any:
 async def group_describe(call: Call) -> dict[str, Any]:
     p = call.p
     groups, rules = await call.ctrl.security_groups.list(call.caller)
+    vpc_id = await _account_vpc(call)
     all_names = {g.id: g.name for g in groups}
     ids_wanted, names_wanted = p.strings("GroupId"), p.strings("GroupName")
     if ids_wanted:
@@ -353,6 +376,7 @@ async def group_describe(call: Call) -> dict[str, Any]:
         "group-name": lambda g: g.name,
         "description": lambda g: g.description,
         "owner-id": lambda g: g.account_id,
+        "vpc-id": lambda g: vpc_id,
     }
     for prefix, direction in (("ip-permission", "ingress"), ("egress.ip-permission", "egress")):
         known |= {
@@ -373,7 +397,6 @@ async def group_describe(call: Call) -> dict[str, Any]:
             "ip-permission.prefix-list-id",
             "egress.ip-permission.ipv6-cidr",
             "egress.ip-permission.prefix-list-id",
-            "vpc-id",
         ),
     )
     groups = [g for g in groups if match(g)]
@@ -389,6 +412,7 @@ async def group_describe(call: Call) -> dict[str, Any]:
                 "groupId": g.id,
                 "groupName": g.name,
                 "groupDescription": g.description,
+                "vpcId": vpc_id,
                 "ipPermissions": _perm_set(rules_of(g, "ingress"), owner, names),
                 "ipPermissionsEgress": _perm_set(rules_of(g, "egress"), owner, names),
                 "tagSet": views.tag_set(tag_map.get(g.id)),

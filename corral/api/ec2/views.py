@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.controller import states
+from corral.controller.vpcs import interface_id
 from corral.naming import private_dns_name
 from corral.store import models as db
 
@@ -48,6 +49,7 @@ class InstanceExtras:
     zones: dict[str, str] = field(default_factory=dict)  # node id -> availability zone
     placement_groups: dict[str, str] = field(default_factory=dict)  # pg id -> name
     launch_index: dict[str, int] = field(default_factory=dict)  # its place in its reservation
+    vpcs: dict[str, str] = field(default_factory=dict)  # subnet id -> its VPC's id
 
 
 def instance(
@@ -107,6 +109,11 @@ def instance(
         "ebsOptimized": False,
         "platformDetails": "Linux/UNIX",
         "sourceDestCheck": row.source_dest_check,
+        "vpcId": x.vpcs.get(row.subnet_id or "") if live else None,
+        "subnetId": row.subnet_id if live else None,
+        "networkInterfaceSet": [interface(row, x, zone, domain)]
+        if live and row.subnet_id and row.private_ip
+        else [],
         "metadataOptions": {
             "state": "applied",
             "httpTokens": row.metadata_tokens,
@@ -115,6 +122,44 @@ def instance(
             "httpProtocolIpv6": "disabled",
             "instanceMetadataTags": "disabled",
         },
+    }
+
+
+def interface(row: Any, x: InstanceExtras, zone: str, domain: str) -> dict[str, Any]:
+    """An instance's one network interface (device 0), as DescribeInstances' item shows it."""
+    public = x.public_ips.get(row.id)
+    assoc = {"publicIp": public, "ipOwnerId": row.account_id} if public else None
+    dns = private_dns_name(row.name, row.account_id, domain)
+    return {
+        "networkInterfaceId": interface_id(row.id),
+        "subnetId": row.subnet_id,
+        "vpcId": x.vpcs.get(row.subnet_id or ""),
+        "description": "",
+        "ownerId": row.account_id,
+        "status": "in-use",
+        "macAddress": row.mac,
+        "privateIpAddress": row.private_ip,
+        "privateDnsName": dns,
+        "sourceDestCheck": row.source_dest_check,
+        "groupSet": [{"groupId": g, "groupName": n} for g, n in x.groups.get(row.id, [])],
+        "attachment": {
+            "attachmentId": "eni-attach-" + row.id.partition("-")[2],
+            "deviceIndex": 0,
+            "networkCardIndex": 0,
+            "status": "attached",
+            "attachTime": row.launch_time,
+            "deleteOnTermination": True,
+        },
+        "association": assoc,
+        "privateIpAddressesSet": [
+            {
+                "privateIpAddress": row.private_ip,
+                "privateDnsName": dns,
+                "primary": True,
+                "association": assoc,
+            }
+        ],
+        "interfaceType": "interface",
     }
 
 
@@ -153,6 +198,11 @@ def instance_filters(x: InstanceExtras, zone: str, domain: str, zone_id: str) ->
             lambda r: r.account_id if x.public_ips.get(r.id) else None
         ),
         "network-interface.attachment.instance-id": live(lambda r: r.id),
+        "network-interface.network-interface-id": live(lambda r: interface_id(r.id)),
+        "network-interface.subnet-id": live(lambda r: r.subnet_id),
+        "network-interface.vpc-id": live(lambda r: x.vpcs.get(r.subnet_id or "")),
+        "subnet-id": live(lambda r: r.subnet_id),
+        "vpc-id": live(lambda r: x.vpcs.get(r.subnet_id or "")),
         "network-interface.attachment.instance-owner-id": live(lambda r: r.account_id),
         "network-interface.attachment.device-index": live(lambda r: 0),
         "network-interface.attachment.network-card-index": live(lambda r: 0),
@@ -271,15 +321,12 @@ INSTANCE_ABSENT = (
     "network-interface.ipv6-addresses.ipv6-address",
     "network-interface.ipv6-addresses.is-primary-ipv6",
     "network-interface.ipv6-prefixes.ipv6-prefix",
-    "network-interface.network-interface-id",
     "network-interface.operator.principal",
     "network-interface.outpost-arn",
     "network-interface.public-dns-name",
     "network-interface.requester-id",
-    "network-interface.subnet-id",
     "network-interface.tag-key",
     "network-interface.tag-value",
-    "network-interface.vpc-id",
     "operator.principal",
     "outpost-arn",
     "placement-group-name",
@@ -292,7 +339,5 @@ INSTANCE_ABSENT = (
     "product-code.type",
     "requester-id",
     "spot-instance-request-id",
-    "subnet-id",
     "tpm-support",
-    "vpc-id",
 )

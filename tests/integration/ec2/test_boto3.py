@@ -5,6 +5,7 @@ At most two VMs run at once."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,17 @@ def test_boto3_lifecycle_with_waiters_volume_and_image(corral: Daemon, ec2: Any,
     # the session's earlier EC2 tests may have imported the same key already
     if not ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": ["cli"]}])["KeyPairs"]:
         ec2.import_key_pair(KeyName="cli", PublicKeyMaterial=cli_key(corral).encode())
-    sg = ec2.create_security_group(GroupName="web", Description="web servers")["GroupId"]
+    # as an EC2 client does (issue 12): find the default VPC, pick its subnet, launch there
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]
+    subnet = ec2.describe_subnets(
+        Filters=[
+            {"Name": "vpc-id", "Values": [vpc["VpcId"]]},
+            {"Name": "default-for-az", "Values": ["true"]},
+        ]
+    )["Subnets"][0]
+    sg = ec2.create_security_group(GroupName="web", Description="web servers", VpcId=vpc["VpcId"])[
+        "GroupId"
+    ]
     ec2.authorize_security_group_ingress(
         GroupId=sg,
         IpPermissions=[
@@ -67,6 +78,7 @@ def test_boto3_lifecycle_with_waiters_volume_and_image(corral: Daemon, ec2: Any,
         InstanceType="cr1.micro",
         KeyName="cli",
         SecurityGroupIds=[sg],
+        SubnetId=subnet["SubnetId"],
         UserData=USER_DATA,
         ClientToken="boto3-lifecycle-1",
         TagSpecifications=[
@@ -83,6 +95,18 @@ def test_boto3_lifecycle_with_waiters_volume_and_image(corral: Daemon, ec2: Any,
     ec2.get_waiter("instance_running").wait(InstanceIds=[iid], WaiterConfig=WAIT)
     desc = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
     assert desc["PrivateIpAddress"] and desc["PrivateDnsName"].startswith("web-1.")
+    assert ipaddress.ip_address(desc["PrivateIpAddress"]) in ipaddress.ip_network(
+        subnet["CidrBlock"]
+    )
+    assert (desc["VpcId"], desc["SubnetId"]) == (vpc["VpcId"], subnet["SubnetId"])
+    nic = desc["NetworkInterfaces"][0]
+    assert nic["PrivateIpAddress"] == desc["PrivateIpAddress"]
+    assert (
+        ec2.describe_network_interfaces(NetworkInterfaceIds=[nic["NetworkInterfaceId"]])[
+            "NetworkInterfaces"
+        ][0]["Attachment"]["InstanceId"]
+        == iid
+    )
     assert desc["SecurityGroups"] == [{"GroupId": sg, "GroupName": "web"}]
     assert {"Key": "Name", "Value": "web-1"} in desc["Tags"]
 

@@ -131,7 +131,8 @@ async def test_instance_filters_answer_from_the_instance(world: World) -> None:
     assert await ids("launch-index", "1") == [second]
     assert len(await ids("network-interface.attachment.device-index", "0")) == 2
     assert len(await ids("metadata-options.http-tokens", "optional")) == 2
-    assert await ids("vpc-id", "*") == []  # no VPC yet: matches nothing, as on AWS
+    assert len(await ids("vpc-id", "vpc-*")) == 2  # the default VPC's (issue 12)
+    assert await ids("vpc-id", "vpc-00000000") == []
     assert await ids("spot-instance-request-id", "*") == []
     await ec2.fails(
         "InvalidParameterValue",

@@ -187,6 +187,10 @@ async def test_run_instances_refuses_what_it_cannot_do_with_an_interface(world: 
         "MissingParameter": [("NetworkInterface.1.Groups.1", sg)],
         "UnsupportedOperation": [
             ("NetworkInterface.1.DeviceIndex", "0"),
+            ("NetworkInterface.1.SecondaryPrivateIpAddressCount", "1"),
+        ],
+        "InvalidSubnetID.Malformed": [
+            ("NetworkInterface.1.DeviceIndex", "0"),
             ("NetworkInterface.1.SubnetId", "subnet-1"),
         ],
         "InvalidParameterCombination": [

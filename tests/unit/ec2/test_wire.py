@@ -50,7 +50,7 @@ async def test_unknown_action_is_invalid_action(world: World) -> None:
 
 
 async def test_unimplemented_aws_action_is_4xx(world: World) -> None:
-    status, root = await _post(world, b"Action=DescribeVpcs&Version=2016-11-15")
+    status, root = await _post(world, b"Action=CreateNetworkInterface&Version=2016-11-15")
     assert status == 400 and root.findtext("Errors/Error/Code") == "UnsupportedOperation"
 
 
@@ -82,7 +82,7 @@ async def test_catalog(world: World) -> None:
     await ec2.fails("InvalidInstanceType", "DescribeInstanceTypes", InstanceTypes=["x9.huge"])
     attrs = await ec2.call("DescribeAccountAttributes", AttributeNames=["supported-platforms"])
     values = attrs["AccountAttributes"][0]["AttributeValues"]
-    assert values == [{"AttributeValue": "EC2"}]
+    assert values == [{"AttributeValue": "VPC"}]
     zones = await ec2.call("DescribeAvailabilityZones")
     assert zones["AvailabilityZones"][0]["State"] == "available"
 

@@ -2,7 +2,7 @@
 an instance's CPU baseline and credit mode, a volume's Iops and Throughput.
 
 Revision ID: 0009_fair
-Revises: 0004_postgres
+Revises: 0009_cluster
 """
 
 from __future__ import annotations

@@ -1,0 +1,135 @@
+"""A subnet's layer-2 segment across nodes (issue 12): the segment's bridge in the node's
+data-plane namespace joined to the other nodes by one VXLAN device (one VNI per segment) over
+the underlay. Learning is off (``nolearning``): every forwarding entry is Corral's, written
+from the MACs it placed (``entries``: a guest MAC and the underlay address of the node that
+runs it), and broadcast/unknown traffic (ARP, DHCP) is replicated only to the nodes that host
+the segment (``peers``: all-zero entries, head-end replication), never flooded to the LAN.
+
+The VXLAN device is made in the underlay's namespace (its UDP socket stays there) and then
+moved into the data-plane namespace, where it joins the bridge; its MTU is the underlay's less
+the 50-byte VXLAN overhead, and the guests get the same through DHCP (option 26). Every call is
+idempotent and converges: entries no longer wanted are removed."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+
+from corral.errors import Invalid
+from corral.proc import arun
+
+PORT = 4789  # IANA's VXLAN port
+OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+ZERO_MAC = "00:00:00:00:00:00"
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def device(vni: int) -> str:
+    return f"vx{vni}"
+
+
+def guest_mtu(underlay_mtu: int = 1500) -> int:
+    return underlay_mtu - OVERHEAD
+
+
+@dataclass(frozen=True)
+class Segment:
+    namespace: str  # the data-plane namespace holding the bridge
+    bridge: str
+    vni: int
+    local: str  # this node's underlay address
+    underlay_namespace: str | None = None  # None: the agent's own namespace
+    underlay_dev: str | None = None
+
+    def check(self) -> None:
+        if not 1 <= self.vni < 1 << 24:
+            raise Invalid(f"VNI {self.vni} must be 1-16777215", field="vni")
+        ipaddress.IPv4Address(self.local)
+
+
+def _ns(ns: str | None) -> list[str]:
+    return ["-n", ns] if ns else []
+
+
+async def _ip(ns: str | None, *args: str, check: bool = True) -> str:
+    return await arun(["ip", *_ns(ns), *args], check=check)
+
+
+async def _bridge(ns: str, *args: str, check: bool = True) -> str:
+    return await arun(["bridge", "-n", ns, *args], check=check)
+
+
+async def _names(ns: str | None) -> set[str]:
+    out = await _ip(ns, "-json", "link", "show")
+    return {link["ifname"] for link in json.loads(out or "[]")}
+
+
+async def ensure(seg: Segment, peers: list[str], entries: dict[str, str]) -> None:
+    """The bridge, the VXLAN device on it, and exactly these forwarding entries:
+    ``entries`` maps a remote guest's MAC to its node's underlay address; ``peers`` are the
+    underlay addresses of the other nodes hosting the segment."""
+    seg.check()
+    for mac, where in entries.items():
+        if not MAC_RE.match(mac):
+            raise Invalid(f"MAC {mac!r} is not a lower-case colon-separated MAC", field="mac")
+        ipaddress.IPv4Address(where)
+    for p in peers:
+        ipaddress.IPv4Address(p)
+    dev = device(seg.vni)
+    here = await _names(seg.namespace)
+    if seg.bridge not in here:
+        await _ip(
+            seg.namespace,
+            "link",
+            "add",
+            seg.bridge,
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+        )
+    if dev not in here:
+        if dev in await _names(seg.underlay_namespace):  # made, not yet moved (a crash)
+            await _ip(seg.underlay_namespace, "link", "delete", dev, check=False)
+        args = ["link", "add", dev, "type", "vxlan", "id", str(seg.vni), "local", seg.local]
+        args += ["dstport", str(PORT), "nolearning"]
+        if seg.underlay_dev:
+            args += ["dev", seg.underlay_dev]
+        await _ip(seg.underlay_namespace, *args)
+        await _ip(seg.underlay_namespace, "link", "set", dev, "netns", seg.namespace)
+    await _ip(seg.namespace, "link", "set", dev, "master", seg.bridge)
+    # no learning on the bridge port either: the bridge's table for remote MACs is Corral's
+    await _bridge(seg.namespace, "link", "set", "dev", dev, "learning", "off")
+    await _ip(seg.namespace, "link", "set", dev, "up")
+    await _ip(seg.namespace, "link", "set", seg.bridge, "up")
+    await _fdb(seg.namespace, dev, peers, entries)
+
+
+async def _fdb(ns: str, dev: str, peers: list[str], entries: dict[str, str]) -> None:
+    out = await _bridge(ns, "-json", "fdb", "show", "dev", dev)
+    have = {(e["mac"], e["dst"]) for e in json.loads(out or "[]") if e.get("dst")}
+    want = {(ZERO_MAC, p) for p in peers} | {(m, a) for m, a in entries.items()}
+    for mac, dst in sorted(have - want):
+        await _bridge(ns, "fdb", "del", mac, "dev", dev, "dst", dst, check=False)
+    for mac, dst in sorted(want - have):
+        verb = "append" if mac == ZERO_MAC else "replace"
+        await _bridge(ns, "fdb", verb, mac, "dev", dev, "dst", dst, "self", "permanent")
+
+
+async def fdb(ns: str, vni: int) -> dict[str, list[str]]:
+    """The VXLAN device's forwarding entries: MAC -> underlay addresses (for checks)."""
+    out = await _bridge(ns, "-json", "fdb", "show", "dev", device(vni))
+    table: dict[str, list[str]] = {}
+    for e in json.loads(out or "[]"):
+        if e.get("dst"):
+            table.setdefault(e["mac"], []).append(e["dst"])
+    return table
+
+
+async def remove(namespace: str, vni: int) -> None:
+    if device(vni) in await _names(namespace):
+        await _ip(namespace, "link", "delete", device(vni), check=False)

@@ -1,0 +1,59 @@
+"""VPCs and subnets over the native REST API (what `corral vpc` / `corral subnet` and
+`corral run --subnet` send): the default VPC holds the node network, bad input named with
+the field, nothing changed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.postgres
+
+
+async def _wait(api: httpx.AsyncClient, body: dict[str, Any]) -> None:
+    op = body["operation"]
+    r = await api.get(f"/v1/operations/{op['id']}/wait", params={"timeout": 10})
+    assert r.json()["status"] == "succeeded", r.text
+
+
+async def test_vpcs_subnets_and_run_with_a_subnet(api: httpx.AsyncClient) -> None:
+    vpcs = (await api.get("/v1/vpcs")).json()
+    assert len(vpcs) == 1 and vpcs[0]["is_default"]
+    # the configured node network is 10.88.0.0/24: its /16 is the default VPC
+    assert vpcs[0]["cidr"] == "10.88.0.0/16" and vpcs[0]["internet_gateway"].startswith("igw-")
+    default_subnet = vpcs[0]["subnets"][0]
+    shown = (await api.get(f"/v1/subnets/{default_subnet}")).json()
+    assert shown["cidr"] == "10.88.0.0/24" and shown["instances"] == []
+    r = await api.post("/v1/instances", json={"image": "tiny", "subnet": default_subnet})
+    assert r.status_code == 202, r.text
+    await _wait(api, r.json())
+    inst = r.json()["instance"]
+    assert inst["subnet_id"] == default_subnet
+    shown = (await api.get(f"/v1/subnets/{default_subnet}")).json()
+    assert shown["instances"] == [inst["id"]]
+    gone = await api.delete(f"/v1/subnets/{default_subnet}")
+    assert gone.status_code == 409 and gone.json()["error"]["field"] == "subnet"
+
+    made = await api.post("/v1/vpcs", json={"cidr": "10.0.0.0/16"})
+    assert made.status_code == 201, made.text
+    vid = made.json()["id"]
+    bad = await api.post("/v1/vpcs", json={"cidr": "10.0.0.0/8"})
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "CidrBlock"
+    sub = await api.post("/v1/subnets", json={"vpc": vid, "cidr": "10.0.1.0/24"})
+    assert sub.status_code == 201, sub.text
+    sid = sub.json()["id"]
+    clash = await api.post("/v1/subnets", json={"vpc": vid, "cidr": "10.0.1.0/25"})
+    assert clash.status_code == 400 and "conflicts" in clash.json()["error"]["message"]
+    outside = await api.post("/v1/subnets", json={"vpc": vid, "cidr": "10.9.0.0/24"})
+    assert outside.status_code == 400 and "not inside" in outside.json()["error"]["message"]
+    # no data plane for it yet: refused, and nothing was made
+    r = await api.post("/v1/instances", json={"image": "tiny", "subnet": sid})
+    assert r.status_code == 400 and r.json()["error"]["field"] == "subnet"
+    assert len((await api.get("/v1/instances")).json()) == 1
+    assert (await api.delete(f"/v1/vpcs/{vid}")).status_code == 409  # it has a subnet
+    assert (await api.delete(f"/v1/subnets/{sid}")).status_code == 204
+    assert (await api.delete(f"/v1/vpcs/{vid}")).status_code == 204
+    assert (await api.get(f"/v1/vpcs/{vid}")).status_code == 404
+    assert [s["id"] for s in (await api.get("/v1/subnets")).json()] == [default_subnet]
