@@ -345,14 +345,9 @@ class Instances:
                     made_volumes.append(
                         await self.ctrl.volumes.new_at_launch(s, caller, inst, want)
                     )
-                if opts.volume_tags and not made_volumes:
-                    raise Invalid(
-                        f"TagSpecification of type volume: no volume is made at this launch "
-                        f"(image {image.id} keeps its root on the instance and no "
-                        "BlockDeviceMapping asks for one); leave it out or map a volume",
-                        field="TagSpecification",
-                        ec2_code="InvalidParameterCombination",
-                    )
+                # tags for the volumes made at this launch: with none made (the image keeps its
+                # root on the instance, no mapping asks for one) they tag nothing, as on AWS for
+                # an instance-store image; Ansible's ec2_instance always sends them with a name
                 if opts.volume_tags:
                     await s.flush()
                     for vol in made_volumes:
