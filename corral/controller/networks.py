@@ -3,7 +3,9 @@ The controller owns the records; the node's dnsmasq gets the host list from here
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -25,6 +27,10 @@ BRIDGE = "cbr0"
 class Networks:
     def __init__(self, ctrl: Controller) -> None:
         self.ctrl = ctrl
+        # one push at a time per network, its state read inside: two pushes that overlap (an
+        # elastic-IP move and a reconcile pass) would otherwise land in either order, and an
+        # older state pushed last stays in the kernel until the next pass
+        self._pushing: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def ensure_default(self, node_id: str, namespace: str | None = None) -> Network:
         """The node's default network, matching the configured subnet and domain, in the
@@ -130,21 +136,25 @@ class Networks:
 
     async def ensure_on_node(self, network_id: str) -> None:
         """Namespace, bridge, dnsmasq with the host list, and the kernel policy (idempotent)."""
-        if (want := await self._desired(network_id)) is None:
-            return
-        row, hosts, pol = want
-        node = self.ctrl.node(row.node_id)
-        await node.network_ensure(self.spec(row), hosts)
-        await node.network_policy(pol)
+        async with self._pushing[network_id]:
+            if (want := await self._desired(network_id)) is None:
+                return
+            row, hosts, pol = want
+            node = self.ctrl.node(row.node_id)
+            await node.network_ensure(self.spec(row), hosts)
+            await node.network_policy(pol)
 
     async def sync(self, network_id: str | None) -> None:
         """Push what changed in the store to the node: DNS/DHCP hosts and the kernel policy."""
-        if network_id is None or (want := await self._desired(network_id)) is None:
+        if network_id is None:
             return
-        row, hosts, pol = want
-        node = self.ctrl.node(row.node_id)
-        await node.network_policy(pol)
-        await node.network_hosts(self.spec(row), hosts)
+        async with self._pushing[network_id]:
+            if (want := await self._desired(network_id)) is None:
+                return
+            row, hosts, pol = want
+            node = self.ctrl.node(row.node_id)
+            await node.network_policy(pol)
+            await node.network_hosts(self.spec(row), hosts)
 
     async def sync_all(self) -> None:
         """Push every network's policy (a security group or an elastic IP changed)."""
