@@ -447,6 +447,54 @@ class NodeAgent(MigrateAgent):
         if port is not None:  # the policy came before the tap: cap it now
             await self._shape(spec.network.namespace, spec.tap, port.rate_mbit)
 
+    async def _launch(
+        self, spec: InstanceSpec, manifest: Manifest, root: Path, extra: tuple[str, ...] = ()
+    ) -> Machine:
+        """Start the instance's QEMU, confined, in its cgroup with its limits (``extra``: more
+        QEMU arguments, e.g. a migration's ``-incoming defer``); the one launch path."""
+        paths = self.paths(spec.id)
+        accel = await self.accel()
+        kernel = self.images.kernel_path(manifest)
+        initrd = self.images.initrd_path(manifest)
+        qemu_argv, fds = qemu.argv(
+            spec,
+            paths,
+            accel=accel.accel,
+            machine=self.settings.machine,
+            kernel=kernel,
+            initrd=initrd,
+            cmdline=manifest.cmdline,
+            root=qemu.Chain(await overlays.chain(root)),
+            volume_dir=self.volume_dir,
+        )
+        argv = await asyncio.to_thread(
+            confine.plan,
+            self.settings.instances_dir,
+            spec,
+            paths,
+            [*qemu_argv, *extra],
+            fds,
+            accel.accel,
+            [kernel, initrd],
+        )
+        limits = cgroups.Limits(
+            cpu=spec.cpu_limit or float(spec.cpus),
+            memory=spec.memory + MEMORY_OVERHEAD,
+            cpu_baseline=spec.cpu_baseline,
+        )
+        self.credits.forget(spec.id)  # its terms may have changed; the balance is kept
+        m = await Machine.launch(
+            spec.id,
+            argv,
+            paths,
+            namespace=spec.network.namespace,
+            cgroup=self._cgroup(spec.id),
+            limits=limits,
+            on_exit=self._exit_handler,
+        )
+        self.machines[spec.id] = m
+        return m
+
     async def instance_start(self, spec: InstanceSpec) -> int:
         async with self._lock(spec.id):
             m = self.machines.get(spec.id)
@@ -462,49 +510,10 @@ class NodeAgent(MigrateAgent):
                 self.machines[spec.id] = m
                 return pid
             manifest = self.images.get_manifest(spec.image)
-            accel = await self.accel()
             root = paths.disk
             if spec.root_volume is not None:  # EBS-style: the root is a volume
                 root = self._volume(spec.root_volume)
-            kernel = self.images.kernel_path(manifest)
-            initrd = self.images.initrd_path(manifest)
-            qemu_argv, fds = qemu.argv(
-                spec,
-                paths,
-                accel=accel.accel,
-                machine=self.settings.machine,
-                kernel=kernel,
-                initrd=initrd,
-                cmdline=manifest.cmdline,
-                root=qemu.Chain(await overlays.chain(root)),
-                volume_dir=self.volume_dir,
-            )
-            argv = await asyncio.to_thread(
-                confine.plan,
-                self.settings.instances_dir,
-                spec,
-                paths,
-                qemu_argv,
-                fds,
-                accel.accel,
-                [kernel, initrd],
-            )
-            limits = cgroups.Limits(
-                cpu=spec.cpu_limit or float(spec.cpus),
-                memory=spec.memory + MEMORY_OVERHEAD,
-                cpu_baseline=spec.cpu_baseline,
-            )
-            self.credits.forget(spec.id)  # its terms may have changed; the balance is kept
-            m = await Machine.launch(
-                spec.id,
-                argv,
-                paths,
-                namespace=spec.network.namespace,
-                cgroup=self._cgroup(spec.id),
-                limits=limits,
-                on_exit=self._exit_handler,
-            )
-            self.machines[spec.id] = m
+            m = await self._launch(spec, manifest, root)
             assert m.pid is not None
             if m.qmp is not None:  # the volumes' IO limits (controller/volume_io.py)
                 for vol in spec.volumes:

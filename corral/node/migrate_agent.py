@@ -42,7 +42,8 @@ from pathlib import Path
 
 from corral.errors import NotFound, WrongState
 from corral.fsutil import atomic_write
-from corral.node.driver import cgroups, confine, migration, mirror, qemu
+from corral.images.manifest import Manifest
+from corral.node.driver import cgroups, migration, mirror
 from corral.node.driver.machine import Machine
 from corral.node.driver.qmp import QmpUnavailable
 from corral.node.events import EventLog
@@ -56,7 +57,6 @@ from corral.node.spec import (
     MigrationStatus,
     MirrorDisk,
 )
-from corral.node.storage import overlays
 from corral.node.storage import volumes as volume_files
 from corral.node.volume_agent import VolumeAgent
 
@@ -114,6 +114,11 @@ class MigrateAgent(VolumeAgent):
     async def instance_create(self, spec: InstanceSpec) -> None:
         raise NotImplementedError
 
+    async def _launch(
+        self, spec: InstanceSpec, manifest: Manifest, root: Path, extra: tuple[str, ...] = ()
+    ) -> Machine:
+        raise NotImplementedError
+
     def _incoming_file(self, iid: str) -> Path:
         return self.paths(iid).dir / "incoming.json"
 
@@ -152,47 +157,10 @@ class MigrateAgent(VolumeAgent):
                     created.append(vid)
             paths = self.paths(spec.id)
             await self.instance_create(spec)  # the overlay (same backing, same size), tap
-            accel = await self.accel()
-            kernel = self.images.kernel_path(manifest)
-            initrd = self.images.initrd_path(manifest)
             root = self._volume(spec.root_volume) if spec.root_volume else paths.disk
-            qemu_argv, fds = qemu.argv(
-                spec,
-                paths,
-                accel=accel.accel,
-                machine=self.settings.machine,
-                kernel=kernel,
-                initrd=initrd,
-                cmdline=manifest.cmdline,
-                root=qemu.Chain(await overlays.chain(root)),
-                volume_dir=self.volume_dir,
-            )
             # paused when the memory is in (-S): the guest continues only once the source's
             # mirrors have ended and the NBD server is gone (migrate_finish)
-            qemu_argv += ["-S", "-incoming", "defer"]
-            argv = await asyncio.to_thread(
-                confine.plan,
-                self.settings.instances_dir,
-                spec,
-                paths,
-                qemu_argv,
-                fds,
-                accel.accel,
-                [kernel, initrd],
-            )
-            limits = cgroups.Limits(
-                cpu=spec.cpu_limit or float(spec.cpus), memory=spec.memory + self.memory_overhead
-            )
-            m = await Machine.launch(
-                spec.id,
-                argv,
-                paths,
-                namespace=spec.network.namespace,
-                cgroup=self._cgroup(spec.id),
-                limits=limits,
-                on_exit=self._exit_handler,
-            )
-            self.machines[spec.id] = m
+            m = await self._launch(spec, manifest, root, ("-S", "-incoming", "defer"))
             assert m.qmp is not None
             await migration.setup_destination(m.qmp)
             nodes = [spec.root_volume or "root"] + [v.id for v in spec.volumes]
