@@ -45,6 +45,31 @@ def _pick(rows: list[Any], wanted: list[str], code: str, what: str) -> list[Any]
     return [r for r in rows if r.id in wanted]
 
 
+def _wanted(call: Call, param: str, kind: str, code: str) -> list[str]:
+    """The ids a Describe asks for (``Param.N``), each checked for its shape."""
+    wanted = call.p.strings(param)
+    _check(wanted, kind, code)
+    return wanted
+
+
+def _page(
+    call: Call,
+    rows: list[Any],
+    getters: dict[str, Callable[[Any], Any]],
+    id_param: str,
+    tag_map: Tagged | None = None,
+    absent: tuple[str, ...] = (),
+    most: int = 1000,
+) -> tuple[list[Any], str | None]:
+    """The common tail of every Describe here: AWS's filters, DryRun, then one page."""
+    tagged = tag_map or {}
+    match = Filters(call.p.filters(), getters, lambda r: tagged.get(r.id, {}), absent=absent)
+    rows = [r for r in rows if match(r)]
+    if call.dry_run:
+        dry_run_ok()
+    return paginate(rows, call.p, call.action, call.caller.account_id, 5, most, id_param)
+
+
 async def _tags(call: Call, rids: list[str]) -> Tagged:
     async with call.ctrl.store.read() as s:
         return await call.ctrl.tags.of(s, call.caller.account_id, rids)
@@ -125,14 +150,13 @@ async def vpc_delete(call: Call) -> dict[str, Any]:
 
 @action("DescribeVpcs", accepts=("VpcId.N", *FILTERS, *PAGES, *DRY_RUN))
 async def vpc_describe(call: Call) -> dict[str, Any]:
-    p = call.p
-    wanted = p.strings("VpcId")
-    _check(wanted, "vpc", "InvalidVpcID")
+    wanted = _wanted(call, "VpcId", "vpc", "InvalidVpcID")
     vpcs, _, _ = await call.ctrl.vpcs.list(call.caller)
     rows = _pick(vpcs, wanted, "InvalidVpcID.NotFound", "vpc ID")
     tag_map = await _tags(call, [r.id for r in rows])
-    match = Filters(
-        p.filters(),
+    page, token = _page(
+        call,
+        rows,
         {
             "vpc-id": lambda r: r.id,
             "cidr": lambda r: r.cidr,
@@ -143,7 +167,8 @@ async def vpc_describe(call: Call) -> dict[str, Any]:
             "owner-id": lambda r: r.account_id,
             "state": lambda r: "available",
         },
-        lambda r: tag_map.get(r.id, {}),
+        "VpcId",
+        tag_map,
         absent=(
             "cidr-block-association.association-id",
             "ipv6-cidr-block-association.ipv6-cidr-block",
@@ -152,10 +177,6 @@ async def vpc_describe(call: Call) -> dict[str, Any]:
             "ipv6-cidr-block-association.state",
         ),
     )
-    rows = [r for r in rows if match(r)]
-    if call.dry_run:
-        dry_run_ok()
-    page, token = paginate(rows, p, call.action, call.caller.account_id, 5, 1000, "VpcId")
     return {"vpcSet": [_vpc(r, tag_map) for r in page], "nextToken": token}
 
 
@@ -289,16 +310,15 @@ async def subnet_delete(call: Call) -> dict[str, Any]:
 
 @action("DescribeSubnets", accepts=("SubnetId.N", *FILTERS, *PAGES, *DRY_RUN))
 async def subnet_describe(call: Call) -> dict[str, Any]:
-    p = call.p
-    wanted = p.strings("SubnetId")
-    _check(wanted, "subnet", "InvalidSubnetID")
+    wanted = _wanted(call, "SubnetId", "subnet", "InvalidSubnetID")
     _, subnets, _ = await call.ctrl.vpcs.list(call.caller)
     rows = _pick(subnets, wanted, "InvalidSubnetID.NotFound", "subnet ID")
     tag_map = await _tags(call, [r.id for r in rows])
     used = await _used(call)
     zid = _zone_id(call, "")
-    match = Filters(
-        p.filters(),
+    page, token = _page(
+        call,
+        rows,
         {
             "subnet-id": lambda r: r.id,
             "vpc-id": lambda r: r.vpc_id,
@@ -319,7 +339,8 @@ async def subnet_describe(call: Call) -> dict[str, Any]:
             "available-ip-address-count": lambda r: _free(call, r, used),
             "subnet-arn": lambda r: _subnet(call, r, {}, used)["subnetArn"],
         },
-        lambda r: tag_map.get(r.id, {}),
+        "SubnetId",
+        tag_map,
         absent=(
             "ipv6-cidr-block-association.ipv6-cidr-block",
             "ipv6-cidr-block-association.association-id",
@@ -332,10 +353,6 @@ async def subnet_describe(call: Call) -> dict[str, Any]:
             "private-dns-name-options-on-launch.enable-resource-name-dns-aaaa-record",
         ),
     )
-    rows = [r for r in rows if match(r)]
-    if call.dry_run:
-        dry_run_ok()
-    page, token = paginate(rows, p, call.action, call.caller.account_id, 5, 1000, "SubnetId")
     return {"subnetSet": [_subnet(call, r, tag_map, used) for r in page], "nextToken": token}
 
 
@@ -432,27 +449,21 @@ async def igw_delete(call: Call) -> dict[str, Any]:
 
 @action("DescribeInternetGateways", accepts=("InternetGatewayId.N", *FILTERS, *PAGES, *DRY_RUN))
 async def igw_describe(call: Call) -> dict[str, Any]:
-    p = call.p
-    wanted = p.strings("InternetGatewayId")
-    _check(wanted, "internet_gateway", "InvalidInternetGatewayID")
+    wanted = _wanted(call, "InternetGatewayId", "internet_gateway", "InvalidInternetGatewayID")
     _, _, igws = await call.ctrl.vpcs.list(call.caller)
     rows = _pick(igws, wanted, "InvalidInternetGatewayID.NotFound", "internet gateway ID")
     tag_map = await _tags(call, [r.id for r in rows])
-    match = Filters(
-        p.filters(),
+    page, token = _page(
+        call,
+        rows,
         {
             "internet-gateway-id": lambda r: r.id,
             "attachment.vpc-id": lambda r: r.vpc_id,
             "attachment.state": lambda r: "available" if r.vpc_id else None,
             "owner-id": lambda r: r.account_id,
         },
-        lambda r: tag_map.get(r.id, {}),
-    )
-    rows = [r for r in rows if match(r)]
-    if call.dry_run:
-        dry_run_ok()
-    page, token = paginate(
-        rows, p, call.action, call.caller.account_id, 5, 1000, "InternetGatewayId"
+        "InternetGatewayId",
+        tag_map,
     )
     return {"internetGatewaySet": [_igw(r, tag_map) for r in page], "nextToken": token}
 
@@ -503,9 +514,7 @@ def _route_table(vpc: Vpc, igw: str | None) -> dict[str, Any]:
 
 @action("DescribeRouteTables", accepts=("RouteTableId.N", *FILTERS, *PAGES, *DRY_RUN))
 async def route_table_describe(call: Call) -> dict[str, Any]:
-    p = call.p
-    wanted = p.strings("RouteTableId")
-    _check(wanted, "route_table", "InvalidRouteTableID")
+    wanted = _wanted(call, "RouteTableId", "route_table", "InvalidRouteTableID")
     vpcs, _, igws = await call.ctrl.vpcs.list(call.caller)
     gw = {g.vpc_id: g.id for g in igws if g.vpc_id}
     tables = {route_table_id(v.id): v for v in vpcs}
@@ -517,8 +526,9 @@ async def route_table_describe(call: Call) -> dict[str, Any]:
     def dests(v: Vpc) -> list[str]:
         return [r["destinationCidrBlock"] for r in _routes(v, gw.get(v.id))]
 
-    match = Filters(
-        p.filters(),
+    page, token = _page(
+        call,
+        rows,
         {
             "route-table-id": lambda v: route_table_id(v.id),
             "vpc-id": lambda v: v.id,
@@ -536,7 +546,7 @@ async def route_table_describe(call: Call) -> dict[str, Any]:
                 *(["CreateRoute"] if v.id in gw else []),
             ],
         },
-        lambda v: {},
+        "RouteTableId",
         absent=(
             "association.subnet-id",
             "association.gateway-id",
@@ -548,11 +558,8 @@ async def route_table_describe(call: Call) -> dict[str, Any]:
             "route.destination-ipv6-cidr-block",
             "route.egress-only-internet-gateway-id",
         ),
+        most=100,
     )
-    rows = [v for v in rows if match(v)]
-    if call.dry_run:
-        dry_run_ok()
-    page, token = paginate(rows, p, call.action, call.caller.account_id, 5, 100, "RouteTableId")
     return {
         "routeTableSet": [_route_table(v, gw.get(v.id)) for v in page],
         "nextToken": token,
@@ -569,10 +576,8 @@ async def route_table_describe(call: Call) -> dict[str, Any]:
 async def interface_describe(call: Call) -> dict[str, Any]:
     from corral.api.ec2.instances import load
 
-    p = call.p
-    p.flag("IncludeManagedResources")  # Corral has no managed interfaces
-    wanted = p.strings("NetworkInterfaceId")
-    _check(wanted, "network_interface", "InvalidNetworkInterfaceID")
+    call.p.flag("IncludeManagedResources")  # Corral has no managed interfaces
+    wanted = _wanted(call, "NetworkInterfaceId", "network_interface", "InvalidNetworkInterfaceID")
     rows, x = await load(call)
     st = call.api.settings
     live = [r for r in rows if r.state != "terminated" and r.subnet_id and r.private_ip]
@@ -634,22 +639,17 @@ async def interface_describe(call: Call) -> dict[str, Any]:
         "interface-type": lambda r: "interface",
         "description": lambda r: "",
     }
-    match = Filters(
-        p.filters(),
+    page, token = _page(
+        call,
+        live,
         getters,
-        lambda r: {},
+        "NetworkInterfaceId",
         absent=(
             "association.public-dns-name",
             "ipv6-addresses.ipv6-address",
             "operator.principal",
             "requester-id",
         ),
-    )
-    live = [r for r in live if match(r)]
-    if call.dry_run:
-        dry_run_ok()
-    page, token = paginate(
-        live, p, call.action, call.caller.account_id, 5, 1000, "NetworkInterfaceId"
     )
     out = []
     for r in page:
