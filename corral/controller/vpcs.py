@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import builtins
 import ipaddress
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -60,6 +60,17 @@ def _network(cidr: str, field: str, code: str) -> ipaddress.IPv4Network:
             ec2_code=code,
         )
     return net
+
+
+_Row = TypeVar("_Row", Vpc, Subnet, InternetGateway)
+
+
+def _owned(row: _Row | None, caller: Caller, message: str, kind: str, code: str) -> _Row:
+    """``row`` if it exists and is the caller's; otherwise NotFound (another account's record
+    is answered exactly as a missing one, so ids reveal nothing)."""
+    if row is None or row.account_id != caller.account_id:
+        raise NotFound(message, field=kind, resource=kind, ec2_code=code)
+    return row
 
 
 class Vpcs:
@@ -215,36 +226,31 @@ class Vpcs:
 
     async def vpc(self, s: AsyncSession, caller: Caller, vpc_id: str) -> Vpc:
         row = await s.get(Vpc, vpc_id)
-        if row is None or row.account_id != caller.account_id or row.state != "available":
-            raise NotFound(
-                f"the VPC {vpc_id} does not exist; `corral vpc ls` lists yours",
-                field="vpc",
-                resource="vpc",
-                ec2_code="InvalidVpcID.NotFound",
-            )
-        return row
+        return _owned(
+            row if row is None or row.state == "available" else None,
+            caller,
+            f"the VPC {vpc_id} does not exist; `corral vpc ls` lists yours",
+            "vpc",
+            "InvalidVpcID.NotFound",
+        )
 
     async def subnet(self, s: AsyncSession, caller: Caller, subnet_id: str) -> Subnet:
-        row = await s.get(Subnet, subnet_id)
-        if row is None or row.account_id != caller.account_id:
-            raise NotFound(
-                f"the subnet {subnet_id} does not exist; `corral subnet ls` lists yours",
-                field="subnet",
-                resource="subnet",
-                ec2_code="InvalidSubnetID.NotFound",
-            )
-        return row
+        return _owned(
+            await s.get(Subnet, subnet_id),
+            caller,
+            f"the subnet {subnet_id} does not exist; `corral subnet ls` lists yours",
+            "subnet",
+            "InvalidSubnetID.NotFound",
+        )
 
     async def gateway(self, s: AsyncSession, caller: Caller, igw_id: str) -> InternetGateway:
-        row = await s.get(InternetGateway, igw_id)
-        if row is None or row.account_id != caller.account_id:
-            raise NotFound(
-                f"the internet gateway {igw_id} does not exist",
-                field="internet_gateway",
-                resource="internet_gateway",
-                ec2_code="InvalidInternetGatewayID.NotFound",
-            )
-        return row
+        return _owned(
+            await s.get(InternetGateway, igw_id),
+            caller,
+            f"the internet gateway {igw_id} does not exist; DescribeInternetGateways lists yours",
+            "internet_gateway",
+            "InvalidInternetGatewayID.NotFound",
+        )
 
     async def list(
         self, caller: Caller
