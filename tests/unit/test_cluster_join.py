@@ -190,7 +190,7 @@ async def test_the_wire_over_tcp_needs_the_controllers_certificate(
 class Silent:
     """A node whose agent does not answer (killed): every call fails as unreachable."""
 
-    async def heartbeat(self) -> str:
+    async def heartbeat(self, *args: object) -> str:
         from corral.errors import EnvironmentProblem
 
         raise EnvironmentProblem("node is unreachable", reason="node-unreachable")
@@ -207,7 +207,7 @@ async def test_a_silent_node_becomes_unreachable_and_comes_back(
 ) -> None:
     import dataclasses
 
-    ctrl.settings = dataclasses.replace(ctrl.settings, node_timeout=0.5)
+    ctrl.settings = dataclasses.replace(ctrl.settings, lease_timeout=0.5)
     await ctrl.cluster.heartbeat_once()
     first = await _node(api)
     assert first["state"] == "ready" and first["last_seen"]
@@ -297,7 +297,7 @@ async def test_an_agent_that_restarted_gets_its_networks_again(
     assert ctrl.cluster.boots["node-n1"]
     node.hosts.clear()  # what a restarted agent may have lost
 
-    async def restarted() -> str:
+    async def restarted(**kwargs: object) -> str:
         return "n1 another-start"
 
     monkeypatch.setattr(node, "heartbeat", restarted)
