@@ -11,6 +11,8 @@ agent: the node turns unreachable, its VM runs on, and is re-adopted when the ag
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -166,3 +168,95 @@ def test_instances_on_remote_nodes(three: Cluster) -> None:
     assert _ssh_banner(c, "a").startswith("SSH-2.0-")
 
     c.cli("rm", "a", "b", timeout=300).ok()
+
+
+# -- failure detection and fencing (issue 16; docs/operator-guide.md) ------------------------
+def _db(c: Cluster, sql: str, **params: object) -> None:
+    """A change only the HA branch's API makes (the HA flag) or a failover would make, written
+    to the controller's database directly."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(c.db_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(sql), params)
+    finally:
+        engine.dispose()
+
+
+def _qemu_of(iid: str) -> list[int]:
+    """Pids of the QEMUs of instance ``iid`` on this machine (any node)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            line = cmdline(entry.name)
+            if b"qemu-system" in line and iid.encode() in line:
+                out.append(int(entry.name))
+    return out
+
+
+def _declared_dead(c: Cluster, node: str) -> bool:
+    return f"node node-{node} declared dead" in c.log_tail(400)
+
+
+def test_a_cut_off_node_fences_its_ha_instance_before_it_is_declared_dead(three: Cluster) -> None:
+    """A partition of host3: its agent kills its HA QEMU (the lease lapsed, no peer answers)
+    before the controller declares it dead; then the controller marks its non-HA instance
+    node-lost, which runs on and is adopted when the link is back; the HA one was not moved
+    (the replica manager is the HA branch's), so it starts again there. Then kill -STOP of the
+    agent: its guard kills the HA QEMU; the controller does not declare a node dead that its
+    peers still reach."""
+    c = three
+    c.cli("image", "build", "tiny", timeout=900).ok()
+    for name in ("h", "p"):
+        c.cli(
+            "run", "tiny", "--name", name, "--memory", "128M", "--node", "host3", timeout=600
+        ).ok()
+    h_id = str(_show(c, "h")["id"])
+    _db(c, "UPDATE instances SET ha = true WHERE id = :i", i=h_id)
+    c.cli("stop", "h", "--force").ok()
+    c.cli("start", "h", timeout=600).ok()  # its spec on host3 says ha now
+    spec = json.loads((c.agents["host3"].state_dir / "instances" / h_id / "spec.json").read_text())
+    assert spec["ha"] is True and spec["generation"] == 1
+    h_pid, p_pid = int(str(_show(c, "h")["pid"])), int(str(_show(c, "p")["pid"]))
+    host3 = c.agents["host3"]
+    lease = host3.state_dir / "fence" / "lease.json"
+    wait_for(lambda: lease.exists() and json.loads(lease.read_text())["deadline"], 30, what="lease")
+
+    # the partition
+    host3.host.exec("ip", "link", "set", "eth0", "down").check_returncode()
+    try:
+        wait_for(lambda: not cmdline(h_pid), 60, what="host3's fence to kill h's QEMU")
+        assert not _declared_dead(c, "host3"), "declared dead before the node had fenced"
+        assert "killing HA instance" in host3.log_tail(60)
+        wait_for(lambda: _declared_dead(c, "host3"), 60, what="host3 declared dead")
+        shown = _show(c, "p")
+        assert shown["state"] == "stopped", shown
+        assert str(shown["state_reason"]).startswith("node-lost"), shown
+        assert cmdline(p_pid), "the non-HA instance died with the partition"
+        assert not _qemu_of(h_id)
+    finally:
+        host3.host.exec("ip", "link", "set", "eth0", "up").check_returncode()
+    wait_for(lambda: c.node("host3").get("state") == "ready", 60, what="host3 back")
+    wait_for(lambda: _show(c, "p")["state"] == "running", 60, what="p adopted again")
+    assert _show(c, "p")["pid"] == p_pid  # the same QEMU, never a second one
+    wait_for(lambda: _show(c, "h")["state"] == "running", 120, what="h started again on host3")
+    h_pid = int(str(_show(c, "h")["pid"]))
+    assert _qemu_of(h_id) == [h_pid]
+
+    # the agent hangs (kill -STOP): its guard kills the HA QEMU; the controller, whose peers
+    # still reach host3's agent port, does not declare it dead
+    assert host3.proc is not None
+    os.kill(host3.proc.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: not cmdline(h_pid), 60, what="host3's guard to kill h's QEMU")
+        assert cmdline(p_pid), "the guard killed a non-HA instance"
+        wait_for(lambda: c.node("host3").get("state") == "unreachable", 30, what="unreachable")
+        time.sleep(4)  # past the margin
+        assert "another node still reaches it" in c.log_tail(200)
+    finally:
+        os.kill(host3.proc.pid, signal.SIGCONT)
+    assert (
+        "deadline passed without the agent" in (host3.state_dir / "fence" / "guard.log").read_text()
+    )
+    c.cli("rm", "h", "p", timeout=300).ok()
