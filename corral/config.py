@@ -74,7 +74,7 @@ class Settings:
     cpu_credit_max_hours: float = 24.0  # a burstable instance banks this many hours of baseline
     # clusters (docs/operator-guide.md, "A cluster of nodes")
     local_node: bool = True  # `corral up` runs a node agent of its own (off: a controller only)
-    node_timeout: float = 30.0  # no longer used: lease_timeout says when a node is unreachable
+    node_timeout: float = 30.0  # the controller's own node: silent this long, unreachable
     # failure detection and fencing (docs/operator-guide.md, "Failure detection and fencing")
     lease_interval: float = 1.0  # seconds between lease renewals (the controller's heartbeats)
     lease_timeout: float = 5.0  # seconds without a renewal: the lease expires, node unreachable

@@ -420,13 +420,19 @@ class Cluster:
                     continue
                 if row.state == "joining":
                     continue
-                silent = row.last_seen is None or now - row.last_seen > timeout
+                joined = row.address.startswith("https://")
+                # the controller's own node (all-in-one) keeps the old, lenient timeout: it
+                # shares the controller's host, is never fenced nor declared dead, and its
+                # agent may take a while to come back after a restart
+                limit = timeout if joined else dt.timedelta(seconds=settings.node_timeout)
+                silent = row.last_seen is None or now - row.last_seen > limit
                 if silent and row.state != UNREACHABLE:
                     row.state = UNREACHABLE
                 if silent:
                     if row.id not in self.unreachable:
                         gone.append(row.id)
-                    expired[row.id] = row.last_seen
+                    if joined:
+                        expired[row.id] = row.last_seen
         for node_id in alive:  # recorded: the next heartbeat tells the node so
             self._confirmed[node_id] = self._answered.get(node_id, 0)
         for node_id in gone:

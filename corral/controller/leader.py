@@ -87,6 +87,10 @@ class ControllerLock:
     async def _drop(self) -> None:
         self.since = None
         if self._conn is not None:
+            with contextlib.suppress(Exception):  # at once (a closed session lets go later)
+                await self._conn.execute(
+                    text("SELECT pg_advisory_unlock(:k)"), {"k": CONTROLLER_LOCK}
+                )
             with contextlib.suppress(Exception):  # really closed: the lock lives in the session
                 await self._conn.invalidate()
             with contextlib.suppress(Exception):

@@ -207,7 +207,7 @@ async def test_a_silent_node_becomes_unreachable_and_comes_back(
 ) -> None:
     import dataclasses
 
-    ctrl.settings = dataclasses.replace(ctrl.settings, lease_timeout=0.5)
+    ctrl.settings = dataclasses.replace(ctrl.settings, node_timeout=0.5)
     await ctrl.cluster.heartbeat_once()
     first = await _node(api)
     assert first["state"] == "ready" and first["last_seen"]

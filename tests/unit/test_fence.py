@@ -284,9 +284,18 @@ async def test_one_controller_holds_the_lock_and_each_holder_gets_a_new_epoch(
         await second.close()
 
 
+async def _joined(ctrl: Controller, node_id: str = "node-n1", n: int = 11) -> None:
+    """Make the fake node look joined (a TLS address): leases and fencing apply to it."""
+    async with ctrl.store.write() as s:
+        await s.execute(
+            update(Node).where(Node.id == node_id).values(address=f"https://192.0.2.{n}:8774")
+        )
+
+
 async def test_a_dead_node_loses_its_non_ha_instances_and_hands_over_its_ha_ones(
     api: httpx.AsyncClient, ctrl: Controller, node: FakeNode
 ) -> None:
+    await _joined(ctrl)
     plain = await _run(api, ctrl, "plain")
     ha = await _run(api, ctrl, "ha")
     async with ctrl.store.write() as s:
@@ -320,6 +329,7 @@ async def test_a_dead_node_loses_its_non_ha_instances_and_hands_over_its_ha_ones
 async def test_a_lost_instance_starts_again_when_its_node_returns_without_it(
     api: httpx.AsyncClient, ctrl: Controller, node: FakeNode
 ) -> None:
+    await _joined(ctrl)
     iid = await _run(api, ctrl, "lost")
     ctrl.settings = dataclasses.replace(ctrl.settings, lease_timeout=0.5, fence_margin=0.5)
     answering = ctrl.nodes["node-n1"]
@@ -385,3 +395,17 @@ async def test_a_returning_node_has_its_stale_copy_of_a_moved_instance_killed(
     await ctrl.reconciler.reconcile_once()
     assert iid not in node.running, "the stale copy was left running"
     assert node.calls.count(("start", iid)) == 1  # never started again there
+
+
+async def test_the_controllers_own_node_is_never_declared_dead(
+    api: httpx.AsyncClient, ctrl: Controller
+) -> None:
+    iid = await _run(api, ctrl, "local")
+    ctrl.settings = dataclasses.replace(
+        ctrl.settings, lease_timeout=0.5, fence_margin=0.5, node_timeout=0.5
+    )
+    ctrl.nodes["node-n1"] = Silent()  # type: ignore[assignment]
+    await asyncio.sleep(2.1)
+    await ctrl.cluster.heartbeat_once()
+    assert not ctrl.cluster.reachable("node-n1") and "node-n1" not in ctrl.cluster.dead
+    assert (await api.get(f"/v1/instances/{iid}")).json()["state"] != "stopped"
