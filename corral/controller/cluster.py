@@ -183,6 +183,16 @@ class Cluster:
         # given by whoever runs the controller (the controller knows nodes only by their wire)
         self.connector: Connector | None = None
 
+    def lease_view(self, row: Node) -> str:
+        """What ``corral node show`` says of a node's lease ("" for the controller's own)."""
+        if not row.address.startswith("https://"):
+            return ""
+        if row.id in self.dead:
+            return "dead"
+        if row.id in self.partial:
+            return "expired-peers-reach-it"
+        return "expired" if row.id in self.unreachable else "held"
+
     def reachable(self, node_id: str) -> bool:
         return node_id not in self.unreachable
 

@@ -308,11 +308,13 @@ async def test_a_dead_node_loses_its_non_ha_instances_and_hands_over_its_ha_ones
     await asyncio.sleep(1.1)  # SQLite's clock has whole seconds
     await ctrl.cluster.heartbeat_once()
     assert not ctrl.cluster.reachable("node-n1") and "node-n1" not in ctrl.cluster.dead
+    assert (await api.get("/v1/nodes/n1")).json()["lease"] == "expired"
     assert (await api.get(f"/v1/instances/{plain}")).json()["state"] != "stopped"
     ctrl.settings = dataclasses.replace(ctrl.settings, fence_margin=0.5)  # past the margin
     await asyncio.sleep(1.1)
     await ctrl.cluster.heartbeat_once()
     assert "node-n1" in ctrl.cluster.dead and set(replicas.asked) == {"node-n1"}
+    assert (await api.get("/v1/nodes/n1")).json()["lease"] == "dead"
     shown = (await api.get(f"/v1/instances/{plain}")).json()
     assert shown["state"] == "stopped" and shown["state_reason"].startswith("node-lost")
     assert (await api.get(f"/v1/instances/{ha}")).json()["state"] != "stopped"
@@ -321,6 +323,7 @@ async def test_a_dead_node_loses_its_non_ha_instances_and_hands_over_its_ha_ones
     ctrl.nodes["node-n1"] = answering
     await ctrl.cluster.heartbeat_once()
     assert "node-n1" not in ctrl.cluster.dead
+    assert (await api.get("/v1/nodes/n1")).json()["lease"] == "held"
     await ctrl.reconciler.reconcile_once()
     assert (await api.get(f"/v1/instances/{plain}")).json()["state"] == "running"
     assert node.running[plain]
