@@ -160,6 +160,14 @@ def test_instances_on_remote_nodes(three: Cluster) -> None:
     assert b"qemu" in cmdline(pid), "the VM died with its agent"
     refused = c.cli("node", "rm", "host2")  # it still has an instance
     assert refused.rc != 0 and "still has 1 instance" in refused.out + refused.err
+    # no agent answers there, and its peers get refusals: dead; the non-HA VM is node-lost
+    # (issue 16) but runs on, to be adopted when an agent is back
+    wait_for(
+        lambda: str(_show(c, "a").get("state_reason", "")).startswith("node-lost"),
+        60,
+        what="a node-lost",
+    )
+    assert _show(c, "a")["state"] == "stopped" and b"qemu" in cmdline(pid)
     host2.restart()
     wait_for(lambda: c.node("host2").get("state") == "ready", 180, what="host2 ready again")
     assert b"qemu" in cmdline(pid)
@@ -211,11 +219,12 @@ def _logged_at(text: str, what: str) -> float:
 
 def test_a_cut_off_node_fences_its_ha_instance_before_it_is_declared_dead(three: Cluster) -> None:
     """A partition of host3: its agent kills its HA QEMU (the lease lapsed, no peer answers)
-    before the controller declares it dead; then the controller marks its non-HA instance
-    node-lost, which runs on and is adopted when the link is back; the HA one was not moved
-    (the replica manager is the HA branch's), so it starts again there. Then kill -STOP of the
-    agent: its guard kills the HA QEMU; the controller does not declare a node dead that its
-    peers still reach."""
+    before the controller's view of the lease expires; then the controller declares it dead
+    and marks its non-HA instance node-lost (it runs on). That instance is then recorded on
+    another node one generation on: when the link is back, host3's copy is killed, never
+    adopted. The HA one was not moved (the replica manager is the HA branch's), so it starts
+    again on host3. Then kill -STOP of the agent: its guard kills the HA QEMU; the controller
+    does not declare dead a node its peers still reach."""
     c = three
     c.cli("image", "build", "tiny", timeout=900).ok()
     for name in ("h", "p"):
@@ -250,11 +259,21 @@ def test_a_cut_off_node_fences_its_ha_instance_before_it_is_declared_dead(three:
         assert str(shown["state_reason"]).startswith("node-lost"), shown
         assert cmdline(p_pid), "the non-HA instance died with the partition"
         assert not _qemu_of(h_id)
+        # p is recorded elsewhere now, one generation on (as a failover records it; the
+        # replica manager is the HA branch's): host3's copy is stale
+        _db(
+            c,
+            "UPDATE instances SET node_id = 'node-host2', generation = generation + 1, "
+            "desired_state = 'stopped' WHERE id = :i",
+            i=str(shown["id"]),
+        )
     finally:
         host3.host.exec("ip", "link", "set", "eth0", "up").check_returncode()
     wait_for(lambda: c.node("host3").get("state") == "ready", 60, what="host3 back")
-    wait_for(lambda: _show(c, "p")["state"] == "running", 60, what="p adopted again")
-    assert _show(c, "p")["pid"] == p_pid  # the same QEMU, never a second one
+    # the returning node's stale copy is killed, never adopted
+    wait_for(lambda: not cmdline(p_pid), 60, what="the stale copy of p killed on host3")
+    assert "runs a stale copy of p (generation 1; the instance is generation 2" in c.log_tail(2000)
+    assert not _qemu_of(str(shown["id"]))
     wait_for(lambda: _show(c, "h")["state"] == "running", 120, what="h started again on host3")
     h_pid = int(str(_show(c, "h")["pid"]))
     assert _qemu_of(h_id) == [h_pid]
@@ -266,7 +285,6 @@ def test_a_cut_off_node_fences_its_ha_instance_before_it_is_declared_dead(three:
     os.kill(host3.proc.pid, signal.SIGSTOP)
     try:
         wait_for(lambda: not cmdline(h_pid), 60, what="host3's guard to kill h's QEMU")
-        assert cmdline(p_pid), "the guard killed a non-HA instance"
         wait_for(  # past the margin: the controller asked the peers
             lambda: "another node still reaches it" in c.log_tail(2000), 60, what="peers asked"
         )
