@@ -50,7 +50,7 @@ TICK = 0.25  # seconds between the agent's looks at its lease
 PROBE_TIMEOUT = 1.0  # seconds for each peer's TCP connect
 PROBE_SLACK = 1.5  # the guard's deadline past the fence deadline: time for the peer probe
 HANG_AFTER = 3.0  # while the controller is down: the guard fires if the agent stops for this long
-KEEP = 64  # heartbeats remembered (their arrival times), per session
+KEEP = 64  # heartbeats remembered (their arrival times)
 
 
 def check_generation(iid: str, held: int, asked: int) -> None:
@@ -109,21 +109,20 @@ async def tcp_connects(address: str, timeout: float = PROBE_TIMEOUT) -> bool:
 class Lease:
     """The lease as this node knows it (monotonic seconds, shared by every process here)."""
 
-    session: str = ""
-    arrived: dict[int, float] = field(default_factory=dict)  # seq -> when it reached us
+    # (controller session, seq) -> when it reached us; each controller numbers its own
+    # heartbeats (two may renew at once while one takes over from the other)
+    arrived: dict[tuple[str, int], float] = field(default_factory=dict)
     deadline: float | None = None  # fence after this, unless a peer answers
     fence_after: float = 0.0
     peers: list[str] = field(default_factory=list)
 
     def heard(self, session: str, seq: int, confirmed: int, fence_after: float, now: float) -> None:
-        if session != self.session:  # another (or a restarted) controller: its own numbering
-            self.session, self.arrived = session, {}
-        self.arrived[seq] = now
+        self.arrived[(session, seq)] = now
         if len(self.arrived) > KEEP:
-            for old in sorted(self.arrived)[: len(self.arrived) - KEEP]:
+            for old in sorted(self.arrived, key=self.arrived.__getitem__)[:-KEEP]:
                 del self.arrived[old]
         self.fence_after = fence_after
-        at = self.arrived.get(confirmed)
+        at = self.arrived.get((session, confirmed))
         if fence_after > 0 and at is not None:
             self.deadline = max(self.deadline or 0.0, at + fence_after)
 

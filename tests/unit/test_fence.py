@@ -67,6 +67,12 @@ def test_the_lease_runs_from_when_the_recorded_heartbeat_arrived_not_the_latest(
     lease.heard("s2", 1, 0, 4.0, now=13.0)
     lease.heard("s2", 2, 1, 4.0, now=14.0)
     assert lease.deadline == 17.0
+    # two controllers renewing at once (one taking over): neither loses the other's count
+    lease.heard("s1", 4, 3, 4.0, now=14.5)
+    assert lease.deadline == 17.0  # s1's 3 arrived at 12.5: 16.5 < 17
+    lease.heard("s2", 3, 2, 4.0, now=15.0)
+    lease.heard("s1", 5, 4, 4.0, now=15.5)
+    assert lease.deadline == 18.5  # s1's 4 arrived at 14.5
 
 
 async def test_a_cut_off_node_kills_its_ha_instances_and_only_those(tmp_path: Path) -> None:
