@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from corral.node import fence
 from tests.cluster import AGENT_PORT, Cluster, cluster
 from tests.harness import cmdline, wait_for
 from tests.postgres import PostgresServer
@@ -224,7 +225,8 @@ def test_a_cut_off_node_fences_its_ha_instance_before_it_is_declared_dead(three:
     another node one generation on: when the link is back, host3's copy is killed, never
     adopted. The HA one was not moved (the replica manager is the HA branch's), so it starts
     again on host3. Then kill -STOP of the agent: its guard kills the HA QEMU; the controller
-    does not declare dead a node its peers still reach."""
+    does not declare dead a node its peers still reach. Last, kill -9 of the controller: the
+    HA instance runs on, nothing fences."""
     c = three
     c.cli("image", "build", "tiny", timeout=900).ok()
     for name in ("h", "p"):
@@ -292,7 +294,23 @@ def test_a_cut_off_node_fences_its_ha_instance_before_it_is_declared_dead(three:
         assert _declared_dead(c, "host3") == deaths
     finally:
         os.kill(host3.proc.pid, signal.SIGCONT)
-    assert (
-        "deadline passed without the agent" in (host3.state_dir / "fence" / "guard.log").read_text()
+    guard_log = host3.state_dir / "fence" / "guard.log"
+    assert "deadline passed without the agent" in guard_log.read_text()
+
+    # the controller down (kill -9; the last check of the module: the teardown cleans up):
+    # the HA instance runs on, nothing fences (the peers answer host3's probes)
+    c.cli("rm", "p", timeout=300).ok()
+    wait_for(lambda: _show(c, "h")["state"] == "running" and _qemu_of(h_id), 120, what="h again")
+    h_pid = int(str(_show(c, "h")["pid"]))
+    kills = guard_log.read_text().count("deadline passed")
+    fences = host3.log_tail(100_000).count("killing HA instance")
+    c.kill9()
+    deadline = float(json.loads(lease.read_text())["deadline"])
+    wait_for(  # the lease lapsed on host3 long enough for its guard and its fence to act
+        lambda: time.monotonic() > deadline + fence.PROBE_SLACK + fence.HANG_AFTER + 2,
+        60,
+        what="host3's lease to lapse",
     )
-    c.cli("rm", "h", "p", timeout=300).ok()
+    assert cmdline(h_pid), "the HA instance was fenced while only the controller was down"
+    assert guard_log.read_text().count("deadline passed") == kills
+    assert host3.log_tail(100_000).count("killing HA instance") == fences

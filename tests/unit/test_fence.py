@@ -418,3 +418,16 @@ async def test_the_controllers_own_node_is_never_declared_dead(
     await ctrl.cluster.heartbeat_once()
     assert not ctrl.cluster.reachable("node-n1") and "node-n1" not in ctrl.cluster.dead
     assert (await api.get(f"/v1/instances/{iid}")).json()["state"] != "stopped"
+
+
+def test_a_controller_that_just_took_the_lock_counts_leases_from_then() -> None:
+    import datetime as dt
+
+    from corral.controller.cluster import lease_start
+
+    old = dt.datetime(2026, 12, 6, 9, 0, tzinfo=dt.UTC)
+    took = old + dt.timedelta(minutes=5)  # the controller was down in between
+    assert lease_start(old, took) == took  # not dead at once: a whole lease from the takeover
+    assert lease_start(took + dt.timedelta(seconds=3), took) == took + dt.timedelta(seconds=3)
+    assert lease_start(None, took) == took
+    assert lease_start(old, None) == old
