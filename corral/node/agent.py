@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -290,7 +291,7 @@ class NodeAgent(MigrateAgent):
         m = self.machines.get(iid)
         if m is not None and m.pid is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(m.pid, 9)  # at once: the reaper records the exit
+                os.kill(m.pid, signal.SIGKILL)  # at once: the reaper records the exit
         self.event_log.append("instance-fenced", {"id": iid})
 
     def _check_spec(self, spec: InstanceSpec) -> None:

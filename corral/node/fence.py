@@ -152,6 +152,7 @@ class Fence:
         self.isolated = False
         self._task: asyncio.Task[None] | None = None
         self._guard: subprocess.Popen[bytes] | None = None
+        self._watchdog = ""
 
     @property
     def guard_file(self) -> Path:
@@ -184,6 +185,8 @@ class Fence:
         before = self.lease.deadline
         self.lease.heard(session, seq, confirmed, fence_after, self.clock())
         self.lease.peers = list(peers)
+        if fence_after > 0 and self._guard is None and self._task is not None:
+            self._guard = start_guard(self.dir, self._watchdog)  # a joined node: guard it
         if self.lease.deadline != before:
             self.isolated = False
             self._save()
@@ -272,9 +275,12 @@ class Fence:
 
     # -- the guard process -----------------------------------------------------------------
     def start(self, watchdog: str = "") -> None:
-        self._write_guard(None)
-        self._guard = start_guard(self.dir, watchdog)
+        """The decision loop; the guard once a lease says this node is fenced (a joined node;
+        the controller's own node, all-in-one, is never fenced and runs no guard)."""
+        self._watchdog = watchdog
         self._task = asyncio.create_task(self.run(), name="fence")
+        if self.lease.deadline is not None:  # its predecessor held a lease: guard at once
+            self._guard = start_guard(self.dir, watchdog)
 
     async def close(self) -> None:
         if self._task is not None:
