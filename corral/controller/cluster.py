@@ -455,6 +455,7 @@ class Cluster:
             )
         for node_id in back:
             self.unreachable.discard(node_id)
+            self.partial.discard(node_id)
             if node_id in self.dead:
                 self.dead.discard(node_id)
                 log.info("node %s, declared dead, answers again: it rejoins", node_id)
