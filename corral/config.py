@@ -74,7 +74,12 @@ class Settings:
     cpu_credit_max_hours: float = 24.0  # a burstable instance banks this many hours of baseline
     # clusters (docs/operator-guide.md, "A cluster of nodes")
     local_node: bool = True  # `corral up` runs a node agent of its own (off: a controller only)
-    node_timeout: float = 30.0  # seconds without a heartbeat before a node is unreachable
+    node_timeout: float = 30.0  # the controller's own node: silent this long, unreachable
+    # failure detection and fencing (docs/operator-guide.md, "Failure detection and fencing")
+    lease_interval: float = 1.0  # seconds between lease renewals (the controller's heartbeats)
+    lease_timeout: float = 5.0  # seconds without a renewal: the lease expires, node unreachable
+    fence_margin: float = 3.0  # seconds past expiry before a node is declared dead
+    fence_watchdog: str = ""  # e.g. /dev/watchdog (softdog): the node's guard feeds it
     extra: dict[str, Any] = field(default_factory=dict)
 
     # -- derived paths ---------------------------------------------------------------------

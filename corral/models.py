@@ -309,6 +309,11 @@ class Node(BaseModel):
     disk: int = 0
     disk_claimed: int = 0
     instance_ids: list[str] = Field(default_factory=list)
+    lease: str = Field(
+        "",
+        description="a joined node's lease (failure detection): held, expired, "
+        "expired-peers-reach-it (cut off from the controller only), or dead",
+    )
 
 
 class NodeUpdate(BaseModel):

@@ -24,11 +24,13 @@ from sqlalchemy import func, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import pki
+from corral.controller.leader import ControllerLock
 from corral.errors import Invalid, NotFound, Unauthorized, WrongState
 from corral.pki import TOKEN_PREFIX, split_token
 from corral.store.models import Instance, JoinToken, Node, UTCDateTime, utcnow
 
 if TYPE_CHECKING:
+    from corral.config import Settings
     from corral.controller.service import Controller
     from corral.node.client import NodeClient
 
@@ -49,7 +51,6 @@ log = logging.getLogger(__name__)
 DEFAULT_TTL = 3600.0
 MAX_TTL = 7 * 86400.0
 CONNECT_EVERY = 2.0  # seconds between attempts to reach a joined node that is not connected
-HEARTBEAT_EVERY = 2.0  # seconds between the controller's pings of each node
 PING_TIMEOUT = 5.0
 UP, UNREACHABLE, REMOVED = "up", "unreachable", "removed"
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
@@ -100,6 +101,56 @@ async def db_now(s: AsyncSession, dialect: str) -> dt.datetime:
     return value
 
 
+def fence_after(settings: Settings) -> float:
+    """How long a node counts on its lease after a recorded renewal reached it: a second
+    (at least a renewal interval) short of the lease's timeout, so the node fences before the
+    controller's view of the lease expires, let alone the margin past it."""
+    return max(settings.lease_timeout - max(settings.lease_interval, 1.0), 0.5)
+
+
+def lease_start(
+    last_seen: dt.datetime | None, lock_since: dt.datetime | None
+) -> dt.datetime | None:
+    """When a node's lease was last renewed, as far as this controller counts: never before
+    it took the controller lock (while no controller renewed leases, the nodes' VMs ran on
+    and nothing fenced; they get a whole lease from the takeover)."""
+    if last_seen is None:
+        return lock_since
+    if lock_since is None:
+        return last_seen
+    return max(last_seen, lock_since)
+
+
+async def mark_node_lost(ctrl: Controller, node_id: str) -> list[str]:
+    """The dead node's non-HA instances that were running (or starting) are recorded stopped
+    with the reason ``node-lost``; they still want to run, so they start again (or are found
+    running and adopted) when the node returns. Returns their ids."""
+    async with ctrl.store.write() as s:
+        now = await db_now(s, ctrl.store.dialect)
+        rows = list(
+            await s.scalars(
+                select(Instance).where(
+                    Instance.node_id == node_id,
+                    Instance.state.in_(("pending", "running", "stopping", "rebooting")),
+                    Instance.ha.is_(False),
+                )
+            )
+        )
+        node = await s.get(Node, node_id)
+        name = node.name if node is not None else node_id
+        for row in rows:
+            row.state = "stopped"
+            row.pid = None
+            row.stopped_at = now
+            row.state_reason = (
+                f"node-lost: its node {name} stopped renewing its lease and was declared "
+                "dead; it starts again when the node returns"
+            )
+    for row in rows:
+        log.warning("instance %s: node-lost (node %s is dead)", row.name or row.id, name)
+    return [r.id for r in rows]
+
+
 def node_state(row: Node) -> str:
     """What `corral node ls` says: ready, cordoned, unreachable (or joining)."""
     if row.state == UNREACHABLE:
@@ -117,10 +168,30 @@ class Cluster:
         self._connecting: set[str] = set()
         self.unreachable: set[str] = set()  # node ids silent longer than node_timeout
         self.boots: dict[str, str] = {}  # node id -> its agent's last heartbeat answer
+        # leases (issue 16): this controller's heartbeat numbering, what each node answered
+        # and what the database recorded; nodes declared dead; the controller lock
+        self.session = secrets.token_hex(8)
+        self._seq: dict[str, int] = {}
+        self._answered: dict[str, int] = {}
+        self._confirmed: dict[str, int] = {}
+        self.addresses: dict[str, str] = {}  # node id -> its agent's https:// address
+        self.dead: set[str] = set()
+        self.partial: set[str] = set()  # lease expired, but a peer reaches it
+        self.lock = ControllerLock(ctrl.store, ctrl.owner)
         self._renewing: set[asyncio.Task[None]] = set()
         # how to reach a node at an https:// address: ``corral.node.remote.connect_node``,
         # given by whoever runs the controller (the controller knows nodes only by their wire)
         self.connector: Connector | None = None
+
+    def lease_view(self, row: Node) -> str:
+        """What ``corral node show`` says of a node's lease ("" for the controller's own)."""
+        if not row.address.startswith("https://"):
+            return ""
+        if row.id in self.dead:
+            return "dead"
+        if row.id in self.partial:
+            return "expired-peers-reach-it"
+        return "expired" if row.id in self.unreachable else "held"
 
     def reachable(self, node_id: str) -> bool:
         return node_id not in self.unreachable
@@ -262,17 +333,39 @@ class Cluster:
                 await self.connect_joined()
             await asyncio.sleep(CONNECT_EVERY)
 
-    # -- liveness ----------------------------------------------------------------------------
+    # -- liveness: leases (docs/operator-guide.md, "Failure detection and fencing") ---------
+    def _peers(self, node_id: str) -> list[str]:
+        """The other joined nodes' agents (IP:PORT), which a node probes before it fences."""
+        out = []
+        for other, address in self.addresses.items():
+            if other != node_id and address.startswith("https://"):
+                out.append(address.removeprefix("https://"))
+        return sorted(out)
+
     async def _ping(self, node_id: str) -> bool:
         client = self.ctrl.nodes.get(node_id)
         if client is None:
             return False
+        settings = self.ctrl.settings
+        seq = self._seq.get(node_id, 0) + 1
+        self._seq[node_id] = seq
+        joined = self.addresses.get(node_id, "").startswith("https://")
         try:
-            answer = await asyncio.wait_for(client.heartbeat(), PING_TIMEOUT)
+            answer = await asyncio.wait_for(
+                client.heartbeat(
+                    self.session,
+                    seq,
+                    self._confirmed.get(node_id, 0),
+                    fence_after(settings) if joined else 0.0,
+                    self._peers(node_id),
+                ),
+                min(PING_TIMEOUT, settings.lease_timeout / 2),
+            )
         except asyncio.CancelledError:
             raise
         except Exception:
             return False
+        self._answered[node_id] = seq
         before = self.boots.get(node_id)
         self.boots[node_id] = answer
         if before is not None and before != answer:
@@ -301,16 +394,22 @@ class Cluster:
         self.ctrl.reconciler.poke()
 
     async def heartbeat_once(self) -> None:
-        """Ping every connected node; record who answered with the database's clock; a node
-        silent longer than ``node_timeout`` becomes unreachable (its instances are left as they
-        are: the agent keeps them running); one that answers again is re-adopted (a full
-        reconcile reads what runs there)."""
+        """Renew every connected node's lease: ping it (the ping carries the lease's terms,
+        node/fence.py), record who answered with the database's clock. A node whose lease
+        expired (``lease_timeout`` without a renewal) is unreachable (its instances are left
+        as they are: the agent keeps them running); one that answers again is re-adopted (a
+        full reconcile reads what runs there). A node unreachable past ``fence_margin`` more,
+        and reached by no peer either, is declared dead by the controller holding the lock
+        (``_declare_dead``)."""
         ids = list(self.ctrl.nodes)
         answers = await asyncio.gather(*(self._ping(n) for n in ids))
         alive = [n for n, ok in zip(ids, answers, strict=True) if ok]
-        timeout = dt.timedelta(seconds=self.ctrl.settings.node_timeout)
+        settings = self.ctrl.settings
+        timeout = dt.timedelta(seconds=settings.lease_timeout)
+        margin = dt.timedelta(seconds=settings.fence_margin)
         back: list[str] = []
         gone: list[str] = []
+        expired: dict[str, dt.datetime | None] = {}  # silent node -> its last renewal
         async with self.ctrl.store.write() as s:
             now = await db_now(s, self.ctrl.store.dialect)
             if alive:
@@ -324,30 +423,104 @@ class Cluster:
                 await s.scalars(select(Node).where(Node.address != "", Node.state != REMOVED))
             )
             for row in rows:
+                self.addresses[row.id] = row.address
                 if row.id in alive:
                     if row.id in self.unreachable:
                         back.append(row.id)
                     continue
                 if row.state == "joining":
                     continue
-                silent = row.last_seen is None or now - row.last_seen > timeout
+                joined = row.address.startswith("https://")
+                # the controller's own node (all-in-one) keeps the old, lenient timeout: it
+                # shares the controller's host, is never fenced nor declared dead, and its
+                # agent may take a while to come back after a restart
+                limit = timeout if joined else dt.timedelta(seconds=settings.node_timeout)
+                silent = row.last_seen is None or now - row.last_seen > limit
                 if silent and row.state != UNREACHABLE:
                     row.state = UNREACHABLE
                 if silent:
                     if row.id not in self.unreachable:
                         gone.append(row.id)
+                    if joined:
+                        expired[row.id] = row.last_seen
+        for node_id in alive:  # recorded: the next heartbeat tells the node so
+            self._confirmed[node_id] = self._answered.get(node_id, 0)
         for node_id in gone:
             self.unreachable.add(node_id)
             log.warning(
-                "node %s missed heartbeats for %.0f s: unreachable; its instances are unknown "
-                "until it answers again",
+                "node %s: its lease expired (no renewal for %.0f s): unreachable; its "
+                "instances are unknown until it answers again",
                 node_id,
                 timeout.total_seconds(),
             )
         for node_id in back:
             self.unreachable.discard(node_id)
-            log.info("node %s answers again: re-adopting what runs there", node_id)
+            self.partial.discard(node_id)
+            if node_id in self.dead:
+                self.dead.discard(node_id)
+                log.info("node %s, declared dead, answers again: it rejoins", node_id)
+            else:
+                log.info("node %s answers again: re-adopting what runs there", node_id)
             self._renew(node_id)
+        if not await self.lock.ensure(now):
+            return  # another controller holds the lock: it declares nodes dead, not this one
+        for node_id, last_seen in expired.items():
+            renewed = lease_start(last_seen, self.lock.since)
+            if renewed is not None and now - renewed <= timeout + margin:
+                continue
+            try:
+                await self._declare_dead(node_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("node %s: handling its death failed (tried again)", node_id)
+
+    async def _reached_by_peer(self, node_id: str) -> bool:
+        """Whether any live node's agent still connects to this node's agent: then it is cut
+        off from the controller only, has not fenced, and must not be declared dead."""
+        address = self.addresses.get(node_id, "")
+        if not address.startswith("https://"):
+            return False
+        target = address.removeprefix("https://")
+        for other, client in list(self.ctrl.nodes.items()):
+            if other == node_id or other in self.unreachable:
+                continue
+            try:
+                seen = await asyncio.wait_for(client.peer_probe([target], 1.0), PING_TIMEOUT)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                continue
+            if any(seen):
+                return True
+        return False
+
+    async def _declare_dead(self, node_id: str) -> None:
+        """A node whose lease expired past the margin (this controller holds the lock): its
+        non-HA instances become stopped with the reason ``node-lost`` (they start again when
+        it returns); its HA instances go to ``replicas.fail_over_node``. Repeated each pass
+        while the node stays dead (each step is idempotent)."""
+        if await self._reached_by_peer(node_id):
+            if node_id not in self.partial:
+                self.partial.add(node_id)
+                log.warning(
+                    "node %s: its lease expired but another node still reaches it: cut off "
+                    "from the controller only; not declared dead (its instances stay there)",
+                    node_id,
+                )
+            return
+        self.partial.discard(node_id)
+        if node_id not in self.dead:
+            self.dead.add(node_id)
+            log.warning(
+                "node %s declared dead (lease expired + %.0f s margin, no peer reaches it, "
+                "controller lock epoch %d)",
+                node_id,
+                self.ctrl.settings.fence_margin,
+                self.lock.epoch,
+            )
+        await mark_node_lost(self.ctrl, node_id)
+        await self.ctrl.replicas.fail_over_node(node_id)
 
     async def heartbeats(self) -> None:
         while True:
@@ -357,16 +530,16 @@ class Cluster:
                 raise
             except Exception:
                 log.exception("heartbeats")
-            await asyncio.sleep(HEARTBEAT_EVERY)
+            await asyncio.sleep(self.ctrl.settings.lease_interval)
 
     async def instances_unknown(self, s: AsyncSession) -> set[str]:
-        """Ids of the live instances on unreachable nodes (their state is unknown)."""
-        if not self.unreachable:
+        """Ids of the live instances on unreachable nodes (their state is unknown; on a node
+        declared dead it is known: stopped, node-lost, or failed over)."""
+        unknown = self.unreachable - self.dead
+        if not unknown:
             return set()
         rows = await s.scalars(
-            select(Instance.id).where(
-                Instance.node_id.in_(self.unreachable), Instance.state != "terminated"
-            )
+            select(Instance.id).where(Instance.node_id.in_(unknown), Instance.state != "terminated")
         )
         return set(rows)
 

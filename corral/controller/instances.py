@@ -470,6 +470,8 @@ class Instances:
             cpu_baseline=inst.cpu_baseline,
             cpu_credit_mode=inst.cpu_credits,
             cpu_credit_max=inst.cpu_baseline * 3600 * self.ctrl.settings.cpu_credit_max_hours,
+            ha=bool(inst.ha),  # failure handling (issue 16): fenced; nodes check the generation
+            generation=inst.generation or 1,
         )
 
     async def _load(self, iid: str) -> tuple[Instance, InstanceSpec]:

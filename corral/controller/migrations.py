@@ -332,6 +332,9 @@ class Migrations:
                 )
             row.node_id, row.network_id = to, dst_net
             row.claim_memory, row.claim_cores, row.claim_disk = mem, cores, disk
+            from corral.controller.failover import bump_generation
+
+            bump_generation(row)  # the source's copy is stale from here (issue 16)
             await s.execute(
                 update(Address).where(Address.instance_id == inst.id).values(network_id=dst_net)
             )

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from sqlalchemy import select
+
 from corral.controller import volume_sync
 from corral.errors import CorralError
 from corral.node.spec import ObservedInstance
@@ -21,6 +23,7 @@ from corral.store.models import Instance, utcnow
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
+    from corral.node.client import NodeClient
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +180,43 @@ class Reconciler:
                         await volume_sync.sync_instance(self.ctrl, inst, held)
                 except CorralError as err:
                     log.warning("reconcile %s (volumes): %s", inst.name, err.message)
+        await self._stop_stale_copies(node, node_id, observed, known)
         self._report_strays(node_id, observed, known)
+
+    async def _stop_stale_copies(
+        self, node: NodeClient, node_id: str, observed: dict[str, ObservedInstance], known: set[str]
+    ) -> None:
+        """A node back from the dead may still run copies of instances that moved away
+        (failed over or migrated while it was cut off; its fence should have killed the HA
+        ones): each such copy is killed, never adopted. Its files stay: the replica manager
+        resyncs the old disk from the new primary."""
+        running = [o for iid, o in observed.items() if o.running and iid not in known]
+        if not running:
+            return
+        async with self.ctrl.store.read() as s:
+            rows = {
+                r.id: r
+                for r in await s.scalars(
+                    select(Instance).where(Instance.id.in_([o.id for o in running]))
+                )
+            }
+        for obs in running:
+            row = rows.get(obs.id)
+            if row is None or row.node_id == node_id or row.state == "terminated":
+                continue
+            log.warning(
+                "node %s runs a stale copy of %s (generation %d; the instance is generation "
+                "%d on node %s): killing it",
+                node_id,
+                row.name or row.id,
+                obs.generation,
+                row.generation,
+                row.node_id,
+            )
+            try:
+                await node.instance_stop(obs.id, 0, force=True)
+            except CorralError as err:
+                log.warning("stopping the stale copy of %s failed: %s", obs.id, err.message)
 
     async def _apply(self, inst: Instance, d: Decision, obs: ObservedInstance | None) -> None:
         inst_mgr = self.ctrl.instances

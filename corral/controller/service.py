@@ -87,6 +87,11 @@ class Controller:
         self.migrations = Migrations(self)  # live migration (issue 13)
         # joined nodes (corral node join): certificates, tokens, connections kept here
         self.cluster = Cluster(self)
+        # a dead node's HA instances restart on their secondaries (issue 16): the ha branch's
+        # replica manager fills this seam (controller/failover.py)
+        from corral.controller.failover import NoReplicas, Replicas
+
+        self.replicas: Replicas = NoReplicas()
         self.image_push = ImagePush(self)  # images to nodes on first use
         self.remotes: dict[str, Remote] = {}
         self.admin: Caller | None = None
@@ -320,6 +325,7 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 t.result()
         await self.ops.close()
+        await self.cluster.lock.close()
         for remote in self.remotes.values():
             with contextlib.suppress(Exception):
                 await remote.aclose()

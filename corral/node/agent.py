@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -23,7 +24,7 @@ from corral.errors import CorralError, EnvironmentProblem, Invalid, NotFound, Wr
 from corral.fsutil import atomic_write, pid_alive, proc_cmdline
 from corral.images.manifest import Manifest
 from corral.images.store import ImageStore
-from corral.node import credits, image_pull, stats
+from corral.node import credits, fence, image_pull, stats
 from corral.node.driver import cgroups, confine, hotplug, jail, probe, qemu
 from corral.node.driver.machine import Machine, find_pid, read_exit
 from corral.node.driver.qmp import own_socket
@@ -131,6 +132,8 @@ class NodeAgent(MigrateAgent):
         self._outgoing = {}  # and leaving from here
         self.credits = credits.Governor(lambda iid: self.paths(iid).dir, self._cgroup)
         self._credits_task: asyncio.Task[None] | None = None
+        # self-fencing (issue 16, node/fence.py): the lease, the guard, the HA QEMUs
+        self.fence = fence.Fence(settings.state_dir, self._ha_pids, self._fence_kill)
 
     # -- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -140,6 +143,7 @@ class NodeAgent(MigrateAgent):
         await self.adopt()
         self.accel_now()  # the probe may boot a guest for seconds: start it in the background
         self._credits_task = asyncio.create_task(self._credits_loop(), name="cpu-credits")
+        self.fence.start(self.settings.fence_watchdog)
 
     async def adopt(self) -> list[str]:
         """Take back every QEMU of ours that still runs (after an agent restart)."""
@@ -161,6 +165,7 @@ class NodeAgent(MigrateAgent):
 
     async def close(self) -> None:
         """Let go of everything without stopping instances."""
+        await self.fence.close()
         if self._probe_task is not None:
             self._probe_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -255,10 +260,52 @@ class NodeAgent(MigrateAgent):
     async def image_manifest_put(self, digest: str, manifest: str) -> None:
         await asyncio.to_thread(image_pull.put_manifest, self.images, digest, manifest)
 
-    async def heartbeat(self) -> str:
-        """Answered at once: the controller's heartbeat (it records the time, not the node):
-        the node's name and this agent's start (a restart changes it)."""
+    async def heartbeat(
+        self,
+        session: str = "",
+        seq: int = 0,
+        confirmed: int = 0,
+        fence_after: float = 0.0,
+        peers: list[str] | None = None,
+    ) -> str:
+        """Answered at once: the controller's heartbeat, which renews this node's lease
+        (node/fence.py): the node's name and this agent's start (a restart changes it)."""
+        self.fence.heartbeat(session, seq, confirmed, fence_after, list(peers or []))
         return f"{self.settings.hostname} {self.boot}"
+
+    async def peer_probe(self, addresses: list[str], timeout: float = 1.0) -> list[bool]:
+        """Whether the agents at ``addresses`` accept connections from here (the controller
+        asks before it declares a node dead: a node a peer still reaches is not cut off)."""
+        return list(await asyncio.gather(*(fence.tcp_connects(a, timeout) for a in addresses)))
+
+    def _ha_pids(self) -> dict[str, int]:
+        out = {}
+        for iid, m in list(self.machines.items()):
+            if m.running and m.pid is not None:
+                spec = self._spec(iid)
+                if spec is not None and spec.ha:
+                    out[iid] = m.pid
+        return out
+
+    async def _fence_kill(self, iid: str) -> None:
+        m = self.machines.get(iid)
+        if m is not None and m.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(m.pid, signal.SIGKILL)  # at once: the reaper records the exit
+        self.event_log.append("instance-fenced", {"id": iid})
+
+    def _check_spec(self, spec: InstanceSpec) -> None:
+        """A stale spec (older generation than the one held) is refused; an HA instance does
+        not start while this node's lease has lapsed (it may be running elsewhere by now)."""
+        held = self._spec(spec.id)
+        fence.check_generation(spec.id, held.generation if held else 0, spec.generation)
+        if spec.ha and not self.fence.valid():
+            raise WrongState(
+                f"instance {spec.id}: this node's lease has lapsed (the controller has not "
+                "renewed it), so it starts no HA instance; it may run elsewhere by now",
+                resource="instance",
+                reason="lease-lapsed",
+            )
 
     async def info(self) -> NodeInfo:
         accel = self.accel_now()  # never waits for the probe: info answers requests
@@ -422,6 +469,7 @@ class NodeAgent(MigrateAgent):
     # -- instances -------------------------------------------------------------------------
     async def instance_create(self, spec: InstanceSpec) -> None:
         """Disk, tap and spec file (idempotent)."""
+        self._check_spec(spec)
         manifest = self.images.get_manifest(spec.image)
         paths = self.paths(spec.id)
         if spec.root_volume is not None:  # EBS-style: the controller made the root volume
@@ -498,6 +546,7 @@ class NodeAgent(MigrateAgent):
     async def instance_start(self, spec: InstanceSpec) -> int:
         async with self._lock(spec.id):
             m = self.machines.get(spec.id)
+            self._check_spec(spec)
             if m is not None and m.running:
                 assert m.pid is not None
                 return m.pid
@@ -595,9 +644,13 @@ class NodeAgent(MigrateAgent):
             known.add(iid)
             paths = self.paths(iid)
             m = self.machines.get(iid)
+            held = self._spec(iid)
+            gen = held.generation if held is not None else 0
             if m is not None and m.running:
                 out.append(
-                    ObservedInstance(id=iid, running=True, pid=m.pid, status=await m.status())
+                    ObservedInstance(
+                        id=iid, running=True, pid=m.pid, status=await m.status(), generation=gen
+                    )
                 )
                 continue
             pid = find_pid(paths)
@@ -608,6 +661,7 @@ class NodeAgent(MigrateAgent):
                     pid=pid,
                     status="unwatched" if pid else "",
                     exit=None if pid else read_exit(paths),
+                    generation=gen,
                 )
             )
         out.extend(self._strays(known))

@@ -30,7 +30,16 @@ from corral.node.spec import (
 class NodeClient(Protocol):
     async def info(self) -> NodeInfo: ...
 
-    async def heartbeat(self) -> str: ...
+    async def heartbeat(
+        self,
+        session: str = "",
+        seq: int = 0,
+        confirmed: int = 0,
+        fence_after: float = 0.0,
+        peers: list[str] | None = None,
+    ) -> str: ...
+
+    async def peer_probe(self, addresses: list[str], timeout: float = 1.0) -> list[bool]: ...
 
     async def image_missing(self, manifests: list[str], blobs: list[str]) -> list[str]: ...
 

@@ -64,6 +64,8 @@ class FakeNode:
         self.policies: dict[str, PolicySpec] = {}
         self.overlays: dict[tuple[str, int], OverlaySpec] = {}
         self.dns: dict[str, str] = {}
+        self.heartbeats: list[tuple[str, int, int, float, list[str]]] = []
+        self.reachable_peers: set[str] = set()
         self.fail_start: set[str] = set()
         self.plugged: dict[str, set[str]] = {}  # instance -> volumes hot-plugged
         self.io_limits: dict[str, tuple[int, int, int]] = {}  # volume -> iops, burst, bytes/s
@@ -93,8 +95,19 @@ class FakeNode:
         if self.images is not None:
             image_pull.put_manifest(self.images, digest, manifest)
 
-    async def heartbeat(self) -> str:
+    async def heartbeat(
+        self,
+        session: str = "",
+        seq: int = 0,
+        confirmed: int = 0,
+        fence_after: float = 0.0,
+        peers: list[str] | None = None,
+    ) -> str:
+        self.heartbeats.append((session, seq, confirmed, fence_after, list(peers or [])))
         return self.name
+
+    async def peer_probe(self, addresses: list[str], timeout: float = 1.0) -> list[bool]:
+        return [a in self.reachable_peers for a in addresses]
 
     async def info(self) -> NodeInfo:
         return NodeInfo(
@@ -136,10 +149,18 @@ class FakeNode:
 
     async def instance_create(self, spec: InstanceSpec) -> None:
         self.calls.append(("create", spec.id))
+        self._check_generation(spec)
         self.specs[spec.id] = spec
+
+    def _check_generation(self, spec: InstanceSpec) -> None:
+        from corral.node.fence import check_generation
+
+        held = self.specs.get(spec.id)
+        check_generation(spec.id, held.generation if held else 0, spec.generation)
 
     async def instance_start(self, spec: InstanceSpec) -> int:
         self.calls.append(("start", spec.id))
+        self._check_generation(spec)
         if spec.id in self.fail_start:
             raise CorralError(f"fake launch failure for {spec.id}", reason=LAUNCH_FAILED)
         self.specs[spec.id] = spec
@@ -175,6 +196,7 @@ class FakeNode:
                 pid=self.running.get(i),
                 status="running" if i in self.running else "",
                 exit=self.exits.get(i),
+                generation=self.specs[i].generation,
             )
             for i in self.specs
         ]

@@ -55,6 +55,11 @@ class InstanceSpec(BaseModel):
     cpu_baseline: float = 0.0  # cores
     cpu_credit_mode: str = "standard"  # standard | unlimited
     cpu_credit_max: float = 0.0  # core-seconds the balance holds at most
+    # failure handling (issue 16, node/fence.py): an HA instance is killed by its node's fence
+    # when the node loses its lease; the generation grows when the instance moves or fails
+    # over, and the agent refuses a spec older than the one it holds (0: not checked)
+    ha: bool = False
+    generation: int = 0
 
 
 class HealthCheck(BaseModel):
@@ -79,6 +84,7 @@ class ObservedInstance(BaseModel):
     status: str = ""  # QEMU's run state when running (running, paused, shutdown …)
     exit: ExitInfo | None = None
     spec: bool = True  # False: a QEMU of ours with no instance directory (a stray)
+    generation: int = 0  # the generation of the spec the node holds (node/fence.py)
 
 
 class Accel(BaseModel):
@@ -257,6 +263,25 @@ class DnsUpdateRequest(BaseModel):
 
 class InstanceSpecRequest(BaseModel):
     spec: InstanceSpec
+
+
+class HeartbeatRequest(BaseModel):
+    """The controller's heartbeat, which renews the node's lease (node/fence.py): ``seq``
+    numbers this heartbeat within the controller's ``session``; ``confirmed`` is the heartbeat
+    of that session whose renewal the database has recorded; the node may count on its lease
+    for ``fence_after`` seconds from when that one reached it (0: no fencing, e.g. all-in-one);
+    ``peers`` are the other nodes' agents (IP:PORT), probed before fencing."""
+
+    session: str = ""
+    seq: int = 0
+    confirmed: int = 0
+    fence_after: float = 0.0
+    peers: list[str] = Field(default_factory=list)
+
+
+class PeerProbeRequest(BaseModel):
+    addresses: list[str]  # IP:PORT of other nodes' agents
+    timeout: float = 1.0
 
 
 class InstanceStopRequest(BaseModel):

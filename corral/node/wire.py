@@ -69,7 +69,9 @@ CALLS: dict[str, Call] = {
     c.name: c
     for c in (
         Call("info", s.NoArgs, s.NodeInfo, T.LONG),  # the first call probes the accelerator
-        Call("heartbeat", s.NoArgs, str, T.FAST),  # the controller's heartbeat: the node's name
+        # the controller's heartbeat, renewing the node's lease (node/fence.py): the node's name
+        Call("heartbeat", s.HeartbeatRequest, str, T.FAST),
+        Call("peer_probe", s.PeerProbeRequest, list[bool], T.FAST),
         Call("network_ensure", s.NetworkEnsureRequest, None),
         Call("network_hosts", s.NetworkEnsureRequest, None),
         Call("network_policy", s.NetworkPolicyRequest, None),

@@ -205,6 +205,10 @@ class Instance(Base):
     cpu_credits: Mapped[str] = mapped_column(String(16), default="standard")
     # the VPC subnet its interface is in (migration 0009_vpc); None for instances made before
     subnet_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    # failure handling (migration 0012_fence, controller/failover.py): HA instances are fenced
+    # and failed over; the generation grows with every move, and nodes refuse older commands
+    ha: Mapped[bool] = mapped_column(Boolean, default=False)
+    generation: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     __table_args__ = (
         # a name is unique per account among instances that are not terminated
         Index(
@@ -491,3 +495,14 @@ class InternetGateway(Base):
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
     vpc_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ControllerEpoch(Base):
+    """The controller lock's epoch row (controller/leader.py, migration 0012_fence): one row,
+    its epoch grown by every controller that takes the lock."""
+
+    __tablename__ = "controller_epoch"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    epoch: Mapped[int] = mapped_column(BigInteger, default=0)
+    holder: Mapped[str] = mapped_column(String(200), default="")
+    since: Mapped[dt.datetime | None] = mapped_column(default=None)

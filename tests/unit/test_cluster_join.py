@@ -190,7 +190,7 @@ async def test_the_wire_over_tcp_needs_the_controllers_certificate(
 class Silent:
     """A node whose agent does not answer (killed): every call fails as unreachable."""
 
-    async def heartbeat(self) -> str:
+    async def heartbeat(self, *args: object) -> str:
         from corral.errors import EnvironmentProblem
 
         raise EnvironmentProblem("node is unreachable", reason="node-unreachable")
@@ -297,7 +297,7 @@ async def test_an_agent_that_restarted_gets_its_networks_again(
     assert ctrl.cluster.boots["node-n1"]
     node.hosts.clear()  # what a restarted agent may have lost
 
-    async def restarted() -> str:
+    async def restarted(**kwargs: object) -> str:
         return "n1 another-start"
 
     monkeypatch.setattr(node, "heartbeat", restarted)

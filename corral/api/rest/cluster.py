@@ -98,6 +98,7 @@ def _view(ctx: ApiContext, n: Node, instances: list[str], p: Policy) -> models.N
         disk=n.disk,
         disk_claimed=n.claimed_disk,
         instance_ids=instances,
+        lease=ctx.controller.cluster.lease_view(n),
     )
 
 
