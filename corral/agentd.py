@@ -74,6 +74,17 @@ def tls_settings(state_dir: Path) -> dict[str, Any]:
     return {k: str(v) for k, v in files.items()} | {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
+def joined_settings(settings: Settings, joined: dict[str, Any]) -> Settings:
+    """A joined node's own settings: live migrations to and from it cross the underlay on the
+    address it joined with, unless its ``migration_address`` says otherwise (the default,
+    loopback, would send another node's migration to itself)."""
+    if settings.migration_address == Settings.migration_address:
+        host = str(joined["address"]).removeprefix("https://").rpartition(":")[0].strip("[]")
+        if host:
+            return dataclasses.replace(settings, migration_address=host)
+    return settings
+
+
 def _lock(settings: Settings) -> int:
     path = settings.state_dir / "agent.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -90,7 +101,8 @@ def _lock(settings: Settings) -> int:
 async def run(settings: Settings, listen: str) -> None:
     check_host(settings)
     fd = _lock(settings)
-    agent = NodeAgent(settings)
+    # a joined node answers its guests' metadata itself (from the documents pushed to it)
+    agent = NodeAgent(settings, serve_metadata=joined_state(settings.state_dir) is not None)
     try:
         await agent.start()
         tls = tls_settings(settings.state_dir) if listen.startswith("https://") else None
@@ -115,5 +127,7 @@ def main(settings: Settings, listen: str | None, verbose: bool = False) -> None:
     if joined is not None and not settings.node_name:
         # the agent's own settings: the name it joined with
         settings = dataclasses.replace(settings, node_name=str(joined["name"]))
+    if joined is not None:
+        settings = joined_settings(settings, joined)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run(settings, listen or default_listen(settings)))

@@ -232,6 +232,7 @@ class Cluster:
     settings: dict[str, Any] = field(default_factory=dict)  # the controller's corral.toml
     agents: dict[str, Agent] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    subnet: str = ""  # the controller's --subnet, the same at every start
 
     @property
     def state_dir(self) -> Path:
@@ -272,7 +273,9 @@ class Cluster:
         return "\n".join(text.splitlines()[-n:])
 
     def start(self, timeout: float = 120) -> None:
-        """`corral up --no-local-node` on PostgreSQL, serving HTTPS on the LAN."""
+        """`corral up --no-local-node` on PostgreSQL, serving HTTPS on the LAN (a restart
+        keeps the subnet: another one would be an operator's change of the nodes' networks)."""
+        self.subnet = self.subnet or next_subnet()
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.settings:
             (self.state_dir / "corral.toml").write_text(
@@ -282,7 +285,7 @@ class Cluster:
             self.proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.lan.outside, PYTHON, "-m", "corral", "up",
                  "--host", str(OUTSIDE_ADDRESS), "--port", str(API_PORT), "--db", self.db_url,
-                 "--no-local-node", "--subnet", next_subnet()],
+                 "--no-local-node", "--subnet", self.subnet],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=self.env(),
                 start_new_session=True,
             )  # fmt: skip

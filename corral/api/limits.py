@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.errors import CorralError, Invalid, TooLarge
+from corral.imds import BODY_LIMIT
 
 KIB = 1024
 MIB = 1024 * KIB
 JSON_LIMIT = 1 * MIB  # REST bodies (user-data is at most 16 KiB on EC2; plans are small)
 EC2_LIMIT = 256 * KIB  # Query API forms: 16 KiB of user-data base64'd, many filters
-METADATA_LIMIT = 16 * KIB  # guests talk to the metadata service with empty bodies
+METADATA_LIMIT = BODY_LIMIT  # guests talk to the metadata service with empty bodies
 STREAMED = ("/v1/images/import",)  # handlers that authenticate, then stream to disk
 
 

@@ -781,6 +781,8 @@ class Instances:
                 await quotas.enforce(s, self.ctrl.settings, inst.account_id, "vcpus", "memory_mib")
             if user_data is not None:
                 inst.user_data = user_data
+        if user_data is not None or itype is not None:  # a joined node's metadata service
+            await self.ctrl.networks.sync(inst.network_id)
         return inst
 
     async def set_attributes(

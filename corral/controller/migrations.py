@@ -158,6 +158,11 @@ class Migrations:
                 raise WrongState(f"node {to} is not connected to this controller", field="to")
             return named[0]
         others = [v for v in views if v.id != inst.node_id and v.id in self.ctrl.nodes]
+        # until subnets span nodes each node has its own copy of the network, with its own
+        # addresses: a node where another instance holds this one's address cannot take it
+        taken = await self._address_taken_on(s, inst)
+        clash = [v for v in others if v.id in taken]
+        others = [v for v in others if v.id not in taken]
         req = scheduler.Request(
             memory=inst.memory, cores=inst.cpu_limit or float(inst.cpus), disk=inst.disk_size
         )
@@ -166,11 +171,35 @@ class Migrations:
         ok, failed = scheduler.sift(others, req, policy, ctx)
         if not ok:
             why = scheduler.explain(len(others), failed, req, policy) if others else "no other node"
+            if clash:
+                why += (
+                    f"; {len(clash)} more hold{'s' if len(clash) == 1 else ''} its address "
+                    f"{inst.private_ip} for another instance"
+                )
             raise NoResources(
                 f"no other node can take {inst.name} ({why}); add a node or free one",
                 resource="node",
             )
         return scheduler.rank(ok, req, policy, ctx)[0]
+
+    @staticmethod
+    async def _address_taken_on(s: Any, inst: Instance) -> set[str]:
+        """The nodes whose network of the instance's network's name gives its address to
+        another instance."""
+        src_net = await s.get(Network, inst.network_id)
+        if src_net is None or inst.private_ip is None:
+            return set()
+        rows = await s.execute(
+            select(Network.node_id)
+            .join(Address, Address.network_id == Network.id)
+            .where(
+                Network.name == src_net.name,
+                Network.id != src_net.id,
+                Address.address == inst.private_ip,
+                Address.instance_id != inst.id,
+            )
+        )
+        return {str(node_id) for (node_id,) in rows}
 
     # -- the operation -----------------------------------------------------------------------
     async def _move(self, inst: Instance, params: dict[str, Any]) -> tuple[migration.Move, str]:
@@ -248,6 +277,10 @@ class Migrations:
                 await ctx.progress(fraction, f"{step}: {message}")
 
             try:
+                # the destination's overlay needs the image under it: pulled there first, only
+                # the parts it lacks (a node joined to a cluster may never have run it)
+                await report("preparing", 0.01, "the image to the destination")
+                await self.ctrl.image_push.ensure(ctx.params["to"], move.dst_spec.image)
                 await migration.run_until_moved(move, report)
             except BaseException as err:
                 await self._unclaim(ctx)

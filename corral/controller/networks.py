@@ -12,10 +12,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import ids
-from corral.controller import policy
+from corral.controller import imds_docs, policy
 from corral.errors import NotFound
 from corral.naming import account_zone, private_dns_name
-from corral.node.spec import HostRecord, NetworkSpec, PolicySpec
+from corral.node.spec import HostRecord, InstanceMetadata, NetworkSpec, PolicySpec
 from corral.store.models import Instance, Network
 
 if TYPE_CHECKING:
@@ -125,24 +125,29 @@ class Networks:
 
     async def _desired(
         self, network_id: str
-    ) -> tuple[Network, list[HostRecord], PolicySpec] | None:
+    ) -> tuple[Network, list[HostRecord], PolicySpec, list[InstanceMetadata] | None] | None:
         async with self.ctrl.store.read() as s:
             row = await s.get(Network, network_id)
             if row is None:
                 return None
             hosts = await self.hosts(s, row)
             pol = await policy.build(s, row, self.spec(row), self.ctrl.settings)
-        return row, hosts, pol
+            docs = None  # the all-in-one's daemon answers metadata from the store itself
+            if row.node_id in self.ctrl.imds_nodes:
+                docs = await imds_docs.documents(s, row, self.ctrl.settings)
+        return row, hosts, pol, docs
 
     async def ensure_on_node(self, network_id: str) -> None:
         """Namespace, bridge, dnsmasq with the host list, and the kernel policy (idempotent)."""
         async with self._pushing[network_id]:
             if (want := await self._desired(network_id)) is None:
                 return
-            row, hosts, pol = want
+            row, hosts, pol, docs = want
             node = self.ctrl.node(row.node_id)
             await node.network_ensure(self.spec(row), hosts)
             await node.network_policy(pol)
+            if docs is not None:
+                await node.metadata_put(self.spec(row), docs)
 
     async def sync(self, network_id: str | None) -> None:
         """Push what changed in the store to the node: DNS/DHCP hosts and the kernel policy."""
@@ -151,10 +156,12 @@ class Networks:
         async with self._pushing[network_id]:
             if (want := await self._desired(network_id)) is None:
                 return
-            row, hosts, pol = want
+            row, hosts, pol, docs = want
             node = self.ctrl.node(row.node_id)
             await node.network_policy(pol)
             await node.network_hosts(self.spec(row), hosts)
+            if docs is not None:  # a joined node's metadata service: every document again
+                await node.metadata_put(self.spec(row), docs)
 
     async def sync_all(self) -> None:
         """Push every network's policy (a security group or an elastic IP changed)."""

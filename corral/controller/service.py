@@ -94,6 +94,7 @@ class Controller:
         self.replicas: Replicas = NoReplicas()
         self.image_push = ImagePush(self)  # images to nodes on first use
         self.remotes: dict[str, Remote] = {}
+        self.imds_nodes: set[str] = set()  # nodes that serve metadata from pushed documents
         self.admin: Caller | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._followers: dict[str, asyncio.Task[None]] = {}  # node id -> its event follower
@@ -134,6 +135,11 @@ class Controller:
             row.arch, row.disk = info.arch, info.disk
             row.memory_overhead, row.memory_reserved = info.memory_overhead, info.memory_reserved
         self.nodes[row.id] = client
+        # a joined node answers its guests' metadata from pushed documents (Networks.sync)
+        if info.metadata:
+            self.imds_nodes.add(row.id)
+        else:
+            self.imds_nodes.discard(row.id)
         if info.accel.accel == "probing":
             self._tasks.append(
                 asyncio.create_task(self._accel_settled(row.id, client), name="accel-settled")

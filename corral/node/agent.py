@@ -29,6 +29,7 @@ from corral.node.driver import cgroups, confine, hotplug, jail, probe, qemu
 from corral.node.driver.machine import Machine, find_pid, read_exit
 from corral.node.driver.qmp import own_socket
 from corral.node.events import EventLog
+from corral.node.imds import MetadataService
 from corral.node.migrate_agent import MigrateAgent
 from corral.node.net import (
     dnsmasq,
@@ -50,6 +51,7 @@ from corral.node.spec import (
     ExitInfo,
     HealthCheck,
     HostRecord,
+    InstanceMetadata,
     InstanceSpec,
     NetworkSpec,
     NodeInfo,
@@ -108,8 +110,13 @@ def check_host(settings: Settings) -> None:
 class NodeAgent(MigrateAgent):
     memory_overhead = MEMORY_OVERHEAD
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, serve_metadata: bool = False) -> None:
         self.settings = settings
+        # a joined node answers its guests' metadata itself, from pushed documents (the
+        # all-in-one's daemon answers from its database)
+        self.imds = MetadataService(
+            settings.state_dir / "networks", settings.state_dir / "metadata.key", serve_metadata
+        )
         self.boot = os.urandom(4).hex()  # a new one each start: the controller sees restarts
         self.event_log = EventLog(settings.state_dir / "events.jsonl", settings.hostname)
         qemu.configure(settings.qemu)
@@ -141,6 +148,7 @@ class NodeAgent(MigrateAgent):
             d.mkdir(parents=True, exist_ok=True)
         self.images.ensure()
         await self.adopt()
+        await self.imds.start()
         self.accel_now()  # the probe may boot a guest for seconds: start it in the background
         self._credits_task = asyncio.create_task(self._credits_loop(), name="cpu-credits")
         self.fence.start(self.settings.fence_watchdog)
@@ -177,6 +185,7 @@ class NodeAgent(MigrateAgent):
         for m in list(self.machines.values()):
             await m.detach()
         self.machines.clear()
+        await self.imds.close()
 
     def paths(self, iid: str) -> qemu.Paths:
         return qemu.Paths(dir=self.settings.instances_dir / iid, run=self.run_root / iid)
@@ -340,6 +349,7 @@ class NodeAgent(MigrateAgent):
             memory_reserved=self.settings.reserved_memory_mib << 20,
             zone=self.settings.availability_zone,
             netns=self.settings.namespace,
+            metadata=self.imds.serve,
         )
 
     # -- networks --------------------------------------------------------------------------
@@ -367,6 +377,11 @@ class NodeAgent(MigrateAgent):
         await links.ensure_bridge(spec.namespace, spec.bridge, f"{spec.gateway}/{prefix}")
         await links.ensure_address(spec.namespace, "lo", f"{METADATA_ADDRESS}/32")
         await self._dnsmasq(spec).ensure(_entries(hosts))
+        await self.imds.listen(spec)
+
+    async def metadata_put(self, network: NetworkSpec, documents: list[InstanceMetadata]) -> None:
+        """What the metadata service answers on ``network`` from now on (node/imds.py)."""
+        await self.imds.put(network, documents)
 
     async def _kernel_switches(self, ns: str) -> None:
         """Forwarding on, and bridged IPv4 through the inet hooks (where conntrack works)."""
@@ -446,12 +461,14 @@ class NodeAgent(MigrateAgent):
         await self._dnsmasq(spec).update_hosts(_entries(hosts))
 
     async def network_remove(self, spec: NetworkSpec) -> None:
+        await self.imds.forget(spec.id)
         await self._dnsmasq(spec).stop()
         self.dnsmasqs.pop(spec.id, None)
         await links.delete_link(spec.namespace, spec.bridge)
 
     async def teardown(self) -> None:
         """Remove this node's namespace and everything in it (instances must be gone)."""
+        await self.imds.close()
         for dm in list(self.dnsmasqs.values()):
             await dm.stop()
         self.dnsmasqs.clear()

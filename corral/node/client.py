@@ -14,6 +14,7 @@ from corral.node.spec import (
     ExitInfo,
     HealthCheck,
     HostRecord,
+    InstanceMetadata,
     InstanceSpec,
     MigrationPrepared,
     MigrationStatus,
@@ -56,6 +57,10 @@ class NodeClient(Protocol):
     async def network_policy(self, policy: PolicySpec) -> None: ...
 
     async def dns_update(self, put: dict[str, str], remove: list[str]) -> None: ...
+
+    async def metadata_put(self, network: NetworkSpec, documents: list[InstanceMetadata]) -> None:
+        """Every document the metadata service answers on ``network`` (the whole set)."""
+        ...
 
     async def overlay_ensure(self, spec: OverlaySpec) -> None: ...
 

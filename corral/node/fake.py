@@ -23,6 +23,7 @@ from corral.node.spec import (
     ExitInfo,
     HealthCheck,
     HostRecord,
+    InstanceMetadata,
     InstanceSpec,
     InstanceStats,
     MigrationPrepared,
@@ -48,8 +49,11 @@ class FakeNode:
         disk: int = 1 << 40,
         arch: str = "x86_64",
         zone: str = "",
+        serve_metadata: bool = False,
     ) -> None:
         self.name = name
+        self.serve_metadata = serve_metadata  # as a joined node: documents pushed here
+        self.metadata: dict[str, list[InstanceMetadata]] = {}  # network -> documents
         self.size = {"cpus": cpus, "memory": memory, "disk": disk}
         self.arch, self.zone = arch, zone
         self.images = images  # captured images go here when given
@@ -125,6 +129,7 @@ class FakeNode:
             disk=self.size["disk"],
             zone=self.zone,
             facts={"migration_address": "127.0.0.1"},
+            metadata=self.serve_metadata,
         )
 
     async def network_ensure(self, spec: NetworkSpec, hosts: list[HostRecord]) -> None:
@@ -141,6 +146,9 @@ class FakeNode:
 
     async def network_policy(self, policy: PolicySpec) -> None:
         self.policies[policy.network.id] = policy
+
+    async def metadata_put(self, network: NetworkSpec, documents: list[InstanceMetadata]) -> None:
+        self.metadata[network.id] = list(documents)
 
     async def dns_update(self, put: dict[str, str], remove: list[str]) -> None:
         for name in remove:

@@ -113,6 +113,9 @@ class NodeInfo(BaseModel):
     memory_reserved: int = 0  # memory kept for the host itself
     zone: str = ""  # its availability zone
     netns: str = ""  # the namespace its networks live in (its own setting, made or not)
+    # it answers the metadata service itself, from the documents the controller pushes
+    # (``metadata_put``): a node joined to a cluster; the all-in-one's daemon answers its own
+    metadata: bool = False
 
 
 class RuleSpec(BaseModel):
@@ -160,6 +163,18 @@ class PolicySpec(BaseModel):
     groups: list[GroupSpec] = Field(default_factory=list)
     ports: list[PortSpec] = Field(default_factory=list)
     uplink: UplinkSpec | None = None
+
+
+class InstanceMetadata(BaseModel):
+    """What the metadata service (169.254.169.254) answers one instance, made by the controller
+    (controller/imds_docs.py) and served by the agent of a joined node (corral/imds.py)."""
+
+    instance_id: str
+    address: str  # its private address: the source of its requests names it
+    tree: dict[str, Any]  # {"meta-data": …, "dynamic": …} in EC2's path layout
+    user_data: str = ""  # base64 (it may be any bytes)
+    endpoint: str = "enabled"  # enabled | disabled
+    tokens: str = "optional"  # IMDSv2: optional | required
 
 
 class Confinement(BaseModel):
@@ -254,6 +269,11 @@ class OverlayRemoveRequest(BaseModel):
 
 class NetworkPolicyRequest(BaseModel):
     policy: PolicySpec
+
+
+class MetadataPutRequest(BaseModel):
+    network: NetworkSpec
+    documents: list[InstanceMetadata]
 
 
 class DnsUpdateRequest(BaseModel):

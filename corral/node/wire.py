@@ -76,6 +76,7 @@ CALLS: dict[str, Call] = {
         Call("network_hosts", s.NetworkEnsureRequest, None),
         Call("network_policy", s.NetworkPolicyRequest, None),
         Call("dns_update", s.DnsUpdateRequest, None),
+        Call("metadata_put", s.MetadataPutRequest, None),  # a network's metadata documents
         Call("overlay_ensure", s.OverlayRequest, None),  # VPC segments across nodes (issue 12)
         Call("overlay_remove", s.OverlayRemoveRequest, None),
         Call("instance_create", s.InstanceSpecRequest, None, T.LONG),

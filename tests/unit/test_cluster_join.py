@@ -324,3 +324,17 @@ async def test_a_node_connected_again_is_followed_with_its_new_client(
             assert not ctrl._followers["node-n1"].done()
         finally:
             await remote.aclose()
+
+
+def test_a_joined_agent_migrates_over_the_address_it_joined_with(tmp_path: Path) -> None:
+    """Loopback (the default) would send another node's migration to itself: a joined agent
+    takes the host of its listen address, unless migration_address was set."""
+    from corral import config
+
+    joined = {"address": "https://192.0.2.12:8774", "name": "host2"}
+    settings = config.load(tmp_path)
+    assert agentd.joined_settings(settings, joined).migration_address == "192.0.2.12"
+    chosen = config.load(tmp_path, migration_address="10.0.0.5")
+    assert agentd.joined_settings(chosen, joined).migration_address == "10.0.0.5"
+    v6 = {"address": "https://[2001:db8::7]:8774", "name": "h"}
+    assert agentd.joined_settings(settings, v6).migration_address == "2001:db8::7"

@@ -6,12 +6,17 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 
 import httpx
 import pytest
 
+from corral import imds
 from corral.api import metadata
 from corral.controller.service import Controller
+from corral.node.fake import FakeNode
+from corral.node.imds import MetadataService
+from corral.node.spec import InstanceMetadata
 from corral.store.models import Instance
 from tests.unit.helpers import admin, finish, run
 
@@ -19,14 +24,33 @@ USER_DATA = "#!/bin/sh\necho hello\n"
 Client = Callable[[str], AbstractAsyncContextManager[httpx.AsyncClient]]
 
 
+@pytest.fixture(params=["daemon", "joined-node"])
+def node(request: pytest.FixtureRequest) -> FakeNode:
+    """Every test twice: the all-in-one daemon answers from the store; a joined node's agent
+    answers from the documents the controller pushed to it (node/imds.py), never the store."""
+    return FakeNode(serve_metadata=request.param == "joined-node")
+
+
 @pytest.fixture
-def client_from(ctrl: Controller) -> Client:
+def client_from(ctrl: Controller, node: FakeNode, tmp_path: Path) -> Client:
     """A metadata client whose requests come from the given address on the default network."""
 
     @asynccontextmanager
     async def make(address: str) -> AsyncIterator[httpx.AsyncClient]:
         (network,) = await ctrl.networks.by_namespace(ctrl.settings.namespace)
-        app = metadata.create_app(ctrl, network.id, b"k" * 32)
+        if node.serve_metadata:
+            # the agent's service, fed what the controller pushed to the node (at the time
+            # of each request: no push is made here)
+            service = MetadataService(tmp_path / "networks", tmp_path / "key", serve=False)
+            spec = ctrl.networks.spec(network)
+
+            async def resolve(asking: str) -> InstanceMetadata | None:
+                await service.put(spec, node.metadata.get(network.id, []))
+                return service.lookup(network.id, asking)
+
+            app = imds.create_app(resolve, b"k" * 32)
+        else:
+            app = metadata.create_app(ctrl, network.id, b"k" * 32)
         transport = httpx.ASGITransport(app=app, client=(address, 40000))
         async with httpx.AsyncClient(transport=transport, base_url="http://169.254.169.254") as c:
             yield c
@@ -246,3 +270,40 @@ async def test_tokens_required_means_v1_requests_are_refused(
         token = (await c.put("/latest/api/token", headers={TTL: "30"})).text
         v2 = await c.get("/latest/meta-data/instance-id", headers={TOKEN: token})
         assert v2.status_code == 200 and v2.text == inst.id
+
+
+async def test_a_joined_node_gets_every_document_of_its_network_pushed(
+    ctrl: Controller, node: FakeNode, web: Instance
+) -> None:
+    """Pushed on launch and on changes (here an elastic IP), and only to a node that serves
+    metadata itself; a terminated instance's document is withdrawn."""
+    (network,) = await ctrl.networks.by_namespace(ctrl.settings.namespace)
+    if not node.serve_metadata:
+        assert node.metadata == {}  # the all-in-one's daemon reads the store
+        return
+    (doc,) = node.metadata[network.id]
+    assert doc.instance_id == web.id and doc.address == web.private_ip
+    assert doc.tree["meta-data"]["public-keys"]
+    eip = await ctrl.elastic_ips.allocate(admin(ctrl))
+    await ctrl.elastic_ips.associate(admin(ctrl), web.id, allocation_id=eip.id)
+    (doc,) = node.metadata[network.id]
+    assert doc.tree["meta-data"]["public-ipv4"] == eip.public_ip
+    _, op = await ctrl.instances.terminate(admin(ctrl), web.id)
+    await finish(ctrl, op)
+    assert node.metadata[network.id] == []
+
+
+async def test_the_agent_keeps_pushed_documents_across_a_restart(
+    ctrl: Controller, node: FakeNode, web: Instance, tmp_path: Path
+) -> None:
+    (network,) = await ctrl.networks.by_namespace(ctrl.settings.namespace)
+    if not node.serve_metadata:
+        return
+    before = MetadataService(tmp_path / "networks", tmp_path / "key", serve=False)
+    await before.put(ctrl.networks.spec(network), node.metadata[network.id])
+    after = MetadataService(tmp_path / "networks", tmp_path / "key", serve=False)
+    await after.start()  # a new agent: it answers before the controller pushes anything
+    assert web.private_ip is not None
+    found = after.lookup(network.id, web.private_ip)
+    assert found is not None and found.instance_id == web.id
+    assert found.user_data and found == node.metadata[network.id][0]

@@ -76,6 +76,23 @@ async def test_without_to_the_scheduler_picks_another_node(cluster: Cluster) -> 
     assert (await reload(ctrl, inst.id)).node_id == "node-b"  # c is the smaller
 
 
+async def test_the_scheduler_passes_over_nodes_where_its_address_is_taken(
+    cluster: Cluster,
+) -> None:
+    """Until subnets span nodes every node has its own copy of the network and its own
+    addresses: the destination picked must not give the instance's address to another."""
+    ctrl = await cluster({"a": {}, "b": {}, "c": {"memory": 1 << 30}})
+    inst = await run(ctrl, node="a", name="x")
+    other = await run(ctrl, node="b", name="y", memory="64M")
+    assert other.private_ip == inst.private_ip  # each node's own copy of the subnet
+    _, op = await ctrl.migrations.request(admin(ctrl), inst.id)
+    assert (await finish(ctrl, op)).status == "succeeded"
+    assert (await reload(ctrl, inst.id)).node_id == "node-c"  # b is larger but holds it
+    await ctrl.cluster.cordon("a", True)  # now only b is left, and it holds the address
+    with pytest.raises(NoResources, match=f"cordoned; 1 more holds its address {inst.private_ip}"):
+        await ctrl.migrations.request(admin(ctrl), inst.id)
+
+
 async def test_a_migration_is_refused_clearly(cluster: Cluster) -> None:
     ctrl = await cluster({"a": {}, "b": {"memory": 64 << 20}})
     inst = await run(ctrl, node="a")

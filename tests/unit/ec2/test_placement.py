@@ -3,6 +3,9 @@ groups (create, describe, delete, spread honoured at RunInstances), Placement.* 
 
 from __future__ import annotations
 
+import json
+
+from corral.controller import imds_docs
 from tests.unit.ec2.conftest import World
 
 
@@ -113,3 +116,51 @@ async def test_placement_zone_tenancy_and_unknown_groups_are_checked(world: Worl
         MaxCount=1,
         Placement={"HostId": "h-0123456789abcdef0"},
     )
+
+
+async def test_placement_availability_zone_restricts_the_launch_to_that_zone(
+    world: World,
+) -> None:
+    """Three zones (a node each): RunInstances with Placement.AvailabilityZone lands in that
+    zone, DescribeInstances and the instance's metadata say so, and a zone with no room is
+    refused with the scheduler's reason rather than placed elsewhere."""
+    from corral.node.fake import FakeNode
+
+    ctrl = world.ctrl
+    home = ctrl.settings.availability_zone
+    for name, zone in (("b", "corral-1b"), ("c", "corral-1c")):
+        node_id = await ctrl.add_node(FakeNode(name, images=world.node.images), name, zone=zone)
+        net = await ctrl.networks.ensure_default(node_id)  # as a joined node gets at connect
+        await ctrl.networks.ensure_on_node(net.id)
+    zones = await world.admin.call("DescribeAvailabilityZones")
+    assert {z["ZoneName"] for z in zones["AvailabilityZones"]} == {home, "corral-1b", "corral-1c"}
+    for zone, node in (("corral-1c", "node-c"), ("corral-1b", "node-b"), (home, "node-fake")):
+        for _ in range(2):  # spread would otherwise send the second one elsewhere
+            out = await _run(world, Placement={"AvailabilityZone": zone})
+            (inst,) = out["Instances"]
+            assert inst["Placement"]["AvailabilityZone"] == zone
+            await world.settle()
+            row = await ctrl.instances.get(await world.caller(world.admin), inst["InstanceId"])
+            assert row.node_id == node, (zone, row.node_id)
+            described = await world.admin.call(
+                "DescribeInstances", InstanceIds=[inst["InstanceId"]]
+            )
+            got = described["Reservations"][0]["Instances"][0]
+            assert got["Placement"]["AvailabilityZone"] == zone
+            async with ctrl.store.read() as s:  # what the guest's metadata service says
+                asker = await imds_docs.asker(s, row.network_id or "", row.private_ip or "")
+            assert asker is not None
+            tree = imds_docs.build_tree(asker, ctrl.settings)
+            assert tree["meta-data"]["placement"]["availability-zone"] == zone
+            identity = json.loads(tree["dynamic"]["instance-identity"]["document"])
+            assert identity["availabilityZone"] == zone
+    await ctrl.cluster.cordon("c", True)
+    err = await world.admin.fails(
+        "InsufficientInstanceCapacity",
+        "RunInstances",
+        ImageId=world.image_id,
+        MinCount=1,
+        MaxCount=1,
+        Placement={"AvailabilityZone": "corral-1c"},
+    )
+    assert "cordoned" in err.message and "not in zone corral-1c" in err.message

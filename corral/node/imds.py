@@ -1,0 +1,116 @@
+"""The metadata service on a node joined to a cluster: the agent answers 169.254.169.254 in each
+of its networks from the documents the controller pushed (``metadata_put``: a network's whole
+set, made by controller/imds_docs.py), never from the database. The documents are kept on disk
+(``<state>/networks/<id>/metadata.json``, written atomically), so the service answers from the
+agent's start on, also while the controller is down. The HTTP side is corral/imds.py, shared
+with the all-in-one daemon; tokens are signed with the agent's own key (``metadata.key``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from pathlib import Path
+
+from corral import imds
+from corral.fsutil import atomic_write_json
+from corral.node import server
+from corral.node.net import netns
+from corral.node.spec import InstanceMetadata, NetworkSpec
+
+log = logging.getLogger("corral.agent.imds")
+
+ADDRESS = "169.254.169.254"
+FILE = "metadata.json"
+
+
+class MetadataService:
+    """Documents per network; with ``serve``, one listener per network in its namespace."""
+
+    def __init__(self, directory: Path, key_file: Path, serve: bool) -> None:
+        self.directory = directory  # <state>/networks
+        self.key_file = key_file
+        self.serve = serve
+        self.networks: dict[str, NetworkSpec] = {}
+        self.docs: dict[str, dict[str, InstanceMetadata]] = {}  # network -> address -> doc
+        self._servers: dict[str, tuple[server.Server, asyncio.Task[None]]] = {}
+        self._key: bytes | None = None
+
+    def load(self) -> None:
+        """What was pushed before this agent started."""
+        for path in sorted(self.directory.glob(f"*/{FILE}")):
+            try:
+                data = json.loads(path.read_text())
+                spec = NetworkSpec.model_validate(data["network"])
+                docs = [InstanceMetadata.model_validate(d) for d in data["documents"]]
+            except (OSError, ValueError, KeyError) as err:
+                log.warning("%s: unreadable (%s); waiting for the controller's push", path, err)
+                continue
+            self._keep(spec, docs)
+
+    def _keep(self, spec: NetworkSpec, documents: list[InstanceMetadata]) -> None:
+        self.networks[spec.id] = spec
+        self.docs[spec.id] = {d.address: d for d in documents if d.address}
+
+    async def start(self) -> None:
+        self.load()
+        for spec in list(self.networks.values()):
+            await self.listen(spec)
+
+    async def put(self, spec: NetworkSpec, documents: list[InstanceMetadata]) -> None:
+        atomic_write_json(
+            self.directory / spec.id / FILE,
+            {
+                "network": spec.model_dump(mode="json"),
+                "documents": [d.model_dump(mode="json") for d in documents],
+            },
+        )
+        self._keep(spec, documents)
+        await self.listen(spec)
+
+    def lookup(self, network_id: str, address: str) -> InstanceMetadata | None:
+        return self.docs.get(network_id, {}).get(address)
+
+    async def listen(self, spec: NetworkSpec) -> None:
+        """The listener of ``spec``'s namespace, once (when this agent serves metadata). A
+        namespace not there yet (a restart before the controller's push) is tried again at
+        the next push."""
+        running = self._servers.get(spec.id)
+        if not self.serve or (running is not None and not running[1].done()):
+            return
+        try:
+            sock = netns.listen_in(spec.namespace, ADDRESS, 80)
+        except Exception as err:
+            log.warning("metadata service of %s: not listening yet (%s)", spec.id, err)
+            return
+        if self._key is None:
+            self._key = imds.token_key(self.key_file)
+        network_id = spec.id
+
+        async def resolve(address: str) -> InstanceMetadata | None:
+            return self.lookup(network_id, address)
+
+        srv = server.server(imds.create_app(resolve, self._key))
+        task = asyncio.create_task(srv.serve(sockets=[sock]), name=f"metadata-{spec.id}")
+        self._servers[spec.id] = (srv, task)
+        log.info("metadata service of %s listening in %s", spec.id, spec.namespace)
+
+    async def forget(self, network_id: str) -> None:
+        await self._stop(network_id)
+        self.docs.pop(network_id, None)
+        self.networks.pop(network_id, None)
+        (self.directory / network_id / FILE).unlink(missing_ok=True)
+
+    async def _stop(self, network_id: str) -> None:
+        running = self._servers.pop(network_id, None)
+        if running is None:
+            return
+        srv, task = running
+        srv.should_exit = True
+        with contextlib.suppress(asyncio.TimeoutError, Exception):
+            await asyncio.wait_for(task, 10)
+
+    async def close(self) -> None:
+        for network_id in list(self._servers):
+            await self._stop(network_id)
