@@ -10,11 +10,13 @@ DHCP only for its own instances, and the guard lets the VXLAN device in."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import update
 
 from corral.controller.service import Controller
 from corral.node.fake import FakeNode
-from corral.node.net import firewall
+from corral.node.net import dnsmasq, firewall, overlay
 from corral.node.spec import OverlaySpec
 from corral.store.models import Node
 from tests.unit.conftest import Cluster
@@ -99,3 +101,31 @@ async def test_without_an_underlay_address_a_node_is_left_out(cluster: Cluster) 
     await run(ctrl, node="a", name="one")
     await run(ctrl, node="b", name="two")
     assert not fake(ctrl, "a").overlays and not fake(ctrl, "b").overlays
+
+
+def test_dnsmasq_gives_dhcp_to_local_hosts_and_names_to_all(tmp_path: Path) -> None:
+    dm = dnsmasq.Dnsmasq(
+        namespace="x",
+        bridge="cbr0",
+        cidr="10.9.0.0/24",
+        gateway="10.9.0.1",
+        domain="corral.internal",
+        directory=tmp_path,
+    )
+    here = dnsmasq.HostEntry("52:54:00:00:00:01", "10.9.0.10", ("here.a.corral.internal",))
+    there = dnsmasq.HostEntry(
+        "52:54:00:00:00:02", "10.9.0.11", ("there.a.corral.internal",), zone="a", dhcp=False
+    )
+    dm._write_hosts([here, there])
+    assert (
+        tmp_path / "dhcp-hosts"
+    ).read_text() == "52:54:00:00:00:01,set:m525400000001,10.9.0.10,infinite\n"
+    assert "10.9.0.11 there.a.corral.internal" in (tmp_path / "hosts").read_text()
+    assert "m525400000002" not in (tmp_path / "dhcp-opts").read_text()
+    assert "--dhcp-option=option:mtu,1450" not in dm.argv()
+    dm.mtu = 1450
+    assert "--dhcp-option=option:mtu,1450" in dm.argv()
+
+
+def test_every_node_gives_the_gateway_the_same_mac() -> None:
+    assert overlay.gateway_mac("10.88.0.1") == "02:cc:0a:58:00:01"
