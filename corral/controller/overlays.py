@@ -117,6 +117,7 @@ class Overlays:
         # instances being moved, and where to: their forwarding entries follow ahead of the
         # store (a migration's switch-over, a failover), until the store says the same
         self._moving: dict[str, str] = {}
+        self._warned: set[str] = set()  # instances logged as out of reach of their segment
 
     def forget(self, node_id: str) -> None:
         """The node's agent restarted or reconnected: push its segments again."""
@@ -179,7 +180,12 @@ class Overlays:
                 here.append(p)
             hosting = sorted({p.node_id for p in here if addr.get(p.node_id)})
             for p in here:
-                if not addr.get(p.node_id):
+                if (
+                    len(members) > 1
+                    and not addr.get(p.node_id)
+                    and p.instance_id not in self._warned
+                ):
+                    self._warned.add(p.instance_id)
                     log.warning(
                         "instance %s on node %s: the node has no underlay address, so the "
                         "subnet's segment does not reach it",

@@ -51,17 +51,26 @@ class Guest:
     ip: str
     sock: Path
     log: Path
+    conn: socket.socket | None = None
 
     def text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def type(self, line: str) -> None:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.connect(str(self.sock))
-            s.sendall(line.encode() + b"\n")
+        """One connection kept for the test: QEMU takes typed bytes only as fast as the
+        guest's UART drains them, and drops what it has not read when the client leaves."""
+        if self.conn is None:
+            self.conn = socket.socket(socket.AF_UNIX)
+            self.conn.connect(str(self.sock))
+        self.conn.sendall(line.encode() + b"\n")
         time.sleep(0.3)
 
-    def run(self, command: str, timeout: float = 60) -> str:
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def run(self, command: str, timeout: float = 120) -> str:
         """Run a shell command in the guest; its verdict line (``OK``/``NO``) as it printed."""
         mark = f"M{next(_marks)}"
         before = len(self.text())
@@ -122,7 +131,7 @@ def _login(g: Guest) -> None:
     for _ in range(5):
         g.type("\x03")  # whatever half a line reached the shell is dropped
         try:
-            if g.run("true", 30) == "OK":
+            if g.run("true", 90) == "OK":
                 return
         except AssertionError:
             continue
@@ -186,5 +195,7 @@ def test_a_subnet_spans_two_nodes(two: Cluster) -> None:
         assert x.run(f"echo | nc -w 3 {there.ip} 22 | grep -q SSH") == "NO"
         assert there.run(f"ping -c 2 -W 2 {x.ip} >/dev/null") == "NO"
 
+    for g in (a, b, x):
+        g.close()
     _cli_as(c, keys, "rm", "x").ok()
     c.cli("rm", "a", "b", timeout=300).ok()
