@@ -16,8 +16,7 @@ from corral import ids
 from corral.controller import overlays, policy
 from corral.errors import CorralError, NotFound
 from corral.naming import account_zone, private_dns_name
-from corral.node.net import overlay
-from corral.node.spec import HostRecord, NetworkSpec, PolicySpec
+from corral.node.spec import HostRecord, NetworkSpec, PolicySpec, guest_mtu
 from corral.store.models import Instance, Network
 
 if TYPE_CHECKING:
@@ -97,7 +96,7 @@ class Networks:
             domain=row.domain,
             # a joined node's subnet may span nodes over VXLAN: its guests get the MTU that
             # fits the tunnel from their first lease (controller/overlays.py)
-            mtu=overlay.guest_mtu() if row.node_id in self.ctrl.remotes else 0,
+            mtu=guest_mtu() if row.node_id in self.ctrl.remotes else 0,
         )
 
     async def hosts(self, s: AsyncSession, network: Network) -> list[HostRecord]:

@@ -42,8 +42,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.errors import CorralError
-from corral.node.net.overlay import device
-from corral.node.spec import OverlaySpec
+from corral.node.spec import OverlaySpec, vxlan_device
 from corral.store.models import Instance, Network, Node, OverlaySegment
 
 if TYPE_CHECKING:
@@ -246,4 +245,4 @@ class Overlays:
         """The VXLAN device names the network's bridge may have (for its guard)."""
         key = segment_key(network)
         vni = await segment_vni(s, key) if key is not None else None
-        return [device(vni)] if vni is not None else []
+        return [vxlan_device(vni)] if vni is not None else []

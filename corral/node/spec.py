@@ -241,6 +241,19 @@ class NetworkEnsureRequest(BaseModel):
     hosts: list[HostRecord]
 
 
+VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+
+
+def vxlan_device(vni: int) -> str:
+    """The name of a segment's VXLAN device on a node (net/overlay.py)."""
+    return f"vx{vni}"
+
+
+def guest_mtu(underlay_mtu: int = 1500) -> int:
+    """The MTU of a guest whose segment crosses the underlay in VXLAN."""
+    return underlay_mtu - VXLAN_OVERHEAD
+
+
 class OverlaySpec(BaseModel):
     """A subnet's segment on this node, joined to the other nodes hosting it by VXLAN
     (corral/node/net/overlay.py): ``entries`` maps each remote guest MAC to the underlay

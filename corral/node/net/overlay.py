@@ -18,20 +18,18 @@ import re
 from dataclasses import dataclass
 
 from corral.errors import Invalid
+from corral.node.spec import VXLAN_OVERHEAD, vxlan_device
+from corral.node.spec import guest_mtu as spec_guest_mtu
 from corral.proc import arun
 
 PORT = 4789  # IANA's VXLAN port
-OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+OVERHEAD = VXLAN_OVERHEAD  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 ZERO_MAC = "00:00:00:00:00:00"
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
-def device(vni: int) -> str:
-    return f"vx{vni}"
-
-
-def guest_mtu(underlay_mtu: int = 1500) -> int:
-    return underlay_mtu - OVERHEAD
+device = vxlan_device
+guest_mtu = spec_guest_mtu
 
 
 def gateway_mac(gateway: str) -> str:
