@@ -172,7 +172,7 @@ def test_a_subnet_spans_two_nodes(two: Cluster) -> None:
     assert b.run(f"ping -c 2 -W 3 {a.ip} >/dev/null")
     assert a.run("ping -c 1 -W 3 b >/dev/null"), a.text()[-800:]
     assert a.run("echo | nc -w 5 b 22 | grep -q SSH-2.0")
-    assert b.run(f"nslookup a {gateway} | grep -q {a.ip}")
+    assert b.run("ping -c 1 -W 3 a >/dev/null")  # b's node resolves a, which runs on a's
 
     # the default group admits its own members on any node; without that rule, nothing
     c.cli("sg", "revoke", "default", "--proto", "all", "--group", "default").ok()
