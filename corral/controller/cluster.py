@@ -389,6 +389,8 @@ class Cluster:
                 nets = list(await s.scalars(select(Network.id).where(Network.node_id == node_id)))
             for net_id in nets:
                 await self.ctrl.networks.ensure_on_node(net_id)
+            self.ctrl.overlays.forget(node_id)  # its subnet segments again (issue 12)
+            await self.ctrl.overlays.sync()
         except Exception:
             log.exception("node %s: pushing its networks again failed", node_id)
         self.ctrl.reconciler.poke()

@@ -685,6 +685,9 @@ class Instances:
             )
             info = await self.ctrl.node(inst.node_id).instance_stop(iid, timeout, force)
             await self._set(iid, state="stopped", pid=None, stopped_at=utcnow())
+        # its MAC leaves the subnet's segment on the other nodes (controller/overlays.py)
+        with contextlib.suppress(CorralError):
+            await self.ctrl.overlays.sync()
         return {"instance_id": iid, "how": info.reason if info else "not running"}
 
     async def _reboot(self, ctx: Any) -> dict[str, Any]:

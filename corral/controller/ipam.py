@@ -10,6 +10,7 @@ import ipaddress
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from corral.controller.overlays import segment_networks
 from corral.errors import Exists, Invalid, NoResources
 from corral.store.models import Address, Network
 
@@ -25,7 +26,10 @@ def host_range(cidr: str) -> list[ipaddress.IPv4Address]:
 async def allocate(
     s: AsyncSession, network: Network, instance_id: str, wanted: str | None = None
 ) -> str:
-    used = set(await s.scalars(select(Address.address).where(Address.network_id == network.id)))
+    # unique across the network's segment (its subnet on every node, controller/overlays.py):
+    # the store's writer lock serialises allocations, so no two nodes get the same address
+    nets = [n.id for n in await segment_networks(s, network)]
+    used = set(await s.scalars(select(Address.address).where(Address.network_id.in_(nets))))
     if wanted is not None:
         try:
             addr = ipaddress.ip_address(wanted)

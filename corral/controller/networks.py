@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
@@ -12,14 +13,16 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import ids
-from corral.controller import imds_docs, policy
-from corral.errors import NotFound
+from corral.controller import imds_docs, overlays, policy
+from corral.errors import CorralError, NotFound
 from corral.naming import account_zone, private_dns_name
-from corral.node.spec import HostRecord, InstanceMetadata, NetworkSpec, PolicySpec
+from corral.node.spec import HostRecord, InstanceMetadata, NetworkSpec, PolicySpec, guest_mtu
 from corral.store.models import Instance, Network
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
+
+log = logging.getLogger(__name__)
 
 BRIDGE = "cbr0"
 
@@ -83,8 +86,7 @@ class Networks:
             raise NotFound(f"node {node_id} has no default network yet", resource="network")
         return row
 
-    @staticmethod
-    def spec(row: Network) -> NetworkSpec:
+    def spec(self, row: Network) -> NetworkSpec:
         return NetworkSpec(
             id=row.id,
             namespace=row.namespace,
@@ -92,13 +94,19 @@ class Networks:
             cidr=row.cidr,
             gateway=row.gateway,
             domain=row.domain,
+            # a joined node's subnet may span nodes over VXLAN: its guests get the MTU that
+            # fits the tunnel from their first lease (controller/overlays.py)
+            mtu=guest_mtu() if row.node_id in self.ctrl.remotes else 0,
         )
 
     async def hosts(self, s: AsyncSession, network: Network) -> list[HostRecord]:
+        """Every instance of the network's segment (its subnet on every node): DHCP for the
+        ones on this network, names for all (controller/overlays.py)."""
+        nets = [n.id for n in await overlays.segment_networks(s, network)]
         rows = await s.scalars(
             select(Instance)
             .where(
-                Instance.network_id == network.id,
+                Instance.network_id.in_(nets),
                 Instance.state != "terminated",
                 Instance.private_ip.is_not(None),
             )
@@ -119,6 +127,7 @@ class Networks:
                     ],
                     hostname=inst.name,
                     zone=account_zone(inst.account_id, network.domain),
+                    dhcp=inst.network_id == network.id,
                 )
             )
         return out
@@ -132,6 +141,9 @@ class Networks:
                 return None
             hosts = await self.hosts(s, row)
             pol = await policy.build(s, row, self.spec(row), self.ctrl.settings)
+            siblings = [n.id for n in await overlays.segment_networks(s, row) if n.id != row.id]
+            pol.remote = await policy.members(s, siblings)
+            pol.overlay_devs = await self.ctrl.overlays.devices(s, row)
             docs = None  # the all-in-one's daemon answers metadata from the store itself
             if row.node_id in self.ctrl.imds_nodes:
                 docs = await imds_docs.documents(s, row, self.ctrl.settings)
@@ -150,9 +162,35 @@ class Networks:
                 await node.metadata_put(self.spec(row), docs)
 
     async def sync(self, network_id: str | None) -> None:
-        """Push what changed in the store to the node: DNS/DHCP hosts and the kernel policy."""
+        """Push what changed in the store to the node: DNS/DHCP hosts and the kernel policy;
+        and to the other nodes of the network's segment (their names and group members), then
+        the segments themselves (controller/overlays.py). A sibling node that fails is logged:
+        the next reconcile pass pushes it again."""
         if network_id is None:
             return
+        async with self.ctrl.store.read() as s:
+            row = await s.get(Network, network_id)
+            siblings = [
+                n.id
+                for n in (await overlays.segment_networks(s, row) if row is not None else [])
+                if n.id != network_id
+            ]
+            key = overlays.segment_key(row) if row is not None and siblings else None
+            vni = await overlays.segment_vni(s, key) if key is not None else None
+        if key is not None and vni is None:
+            # the VNI first: every node's guard must name the tunnel before it carries frames
+            async with self.ctrl.store.write() as s:
+                await overlays.segment_vni(s, key, allocate=True)
+        await self._sync_one(network_id)
+        for nid in siblings:
+            try:
+                await self._sync_one(nid)
+            except CorralError as err:
+                log.warning("network %s (a sibling of %s): %s", nid, network_id, err.message)
+        if siblings:
+            await self.ctrl.overlays.sync()
+
+    async def _sync_one(self, network_id: str) -> None:
         async with self._pushing[network_id]:
             if (want := await self._desired(network_id)) is None:
                 return
@@ -168,7 +206,7 @@ class Networks:
         async with self.ctrl.store.read() as s:
             ids_ = list(await s.scalars(select(Network.id)))
         for nid in ids_:
-            await self.sync(nid)
+            await self._sync_one(nid)
 
     async def by_namespace(self, namespace: str) -> list[Network]:
         async with self.ctrl.store.read() as s:

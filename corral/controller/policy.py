@@ -11,7 +11,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.config import Settings
 from corral.controller.instances import tap_name
-from corral.node.spec import GroupSpec, NetworkSpec, PolicySpec, PortSpec, RuleSpec, UplinkSpec
+from corral.node.spec import (
+    GroupSpec,
+    NetworkSpec,
+    PolicySpec,
+    PortSpec,
+    RemoteMember,
+    RuleSpec,
+    UplinkSpec,
+)
 from corral.store.models import (
     ElasticAddress,
     Instance,
@@ -41,20 +49,8 @@ def _rule(r: SecurityGroupRule) -> RuleSpec:
     )
 
 
-async def build(
-    s: AsyncSession, network: Network, spec: NetworkSpec, settings: Settings
-) -> PolicySpec:
-    rows = list(
-        await s.scalars(
-            select(Instance)
-            .where(
-                Instance.network_id == network.id,
-                Instance.state != "terminated",
-                Instance.private_ip.is_not(None),
-            )
-            .order_by(Instance.private_ip)
-        )
-    )
+async def _membership(s: AsyncSession, rows: list[Instance]) -> dict[str, list[str]]:
+    """Each instance's security groups (its account's default group when it has none)."""
     iids = [i.id for i in rows]
     membership: dict[str, list[str]] = {}
     for iid, gid in await s.execute(
@@ -77,6 +73,50 @@ async def build(
     for inst in rows:
         if not membership.get(inst.id) and inst.account_id in defaults:
             membership[inst.id] = [defaults[inst.account_id]]
+    return membership
+
+
+async def members(s: AsyncSession, network_ids: list[str]) -> list[RemoteMember]:
+    """The instances of these networks (a segment's networks on other nodes) as group
+    members, for group-to-group rules that must match them across nodes."""
+    if not network_ids:
+        return []
+    rows = list(
+        await s.scalars(
+            select(Instance)
+            .where(
+                Instance.network_id.in_(network_ids),
+                Instance.state != "terminated",
+                Instance.private_ip.is_not(None),
+            )
+            .order_by(Instance.private_ip)
+        )
+    )
+    groups = await _membership(s, rows)
+    return [
+        RemoteMember(
+            instance_id=i.id, address=str(i.private_ip), groups=sorted(groups.get(i.id, []))
+        )
+        for i in rows
+    ]
+
+
+async def build(
+    s: AsyncSession, network: Network, spec: NetworkSpec, settings: Settings
+) -> PolicySpec:
+    rows = list(
+        await s.scalars(
+            select(Instance)
+            .where(
+                Instance.network_id == network.id,
+                Instance.state != "terminated",
+                Instance.private_ip.is_not(None),
+            )
+            .order_by(Instance.private_ip)
+        )
+    )
+    iids = [i.id for i in rows]
+    membership = await _membership(s, rows)
     gids = {g for gs in membership.values() for g in gs}
     groups: dict[str, GroupSpec] = {g: GroupSpec(id=g) for g in gids}
     for r in await s.scalars(

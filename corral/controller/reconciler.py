@@ -145,6 +145,11 @@ class Reconciler:
                     await self._reconcile_node(node_id)
                 except CorralError as err:  # one node away must not stop the others' pass
                     log.warning("reconcile node %s: %s", node_id, err.message)
+            # subnets spanning nodes: what changed since the last push (controller/overlays.py)
+            try:
+                await self.ctrl.overlays.sync()
+            except CorralError as err:
+                log.warning("subnet segments: %s", err.message)
 
     async def _reconcile_node(self, node_id: str) -> None:
         node = self.ctrl.node(node_id)

@@ -78,6 +78,9 @@ class Controller:
         self.metering = Metering(store, settings, self.accounts)  # records usage from here on
         self.credits = Credits(self)
         self.vpcs = Vpcs(self)
+        from corral.controller.overlays import Overlays
+
+        self.overlays = Overlays(self)  # subnets spanning nodes over VXLAN (issue 12)
         self.replacements = Replacements(self)
         self.appliances = Appliances(self)
         self.image_publishing = ImagePublishing(self)

@@ -365,6 +365,7 @@ class NodeAgent(MigrateAgent):
                 directory=self.settings.state_dir / "networks" / spec.id,
             )
             self.dnsmasqs[spec.id] = dm
+        dm.mtu = spec.mtu
         return dm
 
     async def network_ensure(self, spec: NetworkSpec, hosts: list[HostRecord]) -> None:
@@ -374,7 +375,14 @@ class NodeAgent(MigrateAgent):
         await netns.ensure(spec.namespace)
         await self._kernel_switches(spec.namespace)
         prefix = ipaddress.ip_network(spec.cidr).prefixlen
-        await links.ensure_bridge(spec.namespace, spec.bridge, f"{spec.gateway}/{prefix}")
+        # the gateway's MAC is the same on every node (a distributed gateway, issue 12): a
+        # guest keeps its neighbour entry wherever the subnet's segment reaches
+        await links.ensure_bridge(
+            spec.namespace,
+            spec.bridge,
+            f"{spec.gateway}/{prefix}",
+            mac=overlay.gateway_mac(spec.gateway),
+        )
         await links.ensure_address(spec.namespace, "lo", f"{METADATA_ADDRESS}/32")
         await self._dnsmasq(spec).ensure(_entries(hosts))
         await self.imds.listen(spec)
@@ -889,7 +897,12 @@ class NodeAgent(MigrateAgent):
 def _entries(hosts: list[HostRecord]) -> list[dnsmasq.HostEntry]:
     return [
         dnsmasq.HostEntry(
-            mac=h.mac, address=h.address, names=tuple(h.names), hostname=h.hostname, zone=h.zone
+            mac=h.mac,
+            address=h.address,
+            names=tuple(h.names),
+            hostname=h.hostname,
+            zone=h.zone,
+            dhcp=h.dhcp,
         )
         for h in hosts
     ]

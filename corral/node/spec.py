@@ -14,6 +14,9 @@ class NetworkSpec(BaseModel):
     cidr: str
     gateway: str
     domain: str
+    # the MTU DHCP gives guests (option 26); 0: none sent. A network whose subnet may span
+    # nodes over VXLAN gets the underlay's less the 50-byte overhead (net/overlay.py)
+    mtu: int = 0
 
 
 class HostRecord(BaseModel):
@@ -22,6 +25,9 @@ class HostRecord(BaseModel):
     names: list[str]  # DNS names; the first is what a reverse lookup answers
     hostname: str = ""  # the guest's host name (the metadata service tells the guest)
     zone: str = ""  # the guest's DHCP domain, its search domain (its account's zone)
+    # False: the instance runs on another node of the subnet's segment (issue 12): its name
+    # resolves here, but its DHCP is its own node's
+    dhcp: bool = True
 
 
 class VolumeAttachment(BaseModel):
@@ -156,6 +162,15 @@ class UplinkSpec(BaseModel):
     gateway: str  # the outside router's address on it
 
 
+class RemoteMember(BaseModel):
+    """An instance of the same segment running on another node: its address counts as a
+    member of its groups here (its own node enforces its egress and anti-spoofing)."""
+
+    instance_id: str
+    address: str
+    groups: list[str] = Field(default_factory=list)
+
+
 class PolicySpec(BaseModel):
     """Everything the kernel enforces on one network, applied as one nft transaction."""
 
@@ -163,6 +178,10 @@ class PolicySpec(BaseModel):
     groups: list[GroupSpec] = Field(default_factory=list)
     ports: list[PortSpec] = Field(default_factory=list)
     uplink: UplinkSpec | None = None
+    # the subnet spans nodes (issue 12): instances of the segment on other nodes (group
+    # members for group-to-group rules), and the VXLAN devices joining this bridge to them
+    remote: list[RemoteMember] = Field(default_factory=list)
+    overlay_devs: list[str] = Field(default_factory=list)
 
 
 class InstanceMetadata(BaseModel):
@@ -241,6 +260,19 @@ class NoArgs(BaseModel):
 class NetworkEnsureRequest(BaseModel):
     spec: NetworkSpec
     hosts: list[HostRecord]
+
+
+VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+
+
+def vxlan_device(vni: int) -> str:
+    """The name of a segment's VXLAN device on a node (net/overlay.py)."""
+    return f"vx{vni}"
+
+
+def guest_mtu(underlay_mtu: int = 1500) -> int:
+    """The MTU of a guest whose segment crosses the underlay in VXLAN."""
+    return underlay_mtu - VXLAN_OVERHEAD
 
 
 class OverlaySpec(BaseModel):

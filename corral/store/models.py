@@ -506,3 +506,15 @@ class ControllerEpoch(Base):
     epoch: Mapped[int] = mapped_column(BigInteger, default=0)
     holder: Mapped[str] = mapped_column(String(200), default="")
     since: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class OverlaySegment(Base):
+    """A layer-2 segment that spans nodes over VXLAN (issue 12, controller/overlays.py): its
+    VNI, allocated here, unique (the database's constraint). ``key`` names what the segment
+    carries: ``default:<cidr>`` for the zone's default subnet, which every account's default
+    VPC shares on a node (one bridge, one IPAM, accounts kept apart by security groups)."""
+
+    __tablename__ = "overlay_segments"
+    key: Mapped[str] = mapped_column(String(96), primary_key=True)
+    vni: Mapped[int] = mapped_column(Integer, unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -89,6 +89,16 @@ def _guest(dp: str, guest: str, bridge: str, port: str, address: str) -> str:
     return _mac(guest, "eth0")
 
 
+def _bridge_static(ns: str, dev: str) -> set[str]:
+    """The MACs the bridge sends to ``dev`` by a static entry (not learnt, not its own)."""
+    out = _run("bridge", "-n", ns, "-json", "fdb", "show", "dev", dev).stdout
+    return {
+        e["mac"]
+        for e in json.loads(out or "[]")
+        if "master" in e and e.get("state") == "static" and not e.get("dst")
+    }
+
+
 async def test_guests_of_one_segment_on_two_hosts_reach_each_other_and_not_another_vpc(
     tmp_path: Path,
 ) -> None:
@@ -155,6 +165,9 @@ async def _scenario(client: NodeClient) -> None:
             await converge(True)  # idempotent: nothing doubled
             table = await overlay.fdb(dps[0], 100)
             assert table == {overlay.ZERO_MAC: [h2.address], macs_a[1]: [h2.address]}
+            # the bridge sends frames for the remote guest to the tunnel only: a static entry,
+            # so they are never flooded to local ports as unknown unicast
+            assert _bridge_static(dps[0], "vx100") == {macs_a[1]}
             assert _reaches(ga[0], "10.31.0.12") and _reaches(ga[1], "10.31.0.11")
             # a full-size guest packet fits the overlay (MTU 1450, DF set)
             size = str(overlay.guest_mtu() - 28)
@@ -189,5 +202,6 @@ async def _scenario(client: NodeClient) -> None:
             # a stale entry goes: host 1's view after A's guest on host 2 left
             await client.overlay_ensure(seg(0, 100, [h2.address], {}))
             assert await overlay.fdb(dps[0], 100) == {overlay.ZERO_MAC: [h2.address]}
+            assert _bridge_static(dps[0], "vx100") == set()
             await client.overlay_remove(dps[0], 100)
             assert "vx100" not in _run("ip", "-n", dps[0], "link").stdout

@@ -25,6 +25,7 @@ class HostEntry:
     names: tuple[str, ...]  # DNS names; the first answers reverse lookups
     hostname: str = ""  # the guest's host name (not sent by DHCP, never entered in DNS)
     zone: str = ""  # sent as the DHCP domain and search domain
+    dhcp: bool = True  # False: a name only (the instance runs on another node of the segment)
 
     @property
     def tag(self) -> str:
@@ -40,6 +41,7 @@ class Dnsmasq:
         self.cidr = ipaddress.ip_network(cidr)
         self.gateway = gateway
         self.domain = domain
+        self.mtu = 0  # option 26 when set (a segment spanning nodes over VXLAN)
         self.dir = directory
         self.pidfile = directory / "dnsmasq.pid"
         self.hostsfile = directory / "dhcp-hosts"
@@ -74,6 +76,7 @@ class Dnsmasq:
             "--dhcp-authoritative",
             f"--dhcp-option=option:router,{self.gateway}",
             f"--dhcp-option=option:dns-server,{self.gateway}",
+            *([f"--dhcp-option=option:mtu,{self.mtu}"] if self.mtu else []),
             f"--log-facility={self.log}",
             "--user=root",
             "--group=root",
@@ -133,10 +136,10 @@ class Dnsmasq:
         return pid
 
     def _write_hosts(self, hosts: list[HostEntry]) -> None:
-        dhcp = "".join(f"{h.mac},set:{h.tag},{h.address},infinite\n" for h in hosts)
+        dhcp = "".join(f"{h.mac},set:{h.tag},{h.address},infinite\n" for h in hosts if h.dhcp)
         dns = "".join(f"{h.address} {' '.join(h.names)}\n" for h in hosts)
         opts = []
-        for h in hosts:
+        for h in (h for h in hosts if h.dhcp):
             # (no option 12: dnsmasq refuses it in an options file; guests take their host
             # name from the metadata service)
             if h.zone:

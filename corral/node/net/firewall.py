@@ -24,7 +24,8 @@ import ipaddress
 from typing import Any
 
 from corral.errors import Invalid
-from corral.node.spec import GroupSpec, PolicySpec, PortSpec, RuleSpec
+from corral.node.net.overlay import gateway_mac
+from corral.node.spec import GroupSpec, PolicySpec, RuleSpec
 
 GUARD = "corral_guard"
 TABLE = "corral"
@@ -130,13 +131,17 @@ def render(policy: PolicySpec) -> list[Json]:
         cmds.append({"delete": {"table": {"family": family, "name": table}}})
         add("table", {"family": family, "name": table})
 
-    _render_guard(policy.ports, add, rule)
+    _render_guard(policy, add, rule)
 
     groups: dict[str, GroupSpec] = {g.id: g for g in policy.groups}
     members: dict[str, list[str]] = {g: [] for g in groups}
     for port in policy.ports:
         for g in port.groups:
             members.setdefault(g, []).append(port.address)
+    # members running on other nodes of the segment match group-to-group rules here too
+    for remote in policy.remote:
+        for g in remote.groups:
+            members.setdefault(g, []).append(remote.address)
     for g, addrs in members.items():
         add(
             "set",
@@ -312,8 +317,9 @@ def render(policy: PolicySpec) -> list[Json]:
     return cmds
 
 
-def _render_guard(ports: list[PortSpec], add: Any, rule: Any) -> None:
+def _render_guard(policy: PolicySpec, add: Any, rule: Any) -> None:
     fam, t = "bridge", GUARD
+    ports = policy.ports
 
     def grule(chain: str, expr: list[Json]) -> None:
         rule(chain, expr, family=fam, table=t)
@@ -363,6 +369,45 @@ def _render_guard(ports: list[PortSpec], add: Any, rule: Any) -> None:
     add("chain", {"family": fam, "table": t, "name": "guard"})
     iif = {"meta": {"key": "iifname"}}
     grule("prerouting", [_match(iif, "@ports"), {"jump": {"target": "guard"}}])
+    if policy.overlay_devs:
+        # frames from the VXLAN devices joining the segment's other nodes: their own nodes
+        # checked them at their taps. Not let in: another node's gateway (every node answers
+        # for the same gateway address and MAC itself) and DHCP (each node serves its own
+        # guests; a remote offer or NAK must not reach them)
+        add(
+            "set",
+            {
+                "family": fam,
+                "table": t,
+                "name": "overlay",
+                "type": "ifname",
+                "elem": sorted(policy.overlay_devs),
+            },
+        )
+        from_overlay = _match(iif, "@overlay")
+        gw = gateway_mac(policy.network.gateway)
+        grule("prerouting", [from_overlay, _match(_payload("ether", "saddr"), gw), {"drop": None}])
+        grule(
+            "prerouting",
+            [
+                from_overlay,
+                _match(_payload("ether", "type"), "ip"),
+                _match(_payload("ip", "protocol"), "udp"),
+                _match(_payload("udp", "dport"), {"set": [67, 68]}),
+                {"counter": None},
+                {"drop": None},
+            ],
+        )
+        grule(
+            "prerouting",
+            [
+                from_overlay,
+                _match(_payload("ether", "type"), "arp"),
+                _match(_payload("arp", "daddr ip"), policy.network.gateway),
+                {"drop": None},
+            ],
+        )
+        grule("prerouting", [from_overlay, {"accept": None}])
     # a port the policy does not know (yet) passes nothing: frames from the bridge's own
     # stack never reach this hook, so every frame here came in through an instance's tap
     grule("prerouting", [{"counter": None}, {"drop": None}])

@@ -23,12 +23,16 @@ async def link_names(ns: str) -> set[str]:
     return {link["ifname"] for link in await links(ns)}
 
 
-async def ensure_bridge(ns: str, bridge: str, address: str) -> None:
-    """A bridge ``bridge`` with ``address`` (CIDR form) up in ``ns``."""
-    if bridge not in await link_names(ns):
+async def ensure_bridge(ns: str, bridge: str, address: str, mac: str | None = None) -> None:
+    """A bridge ``bridge`` with ``address`` (CIDR form) up in ``ns``, with the MAC ``mac``
+    when given (set, so it does not follow its ports')."""
+    have = {link["ifname"]: link for link in await links(ns)}
+    if bridge not in have:
         await _ip(
             ns, "link", "add", bridge, "type", "bridge", "stp_state", "0", "forward_delay", "0"
         )
+    if mac is not None and have.get(bridge, {}).get("address") != mac:
+        await _ip(ns, "link", "set", bridge, "address", mac)
     await ensure_address(ns, bridge, address)
     await _ip(ns, "link", "set", bridge, "up")
 

@@ -18,20 +18,27 @@ import re
 from dataclasses import dataclass
 
 from corral.errors import Invalid
+from corral.node.spec import VXLAN_OVERHEAD, vxlan_device
+from corral.node.spec import guest_mtu as spec_guest_mtu
 from corral.proc import arun
 
 PORT = 4789  # IANA's VXLAN port
-OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+OVERHEAD = VXLAN_OVERHEAD  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 ZERO_MAC = "00:00:00:00:00:00"
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
-def device(vni: int) -> str:
-    return f"vx{vni}"
+device = vxlan_device
+guest_mtu = spec_guest_mtu
 
 
-def guest_mtu(underlay_mtu: int = 1500) -> int:
-    return underlay_mtu - OVERHEAD
+def gateway_mac(gateway: str) -> str:
+    """The MAC of a subnet's gateway: the same on every node (a distributed gateway), so a
+    frame to the gateway is delivered by the guest's own node, whichever node answered its
+    ARP. Locally administered (02:), with the gateway's IPv4 address in its last four bytes
+    (instances' MACs are 52:54:00:…)."""
+    packed = ipaddress.IPv4Address(gateway).packed
+    return "02:cc:" + ":".join(f"{b:02x}" for b in packed)
 
 
 @dataclass(frozen=True)
@@ -111,13 +118,25 @@ async def ensure(seg: Segment, peers: list[str], entries: dict[str, str]) -> Non
 
 async def _fdb(ns: str, dev: str, peers: list[str], entries: dict[str, str]) -> None:
     out = await _bridge(ns, "-json", "fdb", "show", "dev", dev)
-    have = {(e["mac"], e["dst"]) for e in json.loads(out or "[]") if e.get("dst")}
+    table = json.loads(out or "[]")
+    have = {(e["mac"], e["dst"]) for e in table if e.get("dst")}
     want = {(ZERO_MAC, p) for p in peers} | {(m, a) for m, a in entries.items()}
     for mac, dst in sorted(have - want):
         await _bridge(ns, "fdb", "del", mac, "dev", dev, "dst", dst, check=False)
     for mac, dst in sorted(want - have):
         verb = "append" if mac == ZERO_MAC else "replace"
         await _bridge(ns, "fdb", verb, mac, "dev", dev, "dst", dst, "self", "permanent")
+    # the bridge's own table too: a frame to a remote guest goes to the VXLAN port only,
+    # never flooded to the local guests' taps as unknown unicast (learning is off there)
+    mastered = {
+        e["mac"]
+        for e in table
+        if not e.get("dst") and "master" in e and e.get("state") == "static" and "vlan" not in e
+    }
+    for mac in sorted(mastered - set(entries)):
+        await _bridge(ns, "fdb", "del", mac, "dev", dev, "master", check=False)
+    for mac in sorted(set(entries) - mastered):
+        await _bridge(ns, "fdb", "replace", mac, "dev", dev, "master", "static")
 
 
 async def fdb(ns: str, vni: int) -> dict[str, list[str]]:

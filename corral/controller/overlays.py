@@ -1,0 +1,248 @@
+"""Subnets that span nodes (issue 12): the controller drives the agents' VXLAN segments
+(``node/net/overlay.py``) from the store.
+
+A segment is the layer-2 network of one subnet across every node that runs one of its
+instances. Today that is the zone's default subnet: every account's default VPC shares it on a
+node (the node's network: one namespace, bridge ``cbr0`` and dnsmasq; accounts kept apart by
+security groups and anti-spoofing), and every node's default network has the same CIDR, so
+those networks together are one segment, keyed ``default:<cidr>``, with one VNI allocated in
+the store (``overlay_segments``, unique by constraint).
+
+For every segment whose instances run on two nodes or more, each of those nodes gets the
+segment (``overlay_ensure``): its VXLAN device on the network's bridge, the other hosting
+nodes as broadcast peers, and one forwarding entry per instance running elsewhere (its MAC →
+its node's underlay address). A node that no longer hosts the segment loses it
+(``overlay_remove``). Pushes happen when an instance starts, stops, terminates or moves (the
+network syncs call ``sync``), every reconcile pass (cheap: only what changed since the last
+push is sent), and again after an agent restarted (``forget``).
+
+The rest of the subnet's data plane is per node and needs no tunnel: every node's bridge has
+the same gateway address *and MAC* (``overlay.gateway_mac``), so the gateway a guest reaches is
+its own node's (a distributed gateway: DHCP, DNS, metadata, SNAT and elastic IPs stay local);
+each node's dnsmasq gives DHCP to its own instances only, from one IPAM whose addresses are
+unique across the segment (``ipam.allocate``), and resolves every instance's name; each
+node's security-group policy counts the segment's remote instances as group members, and its
+anti-spoofing guard lets the VXLAN port in (those frames were checked at their own node's tap)
+but not another node's gateway frames or DHCP.
+
+A node's underlay address is the host of its agent's ``https://`` address; a node without one
+(the controller's own ``local`` node) is left out of segments (logged)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from corral.errors import CorralError
+from corral.node.spec import OverlaySpec, vxlan_device
+from corral.store.models import Instance, Network, Node, OverlaySegment
+
+if TYPE_CHECKING:
+    from corral.controller.service import Controller
+
+log = logging.getLogger(__name__)
+
+FIRST_VNI = 100
+# instances whose MAC may be on the wire: being launched, running, being stopped or rebooted
+OFF = ("stopped", "terminated")
+
+
+def segment_key(network: Network) -> str | None:
+    """The segment a network belongs to (None: it spans no nodes)."""
+    return f"default:{network.cidr}" if network.name == "default" else None
+
+
+async def segment_networks(s: AsyncSession, network: Network) -> list[Network]:
+    """Every node's network in ``network``'s segment (itself included)."""
+    if segment_key(network) is None:
+        return [network]
+    return list(
+        await s.scalars(
+            select(Network)
+            .where(Network.name == network.name, Network.cidr == network.cidr)
+            .order_by(Network.id)
+        )
+    )
+
+
+def underlay_address(node: Node) -> str | None:
+    """The node's address on the underlay (its agent's TLS address), None when it has none."""
+    url = urlsplit(node.address)
+    if url.scheme != "https" or not url.hostname:
+        return None
+    try:
+        return str(ipaddress.IPv4Address(url.hostname))
+    except ValueError:
+        return None
+
+
+async def segment_vni(s: AsyncSession, key: str, allocate: bool = False) -> int | None:
+    """The segment's VNI; allocated (the next free one) when asked and there is none yet.
+    Writes are serialised by the store's writer lock; the unique constraint backs it."""
+    row = await s.get(OverlaySegment, key)
+    if row is not None:
+        return row.vni
+    if not allocate:
+        return None
+    top = await s.scalar(select(func.max(OverlaySegment.vni)))
+    vni = max(FIRST_VNI, (top or 0) + 1)
+    s.add(OverlaySegment(key=key, vni=vni))
+    await s.flush()
+    return vni
+
+
+@dataclass(frozen=True)
+class Placed:
+    instance_id: str
+    mac: str
+    node_id: str
+    network_id: str
+
+
+class Overlays:
+    def __init__(self, ctrl: Controller) -> None:
+        self.ctrl = ctrl
+        # what each (node, network) last got: the spec's JSON, or "" for removed
+        self._pushed: dict[tuple[str, str], str] = {}
+        self._lock = asyncio.Lock()
+        # instances being moved, and where to: their forwarding entries follow ahead of the
+        # store (a migration's switch-over, a failover), until the store says the same
+        self._moving: dict[str, str] = {}
+        self._warned: set[str] = set()  # instances logged as out of reach of their segment
+
+    def forget(self, node_id: str) -> None:
+        """The node's agent restarted or reconnected: push its segments again."""
+        for key in [k for k in self._pushed if k[0] == node_id]:
+            del self._pushed[key]
+
+    async def move(self, instance_id: str, node_id: str) -> None:
+        """Point the instance's forwarding entries at ``node_id`` on every node of its segment
+        now, before (or without waiting for) the store recording the move: for a live
+        migration's switch-over or an HA failover, so the instance keeps its address, MAC and
+        reachability on the new node. The segment reaches ``node_id`` too. Once the store
+        has the instance on ``node_id`` (or ``done_moving`` is called) the store rules again."""
+        self._moving[instance_id] = node_id
+        await self.sync()
+
+    async def done_moving(self, instance_id: str) -> None:
+        """A move ended (completed or rolled back): the store says where the instance runs."""
+        self._moving.pop(instance_id, None)
+        await self.sync()
+
+    async def _plan(self) -> dict[tuple[str, str], tuple[Network, OverlaySpec | None]]:
+        """What every (node, network) of a segment must have: a spec, or None (no segment)."""
+        async with self.ctrl.store.read() as s:
+            nets = list(await s.scalars(select(Network).order_by(Network.id)))
+            nodes = {n.id: n for n in await s.scalars(select(Node))}
+            rows = await s.execute(
+                select(Instance.id, Instance.mac, Instance.node_id, Instance.network_id).where(
+                    Instance.state.not_in(OFF),
+                    Instance.node_id.is_not(None),
+                    Instance.network_id.is_not(None),
+                )
+            )
+            placed = [Placed(i, m, str(n), str(w)) for i, m, n, w in rows]
+            have = {
+                r.key: r.vni
+                for r in await s.scalars(select(OverlaySegment))  # the allocated VNIs
+            }
+        net_by_id = {n.id: n for n in nets}
+        segments: defaultdict[str, list[Network]] = defaultdict(list)
+        for n in nets:
+            if (key := segment_key(n)) is not None:
+                segments[key].append(n)
+        addr = {nid: underlay_address(n) for nid, n in nodes.items()}
+        if self._moving:
+            settled = {
+                p.instance_id for p in placed if self._moving.get(p.instance_id) == p.node_id
+            }
+            for iid in settled:
+                self._moving.pop(iid, None)
+        plan: dict[tuple[str, str], tuple[Network, OverlaySpec | None]] = {}
+        for key, members in segments.items():
+            by_node = {n.node_id: n for n in members}
+            here: list[Placed] = []
+            for p in placed:
+                if p.network_id not in net_by_id or net_by_id[p.network_id] not in members:
+                    continue
+                to = self._moving.get(p.instance_id)
+                if to is not None and to in by_node:
+                    p = Placed(p.instance_id, p.mac, to, by_node[to].id)
+                here.append(p)
+            hosting = sorted({p.node_id for p in here if addr.get(p.node_id)})
+            for p in here:
+                if (
+                    len(members) > 1
+                    and not addr.get(p.node_id)
+                    and p.instance_id not in self._warned
+                ):
+                    self._warned.add(p.instance_id)
+                    log.warning(
+                        "instance %s on node %s: the node has no underlay address, so the "
+                        "subnet's segment does not reach it",
+                        p.instance_id,
+                        p.node_id,
+                    )
+            vni = have.get(key)
+            if len(hosting) >= 2 and vni is None:
+                async with self.ctrl.store.write() as s:
+                    vni = await segment_vni(s, key, allocate=True)
+            for net in members:
+                if net.node_id in hosting and len(hosting) >= 2 and vni is not None:
+                    local = addr[net.node_id]
+                    assert local is not None
+                    spec = OverlaySpec(
+                        namespace=net.namespace,
+                        bridge=net.bridge,
+                        vni=vni,
+                        local=local,
+                        peers=[str(addr[n]) for n in hosting if n != net.node_id],
+                        entries={
+                            p.mac: str(addr[p.node_id])
+                            for p in here
+                            if p.node_id != net.node_id and addr.get(p.node_id)
+                        },
+                    )
+                    plan[(net.node_id, net.id)] = (net, spec)
+                elif vni is not None and addr.get(net.node_id):
+                    plan[(net.node_id, net.id)] = (net, None)
+        return plan
+
+    async def sync(self) -> None:
+        """Bring every node's segments in line with the store (only what changed is sent).
+        A node that fails is logged and tried again at the next pass; the others go on."""
+        async with self._lock:
+            plan = await self._plan()
+            for (node_id, net_id), (net, spec) in sorted(plan.items()):
+                if node_id not in self.ctrl.nodes or not self.ctrl.cluster.reachable(node_id):
+                    continue
+                want = spec.model_dump_json() if spec is not None else ""
+                if self._pushed.get((node_id, net_id)) == want:
+                    continue
+                node = self.ctrl.node(node_id)
+                try:
+                    if spec is not None:
+                        await node.overlay_ensure(spec)
+                    else:
+                        async with self.ctrl.store.read() as s:
+                            vni = await segment_vni(s, segment_key(net) or "")
+                        if vni is not None:
+                            await node.overlay_remove(net.namespace, vni)
+                except CorralError as err:
+                    log.warning("node %s: its subnet segment: %s", node_id, err.message)
+                    continue
+                self._pushed[(node_id, net_id)] = want
+
+    async def devices(self, s: AsyncSession, network: Network) -> list[str]:
+        """The VXLAN device names the network's bridge may have (for its guard)."""
+        key = segment_key(network)
+        vni = await segment_vni(s, key) if key is not None else None
+        return [vxlan_device(vni)] if vni is not None else []

@@ -1,0 +1,198 @@
+"""A subnet spanning two nodes (issue 12, controller/overlays.py): two joined nodes
+(tests/cluster.py), three tiny VMs in all. The controller drives the VXLAN segment of the
+default subnet between the nodes from the store; this is checked with real packets from
+inside the guests (typed at their serial consoles: joined nodes serve no metadata yet, so there
+is no SSH key to log in with).
+
+Shown: the two agents have namespaces of their own; an instance on node 1 and one on node 2
+get addresses in the same subnet (one IPAM), the same gateway and the tunnel's MTU; they reach
+each other by address and by name (ping and TCP to the SSH port), through the default group's
+rule admitting its own members across nodes; with that rule revoked the same packets are
+dropped, and allowed again they pass; another account's instance on the same nodes reaches
+neither of them, nor they it (both directions), while its own gateway answers."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import itertools
+import json
+import re
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from corral.config import Settings
+from tests.cluster import Cluster, cluster
+from tests.harness import CliResult, wait_for
+from tests.postgres import PostgresServer
+
+MEMORY = "160M"
+_marks = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def two(postgres_server: PostgresServer) -> Iterator[Cluster]:
+    with postgres_server.database() as url, cluster(url, 2) as c:
+        c.cli("image", "build", "tiny", timeout=900).ok()
+        yield c
+
+
+@dataclass
+class Guest:
+    """A guest's serial line on its node: type into the socket, read the log file."""
+
+    name: str
+    iid: str
+    node: str
+    ip: str
+    sock: Path
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def type(self, line: str) -> None:
+        """Type a line at the console and stay connected until the guest echoed it: QEMU
+        takes typed bytes only as fast as the guest's UART drains them, and drops what it
+        has not read when the client leaves."""
+        before = len(self.text())
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(self.sock))
+            s.sendall(line.encode() + b"\n")
+            with contextlib.suppress(AssertionError):
+                wait_for(lambda: line[-12:] in self.text()[before:], 60, what="the echo")
+            time.sleep(0.5)
+
+    def prompt(self, timeout: float = 30) -> None:
+        """Wait (a while) for the shell's prompt to be the last thing on the console: what
+        is typed while the shell is busy with the tty can be cut short."""
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: re.search(r"# (\x1b\[6n)?$", self.text().rstrip("\n")), timeout)
+
+    def run(self, command: str, timeout: float = 120) -> bool:
+        """Run a shell command in the guest: did it succeed?"""
+        mark = f"M{next(_marks)}"
+        self.prompt()
+        before = len(self.text())
+        self.type(f"{command}; echo {mark}=$?")  # the typed line itself does not match
+        try:
+            m = wait_for(
+                lambda: re.search(rf"\b{mark}=(\d+)\b", self.text()[before:]),
+                timeout,
+                what=f"{self.name}: {command}",
+            )
+        except AssertionError as err:
+            raise AssertionError(f"{err}; {self.name}'s console:\n{self.text()[-1500:]}") from None
+        return m.group(1) == "0"
+
+
+def _cli_as(c: Cluster, keys: tuple[str, str], *args: str) -> CliResult:
+    """The CLI as another account (its access key), against the cluster's API."""
+    import subprocess
+    import sys
+
+    env = c.env()
+    ca = json.loads((c.state_dir / "admin.credentials").read_text()).get("ca_bundle") or ""
+    env.update(
+        CORRAL_ACCESS_KEY=keys[0],
+        CORRAL_SECRET_KEY=keys[1],
+        CORRAL_ENDPOINT=c.url,
+        CORRAL_CA_BUNDLE=ca,
+    )
+    p = subprocess.run(
+        ["ip", "netns", "exec", c.lan.outside, sys.executable, "-m", "corral", *args],
+        capture_output=True, text=True, env=env, timeout=900,
+    )  # fmt: skip
+    return CliResult(p.returncode, p.stdout, p.stderr)
+
+
+def _guest(c: Cluster, shown: dict[str, object]) -> Guest:
+    node = str(shown["node"]).removeprefix("node-")
+    agent = c.agents[node]
+    iid = str(shown["id"])
+    ns = Settings(state_dir=agent.state_dir).namespace
+    return Guest(
+        name=str(shown["name"]),
+        iid=iid,
+        node=node,
+        ip=str(shown["private_ip"]),
+        sock=Path("/run/corral") / ns / iid / "console.sock",
+        log=agent.state_dir / "instances" / iid / "console.log",
+    )
+
+
+def _login(g: Guest) -> None:
+    """Log in as root at the console (the tiny image's root has no password)."""
+    wait_for(lambda: "login:" in g.text(), 600, what=f"{g.name}'s login prompt")
+    g.type("root")
+    wait_for(lambda: "built-in shell" in g.text(), 120, what=f"{g.name}'s shell")
+    assert g.run("true", 180)
+
+
+def test_a_subnet_spans_two_nodes(two: Cluster) -> None:
+    c = two
+    out = c.cli("account", "create", "other").ok().out
+    keys = (
+        re.search(r"aws_access_key_id\s*=\s*(\S+)", out).group(1),  # type: ignore[union-attr]
+        re.search(r"aws_secret_access_key\s*=\s*(\S+)", out).group(1),  # type: ignore[union-attr]
+    )
+    c.cli("run", "tiny", "--name", "a", "--memory", MEMORY, "--node", "host1").ok()
+    c.cli("run", "tiny", "--name", "b", "--memory", MEMORY, "--node", "host2").ok()
+    _cli_as(c, keys, "run", "tiny", "--name", "x", "--memory", MEMORY, "--node", "host2").ok()
+    a = _guest(c, json.loads(c.cli("show", "a", "--json").ok().out))
+    b = _guest(c, json.loads(c.cli("show", "b", "--json").ok().out))
+    x = _guest(c, json.loads(_cli_as(c, keys, "show", "x", "--json").ok().out))
+    assert (a.node, b.node, x.node) == ("host1", "host2", "host2")
+
+    # each agent has a data-plane namespace of its own (named from its state directory)
+    spaces = {Settings(state_dir=ag.state_dir).namespace for ag in c.agents.values()}
+    assert len(spaces) == 2, spaces
+
+    # one subnet, one IPAM: the three addresses lie in the default subnet and differ
+    listed = set(re.findall(r"\b\d+\.\d+\.\d+\.\d+/\d+\b", c.cli("subnet", "ls").ok().out))
+    assert len(listed) == 1, listed  # the default VPC's one subnet (one zone)
+    cidr = ipaddress.ip_network(listed.pop())
+    assert {ipaddress.ip_address(g.ip) in cidr for g in (a, b, x)} == {True}, (cidr, a, b, x)
+    assert len({a.ip, b.ip, x.ip}) == 3
+    gateway = str(next(cidr.hosts()))
+
+    for g in (a, b, x):
+        _login(g)
+    # the same gateway on both nodes
+    for g in (a, b):
+        assert g.run(f"ip route | grep -q 'default via {gateway}'")
+
+    # across nodes, by address and by name (a's node resolves b, which runs on the other)
+    assert a.run(f"ping -c 2 -W 3 {b.ip} >/dev/null"), a.text()[-800:]
+    assert b.run(f"ping -c 2 -W 3 {a.ip} >/dev/null")
+    assert a.run("ping -c 1 -W 3 b >/dev/null"), a.text()[-800:]
+    assert a.run("echo | nc -w 5 b 22 | grep -q SSH-2.0")
+    assert b.run("ping -c 1 -W 3 a >/dev/null")  # b's node resolves a, which runs on a's
+
+    # the default group admits its own members on any node; without that rule, nothing
+    c.cli("sg", "revoke", "default", "--proto", "all", "--group", "default").ok()
+    try:
+        assert not a.run(f"ping -c 2 -W 2 {b.ip} >/dev/null")
+        assert not b.run("echo | nc -w 4 a 22 | grep -q SSH-2.0")
+    finally:
+        c.cli("sg", "allow", "default", "--proto", "all", "--group", "default").ok()
+    assert a.run(f"ping -c 2 -W 3 {b.ip} >/dev/null")
+
+    # another account on the same two nodes: its gateway answers, our instances do not
+    assert x.run(f"ping -c 1 -W 3 {gateway} >/dev/null"), x.text()[-800:]
+    for there in (a, b):
+        assert not x.run(f"ping -c 2 -W 2 {there.ip} >/dev/null")
+        assert not x.run(f"echo | nc -w 3 {there.ip} 22 | grep -q SSH")
+        assert not there.run(f"ping -c 2 -W 2 {x.ip} >/dev/null")
+
+    # the tunnel's MTU, from DHCP
+    for g in (a, b):
+        assert g.run("ip link show eth0 | grep -q 'mtu 1450'"), g.text()[-500:]
+
+    _cli_as(c, keys, "rm", "x").ok()
+    c.cli("rm", "a", "b", timeout=300).ok()
