@@ -43,6 +43,7 @@ from corral.node.net import (
 )
 from corral.node.spec import (
     Accel,
+    Bucket,
     Confinement,
     CreditStatus,
     EventBatch,
@@ -56,6 +57,7 @@ from corral.node.spec import (
     ObservedInstance,
     OverlaySpec,
     PolicySpec,
+    PortSpec,
 )
 from corral.node.storage import overlays, volumes
 from corral.proc import arun
@@ -123,7 +125,8 @@ class NodeAgent(MigrateAgent):
         self._accel_last: Accel | None = None  # the newest verdict, final or not
         self._probe_task: asyncio.Task[None] | None = None
         self._public: dict[str, dict[str, str]] = {}  # network -> elastic IP -> private
-        self._rates: dict[str, float | None] = {}  # tap -> the cap applied
+        # tap -> the caps applied (to the guest, from the guest)
+        self._rates: dict[str, tuple[Bucket | None, Bucket | None]] = {}
         self._policies: dict[str, PolicySpec] = {}  # network -> the policy last applied
         self._policy_lock = asyncio.Lock()
         self.public_dns = publicdns.PublicDns(settings)
@@ -366,12 +369,13 @@ class NodeAgent(MigrateAgent):
             present = await links.link_names(ns)
             for port in policy.ports:
                 if port.tap in present:
-                    await self._shape(ns, port.tap, port.rate_mbit)
+                    await self._shape(ns, port)
 
-    async def _shape(self, ns: str, tap: str, rate: float | None) -> None:
-        if self._rates.get(tap, -1.0) != rate:
-            await shaping.apply(ns, tap, rate)
-            self._rates[tap] = rate
+    async def _shape(self, ns: str, port: PortSpec) -> None:
+        caps = shaping.buckets(port)
+        if self._rates.get(port.tap) != caps:
+            await shaping.apply(ns, port.tap, *caps)
+            self._rates[port.tap] = caps
 
     async def dns_update(self, put: dict[str, str], remove: list[str]) -> None:
         """Public DNS: remove names first (an address may be moving), then set the others."""
@@ -445,7 +449,7 @@ class NodeAgent(MigrateAgent):
         policy = self._policies.get(spec.network.id)
         port = next((p for p in policy.ports if p.tap == spec.tap), None) if policy else None
         if port is not None:  # the policy came before the tap: cap it now
-            await self._shape(spec.network.namespace, spec.tap, port.rate_mbit)
+            await self._shape(spec.network.namespace, port)
 
     async def _launch(
         self, spec: InstanceSpec, manifest: Manifest, root: Path, extra: tuple[str, ...] = ()

@@ -125,6 +125,16 @@ class GroupSpec(BaseModel):
     egress: list[RuleSpec] = Field(default_factory=list)
 
 
+class Bucket(BaseModel):
+    """A token bucket capping one direction of a port (node/net/shaping.py): ``rate_mbit``
+    sustained, a bucket of ``burst_bytes`` that fills at that rate, spent at up to
+    ``peak_mbit`` (None: the link's speed)."""
+
+    rate_mbit: float
+    burst_bytes: int
+    peak_mbit: float | None = None
+
+
 class PortSpec(BaseModel):
     """An instance's port on the network: what the kernel checks and filters it by."""
 
@@ -135,6 +145,10 @@ class PortSpec(BaseModel):
     groups: list[str] = Field(default_factory=list)
     public_ip: str | None = None  # an elastic IP mapped 1:1 to ``address``
     rate_mbit: float | None = None  # bandwidth cap each way; None: unlimited
+    # caps with a burst bucket per direction (the instance type's); either set: they win over
+    # rate_mbit
+    to_guest: Bucket | None = None
+    from_guest: Bucket | None = None
     metadata_hop_limit: int = 1  # IP TTL of the metadata service's answers to IMDSv2 PUTs
 
 
