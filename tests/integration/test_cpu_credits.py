@@ -5,12 +5,15 @@
   the node); switched to unlimited it bursts again. The credit bucket is made small through
   the daemon's settings (cpu_credit_max_hours) so this takes seconds. A host so busy that the
   VM cannot even get more than its baseline cannot show a burst: the test says so and skips.
+- Metering: the CPU-seconds recorded for the instance catch up with its cgroup's counter and
+  never pass it (counted once).
 - Disk: an st1 volume's throughput limit is on the guest's disk (QEMU's block throttling, as
   QEMU itself reports it) and a write in the guest goes no faster than it."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import subprocess
 import time
 from collections.abc import Iterator
@@ -29,7 +32,7 @@ HOURS = "0.004"  # 0.2 core x 3600 s x 0.004 = 2.9 core-seconds of burst: about 
 
 @pytest.fixture(scope="module")
 def small_bucket() -> Iterator[Daemon]:
-    d = new_daemon(CORRAL_CPU_CREDIT_MAX_HOURS=HOURS)
+    d = new_daemon(CORRAL_CPU_CREDIT_MAX_HOURS=HOURS, CORRAL_METER_INTERVAL="2")
     try:
         d.start()
         d.cli("image", "build", "tiny", timeout=900).ok()
@@ -102,6 +105,23 @@ async def _qemu_block_limits(d: Daemon, iid: str, vid: str) -> dict[str, int]:
     raise AssertionError(f"no block device of {vid} in {rows}")
 
 
+def _metered_cpu(c: Client) -> float:
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    u = c.usage_show(None, since.isoformat(), None)
+    return sum(x.quantity for x in u.lines if x.kind == "cpu")
+
+
+def _cpu_is_metered(c: Client, counter: Path) -> None:
+    """The controller reads the node's counters every 2 s here: what it records catches up
+    with the cgroup's counter as read now, and is never more than the counter later."""
+    seen = _used(counter)
+    assert seen > 0
+    got = wait_for(
+        lambda: (q := _metered_cpu(c)) >= seen - 1e-6 and q, 90, what="CPU-seconds metered"
+    )
+    assert got <= _used(counter) + 1e-6, (got, seen)
+
+
 def _full(c: Client, iid: str) -> bool:
     s = c.instance_credits(iid)
     return s.balance is not None and s.balance == s.maximum
@@ -124,6 +144,7 @@ def test_a_cpu_hog_bursts_to_its_ceiling_then_is_held_to_its_baseline(
     quota_file, counter = _group_files(d, iid)
     d.ssh("hog", "true").ok()  # booted
     _disk_is_throttled(d, iid)
+    _cpu_is_metered(c, counter)
     # the boot spent the small bucket; idle, the guest earns it back
     wait_for(lambda: _full(c, iid), 120, what="a full bucket")
     assert _quota(quota_file) == pytest.approx(0.5)
