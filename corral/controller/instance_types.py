@@ -33,6 +33,9 @@ class InstanceType:
     disk_burst_iops: int = 0
     disk_burst_mbps: int = 0
     disk_burst_seconds: int = 0
+    # the block IO weight of its cgroup on the host (where the io controller weighs): 100 for a
+    # micro, in proportion to the size
+    io_weight: int = 0
 
     @property
     def cores(self) -> float:
@@ -52,6 +55,7 @@ _LIMITS: dict[str, tuple[float, float, float, int, int, int, int, int, int]] = {
     "medium": (500, 1000, 5000, 128, 2000, 125, 4000, 250, 30),
     "large": (1000, 2000, 10000, 256, 3000, 250, 6000, 500, 30),
 }
+_IO_WEIGHT = {"nano": 50, "micro": 100, "small": 200, "medium": 400, "large": 800}
 _SIZE_OF = {"t2.nano": "nano", "t2.micro": "micro", "t3.micro": "micro", "m1.small": "small"}
 
 
@@ -71,6 +75,7 @@ def _with_limits(t: InstanceType) -> InstanceType:
         disk_burst_iops=lim[6],
         disk_burst_mbps=lim[7],
         disk_burst_seconds=lim[8],
+        io_weight=_IO_WEIGHT[size],
     )
 
 

@@ -65,6 +65,7 @@ from corral.proc import arun
 log = logging.getLogger(__name__)
 
 METADATA_ADDRESS = "169.254.169.254"
+ROOT_DISK = "root-disk"  # the root disk's virtio-blk device id (driver/qemu.py)
 PORT_TIMEOUT = 10.0  # seconds to connect to a guest's port
 MEMORY_OVERHEAD = 256 << 20  # QEMU's own memory above the guest's, in the instance's cgroup
 
@@ -485,6 +486,7 @@ class NodeAgent(MigrateAgent):
             cpu=spec.cpu_limit or float(spec.cpus),
             memory=spec.memory + MEMORY_OVERHEAD,
             cpu_baseline=spec.cpu_baseline,
+            io_weight=spec.io_weight or cgroups.IO_WEIGHT,
         )
         self.credits.forget(spec.id)  # its terms may have changed; the balance is kept
         m = await Machine.launch(
@@ -519,6 +521,25 @@ class NodeAgent(MigrateAgent):
                 root = self._volume(spec.root_volume)
             m = await self._launch(spec, manifest, root)
             assert m.pid is not None
+            if m.qmp is not None and spec.root_io is not None:  # its type's root disk limits
+                io = spec.root_io
+                try:
+                    await hotplug.throttle_device(
+                        m.qmp,
+                        ROOT_DISK,
+                        io.iops,
+                        io.bps,
+                        io.iops_burst,
+                        io.bps_burst,
+                        io.burst_seconds,
+                    )
+                except CorralError as err:  # never run it unlimited: stop it, say why
+                    await m.stop(0, force=True)
+                    self.machines.pop(spec.id, None)
+                    raise EnvironmentProblem(
+                        f"instance {spec.id}: QEMU refused the root disk's IO limits "
+                        f"({err.message}); it was stopped"
+                    ) from err
             if m.qmp is not None:  # the volumes' IO limits (controller/volume_io.py)
                 for vol in spec.volumes:
                     if not (vol.iops or vol.bps):

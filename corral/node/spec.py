@@ -35,6 +35,17 @@ class VolumeAttachment(BaseModel):
     bps: int = 0
 
 
+class DiskIo(BaseModel):
+    """QEMU block throttling of a disk (guest-visible, as a slower disk): sustained IOPS and
+    bytes a second, and what a burst may reach for ``burst_seconds``; 0: none."""
+
+    iops: int = 0
+    bps: int = 0
+    iops_burst: int = 0
+    bps_burst: int = 0
+    burst_seconds: int = 0
+
+
 class InstanceSpec(BaseModel):
     id: str
     name: str
@@ -53,6 +64,8 @@ class InstanceSpec(BaseModel):
     # CPU credits (node/credits.py): a baseline below the ceiling (cpu_limit) makes the
     # instance burstable; 0 = no credits, the ceiling always
     cpu_baseline: float = 0.0  # cores
+    root_io: DiskIo | None = None  # the root disk's limits (its instance type's); None: none
+    io_weight: int = 0  # its cgroup's block IO weight on the host; 0: the default (100)
     cpu_credit_mode: str = "standard"  # standard | unlimited
     cpu_credit_max: float = 0.0  # core-seconds the balance holds at most
 

@@ -7,7 +7,7 @@
   VM cannot even get more than its baseline cannot show a burst: the test says so and skips.
 - Metering: the CPU-seconds recorded for the instance catch up with its cgroup's counter and
   never pass it (counted once).
-- Disk: an st1 volume's throughput limit is on the guest's disk (QEMU's block throttling, as
+- Disk: the root disk has its type's limits (QEMU's block throttling); an st1 volume's throughput limit is on the guest's disk (QEMU's block throttling, as
   QEMU itself reports it) and a write in the guest goes no faster than it."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import pytest
 
 from corral import models
 from corral.client import Client
+from corral.controller import instance_types
 from corral.node.driver import cgroups
 from corral.node.driver.qmp import Qmp
 from tests.harness import PYTHON, Daemon, new_daemon, wait_for
@@ -143,6 +144,10 @@ def test_a_cpu_hog_bursts_to_its_ceiling_then_is_held_to_its_baseline(
     iid = c.instance_show("hog").id
     quota_file, counter = _group_files(d, iid)
     d.ssh("hog", "true").ok()  # booted
+    # its type's root disk limits, as QEMU reports them
+    root = asyncio.run(_qemu_block_limits(d, iid, "root-disk"))
+    nano = instance_types.get("cb1.nano")
+    assert root == {"bps": nano.disk_mbps * 1_000_000, "iops": nano.disk_iops}, root
     _disk_is_throttled(d, iid)
     _cpu_is_metered(c, counter)
     # the boot spent the small bucket; idle, the guest earns it back
