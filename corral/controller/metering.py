@@ -217,14 +217,13 @@ def advance(
     - Network bytes are the tap's, which outlives a QEMU restart: only another node or a
       counter that went down restarts them."""
     moved = last is None or last.node_id != now_.node_id
-    new_qemu = (
-        moved
-        or (last is not None and last.qemu_started is None)
-        or (
-            now_.qemu_started is not None
-            and last is not None
-            and abs(now_.qemu_started - (last.qemu_started or 0.0)) > 1.0
-        )
+    # a new QEMU when its start time differs from the last one's; where either is unknown,
+    # only a counter that went down tells
+    new_qemu = moved or (
+        last is not None
+        and now_.qemu_started is not None
+        and last.qemu_started is not None
+        and abs(now_.qemu_started - last.qemu_started) > 1.0
     )
 
     cpu_used, cpu_keep = 0.0, last.cpu_seconds if last is not None else None

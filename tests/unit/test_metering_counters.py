@@ -62,6 +62,19 @@ def test_a_scripted_sequence_of_readings_counts_each_second_and_byte_once() -> N
     assert total == Used(36.5, 3660, 1245)
 
 
+def test_a_qemu_whose_start_time_cannot_be_read_is_not_counted_again_each_time() -> None:
+    last, used = advance(None, _r(10.0, 100, 100, started=None), T0 + 60)  # type: ignore[arg-type]
+    assert used == Used(10.0, 100, 100)
+    last, used = advance(last, _r(12.0, 150, 100, started=None), T0 + 120)  # type: ignore[arg-type]
+    assert used == Used(2.0, 50, 0)
+    # known again: the same QEMU (the counter did not go down)
+    last, used = advance(last, _r(13.0, 150, 100), T0 + 180)
+    assert used == Used(1.0, 0, 0)
+    # a restart with its start unknown shows as a counter that went down
+    _, used = advance(last, _r(0.5, 150, 100, started=None), T0 + 240)  # type: ignore[arg-type]
+    assert used.cpu_seconds == 0.5
+
+
 def test_a_new_qemus_counter_is_believed_only_as_far_as_time_allows() -> None:
     """A QEMU that died while its agent was down leaves its cgroup; the next QEMU's counter
     starts from the old total. It is not taken as new use beyond what the new QEMU could have
