@@ -71,6 +71,7 @@ class Settings:
     quota_elastic_ips: int = 5
     quota_security_groups: int = 100
     prices_file: str = ""  # empty: <state_dir>/prices.toml (docs/billing.md)
+    meter_interval: float = 60.0  # seconds between readings of CPU and network counters
     cpu_credit_max_hours: float = 24.0  # a burstable instance banks this many hours of baseline
     # clusters (docs/operator-guide.md, "A cluster of nodes")
     local_node: bool = True  # `corral up` runs a node agent of its own (off: a controller only)
@@ -200,6 +201,11 @@ class Settings:
                 "seconds (e.g. 5)",
                 field="reconcile_interval",
             )
+        if self.meter_interval <= 0:
+            raise Invalid(
+                f"meter_interval {self.meter_interval} must be more than 0 seconds (e.g. 60)",
+                field="meter_interval",
+            )
         if self.stop_timeout < 0:
             raise Invalid(
                 f"stop_timeout {self.stop_timeout} must not be negative", field="stop_timeout"
@@ -290,6 +296,7 @@ _ENV = {
     "CORRAL_EXCLUSION_TAGS": "exclusion_tags",
     "CORRAL_EXCLUSION": "exclusion",
     "CORRAL_CPU_CREDIT_MAX_HOURS": "cpu_credit_max_hours",
+    "CORRAL_METER_INTERVAL": "meter_interval",
 }
 
 

@@ -582,12 +582,17 @@ class QuotaSet(BaseModel):
 
 
 class UsageLine(BaseModel):
-    kind: str = Field(description="instance | volume | snapshot | image | address")
+    kind: str = Field(description="instance | volume | snapshot | image | address | cpu | network")
     detail: str = Field(description="instance type, volume type or image name")
     state: str
     seconds: float = Field(description="resource-seconds in this state over the period")
     amount_seconds: float = Field(description="vCPU-seconds (instances), GiB-seconds (storage)")
     resources: int
+    quantity: float = Field(
+        0.0,
+        description="what was used: CPU-seconds (cpu), bytes (network, state in or out); "
+        "0 for the other kinds",
+    )
 
 
 class Usage(BaseModel):

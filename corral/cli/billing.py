@@ -30,14 +30,15 @@ def usage(
     end: str | None = typer.Option(None, "--end", help="ISO time with zone (default: now)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
-    """Usage per kind, type and state: resource-hours, vCPU-hours, GiB-hours."""
+    """Usage per kind, type and state: resource-hours, vCPU-hours, GiB-hours; CPU-hours and
+    network bytes used."""
     u = opts(ctx).client().usage_show(account, start, end)
     if as_json:
         print(u.model_dump_json(indent=2))
         return
     console.print(f"account {u.account_name} ({u.account_id}), {u.start} to {u.end}")
     table = Table(box=None, header_style="bold")
-    for col in ("KIND", "DETAIL", "STATE", "HOURS", "AMOUNT-HOURS", "RESOURCES"):
+    for col in ("KIND", "DETAIL", "STATE", "HOURS", "AMOUNT-HOURS", "USED", "RESOURCES"):
         table.add_column(col)
     for x in u.lines:
         table.add_row(
@@ -46,9 +47,18 @@ def usage(
             x.state,
             _hours(x.seconds),
             _hours(x.amount_seconds),
+            _used(x.kind, x.quantity),
             str(x.resources),
         )
     console.print(table)
+
+
+def _used(kind: str, quantity: float) -> str:
+    if kind == "cpu":
+        return f"{quantity / 3600:.4f} core-h"
+    if kind == "network":
+        return f"{quantity / (1 << 20):.2f} MiB"
+    return ""
 
 
 FIELDS = ("kind", "detail", "state", "quantity", "unit", "unit_price", "amount", "resources")

@@ -39,7 +39,7 @@ from corral.errors import (
     WrongState,
 )
 from corral.models import InstanceCreate
-from corral.node.spec import InstanceSpec
+from corral.node.spec import DiskIo, InstanceSpec
 from corral.store.models import (
     Image,
     Instance,
@@ -472,6 +472,7 @@ class Instances:
             cpu_credit_max=inst.cpu_baseline * 3600 * self.ctrl.settings.cpu_credit_max_hours,
             ha=bool(inst.ha),  # failure handling (issue 16): fenced; nodes check the generation
             generation=inst.generation or 1,
+            **disk_limits(inst.instance_type),
         )
 
     async def _load(self, iid: str) -> tuple[Instance, InstanceSpec]:
@@ -875,3 +876,21 @@ def re_name(image_name: str) -> str:
 
     base = re.sub(r"[^a-z0-9-]+", "-", image_name.lower()).strip("-")[:50].rstrip("-")
     return base or "i"
+
+
+def disk_limits(instance_type: str | None) -> dict[str, Any]:
+    """The root disk's throttling and the cgroup IO weight of an instance of this type (none
+    for custom sizes), as ``InstanceSpec`` fields."""
+    t = instance_types.CATALOG.get(instance_type or "")
+    if t is None:
+        return {}
+    root = None
+    if t.disk_iops or t.disk_mbps:
+        root = DiskIo(
+            iops=t.disk_iops,
+            bps=t.disk_mbps * 1_000_000,
+            iops_burst=t.disk_burst_iops,
+            bps_burst=t.disk_burst_mbps * 1_000_000,
+            burst_seconds=t.disk_burst_seconds,
+        )
+    return {"root_io": root, "io_weight": t.io_weight}

@@ -11,11 +11,24 @@ at all). Usage over a period is the records' intervals clipped to it.
 
 Prices (docs/billing.md): ``<state_dir>/prices.toml`` or the ``prices_file`` setting, over
 built-in defaults: per hour per instance type while running, per GiB-month per storage kind
-(a month is ``hours_per_month`` hours), per hour per elastic IP, idle or associated."""
+(a month is ``hours_per_month`` hours), per hour per elastic IP, idle or associated, per
+core-hour of CPU used and per GiB of network traffic.
+
+What an instance uses rather than holds — CPU-seconds and network bytes — comes from the nodes'
+counters (the agent's ``stats``: cgroup CPU time, the tap's bytes), read every
+``meter_interval`` seconds (``meter``). Each reading's growth over the last one metered (kept
+per instance in ``usage_meters``, updated in the same transaction as the records it causes) is
+written as a ``cpu`` or ``network`` record whose ``amount`` is what was used. Counters restart
+from zero when a QEMU restarts (CPU: a new cgroup) or the instance moves to another node, and
+``advance`` tells such a reset from growth, so nothing is counted twice across agent, QEMU or
+daemon restarts; what an instance used between the last reading and its QEMU's end is not
+counted (at most one interval)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
 import tomllib
 from collections import defaultdict
 from collections.abc import Callable
@@ -23,13 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, attributes
 
 from corral.config import Settings
 from corral.controller.accounts import Accounts, Caller
-from corral.errors import Forbidden, Invalid
+from corral.errors import CorralError, Forbidden, Invalid
+from corral.node.client import NodeClient
+from corral.node.spec import NodeStats
 from corral.store import Store
 from corral.store.models import (
     Account,
@@ -37,10 +52,14 @@ from corral.store.models import (
     Image,
     Instance,
     Snapshot,
+    UsageMeter,
     UsageRecord,
     Volume,
     utcnow,
 )
+
+log = logging.getLogger(__name__)
+METER_WAIT = 20.0  # seconds a node may take to answer ``stats`` for metering
 
 # the clock of the records (a test replaces it to script a month)
 now: Callable[[], dt.datetime] = utcnow
@@ -158,6 +177,154 @@ async def backfill(s: AsyncSession) -> int:
     return n
 
 
+# -- counters: CPU-seconds and network bytes --------------------------------------------------
+
+# kinds whose records are amounts used at their time (summed), not states held (intervals)
+COUNTED = ("cpu", "network")
+# a new QEMU's counter is believed only up to this many cores per vCPU since it started (an
+# old cgroup's counter, left by a QEMU that died unseen, must not come back as new use)
+CORES_PER_VCPU_MAX = 1.5
+
+
+@dataclass(frozen=True)
+class Counters:
+    """One instance's counters as last metered (``usage_meters``) or as read now."""
+
+    node_id: str
+    qemu_started: float | None
+    cpu_seconds: float | None
+    net_rx_bytes: int | None  # what the guest received
+    net_tx_bytes: int | None  # what the guest sent
+
+
+@dataclass(frozen=True)
+class Used:
+    cpu_seconds: float = 0.0
+    net_rx_bytes: int = 0
+    net_tx_bytes: int = 0
+
+
+def advance(
+    last: Counters | None, now_: Counters, read_at: float, vcpus: int = 1
+) -> tuple[Counters, Used]:
+    """What was used between ``last`` (None: never metered) and the reading ``now_``, and the
+    counters to keep. A counter that is unreadable now keeps its last value and counts nothing.
+
+    - CPU time is its cgroup's, made afresh with each QEMU: a new QEMU (its start time
+      differs), another node, or a counter that went down restarts it from zero, and the
+      whole reading is new (no more than ``CORES_PER_VCPU_MAX`` per vCPU since the QEMU
+      started, in case the counter is an old cgroup's).
+    - Network bytes are the tap's, which outlives a QEMU restart: only another node or a
+      counter that went down restarts them."""
+    moved = last is None or last.node_id != now_.node_id
+    # a new QEMU when its start time differs from the last one's; where either is unknown,
+    # only a counter that went down tells
+    new_qemu = moved or (
+        last is not None
+        and now_.qemu_started is not None
+        and last.qemu_started is not None
+        and abs(now_.qemu_started - last.qemu_started) > 1.0
+    )
+
+    cpu_used, cpu_keep = 0.0, last.cpu_seconds if last is not None else None
+    if now_.cpu_seconds is not None:
+        before = None if new_qemu or last is None else last.cpu_seconds
+        if before is not None and now_.cpu_seconds >= before:
+            cpu_used = now_.cpu_seconds - before
+        else:  # a new counter: all of it is new
+            cpu_used = now_.cpu_seconds
+            if now_.qemu_started is not None:
+                most = max(0.0, read_at - now_.qemu_started) * vcpus * CORES_PER_VCPU_MAX
+                cpu_used = min(cpu_used, most)
+        cpu_keep = now_.cpu_seconds
+
+    def _bytes(was: int | None, now_b: int | None) -> tuple[int, int | None]:
+        if now_b is None:
+            return 0, was
+        if moved or was is None or now_b < was:
+            return now_b, now_b
+        return now_b - was, now_b
+
+    rx, rx_keep = _bytes(last.net_rx_bytes if last is not None else None, now_.net_rx_bytes)
+    tx, tx_keep = _bytes(last.net_tx_bytes if last is not None else None, now_.net_tx_bytes)
+    if moved and last is not None:  # keep nothing of the old node's counters
+        cpu_keep = now_.cpu_seconds
+    kept = Counters(
+        node_id=now_.node_id,
+        qemu_started=now_.qemu_started
+        if now_.qemu_started is not None
+        else (None if moved or last is None else last.qemu_started),
+        cpu_seconds=cpu_keep,
+        net_rx_bytes=rx_keep,
+        net_tx_bytes=tx_keep,
+    )
+    return kept, Used(max(0.0, cpu_used), max(0, rx), max(0, tx))
+
+
+def _counters(m: UsageMeter) -> Counters:
+    return Counters(
+        m.node_id, m.qemu_started or None, m.cpu_seconds, m.net_rx_bytes, m.net_tx_bytes
+    )
+
+
+async def meter(s: AsyncSession, node_id: str, stats: NodeStats) -> Used:
+    """Turn one node's counters into usage records (and keep them in ``usage_meters``), in
+    the caller's transaction; only instances the store places on ``node_id``. Returns the
+    totals recorded (for logs and tests)."""
+    ids = [x.id for x in stats.instances]
+    if not ids:
+        return Used()
+    insts = {i.id: i for i in await s.scalars(select(Instance).where(Instance.id.in_(ids)))}
+    meters = {
+        m.instance_id: m
+        for m in await s.scalars(select(UsageMeter).where(UsageMeter.instance_id.in_(ids)))
+    }
+    when = now()
+    total = Used()
+    for x in stats.instances:
+        inst = insts.get(x.id)
+        if inst is None or inst.node_id != node_id or not inst.account_id:
+            continue  # another node's (a migration's other end), or not the store's
+        row = meters.get(x.id)
+        reading = Counters(node_id, x.started_at, x.cpu_seconds, x.net_rx_bytes, x.net_tx_bytes)
+        kept, used = advance(
+            _counters(row) if row is not None else None, reading, stats.time, x.vcpus
+        )
+        detail = _instance_detail(inst)
+        for kind, state, amount in (
+            ("cpu", "used", used.cpu_seconds),
+            ("network", "in", used.net_rx_bytes),
+            ("network", "out", used.net_tx_bytes),
+        ):
+            if amount > 0:
+                s.add(
+                    UsageRecord(
+                        account_id=inst.account_id,
+                        resource_id=inst.id,
+                        kind=kind,
+                        time=when,
+                        state=state,
+                        detail=detail[:64],
+                        amount=float(amount),
+                    )
+                )
+        if row is None:
+            row = UsageMeter(instance_id=x.id)
+            s.add(row)
+        row.node_id = kept.node_id
+        row.qemu_started = kept.qemu_started or 0.0
+        row.cpu_seconds = kept.cpu_seconds or 0.0
+        row.net_rx_bytes = kept.net_rx_bytes or 0
+        row.net_tx_bytes = kept.net_tx_bytes or 0
+        row.time = when
+        total = Used(
+            total.cpu_seconds + used.cpu_seconds,
+            total.net_rx_bytes + used.net_rx_bytes,
+            total.net_tx_bytes + used.net_tx_bytes,
+        )
+    return total
+
+
 # -- usage ------------------------------------------------------------------------------------
 
 
@@ -172,6 +339,8 @@ class UsageLine:
     seconds: float = 0.0
     amount_seconds: float = 0.0
     resources: set[str] = field(default_factory=set)
+    # counted kinds (cpu, network): what was used, CPU-seconds or bytes
+    quantity: float = 0.0
 
 
 async def usage(
@@ -182,7 +351,11 @@ async def usage(
     records = list(
         await s.scalars(
             select(UsageRecord)
-            .where(UsageRecord.account_id == account_id, UsageRecord.time < end)
+            .where(
+                UsageRecord.account_id == account_id,
+                UsageRecord.time < end,
+                UsageRecord.kind.not_in(COUNTED),
+            )
             .order_by(UsageRecord.resource_id, UsageRecord.time, UsageRecord.id)
         )
     )
@@ -204,6 +377,26 @@ async def usage(
             line.seconds += secs
             line.amount_seconds += secs * r.amount
             line.resources.add(rid)
+    counted = await s.execute(
+        select(
+            UsageRecord.kind,
+            UsageRecord.detail,
+            UsageRecord.state,
+            UsageRecord.resource_id,
+            func.sum(UsageRecord.amount),
+        )
+        .where(
+            UsageRecord.account_id == account_id,
+            UsageRecord.kind.in_(COUNTED),
+            UsageRecord.time >= start,
+            UsageRecord.time < end,
+        )
+        .group_by(UsageRecord.kind, UsageRecord.detail, UsageRecord.state, UsageRecord.resource_id)
+    )
+    for kind, detail, state, rid, total in counted.all():
+        line = lines.setdefault((kind, detail, state), UsageLine(kind, detail, state))
+        line.quantity += float(total or 0.0)
+        line.resources.add(rid)
     return sorted(lines.values(), key=lambda x: (x.kind, x.detail, x.state))
 
 
@@ -228,6 +421,9 @@ DEFAULT_PRICES: dict[str, Any] = {
     "storage": {"volume": 0.10, "snapshot": 0.05, "image": 0.05},
     # per hour per address
     "address": {"idle": 0.005, "associated": 0.0},
+    # what instances use (metered from the nodes' counters): per core-hour of CPU time, per
+    # GiB received ("network_in") and sent ("network_out") by the guest
+    "usage": {"cpu_hour": 0.0, "network_in_gib": 0.0, "network_out_gib": 0.01},
 }
 
 
@@ -261,9 +457,12 @@ class Prices:
     def address(self, state: str) -> float:
         return float(self.table["address"].get(state, 0.0))
 
+    def used(self, key: str) -> float:
+        return float(self.table["usage"].get(key, 0.0))
+
 
 def _check_prices(table: dict[str, Any], where: str) -> None:
-    for section in ("instance", "storage", "address"):
+    for section in ("instance", "storage", "address", "usage"):
         if not isinstance(table.get(section), dict):
             raise Invalid(f"{where}: [{section}] must be a table of prices", field=section)
         for k, v in table[section].items():
@@ -323,7 +522,13 @@ def bill_lines(lines: list[UsageLine], prices: Prices) -> list[BillLine]:
     out = []
     for u in lines:
         hours = u.seconds / 3600
-        if u.kind == "instance":
+        if u.kind == "cpu":
+            qty, unit = u.quantity / 3600, "core-hour"
+            amount = prices.used("cpu_hour") * qty
+        elif u.kind == "network":
+            qty, unit = u.quantity / GiB, "GiB"
+            amount = prices.used(f"network_{u.state}_gib") * qty
+        elif u.kind == "instance":
             if u.state != "running":
                 continue  # as EC2: an instance is billed while it runs
             amount = prices.instance_hour(u.detail, u.amount_seconds / 3600, hours)
@@ -419,3 +624,27 @@ class Metering:
     async def backfill(self) -> None:
         async with self.store.write() as s:
             await backfill(s)
+
+    async def meter_node(self, node_id: str, client: NodeClient) -> Used:
+        """Read one node's counters and record what its instances used."""
+        stats = await asyncio.wait_for(client.stats(), METER_WAIT)
+        async with self.store.write() as s:
+            return await meter(s, node_id, stats)
+
+    async def run(
+        self, nodes: Callable[[], dict[str, NodeClient]], reachable: Callable[[str], bool]
+    ) -> None:
+        """Every ``meter_interval`` seconds, meter every reachable node (forever)."""
+        while True:
+            await asyncio.sleep(self.settings.meter_interval)
+            for node_id, client in list(nodes().items()):
+                if not reachable(node_id):
+                    continue
+                try:
+                    await self.meter_node(node_id, client)
+                except asyncio.CancelledError:
+                    raise
+                except (CorralError, TimeoutError) as err:
+                    log.info("no usage counters from node %s this time: %s", node_id, err)
+                except Exception:
+                    log.exception("metering node %s failed", node_id)

@@ -10,8 +10,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.config import Settings
+from corral.controller import instance_types
 from corral.controller.instances import tap_name
 from corral.node.spec import (
+    Bucket,
     GroupSpec,
     NetworkSpec,
     PolicySpec,
@@ -139,6 +141,7 @@ async def build(
     ports = []
     for inst in rows:
         assert inst.private_ip is not None
+        caps = port_buckets(inst)
         ports.append(
             PortSpec(
                 instance_id=inst.id,
@@ -149,6 +152,8 @@ async def build(
                 public_ip=public.get(inst.id),
                 rate_mbit=inst.net_limit_mbit,
                 metadata_hop_limit=inst.metadata_hop_limit,
+                to_guest=caps[0],
+                from_guest=caps[1],
             )
         )
     return PolicySpec(
@@ -156,4 +161,21 @@ async def build(
         groups=sorted(groups.values(), key=lambda g: g.id),
         ports=ports,
         uplink=uplink_spec(settings),
+    )
+
+
+def port_buckets(inst: Instance) -> tuple[Bucket | None, Bucket | None]:
+    """(to the guest, from the guest) caps of ``inst``'s port: a cap set on the instance
+    (``net_limit_mbit``) is a plain cap both ways; else its type's sustained rates with their
+    burst bucket; custom sizes and types without caps: none."""
+    if inst.net_limit_mbit:
+        return None, None  # the node's plain rate_mbit cap, both ways
+    t = instance_types.CATALOG.get(inst.instance_type or "")
+    if t is None or not t.net_out_mbit:
+        return None, None
+    burst = t.net_burst_mib << 20
+    peak = t.net_peak_mbit or None
+    return (
+        Bucket(rate_mbit=t.net_in_mbit, burst_bytes=burst, peak_mbit=peak),
+        Bucket(rate_mbit=t.net_out_mbit, burst_bytes=burst, peak_mbit=peak),
     )

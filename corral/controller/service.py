@@ -246,6 +246,11 @@ class Controller:
         self._tasks.append(asyncio.create_task(self._leases(), name="leases"))
         self._tasks.append(asyncio.create_task(self.cluster.run(), name="cluster"))
         self._tasks.append(asyncio.create_task(self.cluster.heartbeats(), name="heartbeats"))
+        self._tasks.append(
+            asyncio.create_task(
+                self.metering.run(lambda: self.nodes, self.cluster.reachable), name="metering"
+            )
+        )
 
     async def _leases(self) -> None:
         """Keep this controller's leases (claims, operations) alive, and take over the

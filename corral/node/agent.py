@@ -45,6 +45,7 @@ from corral.node.net import (
 )
 from corral.node.spec import (
     Accel,
+    Bucket,
     Confinement,
     CreditStatus,
     EventBatch,
@@ -59,6 +60,7 @@ from corral.node.spec import (
     ObservedInstance,
     OverlaySpec,
     PolicySpec,
+    PortSpec,
 )
 from corral.node.storage import overlays, volumes
 from corral.proc import arun
@@ -66,6 +68,7 @@ from corral.proc import arun
 log = logging.getLogger(__name__)
 
 METADATA_ADDRESS = "169.254.169.254"
+ROOT_DISK = "root-disk"  # the root disk's virtio-blk device id (driver/qemu.py)
 PORT_TIMEOUT = 10.0  # seconds to connect to a guest's port
 MEMORY_OVERHEAD = 256 << 20  # QEMU's own memory above the guest's, in the instance's cgroup
 
@@ -131,7 +134,8 @@ class NodeAgent(MigrateAgent):
         self._accel_last: Accel | None = None  # the newest verdict, final or not
         self._probe_task: asyncio.Task[None] | None = None
         self._public: dict[str, dict[str, str]] = {}  # network -> elastic IP -> private
-        self._rates: dict[str, float | None] = {}  # tap -> the cap applied
+        # tap -> the caps applied (to the guest, from the guest)
+        self._rates: dict[str, tuple[Bucket | None, Bucket | None]] = {}
         self._policies: dict[str, PolicySpec] = {}  # network -> the policy last applied
         self._policy_lock = asyncio.Lock()
         self.public_dns = publicdns.PublicDns(settings)
@@ -436,12 +440,13 @@ class NodeAgent(MigrateAgent):
             present = await links.link_names(ns)
             for port in policy.ports:
                 if port.tap in present:
-                    await self._shape(ns, port.tap, port.rate_mbit)
+                    await self._shape(ns, port)
 
-    async def _shape(self, ns: str, tap: str, rate: float | None) -> None:
-        if self._rates.get(tap, -1.0) != rate:
-            await shaping.apply(ns, tap, rate)
-            self._rates[tap] = rate
+    async def _shape(self, ns: str, port: PortSpec) -> None:
+        caps = shaping.buckets(port)
+        if self._rates.get(port.tap) != caps:
+            await shaping.apply(ns, port.tap, *caps)
+            self._rates[port.tap] = caps
 
     async def dns_update(self, put: dict[str, str], remove: list[str]) -> None:
         """Public DNS: remove names first (an address may be moving), then set the others."""
@@ -518,7 +523,7 @@ class NodeAgent(MigrateAgent):
         policy = self._policies.get(spec.network.id)
         port = next((p for p in policy.ports if p.tap == spec.tap), None) if policy else None
         if port is not None:  # the policy came before the tap: cap it now
-            await self._shape(spec.network.namespace, spec.tap, port.rate_mbit)
+            await self._shape(spec.network.namespace, port)
 
     async def _launch(
         self, spec: InstanceSpec, manifest: Manifest, root: Path, extra: tuple[str, ...] = ()
@@ -554,6 +559,7 @@ class NodeAgent(MigrateAgent):
             cpu=spec.cpu_limit or float(spec.cpus),
             memory=spec.memory + MEMORY_OVERHEAD,
             cpu_baseline=spec.cpu_baseline,
+            io_weight=spec.io_weight or cgroups.IO_WEIGHT,
         )
         self.credits.forget(spec.id)  # its terms may have changed; the balance is kept
         m = await Machine.launch(
@@ -589,6 +595,25 @@ class NodeAgent(MigrateAgent):
                 root = self._volume(spec.root_volume)
             m = await self._launch(spec, manifest, root)
             assert m.pid is not None
+            if m.qmp is not None and spec.root_io is not None:  # its type's root disk limits
+                io = spec.root_io
+                try:
+                    await hotplug.throttle_device(
+                        m.qmp,
+                        ROOT_DISK,
+                        io.iops,
+                        io.bps,
+                        io.iops_burst,
+                        io.bps_burst,
+                        io.burst_seconds,
+                    )
+                except CorralError as err:  # never run it unlimited: stop it, say why
+                    await m.stop(0, force=True)
+                    self.machines.pop(spec.id, None)
+                    raise EnvironmentProblem(
+                        f"instance {spec.id}: QEMU refused the root disk's IO limits "
+                        f"({err.message}); it was stopped"
+                    ) from err
             if m.qmp is not None:  # the volumes' IO limits (controller/volume_io.py)
                 for vol in spec.volumes:
                     if not (vol.iops or vol.bps):

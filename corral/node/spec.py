@@ -41,6 +41,17 @@ class VolumeAttachment(BaseModel):
     bps: int = 0
 
 
+class DiskIo(BaseModel):
+    """QEMU block throttling of a disk (guest-visible, as a slower disk): sustained IOPS and
+    bytes a second, and what a burst may reach for ``burst_seconds``; 0: none."""
+
+    iops: int = 0
+    bps: int = 0
+    iops_burst: int = 0
+    bps_burst: int = 0
+    burst_seconds: int = 0
+
+
 class InstanceSpec(BaseModel):
     id: str
     name: str
@@ -59,6 +70,8 @@ class InstanceSpec(BaseModel):
     # CPU credits (node/credits.py): a baseline below the ceiling (cpu_limit) makes the
     # instance burstable; 0 = no credits, the ceiling always
     cpu_baseline: float = 0.0  # cores
+    root_io: DiskIo | None = None  # the root disk's limits (its instance type's); None: none
+    io_weight: int = 0  # its cgroup's block IO weight on the host; 0: the default (100)
     cpu_credit_mode: str = "standard"  # standard | unlimited
     cpu_credit_max: float = 0.0  # core-seconds the balance holds at most
     # failure handling (issue 16, node/fence.py): an HA instance is killed by its node's fence
@@ -140,6 +153,16 @@ class GroupSpec(BaseModel):
     egress: list[RuleSpec] = Field(default_factory=list)
 
 
+class Bucket(BaseModel):
+    """A token bucket capping one direction of a port (node/net/shaping.py): ``rate_mbit``
+    sustained, a bucket of ``burst_bytes`` that fills at that rate, spent at up to
+    ``peak_mbit`` (None: the link's speed)."""
+
+    rate_mbit: float
+    burst_bytes: int
+    peak_mbit: float | None = None
+
+
 class PortSpec(BaseModel):
     """An instance's port on the network: what the kernel checks and filters it by."""
 
@@ -150,6 +173,10 @@ class PortSpec(BaseModel):
     groups: list[str] = Field(default_factory=list)
     public_ip: str | None = None  # an elastic IP mapped 1:1 to ``address``
     rate_mbit: float | None = None  # bandwidth cap each way; None: unlimited
+    # caps with a burst bucket per direction (the instance type's); either set: they win over
+    # rate_mbit
+    to_guest: Bucket | None = None
+    from_guest: Bucket | None = None
     metadata_hop_limit: int = 1  # IP TTL of the metadata service's answers to IMDSv2 PUTs
 
 

@@ -443,6 +443,22 @@ class UsageRecord(Base):
     amount: Mapped[float] = mapped_column(Float, default=0.0)
 
 
+class UsageMeter(Base):
+    """The last counters of a running instance that metering has turned into usage records
+    (``cpu`` seconds, ``network`` bytes): the next reading's growth over these is what is new.
+    Updated in the transaction that writes those records, so a restart never counts twice
+    (metering.py, ``advance``)."""
+
+    __tablename__ = "usage_meters"
+    instance_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(32), default="")
+    qemu_started: Mapped[float] = mapped_column(Float, default=0.0)  # the QEMU's start (epoch)
+    cpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    net_rx_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    net_tx_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    time: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class JoinToken(Base):
     """A single-use node join token (`corral node token`): only its sha256 is kept."""
 

@@ -47,6 +47,7 @@ async def usage_show(
                 seconds=u.seconds,
                 amount_seconds=u.amount_seconds,
                 resources=len(u.resources),
+                quantity=u.quantity,
             )
             for u in lines
         ],

@@ -209,11 +209,32 @@ async def throttle(qmp: Qmp, vid: str, iops: int, iops_burst: int, bps: int) -> 
     """Limit the volume's disk (QEMU block throttling, seen by the guest as a slower disk):
     ``iops`` operations and ``bps`` bytes a second in total, bursting to ``iops_burst``
     operations a second for up to a minute; zeros lift the limits."""
+    await throttle_device(qmp, device_id(vid), iops, bps, iops_burst, 0, 60)
+
+
+async def throttle_device(
+    qmp: Qmp,
+    dev: str,
+    iops: int,
+    bps: int,
+    iops_burst: int = 0,
+    bps_burst: int = 0,
+    burst_seconds: int = 60,
+) -> None:
+    """Limit the disk whose virtio-blk device has id ``dev`` (a volume's, or ``root-disk``):
+    ``iops`` operations and ``bps`` bytes a second in total, bursting to ``iops_burst`` and
+    ``bps_burst`` for up to ``burst_seconds``; zeros lift the limits."""
+    await qmp.execute(
+        "block_set_io_throttle",
+        throttle_args(dev, await _qdev(qmp, dev), iops, bps, iops_burst, bps_burst, burst_seconds),
+    )
+
+
+async def _qdev(qmp: Qmp, dev: str) -> str:
     # the block backend is the virtio-blk device inside the PCI proxy that carries the id:
     # its QOM path as query-block names it
-    dev = device_id(vid)
     rows = await qmp.execute("query-block")
-    qdev = next(
+    return next(
         (
             str(r["qdev"])
             for r in rows
@@ -221,6 +242,18 @@ async def throttle(qmp: Qmp, vid: str, iops: int, iops_burst: int, bps: int) -> 
         ),
         f"/machine/peripheral/{dev}/virtio-backend",
     )
+
+
+def throttle_args(
+    dev: str,
+    qdev: str,
+    iops: int,
+    bps: int,
+    iops_burst: int = 0,
+    bps_burst: int = 0,
+    burst_seconds: int = 60,
+) -> dict[str, Any]:
+    """``block_set_io_throttle``'s arguments (bursts only above the sustained rate)."""
     args: dict[str, Any] = {
         "id": qdev,
         "iops": iops,
@@ -230,6 +263,9 @@ async def throttle(qmp: Qmp, vid: str, iops: int, iops_burst: int, bps: int) -> 
         "bps_rd": 0,
         "bps_wr": 0,
     }
+    seconds = max(1, burst_seconds)
     if iops and iops_burst > iops:
-        args |= {"iops_max": iops_burst, "iops_max_length": 60}
-    await qmp.execute("block_set_io_throttle", args)
+        args |= {"iops_max": iops_burst, "iops_max_length": seconds}
+    if bps and bps_burst > bps:
+        args |= {"bps_max": bps_burst, "bps_max_length": seconds}
+    return args
