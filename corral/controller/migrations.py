@@ -158,8 +158,9 @@ class Migrations:
                 raise WrongState(f"node {to} is not connected to this controller", field="to")
             return named[0]
         others = [v for v in views if v.id != inst.node_id and v.id in self.ctrl.nodes]
-        # until subnets span nodes each node has its own copy of the network, with its own
-        # addresses: a node where another instance holds this one's address cannot take it
+        # each node has its own row of the network; one address pool spans them now
+        # (controller/overlays.py), but a store from before that can hold one address twice on
+        # two nodes: a node where another instance holds this one's address cannot take it
         taken = await self._address_taken_on(s, inst)
         clash = [v for v in others if v.id in taken]
         others = [v for v in others if v.id not in taken]

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from corral.api.app import create_app
 from corral.api.context import ApiContext
@@ -79,12 +79,20 @@ async def test_without_to_the_scheduler_picks_another_node(cluster: Cluster) -> 
 async def test_the_scheduler_passes_over_nodes_where_its_address_is_taken(
     cluster: Cluster,
 ) -> None:
-    """Until subnets span nodes every node has its own copy of the network and its own
-    addresses: the destination picked must not give the instance's address to another."""
+    """One address pool spans the nodes' copies of a subnet now, but a store from before it
+    can hold one address on two nodes: the destination picked must not give the instance's
+    address to another."""
     ctrl = await cluster({"a": {}, "b": {}, "c": {"memory": 1 << 30}})
     inst = await run(ctrl, node="a", name="x")
     other = await run(ctrl, node="b", name="y", memory="64M")
-    assert other.private_ip == inst.private_ip  # each node's own copy of the subnet
+    assert other.private_ip != inst.private_ip  # one pool across the nodes
+    async with ctrl.store.write() as s:  # as the per-node pools of an older store left it
+        await s.execute(
+            update(Address).where(Address.instance_id == other.id).values(address=inst.private_ip)
+        )
+        await s.execute(
+            update(Instance).where(Instance.id == other.id).values(private_ip=inst.private_ip)
+        )
     _, op = await ctrl.migrations.request(admin(ctrl), inst.id)
     assert (await finish(ctrl, op)).status == "succeeded"
     assert (await reload(ctrl, inst.id)).node_id == "node-c"  # b is larger but holds it
