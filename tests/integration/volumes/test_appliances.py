@@ -86,10 +86,15 @@ def test_a_new_instance_failing_its_health_check_is_rolled_back(
     corral: Daemon, web: Path, tiny_images: dict[str, str], image: str, when: str
 ) -> None:
     old_id, address, _ = _state(corral)
+    # "broken" never serves, so its check fails however long it is given: 10 s of failing
+    # checks show it as well as 30; "lateboom" must first pass its check beside the old one
+    # (a tiny boot on a loaded machine) within the same timeout, so it keeps 30 s
+    seconds = "10" if when == "before" else "30"
     res = corral.cli(
-        "replace", "web", "--image", tiny_images[image], "--timeout", "30", timeout=600
+        "replace", "web", "--image", tiny_images[image], "--timeout", seconds, timeout=600
     )
     assert res.rc != 0 and "failed its health check" in res.err
+    assert "did not start" not in res.err  # it ran and its check itself failed
     assert ("runs on, unchanged" if when == "before" else "rolled back") in res.err
     assert _state(corral) == (old_id, address, address)
     assert instances(corral)["web"]["state"] == "running"
