@@ -487,6 +487,13 @@ class ReplaceRequest(BaseModel):
     timeout: float = Field(
         300.0, gt=0, le=3600, description="seconds the new instance gets to pass the check"
     )
+    after_timeout: float | None = Field(
+        None,
+        gt=0,
+        le=3600,
+        description="seconds the new instance gets to pass the check at the old address "
+        "after taking over; default: timeout, at most 60",
+    )
 
     @field_validator("check")
     @classmethod

@@ -89,12 +89,21 @@ def replace(
     timeout: float = typer.Option(
         300.0, "--timeout", help="seconds the new instance gets to pass the check"
     ),
+    after_timeout: float | None = typer.Option(
+        None,
+        "--after-timeout",
+        help="seconds it gets to pass the check at the old address after taking over "
+        "(default: --timeout, at most 60)",
+    ),
     no_wait: bool = typer.Option(False, "--no-wait"),
 ) -> None:
     """Upgrade a server by replacing it: a new instance of IMAGE with the same config gets the
     data volumes, private address and DNS name once it is healthy; on failure, roll back."""
     c = opts(ctx).client()
-    acc = c.instance_replace(name, models.ReplaceRequest(image=image, check=check, timeout=timeout))
+    req = models.ReplaceRequest(
+        image=image, check=check, timeout=timeout, after_timeout=after_timeout
+    )
+    acc = c.instance_replace(name, req)
     assert acc.operation is not None
     if no_wait:
         console.print(f"replacing {name}: operation {acc.operation.id}")

@@ -85,6 +85,7 @@ class Replacements:
         tags: dict[str, str] | None = None,
         extra_volumes: list[str] | None = None,
         timeout: float | None = None,
+        after_timeout: float | None = None,
     ) -> tuple[Instance, Operation]:
         """Replace ``ref`` by an instance of ``image_ref`` with the same config (or with
         ``launch``/``tags``, as ``corral apply`` gives them)."""
@@ -140,6 +141,7 @@ class Replacements:
                     "tags": tags if tags is not None else old_tags,
                     "check": check.model_dump(),
                     "timeout": timeout or BOOT_TIMEOUT,
+                    "after_timeout": after_timeout,
                     "extra_volumes": extra_volumes or [],
                     "key_name": old.key_name,
                     "phase": "launch",
@@ -423,7 +425,7 @@ class Replacements:
                 await node.instance_reboot(new_id, 10)
             after = timeout
         else:
-            after = min(AFTER_TIMEOUT, timeout)
+            after = float(ctx.params.get("after_timeout") or min(AFTER_TIMEOUT, timeout))
         why = await health.wait(
             self.ctrl, new, new.private_ip, check.model_copy(update={"timeout": 1.0}), after
         )

@@ -49,7 +49,7 @@ async def instance_replace(
     failure it rolls back."""
     check = health.parse(req.check) if req.check is not None else None
     inst, op = await ctx.controller.replacements.request(
-        who, ref, req.image, check, timeout=req.timeout
+        who, ref, req.image, check, timeout=req.timeout, after_timeout=req.after_timeout
     )
     return models.InstanceAccepted(
         operation=views.operation(op), instance=views.instance(inst, "", ctx.settings.domain)

@@ -86,10 +86,17 @@ def test_a_new_instance_failing_its_health_check_is_rolled_back(
     corral: Daemon, web: Path, tiny_images: dict[str, str], image: str, when: str
 ) -> None:
     old_id, address, _ = _state(corral)
-    res = corral.cli(
-        "replace", "web", "--image", tiny_images[image], "--timeout", "30", timeout=600
+    # "broken" never serves, so its check fails however long it is given: 10 s of failing
+    # checks show it as well as 30. "lateboom" must first pass its check beside the old one
+    # (a tiny boot on a loaded machine) within --timeout, so that stays 30 s; once it has
+    # the data its server is dead, and 10 s of failing checks at the old address show that
+    # as well as the 30 it used to get (--after-timeout, default: --timeout)
+    timeouts = (
+        ["--timeout", "10"] if when == "before" else ["--timeout", "30", "--after-timeout", "10"]
     )
+    res = corral.cli("replace", "web", "--image", tiny_images[image], *timeouts, timeout=600)
     assert res.rc != 0 and "failed its health check" in res.err
+    assert "did not start" not in res.err  # it ran and its check itself failed
     assert ("runs on, unchanged" if when == "before" else "rolled back") in res.err
     assert _state(corral) == (old_id, address, address)
     assert instances(corral)["web"]["state"] == "running"

@@ -6,7 +6,9 @@ writes restores to exactly the data of that moment."""
 
 from __future__ import annotations
 
+from corral import models
 from tests.harness import Daemon, wait_for
+from tests.integration.ec2.test_boto3 import cli_key
 from tests.integration.volumes.conftest import guest_disk, serial, ssh, volume
 
 
@@ -79,7 +81,23 @@ def test_a_guest_that_does_not_let_go_keeps_the_volume_until_forced(
     corral: Daemon, cleanup: list[str]
 ) -> None:
     cleanup += ["held", "vol:heldvol"]
-    corral.cli("run", "tiny", "--name", "held").ok()
+    # a paused guest cannot take the ACPI power button either: forcing the detach powers it
+    # off, which waits out the instance's stop timeout first. A short one (the daemon's
+    # default is 30 s) lets that happen in seconds; the same ladder (button, then quit) runs.
+    c = corral.client()
+    run = c.instance_run(
+        models.InstanceCreate(
+            image="tiny", name="held", public_keys=[cli_key(corral)], stop_timeout=3
+        )
+    )
+    assert run.operation is not None
+    op_id = run.operation.id
+    done = wait_for(
+        lambda: (o := c.operation_show(op_id)).status in ("succeeded", "failed") and o,
+        300,
+        what="held started",
+    )
+    assert done.status == "succeeded", done.error
     corral.cli("volume", "create", "1G", "--name", "heldvol").ok()
     corral.cli("volume", "attach", "heldvol", "held").ok()
     vid = volume(corral, "heldvol")["id"]

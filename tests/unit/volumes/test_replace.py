@@ -151,6 +151,41 @@ async def test_a_failure_after_the_cutover_rolls_back(
     assert web.id in node.running and [v.id for v in node.specs[web.id].volumes] == [vid]
 
 
+async def test_the_check_after_taking_over_gets_the_after_timeout_when_one_is_given(
+    ctrl: Controller, node: FakeNode, v2: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--after-timeout bounds the check at the old address (a service that dies once it has
+    the data is rolled back that much sooner); without it, the timeout, at most 60 s."""
+    web, _ = await _web_with_data(ctrl)
+    node.unhealthy.add(web.private_ip or "")  # whoever holds the address fails its check
+
+    async def answers(address: str, count: int = 1) -> bool:
+        return True  # but the guest is up (it pings): its service is what died
+
+    monkeypatch.setattr(node, "ping", answers)
+    given: list[tuple[str, float]] = []
+    real_wait = health.wait
+
+    async def recording(
+        ctrl_: Controller, inst: Instance, address: str, check: Any, seconds: float
+    ) -> str:
+        given.append((inst.id, seconds))
+        return await real_wait(ctrl_, inst, address, check, min(seconds, 0.5))
+
+    monkeypatch.setattr(health, "wait", recording)
+    for after, want in ((2.5, 2.5), (None, 60.0)):
+        given.clear()
+        _, op = await ctrl.replacements.request(
+            admin(ctrl), "web", v2, timeout=120, after_timeout=after
+        )
+        done = await finish(ctrl, op)
+        assert done.status == "failed" and done.error is not None, done
+        assert "rolled back" in done.error["message"]
+        await _settle(ctrl)
+        new_checks = [s for iid, s in given if iid != web.id]
+        assert new_checks[-1] == want, given  # the check at the old address, after the move
+
+
 async def test_an_interrupted_replace_resumes_after_a_restart(
     ctrl: Controller,
     node: FakeNode,
