@@ -205,6 +205,13 @@ class Instance(Base):
     cpu_credits: Mapped[str] = mapped_column(String(16), default="standard")
     # the VPC subnet its interface is in (migration 0009_vpc); None for instances made before
     subnet_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    # high availability (migration 0012_ha, controller/replicas.py): disks replicated to a
+    # secondary node; the replica's state as the primary's agent last reported it
+    ha: Mapped[bool] = mapped_column(Boolean, default=False)
+    secondary_node_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    replica_state: Mapped[str] = mapped_column(String(16), default="")  # syncing|in-sync|degraded
+    replica_percent: Mapped[float] = mapped_column(Float, default=0.0)
+    replica_detail: Mapped[str] = mapped_column(Text, default="")
     __table_args__ = (
         # a name is unique per account among instances that are not terminated
         Index(
