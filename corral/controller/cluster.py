@@ -344,10 +344,21 @@ class Cluster:
                 node_id,
                 timeout.total_seconds(),
             )
+        for node_id in gone:
+            await self.node_lost(node_id)
         for node_id in back:
             self.unreachable.discard(node_id)
             log.info("node %s answers again: re-adopting what runs there", node_id)
             self._renew(node_id)
+
+    async def node_lost(self, node_id: str) -> None:
+        """The seam where a node is declared dead: its HA instances start on their
+        secondaries (controller/replicas.py). Here it is the heartbeat's "unreachable"; node
+        leases replace this trigger with lease expiry plus a safety margin."""
+        try:
+            await self.ctrl.replicas.fail_over_node(node_id)
+        except Exception:
+            log.exception("node %s: failing its HA instances over failed", node_id)
 
     async def heartbeats(self) -> None:
         while True:

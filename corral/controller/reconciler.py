@@ -142,6 +142,10 @@ class Reconciler:
                     await self._reconcile_node(node_id)
                 except CorralError as err:  # one node away must not stop the others' pass
                     log.warning("reconcile node %s: %s", node_id, err.message)
+            try:  # HA instances' replicas (controller/replicas.py)
+                await self.ctrl.replicas.reconcile()
+            except CorralError as err:
+                log.warning("reconcile replicas: %s", err.message)
 
     async def _reconcile_node(self, node_id: str) -> None:
         node = self.ctrl.node(node_id)

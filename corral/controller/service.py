@@ -85,6 +85,9 @@ class Controller:
         from corral.controller.migrations import Migrations
 
         self.migrations = Migrations(self)  # live migration (issue 13)
+        from corral.controller.replicas import Replicas
+
+        self.replicas = Replicas(self)  # high availability (issue 16)
         # joined nodes (corral node join): certificates, tokens, connections kept here
         self.cluster = Cluster(self)
         self.image_push = ImagePush(self)  # images to nodes on first use

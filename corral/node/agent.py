@@ -28,7 +28,6 @@ from corral.node.driver import cgroups, confine, hotplug, jail, probe, qemu
 from corral.node.driver.machine import Machine, find_pid, read_exit
 from corral.node.driver.qmp import own_socket
 from corral.node.events import EventLog
-from corral.node.migrate_agent import MigrateAgent
 from corral.node.net import (
     dnsmasq,
     firewall,
@@ -41,6 +40,7 @@ from corral.node.net import (
     shaping,
     uplink,
 )
+from corral.node.replica_agent import ReplicaAgent
 from corral.node.spec import (
     Accel,
     Confinement,
@@ -104,7 +104,7 @@ def check_host(settings: Settings) -> None:
         ) from err
 
 
-class NodeAgent(MigrateAgent):
+class NodeAgent(ReplicaAgent):
     memory_overhead = MEMORY_OVERHEAD
 
     def __init__(self, settings: Settings) -> None:
