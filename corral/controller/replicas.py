@@ -229,8 +229,12 @@ class Replicas:
             dst_spec = spec.model_copy(update={"network": self.ctrl.networks.spec(dst_net)})
             pid = await self.ctrl.node(dst).replica_promote(dst_spec)
             await self._move(ctx, inst, dst_net.id, pid)
-        await self.ctrl.networks.sync(inst.network_id)
         await self.ctrl.networks.sync(dst_net.id)
+        if self.ctrl.cluster.reachable(src):  # a dead node's network gets it when it returns
+            try:
+                await self.ctrl.networks.sync(inst.network_id)
+            except CorralError as err:
+                log.warning("%s: the old node's network: %s", inst.name, err.message)
         self.ctrl.reconciler.poke()  # a new secondary, and the replica resynced
         return {"instance_id": iid, "node": dst, "from": src, "pid": pid}
 
