@@ -405,6 +405,7 @@ class NodeAgent(ReplicaAgent):
 
     async def teardown(self) -> None:
         """Remove this node's namespace and everything in it (instances must be gone)."""
+        await self.replicas_stop_all()
         for dm in list(self.dnsmasqs.values()):
             await dm.stop()
         self.dnsmasqs.clear()

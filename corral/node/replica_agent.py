@@ -127,6 +127,11 @@ class ReplicaAgent(MigrateAgent):
             shutil.rmtree(d, ignore_errors=True)
         self.event_log.append("replica-dropped", {"id": iid})
 
+    async def replicas_stop_all(self) -> None:
+        """Stop every replica daemon of this node (its teardown); the images stay."""
+        for d in sorted((self.settings.state_dir / "replicas").glob("*")):
+            await storage_daemon.stop(d / "qsd.pid", str(d))
+
     async def replica_promote(self, spec: InstanceSpec) -> int:
         """Run the instance here from its replica (its primary's node is dead): the daemon
         stops, the images become the instance's disks, QEMU starts. Returns QEMU's pid;

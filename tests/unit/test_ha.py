@@ -1,5 +1,5 @@
 """High availability, the controller's half over fake nodes (the nodes' half runs real QEMU in
-tests/integration/test_ha_disks.py): `ha` on a launch stores a secondary node chosen by the
+tests/integration/test_ha.py): `ha` on a launch stores a secondary node chosen by the
 scheduler (never the primary's, another zone when there is one) and is refused clearly without
 one; the reconciler replicates and resyncs; a dead node's HA instances start on their
 secondaries with their identity, the record moving only once they run."""
