@@ -63,14 +63,15 @@ class ReplicaAgent(MigrateAgent):
     async def replica_serve(
         self, spec: InstanceSpec, sizes: dict[str, int], address: str, peer: str = ""
     ) -> ReplicaServed:
-        """Replica images of ``spec``'s disks, served over NBD on ``address``. Repeated while
-        its daemon runs, it answers the same; otherwise the images are made anew (empty: the
-        primary's mirror copies everything again)."""
+        """Replica images of ``spec``'s disks, served over NBD on ``address``. Every call
+        starts anew: a daemon already there is stopped and the images made again, empty (the
+        primary's next mirror copies everything). That is what a resync needs: the old
+        daemon may still hold the connections of a mirror that died with the link (its side
+        never saw them close), and it takes no more connections than there are disks. The
+        controller calls ``replica_mirror`` only with the answer of the last call."""
         async with self._lock(spec.id):
             d = self._replica_dir(spec.id)
             record = d / "served.json"
-            if record.exists() and storage_daemon.find(d / "qsd.pid", str(d)) is not None:
-                return ReplicaServed.model_validate_json(record.read_text())
             if spec.id in self.machines or self.paths(spec.id).dir.exists():
                 raise WrongState(
                     f"instance {spec.id} itself is on this node: its replica must be on "

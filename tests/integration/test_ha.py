@@ -110,6 +110,25 @@ def test_an_ha_instance_survives_its_nodes_death_with_every_acknowledged_write(
     con.type("root", WRITER)
     wait_for(lambda: _acked(con.text()) >= 10, 120, what="the writer's records")
 
+    # the secondary's link fails: the guest writes on, degraded; back, the replica resyncs
+    sec_host = next(h for h in c.lan.hosts if h.name == secondary)
+    assert sec_host.exec("ip", "link", "set", "eth0", "down").returncode == 0
+    try:
+        wait_for(lambda: _show(c, "hav")["replica_state"] == "degraded", 120, what="degraded")
+        written = _acked(con.text())
+        wait_for(lambda: _acked(con.text()) >= written + 5, 120, what="writes going on, degraded")
+    finally:
+        sec_host.exec("ip", "link", "set", "eth0", "up")
+    resynced = wait_for(
+        lambda: (s := _show(c, "hav"))["replica_state"] == "in-sync" and s,
+        300,
+        what="the replica resynced",
+    )
+    secondary = names[resynced["secondary_node"]]  # the same node, or the third one
+    third = ({"host2", "host3"} - {secondary}).pop()
+    mark = _acked(con.text())
+    wait_for(lambda: _acked(con.text()) >= mark + 3, 120, what="writes after the resync")
+
     # host1 dies: its agent and QEMU killed, its link down
     c.agents["host1"].kill9()
     os.kill(int(first["pid"]), signal.SIGKILL)
