@@ -107,8 +107,14 @@ def test_an_ha_instance_survives_its_nodes_death_with_every_acknowledged_write(
 
     con = Console(c.agents["host1"], first["id"])
     wait_for(lambda: "login:" in con.text(), 300, what="the guest's login prompt")
-    con.type("root", WRITER)
-    wait_for(lambda: _acked(con.text()) >= 10, 120, what="the writer's records")
+    con.type("root")
+    wait_for(lambda: "~ #" in con.text(), 120, what="the guest's shell")
+    con.type(WRITER)
+    try:
+        wait_for(lambda: _acked(con.text()) >= 10, 240, what="the writer's records")
+    except AssertionError:
+        print("CONSOLE", con.text()[-1500:])
+        raise
 
     # the secondary's link fails: the guest writes on, degraded; back, the replica resyncs
     sec_host = next(h for h in c.lan.hosts if h.name == secondary)

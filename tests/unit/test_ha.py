@@ -18,7 +18,7 @@ from corral.api.ec2.instances import _ha_tag
 from corral.appliances.spec import Service
 from corral.controller.replicas import OP
 from corral.controller.service import Controller
-from corral.errors import EnvironmentProblem, NoResources
+from corral.errors import EnvironmentProblem, NoResources, WrongState
 from corral.node.fake import FakeNode
 from corral.store.models import Instance, Network, Node
 from tests.unit.conftest import Cluster
@@ -221,3 +221,11 @@ async def test_the_heartbeat_declaring_a_node_unreachable_fails_its_ha_instances
         assert loop.time() < deadline, "not failed over"
         await asyncio.sleep(0.05)
     assert row.state == "running" and inst.id in fake(ctrl, "b").running
+
+
+async def test_an_ha_instance_is_not_migrated_live(cluster: Cluster) -> None:
+    # the migration's mirrors share the job names of the replica's: refused, not confused
+    ctrl = await cluster({"a": {}, "b": {}})
+    inst = await _ha(ctrl)
+    with pytest.raises(WrongState, match="highly available"):
+        await ctrl.migrations.request(admin(ctrl), inst.name, to="b")
