@@ -31,6 +31,7 @@ from pathlib import Path
 from corral.errors import NotFound, WrongState
 from corral.fsutil import atomic_write
 from corral.node.driver import mirror, storage_daemon
+from corral.node.driver.machine import find_pid
 from corral.node.migrate_agent import MigrateAgent, _listen
 from corral.node.spec import (
     REPLICA_DEGRADED,
@@ -53,6 +54,9 @@ class ReplicaAgent(MigrateAgent):
     async def instance_start(self, spec: InstanceSpec) -> int:
         raise NotImplementedError
 
+    async def instance_destroy(self, iid: str, tap: str | None = None) -> None:
+        raise NotImplementedError
+
     def _replica_dir(self, iid: str) -> Path:
         return self.settings.state_dir / "replicas" / iid
 
@@ -69,15 +73,20 @@ class ReplicaAgent(MigrateAgent):
         daemon may still hold the connections of a mirror that died with the link (its side
         never saw them close), and it takes no more connections than there are disks. The
         controller calls ``replica_mirror`` only with the answer of the last call."""
+        m = self.machines.get(spec.id)
+        if (m is not None and m.running) or find_pid(self.paths(spec.id)) is not None:
+            raise WrongState(
+                f"instance {spec.id} itself runs on this node: its replica must be on another one",
+                resource="instance",
+            )
+        if self.paths(spec.id).dir.exists():
+            # a stale copy: this node ran it before it failed over elsewhere (the controller
+            # asks for a replica here only when the record says the instance is elsewhere)
+            log.info("%s: removing the stale copy left from before a failover", spec.id)
+            await self.instance_destroy(spec.id, None)
         async with self._lock(spec.id):
             d = self._replica_dir(spec.id)
             record = d / "served.json"
-            if spec.id in self.machines or self.paths(spec.id).dir.exists():
-                raise WrongState(
-                    f"instance {spec.id} itself is on this node: its replica must be on "
-                    "another one",
-                    resource="instance",
-                )
             manifest = self.images.get_manifest(spec.image)  # NotFound: pull it first
             vols = ([spec.root_volume] if spec.root_volume else []) + [v.id for v in spec.volumes]
             missing = [v for v in vols if v not in sizes]
