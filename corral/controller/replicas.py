@@ -92,8 +92,8 @@ class Replicas:
         assert inst.node_id is not None
         primary = self.ctrl.node(inst.node_id)
         st = await primary.replica_status(inst.id)
+        await self._record(inst.id, st.state, st.percent, st.reason)  # degraded shows too
         if st.state != REPLICA_DEGRADED:
-            await self._record(inst.id, st.state, st.percent, st.reason)
             return st
         await primary.replica_stop(inst.id)  # a broken mirror's leftovers
         secondary = await self._secondary(inst)
