@@ -27,7 +27,7 @@ from typing import Any
 from bench.common import machine, median, write_results
 from tests.cluster import cluster
 from tests.harness import wait_for
-from tests.integration.test_ha import CHECK, WRITER, Console, _acked, _node_ids, _show
+from tests.integration.test_ha import CHECK, Console, _acked, _node_ids, _show, start_writer
 from tests.postgres import PostgresServer
 
 
@@ -73,7 +73,8 @@ def _run(c: Any, names: dict[str, str], hosts: dict[str, Any], login: bool) -> d
         wait_for(lambda: "login:" in con.text(), 600, what="the login prompt")
         con.type("root")
     wait_for(lambda: "~ #" in con.text(), 120, what="the guest's shell")
-    con.type("rm -f /w.log", WRITER)
+    con.type("rm -rf /w.log /w.lock")  # the last run's (its writer died with its QEMU)
+    start_writer(con)
     wait_for(lambda: _acked(con.text()) >= 5, 300, what="the writer's records")
     c.agents[where].kill9()
     os.kill(int(s["pid"]), signal.SIGKILL)

@@ -32,10 +32,11 @@ from tests.postgres import PostgresServer
 
 NODE_TIMEOUT = 6  # seconds: the controller's node_timeout here
 
+# one writer only (mkdir is atomic), so the line may be typed again when the serial line lost it
 WRITER = (
-    'i=0; while :; do i=$((i+1)); r="rec $i"; '
+    'mkdir /w.lock && { i=0; while :; do i=$((i+1)); r="rec $i"; '
     'echo "$r $(echo "$r" | md5sum | cut -c1-8)" >> /w.log; sync; echo "W$i"; '
-    "sleep 0.2; done &"
+    "sleep 0.2; done & }"
 )
 CHECK = (
     "sync; echo 3 > /proc/sys/vm/drop_caches; n=0; bad=0; "
@@ -78,6 +79,19 @@ class Console:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+def start_writer(con: Console, tries: int = 4) -> None:
+    """Type the writer until its first record shows: under load the tiny image's boot
+    scripts may still share the serial line and swallow a typed line."""
+    for _ in range(tries):
+        con.type(WRITER)
+        try:
+            wait_for(lambda: _acked(con.text()) >= 1, 60, what="the writer's first record")
+            return
+        except AssertionError:
+            continue
+    raise AssertionError(f"the writer never started: {con.text()[-1500:]}")
+
+
 def _show(c: Cluster, name: str) -> dict[str, Any]:
     return dict(json.loads(c.cli("show", name, "--json").ok().out))
 
@@ -109,7 +123,7 @@ def test_an_ha_instance_survives_its_nodes_death_with_every_acknowledged_write(
     wait_for(lambda: "login:" in con.text(), 300, what="the guest's login prompt")
     con.type("root")
     wait_for(lambda: "~ #" in con.text(), 120, what="the guest's shell")
-    con.type(WRITER)
+    start_writer(con)
     try:
         wait_for(lambda: _acked(con.text()) >= 10, 240, what="the writer's records")
     except AssertionError:
