@@ -27,7 +27,7 @@ from typing import Any
 from bench.common import machine, median, write_results
 from tests.cluster import cluster
 from tests.harness import wait_for
-from tests.integration.test_ha import CHECK, Console, _acked, _node_ids, _show, start_writer
+from tests.integration.test_ha import Console, _acked, _node_ids, _show, check, start_writer
 from tests.postgres import PostgresServer
 
 
@@ -94,9 +94,7 @@ def _run(c: Any, names: dict[str, str], hosts: dict[str, Any], login: bool) -> d
     t_boot = time.time()
     scon.type("root")
     wait_for(lambda: "~ #" in scon.text()[before:], 120, what="the shell on the survivor")
-    before = len(scon.text())
-    scon.type(CHECK)
-    m = wait_for(lambda: re.search(r"CHECK n=(\d+) bad=(\d)", scon.text()[before:]), 300)
+    m = check(scon)
     detected = _failover_logged(c, t0)
     # the dead node returns (its stale copy is not started: the record moved)
     hosts[where].exec("ip", "link", "set", "eth0", "up")
