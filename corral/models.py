@@ -68,6 +68,11 @@ class InstanceCreate(BaseModel):
     security_groups: list[Text] = Field(
         default_factory=list, description="security groups (names or sg- ids); default: default"
     )
+    ha: bool = Field(
+        False,
+        description="high availability: disks replicated synchronously to a secondary node, "
+        "restarted there when the primary's node dies",
+    )
 
     @field_validator("disk")
     @classmethod
@@ -109,6 +114,12 @@ class Instance(BaseModel):
     started_at: dt.datetime | None = None
     stopped_at: dt.datetime | None = None
     terminated_at: dt.datetime | None = None
+    # high availability (controller/replicas.py)
+    ha: bool = False
+    secondary_node: str | None = None
+    replica_state: str = ""  # syncing | in-sync | degraded ("" when not HA)
+    replica_percent: float = 0.0
+    replica_detail: str = ""
 
 
 class Operation(BaseModel):

@@ -197,6 +197,10 @@ class Daemon:
         for pid in _pids_matching(f"{run_root}/"):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        # HA replicas' qemu-storage-daemons (their own sessions, like QEMU)
+        for pid in _pids_matching(f"{self.state_dir}/replicas/"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         for pidfile in (self.state_dir / "networks").glob("*/dnsmasq.pid"):
             with contextlib.suppress(ValueError, ProcessLookupError, FileNotFoundError):
                 os.kill(int(pidfile.read_text()), signal.SIGKILL)

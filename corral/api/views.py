@@ -38,6 +38,11 @@ def instance(row: db.Instance, image_name: str = "", domain: str = "") -> models
         started_at=row.started_at,
         stopped_at=row.stopped_at,
         terminated_at=row.terminated_at,
+        ha=bool(row.ha),
+        secondary_node=row.secondary_node_id,
+        replica_state=row.replica_state or "",
+        replica_percent=row.replica_percent or 0.0,
+        replica_detail=row.replica_detail or "",
     )
 
 

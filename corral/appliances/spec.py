@@ -101,6 +101,7 @@ class Service(BaseModel):
     volumes: list[VolumeSpec] = Field(default_factory=list)
     health: HealthSpec = Field(default_factory=HealthSpec)
     restart: RestartPolicy = "on-failure"
+    ha: bool = Field(False, description="high availability: disks replicated to a second node")
 
     @field_validator("files")
     @classmethod

@@ -101,6 +101,12 @@ def run(
     sg: list[str] = typer.Option(
         [], "--sg", help="a security group (`corral sg create`); repeatable; default: default"
     ),
+    ha: bool = typer.Option(
+        False,
+        "--ha",
+        help="high availability: disks replicated to a second node, restarted "
+        "there if this one dies",
+    ),
     no_wait: bool = typer.Option(False, "--no-wait", help="return at once with the operation"),
 ) -> None:
     """Run a new instance."""
@@ -136,6 +142,7 @@ def run(
             subnet=subnet,
             tags=_pairs(tag, "--tag"),
             security_groups=sg,
+            ha=ha,
         )
     except ValidationError as err:
         raise fail(invalid_input(err)) from err
@@ -179,11 +186,14 @@ def ls(
         print(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))
         return
     table = Table(box=None, header_style="bold")
-    for col in ("NAME", "ID", "STATE", "NODE", "CPUS", "MEMORY", "ADDRESS", "IMAGE", "UPTIME"):
+    ha = any(i.ha for i in rows)  # the replica column only where HA instances exist
+    cols = ["NAME", "ID", "STATE", "NODE", "CPUS", "MEMORY", "ADDRESS", "IMAGE", "UPTIME"]
+    for col in cols + (["REPLICA"] if ha else []):
         table.add_column(col)
     colors = {"running": "green", "stopped": "yellow", "terminated": "dim", "pending": "cyan"}
     for i in rows:
         color = colors.get(i.state, "white")
+        extra = [replica_text(i)] if ha else []
         table.add_row(
             i.name,
             i.id,
@@ -194,8 +204,19 @@ def ls(
             i.private_ip or "-",
             i.image_name or i.image_id,
             _uptime(i),
+            *extra,
         )
     console.print(table)
+
+
+def replica_text(i: models.Instance) -> str:
+    """An HA instance's replica in a few words: ``in-sync → node-b``, ``syncing 42% → …``."""
+    if not i.ha:
+        return "-"
+    state = i.replica_state or "pending"
+    if state == "syncing":
+        state = f"syncing {i.replica_percent:.0f}%"
+    return f"{state} → {(i.secondary_node or '?').removeprefix('node-')}"
 
 
 @app.command()

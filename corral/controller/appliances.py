@@ -247,6 +247,7 @@ class Appliances:
             "public_keys": svc.public_keys,
             "user_data": d.user_data,
             "restart_policy": svc.restart,
+            "ha": svc.ha or None,
         }
         if svc.type is None:
             fields |= {"cpus": svc.cpus or 1, "memory": svc.memory or "256M"}

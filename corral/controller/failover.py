@@ -1,9 +1,7 @@
-"""The seam between failure detection (``controller/cluster.py``) and the restart of a dead
-node's HA instances on their secondaries (issue 16). The HA branch (``controller/replicas.py``:
-replicated disks, ``fail_over_node``) fills it; until it is wired, ``NoReplicas`` stands in,
-leaves the HA instances where they are and says so.
+"""Generations, the rule between failure detection (``controller/cluster.py``) and the restart
+of a dead node's HA instances on their secondaries (``controller/replicas.py``, issue 16).
 
-The contract, for whoever implements ``fail_over_node``: it is called only by the controller
+``Replicas.fail_over_node`` is called only by the controller
 holding the controller lock, after the node's lease expired plus the fence margin, when no
 peer reaches the node (so its agent has fenced: its HA QEMUs are dead); it must bump each
 moved instance's ``generation`` (``bump_generation``) in the same transaction that changes its
@@ -12,33 +10,10 @@ pass while the node stays dead, and after a controller restart) and must be idem
 
 from __future__ import annotations
 
-import logging
-from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.store.models import Instance
-
-log = logging.getLogger(__name__)
-
-
-class Replicas(Protocol):
-    async def fail_over_node(self, node_id: str) -> None: ...
-
-
-class NoReplicas:
-    """Placeholder until the HA branch's ``Replicas`` is wired in."""
-
-    def __init__(self) -> None:
-        self.asked: list[str] = []
-
-    async def fail_over_node(self, node_id: str) -> None:
-        if node_id not in self.asked:
-            log.warning(
-                "node %s is dead; its HA instances stay there: no replica manager is wired in",
-                node_id,
-            )
-        self.asked.append(node_id)
 
 
 def bump_generation(row: Instance) -> int:

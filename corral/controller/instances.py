@@ -283,6 +283,9 @@ class Instances:
                     if n >= opts.min_count:
                         break
                     raise
+                secondary = None
+                if req.ha:  # the replica's node (controller/replicas.py), never the primary's
+                    secondary = await scheduler.secondary(s, need, got.node_id, policy)
                 iid = ids.new_id("instance")
                 name = await self._pick_name(
                     s, caller, wish if n == 0 else None, image, iid, strict=not opts.name_is_hint
@@ -320,6 +323,9 @@ class Instances:
                     disable_api_termination=opts.disable_api_termination,
                     shutdown_behavior=opts.shutdown_behavior,
                     monitoring="enabled" if opts.monitoring else "disabled",
+                    ha=bool(req.ha),
+                    secondary_node_id=secondary.id if secondary is not None else None,
+                    replica_state="syncing" if secondary is not None else "",
                 )
                 placement_claims.hold(inst, got)
                 s.add(inst)

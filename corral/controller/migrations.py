@@ -66,6 +66,12 @@ class Migrations:
                     "live (start it first)",
                     resource="instance",
                 )
+            if inst.ha:  # its replica's mirror jobs would stand in for the migration's
+                raise WrongState(
+                    f"instance {inst.name} is highly available (its disks are mirrored to its "
+                    "secondary); live migration of HA instances is not supported yet",
+                    resource="instance",
+                )
             if await self.ctrl.ops.active_for(inst.id):
                 raise WrongState(
                     f"instance {inst.name} has an operation under way; wait for it "

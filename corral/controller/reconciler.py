@@ -150,6 +150,10 @@ class Reconciler:
                 await self.ctrl.overlays.sync()
             except CorralError as err:
                 log.warning("subnet segments: %s", err.message)
+            try:  # HA instances' replicas (controller/replicas.py)
+                await self.ctrl.replicas.reconcile()
+            except CorralError as err:
+                log.warning("reconcile replicas: %s", err.message)
 
     async def _reconcile_node(self, node_id: str) -> None:
         node = self.ctrl.node(node_id)

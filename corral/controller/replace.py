@@ -175,6 +175,7 @@ class Replacements:
             net_limit_mbit=old.net_limit_mbit,
             metadata_tokens=old.metadata_tokens,  # type: ignore[arg-type]
             metadata_hop_limit=old.metadata_hop_limit,
+            ha=bool(old.ha),
         )
         return req.model_dump(exclude_none=True)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import and_, bindparam, case, func, literal, or_, select, update
@@ -659,3 +659,36 @@ async def _conflicts(s: AsyncSession, node_id: str, req: Request, p: Policy) -> 
         if clash is not None:
             return True
     return False
+
+
+# -- high availability: the secondary node (controller/replicas.py) ---------------------------
+async def secondary(
+    s: AsyncSession, req: Request, primary: str, p: Policy, avoid: Sequence[str] = ()
+) -> NodeView:
+    """The node that keeps an HA instance's replica and runs it when ``primary`` dies: never
+    the primary's node (nor one in ``avoid``), in another zone when one fits, and with room
+    to run the instance (checked now; nothing is claimed there until it takes over)."""
+    views = await nodes(s)
+    first = next((v for v in views if v.id == primary), None)
+    others = [v for v in views if v.id != primary and v.id not in avoid]
+    if not others:
+        raise NoResources(
+            "high availability needs a second node to keep the replica on, and there is none "
+            "(`corral node ls`); join one with `corral node join`, or run without ha",
+            field="ha",
+            resource="node",
+        )
+    free = replace(req, node=None, zone=None, group=None, exclusion={})
+    ctx = await Context.load(s, free)
+    ok, failed = sift(others, free, p, ctx)
+    if not ok:
+        raise NoResources(
+            f"no second node can keep the replica ({explain(len(others), failed, free, p)}); "
+            f"{_hint(failed)}",
+            field="ha",
+            resource="node",
+        )
+    ranked = rank(ok, free, p, ctx)
+    zone = first.zone if first is not None else ""
+    apart = [v for v in ranked if v.zone != zone]
+    return (apart or ranked)[0]

@@ -88,13 +88,12 @@ class Controller:
         from corral.controller.migrations import Migrations
 
         self.migrations = Migrations(self)  # live migration (issue 13)
-        # joined nodes (corral node join): certificates, tokens, connections kept here
-        self.cluster = Cluster(self)
-        # a dead node's HA instances restart on their secondaries (issue 16): the ha branch's
-        # replica manager fills this seam (controller/failover.py)
-        from corral.controller.failover import NoReplicas, Replicas
+        from corral.controller.replicas import Replicas
 
-        self.replicas: Replicas = NoReplicas()
+        self.replicas = Replicas(self)  # high availability (issue 16)
+        # joined nodes (corral node join): certificates, tokens, connections kept here; a node
+        # declared dead there hands its HA instances to replicas.fail_over_node
+        self.cluster = Cluster(self)
         self.image_push = ImagePush(self)  # images to nodes on first use
         self.remotes: dict[str, Remote] = {}
         self.imds_nodes: set[str] = set()  # nodes that serve metadata from pushed documents

@@ -30,7 +30,6 @@ from corral.node.driver.machine import Machine, find_pid, read_exit
 from corral.node.driver.qmp import own_socket
 from corral.node.events import EventLog
 from corral.node.imds import MetadataService
-from corral.node.migrate_agent import MigrateAgent
 from corral.node.net import (
     dnsmasq,
     firewall,
@@ -43,6 +42,7 @@ from corral.node.net import (
     shaping,
     uplink,
 )
+from corral.node.replica_agent import ReplicaAgent
 from corral.node.spec import (
     Accel,
     Bucket,
@@ -110,7 +110,7 @@ def check_host(settings: Settings) -> None:
         ) from err
 
 
-class NodeAgent(MigrateAgent):
+class NodeAgent(ReplicaAgent):
     memory_overhead = MEMORY_OVERHEAD
 
     def __init__(self, settings: Settings, serve_metadata: bool = False) -> None:
@@ -482,6 +482,7 @@ class NodeAgent(MigrateAgent):
     async def teardown(self) -> None:
         """Remove this node's namespace and everything in it (instances must be gone)."""
         await self.imds.close()
+        await self.replicas_stop_all()
         for dm in list(self.dnsmasqs.values()):
             await dm.stop()
         self.dnsmasqs.clear()

@@ -25,6 +25,8 @@ from corral.node.spec import (
     ObservedInstance,
     OverlaySpec,
     PolicySpec,
+    ReplicaServed,
+    ReplicaStatus,
 )
 
 
@@ -179,3 +181,20 @@ class NodeClient(Protocol):
     async def migrate_cleanup(
         self, iid: str, tap: str | None = None, volumes: list[str] | None = None
     ) -> None: ...
+
+    # high availability: replicated disks (corral.node.replica_agent)
+    async def replica_serve(
+        self, spec: InstanceSpec, sizes: dict[str, int], address: str, peer: str = ""
+    ) -> ReplicaServed: ...
+
+    async def replica_mirror(
+        self, iid: str, address: str, port: int, disks: list[MirrorDisk]
+    ) -> ReplicaStatus: ...
+
+    async def replica_status(self, iid: str) -> ReplicaStatus: ...
+
+    async def replica_stop(self, iid: str) -> None: ...
+
+    async def replica_drop(self, iid: str, volumes: list[str] | None = None) -> None: ...
+
+    async def replica_promote(self, spec: InstanceSpec) -> int: ...

@@ -16,6 +16,8 @@ from corral.node.events import EventLog
 from corral.node.spec import (
     GUEST_HOLDS_DISK,
     LAUNCH_FAILED,
+    REPLICA_DEGRADED,
+    REPLICA_IN_SYNC,
     Accel,
     Confinement,
     CreditStatus,
@@ -35,6 +37,8 @@ from corral.node.spec import (
     ObservedInstance,
     OverlaySpec,
     PolicySpec,
+    ReplicaServed,
+    ReplicaStatus,
 )
 
 
@@ -83,6 +87,9 @@ class FakeNode:
         self.incoming: dict[str, MigrationPrepared] = {}  # prepared migrations to here
         self.outgoing: dict[str, str] = {}  # instance -> migration phase from here
         self.never_converge: set[str] = set()  # instances whose migration times out
+        # high availability (the agent's is corral.node.replica_agent)
+        self.replicas: dict[str, InstanceSpec] = {}  # replicas kept here (secondary)
+        self.mirrors: dict[str, str] = {}  # instance -> replica state (primary)
 
     # -- images: with a store, as the agent (corral.node.image_pull); without, it has all -----
     async def image_missing(self, manifests: list[str], blobs: list[str]) -> list[str]:
@@ -535,3 +542,48 @@ class FakeNode:
         self.event_log.append(
             "instance-exited", {"id": iid, "exit": self.exits[iid].model_dump(mode="json")}
         )
+
+    # -- high availability: states only (the agent's is corral.node.replica_agent) ----------
+    async def replica_serve(
+        self, spec: InstanceSpec, sizes: dict[str, int], address: str, peer: str = ""
+    ) -> ReplicaServed:
+        self.calls.append(("replica_serve", spec.id))
+        if spec.id in self.specs:
+            raise WrongState(f"instance {spec.id} itself is on this node")
+        self.replicas[spec.id] = spec
+        return ReplicaServed(
+            address=address, port=10809, exports={"root": f"replica-{spec.id}"}, pid=1
+        )
+
+    async def replica_mirror(
+        self, iid: str, address: str, port: int, disks: list[MirrorDisk]
+    ) -> ReplicaStatus:
+        self.calls.append(("replica_mirror", iid))
+        if iid not in self.running:
+            raise WrongState(f"instance {iid} does not run on this node")
+        self.mirrors[iid] = REPLICA_IN_SYNC
+        return await self.replica_status(iid)
+
+    async def replica_status(self, iid: str) -> ReplicaStatus:
+        if iid not in self.running:
+            return ReplicaStatus(state=REPLICA_DEGRADED, reason="the instance does not run here")
+        state = self.mirrors.get(iid, "")
+        if not state:
+            return ReplicaStatus(state=REPLICA_DEGRADED, reason="replication is not started")
+        return ReplicaStatus(state=state, percent=100.0 if state == REPLICA_IN_SYNC else 0.0)
+
+    async def replica_stop(self, iid: str) -> None:
+        self.mirrors.pop(iid, None)
+
+    async def replica_drop(self, iid: str, volumes: list[str] | None = None) -> None:
+        self.calls.append(("replica_drop", iid))
+        self.replicas.pop(iid, None)
+
+    async def replica_promote(self, spec: InstanceSpec) -> int:
+        self.calls.append(("replica_promote", spec.id))
+        if spec.id in self.running:
+            return self.running[spec.id]
+        if spec.id not in self.replicas:
+            raise NotFound(f"no replica of {spec.id} is on this node", resource="instance")
+        del self.replicas[spec.id]
+        return await self.instance_start(spec)

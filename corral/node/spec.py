@@ -643,3 +643,54 @@ class CreditStatus(BaseModel):
 class InstanceCreditsRequest(BaseModel):
     iid: str
     mode: str | None = None  # standard | unlimited: change it (running or not); None: look
+
+
+# -- high availability: replicated disks (corral.node.replica_agent) ---------------------------
+REPLICA_SYNCING, REPLICA_IN_SYNC, REPLICA_DEGRADED = "syncing", "in-sync", "degraded"
+
+
+class ReplicaServeRequest(BaseModel):
+    """On the secondary: keep replicas of ``spec``'s disks and serve them over NBD."""
+
+    spec: InstanceSpec
+    sizes: dict[str, int] = Field(default_factory=dict)  # volume id -> bytes
+    address: str  # this node's address to serve on (its migration address)
+    peer: str = ""  # the primary's address (recorded; NBD names are the secret)
+
+
+class ReplicaServed(BaseModel):
+    """Where the secondary serves the replicas: one NBD export per disk."""
+
+    address: str
+    port: int
+    exports: dict[str, str]  # block node -> NBD export name (a random token)
+    pid: int = 0  # the qemu-storage-daemon's
+
+
+class ReplicaMirrorRequest(BaseModel):
+    iid: str
+    address: str
+    port: int
+    disks: list[MirrorDisk]
+
+
+class ReplicaStatus(BaseModel):
+    """The primary's view of its replica: ``state`` is syncing (with ``percent``), in-sync
+    (every write reaches both nodes before the guest hears of it) or degraded (no mirror runs:
+    the secondary or the link failed, or replication was never started)."""
+
+    state: str
+    percent: float = 0.0
+    disks: list[MirrorProgress] = Field(default_factory=list)
+    reason: str = ""
+
+
+class ReplicaDropRequest(BaseModel):
+    iid: str
+    volumes: list[str] = Field(default_factory=list)
+
+
+class ReplicaPromoteRequest(BaseModel):
+    """On the secondary, after the primary's node died: run ``spec`` from the replicas."""
+
+    spec: InstanceSpec

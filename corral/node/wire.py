@@ -122,6 +122,13 @@ CALLS: dict[str, Call] = {
         Call("migrate_abort", s.MigrationAbortRequest, None),
         Call("migrate_cleanup", s.MigrationCleanupRequest, None),
         Call("instance_credits", s.InstanceCreditsRequest, s.CreditStatus | None, T.FAST),
+        # high availability: replicated disks (corral.node.replica_agent)
+        Call("replica_serve", s.ReplicaServeRequest, s.ReplicaServed, T.LONG),
+        Call("replica_mirror", s.ReplicaMirrorRequest, s.ReplicaStatus),
+        Call("replica_status", s.InstanceRequest, s.ReplicaStatus, T.FAST),
+        Call("replica_stop", s.InstanceRequest, None),
+        Call("replica_drop", s.ReplicaDropRequest, None),
+        Call("replica_promote", s.ReplicaPromoteRequest, int, T.LONG),
     )
 }
 

@@ -207,8 +207,14 @@ class Instance(Base):
     subnet_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
     # failure handling (migration 0012_fence, controller/failover.py): HA instances are fenced
     # and failed over; the generation grows with every move, and nodes refuse older commands
-    ha: Mapped[bool] = mapped_column(Boolean, default=False)
     generation: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # high availability (migrations 0012_fence and 0012_ha, controller/replicas.py): disks
+    # replicated to a secondary node; the replica's state as the primary's agent last reported
+    ha: Mapped[bool] = mapped_column(Boolean, default=False)
+    secondary_node_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    replica_state: Mapped[str] = mapped_column(String(16), default="")  # syncing|in-sync|degraded
+    replica_percent: Mapped[float] = mapped_column(Float, default=0.0)
+    replica_detail: Mapped[str] = mapped_column(Text, default="")
     __table_args__ = (
         # a name is unique per account among instances that are not terminated
         Index(

@@ -282,8 +282,8 @@ def test_a_cut_off_node_fences_its_ha_instance_before_it_is_declared_dead(three:
     before the controller's view of the lease expires; then the controller declares it dead
     and marks its non-HA instance node-lost (it runs on). That instance is then recorded on
     another node one generation on: when the link is back, host3's copy is killed, never
-    adopted. The HA one was not moved (the replica manager is the HA branch's), so it starts
-    again on host3. Then kill -STOP of the agent: its guard kills the HA QEMU; the controller
+    adopted. The HA one has no replica (the other nodes are cordoned), so it is not moved and
+    starts again on host3. Then kill -STOP of the agent: its guard kills the HA QEMU; the controller
     does not declare dead a node its peers still reach. Last, kill -9 of the controller: the
     HA instance runs on, nothing fences."""
     c = three
@@ -293,6 +293,11 @@ def test_a_cut_off_node_fences_its_ha_instance_before_it_is_declared_dead(three:
             "run", "tiny", "--name", name, "--memory", "128M", "--node", "host3", timeout=600
         ).ok()
     h_id = str(_show(c, "h")["id"])
+    # h is HA-flagged with no replica: the other nodes are cordoned, so the replica manager
+    # finds no secondary and never fails it over; this test is about fencing (test_ha.py
+    # shows the failover to a replica)
+    for other in ("host1", "host2"):
+        c.cli("node", "cordon", other).ok()
     _db(c, "UPDATE instances SET ha = true WHERE id = :i", i=h_id)
     c.cli("stop", "h", "--force").ok()
     c.cli("start", "h", timeout=600).ok()  # its spec on host3 says ha now
@@ -320,8 +325,8 @@ def test_a_cut_off_node_fences_its_ha_instance_before_it_is_declared_dead(three:
         assert str(shown["state_reason"]).startswith("node-lost"), shown
         assert cmdline(p_pid), "the non-HA instance died with the partition"
         assert not _qemu_of(h_id)
-        # p is recorded elsewhere now, one generation on (as a failover records it; the
-        # replica manager is the HA branch's): host3's copy is stale
+        # p is recorded elsewhere now, one generation on (as a failover records it):
+        # host3's copy is stale
         _db(
             c,
             "UPDATE instances SET node_id = 'node-host2', generation = generation + 1, "

@@ -240,6 +240,8 @@ class Silent:
 
 
 class Recorder:
+    """Stands in for the replica manager's failover (tests/unit/test_ha.py shows the real one)."""
+
     def __init__(self) -> None:
         self.asked: list[str] = []
 
@@ -307,7 +309,7 @@ async def test_a_dead_node_loses_its_non_ha_instances_and_hands_over_its_ha_ones
     async with ctrl.store.write() as s:
         await s.execute(update(Instance).where(Instance.id == ha).values(ha=True))
     replicas = Recorder()
-    ctrl.replicas = replicas
+    ctrl.replicas.fail_over_node = replicas.fail_over_node  # type: ignore[method-assign,assignment]
     ctrl.settings = dataclasses.replace(ctrl.settings, lease_timeout=0.5, fence_margin=60)
     answering = ctrl.nodes["node-n1"]
     ctrl.nodes["node-n1"] = Silent()  # type: ignore[assignment]
@@ -374,7 +376,7 @@ async def test_a_node_a_peer_still_reaches_is_not_declared_dead(
                     .values(address="https://192.0.2.11:8774")
                 )
             replicas = Recorder()
-            ctrl.replicas = replicas
+            ctrl.replicas.fail_over_node = replicas.fail_over_node  # type: ignore[method-assign,assignment]
             ctrl.settings = dataclasses.replace(ctrl.settings, lease_timeout=0.5, fence_margin=0.5)
             ctrl.nodes["node-n1"] = Silent()  # type: ignore[assignment]
             await asyncio.sleep(2.1)

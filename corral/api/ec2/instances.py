@@ -544,6 +544,7 @@ async def instances_run(call: Call) -> dict[str, Any]:
         address=address,
         metadata_tokens=tokens,  # type: ignore[arg-type]
         metadata_hop_limit=hop_limit,
+        ha=_ha_tag(tags),
     )
     behavior = p.get("InstanceInitiatedShutdownBehavior") or "stop"
     if behavior not in ("stop", "terminate"):
@@ -795,3 +796,17 @@ async def instances_console_output(call: Call) -> dict[str, Any]:
         "timestamp": full.stopped_at or full.started_at or full.launch_time,
         "output": base64.b64encode(data).decode(),
     }
+
+
+HA_TAG = "corral:ha"  # RunInstances' way to ask for high availability (docs/ec2.md)
+
+
+def _ha_tag(tags: dict[str, str]) -> bool:
+    """The ``corral:ha`` instance tag: ``true`` asks for an HA instance, ``false`` for none;
+    anything else is refused rather than guessed."""
+    value = tags.get(HA_TAG)
+    if value is None:
+        return False
+    if value.lower() not in ("true", "false"):
+        raise invalid(f"TagSpecification ({HA_TAG})", value, "It must be true or false.")
+    return value.lower() == "true"

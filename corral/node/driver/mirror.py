@@ -90,16 +90,32 @@ async def unserve(qmp: Qmp) -> None:
 
 
 # -- the mirroring side --------------------------------------------------------------------
-def connect(address: str, port: int, timeout: float = 10.0) -> socket.socket:
-    """A TCP connection to the serving node (blocking; run in a thread)."""
+def connect(
+    address: str, port: int, timeout: float = 10.0, user_timeout: float = 0.0
+) -> socket.socket:
+    """A TCP connection to the serving node (blocking; run in a thread). ``user_timeout``
+    (seconds; 0: the kernel's default, minutes): a peer that stops acknowledging for that long
+    fails the connection, so a write-blocking mirror over a dead link errors out (the guest
+    goes on, degraded) instead of holding the guest's writes for as long as TCP retries."""
     sock = socket.create_connection((address, port), timeout=timeout)
     sock.settimeout(None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if user_timeout > 0:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(user_timeout * 1000))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(int(user_timeout / 3), 1))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
     return sock
 
 
 async def start(
-    qmp: Qmp, disk: Disk, address: str, port: int, copy_mode: CopyMode = "write-blocking"
+    qmp: Qmp,
+    disk: Disk,
+    address: str,
+    port: int,
+    copy_mode: CopyMode = "write-blocking",
+    user_timeout: float = 0.0,
 ) -> None:
     """Open the export of ``disk`` as a block node and start mirroring into it (idempotent:
     a job already there is left alone)."""
@@ -110,7 +126,7 @@ async def start(
         raise MirrorFailed(f"the VM has no disk {disk.node!r} to mirror")
     target = target_node(disk.node)
     if target not in nodes:
-        sock = await asyncio.to_thread(connect, address, port)
+        sock = await asyncio.to_thread(connect, address, port, 10.0, user_timeout)
         try:
             fdname = f"nbd-{disk.node}"
             await qmp.get_fd(sock.fileno(), fdname)

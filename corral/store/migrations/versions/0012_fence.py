@@ -20,15 +20,11 @@ branch_labels = None
 depends_on = None
 
 
-def _columns() -> set[str]:
-    return {c["name"] for c in sa.inspect(op.get_bind()).get_columns("instances")}
-
-
 def upgrade() -> None:
-    have = _columns()
     with op.batch_alter_table("instances") as b:
-        if "ha" not in have:
-            b.add_column(sa.Column("ha", sa.Boolean(), nullable=False, server_default=sa.false()))
+        # ``ha`` is also what 0012_ha's replicas are for; it comes first here, where fencing
+        # reads it
+        b.add_column(sa.Column("ha", sa.Boolean(), nullable=False, server_default=sa.false()))
         b.add_column(sa.Column("generation", sa.Integer(), nullable=False, server_default="1"))
     op.create_table(
         "controller_epoch",
@@ -44,3 +40,4 @@ def downgrade() -> None:
     op.drop_table("controller_epoch")
     with op.batch_alter_table("instances") as b:
         b.drop_column("generation")
+        b.drop_column("ha")
