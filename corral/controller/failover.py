@@ -10,7 +10,6 @@ pass while the node stays dead, and after a controller restart) and must be idem
 
 from __future__ import annotations
 
-
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.store.models import Instance
