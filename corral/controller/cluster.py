@@ -17,7 +17,7 @@ import re
 import secrets
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from sqlalchemy import func, select, type_coerce, update
@@ -484,25 +484,31 @@ class Cluster:
         if not address.startswith("https://"):
             return False
         target = address.removeprefix("https://")
-        for other, client in list(self.ctrl.nodes.items()):
-            if other == node_id or other in self.unreachable:
-                continue
+
+        async def probe(client: Any) -> bool:
             try:
-                seen = await asyncio.wait_for(client.peer_probe([target], 1.0), PING_TIMEOUT)
+                return any(await asyncio.wait_for(client.peer_probe([target], 1.0), PING_TIMEOUT))
             except asyncio.CancelledError:
                 raise
             except Exception:
-                continue
-            if any(seen):
-                return True
-        return False
+                return False
+
+        peers = [
+            client
+            for other, client in list(self.ctrl.nodes.items())
+            if other != node_id and other not in self.unreachable
+        ]
+        return any(await asyncio.gather(*(probe(c) for c in peers)))  # all at once: one wait
 
     async def _declare_dead(self, node_id: str) -> None:
         """A node whose lease expired past the margin (this controller holds the lock): its
         non-HA instances become stopped with the reason ``node-lost`` (they start again when
         it returns); its HA instances go to ``replicas.fail_over_node``. Repeated each pass
-        while the node stays dead (each step is idempotent)."""
-        if await self._reached_by_peer(node_id):
+        while the node stays dead (each step is idempotent). The peers are asked only before
+        the declaration: a dead node stays dead until it answers the controller again, and
+        asking on every pass (each probe of a silent address waits out its timeout) would slow
+        the heartbeats of every other node past their own leases."""
+        if node_id not in self.dead and await self._reached_by_peer(node_id):
             if node_id not in self.partial:
                 self.partial.add(node_id)
                 log.warning(

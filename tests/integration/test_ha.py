@@ -183,11 +183,18 @@ def test_an_ha_instance_survives_its_nodes_death_with_every_acknowledged_write(
     acked = _acked(con.text())
     died = time.monotonic()
 
-    moved = wait_for(
-        lambda: (s := _show(c, "hav"))["node"] != first["node"] and s["state"] == "running" and s,
-        240,
-        what="the instance running on its secondary",
-    )
+    try:
+        moved = wait_for(
+            lambda: (
+                (s := _show(c, "hav"))["node"] != first["node"] and s["state"] == "running" and s
+            ),
+            240,
+            what="the instance running on its secondary",
+        )
+    except AssertionError:
+        print("CONTROLLER", c.log_tail(120))
+        print("SECONDARY", c.agents[secondary].log_tail(60))
+        raise
     print(f"failed over {time.monotonic() - died:.1f} s after the node died; acked {acked}")
     assert names[moved["node"]] == secondary
     assert (moved["private_ip"], moved["mac"], moved["name"]) == (

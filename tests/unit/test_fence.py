@@ -323,6 +323,19 @@ async def test_a_dead_node_loses_its_non_ha_instances_and_hands_over_its_ha_ones
     await ctrl.cluster.heartbeat_once()
     assert "node-n1" in ctrl.cluster.dead and set(replicas.asked) == {"node-n1"}
     assert (await api.get("/v1/nodes/n1")).json()["lease"] == "dead"
+    # dead stays dead until it answers: the peers are not asked again on the next passes
+    # (each probe of a silent address waits out its timeout, and that held up the other
+    # nodes' heartbeats past their own leases)
+    probes: list[str] = []
+
+    async def probe(node_id: str) -> bool:
+        probes.append(node_id)
+        return False
+
+    ctrl.cluster._reached_by_peer = probe  # type: ignore[method-assign]
+    await ctrl.cluster.heartbeat_once()
+    assert probes == [] and replicas.asked.count("node-n1") >= 2  # handed over again
+    del ctrl.cluster._reached_by_peer
     shown = (await api.get(f"/v1/instances/{plain}")).json()
     assert shown["state"] == "stopped" and shown["state_reason"].startswith("node-lost")
     assert (await api.get(f"/v1/instances/{ha}")).json()["state"] != "stopped"
