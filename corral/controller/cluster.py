@@ -52,6 +52,7 @@ DEFAULT_TTL = 3600.0
 MAX_TTL = 7 * 86400.0
 CONNECT_EVERY = 2.0  # seconds between attempts to reach a joined node that is not connected
 PING_TIMEOUT = 5.0
+QUIET_WAIT = 0.3  # seconds a pass waits for a node that missed its last ping
 UP, UNREACHABLE, REMOVED = "up", "unreachable", "removed"
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 TTL = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
@@ -172,6 +173,9 @@ class Cluster:
         # and what the database recorded; nodes declared dead; the controller lock
         self.session = secrets.token_hex(8)
         self._seq: dict[str, int] = {}
+        # nodes whose last ping went unanswered: pinged on the side, so that a silent node's
+        # ping timeout never holds up the other nodes' heartbeats (and so their leases)
+        self._quiet: dict[str, asyncio.Task[bool] | None] = {}
         self._answered: dict[str, int] = {}
         self._confirmed: dict[str, int] = {}
         self.addresses: dict[str, str] = {}  # node id -> its agent's https:// address
@@ -395,6 +399,34 @@ class Cluster:
             log.exception("node %s: pushing its networks again failed", node_id)
         self.ctrl.reconciler.poke()
 
+    async def _ping_all(self) -> list[str]:
+        """The nodes that answered this pass. A node that did not answer its last ping is
+        pinged on the side: this pass waits at most ``QUIET_WAIT`` for it, and an answer that
+        comes later counts at the next pass."""
+        ids = list(self.ctrl.nodes)
+        for n in ids:
+            if n in self._quiet and self._quiet[n] is None:
+                self._quiet[n] = asyncio.create_task(self._ping(n), name=f"ping-{n}")
+        loud = [n for n in ids if n not in self._quiet]
+        answers = await asyncio.gather(*(self._ping(n) for n in loud))
+        alive = [n for n, ok in zip(loud, answers, strict=True) if ok]
+        self._quiet.update({n: None for n, ok in zip(loud, answers, strict=True) if not ok})
+        side = [t for n, t in self._quiet.items() if t is not None and n in ids]
+        if side:
+            await asyncio.wait(side, timeout=QUIET_WAIT)
+        for n, t in list(self._quiet.items()):
+            if n not in self.ctrl.nodes:
+                if t is not None:
+                    t.cancel()
+                del self._quiet[n]
+            elif t is not None and t.done():
+                if not t.cancelled() and t.exception() is None and t.result():
+                    alive.append(n)
+                    del self._quiet[n]
+                else:
+                    self._quiet[n] = None  # pinged again next pass
+        return alive
+
     async def heartbeat_once(self) -> None:
         """Renew every connected node's lease: ping it (the ping carries the lease's terms,
         node/fence.py), record who answered with the database's clock. A node whose lease
@@ -403,9 +435,7 @@ class Cluster:
         full reconcile reads what runs there). A node unreachable past ``fence_margin`` more,
         and reached by no peer either, is declared dead by the controller holding the lock
         (``_declare_dead``)."""
-        ids = list(self.ctrl.nodes)
-        answers = await asyncio.gather(*(self._ping(n) for n in ids))
-        alive = [n for n, ok in zip(ids, answers, strict=True) if ok]
+        alive = await self._ping_all()
         settings = self.ctrl.settings
         timeout = dt.timedelta(seconds=settings.lease_timeout)
         margin = dt.timedelta(seconds=settings.fence_margin)

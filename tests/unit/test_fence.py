@@ -249,6 +249,40 @@ class Recorder:
         self.asked.append(node_id)
 
 
+class Hanging(Silent):
+    """A node whose agent accepts the connection and never answers (hung, or a cut link)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def heartbeat(self, *args: object) -> str:
+        self.calls += 1
+        await asyncio.sleep(3600)
+        return "never"
+
+
+async def test_a_node_that_stops_answering_holds_up_no_other_nodes_heartbeat(
+    ctrl: Controller, node: FakeNode
+) -> None:
+    """Its first missed ping costs one ping timeout; after that it is pinged on the side, and
+    the pass (every other node's lease renewal) does not wait for it."""
+    await _joined(ctrl)
+    hung = Hanging()
+    ctrl.nodes["node-hung"] = hung  # type: ignore[assignment]
+    try:
+        await ctrl.cluster.heartbeat_once()  # waits out the ping timeout once
+        await ctrl.cluster.heartbeat_once()  # the side ping starts and is not waited for
+        side = ctrl.cluster._quiet["node-hung"]
+        assert side is not None and not side.done()  # the pass returned while it hangs
+        calls = hung.calls
+        await ctrl.cluster.heartbeat_once()  # still pending: not pinged again
+        assert hung.calls == calls and ctrl.cluster._quiet["node-hung"] is side
+    finally:
+        del ctrl.nodes["node-hung"]
+        await ctrl.cluster.heartbeat_once()  # a node gone: its side ping is cancelled
+        assert "node-hung" not in ctrl.cluster._quiet
+
+
 async def test_heartbeats_confirm_what_the_database_recorded(
     ctrl: Controller, node: FakeNode
 ) -> None:
