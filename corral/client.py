@@ -253,10 +253,11 @@ class Client:
         return f"Bearer {self.creds.access_key_id}:{self.creds.secret_access_key}"
 
     @contextlib.contextmanager
-    def stream(self, url: str, timeout: float = 10.0) -> Iterator[ClientConnection]:
+    def stream(self, url: str, timeout: float = 30.0) -> Iterator[ClientConnection]:
         """One of the API's WebSocket streams (console, ports), opened with this client's
         credentials and closed on leaving; a refusal raises the API's error, as for any other
-        call."""
+        call. The handshake waits for the API to reach the guest's port (a node's agent gives
+        up on a silent port after ``PORT_TIMEOUT``, 4 s), so ``timeout`` is well above that."""
         from websockets.exceptions import InvalidHandshake, InvalidStatus
         from websockets.sync.client import connect
 

@@ -66,7 +66,12 @@ readdress() {  # the address moved here: ask DHCP again, take the name, tell the
     now=$(address "$dev")
     command -v arping > /dev/null && [ -n "$now" ] && arping -U -c 1 -I "$dev" "$now" \
         > /dev/null 2>&1
-    h=$(metadata local-hostname); h=${h%%.*}
+    h=; i=0
+    while [ -z "$h" ] && [ $i -lt 5 ]; do  # a busy metadata service may miss an answer
+        h=$(metadata local-hostname) || { sleep 1; h=; }
+        i=$((i + 1))
+    done
+    h=${h%%.*}
     if [ -n "$h" ]; then
         hostname "$h"; echo "$h" > /etc/hostname
         command -v hostnamectl > /dev/null && hostnamectl set-hostname "$h" 2>/dev/null

@@ -17,6 +17,7 @@ import typer
 
 from corral.cli.common import opts
 from corral.client import ApiError, Client
+from corral.errors import EnvironmentProblem
 
 if TYPE_CHECKING:
     from websockets.sync.client import ClientConnection
@@ -85,6 +86,11 @@ def wait_banner(c: Client, ref: str, port: int, timeout: float, prefix: bytes = 
                     return True
         except ApiError as err:
             if err.status != 409:  # 409: not running yet, or nothing listens yet
+                raise
+        except EnvironmentProblem as err:
+            # a handshake that timed out (a busy daemon) is tried again; a refused connection
+            # (no daemon at all) is not
+            if not isinstance(err.__cause__, TimeoutError):
                 raise
         time.sleep(0.3)
     return False

@@ -561,7 +561,11 @@ class Instances:
     ) -> tuple[Instance, Operation | None]:
         async with self.ctrl.store.write() as s:
             inst = await self.resolve(s, caller, ref, include_terminated=True)
-            if request == "terminate" and inst.disable_api_termination:
+            if (
+                request == "terminate"
+                and inst.disable_api_termination
+                and inst.state not in ("terminated", "shutting-down")
+            ):  # terminating what is already gone asks nothing of the protection (as in EC2)
                 raise WrongState(
                     f"The instance '{inst.id}' may not be terminated. Modify its "
                     "'disableApiTermination' instance attribute and try again.",

@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 
 METADATA_ADDRESS = "169.254.169.254"
 ROOT_DISK = "root-disk"  # the root disk's virtio-blk device id (driver/qemu.py)
-PORT_TIMEOUT = 10.0  # seconds to connect to a guest's port
+PORT_TIMEOUT = 4.0  # seconds to connect to a guest's port (well inside every stream's handshake)
 MEMORY_OVERHEAD = 256 << 20  # QEMU's own memory above the guest's, in the instance's cgroup
 
 

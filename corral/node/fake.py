@@ -80,6 +80,7 @@ class FakeNode:
         self.held: set[str] = set()  # volumes the "guest" refuses to release
         self.unhealthy: set[str] = set()  # addresses whose health check fails
         self.closed_ports: set[int] = set()  # ports port_connect finds closed
+        self.port_stalls: list[float] = []  # seconds the next port_connects wait (a busy node)
         self.calls: list[tuple[str, str]] = []
         self._servers: set[asyncio.Task[None]] = set()  # pretend servers behind port_connect
         self._pids = itertools.count(10000)
@@ -272,6 +273,8 @@ class FakeNode:
         self.calls.append(("port_connect", f"{iid}:{port}"))
         if iid not in self.running:
             raise WrongState(f"instance {iid} is not running", resource="instance")
+        if self.port_stalls:
+            await asyncio.sleep(self.port_stalls.pop(0))
         if port in self.closed_ports:
             raise WrongState(f"port {port} of {iid} does not answer", resource="instance")
         ours, theirs = socket.socketpair()

@@ -32,6 +32,9 @@ from corral.node.spec import NODE_TIMEOUT, NODE_UNREACHABLE, WireError
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 5.0
+# a stream's handshake waits for the node to open its end (a guest's port: the agent's
+# PORT_TIMEOUT, 4 s), so it gets more than a call's connection
+STREAM_OPEN_TIMEOUT = 15.0
 RETRY_WINDOW = 30.0  # seconds to keep trying a node that refuses connections
 CHUNK = 65536
 
@@ -146,13 +149,13 @@ class RemoteNode:
         try:
             if self.uds is not None:
                 ws = await unix_connect(
-                    self.uds, f"ws://node{path}", open_timeout=CONNECT_TIMEOUT, max_size=2**22
+                    self.uds, f"ws://node{path}", open_timeout=STREAM_OPEN_TIMEOUT, max_size=2**22
                 )
             else:
                 ws = await connect(
                     "wss" + self.base[len("https") :] + path,
                     ssl=self.ssl_context,
-                    open_timeout=CONNECT_TIMEOUT,
+                    open_timeout=STREAM_OPEN_TIMEOUT,
                     max_size=2**22,
                 )
         except (OSError, TimeoutError) as err:

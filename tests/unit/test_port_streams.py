@@ -24,6 +24,7 @@ from corral.cli import tunnel
 from corral.client import ApiError, Client, Credentials
 from corral.config import Settings
 from corral.controller.service import Controller
+from corral.errors import EnvironmentProblem
 from corral.node.fake import FakeNode
 
 
@@ -179,6 +180,29 @@ async def test_wait_banner_retries_while_the_port_is_closed(
     assert not await asyncio.to_thread(tunnel.wait_banner, client, "web", 22, 1.0, b"fake")
     node.closed_ports.clear()
     assert await asyncio.to_thread(tunnel.wait_banner, client, "web", 22, 10.0, b"fake")
+
+
+async def test_wait_banner_tries_again_after_a_handshake_that_timed_out(
+    server: str,
+    api: httpx.AsyncClient,
+    credentials: tuple[str, str],
+    node: FakeNode,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A daemon too busy to finish the handshake in time is asked again (the suite's `corral
+    ssh` failed on it under load); a daemon that is not there at all is not waited for."""
+    await _run(api, "web")
+    client = Client(Credentials(f"http://{server}", *credentials, "test"))
+    opened = client.stream
+    monkeypatch.setattr(client, "stream", lambda url: opened(url, timeout=0.5))
+    node.port_stalls[:] = [2.0, 2.0]
+    assert await asyncio.to_thread(tunnel.wait_banner, client, "web", 22, 20.0, b"fake")
+    assert not node.port_stalls  # both slow handshakes were waited out and tried again
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        gone = Client(Credentials(f"http://127.0.0.1:{s.getsockname()[1]}", *credentials, "t"))
+    with pytest.raises(EnvironmentProblem):
+        await asyncio.to_thread(tunnel.wait_banner, gone, "web", 22, 20.0, b"fake")
 
 
 def test_the_proxy_command_is_quoted_for_the_shell_and_escapes_ssh_tokens() -> None:

@@ -60,3 +60,24 @@ def aws_env(corral: Daemon, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         }
     )
     yield env
+
+
+def wait_running(corral: Daemon, ec2: Any, ids: list[str], config: dict[str, int]) -> None:
+    """boto3's instance_running waiter; when it gives up, the failure names each instance's
+    state and reason and the daemon's last log lines about it (a waiter says only which
+    state it matched)."""
+    from botocore.exceptions import WaiterError
+
+    try:
+        ec2.get_waiter("instance_running").wait(InstanceIds=ids, WaiterConfig=config)
+    except WaiterError as err:
+        found = ec2.describe_instances(InstanceIds=ids)["Reservations"]
+        states = {
+            i["InstanceId"]: (i["State"]["Name"], i.get("StateReason", {}).get("Message", ""))
+            for r in found
+            for i in r["Instances"]
+        }
+        log = "\n".join(
+            line for line in corral.log_tail(4000).splitlines() if any(i in line for i in ids)
+        )
+        raise AssertionError(f"{err}\nstates: {states}\ndaemon log:\n{log[-4000:]}") from err

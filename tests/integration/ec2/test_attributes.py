@@ -12,6 +12,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.harness import Daemon, wait_for
+from tests.integration.ec2.conftest import wait_running
 from tests.integration.ec2.test_boto3 import WAIT, cli_key
 
 
@@ -72,7 +73,7 @@ def test_groups_protection_and_shutdown_behaviour_on_real_guests(
     )
     cli = run("attr-cli")
     try:
-        ec2.get_waiter("instance_running").wait(InstanceIds=[srv, cli], WaiterConfig=WAIT)
+        wait_running(corral, ec2, [srv, cli], WAIT)
         ip = _state(ec2, srv)["PrivateIpAddress"]
         corral.ssh(
             "attr-srv", "mkdir -p /www && echo hi > /www/index.html && httpd -p 8080 -h /www"
@@ -138,7 +139,7 @@ def test_block_device_mappings_at_launch_on_a_real_guest(
         ],
     )["Instances"][0]["InstanceId"]
     try:
-        ec2.get_waiter("instance_running").wait(InstanceIds=[iid], WaiterConfig=WAIT)
+        wait_running(corral, ec2, [iid], WAIT)
         mapped = {
             m["DeviceName"]: m["Ebs"]["VolumeId"] for m in _state(ec2, iid)["BlockDeviceMappings"]
         }

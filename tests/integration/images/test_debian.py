@@ -53,15 +53,17 @@ def test_debian_is_built_with_the_cloud_kernel_cloud_init_and_ssh(
     assert "debootstrap" in said or "cached" in said  # progress was reported
 
 
-def test_a_second_build_is_cached_and_a_forced_one_gives_the_same_image(
-    corral: Daemon, debian: dict[str, Any]
-) -> None:
+def test_a_second_build_is_cached(corral: Daemon, debian: dict[str, Any]) -> None:
     out = corral.cli("image", "build", "debian", timeout=600).ok().out
     assert debian["id"] in out
     builds = [o for o in corral.client().operation_list(target="debian") if o.type == "image-build"]
     newest = max(builds, key=lambda o: o.created_at)
     said = [e.message for e in corral.client().operation_events(newest.id)]
     assert any("cached build" in m for m in said), said  # not rebuilt
+
+
+@pytest.mark.long  # a whole Debian build again: bench/long, not scripts/test
+def test_a_forced_build_gives_the_same_image(corral: Daemon, debian: dict[str, Any]) -> None:
     corral.cli("image", "build", "debian", "--force", timeout=2400).ok()
     again = image(corral, "debian:12")
     assert again["digest"] == debian["digest"], (

@@ -12,7 +12,9 @@ import pytest
 from tests.harness import Daemon, wait_for
 from tests.integration.volumes.conftest import gone, instances, resolve, ssh, volume
 
-pytestmark = pytest.mark.slow
+# five minutes of two Debian boots: run by bench/long, not by scripts/test (the tiny appliance
+# tests in test_appliances.py cover replace, data, address and name in the suite)
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 API = """\
 name = "deb"

@@ -52,7 +52,9 @@ async def test_termination_protection_is_enforced(world: World) -> None:
 
 async def test_shutdown_behaviour_terminate_terminates_on_guest_power_off(world: World) -> None:
     ec2 = world.admin
-    iid = await _run(world, InstanceInitiatedShutdownBehavior="terminate")
+    iid = await _run(
+        world, InstanceInitiatedShutdownBehavior="terminate", DisableApiTermination=True
+    )
     keep = await _run(world)
     assert await _attr(world, iid, "instanceInitiatedShutdownBehavior") == {"Value": "terminate"}
     world.node.crash(iid, reason="guest-shutdown")
@@ -64,6 +66,9 @@ async def test_shutdown_behaviour_terminate_terminates_on_guest_power_off(world:
     assert got[iid]["State"]["Name"] == "terminated"
     assert got[iid]["StateReason"]["Code"] == "Client.InstanceInitiatedShutdown"
     assert got[keep]["State"]["Name"] == "stopped"  # the default behaviour: stop
+    # terminating what is gone is not refused by its protection (as in EC2)
+    out = await ec2.call("TerminateInstances", InstanceIds=[iid])
+    assert out["TerminatingInstances"][0]["CurrentState"]["Name"] == "terminated"
     # changed later, it holds for the next power-off
     await ec2.call("StartInstances", InstanceIds=[keep])
     await world.settle()
