@@ -521,10 +521,13 @@ class NodeAgent(ReplicaAgent):
                 spec.disk_size,
             )
         await links.ensure_tap(spec.network.namespace, spec.tap, spec.network.bridge)
-        policy = self._policies.get(spec.network.id)
-        port = next((p for p in policy.ports if p.tap == spec.tap), None) if policy else None
-        if port is not None:  # the policy came before the tap: cap it now
-            await self._shape(spec.network.namespace, port)
+        # under the policy's lock: a policy arriving now shapes this tap too, and two shapings
+        # at once both made the tap's ifb (the second launch failed: "File exists")
+        async with self._policy_lock:
+            policy = self._policies.get(spec.network.id)
+            port = next((p for p in policy.ports if p.tap == spec.tap), None) if policy else None
+            if port is not None:  # the policy came before the tap: cap it now
+                await self._shape(spec.network.namespace, port)
 
     async def _launch(
         self, spec: InstanceSpec, manifest: Manifest, root: Path, extra: tuple[str, ...] = ()

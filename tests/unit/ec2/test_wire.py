@@ -88,10 +88,13 @@ async def test_catalog(world: World) -> None:
 
 
 async def test_zones_are_the_nodes_zones_with_their_state(world: World) -> None:
-    from corral.store.models import Node
+    from corral.store.models import Node, utcnow
 
     async with world.ctrl.store.write() as s:
-        s.add(Node(id="node-b1", name="b1", zone="zone-b", state="up", address="https://x"))
+        # renewed just now: a node with no renewal is found lapsed by the next cluster pass
+        b1 = Node(id="node-b1", name="b1", zone="zone-b", state="up", address="https://x")
+        b1.last_seen = utcnow()
+        s.add(b1)
         s.add(Node(id="node-c1", name="c1", zone="zone-c", state="unreachable", address="h"))
         s.add(Node(id="node-c2", name="c2", zone="zone-c", state="removed", address=""))
     status, root = await _post(world, b"Action=DescribeAvailabilityZones&Version=2016-11-15")
