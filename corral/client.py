@@ -179,6 +179,14 @@ class Client:
             self._call("POST", f"/v1/nodes/{ref}/drain", params=params)
         )
 
+    def rebalance(
+        self, max_moves: int = 10, dry_run: bool = False, timeout: float | None = None
+    ) -> models.RebalancePlan:
+        body: dict[str, Any] = {"max_moves": max_moves, "dry_run": dry_run}
+        if timeout is not None:
+            body["timeout"] = timeout
+        return models.RebalancePlan.model_validate(self._call("POST", "/v1/rebalance", json=body))
+
     # -- instances -------------------------------------------------------------------------
     def instance_list(self, all: bool = True) -> list[models.Instance]:
         data = self._call("GET", "/v1/instances", params={"all": str(all).lower()})

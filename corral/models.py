@@ -192,6 +192,42 @@ class DrainResult(BaseModel):
     not_moved: dict[str, str]  # instance name -> why it stays
 
 
+class RebalanceRequest(BaseModel):
+    """`corral rebalance`: greedy live migrations that even out the cluster."""
+
+    model_config = ConfigDict(extra="forbid")
+    dry_run: bool = Field(False, description="only show the plan")
+    max_moves: int = Field(10, ge=1, le=100, description="the most migrations the plan may hold")
+    timeout: float | None = Field(
+        None, gt=0, le=86400, description="seconds each migration may take (600)"
+    )
+
+
+class RebalanceMove(BaseModel):
+    instance: str  # name
+    id: str
+    source: str  # node names
+    target: str
+    score: float  # the cluster's score after this move
+
+
+class NodeUse(BaseModel):
+    memory: float  # claimed / capacity, after the plan
+    cpu: float
+
+
+class RebalancePlan(BaseModel):
+    """The plan (score: lower is more even; see docs/operator-guide.md) and, unless a dry run
+    or nothing to do, the ``cluster-rebalance`` operation carrying it out."""
+
+    score_before: float
+    score_after: float
+    moves: list[RebalanceMove]
+    not_moved: dict[str, str]  # instance name -> why it cannot move
+    nodes: dict[str, NodeUse]
+    operation: str | None
+
+
 class Image(BaseModel):
     id: str
     name: str

@@ -60,6 +60,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         app.include_router(module.router)
     app.include_router(ui.router)  # the dashboard at /ui
     app.include_router(migration.router)  # node drain (live migration)
+    app.include_router(migration.cluster)  # rebalance
     app.include_router(quotas.router)
     app.include_router(metering.router)
     app.include_router(credits.router)

@@ -120,3 +120,61 @@ def capacity(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) 
             )
         else:
             console.print(f"  if {e.node} failed, its {e.instances} instances would fit elsewhere")
+
+
+@capacity_app.command("rebalance")
+def rebalance(
+    ctx: typer.Context,
+    dry_run: bool = typer.Option(False, "--dry-run", help="only show the plan"),
+    max_moves: int = typer.Option(10, "--max-moves", min=1, max=100, help="at most this many"),
+    timeout: float | None = typer.Option(None, help="seconds each migration may take (600)"),
+    no_wait: bool = typer.Option(False, "--no-wait", help="return once the moves are under way"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """(admin) Even out the cluster by live migrations, like Ganeti's hbal: greedy moves that
+    lower the spread of claimed memory and CPU across ready nodes, spread placement groups
+    repaired first, then the N+1 check. Shows the plan with the score before and after (lower
+    is more even), then carries it out one migration after another."""
+    from corral.cli.common import wait_op
+    from corral.errors import CorralError
+
+    c = opts(ctx).client()
+    try:
+        plan = c.rebalance(max_moves, dry_run, timeout)
+    except CorralError as err:
+        raise fail(err.message) from err
+    if as_json:
+        console.print_json(plan.model_dump_json())
+    else:
+        _show_plan(plan)
+    if plan.operation is None or no_wait:
+        return
+    try:
+        done = wait_op(c, c.operation_show(plan.operation), "rebalance")
+    except CorralError as err:
+        raise fail(err.message) from err
+    result = done.result or {}
+    console.print(f"moved: {', '.join(result.get('moved', [])) or 'none'}")
+    for name, why in (result.get("not_moved") or {}).items():
+        console.print(f"  {name}: [red]{why}[/red]")
+    if result.get("not_moved"):
+        raise typer.Exit(1)
+
+
+def _show_plan(plan: models.RebalancePlan) -> None:
+    console.print(f"score {plan.score_before:.4f} -> {plan.score_after:.4f} (lower is more even)")
+    if not plan.moves:
+        console.print("no move would make the cluster more even")
+    else:
+        table = Table(box=None, header_style="bold")
+        for col in ("INSTANCE", "FROM", "TO", "SCORE AFTER"):
+            table.add_column(col)
+        for m in plan.moves:
+            table.add_row(m.instance, m.source, m.target, f"{m.score:.4f}")
+        console.print(table)
+    use = ", ".join(f"{n} {u.memory:.0%} mem {u.cpu:.0%} cpu" for n, u in plan.nodes.items())
+    console.print(f"after: {use}")
+    for name, why in plan.not_moved.items():
+        console.print(f"  {name}: stays ({why})")
+    if plan.operation:
+        console.print(f"operation {plan.operation}")

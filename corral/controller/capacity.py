@@ -49,7 +49,7 @@ class Report:
 
 
 @dataclass
-class _Held:
+class Held:
     id: str
     name: str
     node_id: str
@@ -84,7 +84,7 @@ async def report(s: AsyncSession, p: Policy) -> Report:
         .where(Instance.state != "terminated", Instance.node_id.is_not(None))
     )
     held = [  # only spread groups constrain where an evacuee may go
-        _Held(iid, name, str(node), m, c, d, pg if strategy == "spread" else None)
+        Held(iid, name, str(node), m, c, d, pg if strategy == "spread" else None)
         for iid, name, node, m, c, d, pg, strategy in rows
     ]
     counts: dict[str, int] = {}
@@ -99,15 +99,15 @@ async def report(s: AsyncSession, p: Policy) -> Report:
     ]
     fits = {t.name: sum(n.fits[t.name] for n in nodes) for t in types}
     evacuations = [
-        _evacuate(v, [h for h in held if h.node_id == v.id], views, held, p)
+        evacuate(v, [h for h in held if h.node_id == v.id], views, held, p)
         for v in views
         if counts.get(v.id)
     ]
     return Report(p, nodes, fits, evacuations)
 
 
-def _evacuate(
-    gone: NodeView, mine: list[_Held], views: list[NodeView], held: list[_Held], p: Policy
+def evacuate(
+    gone: NodeView, mine: list[Held], views: list[NodeView], held: list[Held], p: Policy
 ) -> Evacuation:
     """Place ``gone``'s instances on the other schedulable nodes, largest first, each on the
     node left with the most free memory that fits it and holds no member of its spread

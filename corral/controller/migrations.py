@@ -18,16 +18,27 @@ source's QEMU says (``migrate_status``), so a restart at any point ends with exa
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import or_, select, update
 
 from corral.controller import migration, scheduler
+from corral.controller import rebalance as balancing
 from corral.controller.accounts import Caller
 from corral.errors import CorralError, Forbidden, Invalid, NoResources, NotFound, WrongState
 from corral.node.spec import MIGRATION_TIMEOUT
-from corral.store.models import Address, Image, Instance, Network, Node, Operation, Volume
+from corral.store.models import (
+    Address,
+    Image,
+    Instance,
+    Network,
+    Node,
+    Operation,
+    PlacementGroup,
+    Volume,
+)
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
@@ -35,6 +46,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OP = "instance-migrate"
+REBALANCE_OP = "cluster-rebalance"
+REBALANCE_TARGET = "cluster"  # the rebalance operation's target (one at a time)
+MAX_MOVES = 100
 ADDRESS_FACT = "migration_address"  # the node's address for migration traffic (NodeInfo.facts)
 
 
@@ -42,6 +56,7 @@ class Migrations:
     def __init__(self, ctrl: Controller) -> None:
         self.ctrl = ctrl
         ctrl.ops.register(OP, self._migrate)
+        ctrl.ops.register(REBALANCE_OP, self._rebalance)
 
     # -- the request -----------------------------------------------------------------------
     async def request(
@@ -79,14 +94,7 @@ class Migrations:
                     resource="instance",
                 )
             target = await self._choose(s, inst, to)
-            image = await s.get(Image, inst.image_id)
-            image_arch = image.arch if image is not None else "x86_64"
-            req = scheduler.Request(
-                memory=inst.memory,
-                cores=inst.cpu_limit or float(inst.cpus),
-                disk=inst.disk_size,
-                arch=image_arch,
-            )
+            req = await self._needs(s, inst)
             got = await scheduler.claim(
                 s, target, req, scheduler.Policy.from_settings(self.ctrl.settings)
             )
@@ -152,7 +160,140 @@ class Migrations:
             moves.append({"instance": inst.name, "id": inst.id, "operation": op.id})
         return {"node": name, "cordoned": True, "migrations": moves, "not_moved": stays}
 
+    # -- rebalance -----------------------------------------------------------------------
+    async def rebalance(
+        self,
+        caller: Caller,
+        max_moves: int = 10,
+        dry_run: bool = False,
+        timeout: float | None = None,
+    ) -> tuple[balancing.Plan, Operation | None]:
+        """The greedy plan (``corral.controller.rebalance``); unless ``dry_run``, one
+        ``cluster-rebalance`` operation that carries it out, a migration at a time."""
+        if not caller.admin:
+            raise Forbidden("only an admin account may rebalance the cluster")
+        if not 1 <= max_moves <= MAX_MOVES:
+            raise Invalid(f"max_moves must be between 1 and {MAX_MOVES}", field="max_moves")
+        if timeout is not None and not 0 < timeout <= 86400:
+            raise Invalid("timeout must be between 0 and 86400 seconds", field="timeout")
+        policy = scheduler.Policy.from_settings(self.ctrl.settings)
+        busy = await self.ctrl.ops.active_targets()
+        async with self.ctrl.store.read() as s:
+            views = [v for v in await scheduler.nodes(s) if v.id in self.ctrl.nodes]
+            held = await self._held(s, busy)
+        got = balancing.plan(views, held, policy, max_moves)
+        if dry_run or not got.moves:
+            return got, None
+        async with self.ctrl.store.write() as s:
+            if await self.ctrl.ops.active_for(REBALANCE_TARGET):
+                raise WrongState(
+                    "a rebalance is under way; wait for it (`corral op ls --target cluster`)",
+                    resource="operation",
+                )
+            op = self.ctrl.ops.new(
+                REBALANCE_OP,
+                account_id=None,
+                target_kind="cluster",
+                target_id=REBALANCE_TARGET,
+                params={
+                    "moves": [dataclasses.asdict(m) for m in got.moves],
+                    "timeout": float(timeout or MIGRATION_TIMEOUT),
+                    "requested_by": caller.access_key_id,
+                    "score_before": got.score_before,
+                    "score_after": got.score_after,
+                },
+                requested_by=caller.access_key_id,
+            )
+            s.add(op)
+        self.ctrl.ops.start(op)
+        return got, op
+
+    async def _held(self, s: Any, busy: set[str]) -> list[balancing.Held]:
+        """Every instance with a claim on a node, and whether it may move now."""
+        rows = await s.execute(
+            select(Instance, PlacementGroup.strategy)
+            .outerjoin(PlacementGroup, PlacementGroup.id == Instance.placement_group_id)
+            .where(Instance.state != "terminated", Instance.node_id.is_not(None))
+            .order_by(Instance.name)
+        )
+        out = []
+        for inst, strategy in rows:
+            why = ""
+            if inst.state != "running" or inst.desired_state != "running":
+                why = f"{inst.state}: only running instances move (live)"
+            elif inst.ha:
+                why = "highly available: its replica would have to move with it (not built)"
+            elif inst.id in busy:
+                why = "an operation is under way on it"
+            out.append(
+                balancing.Held(
+                    id=inst.id,
+                    name=inst.name,
+                    node_id=str(inst.node_id),
+                    memory=inst.memory,
+                    cores=inst.claim_cores or inst.cpu_limit or float(inst.cpus),
+                    disk=inst.claim_disk or inst.disk_size,
+                    group=inst.placement_group_id if strategy == "spread" else None,
+                    movable=not why,
+                    why=why,
+                )
+            )
+        return out
+
+    async def _rebalance(self, ctx: Any) -> dict[str, Any]:
+        """Request each planned migration, wait for it to end, then the next (a later move may
+        need the room an earlier one frees). Resumed after a crash, a move whose migration was
+        requested is waited for again, and one whose instance is already on its target or no
+        longer running is passed over."""
+        moves: list[dict[str, Any]] = [dict(m) for m in ctx.params.get("moves", [])]
+        timeout = float(ctx.params.get("timeout") or MIGRATION_TIMEOUT)
+        requested_by = str(ctx.params.get("requested_by", ""))
+        for i, mv in enumerate(moves):
+            if mv.get("outcome"):
+                continue
+            if not mv.get("operation"):
+                async with self.ctrl.store.read() as s:
+                    inst = await s.get(Instance, mv["id"])
+                if inst is not None and inst.node_id == mv["target_id"]:
+                    mv["outcome"] = "moved"
+                elif inst is None or inst.state != "running":
+                    mv["outcome"] = "skipped: no longer running"
+                else:
+                    try:
+                        _, op = await self._request(
+                            mv["id"], mv["target_id"], timeout, requested_by
+                        )
+                        mv["operation"] = op.id
+                    except CorralError as err:
+                        mv["outcome"] = f"skipped: {err.message}"
+                await ctx.checkpoint(moves=moves)
+            if mv.get("operation") and not mv.get("outcome"):
+                await ctx.progress(
+                    i / len(moves), f"moving {mv['instance']} to {mv['target']} ({mv['operation']})"
+                )
+                done = await self._wait(mv["operation"])
+                mv["outcome"] = (
+                    "moved" if done.status == "succeeded" else f"{done.status}: {done.error}"
+                )
+                await ctx.checkpoint(moves=moves)
+            await ctx.progress((i + 1) / len(moves), f"{mv['instance']}: {mv['outcome']}")
+        moved = [m["instance"] for m in moves if m.get("outcome") == "moved"]
+        return {
+            "moved": moved,
+            "not_moved": {m["instance"]: m["outcome"] for m in moves if m["instance"] not in moved},
+        }
+
+    async def _wait(self, op_id: str) -> Operation:
+        while True:
+            op = await self.ctrl.ops.wait(op_id, timeout=30.0)
+            if op.status in ("succeeded", "failed", "cancelled"):
+                return op
+
     async def _choose(self, s: Any, inst: Instance, to: str | None) -> scheduler.NodeView:
+        """The destination: ``to`` when given, else the scheduler's pick among the other
+        connected nodes; either way it must pass the scheduler's filters for this instance
+        (room, and its spread placement group: a drain or rebalance never puts two members
+        of one on a node)."""
         views = await scheduler.nodes(s)
         if to is not None:
             named = [v for v in views if to in (v.name, v.id)]
@@ -162,17 +303,16 @@ class Migrations:
                 raise Invalid(f"instance {inst.name} already runs on {to}", field="to")
             if named[0].id not in self.ctrl.nodes:
                 raise WrongState(f"node {to} is not connected to this controller", field="to")
-            return named[0]
-        others = [v for v in views if v.id != inst.node_id and v.id in self.ctrl.nodes]
+            others = named[:1]
+        else:
+            others = [v for v in views if v.id != inst.node_id and v.id in self.ctrl.nodes]
         # each node has its own row of the network; one address pool spans them now
         # (controller/overlays.py), but a store from before that can hold one address twice on
         # two nodes: a node where another instance holds this one's address cannot take it
         taken = await self._address_taken_on(s, inst)
         clash = [v for v in others if v.id in taken]
         others = [v for v in others if v.id not in taken]
-        req = scheduler.Request(
-            memory=inst.memory, cores=inst.cpu_limit or float(inst.cpus), disk=inst.disk_size
-        )
+        req = await self._needs(s, inst)
         policy = scheduler.Policy.from_settings(self.ctrl.settings)
         ctx = await scheduler.Context.load(s, req)
         ok, failed = scheduler.sift(others, req, policy, ctx)
@@ -184,10 +324,30 @@ class Migrations:
                     f"{inst.private_ip} for another instance"
                 )
             raise NoResources(
-                f"no other node can take {inst.name} ({why}); add a node or free one",
+                f"no other node can take {inst.name} ({why}); add a node or free one"
+                if to is None
+                else f"node {to} cannot take {inst.name} ({why})",
                 resource="node",
             )
         return scheduler.rank(ok, req, policy, ctx)[0]
+
+    async def _needs(self, s: Any, inst: Instance) -> scheduler.Request:
+        """What ``inst`` asks of a node, as at its launch: room, architecture, its placement
+        group (spread or cluster)."""
+        image = await s.get(Image, inst.image_id)
+        pg = (
+            await s.get(PlacementGroup, inst.placement_group_id)
+            if inst.placement_group_id
+            else None
+        )
+        return scheduler.Request(
+            memory=inst.memory,
+            cores=inst.cpu_limit or float(inst.cpus),
+            disk=inst.disk_size,
+            arch=image.arch if image is not None else "x86_64",
+            account_id=inst.account_id,
+            group=scheduler.Group(pg.id, pg.name, pg.strategy) if pg is not None else None,
+        )
 
     @staticmethod
     async def _address_taken_on(s: Any, inst: Instance) -> set[str]:

@@ -220,3 +220,14 @@ def test_key_given_as_a_path_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyP
         [],
         ["ssh-ed25519 AAAA me", "ssh-ed25519 BBBB plain"],
     )
+
+
+def test_rebalance_shows_its_plan_and_refuses_a_bad_bound(
+    cli: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = corral(capsys, "rebalance", "--dry-run")
+    assert code == 0, out
+    assert "score 0.0000 -> 0.0000" in out and "no move would make the cluster more even" in out
+    assert "after: n1" in out
+    code, out = corral(capsys, "rebalance", "--max-moves", "0")
+    assert code != 0 and "--max-moves" in out

@@ -1,9 +1,10 @@
 """Node maintenance by live migration: ``POST /v1/nodes/{ref}/drain`` (instances move one
-migration operation each; ``POST /v1/instances/{ref}/migrate`` is with the instances)."""
+migration operation each) and ``POST /v1/rebalance`` (a plan of migrations carried out by one
+operation); ``POST /v1/instances/{ref}/migrate`` is with the instances."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 
 from corral import models
 from corral.api.auth import caller as auth
@@ -12,6 +13,7 @@ from corral.api.rest.errors import RESPONSES
 from corral.controller.accounts import Caller
 
 router = APIRouter(prefix="/v1/nodes", tags=["nodes"], responses=RESPONSES)
+cluster = APIRouter(prefix="/v1", tags=["nodes"], responses=RESPONSES)
 
 
 @router.post("/{ref}/drain", status_code=202, response_model=models.DrainResult)
@@ -24,3 +26,33 @@ async def node_drain(
     """Cordon a node and live-migrate every running instance away from it (admin only)."""
     res = await ctx.controller.migrations.drain(who, ref, timeout)
     return models.DrainResult.model_validate(res)
+
+
+@cluster.post("/rebalance", response_model=models.RebalancePlan)
+async def rebalance(
+    body: models.RebalanceRequest,
+    response: Response,
+    ctx: ApiContext = Depends(get_context),
+    who: Caller = Depends(auth),
+) -> models.RebalancePlan:
+    """The greedy plan of live migrations that evens out the cluster (admin only): 200 with
+    the plan alone for a dry run or when nothing would improve, else 202 with the operation
+    that carries it out, one migration after another."""
+    plan, op = await ctx.controller.migrations.rebalance(
+        who, body.max_moves, body.dry_run, body.timeout
+    )
+    if op is not None:
+        response.status_code = 202
+    return models.RebalancePlan(
+        score_before=plan.score_before,
+        score_after=plan.score_after,
+        moves=[
+            models.RebalanceMove(
+                instance=m.instance, id=m.id, source=m.source, target=m.target, score=m.score
+            )
+            for m in plan.moves
+        ],
+        not_moved=plan.stays,
+        nodes={k: models.NodeUse(memory=v[0], cpu=v[1]) for k, v in plan.nodes.items()},
+        operation=op.id if op is not None else None,
+    )
