@@ -1,6 +1,6 @@
 """Three nodes on one machine (tests/cluster.py): each host namespace runs its own agent joined
 with `corral node join` (mutual TLS), the controller on PostgreSQL serves HTTPS on the LAN.
-One cluster is shared by the module; two tiny VMs boot in all.
+One cluster is shared by the module; three tiny VMs boot in all.
 
 Shown: joins refused for bad, expired and reused tokens; nodes ready with their capacity;
 labels and cordons; an image pulled to a node on first use (checked by sha256 there); pinning
@@ -10,8 +10,8 @@ node's metadata service (the agent answers from documents the controller pushed)
 API's streams; `kill -9` of an agent: the node turns unreachable, its VM runs on, and is
 re-adopted when the agent is back; `kill -9` of the controller: nothing lost, the VMs run on
 with the same pids, the nodes reconnect, launches work; a live migration between two joined
-nodes (`corral migrate --to`); a cut-off node fences its HA instance before it is declared dead,
-a hung agent's guard does, a killed controller fences nothing."""
+nodes (`corral rebalance` evening out a crowded node); a cut-off node fences its HA instance
+before it is declared dead, a hung agent's guard does, a killed controller fences nothing."""
 
 from __future__ import annotations
 
@@ -214,18 +214,28 @@ def test_a_controller_killed_with_9_loses_nothing(three: Cluster) -> None:
 
 
 def test_live_migration_between_joined_nodes(three: Cluster) -> None:
-    """`corral migrate a --to NODE` between two joined agents over the underlay: the image is
+    """`corral rebalance` evens out a crowded node by a live migration between two joined
+    agents over the underlay (the same migration `corral migrate --to` requests): the image is
     pulled to the destination, the disk mirrored (a file synced before the move reads back from
     the destination's disk with the page cache dropped), and the guest runs there with the same
     name, MAC and private address, reached by SSH through the new node, with its metadata
-    served by the new node; its QEMU is gone from the source. (The address is reachable from
-    the old node's other guests only once subnets span nodes: the vpcnet branch.)"""
+    served by the new node; its QEMU is gone from the source."""
     c = three
     a, b = _show(c, "a"), _show(c, "b")
     src = _node_of(a)
     dst = next(h for h in ("host1", "host2", "host3") if h not in (src, _node_of(b)))
     c.ssh("a", "echo moved-with-me > /root/mark && sync").ok()
-    c.cli("migrate", "a", "--to", dst, "--timeout", "300", timeout=600).ok()
+    # a crowded node: d beside a (not in a's spread group), dst empty; the plan moves one of
+    # the two there (a: equal moves are broken by name), and nothing else would even it out
+    c.cli("run", "tiny", "--name", "d", "--memory", "192M", "--node", src, timeout=600).ok()
+    plan = json.loads(c.cli("rebalance", "--dry-run", "--json").ok().out)
+    moves = [(m["instance"], m["source"], m["target"]) for m in plan["moves"]]
+    assert [(i, s.removeprefix("node-"), t.removeprefix("node-")) for i, s, t in moves] == [
+        ("a", src, dst)
+    ], plan
+    assert plan["score_after"] < plan["score_before"] and plan["operation"] is None
+    out = c.cli("rebalance", "--timeout", "300", timeout=600).ok().out
+    assert "moved: a" in out, out
     moved = _show(c, "a")
     assert _node_of(moved) == dst and moved["state"] == "running", moved
     assert (moved["private_ip"], moved["mac"]) == (a["private_ip"], a["mac"])
@@ -235,7 +245,8 @@ def test_live_migration_between_joined_nodes(three: Cluster) -> None:
     r = c.ssh("a", "echo 3 > /proc/sys/vm/drop_caches; cat /root/mark").ok()
     assert r.out.strip() == "moved-with-me"
     _login(c, "a")  # the same name, and the instance id from dst's metadata service
-    c.cli("rm", "a", "b", timeout=300).ok()
+    assert _node_of(_show(c, "d")) == src  # the other one stayed
+    c.cli("rm", "a", "b", "d", timeout=300).ok()
 
 
 # -- failure detection and fencing (issue 16; docs/operator-guide.md) ------------------------

@@ -1,0 +1,129 @@
+"""Lost pings across a live migration between joined nodes (issue 13's target: 0 at a 10 ms
+interval), against pings to an instance that does not move, in the same run and the same guest.
+
+Three joined nodes (tests/cluster.py: the controller on PostgreSQL, mutual TLS, the default
+subnet spanning the nodes over VXLAN, controller/overlays.py). ``m`` (moves) starts on host1,
+``s`` (stays) on host2, the pinger ``p`` on host3. ``p`` pings ``m`` and ``s`` every 10 ms at
+once (busybox ``ping -i 0.01``, one process each) while ``corral migrate m --to`` moves ``m``
+between host1 and host2, back and forth; each run ends the pings 3 s after the migration and
+counts, per target, the requests sent, the replies, and the longest run of missing sequence
+numbers (x 10 ms: what the guest saw of the move). The figure is the lost pings to ``m``; the
+baseline is the lost pings to ``s`` over the same overlay in the same seconds.
+
+    sudo .venv/bin/python -m bench.migrate_ping [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import time
+from typing import Any
+
+from bench.common import machine, median, write_results
+from tests.cluster import Cluster, cluster
+from tests.harness import wait_for
+from tests.postgres import PostgresServer
+
+INTERVAL = 0.01
+SETTLE = 3.0  # seconds of pings after the migration's end
+SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) packets received")
+
+
+def _show(c: Cluster, name: str) -> dict[str, Any]:
+    return dict(json.loads(c.cli("show", name, "--json").ok().out))
+
+
+def _node(inst: dict[str, Any]) -> str:
+    return str(inst["node"]).removeprefix("node-")
+
+
+def _pings(target: str, tag: str) -> str:
+    """A command starting a ping of ``target`` in ``p`` in a session of its own (it outlives
+    the SSH login), its pid in /tmp/TAG.pid."""
+    return (
+        f"rm -f /tmp/{tag}.out; setsid sh -c 'echo $$ > /tmp/{tag}.pid; "
+        f"exec ping -i {INTERVAL} {target}' > /tmp/{tag}.out 2>&1 < /dev/null &"
+    )
+
+
+def _counted(c: Cluster, tag: str) -> dict[str, Any]:
+    """Stop the ping (SIGINT: it prints its summary) and count what it saw."""
+    c.ssh("p", f"kill -INT $(cat /tmp/{tag}.pid); sleep 1").ok()
+    out = c.ssh("p", f"cat /tmp/{tag}.out", timeout=120).ok().out
+    seqs = sorted({int(x) for x in re.findall(r"seq=(\d+)", out)})
+    m = SUMMARY.search(out)
+    if m is None or not seqs:
+        raise RuntimeError(f"no ping summary from {tag}: {out[-400:]}")
+    sent, got = int(m.group(1)), int(m.group(2))
+    gap = max((b - a - 1 for a, b in itertools.pairwise(seqs)), default=0)
+    return {"sent": sent, "received": got, "lost": sent - got, "longest_gap": gap}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per migration")
+    args = ap.parse_args()
+    data: dict[str, Any] = {"machine": machine(), "interval_s": INTERVAL, "runs": []}
+    with PostgresServer() as pg, pg.database() as url, cluster(url, 3) as c:
+        c.cli("image", "build", "tiny", timeout=900).ok()
+        for name, host in (("m", "host1"), ("s", "host2"), ("p", "host3")):
+            c.cli("run", "tiny", "--name", name, "--memory", "160M", "--node", host).ok()
+        addr = {n: str(_show(c, n)["private_ip"]) for n in ("m", "s")}
+        c.ssh("p", f"ping -c 3 -W 5 {addr['m']} && ping -c 3 -W 5 {addr['s']}", wait=600).ok()
+        for _n in range(args.runs):
+            src = _node(_show(c, "m"))
+            dst = "host2" if src == "host1" else "host1"
+            c.ssh("p", _pings(addr["m"], "m") + " " + _pings(addr["s"], "s") + " sleep 1").ok()
+            time.sleep(2.0)  # both pings under way
+            t0 = time.monotonic()
+            c.cli("migrate", "m", "--to", dst, "--timeout", str(args.timeout), timeout=900).ok()
+            took = time.monotonic() - t0
+            wait_for(lambda d=dst: _node(_show(c, "m")) == d, 60, what="m on its new node")
+            time.sleep(SETTLE)
+            run = {
+                "from": src,
+                "to": dst,
+                "migrate_s": round(took, 2),
+                "moving": _counted(c, "m"),
+                "staying": _counted(c, "s"),
+            }
+            print(json.dumps(run), flush=True)
+            data["runs"].append(run)
+        c.cli("rm", "m", "s", "p", timeout=300)
+    runs = data["runs"]
+    data["lost_moving"] = [r["moving"]["lost"] for r in runs]
+    data["lost_staying"] = [r["staying"]["lost"] for r in runs]
+    data["target"] = "0 lost pings to the moving instance at a 10 ms interval"
+
+    def summary(x: dict[str, Any]) -> str:
+        m = x["machine"]
+        rows = "\n".join(
+            f"| {i + 1} | {r['from']} -> {r['to']} | {r['migrate_s']:.1f} | "
+            f"{r['moving']['sent']} / {r['moving']['lost']} / {r['moving']['longest_gap'] * 10} | "
+            f"{r['staying']['sent']} / {r['staying']['lost']} / "
+            f"{r['staying']['longest_gap'] * 10} |"
+            for i, r in enumerate(x["runs"])
+        )
+        return (
+            "# Lost pings across a live migration between joined nodes\n\n"
+            f"`{x['command']}` on {m['host']} ({m['cpus']} CPUs, {m['qemu']}); load average "
+            f"{m['loadavg_start']} at start, {m['loadavg_end']} at end (a shared machine).\n\n"
+            "Pings every 10 ms from a third node's guest to the moving guest and, at the same "
+            "time, to a guest that stays (the baseline), over the subnet's VXLAN segment.\n\n"
+            "| run | move | `corral migrate` (s) | moving: sent / lost / longest gap (ms) | "
+            "staying: sent / lost / longest gap (ms) |\n|---|---|---|---|---|\n"
+            f"{rows}\n\n"
+            f"Lost pings to the moving guest: {x['lost_moving']} (target 0); to the staying "
+            f"one: {x['lost_staying']}. Median `corral migrate`: "
+            f"{median([r['migrate_s'] for r in x['runs']]):.1f} s."
+        )
+
+    write_results("migrate-ping", data, summary, module="bench.migrate_ping")
+
+
+if __name__ == "__main__":
+    main()
