@@ -18,6 +18,7 @@ source's QEMU says (``migrate_status``), so a restart at any point ends with exa
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
@@ -469,7 +470,42 @@ class Migrations:
         self, ctx: Any, inst: Instance, move: migration.Move, dst_net: str
     ) -> dict[str, Any]:
         """Memory has moved: forward (the destination confirms, the record moves), or, when
-        the destination's copy does not run, back (the source resumes the guest)."""
+        the destination's copy does not run, back (the source resumes the guest).
+
+        The source is paused from here: the subnet's forwarding entries on every node are
+        pointed at the destination at once, beside the switch-over (what arrives before the
+        destination runs waits in its tap's queue, not in a source about to be removed), and
+        given back to the store after the record moved or the move was rolled back."""
+        pointing = asyncio.create_task(self._point(inst.id, ctx.params["to"]))
+        try:
+            return await self._switch_over(ctx, inst, move, dst_net, pointing)
+        finally:
+            await pointing
+            await self._point(inst.id, None)
+
+    async def _point(self, iid: str, to: str | None) -> None:
+        """The overlays' forwarding entries for ``iid``: at node ``to`` now, or (None) where
+        the store says. Never raises: the reconciler's next overlay pass mends a failure."""
+        try:
+            if to is None:
+                await self.ctrl.overlays.done_moving(iid)
+            else:
+                await self.ctrl.overlays.move(iid, to)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning(
+                "%s: its subnet's forwarding entries (left to the next pass)", iid, exc_info=True
+            )
+
+    async def _switch_over(
+        self,
+        ctx: Any,
+        inst: Instance,
+        move: migration.Move,
+        dst_net: str,
+        pointing: asyncio.Task[None],
+    ) -> dict[str, Any]:
         try:
             await move.src.migrate_complete(inst.id)
         except WrongState as err:  # the source's QEMU is gone (or its mirrors ended already)
@@ -485,6 +521,8 @@ class Migrations:
                     reason="migration-failed",
                 ) from err
             log.warning("%s: switch-over failed (%s); resuming at the source", inst.id, err)
+            await pointing
+            await self._point(inst.id, None)  # back at the source before it resumes
             await migration.rollback(move)
             await self._unclaim(ctx)
             await ctx.checkpoint(phase="rolled-back")
@@ -493,6 +531,7 @@ class Migrations:
                 "at its source",
                 reason="migration-failed",
             ) from err
+        await pointing
         await self._record(ctx, inst, dst_net)
         return await self._cleanup(ctx, inst)
 

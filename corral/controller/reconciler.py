@@ -198,8 +198,13 @@ class Reconciler:
         """A node back from the dead may still run copies of instances that moved away
         (failed over or migrated while it was cut off; its fence should have killed the HA
         ones): each such copy is killed, never adopted. Its files stay: the replica manager
-        resyncs the old disk from the new primary."""
+        resyncs the old disk from the new primary. A copy of an instance with an operation
+        under way is left alone: a live migration's destination runs its copy before the
+        record moves there (killing it broke the migration at its switch-over)."""
         running = [o for iid, o in observed.items() if o.running and iid not in known]
+        if running:
+            busy = await self.ctrl.ops.active_targets([o.id for o in running])
+            running = [o for o in running if o.id not in busy]
         if not running:
             return
         async with self.ctrl.store.read() as s:

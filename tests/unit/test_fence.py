@@ -27,7 +27,7 @@ from corral.node import fence, guard
 from corral.node.fake import FakeNode
 from corral.node.spec import InstanceSpec
 from corral.store import Store
-from corral.store.models import Instance, Node
+from corral.store.models import Instance, Node, Operation
 
 
 class Clock:
@@ -480,3 +480,30 @@ def test_a_controller_that_just_took_the_lock_counts_leases_from_then() -> None:
     assert lease_start(took + dt.timedelta(seconds=3), took) == took + dt.timedelta(seconds=3)
     assert lease_start(None, took) == took
     assert lease_start(old, None) == old
+
+
+async def test_a_copy_of_an_instance_under_an_operation_is_not_killed_as_stale(
+    api: httpx.AsyncClient, ctrl: Controller, node: FakeNode
+) -> None:
+    """A live migration's destination runs its copy before the record moves there: a reconcile
+    pass in that window must leave it (it killed it, and the migration failed at its
+    switch-over); once the operation has ended, a copy the store does not place here goes."""
+    iid = await _run(api, ctrl, "moving")
+    async with ctrl.store.write() as s:
+        s.add(Node(id="node-n8", name="n8", address="https://192.0.2.18:8774"))
+        await s.flush()
+        await s.execute(update(Instance).where(Instance.id == iid).values(node_id="node-n8"))
+        op = ctrl.ops.new(
+            "instance-migrate",
+            account_id=None,
+            target_kind="instance",
+            target_id=iid,
+            params={"phase": "switching"},
+        )
+        s.add(op)
+    await ctrl.reconciler.reconcile_once()
+    assert iid in node.running, "the migration's copy was killed as stale"
+    async with ctrl.store.write() as s:
+        await s.execute(update(Operation).where(Operation.id == op.id).values(status="failed"))
+    await ctrl.reconciler.reconcile_once()
+    assert iid not in node.running
