@@ -29,7 +29,7 @@ from corral.controller import migration, scheduler
 from corral.controller import rebalance as balancing
 from corral.controller.accounts import Caller
 from corral.errors import CorralError, Forbidden, Invalid, NoResources, NotFound, WrongState
-from corral.node.spec import MIGRATION_TIMEOUT
+from corral.node.spec import MIGRATION_TIMEOUT, InstanceSpec
 from corral.store.models import (
     Address,
     Image,
@@ -375,37 +375,8 @@ class Migrations:
         src_id, dst_id = params["from"], params["to"]
         async with self.ctrl.store.read() as s:
             src_spec = await self.ctrl.instances.spec(s, inst)
-            src_net = await s.get(Network, inst.network_id)
-            assert src_net is not None
-            dst_net = await s.scalar(
-                select(Network).where(Network.node_id == dst_id, Network.name == src_net.name)
-            )
-            if dst_net is None or dst_net.cidr != src_net.cidr:
-                raise WrongState(
-                    f"node {dst_id} has no network {src_net.name} on {src_net.cidr}: the "
-                    "instance could not keep its address there",
-                    resource="network",
-                )
-            taken = await s.scalar(
-                select(Address.instance_id).where(
-                    Address.network_id == dst_net.id, Address.address == inst.private_ip
-                )
-            )
-            if taken is not None and taken != inst.id:
-                raise WrongState(
-                    f"address {inst.private_ip} of {inst.name} is taken on node {dst_id}'s "
-                    f"network {src_net.name}; choose another node (--to)",
-                    resource="address",
-                )
-            sizes = {}
-            for v in src_spec.volumes:
-                vol = await s.get(Volume, v.id)
-                if vol is not None:
-                    sizes[v.id] = vol.size << 30  # GiB in the store
-            if src_spec.root_volume:
-                vol = await s.get(Volume, src_spec.root_volume)
-                if vol is not None:
-                    sizes[vol.id] = vol.size << 30
+            dst_net = await network_on(s, inst, dst_id, "; choose another node (--to)")
+            sizes = await disk_sizes(s, src_spec)
             src_node = await s.get(Node, src_id)
             dst_node = await s.get(Node, dst_id)
         dst_spec = src_spec.model_copy(update={"network": self.ctrl.networks.spec(dst_net)})
@@ -625,3 +596,42 @@ def _address(node: Node | None) -> str:
             resource="node",
         )
     return addr
+
+
+async def network_on(s: Any, inst: Instance, node_id: str, hint: str = "") -> Network:
+    """The instance's network on ``node_id`` (same name and range), its address free there
+    (a migration's destination, an HA secondary)."""
+    net = await s.get(Network, inst.network_id)
+    assert net is not None
+    there = await s.scalar(
+        select(Network).where(Network.node_id == node_id, Network.name == net.name)
+    )
+    if there is None or there.cidr != net.cidr:
+        raise WrongState(
+            f"node {node_id} has no network {net.name} on {net.cidr}: {inst.name} could not "
+            "keep its address there",
+            resource="network",
+        )
+    taken = await s.scalar(
+        select(Address.instance_id).where(
+            Address.network_id == there.id, Address.address == inst.private_ip
+        )
+    )
+    if taken is not None and taken != inst.id:
+        raise WrongState(
+            f"address {inst.private_ip} of {inst.name} is taken on node {node_id}'s network "
+            f"{net.name}{hint}",
+            resource="address",
+        )
+    return there
+
+
+async def disk_sizes(s: Any, spec: InstanceSpec) -> dict[str, int]:
+    """The sizes in bytes of an instance's volumes (the root volume too), as the store has
+    them (GiB)."""
+    sizes = {}
+    for vid in [v.id for v in spec.volumes] + ([spec.root_volume] if spec.root_volume else []):
+        vol = await s.get(Volume, vid)
+        if vol is not None:
+            sizes[vid] = vol.size << 30
+    return sizes

@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 
 from corral.controller import scheduler
 from corral.controller.failover import bump_generation
-from corral.controller.migrations import _address
+from corral.controller.migrations import _address, disk_sizes, network_on
 from corral.errors import CorralError, NoResources, NotFound, WrongState
 from corral.node.spec import (
     REPLICA_DEGRADED,
@@ -34,7 +34,7 @@ from corral.node.spec import (
     ReplicaServed,
     ReplicaStatus,
 )
-from corral.store.models import Address, Image, Instance, Network, Node, Operation, Volume
+from corral.store.models import Address, Image, Instance, Node, Operation, Volume
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
@@ -100,8 +100,8 @@ class Replicas:
         secondary = await self._secondary(inst)
         async with self.ctrl.store.read() as s:
             spec = await self.ctrl.instances.spec(s, inst)
-            sizes = await _sizes(s, spec)
-            dst_net = await _network_on(s, inst, secondary)
+            sizes = await disk_sizes(s, spec)
+            dst_net = await network_on(s, inst, secondary)
             src_node = await s.get(Node, inst.node_id)
             dst_node = await s.get(Node, secondary)
         sec_spec = spec.model_copy(update={"network": self.ctrl.networks.spec(dst_net)})
@@ -221,7 +221,7 @@ class Replicas:
                         resource="instance",
                     )
                 spec = await self.ctrl.instances.spec(s, inst)
-                dst_net = await _network_on(s, inst, dst)
+                dst_net = await network_on(s, inst, dst)
                 image = await s.get(Image, inst.image_id)
             if "claim" not in ctx.params:
                 await self._claim(ctx, inst, image.arch if image is not None else "x86_64")
@@ -289,38 +289,3 @@ class Replicas:
             for vol in await s.scalars(select(Volume).where(Volume.instance_id == inst.id)):
                 vol.node_id = dst
             await ctx.checkpoint(s, phase="moved")
-
-
-async def _sizes(s: Any, spec: InstanceSpec) -> dict[str, int]:
-    sizes = {}
-    for vid in [v.id for v in spec.volumes] + ([spec.root_volume] if spec.root_volume else []):
-        vol = await s.get(Volume, vid)
-        if vol is not None:
-            sizes[vid] = vol.size << 30  # GiB in the store
-    return sizes
-
-
-async def _network_on(s: Any, inst: Instance, node_id: str) -> Network:
-    """The instance's network on ``node_id`` (same name and range), its address free there."""
-    net = await s.get(Network, inst.network_id)
-    assert net is not None
-    there = await s.scalar(
-        select(Network).where(Network.node_id == node_id, Network.name == net.name)
-    )
-    if there is None or there.cidr != net.cidr:
-        raise WrongState(
-            f"node {node_id} has no network {net.name} on {net.cidr}: {inst.name} could not "
-            "keep its address there",
-            resource="network",
-        )
-    taken = await s.scalar(
-        select(Address.instance_id).where(
-            Address.network_id == there.id, Address.address == inst.private_ip
-        )
-    )
-    if taken is not None and taken != inst.id:
-        raise WrongState(
-            f"address {inst.private_ip} of {inst.name} is taken on node {node_id}",
-            resource="address",
-        )
-    return there
