@@ -12,7 +12,6 @@ import fcntl
 import gc
 import logging
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -25,7 +24,7 @@ from typing import Any, cast
 import httpx
 import uvicorn
 
-from corral import agentd, filemodes
+from corral import agentd, filemodes, imds
 from corral.api import metadata
 from corral.api.app import VERSION, create_app
 from corral.api.context import ApiContext
@@ -137,7 +136,7 @@ class Daemon:
                 hosts = [st.api_host, st.hostname, "127.0.0.1", "localhost"]
                 tls = ctrl.cluster.ca.own("api", "corral-api", hosts, "server")
             tasks = [self._serve(app, [api_sock], "api", tls)]
-            key = _metadata_key(st.state_dir / "metadata.key")
+            key = imds.token_key(st.state_dir / "metadata.key")
             for network in await ctrl.networks.by_namespace(st.namespace):
                 sock = netns.listen_in(network.namespace, METADATA_ADDRESS, 80)
                 tasks.append(
@@ -300,19 +299,6 @@ def _die_with_parent() -> None:
 
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _metadata_key(path: Path) -> bytes:
-    """The key IMDSv2 tokens are signed with, kept so tokens outlive a restart."""
-    try:
-        key = path.read_bytes()
-        if len(key) >= 32:
-            return key
-    except FileNotFoundError:
-        pass
-    key = secrets.token_bytes(32)
-    atomic_write(path, key, 0o600)
-    return key
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -10,9 +10,11 @@ pass while the node stays dead, and after a controller restart) and must be idem
 
 from __future__ import annotations
 
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from corral.store.models import Instance
+from corral.controller import scheduler
+from corral.store.models import Address, Instance, Volume
 
 
 def bump_generation(row: Instance) -> int:
@@ -20,6 +22,25 @@ def bump_generation(row: Instance) -> int:
     stale from now on."""
     row.generation = (row.generation or 1) + 1
     return row.generation
+
+
+async def move_record(
+    s: AsyncSession, row: Instance, to: str, network_id: str, claim: list[int | float]
+) -> None:
+    """The instance now runs on node ``to`` (a migration confirmed, a failover started): in the
+    caller's transaction its node, network, address, claim and volumes move together, the old
+    node's claim is given back, and its generation is bumped (the old copy is stale)."""
+    if row.node_id is not None and (row.claim_memory or row.claim_cores):
+        await scheduler.unclaim(s, row.node_id, row.claim_memory, row.claim_cores, row.claim_disk)
+    row.node_id, row.network_id = to, network_id
+    mem, cores, disk = claim
+    row.claim_memory, row.claim_cores, row.claim_disk = int(mem), float(cores), int(disk)
+    bump_generation(row)
+    await s.execute(
+        update(Address).where(Address.instance_id == row.id).values(network_id=network_id)
+    )
+    for vol in await s.scalars(select(Volume).where(Volume.instance_id == row.id)):
+        vol.node_id = to
 
 
 async def generation_of(s: AsyncSession, iid: str) -> int:

@@ -23,7 +23,7 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select
 
 from corral.controller import migration, scheduler
 from corral.controller import rebalance as balancing
@@ -530,26 +530,14 @@ class Migrations:
 
     async def _record(self, ctx: Any, inst: Instance, dst_net: str) -> None:
         """The destination confirmed: node, network, address and claim move in one go."""
-        to = ctx.params["to"]
-        mem, cores, disk = ctx.params["claim"]
+        from corral.controller.failover import move_record
+
         async with self.ctrl.store.write() as s:
             row = await s.get(Instance, inst.id)
             if row is None:
                 return
-            if row.node_id is not None and (row.claim_memory or row.claim_cores):
-                await scheduler.unclaim(
-                    s, row.node_id, row.claim_memory, row.claim_cores, row.claim_disk
-                )
-            row.node_id, row.network_id = to, dst_net
-            row.claim_memory, row.claim_cores, row.claim_disk = mem, cores, disk
-            from corral.controller.failover import bump_generation
-
-            bump_generation(row)  # the source's copy is stale from here (issue 16)
-            await s.execute(
-                update(Address).where(Address.instance_id == inst.id).values(network_id=dst_net)
-            )
-            for vol in await s.scalars(select(Volume).where(Volume.instance_id == inst.id)):
-                vol.node_id = to
+            # the source's copy is stale from here (issue 16)
+            await move_record(s, row, ctx.params["to"], dst_net, ctx.params["claim"])
             op = await s.get(Operation, ctx.id)
             if op is not None:
                 op.params = {**(op.params or {}), "phase": "moved"}

@@ -20,10 +20,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from corral.controller import scheduler
-from corral.controller.failover import bump_generation
+from corral.controller.failover import move_record
 from corral.controller.migrations import _address, disk_sizes, network_on
 from corral.errors import CorralError, NoResources, NotFound, WrongState
 from corral.node.spec import (
@@ -34,7 +34,7 @@ from corral.node.spec import (
     ReplicaServed,
     ReplicaStatus,
 )
-from corral.store.models import Address, Image, Instance, Node, Operation, Volume
+from corral.store.models import Image, Instance, Node, Operation
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
@@ -267,25 +267,15 @@ class Replicas:
     async def _move(self, ctx: Any, inst: Instance, dst_net: str, pid: int) -> None:
         """The secondary runs it: node, network, address, claim and volumes move at once."""
         dst = ctx.params["to"]
-        mem, cores, disk = ctx.params["claim"]
         async with self.ctrl.store.write() as s:
             row = await s.get(Instance, inst.id)
             if row is None:
                 return
-            if row.node_id is not None and (row.claim_memory or row.claim_cores):
-                await scheduler.unclaim(
-                    s, row.node_id, row.claim_memory, row.claim_cores, row.claim_disk
-                )
-            row.node_id, row.network_id, row.pid = dst, dst_net, pid
-            bump_generation(row)  # the dead node's copy is stale: never started again
-            row.claim_memory, row.claim_cores, row.claim_disk = mem, cores, disk
+            # the dead node's copy is stale from here: never started again
+            await move_record(s, row, dst, dst_net, ctx.params["claim"])
+            row.pid = pid
             row.state, row.state_reason = "running", f"failed over from {ctx.params['from']}"
             row.secondary_node_id = None  # the reconciler picks a new one
             row.replica_state, row.replica_percent = REPLICA_DEGRADED, 0.0
             row.replica_detail = f"failed over from {ctx.params['from']}; resyncing"
-            await s.execute(
-                update(Address).where(Address.instance_id == inst.id).values(network_id=dst_net)
-            )
-            for vol in await s.scalars(select(Volume).where(Volume.instance_id == inst.id)):
-                vol.node_id = dst
             await ctx.checkpoint(s, phase="moved")
