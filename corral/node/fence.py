@@ -72,37 +72,32 @@ def start_time(pid: int) -> float | None:
         return None
 
 
-async def tcp_reachable(address: str, timeout: float = PROBE_TIMEOUT) -> bool:
-    """Whether the network path to ``IP:PORT`` works: a connection, or a refusal (the host
-    answered)."""
+async def _connect(address: str, timeout: float) -> str:
+    """One TCP connect to ``IP:PORT``: "connected", "refused" (the host answered) or ""."""
     host, _, port = address.rpartition(":")
     try:
         _, writer = await asyncio.wait_for(
             asyncio.open_connection(host.strip("[]"), int(port)), timeout
         )
     except ConnectionRefusedError:
-        return True
+        return "refused"
     except (OSError, TimeoutError, ValueError):
-        return False
+        return ""
     writer.close()
     with contextlib.suppress(Exception):
         await writer.wait_closed()
-    return True
+    return "connected"
+
+
+async def tcp_reachable(address: str, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether the network path to ``IP:PORT`` works: a connection, or a refusal (the host
+    answered)."""
+    return bool(await _connect(address, timeout))
 
 
 async def tcp_connects(address: str, timeout: float = PROBE_TIMEOUT) -> bool:
     """Whether an agent accepts connections at ``IP:PORT`` (a refusal does not count)."""
-    host, _, port = address.rpartition(":")
-    try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(host.strip("[]"), int(port)), timeout
-        )
-    except (OSError, TimeoutError, ValueError):
-        return False
-    writer.close()
-    with contextlib.suppress(Exception):
-        await writer.wait_closed()
-    return True
+    return await _connect(address, timeout) == "connected"
 
 
 @dataclass
