@@ -179,15 +179,7 @@ async def asker(s: AsyncSession, network_id: str, address: str) -> Asker | None:
 
 async def documents(s: AsyncSession, network: Network, settings: Any) -> list[InstanceMetadata]:
     """The document of every live instance with an address on ``network``."""
-    rows = list(
-        await s.scalars(
-            select(Instance)
-            .where(
-                Instance.network_id == network.id,
-                Instance.state != "terminated",
-                Instance.private_ip.is_not(None),
-            )
-            .order_by(Instance.private_ip)
-        )
-    )
+    from corral.controller.policy import addressed
+
+    rows = await addressed(s, network)
     return [document(a, settings) for a in await _askers(s, network, rows)]

@@ -103,10 +103,9 @@ async def members(s: AsyncSession, network_ids: list[str]) -> list[RemoteMember]
     ]
 
 
-async def build(
-    s: AsyncSession, network: Network, spec: NetworkSpec, settings: Settings
-) -> PolicySpec:
-    rows = list(
+async def addressed(s: AsyncSession, network: Network) -> list[Instance]:
+    """The live instances with an address on ``network``, by address."""
+    return list(
         await s.scalars(
             select(Instance)
             .where(
@@ -117,6 +116,12 @@ async def build(
             .order_by(Instance.private_ip)
         )
     )
+
+
+async def build(
+    s: AsyncSession, network: Network, spec: NetworkSpec, settings: Settings
+) -> PolicySpec:
+    rows = await addressed(s, network)
     iids = [i.id for i in rows]
     membership = await _membership(s, rows)
     gids = {g for gs in membership.values() for g in gs}
