@@ -24,6 +24,7 @@ from corral.api.context import ApiContext
 from corral.config import Settings
 from corral.controller.service import Controller
 from corral.images.store import ImageStore
+from corral.node.driver import cgroups
 from corral.node.fake import FakeNode
 from corral.node.remote import connect_node
 from corral.store import Store
@@ -176,3 +177,23 @@ async def cluster(tmp_path: Path, store: Store, image_store: ImageStore) -> Asyn
     yield build
     for c in made:
         await c.close()
+
+
+@pytest.fixture
+def v2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty cgroup v2 hierarchy in a temporary directory, as ``cgroups.ROOT``."""
+    root = tmp_path / "cg2"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpu memory pids io\n")
+    monkeypatch.setattr(cgroups, "ROOT", root)
+    return root
+
+
+@pytest.fixture
+def v1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Empty cgroup v1 controller hierarchies in a temporary directory, as ``cgroups.ROOT``."""
+    root = tmp_path / "cg1"
+    for c in cgroups.V1_CONTROLLERS:
+        (root / c).mkdir(parents=True)
+    monkeypatch.setattr(cgroups, "ROOT", root)
+    return root

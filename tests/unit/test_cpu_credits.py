@@ -57,24 +57,6 @@ def test_the_balance_survives_in_its_file(tmp_path: Path) -> None:
     assert credits.load(tmp_path / "none.json", 0.2, 0.5, 7.0, "standard").balance == 7.0
 
 
-@pytest.fixture
-def v2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "cg2"
-    root.mkdir()
-    (root / "cgroup.controllers").write_text("cpu memory pids io\n")
-    monkeypatch.setattr(cgroups, "ROOT", root)
-    return root
-
-
-@pytest.fixture
-def v1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "cg1"
-    for c in cgroups.V1_CONTROLLERS:
-        (root / c).mkdir(parents=True)
-    monkeypatch.setattr(cgroups, "ROOT", root)
-    return root
-
-
 def test_cgroup_v2_ceiling_is_the_quota_and_baseline_the_weight(v2: Path) -> None:
     g = cgroups.Group("corral/t", "i-1")
     leaf = v2 / "corral/t/i-1"

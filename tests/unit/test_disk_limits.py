@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from corral.controller import instance_types
 from corral.controller.instances import disk_limits
 from corral.controller.service import Controller
@@ -54,24 +52,6 @@ async def test_the_spec_sent_to_the_node_carries_them(ctrl: Controller) -> None:
     small = instance_types.get("cr1.small")
     assert spec.root_io is not None and spec.root_io.iops == small.disk_iops
     assert spec.root_io.bps == small.disk_mbps * 1_000_000 and spec.io_weight == 200
-
-
-@pytest.fixture
-def v2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "cg2"
-    root.mkdir()
-    (root / "cgroup.controllers").write_text("cpu memory pids io\n")
-    monkeypatch.setattr(cgroups, "ROOT", root)
-    return root
-
-
-@pytest.fixture
-def v1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "cg1"
-    for c in cgroups.V1_CONTROLLERS:
-        (root / c).mkdir(parents=True)
-    monkeypatch.setattr(cgroups, "ROOT", root)
-    return root
 
 
 def test_the_io_weight_on_cgroup_v2(v2: Path) -> None:
