@@ -188,16 +188,21 @@ def raw_guest(d: Daemon, name: str, work: Path) -> tuple[Any, Any, Any]:
     )
 
     def launch() -> subprocess.Popen[bytes]:
-        enter = netns.preexec(d.settings.namespace)
-        try:
-            return subprocess.Popen(
-                argv,
-                preexec_fn=enter,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        finally:
-            os.close(enter.fd)  # type: ignore[attr-defined]
+        return popen_in(d.settings.namespace, argv)
 
     return launch, inst, c
+
+
+def popen_in(namespace: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    """``argv`` started inside network namespace ``namespace``, its output discarded."""
+    enter = netns.preexec(namespace)
+    try:
+        return subprocess.Popen(
+            argv,
+            preexec_fn=enter,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    finally:
+        os.close(enter.fd)  # type: ignore[attr-defined]

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, machine, median, new_daemon, raw_argv, tail, wait
+from bench.common import ROOT, machine, median, new_daemon, popen_in, raw_argv, tail, wait
 from corral import models, netmodels
 from corral.node.net import netns
 
@@ -243,19 +243,7 @@ def run_scene(kind: str, d: Any, work: Path, args: argparse.Namespace, log: Any)
                     inst.mac,
                     work / f"{name}.log",
                 )
-                enter = netns.preexec(ns)
-                try:
-                    raws.append(
-                        subprocess.Popen(
-                            argv,
-                            preexec_fn=enter,
-                            stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL,
-                        )
-                    )
-                finally:
-                    os.close(enter.fd)  # type: ignore[attr-defined]
+                raws.append(popen_in(ns, argv))
         ips = {n: c.instance_show(accs[n].instance.id).private_ip for n in names}
         assert all(ips.values()), ips
         log(f"{kind}: waiting for the victim's echo and the neighbours' control ports")
