@@ -62,6 +62,35 @@ def _counted(c: Cluster, tag: str) -> dict[str, Any]:
     return {"sent": sent, "received": got, "lost": sent - got, "longest_gap": gap}
 
 
+EVENT = re.compile(r"^\s+(\d\d):(\d\d):(\d\d\.\d+) +\S+ +\d+% (.*)$", re.M)
+
+
+def _phases(c: Cluster, iid: str) -> dict[str, float]:
+    """From the newest migration operation's events (the controller's clock): seconds from
+    memory moved to the switch-over's start, and the switch-over (both nodes over the wire,
+    the record and the networks) until the source's copy is being removed."""
+    listed = re.search(
+        r"\bop-[0-9a-f]+", c.cli("op", "ls", "--target", iid, "--limit", "1").ok().out
+    )
+    if listed is None:
+        return {"to_switching_s": -1.0, "switch_over_s": -1.0}
+    op_id = listed.group(0)
+    events = [
+        (int(h) * 3600 + int(m) * 60 + float(sec), msg)
+        for h, m, sec, msg in EVENT.findall(c.cli("op", "show", op_id).ok().out)
+    ]
+
+    def at(prefix: str) -> float:
+        return next(t for t, msg in events if msg.startswith(prefix))
+
+    migrating = [t for t, msg in events if msg.startswith("migrating")]
+    switching, cleaning = at("switching"), at("removing the source")
+    return {
+        "to_switching_s": round(switching - migrating[-1], 3) if migrating else -1.0,
+        "switch_over_s": round(cleaning - switching, 3),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
@@ -88,6 +117,7 @@ def main() -> None:
                 "from": src,
                 "to": dst,
                 "migrate_s": round(took, 2),
+                "phases": _phases(c, str(_show(c, "m")["id"])),
                 "moving": _counted(c, "m"),
                 "staying": _counted(c, "s"),
             }
@@ -119,7 +149,16 @@ def main() -> None:
             f"{rows}\n\n"
             f"Lost pings to the moving guest: {x['lost_moving']} (target 0); to the staying "
             f"one: {x['lost_staying']}. Median `corral migrate`: "
-            f"{median([r['migrate_s'] for r in x['runs']]):.1f} s."
+            f"{median([r['migrate_s'] for r in x['runs']]):.1f} s. From the migration "
+            "operation's events (the controller's clock), per run: the last progress report "
+            "before the switch-over to its start, and the switch-over itself (the source's "
+            "mirrors ended and the destination continued over the node wire, the record "
+            "moved, the networks synced) in s: "
+            + ", ".join(
+                f"{r['phases']['to_switching_s']:.3f} + {r['phases']['switch_over_s']:.3f}"
+                for r in x["runs"]
+            )
+            + "."
         )
 
     write_results("migrate-ping", data, summary, module="bench.migrate_ping")
