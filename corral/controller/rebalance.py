@@ -24,7 +24,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from corral.controller import capacity, scheduler
-from corral.controller.scheduler import EPSILON, NodeView, Policy
+from corral.controller.scheduler import NodeView, Policy
 
 VIOLATION = 1.0  # per instance sharing a node with its spread group
 UNPLACED = 0.25  # per instance an N+1 evacuation could not place
@@ -110,14 +110,25 @@ def score(views: list[NodeView], held: list[Held], p: Policy, *, n1: bool = True
     return total
 
 
-def _fits(h: Held, src: NodeView, dst: NodeView, held: list[Held], p: Policy) -> bool:
-    need = h.memory + dst.memory_overhead
-    free_disk = dst.free_disk(p)
-    return (
-        need <= dst.free_memory(p)
-        and h.cores <= dst.free_cores(p) + EPSILON
-        and (free_disk is None or h.disk <= free_disk)
-        and not (h.group and any(o.group == h.group and o.node_id == dst.id for o in held))
+ROOM = tuple(f for f in scheduler.FILTERS if f.name in ("memory", "cpu", "disk"))
+
+
+def _fits(h: Held, dst: NodeView, held: list[Held], p: Policy) -> bool:
+    """Room on ``dst`` by the scheduler's own filters, and no member of ``h``'s spread group
+    there."""
+    req = scheduler.Request(memory=h.memory, cores=h.cores, disk=h.disk)
+    return all(f.passes(dst, req, p, scheduler.Context()) for f in ROOM) and not (
+        h.group and any(o.group == h.group and o.node_id == dst.id for o in held)
+    )
+
+
+def _shift(v: NodeView, h: Held, sign: int) -> NodeView:
+    """``v`` with ``h``'s claim (its memory with ``v``'s QEMU overhead) added or taken off."""
+    return dataclasses.replace(
+        v,
+        claimed_memory=v.claimed_memory + sign * (h.memory + v.memory_overhead),
+        claimed_cores=v.claimed_cores + sign * h.cores,
+        claimed_disk=v.claimed_disk + sign * h.disk,
     )
 
 
@@ -125,23 +136,10 @@ def _moved(
     views: list[NodeView], held: list[Held], h: Held, dst: NodeView
 ) -> tuple[list[NodeView], list[Held]]:
     """The views and instances as they would be with ``h`` on ``dst``."""
-    out = []
-    for v in views:
-        if v.id == h.node_id:
-            v = dataclasses.replace(
-                v,
-                claimed_memory=v.claimed_memory - h.memory - v.memory_overhead,
-                claimed_cores=v.claimed_cores - h.cores,
-                claimed_disk=v.claimed_disk - h.disk,
-            )
-        elif v.id == dst.id:
-            v = dataclasses.replace(
-                v,
-                claimed_memory=v.claimed_memory + h.memory + v.memory_overhead,
-                claimed_cores=v.claimed_cores + h.cores,
-                claimed_disk=v.claimed_disk + h.disk,
-            )
-        out.append(v)
+    out = [
+        _shift(v, h, -1) if v.id == h.node_id else _shift(v, h, 1) if v.id == dst.id else v
+        for v in views
+    ]
     return out, [dataclasses.replace(o, node_id=dst.id) if o.id == h.id else o for o in held]
 
 
@@ -162,7 +160,7 @@ def plan(views: list[NodeView], held: list[Held], p: Policy, max_moves: int) -> 
                 continue
             src = by_id[h.node_id]
             for dst in live:
-                if dst.id == src.id or not _fits(h, src, dst, held, p):
+                if dst.id == src.id or not _fits(h, dst, held, p):
                     continue
                 v2, h2 = _moved(live, held, h, dst)
                 candidates.append((score(v2, h2, p, n1=False), h.name, dst.name, h, dst))
