@@ -52,6 +52,7 @@ class Move:
     timeout: float = 600.0
     downtime_ms: int = 50
     max_downtime_ms: int = 1000
+    mirrors_ended: bool = False  # the source ended its mirrors as the memory came in
 
 
 async def _quiet(phase: str, fraction: float, message: str) -> None:
@@ -132,19 +133,22 @@ async def memory(
                 reason=MIGRATION_TIMED_OUT,
             )
         await report("migrating", 0.5 + 0.45 * st.memory.percent / 100, describe(st))
-        st = await m.src.migrate_wait(m.iid, 1.0)  # returns as soon as the memory is in
+        # returns as soon as the memory is in, the mirrors ended then and there
+        st = await m.src.migrate_wait(m.iid, 1.0, end_mirrors=True)
     if st.phase != "completed":
         reason = MIGRATION_TIMED_OUT if MIGRATION_TIMED_OUT in st.reason else "migration-failed"
         raise MigrationFailed(
             f"the migration of {m.iid} ended {st.phase}: {st.reason or 'no detail'}",
             reason=reason,
         )
+    m.mirrors_ended = not st.disks
     return st
 
 
 async def switch(m: Move) -> str:
     """Memory has moved: end the mirrors, and have the destination confirm it runs."""
-    await m.src.migrate_complete(m.iid)
+    if not m.mirrors_ended:
+        await m.src.migrate_complete(m.iid)
     return await m.dst.migrate_finish(m.iid, 60.0)
 
 

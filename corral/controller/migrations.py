@@ -433,8 +433,6 @@ class Migrations:
                         reason=err.reason,
                     ) from err
                 raise
-            await ctx.checkpoint(phase="switching")
-            await ctx.progress(0.95, "switching: the destination takes over")
             return await self._switch(ctx, inst, move, dst_net)
 
     async def _switch(
@@ -443,16 +441,33 @@ class Migrations:
         """Memory has moved: forward (the destination confirms, the record moves), or, when
         the destination's copy does not run, back (the source resumes the guest).
 
-        The source is paused from here: the subnet's forwarding entries on every node are
-        pointed at the destination at once, beside the switch-over (what arrives before the
-        destination runs waits in its tap's queue, not in a source about to be removed), and
-        given back to the store after the record moved or the move was rolled back."""
+        The source is paused from here, so everything the guest waits on starts at once: the
+        subnet's forwarding entries on every node are pointed at the destination (what arrives
+        before the destination runs waits in its tap's queue, not in a source about to be
+        removed) beside the switch-over itself, and the operation's record of the phase is
+        written beside both (a restart decides by what the source says: ``_resume``). The
+        entries are given back to the store after the record moved or the move was rolled
+        back."""
         pointing = asyncio.create_task(self._point(inst.id, ctx.params["to"]))
+        noting = asyncio.create_task(self._note_switching(ctx))
         try:
-            return await self._switch_over(ctx, inst, move, dst_net, pointing)
+            return await self._switch_over(ctx, inst, move, dst_net, pointing, noting)
         finally:
-            await pointing
+            await asyncio.gather(pointing, noting, return_exceptions=True)
             await self._point(inst.id, None)
+
+    @staticmethod
+    async def _note_switching(ctx: Any) -> None:
+        """Never raises: the switch-over must not stop half-way for want of this record (the
+        move's own record, ``_record``, is what counts; a restart asks the source)."""
+        try:
+            if ctx.params.get("phase") != "switching":
+                await ctx.checkpoint(phase="switching")
+            await ctx.progress(0.95, "switching: the destination takes over")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("%s: recording the switch-over (going on)", ctx.id, exc_info=True)
 
     async def _point(self, iid: str, to: str | None) -> None:
         """The overlays' forwarding entries for ``iid``: at node ``to`` now, or (None) where
@@ -476,9 +491,11 @@ class Migrations:
         move: migration.Move,
         dst_net: str,
         pointing: asyncio.Task[None],
+        noting: asyncio.Task[None],
     ) -> dict[str, Any]:
         try:
-            await move.src.migrate_complete(inst.id)
+            if not move.mirrors_ended:
+                await move.src.migrate_complete(inst.id)
         except WrongState as err:  # the source's QEMU is gone (or its mirrors ended already)
             log.info("%s: the source has no mirror to end (%s)", inst.id, err.message)
         try:
@@ -492,6 +509,7 @@ class Migrations:
                     reason="migration-failed",
                 ) from err
             log.warning("%s: switch-over failed (%s); resuming at the source", inst.id, err)
+            await noting
             await pointing
             await self._point(inst.id, None)  # back at the source before it resumes
             await migration.rollback(move)
@@ -502,6 +520,7 @@ class Migrations:
                 "at its source",
                 reason="migration-failed",
             ) from err
+        await noting  # before the record moves: its phase must not overwrite "moved"
         await pointing
         await self._record(ctx, inst, dst_net)
         return await self._cleanup(ctx, inst)
@@ -517,7 +536,6 @@ class Migrations:
                 "migration is resumed when it does",
             ) from err
         if st.phase == "completed" or phase == "switching":
-            await ctx.checkpoint(phase="switching")
             return await self._switch(ctx, inst, move, dst_net)
         await migration.rollback(move)
         await self._unclaim(ctx)

@@ -218,28 +218,37 @@ class Overlays:
 
     async def sync(self) -> None:
         """Bring every node's segments in line with the store (only what changed is sent).
-        A node that fails is logged and tried again at the next pass; the others go on."""
+        The nodes are sent to at once (a move's entries must reach every node while its guest
+        is paused); a node that fails is logged and tried again at the next pass, the others
+        go on."""
         async with self._lock:
             plan = await self._plan()
+            per_node: dict[str, list[tuple[str, Network, OverlaySpec | None]]] = {}
             for (node_id, net_id), (net, spec) in sorted(plan.items()):
                 if node_id not in self.ctrl.nodes or not self.ctrl.cluster.reachable(node_id):
                     continue
                 want = spec.model_dump_json() if spec is not None else ""
-                if self._pushed.get((node_id, net_id)) == want:
-                    continue
-                node = self.ctrl.node(node_id)
-                try:
-                    if spec is not None:
-                        await node.overlay_ensure(spec)
-                    else:
-                        async with self.ctrl.store.read() as s:
-                            vni = await segment_vni(s, segment_key(net) or "")
-                        if vni is not None:
-                            await node.overlay_remove(net.namespace, vni)
-                except CorralError as err:
-                    log.warning("node %s: its subnet segment: %s", node_id, err.message)
-                    continue
-                self._pushed[(node_id, net_id)] = want
+                if self._pushed.get((node_id, net_id)) != want:
+                    per_node.setdefault(node_id, []).append((net_id, net, spec))
+            await asyncio.gather(*(self._push(n, todo) for n, todo in per_node.items()))
+
+    async def _push(
+        self, node_id: str, todo: list[tuple[str, Network, OverlaySpec | None]]
+    ) -> None:
+        node = self.ctrl.node(node_id)
+        for net_id, net, spec in todo:
+            try:
+                if spec is not None:
+                    await node.overlay_ensure(spec)
+                else:
+                    async with self.ctrl.store.read() as s:
+                        vni = await segment_vni(s, segment_key(net) or "")
+                    if vni is not None:
+                        await node.overlay_remove(net.namespace, vni)
+            except CorralError as err:
+                log.warning("node %s: its subnet segment: %s", node_id, err.message)
+                continue
+            self._pushed[(node_id, net_id)] = spec.model_dump_json() if spec is not None else ""
 
     async def devices(self, s: AsyncSession, network: Network) -> list[str]:
         """The VXLAN device names the network's bridge may have (for its guard)."""

@@ -499,8 +499,12 @@ class FakeNode:
             vm_status="postmigrate" if phase == "completed" else "running",
         )
 
-    async def migrate_wait(self, iid: str, wait: float = 1.0) -> MigrationStatus:
+    async def migrate_wait(
+        self, iid: str, wait: float = 1.0, end_mirrors: bool = False
+    ) -> MigrationStatus:
         await asyncio.sleep(min(wait, 0.01))
+        if end_mirrors and self.outgoing.get(iid) == "completed":
+            self.calls.append(("migrate_complete", iid))
         return await self.migrate_status(iid)
 
     async def migrate_complete(self, iid: str) -> None:

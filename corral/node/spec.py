@@ -604,6 +604,9 @@ class MigrationStartRequest(BaseModel):
 class MigrationWaitRequest(BaseModel):
     iid: str
     wait: float = Field(1.0, ge=0, le=60)  # seconds to wait for the migration to end
+    # the memory moved (the source paused): end the mirrors at once, their last writes copied
+    # (``migrate_complete``), sparing the paused guest a round trip
+    end_mirrors: bool = False
 
 
 class MigrationCancelRequest(BaseModel):

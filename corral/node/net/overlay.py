@@ -16,6 +16,7 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from corral.errors import Invalid
 from corral.node.spec import VXLAN_OVERHEAD, vxlan_device
@@ -85,7 +86,27 @@ async def ensure(seg: Segment, peers: list[str], entries: dict[str, str]) -> Non
     for p in peers:
         ipaddress.IPv4Address(p)
     dev = device(seg.vni)
-    here = await _names(seg.namespace)
+    links = await _links(seg.namespace)
+    if not _ready(links, seg.bridge, dev):  # the common case (a move, a new entry) skips this
+        await _setup(seg, dev, set(links))
+    await _fdb(seg.namespace, dev, peers, entries)
+
+
+async def _links(ns: str | None) -> dict[str, dict[str, Any]]:
+    out = await _ip(ns, "-d", "-json", "link", "show")
+    return {link["ifname"]: link for link in json.loads(out or "[]")}
+
+
+def _ready(links: dict[str, dict[str, Any]], bridge: str, dev: str) -> bool:
+    """The bridge up, and the VXLAN device up on it with learning off: only entries to write."""
+    br, vx = links.get(bridge), links.get(dev)
+    if br is None or vx is None or "UP" not in br.get("flags", ()):
+        return False
+    port = vx.get("linkinfo", {}).get("info_slave_data", {})
+    return vx.get("master") == bridge and "UP" in vx.get("flags", ()) and not port.get("learning")
+
+
+async def _setup(seg: Segment, dev: str, here: set[str]) -> None:
     if seg.bridge not in here:
         await _ip(
             seg.namespace,
@@ -113,7 +134,15 @@ async def ensure(seg: Segment, peers: list[str], entries: dict[str, str]) -> Non
     await _bridge(seg.namespace, "link", "set", "dev", dev, "learning", "off")
     await _ip(seg.namespace, "link", "set", dev, "up")
     await _ip(seg.namespace, "link", "set", seg.bridge, "up")
-    await _fdb(seg.namespace, dev, peers, entries)
+
+
+async def _batch(ns: str, lines: list[str], check: bool) -> None:
+    """``bridge`` commands in one run (a move rewrites entries while the guest is paused:
+    one process, not one per entry). Unchecked: every line tried (``-force``), failures
+    ignored (deleting what is already gone)."""
+    if lines:
+        argv = ["bridge", "-n", ns, *([] if check else ["-force"]), "-batch", "-"]
+        await arun(argv, input="".join(f"{line}\n" for line in lines).encode(), check=check)
 
 
 async def _fdb(ns: str, dev: str, peers: list[str], entries: dict[str, str]) -> None:
@@ -121,11 +150,6 @@ async def _fdb(ns: str, dev: str, peers: list[str], entries: dict[str, str]) -> 
     table = json.loads(out or "[]")
     have = {(e["mac"], e["dst"]) for e in table if e.get("dst")}
     want = {(ZERO_MAC, p) for p in peers} | {(m, a) for m, a in entries.items()}
-    for mac, dst in sorted(have - want):
-        await _bridge(ns, "fdb", "del", mac, "dev", dev, "dst", dst, check=False)
-    for mac, dst in sorted(want - have):
-        verb = "append" if mac == ZERO_MAC else "replace"
-        await _bridge(ns, "fdb", verb, mac, "dev", dev, "dst", dst, "self", "permanent")
     # the bridge's own table too: a frame to a remote guest goes to the VXLAN port only,
     # never flooded to the local guests' taps as unknown unicast (learning is off there)
     mastered = {
@@ -133,10 +157,16 @@ async def _fdb(ns: str, dev: str, peers: list[str], entries: dict[str, str]) -> 
         for e in table
         if not e.get("dst") and "master" in e and e.get("state") == "static" and "vlan" not in e
     }
-    for mac in sorted(mastered - set(entries)):
-        await _bridge(ns, "fdb", "del", mac, "dev", dev, "master", check=False)
-    for mac in sorted(set(entries) - mastered):
-        await _bridge(ns, "fdb", "replace", mac, "dev", dev, "master", "static")
+    gone = [f"fdb del {mac} dev {dev} dst {dst}" for mac, dst in sorted(have - want)]
+    gone += [f"fdb del {mac} dev {dev} master" for mac in sorted(mastered - set(entries))]
+    new = []
+    for mac, dst in sorted(want - have):
+        verb = "append" if mac == ZERO_MAC else "replace"
+        new.append(f"fdb {verb} {mac} dev {dev} dst {dst} self permanent")
+    new += [f"fdb replace {mac} dev {dev} master static" for mac in sorted(set(entries) - mastered)]
+    # a moved MAC: its new tunnel entry first, then the stale ones go (never none between)
+    await _batch(ns, new, check=True)
+    await _batch(ns, gone, check=False)
 
 
 async def fdb(ns: str, vni: int) -> dict[str, list[str]]:
