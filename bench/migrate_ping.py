@@ -29,6 +29,7 @@ from tests.postgres import PostgresServer
 
 INTERVAL = 0.01
 SETTLE = 3.0  # seconds of pings after the migration's end
+RTT = re.compile(r"seq=(\d+) ttl=\d+ time=([\d.]+) ms")
 SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) packets received")
 
 
@@ -58,8 +59,19 @@ def _counted(c: Cluster, tag: str) -> dict[str, Any]:
     if m is None or not seqs:
         raise RuntimeError(f"no ping summary from {tag}: {out[-400:]}")
     sent, got = int(m.group(1)), int(m.group(2))
-    gap = max((b - a - 1 for a, b in itertools.pairwise(seqs)), default=0)
-    return {"sent": sent, "received": got, "lost": sent - got, "longest_gap": gap}
+    gap, at = max(((b - a - 1, a) for a, b in itertools.pairwise(seqs)), default=(0, 0))
+    rtt = {int(a): float(b) for a, b in RTT.findall(out)}
+    around = [rtt.get(q) for q in range(at - 4, at + gap + 6) if q in rtt]
+    return {
+        "sent": sent,
+        "received": got,
+        "lost": sent - got,
+        "longest_gap": gap,
+        "rtt_max_ms": max(rtt.values(), default=0.0),
+        # the replies just before and after the longest gap (ms): a guest slowed before it
+        # stops (auto-converge's throttle) shows here as growing times
+        "rtt_around_gap_ms": around,
+    }
 
 
 EVENT = re.compile(r"^\s+(\d\d):(\d\d):(\d\d\.\d+) +\S+ +\d+% (.*)$", re.M)
