@@ -38,6 +38,7 @@ from corral.store.models import (
     Node,
     Operation,
     PlacementGroup,
+    Tag,
     Volume,
 )
 
@@ -334,8 +335,20 @@ class Migrations:
 
     async def _needs(self, s: Any, inst: Instance) -> scheduler.Request:
         """What ``inst`` asks of a node, as at its launch: room, architecture, its placement
-        group (spread or cluster)."""
+        group (spread or cluster), its exclusion tags (a move must not put it beside an
+        instance sharing one, as a launch must not)."""
         image = await s.get(Image, inst.image_id)
+        keys = scheduler.Policy.from_settings(self.ctrl.settings).exclusion_keys
+        tags = (
+            {
+                t.key: t.value
+                for t in await s.scalars(
+                    select(Tag).where(Tag.resource_id == inst.id, Tag.key.in_(keys))
+                )
+            }
+            if keys
+            else {}
+        )
         pg = (
             await s.get(PlacementGroup, inst.placement_group_id)
             if inst.placement_group_id
@@ -348,6 +361,7 @@ class Migrations:
             arch=image.arch if image is not None else "x86_64",
             account_id=inst.account_id,
             group=scheduler.Group(pg.id, pg.name, pg.strategy) if pg is not None else None,
+            exclusion=tags,
         )
 
     @staticmethod

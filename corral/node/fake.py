@@ -503,8 +503,6 @@ class FakeNode:
         self, iid: str, wait: float = 1.0, end_mirrors: bool = False
     ) -> MigrationStatus:
         await asyncio.sleep(min(wait, 0.01))
-        if end_mirrors and self.outgoing.get(iid) == "completed":
-            self.calls.append(("migrate_complete", iid))
         return await self.migrate_status(iid)
 
     async def migrate_complete(self, iid: str) -> None:

@@ -101,6 +101,19 @@ async def test_the_scheduler_passes_over_nodes_where_its_address_is_taken(
         await ctrl.migrations.request(admin(ctrl), inst.id)
 
 
+async def test_a_migration_keeps_hard_exclusion_tags(cluster: Cluster) -> None:
+    """A move passes the same exclusion filter as a launch: it never puts an instance beside
+    one sharing its exclusion tag (before, a migration's request carried no tags)."""
+    ctrl = await cluster({"a": {}, "b": {}, "c": {}}, exclusion_tags="service", exclusion="hard")
+    x = await run(ctrl, node="a", name="x", tags={"service": "mail"})
+    await run(ctrl, node="b", name="y", tags={"service": "mail"})
+    with pytest.raises(NoResources, match="already holds an instance tagged service=mail"):
+        await ctrl.migrations.request(admin(ctrl), x.name, to="b")
+    _, op = await ctrl.migrations.request(admin(ctrl), x.name)
+    assert (await finish(ctrl, op)).status == "succeeded"
+    assert (await reload(ctrl, x.id)).node_id == "node-c"
+
+
 async def test_a_migration_is_refused_clearly(cluster: Cluster) -> None:
     ctrl = await cluster({"a": {}, "b": {"memory": 64 << 20}})
     inst = await run(ctrl, node="a")
