@@ -107,6 +107,8 @@ async def run(settings: Settings, listen: str) -> None:
         await agent.start()
         tls = tls_settings(settings.state_dir) if listen.startswith("https://") else None
         sock = server.listen(listen)
+        if listen.startswith("https://"):  # a joined node: its peers' hellos (node/fence.py)
+            await agent.fence.listen(listen.removeprefix("https://"))
         srv = server.server(server.create_app(agent), tls)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from corral import pki
 from corral.controller.leader import ControllerLock
 from corral.errors import Invalid, NotFound, Unauthorized, WrongState
+from corral.node.spec import HEARD_WITHIN
 from corral.pki import TOKEN_PREFIX, split_token
 from corral.store.models import Instance, JoinToken, Node, UTCDateTime, utcnow
 
@@ -508,8 +509,10 @@ class Cluster:
                 log.exception("node %s: handling its death failed (tried again)", node_id)
 
     async def _reached_by_peer(self, node_id: str) -> bool:
-        """Whether any live node's agent still connects to this node's agent: then it is cut
-        off from the controller only, has not fenced, and must not be declared dead."""
+        """Whether any live node's agent heard a hello from this node's agent lately
+        (``HEARD_WITHIN``): then it is cut off from the controller only, has not fenced (the
+        answered hello is what keeps its HA instances, node/fence.py), and must not be declared
+        dead. A hung agent says no hello, so its guard has fired once that long has passed."""
         address = self.addresses.get(node_id, "")
         if not address.startswith("https://"):
             return False
@@ -517,7 +520,8 @@ class Cluster:
 
         async def probe(client: Any) -> bool:
             try:
-                return any(await asyncio.wait_for(client.peer_probe([target], 1.0), PING_TIMEOUT))
+                ago = (await asyncio.wait_for(client.peer_heard([target]), PING_TIMEOUT))[0]
+                return ago is not None and ago <= HEARD_WITHIN
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -286,10 +286,11 @@ class NodeAgent(ReplicaAgent):
         self.fence.heartbeat(session, seq, confirmed, fence_after, list(peers or []))
         return f"{self.settings.hostname} {self.boot}"
 
-    async def peer_probe(self, addresses: list[str], timeout: float = 1.0) -> list[bool]:
-        """Whether the agents at ``addresses`` accept connections from here (the controller
-        asks before it declares a node dead: a node a peer still reaches is not cut off)."""
-        return list(await asyncio.gather(*(fence.tcp_connects(a, timeout) for a in addresses)))
+    async def peer_heard(self, addresses: list[str]) -> list[float | None]:
+        """Seconds since each agent at ``addresses`` last said hello here (None: never). The
+        controller asks before it declares a node dead: a node a peer heard from lately may
+        still hold its HA instances (node/fence.py)."""
+        return [self.fence.heard_ago(a) for a in addresses]
 
     def _ha_pids(self) -> dict[str, int]:
         out = {}

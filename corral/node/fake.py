@@ -73,7 +73,7 @@ class FakeNode:
         self.overlays: dict[tuple[str, int], OverlaySpec] = {}
         self.dns: dict[str, str] = {}
         self.heartbeats: list[tuple[str, int, int, float, list[str]]] = []
-        self.reachable_peers: set[str] = set()
+        self.heard_peers: dict[str, float] = {}  # peer -> seconds since it said hello
         self.fail_start: set[str] = set()
         self.plugged: dict[str, set[str]] = {}  # instance -> volumes hot-plugged
         self.io_limits: dict[str, tuple[int, int, int]] = {}  # volume -> iops, burst, bytes/s
@@ -118,8 +118,8 @@ class FakeNode:
         self.heartbeats.append((session, seq, confirmed, fence_after, list(peers or [])))
         return self.name
 
-    async def peer_probe(self, addresses: list[str], timeout: float = 1.0) -> list[bool]:
-        return [a in self.reachable_peers for a in addresses]
+    async def peer_heard(self, addresses: list[str]) -> list[float | None]:
+        return [self.heard_peers.get(a) for a in addresses]
 
     async def info(self) -> NodeInfo:
         return NodeInfo(

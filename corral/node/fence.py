@@ -11,12 +11,23 @@ controller's expiry (``recorded + lease_timeout``) is never before ``t + lease_t
 ``fence_after`` is shorter than ``lease_timeout``: the node gives up before the controller's
 view of the lease can lapse, and the controller waits a further safety margin on top.
 
-The decision. When the lease has lapsed the agent probes its peers (TCP connects to the other
-nodes' agents; a refusal also proves the path works). Any answer: the node is not cut off, the
-controller itself is down or cannot reach the database, and nothing is fenced (the controller
-declares a node dead only when no peer reaches it either). No answer from any peer: the node is
-isolated, the controller will restart its HA instances elsewhere, and the agent kills them now.
-A node with no peers (a cluster of one) never fences: there is nowhere to fail over to.
+The decision. When the lease has lapsed the agent says hello to its peers: one line to each
+peer agent's liveness port (its agent port + 1), which the peer answers from its own event loop
+and records ("heard from X, now"), but only for a name its own lease lists as a peer (the
+controller's name for X). Only that answer counts: a refusal (the host is up, its agent is
+not), a connection the kernel accepts for a hung agent, or a name the peer does not know, are
+no answer. Any answer: the node is not cut off, the controller itself is down or cannot reach
+the database, and nothing is fenced. No answer from any peer: the node is isolated, the
+controller will restart its HA instances elsewhere, and the agent kills them now. A node with
+no peers (a cluster of one) never fences: there is nowhere to fail over to.
+
+Why the peers record it. The controller declares a node dead only when no peer has *heard*
+from it for ``HEARD_WITHIN`` seconds (``peer_heard``). Each answered hello is what lets a node
+keep its HA QEMUs (its guard's deadline moves ``HANG_AFTER`` past it), so a node that has not
+been heard from for longer than that has either fenced itself (isolated) or stopped moving its
+guard (a hung agent: the guard has killed them). The controller sees exactly the evidence the
+node acts on; a hung agent, whose listening socket still takes TCP connections, is not counted
+as alive (it used to be: its HA instances were killed by its guard and never restarted).
 
 The guard. The agent writes the guard's deadline and the HA QEMUs' pids (with their start
 times, against pid reuse) to ``<state>/fence/guard.json`` about every 250 ms; the guard kills
@@ -43,13 +54,13 @@ import psutil
 
 from corral.errors import WrongState
 from corral.fsutil import atomic_write
+from corral.node.spec import HANG_AFTER, PROBE_SLACK, PROBE_TIMEOUT
 
 log = logging.getLogger(__name__)
 
 TICK = 0.25  # seconds between the agent's looks at its lease
-PROBE_TIMEOUT = 1.0  # seconds for each peer's TCP connect
-PROBE_SLACK = 1.5  # the guard's deadline past the fence deadline: time for the peer probe
-HANG_AFTER = 3.0  # while the controller is down: the guard fires if the agent stops for this long
+LIVENESS_OFFSET = 1  # a joined agent's liveness port: its agent port + 1
+HELLO = b"corral-alive "
 KEEP = 64  # heartbeats remembered (their arrival times)
 
 
@@ -72,32 +83,31 @@ def start_time(pid: int) -> float | None:
         return None
 
 
-async def _connect(address: str, timeout: float) -> str:
-    """One TCP connect to ``IP:PORT``: "connected", "refused" (the host answered) or ""."""
-    host, _, port = address.rpartition(":")
+def liveness_address(agent: str) -> tuple[str, int]:
+    """A peer agent's ``IP:PORT`` -> where its liveness listener is."""
+    host, _, port = agent.rpartition(":")
+    return host.strip("[]"), int(port) + LIVENESS_OFFSET
+
+
+async def hello(address: str, me: str, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Say hello as ``me`` to the peer agent at ``address`` (``IP:PORT``): True only when the
+    peer's own loop answered that it heard us (and knows ``me`` as a peer)."""
     try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(host.strip("[]"), int(port)), timeout
-        )
-    except ConnectionRefusedError:
-        return "refused"
+        host, port = liveness_address(address)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     except (OSError, TimeoutError, ValueError):
-        return ""
-    writer.close()
-    with contextlib.suppress(Exception):
-        await writer.wait_closed()
-    return "connected"
-
-
-async def tcp_reachable(address: str, timeout: float = PROBE_TIMEOUT) -> bool:
-    """Whether the network path to ``IP:PORT`` works: a connection, or a refusal (the host
-    answered)."""
-    return bool(await _connect(address, timeout))
-
-
-async def tcp_connects(address: str, timeout: float = PROBE_TIMEOUT) -> bool:
-    """Whether an agent accepts connections at ``IP:PORT`` (a refusal does not count)."""
-    return await _connect(address, timeout) == "connected"
+        return False
+    try:
+        writer.write(HELLO + me.encode() + b"\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readline(), timeout)
+        return answer.strip() == b"heard"
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
 
 
 @dataclass
@@ -134,14 +144,17 @@ class Fence:
         state_dir: Path,
         ha_pids: Callable[[], dict[str, int]],
         kill: Callable[[str], object],
-        probe: Callable[[str], object] = tcp_reachable,
+        probe: Callable[[str], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.dir = state_dir / "fence"
         self.ha_pids = ha_pids
         self.kill = kill
-        self.probe = probe
+        self.probe = probe or (lambda address: hello(address, self.me))
         self.clock = clock
+        self.me = ""  # this agent's IP:PORT as the controller names it (a joined node)
+        self.heard: dict[str, float] = {}  # peer (IP:PORT) -> when it last said hello here
+        self._liveness: asyncio.Server | None = None
         self.lease = self._load()
         self.fenced: list[str] = []  # instances this node killed (newest fence)
         self.isolated = False
@@ -203,6 +216,32 @@ class Fence:
     def valid(self) -> bool:
         """Whether this node may start HA work: its lease holds (or fencing is off here)."""
         return self.lease.deadline is None or not self.lease.lapsed(self.clock())
+
+    # -- hellos from peers ------------------------------------------------------------------
+    async def listen(self, me: str) -> None:
+        """Answer the peers' hellos on this agent's liveness port (``me`` is its ``IP:PORT``)."""
+        self.me = me
+        host, port = liveness_address(me)
+        self._liveness = await asyncio.start_server(self._answer, host, port)
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), PROBE_TIMEOUT)
+            name = line.removeprefix(HELLO).strip().decode(errors="replace")
+            known = line.startswith(HELLO) and name in self.lease.peers
+            if known:
+                self.heard[name] = self.clock()
+            writer.write(b"heard\n" if known else b"unknown\n")
+            await writer.drain()
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+    def heard_ago(self, address: str) -> float | None:
+        """Seconds since the peer at ``address`` last said hello here (None: never)."""
+        at = self.heard.get(address)
+        return None if at is None else max(self.clock() - at, 0.0)
 
     # -- the loop --------------------------------------------------------------------------
     async def check_once(self) -> None:
@@ -278,6 +317,8 @@ class Fence:
             self._guard = start_guard(self.dir, watchdog)
 
     async def close(self) -> None:
+        if self._liveness is not None:
+            self._liveness.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -358,9 +358,17 @@ class HeartbeatRequest(BaseModel):
     peers: list[str] = Field(default_factory=list)
 
 
-class PeerProbeRequest(BaseModel):
+# self-fencing's timings (node/fence.py), which the controller's death decision must agree with
+PROBE_TIMEOUT = 1.0  # seconds for a hello to a peer to be answered
+PROBE_SLACK = 1.5  # the guard's deadline past the fence deadline: time for the hellos
+HANG_AFTER = 3.0  # while the controller is down: the guard fires if the agent stops this long
+# a node a peer heard from less than this ago may still hold its HA QEMUs (its guard's deadline
+# is at most HANG_AFTER past an answered hello, which took at most PROBE_TIMEOUT)
+HEARD_WITHIN = HANG_AFTER + PROBE_TIMEOUT + PROBE_SLACK
+
+
+class PeerHeardRequest(BaseModel):
     addresses: list[str]  # IP:PORT of other nodes' agents
-    timeout: float = 1.0
 
 
 class InstanceStopRequest(BaseModel):

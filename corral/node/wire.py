@@ -71,7 +71,7 @@ CALLS: dict[str, Call] = {
         Call("info", s.NoArgs, s.NodeInfo, T.LONG),  # the first call probes the accelerator
         # the controller's heartbeat, renewing the node's lease (node/fence.py): the node's name
         Call("heartbeat", s.HeartbeatRequest, str, T.FAST),
-        Call("peer_probe", s.PeerProbeRequest, list[bool], T.FAST),
+        Call("peer_heard", s.PeerHeardRequest, list[float | None], T.FAST),
         Call("network_ensure", s.NetworkEnsureRequest, None),
         Call("network_hosts", s.NetworkEnsureRequest, None),
         Call("network_policy", s.NetworkPolicyRequest, None),

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ from corral.controller.service import Controller
 from corral.errors import WrongState
 from corral.node import fence, guard
 from corral.node.fake import FakeNode
-from corral.node.spec import InstanceSpec
+from corral.node.spec import HEARD_WITHIN, InstanceSpec
 from corral.store import Store
 from corral.store.models import Instance, Node, Operation
 
@@ -122,20 +123,56 @@ def test_a_restarted_agent_keeps_its_predecessors_deadline(tmp_path: Path) -> No
     assert again.lease.deadline == 104.0 and again.lease.peers == ["192.0.2.12:8774"]
 
 
-async def test_peer_probe_counts_a_refusal_as_a_working_path(tmp_path: Path) -> None:
-    srv = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
-    port = srv.sockets[0].getsockname()[1]
+async def _liveness(tmp_path: Path, peers: list[str]) -> tuple[fence.Fence, str]:
+    """A fence answering hellos on a free loopback port pair; its lease lists ``peers``."""
+    for _ in range(20):
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        f, _ = _fence(tmp_path, {}, reachable=False)
+        f.heartbeat("s", 1, 0, 4.0, peers)
+        try:
+            await f.listen(f"127.0.0.1:{port}")
+        except OSError:
+            continue  # port + 1 taken: another pair
+        return f, f"127.0.0.1:{port}"
+    raise AssertionError("no free port pair")
+
+
+async def test_a_hello_counts_only_when_the_peers_own_loop_answers_and_records_it(
+    tmp_path: Path,
+) -> None:
+    me = "127.0.0.9:8774"
+    peer, at = await _liveness(tmp_path, [me])
     try:
-        assert await fence.tcp_reachable(f"127.0.0.1:{port}")
-        assert await fence.tcp_connects(f"127.0.0.1:{port}")
+        assert await fence.hello(at, me)
+        ago = peer.heard_ago(me)
+        assert ago is not None and ago < 1.0
+        # a name the peer's lease does not list (not the controller's name for us) is no
+        # answer, and nothing is recorded for it
+        assert not await fence.hello(at, "127.0.0.8:8774")
+        assert peer.heard_ago("127.0.0.8:8774") is None
     finally:
-        srv.close()
-        await srv.wait_closed()
-    assert await fence.tcp_reachable(f"127.0.0.1:{port}")  # refused: the host answered
-    assert not await fence.tcp_connects(f"127.0.0.1:{port}")  # but no agent there
+        await peer.close()
+    assert not await fence.hello(at, me)  # refused: the host is up, its agent is not
 
 
-# -- the guard ---------------------------------------------------------------------------------
+async def test_a_hung_agent_accepting_connections_is_no_answer(tmp_path: Path) -> None:
+    """The kernel completes the handshake for a listening socket nobody serves (an agent
+    stopped by SIGSTOP): that used to count as reaching it."""
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)
+    port = hung.getsockname()[1]
+    try:
+        started = time.monotonic()
+        assert not await fence.hello(f"127.0.0.1:{port - 1}", "127.0.0.9:8774", timeout=0.3)
+        assert time.monotonic() - started < 5
+    finally:
+        hung.close()
+
+
 def test_the_guard_kills_listed_processes_once_the_deadline_passes(tmp_path: Path) -> None:
     victim = subprocess.Popen(["sleep", "60"])
     bystander = subprocess.Popen(["sleep", "60"])
@@ -232,7 +269,7 @@ class Silent:
 
         raise EnvironmentProblem("node is unreachable", reason="node-unreachable")
 
-    async def peer_probe(self, addresses: list[str], timeout: float = 1.0) -> list[bool]:
+    async def peer_heard(self, addresses: list[str]) -> list[float | None]:
         raise AssertionError("a silent node is not asked")
 
     async def instances(self) -> list[object]:
@@ -407,7 +444,7 @@ async def test_a_node_a_peer_still_reaches_is_not_declared_dead(
     ctrl: Controller, node: FakeNode
 ) -> None:
     other = FakeNode("n2")
-    other.reachable_peers = {"192.0.2.11:8774"}
+    other.heard_peers = {"192.0.2.11:8774": 0.5}  # its hellos still arrive there
     from tests.unit.helpers import node_server
 
     async with node_server(other) as url:
@@ -431,7 +468,9 @@ async def test_a_node_a_peer_still_reaches_is_not_declared_dead(
             assert not ctrl.cluster.reachable("node-n1")
             assert "node-n1" in ctrl.cluster.partial and "node-n1" not in ctrl.cluster.dead
             assert replicas.asked == []
-            other.reachable_peers = set()  # now no peer reaches it either: dead
+            # heard from, but longer ago than its guard can hold its HA instances (a hung agent,
+            # whose socket still takes connections): dead
+            other.heard_peers = {"192.0.2.11:8774": HEARD_WITHIN + 0.1}
             await ctrl.cluster.heartbeat_once()
             assert "node-n1" in ctrl.cluster.dead and set(replicas.asked) == {"node-n1"}
         finally:
