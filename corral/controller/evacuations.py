@@ -19,6 +19,7 @@ destination's ``evacuate_receive`` starts anew); after it, it finishes the sourc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -113,8 +114,10 @@ class Evacuations:
                 stays[inst.name] = why
                 continue
             try:
-                target = await self.ctrl.migrations._choose(s, inst, to)
-                req = await self.ctrl.migrations._needs(s, inst)
+                req = dataclasses.replace(
+                    await self.ctrl.migrations._needs(s, inst), zone=node.zone or None
+                )
+                target = await self._choose(s, inst, req, node, to)
                 got = await scheduler.claim(s, target, req, policy)
                 if got is None:
                     raise NoResources(f"node {target.name} has no room for {inst.name} any more")
@@ -152,6 +155,37 @@ class Evacuations:
             "moves": moves,
             "not_moved": stays,
         }
+
+    async def _choose(
+        self, s: Any, inst: Instance, req: scheduler.Request, node: Node, to: str | None
+    ) -> scheduler.NodeView:
+        """The destination: ``to`` when given, else the scheduler's pick among the other
+        connected nodes of the node's zone (an instance keeps its zone, as in EC2), passing
+        the scheduler's filters, where no other instance holds its address."""
+        views = await scheduler.nodes(s)
+        if to is not None:
+            others = [v for v in views if to in (v.name, v.id)]
+            if others and others[0].id not in self.ctrl.nodes:
+                raise WrongState(f"node {to} is not connected to this controller", field="to")
+        else:
+            others = [v for v in views if v.id != node.id and v.id in self.ctrl.nodes]
+        taken = await self.ctrl.migrations._address_taken_on(s, inst)
+        clash = [v for v in others if v.id in taken]
+        others = [v for v in others if v.id not in taken]
+        policy = scheduler.Policy.from_settings(self.ctrl.settings)
+        ctx = await scheduler.Context.load(s, req)
+        ok, failed = scheduler.sift(others, req, policy, ctx)
+        if not ok:
+            why = scheduler.explain(len(others), failed, req, policy) if others else "no other node"
+            if clash:
+                why += f"; {len(clash)} more give its address {inst.private_ip} to another instance"
+            raise NoResources(
+                f"no other node can take {inst.name} ({why}); add a node or free one"
+                if to is None
+                else f"node {to} cannot take {inst.name} ({why})",
+                resource="node",
+            )
+        return scheduler.rank(ok, req, policy, ctx)[0]
 
     async def _why_not(self, inst: Instance) -> str:
         """Why ``inst`` cannot move cold now ("" when it can)."""

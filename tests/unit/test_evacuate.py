@@ -119,6 +119,17 @@ async def test_evacuate_to_a_named_node_and_its_refusals(cluster: Cluster) -> No
     assert (await reload(ctrl, inst.id)).node_id == "node-b"
 
 
+async def test_an_instance_keeps_its_zone(cluster: Cluster) -> None:
+    ctrl = await cluster(
+        {"a": {"zone": "z1"}, "b": {"zone": "z2"}, "c": {"zone": "z1", "memory": 1 << 30}}
+    )
+    inst = await _stopped(ctrl, node="a", memory="64M")
+    res = await ctrl.evacuations.evacuate(admin(ctrl), "a", dry_run=True)
+    assert [m["to"] for m in res["moves"]] == ["c"]  # b is larger, but in another zone
+    res = await ctrl.evacuations.evacuate(admin(ctrl), "a", to="b", dry_run=True)
+    assert not res["moves"] and "not in zone z1" in res["not_moved"][inst.name]
+
+
 def _user(ctrl: Controller) -> Any:
     from dataclasses import replace
 
