@@ -73,7 +73,7 @@ async def test_evacuate_moves_stopped_instances_cold_and_spreads_them(cluster: C
         assert row.generation == old.generation + 1
         assert await _network_node(ctrl, row.id) == (row.node_id, old.private_ip)
         assert row.id not in fake(ctrl, "a").specs
-        dst = fake(ctrl, row.node_id.removeprefix("node-"))
+        dst = fake(ctrl, str(row.node_id).removeprefix("node-"))
         assert row.id in dst.specs and row.id not in dst.running and not dst.arriving
     assert (await reload(ctrl, live.id)).node_id == "node-a"
     assert await _claimed(ctrl, "a") == before - sum(i.claim_memory for i in cold)
@@ -82,7 +82,7 @@ async def test_evacuate_moves_stopped_instances_cold_and_spreads_them(cluster: C
     # started afterwards, it runs on its new node
     _, op = await ctrl.instances.start(admin(ctrl), cold[0].name)
     assert op is not None and (await finish(ctrl, op)).status == "succeeded"
-    assert cold[0].id in fake(ctrl, rows[0].node_id.removeprefix("node-")).running
+    assert cold[0].id in fake(ctrl, str(rows[0].node_id).removeprefix("node-")).running
 
 
 async def test_a_dry_run_plans_without_cordoning_claiming_or_moving(cluster: Cluster) -> None:
