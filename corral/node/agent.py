@@ -483,6 +483,7 @@ class NodeAgent(EvacuateAgent):
         """Remove this node's namespace and everything in it (instances must be gone)."""
         await self.imds.close()
         await self.replicas_stop_all()
+        await self.arrivals_stop_all()
         for dm in list(self.dnsmasqs.values()):
             await dm.stop()
         self.dnsmasqs.clear()

@@ -159,6 +159,11 @@ class EvacuateAgent(ReplicaAgent):
             volume_files.remove(self._volume(vid))
         self.event_log.append("instance-arrival-undone", {"id": iid})
 
+    async def arrivals_stop_all(self) -> None:
+        """Stop every daemon serving a cold move's copies here (the node's teardown)."""
+        for d in sorted((self.settings.state_dir / "arriving").glob("*")):
+            await storage_daemon.stop(d / "qsd.pid", str(d))
+
     # -- the source -------------------------------------------------------------------------
     async def evacuate_send(
         self, iid: str, address: str, port: int, disks: list[MirrorDisk]
