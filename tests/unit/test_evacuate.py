@@ -18,7 +18,7 @@ from corral.controller.evacuations import OP
 from corral.controller.service import Controller
 from corral.errors import Forbidden, Invalid, NotFound
 from corral.node.fake import FakeNode
-from corral.store.models import Address, Instance, Network, Node
+from corral.store.models import Address, Instance, Network, Node, Volume
 from tests.unit.conftest import Cluster
 from tests.unit.helpers import admin, finish, reload, run
 
@@ -83,6 +83,28 @@ async def test_evacuate_moves_stopped_instances_cold_and_spreads_them(cluster: C
     _, op = await ctrl.instances.start(admin(ctrl), cold[0].name)
     assert op is not None and (await finish(ctrl, op)).status == "succeeded"
     assert cold[0].id in fake(ctrl, str(rows[0].node_id).removeprefix("node-")).running
+
+
+async def test_an_attached_volume_moves_with_its_instance(cluster: Cluster) -> None:
+    ctrl = await cluster({"a": {}, "b": {}})
+    inst = await _stopped(ctrl, node="a", name="web")
+    vol, op = await ctrl.volumes.create(admin(ctrl), 1, None, name="data")
+    if op is not None:  # a cluster makes the file where it is first attached
+        await finish(ctrl, op)
+    _, op = await ctrl.volumes.attach(admin(ctrl), vol.id, "web", None)
+    assert op is None  # at once to a stopped instance
+    async with ctrl.store.read() as s:
+        assert (await s.get(Volume, vol.id)).node_id == "node-a"  # type: ignore[union-attr]
+    assert vol.id in fake(ctrl, "a").volumes
+    res = await ctrl.evacuations.evacuate(admin(ctrl), "a")
+    done = await finish(ctrl, await ctrl.ops.get(res["moves"][0]["operation"]))
+    assert done.status == "succeeded", done.error
+    async with ctrl.store.read() as s:
+        row = await s.get(Volume, vol.id)
+        assert row is not None and row.node_id == "node-b" and row.instance_id == inst.id
+    assert vol.id in fake(ctrl, "b").volumes and vol.id not in fake(ctrl, "a").volumes
+    spec = fake(ctrl, "b").specs[inst.id]
+    assert [v.id for v in spec.volumes] == [vol.id]
 
 
 async def test_a_dry_run_plans_without_cordoning_claiming_or_moving(cluster: Cluster) -> None:
