@@ -101,7 +101,7 @@ def node_evacuate(
 ) -> None:
     """Cordon a node and move every stopped instance away cold (its disks copied to another
     node; running ones are left to `corral node drain`); lists what cannot move and why."""
-    from corral.cli.common import fail, wait_op
+    from corral.cli.common import err_console, fail, wait_op
     from corral.errors import CorralError
 
     c = opts(ctx).client()
@@ -132,8 +132,10 @@ def node_evacuate(
             wait_op(c, c.operation_show(mv.operation), f"evacuate {mv.instance}", quiet=as_json)
             if not as_json:
                 console.print(f"  {mv.instance}: now on {mv.to}")
-        except CorralError as err:
-            console.print(f"  {mv.instance}: [red]{err.message}[/red]")
+        except CorralError as err:  # on stderr with --json: stdout stays one JSON document
+            (err_console if as_json else console).print(
+                f"  {mv.instance}: [red]{err.message}[/red]"
+            )
             failed += 1
     if failed or res.not_moved:
         raise typer.Exit(1)
