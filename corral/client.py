@@ -179,6 +179,14 @@ class Client:
             self._call("POST", f"/v1/nodes/{ref}/drain", params=params)
         )
 
+    def node_evacuate(
+        self, ref: str, to: str | None = None, dry_run: bool = False
+    ) -> models.EvacuateResult:
+        body = models.EvacuateRequest(to=to, dry_run=dry_run).model_dump()
+        return models.EvacuateResult.model_validate(
+            self._call("POST", f"/v1/nodes/{ref}/evacuate", json=body)
+        )
+
     def rebalance(
         self, max_moves: int = 10, dry_run: bool = False, timeout: float | None = None
     ) -> models.RebalancePlan:

@@ -192,6 +192,31 @@ class DrainResult(BaseModel):
     not_moved: dict[str, str]  # instance name -> why it stays
 
 
+class EvacuateRequest(BaseModel):
+    """`corral node evacuate`: the node's stopped instances moved cold to other nodes."""
+
+    model_config = ConfigDict(extra="forbid")
+    to: str | None = Field(None, description="the destination node (else the scheduler picks)")
+    dry_run: bool = Field(False, description="only show where each would go; nothing changes")
+
+
+class EvacuateMove(BaseModel):
+    instance: str  # name
+    id: str
+    to: str  # the destination node's name
+    operation: str | None = None  # the instance-evacuate operation moving it (none: dry run)
+
+
+class EvacuateResult(BaseModel):
+    """A node evacuated: cordoned, its stopped instances each moving cold to another node."""
+
+    node: str
+    cordoned: bool
+    dry_run: bool
+    moves: list[EvacuateMove]
+    not_moved: dict[str, str]  # instance name -> why it stays
+
+
 class RebalanceRequest(BaseModel):
     """`corral rebalance`: greedy live migrations that even out the cluster."""
 

@@ -88,3 +88,54 @@ def node_drain(
             failed += 1
     if failed or res.not_moved:
         raise typer.Exit(1)
+
+
+@nodes.command("evacuate")
+def node_evacuate(
+    ctx: typer.Context,
+    node: str,
+    to: str | None = typer.Option(None, "--to", help="the destination (else the scheduler picks)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="only show where each would go"),
+    no_wait: bool = typer.Option(False, "--no-wait"),
+    as_json: bool = typer.Option(False, "--json", help="print the answer as JSON"),
+) -> None:
+    """Cordon a node and move every stopped instance away cold (its disks copied to another
+    node; running ones are left to `corral node drain`); lists what cannot move and why."""
+    from corral.cli.common import err_console, fail, wait_op
+    from corral.errors import CorralError
+
+    c = opts(ctx).client()
+    try:
+        res = c.node_evacuate(node, to, dry_run)
+    except CorralError as err:
+        raise fail(err.message) from err
+    if as_json:
+        print(res.model_dump_json(indent=2))
+    elif dry_run:
+        console.print(f"{res.node}: {len(res.moves)} stopped instance(s) would move (dry run)")
+        for mv in res.moves:
+            console.print(f"  {mv.instance}: to {mv.to}")
+    else:
+        console.print(f"{res.node}: cordoned; {len(res.moves)} stopped instance(s) moving")
+    if not as_json:
+        for name, why in res.not_moved.items():
+            console.print(f"  {name}: stays ({why})")
+    failed = 0
+    for mv in res.moves:
+        if dry_run or mv.operation is None:
+            continue
+        if no_wait:
+            if not as_json:
+                console.print(f"  {mv.instance}: to {mv.to}, operation {mv.operation}")
+            continue
+        try:
+            wait_op(c, c.operation_show(mv.operation), f"evacuate {mv.instance}", quiet=as_json)
+            if not as_json:
+                console.print(f"  {mv.instance}: now on {mv.to}")
+        except CorralError as err:  # on stderr with --json: stdout stays one JSON document
+            (err_console if as_json else console).print(
+                f"  {mv.instance}: [red]{err.message}[/red]"
+            )
+            failed += 1
+    if failed or res.not_moved:
+        raise typer.Exit(1)

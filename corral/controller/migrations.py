@@ -151,7 +151,7 @@ class Migrations:
             if inst.state != "running":
                 stays[inst.name] = (
                     f"{inst.state}: only running instances move live (a stopped one moves "
-                    "cold with `corral node evacuate`, which is not built yet)"
+                    "cold with `corral node evacuate`)"
                 )
                 continue
             try:

@@ -88,6 +88,9 @@ class Controller:
         from corral.controller.migrations import Migrations
 
         self.migrations = Migrations(self)  # live migration (issue 13)
+        from corral.controller.evacuations import Evacuations
+
+        self.evacuations = Evacuations(self)  # cold moves of stopped instances (issue 13)
         from corral.controller.replicas import Replicas
 
         self.replicas = Replicas(self)  # high availability (issue 16)

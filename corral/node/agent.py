@@ -28,6 +28,7 @@ from corral.node import credits, fence, image_pull, stats
 from corral.node.driver import cgroups, confine, hotplug, jail, probe, qemu
 from corral.node.driver.machine import Machine, find_pid, read_exit
 from corral.node.driver.qmp import own_socket
+from corral.node.evacuate_agent import EvacuateAgent
 from corral.node.events import EventLog
 from corral.node.imds import MetadataService
 from corral.node.net import (
@@ -42,7 +43,6 @@ from corral.node.net import (
     shaping,
     uplink,
 )
-from corral.node.replica_agent import ReplicaAgent
 from corral.node.spec import (
     Accel,
     Bucket,
@@ -110,7 +110,7 @@ def check_host(settings: Settings) -> None:
         ) from err
 
 
-class NodeAgent(ReplicaAgent):
+class NodeAgent(EvacuateAgent):
     memory_overhead = MEMORY_OVERHEAD
 
     def __init__(self, settings: Settings, serve_metadata: bool = False) -> None:
@@ -484,6 +484,7 @@ class NodeAgent(ReplicaAgent):
         """Remove this node's namespace and everything in it (instances must be gone)."""
         await self.imds.close()
         await self.replicas_stop_all()
+        await self.arrivals_stop_all()
         for dm in list(self.dnsmasqs.values()):
             await dm.stop()
         self.dnsmasqs.clear()

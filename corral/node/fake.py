@@ -9,7 +9,7 @@ import itertools
 import socket
 import time
 
-from corral.errors import CorralError, Invalid, NotFound, WrongState
+from corral.errors import CorralError, EnvironmentProblem, Invalid, NotFound, WrongState
 from corral.images.store import ImageStore
 from corral.node import image_pull
 from corral.node.events import EventLog
@@ -91,6 +91,9 @@ class FakeNode:
         # high availability (the agent's is corral.node.replica_agent)
         self.replicas: dict[str, InstanceSpec] = {}  # replicas kept here (secondary)
         self.mirrors: dict[str, str] = {}  # instance -> replica state (primary)
+        # cold moves (the agent's is corral.node.evacuate_agent)
+        self.arriving: dict[str, InstanceSpec] = {}  # copies received here, not yet taken
+        self.fail_send: set[str] = set()  # instances whose copy "differs" at the source
 
     # -- images: with a store, as the agent (corral.node.image_pull); without, it has all -----
     async def image_missing(self, manifests: list[str], blobs: list[str]) -> list[str]:
@@ -592,3 +595,49 @@ class FakeNode:
             raise NotFound(f"no replica of {spec.id} is on this node", resource="instance")
         del self.replicas[spec.id]
         return await self.instance_start(spec)
+
+    # -- cold moves: states only (the agent's is corral.node.evacuate_agent) ----------------
+    async def evacuate_receive(
+        self, spec: InstanceSpec, sizes: dict[str, int], address: str, peer: str = ""
+    ) -> ReplicaServed:
+        self.calls.append(("evacuate_receive", spec.id))
+        if spec.id in self.running:
+            raise WrongState(f"instance {spec.id} runs on this node")
+        self.specs.pop(spec.id, None)  # a stale copy is removed first
+        self.arriving[spec.id] = spec
+        nodes = [spec.root_volume or "root"] + [v.id for v in spec.volumes]
+        return ReplicaServed(
+            address=address, port=10810, exports={n: f"arriving-{n}" for n in nodes}, pid=1
+        )
+
+    async def evacuate_send(
+        self, iid: str, address: str, port: int, disks: list[MirrorDisk]
+    ) -> list[str]:
+        self.calls.append(("evacuate_send", iid))
+        if iid in self.running:
+            raise WrongState(f"instance {iid} runs on this node: only a stopped one moves cold")
+        if iid not in self.specs:
+            raise NotFound(f"disk root of {iid} is not on this node", resource="instance")
+        if iid in self.fail_send:
+            raise EnvironmentProblem(f"disk root of {iid} differs from the destination")
+        return [d.node for d in disks]
+
+    async def evacuate_accept(self, spec: InstanceSpec) -> None:
+        self.calls.append(("evacuate_accept", spec.id))
+        if spec.id not in self.arriving and spec.id not in self.specs:
+            raise NotFound(f"no copy of {spec.id} arrived on this node", resource="instance")
+        self.arriving.pop(spec.id, None)
+        self.specs[spec.id] = spec
+        for v in spec.volumes:
+            self.volumes[v.id] = 1
+
+    async def evacuate_abort(
+        self, iid: str, tap: str | None = None, volumes: list[str] | None = None
+    ) -> None:
+        self.calls.append(("evacuate_abort", iid))
+        if iid in self.running:
+            raise WrongState(f"instance {iid} runs on this node: refusing to remove it")
+        self.arriving.pop(iid, None)
+        self.specs.pop(iid, None)
+        for vid in volumes or []:
+            self.volumes.pop(vid, None)

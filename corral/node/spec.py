@@ -705,3 +705,27 @@ class ReplicaPromoteRequest(BaseModel):
     """On the secondary, after the primary's node died: run ``spec`` from the replicas."""
 
     spec: InstanceSpec
+
+
+# -- cold moves of stopped instances: `corral node evacuate` (corral.node.evacuate_agent) ------
+class EvacuateSendRequest(BaseModel):
+    """On the source: copy a stopped instance's disks into the destination's NBD exports."""
+
+    iid: str
+    address: str  # where the destination serves them (its migration address)
+    port: int
+    disks: list[MirrorDisk]  # sync top: the root overlay's own clusters; full: a whole volume
+
+
+class EvacuateAcceptRequest(BaseModel):
+    """On the destination: the copies checked, take them as ``spec``'s own disks."""
+
+    spec: InstanceSpec
+
+
+class EvacuateAbortRequest(BaseModel):
+    """On the destination: remove a copy made for a cold move that did not happen."""
+
+    iid: str
+    tap: str | None = None
+    volumes: list[str] = Field(default_factory=list)

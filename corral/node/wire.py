@@ -129,6 +129,11 @@ CALLS: dict[str, Call] = {
         Call("replica_stop", s.InstanceRequest, None),
         Call("replica_drop", s.ReplicaDropRequest, None),
         Call("replica_promote", s.ReplicaPromoteRequest, int, T.LONG),
+        # cold moves of stopped instances (corral.node.evacuate_agent)
+        Call("evacuate_receive", s.ReplicaServeRequest, s.ReplicaServed, T.LONG),
+        Call("evacuate_send", s.EvacuateSendRequest, list[str], T.LONG),
+        Call("evacuate_accept", s.EvacuateAcceptRequest, None),
+        Call("evacuate_abort", s.EvacuateAbortRequest, None),
     )
 }
 

@@ -33,7 +33,13 @@ from corral.errors import CorralError
 from corral.images.store import ImageStore
 from corral.node.client import NodeClient
 from corral.node.remote import RemoteNode
-from corral.node.spec import MIGRATION_TIMED_OUT, InstanceSpec, NetworkSpec
+from corral.node.spec import (
+    MIGRATION_TIMED_OUT,
+    InstanceSpec,
+    MirrorDisk,
+    NetworkSpec,
+    VolumeAttachment,
+)
 from tests.cluster import Host, lan
 from tests.harness import Daemon, wait_for
 
@@ -375,3 +381,99 @@ def test_the_only_copy_is_never_removed_and_an_aborted_destination_leaves_nothin
     assert "tmig0" not in dst.host.exec("ip", "-n", dst.settings.namespace, "link").stdout
     assert src.host.exec("bash", "-c", probe).returncode != 0  # and no more
     assert call(src, "migrate_status", iid=iid).vm_status == "running"  # type: ignore[attr-defined]
+
+
+def test_a_cold_move_copies_the_overlay_checked_and_a_failed_one_leaves_nothing(
+    pair: tuple[Agent, Agent],
+) -> None:
+    """The nodes' half of `corral node evacuate` (no guest boots: a stopped instance's files):
+    the destination serves empty disks from a qemu-storage-daemon, the source copies the root
+    overlay's own clusters into them over the underlay and compares; a copy that fails is
+    undone on the destination to the last file and process; a good one becomes the instance's
+    disk there, on the destination's own base image, and reads the same as the original."""
+    src, dst = pair
+    tiny = next(m for m in ImageStore(src.settings.images_dir).list() if m.name == "tiny")
+    iid, vid = f"i-cold{secrets.token_hex(4)}", f"vol-cold{secrets.token_hex(4)}"
+    disk = int(tiny.root_disk.virtual_size or (512 << 20))
+    sizes = {vid: 64 << 20}
+
+    def spec(a: Agent) -> InstanceSpec:
+        return _spec(a, iid, tiny.digest, disk).model_copy(
+            update={
+                "tap": "tcold0",
+                "mac": "52:54:00:5e:12:35",
+                "address": "10.251.0.11",
+                "volumes": [VolumeAttachment(id=vid, device="/dev/sdf")],
+            }
+        )
+
+    for a in pair:
+        call(a, "network_ensure", spec=_network(a), hosts=[])
+    call(src, "volume_create", vid=vid, size=sizes[vid])
+    call(src, "instance_create", spec=spec(src))
+    overlay = src.instance_dir(iid) / "disk.qcow2"
+    volume = src.settings.state_dir / "volumes" / f"{vid}.qcow2"
+    assert overlay.exists() and volume.exists()
+    # the guest's writes: data, and a zeroed cluster that hides the base image's content
+    for op, f in (("write -P 0x5a 1M 192k", overlay), ("write -z 0 64k", overlay)):
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", op, str(f)], check=True, timeout=60)
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0xa5 40M 1M", str(volume)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    try:
+        served = call(
+            dst, "evacuate_receive", spec=spec(dst), sizes=sizes, address=dst.host.address
+        )
+        pid = served.pid  # type: ignore[attr-defined]
+        wrong = MirrorDisk(node="root", export="not-the-export", sync="top")
+        with pytest.raises(CorralError, match="could not be copied to the destination"):
+            call(
+                src, "evacuate_send", iid=iid, address=dst.host.address,
+                port=served.port, disks=[wrong],  # type: ignore[attr-defined]
+            )  # fmt: skip
+        call(dst, "evacuate_abort", iid=iid, tap="tcold0", volumes=[vid])
+        assert not (dst.settings.state_dir / "arriving" / iid).exists()
+        assert not dst.instance_dir(iid).exists()
+        assert not os.path.exists(f"/proc/{pid}"), "the destination's daemon outlived the abort"
+        assert overlay.exists()  # the source's copy is untouched
+
+        served = call(
+            dst, "evacuate_receive", spec=spec(dst), sizes=sizes, address=dst.host.address
+        )
+        exports = served.exports  # type: ignore[attr-defined]
+        disks = [
+            MirrorDisk(node="root", export=exports["root"], sync="top"),
+            MirrorDisk(node=vid, export=exports[vid], sync="full"),
+        ]
+        sent = call(
+            src, "evacuate_send", iid=iid, address=dst.host.address,
+            port=served.port, disks=disks,  # type: ignore[attr-defined]
+        )  # fmt: skip
+        assert sent == ["root", vid]
+        call(dst, "evacuate_accept", spec=spec(dst))
+        there = dst.instance_dir(iid) / "disk.qcow2"
+        assert not (dst.settings.state_dir / "arriving" / iid).exists()
+        info = subprocess.run(
+            ["qemu-img", "info", "-U", "--output=json", str(there)],
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout  # fmt: skip
+        assert str(dst.settings.images_dir) in info  # on the destination's own base image
+        same = subprocess.run(
+            ["qemu-img", "compare", "-U", str(overlay), str(there)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert same.returncode == 0, same.stdout + same.stderr
+        # only the overlay's own clusters came: far less than the image under it
+        assert there.stat().st_size < 4 << 20, there.stat().st_size
+        vol_there = dst.settings.state_dir / "volumes" / f"{vid}.qcow2"
+        same = subprocess.run(
+            ["qemu-img", "compare", "-U", str(volume), str(vol_there)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert same.returncode == 0, same.stdout + same.stderr
+        call(src, "migrate_cleanup", iid=iid, tap="tcold0", volumes=[vid])
+        assert not src.instance_dir(iid).exists() and not volume.exists()
+    finally:
+        for a in pair:
+            call(a, "evacuate_abort", iid=iid, tap="tcold0", volumes=[vid])

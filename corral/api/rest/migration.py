@@ -1,5 +1,6 @@
 """Node maintenance by live migration: ``POST /v1/nodes/{ref}/drain`` (instances move one
-migration operation each) and ``POST /v1/rebalance`` (a plan of migrations carried out by one
+migration operation each), ``POST /v1/nodes/{ref}/evacuate`` (stopped instances move cold, one
+operation each) and ``POST /v1/rebalance`` (a plan of migrations carried out by one
 operation); ``POST /v1/instances/{ref}/migrate`` is with the instances."""
 
 from __future__ import annotations
@@ -26,6 +27,23 @@ async def node_drain(
     """Cordon a node and live-migrate every running instance away from it (admin only)."""
     res = await ctx.controller.migrations.drain(who, ref, timeout)
     return models.DrainResult.model_validate(res)
+
+
+@router.post("/{ref}/evacuate", response_model=models.EvacuateResult)
+async def node_evacuate(
+    ref: str,
+    body: models.EvacuateRequest,
+    response: Response,
+    ctx: ApiContext = Depends(get_context),
+    who: Caller = Depends(auth),
+) -> models.EvacuateResult:
+    """Cordon a node and move every stopped instance away from it cold, its disks copied to
+    the destination (admin only): 202 with one operation per instance, or 200 with the plan
+    alone for a dry run. Running instances stay (``drain`` moves them live)."""
+    res = await ctx.controller.evacuations.evacuate(who, ref, body.to, body.dry_run)
+    if not body.dry_run:
+        response.status_code = 202
+    return models.EvacuateResult.model_validate(res)
 
 
 @cluster.post("/rebalance", response_model=models.RebalancePlan)
