@@ -477,12 +477,19 @@ class NodeAgent(ReplicaAgent):
         await self.imds.forget(spec.id)
         await self._dnsmasq(spec).stop()
         self.dnsmasqs.pop(spec.id, None)
-        await links.delete_link(spec.namespace, spec.bridge)
+        if netns.exists(spec.namespace):
+            await links.delete_link(spec.namespace, spec.bridge)
+        self._policies.pop(spec.id, None)
+        self._public.pop(spec.id, None)
+        if spec.vpc:  # a VPC's own namespace goes with its network (its uplink veth too)
+            await netns.delete(spec.namespace)
 
     async def teardown(self) -> None:
         """Remove this node's namespace and everything in it (instances must be gone)."""
         await self.imds.close()
         await self.replicas_stop_all()
+        vpc_namespaces = {n.namespace for n in self.imds.networks.values() if n.vpc}
+        vpc_namespaces |= {d.namespace for d in self.dnsmasqs.values()}
         for dm in list(self.dnsmasqs.values()):
             await dm.stop()
         self.dnsmasqs.clear()
@@ -493,6 +500,8 @@ class NodeAgent(ReplicaAgent):
                 if pid_alive(pid) and f"--pid-file={pidfile}" in proc_cmdline(pid):
                     os.kill(pid, 15)
         await netns.delete(self.settings.namespace)
+        for ns in sorted(vpc_namespaces - {self.settings.namespace}):
+            await netns.delete(ns)
         with contextlib.suppress(OSError):
             shutil.rmtree(self.run_root)
         cgroups.Group("corral", self.settings.namespace).remove()
