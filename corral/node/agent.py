@@ -686,8 +686,11 @@ class NodeAgent(ReplicaAgent):
             await self.instance_stop(iid, timeout=0, force=True)
         paths = self.paths(iid)
         if tap:
-            await shaping.remove(self.settings.namespace, tap)
-            await links.delete_link(self.settings.namespace, tap)
+            held = self._spec(iid)  # its tap is in its network's namespace (a VPC's, issue 12)
+            ns = held.network.namespace if held is not None else self.settings.namespace
+            if netns.exists(ns):
+                await shaping.remove(ns, tap)
+                await links.delete_link(ns, tap)
             self._rates.pop(tap, None)
         async with self._lock(iid):
             shutil.rmtree(paths.dir, ignore_errors=True)
@@ -876,7 +879,10 @@ class NodeAgent(ReplicaAgent):
             raise WrongState(
                 f"instance {iid} is not running; start it to reach its ports", resource="instance"
             )
-        sock = await asyncio.to_thread(netns.socket_in, self.settings.namespace)
+        # from inside the instance's network's namespace (a non-default VPC's own, issue 12)
+        held = self._spec(iid)
+        where = held.network.namespace if held is not None else self.settings.namespace
+        sock = await asyncio.to_thread(netns.socket_in, where)
         sock.setblocking(False)
         try:
             await asyncio.wait_for(

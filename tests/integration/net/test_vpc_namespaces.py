@@ -106,11 +106,13 @@ def test_two_accounts_same_vpc_cidr_same_address_are_isolated(uplinked: Uplinked
             assert g.run(f"ip -4 addr show eth0 | grep -q 'inet {g.ip}/24'"), g.text()[-800:]
             assert g.run(f"ping -c 1 -W 3 {GATEWAY} >/dev/null"), g.text()[-800:]
             assert g.run(
-                "wget -q -T 5 -O - http://169.254.169.254/latest/meta-data/instance-id "
+                "timeout 10 wget -q -O - http://169.254.169.254/latest/meta-data/instance-id "
                 f"| grep -qx {g.iid}"
             ), g.text()[-800:]
             # the outside world, by SNAT through the node
             assert g.run(f"ping -c 1 -W 3 {OUTSIDE} >/dev/null"), g.text()[-800:]
+        # `corral ssh`: the API's stream connects from inside the VPC's namespace
+        assert "va" in d.ssh("va", "hostname").ok().out
         # names resolve inside the VPC, and its members reach each other
         assert b.run("ping -c 1 -W 3 vb2 >/dev/null"), b.text()[-800:]
         assert b2.run(f"ping -c 1 -W 3 {SAME} >/dev/null"), b2.text()[-800:]
