@@ -129,7 +129,7 @@ class Networks:
             domain=row.domain,
             # a joined node's subnet may span nodes over VXLAN: its guests get the MTU that
             # fits the tunnel from their first lease (controller/overlays.py)
-            mtu=guest_mtu() if row.node_id in self.ctrl.remotes and row.transit is None else 0,
+            mtu=guest_mtu() if row.node_id in self.ctrl.remotes else 0,
             vpc=row.transit is not None,
         )
 
@@ -263,7 +263,8 @@ class Networks:
         """The network an instance of ``subnet`` on ``node_id`` joins: the node's default
         network for the default subnet it stands for; else the subnet's own network on the
         node (made on first use, in the VPC's namespace there, its gateway the subnet's first
-        address). One subnet per VPC per node: a second is refused while the first has live
+        address; on several nodes, one segment over VXLAN with one IPAM: controller/overlays.py).
+        One subnet per VPC per node: a second is refused while the first has live
         instances there (both would need routes between them in one namespace)."""
         default = await self.default(s, node_id)
         vpc = await s.get(Vpc, subnet.vpc_id)
@@ -298,24 +299,6 @@ class Networks:
                     field="subnet",
                     ec2_code="UnsupportedOperation",
                 )
-        elsewhere = await s.scalar(
-            select(Network.node_id)
-            .join(Instance, Instance.network_id == Network.id)
-            .where(
-                Network.name == subnet.id,
-                Network.node_id != node_id,
-                Instance.state != "terminated",
-            )
-            .limit(1)
-        )
-        if elsewhere is not None:
-            raise Invalid(
-                f"subnet {subnet.id} already has instances on node {elsewhere}, and a "
-                "non-default VPC's subnet does not span nodes yet (docs/networking.md); "
-                f"launch on that node (--node / Placement) or into another subnet",
-                field="subnet",
-                ec2_code="UnsupportedOperation",
-            )
         row = next((n for n in on_node if n.name == subnet.id), None)
         if row is not None:
             return row

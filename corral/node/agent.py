@@ -468,7 +468,8 @@ class NodeAgent(ReplicaAgent):
         await overlay.ensure(seg, spec.peers, spec.entries)
 
     async def overlay_remove(self, namespace: str, vni: int) -> None:
-        await overlay.remove(namespace, vni)
+        if netns.exists(namespace):  # a VPC's namespace may have gone with its last instance
+            await overlay.remove(namespace, vni)
 
     async def network_hosts(self, spec: NetworkSpec, hosts: list[HostRecord]) -> None:
         await self._dnsmasq(spec).update_hosts(_entries(hosts))

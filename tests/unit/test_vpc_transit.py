@@ -7,6 +7,7 @@ import ipaddress
 import json
 
 import pytest
+from sqlalchemy import update
 
 from corral.controller.networks import transit_uplink, vpc_bridge
 from corral.controller.service import Controller
@@ -14,7 +15,7 @@ from corral.errors import Invalid
 from corral.node.fake import FakeNode
 from corral.node.net import firewall
 from corral.node.spec import NetworkSpec, PolicySpec, transit_slot
-from corral.store.models import Network
+from corral.store.models import Network, Node
 from tests.unit.conftest import Cluster
 from tests.unit.helpers import admin, run
 
@@ -76,33 +77,49 @@ def test_a_vpc_namespace_takes_no_new_flow_from_its_uplink() -> None:
     assert any('"10.0.1.0"' in r and "masquerade" in r for r in _rules(vpc, "nat_post"))
 
 
-async def test_a_vpc_subnet_stays_on_one_node_and_one_subnet_per_vpc_per_node(
+async def test_a_vpc_subnet_spans_nodes_as_its_own_segment_one_subnet_per_vpc_per_node(
     cluster: Cluster,
 ) -> None:
-    ctrl = await cluster({"a": {}, "b": {}})
+    ctrl = await cluster({"a": {}, "b": {}, "c": {}})
+    async with ctrl.store.write() as s:
+        for name, ip in (("a", "192.0.2.11"), ("b", "192.0.2.12")):
+            await s.execute(
+                update(Node).where(Node.name == name).values(address=f"https://{ip}:8774")
+            )
     me = admin(ctrl)
     vpc = await ctrl.vpcs.create(me, "10.5.0.0/16")
     one = await ctrl.vpcs.create_subnet(me, vpc.id, "10.5.1.0/24")
     two = await ctrl.vpcs.create_subnet(me, vpc.id, "10.5.2.0/24")
     first = await run(ctrl, node="a", subnet=one.id, address="10.5.1.20")
     assert first.private_ip == "10.5.1.20"
-    # the same subnet on another node would be a second island with its own IPAM: refused
-    with pytest.raises(Invalid) as err:
-        await run(ctrl, node="b", subnet=one.id)
-    assert err.value.ec2_code == "UnsupportedOperation" and "node-a" in err.value.message
+    # the same subnet on another node: one segment (its own VNI, in the VPC's namespaces),
+    # one IPAM
+    again = await run(ctrl, node="b", subnet=one.id)
+    assert again.private_ip not in (None, first.private_ip)
+    seg_a = [o for o in fake(ctrl, "a").overlays.values()]
+    seg_b = [o for o in fake(ctrl, "b").overlays.values()]
+    assert len(seg_a) == len(seg_b) == 1 and seg_a[0].vni == seg_b[0].vni
+    assert seg_a[0].namespace.endswith(vpc.id) and seg_a[0].bridge != "cbr0"
+    assert seg_a[0].entries == {again.mac: "192.0.2.12"}
+    assert seg_b[0].entries == {first.mac: "192.0.2.11"}
+    # a default-subnet instance on both nodes: another segment, another VNI
+    await run(ctrl, node="a")
+    await run(ctrl, node="b")
+    vnis = {o.vni for o in fake(ctrl, "a").overlays.values()}
+    assert len(vnis) == 2, fake(ctrl, "a").overlays
     # another subnet of the VPC on the same node: refused; on another node: fine
     with pytest.raises(Invalid) as err:
         await run(ctrl, node="a", subnet=two.id)
     assert "does not route between two subnets" in err.value.message
-    other = await run(ctrl, node="b", subnet=two.id)
+    other = await run(ctrl, node="c", subnet=two.id)
     assert str(other.private_ip).startswith("10.5.2.")
-    nets = {n for node in "ab" for n in fake(ctrl, node).policies}
+    nets = {n for node in "abc" for n in fake(ctrl, node).policies}
     async with ctrl.store.read() as s:
         rows = [await s.get(Network, n) for n in nets]
     vpc_rows = [r for r in rows if r is not None and r.transit is not None]
-    assert sorted(r.name for r in vpc_rows) == sorted([one.id, two.id])
+    assert sorted(r.name for r in vpc_rows) == sorted([one.id, one.id, two.id])
     assert {r.namespace.endswith(vpc.id) for r in vpc_rows} == {True}
-    assert all(r.node_id in ("node-a", "node-b") for r in vpc_rows)
+    assert len({r.transit for r in vpc_rows if r.node_id == "node-a"}) == 1
 
 
 def fake(ctrl: Controller, name: str) -> FakeNode:
