@@ -205,6 +205,9 @@ class Daemon:
             with contextlib.suppress(ValueError, ProcessLookupError, FileNotFoundError):
                 os.kill(int(pidfile.read_text()), signal.SIGKILL)
         subprocess.run(["ip", "netns", "delete", st.namespace], capture_output=True)
+        # its VPCs' namespaces (issue 12: named after the node's)
+        for vpc_ns in Path("/run/netns").glob(f"{st.namespace}-vpc-*"):
+            subprocess.run(["ip", "netns", "delete", vpc_ns.name], capture_output=True)
         for ctrl in ("cpu", "memory", "pids", "blkio", "devices", ""):
             base = Path("/sys/fs/cgroup") / ctrl / "corral" / st.namespace
             if base.is_dir():

@@ -290,7 +290,7 @@ class Instances:
                 name = await self._pick_name(
                     s, caller, wish if n == 0 else None, image, iid, strict=not opts.name_is_hint
                 )
-                network = await self.ctrl.networks.default(s, got.node_id)
+                network = await self.ctrl.networks.for_subnet(s, subnet, got.node_id)
                 inst = Instance(
                     id=iid,
                     account_id=caller.account_id,

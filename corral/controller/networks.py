@@ -1,5 +1,6 @@
-"""Networks: one default network per node (in issue order: more come with the networking work).
-The controller owns the records; the node's dnsmasq gets the host list from here."""
+"""Networks: one default network per node, and one network per non-default VPC subnet on each
+node that runs its instances, in the VPC's own namespace there (issue 12). The controller owns
+the records; the node's dnsmasq gets the host list from here."""
 
 from __future__ import annotations
 
@@ -14,10 +15,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import ids
 from corral.controller import imds_docs, overlays, policy
-from corral.errors import CorralError, NotFound
+from corral.errors import CorralError, Invalid, NotFound
 from corral.naming import account_zone, private_dns_name
-from corral.node.spec import HostRecord, InstanceMetadata, NetworkSpec, PolicySpec, guest_mtu
-from corral.store.models import Instance, Network
+from corral.node.spec import (
+    TRANSIT_CIDR,
+    HostRecord,
+    InstanceMetadata,
+    NetworkSpec,
+    PolicySpec,
+    UplinkSpec,
+    guest_mtu,
+    transit_slot,
+)
+from corral.store.models import Instance, Network, Subnet, Vpc
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
@@ -27,6 +37,28 @@ log = logging.getLogger(__name__)
 BRIDGE = "cbr0"
 
 
+def vpc_namespace(node_namespace: str, vpc_id: str) -> str:
+    """A VPC's namespace on a node: named after the node's own (unique on the host) and the
+    VPC, so two nodes on one host, or two VPCs, never meet."""
+    return f"{node_namespace}-{vpc_id}"
+
+
+def vpc_bridge(subnet_id: str) -> str:
+    return "br-" + subnet_id.partition("-")[2][:12]  # at most 15 characters
+
+
+def transit_uplink(transit: str, node_namespace: str) -> UplinkSpec:
+    """A VPC namespace's uplink: a veth into its node's namespace, whose uplink takes the
+    VPC's (already masqueraded) flows out."""
+    net = ipaddress.IPv4Network(transit)
+    return UplinkSpec(
+        peer_netns=node_namespace,
+        cidr=transit,
+        address=str(net.network_address + 2),
+        gateway=str(net.network_address + 1),
+    )
+
+
 class Networks:
     def __init__(self, ctrl: Controller) -> None:
         self.ctrl = ctrl
@@ -34,6 +66,7 @@ class Networks:
         # elastic-IP move and a reconcile pass) would otherwise land in either order, and an
         # older state pushed last stays in the kernel until the next pass
         self._pushing: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._removed: set[str] = set()  # VPC networks removed from their node since start
 
     async def ensure_default(self, node_id: str, namespace: str | None = None) -> Network:
         """The node's default network, matching the configured subnet and domain, in the
@@ -97,6 +130,7 @@ class Networks:
             # a joined node's subnet may span nodes over VXLAN: its guests get the MTU that
             # fits the tunnel from their first lease (controller/overlays.py)
             mtu=guest_mtu() if row.node_id in self.ctrl.remotes else 0,
+            vpc=row.transit is not None,
         )
 
     async def hosts(self, s: AsyncSession, network: Network) -> list[HostRecord]:
@@ -144,14 +178,20 @@ class Networks:
             siblings = [n.id for n in await overlays.segment_networks(s, row) if n.id != row.id]
             pol.remote = await policy.members(s, siblings)
             pol.overlay_devs = await self.ctrl.overlays.devices(s, row)
+            if row.transit is not None:  # a VPC's namespace: out through the node's namespace
+                node_net = await self.default(s, row.node_id)
+                pol.uplink = transit_uplink(row.transit, node_net.namespace) if pol.uplink else None
             docs = None  # the all-in-one's daemon answers metadata from the store itself
-            if row.node_id in self.ctrl.imds_nodes:
+            if row.node_id in self.ctrl.imds_nodes or row.transit is not None:
                 docs = await imds_docs.documents(s, row, self.ctrl.settings)
         return row, hosts, pol, docs
 
     async def ensure_on_node(self, network_id: str) -> None:
-        """Namespace, bridge, dnsmasq with the host list, and the kernel policy (idempotent)."""
+        """Namespace, bridge, dnsmasq with the host list, and the kernel policy (idempotent).
+        A VPC subnet's network that no live instance uses is removed from its node instead."""
         async with self._pushing[network_id]:
+            if await self._unused_vpc_network(network_id):
+                return
             if (want := await self._desired(network_id)) is None:
                 return
             row, hosts, pol, docs = want
@@ -191,6 +231,11 @@ class Networks:
             await self.ctrl.overlays.sync()
 
     async def _sync_one(self, network_id: str) -> None:
+        async with self.ctrl.store.read() as s:
+            row = await s.get(Network, network_id)
+        if row is not None and row.transit is not None:  # made or removed with its instances
+            await self.ensure_on_node(network_id)
+            return
         async with self._pushing[network_id]:
             if (want := await self._desired(network_id)) is None:
                 return
@@ -211,3 +256,102 @@ class Networks:
     async def by_namespace(self, namespace: str) -> list[Network]:
         async with self.ctrl.store.read() as s:
             return list(await s.scalars(select(Network).where(Network.namespace == namespace)))
+
+    # -- non-default VPC subnets: a namespace per VPC per node (issue 12) --------------------
+
+    async def for_subnet(self, s: AsyncSession, subnet: Subnet, node_id: str) -> Network:
+        """The network an instance of ``subnet`` on ``node_id`` joins: the node's default
+        network for the default subnet it stands for; else the subnet's own network on the
+        node (made on first use, in the VPC's namespace there, its gateway the subnet's first
+        address; on several nodes, one segment over VXLAN with one IPAM: controller/overlays.py).
+        One subnet per VPC per node: a second is refused while the first has live
+        instances there (both would need routes between them in one namespace)."""
+        default = await self.default(s, node_id)
+        vpc = await s.get(Vpc, subnet.vpc_id)
+        if vpc is not None and vpc.is_default and subnet.is_default and subnet.cidr == default.cidr:
+            return default
+        if self.ctrl.settings.uplink != "none" and ipaddress.IPv4Network(subnet.cidr).overlaps(
+            ipaddress.IPv4Network(TRANSIT_CIDR)
+        ):
+            raise Invalid(
+                f"subnet {subnet.id} ({subnet.cidr}) overlaps the link-local range "
+                f"{TRANSIT_CIDR}, which a VPC's namespace uses to reach its node's uplink; "
+                "use a subnet of a VPC in 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16",
+                field="subnet",
+                ec2_code="InvalidSubnet.Range",
+            )
+        namespace = vpc_namespace(default.namespace, subnet.vpc_id)
+        on_node = list(await s.scalars(select(Network).where(Network.node_id == node_id)))
+        for other in on_node:
+            if other.namespace != namespace or other.name == subnet.id:
+                continue
+            busy = await s.scalar(
+                select(Instance.id).where(
+                    Instance.network_id == other.id, Instance.state != "terminated"
+                )
+            )
+            if busy is not None:
+                raise Invalid(
+                    f"subnet {subnet.id}: the VPC {subnet.vpc_id} already runs instances of "
+                    f"its subnet {other.name} on node {node_id}, and Corral does not route "
+                    "between two subnets of a VPC on one node yet; launch into "
+                    f"{other.name}, or on another node (--node)",
+                    field="subnet",
+                    ec2_code="UnsupportedOperation",
+                )
+        row = next((n for n in on_node if n.name == subnet.id), None)
+        if row is not None:
+            return row
+        used = {n.transit for n in on_node if n.transit}
+        slot = next(transit_slot(i) for i in range(1 << 14) if transit_slot(i) not in used)
+        net = ipaddress.IPv4Network(subnet.cidr)
+        row = Network(
+            id=ids.new_id("network"),
+            name=subnet.id,
+            node_id=node_id,
+            cidr=str(net),
+            gateway=str(net.network_address + 1),
+            domain=self.ctrl.settings.domain,
+            namespace=namespace,
+            bridge=vpc_bridge(subnet.id),
+            transit=slot,
+        )
+        s.add(row)
+        await s.flush()
+        return row
+
+    async def _unused_vpc_network(self, network_id: str) -> bool:
+        """Whether ``network_id`` is a VPC subnet's network without live instances; if so it is
+        removed from its node (dnsmasq, metadata, bridge; the namespace when no other network
+        of the VPC there is in use). Idempotent."""
+        async with self.ctrl.store.read() as s:
+            row = await s.get(Network, network_id)
+            if row is None or row.transit is None:
+                return False
+            live = await s.scalar(
+                select(Instance.id)
+                .join(Network, Instance.network_id == Network.id)
+                .where(
+                    Network.node_id == row.node_id,
+                    Network.namespace == row.namespace,
+                    Instance.state != "terminated",
+                )
+                .limit(1)
+            )
+            mine = await s.scalar(
+                select(Instance.id)
+                .where(Instance.network_id == row.id, Instance.state != "terminated")
+                .limit(1)
+            )
+        if mine is not None:
+            self._removed.discard(network_id)
+            return False
+        if network_id in self._removed:
+            return True
+        spec = self.spec(row)
+        if live is not None:  # another subnet of the VPC uses the namespace: keep it
+            spec = spec.model_copy(update={"vpc": False})
+        await self.ctrl.node(row.node_id).network_remove(spec)
+        self._removed.add(network_id)
+        log.info("network %s (%s) removed from node %s", row.id, row.name, row.node_id)
+        return True

@@ -57,6 +57,8 @@ OFF = ("stopped", "terminated")
 
 def segment_key(network: Network) -> str | None:
     """The segment a network belongs to (None: it spans no nodes)."""
+    if network.transit is not None:  # a non-default VPC's subnet: its own VNI (issue 12)
+        return f"subnet:{network.name}"
     return f"default:{network.cidr}" if network.name == "default" else None
 
 

@@ -4,9 +4,10 @@ Every account has a default VPC, made on first use as on AWS: 172.31.0.0/16 (or 
 holds the node network when Corral is configured with another ``subnet``), one default subnet
 per availability zone and an attached internet gateway. The default subnet of the node's zone
 *is* the node network (``networks.py``): instances launched there get their address from it,
-so an instance's private address always lies in its subnet. Other VPCs and subnets are kept
-and described; launching into them is refused until their data plane exists (issue 12,
-docs/networking.md), never half-done. Security groups belong to the default VPC.
+so an instance's private address always lies in its subnet. An instance of any other subnet
+runs in its VPC's own namespace on the node (controller/networks.py, issue 12,
+docs/networking.md). Security groups belong to the account (its default VPC) and are enforced
+in whichever VPC namespace their members run.
 
 Each VPC has one main route table (``rtb-`` + the VPC's digits: a view, not a table) and each
 instance one network interface (``eni-`` + the instance's digits)."""
@@ -320,20 +321,20 @@ class Vpcs:
             row = found
         vpc_row = await s.get(Vpc, row.vpc_id)
         node_net = str(ipaddress.IPv4Network(self.ctrl.settings.subnet))
-        if not (
+        if (
             vpc_row is not None
             and vpc_row.is_default
-            and row.is_default
-            and row.cidr == node_net
-            and row.zone == self.zones()[0]
+            and not (row.is_default and row.cidr == node_net and row.zone == self.zones()[0])
         ):
             raise Invalid(
-                f"subnet {row.id} ({row.cidr}) has no data plane on this Corral yet: instances "
-                f"run in the default VPC's default subnet ({node_net}) until VPC networks span "
-                "nodes (docs/networking.md); leave the subnet out",
+                f"subnet {row.id} ({row.cidr}) has no data plane on this Corral yet: the "
+                f"default VPC's instances run in its default subnet ({node_net}); leave the "
+                "subnet out, or make a VPC (CreateVpc, CreateSubnet) and launch into its subnet",
                 field="subnet",
                 ec2_code="UnsupportedOperation",
             )
+        # a non-default VPC's subnet runs in the VPC's own namespace on the node
+        # (controller/networks.py, ``for_subnet``)
         return row
 
     # -- VPCs ----------------------------------------------------------------------------------

@@ -469,7 +469,8 @@ class NodeAgent(EvacuateAgent):
         await overlay.ensure(seg, spec.peers, spec.entries)
 
     async def overlay_remove(self, namespace: str, vni: int) -> None:
-        await overlay.remove(namespace, vni)
+        if netns.exists(namespace):  # a VPC's namespace may have gone with its last instance
+            await overlay.remove(namespace, vni)
 
     async def network_hosts(self, spec: NetworkSpec, hosts: list[HostRecord]) -> None:
         await self._dnsmasq(spec).update_hosts(_entries(hosts))
@@ -478,13 +479,20 @@ class NodeAgent(EvacuateAgent):
         await self.imds.forget(spec.id)
         await self._dnsmasq(spec).stop()
         self.dnsmasqs.pop(spec.id, None)
-        await links.delete_link(spec.namespace, spec.bridge)
+        if netns.exists(spec.namespace):
+            await links.delete_link(spec.namespace, spec.bridge)
+        self._policies.pop(spec.id, None)
+        self._public.pop(spec.id, None)
+        if spec.vpc:  # a VPC's own namespace goes with its network (its uplink veth too)
+            await netns.delete(spec.namespace)
 
     async def teardown(self) -> None:
         """Remove this node's namespace and everything in it (instances must be gone)."""
         await self.imds.close()
         await self.replicas_stop_all()
         await self.arrivals_stop_all()
+        vpc_namespaces = {n.namespace for n in self.imds.networks.values() if n.vpc}
+        vpc_namespaces |= {d.namespace for d in self.dnsmasqs.values()}
         for dm in list(self.dnsmasqs.values()):
             await dm.stop()
         self.dnsmasqs.clear()
@@ -495,6 +503,8 @@ class NodeAgent(EvacuateAgent):
                 if pid_alive(pid) and f"--pid-file={pidfile}" in proc_cmdline(pid):
                     os.kill(pid, 15)
         await netns.delete(self.settings.namespace)
+        for ns in sorted(vpc_namespaces - {self.settings.namespace}):
+            await netns.delete(ns)
         with contextlib.suppress(OSError):
             shutil.rmtree(self.run_root)
         cgroups.Group("corral", self.settings.namespace).remove()
@@ -679,8 +689,11 @@ class NodeAgent(EvacuateAgent):
             await self.instance_stop(iid, timeout=0, force=True)
         paths = self.paths(iid)
         if tap:
-            await shaping.remove(self.settings.namespace, tap)
-            await links.delete_link(self.settings.namespace, tap)
+            held = self._spec(iid)  # its tap is in its network's namespace (a VPC's, issue 12)
+            ns = held.network.namespace if held is not None else self.settings.namespace
+            if netns.exists(ns):
+                await shaping.remove(ns, tap)
+                await links.delete_link(ns, tap)
             self._rates.pop(tap, None)
         async with self._lock(iid):
             shutil.rmtree(paths.dir, ignore_errors=True)
@@ -869,7 +882,10 @@ class NodeAgent(EvacuateAgent):
             raise WrongState(
                 f"instance {iid} is not running; start it to reach its ports", resource="instance"
             )
-        sock = await asyncio.to_thread(netns.socket_in, self.settings.namespace)
+        # from inside the instance's network's namespace (a non-default VPC's own, issue 12)
+        held = self._spec(iid)
+        where = held.network.namespace if held is not None else self.settings.namespace
+        sock = await asyncio.to_thread(netns.socket_in, where)
         sock.setblocking(False)
         try:
             await asyncio.wait_for(

@@ -158,6 +158,11 @@ class FakeNode:
     async def network_policy(self, policy: PolicySpec) -> None:
         self.policies[policy.network.id] = policy
 
+    async def network_remove(self, spec: NetworkSpec) -> None:
+        self.calls.append(("network_remove", spec.id))
+        for d in (self.hosts, self.policies, self.metadata):
+            d.pop(spec.id, None)
+
     async def metadata_put(self, network: NetworkSpec, documents: list[InstanceMetadata]) -> None:
         self.metadata[network.id] = list(documents)
 

@@ -77,7 +77,7 @@ class MetadataService:
         namespace not there yet (a restart before the controller's push) is tried again at
         the next push."""
         running = self._servers.get(spec.id)
-        if not self.serve or (running is not None and not running[1].done()):
+        if not (self.serve or spec.vpc) or (running is not None and not running[1].done()):
             return
         try:
             sock = netns.listen_in(spec.namespace, ADDRESS, 80)

@@ -17,6 +17,24 @@ class NetworkSpec(BaseModel):
     # the MTU DHCP gives guests (option 26); 0: none sent. A network whose subnet may span
     # nodes over VXLAN gets the underlay's less the 50-byte overhead (net/overlay.py)
     mtu: int = 0
+    # a non-default VPC's own namespace (issue 12): its agent answers metadata from pushed
+    # documents (the all-in-one's too), only the node's namespace may open flows into it over
+    # its uplink, and the namespace goes when the network is removed
+    vpc: bool = False
+
+
+# where a VPC namespace's uplink meets its node's namespace (issue 12): a /30 per VPC network on
+# a node, from link-local space (never routed off the node), its lower host the node's end
+TRANSIT_CIDR = "169.254.0.0/16"
+
+
+def transit_slot(n: int) -> str:
+    """The ``n``-th transit /30 (0-based), skipping 169.254.0.0/24 and the metadata /24."""
+    third, fourth = divmod(n, 64)
+    third += 1 + (third >= 168)
+    if third > 254:
+        raise ValueError(f"transit slot {n}: the link-local range holds no more VPC networks")
+    return f"169.254.{third}.{fourth * 4}/30"
 
 
 class HostRecord(BaseModel):
@@ -287,6 +305,12 @@ class NoArgs(BaseModel):
 class NetworkEnsureRequest(BaseModel):
     spec: NetworkSpec
     hosts: list[HostRecord]
+
+
+class NetworkRemoveRequest(BaseModel):
+    """A network no instance of the node uses any more (a VPC's: its namespace goes too)."""
+
+    spec: NetworkSpec
 
 
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8

@@ -84,10 +84,16 @@ async def read(
 ) -> NodeStats:
     taps = await tap_counters(namespace)
     out = []
+    others: dict[str, dict[str, tuple[int, int]]] = {}  # VPC namespaces' taps (issue 12)
     for iid, m in sorted(machines.items()):
         if not m.running or m.pid is None:
             continue
         spec = spec_of(iid)
+        if spec is not None and spec.network.namespace != namespace:
+            ns = spec.network.namespace
+            if ns not in others:
+                others[ns] = await tap_counters(ns)
+            taps = {**taps, **others[ns]}
         group = cgroup_of(iid)
         cpu = cgroup_cpu_seconds(group)
         if cpu is None:

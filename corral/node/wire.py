@@ -75,6 +75,7 @@ CALLS: dict[str, Call] = {
         Call("network_ensure", s.NetworkEnsureRequest, None),
         Call("network_hosts", s.NetworkEnsureRequest, None),
         Call("network_policy", s.NetworkPolicyRequest, None),
+        Call("network_remove", s.NetworkRemoveRequest, None),  # a VPC network's last instance
         Call("dns_update", s.DnsUpdateRequest, None),
         Call("metadata_put", s.MetadataPutRequest, None),  # a network's metadata documents
         Call("overlay_ensure", s.OverlayRequest, None),  # VPC segments across nodes (issue 12)

@@ -111,6 +111,10 @@ class Network(Base):
     namespace: Mapped[str] = mapped_column(String(64))
     bridge: Mapped[str] = mapped_column(String(15))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # a non-default VPC subnet's network (named by the subnet id, in the VPC's own namespace):
+    # the /30 of its veth into the node's namespace (controller/vpc_networks.py); None: the
+    # node's default network
+    transit: Mapped[str | None] = mapped_column(String(43), default=None)
     __table_args__ = (UniqueConstraint("node_id", "name"),)
 
 

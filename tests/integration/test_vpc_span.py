@@ -9,7 +9,9 @@ get addresses in the same subnet (one IPAM), the same gateway and the tunnel's M
 each other by address and by name (ping and TCP to the SSH port), through the default group's
 rule admitting its own members across nodes; with that rule revoked the same packets are
 dropped, and allowed again they pass; another account's instance on the same nodes reaches
-neither of them, nor they it (both directions), while its own gateway answers."""
+neither of them, nor they it (both directions), while its own gateway answers. Then a
+non-default VPC's subnet with an instance on each node: its own segment between the VPC's
+namespaces, reached by address and name, each node's gateway and metadata answering."""
 
 from __future__ import annotations
 
@@ -196,3 +198,33 @@ def test_a_subnet_spans_two_nodes(two: Cluster) -> None:
 
     _cli_as(c, keys, "rm", "x").ok()
     c.cli("rm", "a", "b", timeout=300).ok()
+
+    # a non-default VPC's subnet on the same two nodes: its own segment (its own VNI) between
+    # the VPC's namespaces there, one IPAM, names, the gateway and metadata on each node
+    vid = re.search(r"vpc-[0-9a-f]{17}", c.cli("vpc", "create", "10.66.0.0/16").ok().out)
+    assert vid is not None
+    sid = re.search(
+        r"subnet-[0-9a-f]{17}", c.cli("subnet", "create", vid.group(0), "10.66.1.0/24").ok().out
+    )
+    assert sid is not None
+    for name, host in (("p", "host1"), ("q", "host2")):
+        c.cli("run", "tiny", "--name", name, "--memory", MEMORY, "--node", host,
+              "--subnet", sid.group(0)).ok()  # fmt: skip
+    p = _guest(c, json.loads(c.cli("show", "p", "--json").ok().out))
+    q = _guest(c, json.loads(c.cli("show", "q", "--json").ok().out))
+    assert (p.node, q.node) == ("host1", "host2") and p.ip != q.ip
+    assert {p.ip.startswith("10.66.1."), q.ip.startswith("10.66.1.")} == {True}
+    try:
+        for g in (p, q):
+            _login(g)
+        for g in (p, q):
+            assert g.run("ping -c 1 -W 3 10.66.1.1 >/dev/null"), g.text()[-800:]
+            assert g.run(
+                "timeout 10 wget -q -O - http://169.254.169.254/latest/meta-data/instance-id "
+                f"| grep -qx {g.iid}"
+            ), g.text()[-800:]
+            assert g.run("ip link show eth0 | grep -q 'mtu 1450'"), g.text()[-500:]
+        assert p.run(f"ping -c 2 -W 3 {q.ip} >/dev/null"), p.text()[-800:]
+        assert q.run("ping -c 1 -W 3 p >/dev/null"), q.text()[-800:]
+    finally:
+        c.cli("rm", "p", "q", timeout=300).ok()

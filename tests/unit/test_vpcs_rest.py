@@ -48,10 +48,27 @@ async def test_vpcs_subnets_and_run_with_a_subnet(api: httpx.AsyncClient) -> Non
     assert clash.status_code == 400 and "conflicts" in clash.json()["error"]["message"]
     outside = await api.post("/v1/subnets", json={"vpc": vid, "cidr": "10.9.0.0/24"})
     assert outside.status_code == 400 and "not inside" in outside.json()["error"]["message"]
-    # no data plane for it yet: refused, and nothing was made
+    # `corral run --subnet`: the instance runs in the VPC's own network, addressed from it
     r = await api.post("/v1/instances", json={"image": "tiny", "subnet": sid})
-    assert r.status_code == 400 and r.json()["error"]["field"] == "subnet"
-    assert len((await api.get("/v1/instances")).json()) == 1
+    assert r.status_code == 202, r.text
+    await _wait(api, r.json())
+    vinst = r.json()["instance"]
+    assert vinst["subnet_id"] == sid and vinst["private_ip"].startswith("10.0.1.")
+    assert (await api.delete(f"/v1/subnets/{sid}")).status_code == 409  # it has an instance
+    # a second subnet of the VPC on the same node is refused by name (no routing between
+    # two subnets of a VPC in one namespace yet)
+    sub2 = await api.post("/v1/subnets", json={"vpc": vid, "cidr": "10.0.2.0/24"})
+    sid2 = sub2.json()["id"]
+    r2 = await api.post("/v1/instances", json={"image": "tiny", "subnet": sid2})
+    assert r2.status_code == 400 and r2.json()["error"]["field"] == "subnet", r2.text
+    assert "does not route between two subnets" in r2.json()["error"]["message"]
+    gone = await api.delete(f"/v1/instances/{vinst['id']}")
+    assert gone.status_code == 202, gone.text
+    await _wait(api, gone.json())
+    assert (await api.delete(f"/v1/subnets/{sid2}")).status_code == 204
+    assert (
+        len([i for i in (await api.get("/v1/instances")).json() if i["state"] != "terminated"]) == 1
+    )
     assert (await api.delete(f"/v1/vpcs/{vid}")).status_code == 409  # it has a subnet
     assert (await api.delete(f"/v1/subnets/{sid}")).status_code == 204
     assert (await api.delete(f"/v1/vpcs/{vid}")).status_code == 204

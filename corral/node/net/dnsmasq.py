@@ -137,7 +137,7 @@ class Dnsmasq:
 
     def _write_hosts(self, hosts: list[HostEntry]) -> None:
         dhcp = "".join(f"{h.mac},set:{h.tag},{h.address},infinite\n" for h in hosts if h.dhcp)
-        dns = "".join(f"{h.address} {' '.join(h.names)}\n" for h in hosts)
+        dns = "".join(f"{h.address} {' '.join(h.names)}\n" for h in hosts if h.names)
         opts = []
         for h in (h for h in hosts if h.dhcp):
             # (no option 12: dnsmasq refuses it in an options file; guests take their host

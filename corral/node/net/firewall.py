@@ -25,7 +25,7 @@ from typing import Any
 
 from corral.errors import Invalid
 from corral.node.net.overlay import gateway_mac
-from corral.node.spec import GroupSpec, PolicySpec, RuleSpec
+from corral.node.spec import TRANSIT_CIDR, GroupSpec, PolicySpec, RuleSpec
 
 GUARD = "corral_guard"
 TABLE = "corral"
@@ -313,8 +313,53 @@ def render(policy: PolicySpec) -> list[Json]:
             ],
         )
 
+    _render_transit(policy, add, rule)
     _render_nat(policy, add, rule)
     return cmds
+
+
+TRANSIT_PEERS = "cx-*"  # in a node's namespace: the veths into its VPCs' namespaces
+
+
+def _render_transit(policy: PolicySpec, add: Any, rule: Any) -> None:
+    """The veths between a node's namespace and its VPC namespaces (issue 12) carry a VPC's
+    outbound flows to the node's uplink and their answers, nothing else: no flow may start
+    towards a VPC namespace, and a VPC's packets may only leave by the uplink (never reach the
+    default subnet or another VPC)."""
+    fam = "inet"
+    add(
+        "chain",
+        {
+            "family": fam,
+            "table": TABLE,
+            "name": "transit",
+            "type": "filter",
+            "hook": "forward",
+            "prio": -10,
+            "policy": "accept",
+        },
+    )
+    add(
+        "chain",
+        {
+            "family": fam,
+            "table": TABLE,
+            "name": "transit_in",
+            "type": "filter",
+            "hook": "input",
+            "prio": -10,
+            "policy": "accept",
+        },
+    )
+    new = _match({"ct": {"key": "state"}}, ["new", "invalid", "untracked"], "in")
+    iif, oif = {"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}
+    if policy.network.vpc:  # a VPC's namespace: its uplink leads into the node's namespace
+        for chain in ("transit", "transit_in"):
+            rule(chain, [_match(iif, UPLINK_DEV), new, {"counter": None}, {"drop": None}])
+        return
+    rule("transit", [_match(iif, TRANSIT_PEERS), _match(oif, UPLINK_DEV, "!="), {"drop": None}])
+    rule("transit", [_match(oif, TRANSIT_PEERS), new, {"counter": None}, {"drop": None}])
+    rule("transit_in", [_match(iif, TRANSIT_PEERS), new, {"counter": None}, {"drop": None}])
 
 
 def _render_guard(policy: PolicySpec, add: Any, rule: Any) -> None:
@@ -531,6 +576,8 @@ def _render_nat(policy: PolicySpec, add: Any, rule: Any) -> None:
             ],
         )
         rule("nat_post", [oif, _match(ip_saddr, subnet), {"masquerade": None}])
+        if not policy.network.vpc:  # the VPC namespaces' flows, masqueraded there already
+            rule("nat_post", [oif, _match(ip_saddr, _prefix(TRANSIT_CIDR)), {"masquerade": None}])
 
 
 def document(policy: PolicySpec) -> Json:

@@ -206,16 +206,45 @@ async def test_vpcs_and_subnets_are_made_described_tagged_and_deleted(world: Wor
         SubnetId=sub["SubnetId"],
         MapPublicIpOnLaunch={"Value": True},
     )
-    # no data plane for this VPC yet: a launch into it is refused, not half-done
-    await ec2.fails(
-        "UnsupportedOperation",
+    # a launch into it runs in the VPC's own network on the node: the address asked for, in
+    # the subnet, the gateway its first address, the namespace the VPC's (issue 12)
+    ran = await ec2.call(
         "RunInstances",
         ImageId=world.image_id,
         MinCount=1,
         MaxCount=1,
         SubnetId=sub["SubnetId"],
+        PrivateIpAddress="10.0.1.20",
     )
-    assert (await ec2.call("DescribeInstances"))["Reservations"] == []
+    iid = ran["Instances"][0]["InstanceId"]
+    assert ran["Instances"][0]["PrivateIpAddress"] == "10.0.1.20"
+    assert (
+        ran["Instances"][0]["VpcId"] == vid and ran["Instances"][0]["SubnetId"] == sub["SubnetId"]
+    )
+    await world.settle()
+    nets = {p.network.id: p.network for p in world.node.policies.values()}
+    mine = [n for n in nets.values() if n.cidr == "10.0.1.0/24"]
+    assert len(mine) == 1 and mine[0].vpc and mine[0].gateway == "10.0.1.1"
+    assert mine[0].namespace.endswith(vid) and mine[0].bridge != "cbr0"
+    pol = world.node.policies[mine[0].id]
+    assert [p.address for p in pol.ports] == ["10.0.1.20"]
+    # no uplink on this node (uplink none): none for its VPC namespaces either
+    assert world.ctrl.settings.uplink == "none" and pol.uplink is None
+    assert [h.address for h in world.node.hosts[mine[0].id]] == ["10.0.1.20"]
+    assert world.node.metadata[mine[0].id][0].address == "10.0.1.20"  # served by its agent
+    # an elastic IP is refused for it, by name; the subnet and VPC are in use
+    alloc = (await ec2.call("AllocateAddress", Domain="vpc"))["AllocationId"]
+    err = await ec2.fails(
+        "UnsupportedOperation", "AssociateAddress", AllocationId=alloc, InstanceId=iid
+    )
+    assert "non-default VPC" in err.message
+    await ec2.call("ReleaseAddress", AllocationId=alloc)
+    await ec2.fails("DependencyViolation", "DeleteSubnet", SubnetId=sub["SubnetId"])
+    # its last instance gone, the network leaves the node (the namespace with it)
+    await ec2.call("TerminateInstances", InstanceIds=[iid])
+    await world.settle()
+    assert ("network_remove", mine[0].id) in world.node.calls
+    assert mine[0].id not in world.node.policies
     await ec2.fails(
         "UnsupportedOperation", "CreateSecurityGroup", GroupName="g", Description="d", VpcId=vid
     )
