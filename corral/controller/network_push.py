@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 OP = "network-push"
 RETRY_MAX = 30.0  # seconds between two attempts at a node that does not answer, at most
 RETRYING = "retrying: "  # the message prefix of an attempt that failed
+# the request's list of pushes left unfinished when it answers (api/pending.py sets one per
+# REST request and names them in a response header)
+unfinished: ContextVar[list[str] | None] = ContextVar("unfinished_pushes", default=None)
 
 
 @dataclass
@@ -131,7 +135,10 @@ class NetworkPushes:
         results = await asyncio.gather(
             *(self._wait_one(oid, since, bound) for oid, since in pushes.waits.items())
         )
-        return [oid for oid, done in zip(pushes.waits, results, strict=True) if not done]
+        left = [oid for oid, done in zip(pushes.waits, results, strict=True) if not done]
+        if left and (found := unfinished.get()) is not None:
+            found.extend(left)
+        return left
 
     async def _wait_one(self, op_id: str, since: int, bound: float) -> bool:
         loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
 
@@ -210,3 +211,29 @@ async def test_rename_and_an_elastic_address_push_as_operations(
     mapped = {p.public_ip for pol in node.policies.values() for p in pol.ports}
     assert eip.public_ip not in mapped
     assert [p.status for p in await _pushes(ctrl)] == ["succeeded"] * 3
+
+
+async def test_rest_answers_a_rule_whose_node_refuses_and_names_the_pending_push(
+    ctrl: Controller, node: FakeNode, api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refuse(policy: Any) -> None:
+        raise CorralError("nft: the fake node refuses")
+
+    monkeypatch.setattr(node, "network_policy", refuse)
+    resp = await api.post(
+        "/v1/security-groups/default/rules", json={"from_port": 443, "cidr": "10.9.0.0/16"}
+    )
+    assert resp.status_code == 201, resp.text  # accepted: the store has it
+    [op_id] = resp.headers["corral-pending-operations"].split(",")
+    shown = (await api.get(f"/v1/operations/{op_id}")).json()
+    assert shown["type"] == OP and shown["status"] == "running"
+    assert shown["message"].startswith(RETRYING) and "refuses" in shown["message"]
+    assert op_id in {o["id"] for o in (await api.get("/v1/operations")).json()}
+    # a change the node takes at once names no pending push
+    monkeypatch.undo()
+    await ctrl.reconciler.reconcile_once()
+    await _until(lambda: _done(ctrl, op_id), "the push never completed once the node answered")
+    resp = await api.post(
+        "/v1/security-groups/default/rules", json={"from_port": 444, "cidr": "10.9.0.0/16"}
+    )
+    assert resp.status_code == 201 and "corral-pending-operations" not in resp.headers
