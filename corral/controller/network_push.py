@@ -174,6 +174,7 @@ class NetworkPushes:
             if net is None:
                 return {"network_id": nid, "attempts": attempts, "note": "network removed"}
             attempts += 1
+            wake = self._wake  # a pass during this attempt wakes its retry at once
             try:
                 if not self.ctrl.cluster.reachable(net.node_id):
                     raise CorralError(f"node {net.node_id} is unreachable")
@@ -188,7 +189,6 @@ class NetworkPushes:
                     f"(attempt {attempts}): {err.message}; next attempt within {delay:.0f}s",
                     None,
                 )
-                wake = self._wake
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), delay)
                 continue
