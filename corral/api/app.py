@@ -70,6 +70,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(ec2.router)  # the EC2 Query API at / (POST form or GET ?Action=)
     app.add_middleware(limits.BodyLimit, render=_render_refusal)
     app.add_middleware(metrics.RequestMetrics)  # /metrics: requests by route and status
+    from corral.api.pending import PendingPushes
+
+    app.add_middleware(PendingPushes)  # names the network pushes a node left unfinished
     openapi.install(app)
     return app
 

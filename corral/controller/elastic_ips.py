@@ -153,9 +153,14 @@ class ElasticIps:
             row.private_ip = inst.private_ip
             before = await s.get(Instance, moved_from) if moved_from else None
             old_name = before.name if before is not None else None
-        await self.ctrl.networks.sync_all()
+            # the NAT push is recorded with the association (controller/network_push.py)
+            pushes = await self.ctrl.network_pushes.record(s, why="an elastic address moved")
+        waiting = await self.ctrl.network_pushes.settle(pushes)
         await self.publish(
-            inst.node_id, put={inst.name: row.public_ip}, remove=[old_name] if old_name else []
+            inst.node_id,
+            put={inst.name: row.public_ip},
+            remove=[old_name] if old_name else [],
+            strict=not waiting,  # a node that did not take the push: its DNS waits too
         )
         return row
 
@@ -207,7 +212,8 @@ class ElasticIps:
             row2 = await s.get(ElasticAddress, row.id)
             if row2 is not None:
                 row2.instance_id = row2.association_id = row2.private_ip = None
-        await self.ctrl.networks.sync_all()
+            pushes = await self.ctrl.network_pushes.record(s, why="an elastic address moved")
+        await self.ctrl.network_pushes.settle(pushes)
 
     async def release(
         self,

@@ -21,6 +21,7 @@ from corral.controller import (
     instance_types,
     ipam,
     keys,
+    overlays,
     placement_claims,
     quotas,
     scheduler,
@@ -762,9 +763,15 @@ class Instances:
             old = inst.name
             inst.name = name
             public = (await self.ctrl.elastic_ips.by_instance(s, [inst.id])).get(inst.id)
-        await self.ctrl.networks.sync(inst.network_id)
+            # its names on every node of its subnet, recorded with the name itself
+            net = await s.get(Network, inst.network_id) if inst.network_id else None
+            segment = [n.id for n in await overlays.segment_networks(s, net)] if net else []
+            pushes = await self.ctrl.network_pushes.record(s, segment, why="an instance renamed")
+        waiting = await self.ctrl.network_pushes.settle(pushes)
         if public:
-            await self.ctrl.elastic_ips.publish(inst.node_id, put={name: public}, remove=[old])
+            await self.ctrl.elastic_ips.publish(
+                inst.node_id, put={name: public}, remove=[old], strict=not waiting
+            )
         return inst
 
     async def modify(
@@ -851,7 +858,8 @@ class Instances:
             await s.flush()
             for gid in dict.fromkeys(g.id for g in rows):
                 s.add(InstanceSecurityGroup(instance_id=inst.id, group_id=gid))
-        await self.ctrl.networks.sync_all()  # in force in the kernel before we answer
+            pushes = await self.ctrl.network_pushes.record(s, why="an instance's groups changed")
+        await self.ctrl.network_pushes.settle(pushes)  # in force in the kernel before we answer
         return [g.id for g in rows]
 
     # -- odds and ends ---------------------------------------------------------------------

@@ -154,6 +154,8 @@ class Reconciler:
                 await self.ctrl.replicas.reconcile()
             except CorralError as err:
                 log.warning("reconcile replicas: %s", err.message)
+            # network pushes waiting for a node that did not answer: try again now
+            self.ctrl.network_pushes.wake()
 
     async def _reconcile_node(self, node_id: str) -> None:
         node = self.ctrl.node(node_id)

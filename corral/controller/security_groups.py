@@ -347,7 +347,9 @@ class SecurityGroups:
                 added.append(rule)
             if dry_run:
                 raise DryRunPassed(f"Authorize {direction} would have succeeded")
-        await self.ctrl.networks.sync_all()  # in force in the kernel before we answer
+            # the push is recorded with the rules: a crash before it still pushes at start
+            pushes = await self.ctrl.network_pushes.record(s, why="security group rules added")
+        await self.ctrl.network_pushes.settle(pushes)  # in force in the kernel before we answer
         return added
 
     async def revoke(
@@ -389,7 +391,8 @@ class SecurityGroups:
                 rule = rules.pop(_key(p), None)
                 if rule is not None:
                     await s.delete(rule)
-        await self.ctrl.networks.sync_all()
+            pushes = await self.ctrl.network_pushes.record(s, why="security group rules revoked")
+        await self.ctrl.network_pushes.settle(pushes)
         return unknown
 
     async def list(self, caller: Caller) -> tuple[list[SecurityGroup], list[SecurityGroupRule]]:
@@ -488,7 +491,8 @@ class SecurityGroupRules:
                 raise DryRunPassed(f"Revoke {direction} would have succeeded")
             for r in rows:
                 await s.delete(r)
-        await self.ctrl.networks.sync_all()
+            pushes = await self.ctrl.network_pushes.record(s, why="security group rules revoked")
+        await self.ctrl.network_pushes.settle(pushes)
         return rows
 
     async def describe_all(self, caller: Caller) -> list[SecurityGroupRule]:
@@ -570,4 +574,5 @@ class SecurityGroupRules:
                 p = wanted[r.id]
                 r.protocol, r.from_port, r.to_port = p.protocol, p.from_port, p.to_port
                 r.cidr, r.source_group_id, r.description = p.cidr, p.group_id, p.description
-        await self.ctrl.networks.sync_all()
+            pushes = await self.ctrl.network_pushes.record(s, why="security group rules modified")
+        await self.ctrl.network_pushes.settle(pushes)

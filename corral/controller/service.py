@@ -64,6 +64,10 @@ class Controller:
             settings.max_access_keys,
         )
         self.networks = Networks(self)
+        from corral.controller.network_push import NetworkPushes
+
+        # security-group, elastic-IP and rename changes reach the nodes as operations
+        self.network_pushes = NetworkPushes(self)
         self.images = Images(self)
         self.instances = Instances(self)
         self.keypairs = KeyPairs(self)

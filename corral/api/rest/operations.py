@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from corral import models
 from corral.api import views
@@ -25,7 +25,11 @@ async def operation_list(
     who: Caller = Depends(auth),
 ) -> list[models.Operation]:
     async with ctx.controller.store.read() as s:
-        q = select(Operation).where(Operation.account_id == who.account_id)
+        mine = Operation.account_id == who.account_id
+        # the admin also sees the operations of no account (network pushes, a node's work)
+        q = select(Operation).where(
+            or_(mine, Operation.account_id.is_(None)) if who.admin else mine
+        )
         if target:
             q = q.where(Operation.target_id == target)
         rows = await s.scalars(q.order_by(Operation.created_at.desc()).limit(limit))
