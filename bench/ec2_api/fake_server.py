@@ -121,9 +121,16 @@ def _start_wired_nodes(
 
 def bench_settings(state: Path, port: int, db: str | None = None) -> config.Settings:
     """The daemon's settings for this state dir, on ``db`` when given (validated as
-    ``corral up --db`` validates it), else SQLite in the state directory."""
+    ``corral up --db`` validates it), else SQLite in the state directory. The admin account's
+    instance, vCPU and memory quotas are lifted: a benchmark launches 1,000 instances."""
     return config.load(
-        state, api_port=port, subnet="10.251.0.0/20", **({"db_url": db} if db else {})
+        state,
+        api_port=port,
+        subnet="10.251.0.0/20",
+        quota_instances=-1,
+        quota_vcpus=-1,
+        quota_memory_mib=-1,
+        **({"db_url": db} if db else {}),
     )
 
 
