@@ -373,10 +373,18 @@ def main() -> None:
 
 
 def nodes_for(instances: int, memory_each: int = 128 << 20) -> int:
-    """How many fake nodes of this machine's size hold ``instances`` cr1.nano instances."""
+    """How many fake nodes of this machine's size hold ``instances`` cr1.nano instances: by
+    memory and by CPU cores (each node promises its cores times the default allocation
+    ratio)."""
+    from corral.config import Settings
+    from corral.controller import instance_types
+
     with open("/proc/meminfo") as fh:
         kib = next(int(ln.split()[1]) for ln in fh if ln.startswith("MemTotal:"))
-    return max(1, math.ceil(instances * memory_each / (kib << 10)))
+    by_memory = math.ceil(instances * memory_each / (kib << 10))
+    cores = instance_types.get("cr1.nano").cores * instances
+    by_cpu = math.ceil(cores / ((os.cpu_count() or 1) * Settings.cpu_allocation_ratio))
+    return max(1, by_memory, by_cpu)
 
 
 def _qemus() -> int:
