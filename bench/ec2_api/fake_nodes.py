@@ -8,7 +8,7 @@ the hypervisor is fake. Labelled "fake node over the wire" wherever its figures 
     python -m bench.ec2_api.fake_nodes --sockets DIR --images DIR --count N
 
 Each node is this machine's size. Prints one JSON line (the nodes' URLs) once all serve, then
-serves until SIGINT/SIGTERM."""
+serves until SIGINT/SIGTERM or until its parent is gone."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -53,9 +54,18 @@ async def main(sockets: Path, images_dir: Path, count: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
+
+    async def orphaned(parent: int) -> None:
+        """The controller's process gone (killed by -9): stop, never outlive it."""
+        while os.getppid() == parent:
+            await asyncio.sleep(1)
+        stop()
+
+    watch = asyncio.create_task(orphaned(os.getppid()))
     print(json.dumps({"nodes": urls}), flush=True)
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.gather(*tasks)
+    watch.cancel()
 
 
 if __name__ == "__main__":

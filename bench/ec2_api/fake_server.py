@@ -6,22 +6,29 @@ default), and nodes the size of this machine (its CPUs and memory each), as many
 instances need (``--nodes``), so placement works as it would on a real cluster of such hosts.
 
     python -m bench.ec2_api.fake_server --port 18773 --state /tmp/x [--nodes 6] [--wire]
+        [--db postgresql://USER@/DB?host=SOCKETDIR]
+
+``--db`` puts the controller on that database, built from the URL as ``corral up --db`` builds
+it (PostgreSQL through psycopg 3, async); the default is SQLite in the state directory.
 
 With ``--wire`` the fake nodes are not Python objects in this process: they run in a process of
 their own behind the agent's real server on unix sockets (bench/ec2_api/fake_nodes.py), and the
 controller reaches them through the real node client, as it reaches a real agent.
 
-Prints the admin key as JSON on its first line, then serves until SIGINT/SIGTERM; on the way
-out writes STATE/stats.json (reconcile passes, interval, nodes)."""
+Prints the admin key as JSON on its first line, then serves until SIGINT/SIGTERM (or until the
+process that started it is gone); on the way out writes STATE/stats.json (reconcile passes,
+interval, nodes, database)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import gc
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from sqlalchemy.engine import make_url
 
 from corral import config
 from corral.api.app import create_app
@@ -111,11 +119,54 @@ def _start_wired_nodes(
     return proc, urls
 
 
+def bench_settings(state: Path, port: int, db: str | None = None) -> config.Settings:
+    """The daemon's settings for this state dir, on ``db`` when given (validated as
+    ``corral up --db`` validates it), else SQLite in the state directory. The admin account's
+    instance, vCPU and memory quotas are lifted: a benchmark launches 1,000 instances."""
+    return config.load(
+        state,
+        api_port=port,
+        subnet="10.251.0.0/20",
+        quota_instances=-1,
+        quota_vcpus=-1,
+        quota_memory_mib=-1,
+        **({"db_url": db} if db else {}),
+    )
+
+
+async def _orphaned(server: uvicorn.Server) -> None:
+    """Stop serving once the process that started this one is gone (killed by -9), so a
+    benchmark's servers never outlive it."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(1)
+    server.should_exit = True
+
+
 async def main(
-    port: int, state: Path, nodes: int, timings: Path | None = None, wire: bool = False
+    port: int,
+    state: Path,
+    nodes: int,
+    timings: Path | None = None,
+    wire: bool = False,
+    db: str | None = None,
 ) -> None:
+    # SIGINT/SIGTERM only ask to stop: the clean-up below (the nodes' process, stats.json)
+    # always runs. Not asyncio's SIGINT handler (it cancels the clean-up's own awaits) nor the
+    # default SIGTERM (it ends the process there), both of which uvicorn re-raises after serving.
+    server: uvicorn.Server | None = None
+    stopping = False
+
+    def ask_stop(_sig: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        if server is not None:
+            server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, ask_stop)
     state.mkdir(parents=True, exist_ok=True)
-    settings = config.load(state, api_port=port, subnet="10.251.0.0/20")
+    settings = bench_settings(state, port, db)
     store = Store(settings.database_url)
     await asyncio.to_thread(store.migrate)
     images = ImageStore(settings.images_dir)
@@ -124,48 +175,60 @@ async def main(
     ctrl = Controller(settings, store, images)
     wired: subprocess.Popen[bytes] | None = None
     owners: list[RemoteNode] = []
-    if wire:
-        wired, urls = _start_wired_nodes(state, settings.images_dir, nodes)
-        for i, url in enumerate(urls):
-            client, owner = connect_node(url)
-            owners.append(owner)
-            await ctrl.add_node(client, f"fake{i}")
-    for i in range(0 if wire else nodes):
-        node = FakeNode(name=f"fake{i}", images=images)
-        info = await node.info()
-        node.info = functools.partial(_sized, info, cpus, memory)  # type: ignore[method-assign]
-        await ctrl.add_node(node, f"fake{i}")  # type: ignore[arg-type]
-    await ctrl.start()
-    assert ctrl.admin is not None
-    print(
-        json.dumps(
-            {
-                "access_key_id": ctrl.admin.access_key_id,
-                "secret_access_key": ctrl.accounts.secret_for(ctrl.admin.access_key_id),
-            }
-        ),
-        flush=True,
-    )
-    gc.collect()
-    gc.freeze()  # as the daemon does after start-up
-    gc.set_threshold(*GC_THRESHOLDS)
-    app: Any = create_app(ApiContext(settings, ctrl))
-    if timings is not None:
-        app = _Timed(app, timings)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, lifespan="off", log_level="warning", access_log=False
-        )
-    )
     try:
-        await server.serve()
+        if wire:
+            wired, urls = _start_wired_nodes(state, settings.images_dir, nodes)
+            for i, url in enumerate(urls):
+                client, owner = connect_node(url)
+                owners.append(owner)
+                await ctrl.add_node(client, f"fake{i}")
+        for i in range(0 if wire else nodes):
+            node = FakeNode(name=f"fake{i}", images=images)
+            info = await node.info()
+            node.info = functools.partial(_sized, info, cpus, memory)  # type: ignore[method-assign]
+            await ctrl.add_node(node, f"fake{i}")  # type: ignore[arg-type]
+        await ctrl.start()
+        assert ctrl.admin is not None
+        print(
+            json.dumps(
+                {
+                    "access_key_id": ctrl.admin.access_key_id,
+                    "secret_access_key": ctrl.accounts.secret_for(ctrl.admin.access_key_id),
+                }
+            ),
+            flush=True,
+        )
+        gc.collect()
+        gc.freeze()  # as the daemon does after start-up
+        gc.set_threshold(*GC_THRESHOLDS)
+        app: Any = create_app(ApiContext(settings, ctrl))
+        if timings is not None:
+            app = _Timed(app, timings)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=port,
+                lifespan="off",
+                log_level="warning",
+                access_log=False,
+            )
+        )
+        watch = asyncio.create_task(_orphaned(server))
+        if not stopping:  # asked to stop during start-up
+            await server.serve()
+        watch.cancel()
     finally:
-        await ctrl.close()  # its followers' long polls end before their clients close
+        # its followers' long polls end before their clients close; after a failed start-up
+        # too (add_node may have started them)
+        with contextlib.suppress(Exception):
+            await ctrl.close()
         for owner in owners:
             await owner.aclose()
         if wired is not None:
             wired.terminate()
             wired.wait(30)
+        await store.close()
         (state / "stats.json").write_text(
             json.dumps(
                 {
@@ -175,6 +238,7 @@ async def main(
                     "wire": wire,
                     "node_cpus": cpus,
                     "node_memory": memory,
+                    "database": make_url(store.url).get_backend_name(),
                 }
             )
         )
@@ -193,8 +257,10 @@ if __name__ == "__main__":
     ap.add_argument(
         "--wire", action="store_true", help="the fake nodes in their own process, over the wire"
     )
+    ap.add_argument(
+        "--db",
+        help="database URL (postgresql://USER@HOST/DB or sqlite+aiosqlite:///PATH); "
+        "default: SQLite in the state directory",
+    )
     a = ap.parse_args()
-    try:
-        asyncio.run(main(a.port, a.state, a.nodes, a.timings, a.wire))
-    except KeyboardInterrupt:
-        sys.exit(0)
+    asyncio.run(main(a.port, a.state, a.nodes, a.timings, a.wire, a.db))

@@ -182,9 +182,12 @@ def start_moto(tmp: Path) -> tuple[subprocess.Popen[bytes], Target]:
 
 
 def start_corral_fake(
-    tmp: Path, nodes: int, wire: bool = False
+    tmp: Path, nodes: int, wire: bool = False, db: str | None = None, tag: str = "corral-fake"
 ) -> tuple[subprocess.Popen[bytes], Target]:
+    """The fake server (state in ``tmp/tag``, on database ``db`` or SQLite there); killed if
+    it does not come up."""
     port = free_port()
+    timings = tmp / f"{tag}-server-ms"
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -193,20 +196,36 @@ def start_corral_fake(
             "--port",
             str(port),
             "--state",
-            str(tmp / "corral-fake"),
+            str(tmp / tag),
             "--timings",
-            str(tmp / "server-ms"),
+            str(timings),
             "--nodes",
             str(nodes),
             *(["--wire"] if wire else []),
+            *(["--db", db] if db else []),
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
-        stderr=open(tmp / "corral.log", "wb"),
+        stderr=open(tmp / f"{tag}.log", "wb"),
     )
-    assert proc.stdout is not None
-    creds = json.loads(proc.stdout.readline())
-    wait_http(f"http://127.0.0.1:{port}/v1/health")
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(
+                f"the fake server ended before serving; see {tmp / f'{tag}.log'}: "
+                + " | ".join((tmp / f"{tag}.log").read_text().splitlines()[-5:])
+            )
+        creds = json.loads(line)
+        wait_http(f"http://127.0.0.1:{port}/v1/health")
+    except BaseException:
+        proc.terminate()  # it stops its fake nodes' process on the way out
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        raise
     t = Target(
         CORRAL,
         f"http://127.0.0.1:{port}",
@@ -214,7 +233,7 @@ def start_corral_fake(
         creds["secret_access_key"],
         "corral-1",
     )
-    t.timings = tmp / "server-ms"
+    t.timings = timings
     return proc, t
 
 
@@ -354,10 +373,18 @@ def main() -> None:
 
 
 def nodes_for(instances: int, memory_each: int = 128 << 20) -> int:
-    """How many fake nodes of this machine's size hold ``instances`` cr1.nano instances."""
+    """How many fake nodes of this machine's size hold ``instances`` cr1.nano instances: by
+    memory and by CPU cores (each node promises its cores times the default allocation
+    ratio)."""
+    from corral.config import Settings
+    from corral.controller import instance_types
+
     with open("/proc/meminfo") as fh:
         kib = next(int(ln.split()[1]) for ln in fh if ln.startswith("MemTotal:"))
-    return max(1, math.ceil(instances * memory_each / (kib << 10)))
+    by_memory = math.ceil(instances * memory_each / (kib << 10))
+    cores = instance_types.get("cr1.nano").cores * instances
+    by_cpu = math.ceil(cores / ((os.cpu_count() or 1) * Settings.cpu_allocation_ratio))
+    return max(1, by_memory, by_cpu)
 
 
 def _qemus() -> int:
