@@ -27,7 +27,7 @@ from sqlalchemy import or_, select
 
 from corral.controller import scheduler
 from corral.controller.accounts import Caller
-from corral.controller.migrations import _address, disk_sizes, network_on
+from corral.controller.migrations import _address, disk_sizes, network_on, unclaim
 from corral.errors import CorralError, Forbidden, Invalid, NoResources, NotFound, WrongState
 from corral.node.spec import InstanceSpec, MirrorDisk
 from corral.store.models import Instance, Node, Operation
@@ -328,9 +328,4 @@ class Evacuations:
         return {"instance_id": inst.id, "node": ctx.params["to"], "from": ctx.params["from"]}
 
     async def _unclaim(self, ctx: Any) -> None:
-        if ctx.params.get("unclaimed"):
-            return
-        mem, cores, disk = ctx.params["claim"]
-        async with self.ctrl.store.write() as s:
-            await scheduler.unclaim(s, ctx.params["to"], mem, cores, disk)
-            await ctx.checkpoint(s, unclaimed=True)
+        await unclaim(self.ctrl, ctx)

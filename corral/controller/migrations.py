@@ -596,12 +596,18 @@ class Migrations:
         return {"instance_id": inst.id, "node": ctx.params["to"], "from": ctx.params["from"]}
 
     async def _unclaim(self, ctx: Any) -> None:
-        if ctx.params.get("unclaimed"):
-            return
-        mem, cores, disk = ctx.params["claim"]
-        async with self.ctrl.store.write() as s:
-            await scheduler.unclaim(s, ctx.params["to"], mem, cores, disk)
-            await ctx.checkpoint(s, unclaimed=True)
+        await unclaim(self.ctrl, ctx)
+
+
+async def unclaim(ctrl: Controller, ctx: Any) -> None:
+    """A move that did not happen (a migration or a cold move rolled back) gives its claim on
+    the destination back, once (``unclaimed`` in its parameters, in the same transaction)."""
+    if ctx.params.get("unclaimed"):
+        return
+    mem, cores, disk = ctx.params["claim"]
+    async with ctrl.store.write() as s:
+        await scheduler.unclaim(s, ctx.params["to"], mem, cores, disk)
+        await ctx.checkpoint(s, unclaimed=True)
 
 
 def _address(node: Node | None) -> str:

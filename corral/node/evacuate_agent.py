@@ -21,22 +21,17 @@ of it again (refused for an instance running here). The source's copy is removed
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
-import secrets
 import shutil
 from pathlib import Path
 
 from corral.errors import EnvironmentProblem, NotFound, WrongState
-from corral.fsutil import atomic_write
 from corral.node.driver import storage_daemon
 from corral.node.driver.machine import find_pid
-from corral.node.migrate_agent import _listen
 from corral.node.replica_agent import ReplicaAgent
 from corral.node.spec import InstanceSpec, MirrorDisk, ReplicaServed
-from corral.node.storage import overlays
 from corral.node.storage import volumes as volume_files
 from corral.proc import CommandFailed, arun, need
 
@@ -69,45 +64,10 @@ class EvacuateAgent(ReplicaAgent):
             await self.instance_destroy(spec.id, None)
         async with self._lock(spec.id):
             d = self._arriving_dir(spec.id)
-            manifest = self.images.get_manifest(spec.image)  # NotFound: pull it first
-            vols = ([spec.root_volume] if spec.root_volume else []) + [v.id for v in spec.volumes]
-            missing = [v for v in vols if v not in sizes]
-            if missing:
-                raise WrongState(
-                    f"the sizes of volumes {', '.join(missing)} are needed to receive them",
-                    resource="volume",
-                )
-            await storage_daemon.stop(d / "qsd.pid", str(d))
-            shutil.rmtree(d, ignore_errors=True)
-            d.mkdir(parents=True)
-            exports: list[storage_daemon.Export] = []
-            if spec.root_volume is None:
-                root = d / "root.qcow2"
-                await overlays.create(
-                    root,
-                    self.images.root_disk_path(manifest),
-                    manifest.root_disk.format,
-                    spec.disk_size,
-                )
-                exports.append(storage_daemon.Export("root", root, secrets.token_hex(16)))
-            for vid in vols:
-                await volume_files.create(d / f"{vid}.qcow2", sizes[vid])
-                exports.append(
-                    storage_daemon.Export(vid, d / f"{vid}.qcow2", secrets.token_hex(16))
-                )
-            listener = _listen(address)
-            try:
-                pid = await asyncio.to_thread(
-                    storage_daemon.start, exports, listener, d / "qsd.pid", d / "qsd.log"
-                )
-                port = listener.getsockname()[1]
-            finally:
-                listener.close()  # the daemon has its own copy
-            served = ReplicaServed(
-                address=address, port=port, exports={e.node: e.name for e in exports}, pid=pid
+            served = await self._serve_empty(d, spec, sizes, address, "to receive them")
+            self.event_log.append(
+                "instance-arriving", {"id": spec.id, "pid": served.pid, "peer": peer}
             )
-            atomic_write(d / "served.json", served.model_dump_json())
-            self.event_log.append("instance-arriving", {"id": spec.id, "pid": pid, "peer": peer})
             return served
 
     async def evacuate_accept(self, spec: InstanceSpec) -> None:

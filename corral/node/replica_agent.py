@@ -86,48 +86,67 @@ class ReplicaAgent(MigrateAgent):
             await self.instance_destroy(spec.id, None)
         async with self._lock(spec.id):
             d = self._replica_dir(spec.id)
-            record = d / "served.json"
-            manifest = self.images.get_manifest(spec.image)  # NotFound: pull it first
-            vols = ([spec.root_volume] if spec.root_volume else []) + [v.id for v in spec.volumes]
-            missing = [v for v in vols if v not in sizes]
-            if missing:
-                raise WrongState(
-                    f"the sizes of volumes {', '.join(missing)} are needed for their replicas",
-                    resource="volume",
-                )
-            await storage_daemon.stop(d / "qsd.pid", str(d))
-            shutil.rmtree(d, ignore_errors=True)
-            d.mkdir(parents=True)
-            exports: list[storage_daemon.Export] = []
-            if spec.root_volume is None:
-                root = d / "root.qcow2"
-                await overlays.create(
-                    root,
-                    self.images.root_disk_path(manifest),
-                    manifest.root_disk.format,
-                    spec.disk_size,
-                )
-                exports.append(storage_daemon.Export("root", root, secrets.token_hex(16)))
-            for vid in vols:
-                await volume_files.create(d / f"{vid}.qcow2", sizes[vid])
-                exports.append(
-                    storage_daemon.Export(vid, d / f"{vid}.qcow2", secrets.token_hex(16))
-                )
-            atomic_write(d / "spec.json", spec.model_dump_json(indent=2))
-            listener = _listen(address)
-            try:
-                pid = await asyncio.to_thread(
-                    storage_daemon.start, exports, listener, d / "qsd.pid", d / "qsd.log"
-                )
-                port = listener.getsockname()[1]
-            finally:
-                listener.close()  # the daemon has its own copy
-            served = ReplicaServed(
-                address=address, port=port, exports={e.node: e.name for e in exports}, pid=pid
+            served = await self._serve_empty(
+                d, spec, sizes, address, "for their replicas", keep_spec=True
             )
-            atomic_write(record, served.model_dump_json())
-            self.event_log.append("replica-served", {"id": spec.id, "pid": pid, "peer": peer})
+            self.event_log.append(
+                "replica-served", {"id": spec.id, "pid": served.pid, "peer": peer}
+            )
             return served
+
+    async def _serve_empty(
+        self,
+        d: Path,
+        spec: InstanceSpec,
+        sizes: dict[str, int],
+        address: str,
+        purpose: str,
+        keep_spec: bool = False,
+    ) -> ReplicaServed:
+        """``spec``'s disks made again, empty, in ``d`` (the root overlay on its image, each
+        volume of its size; a daemon already serving there stopped first), served over NBD on
+        ``address`` by a ``qemu-storage-daemon`` of their own; the answer kept in
+        ``d/served.json`` (and the spec in ``d/spec.json`` with ``keep_spec``). For a replica
+        and for a cold move's copy alike; ``purpose`` ends the error for a missing size."""
+        manifest = self.images.get_manifest(spec.image)  # NotFound: pull it first
+        vols = ([spec.root_volume] if spec.root_volume else []) + [v.id for v in spec.volumes]
+        missing = [v for v in vols if v not in sizes]
+        if missing:
+            raise WrongState(
+                f"the sizes of volumes {', '.join(missing)} are needed {purpose}",
+                resource="volume",
+            )
+        await storage_daemon.stop(d / "qsd.pid", str(d))
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        exports: list[storage_daemon.Export] = []
+        if spec.root_volume is None:
+            root = d / "root.qcow2"
+            await overlays.create(
+                root,
+                self.images.root_disk_path(manifest),
+                manifest.root_disk.format,
+                spec.disk_size,
+            )
+            exports.append(storage_daemon.Export("root", root, secrets.token_hex(16)))
+        for vid in vols:
+            await volume_files.create(d / f"{vid}.qcow2", sizes[vid])
+            exports.append(storage_daemon.Export(vid, d / f"{vid}.qcow2", secrets.token_hex(16)))
+        if keep_spec:
+            atomic_write(d / "spec.json", spec.model_dump_json(indent=2))
+        listener = _listen(address)
+        try:
+            pid = await asyncio.to_thread(
+                storage_daemon.start, exports, listener, d / "qsd.pid", d / "qsd.log"
+            )
+            port = listener.getsockname()[1]
+        finally:
+            listener.close()  # the daemon has its own copy
+        served = ReplicaServed(
+            address=address, port=port, exports={e.node: e.name for e in exports}, pid=pid
+        )
+        atomic_write(d / "served.json", served.model_dump_json())
+        return served
 
     async def replica_drop(self, iid: str, volumes: list[str] | None = None) -> None:
         """Remove the replica of ``iid`` kept here (its daemon and images); idempotent."""

@@ -17,7 +17,8 @@ from corral.controller.service import Controller
 from corral.images.manifest import Manifest
 from corral.images.store import ImageStore
 from corral.models import InstanceCreate
-from corral.store.models import Address, Instance, Operation
+from corral.node.fake import FakeNode
+from corral.store.models import Address, Instance, Node, Operation
 
 IMAGE_VIRTUAL_SIZE = 64 << 20
 WAIT = 60.0  # seconds; only a safety net, generous for a loaded 2-core machine
@@ -112,3 +113,18 @@ async def node_server(node: Any, sock_dir: Path | None = None) -> AsyncIterator[
         sock.close()
         if made:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def fake_node(ctrl: Controller, name: str) -> FakeNode:
+    """The fake node ``name`` of a cluster fixture's controller."""
+    node = ctrl.nodes[f"node-{name}"]
+    assert isinstance(node, FakeNode)
+    return node
+
+
+async def claimed_memory(ctrl: Controller, name: str) -> int:
+    """The memory the store has claimed on node ``name``."""
+    async with ctrl.store.read() as s:
+        row = await s.scalar(select(Node).where(Node.name == name))
+        assert row is not None
+        return row.claimed_memory

@@ -17,23 +17,9 @@ from corral.api.context import ApiContext
 from corral.controller.evacuations import OP
 from corral.controller.service import Controller
 from corral.errors import Forbidden, Invalid, NotFound
-from corral.node.fake import FakeNode
 from corral.store.models import Address, Instance, Network, Node, Volume
 from tests.unit.conftest import Cluster
-from tests.unit.helpers import admin, finish, reload, run
-
-
-def fake(ctrl: Controller, name: str) -> FakeNode:
-    node = ctrl.nodes[f"node-{name}"]
-    assert isinstance(node, FakeNode)
-    return node
-
-
-async def _claimed(ctrl: Controller, name: str) -> int:
-    async with ctrl.store.read() as s:
-        row = await s.scalar(select(Node).where(Node.name == name))
-        assert row is not None
-        return row.claimed_memory
+from tests.unit.helpers import admin, claimed_memory, fake_node, finish, reload, run
 
 
 async def _stopped(ctrl: Controller, **fields: Any) -> Instance:
@@ -56,7 +42,7 @@ async def test_evacuate_moves_stopped_instances_cold_and_spreads_them(cluster: C
     ctrl = await cluster({"a": {}, "b": {}, "c": {}}, scheduler_weigher="spread")
     cold = [await _stopped(ctrl, node="a", name=f"s{i}") for i in range(2)]
     live = await run(ctrl, node="a", name="live")
-    before = await _claimed(ctrl, "a")
+    before = await claimed_memory(ctrl, "a")
     res = await ctrl.evacuations.evacuate(admin(ctrl), "a")
     assert res["cordoned"] and not res["dry_run"]
     assert sorted(m["instance"] for m in res["moves"]) == ["s0", "s1"]
@@ -72,17 +58,17 @@ async def test_evacuate_moves_stopped_instances_cold_and_spreads_them(cluster: C
         assert row.mac == old.mac and row.name == old.name
         assert row.generation == old.generation + 1
         assert await _network_node(ctrl, row.id) == (row.node_id, old.private_ip)
-        assert row.id not in fake(ctrl, "a").specs
-        dst = fake(ctrl, str(row.node_id).removeprefix("node-"))
+        assert row.id not in fake_node(ctrl, "a").specs
+        dst = fake_node(ctrl, str(row.node_id).removeprefix("node-"))
         assert row.id in dst.specs and row.id not in dst.running and not dst.arriving
     assert (await reload(ctrl, live.id)).node_id == "node-a"
-    assert await _claimed(ctrl, "a") == before - sum(i.claim_memory for i in cold)
-    calls = [c[0] for c in fake(ctrl, "a").calls if c[1] == cold[0].id and "evac" in c[0]]
+    assert await claimed_memory(ctrl, "a") == before - sum(i.claim_memory for i in cold)
+    calls = [c[0] for c in fake_node(ctrl, "a").calls if c[1] == cold[0].id and "evac" in c[0]]
     assert calls == ["evacuate_send"]
     # started afterwards, it runs on its new node
     _, op = await ctrl.instances.start(admin(ctrl), cold[0].name)
     assert op is not None and (await finish(ctrl, op)).status == "succeeded"
-    assert cold[0].id in fake(ctrl, str(rows[0].node_id).removeprefix("node-")).running
+    assert cold[0].id in fake_node(ctrl, str(rows[0].node_id).removeprefix("node-")).running
 
 
 async def test_an_attached_volume_moves_with_its_instance(cluster: Cluster) -> None:
@@ -95,15 +81,15 @@ async def test_an_attached_volume_moves_with_its_instance(cluster: Cluster) -> N
     assert op is None  # at once to a stopped instance
     async with ctrl.store.read() as s:
         assert (await s.get(Volume, vol.id)).node_id == "node-a"  # type: ignore[union-attr]
-    assert vol.id in fake(ctrl, "a").volumes
+    assert vol.id in fake_node(ctrl, "a").volumes
     res = await ctrl.evacuations.evacuate(admin(ctrl), "a")
     done = await finish(ctrl, await ctrl.ops.get(res["moves"][0]["operation"]))
     assert done.status == "succeeded", done.error
     async with ctrl.store.read() as s:
         row = await s.get(Volume, vol.id)
         assert row is not None and row.node_id == "node-b" and row.instance_id == inst.id
-    assert vol.id in fake(ctrl, "b").volumes and vol.id not in fake(ctrl, "a").volumes
-    spec = fake(ctrl, "b").specs[inst.id]
+    assert vol.id in fake_node(ctrl, "b").volumes and vol.id not in fake_node(ctrl, "a").volumes
+    spec = fake_node(ctrl, "b").specs[inst.id]
     assert [v.id for v in spec.volumes] == [vol.id]
 
 
@@ -115,11 +101,11 @@ async def test_a_dry_run_plans_without_cordoning_claiming_or_moving(cluster: Clu
     assert res["dry_run"] and not res["cordoned"]
     assert sorted(m["to"] for m in res["moves"]) == ["b", "c"]
     assert all(m["operation"] is None for m in res["moves"])
-    assert await _claimed(ctrl, "b") == 0 and await _claimed(ctrl, "c") == 0
+    assert await claimed_memory(ctrl, "b") == 0 and await claimed_memory(ctrl, "c") == 0
     async with ctrl.store.read() as s:
         a = await s.scalar(select(Node).where(Node.name == "a"))
         assert a is not None and not a.cordoned
-    assert not [c for c in fake(ctrl, "b").calls if "evac" in c[0]]
+    assert not [c for c in fake_node(ctrl, "b").calls if "evac" in c[0]]
 
 
 async def test_evacuate_to_a_named_node_and_its_refusals(cluster: Cluster) -> None:
@@ -161,7 +147,7 @@ def _user(ctrl: Controller) -> Any:
 async def test_a_copy_that_fails_is_undone_and_the_instance_stays(cluster: Cluster) -> None:
     ctrl = await cluster({"a": {}, "b": {}})
     inst = await _stopped(ctrl, node="a")
-    fake(ctrl, "a").fail_send.add(inst.id)
+    fake_node(ctrl, "a").fail_send.add(inst.id)
     res = await ctrl.evacuations.evacuate(admin(ctrl), "a")
     done = await finish(ctrl, await ctrl.ops.get(res["moves"][0]["operation"]))
     assert done.status == "failed"
@@ -169,10 +155,12 @@ async def test_a_copy_that_fails_is_undone_and_the_instance_stays(cluster: Clust
     row = await reload(ctrl, inst.id)
     assert row.node_id == "node-a" and row.state == "stopped"
     assert row.generation == inst.generation
-    assert inst.id in fake(ctrl, "a").specs
-    assert inst.id not in fake(ctrl, "b").specs and inst.id not in fake(ctrl, "b").arriving
-    assert ("evacuate_abort", inst.id) in fake(ctrl, "b").calls
-    assert await _claimed(ctrl, "b") == 0
+    assert inst.id in fake_node(ctrl, "a").specs
+    assert (
+        inst.id not in fake_node(ctrl, "b").specs and inst.id not in fake_node(ctrl, "b").arriving
+    )
+    assert ("evacuate_abort", inst.id) in fake_node(ctrl, "b").calls
+    assert await claimed_memory(ctrl, "b") == 0
     assert await _network_node(ctrl, inst.id) == ("node-a", inst.private_ip)
 
 
@@ -182,7 +170,7 @@ async def test_an_instance_started_before_its_move_ran_is_not_moved(cluster: Clu
     done = await _resumed(ctrl, inst, "requested", start_first=True)
     assert done.status == "failed" and "only a stopped instance moves cold" in str(done.error)
     assert (await reload(ctrl, inst.id)).node_id == "node-a"
-    assert await _claimed(ctrl, "b") == 0
+    assert await claimed_memory(ctrl, "b") == 0
 
 
 async def _resumed(ctrl: Controller, inst: Instance, phase: str, start_first: bool = False) -> Any:
@@ -218,15 +206,15 @@ async def test_a_restart_before_the_record_moved_copies_anew(cluster: Cluster, p
     inst = await _stopped(ctrl, node="a")
     async with ctrl.store.read() as s:
         spec = await ctrl.instances.spec(s, inst)
-    await fake(ctrl, "b").evacuate_receive(spec, {}, "127.0.0.1")  # what the first try left
+    await fake_node(ctrl, "b").evacuate_receive(spec, {}, "127.0.0.1")  # what the first try left
     if phase == "verified":
-        await fake(ctrl, "b").evacuate_accept(spec)
+        await fake_node(ctrl, "b").evacuate_accept(spec)
     done = await _resumed(ctrl, inst, phase)
     assert done.status == "succeeded", done.error
     events = [e.message for e in await ctrl.ops.events(done.id)]
     assert any("copying anew" in m for m in events)
     assert (await reload(ctrl, inst.id)).node_id == "node-b"
-    assert inst.id in fake(ctrl, "b").specs and inst.id not in fake(ctrl, "a").specs
+    assert inst.id in fake_node(ctrl, "b").specs and inst.id not in fake_node(ctrl, "a").specs
 
 
 async def test_a_restart_after_the_record_moved_finishes_the_cleanup(cluster: Cluster) -> None:
@@ -234,16 +222,16 @@ async def test_a_restart_after_the_record_moved_finishes_the_cleanup(cluster: Cl
     inst = await _stopped(ctrl, node="a")
     async with ctrl.store.read() as s:
         spec = await ctrl.instances.spec(s, inst)
-    await fake(ctrl, "b").evacuate_receive(spec, {}, "127.0.0.1")
-    await fake(ctrl, "b").evacuate_accept(spec)
+    await fake_node(ctrl, "b").evacuate_receive(spec, {}, "127.0.0.1")
+    await fake_node(ctrl, "b").evacuate_accept(spec)
     async with ctrl.store.write() as s:
         row = await s.get(Instance, inst.id)
         assert row is not None
         row.node_id = "node-b"
     done = await _resumed(ctrl, inst, "moved")
     assert done.status == "succeeded", done.error
-    assert inst.id not in fake(ctrl, "a").specs and inst.id in fake(ctrl, "b").specs
-    assert not [c for c in fake(ctrl, "a").calls if c[0] == "evacuate_send"]
+    assert inst.id not in fake_node(ctrl, "a").specs and inst.id in fake_node(ctrl, "b").specs
+    assert not [c for c in fake_node(ctrl, "a").calls if c[0] == "evacuate_send"]
 
 
 async def test_a_restart_after_it_was_undone_only_fails(cluster: Cluster) -> None:
@@ -252,8 +240,8 @@ async def test_a_restart_after_it_was_undone_only_fails(cluster: Cluster) -> Non
     done = await _resumed(ctrl, inst, "rolled-back")
     assert done.status == "failed" and "was undone" in str(done.error)
     assert (await reload(ctrl, inst.id)).node_id == "node-a"
-    assert await _claimed(ctrl, "b") == 0
-    assert not [c for c in fake(ctrl, "a").calls if c[0] == "evacuate_send"]
+    assert await claimed_memory(ctrl, "b") == 0
+    assert not [c for c in fake_node(ctrl, "a").calls if c[0] == "evacuate_send"]
 
 
 async def test_the_rest_api_evacuates_and_refuses_unknown_fields(cluster: Cluster) -> None:

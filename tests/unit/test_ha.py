@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from corral.api import views
 from corral.api.ec2.errors import Ec2Error
@@ -19,10 +19,9 @@ from corral.appliances.spec import Service
 from corral.controller.replicas import OP
 from corral.controller.service import Controller
 from corral.errors import EnvironmentProblem, NoResources, WrongState
-from corral.node.fake import FakeNode
 from corral.store.models import Instance, Network, Node
 from tests.unit.conftest import Cluster
-from tests.unit.helpers import admin, finish, reload, req, run
+from tests.unit.helpers import admin, claimed_memory, fake_node, finish, reload, req, run
 
 
 async def test_an_ha_instance_gets_a_secondary_on_another_node(cluster: Cluster) -> None:
@@ -72,12 +71,6 @@ def test_a_service_file_may_ask_for_ha() -> None:
 
 
 # -- replication and failover over fake nodes ------------------------------------------------
-def fake(ctrl: Controller, name: str) -> FakeNode:
-    node = ctrl.nodes[f"node-{name}"]
-    assert isinstance(node, FakeNode)
-    return node
-
-
 async def _ha(ctrl: Controller) -> Instance:
     inst = await run(ctrl, node="a", ha=True)
     await ctrl.replicas.reconcile()
@@ -90,9 +83,9 @@ async def test_the_reconciler_replicates_and_records_the_replicas_state(
     ctrl = await cluster({"a": {}, "b": {}})
     inst = await _ha(ctrl)
     assert inst.replica_state == "in-sync" and inst.secondary_node_id == "node-b"
-    assert inst.id in fake(ctrl, "b").replicas  # the secondary serves the replica
-    assert ("replica_mirror", inst.id) in fake(ctrl, "a").calls
-    assert inst.id not in fake(ctrl, "b").running  # nothing runs there
+    assert inst.id in fake_node(ctrl, "b").replicas  # the secondary serves the replica
+    assert ("replica_mirror", inst.id) in fake_node(ctrl, "a").calls
+    assert inst.id not in fake_node(ctrl, "b").running  # nothing runs there
     shown = await ctrl.instances.get(admin(ctrl), inst.id)
     view = views.instance(shown)
     assert view.ha and view.replica_state == "in-sync" and view.secondary_node == "node-b"
@@ -101,10 +94,10 @@ async def test_the_reconciler_replicates_and_records_the_replicas_state(
 async def test_a_degraded_replica_is_set_up_again(cluster: Cluster) -> None:
     ctrl = await cluster({"a": {}, "b": {}})
     inst = await _ha(ctrl)
-    fake(ctrl, "a").mirrors[inst.id] = "degraded"  # the secondary's link failed
-    fake(ctrl, "b").calls.clear()
+    fake_node(ctrl, "a").mirrors[inst.id] = "degraded"  # the secondary's link failed
+    fake_node(ctrl, "b").calls.clear()
     await ctrl.replicas.reconcile()
-    assert ("replica_serve", inst.id) in fake(ctrl, "b").calls
+    assert ("replica_serve", inst.id) in fake_node(ctrl, "b").calls
     assert (await reload(ctrl, inst.id)).replica_state == "in-sync"
 
 
@@ -114,12 +107,12 @@ async def test_a_replica_whose_secondary_is_unreachable_moves_to_a_new_one(
     ctrl = await cluster({"a": {}, "b": {}, "c": {"memory": 4 << 30}})
     inst = await _ha(ctrl)
     assert inst.secondary_node_id == "node-b"
-    fake(ctrl, "a").mirrors[inst.id] = "degraded"
+    fake_node(ctrl, "a").mirrors[inst.id] = "degraded"
     ctrl.cluster.unreachable.add("node-b")
     await ctrl.replicas.reconcile()
     row = await reload(ctrl, inst.id)
     assert row.secondary_node_id == "node-c" and row.replica_state == "in-sync"
-    assert inst.id in fake(ctrl, "c").replicas
+    assert inst.id in fake_node(ctrl, "c").replicas
 
 
 async def test_a_dead_nodes_ha_instance_runs_on_its_secondary_with_its_identity(
@@ -128,7 +121,7 @@ async def test_a_dead_nodes_ha_instance_runs_on_its_secondary_with_its_identity(
     ctrl = await cluster({"a": {}, "b": {}, "c": {"memory": 4 << 30}})
     inst = await _ha(ctrl)
     plain = await run(ctrl, node="a")
-    claimed_a = await _claimed(ctrl, "a")
+    claimed_a = await claimed_memory(ctrl, "a")
     ctrl.cluster.unreachable.add("node-a")
     ops = await ctrl.replicas.fail_over_node("node-a")
     assert [o.target_id for o in ops] == [inst.id]  # only the HA instance
@@ -137,14 +130,14 @@ async def test_a_dead_nodes_ha_instance_runs_on_its_secondary_with_its_identity(
     row = await reload(ctrl, inst.id)
     assert row.node_id == "node-b" and row.state == "running"
     assert (row.private_ip, row.mac, row.name) == (inst.private_ip, inst.mac, inst.name)
-    assert row.pid == fake(ctrl, "b").running[inst.id]
-    assert fake(ctrl, "b").specs[inst.id].mac == inst.mac
-    assert fake(ctrl, "b").specs[inst.id].address == inst.private_ip
+    assert row.pid == fake_node(ctrl, "b").running[inst.id]
+    assert fake_node(ctrl, "b").specs[inst.id].mac == inst.mac
+    assert fake_node(ctrl, "b").specs[inst.id].address == inst.private_ip
     async with ctrl.store.read() as s:
         net = await s.get(Network, row.network_id)
         assert net is not None and net.node_id == "node-b"
-    assert await _claimed(ctrl, "a") == claimed_a - inst.claim_memory
-    assert await _claimed(ctrl, "b") == inst.claim_memory
+    assert await claimed_memory(ctrl, "a") == claimed_a - inst.claim_memory
+    assert await claimed_memory(ctrl, "b") == inst.claim_memory
     assert (await reload(ctrl, plain.id)).node_id == "node-a"  # not HA: not moved
     # the next pass gives it a new secondary (not the dead node) and resyncs
     await ctrl.replicas.reconcile()
@@ -157,7 +150,7 @@ async def test_a_failover_resumed_after_a_crash_starts_one_copy(cluster: Cluster
     inst = await _ha(ctrl)
     ctrl.cluster.unreachable.add("node-a")
     # the controller died after the secondary started it, before the record moved
-    pid = await fake(ctrl, "b").replica_promote(fake(ctrl, "b").replicas[inst.id])
+    pid = await fake_node(ctrl, "b").replica_promote(fake_node(ctrl, "b").replicas[inst.id])
     async with ctrl.store.write() as s:
         op = ctrl.ops.new(
             OP,
@@ -172,7 +165,7 @@ async def test_a_failover_resumed_after_a_crash_starts_one_copy(cluster: Cluster
     assert done.status == "succeeded", done.error
     row = await reload(ctrl, inst.id)
     assert row.node_id == "node-b" and row.pid == pid
-    assert fake(ctrl, "b").running[inst.id] == pid  # the copy that ran: not started again
+    assert fake_node(ctrl, "b").running[inst.id] == pid  # the copy that ran: not started again
     # and once more: the record has moved, nothing is done again
     again = await ctrl.replicas.fail_over_node("node-a")
     assert again == []
@@ -188,13 +181,6 @@ async def test_failover_without_a_replica_on_the_secondary_fails_and_moves_nothi
     done = await finish(ctrl, op)
     assert done.status == "failed" and "no replica" in str(done.error)
     assert (await reload(ctrl, inst.id)).node_id == "node-a"
-
-
-async def _claimed(ctrl: Controller, name: str) -> int:
-    async with ctrl.store.read() as s:
-        row = await s.scalar(select(Node).where(Node.name == name))
-        assert row is not None
-        return row.claimed_memory
 
 
 class Silent:
@@ -230,7 +216,7 @@ async def test_a_node_declared_dead_fails_its_ha_instances_over(cluster: Cluster
     while (row := await reload(ctrl, inst.id)).node_id != "node-b":
         assert loop.time() < deadline, "not failed over"
         await asyncio.sleep(0.05)
-    assert row.state == "running" and inst.id in fake(ctrl, "b").running
+    assert row.state == "running" and inst.id in fake_node(ctrl, "b").running
     assert row.generation == inst.generation + 1
 
 

@@ -17,23 +17,9 @@ from corral.api.context import ApiContext
 from corral.controller.migrations import OP
 from corral.controller.service import Controller
 from corral.errors import Invalid, NoResources, WrongState
-from corral.node.fake import FakeNode
 from corral.store.models import Address, Instance, Network, Node
 from tests.unit.conftest import Cluster
-from tests.unit.helpers import admin, finish, reload, run
-
-
-def fake(ctrl: Controller, name: str) -> FakeNode:
-    node = ctrl.nodes[f"node-{name}"]
-    assert isinstance(node, FakeNode)
-    return node
-
-
-async def _claimed(ctrl: Controller, name: str) -> int:
-    async with ctrl.store.read() as s:
-        row = await s.scalar(select(Node).where(Node.name == name))
-        assert row is not None
-        return row.claimed_memory
+from tests.unit.helpers import admin, claimed_memory, fake_node, finish, reload, run
 
 
 async def _network_node(ctrl: Controller, iid: str) -> tuple[str, str]:
@@ -50,19 +36,21 @@ async def _network_node(ctrl: Controller, iid: str) -> tuple[str, str]:
 async def test_migrate_moves_the_record_after_the_destination_confirms(cluster: Cluster) -> None:
     ctrl = await cluster({"a": {}, "b": {}})
     inst = await run(ctrl, node="a")
-    before = await _claimed(ctrl, "a")
-    assert before > 0 and await _claimed(ctrl, "b") == 0
+    before = await claimed_memory(ctrl, "a")
+    assert before > 0 and await claimed_memory(ctrl, "b") == 0
     _, op = await ctrl.migrations.request(admin(ctrl), inst.name, to="b")
     done = await finish(ctrl, op)
     assert done.status == "succeeded", done.error
     assert done.params["phase"] == "done"
     row = await reload(ctrl, inst.id)
     assert row.node_id == "node-b" and row.state == "running"
-    assert row.pid == fake(ctrl, "b").running[inst.id]
-    assert inst.id not in fake(ctrl, "a").running and inst.id not in fake(ctrl, "a").specs
+    assert row.pid == fake_node(ctrl, "b").running[inst.id]
+    assert inst.id not in fake_node(ctrl, "a").running and inst.id not in fake_node(ctrl, "a").specs
     assert await _network_node(ctrl, inst.id) == ("node-b", inst.private_ip)
-    assert await _claimed(ctrl, "a") == 0 and await _claimed(ctrl, "b") == before
-    calls = [c for c in fake(ctrl, "a").calls + fake(ctrl, "b").calls if "migrate" in c[0]]
+    assert await claimed_memory(ctrl, "a") == 0 and await claimed_memory(ctrl, "b") == before
+    calls = [
+        c for c in fake_node(ctrl, "a").calls + fake_node(ctrl, "b").calls if "migrate" in c[0]
+    ]
     assert [c[0] for c in calls] == ["migrate_start", "migrate_cleanup", "migrate_prepare"]
     events = [e.message for e in await ctrl.ops.events(op.id)]
     assert any("mirroring" in m for m in events) and any("switching" in m for m in events)
@@ -130,17 +118,17 @@ async def test_a_migration_is_refused_clearly(cluster: Cluster) -> None:
 async def test_a_migration_that_does_not_converge_is_rolled_back(cluster: Cluster) -> None:
     ctrl = await cluster({"a": {}, "b": {}})
     inst = await run(ctrl, node="a")
-    fake(ctrl, "a").never_converge.add(inst.id)
+    fake_node(ctrl, "a").never_converge.add(inst.id)
     _, op = await ctrl.migrations.request(admin(ctrl), inst.name, to="b", timeout=5)
     done = await finish(ctrl, op)
     assert done.status == "failed"
     assert "migration-timed-out" in str(done.error)
     row = await reload(ctrl, inst.id)
     assert row.node_id == "node-a" and row.state == "running"
-    assert inst.id in fake(ctrl, "a").running
-    assert inst.id not in fake(ctrl, "b").running and inst.id not in fake(ctrl, "b").specs
-    assert ("migrate_abort", inst.id) in fake(ctrl, "b").calls
-    assert await _claimed(ctrl, "b") == 0
+    assert inst.id in fake_node(ctrl, "a").running
+    assert inst.id not in fake_node(ctrl, "b").running and inst.id not in fake_node(ctrl, "b").specs
+    assert ("migrate_abort", inst.id) in fake_node(ctrl, "b").calls
+    assert await claimed_memory(ctrl, "b") == 0
     assert await _network_node(ctrl, inst.id) == ("node-a", inst.private_ip)
 
 
@@ -171,10 +159,10 @@ async def _resumed(ctrl: Controller, inst: Instance, phase: str) -> Any:
 async def _leave_prepared(ctrl: Controller, inst: Instance, completed: bool) -> None:
     async with ctrl.store.read() as s:
         spec = await ctrl.instances.spec(s, inst)
-    await fake(ctrl, "b").migrate_prepare(spec, {}, "127.0.0.1")
-    await fake(ctrl, "a").migrate_mirror(inst.id, "127.0.0.1", 1, [])
+    await fake_node(ctrl, "b").migrate_prepare(spec, {}, "127.0.0.1")
+    await fake_node(ctrl, "a").migrate_mirror(inst.id, "127.0.0.1", 1, [])
     if completed:
-        await fake(ctrl, "a").migrate_start(inst.id, "127.0.0.1", 2)
+        await fake_node(ctrl, "a").migrate_start(inst.id, "127.0.0.1", 2)
 
 
 @pytest.mark.parametrize("phase", ["preparing", "mirroring", "migrating"])
@@ -185,8 +173,8 @@ async def test_a_crash_before_memory_moved_rolls_back(cluster: Cluster, phase: s
     done = await _resumed(ctrl, inst, phase)
     assert done.status == "failed" and "rolled back" in str(done.error)
     assert (await reload(ctrl, inst.id)).node_id == "node-a"
-    assert inst.id in fake(ctrl, "a").running and inst.id not in fake(ctrl, "b").specs
-    assert await _claimed(ctrl, "b") == 0
+    assert inst.id in fake_node(ctrl, "a").running and inst.id not in fake_node(ctrl, "b").specs
+    assert await claimed_memory(ctrl, "b") == 0
 
 
 @pytest.mark.parametrize("phase", ["migrating", "switching"])
@@ -197,22 +185,22 @@ async def test_a_crash_after_memory_moved_rolls_forward(cluster: Cluster, phase:
     done = await _resumed(ctrl, inst, phase)
     assert done.status == "succeeded", done.error
     assert (await reload(ctrl, inst.id)).node_id == "node-b"
-    assert inst.id not in fake(ctrl, "a").running and inst.id in fake(ctrl, "b").running
-    assert await _claimed(ctrl, "a") == 0
+    assert inst.id not in fake_node(ctrl, "a").running and inst.id in fake_node(ctrl, "b").running
+    assert await claimed_memory(ctrl, "a") == 0
 
 
 async def test_a_crash_after_the_record_moved_finishes_the_cleanup(cluster: Cluster) -> None:
     ctrl = await cluster({"a": {}, "b": {}})
     inst = await reload(ctrl, (await run(ctrl, node="a")).id)
     await _leave_prepared(ctrl, inst, completed=True)
-    await fake(ctrl, "b").migrate_finish(inst.id)
+    await fake_node(ctrl, "b").migrate_finish(inst.id)
     async with ctrl.store.write() as s:
         row = await s.get(Instance, inst.id)
         assert row is not None
         row.node_id = "node-b"
     done = await _resumed(ctrl, inst, "moved")
     assert done.status == "succeeded", done.error
-    assert inst.id not in fake(ctrl, "a").specs and inst.id in fake(ctrl, "b").running
+    assert inst.id not in fake_node(ctrl, "a").specs and inst.id in fake_node(ctrl, "b").running
 
 
 async def test_the_rest_api_migrates_and_refuses_unknown_fields(cluster: Cluster) -> None:
@@ -266,7 +254,7 @@ async def test_the_controller_calls_off_a_migration_its_source_agent_forgot(
     monkeypatch.setattr(migration, "GRACE", 0.0)
     ctrl = await cluster({"a": {}, "b": {}})
     inst = await run(ctrl, node="a")
-    src = fake(ctrl, "a")
+    src = fake_node(ctrl, "a")
 
     async def start_forever(iid: str, *args: Any, **kw: Any) -> Any:
         src.outgoing[iid] = "migrating"  # runs on, and nobody on the node will stop it
@@ -278,4 +266,4 @@ async def test_the_controller_calls_off_a_migration_its_source_agent_forgot(
     assert done.status == "failed" and "migration-timed-out" in str(done.error)
     assert ("migrate_cancel", inst.id) in src.calls
     assert (await reload(ctrl, inst.id)).node_id == "node-a"
-    assert inst.id not in fake(ctrl, "b").specs
+    assert inst.id not in fake_node(ctrl, "b").specs

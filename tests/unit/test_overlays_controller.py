@@ -20,15 +20,9 @@ from corral.node.net import dnsmasq, firewall, overlay
 from corral.node.spec import OverlaySpec
 from corral.store.models import Node
 from tests.unit.conftest import Cluster
-from tests.unit.helpers import admin, finish, run
+from tests.unit.helpers import admin, fake_node, finish, run
 
 ADDR = {"a": "192.0.2.11", "b": "192.0.2.12", "c": "192.0.2.13"}
-
-
-def fake(ctrl: Controller, name: str) -> FakeNode:
-    node = ctrl.nodes[f"node-{name}"]
-    assert isinstance(node, FakeNode)
-    return node
 
 
 async def _three(cluster: Cluster) -> Controller:
@@ -51,23 +45,23 @@ async def test_a_subnet_on_two_nodes_is_one_segment_driven_from_the_store(
 ) -> None:
     ctrl = await _three(cluster)
     one = await run(ctrl, node="a", name="one")
-    assert all(_segment(fake(ctrl, n)) is None for n in ADDR)  # one node: no tunnel
+    assert all(_segment(fake_node(ctrl, n)) is None for n in ADDR)  # one node: no tunnel
     two = await run(ctrl, node="b", name="two")
     assert one.private_ip != two.private_ip  # one IPAM across the subnet's nodes
 
-    sa, sb = _segment(fake(ctrl, "a")), _segment(fake(ctrl, "b"))
-    assert sa is not None and sb is not None and _segment(fake(ctrl, "c")) is None
+    sa, sb = _segment(fake_node(ctrl, "a")), _segment(fake_node(ctrl, "b"))
+    assert sa is not None and sb is not None and _segment(fake_node(ctrl, "c")) is None
     assert sa.vni == sb.vni >= 100
     assert (sa.local, sa.peers, sa.entries) == (ADDR["a"], [ADDR["b"]], {two.mac: ADDR["b"]})
     assert (sb.local, sb.peers, sb.entries) == (ADDR["b"], [ADDR["a"]], {one.mac: ADDR["a"]})
 
     # names of both everywhere, DHCP only for the node's own
-    net_a = next(iter(fake(ctrl, "a").policies))
-    hosts = {h.address: h for h in fake(ctrl, "a").hosts[net_a]}
+    net_a = next(iter(fake_node(ctrl, "a").policies))
+    hosts = {h.address: h for h in fake_node(ctrl, "a").hosts[net_a]}
     assert hosts[str(one.private_ip)].dhcp and not hosts[str(two.private_ip)].dhcp
     assert any(n.startswith("two.") for n in hosts[str(two.private_ip)].names)
     # the other node's instance is a member of its group here; the guard takes the tunnel
-    pol = fake(ctrl, "a").policies[net_a]
+    pol = fake_node(ctrl, "a").policies[net_a]
     assert [(m.instance_id, m.address) for m in pol.remote] == [(two.id, two.private_ip)]
     assert pol.remote[0].groups and pol.overlay_devs == [f"vx{sa.vni}"]
     doc = str(firewall.render(pol))
@@ -75,32 +69,32 @@ async def test_a_subnet_on_two_nodes_is_one_segment_driven_from_the_store(
 
     # a move ahead of the store (migration switch-over, failover): entries follow at once
     await ctrl.overlays.move(one.id, "node-c")
-    sb, sc = _segment(fake(ctrl, "b")), _segment(fake(ctrl, "c"))
-    assert sb is not None and sc is not None and _segment(fake(ctrl, "a")) is None
+    sb, sc = _segment(fake_node(ctrl, "b")), _segment(fake_node(ctrl, "c"))
+    assert sb is not None and sc is not None and _segment(fake_node(ctrl, "a")) is None
     assert sb.entries == {one.mac: ADDR["c"]} and sc.entries == {two.mac: ADDR["b"]}
     await ctrl.overlays.done_moving(one.id)  # rolled back: the store rules again
-    sb = _segment(fake(ctrl, "b"))
+    sb = _segment(fake_node(ctrl, "b"))
     assert sb is not None and sb.entries == {one.mac: ADDR["a"]}
-    assert _segment(fake(ctrl, "c")) is None
+    assert _segment(fake_node(ctrl, "c")) is None
 
     # an agent that restarted (its kernel state gone) gets its segment again
-    fake(ctrl, "a").overlays.clear()
+    fake_node(ctrl, "a").overlays.clear()
     ctrl.overlays.forget("node-a")
     await ctrl.overlays.sync()
-    assert _segment(fake(ctrl, "a")) == sa
+    assert _segment(fake_node(ctrl, "a")) == sa
 
     # stopped: the subnet is on one node again, the tunnel goes on both
     _, op = await ctrl.instances.stop(admin(ctrl), two.id)
     assert op is not None
     assert (await finish(ctrl, op)).status == "succeeded"
-    assert _segment(fake(ctrl, "a")) is None and _segment(fake(ctrl, "b")) is None
+    assert _segment(fake_node(ctrl, "a")) is None and _segment(fake_node(ctrl, "b")) is None
 
 
 async def test_without_an_underlay_address_a_node_is_left_out(cluster: Cluster) -> None:
     ctrl = await cluster({"a": {}, "b": {}})  # both "local": no underlay address
     await run(ctrl, node="a", name="one")
     await run(ctrl, node="b", name="two")
-    assert not fake(ctrl, "a").overlays and not fake(ctrl, "b").overlays
+    assert not fake_node(ctrl, "a").overlays and not fake_node(ctrl, "b").overlays
 
 
 def test_dnsmasq_gives_dhcp_to_local_hosts_and_names_to_all(tmp_path: Path) -> None:

@@ -10,14 +10,12 @@ import pytest
 from sqlalchemy import update
 
 from corral.controller.networks import transit_uplink, vpc_bridge
-from corral.controller.service import Controller
 from corral.errors import Invalid
-from corral.node.fake import FakeNode
 from corral.node.net import firewall
 from corral.node.spec import NetworkSpec, PolicySpec, transit_slot
 from corral.store.models import Network, Node
 from tests.unit.conftest import Cluster
-from tests.unit.helpers import admin, run
+from tests.unit.helpers import admin, fake_node, run
 
 
 def test_transit_slots_are_distinct_link_local_30s_apart_from_the_metadata_address() -> None:
@@ -96,8 +94,8 @@ async def test_a_vpc_subnet_spans_nodes_as_its_own_segment_one_subnet_per_vpc_pe
     # one IPAM
     again = await run(ctrl, node="b", subnet=one.id)
     assert again.private_ip not in (None, first.private_ip)
-    seg_a = [o for o in fake(ctrl, "a").overlays.values()]
-    seg_b = [o for o in fake(ctrl, "b").overlays.values()]
+    seg_a = [o for o in fake_node(ctrl, "a").overlays.values()]
+    seg_b = [o for o in fake_node(ctrl, "b").overlays.values()]
     assert len(seg_a) == len(seg_b) == 1 and seg_a[0].vni == seg_b[0].vni
     assert seg_a[0].namespace.endswith(vpc.id) and seg_a[0].bridge != "cbr0"
     assert seg_a[0].entries == {again.mac: "192.0.2.12"}
@@ -105,24 +103,18 @@ async def test_a_vpc_subnet_spans_nodes_as_its_own_segment_one_subnet_per_vpc_pe
     # a default-subnet instance on both nodes: another segment, another VNI
     await run(ctrl, node="a")
     await run(ctrl, node="b")
-    vnis = {o.vni for o in fake(ctrl, "a").overlays.values()}
-    assert len(vnis) == 2, fake(ctrl, "a").overlays
+    vnis = {o.vni for o in fake_node(ctrl, "a").overlays.values()}
+    assert len(vnis) == 2, fake_node(ctrl, "a").overlays
     # another subnet of the VPC on the same node: refused; on another node: fine
     with pytest.raises(Invalid) as err:
         await run(ctrl, node="a", subnet=two.id)
     assert "does not route between two subnets" in err.value.message
     other = await run(ctrl, node="c", subnet=two.id)
     assert str(other.private_ip).startswith("10.5.2.")
-    nets = {n for node in "abc" for n in fake(ctrl, node).policies}
+    nets = {n for node in "abc" for n in fake_node(ctrl, node).policies}
     async with ctrl.store.read() as s:
         rows = [await s.get(Network, n) for n in nets]
     vpc_rows = [r for r in rows if r is not None and r.transit is not None]
     assert sorted(r.name for r in vpc_rows) == sorted([one.id, one.id, two.id])
     assert {r.namespace.endswith(vpc.id) for r in vpc_rows} == {True}
     assert len({r.transit for r in vpc_rows if r.node_id == "node-a"}) == 1
-
-
-def fake(ctrl: Controller, name: str) -> FakeNode:
-    node = ctrl.nodes[f"node-{name}"]
-    assert isinstance(node, FakeNode)
-    return node
