@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -82,20 +81,7 @@ class EvacuateAgent(ReplicaAgent):
                     f"no copy of {spec.id} arrived on this node; move it again",
                     resource="instance",
                 )
-            await storage_daemon.stop(d / "qsd.pid", str(d))
-            paths.dir.mkdir(parents=True, exist_ok=True)
-            moves = []
-            if (d / "root.qcow2").exists():
-                moves.append((d / "root.qcow2", paths.disk))
-            for vid in ([spec.root_volume] if spec.root_volume else []) + [
-                v.id for v in spec.volumes
-            ]:
-                if (d / f"{vid}.qcow2").exists():
-                    moves.append((d / f"{vid}.qcow2", self._volume(vid)))
-            for src, dst in moves:
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(src, dst)
-            shutil.rmtree(d, ignore_errors=True)
+            await self._take_disks(d, spec)
         await self.instance_create(spec)  # spec file and tap (the overlay is there)
         self.event_log.append("instance-arrived", {"id": spec.id})
 

@@ -94,6 +94,22 @@ class ReplicaAgent(MigrateAgent):
             )
             return served
 
+    async def _take_disks(self, d: Path, spec: InstanceSpec) -> None:
+        """The images served from ``d`` become ``spec``'s own disks here (its daemon stopped
+        first); what is already in place stays (a repeated call)."""
+        await storage_daemon.stop(d / "qsd.pid", str(d))
+        self.paths(spec.id).dir.mkdir(parents=True, exist_ok=True)
+        moves = []
+        if (d / "root.qcow2").exists():
+            moves.append((d / "root.qcow2", self.paths(spec.id).disk))
+        for vid in ([spec.root_volume] if spec.root_volume else []) + [v.id for v in spec.volumes]:
+            if (d / f"{vid}.qcow2").exists():
+                moves.append((d / f"{vid}.qcow2", self._volume(vid)))
+        for src, dst in moves:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+        shutil.rmtree(d, ignore_errors=True)
+
     async def _serve_empty(
         self,
         d: Path,
@@ -176,20 +192,7 @@ class ReplicaAgent(MigrateAgent):
                     f"no replica of {spec.id} is on this node; it cannot start here from one",
                     resource="instance",
                 )
-            await storage_daemon.stop(d / "qsd.pid", str(d))
-            paths.dir.mkdir(parents=True, exist_ok=True)
-            moves = []
-            if (d / "root.qcow2").exists():
-                moves.append((d / "root.qcow2", paths.disk))
-            for vid in ([spec.root_volume] if spec.root_volume else []) + [
-                v.id for v in spec.volumes
-            ]:
-                if (d / f"{vid}.qcow2").exists():
-                    moves.append((d / f"{vid}.qcow2", self._volume(vid)))
-            for src, dst in moves:
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(src, dst)
-            shutil.rmtree(d, ignore_errors=True)
+            await self._take_disks(d, spec)
         pid = await self.instance_start(spec)
         self.event_log.append("replica-promoted", {"id": spec.id, "pid": pid})
         return pid
