@@ -195,6 +195,8 @@ class Counters:
     cpu_seconds: float | None
     net_rx_bytes: int | None  # what the guest received
     net_tx_bytes: int | None  # what the guest sent
+    # unlimited CPU credits: core-seconds above the baseline with no credits (the node's)
+    cpu_surplus: float | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,15 @@ class Used:
     cpu_seconds: float = 0.0
     net_rx_bytes: int = 0
     net_tx_bytes: int = 0
+    cpu_surplus_seconds: float = 0.0
+
+    def __add__(self, other: Used) -> Used:
+        return Used(
+            self.cpu_seconds + other.cpu_seconds,
+            self.net_rx_bytes + other.net_rx_bytes,
+            self.net_tx_bytes + other.net_tx_bytes,
+            self.cpu_surplus_seconds + other.cpu_surplus_seconds,
+        )
 
 
 def advance(
@@ -215,7 +226,12 @@ def advance(
       whole reading is new (no more than ``CORES_PER_VCPU_MAX`` per vCPU since the QEMU
       started, in case the counter is an old cgroup's).
     - Network bytes are the tap's, which outlives a QEMU restart: only another node or a
-      counter that went down restarts them."""
+      counter that went down restarts them.
+    - The CPU surplus of unlimited credits is the node's (kept in the instance's directory
+      across agent and QEMU restarts): it restarts like the bytes. Being CPU used above the
+      baseline, its growth is never counted as more than the CPU counted for the same
+      reading (a stale directory's old surplus on a node the instance comes back to is not
+      billed again)."""
     moved = last is None or last.node_id != now_.node_id
     # a new QEMU when its start time differs from the last one's; where either is unknown,
     # only a counter that went down tells
@@ -247,6 +263,13 @@ def advance(
 
     rx, rx_keep = _bytes(last.net_rx_bytes if last is not None else None, now_.net_rx_bytes)
     tx, tx_keep = _bytes(last.net_tx_bytes if last is not None else None, now_.net_tx_bytes)
+    surplus, surplus_keep = 0.0, last.cpu_surplus if last is not None else None
+    if now_.cpu_surplus is not None:
+        was = None if moved or last is None else last.cpu_surplus
+        grown = now_.cpu_surplus - was if was is not None and now_.cpu_surplus >= was else None
+        surplus = now_.cpu_surplus if grown is None else grown
+        surplus = min(surplus, max(0.0, cpu_used))
+        surplus_keep = now_.cpu_surplus
     if moved and last is not None:  # keep nothing of the old node's counters
         cpu_keep = now_.cpu_seconds
     kept = Counters(
@@ -257,13 +280,19 @@ def advance(
         cpu_seconds=cpu_keep,
         net_rx_bytes=rx_keep,
         net_tx_bytes=tx_keep,
+        cpu_surplus=surplus_keep,
     )
-    return kept, Used(max(0.0, cpu_used), max(0, rx), max(0, tx))
+    return kept, Used(max(0.0, cpu_used), max(0, rx), max(0, tx), max(0.0, surplus))
 
 
 def _counters(m: UsageMeter) -> Counters:
     return Counters(
-        m.node_id, m.qemu_started or None, m.cpu_seconds, m.net_rx_bytes, m.net_tx_bytes
+        m.node_id,
+        m.qemu_started or None,
+        m.cpu_seconds,
+        m.net_rx_bytes,
+        m.net_tx_bytes,
+        m.cpu_surplus,
     )
 
 
@@ -286,13 +315,21 @@ async def meter(s: AsyncSession, node_id: str, stats: NodeStats) -> Used:
         if inst is None or inst.node_id != node_id or not inst.account_id:
             continue  # another node's (a migration's other end), or not the store's
         row = meters.get(x.id)
-        reading = Counters(node_id, x.started_at, x.cpu_seconds, x.net_rx_bytes, x.net_tx_bytes)
+        reading = Counters(
+            node_id,
+            x.started_at,
+            x.cpu_seconds,
+            x.net_rx_bytes,
+            x.net_tx_bytes,
+            x.cpu_surplus_seconds,
+        )
         kept, used = advance(
             _counters(row) if row is not None else None, reading, stats.time, x.vcpus
         )
         detail = _instance_detail(inst)
         for kind, state, amount in (
             ("cpu", "used", used.cpu_seconds),
+            ("cpu", "surplus", used.cpu_surplus_seconds),
             ("network", "in", used.net_rx_bytes),
             ("network", "out", used.net_tx_bytes),
         ):
@@ -316,12 +353,9 @@ async def meter(s: AsyncSession, node_id: str, stats: NodeStats) -> Used:
         row.cpu_seconds = kept.cpu_seconds or 0.0
         row.net_rx_bytes = kept.net_rx_bytes or 0
         row.net_tx_bytes = kept.net_tx_bytes or 0
+        row.cpu_surplus = kept.cpu_surplus
         row.time = when
-        total = Used(
-            total.cpu_seconds + used.cpu_seconds,
-            total.net_rx_bytes + used.net_rx_bytes,
-            total.net_tx_bytes + used.net_tx_bytes,
-        )
+        total = total + used
     return total
 
 
@@ -422,8 +456,15 @@ DEFAULT_PRICES: dict[str, Any] = {
     # per hour per address
     "address": {"idle": 0.005, "associated": 0.0},
     # what instances use (metered from the nodes' counters): per core-hour of CPU time, per
-    # GiB received ("network_in") and sent ("network_out") by the guest
-    "usage": {"cpu_hour": 0.0, "network_in_gib": 0.0, "network_out_gib": 0.01},
+    # core-hour above a burstable instance's baseline with no credits left (unlimited mode:
+    # the instance's hourly price covers its baseline, as AWS's $0.05 per vCPU-hour of
+    # surplus credits), per GiB received ("network_in") and sent ("network_out") by the guest
+    "usage": {
+        "cpu_hour": 0.0,
+        "cpu_surplus_hour": 0.05,
+        "network_in_gib": 0.0,
+        "network_out_gib": 0.01,
+    },
 }
 
 
@@ -524,7 +565,7 @@ def bill_lines(lines: list[UsageLine], prices: Prices) -> list[BillLine]:
         hours = u.seconds / 3600
         if u.kind == "cpu":
             qty, unit = u.quantity / 3600, "core-hour"
-            amount = prices.used("cpu_hour") * qty
+            amount = prices.used("cpu_surplus_hour" if u.state == "surplus" else "cpu_hour") * qty
         elif u.kind == "network":
             qty, unit = u.quantity / GiB, "GiB"
             amount = prices.used(f"network_{u.state}_gib") * qty

@@ -2,7 +2,7 @@
 (a security group or its rules, an instance's groups, an elastic address, an instance's name)
 records, in the transaction of the change itself, a ``network-push`` operation per network
 that must follow. The operation pushes the network's whole desired state to its node
-(``Networks._sync_one``: policy, hosts, metadata documents), so a push is idempotent and a later
+(``Networks.sync_one``: policy, hosts, metadata documents), so a push is idempotent and a later
 push covers every earlier change.
 
 - Crash safety: the change and its push commit together; a controller killed before the push
@@ -178,7 +178,7 @@ class NetworkPushes:
             try:
                 if not self.ctrl.cluster.reachable(net.node_id):
                     raise CorralError(f"node {net.node_id} is unreachable")
-                await self.ctrl.networks._sync_one(nid)
+                await self.ctrl.networks.sync_one(nid)
             except CorralError as err:
                 delay = min(2.0 ** (attempts - 1), RETRY_MAX)
                 log.warning("network push %s to node %s: %s", nid, net.node_id, err.message)

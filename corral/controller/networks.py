@@ -221,16 +221,18 @@ class Networks:
             # the VNI first: every node's guard must name the tunnel before it carries frames
             async with self.ctrl.store.write() as s:
                 await overlays.segment_vni(s, key, allocate=True)
-        await self._sync_one(network_id)
+        await self.sync_one(network_id)
         for nid in siblings:
             try:
-                await self._sync_one(nid)
+                await self.sync_one(nid)
             except CorralError as err:
                 log.warning("network %s (a sibling of %s): %s", nid, network_id, err.message)
         if siblings:
             await self.ctrl.overlays.sync()
 
-    async def _sync_one(self, network_id: str) -> None:
+    async def sync_one(self, network_id: str) -> None:
+        """Push one network's whole desired state (policy, hosts, metadata documents) to its
+        node: idempotent, so a retried push is safe (network_push.py)."""
         async with self.ctrl.store.read() as s:
             row = await s.get(Network, network_id)
         if row is not None and row.transit is not None:  # made or removed with its instances
@@ -245,13 +247,6 @@ class Networks:
             await node.network_hosts(self.spec(row), hosts)
             if docs is not None:  # a joined node's metadata service: every document again
                 await node.metadata_put(self.spec(row), docs)
-
-    async def sync_all(self) -> None:
-        """Push every network's policy (a security group or an elastic IP changed)."""
-        async with self.ctrl.store.read() as s:
-            ids_ = list(await s.scalars(select(Network.id)))
-        for nid in ids_:
-            await self._sync_one(nid)
 
     async def by_namespace(self, namespace: str) -> list[Network]:
         async with self.ctrl.store.read() as s:

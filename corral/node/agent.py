@@ -208,7 +208,13 @@ class NodeAgent(EvacuateAgent):
 
     async def stats(self) -> NodeStats:
         """Counters of the node and its running instances (operator views)."""
-        return await stats.read(self.machines, self._spec, self._cgroup, self.settings.namespace)
+        return await stats.read(
+            self.machines,
+            self._spec,
+            self._cgroup,
+            self.settings.namespace,
+            surplus_of=self.credits.surplus,
+        )
 
     async def events(self, after: int = 0, epoch: str = "", wait: float = 0.0) -> EventBatch:
         """What happened here after event ``after`` of ``epoch`` (long poll: ``wait``)."""

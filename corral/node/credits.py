@@ -185,6 +185,12 @@ class Governor:
             with contextlib.suppress(OSError):
                 save(self.instance_dir(iid) / "credits.json", b)
 
+    def surplus(self, iid: str) -> float | None:
+        """Core-seconds the instance used above its baseline with no credits (unlimited mode)
+        on this node so far; None: not burstable."""
+        b = self.bucket(iid)
+        return None if b is None else b.surplus
+
     def status(self, iid: str) -> CreditStatus | None:
         b = self.bucket(iid)
         return None if b is None else CreditStatus.model_validate(b.status())

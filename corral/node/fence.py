@@ -52,7 +52,7 @@ from pathlib import Path
 
 import psutil
 
-from corral.errors import WrongState
+from corral.errors import EnvironmentProblem, WrongState
 from corral.fsutil import atomic_write
 from corral.node.spec import HANG_AFTER, PROBE_SLACK, PROBE_TIMEOUT
 
@@ -222,7 +222,14 @@ class Fence:
         """Answer the peers' hellos on this agent's liveness port (``me`` is its ``IP:PORT``)."""
         self.me = me
         host, port = liveness_address(me)
-        self._liveness = await asyncio.start_server(self._answer, host, port)
+        try:
+            self._liveness = await asyncio.start_server(self._answer, host, port)
+        except OSError as err:
+            raise EnvironmentProblem(
+                f"cannot listen for peers' hellos on {host}:{port} ({err.strerror}): a joined "
+                f"agent uses its own port + 1 for them; free port {port} or choose another "
+                "--listen",
+            ) from err
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -535,6 +535,9 @@ class InstanceStats(BaseModel):
     net_rx_bytes: int | None = None  # what the guest received (its tap's tx)
     net_tx_bytes: int | None = None  # what the guest sent (its tap's rx)
     started_at: float | None = None  # the QEMU process's start (epoch seconds)
+    # unlimited CPU credits: core-seconds used above the baseline with no credits left, kept
+    # by this node across agent and QEMU restarts (node/credits.py); None: not burstable
+    cpu_surplus_seconds: float | None = None
 
 
 class NodeStats(BaseModel):

@@ -81,6 +81,7 @@ async def read(
     spec_of: Callable[[str], InstanceSpec | None],
     cgroup_of: Callable[[str], cgroups.Group],
     namespace: str,
+    surplus_of: Callable[[str], float | None] = lambda _iid: None,
 ) -> NodeStats:
     taps = await tap_counters(namespace)
     out = []
@@ -117,6 +118,7 @@ async def read(
                 net_rx_bytes=tap[1] if tap else None,
                 net_tx_bytes=tap[0] if tap else None,
                 started_at=started,
+                cpu_surplus_seconds=surplus_of(iid),
             )
         )
     t = psutil.cpu_times()

@@ -466,6 +466,8 @@ class UsageMeter(Base):
     cpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     net_rx_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     net_tx_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # unlimited CPU credits' surplus as the node counts it (None: not burstable)
+    cpu_surplus: Mapped[float | None] = mapped_column(Float, nullable=True)
     time: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

@@ -106,10 +106,10 @@ async def _qemu_block_limits(d: Daemon, iid: str, vid: str) -> dict[str, int]:
     raise AssertionError(f"no block device of {vid} in {rows}")
 
 
-def _metered_cpu(c: Client) -> float:
+def _metered_cpu(c: Client, state: str = "used") -> float:
     since = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
     u = c.usage_show(None, since.isoformat(), None)
-    return sum(x.quantity for x in u.lines if x.kind == "cpu")
+    return sum(x.quantity for x in u.lines if x.kind == "cpu" and x.state == state)
 
 
 def _cpu_is_metered(c: Client, counter: Path) -> None:
@@ -198,3 +198,8 @@ def _hog_phases(d: Daemon, iid: str, quota_file: Path, counter: Path) -> None:
     c.instance_credits_set(iid, "unlimited")
     wait_for(lambda: _quota(quota_file) == pytest.approx(0.5), 30, what="the ceiling again")
     wait_for(lambda: (c.instance_credits(iid).surplus or 0) > 0, 60, what="a surplus")
+    # metered for the bill (every 2 s here): never more than the node has counted
+    got = wait_for(
+        lambda: (q := _metered_cpu(c, "surplus")) > 0 and q, 60, what="the surplus metered"
+    )
+    assert got <= (c.instance_credits(iid).surplus or 0) + 0.001, got

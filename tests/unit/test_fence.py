@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import update
 
 from corral.controller.service import Controller
-from corral.errors import WrongState
+from corral.errors import EnvironmentProblem, WrongState
 from corral.node import fence, guard
 from corral.node.fake import FakeNode
 from corral.node.spec import HEARD_WITHIN, InstanceSpec
@@ -134,7 +134,7 @@ async def _liveness(tmp_path: Path, peers: list[str]) -> tuple[fence.Fence, str]
         f.heartbeat("s", 1, 0, 4.0, peers)
         try:
             await f.listen(f"127.0.0.1:{port}")
-        except OSError:
+        except EnvironmentProblem:
             continue  # port + 1 taken: another pair
         return f, f"127.0.0.1:{port}"
     raise AssertionError("no free port pair")
@@ -156,6 +156,21 @@ async def test_a_hello_counts_only_when_the_peers_own_loop_answers_and_records_i
     finally:
         await peer.close()
     assert not await fence.hello(at, me)  # refused: the host is up, its agent is not
+
+
+async def test_a_taken_liveness_port_is_named_with_the_fix(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    f, _ = _fence(tmp_path, {}, reachable=False)
+    try:
+        with pytest.raises(EnvironmentProblem) as err:
+            await f.listen(f"127.0.0.1:{port - 1}")
+        assert f"127.0.0.1:{port}" in err.value.message and "--listen" in err.value.message
+    finally:
+        taken.close()
+        await f.close()
 
 
 async def test_a_hung_agent_accepting_connections_is_no_answer(tmp_path: Path) -> None:

@@ -165,3 +165,61 @@ async def test_meter_records_usage_once_across_a_restart_and_bills_it(ctrl: Cont
         assert r.status_code == 200, r.text
         rows = {(x["kind"], x["state"]): x["quantity"] for x in r.json()["lines"]}
         assert rows["cpu", "used"] == 3700.0 and rows["network", "out"] == float(1 << 30)
+
+
+def _s(cpu: float, surplus: float | None, started: float = T0, node: str = "n1") -> Counters:
+    return Counters(node, started, cpu, 0, 0, surplus)
+
+
+def test_an_unlimited_instances_surplus_is_counted_once_and_never_above_its_cpu() -> None:
+    steps = [
+        # (reading, read at, surplus expected)
+        (_s(10.0, 4.0), T0 + 100, 4.0),  # first: all of it
+        (_s(20.0, 9.0), T0 + 160, 5.0),  # growth
+        (_s(20.0, 9.0), T0 + 220, 0.0),  # an agent restart reads the same surplus again
+        (_s(22.0, None), T0 + 280, 0.0),  # unreadable (or no longer burstable): nothing
+        (_s(30.0, 12.0), T0 + 340, 3.0),  # caught up
+        # a QEMU restart on the same node: the surplus is the node's and goes on
+        (_s(3.0, 14.0, started=T0 + 400), T0 + 410, 2.0),
+        # back on a node holding an old surplus of 500 from an earlier stay: never more than
+        # the CPU counted at the same reading
+        (_s(1.5, 500.0, started=T0 + 700, node="n2"), T0 + 705, 1.5),
+        (_s(4.5, 502.0, started=T0 + 700, node="n2"), T0 + 765, 2.0),
+    ]
+    last = None
+    for reading, at, expected in steps:
+        last, used = advance(last, reading, at)
+        assert used.cpu_surplus_seconds == pytest.approx(expected), (reading, used)
+
+
+async def test_the_surplus_is_metered_and_billed_at_its_own_price(ctrl: Controller) -> None:
+    me = admin(ctrl)
+    inst, op = await ctrl.instances.run(me, req(instance_type="cb1.nano", name="burst"))
+    await finish(ctrl, op)
+    async with ctrl.store.read() as s:
+        from corral.store.models import Instance
+
+        node_id = (await s.get(Instance, inst.id)).node_id  # type: ignore[union-attr]
+
+    def stats(cpu: float, surplus: float) -> NodeStats:
+        x = InstanceStats(id=inst.id, cpu_seconds=cpu, started_at=T0, cpu_surplus_seconds=surplus)
+        return NodeStats(
+            time=T0 + 9000,
+            cpus=2,
+            cpu_seconds=0,
+            load1=0,
+            memory_total=1,
+            memory_available=1,
+            instances=[x],
+        )
+
+    for cpu, surplus in ((1000.0, 0.0), (4000.0, 1800.0), (4000.0, 1800.0), (8000.0, 3600.0)):
+        async with ctrl.store.write() as s:
+            await metering.meter(s, node_id or "", stats(cpu, surplus))
+    bill = await ctrl.metering.bill(me, None, f"{dt.datetime.now(dt.UTC):%Y-%m}")
+    by = {(x.kind, x.state): x for x in bill.lines}
+    assert by["cpu", "used"].quantity == pytest.approx(8000 / 3600)
+    surplus_line = by["cpu", "surplus"]
+    assert surplus_line.detail == "cb1.nano" and surplus_line.unit == "core-hour"
+    assert surplus_line.quantity == pytest.approx(1.0)  # 3600 core-seconds, counted once
+    assert surplus_line.amount == pytest.approx(0.05)  # the default price per core-hour
