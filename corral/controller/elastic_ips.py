@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import ids
-from corral.controller import quotas
+from corral.controller import network_push, quotas
 from corral.controller.accounts import Caller
 from corral.errors import (
     CorralError,
@@ -153,8 +153,10 @@ class ElasticIps:
             row.private_ip = inst.private_ip
             before = await s.get(Instance, moved_from) if moved_from else None
             old_name = before.name if before is not None else None
-            # the NAT push is recorded with the association (controller/network_push.py)
-            pushes = await self.ctrl.network_pushes.record(s, why="an elastic address moved")
+            # the NAT push is recorded with the association (controller/network_push.py): the
+            # instance's network, and the one it was taken from
+            nets = await network_push.instance_networks(s, [inst.id, moved_from])
+            pushes = await self.ctrl.network_pushes.record(s, nets, why="an elastic address moved")
         waiting = await self.ctrl.network_pushes.settle(pushes)
         await self.publish(
             inst.node_id,
@@ -212,7 +214,8 @@ class ElasticIps:
             row2 = await s.get(ElasticAddress, row.id)
             if row2 is not None:
                 row2.instance_id = row2.association_id = row2.private_ip = None
-            pushes = await self.ctrl.network_pushes.record(s, why="an elastic address moved")
+            nets = await network_push.instance_networks(s, [inst.id if inst else None])
+            pushes = await self.ctrl.network_pushes.record(s, nets, why="an elastic address moved")
         await self.ctrl.network_pushes.settle(pushes)
 
     async def release(

@@ -21,6 +21,7 @@ from corral.controller import (
     instance_types,
     ipam,
     keys,
+    network_push,
     overlays,
     placement_claims,
     quotas,
@@ -858,7 +859,10 @@ class Instances:
             await s.flush()
             for gid in dict.fromkeys(g.id for g in rows):
                 s.add(InstanceSecurityGroup(instance_id=inst.id, group_id=gid))
-            pushes = await self.ctrl.network_pushes.record(s, why="an instance's groups changed")
+            nets = await network_push.instance_networks(s, [inst.id])
+            pushes = await self.ctrl.network_pushes.record(
+                s, nets, why="an instance's groups changed"
+            )
         await self.ctrl.network_pushes.settle(pushes)  # in force in the kernel before we answer
         return [g.id for g in rows]
 

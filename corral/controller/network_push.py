@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from corral.controller import overlays
 from corral.controller.operations import DONE, OpContext
 from corral.errors import CorralError
-from corral.store.models import Network, Operation
+from corral.store.models import Instance, Network, Operation
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
@@ -60,6 +61,34 @@ class Pushes:
     @property
     def ids(self) -> list[str]:
         return list(self.waits)
+
+
+async def account_networks(s: AsyncSession, account_id: str) -> list[str]:
+    """The networks where an account's security-group rules are in force: those holding its
+    live instances (a group's members are its account's instances)."""
+    return list(
+        await s.scalars(
+            select(Instance.network_id)
+            .where(
+                Instance.account_id == account_id,
+                Instance.state != "terminated",
+                Instance.network_id.is_not(None),
+            )
+            .distinct()
+        )
+    )
+
+
+async def instance_networks(s: AsyncSession, instance_ids: Iterable[str | None]) -> list[str]:
+    """The networks holding these instances, with the other nodes' networks of each one's
+    segment (which list its groups for group-to-group rules across nodes)."""
+    ids_ = [i for i in instance_ids if i]
+    out: dict[str, None] = {}
+    for nid in await s.scalars(select(Instance.network_id).where(Instance.id.in_(ids_))):
+        net = await s.get(Network, nid) if nid else None
+        if net is not None:
+            out.update(dict.fromkeys(n.id for n in await overlays.segment_networks(s, net)))
+    return list(out)
 
 
 class NetworkPushes:

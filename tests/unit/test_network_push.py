@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from corral.config import Settings
+from corral.controller.accounts import Caller
 from corral.controller.network_push import OP, RETRYING
 from corral.controller.security_groups import Permission
 from corral.controller.service import Controller
@@ -219,6 +220,7 @@ async def test_rest_answers_a_rule_whose_node_refuses_and_names_the_pending_push
     async def refuse(policy: Any) -> None:
         raise CorralError("nft: the fake node refuses")
 
+    await run(ctrl)  # a member of the default group: its network follows the group's rules
     monkeypatch.setattr(node, "network_policy", refuse)
     resp = await api.post(
         "/v1/security-groups/default/rules", json={"from_port": 443, "cidr": "10.9.0.0/16"}
@@ -237,3 +239,25 @@ async def test_rest_answers_a_rule_whose_node_refuses_and_names_the_pending_push
         "/v1/security-groups/default/rules", json={"from_port": 444, "cidr": "10.9.0.0/16"}
     )
     assert resp.status_code == 201 and "corral-pending-operations" not in resp.headers
+
+
+async def test_a_rule_pushes_only_the_networks_of_its_accounts_instances(
+    ctrl: Controller, node: FakeNode
+) -> None:
+    """A security-group change is in force where the group's members are: another account's
+    rule, with no instance anywhere, pushes nothing (it used to push every network)."""
+    await run(ctrl)  # the admin's instance on the node's network
+    acct = await ctrl.accounts.create("bob")
+    bob = Caller(acct.id, "bob", False, "")
+    await ctrl.security_groups.authorize(
+        bob,
+        "default",
+        "ingress",
+        [Permission(protocol="tcp", from_port=7000, to_port=7000, cidr="10.9.0.0/16")],
+    )
+    assert await _pushes(ctrl) == []
+    assert 7000 not in _ingress_ports(node)
+    await _allow(ctrl, 7001)  # the admin's: its instance's network, once
+    [push] = await _pushes(ctrl)
+    assert (await ctrl.ops.get(push.id)).status == "succeeded"
+    assert 7001 in _ingress_ports(node)
