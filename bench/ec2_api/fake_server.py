@@ -119,6 +119,31 @@ def _start_wired_nodes(
     return proc, urls
 
 
+def argv(
+    port: int,
+    state: Path,
+    timings: Path | None = None,
+    nodes: int = 1,
+    wire: bool = False,
+    db: str | None = None,
+) -> list[str]:
+    """The command line that starts this fake server (run from the repository's root)."""
+    return [
+        sys.executable,
+        "-m",
+        "bench.ec2_api.fake_server",
+        "--port",
+        str(port),
+        "--state",
+        str(state),
+        *(["--timings", str(timings)] if timings is not None else []),
+        "--nodes",
+        str(nodes),
+        *(["--wire"] if wire else []),
+        *(["--db", db] if db else []),
+    ]
+
+
 def bench_settings(state: Path, port: int, db: str | None = None) -> config.Settings:
     """The daemon's settings for this state dir, on ``db`` when given (validated as
     ``corral up --db`` validates it), else SQLite in the state directory. The admin account's

@@ -186,24 +186,12 @@ def start_corral_fake(
 ) -> tuple[subprocess.Popen[bytes], Target]:
     """The fake server (state in ``tmp/tag``, on database ``db`` or SQLite there); killed if
     it does not come up."""
+    from bench.ec2_api import fake_server  # the server's module: its command line
+
     port = free_port()
     timings = tmp / f"{tag}-server-ms"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bench.ec2_api.fake_server",
-            "--port",
-            str(port),
-            "--state",
-            str(tmp / tag),
-            "--timings",
-            str(timings),
-            "--nodes",
-            str(nodes),
-            *(["--wire"] if wire else []),
-            *(["--db", db] if db else []),
-        ],
+        fake_server.argv(port, tmp / tag, timings, nodes, wire, db),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=open(tmp / f"{tag}.log", "wb"),

@@ -27,7 +27,7 @@ from sqlalchemy import or_, select
 
 from corral.controller import scheduler
 from corral.controller.accounts import Caller
-from corral.controller.migrations import _address, disk_sizes, network_on, unclaim
+from corral.controller.migrations import _address, disk_sizes, move_op, network_on, unclaim
 from corral.errors import CorralError, Forbidden, Invalid, NoResources, NotFound, WrongState
 from corral.node.spec import InstanceSpec, MirrorDisk
 from corral.store.models import Instance, Node, Operation
@@ -131,20 +131,7 @@ class Evacuations:
                 "operation": None,
             }
             if not dry_run:
-                op = self.ctrl.ops.new(
-                    OP,
-                    account_id=inst.account_id,
-                    target_kind="instance",
-                    target_id=inst.id,
-                    params={
-                        "to": got.node_id,
-                        "from": node.id,
-                        "claim": [got.memory, got.cores, got.disk],
-                        "phase": "requested",
-                    },
-                    requested_by=caller.access_key_id,
-                )
-                s.add(op)
+                op = move_op(self.ctrl, s, OP, inst, got, node.id, caller.access_key_id)
                 ops.append(op)
                 move["operation"] = op.id
             moves.append(move)

@@ -104,21 +104,16 @@ class Migrations:
                 raise NoResources(
                     f"node {target.name} has no room for {inst.name} any more", resource="node"
                 )
-            op = self.ctrl.ops.new(
+            op = move_op(
+                self.ctrl,
+                s,
                 OP,
-                account_id=inst.account_id,
-                target_kind="instance",
-                target_id=inst.id,
-                params={
-                    "to": got.node_id,
-                    "from": inst.node_id,
-                    "timeout": float(timeout or MIGRATION_TIMEOUT),
-                    "claim": [got.memory, got.cores, got.disk],
-                    "phase": "requested",
-                },
-                requested_by=requested_by,
+                inst,
+                got,
+                inst.node_id,
+                requested_by,
+                timeout=float(timeout or MIGRATION_TIMEOUT),
             )
-            s.add(op)
         self.ctrl.ops.start(op)
         return inst, op
 
@@ -597,6 +592,37 @@ class Migrations:
 
     async def _unclaim(self, ctx: Any) -> None:
         await unclaim(self.ctrl, ctx)
+
+
+def move_op(
+    ctrl: Controller,
+    s: Any,
+    kind: str,
+    inst: Instance,
+    got: scheduler.Placement,
+    source_id: str | None,
+    requested_by: str,
+    **params: Any,
+) -> Operation:
+    """A move of ``inst`` (a migration, a cold move) from ``source_id`` to the node of the
+    claim ``got``, added to ``s`` (the claim's transaction): the claim travels in the
+    operation, to be given back once (``unclaim``) if the move does not finish."""
+    op = ctrl.ops.new(
+        kind,
+        account_id=inst.account_id,
+        target_kind="instance",
+        target_id=inst.id,
+        params={
+            "to": got.node_id,
+            "from": source_id,
+            **params,
+            "claim": [got.memory, got.cores, got.disk],
+            "phase": "requested",
+        },
+        requested_by=requested_by,
+    )
+    s.add(op)
+    return op
 
 
 async def unclaim(ctrl: Controller, ctx: Any) -> None:

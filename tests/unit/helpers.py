@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +128,40 @@ async def claimed_memory(ctrl: Controller, name: str) -> int:
         row = await s.scalar(select(Node).where(Node.name == name))
         assert row is not None
         return row.claimed_memory
+
+
+async def resumed_move(
+    ctrl: Controller,
+    op_type: str,
+    inst: Instance,
+    phase: str,
+    alter: Callable[[Instance], None] | None = None,
+    **params: Any,
+) -> Operation:
+    """A move of ``inst`` from node a to node b (a migration, a cold move) as a crashed
+    controller left it at ``phase``, its claim on b made (and the instance's row changed by
+    ``alter``), run again to its end."""
+    async with ctrl.store.write() as s:
+        row = await s.scalar(select(Node).where(Node.name == "b"))
+        assert row is not None
+        row.claimed_memory += inst.claim_memory
+        if alter is not None:
+            i = await s.get(Instance, inst.id)
+            assert i is not None
+            alter(i)
+        op = ctrl.ops.new(
+            op_type,
+            account_id=inst.account_id,
+            target_kind="instance",
+            target_id=inst.id,
+            params={
+                "to": "node-b",
+                "from": "node-a",
+                **params,
+                "claim": [inst.claim_memory, inst.claim_cores, inst.claim_disk],
+                "phase": phase,
+            },
+        )
+        s.add(op)
+    ctrl.ops.start(op)
+    return await finish(ctrl, op)

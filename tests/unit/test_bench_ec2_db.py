@@ -9,12 +9,11 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from bench.ec2_api import db
+from bench.ec2_api import db, fake_server
 from bench.ec2_api.fake_server import bench_settings
 from corral.errors import Invalid
 from corral.store.db import async_url
@@ -79,16 +78,7 @@ def test_a_terminated_fake_server_stops_its_nodes_and_writes_its_stats(tmp_path:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bench.ec2_api.fake_server",
-            "--port",
-            str(port),
-            "--state",
-            str(state),
-            "--wire",
-        ],
+        fake_server.argv(port, state, wire=True),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

@@ -19,7 +19,7 @@ from corral.controller.service import Controller
 from corral.errors import Forbidden, Invalid, NotFound
 from corral.store.models import Address, Instance, Network, Node, Volume
 from tests.unit.conftest import Cluster
-from tests.unit.helpers import admin, claimed_memory, fake_node, finish, reload, run
+from tests.unit.helpers import admin, claimed_memory, fake_node, finish, reload, resumed_move, run
 
 
 async def _stopped(ctrl: Controller, **fields: Any) -> Instance:
@@ -174,30 +174,10 @@ async def test_an_instance_started_before_its_move_ran_is_not_moved(cluster: Clu
 
 
 async def _resumed(ctrl: Controller, inst: Instance, phase: str, start_first: bool = False) -> Any:
-    """An operation as a crashed controller left it at ``phase`` (its claim made), run again."""
-    async with ctrl.store.write() as s:
-        row = await s.scalar(select(Node).where(Node.name == "b"))
-        assert row is not None
-        row.claimed_memory += inst.claim_memory
-        if start_first:
-            i = await s.get(Instance, inst.id)
-            assert i is not None
-            i.desired_state, i.state = "running", "pending"
-        op = ctrl.ops.new(
-            OP,
-            account_id=inst.account_id,
-            target_kind="instance",
-            target_id=inst.id,
-            params={
-                "to": "node-b",
-                "from": "node-a",
-                "claim": [inst.claim_memory, inst.claim_cores, inst.claim_disk],
-                "phase": phase,
-            },
-        )
-        s.add(op)
-    ctrl.ops.start(op)
-    return await finish(ctrl, op)
+    def starting(i: Instance) -> None:
+        i.desired_state, i.state = "running", "pending"
+
+    return await resumed_move(ctrl, OP, inst, phase, starting if start_first else None)
 
 
 @pytest.mark.parametrize("phase", ["copying", "verified"])

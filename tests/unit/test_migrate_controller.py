@@ -19,7 +19,7 @@ from corral.controller.service import Controller
 from corral.errors import Invalid, NoResources, WrongState
 from corral.store.models import Address, Instance, Network, Node
 from tests.unit.conftest import Cluster
-from tests.unit.helpers import admin, claimed_memory, fake_node, finish, reload, run
+from tests.unit.helpers import admin, claimed_memory, fake_node, finish, reload, resumed_move, run
 
 
 async def _network_node(ctrl: Controller, iid: str) -> tuple[str, str]:
@@ -133,27 +133,7 @@ async def test_a_migration_that_does_not_converge_is_rolled_back(cluster: Cluste
 
 
 async def _resumed(ctrl: Controller, inst: Instance, phase: str) -> Any:
-    """An operation as a crashed controller left it at ``phase`` (its claim made), run again."""
-    async with ctrl.store.write() as s:
-        row = await s.scalar(select(Node).where(Node.name == "b"))
-        assert row is not None
-        row.claimed_memory += inst.claim_memory
-        op = ctrl.ops.new(
-            OP,
-            account_id=inst.account_id,
-            target_kind="instance",
-            target_id=inst.id,
-            params={
-                "to": "node-b",
-                "from": "node-a",
-                "timeout": 60.0,
-                "claim": [inst.claim_memory, inst.claim_cores, inst.claim_disk],
-                "phase": phase,
-            },
-        )
-        s.add(op)
-    ctrl.ops.start(op)
-    return await finish(ctrl, op)
+    return await resumed_move(ctrl, OP, inst, phase, timeout=60.0)
 
 
 async def _leave_prepared(ctrl: Controller, inst: Instance, completed: bool) -> None:
