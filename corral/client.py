@@ -479,6 +479,11 @@ class Client:
     def vpc_create(self, req: models.VpcCreate) -> models.Vpc:
         return models.Vpc.model_validate(self._call("POST", "/v1/vpcs", json=req.model_dump()))
 
+    def vpc_update(self, vpc_id: str, req: models.VpcUpdate) -> models.Vpc:
+        return models.Vpc.model_validate(
+            self._call("PATCH", f"/v1/vpcs/{vpc_id}", json=req.model_dump())
+        )
+
     def vpc_show(self, vpc_id: str) -> models.Vpc:
         return models.Vpc.model_validate(self._call("GET", f"/v1/vpcs/{vpc_id}"))
 

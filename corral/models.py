@@ -758,6 +758,16 @@ class NodeJoined(BaseModel):
 class VpcCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cidr: str = Field(description="IPv4 CIDR, /16 to /28 (e.g. 10.0.0.0/16)")
+    dns_hostnames: bool = Field(
+        True,
+        description="its instances get names in the VPC's DNS (EC2's CreateVpc makes a VPC "
+        "without, as AWS does; ModifyVpcAttribute or PATCH changes it)",
+    )
+
+
+class VpcUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dns_hostnames: bool = Field(description="its instances get names in the VPC's DNS")
 
 
 class Vpc(BaseModel):

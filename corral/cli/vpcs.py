@@ -30,11 +30,33 @@ def vpc_ls(ctx: typer.Context) -> None:
     console.print(table)
 
 
+HOSTNAMES_HELP = "its instances get names in the VPC's DNS (<name>.<domain>)"
+
+
 @app.command("create")
-def vpc_create(ctx: typer.Context, cidr: str) -> None:
+def vpc_create(
+    ctx: typer.Context,
+    cidr: str,
+    dns_hostnames: bool = typer.Option(
+        True, "--dns-hostnames/--no-dns-hostnames", help=HOSTNAMES_HELP
+    ),
+) -> None:
     """Create a VPC with an IPv4 CIDR from /16 to /28 (e.g. 10.0.0.0/16)."""
-    v = opts(ctx).client().vpc_create(models.VpcCreate(cidr=cidr))
+    v = opts(ctx).client().vpc_create(models.VpcCreate(cidr=cidr, dns_hostnames=dns_hostnames))
     console.print(f"vpc {v.id} ({v.cidr})")
+
+
+@app.command("set")
+def vpc_set(
+    ctx: typer.Context,
+    vpc_id: str,
+    dns_hostnames: bool = typer.Option(
+        ..., "--dns-hostnames/--no-dns-hostnames", help=HOSTNAMES_HELP
+    ),
+) -> None:
+    """Change a VPC: names for its instances in its DNS, or none (the default VPC keeps them)."""
+    v = opts(ctx).client().vpc_update(vpc_id, models.VpcUpdate(dns_hostnames=dns_hostnames))
+    console.print(f"vpc {v.id}: dns hostnames {v.dns_hostnames}")
 
 
 @app.command("show")

@@ -135,8 +135,19 @@ class Networks:
 
     async def hosts(self, s: AsyncSession, network: Network) -> list[HostRecord]:
         """Every instance of the network's segment (its subnet on every node): DHCP for the
-        ones on this network, names for all (controller/overlays.py)."""
+        ones on this network, names for all (controller/overlays.py) unless the network is a
+        subnet of a VPC whose ``enableDnsHostnames`` is off (AWS's default for a VPC made with
+        CreateVpc): then its instances get addresses and no names."""
         nets = [n.id for n in await overlays.segment_networks(s, network)]
+        named = True
+        if network.transit is not None:  # a non-default VPC's subnet, named by the subnet's id
+            named = bool(
+                await s.scalar(
+                    select(Vpc.dns_hostnames)
+                    .join(Subnet, Subnet.vpc_id == Vpc.id)
+                    .where(Subnet.id == network.name)
+                )
+            )
         rows = await s.scalars(
             select(Instance)
             .where(
@@ -158,7 +169,9 @@ class Networks:
                     names=[
                         f"{inst.id}.{network.domain}",
                         private_dns_name(inst.name, inst.account_id, network.domain),
-                    ],
+                    ]
+                    if named
+                    else [],
                     hostname=inst.name,
                     zone=account_zone(inst.account_id, network.domain),
                     dhcp=inst.network_id == network.id,

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from corral import ids
 from corral.controller.accounts import Caller
 from corral.errors import DryRunPassed, Invalid, NotFound, WrongState
-from corral.store.models import Instance, InternetGateway, Subnet, Tag, Vpc
+from corral.store.models import Instance, InternetGateway, Network, Subnet, Tag, Vpc
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
@@ -345,6 +345,7 @@ class Vpcs:
         cidr: str,
         tags: dict[str, str] | None = None,
         dry_run: bool = False,
+        dns_hostnames: bool = False,
     ) -> Vpc:
         net = _network(cidr, "CidrBlock", "InvalidVpc.Range")
         async with self.ctrl.store.write() as s:
@@ -355,7 +356,7 @@ class Vpcs:
                 cidr=str(net),
                 is_default=False,
                 dns_support=True,
-                dns_hostnames=False,
+                dns_hostnames=dns_hostnames,
                 state="available",
             )
             s.add(row)
@@ -398,6 +399,7 @@ class Vpcs:
     ) -> None:
         async with self.ctrl.store.write() as s:
             row = await self.vpc(s, caller, vpc_id)
+            changed = False
             if name == "enableDnsSupport":
                 if not value and row.dns_hostnames:
                     raise Invalid(
@@ -414,17 +416,37 @@ class Vpcs:
                     )
                 row.dns_support = value
             elif name == "enableDnsHostnames":
+                if not value and row.is_default:
+                    raise Invalid(
+                        "the default VPC keeps enableDnsHostnames on: its subnets are the "
+                        "nodes' shared networks, where every instance has its name; use a VPC "
+                        "of your own (CreateVpc) for instances without names",
+                        field="EnableDnsHostnames",
+                        ec2_code="UnsupportedOperation",
+                    )
                 if value and not row.dns_support:
                     raise Invalid(
                         "enableDnsHostnames needs enableDnsSupport",
                         field="EnableDnsHostnames",
                         ec2_code="InvalidParameterValue",
                     )
+                changed = row.dns_hostnames != value
                 row.dns_hostnames = value
             else:  # the front doors ask only for these two
                 raise Invalid(f"unknown VPC attribute {name}", field="Attribute")
             if dry_run:
                 raise DryRunPassed("ModifyVpcAttribute would have succeeded")
+            pushes = None
+            if changed:  # the VPC's subnets' names, on every node, with the attribute
+                nets = await s.scalars(
+                    select(Network.id)
+                    .join(Subnet, Subnet.id == Network.name)
+                    .where(Subnet.vpc_id == row.id, Network.transit.is_not(None))
+                )
+                why = "a VPC's DNS hostnames changed"
+                pushes = await self.ctrl.network_pushes.record(s, list(nets), why=why)
+        if pushes is not None:
+            await self.ctrl.network_pushes.settle(pushes)
 
     # -- subnets -------------------------------------------------------------------------------
 

@@ -39,6 +39,14 @@ async def test_vpcs_subnets_and_run_with_a_subnet(api: httpx.AsyncClient) -> Non
     made = await api.post("/v1/vpcs", json={"cidr": "10.0.0.0/16"})
     assert made.status_code == 201, made.text
     vid = made.json()["id"]
+    assert made.json()["dns_hostnames"] is True  # names, unlike EC2's CreateVpc
+    off = await api.patch(f"/v1/vpcs/{vid}", json={"dns_hostnames": False})
+    assert off.status_code == 200 and off.json()["dns_hostnames"] is False, off.text
+    on = await api.patch(f"/v1/vpcs/{vid}", json={"dns_hostnames": True})
+    assert on.json()["dns_hostnames"] is True
+    default_off = await api.patch(f"/v1/vpcs/{vpcs[0]['id']}", json={"dns_hostnames": False})
+    assert default_off.status_code == 400, default_off.text
+    assert default_off.json()["error"]["field"] == "EnableDnsHostnames"
     bad = await api.post("/v1/vpcs", json={"cidr": "10.0.0.0/8"})
     assert bad.status_code == 400 and bad.json()["error"]["field"] == "CidrBlock"
     sub = await api.post("/v1/subnets", json={"vpc": vid, "cidr": "10.0.1.0/24"})

@@ -55,7 +55,20 @@ async def vpc_list(
 async def vpc_create(
     req: models.VpcCreate, ctx: ApiContext = Depends(get_context), who: Caller = Depends(auth)
 ) -> models.Vpc:
-    return _vpc(await ctx.controller.vpcs.create(who, req.cidr), [], [])
+    row = await ctx.controller.vpcs.create(who, req.cidr, dns_hostnames=req.dns_hostnames)
+    return _vpc(row, [], [])
+
+
+@router.patch("/{vpc_id}", response_model=models.Vpc)
+async def vpc_update(
+    vpc_id: str,
+    req: models.VpcUpdate,
+    ctx: ApiContext = Depends(get_context),
+    who: Caller = Depends(auth),
+) -> models.Vpc:
+    """Turn its instances' names in the VPC's DNS on or off (EC2's enableDnsHostnames)."""
+    await ctx.controller.vpcs.set_attribute(who, vpc_id, "enableDnsHostnames", req.dns_hostnames)
+    return await vpc_show(vpc_id, ctx, who)
 
 
 @router.get("/{vpc_id}", response_model=models.Vpc)

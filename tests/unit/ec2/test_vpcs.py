@@ -231,6 +231,22 @@ async def test_vpcs_and_subnets_are_made_described_tagged_and_deleted(world: Wor
     # no uplink on this node (uplink none): none for its VPC namespaces either
     assert world.ctrl.settings.uplink == "none" and pol.uplink is None
     assert [h.address for h in world.node.hosts[mine[0].id]] == ["10.0.1.20"]
+    # enableDnsHostnames decides whether its instances have names in the VPC's DNS
+    assert world.node.hosts[mine[0].id][0].names  # turned on above
+    await ec2.call("ModifyVpcAttribute", VpcId=vid, EnableDnsHostnames={"Value": False})
+    await world.settle()
+    [nameless] = world.node.hosts[mine[0].id]
+    assert nameless.address == "10.0.1.20" and nameless.dhcp and nameless.names == []
+    await ec2.call("ModifyVpcAttribute", VpcId=vid, EnableDnsHostnames={"Value": True})
+    await world.settle()
+    assert any(n.startswith(f"{iid}.") for n in world.node.hosts[mine[0].id][0].names)
+    default_vpc = (await _default(ec2))[0]["VpcId"]
+    await ec2.fails(
+        "UnsupportedOperation",
+        "ModifyVpcAttribute",
+        VpcId=default_vpc,
+        EnableDnsHostnames={"Value": False},
+    )
     assert world.node.metadata[mine[0].id][0].address == "10.0.1.20"  # served by its agent
     # an elastic IP is refused for it, by name; the subnet and VPC are in use
     alloc = (await ec2.call("AllocateAddress", Domain="vpc"))["AllocationId"]
