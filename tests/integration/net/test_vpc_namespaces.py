@@ -129,6 +129,11 @@ def test_two_accounts_same_vpc_cidr_same_address_are_isolated(uplinked: Uplinked
         assert not any(m in neigh_a for m in macs_b), neigh_a
         assert not any(m in neigh_b for m in macs_a), neigh_b
         assert _mac(b2) in neigh_b  # it did answer its own VPC
+        # without DNS hostnames the VPC's names are gone (in force when the CLI answers); its
+        # addresses still answer (the name above did: the probe works)
+        _as(d, keys, "vpc", "set", vpc_b, "--no-dns-hostnames").ok()
+        assert not b.run("ping -c 1 -W 3 vb2 >/dev/null"), b.text()[-800:]
+        assert b.run(f"ping -c 1 -W 3 {OTHER} >/dev/null"), b.text()[-800:]
     finally:
         _as(d, keys, "rm", "vb", "vb2", timeout=600).ok()
         d.cli("rm", "va", timeout=600).ok()
