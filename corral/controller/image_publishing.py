@@ -332,7 +332,8 @@ class ImagePublishing:
             else:
                 digest = await capture()
         except Exception as err:
-            await self._finish(row.id, state="failed", error=str(err))
+            if not ctx.runs_again(err):  # a busy store runs the capture again
+                await self._finish(row.id, state="failed", error=str(err))
             raise
         manifest = self.ctrl.image_store.get_manifest(digest)
         await self._finish(

@@ -518,6 +518,8 @@ class Instances:
                 await self._undo_run(inst, spec, f"Server.InternalError: {err.message}")
                 raise
             except Exception as err:
+                if ctx.runs_again(err):  # the store was busy: run again, nothing to undo
+                    raise
                 await self._undo_run(inst, spec, f"Server.InternalError: {err!r}")
                 raise
             await self._set(iid, state="running", pid=pid, started_at=utcnow(), state_reason="")

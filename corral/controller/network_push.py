@@ -33,7 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.controller import overlays
-from corral.controller.operations import DONE, OpContext
+from corral.controller.operations import DONE, RETRYING, OpContext
 from corral.errors import CorralError
 from corral.store.models import Instance, Network, Operation
 
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 
 OP = "network-push"
 RETRY_MAX = 30.0  # seconds between two attempts at a node that does not answer, at most
-RETRYING = "retrying: "  # the message prefix of an attempt that failed
 # the request's list of pushes left unfinished when it answers (api/pending.py sets one per
 # REST request and names them in a response header)
 unfinished: ContextVar[list[str] | None] = ContextVar("unfinished_pushes", default=None)

@@ -24,7 +24,7 @@ from corral.controller import observe
 from corral.controller.claims import LEASE, db_now
 from corral.errors import CorralError, NotFound, WrongState
 from corral.ids import new_id
-from corral.store import Store
+from corral.store import Store, db
 from corral.store.models import Operation, OperationEvent, utcnow
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,9 @@ ACTIVE = ("pending", "running", "cancelling")
 HOLDS = ("instance_id", "new_id")
 CANCELLED = {"code": "cancelled", "message": "cancelled on request"}
 DONE = ("succeeded", "failed", "cancelled")
+BUSY_ATTEMPTS = 8  # runs of an operation whose writes found the store busy, before it fails
+BUSY_BACKOFF, BUSY_BACKOFF_MAX = 1.0, 30.0  # seconds before the next run, doubling
+RETRYING = "retrying: "  # the message prefix of an event saying the operation runs again
 
 
 @dataclass
@@ -49,6 +52,12 @@ class OpContext:
     params: dict[str, Any]
     account_id: str | None
     target_id: str
+    # a store too busy for a write (``db.busy``) runs the operation again: a handler that
+    # undoes its work on an error lets such an error through while this is true
+    runs_again_when_busy: bool = False
+
+    def runs_again(self, err: BaseException) -> bool:
+        return self.runs_again_when_busy and db.busy(err)
 
     async def progress(self, fraction: float, message: str) -> None:
         await self.ops._event(self.id, "progress", message, fraction)
@@ -143,6 +152,28 @@ class Operations:
                 self._lost.discard(oid)
 
     async def _run(self, op_id: str) -> None:
+        """Run the operation; when the store was too busy for one of its writes (a burst of
+        writes, a lock wait, a lost connection: ``db.busy``) run it again from its last
+        checkpoint after a back-off, as a restart would, rather than fail the work. A handler
+        that undoes its work on an error lets such an error through untouched."""
+        for attempt in range(1, BUSY_ATTEMPTS + 1):
+            try:
+                await self._run_once(op_id, again=attempt < BUSY_ATTEMPTS)
+                return
+            except Exception as err:
+                if not db.busy(err) or attempt == BUSY_ATTEMPTS or self._closing:
+                    raise
+                wait = min(BUSY_BACKOFF * 2 ** (attempt - 1), BUSY_BACKOFF_MAX)
+                log.warning(
+                    "operation %s: the store was busy (%s); running it again in %.0f s",
+                    op_id, type(err).__name__, wait,
+                )  # fmt: skip
+                with contextlib.suppress(Exception):
+                    msg = f"{RETRYING}the store was busy ({type(err).__name__}); again in {wait:.0f} s"
+                    await self._event(op_id, "retrying", msg, None)
+                await asyncio.sleep(wait)
+
+    async def _run_once(self, op_id: str, again: bool) -> None:
         async with self.store.write() as s:
             op = await s.get(Operation, op_id)
             if op is None or op.status not in ACTIVE:
@@ -161,7 +192,9 @@ class Operations:
                 op.status = "running"
                 op.started_at = op.started_at or utcnow()
                 op.attempts += 1
-            ctx = OpContext(self, op.id, op.type, dict(op.params), op.account_id, op.target_id)
+            ctx = OpContext(
+                self, op.id, op.type, dict(op.params), op.account_id, op.target_id, again
+            )
             handler = self.handlers[op.type]
         if cancel_now:  # cancelled while no one ran it (e.g. across a restart)
             await self._finish(op_id, "cancelled", None, CANCELLED)
@@ -178,6 +211,8 @@ class Operations:
             log.info("operation %s (%s) failed: %s", op_id, ctx.type, err.message)
             await self._finish(op_id, "failed", None, err.to_dict())
         except Exception as err:
+            if ctx.runs_again(err):
+                raise  # run again (``_run``)
             log.error("operation %s (%s) crashed:\n%s", op_id, ctx.type, traceback.format_exc())
             await self._finish(
                 op_id, "failed", None, {"code": "internal", "message": f"internal error: {err!r}"}

@@ -16,7 +16,8 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -31,6 +32,27 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # controller sharing the database)
 WRITER_LOCK = 0x636F7272616C
 LOCK_TIMEOUT_MS = 60_000  # a writer waiting longer than this fails (SQLite: busy_timeout)
+POOL_WAIT = 60.0  # seconds a session waits for a pooled connection (the writer: one, queued)
+# PostgreSQL's SQLSTATEs a later attempt can get past: lock wait past lock_timeout, the server
+# shutting down, serialization failure, deadlock; class 08: the connection
+_BUSY_STATES = ("55P03", "57P01", "40001", "40P01")
+
+
+def busy(err: BaseException) -> bool:
+    """A store error that a later attempt can get past, not a fault of the work: no writer
+    connection came free within ``POOL_WAIT`` (a burst of writes queued in this process), a
+    lock wait past PostgreSQL's ``lock_timeout``, SQLite still locked after its busy timeout,
+    a connection lost. Operations run again after one (controller/operations.py)."""
+    if isinstance(err, PoolTimeout):
+        return True
+    if not isinstance(err, DBAPIError):
+        return False
+    if err.connection_invalidated:
+        return True
+    state = str(getattr(err.orig, "sqlstate", "") or "")
+    return state in _BUSY_STATES or state.startswith("08") or "database is locked" in str(err)
+
+
 _SQLITE = {"sqlite", "sqlite+aiosqlite"}
 _POSTGRES = {"postgresql", "postgres", "postgresql+psycopg"}
 
@@ -61,7 +83,7 @@ def async_url(url: str) -> str:
 
 
 def _sqlite_engine(url: str, begin: str, pool_size: int) -> AsyncEngine:
-    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=60)
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=POOL_WAIT)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
@@ -89,7 +111,7 @@ def _postgres_writer(url: str) -> AsyncEngine:
         url,
         pool_size=1,
         max_overflow=0,
-        pool_timeout=60,
+        pool_timeout=POOL_WAIT,
         pool_pre_ping=True,
         connect_args={"options": f"-c lock_timeout={LOCK_TIMEOUT_MS}"},
     )

@@ -8,11 +8,14 @@ import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from corral.config import Settings
+from corral.controller import operations
 from corral.controller.service import Controller
 from corral.errors import Code, CorralError, Exists, Invalid, NoResources, NotFound, WrongState
 from corral.images.store import ImageStore
@@ -100,6 +103,33 @@ async def test_run_starts_the_instance_and_gives_the_node_its_address_and_host_n
     )
     events = [e.kind for e in await ctrl.ops.events(done.id)]
     assert events[0] == "started" and events[-1] == "succeeded" and "progress" in events
+
+
+async def test_a_launch_that_found_the_store_busy_runs_again_rather_than_terminating(
+    ctrl: Controller, node: FakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 1,000-launch burst on PostgreSQL queued writes past the pool's wait, and the launches
+    that hit it were undone (terminated). Such an error now runs the launch again."""
+    monkeypatch.setattr(operations, "BUSY_BACKOFF", 0.01)
+    real = ctrl.volumes.ensure_launch_volumes  # a write of the launch, in the controller
+    calls = 0
+
+    async def busy_once(iid: str) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise PoolTimeout("QueuePool limit of size 1 overflow 0 reached")
+        return await real(iid)
+
+    monkeypatch.setattr(ctrl.volumes, "ensure_launch_volumes", busy_once)
+    inst, op = await ctrl.instances.run(admin(ctrl), req(name="burst"))
+    done = await finish(ctrl, op)
+    assert done.status == "succeeded", done.error
+    assert done.attempts == 2 and calls == 2
+    row = await reload(ctrl, inst.id)
+    assert row.state == "running" and row.private_ip == inst.private_ip
+    events = [e.message for e in await ctrl.ops.events(done.id)]
+    assert any(m.startswith("retrying: the store was busy") for m in events), events
 
 
 async def test_run_without_a_name_names_the_instance_after_its_image(ctrl: Controller) -> None:

@@ -10,9 +10,10 @@ from typing import Any, Literal
 import pytest
 from sqlalchemy import select
 
+from corral.controller import operations
 from corral.controller.operations import OpContext, Operations
 from corral.errors import Code, CorralError, Invalid, NotFound, WrongState
-from corral.store import Store
+from corral.store import Store, db
 from corral.store.models import Operation
 
 pytestmark = pytest.mark.postgres  # also on PostgreSQL
@@ -408,3 +409,49 @@ async def test_cancel_right_after_submit_finishes_the_operation_as_cancelled(
         await asyncio.sleep(0.02)
     assert got.status == "cancelled"
     assert ran == []
+
+
+async def test_a_store_too_busy_for_a_write_runs_the_operation_again(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of writes queued longer than the pool's wait used to fail the operation (and a
+    launch with it); now it runs again from its checkpoint, as after a restart."""
+    monkeypatch.setattr(db, "POOL_WAIT", 0.2)
+    monkeypatch.setattr(operations, "BUSY_BACKOFF", 0.01)
+    store = Store(db_url)
+    ops = Operations(store)
+    release = asyncio.Event()
+    holder: list[asyncio.Task[None]] = []
+    runs = 0
+
+    async def hold(held: asyncio.Event) -> None:
+        async with store.write() as s:
+            await s.execute(select(Operation.id).limit(1))  # the connection taken
+            held.set()
+            await release.wait()
+
+    async def handler(ctx: OpContext) -> dict[str, int]:
+        nonlocal runs
+        runs += 1
+        if runs == 1:  # another writer holds the store longer than a write waits
+            held = asyncio.Event()
+            holder.append(asyncio.create_task(hold(held)))
+            await held.wait()
+        try:
+            async with store.write() as s:
+                await s.execute(select(Operation.id).limit(1))
+        finally:
+            release.set()  # the other writer is done once this one gave up
+        await ctx.checkpoint(wrote=True)
+        return {"runs": runs}
+
+    try:
+        ops.register("busy", handler)
+        done = await _finished(ops, (await _submit(ops, "busy")).id)
+        assert done.status == "succeeded", done.error
+        assert done.result == {"runs": 2} and done.attempts == 2
+    finally:
+        release.set()
+        await asyncio.gather(*holder)
+        await ops.close()
+        await store.close()
