@@ -219,7 +219,8 @@ def test_live_migration_between_joined_nodes(three: Cluster) -> None:
     pulled to the destination, the disk mirrored (a file synced before the move reads back from
     the destination's disk with the page cache dropped), and the guest runs there with the same
     name, MAC and private address, reached by SSH through the new node, with its metadata
-    served by the new node; its QEMU is gone from the source."""
+    served by the new node; its QEMU is gone from the source. Then `corral node drain` of the
+    source moves the instance left there live to another node, same address and MAC."""
     c = three
     a, b = _show(c, "a"), _show(c, "b")
     src = _node_of(a)
@@ -234,6 +235,7 @@ def test_live_migration_between_joined_nodes(three: Cluster) -> None:
         ("a", src, dst)
     ], plan
     assert plan["score_after"] < plan["score_before"] and plan["operation"] is None
+    d = _show(c, "d")
     out = c.cli("rebalance", "--timeout", "300", timeout=600).ok().out
     assert "moved: a" in out, out
     moved = _show(c, "a")
@@ -246,6 +248,14 @@ def test_live_migration_between_joined_nodes(three: Cluster) -> None:
     assert r.out.strip() == "moved-with-me"
     _login(c, "a")  # the same name, and the instance id from dst's metadata service
     assert _node_of(_show(c, "d")) == src  # the other one stayed
+    # `corral node drain`: the node cordoned, d (alone there now) moves live to another node
+    out = c.cli("node", "drain", src, "--timeout", "300", timeout=600).ok().out
+    assert "d: now on" in out and "stays" not in out, out
+    drained = _show(c, "d")
+    assert _node_of(drained) != src and drained["state"] == "running", drained
+    assert (drained["private_ip"], drained["mac"]) == (d["private_ip"], d["mac"])
+    assert c.node(src).get("cordoned")
+    c.cli("node", "uncordon", src).ok()
     c.cli("rm", "a", "d", timeout=300).ok()  # b moves cold next
 
 
