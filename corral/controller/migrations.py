@@ -615,9 +615,9 @@ def move_op(
         params={
             "to": got.node_id,
             "from": source_id,
-            **params,
             "claim": [got.memory, got.cores, got.disk],
             "phase": "requested",
+            **params,
         },
         requested_by=requested_by,
     )

@@ -13,6 +13,8 @@ from typing import Any
 from sqlalchemy import select
 
 from corral.controller.accounts import Caller
+from corral.controller.migrations import move_op
+from corral.controller.scheduler import Placement
 from corral.controller.service import Controller
 from corral.images.manifest import Manifest
 from corral.images.store import ImageStore
@@ -149,19 +151,7 @@ async def resumed_move(
             i = await s.get(Instance, inst.id)
             assert i is not None
             alter(i)
-        op = ctrl.ops.new(
-            op_type,
-            account_id=inst.account_id,
-            target_kind="instance",
-            target_id=inst.id,
-            params={
-                "to": "node-b",
-                "from": "node-a",
-                **params,
-                "claim": [inst.claim_memory, inst.claim_cores, inst.claim_disk],
-                "phase": phase,
-            },
-        )
-        s.add(op)
+        got = Placement("node-b", "b", inst.claim_memory, inst.claim_cores, inst.claim_disk)
+        op = move_op(ctrl, s, op_type, inst, got, "node-a", "", phase=phase, **params)
     ctrl.ops.start(op)
     return await finish(ctrl, op)

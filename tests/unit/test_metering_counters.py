@@ -18,7 +18,8 @@ from corral.controller import metering
 from corral.controller.metering import Counters, Used, advance
 from corral.controller.service import Controller
 from corral.node.spec import InstanceStats, NodeStats
-from tests.unit.helpers import admin, finish, req
+from corral.store.models import Instance
+from tests.unit.helpers import admin, finish, reload, req
 
 pytestmark = pytest.mark.postgres
 
@@ -84,15 +85,18 @@ def test_a_new_qemus_counter_is_believed_only_as_far_as_time_allows() -> None:
     assert used.cpu_seconds == pytest.approx(10 * metering.CORES_PER_VCPU_MAX)
 
 
+async def _running(ctrl: Controller, itype: str, name: str) -> tuple[Instance, str]:
+    """An instance launched and running, and its node's id."""
+    inst, op = await ctrl.instances.run(admin(ctrl), req(instance_type=itype, name=name))
+    await finish(ctrl, op)
+    row = await reload(ctrl, inst.id)
+    assert row.node_id
+    return row, row.node_id
+
+
 async def test_meter_records_usage_once_across_a_restart_and_bills_it(ctrl: Controller) -> None:
     me = admin(ctrl)
-    inst, op = await ctrl.instances.run(me, req(instance_type="cr1.nano", name="m1"))
-    await finish(ctrl, op)
-    async with ctrl.store.read() as s:
-        from corral.store.models import Instance
-
-        node_id = (await s.get(Instance, inst.id)).node_id  # type: ignore[union-attr]
-    assert node_id
+    inst, node_id = await _running(ctrl, "cr1.nano", "m1")
 
     def stats(cpu: float, rx: int, tx: int, started: float = T0) -> NodeStats:
         return NodeStats(
@@ -194,12 +198,7 @@ def test_an_unlimited_instances_surplus_is_counted_once_and_never_above_its_cpu(
 
 async def test_the_surplus_is_metered_and_billed_at_its_own_price(ctrl: Controller) -> None:
     me = admin(ctrl)
-    inst, op = await ctrl.instances.run(me, req(instance_type="cb1.nano", name="burst"))
-    await finish(ctrl, op)
-    async with ctrl.store.read() as s:
-        from corral.store.models import Instance
-
-        node_id = (await s.get(Instance, inst.id)).node_id  # type: ignore[union-attr]
+    inst, node_id = await _running(ctrl, "cb1.nano", "burst")
 
     def stats(cpu: float, surplus: float) -> NodeStats:
         x = InstanceStats(id=inst.id, cpu_seconds=cpu, started_at=T0, cpu_surplus_seconds=surplus)
@@ -215,7 +214,7 @@ async def test_the_surplus_is_metered_and_billed_at_its_own_price(ctrl: Controll
 
     for cpu, surplus in ((1000.0, 0.0), (4000.0, 1800.0), (4000.0, 1800.0), (8000.0, 3600.0)):
         async with ctrl.store.write() as s:
-            await metering.meter(s, node_id or "", stats(cpu, surplus))
+            await metering.meter(s, node_id, stats(cpu, surplus))
     bill = await ctrl.metering.bill(me, None, f"{dt.datetime.now(dt.UTC):%Y-%m}")
     by = {(x.kind, x.state): x for x in bill.lines}
     assert by["cpu", "used"].quantity == pytest.approx(8000 / 3600)
