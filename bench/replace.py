@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import itertools
 import os
 import shutil
 import socket
@@ -59,6 +60,9 @@ from corral.node.net import netns
 PERIOD = 0.05
 PROBE_TIMEOUT = 0.5
 WINDOW = 5.0  # seconds measured after the server first answers again
+# the prober's samples may be at most this far apart in a measured window: a prober that stalls
+# (or dies) would otherwise read as a server that never went down
+SAMPLE_GAP_MAX = 1.5
 
 # /etc/init.d/rcK for --fast-shutdown: what tiny's does, then power off at once (busybox init
 # would otherwise sleep 2 s in all before powering off)
@@ -123,7 +127,10 @@ class Prober(threading.Thread):
         self.running = True
 
     def probe(self) -> bool:
-        why = self._probe()
+        try:
+            why = self._probe()
+        except Exception as err:  # any failure is a failed probe, never the prober's end
+            why = f"probe: {type(err).__name__}: {err}"[:200]
         if why:
             self.why[time.monotonic()] = why
         return not why
@@ -169,9 +176,22 @@ class Prober(threading.Thread):
                 out[why] = out.get(why, 0) + 1
         return out
 
+    def sampled(self, since: float, until: float) -> tuple[int, float]:
+        """How many probes ran between ``since`` and ``until``, and the longest time without
+        one (from ``since``, between two, and up to ``until``)."""
+        times = [t for t, _ in self.samples if since <= t <= until]
+        edges = [since, *times, until]
+        return len(times), max(b - a for a, b in itertools.pairwise(edges))
+
     def outage(self, since: float, until: float) -> list[tuple[float, float]]:
         """The gaps without a good answer between ``since`` and ``until``: (start relative to
-        ``since``, length) each."""
+        ``since``, length) each. Raises when the prober did not sample the whole window."""
+        count, longest = self.sampled(since, until)
+        if not self.is_alive() or longest > SAMPLE_GAP_MAX:
+            raise RuntimeError(
+                f"the prober did not watch the whole upgrade ({count} probes, {longest:.1f} s "
+                f"without one, alive: {self.is_alive()}): no outage can be read from it"
+            )
         gaps: list[tuple[float, float]] = []
         down_at = None
         for t, ok in self.samples:
@@ -210,10 +230,15 @@ def wait(c: Any, op: models.Operation | None, timeout: float = 900) -> models.Op
 
 
 def healthy(prober: Prober, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+    """Until a probe made after this call began answers (a stalled prober's last sample is no
+    answer)."""
+    since = time.monotonic()
+    deadline = since + timeout
     while time.monotonic() < deadline:
-        if prober.samples and prober.samples[-1][1]:
+        if prober.samples and prober.samples[-1][1] and prober.samples[-1][0] >= since:
             return
+        if not prober.is_alive():
+            raise RuntimeError("the prober stopped")
         time.sleep(0.1)
     raise RuntimeError("the server did not come back")
 
@@ -348,6 +373,7 @@ def main() -> None:
             time.sleep(WINDOW)
             until = time.monotonic()
             gaps = prober.outage(start, until)
+            probes, unwatched = prober.sampled(start, until)
             down = sum(length for _, length in gaps)
             proof = d.ssh("web", "cat /srv/data/proof").out.strip()
             now = c.instance_show("web")
@@ -358,6 +384,8 @@ def main() -> None:
                 "gaps": gaps,
                 "gaps_after_first_good_answer": [g for g in gaps if g[0] > end - start],
                 "failures": prober.reasons(start, until),
+                "probes": probes,
+                "longest_without_probe": round(unwatched, 3),
                 "upgrade_seconds": round(end - start, 3),
                 "measured_until_seconds": round(until - start, 3),
                 "data_kept": proof == "bench",
