@@ -30,6 +30,7 @@ class SecurityGroup(BaseModel):
     created_at: dt.datetime
     rules: list[SecurityGroupRule] = Field(default_factory=list)
     tags: dict[str, str] = Field(default_factory=dict)
+    vpc: str | None = Field(None, description="its VPC; none: the default VPC")
 
 
 class SecurityGroupCreate(BaseModel):
@@ -39,6 +40,11 @@ class SecurityGroupCreate(BaseModel):
         None, min_length=1, max_length=255, description="defaults to the name"
     )
     tags: dict[Text, Text] = Field(default_factory=dict)
+    vpc: str | None = Field(
+        None,
+        description="the VPC it is for (vpc-…); none: the default VPC. Each VPC's "
+        "instances take groups of their own VPC",
+    )
 
 
 class RuleSpec(BaseModel):

@@ -76,9 +76,12 @@ def sg_create(
     name: str,
     description: str | None = typer.Option(None, "--description", "-d"),
     tag: list[str] = typer.Option([], "--tag", help="KEY=VALUE (repeatable)"),
+    vpc: str | None = typer.Option(None, "--vpc", help="a VPC of yours (default: the default VPC)"),
 ) -> None:
     """Create a group (it allows all egress and no ingress until you `allow`)."""
-    req = netmodels.SecurityGroupCreate(name=name, description=description, tags=parse_tags(tag))
+    req = netmodels.SecurityGroupCreate(
+        name=name, description=description, tags=parse_tags(tag), vpc=vpc
+    )
     g = opts(ctx).client().security_group_create(req)
     console.print(f"security group {g.name} created ({g.id})")
 

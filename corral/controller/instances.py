@@ -245,11 +245,10 @@ class Instances:
                         resource="key_pair",
                     )
                 ssh_keys.append(kp.public_key)
-            groups = [
-                await self.ctrl.security_groups.resolve(s, caller, g)
-                for g in opts.security_groups or ["default"]
-            ]
             subnet = await self.ctrl.vpcs.launch_subnet(s, caller, opts.subnet, req.zone)
+            groups = await self.ctrl.security_groups.for_vpc(
+                s, caller, opts.security_groups or ["default"], subnet.vpc_id
+            )
             policy = scheduler.Policy.from_settings(self.ctrl.settings)
             pg = None
             if req.placement_group:
@@ -852,7 +851,9 @@ class Instances:
             inst = await self.resolve(s, caller, ref, include_terminated=True)
             if inst.state == "terminated":
                 raise WrongState(f"instance {inst.id} is terminated", resource="instance")
-            rows = [await self.ctrl.security_groups.resolve(s, caller, g) for g in groups]
+            rows = await self.ctrl.security_groups.for_vpc(
+                s, caller, groups, await self.ctrl.vpcs.vpc_of(s, inst)
+            )
             if dry_run:
                 raise DryRunPassed("ModifyInstanceAttribute would have succeeded")
             await s.execute(

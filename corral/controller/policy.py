@@ -67,6 +67,7 @@ async def _membership(s: AsyncSession, rows: list[Instance]) -> dict[str, list[s
             await s.execute(
                 select(SecurityGroup.account_id, SecurityGroup.id).where(
                     SecurityGroup.name == "default",
+                    SecurityGroup.vpc_id == "",
                     SecurityGroup.account_id.in_({i.account_id for i in rows}),
                 )
             )

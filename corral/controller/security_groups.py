@@ -113,10 +113,16 @@ class SecurityGroups:
     def __init__(self, ctrl: Controller) -> None:
         self.ctrl = ctrl
 
-    async def ensure_default(self, s: AsyncSession, account_id: str) -> SecurityGroup:
+    async def ensure_default(
+        self, s: AsyncSession, account_id: str, vpc: str = ""
+    ) -> SecurityGroup:
+        """The ``default`` group of the account's VPC ``vpc`` ("" its default VPC), made on
+        first use: its members reach each other, and anything goes out."""
         row = await s.scalar(
             select(SecurityGroup).where(
-                SecurityGroup.account_id == account_id, SecurityGroup.name == "default"
+                SecurityGroup.account_id == account_id,
+                SecurityGroup.vpc_id == vpc,
+                SecurityGroup.name == "default",
             )
         )
         if row is None:
@@ -124,7 +130,8 @@ class SecurityGroups:
                 id=ids.new_id("security_group"),
                 account_id=account_id,
                 name="default",
-                description="default group",
+                description="default group" if not vpc else f"default group of {vpc}",
+                vpc_id=vpc,
             )
             s.add(row)
             s.add(
@@ -148,8 +155,37 @@ class SecurityGroups:
             await s.flush()
         return row
 
-    async def resolve(self, s: AsyncSession, caller: Caller, ref: str) -> SecurityGroup:
-        """A group of the caller's by id (sg-…) or by name."""
+    async def vpc_key(self, s: AsyncSession, caller: Caller, vpc_id: str | None) -> str:
+        """The ``vpc_id`` groups of the caller's VPC ``vpc_id`` carry: "" for the default VPC
+        (or none given), the VPC's id for another of its VPCs (checked to be the caller's)."""
+        if not vpc_id:
+            return ""
+        row = await self.ctrl.vpcs.vpc(s, caller, vpc_id)
+        return "" if row.is_default else row.id
+
+    async def for_vpc(
+        self, s: AsyncSession, caller: Caller, refs: builtins.list[str], vpc_id: str | None
+    ) -> builtins.list[SecurityGroup]:
+        """Groups for an instance of VPC ``vpc_id`` (None: the default VPC): by id, or by name
+        in that VPC; a group of another VPC is refused (AWS's InvalidParameter)."""
+        vpc = await self.vpc_key(s, caller, vpc_id)
+        rows = [await self.resolve(s, caller, ref, vpc) for ref in refs]
+        for row in rows:
+            if row.vpc_id != vpc:
+                raise Invalid(
+                    f"security group {row.id} belongs to "
+                    f"{row.vpc_id or 'the default VPC'}, the instance's subnet to "
+                    f"{vpc or 'the default VPC'}: give groups of the subnet's VPC",
+                    field="security_groups",
+                    ec2_code="InvalidParameter",
+                )
+        return rows
+
+    async def resolve(
+        self, s: AsyncSession, caller: Caller, ref: str, vpc: str | None = ""
+    ) -> SecurityGroup:
+        """A group of the caller's by id (sg-…), or by name in VPC ``vpc`` ("" the default
+        VPC; None: a name only when it is unique among the caller's VPCs)."""
         if ref.startswith("sg-"):
             if not ids.is_id("security_group", ref) and not _short_id(ref):
                 raise Invalid(
@@ -159,13 +195,20 @@ class SecurityGroups:
                 )
             row = await s.get(SecurityGroup, ref)
         else:
-            if ref == "default":
-                await self.ensure_default(s, caller.account_id)
-            row = await s.scalar(
-                select(SecurityGroup).where(
-                    SecurityGroup.account_id == caller.account_id, SecurityGroup.name == ref
+            if ref == "default" and vpc is not None:
+                await self.ensure_default(s, caller.account_id, vpc)
+            where = [SecurityGroup.account_id == caller.account_id, SecurityGroup.name == ref]
+            if vpc is not None:
+                where.append(SecurityGroup.vpc_id == vpc)
+            found = list(await s.scalars(select(SecurityGroup).where(*where).limit(2)))
+            if len(found) > 1:
+                raise Invalid(
+                    f"the security group name '{ref}' is in more than one of your VPCs; "
+                    "give its id (sg-…)",
+                    field="GroupName",
+                    ec2_code="InvalidParameterValue",
                 )
-            )
+            row = found[0] if found else None
         if row is None or row.account_id != caller.account_id:
             raise NotFound(
                 f"the security group '{ref}' does not exist",
@@ -181,6 +224,7 @@ class SecurityGroups:
         description: str,
         dry_run: bool = False,
         tags: dict[str, str] | None = None,
+        vpc_id: str | None = None,
     ) -> SecurityGroup:
         if not name or len(name) > 255:
             raise Invalid("GroupName must be 1-255 characters", field="GroupName")
@@ -189,7 +233,8 @@ class SecurityGroups:
         if not description or len(description) > 255:
             raise Invalid("GroupDescription must be 1-255 characters", field="GroupDescription")
         async with self.ctrl.store.write() as s:
-            await self.ensure_default(s, caller.account_id)
+            vpc = await self.vpc_key(s, caller, vpc_id)
+            await self.ensure_default(s, caller.account_id, vpc)
             if name == "default":
                 raise Invalid(
                     "the name 'default' is reserved for the default group",
@@ -198,11 +243,13 @@ class SecurityGroups:
                 )
             if await s.scalar(
                 select(SecurityGroup.id).where(
-                    SecurityGroup.account_id == caller.account_id, SecurityGroup.name == name
+                    SecurityGroup.account_id == caller.account_id,
+                    SecurityGroup.vpc_id == vpc,
+                    SecurityGroup.name == name,
                 )
             ):
                 raise Exists(
-                    f"the security group '{name}' already exists",
+                    f"the security group '{name}' already exists" + (f" in {vpc}" if vpc else ""),
                     field="GroupName",
                     resource="security_group",
                 )
@@ -211,6 +258,7 @@ class SecurityGroups:
                 account_id=caller.account_id,
                 name=name,
                 description=description,
+                vpc_id=vpc,
             )
             s.add(row)
             s.add(
@@ -278,14 +326,20 @@ class SecurityGroups:
                 await s.delete(rule)
             await self.ctrl.tags.delete_resource(s, row)
 
-    async def _source(self, s: AsyncSession, caller: Caller, p: Permission) -> Permission:
+    async def _source(
+        self, s: AsyncSession, caller: Caller, p: Permission, group: SecurityGroup
+    ) -> Permission:
+        """A rule's source group (by id, or by name in ``group``'s VPC): in the same VPC,
+        where its members can be."""
         if p.group_id is None:
             return p
         src = await s.get(SecurityGroup, p.group_id) if p.group_id.startswith("sg-") else None
         if src is None and not p.group_id.startswith("sg-"):
             src = await s.scalar(
                 select(SecurityGroup).where(
-                    SecurityGroup.account_id == caller.account_id, SecurityGroup.name == p.group_id
+                    SecurityGroup.account_id == caller.account_id,
+                    SecurityGroup.vpc_id == group.vpc_id,
+                    SecurityGroup.name == p.group_id,
                 )
             )
         if src is None:
@@ -293,6 +347,13 @@ class SecurityGroups:
                 f"the security group '{p.group_id}' does not exist",
                 field="SourceSecurityGroup",
                 resource="security_group",
+            )
+        if src.vpc_id != group.vpc_id:
+            raise Invalid(
+                f"security group {src.id} is in another VPC than {group.id}: a rule names a "
+                "group of its own VPC",
+                field="SourceSecurityGroup",
+                ec2_code="InvalidGroup.NotFound",
             )
         return Permission(p.protocol, p.from_port, p.to_port, None, src.id, p.description)
 
@@ -313,7 +374,7 @@ class SecurityGroups:
         wanted = [normalize(p) for p in perms]
         async with self.ctrl.store.write() as s:
             row = await self.resolve(s, caller, ref)
-            wanted = [await self._source(s, caller, p) for p in wanted]
+            wanted = [await self._source(s, caller, p, row) for p in wanted]
             have = {
                 _key(r)
                 for r in await s.scalars(
@@ -371,7 +432,7 @@ class SecurityGroups:
         wanted = [normalize(p) for p in perms]
         async with self.ctrl.store.write() as s:
             row = await self.resolve(s, caller, ref)
-            wanted = [await self._source(s, caller, p) for p in wanted]
+            wanted = [await self._source(s, caller, p, row) for p in wanted]
             rules = {
                 _key(r): r
                 for r in await s.scalars(
@@ -405,7 +466,9 @@ class SecurityGroups:
         async with self.ctrl.store.read() as s:
             has_default = await s.scalar(
                 select(SecurityGroup.id).where(
-                    SecurityGroup.account_id == caller.account_id, SecurityGroup.name == "default"
+                    SecurityGroup.account_id == caller.account_id,
+                    SecurityGroup.vpc_id == "",
+                    SecurityGroup.name == "default",
                 )
             )
         if has_default is None:  # made on first use, so every account has one
@@ -532,7 +595,7 @@ class SecurityGroupRules:
             }
             matched = []
             for p in by_permission:
-                p = await self.groups._source(s, caller, normalize(p))
+                p = await self.groups._source(s, caller, normalize(p), group)
                 rule = have.get(_key(p))
                 if rule is None:
                     raise NotFound(
@@ -560,7 +623,9 @@ class SecurityGroupRules:
         async with self.ctrl.store.write() as s:
             group = await self.groups.resolve(s, caller, ref)
             rows = await self._by_id(s, group, None, list(wanted))
-            wanted = {rid: await self.groups._source(s, caller, p) for rid, p in wanted.items()}
+            wanted = {
+                rid: await self.groups._source(s, caller, p, group) for rid, p in wanted.items()
+            }
             others = {
                 (r.direction, _key(r))
                 for r in await s.scalars(

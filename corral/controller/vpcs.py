@@ -24,7 +24,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from corral import ids
 from corral.controller.accounts import Caller
 from corral.errors import DryRunPassed, Invalid, NotFound, WrongState
-from corral.store.models import Instance, InternetGateway, Network, Subnet, Tag, Vpc
+from corral.store.models import (
+    Instance,
+    InstanceSecurityGroup,
+    InternetGateway,
+    Network,
+    SecurityGroup,
+    SecurityGroupRule,
+    Subnet,
+    Tag,
+    Vpc,
+)
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
@@ -235,6 +245,12 @@ class Vpcs:
             "InvalidVpcID.NotFound",
         )
 
+    async def vpc_of(self, s: AsyncSession, inst: Instance) -> str | None:
+        """The VPC of an instance's subnet (None: it has none recorded: the default VPC's)."""
+        if not inst.subnet_id:
+            return None
+        return await s.scalar(select(Subnet.vpc_id).where(Subnet.id == inst.subnet_id))
+
     async def subnet(self, s: AsyncSession, caller: Caller, subnet_id: str) -> Subnet:
         return _owned(
             await s.get(Subnet, subnet_id),
@@ -361,6 +377,7 @@ class Vpcs:
             )
             s.add(row)
             await s.flush()
+            await self.ctrl.security_groups.ensure_default(s, caller.account_id, row.id)
             if tags:
                 await self.ctrl.tags.apply(s, caller.account_id, row.id, "vpc", tags)
             if dry_run:
@@ -386,8 +403,30 @@ class Vpcs:
                     resource="vpc",
                     ec2_code="DependencyViolation",
                 )
+            groups = list(
+                await s.scalars(
+                    select(SecurityGroup).where(
+                        SecurityGroup.account_id == row.account_id, SecurityGroup.vpc_id == row.id
+                    )
+                )
+            )
+            others = sorted(g.id for g in groups if g.name != "default")
+            if others:
+                raise WrongState(
+                    f"the VPC {row.id} still has security groups ({', '.join(others)}); "
+                    "delete them first",
+                    field="vpc",
+                    resource="vpc",
+                    ec2_code="DependencyViolation",
+                )
             if dry_run:
                 raise DryRunPassed("DeleteVpc would have succeeded")
+            for g in groups:  # its default group goes with it (its members are terminated)
+                await s.execute(
+                    delete(InstanceSecurityGroup).where(InstanceSecurityGroup.group_id == g.id)
+                )
+                await s.execute(delete(SecurityGroupRule).where(SecurityGroupRule.group_id == g.id))
+                await self.ctrl.tags.delete_resource(s, g)
             if row.is_default:
                 row.state = "deleted"  # the mark that the account had one
                 await s.execute(delete(Tag).where(Tag.resource_id == row.id))

@@ -314,7 +314,12 @@ class SecurityGroup(Base):
     name: Mapped[str] = mapped_column(String(255))
     description: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-    __table_args__ = (UniqueConstraint("account_id", "name"),)
+    # the VPC it belongs to: "" the account's default VPC (the nodes' shared networks), else a
+    # VPC of its own (CreateSecurityGroup VpcId=; each VPC has its "default" group)
+    vpc_id: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    __table_args__ = (
+        UniqueConstraint("account_id", "vpc_id", "name", name="uq_security_groups_vpc_name"),
+    )
 
 
 class SecurityGroupRule(Base):

@@ -62,6 +62,26 @@ async def test_vpcs_subnets_and_run_with_a_subnet(api: httpx.AsyncClient) -> Non
     await _wait(api, r.json())
     vinst = r.json()["instance"]
     assert vinst["subnet_id"] == sid and vinst["private_ip"].startswith("10.0.1.")
+    # its group is its VPC's default; a group of the VPC is made with `vpc`; the default
+    # VPC's groups are refused for an instance of this one, by field
+    groups = {g["id"]: g for g in (await api.get("/v1/security-groups")).json()}
+    [vdefault] = [g for g in groups.values() if g["vpc"] == vid]
+    assert vdefault["name"] == "default"
+    web = await api.post("/v1/security-groups", json={"name": "web", "vpc": vid})
+    assert web.status_code == 201 and web.json()["vpc"] == vid, web.text
+    mixed = await api.post(
+        "/v1/instances", json={"image": "tiny", "subnet": sid, "security_groups": ["default"]}
+    )
+    assert mixed.status_code == 202, mixed.text  # "default": its VPC's default group
+    await _wait(api, mixed.json())
+    done = await api.delete(f"/v1/instances/{mixed.json()['instance']['id']}")
+    assert done.status_code == 202, done.text
+    await _wait(api, done.json())
+    main = next(g["id"] for g in groups.values() if g["vpc"] is None and g["name"] == "default")
+    wrong = await api.post(
+        "/v1/instances", json={"image": "tiny", "subnet": sid, "security_groups": [main]}
+    )
+    assert wrong.status_code == 400 and wrong.json()["error"]["field"] == "security_groups"
     assert (await api.delete(f"/v1/subnets/{sid}")).status_code == 409  # it has an instance
     # a second subnet of the VPC on the same node is refused by name (no routing between
     # two subnets of a VPC in one namespace yet)
@@ -79,6 +99,8 @@ async def test_vpcs_subnets_and_run_with_a_subnet(api: httpx.AsyncClient) -> Non
     )
     assert (await api.delete(f"/v1/vpcs/{vid}")).status_code == 409  # it has a subnet
     assert (await api.delete(f"/v1/subnets/{sid}")).status_code == 204
+    assert (await api.delete(f"/v1/vpcs/{vid}")).status_code == 409  # its group "web"
+    assert (await api.delete(f"/v1/security-groups/{web.json()['id']}")).status_code == 204
     assert (await api.delete(f"/v1/vpcs/{vid}")).status_code == 204
     assert (await api.get(f"/v1/vpcs/{vid}")).status_code == 404
     assert [s["id"] for s in (await api.get("/v1/subnets")).json()] == [default_subnet]

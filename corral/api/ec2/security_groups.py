@@ -100,21 +100,6 @@ def _group_ref(p: Params) -> str:
     return ref
 
 
-async def _default_vpc_only(call: Call, vpc_id: str) -> None:
-    """Security groups belong to the account's default VPC (controller/vpcs.py): a group for
-    another of its VPCs is refused until those VPCs have a data plane; an unknown id is
-    InvalidVpcID.NotFound."""
-    await call.ctrl.vpcs.settled_default(call.caller.account_id)
-    async with call.ctrl.store.read() as s:
-        row = await call.ctrl.vpcs.vpc(s, call.caller, vpc_id)
-    if not row.is_default:
-        raise Ec2Error(
-            "UnsupportedOperation",
-            f"VpcId {vpc_id}: Corral's security groups belong to the default VPC until other "
-            "VPCs span nodes (docs/networking.md); give the default VPC or leave VpcId out",
-        )
-
-
 async def _account_vpc(call: Call) -> str | None:
     return await call.ctrl.vpcs.settled_default(call.caller.account_id)
 
@@ -181,12 +166,10 @@ async def group_create(call: Call) -> dict[str, Any]:
     p = call.p
     name = p.need("GroupName")
     description = p.need("GroupDescription")
-    vpc_id = p.get("VpcId")
-    if vpc_id is not None:
-        await _default_vpc_only(call, vpc_id)
+    vpc_id = p.get("VpcId")  # the default VPC's when left out
     wanted = tags.check(p.tag_specs(("security-group",)).get("security-group", {}))
     row = await call.ctrl.security_groups.create(
-        call.caller, name, description, call.dry_run, wanted
+        call.caller, name, description, call.dry_run, wanted, vpc_id=vpc_id
     )
     return {"return": True, "groupId": row.id, "tagSet": views.tag_set(wanted)}
 
@@ -344,7 +327,11 @@ def _source_owners(rules_of: Any, direction: str) -> Any:
 async def group_describe(call: Call) -> dict[str, Any]:
     p = call.p
     groups, rules = await call.ctrl.security_groups.list(call.caller)
-    vpc_id = await _account_vpc(call)
+    default_vpc = await _account_vpc(call)
+
+    def vpc_of(g: SecurityGroup) -> str | None:
+        return g.vpc_id or default_vpc
+
     all_names = {g.id: g.name for g in groups}
     ids_wanted, names_wanted = p.strings("GroupId"), p.strings("GroupName")
     if ids_wanted:
@@ -353,12 +340,12 @@ async def group_describe(call: Call) -> dict[str, Any]:
         if gone:
             raise not_found("InvalidGroup.NotFound", "security group", gone)
         groups = [g for g in groups if g.id in ids_wanted]
-    if names_wanted:
-        have = {g.name for g in groups}
+    if names_wanted:  # names: the default VPC's groups (other VPCs' by id), as on AWS
+        have = {g.name for g in groups if not g.vpc_id}
         gone = [g for g in names_wanted if g not in have]
         if gone:
             raise not_found("InvalidGroup.NotFound", "security group", gone)
-        groups = [g for g in groups if g.name in names_wanted]
+        groups = [g for g in groups if g.name in names_wanted and not g.vpc_id]
     by_group: dict[str, list[SecurityGroupRule]] = {}
     for r in rules:
         by_group.setdefault(r.group_id, []).append(r)
@@ -376,7 +363,7 @@ async def group_describe(call: Call) -> dict[str, Any]:
         "group-name": lambda g: g.name,
         "description": lambda g: g.description,
         "owner-id": lambda g: g.account_id,
-        "vpc-id": lambda g: vpc_id,
+        "vpc-id": vpc_of,
     }
     for prefix, direction in (("ip-permission", "ingress"), ("egress.ip-permission", "egress")):
         known |= {
@@ -412,7 +399,7 @@ async def group_describe(call: Call) -> dict[str, Any]:
                 "groupId": g.id,
                 "groupName": g.name,
                 "groupDescription": g.description,
-                "vpcId": vpc_id,
+                "vpcId": vpc_of(g),
                 "ipPermissions": _perm_set(rules_of(g, "ingress"), owner, names),
                 "ipPermissionsEgress": _perm_set(rules_of(g, "egress"), owner, names),
                 "tagSet": views.tag_set(tag_map.get(g.id)),

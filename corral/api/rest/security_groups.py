@@ -30,6 +30,7 @@ FIELDS = {
     "Tag.Key": "tags",
     "Tag.Value": "tags",
     "Tag": "tags",
+    "VpcId": "vpc",
 }
 
 
@@ -46,7 +47,7 @@ async def security_group_create(
 ) -> m.SecurityGroup:
     with rest_fields(FIELDS):
         row = await ctx.controller.security_groups.create(
-            who, req.name, req.description or req.name, tags=req.tags
+            who, req.name, req.description or req.name, tags=req.tags, vpc_id=req.vpc
         )
     return await _one(ctx, who, row.id)
 
@@ -144,6 +145,7 @@ async def _views(ctx: ApiContext, who: Caller) -> list[m.SecurityGroup]:
             created_at=g.created_at,
             rules=[rule(r) for r in rules if r.group_id == g.id],
             tags=tag_map.get(g.id, {}),
+            vpc=g.vpc_id or None,
         )
         for g in groups
     ]

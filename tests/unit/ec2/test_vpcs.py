@@ -218,6 +218,35 @@ async def test_vpcs_and_subnets_are_made_described_tagged_and_deleted(world: Wor
     )
     iid = ran["Instances"][0]["InstanceId"]
     assert ran["Instances"][0]["PrivateIpAddress"] == "10.0.1.20"
+    # its security group is its VPC's own default group (each VPC has one)
+    vpc_default = (
+        await ec2.call(
+            "DescribeSecurityGroups",
+            Filters=[
+                {"Name": "vpc-id", "Values": [vid]},
+                {"Name": "group-name", "Values": ["default"]},
+            ],
+        )
+    )["SecurityGroups"]
+    assert [g["VpcId"] for g in vpc_default] == [vid]
+    assert [g["GroupId"] for g in ran["Instances"][0]["SecurityGroups"]] == [
+        vpc_default[0]["GroupId"]
+    ]
+    # a group of another VPC (the default VPC's) is refused for it, nothing launched
+    [main_default] = (await ec2.call("DescribeSecurityGroups", GroupNames=["default"]))[
+        "SecurityGroups"
+    ]
+    assert main_default["VpcId"] != vid
+    err = await ec2.fails(
+        "InvalidParameter",
+        "RunInstances",
+        ImageId=world.image_id,
+        MinCount=1,
+        MaxCount=1,
+        SubnetId=sub["SubnetId"],
+        SecurityGroupIds=[main_default["GroupId"]],
+    )
+    assert "give groups of the subnet's VPC" in err.message
     assert (
         ran["Instances"][0]["VpcId"] == vid and ran["Instances"][0]["SubnetId"] == sub["SubnetId"]
     )
@@ -261,9 +290,14 @@ async def test_vpcs_and_subnets_are_made_described_tagged_and_deleted(world: Wor
     await world.settle()
     assert ("network_remove", mine[0].id) in world.node.calls
     assert mine[0].id not in world.node.policies
+    # a group of its own VPC; the same name may be in another VPC
+    own = await ec2.call("CreateSecurityGroup", GroupName="web", Description="d", VpcId=vid)
+    await ec2.call("CreateSecurityGroup", GroupName="web", Description="d")
     await ec2.fails(
-        "UnsupportedOperation", "CreateSecurityGroup", GroupName="g", Description="d", VpcId=vid
+        "InvalidGroup.Duplicate", "CreateSecurityGroup", GroupName="web", Description="d", VpcId=vid
     )
+    shown = await ec2.call("DescribeSecurityGroups", GroupIds=[own["GroupId"]])
+    assert shown["SecurityGroups"][0]["VpcId"] == vid
     # internet gateway life cycle
     igw = (await ec2.call("CreateInternetGateway"))["InternetGateway"]["InternetGatewayId"]
     await ec2.call("AttachInternetGateway", InternetGatewayId=igw, VpcId=vid)
@@ -279,7 +313,12 @@ async def test_vpcs_and_subnets_are_made_described_tagged_and_deleted(world: Wor
     await ec2.call("DeleteInternetGateway", InternetGatewayId=igw)
     await ec2.fails("DependencyViolation", "DeleteVpc", VpcId=vid)  # the subnet
     await ec2.call("DeleteSubnet", SubnetId=sub["SubnetId"])
-    await ec2.call("DeleteVpc", VpcId=vid)
+    err = await ec2.fails("DependencyViolation", "DeleteVpc", VpcId=vid)  # its own group
+    assert own["GroupId"] in err.message
+    await ec2.call("DeleteSecurityGroup", GroupId=own["GroupId"])
+    await ec2.call("DeleteVpc", VpcId=vid)  # its default group with it
+    left = (await ec2.call("DescribeSecurityGroups"))["SecurityGroups"]
+    assert vid not in {g["VpcId"] for g in left}
     await ec2.fails("InvalidVpcID.NotFound", "DescribeVpcs", VpcIds=[vid])
     # another account sees only its own default VPC, with the same CIDR
     other = await world.account("other")
