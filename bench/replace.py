@@ -39,9 +39,11 @@ import itertools
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -188,9 +190,12 @@ class Prober(threading.Thread):
         ``since``, length) each. Raises when the prober did not sample the whole window."""
         count, longest = self.sampled(since, until)
         if not self.is_alive() or longest > SAMPLE_GAP_MAX:
+            frame = sys._current_frames().get(self.ident or 0)
+            where = "".join(traceback.format_stack(frame)[-4:]) if frame is not None else "-"
             raise RuntimeError(
                 f"the prober did not watch the whole upgrade ({count} probes, {longest:.1f} s "
-                f"without one, alive: {self.is_alive()}): no outage can be read from it"
+                f"without one, alive: {self.is_alive()}): no outage can be read from it; "
+                f"the prober is at:\n{where}"
             )
         gaps: list[tuple[float, float]] = []
         down_at = None
