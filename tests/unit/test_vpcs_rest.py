@@ -46,7 +46,7 @@ async def test_vpcs_subnets_and_run_with_a_subnet(api: httpx.AsyncClient) -> Non
     assert on.json()["dns_hostnames"] is True
     default_off = await api.patch(f"/v1/vpcs/{vpcs[0]['id']}", json={"dns_hostnames": False})
     assert default_off.status_code == 400, default_off.text
-    assert default_off.json()["error"]["field"] == "EnableDnsHostnames"
+    assert default_off.json()["error"]["field"] == "dns_hostnames"
     bad = await api.post("/v1/vpcs", json={"cidr": "10.0.0.0/8"})
     assert bad.status_code == 400 and bad.json()["error"]["field"] == "CidrBlock"
     sub = await api.post("/v1/subnets", json={"vpc": vid, "cidr": "10.0.1.0/24"})

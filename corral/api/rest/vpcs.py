@@ -9,7 +9,7 @@ from sqlalchemy import select
 from corral import models
 from corral.api.auth import caller as auth
 from corral.api.context import ApiContext, get_context
-from corral.api.rest.errors import RESPONSES
+from corral.api.rest.errors import RESPONSES, rest_fields
 from corral.controller.accounts import Caller
 from corral.store.models import Instance, InternetGateway, Subnet, Vpc
 
@@ -67,7 +67,10 @@ async def vpc_update(
     who: Caller = Depends(auth),
 ) -> models.Vpc:
     """Turn its instances' names in the VPC's DNS on or off (EC2's enableDnsHostnames)."""
-    await ctx.controller.vpcs.set_attribute(who, vpc_id, "enableDnsHostnames", req.dns_hostnames)
+    with rest_fields({"EnableDnsHostnames": "dns_hostnames"}):
+        await ctx.controller.vpcs.set_attribute(
+            who, vpc_id, "enableDnsHostnames", req.dns_hostnames
+        )
     return await vpc_show(vpc_id, ctx, who)
 
 
