@@ -141,6 +141,9 @@ class Prober(threading.Thread):
         """ "" when the name answers, else what failed (kept to explain outages)."""
         try:
             udp = netns.socket_in(self.ns, socket.AF_INET, socket.SOCK_DGRAM)
+            # dnspython waits on a socket it is given only when it is non-blocking: a blocking
+            # one waited for ever on a lost reply (the Debian rerun's prober hung there)
+            udp.setblocking(False)
             try:
                 q = dns.message.make_query(self.fqdn, dns.rdatatype.A)
                 answer = dns.query.udp(q, self.dns, timeout=PROBE_TIMEOUT, sock=udp)
@@ -294,6 +297,7 @@ def sshkey_line() -> str:
 def resolve(prober: Prober) -> list[str]:
     """The addresses the node's dnsmasq gives for the server's name."""
     udp = netns.socket_in(prober.ns, socket.AF_INET, socket.SOCK_DGRAM)
+    udp.setblocking(False)  # dnspython's timeout holds only for a non-blocking socket
     try:
         q = dns.message.make_query(prober.fqdn, dns.rdatatype.A)
         answer = dns.query.udp(q, prober.dns, timeout=2, sock=udp)

@@ -125,6 +125,7 @@ def resolve(d: Daemon, name: str) -> str:
     st = d.settings
     gateway = str(next(ipaddress.ip_network(st.subnet).hosts()))
     sock = netns.socket_in(st.namespace, socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)  # dnspython's timeout holds only for a non-blocking socket
     try:
         account = json.loads((d.state_dir / "admin.credentials").read_text())["account_id"]
         q = dns.message.make_query(f"{name}.{account}.{st.domain}", dns.rdatatype.A)
