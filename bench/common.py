@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -22,6 +23,16 @@ from corral.node.net import netns  # noqa: E402
 from tests.harness import Daemon, new_daemon  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+
+
+def _end_on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+# a benchmark stopped with SIGTERM (`timeout`, kill) runs its `finally` blocks: its daemon, VMs,
+# namespaces and probes are cleaned up as on any other failure (the default action ended the
+# process at once and left them)
+signal.signal(signal.SIGTERM, _end_on_sigterm)
 
 __all__ = [
     "Daemon",
