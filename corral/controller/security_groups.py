@@ -182,10 +182,10 @@ class SecurityGroups:
         return rows
 
     async def resolve(
-        self, s: AsyncSession, caller: Caller, ref: str, vpc: str | None = ""
+        self, s: AsyncSession, caller: Caller, ref: str, vpc: str = ""
     ) -> SecurityGroup:
         """A group of the caller's by id (sg-…), or by name in VPC ``vpc`` ("" the default
-        VPC; None: a name only when it is unique among the caller's VPCs)."""
+        VPC: names name its groups, as EC2's GroupName does; other VPCs' groups by id)."""
         if ref.startswith("sg-"):
             if not ids.is_id("security_group", ref) and not _short_id(ref):
                 raise Invalid(
@@ -195,20 +195,15 @@ class SecurityGroups:
                 )
             row = await s.get(SecurityGroup, ref)
         else:
-            if ref == "default" and vpc is not None:
+            if ref == "default":
                 await self.ensure_default(s, caller.account_id, vpc)
-            where = [SecurityGroup.account_id == caller.account_id, SecurityGroup.name == ref]
-            if vpc is not None:
-                where.append(SecurityGroup.vpc_id == vpc)
-            found = list(await s.scalars(select(SecurityGroup).where(*where).limit(2)))
-            if len(found) > 1:
-                raise Invalid(
-                    f"the security group name '{ref}' is in more than one of your VPCs; "
-                    "give its id (sg-…)",
-                    field="GroupName",
-                    ec2_code="InvalidParameterValue",
+            row = await s.scalar(
+                select(SecurityGroup).where(
+                    SecurityGroup.account_id == caller.account_id,
+                    SecurityGroup.vpc_id == vpc,
+                    SecurityGroup.name == ref,
                 )
-            row = found[0] if found else None
+            )
         if row is None or row.account_id != caller.account_id:
             raise NotFound(
                 f"the security group '{ref}' does not exist",
