@@ -23,16 +23,6 @@ V2_CONTROLLERS = ("cpu", "memory", "pids", "io")
 DEVICE_ALLOW = ("c 1:3 rwm", "c 1:5 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 10:200 rwm", "c 10:232 rwm")
 IO_WEIGHT = 100
 CPU_PERIOD = 100_000
-# a cap below one core is enforced in short periods: a capped hog then runs in slices of a few
-# milliseconds (0.2 of a core: 2 ms of each 10 ms), not 20 ms at once ahead of its neighbours'
-# wake-ups (bench/noisy)
-SHORT_PERIOD = 10_000
-QUOTA_MIN = 1_000  # the kernel's smallest CFS quota (microseconds)
-
-
-def cpu_period(cores: float) -> int:
-    """The CFS period (microseconds) for a cap of ``cores`` (0: none)."""
-    return SHORT_PERIOD if 0 < cores < 1 and cores * SHORT_PERIOD >= QUOTA_MIN else CPU_PERIOD
 
 
 def is_v2() -> bool:
@@ -90,9 +80,8 @@ class Group:
                     (path / "cgroup.subtree_control").write_text(f"+{controller}")
             path = path / part
             path.mkdir(exist_ok=True)
-        period = cpu_period(limits.cpu)
-        quota = "max" if limits.cpu <= 0 else str(int(limits.cpu * period))
-        _write(path / "cpu.max", f"{quota} {period}")
+        quota = "max" if limits.cpu <= 0 else str(int(limits.cpu * CPU_PERIOD))
+        _write(path / "cpu.max", f"{quota} {CPU_PERIOD}")
         if limits.cpu_baseline > 0:
             _write(path / "cpu.weight", str(cpu_weight_v2(limits.cpu_baseline)))
         _write(path / "memory.max", str(limits.memory))
@@ -110,12 +99,8 @@ class Group:
             d.mkdir(parents=True, exist_ok=True)
         cpu = ROOT / "cpu" / self.rel
         if cpu.is_dir():
-            period = cpu_period(limits.cpu)
-            if limits.cpu > 0:  # the quota first: a period is refused below the quota in force
-                with contextlib.suppress(OSError):
-                    _write(cpu / "cpu.cfs_quota_us", "-1")
-            _write(cpu / "cpu.cfs_period_us", str(period))
-            quota = -1 if limits.cpu <= 0 else int(limits.cpu * period)
+            _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD))
+            quota = -1 if limits.cpu <= 0 else int(limits.cpu * CPU_PERIOD)
             _write(cpu / "cpu.cfs_quota_us", str(quota))
             if limits.cpu_baseline > 0:
                 _write(cpu / "cpu.shares", str(cpu_shares_v1(limits.cpu_baseline)))
@@ -141,20 +126,10 @@ class Group:
 
     def set_cpu_quota(self, cores: float) -> None:
         """Change the CPU quota of the running group (CPU credits: ceiling or baseline)."""
-        period = self._period()
-        quota = max(QUOTA_MIN, int(cores * period))
         if is_v2():
-            _write(ROOT / self.rel / "cpu.max", f"{quota} {period}")
+            _write(ROOT / self.rel / "cpu.max", f"{int(cores * CPU_PERIOD)} {CPU_PERIOD}")
         else:
-            _write(ROOT / "cpu" / self.rel / "cpu.cfs_quota_us", str(quota))
-
-    def _period(self) -> int:
-        """The group's CFS period (microseconds), as its creation set it."""
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            if is_v2():
-                return int((ROOT / self.rel / "cpu.max").read_text().split()[1])
-            return int((ROOT / "cpu" / self.rel / "cpu.cfs_period_us").read_text())
-        return CPU_PERIOD
+            _write(ROOT / "cpu" / self.rel / "cpu.cfs_quota_us", str(int(cores * CPU_PERIOD)))
 
     def cpu_quota(self) -> float | None:
         """The CPU quota now (cores), None when unlimited or unreadable."""
