@@ -99,22 +99,24 @@ class NetworkPushes:
         ctrl.ops.register(OP, self._push)
 
     # -- record (in the change's transaction) ------------------------------------------------
+    async def record_rules(self, s: AsyncSession, account_id: str, why: str) -> Pushes:
+        """Record the pushes a change to an account's security-group rules needs: the networks
+        holding its live instances (``account_networks``)."""
+        return await self.record(s, await account_networks(s, account_id), why=why)
+
     async def record(
         self,
         s: AsyncSession,
-        network_ids: Iterable[str | None] | None = None,
+        network_ids: Iterable[str | None],
         *,
         why: str,
     ) -> Pushes:
-        """Record in ``s`` (the transaction of the change) that these networks (every network
-        when None) must get their state pushed again. Joins the unfinished push of a network
+        """Record in ``s`` (the transaction of the change) that these networks must get their
+        state pushed again. Joins the unfinished push of a network
         where there is one; a new operation otherwise (start it with ``settle``). A push
         carries the changes of every account whose instances the network holds: it belongs to
         none (any account may follow it), and ``why`` names no resource."""
-        if network_ids is None:
-            wanted = list(await s.scalars(select(Network.id).order_by(Network.id)))
-        else:
-            wanted = list(dict.fromkeys(n for n in network_ids if n))
+        wanted = list(dict.fromkeys(n for n in network_ids if n))
         out = Pushes()
         if not wanted:
             return out

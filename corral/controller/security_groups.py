@@ -13,7 +13,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral import ids
-from corral.controller import network_push, quotas
+from corral.controller import quotas
 from corral.controller.accounts import Caller
 from corral.errors import DryRunPassed, Exists, Invalid, NotFound, WrongState
 from corral.store.models import (
@@ -404,9 +404,8 @@ class SecurityGroups:
             if dry_run:
                 raise DryRunPassed(f"Authorize {direction} would have succeeded")
             # the push is recorded with the rules: a crash before it still pushes at start
-            nets = await network_push.account_networks(s, row.account_id)
-            pushes = await self.ctrl.network_pushes.record(
-                s, nets, why="security group rules added"
+            pushes = await self.ctrl.network_pushes.record_rules(
+                s, row.account_id, "security group rules added"
             )
         await self.ctrl.network_pushes.settle(pushes)  # in force in the kernel before we answer
         return added
@@ -450,9 +449,8 @@ class SecurityGroups:
                 rule = rules.pop(_key(p), None)
                 if rule is not None:
                     await s.delete(rule)
-            nets = await network_push.account_networks(s, row.account_id)
-            pushes = await self.ctrl.network_pushes.record(
-                s, nets, why="security group rules revoked"
+            pushes = await self.ctrl.network_pushes.record_rules(
+                s, row.account_id, "security group rules revoked"
             )
         await self.ctrl.network_pushes.settle(pushes)
         return unknown
@@ -555,9 +553,8 @@ class SecurityGroupRules:
                 raise DryRunPassed(f"Revoke {direction} would have succeeded")
             for r in rows:
                 await s.delete(r)
-            nets = await network_push.account_networks(s, group.account_id)
-            pushes = await self.ctrl.network_pushes.record(
-                s, nets, why="security group rules revoked"
+            pushes = await self.ctrl.network_pushes.record_rules(
+                s, group.account_id, "security group rules revoked"
             )
         await self.ctrl.network_pushes.settle(pushes)
         return rows
@@ -643,8 +640,7 @@ class SecurityGroupRules:
                 p = wanted[r.id]
                 r.protocol, r.from_port, r.to_port = p.protocol, p.from_port, p.to_port
                 r.cidr, r.source_group_id, r.description = p.cidr, p.group_id, p.description
-            nets = await network_push.account_networks(s, group.account_id)
-            pushes = await self.ctrl.network_pushes.record(
-                s, nets, why="security group rules modified"
+            pushes = await self.ctrl.network_pushes.record_rules(
+                s, group.account_id, "security group rules modified"
             )
         await self.ctrl.network_pushes.settle(pushes)
