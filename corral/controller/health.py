@@ -42,18 +42,26 @@ async def wait(
     check: HealthCheck,
     seconds: float,
     passes: int = PASSES,
+    steady: float = 0.0,
 ) -> str:
-    """ "" once ``address`` answers ``check`` ``passes`` times in a row, else (after
-    ``seconds``) the last failure."""
+    """ "" once ``address`` answers ``check`` ``passes`` times in a row, and without a
+    failure for ``steady`` seconds since the first of them; else (after ``seconds``) the
+    last failure."""
     node = ctrl.node(inst.node_id)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    why, good = "not checked", 0
+    why, good, since = "not checked", 0, 0.0
     while True:
         why = await node.health_check(address, check)
-        good = 0 if why else good + 1
-        if good >= passes:
+        now = loop.time()
+        if why:
+            good = 0
+        else:
+            since = since if good else now
+            good += 1
+        if good >= passes and now - since >= steady:
             return ""
-        if loop.time() >= deadline:
-            return why or "it answered, but not steadily"
+        if now >= deadline:
+            steadily = f"steadily for {steady:g} s" if steady else "steadily"
+            return why or f"it answered, but not {steadily}"
         await asyncio.sleep(INTERVAL)

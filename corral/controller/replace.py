@@ -63,6 +63,8 @@ TAG_REPLACES = "corral:replaces"  # on a replacement while it is made: the insta
 BOOT_TIMEOUT = 300.0  # seconds the new instance gets to pass its check beside the old one
 RELINK_WAIT = 10.0  # seconds a guest gets to take its new address before it is rebooted
 AFTER_TIMEOUT = 60.0  # seconds the new instance gets to pass the check at the old address
+SETTLE = 5.0  # seconds it must then answer without a failure (its volumes are mounted and its
+# service has seen its data by then; three quick answers right after the swap show neither)
 
 
 def system_caller(account_id: str) -> Caller:
@@ -427,12 +429,29 @@ class Replacements:
             after = timeout
         else:
             after = float(ctx.params.get("after_timeout") or min(AFTER_TIMEOUT, timeout))
-        why = await health.wait(
-            self.ctrl, new, new.private_ip, check.model_copy(update={"timeout": 1.0}), after
-        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + after
+        quick = check.model_copy(update={"timeout": 1.0})
+        why = await health.wait(self.ctrl, new, new.private_ip, quick, after)
+        if why:
+            return why
         started = ctx.params.get("cutover_at")
-        if not why and started is not None:
+        if started is not None:  # the outage ends at its first steady answers
             await ctx.checkpoint(cutover_seconds=round(time.time() - started, 3))
+        settle = min(SETTLE, after / 2)
+        await ctx.progress(
+            0.8,
+            f"{new.name} passes its check at {new.private_ip}; it must keep passing "
+            f"for {settle:.0f} s",
+        )
+        return await health.wait(
+            self.ctrl,
+            new,
+            new.private_ip,
+            quick,
+            max(deadline - loop.time(), settle + 1.0),
+            steady=settle,
+        )
         return why
 
     async def _forget_neighbour(self, inst: Instance, address: str) -> None:

@@ -35,6 +35,7 @@ from corral.node.client import NodeClient
 from corral.node.remote import RemoteNode
 from corral.node.spec import (
     MIGRATION_TIMED_OUT,
+    HostRecord,
     InstanceSpec,
     MirrorDisk,
     NetworkSpec,
@@ -260,8 +261,11 @@ def guest(pair: tuple[Agent, Agent]) -> Guest:
         where=src,
         agents=pair,
     )
+    # its DHCP reservation, so the guest has its address at once (without one it asks for a
+    # minute before it gives up and goes on to its login prompt)
+    lease = HostRecord(mac=g.spec(src).mac, address=g.spec(src).address, names=["mover"])
     for a in pair:
-        call(a, "network_ensure", spec=_network(a), hosts=[])
+        call(a, "network_ensure", spec=_network(a), hosts=[lease])
     call(src, "instance_start", spec=g.spec(src))
     con = Console(src, g.iid)
     wait_for(lambda: "login:" in con.text(), 300, what="the guest's login prompt")

@@ -38,6 +38,7 @@ FILE: dict[str, Any] = {
 @pytest.fixture(autouse=True)
 def _quick(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(replace, "RELINK_WAIT", 0.3)
+    monkeypatch.setattr(replace, "SETTLE", 0.2)
     monkeypatch.setattr(health, "INTERVAL", 0.01)
 
 
@@ -167,10 +168,10 @@ async def test_the_check_after_taking_over_gets_the_after_timeout_when_one_is_gi
     real_wait = health.wait
 
     async def recording(
-        ctrl_: Controller, inst: Instance, address: str, check: Any, seconds: float
+        ctrl_: Controller, inst: Instance, address: str, check: Any, seconds: float, **kw: Any
     ) -> str:
         given.append((inst.id, seconds))
-        return await real_wait(ctrl_, inst, address, check, min(seconds, 0.5))
+        return await real_wait(ctrl_, inst, address, check, min(seconds, 0.5), **kw)
 
     monkeypatch.setattr(health, "wait", recording)
     for after, want in ((2.5, 2.5), (None, 60.0)):
@@ -184,6 +185,39 @@ async def test_the_check_after_taking_over_gets_the_after_timeout_when_one_is_gi
         await _settle(ctrl)
         new_checks = [s for iid, s in given if iid != web.id]
         assert new_checks[-1] == want, given  # the check at the old address, after the move
+
+
+async def test_a_service_that_dies_soon_after_taking_over_is_rolled_back(
+    ctrl: Controller, node: FakeNode, v2: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three quick answers right after the swap are not enough: a release that dies once its
+    data volume is mounted (a second later) answers those, and must still be rolled back."""
+    monkeypatch.setattr(replace, "SETTLE", 0.5)  # fifty checks apart (INTERVAL: 0.01 s)
+    web, vid = await _web_with_data(ctrl)
+    real_check = node.health_check
+    answered: dict[str, int] = {}
+
+    async def dies_after_ten(address: str, check: Any) -> str:
+        # the new instance, once the data volume is plugged into it
+        owner = next(
+            (i for i, v in node.plugged.items() if i != web.id and vid in v and i in node.running),
+            None,
+        )
+        if owner is None or address != web.private_ip:
+            return await real_check(address, check)
+        answered[owner] = answered.get(owner, 0) + 1
+        return "" if answered[owner] <= 10 else f"{address}:80 refused"
+
+    monkeypatch.setattr(node, "health_check", dies_after_ten)
+    _, op = await ctrl.replacements.request(admin(ctrl), "web", v2, timeout=30, after_timeout=1.5)
+    done = await finish(ctrl, op)
+    assert done.status == "failed" and done.error is not None, done
+    assert "rolled back" in done.error["message"] and "refused" in done.error["message"]
+    assert sum(answered.values()) > 10  # it did answer at first, and was watched on
+    await _settle(ctrl)
+    live = await _live(ctrl)
+    assert set(live) == {"web"} and live["web"].id == web.id
+    assert (await _volumes(ctrl))[vid] == web.id
 
 
 async def test_an_interrupted_replace_resumes_after_a_restart(
