@@ -53,6 +53,9 @@ class Move:
     downtime_ms: int = 50
     max_downtime_ms: int = 1000
     mirrors_ended: bool = False  # the source ended its mirrors as the memory came in
+    # called before the memory copy starts: the guest's frames sent to the destination too
+    # (controller/overlays.py), so none is lost while it is paused
+    arrive: Callable[[], Awaitable[None]] | None = None
 
 
 async def _quiet(phase: str, fraction: float, message: str) -> None:
@@ -112,6 +115,8 @@ async def memory(
 ) -> MigrationStatus:
     st = await m.src.migrate_status(m.iid)
     if st.phase not in ("migrating", "completed"):
+        if m.arrive is not None:
+            await m.arrive()
         await m.dst.migrate_incoming(m.iid)
         left = max(deadline - time.monotonic(), 1.0)
         st = await m.src.migrate_start(

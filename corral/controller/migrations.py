@@ -424,6 +424,7 @@ class Migrations:
                     await ctx.checkpoint(phase=step)
                 await ctx.progress(fraction, f"{step}: {message}")
 
+            move.arrive = lambda: self._arrive(inst.id, ctx.params["to"], dst_net)
             try:
                 # the destination's overlay needs the image under it: pulled there first, only
                 # the parts it lacks (a node joined to a cluster may never have run it)
@@ -431,6 +432,7 @@ class Migrations:
                 await self.ctrl.image_push.ensure(ctx.params["to"], move.dst_spec.image)
                 await migration.run_until_moved(move, report)
             except BaseException as err:
+                await asyncio.shield(self._arrived(inst.id, dst_net))
                 await self._unclaim(ctx)
                 await ctx.checkpoint(phase="rolled-back")
                 if isinstance(err, migration.MigrationFailed):
@@ -478,6 +480,37 @@ class Migrations:
         except Exception:
             log.warning("%s: recording the switch-over (going on)", ctx.id, exc_info=True)
 
+    async def _arrive(self, iid: str, to: str, dst_net: str) -> None:
+        """The memory copy starts: the destination's policy guards the instance's tap there,
+        then every node of its subnet sends its frames to both nodes (overlays.arrive). Never
+        raises: without it the move goes on as before (frames follow at the switch-over)."""
+        self.ctrl.overlays.arrive(iid, to)
+        try:
+            await self.ctrl.networks.sync_one(dst_net)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("%s: the destination's policy for it (frames follow later)", iid)
+            await self._arrived(iid, dst_net)
+            return
+        try:
+            await self.ctrl.overlays.sync()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("%s: its frames to the destination (left to the next pass)", iid)
+
+    async def _arrived(self, iid: str, dst_net: str) -> None:
+        """The move was rolled back: frames to the instance's own node only, and its port
+        gone from the destination's policy. Never raises (the reconciler mends a failure)."""
+        try:
+            await self.ctrl.overlays.done_moving(iid)
+            await self.ctrl.networks.sync_one(dst_net)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("%s: undoing its arrival at the destination (left to the next pass)", iid)
+
     async def _point(self, iid: str, to: str | None) -> None:
         """The overlays' forwarding entries for ``iid``: at node ``to`` now, or (None) where
         the store says. Never raises: the reconciler's next overlay pass mends a failure."""
@@ -520,7 +553,7 @@ class Migrations:
             log.warning("%s: switch-over failed (%s); resuming at the source", inst.id, err)
             await noting
             await pointing
-            await self._point(inst.id, None)  # back at the source before it resumes
+            await self._arrived(inst.id, dst_net)  # back at the source before it resumes
             await migration.rollback(move)
             await self._unclaim(ctx)
             await ctx.checkpoint(phase="rolled-back")

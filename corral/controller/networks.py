@@ -187,9 +187,11 @@ class Networks:
             if row is None:
                 return None
             hosts = await self.hosts(s, row)
-            pol = await policy.build(s, row, self.spec(row), self.ctrl.settings)
+            arriving = self.ctrl.overlays.arriving(row.node_id)
+            pol = await policy.build(s, row, self.spec(row), self.ctrl.settings, arriving)
             siblings = [n.id for n in await overlays.segment_networks(s, row) if n.id != row.id]
-            pol.remote = await policy.members(s, siblings)
+            here = {p.address for p in pol.ports}
+            pol.remote = [m for m in await policy.members(s, siblings) if m.address not in here]
             pol.overlay_devs = await self.ctrl.overlays.devices(s, row)
             if row.transit is not None:  # a VPC's namespace: out through the node's namespace
                 node_net = await self.default(s, row.node_id)

@@ -11,7 +11,11 @@ the store (``overlay_segments``, unique by constraint).
 For every segment whose instances run on two nodes or more, each of those nodes gets the
 segment (``overlay_ensure``): its VXLAN device on the network's bridge, the other hosting
 nodes as broadcast peers, and one forwarding entry per instance running elsewhere (its MAC →
-its node's underlay address). A node that no longer hosts the segment loses it
+its node's underlay address). While a live migration copies an instance's memory, its entry on
+the other nodes has its destination as a second address (``arrive``): frames go to both copies,
+and the destination's, paused until the switch-over, finds in its tap's queue whatever arrived
+while the guest moved (none lost; a few answered twice). Its security groups guard it there
+from then on (``Networks`` adds it to the destination's policy first). A node that no longer hosts the segment loses it
 (``overlay_remove``). Pushes happen when an instance starts, stops, terminates or moves (the
 network syncs call ``sync``), every reconcile pass (cheap: only what changed since the last
 push is sent), and again after an agent restarted (``forget``).
@@ -118,6 +122,9 @@ class Overlays:
         # instances being moved, and where to: their forwarding entries follow ahead of the
         # store (a migration's switch-over, a failover), until the store says the same
         self._moving: dict[str, str] = {}
+        # instances whose memory is being copied to another node: their frames go to both
+        # nodes (the destination's tap holds what arrives while the guest is paused)
+        self._both: dict[str, str] = {}
         self._warned: set[str] = set()  # instances logged as out of reach of their segment
 
     def forget(self, node_id: str) -> None:
@@ -125,18 +132,36 @@ class Overlays:
         for key in [k for k in self._pushed if k[0] == node_id]:
             del self._pushed[key]
 
+    def arrive(self, instance_id: str, node_id: str) -> None:
+        """From the next ``sync``, send the instance's frames to ``node_id`` as well as to its
+        own node, from every other node of its segment: a live migration's memory copy is
+        starting. The destination's copy of the guest is not running yet, so its tap holds
+        those frames; when the guest resumes there it finds every packet that arrived during
+        the pause (a few it already answered at the source come twice: duplicates, never
+        losses). The destination's policy must guard the instance first (its network's
+        ``arriving``). Ended by ``move`` (the switch-over) or ``done_moving`` (rolled back)."""
+        self._both[instance_id] = node_id
+
+    def arriving(self, node_id: str) -> set[str]:
+        """The instances migrating to ``node_id`` whose frames reach it already (the memory
+        copy or the switch-over under way, the store not yet saying so)."""
+        moving = [*self._both.items(), *self._moving.items()]
+        return {iid for iid, to in moving if to == node_id}
+
     async def move(self, instance_id: str, node_id: str) -> None:
         """Point the instance's forwarding entries at ``node_id`` on every node of its segment
         now, before (or without waiting for) the store recording the move: for a live
         migration's switch-over or an HA failover, so the instance keeps its address, MAC and
         reachability on the new node. The segment reaches ``node_id`` too. Once the store
         has the instance on ``node_id`` (or ``done_moving`` is called) the store rules again."""
+        self._both.pop(instance_id, None)
         self._moving[instance_id] = node_id
         await self.sync()
 
     async def done_moving(self, instance_id: str) -> None:
         """A move ended (completed or rolled back): the store says where the instance runs."""
         self._moving.pop(instance_id, None)
+        self._both.pop(instance_id, None)
         await self.sync()
 
     async def _plan(self) -> dict[tuple[str, str], tuple[Network, OverlaySpec | None]]:
@@ -179,7 +204,16 @@ class Overlays:
                 if to is not None and to in by_node:
                     p = Placed(p.instance_id, p.mac, to, by_node[to].id)
                 here.append(p)
-            hosting = sorted({p.node_id for p in here if addr.get(p.node_id)})
+            # a migrating instance's destination hosts the segment already (its tap is there)
+            bound = {
+                p.instance_id: to
+                for p in here
+                if (to := self._both.get(p.instance_id)) in by_node and to != p.node_id
+            }
+            hosting = sorted(
+                {p.node_id for p in here if addr.get(p.node_id)}
+                | {to for to in bound.values() if addr.get(to)}
+            )
             for p in here:
                 if (
                     len(members) > 1
@@ -210,7 +244,17 @@ class Overlays:
                         entries={
                             p.mac: str(addr[p.node_id])
                             for p in here
-                            if p.node_id != net.node_id and addr.get(p.node_id)
+                            if p.node_id != net.node_id
+                            and addr.get(p.node_id)
+                            and bound.get(p.instance_id) != net.node_id  # arriving here
+                        },
+                        also={
+                            p.mac: str(addr[to])
+                            for p in here
+                            if (to := bound.get(p.instance_id)) is not None
+                            and net.node_id not in (p.node_id, to)
+                            and addr.get(p.node_id)
+                            and addr.get(to)
                         },
                     )
                     plan[(net.node_id, net.id)] = (net, spec)

@@ -120,9 +120,29 @@ async def addressed(s: AsyncSession, network: Network) -> list[Instance]:
 
 
 async def build(
-    s: AsyncSession, network: Network, spec: NetworkSpec, settings: Settings
+    s: AsyncSession,
+    network: Network,
+    spec: NetworkSpec,
+    settings: Settings,
+    arriving: set[str] | frozenset[str] = frozenset(),
 ) -> PolicySpec:
+    """The node's policy for ``network``: its instances' ports, and those of ``arriving``
+    (instances being live-migrated to this node: their groups guard what reaches their tap
+    here before they run here; their elastic IP stays where they run)."""
     rows = await addressed(s, network)
+    incoming: list[Instance] = []
+    if arriving:
+        for i in await s.scalars(select(Instance).where(Instance.id.in_(sorted(arriving)))):
+            home = await s.get(Network, i.network_id) if i.network_id else None
+            if (
+                i.private_ip is not None
+                and i.state != "terminated"
+                and i.id not in {r.id for r in rows}
+                and home is not None
+                and (home.name, home.cidr) == (network.name, network.cidr)  # its segment
+            ):
+                incoming.append(i)
+        rows = [*rows, *incoming]
     iids = [i.id for i in rows]
     membership = await _membership(s, rows)
     gids = {g for gs in membership.values() for g in gs}
@@ -155,7 +175,7 @@ async def build(
                 mac=inst.mac,
                 address=inst.private_ip,
                 groups=sorted(membership.get(inst.id, [])),
-                public_ip=public.get(inst.id),
+                public_ip=None if inst in incoming else public.get(inst.id),
                 rate_mbit=inst.net_limit_mbit,
                 metadata_hop_limit=inst.metadata_hop_limit,
                 to_guest=caps[0],

@@ -329,7 +329,8 @@ def guest_mtu(underlay_mtu: int = 1500) -> int:
 class OverlaySpec(BaseModel):
     """A subnet's segment on this node, joined to the other nodes hosting it by VXLAN
     (corral/node/net/overlay.py): ``entries`` maps each remote guest MAC to the underlay
-    address of its node; ``peers`` are those nodes (broadcast is replicated to them only)."""
+    address of its node (``also``: and of the node it is moving to); ``peers`` are those
+    nodes (broadcast is replicated to them only)."""
 
     namespace: str
     bridge: str = Field(max_length=15)
@@ -339,6 +340,10 @@ class OverlaySpec(BaseModel):
     underlay_dev: str | None = None
     peers: list[str] = Field(default_factory=list)
     entries: dict[str, str] = Field(default_factory=dict)
+    # a guest being live-migrated: its MAC -> the underlay address of the node it moves to,
+    # a second destination beside its ``entries`` one; frames to it go to both nodes until it
+    # has moved (the destination's tap holds them until its copy runs: none lost in the pause)
+    also: dict[str, str] = Field(default_factory=dict)
 
 
 class OverlayRequest(BaseModel):

@@ -89,6 +89,11 @@ def _guest(dp: str, guest: str, bridge: str, port: str, address: str) -> str:
     return _mac(guest, "eth0")
 
 
+def _rx_packets(ns: str) -> int:
+    out = _run("ip", "-n", ns, "-s", "-json", "link", "show", "dev", HOST_IFACE).stdout
+    return int(json.loads(out)[0]["stats64"]["rx"]["packets"])
+
+
 def _bridge_static(ns: str, dev: str) -> set[str]:
     """The MACs the bridge sends to ``dev`` by a static entry (not learnt, not its own)."""
     out = _run("bridge", "-n", ns, "-json", "fdb", "show", "dev", dev).stdout
@@ -114,8 +119,8 @@ async def test_guests_of_one_segment_on_two_hosts_reach_each_other_and_not_anoth
 
 
 async def _scenario(client: NodeClient) -> None:
-    with lan(2) as net:
-        h1, h2 = net.hosts
+    with lan(3) as net:
+        h1, h2, h3 = net.hosts
         tag = net.tag
         dps = [f"ccl{tag}-dp{i}" for i in (1, 2)]
         # guests: account A (VNI 100) on both hosts; account B (VNI 200) with the same CIDR
@@ -189,6 +194,21 @@ async def _scenario(client: NodeClient) -> None:
                 check=False,
             )
             assert r.returncode == 0, r.stdout + r.stderr
+            # a guest being live-migrated (to host 3, say): host 1 sends its frames to both
+            # hosts, the kernel copying each one (a frame per destination, none lost while the
+            # guest is paused on one and not yet running on the other)
+            moving = seg(0, 100, [h2.address, h3.address], {macs_a[1]: h2.address})
+            moving.also = {macs_a[1]: h3.address}
+            await client.overlay_ensure(moving)
+            await client.overlay_ensure(moving)  # idempotent: the second copy is not doubled
+            table = await overlay.fdb(dps[0], 100)
+            assert sorted(table[macs_a[1]]) == sorted([h2.address, h3.address]), table
+            before = _rx_packets(h3.netns)
+            _run("ip", "netns", "exec", ga[0], "ping", "-c", "20", "-i", "0.05", "10.31.0.12")
+            assert _rx_packets(h3.netns) - before >= 20  # every echo request reached host 3 too
+            await converge(True)  # moved back (or rolled back): host 2 only
+            assert (await overlay.fdb(dps[0], 100))[macs_a[1]] == [h2.address]
+            assert _reaches(ga[0], "10.31.0.12")
             # B: the same addresses in its own VPC reach each other, and never A's guests
             assert _reaches(gb[0], "10.31.0.12") and _reaches(gb[1], "10.31.0.11")
             for ns in gb:

@@ -74,12 +74,22 @@ async def _names(ns: str | None) -> set[str]:
     return {link["ifname"] for link in json.loads(out or "[]")}
 
 
-async def ensure(seg: Segment, peers: list[str], entries: dict[str, str]) -> None:
+async def ensure(
+    seg: Segment,
+    peers: list[str],
+    entries: dict[str, str],
+    also: dict[str, str] | None = None,
+) -> None:
     """The bridge, the VXLAN device on it, and exactly these forwarding entries:
-    ``entries`` maps a remote guest's MAC to its node's underlay address; ``peers`` are the
-    underlay addresses of the other nodes hosting the segment."""
+    ``entries`` maps a remote guest's MAC to its node's underlay address, ``also`` some of
+    those MACs to a second one (a guest being live-migrated: its frames go to both nodes);
+    ``peers`` are the underlay addresses of the other nodes hosting the segment."""
     seg.check()
-    for mac, where in entries.items():
+    also = also or {}
+    for mac in also:
+        if mac not in entries:
+            raise Invalid(f"MAC {mac} has a second destination but no first", field="also")
+    for mac, where in [*entries.items(), *also.items()]:
         if not MAC_RE.match(mac):
             raise Invalid(f"MAC {mac!r} is not a lower-case colon-separated MAC", field="mac")
         ipaddress.IPv4Address(where)
@@ -89,7 +99,7 @@ async def ensure(seg: Segment, peers: list[str], entries: dict[str, str]) -> Non
     links = await _links(seg.namespace)
     if not _ready(links, seg.bridge, dev):  # the common case (a move, a new entry) skips this
         await _setup(seg, dev, set(links))
-    await _fdb(seg.namespace, dev, peers, entries)
+    await _fdb(seg.namespace, dev, peers, entries, also)
 
 
 async def _links(ns: str | None) -> dict[str, dict[str, Any]]:
@@ -145,11 +155,13 @@ async def _batch(ns: str, lines: list[str], check: bool) -> None:
         await arun(argv, input="".join(f"{line}\n" for line in lines).encode(), check=check)
 
 
-async def _fdb(ns: str, dev: str, peers: list[str], entries: dict[str, str]) -> None:
+async def _fdb(
+    ns: str, dev: str, peers: list[str], entries: dict[str, str], also: dict[str, str]
+) -> None:
     out = await _bridge(ns, "-json", "fdb", "show", "dev", dev)
     table = json.loads(out or "[]")
     have = {(e["mac"], e["dst"]) for e in table if e.get("dst")}
-    want = {(ZERO_MAC, p) for p in peers} | {(m, a) for m, a in entries.items()}
+    want = {(ZERO_MAC, p) for p in peers} | set(entries.items()) | set(also.items())
     # the bridge's own table too: a frame to a remote guest goes to the VXLAN port only,
     # never flooded to the local guests' taps as unknown unicast (learning is off there)
     mastered = {
@@ -160,8 +172,12 @@ async def _fdb(ns: str, dev: str, peers: list[str], entries: dict[str, str]) -> 
     gone = [f"fdb del {mac} dev {dev} dst {dst}" for mac, dst in sorted(have - want)]
     gone += [f"fdb del {mac} dev {dev} master" for mac in sorted(mastered - set(entries))]
     new = []
+    # a MAC's first wanted destination replaces whatever it had; a further one (the zero MAC's
+    # peers, a moving guest's second node) is appended: the kernel sends to every one
+    kept = {mac for mac, _ in have & want}
     for mac, dst in sorted(want - have):
-        verb = "append" if mac == ZERO_MAC else "replace"
+        verb = "append" if mac == ZERO_MAC or mac in kept else "replace"
+        kept.add(mac)
         new.append(f"fdb {verb} {mac} dev {dev} dst {dst} self permanent")
     new += [f"fdb replace {mac} dev {dev} master static" for mac in sorted(set(entries) - mastered)]
     # a moved MAC: its new tunnel entry first, then the stale ones go (never none between)
