@@ -11,12 +11,13 @@ the store (``overlay_segments``, unique by constraint).
 For every segment whose instances run on two nodes or more, each of those nodes gets the
 segment (``overlay_ensure``): its VXLAN device on the network's bridge, the other hosting
 nodes as broadcast peers, and one forwarding entry per instance running elsewhere (its MAC →
-its node's underlay address). While a live migration copies an instance's memory, its entry on
-the other nodes has its destination as a second address (``arrive``): frames go to both copies,
-and the destination's, paused until the switch-over, finds in its tap's queue whatever arrived
-while the guest moved (none lost; a few answered twice). Its security groups guard it there
-from then on (``Networks`` adds it to the destination's policy first). A node that no longer hosts the segment loses it
-(``overlay_remove``). Pushes happen when an instance starts, stops, terminates or moves (the
+its node's underlay address). While a live migration copies an instance's memory, the other
+nodes send its frames to every peer of the segment as they do broadcast (``arrive``; the
+kernel keeps one tunnel destination per unicast MAC): both copies get them, and the
+destination's, paused until the switch-over, finds in its tap's queue whatever arrived while
+the guest moved (none lost; a few answered twice). Its security groups guard it there from
+then on (``Networks`` adds it to the destination's policy first). A node that no longer hosts
+the segment loses it (``overlay_remove``). Pushes happen when an instance starts, stops, terminates or moves (the
 network syncs call ``sync``), every reconcile pass (cheap: only what changed since the last
 push is sent), and again after an agent restarted (``forget``).
 
@@ -246,16 +247,14 @@ class Overlays:
                             for p in here
                             if p.node_id != net.node_id
                             and addr.get(p.node_id)
-                            and bound.get(p.instance_id) != net.node_id  # arriving here
+                            and p.instance_id not in bound  # moving: spread, or arriving here
                         },
-                        also={
-                            p.mac: str(addr[to])
+                        spread=sorted(
+                            p.mac
                             for p in here
                             if (to := bound.get(p.instance_id)) is not None
                             and net.node_id not in (p.node_id, to)
-                            and addr.get(p.node_id)
-                            and addr.get(to)
-                        },
+                        ),
                     )
                     plan[(net.node_id, net.id)] = (net, spec)
                 elif vni is not None and addr.get(net.node_id):

@@ -472,7 +472,7 @@ class NodeAgent(EvacuateAgent):
             underlay_namespace=spec.underlay_namespace,
             underlay_dev=spec.underlay_dev,
         )
-        await overlay.ensure(seg, spec.peers, spec.entries, spec.also)
+        await overlay.ensure(seg, spec.peers, spec.entries, spec.spread)
 
     async def overlay_remove(self, namespace: str, vni: int) -> None:
         if netns.exists(namespace):  # a VPC's namespace may have gone with its last instance

@@ -329,7 +329,7 @@ def guest_mtu(underlay_mtu: int = 1500) -> int:
 class OverlaySpec(BaseModel):
     """A subnet's segment on this node, joined to the other nodes hosting it by VXLAN
     (corral/node/net/overlay.py): ``entries`` maps each remote guest MAC to the underlay
-    address of its node (``also``: and of the node it is moving to); ``peers`` are those
+    address of its node (``spread``: those moving, sent to every peer); ``peers`` are those
     nodes (broadcast is replicated to them only)."""
 
     namespace: str
@@ -340,10 +340,11 @@ class OverlaySpec(BaseModel):
     underlay_dev: str | None = None
     peers: list[str] = Field(default_factory=list)
     entries: dict[str, str] = Field(default_factory=dict)
-    # a guest being live-migrated: its MAC -> the underlay address of the node it moves to,
-    # a second destination beside its ``entries`` one; frames to it go to both nodes until it
-    # has moved (the destination's tap holds them until its copy runs: none lost in the pause)
-    also: dict[str, str] = Field(default_factory=dict)
+    # remote guests being live-migrated: their frames go to every peer, as broadcast does
+    # (the kernel takes only one destination per unicast MAC), so both their node and the one
+    # they move to get them; the destination's tap holds them until its copy runs, and none
+    # is lost in the pause
+    spread: list[str] = Field(default_factory=list)
 
 
 class OverlayRequest(BaseModel):

@@ -93,8 +93,8 @@ async def test_a_subnet_on_two_nodes_is_one_segment_driven_from_the_store(
 async def test_a_migrating_instances_frames_go_to_both_nodes_its_groups_guarding_it_there(
     cluster: Cluster,
 ) -> None:
-    """While a live migration copies memory, the third node sends the guest's frames to its
-    node and to the destination (whose paused copy queues them: none lost in the pause); the
+    """While a live migration copies memory, the third node sends the guest's frames to every
+    peer, so to its node and to the destination (whose paused copy queues them: none lost in the pause); the
     destination guards the arriving tap with the guest's groups (never its elastic IP) before
     the frames come; a rollback undoes both, a switch-over leaves only the destination."""
     ctrl = await _three(cluster)
@@ -106,10 +106,10 @@ async def test_a_migrating_instances_frames_go_to_both_nodes_its_groups_guarding
     await moves._arrive(one.id, "node-c", net_c)
     sa, sb, sc = (_segment(fake_node(ctrl, n)) for n in "abc")
     assert sa is not None and sb is not None and sc is not None  # c hosts the segment now
-    assert (sb.entries, sb.also) == ({one.mac: ADDR["a"]}, {one.mac: ADDR["c"]})
-    assert (sc.entries, sc.also) == ({two.mac: ADDR["b"]}, {})  # one arrives here: local
-    assert (sa.entries, sa.also) == ({two.mac: ADDR["b"]}, {})  # one still runs here
-    assert sorted(sb.peers) == [ADDR["a"], ADDR["c"]]
+    # b sends one's frames to every peer, a (where it runs) and c (where it arrives)
+    assert (sb.entries, sb.spread, sorted(sb.peers)) == ({}, [one.mac], [ADDR["a"], ADDR["c"]])
+    assert (sc.entries, sc.spread) == ({two.mac: ADDR["b"]}, [])  # one arrives here: local
+    assert (sa.entries, sa.spread) == ({two.mac: ADDR["b"]}, [])  # one still runs here
     pol = fake_node(ctrl, "c").policies[net_c]
     port = next(p for p in pol.ports if p.instance_id == one.id)
     assert port.groups and port.public_ip is None and port.address == one.private_ip
@@ -117,7 +117,7 @@ async def test_a_migrating_instances_frames_go_to_both_nodes_its_groups_guarding
 
     await moves._arrived(one.id, net_c)  # rolled back
     sb = _segment(fake_node(ctrl, "b"))
-    assert sb is not None and (sb.entries, sb.also) == ({one.mac: ADDR["a"]}, {})
+    assert sb is not None and (sb.entries, sb.spread) == ({one.mac: ADDR["a"]}, [])
     assert _segment(fake_node(ctrl, "c")) is None
     pol = fake_node(ctrl, "c").policies[net_c]
     assert one.id not in [p.instance_id for p in pol.ports]
@@ -125,7 +125,7 @@ async def test_a_migrating_instances_frames_go_to_both_nodes_its_groups_guarding
     await moves._arrive(one.id, "node-c", net_c)
     await ctrl.overlays.move(one.id, "node-c")  # the switch-over: the destination only
     sb = _segment(fake_node(ctrl, "b"))
-    assert sb is not None and (sb.entries, sb.also) == ({one.mac: ADDR["c"]}, {})
+    assert sb is not None and (sb.entries, sb.spread) == ({one.mac: ADDR["c"]}, [])
     assert one.id in ctrl.overlays.arriving("node-c")  # guarded there until the store moves
     await ctrl.overlays.done_moving(one.id)
 

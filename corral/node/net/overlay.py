@@ -78,28 +78,28 @@ async def ensure(
     seg: Segment,
     peers: list[str],
     entries: dict[str, str],
-    also: dict[str, str] | None = None,
+    spread: list[str] | None = None,
 ) -> None:
     """The bridge, the VXLAN device on it, and exactly these forwarding entries:
-    ``entries`` maps a remote guest's MAC to its node's underlay address, ``also`` some of
-    those MACs to a second one (a guest being live-migrated: its frames go to both nodes);
-    ``peers`` are the underlay addresses of the other nodes hosting the segment."""
+    ``entries`` maps a remote guest's MAC to its node's underlay address; ``peers`` are the
+    underlay addresses of the other nodes hosting the segment. ``spread``: remote guests'
+    MACs sent to every peer (guests being live-migrated: the kernel keeps one destination per
+    unicast MAC, so both nodes get their frames by the broadcast entries)."""
     seg.check()
-    also = also or {}
-    for mac in also:
-        if mac not in entries:
-            raise Invalid(f"MAC {mac} has a second destination but no first", field="also")
-    for mac, where in [*entries.items(), *also.items()]:
+    spread = spread or []
+    for mac in [*entries, *spread]:
         if not MAC_RE.match(mac):
             raise Invalid(f"MAC {mac!r} is not a lower-case colon-separated MAC", field="mac")
+    for mac in spread:
+        if mac in entries:
+            raise Invalid(f"MAC {mac} is both at one node and spread to all", field="spread")
+    for where in [*entries.values(), *peers]:
         ipaddress.IPv4Address(where)
-    for p in peers:
-        ipaddress.IPv4Address(p)
     dev = device(seg.vni)
     links = await _links(seg.namespace)
     if not _ready(links, seg.bridge, dev):  # the common case (a move, a new entry) skips this
         await _setup(seg, dev, set(links))
-    await _fdb(seg.namespace, dev, peers, entries, also)
+    await _fdb(seg.namespace, dev, peers, entries, spread)
 
 
 async def _links(ns: str | None) -> dict[str, dict[str, Any]]:
@@ -156,30 +156,28 @@ async def _batch(ns: str, lines: list[str], check: bool) -> None:
 
 
 async def _fdb(
-    ns: str, dev: str, peers: list[str], entries: dict[str, str], also: dict[str, str]
+    ns: str, dev: str, peers: list[str], entries: dict[str, str], spread: list[str]
 ) -> None:
     out = await _bridge(ns, "-json", "fdb", "show", "dev", dev)
     table = json.loads(out or "[]")
     have = {(e["mac"], e["dst"]) for e in table if e.get("dst")}
-    want = {(ZERO_MAC, p) for p in peers} | set(entries.items()) | set(also.items())
+    want = {(ZERO_MAC, p) for p in peers} | set(entries.items())
     # the bridge's own table too: a frame to a remote guest goes to the VXLAN port only,
-    # never flooded to the local guests' taps as unknown unicast (learning is off there)
+    # never flooded to the local guests' taps as unknown unicast (learning is off there);
+    # a spread MAC has no tunnel entry, so the VXLAN device sends it to every peer
+    remote = set(entries) | set(spread)
     mastered = {
         e["mac"]
         for e in table
         if not e.get("dst") and "master" in e and e.get("state") == "static" and "vlan" not in e
     }
     gone = [f"fdb del {mac} dev {dev} dst {dst}" for mac, dst in sorted(have - want)]
-    gone += [f"fdb del {mac} dev {dev} master" for mac in sorted(mastered - set(entries))]
+    gone += [f"fdb del {mac} dev {dev} master" for mac in sorted(mastered - remote)]
     new = []
-    # a MAC's first wanted destination replaces whatever it had; a further one (the zero MAC's
-    # peers, a moving guest's second node) is appended: the kernel sends to every one
-    kept = {mac for mac, _ in have & want}
     for mac, dst in sorted(want - have):
-        verb = "append" if mac == ZERO_MAC or mac in kept else "replace"
-        kept.add(mac)
+        verb = "append" if mac == ZERO_MAC else "replace"
         new.append(f"fdb {verb} {mac} dev {dev} dst {dst} self permanent")
-    new += [f"fdb replace {mac} dev {dev} master static" for mac in sorted(set(entries) - mastered)]
+    new += [f"fdb replace {mac} dev {dev} master static" for mac in sorted(remote - mastered)]
     # a moved MAC: its new tunnel entry first, then the stale ones go (never none between)
     await _batch(ns, new, check=True)
     await _batch(ns, gone, check=False)
