@@ -9,6 +9,7 @@ body or the set-up fails.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ipaddress
 import json
@@ -330,11 +331,15 @@ class Cluster:
         return next((n for n in self.nodes() if n["name"] == name), {})
 
     def teardown(self) -> None:
-        for agent in self.agents.values():
+        def one(agent: Agent) -> None:
             try:
                 agent.teardown()
             except Exception as err:  # the others and the controller still go
                 print(f"teardown of {agent.name}: {err!r}", file=sys.stderr)
+
+        # the agents at once (each waits for its own processes: seconds each, one by one)
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(self.agents))) as pool:
+            list(pool.map(one, self.agents.values()))
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
