@@ -19,10 +19,13 @@ import argparse
 import itertools
 import json
 import re
+import subprocess
 import time
 from typing import Any
 
 from bench.common import machine, median, write_results
+from corral.config import Settings
+from corral.controller.instances import tap_name
 from tests.cluster import Cluster, cluster
 from tests.harness import wait_for
 from tests.postgres import PostgresServer
@@ -48,6 +51,26 @@ def _pings(target: str, tag: str) -> str:
         f"rm -f /tmp/{tag}.out; setsid sh -c 'echo $$ > /tmp/{tag}.pid; "
         f"exec ping -i {INTERVAL} {target}' > /tmp/{tag}.out 2>&1 < /dev/null &"
     )
+
+
+def _tap(c: Cluster, node: str, iid: str) -> dict[str, int]:
+    """The instance's tap on ``node`` (toward the guest is its TX): packets, and drops (a tap
+    whose QEMU does not read it yet, the paused destination, drops when its queue is full)."""
+    ns = Settings(state_dir=c.agents[node].state_dir).namespace
+    out = subprocess.run(
+        ["ip", "-n", ns, "-s", "-json", "link", "show", "dev", tap_name(iid)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if out.returncode != 0:
+        return {}
+    st = json.loads(out.stdout)[0]
+    return {
+        "tx_packets": st["stats64"]["tx"]["packets"],
+        "tx_dropped": st["stats64"]["tx"]["dropped"],
+        "qlen": st.get("txqlen", -1),
+    }
 
 
 def _counted(c: Cluster, tag: str) -> dict[str, Any]:
@@ -128,6 +151,7 @@ def main() -> None:
             run = {
                 "from": src,
                 "to": dst,
+                "dst_tap": _tap(c, dst, str(_show(c, "m")["id"])),
                 "migrate_s": round(took, 2),
                 "phases": _phases(c, str(_show(c, "m")["id"])),
                 "moving": _counted(c, "m"),
