@@ -17,9 +17,9 @@ kernel keeps one tunnel destination per unicast MAC): both copies get them, and 
 destination's, paused until the switch-over, finds in its tap's queue whatever arrived while
 the guest moved (none lost; a few answered twice). Its security groups guard it there from
 then on (``Networks`` adds it to the destination's policy first). A node that no longer hosts
-the segment loses it (``overlay_remove``). Pushes happen when an instance starts, stops, terminates or moves (the
-network syncs call ``sync``), every reconcile pass (cheap: only what changed since the last
-push is sent), and again after an agent restarted (``forget``).
+the segment loses it (``overlay_remove``). Pushes happen when an instance starts, stops,
+terminates or moves (the network syncs call ``sync``), every reconcile pass (cheap: only what
+changed since the last push is sent), and again after an agent restarted (``forget``).
 
 The rest of the subnet's data plane is per node and needs no tunnel: every node's bridge has
 the same gateway address *and MAC* (``overlay.gateway_mac``), so the gateway a guest reaches is

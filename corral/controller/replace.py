@@ -452,7 +452,6 @@ class Replacements:
             max(deadline - loop.time(), settle + 1.0),
             steady=settle,
         )
-        return why
 
     async def _forget_neighbour(self, inst: Instance, address: str) -> None:
         async with self.ctrl.store.read() as s:
