@@ -50,7 +50,12 @@ QUOTAS: dict[str, Quota] = {
         Quota("volume_gib", "GiB", "VolumeLimitExceeded", "GiB of volumes"),
         Quota("snapshots", "", "SnapshotLimitExceeded", "snapshots"),
         Quota("elastic_ips", "", "AddressLimitExceeded", "elastic IP addresses"),
-        Quota("security_groups", "", "SecurityGroupLimitExceeded", "security groups"),
+        Quota(
+            "security_groups",
+            "",
+            "SecurityGroupLimitExceeded",
+            "security groups (each VPC's default group not counted)",
+        ),
     )
 }
 
@@ -115,8 +120,12 @@ async def usage(s: AsyncSession, account_id: str) -> dict[str, int]:
     eips = await s.scalar(
         select(func.count(ElasticAddress.id)).where(ElasticAddress.account_id == account_id)
     )
+    # the groups the account made: each VPC's own "default" group comes with the VPC (a VPC
+    # must not be refused, nor the quota used up, by the group Corral makes for it)
     sgs = await s.scalar(
-        select(func.count(SecurityGroup.id)).where(SecurityGroup.account_id == account_id)
+        select(func.count(SecurityGroup.id)).where(
+            SecurityGroup.account_id == account_id, SecurityGroup.name != "default"
+        )
     )
     return {
         "instances": int(n),

@@ -19,7 +19,7 @@ async def test_ec2_refuses_over_quota_with_aws_codes_and_reports_limits(world: W
         ("instances", 2),
         ("volumes", 1),
         ("elastic_ips", 1),
-        ("security_groups", 2),
+        ("security_groups", 1),
     ):
         await world.ctrl.quotas.set(boss, who.account_id, name, value)
     attrs = await ec2.call("DescribeAccountAttributes")
@@ -41,10 +41,15 @@ async def test_ec2_refuses_over_quota_with_aws_codes_and_reports_limits(world: W
     await ec2.fails("VolumeLimitExceeded", "CreateVolume", Size=1, AvailabilityZone="corral-1a")
     await ec2.call("AllocateAddress", Domain="vpc")
     await ec2.fails("AddressLimitExceeded", "AllocateAddress", Domain="vpc")
-    await ec2.call("CreateSecurityGroup", GroupName="one", Description="d")  # + default = 2
+    # each VPC's default group is not counted: a new VPC (and its default group) is never
+    # refused by the quota, and does not use it up
+    await ec2.call("CreateSecurityGroup", GroupName="one", Description="d")
+    await ec2.call("CreateVpc", CidrBlock="10.70.0.0/16")
     await ec2.fails(
         "SecurityGroupLimitExceeded", "CreateSecurityGroup", GroupName="two", Description="d"
     )
+    groups = await ec2.call("DescribeSecurityGroups")
+    assert sorted(g["GroupName"] for g in groups["SecurityGroups"]) == ["default", "default", "one"]
     # a dry run over the quota is refused with the quota's code too
     await ec2.fails(
         "InstanceLimitExceeded",
