@@ -4,10 +4,12 @@ one cluster (tests/cluster.py: three host namespaces, controller on PostgreSQL, 
 each death the dead node comes back (link up, agent restarted) and the next run kills the
 guest's new primary.
 
-    sudo .venv/bin/python -m bench.ha_failover [--runs 5] [--node-timeout 6]
+    sudo .venv/bin/python -m bench.ha_failover [--runs 5]
 
-Per run, from the kill: **detection** (until the controller recorded the failover operation:
-the heartbeat's ``node_timeout``; no fencing margin yet, leases will add it), **start** (until
+Per run, from the kill: **detection** (until the controller logged the node dead and the
+failover started: the agent's lease in PostgreSQL expires ``lease_timeout`` after its last
+renewal, then ``fence_margin`` more, the time the cut-off node's guard has to kill its HA guests
+first; the defaults 5 s + 3 s, read from the settings and recorded), **start** (until
 the record says it runs on the survivor: the replica promoted, QEMU started), **boot** (until
 the guest's login prompt on the survivor's serial line: the guest's own boot, TCG here).
 Also: acknowledged records of a writer in the guest against those on the survivor's disk.
@@ -25,6 +27,7 @@ import time
 from typing import Any
 
 from bench.common import machine, median, write_results
+from corral.config import Settings
 from tests.cluster import cluster
 from tests.harness import wait_for
 from tests.integration.test_ha import Console, _acked, _node_ids, _show, check, start_writer
@@ -34,10 +37,15 @@ from tests.postgres import PostgresServer
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--node-timeout", type=float, default=6.0)
     args = ap.parse_args()
-    data: dict[str, Any] = {"machine": machine(), "node_timeout": args.node_timeout, "runs": []}
-    settings = {"node_timeout": args.node_timeout, "reconcile_interval": 1.0}
+    defaults = Settings()
+    data: dict[str, Any] = {
+        "machine": machine(),
+        "lease_timeout": defaults.lease_timeout,
+        "fence_margin": defaults.fence_margin,
+        "runs": [],
+    }
+    settings = {"reconcile_interval": 1.0}
     with (
         PostgresServer() as pg,
         pg.database() as url,
@@ -138,8 +146,9 @@ def summary(data: dict[str, Any]) -> str:
         "# bench/ha_failover: node death -> the HA guest answering on its secondary",
         "",
         f"`{data['command']}` on {m['host']} ({m['cpus']} cpus, {m['qemu']}), {m['time']}, "
-        f"load {m['loadavg_start'][0]:.2f} -> {m['loadavg_end'][0]:.2f}; node_timeout "
-        f"{data['node_timeout']} s, 3 nodes, TCG",
+        f"load {m['loadavg_start'][0]:.2f} -> {m['loadavg_end'][0]:.2f}; lease_timeout "
+        f"{data['lease_timeout']} s + fence_margin {data['fence_margin']} s (the defaults), "
+        "3 nodes, TCG",
         "",
         "| run | from -> to | detection s | record moved s | login prompt s | acked / on disk |",
         "|---|---|---|---|---|---|",
