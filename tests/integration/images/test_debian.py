@@ -2,7 +2,8 @@
 reproducible; it boots with cloud-init taking host name, SSH key and user-data from Corral's
 metadata service (IMDSv2 tokens required: a request without one is refused inside the guest)
 and grows its root file system to the instance's disk. An image built on it is a qcow2 overlay
-that boots with its added packages, files and first-boot script."""
+that boots with its added packages, files and first-boot script. The booted guest's checks are
+marked ``long`` (bench/long runs them; scripts/test builds and checks the images only)."""
 
 from __future__ import annotations
 
@@ -82,6 +83,8 @@ def test_a_base_with_images_built_on_it_cannot_be_removed(
 
 
 # -- one Debian guest for the checks of a booted image ----------------------------------------
+# Its boot (two minutes under TCG) is run by bench/long, not by scripts/test: the suite's
+# 45-minute budget (docs/SPEC.md). Run before a release: `bench/long -k debian`.
 # Booting Debian under TCG takes a minute or two, so the guest checks share one instance: of
 # debian-tools:12.1, which is debian:12 unchanged plus four packages, a file and a first-boot
 # script (a qcow2 overlay on it), so the one boot shows both the Debian recipe's guest at work
@@ -120,6 +123,7 @@ def deb1(
         corral.cli("rm", "--force", "deb1", timeout=300)
 
 
+@pytest.mark.long  # the Debian guest's boot: bench/long
 def test_debian_boots_with_identity_keys_user_data_and_a_grown_disk(
     corral: Daemon, deb1: str
 ) -> None:
@@ -135,6 +139,7 @@ def test_debian_boots_with_identity_keys_user_data_and_a_grown_disk(
     assert "virtio_net" in _ssh(corral, deb1, "lsmod")
 
 
+@pytest.mark.long  # the Debian guest's boot: bench/long
 def test_an_image_built_on_debian_is_an_overlay_and_boots(
     corral: Daemon, debian: dict[str, Any], tools: dict[str, Any], deb1: str
 ) -> None:
@@ -173,6 +178,7 @@ print("V2", urllib.request.urlopen(req, timeout=3).read().decode())
 """
 
 
+@pytest.mark.long  # the Debian guest's boot: bench/long
 def test_cloud_init_works_with_imdsv2_required(corral: Daemon, deb1: str) -> None:
     assert corral.client().instance_show(deb1).metadata_tokens == "required"
     assert _ssh(corral, deb1, "hostname").strip() == "deb1"
