@@ -92,6 +92,25 @@ def _op(c: Cluster, op_id: str) -> dict[str, Any] | None:
     return dict(json.loads(r.stdout)) if r.returncode == 0 else None
 
 
+EVENTS = """
+import sys
+from corral.client import Client, find_credentials
+for e in Client(find_credentials(None, None)).operation_events(sys.argv[1]):
+    print(e.model_dump_json())
+"""
+
+
+def _events(c: Cluster, op_id: str) -> list[str]:
+    r = subprocess.run(
+        ["ip", "netns", "exec", c.lan.outside, PYTHON, "-c", EVENTS, op_id],
+        capture_output=True,
+        text=True,
+        env=c.env(),
+        timeout=60,
+    )
+    return [json.loads(x).get("message", "") for x in r.stdout.splitlines() if x.strip()]
+
+
 def _ns(c: Cluster, host: str) -> str:
     return Settings(state_dir=c.agents[host].state_dir).namespace
 
@@ -224,7 +243,15 @@ def _one(c: Cluster, names: dict[str, str], phase: str, fault: str) -> dict[str,
     qemus = _qemus(c, iid)
     con = Console(c.agents[where], iid)
     acked = acked_now()
-    m = check(con)
+    try:
+        m = check(con)
+    except AssertionError:
+        # a finding: keep what the guest said, where it runs, and what the operation did
+        out.update(state="running, not answering", store_node=where, qemus=qemus)
+        out["one_copy"] = qemus.get(where) == 1 and sum(qemus.values()) == 1
+        out["console_tail"] = con.text()[-6000:]
+        out["events"] = _events(c, op_id)
+        return out
     other = dst if where == src else src
     out.update(
         state="running",
