@@ -16,7 +16,11 @@ of the phase:
 - ``source`` / ``destination``: that node's agent SIGKILLed, started again 3 s later (its QEMU
   processes run on: they are not its children);
 - ``link``: the destination's underlay link down for 6 s (longer than the lease's 5 s: the
-  node is unreachable for a while, not dead), then up.
+  node is unreachable for a while, not dead), then up;
+- ``none``: nothing (the baseline: is a finding the fault's or the migration's?).
+
+Each run also records whether the guest's kernel reported a BUG or an oops on its serial line
+since the run began (``guest_bug``).
 
 After the operation ended (or 300 s), per run: the operation's outcome and reason; which node
 the store says, and where a QEMU of the guest runs (by its run directory on each node):
@@ -48,7 +52,7 @@ from tests.integration.test_ha import Console, _acked, _node_ids, _show, check, 
 from tests.postgres import PostgresServer
 
 PHASES = ["preparing", "mirroring", "migrating", "switching"]
-FAULTS = ["controller", "source", "destination", "link"]
+FAULTS = ["controller", "source", "destination", "link", "none"]
 RATE = "40mbit"  # the source's underlay while a migration runs
 END = 300.0  # seconds an operation gets to end after its fault
 
@@ -111,6 +115,10 @@ def _events(c: Cluster, op_id: str) -> list[str]:
     return [json.loads(x).get("message", "") for x in r.stdout.splitlines() if x.strip()]
 
 
+def _bug(text: str) -> bool:
+    return any(w in text for w in ("BUG:", "Oops", "kernel BUG", "end trace"))
+
+
 def _ns(c: Cluster, host: str) -> str:
     return Settings(state_dir=c.agents[host].state_dir).namespace
 
@@ -154,6 +162,8 @@ def _inject(c: Cluster, fault: str, src: str, dst: str) -> None:
         agent.kill9()
         time.sleep(3)
         agent.restart()
+    elif fault == "none":  # the baseline: the same migration, nothing done to it
+        pass
     elif fault == "link":
         host = next(h for h in c.lan.hosts if h.name == dst)
         host.exec("ip", "link", "set", "eth0", "down")
@@ -169,6 +179,7 @@ def _one(c: Cluster, names: dict[str, str], phase: str, fault: str) -> dict[str,
     dst = "host2" if src == "host1" else "host1"
     srchost = next(h for h in c.lan.hosts if h.name == src)
     acked_before = max(_acked(Console(c.agents[h], iid).text()) for h in ("host1", "host2"))
+    console_at = {h: len(Console(c.agents[h], iid).text()) for h in ("host1", "host2")}
     shaped = srchost.exec(
         *("tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", RATE),
         *("burst", "64kb", "latency", "400ms"),
@@ -250,9 +261,11 @@ def _one(c: Cluster, names: dict[str, str], phase: str, fault: str) -> dict[str,
         out.update(state="running, not answering", store_node=where, qemus=qemus)
         out["one_copy"] = qemus.get(where) == 1 and sum(qemus.values()) == 1
         out["console_tail"] = con.text()[-6000:]
+        out["guest_bug"] = _bug(con.text())
         out["events"] = _events(c, op_id)
         return out
     other = dst if where == src else src
+    out["guest_bug"] = _bug(con.text()[console_at.get(where, 0) if where == src else 0 :])
     out.update(
         state="running",
         store_node=where,
@@ -271,6 +284,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--faults", default=",".join(FAULTS))
     ap.add_argument("--phases", default=",".join(PHASES))
+    ap.add_argument("--repeat", type=int, default=1, help="runs per phase and fault")
     args = ap.parse_args()
     faults, phases = args.faults.split(","), args.phases.split(",")
     for x in faults:
@@ -303,17 +317,15 @@ def main() -> None:
         con.type("dd if=/dev/urandom of=/big bs=1M count=48 2>/dev/null; sync; echo BIG-DONE")
         wait_for(lambda: "BIG-DONE" in con.text(), 300, what="the 48 MiB written")
         start_writer(con)
-        for phase in phases:
-            for fault in faults:
-                run = _one(c, names, phase, fault)
-                print(json.dumps(run), flush=True)
-                data["runs"].append(run)
-                if run["state"] != "running":  # a finding: stop here, with what it left
-                    break
-            else:
-                continue
-            break
-    write_results("migrate-chaos", data, summary, module="bench.migrate_chaos")
+        combos = [(p, f) for p in phases for f in faults for _ in range(args.repeat)]
+        for phase, fault in combos:
+            run = _one(c, names, phase, fault)
+            print(json.dumps(run), flush=True)
+            data["runs"].append(run)
+            if run["state"] != "running":  # a finding: stop here, with what it left
+                break
+    name = "migrate-chaos-baseline" if faults == ["none"] else "migrate-chaos"
+    write_results(name, data, summary, module="bench.migrate_chaos")
 
 
 def summary(data: dict[str, Any]) -> str:
@@ -321,7 +333,8 @@ def summary(data: dict[str, Any]) -> str:
     runs = data["runs"]
     rows = "\n".join(
         f"| {r['phase']} | {r['fault']} | {r['from']} -> {r['to']} | {r['hit'][:40]} | "
-        f"{r['status']} {r['reason']} | {r.get('store_node', r['state'])} | "
+        f"{r['status']} {r['reason']}{' GUEST KERNEL BUG' if r.get('guest_bug') else ''} | "
+        f"{r.get('store_node', r['state'])} | "
         f"{'yes' if r['one_copy'] else 'NO ' + json.dumps(r['qemus'])} | "
         f"{r.get('acked', '-')} / {r.get('on_disk', '-')} / {r.get('bad', '-')} | "
         f"{', '.join(r.get('left_on_other', [])) or '-'} |"
@@ -332,6 +345,7 @@ def summary(data: dict[str, Any]) -> str:
         r
         for r in runs
         if r["state"] != "running"
+        or r.get("guest_bug")
         or not r["one_copy"]
         or r["on_disk"] < r["acked"]
         or r["bad"]
@@ -348,7 +362,7 @@ def summary(data: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|\n"
         f"{rows}\n\n"
         f"{len(runs)} runs, {hit} faults injected in the phase aimed at; runs with two copies, "
-        f"a lost or bad record, or leftovers: {len(bad)}."
+        f"a lost or bad record, a guest kernel BUG, or leftovers: {len(bad)}."
     )
 
 
