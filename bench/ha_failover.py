@@ -51,12 +51,7 @@ def main() -> None:
         pg.database() as url,
         cluster(url, 3, join=False, settings=settings) as c,
     ):
-        for host in c.lan.hosts:
-            os.environ["CORRAL_MIGRATION_ADDRESS"] = host.address
-            try:
-                c.join(host)
-            finally:
-                del os.environ["CORRAL_MIGRATION_ADDRESS"]
+        c.join_on_underlay()
         c.cli("image", "build", "tiny", timeout=900).ok()
         c.cli("run", "tiny", "--name", "hav", "--ha", "--node", "host1", "--memory", "128M").ok()
         names = _node_ids(c)

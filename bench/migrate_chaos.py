@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -84,16 +83,23 @@ print(Client(find_credentials(None, None)).operation_show(sys.argv[1]).model_dum
 """
 
 
-def _op(c: Cluster, op_id: str) -> dict[str, Any] | None:
-    """The operation as the API shows it; None while the controller does not answer."""
+def _api(c: Cluster, script: str, *args: str) -> str | None:
+    """A snippet run with the admin's client where the API is (the outside namespace): its
+    output, None when it failed (the controller not answering)."""
     r = subprocess.run(
-        ["ip", "netns", "exec", c.lan.outside, PYTHON, "-c", OP, op_id],
+        ["ip", "netns", "exec", c.lan.outside, PYTHON, "-c", script, *args],
         capture_output=True,
         text=True,
         env=c.env(),
         timeout=60,
     )
-    return dict(json.loads(r.stdout)) if r.returncode == 0 else None
+    return r.stdout if r.returncode == 0 else None
+
+
+def _op(c: Cluster, op_id: str) -> dict[str, Any] | None:
+    """The operation as the API shows it; None while the controller does not answer."""
+    out = _api(c, OP, op_id)
+    return dict(json.loads(out)) if out is not None else None
 
 
 EVENTS = """
@@ -105,14 +111,8 @@ for e in Client(find_credentials(None, None)).operation_events(sys.argv[1]):
 
 
 def _events(c: Cluster, op_id: str) -> list[str]:
-    r = subprocess.run(
-        ["ip", "netns", "exec", c.lan.outside, PYTHON, "-c", EVENTS, op_id],
-        capture_output=True,
-        text=True,
-        env=c.env(),
-        timeout=60,
-    )
-    return [json.loads(x).get("message", "") for x in r.stdout.splitlines() if x.strip()]
+    out = _api(c, EVENTS, op_id) or ""
+    return [json.loads(x).get("message", "") for x in out.splitlines() if x.strip()]
 
 
 def _bug(text: str) -> bool:
@@ -300,12 +300,7 @@ def main() -> None:
         pg.database() as url,
         cluster(url, 3, join=False, settings=settings) as c,
     ):
-        for host in c.lan.hosts:
-            os.environ["CORRAL_MIGRATION_ADDRESS"] = host.address
-            try:
-                c.join(host)
-            finally:
-                del os.environ["CORRAL_MIGRATION_ADDRESS"]
+        c.join_on_underlay()
         c.cli("image", "build", "tiny", timeout=900).ok()
         c.cli("run", "tiny", "--name", "w", "--node", "host1", "--memory", "128M").ok()
         names = _node_ids(c)

@@ -323,6 +323,16 @@ class Cluster:
             raise RuntimeError(f"node {host.name}: the join failed:\n{agent.log_tail()}")
         return agent
 
+    def join_on_underlay(self) -> None:
+        """Join every host, each agent's address for migration and replica (NBD) traffic its
+        underlay address (``CORRAL_MIGRATION_ADDRESS``; the default is loopback)."""
+        for host in self.lan.hosts:
+            os.environ["CORRAL_MIGRATION_ADDRESS"] = host.address
+            try:
+                self.join(host)
+            finally:
+                del os.environ["CORRAL_MIGRATION_ADDRESS"]
+
     def nodes(self) -> list[dict[str, Any]]:
         r = self.cli("node", "ls", "--json")
         return list(json.loads(r.out)) if r.rc == 0 else []

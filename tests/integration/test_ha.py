@@ -50,13 +50,7 @@ CHECK = (
 def three(postgres_server: PostgresServer) -> Iterator[Cluster]:
     settings = {"node_timeout": NODE_TIMEOUT, "reconcile_interval": 1.0}
     with postgres_server.database() as url, cluster(url, 3, join=False, settings=settings) as c:
-        for host in c.lan.hosts:
-            # each agent's address for replica (NBD) traffic is its underlay address
-            os.environ["CORRAL_MIGRATION_ADDRESS"] = host.address
-            try:
-                c.join(host)
-            finally:
-                del os.environ["CORRAL_MIGRATION_ADDRESS"]
+        c.join_on_underlay()  # each agent's replica (NBD) traffic on its underlay address
         yield c
 
 
