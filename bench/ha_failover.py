@@ -28,10 +28,9 @@ from typing import Any
 
 from bench.common import machine, median, write_results
 from corral.config import Settings
-from tests.cluster import cluster
+from tests.cluster import bench_cluster
 from tests.harness import wait_for
 from tests.integration.test_ha import Console, _acked, _node_ids, _show, check, start_writer
-from tests.postgres import PostgresServer
 
 
 def main() -> None:
@@ -46,13 +45,7 @@ def main() -> None:
         "runs": [],
     }
     settings = {"reconcile_interval": 1.0}
-    with (
-        PostgresServer() as pg,
-        pg.database() as url,
-        cluster(url, 3, join=False, settings=settings) as c,
-    ):
-        c.join_on_underlay()
-        c.cli("image", "build", "tiny", timeout=900).ok()
+    with bench_cluster(3, settings) as c:
         c.cli("run", "tiny", "--name", "hav", "--ha", "--node", "host1", "--memory", "128M").ok()
         names = _node_ids(c)
         hosts = {h.name: h for h in c.lan.hosts}

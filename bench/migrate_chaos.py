@@ -45,10 +45,9 @@ from typing import Any
 from bench.common import machine, write_results
 from corral.config import Settings
 from corral.controller.instances import tap_name
-from tests.cluster import Cluster, cluster
+from tests.cluster import Cluster, bench_cluster
 from tests.harness import PYTHON, _pids_matching, wait_for
 from tests.integration.test_ha import Console, _acked, _node_ids, _show, check, start_writer
-from tests.postgres import PostgresServer
 
 PHASES = ["preparing", "mirroring", "migrating", "switching"]
 FAULTS = ["controller", "source", "destination", "link", "none"]
@@ -295,13 +294,7 @@ def main() -> None:
             sys.exit(f"--phases: {x!r} is not one of {', '.join(PHASES)}")
     data: dict[str, Any] = {"machine": machine(), "rate": RATE, "runs": []}
     settings = {"reconcile_interval": 1.0}
-    with (
-        PostgresServer() as pg,
-        pg.database() as url,
-        cluster(url, 3, join=False, settings=settings) as c,
-    ):
-        c.join_on_underlay()
-        c.cli("image", "build", "tiny", timeout=900).ok()
+    with bench_cluster(3, settings) as c:
         c.cli("run", "tiny", "--name", "w", "--node", "host1", "--memory", "128M").ok()
         names = _node_ids(c)
         s = _show(c, "w")

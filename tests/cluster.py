@@ -398,3 +398,19 @@ def cluster(
             raise
         finally:
             c.teardown()
+
+
+@contextlib.contextmanager
+def bench_cluster(nodes: int = 3, settings: dict[str, Any] | None = None) -> Iterator[Cluster]:
+    """A benchmark's cluster: its own PostgreSQL, ``nodes`` agents joined with their
+    migration and replica traffic on the underlay, the tiny image built."""
+    from tests.postgres import PostgresServer
+
+    with (
+        PostgresServer() as pg,
+        pg.database() as url,
+        cluster(url, nodes, join=False, settings=settings) as c,
+    ):
+        c.join_on_underlay()
+        c.cli("image", "build", "tiny", timeout=900).ok()
+        yield c
