@@ -131,13 +131,12 @@ async def build(
     here before they run here; their elastic IP stays where they run)."""
     rows = await addressed(s, network)
     incoming: list[Instance] = []
-    if arriving:
+    if arriving := set(arriving) - {r.id for r in rows}:  # not yet recorded here
         for i in await s.scalars(select(Instance).where(Instance.id.in_(sorted(arriving)))):
             home = await s.get(Network, i.network_id) if i.network_id else None
             if (
                 i.private_ip is not None
                 and i.state != "terminated"
-                and i.id not in {r.id for r in rows}
                 and home is not None
                 and (home.name, home.cidr) == (network.name, network.cidr)  # its segment
             ):

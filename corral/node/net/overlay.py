@@ -92,7 +92,11 @@ async def ensure(
             raise Invalid(f"MAC {mac!r} is not a lower-case colon-separated MAC", field="mac")
     for mac in spread:
         if mac in entries:
-            raise Invalid(f"MAC {mac} is both at one node and spread to all", field="spread")
+            raise Invalid(
+                f"MAC {mac} is both at one node (entries) and sent to all (spread): name it in "
+                "one of the two",
+                field="spread",
+            )
     for where in [*entries.values(), *peers]:
         ipaddress.IPv4Address(where)
     dev = device(seg.vni)
