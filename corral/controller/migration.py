@@ -201,7 +201,8 @@ async def run(m: Move, report: Report = _quiet) -> MigrationStatus:
         await asyncio.shield(rollback(m))  # the destination never ran: the source resumes
         raise MigrationFailed(
             f"the disks of {m.iid} could not be completed on the destination ({err.message}); "
-            "it runs on at its source"
+            "it runs on at its source",
+            reason="migration-failed",
         ) from err
     await report("cleaning", 0.98, "removing the source's copy")
     await cleanup(m)

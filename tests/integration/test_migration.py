@@ -367,18 +367,21 @@ def test_a_guest_dirtying_memory_faster_than_the_link_is_called_off(guest: Guest
     wait_for(lambda: "alive-42" in con.text()[len(before) :], 120, what="the guest's answer")
 
 
-def test_a_guest_whose_disk_mirror_broke_during_the_memory_copy_resumes_at_its_source(
+def test_a_guest_whose_disks_lose_the_destination_as_its_memory_moves_runs_on_at_its_source(
     guest: Guest,
 ) -> None:
-    """The memory moves, but the disks' link to the destination dies as it starts (its NBD
-    port dropped there): the destination's disks lack the guest's last writes, so it must
-    never run the guest. The mirror fails within the link timeout; the switch-over hears it
-    and resumes the source, which has every write."""
+    """The disks' link to the destination dies just as the memory starts to move (its NBD port
+    dropped there) while the guest writes: its writes wait on the mirror at most the link
+    timeout (15 s; before, TCP's many minutes), the mirror fails, QEMU's own flush at the end
+    of the memory copy fails with it, and the migration is called off: the destination (which
+    never ran) is removed and the guest runs on at its source with every record. (When the
+    mirror fails after the memory copy instead, the switch-over's check of how each mirror
+    ended does the same: tests/unit/test_migrate_controller.py.)"""
     src, dst = guest.where, guest.other()
     iid = guest.iid
     con = Console(src, iid)
     before = con.text()
-    con.type(WRITER)
+    con.type("rm -f /w.log", WRITER)  # records numbered from 1 again: a file of their own
     wait_for(lambda: re.search(r"\bW3\b", con.text()[len(before) :]), 120, what="records")
     table = f"corral-test-{secrets.token_hex(3)}"
 
@@ -400,8 +403,8 @@ def test_a_guest_whose_disk_mirror_broke_during_the_memory_copy_resumes_at_its_s
             guest.move(300, phases, arrive=cut_disks)
     finally:
         dst.host.exec("nft", "delete", "table", "inet", table)
-    assert "could not be completed on the destination" in err.value.message, err.value.message
-    assert "switching" in phases, phases  # the memory had moved
+    assert err.value.reason == "migration-failed", err.value.message
+    assert "migrating" in phases, phases
     # the guest runs on at the source; the destination's copy (which never ran) is gone
     st = call(src, "migrate_status", iid=iid)
     assert st.vm_status == "running", st  # type: ignore[attr-defined]
@@ -415,8 +418,8 @@ def test_a_guest_whose_disk_mirror_broke_during_the_memory_copy_resumes_at_its_s
         120,
         what="the guest's check of its records",
     )
-    assert int(m.group(2)) == 0, con.text()[-3000:]
-    assert int(m.group(1)) >= 3
+    assert int(m.group(2)) == 0, (m.group(0), con.text()[len(mark) :])
+    assert int(m.group(1)) >= 3, m.group(0)
 
 
 def prepared_port(a: Agent, iid: str) -> int:
