@@ -20,7 +20,9 @@ of the phase:
 - ``none``: nothing (the baseline: is a finding the fault's or the migration's?).
 
 Each run also records whether the guest's kernel reported a BUG or an oops on its serial line
-since the run began (``guest_bug``).
+since the run began (``guest_bug``), and whether 32 MiB of random bytes the guest keeps in RAM
+(a tmpfs file, written once before the first run) still has the checksum it had then
+(``memory_intact``: guest memory moved wrong shows there even when the kernel does not trip).
 
 After the operation ended (or 300 s), per run: the operation's outcome and reason; which node
 the store says, and where a QEMU of the guest runs (by its run directory on each node):
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -259,6 +262,7 @@ def _one(c: Cluster, names: dict[str, str], phase: str, fault: str) -> dict[str,
         # a finding: keep what the guest said, where it runs, and what the operation did
         out.update(state="running, not answering", store_node=where, qemus=qemus)
         out["one_copy"] = qemus.get(where) == 1 and sum(qemus.values()) == 1
+        out["memory_intact"] = None
         out["console_tail"] = con.text()[-6000:]
         out["guest_bug"] = _bug(con.text())
         out["events"] = _events(c, op_id)
@@ -275,8 +279,35 @@ def _one(c: Cluster, names: dict[str, str], phase: str, fault: str) -> dict[str,
         bad=int(m.group(2)),
         mac_kept=m.group(3) == s["mac"],
         left_on_other=_leftovers(c, other, iid),
+        memory_intact=_memory_intact(con),
     )
     return out
+
+
+PATTERN = (
+    "mkdir -p /m; mount -t tmpfs -o size=40m tmpfs /m; "
+    "dd if=/dev/urandom of=/m/pat bs=1M count=32 2>/dev/null; md5sum /m/pat > /pat.md5; "
+    "echo PAT-$((40+2))"
+)
+
+
+def _memory_intact(con: Console) -> bool | None:
+    """The guest's 32 MiB in RAM against the checksum taken before the first run (None: the
+    guest never answered)."""
+    for _ in range(3):
+        mark = len(con.text())
+        # both answers computed by the guest: the echo of the typed line must not match
+        con.type(
+            "md5sum -c /pat.md5 >/dev/null 2>&1 && echo MEM-$((1+1))OK || echo MEM-$((3+3))BAD"
+        )
+        try:
+            found = wait_for(
+                lambda b=mark: re.search(r"MEM-(2OK|6BAD)", con.text()[b:]), 60, what="the check"
+            )
+            return bool(found.group(1) == "2OK")
+        except AssertionError:
+            continue
+    return None
 
 
 def main() -> None:
@@ -304,6 +335,8 @@ def main() -> None:
         wait_for(lambda: "~ #" in con.text(), 120, what="the guest's shell")
         con.type("dd if=/dev/urandom of=/big bs=1M count=48 2>/dev/null; sync; echo BIG-DONE")
         wait_for(lambda: "BIG-DONE" in con.text(), 300, what="the 48 MiB written")
+        con.type(PATTERN)
+        wait_for(lambda: "PAT-42" in con.text(), 300, what="the 32 MiB pattern in RAM")
         start_writer(con)
         combos = [(p, f) for p in phases for f in faults for _ in range(args.repeat)]
         for phase, fault in combos:
@@ -325,7 +358,8 @@ def summary(data: dict[str, Any]) -> str:
         f"{r.get('store_node', r['state'])} | "
         f"{'yes' if r['one_copy'] else 'NO ' + json.dumps(r['qemus'])} | "
         f"{r.get('acked', '-')} / {r.get('on_disk', '-')} / {r.get('bad', '-')} | "
-        f"{', '.join(r.get('left_on_other', [])) or '-'} |"
+        f"{', '.join(r.get('left_on_other', [])) or '-'} | "
+        f"{_intact(r.get('memory_intact', 'not checked'))} |"
         for r in runs
     )
     hit = sum(1 for r in runs if not r["hit"].startswith("missed"))
@@ -338,6 +372,7 @@ def summary(data: dict[str, Any]) -> str:
         or r["on_disk"] < r["acked"]
         or r["bad"]
         or r["left_on_other"]
+        or r.get("memory_intact") is False
     ]
     return (
         "# Live migration under faults\n\n"
@@ -346,12 +381,18 @@ def summary(data: dict[str, Any]) -> str:
         f"to {data['rate']} during each migration; a 128 MiB tiny guest with 48 MiB written "
         "to its disk and a writer running.\n\n"
         "| phase | fault | move | hit at | outcome | store says | one QEMU, there | "
-        "acked / on disk / bad | left on the other node |\n"
-        "|---|---|---|---|---|---|---|---|---|\n"
+        "acked / on disk / bad | left on the other node | 32 MiB in RAM intact |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
         f"{rows}\n\n"
         f"{len(runs)} runs, {hit} faults injected in the phase aimed at; runs with two copies, "
-        f"a lost or bad record, a guest kernel BUG, or leftovers: {len(bad)}."
+        f"a lost or bad record, a guest kernel BUG, memory changed, or leftovers: {len(bad)}."
     )
+
+
+def _intact(v: object) -> str:
+    if v is None:
+        return "no answer"
+    return "yes" if v is True else "**NO**" if v is False else str(v)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ import ipaddress
 import itertools
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -58,6 +57,7 @@ from corral.appliances import spec as specs
 from corral.images.recipe import BUILTIN
 from corral.naming import account_zone, private_dns_name
 from corral.node.net import netns
+from tests.harness import dns_addresses, dns_query
 
 PERIOD = 0.05
 PROBE_TIMEOUT = 0.5
@@ -140,16 +140,7 @@ class Prober(threading.Thread):
     def _probe(self) -> str:
         """ "" when the name answers, else what failed (kept to explain outages)."""
         try:
-            udp = netns.socket_in(self.ns, socket.AF_INET, socket.SOCK_DGRAM)
-            # dnspython waits on a socket it is given only when it is non-blocking: a blocking
-            # one waited for ever on a lost reply (the Debian rerun's prober hung there)
-            udp.setblocking(False)
-            try:
-                q = dns.message.make_query(self.fqdn, dns.rdatatype.A)
-                answer = dns.query.udp(q, self.dns, timeout=PROBE_TIMEOUT, sock=udp)
-            finally:
-                udp.close()
-            addresses = [str(rr) for rrset in answer.answer for rr in rrset]
+            addresses = dns_addresses(dns_query(self.ns, self.dns, self.fqdn, PROBE_TIMEOUT))
             if not addresses:
                 return "dns: no address"
         except (OSError, dns.exception.DNSException) as err:
@@ -296,14 +287,7 @@ def sshkey_line() -> str:
 
 def resolve(prober: Prober) -> list[str]:
     """The addresses the node's dnsmasq gives for the server's name."""
-    udp = netns.socket_in(prober.ns, socket.AF_INET, socket.SOCK_DGRAM)
-    udp.setblocking(False)  # dnspython's timeout holds only for a non-blocking socket
-    try:
-        q = dns.message.make_query(prober.fqdn, dns.rdatatype.A)
-        answer = dns.query.udp(q, prober.dns, timeout=2, sock=udp)
-    finally:
-        udp.close()
-    return sorted(str(rr) for rrset in answer.answer for rr in rrset)
+    return dns_addresses(dns_query(prober.ns, prober.dns, prober.fqdn, 2))
 
 
 def kept(rows: list[dict[str, Any]]) -> str:

@@ -19,11 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dns.message
+import dns.query
+import dns.rdatatype
 import httpx
 
 from corral import config
 from corral.client import Client, Credentials
 from corral.fsutil import pid_alive
+from corral.node.net import netns
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -268,6 +272,24 @@ def new_daemon(subnet: str | None = None, **env: str) -> Daemon:
         home=home,
         env_extra=dict(env),
     )
+
+
+def dns_query(namespace: str, server: str, name: str, timeout: float) -> dns.message.Message:
+    """An A query for ``name`` to ``server`` over UDP, sent from inside ``namespace``. Raises
+    ``dns.exception.Timeout`` (or ``OSError``) when no answer comes in ``timeout`` seconds: the
+    socket is non-blocking, since dnspython's timeout holds only for one that is (on a
+    blocking socket it waited for ever on a lost reply)."""
+    sock = netns.socket_in(namespace, socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    try:
+        q = dns.message.make_query(name, dns.rdatatype.A)
+        return dns.query.udp(q, server, timeout=timeout, sock=sock)
+    finally:
+        sock.close()
+
+
+def dns_addresses(answer: dns.message.Message) -> list[str]:
+    return sorted(str(rr) for rrset in answer.answer for rr in rrset)
 
 
 def wait_for(predicate: Any, timeout: float, interval: float = 0.3, what: str = "") -> Any:

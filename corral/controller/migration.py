@@ -22,6 +22,7 @@ from corral.errors import CorralError, WrongState
 from corral.node.client import NodeClient
 from corral.node.spec import (
     MIGRATION_TIMED_OUT,
+    MIRROR_INCOMPLETE,
     InstanceSpec,
     MigrationPrepared,
     MigrationStatus,
@@ -52,7 +53,7 @@ class Move:
     timeout: float = 600.0
     downtime_ms: int = 50
     max_downtime_ms: int = 1000
-    mirrors_ended: bool = False  # the source ended its mirrors as the memory came in
+    mirrors_ended: bool = False  # the source's mirrors ended complete as the memory came in
     # called before the memory copy starts: the guest's frames sent to the destination too
     # (controller/overlays.py), so none is lost while it is paused
     arrive: Callable[[], Awaitable[None]] | None = None
@@ -146,7 +147,7 @@ async def memory(
             f"the migration of {m.iid} ended {st.phase}: {st.reason or 'no detail'}",
             reason=reason,
         )
-    m.mirrors_ended = not st.disks
+    m.mirrors_ended = st.mirrors_complete
     return st
 
 
@@ -192,7 +193,17 @@ async def run(m: Move, report: Report = _quiet) -> MigrationStatus:
     """The whole migration, the source's copy removed at the end."""
     done = await run_until_moved(m, report)
     await report("switching", 0.95, "switching over")
-    await switch(m)
+    try:
+        await switch(m)
+    except CorralError as err:
+        if err.reason != MIRROR_INCOMPLETE:
+            raise
+        await asyncio.shield(rollback(m))  # the destination never ran: the source resumes
+        raise MigrationFailed(
+            f"the disks of {m.iid} could not be completed on the destination ({err.message}); "
+            "it runs on at its source",
+            reason="migration-failed",
+        ) from err
     await report("cleaning", 0.98, "removing the source's copy")
     await cleanup(m)
     return done

@@ -29,7 +29,7 @@ from corral.controller import migration, scheduler
 from corral.controller import rebalance as balancing
 from corral.controller.accounts import Caller
 from corral.errors import CorralError, Forbidden, Invalid, NoResources, NotFound, WrongState
-from corral.node.spec import MIGRATION_TIMEOUT, InstanceSpec
+from corral.node.spec import MIGRATION_TIMEOUT, MIRROR_INCOMPLETE, InstanceSpec
 from corral.store.models import (
     Address,
     Image,
@@ -538,8 +538,20 @@ class Migrations:
         try:
             if not move.mirrors_ended:
                 await move.src.migrate_complete(inst.id)
-        except WrongState as err:  # the source's QEMU is gone (or its mirrors ended already)
+        except WrongState as err:  # the source's QEMU is gone: the destination's is the only one
             log.info("%s: the source has no mirror to end (%s)", inst.id, err.message)
+        except CorralError as err:
+            if err.reason != MIRROR_INCOMPLETE:
+                raise
+            # the destination's disks lack writes: it must never run; the paused source has
+            # every write and the memory, so it resumes
+            log.warning("%s: %s; resuming at the source", inst.id, err.message)
+            await self._back_to_source(ctx, inst, move, dst_net, pointing, noting)
+            raise CorralError(
+                f"the disks of {inst.name} could not be completed on the destination "
+                f"({err.message}); it runs on at its source",
+                reason="migration-failed",
+            ) from err
         try:
             await move.dst.migrate_finish(inst.id, 60.0)
         except WrongState as err:
@@ -551,12 +563,7 @@ class Migrations:
                     reason="migration-failed",
                 ) from err
             log.warning("%s: switch-over failed (%s); resuming at the source", inst.id, err)
-            await noting
-            await pointing
-            await self._arrived(inst.id, dst_net)  # back at the source before it resumes
-            await migration.rollback(move)
-            await self._unclaim(ctx)
-            await ctx.checkpoint(phase="rolled-back")
+            await self._back_to_source(ctx, inst, move, dst_net, pointing, noting)
             raise CorralError(
                 f"the destination could not take {inst.name} ({err.message}); it runs on "
                 "at its source",
@@ -566,6 +573,24 @@ class Migrations:
         await pointing
         await self._record(ctx, inst, dst_net)
         return await self._cleanup(ctx, inst)
+
+    async def _back_to_source(
+        self,
+        ctx: Any,
+        inst: Instance,
+        move: migration.Move,
+        dst_net: str,
+        pointing: asyncio.Task[None],
+        noting: asyncio.Task[None],
+    ) -> None:
+        """The switch-over called off after the memory moved: the destination's copy removed
+        (it never ran), the source's resumed, frames sent back to it, the claim given back."""
+        await noting
+        await pointing
+        await self._arrived(inst.id, dst_net)  # back at the source before it resumes
+        await migration.rollback(move)
+        await self._unclaim(ctx)
+        await ctx.checkpoint(phase="rolled-back")
 
     async def _resume(
         self, ctx: Any, inst: Instance, move: migration.Move, dst_net: str, phase: str

@@ -16,6 +16,7 @@ from corral.node.events import EventLog
 from corral.node.spec import (
     GUEST_HOLDS_DISK,
     LAUNCH_FAILED,
+    MIRROR_INCOMPLETE,
     REPLICA_DEGRADED,
     REPLICA_IN_SYNC,
     Accel,
@@ -88,6 +89,8 @@ class FakeNode:
         self.incoming: dict[str, MigrationPrepared] = {}  # prepared migrations to here
         self.outgoing: dict[str, str] = {}  # instance -> migration phase from here
         self.never_converge: set[str] = set()  # instances whose migration times out
+        # instances whose disk mirror fails at the switch-over (its last writes not copied)
+        self.mirror_fails: set[str] = set()
         # high availability (the agent's is corral.node.replica_agent)
         self.replicas: dict[str, InstanceSpec] = {}  # replicas kept here (secondary)
         self.mirrors: dict[str, str] = {}  # instance -> replica state (primary)
@@ -514,8 +517,13 @@ class FakeNode:
         return await self.migrate_status(iid)
 
     async def migrate_complete(self, iid: str) -> None:
+        self.calls.append(("migrate_complete", iid))
         if self.outgoing.get(iid) != "completed":
             raise WrongState(f"the migration of {iid} has not completed")
+        if iid in self.mirror_fails:
+            raise CorralError(
+                f"fake: the disk mirror of {iid} did not end complete", reason=MIRROR_INCOMPLETE
+            )
 
     async def migrate_cancel(self, iid: str, resume: bool = True) -> MigrationStatus:
         self.calls.append(("migrate_cancel", iid))
@@ -523,6 +531,7 @@ class FakeNode:
         return await self.migrate_status(iid)
 
     async def migrate_finish(self, iid: str, timeout: float = 60.0) -> str:
+        self.calls.append(("migrate_finish", iid))
         if iid not in self.running:
             raise WrongState(f"instance {iid} does not run on this node")
         self.incoming.pop(iid, None)

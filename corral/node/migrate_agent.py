@@ -49,6 +49,7 @@ from corral.node.driver.qmp import QmpUnavailable
 from corral.node.events import EventLog
 from corral.node.spec import (
     MIGRATION_TIMED_OUT,
+    MIRROR_INCOMPLETE,
     Accel,
     ExitInfo,
     InstanceSpec,
@@ -64,6 +65,10 @@ log = logging.getLogger(__name__)
 
 WATCH_INTERVAL = 0.5
 POLL = 0.02  # the guest is paused while the switch-over waits on these: poll often
+# seconds an unacknowledged write may wait on the link to the destination before its mirror
+# fails (the guest's writes wait on it meanwhile; TCP's own limit is many minutes); longer than
+# a brief outage of the link, which the mirror rides out
+MIRROR_LINK_TIMEOUT = 15.0
 ACCEPT_TIMEOUT = 120.0  # seconds the destination waits for the source's memory stream
 ANNOUNCE = {"initial": 50, "max": 550, "rounds": 5, "step": 100}
 RUNNING = {"running"}
@@ -90,6 +95,7 @@ class _Outgoing:
     ramp: migration.Ramp | None = None
     reason: str = ""
     started: float = 0.0
+    mirrors_complete: bool = False  # every mirror ended complete after the memory moved
 
 
 class MigrateAgent(VolumeAgent):
@@ -121,6 +127,28 @@ class MigrateAgent(VolumeAgent):
 
     def _incoming_file(self, iid: str) -> Path:
         return self.paths(iid).dir / "incoming.json"
+
+    def _outgoing_file(self, iid: str) -> Path:
+        """The source's record of a migration's mirrors and whether they ended complete: a
+        restarted agent must still know them at the switch-over."""
+        return self.paths(iid).dir / "outgoing.json"
+
+    def _outgoing_record(self, iid: str) -> _Outgoing | None:
+        out = self._outgoing.get(iid)
+        if out is None:
+            with contextlib.suppress(OSError, ValueError):
+                rec = json.loads(self._outgoing_file(iid).read_text())
+                out = _Outgoing(
+                    disks=list(rec["disks"]), mirrors_complete=bool(rec["mirrors_complete"])
+                )
+                self._outgoing[iid] = out
+        return out
+
+    def _save_outgoing(self, iid: str, out: _Outgoing) -> None:
+        atomic_write(
+            self._outgoing_file(iid),
+            json.dumps({"disks": out.disks, "mirrors_complete": out.mirrors_complete}),
+        )
 
     # -- destination ------------------------------------------------------------------------
     async def migrate_prepare(
@@ -316,8 +344,10 @@ class MigrateAgent(VolumeAgent):
         out = self._outgoing.setdefault(iid, _Outgoing())
         out.disks = [d.node for d in disks]
         out.reason = ""
+        out.mirrors_complete = False
+        self._save_outgoing(iid, out)
         for d in disks:
-            await mirror.start(m.qmp, d, address, port)
+            await mirror.start(m.qmp, d, address, port, "write-blocking", MIRROR_LINK_TIMEOUT)
         return await self.migrate_status(iid)
 
     async def migrate_start(
@@ -332,7 +362,7 @@ class MigrateAgent(VolumeAgent):
         """Send the VM's memory to the destination; cancelled at ``timeout`` seconds."""
         m = self._source(iid)
         assert m.qmp is not None
-        out = self._outgoing.setdefault(iid, _Outgoing())
+        out = self._outgoing_record(iid) or self._outgoing.setdefault(iid, _Outgoing())
         now = await migration.progress(m.qmp)
         if now.status in migration.ACTIVE or _sent(now, await m.status()):
             return await self.migrate_status(iid)
@@ -385,7 +415,7 @@ class MigrateAgent(VolumeAgent):
 
     async def migrate_status(self, iid: str) -> MigrationStatus:
         m = self.machines.get(iid)
-        out = self._outgoing.get(iid)
+        out = self._outgoing_record(iid)
         if m is None or not m.running or m.qmp is None:
             return MigrationStatus(
                 phase="none", vm_status="exited", reason=(out and out.reason) or ""
@@ -415,6 +445,7 @@ class MigrateAgent(VolumeAgent):
             downtime_limit_ms=out.ramp.limit if out and out.ramp else 0,
             reason=reason,
             vm_status=vm_status,
+            mirrors_complete=bool(out and out.mirrors_complete),
         )
 
     async def migrate_wait(
@@ -437,13 +468,21 @@ class MigrateAgent(VolumeAgent):
                     break
                 await asyncio.sleep(POLL)
         st = await self.migrate_status(iid)
-        if end_mirrors and st.phase == "completed" and st.disks:
-            await self.migrate_complete(iid)
+        if end_mirrors and st.phase == "completed" and not st.mirrors_complete:
+            try:
+                await self.migrate_complete(iid)
+            except mirror.MirrorFailed as err:
+                # the controller hears it again from migrate_complete and rolls back
+                log.warning("%s: %s", iid, err.message)
             st = await self.migrate_status(iid)
         return st
 
     async def migrate_complete(self, iid: str) -> None:
-        """Memory has moved (the source is paused): end the mirrors, their last writes copied."""
+        """Memory has moved (the source is paused): end the mirrors, their last writes copied.
+        Raises ``MirrorFailed`` (reason ``mirror-incomplete``) unless every mirror of this
+        migration ended complete: then the destination's disks lack writes and it must not
+        run the guest. Without this agent's record of the migration (it restarted) and with no
+        job left, it cannot tell, and says so the same way. Repeatable."""
         m = self._source(iid)
         assert m.qmp is not None
         mem = await migration.progress(m.qmp)
@@ -452,9 +491,18 @@ class MigrateAgent(VolumeAgent):
                 f"the migration of {iid} from this node is {mem.status!r}, not completed",
                 resource="instance",
             )
-        out = self._outgoing.get(iid)
-        nodes = out.disks if out and out.disks else [j.node for j in await mirror.jobs(m.qmp)]
-        await mirror.stop(m.qmp, nodes)
+        out = self._outgoing_record(iid)
+        if out is None or not out.disks:
+            raise mirror.MirrorFailed(
+                f"this node has no record of the disk mirrors of {iid}: the destination's "
+                "disks may lack writes",
+                reason=MIRROR_INCOMPLETE,
+            )
+        if out.mirrors_complete:
+            return
+        await mirror.stop(m.qmp, out.disks)
+        out.mirrors_complete = True
+        self._save_outgoing(iid, out)
 
     async def migrate_cancel(self, iid: str, resume: bool = True) -> MigrationStatus:
         """Call the migration off on the source: memory migration cancelled, the mirrors
@@ -462,7 +510,7 @@ class MigrateAgent(VolumeAgent):
         The destination's copy must be gone first when the migration had completed."""
         m = self._source(iid)
         assert m.qmp is not None
-        out = self._outgoing.get(iid)
+        out = self._outgoing_record(iid)
         if out is not None and out.watch is not None:
             out.watch.cancel()
         await migration.cancel(m.qmp)
@@ -480,6 +528,7 @@ class MigrateAgent(VolumeAgent):
             await m.qmp.execute("cont")
         status = await self.migrate_status(iid)
         self._outgoing.pop(iid, None)
+        self._outgoing_file(iid).unlink(missing_ok=True)
         return status
 
     async def migrate_cleanup(
@@ -498,6 +547,7 @@ class MigrateAgent(VolumeAgent):
                     resource="instance",
                 )
         self._outgoing.pop(iid, None)
+        self._outgoing_file(iid).unlink(missing_ok=True)
         await self.instance_destroy(iid, tap)
         for vid in volumes or []:
             volume_files.remove(self._volume(vid))

@@ -266,6 +266,9 @@ GUEST_HOLDS_DISK = "guest-holds-disk"
 LAUNCH_FAILED = "launch-failed"
 NODE_UNREACHABLE = "node-unreachable"
 NODE_TIMEOUT = "node-timeout"
+# a migration's disk mirror did not end complete (its target failed, or it had ended by itself):
+# the destination's disks lack writes, so it must not run the guest
+MIRROR_INCOMPLETE = "mirror-incomplete"
 
 
 class WireError(BaseModel):
@@ -608,6 +611,9 @@ class MigrationStatus(BaseModel):
     downtime_limit_ms: int = 0
     reason: str = ""  # why it failed or was cancelled
     vm_status: str = ""  # the source QEMU's run state
+    # the mirrors ended complete after the memory moved: the destination's disks have every
+    # write (until then the destination must not run the guest)
+    mirrors_complete: bool = False
 
 
 class MigrationPrepared(BaseModel):

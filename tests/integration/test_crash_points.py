@@ -12,10 +12,10 @@ from tests.crash import CASES, cleanup, crash_at
 from tests.harness import Daemon
 
 # (operation kind, seconds after its crash point): CreateImage with reboot once the guest is
-# off (the case) and a second later; a stop and a detach partway
+# off (the case); a stop and a detach partway. bench/crash.py adds CreateImage a second
+# later, among the rest (kept out of the suite for its 45-minute budget)
 BOUNDED = [
     ("image-capture", 0.0),
-    ("image-capture", 1.0),
     ("instance-stop", 0.5),
     ("volume-detach", 0.3),
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -215,7 +216,11 @@ class Guest:
         return self.agents[1] if self.where is self.agents[0] else self.agents[0]
 
     def move(
-        self, timeout: float, phases: list[str], times: dict[str, float] | None = None
+        self,
+        timeout: float,
+        phases: list[str],
+        times: dict[str, float] | None = None,
+        arrive: Callable[[], Awaitable[None]] | None = None,
     ) -> migration.MigrationStatus:
         src, dst = self.where, self.other()
         move = migration.Move(
@@ -227,6 +232,7 @@ class Guest:
             src_address=src.host.address,
             dst_address=dst.host.address,
             timeout=timeout,
+            arrive=arrive,
         )
 
         async def report(phase: str, fraction: float, message: str) -> None:
@@ -359,6 +365,67 @@ def test_a_guest_dirtying_memory_faster_than_the_link_is_called_off(guest: Guest
     before = con.text()
     con.type("kill %1; echo alive-$((6*7))")
     wait_for(lambda: "alive-42" in con.text()[len(before) :], 120, what="the guest's answer")
+
+
+def test_a_guest_whose_disks_lose_the_destination_as_its_memory_moves_runs_on_at_its_source(
+    guest: Guest,
+) -> None:
+    """The disks' link to the destination dies just as the memory starts to move (its NBD port
+    dropped there) while the guest writes: its writes wait on the mirror at most the link
+    timeout (15 s; before, TCP's many minutes), the mirror fails, QEMU's own flush at the end
+    of the memory copy fails with it, and the migration is called off: the destination (which
+    never ran) is removed and the guest runs on at its source with every record. (When the
+    mirror fails after the memory copy instead, the switch-over's check of how each mirror
+    ended does the same: tests/unit/test_migrate_controller.py.)"""
+    src, dst = guest.where, guest.other()
+    iid = guest.iid
+    con = Console(src, iid)
+    before = con.text()
+    con.type("rm -f /w.log", WRITER)  # records numbered from 1 again: a file of their own
+    wait_for(lambda: re.search(r"\bW3\b", con.text()[len(before) :]), 120, what="records")
+    table = f"corral-test-{secrets.token_hex(3)}"
+
+    async def cut_disks() -> None:  # just before the memory moves
+        st = await _call(src, "migrate_status", iid=iid)  # the mirrors are in step here
+        assert st.phase == "mirrored", st  # type: ignore[attr-defined]
+        nbd = prepared_port(dst, iid)
+        rules = (
+            f"add table inet {table}; "
+            f"add chain inet {table} in {{ type filter hook input priority -10; }}; "
+            f"add rule inet {table} in tcp dport {nbd} drop"
+        )
+        out = dst.host.exec("nft", rules)
+        assert out.returncode == 0, out.stderr
+
+    phases: list[str] = []
+    try:
+        with pytest.raises(CorralError) as err:
+            guest.move(300, phases, arrive=cut_disks)
+    finally:
+        dst.host.exec("nft", "delete", "table", "inet", table)
+    assert err.value.reason == "migration-failed", err.value.message
+    assert "migrating" in phases, phases
+    # the guest runs on at the source; the destination's copy (which never ran) is gone
+    st = call(src, "migrate_status", iid=iid)
+    assert st.vm_status == "running", st  # type: ignore[attr-defined]
+    assert not dst.instance_dir(iid).exists()
+    assert all(o.id != iid for o in call(dst, "instances"))  # type: ignore[attr-defined]
+    # and every record it wrote is on its disk
+    mark = con.text()
+    con.type(VERIFY)
+    m = wait_for(
+        lambda: re.search(r"VERIFY n=(\d+) bad=(\d)", con.text()[len(mark) :]),
+        120,
+        what="the guest's check of its records",
+    )
+    assert int(m.group(2)) == 0, (m.group(0), con.text()[len(mark) :])
+    assert int(m.group(1)) >= 3, m.group(0)
+
+
+def prepared_port(a: Agent, iid: str) -> int:
+    """The NBD port a destination serves an incoming migration's disks on (its record)."""
+    rec = json.loads((a.instance_dir(iid) / "incoming.json").read_text())
+    return int(rec["prepared"]["nbd_port"])
 
 
 def test_the_only_copy_is_never_removed_and_an_aborted_destination_leaves_nothing(

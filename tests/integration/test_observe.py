@@ -24,7 +24,7 @@ PROMETHEUS = "/usr/bin/prometheus"
 
 @pytest.fixture(scope="module")
 def vm(corral: Daemon) -> Iterator[str]:
-    corral.cli("run", "tiny", "--name", "obs1", "--type", "cr1.nano").ok()
+    corral.cli("run", "tiny", "--name", "obs1", "--type", "cr1.micro").ok()
     # the guest answers SSH: it has booted, read its disk and used the network
     corral.ssh("obs1", "dd if=/dev/zero of=/tmp/f bs=64k count=16 2>/dev/null; sync; echo ok").ok()
     try:
@@ -44,7 +44,7 @@ def test_the_agents_counters_of_a_real_vm_reach_stats_and_top(corral: Daemon, vm
     stats = corral.client().stats()
     [row] = [i for i in stats.instances if i.name == vm]
     assert row.cpu_seconds is not None and row.cpu_seconds > 0
-    assert row.cpu_limit == pytest.approx(0.2)
+    assert row.cpu_limit == pytest.approx(0.5)  # cr1.micro: half a core
     assert row.memory_bytes is not None and row.memory_bytes > 0
     assert row.disk_write_bytes is not None and row.disk_write_bytes > 0
     assert row.net_rx_bytes is not None and row.net_tx_bytes is not None

@@ -51,7 +51,10 @@ async def test_migrate_moves_the_record_after_the_destination_confirms(cluster: 
     calls = [
         c for c in fake_node(ctrl, "a").calls + fake_node(ctrl, "b").calls if "migrate" in c[0]
     ]
-    assert [c[0] for c in calls] == ["migrate_start", "migrate_cleanup", "migrate_prepare"]
+    assert [c[0] for c in calls] == [
+        *("migrate_start", "migrate_complete", "migrate_cleanup"),  # the source's, in order
+        *("migrate_prepare", "migrate_finish"),  # the destination's
+    ]
     events = [e.message for e in await ctrl.ops.events(op.id)]
     assert any("mirroring" in m for m in events) and any("switching" in m for m in events)
 
@@ -128,6 +131,30 @@ async def test_a_migration_that_does_not_converge_is_rolled_back(cluster: Cluste
     assert inst.id in fake_node(ctrl, "a").running
     assert inst.id not in fake_node(ctrl, "b").running and inst.id not in fake_node(ctrl, "b").specs
     assert ("migrate_abort", inst.id) in fake_node(ctrl, "b").calls
+    assert await claimed_memory(ctrl, "b") == 0
+    assert await _network_node(ctrl, inst.id) == ("node-a", inst.private_ip)
+
+
+async def test_a_disk_mirror_that_did_not_end_complete_resumes_the_source(
+    cluster: Cluster,
+) -> None:
+    """The memory moved but the source could not end a disk mirror complete (its last writes
+    not copied): the destination, whose disks lack them, is never resumed and is removed; the
+    paused source resumes; the record and claim stay at the source."""
+    ctrl = await cluster({"a": {}, "b": {}})
+    inst = await run(ctrl, node="a")
+    fake_node(ctrl, "a").mirror_fails.add(inst.id)
+    _, op = await ctrl.migrations.request(admin(ctrl), inst.name, to="b")
+    done = await finish(ctrl, op)
+    assert done.status == "failed"
+    assert "could not be completed on the destination" in str(done.error), done.error
+    assert done.params["phase"] == "rolled-back"
+    assert ("migrate_finish", inst.id) not in fake_node(ctrl, "b").calls  # never resumed there
+    assert ("migrate_abort", inst.id) in fake_node(ctrl, "b").calls
+    assert ("migrate_cancel", inst.id) in fake_node(ctrl, "a").calls  # resumed at the source
+    row = await reload(ctrl, inst.id)
+    assert row.node_id == "node-a" and row.state == "running"
+    assert inst.id not in fake_node(ctrl, "b").running and inst.id not in fake_node(ctrl, "b").specs
     assert await claimed_memory(ctrl, "b") == 0
     assert await _network_node(ctrl, inst.id) == ("node-a", inst.private_ip)
 

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from corral.errors import CorralError
 from corral.node.driver.qmp import Qmp, QmpUnavailable
+from corral.node.spec import MIRROR_INCOMPLETE
 from corral.node.spec import MirrorDisk as Disk
 from corral.node.spec import MirrorProgress as JobProgress
 
@@ -176,26 +177,80 @@ async def jobs(qmp: Qmp) -> list[JobProgress]:
 
 
 async def stop(qmp: Qmp, nodes: list[str], force: bool = False) -> None:
-    """End the mirrors of ``nodes`` and close their NBD connections. Not forced, a READY mirror
-    first copies what is still dirty and ends complete, without pivoting (the VM goes on with
-    its own disk); forced, it is abandoned at once (a cancelled migration). Idempotent."""
-    for node in nodes:
-        with contextlib.suppress(QmpUnavailable):
-            await qmp.execute("block-job-cancel", {"device": job_id(node), "force": force})
+    """End the mirrors of ``nodes`` and close their NBD connections. Forced, they are abandoned
+    at once (a cancelled migration). Not forced, a READY mirror first copies what is still
+    dirty and ends complete, without pivoting (the VM goes on with its own disk); then every
+    one of ``nodes`` must end so (QEMU's ``BLOCK_JOB_COMPLETED`` without an error), or
+    ``MirrorFailed`` (reason ``mirror-incomplete``) says which did not: one whose job had
+    already ended by itself (its target failed), ended with an error, was cancelled before it
+    was ready, or did not end in time. The targets are closed either way."""
+    if force:
+        for node in nodes:
+            with contextlib.suppress(QmpUnavailable):
+                await qmp.execute("block-job-cancel", {"device": job_id(node), "force": True})
+        left = await _wait_gone(qmp, nodes)
+        if left:
+            log.warning("mirror jobs of %s did not end in %.0f s", sorted(left), CANCEL_TIMEOUT)
+        await _close_targets(qmp, nodes)
+        return
+    problems: dict[str, str] = {}
+    try:
+        # listening before the jobs are read: one that ends by itself meanwhile is heard
+        with qmp.listener(["BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED"]) as events:
+            present = {j.node for j in await jobs(qmp)}
+            for n in nodes:
+                if n not in present:
+                    problems[n] = "it had ended before (its target failed)"
+            waiting: dict[str, str] = {job_id(n): n for n in nodes if n in present}
+            for jid in waiting:
+                with contextlib.suppress(QmpUnavailable):
+                    await qmp.execute("block-job-cancel", {"device": jid, "force": False})
+            try:
+                async with asyncio.timeout(CANCEL_TIMEOUT):
+                    while waiting:
+                        event: dict[str, Any] = dict(await events.get())
+                        data: dict[str, Any] = event.get("data") or {}
+                        node = waiting.pop(str(data.get("device", "")), "")
+                        if not node:
+                            continue
+                        if event.get("event") == "BLOCK_JOB_CANCELLED":
+                            problems[node] = "it was cancelled before it was in step"
+                        elif data.get("error"):
+                            problems[node] = f"its last writes failed: {data['error']}"
+            except TimeoutError:
+                for node in waiting.values():
+                    problems[node] = f"it did not end within {CANCEL_TIMEOUT:.0f} s"
+    finally:
+        await _close_targets(qmp, nodes)
+    if problems:
+        raise MirrorFailed(
+            "the disk mirror did not end complete: "
+            + "; ".join(f"{n}: {why}" for n, why in sorted(problems.items())),
+            reason=MIRROR_INCOMPLETE,
+        )
+
+
+async def _wait_gone(qmp: Qmp, nodes: list[str]) -> set[str]:
+    """Wait (briefly: at a switch-over the guest is paused meanwhile) for the jobs of ``nodes``
+    to be gone; returns those still there after ``CANCEL_TIMEOUT``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + CANCEL_TIMEOUT
-    while loop.time() < deadline:
+    while True:
         left = {j.node for j in await jobs(qmp)} & set(nodes)
-        if not left:
-            break
-        await asyncio.sleep(0.01)  # at a switch-over the guest is paused meanwhile
-    else:
-        log.warning("mirror jobs of %s did not end in %.0f s", nodes, CANCEL_TIMEOUT)
-    have = {r["node-name"] for r in await qmp.execute("query-named-block-nodes", {"flat": True})}
-    for node in nodes:
-        if target_node(node) in have:
-            with contextlib.suppress(QmpUnavailable):
-                await qmp.execute("blockdev-del", {"node-name": target_node(node)})
+        if not left or loop.time() >= deadline:
+            return left
+        await asyncio.sleep(0.01)
+
+
+async def _close_targets(qmp: Qmp, nodes: list[str]) -> None:
+    with contextlib.suppress(QmpUnavailable):
+        have = {
+            r["node-name"] for r in await qmp.execute("query-named-block-nodes", {"flat": True})
+        }
+        for node in nodes:
+            if target_node(node) in have:
+                with contextlib.suppress(QmpUnavailable):
+                    await qmp.execute("blockdev-del", {"node-name": target_node(node)})
 
 
 def summary(progress: list[JobProgress]) -> dict[str, Any]:

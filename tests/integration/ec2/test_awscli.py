@@ -38,7 +38,7 @@ def test_aws_cli_run_wait_describe_terminate(
         "--count",
         "1",
         "--instance-type",
-        "cr1.nano",
+        "cr1.small",
         "--tag-specifications",
         "ResourceType=instance,Tags=[{Key=team,Value=cli}]",
     )
@@ -54,8 +54,8 @@ def test_aws_cli_run_wait_describe_terminate(
     )
     found = [i for r in desc["Reservations"] for i in r["Instances"]]
     assert [i["InstanceId"] for i in found] == [iid]
-    assert found[0]["InstanceType"] == "cr1.nano"
-    types = aws(corral, aws_env, "describe-instance-types", "--instance-types", "cr1.nano")
+    assert found[0]["InstanceType"] == "cr1.small"
+    types = aws(corral, aws_env, "describe-instance-types", "--instance-types", "cr1.small")
     assert types["InstanceTypes"][0]["VCpuInfo"]["DefaultVCpus"] == 1
     aws(corral, aws_env, "terminate-instances", "--instance-ids", iid)
     aws(corral, aws_env, "wait", "instance-terminated", "--instance-ids", iid)

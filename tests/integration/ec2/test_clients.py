@@ -157,7 +157,7 @@ def test_boto3_resource_api_session(corral: Daemon, tiny: str) -> None:
         ImageId=tiny,
         MinCount=1,
         MaxCount=1,
-        InstanceType="cr1.nano",
+        InstanceType="cr1.small",
         KeyName="res-key",
         SecurityGroupIds=[sg.id],
         TagSpecifications=[
@@ -221,7 +221,7 @@ def test_libcloud_session(corral: Daemon, tiny: str) -> None:
     driver.ex_authorize_security_group_ingress(group["group_id"], 22, 22, ["0.0.0.0/0"])
     images = driver.list_images(ex_owner="corral")
     image = next(i for i in images if i.id == tiny)
-    size = NodeSize("cr1.nano", "cr1.nano", 128, 1, 0, 0, driver)
+    size = NodeSize("cr1.small", "cr1.small", 512, 1, 0, 0, driver)
     node = driver.create_node("lc-1", size, image, ex_keyname="lc-a", ex_security_groups=["lc-web"])
     try:
         wait_for(

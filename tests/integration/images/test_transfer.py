@@ -35,6 +35,7 @@ def _store_files(d: Daemon) -> set[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # needs the Debian build: bench/long, not scripts/test
 def test_debian_delta_round_trip_between_two_daemons(
     corral: Daemon, other: Daemon, debian: dict[str, Any], tools: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import secrets
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,8 +18,8 @@ import pytest
 
 from corral import config
 from corral.errors import CorralError
-from corral.node.net import netns
 from corral.node.net.publicdns import PublicDns
+from tests.harness import dns_query
 from tests.integration.net.conftest import Uplinked
 
 SERVER = "198.51.100.254"
@@ -68,15 +67,10 @@ zone "public.test" {{ type primary; file "{d}/db.public"; allow-update {{ key co
 
 def _query(up: Uplinked, name: str) -> list[str] | None:
     """A lookup from the outside world; None when the server does not answer."""
-    q = dns.message.make_query(f"{name}.{ZONE}", "A")
-    sock = netns.socket_in(up.outside, socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setblocking(False)
     try:
-        resp = dns.query.udp(q, SERVER, timeout=1, sock=sock)
+        resp = dns_query(up.outside, SERVER, f"{name}.{ZONE}", 1)
     except (OSError, dns.exception.Timeout):
         return None
-    finally:
-        sock.close()
     if resp.rcode() != dns.rcode.NOERROR:
         return []
     return [r.address for rrset in resp.answer for r in rrset]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from corral.images.recipe import BUILTIN
-from tests.harness import Daemon, wait_for
+from tests.harness import Daemon, dns_addresses, dns_query, wait_for
 from tests.integration.images.conftest import debian  # noqa: F401 (the Debian image, built once)
 
 BOOM = {
@@ -114,28 +114,12 @@ def gone(d: Daemon, ref: str) -> None:
 def resolve(d: Daemon, name: str) -> str:
     """``name``'s address as the node's dnsmasq answers it (from inside Corral's namespace)."""
     import ipaddress
-    import socket
-
-    import dns.message
-    import dns.query
-    import dns.rdatatype
-
-    from corral.node.net import netns
 
     st = d.settings
     gateway = str(next(ipaddress.ip_network(st.subnet).hosts()))
-    sock = netns.socket_in(st.namespace, socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setblocking(False)  # dnspython's timeout holds only for a non-blocking socket
-    try:
-        account = json.loads((d.state_dir / "admin.credentials").read_text())["account_id"]
-        q = dns.message.make_query(f"{name}.{account}.{st.domain}", dns.rdatatype.A)
-        answer = dns.query.udp(q, gateway, timeout=2, sock=sock)
-    finally:
-        sock.close()
-    for rrset in answer.answer:
-        for rr in rrset:
-            return str(rr)
-    return ""
+    account = json.loads((d.state_dir / "admin.credentials").read_text())["account_id"]
+    found = dns_addresses(dns_query(st.namespace, gateway, f"{name}.{account}.{st.domain}", 2))
+    return found[0] if found else ""
 
 
 SHOP = """\
