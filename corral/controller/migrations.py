@@ -535,6 +535,16 @@ class Migrations:
         pointing: asyncio.Task[None],
         noting: asyncio.Task[None],
     ) -> dict[str, Any]:
+        async def back_to_source() -> None:
+            """Called off after the memory moved: the destination's copy removed (it never
+            ran), frames sent back to the source, the source resumed, the claim given back."""
+            await noting
+            await pointing
+            await self._arrived(inst.id, dst_net)  # back at the source before it resumes
+            await migration.rollback(move)
+            await self._unclaim(ctx)
+            await ctx.checkpoint(phase="rolled-back")
+
         try:
             if not move.mirrors_ended:
                 await move.src.migrate_complete(inst.id)
@@ -546,7 +556,7 @@ class Migrations:
             # the destination's disks lack writes: it must never run; the paused source has
             # every write and the memory, so it resumes
             log.warning("%s: %s; resuming at the source", inst.id, err.message)
-            await self._back_to_source(ctx, inst, move, dst_net, pointing, noting)
+            await back_to_source()
             raise CorralError(
                 f"the disks of {inst.name} could not be completed on the destination "
                 f"({err.message}); it runs on at its source",
@@ -563,7 +573,7 @@ class Migrations:
                     reason="migration-failed",
                 ) from err
             log.warning("%s: switch-over failed (%s); resuming at the source", inst.id, err)
-            await self._back_to_source(ctx, inst, move, dst_net, pointing, noting)
+            await back_to_source()
             raise CorralError(
                 f"the destination could not take {inst.name} ({err.message}); it runs on "
                 "at its source",
@@ -573,24 +583,6 @@ class Migrations:
         await pointing
         await self._record(ctx, inst, dst_net)
         return await self._cleanup(ctx, inst)
-
-    async def _back_to_source(
-        self,
-        ctx: Any,
-        inst: Instance,
-        move: migration.Move,
-        dst_net: str,
-        pointing: asyncio.Task[None],
-        noting: asyncio.Task[None],
-    ) -> None:
-        """The switch-over called off after the memory moved: the destination's copy removed
-        (it never ran), the source's resumed, frames sent back to it, the claim given back."""
-        await noting
-        await pointing
-        await self._arrived(inst.id, dst_net)  # back at the source before it resumes
-        await migration.rollback(move)
-        await self._unclaim(ctx)
-        await ctx.checkpoint(phase="rolled-back")
 
     async def _resume(
         self, ctx: Any, inst: Instance, move: migration.Move, dst_net: str, phase: str
