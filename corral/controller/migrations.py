@@ -559,7 +559,8 @@ class Migrations:
             await back_to_source()
             raise CorralError(
                 f"the disks of {inst.name} could not be completed on the destination "
-                f"({err.message}); it runs on at its source",
+                f"({err.message}); it runs on at its source. Check the link between the two "
+                "nodes (`corral node ls`) and run `corral migrate` again",
                 reason="migration-failed",
             ) from err
         try:

@@ -481,8 +481,8 @@ class MigrateAgent(VolumeAgent):
         """Memory has moved (the source is paused): end the mirrors, their last writes copied.
         Raises ``MirrorFailed`` (reason ``mirror-incomplete``) unless every mirror of this
         migration ended complete: then the destination's disks lack writes and it must not
-        run the guest. Without this agent's record of the migration (it restarted) and with no
-        job left, it cannot tell, and says so the same way. Repeatable."""
+        run the guest. Without this node's record of the migration's mirrors (``outgoing.json``)
+        it cannot tell, and says so the same way. Repeatable: once ended complete, it says so."""
         m = self._source(iid)
         assert m.qmp is not None
         mem = await migration.progress(m.qmp)
