@@ -17,7 +17,10 @@ of the phase:
   processes run on: they are not its children);
 - ``link``: the destination's underlay link down for 6 s (longer than the lease's 5 s: the
   node is unreachable for a while, not dead), then up;
-- ``none``: nothing (the baseline: is a finding the fault's or the migration's?).
+- ``none``: nothing (the baseline: is a finding the fault's or the migration's?);
+- ``source-before``: the source's agent SIGKILLed and started again as for ``source``, but
+  before the migration is asked for (the phase is ignored): is a finding after ``source`` the
+  agent's restart, which this repeats, or the fault's timing within the migration?
 
 Each run also records whether the guest's kernel reported a BUG or an oops on its serial line
 since the run began (``guest_bug``), and whether 32 MiB of random bytes the guest keeps in RAM
@@ -53,7 +56,7 @@ from tests.harness import PYTHON, _pids_matching, wait_for
 from tests.integration.test_ha import Console, _acked, _node_ids, _show, check, start_writer
 
 PHASES = ["preparing", "mirroring", "migrating", "switching"]
-FAULTS = ["controller", "source", "destination", "link", "none"]
+FAULTS = ["controller", "source", "destination", "link", "none", "source-before"]
 RATE = "40mbit"  # the source's underlay while a migration runs
 END = 300.0  # seconds an operation gets to end after its fault
 
@@ -159,8 +162,8 @@ def _inject(c: Cluster, fault: str, src: str, dst: str) -> None:
         c.kill9()
         time.sleep(2)
         c.start()
-    elif fault in ("source", "destination"):
-        agent = c.agents[src if fault == "source" else dst]
+    elif fault in ("source", "destination", "source-before"):
+        agent = c.agents[dst if fault == "destination" else src]
         agent.kill9()
         time.sleep(3)
         agent.restart()
@@ -187,6 +190,10 @@ def _one(c: Cluster, names: dict[str, str], phase: str, fault: str) -> dict[str,
         *("burst", "64kb", "latency", "400ms"),
     )
     assert shaped.returncode == 0, shaped.stderr
+    if fault == "source-before":  # the agent restarted, then a migration with nothing done to it
+        _inject(c, fault, src, dst)
+        time.sleep(5)  # the controller's next heartbeat reaches the new agent
+        wait_for(lambda: c.node(src).get("state") == "ready", 120, what=f"{src} ready again")
     requested = c.cli("migrate", "w", "--to", dst, "--no-wait").ok().out
     op_id = next(w.strip(";()`") for w in requested.split() if w.startswith("op-"))
     watcher = subprocess.Popen(
@@ -204,7 +211,7 @@ def _one(c: Cluster, names: dict[str, str], phase: str, fault: str) -> dict[str,
             seen.append(message[:80])
             if status in ("succeeded", "failed", "cancelled"):
                 break
-            if message.startswith(phase):
+            if message.startswith(phase) and fault != "source-before":
                 hit = message[:120]
                 break
     finally:
@@ -220,7 +227,9 @@ def _one(c: Cluster, names: dict[str, str], phase: str, fault: str) -> dict[str,
         seen_acked[0] = max(seen_acked[0], got)
         return seen_acked[0]
 
-    if hit:
+    if fault == "source-before":
+        hit = "before the request"
+    elif hit:
         _inject(c, fault, src, dst)
     srchost.exec("tc", "qdisc", "del", "dev", "eth0", "root")
 
@@ -345,7 +354,9 @@ def main() -> None:
             data["runs"].append(run)
             if run["state"] != "running":  # a finding: stop here, with what it left
                 break
-    name = "migrate-chaos-baseline" if faults == ["none"] else "migrate-chaos"
+    name = {"none": "migrate-chaos-baseline", "source-before": "migrate-chaos-restart"}.get(
+        ",".join(faults), "migrate-chaos"
+    )
     write_results(name, data, summary, module="bench.migrate_chaos")
 
 
