@@ -21,6 +21,8 @@ of the phase:
 - ``source-before``: the source's agent SIGKILLed and started again as for ``source``, but
   before the migration is asked for (the phase is ignored): is a finding after ``source`` the
   agent's restart, which this repeats, or the fault's timing within the migration?
+- ``restart-only``: that restart and no migration at all: the guest checked (kernel, records,
+  memory) 20 s after its agent came back (does the restart alone harm the guest?).
 
 Each run also records whether the guest's kernel reported a BUG or an oops on its serial line
 since the run began (``guest_bug``), and whether 32 MiB of random bytes the guest keeps in RAM
@@ -56,7 +58,7 @@ from tests.harness import PYTHON, _pids_matching, wait_for
 from tests.integration.test_ha import Console, _acked, _node_ids, _show, check, start_writer
 
 PHASES = ["preparing", "mirroring", "migrating", "switching"]
-FAULTS = ["controller", "source", "destination", "link", "none", "source-before"]
+FAULTS = ["controller", "source", "destination", "link", "none", "source-before", "restart-only"]
 RATE = "40mbit"  # the source's underlay while a migration runs
 END = 300.0  # seconds an operation gets to end after its fault
 
@@ -176,6 +178,36 @@ def _inject(c: Cluster, fault: str, src: str, dst: str) -> None:
         host.exec("ip", "link", "set", "eth0", "up")
     else:
         raise ValueError(fault)
+
+
+def _restart_only(c: Cluster, names: dict[str, str]) -> dict[str, Any]:
+    """The agent of w's node killed and started again; no migration; w checked after."""
+    s = _show(c, "w")
+    iid, node = str(s["id"]), names[s["node"]]
+    con = Console(c.agents[node], iid)
+    at = len(con.text())
+    _inject(c, "source", node, node)
+    time.sleep(5)
+    wait_for(lambda: c.node(node).get("state") == "ready", 120, what=f"{node} ready again")
+    time.sleep(20)  # the guest runs on under the new agent a while
+    qemus = _qemus(c, iid)
+    out: dict[str, Any] = {
+        **dict(phase="-", fault="restart-only", hit="no migration", status="-", reason=""),
+        **dict(message="", ended_s=0.0, store_node=node, qemus=qemus),
+        "from": node,
+        "to": node,
+        "one_copy": qemus.get(node) == 1 and sum(qemus.values()) == 1,
+    }
+    try:
+        m = check(con)
+    except AssertionError:
+        out.update(state="running, not answering", memory_intact=None)
+        out.update(console_tail=con.text()[-6000:], guest_bug=_bug(con.text()))
+        return out
+    out.update(state="running", acked=_acked(con.text()), on_disk=int(m.group(1)))
+    out.update(bad=int(m.group(2)), mac_kept=m.group(3) == s["mac"], left_on_other=[])
+    out.update(memory_intact=_memory_intact(con), guest_bug=_bug(con.text()[at:]))
+    return out
 
 
 def _one(c: Cluster, names: dict[str, str], phase: str, fault: str) -> dict[str, Any]:
@@ -349,14 +381,18 @@ def main() -> None:
         start_writer(con)
         combos = [(p, f) for p in phases for f in faults for _ in range(args.repeat)]
         for phase, fault in combos:
-            run = _one(c, names, phase, fault)
+            run = (
+                _restart_only(c, names) if fault == "restart-only" else _one(c, names, phase, fault)
+            )
             print(json.dumps(run), flush=True)
             data["runs"].append(run)
             if run["state"] != "running":  # a finding: stop here, with what it left
                 break
-    name = {"none": "migrate-chaos-baseline", "source-before": "migrate-chaos-restart"}.get(
-        ",".join(faults), "migrate-chaos"
-    )
+    name = {
+        "none": "migrate-chaos-baseline",
+        "source-before": "migrate-chaos-restart",
+        "restart-only": "migrate-chaos-restart-only",
+    }.get(",".join(faults), "migrate-chaos")
     write_results(name, data, summary, module="bench.migrate_chaos")
 
 

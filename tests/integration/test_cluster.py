@@ -28,7 +28,7 @@ import pytest
 
 from corral.node import fence
 from tests.cluster import AGENT_PORT, Cluster, cluster
-from tests.harness import cmdline, wait_for
+from tests.harness import WHOLE_CORE, cmdline, wait_for
 from tests.postgres import PostgresServer
 
 NODE_TIMEOUT = 6  # seconds: the controller's node_timeout here (so unreachable comes quickly)
@@ -111,7 +111,7 @@ def test_instances_on_remote_nodes(three: Cluster) -> None:
     c.cli("placement-group", "create", "apart", "--strategy", "spread").ok()
     # pinned: on host2, the image pulled there on first use (and checked by sha256 there)
     c.cli(
-        "run", "tiny", "--name", "a", "--memory", "192M", "--node", "host2",
+        "run", "tiny", *WHOLE_CORE, "--name", "a", "--memory", "192M", "--node", "host2",
         "--placement-group", "apart", timeout=900,
     ).ok()  # fmt: skip
     a = _show(c, "a")
@@ -123,7 +123,7 @@ def test_instances_on_remote_nodes(three: Cluster) -> None:
 
     # spread: the second member goes elsewhere; a third with the others cordoned cannot
     c.cli(
-        "run", "tiny", "--name", "b", "--memory", "192M", "--placement-group", "apart",
+        "run", "tiny", *WHOLE_CORE, "--name", "b", "--memory", "192M", "--placement-group", "apart",
         timeout=900,
     ).ok()  # fmt: skip
     b = _show(c, "b")
@@ -131,7 +131,8 @@ def test_instances_on_remote_nodes(three: Cluster) -> None:
     free = next(n for n in ("host1", "host3") if n not in str(b["node"]))
     c.cli("node", "cordon", free).ok()
     try:
-        r = c.cli("run", "tiny", "--name", "c", "--memory", "192M", "--placement-group", "apart")
+        run = ("run", "tiny", *WHOLE_CORE, "--name", "c", "--memory", "192M")
+        r = c.cli(*run, "--placement-group", "apart")
         assert r.rc != 0
         assert "spread" in (r.out + r.err) and "cordoned" in (r.out + r.err), r
     finally:
@@ -208,7 +209,7 @@ def test_a_controller_killed_with_9_loses_nothing(three: Cluster) -> None:
             old["mac"],
         )
         assert b"qemu" in cmdline(pids[name])
-    c.cli("run", "tiny", "--name", "c", "--memory", "128M", timeout=600).ok()
+    c.cli("run", "tiny", *WHOLE_CORE, "--name", "c", "--memory", "128M", timeout=600).ok()
     assert _show(c, "c")["state"] == "running"
     c.cli("rm", "c", timeout=300).ok()
 
@@ -228,7 +229,9 @@ def test_live_migration_between_joined_nodes(three: Cluster) -> None:
     c.ssh("a", "echo moved-with-me > /root/mark && sync").ok()
     # a crowded node: d beside a (not in a's spread group), dst empty; the plan moves one of
     # the two there (a: equal moves are broken by name), and nothing else would even it out
-    c.cli("run", "tiny", "--name", "d", "--memory", "192M", "--node", src, timeout=600).ok()
+    c.cli(
+        "run", "tiny", *WHOLE_CORE, "--name", "d", "--memory", "192M", "--node", src, timeout=600
+    ).ok()
     plan = json.loads(c.cli("rebalance", "--dry-run", "--json").ok().out)
     moves = [(m["instance"], m["source"], m["target"]) for m in plan["moves"]]
     assert [(i, s.removeprefix("node-"), t.removeprefix("node-")) for i, s, t in moves] == [
@@ -352,7 +355,7 @@ def test_a_cut_off_node_fences_its_ha_instance_before_it_is_declared_dead(three:
     for name in ("h", "p"):
         c.cli(
             "run", "tiny", "--name", name, "--memory", "128M", "--node", "host3", timeout=600
-        ).ok()
+        ).ok()  # two guests on one node: the default half core each leaves the node room
     h_id = str(_show(c, "h")["id"])
     # h is HA-flagged with no replica: the other nodes are cordoned, so the replica manager
     # finds no secondary and never fails it over; this test is about fencing (test_ha.py

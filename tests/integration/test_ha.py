@@ -27,7 +27,7 @@ import pytest
 
 from corral import config
 from tests.cluster import Agent, Cluster, cluster
-from tests.harness import wait_for
+from tests.harness import WHOLE_CORE, wait_for
 from tests.postgres import PostgresServer
 
 NODE_TIMEOUT = 6  # seconds: the controller's node_timeout here
@@ -120,7 +120,9 @@ def test_an_ha_instance_survives_its_nodes_death_with_every_acknowledged_write(
 ) -> None:
     c = three
     c.cli("image", "build", "tiny", timeout=900).ok()
-    c.cli("run", "tiny", "--name", "hav", "--ha", "--node", "host1", "--memory", "128M").ok()
+    c.cli(
+        "run", "tiny", *WHOLE_CORE, "--name", "hav", "--ha", "--node", "host1", "--memory", "128M"
+    ).ok()
     first = _show(c, "hav")
     names = _node_ids(c)
     assert names[first["node"]] == "host1" and first["ha"]

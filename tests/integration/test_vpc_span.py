@@ -30,7 +30,7 @@ import pytest
 
 from corral.config import Settings
 from tests.cluster import Cluster, cluster
-from tests.harness import CliResult, wait_for
+from tests.harness import WHOLE_CORE, CliResult, wait_for
 from tests.postgres import PostgresServer
 
 MEMORY = "160M"
@@ -143,9 +143,11 @@ def test_a_subnet_spans_two_nodes(two: Cluster) -> None:
         re.search(r"aws_access_key_id\s*=\s*(\S+)", out).group(1),  # type: ignore[union-attr]
         re.search(r"aws_secret_access_key\s*=\s*(\S+)", out).group(1),  # type: ignore[union-attr]
     )
-    c.cli("run", "tiny", "--name", "a", "--memory", MEMORY, "--node", "host1").ok()
-    c.cli("run", "tiny", "--name", "b", "--memory", MEMORY, "--node", "host2").ok()
-    _cli_as(c, keys, "run", "tiny", "--name", "x", "--memory", MEMORY, "--node", "host2").ok()
+    c.cli("run", "tiny", *WHOLE_CORE, "--name", "a", "--memory", MEMORY, "--node", "host1").ok()
+    c.cli("run", "tiny", *WHOLE_CORE, "--name", "b", "--memory", MEMORY, "--node", "host2").ok()
+    _cli_as(
+        c, keys, "run", "tiny", *WHOLE_CORE, "--name", "x", "--memory", MEMORY, "--node", "host2"
+    ).ok()
     a = _guest(c, json.loads(c.cli("show", "a", "--json").ok().out))
     b = _guest(c, json.loads(c.cli("show", "b", "--json").ok().out))
     x = _guest(c, json.loads(_cli_as(c, keys, "show", "x", "--json").ok().out))
@@ -208,7 +210,7 @@ def test_a_subnet_spans_two_nodes(two: Cluster) -> None:
     )
     assert sid is not None
     for name, host in (("p", "host1"), ("q", "host2")):
-        c.cli("run", "tiny", "--name", name, "--memory", MEMORY, "--node", host,
+        c.cli("run", "tiny", *WHOLE_CORE, "--name", name, "--memory", MEMORY, "--node", host,
               "--subnet", sid.group(0)).ok()  # fmt: skip
     p = _guest(c, json.loads(c.cli("show", "p", "--json").ok().out))
     q = _guest(c, json.loads(c.cli("show", "q", "--json").ok().out))

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.harness import CliResult, Daemon, wait_for
+from tests.harness import WHOLE_CORE, CliResult, Daemon, wait_for
 from tests.integration.net.conftest import Uplinked
 from tests.integration.test_vpc_span import Guest, _login
 
@@ -50,7 +50,7 @@ def _vpc(d: Daemon, keys: tuple[str, str] | None) -> tuple[str, str]:
 
 
 def _run(d: Daemon, keys: tuple[str, str] | None, name: str, subnet: str, ip: str) -> Guest:
-    _as(d, keys, "run", "tiny", "--name", name, "--memory", MEMORY, "--subnet", subnet,
+    _as(d, keys, "run", "tiny", *WHOLE_CORE, "--name", name, "--memory", MEMORY, "--subnet", subnet,
         "--address", ip).ok()  # fmt: skip
     shown = json.loads(_as(d, keys, "show", name, "--json").ok().out)
     assert shown["private_ip"] == ip and shown["subnet_id"] == subnet, shown

@@ -12,7 +12,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from tests.harness import Daemon, wait_for
+from tests.harness import WHOLE_CORE, Daemon, wait_for
 from tests.integration.volumes.conftest import ssh
 
 WAIT = {"Delay": 2, "MaxAttempts": 90}
@@ -37,6 +37,7 @@ def _run(ec2: Any, image: str, name: str) -> str:
         MinCount=1,
         MaxCount=1,
         KeyName="ebs-cli",
+        InstanceType=WHOLE_CORE[1],
         TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": name}]}],
     )["Instances"][0]["InstanceId"]
     ec2.get_waiter("instance_running").wait(InstanceIds=[iid], WaiterConfig=WAIT)
@@ -53,7 +54,7 @@ def _root(ec2: Any, iid: str) -> dict[str, Any]:
 def test_an_ebs_style_image_boots_from_a_volume_made_from_its_snapshot(
     corral: Daemon, ec2: Any
 ) -> None:
-    corral.cli("run", "tiny", "--name", "ebs-src").ok()  # makes the CLI's key, too
+    corral.cli("run", "tiny", *WHOLE_CORE, "--name", "ebs-src").ok()  # makes the CLI's key, too
     pub = (corral.home / "corral" / "id_ed25519.pub").read_text()
     ec2.import_key_pair(KeyName="ebs-cli", PublicKeyMaterial=pub.encode())
     made: list[str] = []
