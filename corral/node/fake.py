@@ -17,6 +17,7 @@ from corral.node.spec import (
     GUEST_HOLDS_DISK,
     LAUNCH_FAILED,
     MIRROR_INCOMPLETE,
+    QEMU_ADOPTED,
     REPLICA_DEGRADED,
     REPLICA_IN_SYNC,
     Accel,
@@ -91,6 +92,7 @@ class FakeNode:
         self.never_converge: set[str] = set()  # instances whose migration times out
         # instances whose disk mirror fails at the switch-over (its last writes not copied)
         self.mirror_fails: set[str] = set()
+        self.adopted: set[str] = set()  # instances whose QEMU a restarted agent took over
         # high availability (the agent's is corral.node.replica_agent)
         self.replicas: dict[str, InstanceSpec] = {}  # replicas kept here (secondary)
         self.mirrors: dict[str, str] = {}  # instance -> replica state (primary)
@@ -481,6 +483,8 @@ class FakeNode:
     ) -> MigrationStatus:
         if iid not in self.running:
             raise WrongState(f"instance {iid} does not run on this node")
+        if iid in self.adopted:
+            raise WrongState(f"fake: {iid} runs in an adopted QEMU", reason=QEMU_ADOPTED)
         self.outgoing[iid] = "mirrored"
         return await self.migrate_status(iid)
 

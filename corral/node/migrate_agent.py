@@ -50,6 +50,7 @@ from corral.node.events import EventLog
 from corral.node.spec import (
     MIGRATION_TIMED_OUT,
     MIRROR_INCOMPLETE,
+    QEMU_ADOPTED,
     Accel,
     ExitInfo,
     InstanceSpec,
@@ -335,11 +336,26 @@ class MigrateAgent(VolumeAgent):
             raise WrongState(f"instance {iid} does not run on this node", resource="instance")
         return m
 
+    def _movable(self, iid: str) -> Machine:
+        """The source's machine, refused when this agent adopted it (``QEMU_ADOPTED``)."""
+        m = self._source(iid)
+        if m.adopted:
+            raise WrongState(
+                f"instance {iid} runs in a QEMU that this node's agent took over after a "
+                "restart; live migrations out of such a QEMU have left guests with corrupt "
+                "memory (docs/SPEC.md, live migration under faults) and are refused until that "
+                "is explained: stop and start the instance (a new QEMU), then migrate it",
+                resource="instance",
+                reason=QEMU_ADOPTED,
+            )
+        return m
+
     async def migrate_mirror(
         self, iid: str, address: str, port: int, disks: list[MirrorDisk]
     ) -> MigrationStatus:
-        """Start copying every disk to the destination's exports (idempotent)."""
-        m = self._source(iid)
+        """Start copying every disk to the destination's exports (idempotent). Refused for a
+        QEMU this agent adopted (``QEMU_ADOPTED``)."""
+        m = self._movable(iid)
         assert m.qmp is not None
         out = self._outgoing.setdefault(iid, _Outgoing())
         out.disks = [d.node for d in disks]
@@ -359,13 +375,16 @@ class MigrateAgent(VolumeAgent):
         downtime_ms: int = migration.DOWNTIME_START_MS,
         max_downtime_ms: int = migration.DOWNTIME_MAX_MS,
     ) -> MigrationStatus:
-        """Send the VM's memory to the destination; cancelled at ``timeout`` seconds."""
+        """Send the VM's memory to the destination; cancelled at ``timeout`` seconds. A
+        migration already under way (an earlier call, perhaps of the agent before a restart)
+        is reported, not started again; a new one out of an adopted QEMU is refused."""
         m = self._source(iid)
         assert m.qmp is not None
         out = self._outgoing_record(iid) or self._outgoing.setdefault(iid, _Outgoing())
         now = await migration.progress(m.qmp)
         if now.status in migration.ACTIVE or _sent(now, await m.status()):
             return await self.migrate_status(iid)
+        self._movable(iid)
         jobs = await mirror.jobs(m.qmp)
         waiting = [j.node for j in jobs if not j.ready]
         if waiting or {j.node for j in jobs} != set(out.disks):

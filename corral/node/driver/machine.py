@@ -74,6 +74,8 @@ class Machine:
         self._cleanup_task: asyncio.Task[None] | None = None  # kept so it is not collected
         self._pidfd: int | None = None
         self._popen: subprocess.Popen[bytes] | None = None
+        # found running by an agent after a restart (``adopt``) rather than launched by it
+        self.adopted = False
 
     # -- start -----------------------------------------------------------------------------
     @classmethod
@@ -118,6 +120,7 @@ class Machine:
         on_exit: ExitCallback | None,
     ) -> Machine:
         machine = cls(instance_id, paths, cgroup, on_exit)
+        machine.adopted = True
         await machine._attach(pid)
         return machine
 
