@@ -20,7 +20,9 @@ of the phase:
 - ``none``: nothing (the baseline: is a finding the fault's or the migration's?);
 - ``source-before``: the source's agent SIGKILLed and started again as for ``source``, but
   before the migration is asked for (the phase is ignored): is a finding after ``source`` the
-  agent's restart, which this repeats, or the fault's timing within the migration?
+  agent's restart, which this repeats, or the fault's timing within the migration? (It was
+  the restart: such migrations corrupted guests, so the agent now refuses to migrate a QEMU
+  it adopted, reason ``qemu-adopted``, and this fault now shows that refusal's rollback.)
 - ``restart-only``: that restart and no migration at all: the guest checked (kernel, records,
   memory) 20 s after its agent came back (does the restart alone harm the guest?).
 
