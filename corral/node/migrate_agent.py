@@ -336,9 +336,9 @@ class MigrateAgent(VolumeAgent):
             raise WrongState(f"instance {iid} does not run on this node", resource="instance")
         return m
 
-    def _movable(self, iid: str) -> Machine:
-        """The source's machine, refused when this agent adopted it (``QEMU_ADOPTED``)."""
-        m = self._source(iid)
+    @staticmethod
+    def _refuse_adopted(iid: str, m: Machine) -> None:
+        """A migration out of a QEMU this agent adopted is refused (``QEMU_ADOPTED``)."""
         if m.adopted:
             raise WrongState(
                 f"instance {iid} runs in a QEMU that this node's agent took over after a "
@@ -348,14 +348,14 @@ class MigrateAgent(VolumeAgent):
                 resource="instance",
                 reason=QEMU_ADOPTED,
             )
-        return m
 
     async def migrate_mirror(
         self, iid: str, address: str, port: int, disks: list[MirrorDisk]
     ) -> MigrationStatus:
         """Start copying every disk to the destination's exports (idempotent). Refused for a
         QEMU this agent adopted (``QEMU_ADOPTED``)."""
-        m = self._movable(iid)
+        m = self._source(iid)
+        self._refuse_adopted(iid, m)
         assert m.qmp is not None
         out = self._outgoing.setdefault(iid, _Outgoing())
         out.disks = [d.node for d in disks]
@@ -384,7 +384,7 @@ class MigrateAgent(VolumeAgent):
         now = await migration.progress(m.qmp)
         if now.status in migration.ACTIVE or _sent(now, await m.status()):
             return await self.migrate_status(iid)
-        self._movable(iid)
+        self._refuse_adopted(iid, m)
         jobs = await mirror.jobs(m.qmp)
         waiting = [j.node for j in jobs if not j.ready]
         if waiting or {j.node for j in jobs} != set(out.disks):

@@ -5,7 +5,7 @@ source steps refuse it (``qemu-adopted``), and a migration refused so is rolled 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -40,7 +40,9 @@ async def _agent_with(settings: Settings, adopted: bool) -> tuple[NodeAgent, _Id
     agent = NodeAgent(settings)
     qmp = _IdleQmp()
     m = Machine("i-0123456789abcdef0", agent.paths("i-0123456789abcdef0"), None, None)
-    m.pid, m.qmp, m.adopted = 12345, qmp, adopted  # type: ignore[assignment]
+    m.pid, m.qmp = 12345, qmp  # type: ignore[assignment]
+    if not adopted:  # launched: this agent's child, which it reaps (never waited on here)
+        m._popen = cast(Any, object())
     agent.machines[m.id] = m
     return agent, qmp
 

@@ -74,8 +74,6 @@ class Machine:
         self._cleanup_task: asyncio.Task[None] | None = None  # kept so it is not collected
         self._pidfd: int | None = None
         self._popen: subprocess.Popen[bytes] | None = None
-        # found running by an agent after a restart (``adopt``) rather than launched by it
-        self.adopted = False
 
     # -- start -----------------------------------------------------------------------------
     @classmethod
@@ -120,7 +118,6 @@ class Machine:
         on_exit: ExitCallback | None,
     ) -> Machine:
         machine = cls(instance_id, paths, cgroup, on_exit)
-        machine.adopted = True
         await machine._attach(pid)
         return machine
 
@@ -224,6 +221,12 @@ class Machine:
             res = self.on_exit(self.id, self.exit)
             if asyncio.iscoroutine(res):
                 await res
+
+    @property
+    def adopted(self) -> bool:
+        """Found running by an agent after a restart (``adopt``), not launched (and so not
+        reaped) by this one."""
+        return self._popen is None
 
     @property
     def running(self) -> bool:
