@@ -24,7 +24,7 @@ from corral.errors import (
     NotFound,
     WrongState,
 )
-from corral.store.models import ElasticAddress, Instance, Network
+from corral.store.models import ElasticAddress, Instance
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
@@ -119,15 +119,6 @@ class ElasticIps:
                     f"instance {inst.id} is {inst.state}",
                     resource="instance",
                     ec2_code="IncorrectInstanceState",
-                )
-            network = await s.get(Network, inst.network_id) if inst.network_id else None
-            if network is not None and network.transit is not None:
-                raise Invalid(
-                    f"instance {inst.id} runs in a non-default VPC's subnet ({network.name}), "
-                    "whose namespace reaches the outside only by SNAT through its node: elastic "
-                    "IPs map to instances of the default VPC only (docs/networking.md)",
-                    field="InstanceId",
-                    ec2_code="UnsupportedOperation",
                 )
             if row.instance_id and row.instance_id != inst.id and not allow_reassociation:
                 raise WrongState(

@@ -196,6 +196,8 @@ class Networks:
             if row.transit is not None:  # a VPC's namespace: out through the node's namespace
                 node_net = await self.default(s, row.node_id)
                 pol.uplink = transit_uplink(row.transit, node_net.namespace) if pol.uplink else None
+            elif pol.uplink is not None:  # the node's: elastic IPs routed into its VPCs
+                pol.routed = await policy.routed(s, row.node_id)
             docs = None  # the all-in-one's daemon answers metadata from the store itself
             if row.node_id in self.ctrl.imds_nodes or row.transit is not None:
                 docs = await imds_docs.documents(s, row, self.ctrl.settings)
@@ -252,6 +254,13 @@ class Networks:
             row = await s.get(Network, network_id)
         if row is not None and row.transit is not None:  # made or removed with its instances
             await self.ensure_on_node(network_id)
+            # its instances' elastic IPs are routed into it by the node's own network
+            async with self.ctrl.store.read() as s:
+                node_net = await s.scalar(
+                    select(Network).where(Network.node_id == row.node_id, Network.name == "default")
+                )
+            if node_net is not None:
+                await self.sync_one(node_net.id)
             return
         async with self._pushing[network_id]:
             if (want := await self._desired(network_id)) is None:

@@ -19,6 +19,7 @@ from corral.node.spec import (
     PolicySpec,
     PortSpec,
     RemoteMember,
+    RoutedPublic,
     RuleSpec,
     UplinkSpec,
 )
@@ -101,6 +102,30 @@ async def members(s: AsyncSession, network_ids: list[str]) -> list[RemoteMember]
             instance_id=i.id, address=str(i.private_ip), groups=sorted(groups.get(i.id, []))
         )
         for i in rows
+    ]
+
+
+async def routed(s: AsyncSession, node_id: str) -> list[RoutedPublic]:
+    """The elastic IPs of live instances in the VPC namespaces on ``node_id``: its own
+    namespace routes each into the instance's VPC (``PolicySpec.routed``)."""
+    rows = await s.execute(
+        select(ElasticAddress.public_ip, Network.transit, Network.namespace)
+        .join(Instance, Instance.id == ElasticAddress.instance_id)
+        .join(Network, Network.id == Instance.network_id)
+        .where(
+            Network.node_id == node_id,
+            Network.transit.is_not(None),
+            Instance.state != "terminated",
+        )
+        .order_by(ElasticAddress.public_ip)
+    )
+    return [
+        RoutedPublic(
+            public_ip=ip,
+            via=str(ipaddress.IPv4Network(transit).network_address + 2),
+            namespace=namespace,
+        )
+        for ip, transit, namespace in rows
     ]
 
 

@@ -436,6 +436,10 @@ class NodeAgent(EvacuateAgent):
             mapping = {p.public_ip: p.address for p in policy.ports if p.public_ip}
             if policy.uplink is not None:
                 await uplink.set_public_addresses(ns, policy.uplink, set(mapping))
+                if not policy.network.vpc:
+                    await uplink.set_routed(ns, policy.routed)
+            # an address routed into a VPC's namespace counts as mapped there (moved: forgotten)
+            mapping |= {r.public_ip: f"{r.namespace}/{r.via}" for r in policy.routed}
             before = self._public.get(policy.network.id)
             if before is None:  # after a restart: assume every mapping may be new
                 before = {ip: "" for ip in mapping}

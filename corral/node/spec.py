@@ -216,6 +216,16 @@ class RemoteMember(BaseModel):
     groups: list[str] = Field(default_factory=list)
 
 
+class RoutedPublic(BaseModel):
+    """An elastic IP of an instance in a non-default VPC's namespace on this node (issue 12):
+    the node's namespace answers ARP for it on its uplink and routes it, unchanged, over the
+    VPC's transit veth; the VPC's namespace maps it 1:1 to the instance."""
+
+    public_ip: str
+    via: str  # the VPC namespace's end of its transit /30
+    namespace: str  # the VPC's namespace (its transit veth here is uplink.peer_name of it)
+
+
 class PolicySpec(BaseModel):
     """Everything the kernel enforces on one network, applied as one nft transaction."""
 
@@ -227,6 +237,8 @@ class PolicySpec(BaseModel):
     # members for group-to-group rules), and the VXLAN devices joining this bridge to them
     remote: list[RemoteMember] = Field(default_factory=list)
     overlay_devs: list[str] = Field(default_factory=list)
+    # a node's own network with an uplink: the elastic IPs it routes into its VPC namespaces
+    routed: list[RoutedPublic] = Field(default_factory=list)
 
 
 class InstanceMetadata(BaseModel):

@@ -12,7 +12,7 @@ from sqlalchemy import update
 from corral.controller.networks import transit_uplink, vpc_bridge
 from corral.errors import Invalid
 from corral.node.net import firewall
-from corral.node.spec import NetworkSpec, PolicySpec, transit_slot
+from corral.node.spec import NetworkSpec, PolicySpec, RoutedPublic, transit_slot
 from corral.store.models import Network, Node
 from tests.unit.conftest import Cluster
 from tests.unit.helpers import admin, fake_node, run
@@ -66,13 +66,74 @@ def test_the_nodes_namespace_lets_vpc_flows_out_by_its_uplink_only_and_none_in()
     assert any('"169.254.0.0"' in r and "masquerade" in r for r in post)
 
 
-def test_a_vpc_namespace_takes_no_new_flow_from_its_uplink() -> None:
+def test_a_vpc_namespace_takes_no_new_flow_from_its_uplink_but_to_its_elastic_ips() -> None:
     vpc = _policy(vpc=True)
-    for chain in ("transit", "transit_in"):
-        rules = _rules(vpc, chain)
-        assert len(rules) == 1 and '"cx0"' in rules[0] and '"new"' in rules[0], rules
+    (inp,) = _rules(vpc, "transit_in")
+    assert '"cx0"' in inp and '"new"' in inp and "drop" in inp
+    # forward: a flow its nat_pre mapped to an instance (an elastic IP) is let in, then the
+    # instance's groups judge it; every other new flow from the uplink is dropped
+    let_in, drop = _rules(vpc, "transit")
+    assert '"cx0"' in let_in and '"dnat"' in let_in and "accept" in let_in, let_in
+    assert '"cx0"' in drop and '"new"' in drop and "drop" in drop, drop
     assert not any('"169.254.0.0"' in r for r in _rules(vpc, "nat_post"))
     assert any('"10.0.1.0"' in r and "masquerade" in r for r in _rules(vpc, "nat_post"))
+
+
+def test_the_nodes_namespace_routes_only_the_listed_elastic_ips_into_vpcs() -> None:
+    node = _policy(vpc=False)
+    node.routed = [RoutedPublic(public_ip="198.51.100.7", via="169.254.1.2", namespace="ns-vpc")]
+    cmds = firewall.render(node)
+    (eips,) = [
+        c["add"]["set"]
+        for c in cmds
+        if c.get("add", {}).get("set", {}).get("name") == "routed_eips"
+    ]
+    assert eips["elem"] == ["198.51.100.7"]
+    fwd = _rules(node, "transit")
+    let_in = [i for i, r in enumerate(fwd) if "@routed_eips" in r]
+    drops = [i for i, r in enumerate(fwd) if "drop" in r]
+    assert len(let_in) == 1 and let_in[0] < min(drops), fwd
+    assert '"iifname"' in fwd[let_in[0]] and '"cx0"' in fwd[let_in[0]]  # from the outside only
+    # none listed: an empty set, so nothing gets in
+    bare = [
+        c["add"]["set"]
+        for c in firewall.render(_policy(vpc=False))
+        if c.get("add", {}).get("set", {}).get("name") == "routed_eips"
+    ]
+    assert "elem" not in bare[0]
+
+
+async def test_an_elastic_ip_of_a_vpc_instance_is_mapped_in_its_vpc_and_routed_by_its_node(
+    cluster: Cluster,
+) -> None:
+    ctrl = await cluster({"a": {}}, uplink="netns:outside")
+    me = admin(ctrl)
+    vpc = await ctrl.vpcs.create(me, "10.6.0.0/16")
+    sub = await ctrl.vpcs.create_subnet(me, vpc.id, "10.6.1.0/24")
+    inst = await run(ctrl, node="a", subnet=sub.id, address="10.6.1.20")
+    plain = await run(ctrl, node="a")
+    eip = await ctrl.elastic_ips.allocate(me)
+    other = await ctrl.elastic_ips.allocate(me)
+    await ctrl.elastic_ips.associate(me, inst.id, allocation_id=eip.id)
+    await ctrl.elastic_ips.associate(me, plain.id, allocation_id=other.id)
+    node = fake_node(ctrl, "a")
+    async with ctrl.store.read() as s:
+        vpc_net = await s.get(Network, inst.network_id)
+        node_net = await s.get(Network, plain.network_id)
+    assert vpc_net is not None and vpc_net.transit is not None and node_net is not None
+    # the VPC's namespace maps it 1:1 to the instance
+    ports = {p.instance_id: p for p in node.policies[vpc_net.id].ports}
+    assert ports[inst.id].public_ip == eip.public_ip
+    # the node's namespace routes it (only it: the default subnet's is mapped there) into
+    # the VPC over the VPC's transit veth
+    (r,) = node.policies[node_net.id].routed
+    assert r.public_ip == eip.public_ip and r.namespace == vpc_net.namespace
+    assert r.via == str(ipaddress.IPv4Network(vpc_net.transit).network_address + 2)
+    assert {p.public_ip for p in node.policies[node_net.id].ports} == {other.public_ip}
+    # taken away, it is routed no more
+    await ctrl.elastic_ips.disassociate(me, public_ip=eip.public_ip)
+    assert node.policies[node_net.id].routed == []
+    assert {p.public_ip for p in node.policies[vpc_net.id].ports} == {None}
 
 
 async def test_a_vpc_subnet_spans_nodes_as_its_own_segment_one_subnet_per_vpc_per_node(

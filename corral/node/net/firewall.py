@@ -354,9 +354,34 @@ def _render_transit(policy: PolicySpec, add: Any, rule: Any) -> None:
     new = _match({"ct": {"key": "state"}}, ["new", "invalid", "untracked"], "in")
     iif, oif = {"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}
     if policy.network.vpc:  # a VPC's namespace: its uplink leads into the node's namespace
+        # the one way in: a flow to one of its elastic IPs, mapped to its instance (nat_pre);
+        # the instance's security groups still judge it (forward_ingress)
+        dnat = _match({"ct": {"key": "status"}}, "dnat", "in")
+        rule("transit", [_match(iif, UPLINK_DEV), dnat, {"accept": None}])
         for chain in ("transit", "transit_in"):
             rule(chain, [_match(iif, UPLINK_DEV), new, {"counter": None}, {"drop": None}])
         return
+    # the elastic IPs of instances in VPC namespaces: from the outside, routed into their VPC
+    routed = [r.public_ip for r in policy.routed]
+    add(
+        "set",
+        {
+            "family": fam,
+            "table": TABLE,
+            "name": "routed_eips",
+            "type": "ipv4_addr",
+            **({"elem": routed} if routed else {}),
+        },
+    )
+    rule(
+        "transit",
+        [
+            _match(iif, UPLINK_DEV),
+            _match(oif, TRANSIT_PEERS),
+            _match(_payload("ip", "daddr"), "@routed_eips"),
+            {"accept": None},
+        ],
+    )
     rule("transit", [_match(iif, TRANSIT_PEERS), _match(oif, UPLINK_DEV, "!="), {"drop": None}])
     rule("transit", [_match(oif, TRANSIT_PEERS), new, {"counter": None}, {"drop": None}])
     rule("transit_in", [_match(iif, TRANSIT_PEERS), new, {"counter": None}, {"drop": None}])

@@ -10,7 +10,7 @@ import json
 
 from corral.node.net import links
 from corral.node.net.firewall import UPLINK_DEV
-from corral.node.spec import UplinkSpec
+from corral.node.spec import RoutedPublic, UplinkSpec
 from corral.proc import CommandFailed, arun
 
 
@@ -67,6 +67,39 @@ async def set_public_addresses(namespace: str, up: UplinkSpec, wanted: set[str])
             ["ip", "-n", namespace, "addr", "del", f"{addr}/32", "dev", UPLINK_DEV], check=False
         )
     return gone
+
+
+ROUTED_PROTO = "99"  # the routes of set_routed, told apart from every other route by it
+
+
+async def set_routed(namespace: str, routed: list[RoutedPublic]) -> None:
+    """Elastic IPs of instances in VPC namespaces (issue 12): a proxy-ARP entry on ``cx0`` (the
+    node answers for the address without owning it, so the packet is forwarded, not taken)
+    and a /32 route over the VPC's transit veth; entries no longer wanted are removed."""
+    want = {r.public_ip: r for r in routed}
+    for r in routed:
+        await arun(
+            ["ip", "-n", namespace, "route", "replace", f"{r.public_ip}/32", "via", r.via,
+             "dev", peer_name(r.namespace), "proto", ROUTED_PROTO]
+        )  # fmt: skip
+        await arun(
+            ["ip", "-n", namespace, "neigh", "replace", "proxy", r.public_ip, "dev", UPLINK_DEV]
+        )
+    out = await arun(["ip", "-n", namespace, "-json", "route", "show", "proto", ROUTED_PROTO])
+    for route in json.loads(out or "[]"):
+        if route.get("dst") not in want:
+            await arun(
+                ["ip", "-n", namespace, "route", "del", str(route["dst"]), "proto", ROUTED_PROTO],
+                check=False,
+            )
+    out = await arun(["ip", "-n", namespace, "-json", "neigh", "show", "proxy", "dev", UPLINK_DEV])
+    for entry in json.loads(out or "[]"):
+        if entry.get("dst") not in want:
+            await arun(
+                ["ip", "-n", namespace, "neigh", "del", "proxy", str(entry["dst"]), "dev",
+                 UPLINK_DEV],
+                check=False,
+            )  # fmt: skip
 
 
 async def remove(namespace: str, up: UplinkSpec | None) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tests.harness import WHOLE_CORE, CliResult, Daemon, wait_for
 from tests.integration.net.conftest import Uplinked
+from tests.integration.net.test_groups_and_eips import _collector
 from tests.integration.test_vpc_span import Guest, _login
 
 MEMORY = "160M"
@@ -129,6 +130,7 @@ def test_two_accounts_same_vpc_cidr_same_address_are_isolated(uplinked: Uplinked
         assert not any(m in neigh_a for m in macs_b), neigh_a
         assert not any(m in neigh_b for m in macs_a), neigh_b
         assert _mac(b2) in neigh_b  # it did answer its own VPC
+        _elastic_ip_of_a_vpc_instance(uplinked, vpc_a, a, b)
         # without DNS hostnames the VPC's names are gone (in force when the CLI answers); its
         # addresses still answer (the name above did: the probe works)
         _as(d, keys, "vpc", "set", vpc_b, "--no-dns-hostnames").ok()
@@ -142,3 +144,43 @@ def test_two_accounts_same_vpc_cidr_same_address_are_isolated(uplinked: Uplinked
     assert not Path("/run/netns", ns_b).exists()
     _as(d, None, "subnet", "rm", sub_a).ok()
     _as(d, None, "vpc", "rm", vpc_a).ok()
+
+
+def _seen_from(up: Uplinked, g: Guest, port: int) -> list[str]:
+    """The source addresses the outside namespace saw on TCP connections from ``g``: a
+    listener there, ended by an END of its own once ``g`` has sent (so it was listening)."""
+    listener = _collector(up, "tcp", port)
+    g.run(f"echo from-{g.name} | timeout 5 nc {OUTSIDE} {port}; true")
+    end = (
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_STREAM); "
+        f"s.connect(('{OUTSIDE}', {port})); s.sendall(b'END'); s.close()"
+    )
+    assert up.outside_exec("python3", "-c", end).returncode == 0
+    got = listener.result(150)["messages"]
+    assert "END" in [m["data"] for m in got], got
+    return [str(m["from"]) for m in got if m["data"] == f"from-{g.name}"]
+
+
+def _elastic_ip_of_a_vpc_instance(up: Uplinked, vpc_a: str, a: Guest, b: Guest) -> None:
+    """An elastic IP on ``a`` (in its VPC's namespace): the outside reaches it by that address
+    (the node routes it into the VPC, the VPC maps it to ``a``) and ``a``'s new flows leave
+    with it; ``b``, at the same private address in another account's VPC, is untouched (its
+    flows leave by the node's own address), and the address stops answering when taken away."""
+    d = up.corral
+    groups = json.loads(d.cli("sg", "ls", "--json").ok().out)
+    (sg,) = [g["id"] for g in groups if g["vpc"] == vpc_a and g["name"] == "default"]
+    out = d.cli("ip", "allocate").ok().out
+    eip = re.search(r"address (\S+) allocated", out).group(1)  # type: ignore[union-attr]
+    # before it points anywhere, and before a's group lets the outside in: silence
+    assert up.outside_exec("ping", "-c", "1", "-W", "2", eip).returncode != 0
+    d.cli("ip", "associate", eip, a.name).ok()
+    assert up.outside_exec("ping", "-c", "1", "-W", "2", eip).returncode != 0  # its group
+    d.cli("sg", "allow", sg, "--proto", "icmp", "--cidr", "0.0.0.0/0").ok()
+    assert up.outside_exec("ping", "-c", "2", "-W", "3", eip).returncode == 0
+    assert _seen_from(up, a, 7301) == [eip]
+    seen_b = _seen_from(up, b, 7302)
+    assert len(seen_b) == 1 and seen_b[0] != eip, seen_b  # the node's own address (SNAT)
+    d.cli("ip", "disassociate", eip).ok()
+    assert up.outside_exec("ping", "-c", "1", "-W", "2", eip).returncode != 0
+    assert _seen_from(up, a, 7303) == seen_b  # back to the node's address
+    d.cli("ip", "release", eip).ok()

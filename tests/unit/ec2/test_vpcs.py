@@ -277,12 +277,15 @@ async def test_vpcs_and_subnets_are_made_described_tagged_and_deleted(world: Wor
         EnableDnsHostnames={"Value": False},
     )
     assert world.node.metadata[mine[0].id][0].address == "10.0.1.20"  # served by its agent
-    # an elastic IP is refused for it, by name; the subnet and VPC are in use
+    # an elastic IP maps to it in its VPC's namespace (the node's routes it there); the
+    # subnet and VPC are in use
     alloc = (await ec2.call("AllocateAddress", Domain="vpc"))["AllocationId"]
-    err = await ec2.fails(
-        "UnsupportedOperation", "AssociateAddress", AllocationId=alloc, InstanceId=iid
-    )
-    assert "non-default VPC" in err.message
+    assoc = await ec2.call("AssociateAddress", AllocationId=alloc, InstanceId=iid)
+    [addr] = (await ec2.call("DescribeAddresses", AllocationIds=[alloc]))["Addresses"]
+    assert (addr["InstanceId"], addr["PrivateIpAddress"]) == (iid, "10.0.1.20")
+    await world.settle()
+    assert [p.public_ip for p in world.node.policies[mine[0].id].ports] == [addr["PublicIp"]]
+    await ec2.call("DisassociateAddress", AssociationId=assoc["AssociationId"])
     await ec2.call("ReleaseAddress", AllocationId=alloc)
     await ec2.fails("DependencyViolation", "DeleteSubnet", SubnetId=sub["SubnetId"])
     # its last instance gone, the network leaves the node (the namespace with it)
