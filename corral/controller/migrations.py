@@ -415,36 +415,48 @@ class Migrations:
             if inst.state != "running":
                 await self._unclaim(ctx)
                 raise WrongState(f"instance {inst.name} is {inst.state}; not migrated")
-            move, dst_net = await self._move(inst, ctx.params)
-            if phase != "requested":  # resumed after a crash: decide by what the source says
-                return await self._resume(ctx, inst, move, dst_net, phase)
-
-            async def report(step: str, fraction: float, message: str) -> None:
-                if ctx.params.get("phase") != step:
-                    await ctx.checkpoint(phase=step)
-                await ctx.progress(fraction, f"{step}: {message}")
-
-            move.arrive = lambda: self._arrive(inst.id, ctx.params["to"], dst_net)
-            try:
-                # the destination's overlay needs the image under it: pulled there first, only
-                # the parts it lacks (a node joined to a cluster may never have run it)
-                await report("preparing", 0.01, "the image to the destination")
-                await self.ctrl.image_push.ensure(ctx.params["to"], move.dst_spec.image)
-                await migration.run_until_moved(move, report)
-            except BaseException as err:
-                await asyncio.shield(self._arrived(inst.id, dst_net))
+            try:  # a VPC subnet's network at the destination, kept there while it moves
+                held = await self.ctrl.networks.hold_arrival(inst.id, ctx.params["to"])
+            except BaseException:
                 await self._unclaim(ctx)
-                await ctx.checkpoint(phase="rolled-back")
-                if isinstance(err, migration.MigrationFailed):
-                    raise
-                if isinstance(err, CorralError):
-                    raise CorralError(
-                        f"the migration of {inst.name} failed and was rolled back; it runs on "
-                        f"at its node: {err.message}",
-                        reason=err.reason,
-                    ) from err
                 raise
-            return await self._switch(ctx, inst, move, dst_net)
+            try:
+                return await self._migrate_to(ctx, inst, phase)
+            finally:
+                await self.ctrl.networks.release_arrival(held)
+
+    async def _migrate_to(self, ctx: Any, inst: Instance, phase: str) -> dict[str, Any]:
+        """The steps of ``_migrate`` once the destination has the instance's network."""
+        move, dst_net = await self._move(inst, ctx.params)
+        if phase != "requested":  # resumed after a crash: decide by what the source says
+            return await self._resume(ctx, inst, move, dst_net, phase)
+
+        async def report(step: str, fraction: float, message: str) -> None:
+            if ctx.params.get("phase") != step:
+                await ctx.checkpoint(phase=step)
+            await ctx.progress(fraction, f"{step}: {message}")
+
+        move.arrive = lambda: self._arrive(inst.id, ctx.params["to"], dst_net)
+        try:
+            # the destination's overlay needs the image under it: pulled there first, only
+            # the parts it lacks (a node joined to a cluster may never have run it)
+            await report("preparing", 0.01, "the image to the destination")
+            await self.ctrl.image_push.ensure(ctx.params["to"], move.dst_spec.image)
+            await migration.run_until_moved(move, report)
+        except BaseException as err:
+            await asyncio.shield(self._arrived(inst.id, dst_net))
+            await self._unclaim(ctx)
+            await ctx.checkpoint(phase="rolled-back")
+            if isinstance(err, migration.MigrationFailed):
+                raise
+            if isinstance(err, CorralError):
+                raise CorralError(
+                    f"the migration of {inst.name} failed and was rolled back; it runs on "
+                    f"at its node: {err.message}",
+                    reason=err.reason,
+                ) from err
+            raise
+        return await self._switch(ctx, inst, move, dst_net)
 
     async def _switch(
         self, ctx: Any, inst: Instance, move: migration.Move, dst_net: str

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections import defaultdict
-from typing import TYPE_CHECKING
+from collections import Counter, defaultdict
+from typing import TYPE_CHECKING, NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -59,6 +59,13 @@ def transit_uplink(transit: str, node_namespace: str) -> UplinkSpec:
     )
 
 
+class Held(NamedTuple):
+    """A VPC subnet's network kept on a node for an instance moving there."""
+
+    network_id: str
+    key: tuple[str, str]  # (network name, node id)
+
+
 class Networks:
     def __init__(self, ctrl: Controller) -> None:
         self.ctrl = ctrl
@@ -67,6 +74,9 @@ class Networks:
         # older state pushed last stays in the kernel until the next pass
         self._pushing: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._removed: set[str] = set()  # VPC networks removed from their node since start
+        # (network name, node id): a VPC subnet's network an instance is moving to, kept on its
+        # node while the move lasts though no instance is recorded there yet (``arrival``)
+        self._held: Counter[tuple[str, str]] = Counter()
 
     async def ensure_default(self, node_id: str, namespace: str | None = None) -> Network:
         """The node's default network, matching the configured subnet and domain, in the
@@ -339,13 +349,49 @@ class Networks:
         await s.flush()
         return row
 
+    async def hold_arrival(self, instance_id: str, node_id: str) -> Held | None:
+        """Before an instance moves live to ``node_id``: its subnet's network there (a VPC
+        subnet's own, made on first use as for a launch, ``for_subnet``, and pushed to the node
+        with its segment), kept on the node though no instance is recorded on it yet, until
+        ``release_arrival``. None for a default subnet (every node has its network)."""
+        async with self.ctrl.store.write() as s:
+            inst = await s.get(Instance, instance_id)
+            net = await s.get(Network, inst.network_id) if inst and inst.network_id else None
+            subnet = await s.get(Subnet, inst.subnet_id) if inst and inst.subnet_id else None
+            if net is None or net.transit is None or subnet is None:
+                return None
+            held = Held((await self.for_subnet(s, subnet, node_id)).id, (net.name, node_id))
+        self._held[held.key] += 1
+        try:
+            await self.sync(held.network_id)
+        except BaseException:
+            await self.release_arrival(held)
+            raise
+        return held
+
+    async def release_arrival(self, held: Held | None) -> None:
+        """The move is over: the network is pushed again, so it leaves the node if the
+        instance did not stay there. Never raises (a node away gets it at its reconnect)."""
+        if held is None:
+            return
+        self._held[held.key] -= 1
+        if self._held[held.key] <= 0:
+            del self._held[held.key]
+        try:
+            await self.sync(held.network_id)
+        except CorralError as err:
+            log.warning("network %s after a move: %s", held.network_id, err.message)
+
     async def _unused_vpc_network(self, network_id: str) -> bool:
-        """Whether ``network_id`` is a VPC subnet's network without live instances; if so it is
-        removed from its node (dnsmasq, metadata, bridge; the namespace when no other network
-        of the VPC there is in use). Idempotent."""
+        """Whether ``network_id`` is a VPC subnet's network without live instances (nor one
+        moving there); if so it is removed from its node (dnsmasq, metadata, bridge; the
+        namespace when no other network of the VPC there is in use). Idempotent."""
         async with self.ctrl.store.read() as s:
             row = await s.get(Network, network_id)
             if row is None or row.transit is None:
+                return False
+            if (row.name, row.node_id) in self._held:
+                self._removed.discard(network_id)
                 return False
             live = await s.scalar(
                 select(Instance.id)

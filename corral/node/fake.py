@@ -460,6 +460,9 @@ class FakeNode:
         self, spec: InstanceSpec, sizes: dict[str, int], address: str, peer: str = ""
     ) -> MigrationPrepared:
         self.calls.append(("migrate_prepare", spec.id))
+        if spec.network is not None and spec.network.id not in self.hosts:
+            # as the agent's: the tap goes on the network's bridge, which must be here
+            raise WrongState(f"network {spec.network.id} is not on this node", resource="network")
         if spec.id in self.specs and spec.id not in self.incoming:
             raise WrongState(f"instance {spec.id} already has files on this node")
         if spec.id not in self.incoming:

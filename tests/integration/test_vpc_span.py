@@ -11,7 +11,10 @@ rule admitting its own members across nodes; with that rule revoked the same pac
 dropped, and allowed again they pass; another account's instance on the same nodes reaches
 neither of them, nor they it (both directions), while its own gateway answers. Then a
 non-default VPC's subnet with an instance on each node: its own segment between the VPC's
-namespaces, reached by address and name, each node's gateway and metadata answering."""
+namespaces, reached by address and name, each node's gateway and metadata answering; and
+once the subnet has left node 2, its instance on node 1 moved there live: the subnet's network
+made on node 2 for it, its address, gateway and metadata kept, the VPC's namespace gone from
+node 1."""
 
 from __future__ import annotations
 
@@ -216,6 +219,7 @@ def test_a_subnet_spans_two_nodes(two: Cluster) -> None:
     q = _guest(c, json.loads(c.cli("show", "q", "--json").ok().out))
     assert (p.node, q.node) == ("host1", "host2") and p.ip != q.ip
     assert {p.ip.startswith("10.66.1."), q.ip.startswith("10.66.1.")} == {True}
+    live = ["p", "q"]
     try:
         for g in (p, q):
             _login(g)
@@ -228,5 +232,28 @@ def test_a_subnet_spans_two_nodes(two: Cluster) -> None:
             assert g.run("ip link show eth0 | grep -q 'mtu 1450'"), g.text()[-500:]
         assert p.run(f"ping -c 2 -W 3 {q.ip} >/dev/null"), p.text()[-800:]
         assert q.run("ping -c 1 -W 3 p >/dev/null"), q.text()[-800:]
+
+        # p moves live to host2 once the subnet has left it: its network is made there for
+        # the move, p keeps its address and finds its gateway and metadata there, and the
+        # VPC's namespace leaves host1 with it
+        c.cli("rm", "q", timeout=300).ok()
+        live.remove("q")
+        vpc_ns = {
+            h: f"{Settings(state_dir=c.agents[h].state_dir).namespace}-{vid.group(0)}"
+            for h in ("host1", "host2")
+        }
+        wait_for(lambda: not Path("/run/netns", vpc_ns["host2"]).exists(), 60, what="host2 left")
+        c.cli("migrate", "p", "--to", "host2", "--timeout", "300", timeout=600).ok()
+        moved = _guest(c, json.loads(c.cli("show", "p", "--json").ok().out))
+        assert (moved.node, moved.ip) == ("host2", p.ip)
+        moved.type("")  # a fresh prompt on the console of its new node
+        assert moved.run(f"ip -4 addr show eth0 | grep -q 'inet {p.ip}/24'"), moved.text()[-800:]
+        assert moved.run("ping -c 1 -W 3 10.66.1.1 >/dev/null"), moved.text()[-800:]
+        assert moved.run(
+            "timeout 10 wget -q -O - http://169.254.169.254/latest/meta-data/instance-id "
+            f"| grep -qx {p.iid}"
+        ), moved.text()[-800:]
+        assert Path("/run/netns", vpc_ns["host2"]).exists()
+        wait_for(lambda: not Path("/run/netns", vpc_ns["host1"]).exists(), 60, what="host1 left")
     finally:
-        c.cli("rm", "p", "q", timeout=300).ok()
+        c.cli("rm", *live, timeout=300).ok()

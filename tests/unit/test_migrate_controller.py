@@ -166,6 +166,8 @@ async def _resumed(ctrl: Controller, inst: Instance, phase: str) -> Any:
 async def _leave_prepared(ctrl: Controller, inst: Instance, completed: bool) -> None:
     async with ctrl.store.read() as s:
         spec = await ctrl.instances.spec(s, inst)
+        there = ctrl.networks.spec(await ctrl.networks.default(s, "node-b"))
+    spec = spec.model_copy(update={"network": there})  # as the destination is given it
     await fake_node(ctrl, "b").migrate_prepare(spec, {}, "127.0.0.1")
     await fake_node(ctrl, "a").migrate_mirror(inst.id, "127.0.0.1", 1, [])
     if completed:
@@ -274,3 +276,50 @@ async def test_the_controller_calls_off_a_migration_its_source_agent_forgot(
     assert ("migrate_cancel", inst.id) in src.calls
     assert (await reload(ctrl, inst.id)).node_id == "node-a"
     assert inst.id not in fake_node(ctrl, "b").specs
+
+
+async def test_a_vpc_instance_moves_to_a_node_without_its_subnet(cluster: Cluster) -> None:
+    """Its subnet's network is made on the destination for the move (the VPC's namespace
+    there, its segment joined), kept while the move lasts, and its address kept; the source's
+    goes with its last instance. A move that rolls back takes the new network away again,
+    and one to a node where another subnet of the VPC runs is refused before anything."""
+    ctrl = await cluster({"a": {}, "b": {}, "c": {}})
+    me = admin(ctrl)
+    vpc = await ctrl.vpcs.create(me, "10.8.0.0/16")
+    one = await ctrl.vpcs.create_subnet(me, vpc.id, "10.8.1.0/24")
+    two = await ctrl.vpcs.create_subnet(me, vpc.id, "10.8.2.0/24")
+    inst = await run(ctrl, node="a", subnet=one.id, address="10.8.1.20")
+    src_net = inst.network_id
+    a, b = fake_node(ctrl, "a"), fake_node(ctrl, "b")
+    assert src_net in a.policies and not any(p.network.vpc for p in b.policies.values())
+
+    # rolled back (never converges): the network made on b leaves it again
+    a.never_converge.add(inst.id)
+    _, op = await ctrl.migrations.request(me, inst.name, to="b", timeout=5)
+    assert (await finish(ctrl, op)).status == "failed"
+    a.never_converge.discard(inst.id)
+    async with ctrl.store.read() as s:
+        made = await s.scalar(
+            select(Network).where(Network.node_id == "node-b", Network.name == one.id)
+        )
+    assert made is not None and made.transit is not None
+    assert made.id not in b.policies and ("network_remove", made.id) in b.calls
+    assert await _network_node(ctrl, inst.id) == ("node-a", "10.8.1.20")
+
+    # moved: the same address on b's network of the subnet; a's goes with its last instance
+    _, op = await ctrl.migrations.request(me, inst.name, to="b")
+    done = await finish(ctrl, op)
+    assert done.status == "succeeded", done.error
+    row = await reload(ctrl, inst.id)
+    assert (row.node_id, row.network_id, row.private_ip) == ("node-b", made.id, "10.8.1.20")
+    assert made.id in b.policies and [p.address for p in b.policies[made.id].ports] == ["10.8.1.20"]
+    assert src_net not in a.policies and ("network_remove", src_net) in a.calls
+
+    # another subnet of the VPC runs on c: refused, nothing claimed, it stays on b
+    await run(ctrl, node="c", subnet=two.id)
+    on_c = await claimed_memory(ctrl, "c")
+    _, op = await ctrl.migrations.request(me, inst.name, to="c")
+    done = await finish(ctrl, op)
+    assert done.status == "failed" and "does not route between two subnets" in str(done.error)
+    assert (await reload(ctrl, inst.id)).node_id == "node-b"
+    assert await claimed_memory(ctrl, "c") == on_c  # its claim there given back
