@@ -208,7 +208,11 @@ class Evacuations:
                     reason=FAILED,
                 )
             dst_spec: InstanceSpec | None = None
+            held = None
             try:
+                # a VPC subnet's network at the destination (its tap goes there), held there
+                # while the copy lasts (networks.py)
+                held = await self.ctrl.networks.hold_arrival(inst.id, ctx.params["to"])
                 async with self.ctrl.store.read() as s:
                     src_spec = await self.ctrl.instances.spec(s, inst)
                     dst_net = await network_on(s, inst, ctx.params["to"], "; evacuate with --to")
@@ -227,6 +231,7 @@ class Evacuations:
                 await self._copy(ctx, src_spec, dst_spec, sizes, src_node, dst_node)
             except BaseException as err:
                 await asyncio.shield(self._rollback(ctx, dst_spec))
+                await asyncio.shield(self.ctrl.networks.release_arrival(held))
                 if isinstance(err, CorralError):
                     raise CorralError(
                         f"the cold move of {inst.name} failed and was undone; it stays where "
@@ -234,7 +239,10 @@ class Evacuations:
                         reason=FAILED,
                     ) from err
                 raise
-            await self._record(ctx, inst, dst_net.id)
+            try:
+                await self._record(ctx, inst, dst_net.id)
+            finally:
+                await self.ctrl.networks.release_arrival(held)
             return await self._cleanup(ctx, inst)
 
     async def _copy(

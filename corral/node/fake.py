@@ -181,6 +181,11 @@ class FakeNode:
         self._check_generation(spec)
         self.specs[spec.id] = spec
 
+    def _network_here(self, spec: InstanceSpec) -> None:
+        """As the agent's: an arriving instance's tap goes on its network's bridge here."""
+        if spec.network.id not in self.hosts:
+            raise WrongState(f"network {spec.network.id} is not on this node", resource="network")
+
     def _check_generation(self, spec: InstanceSpec) -> None:
         from corral.node.fence import check_generation
 
@@ -460,9 +465,7 @@ class FakeNode:
         self, spec: InstanceSpec, sizes: dict[str, int], address: str, peer: str = ""
     ) -> MigrationPrepared:
         self.calls.append(("migrate_prepare", spec.id))
-        if spec.network is not None and spec.network.id not in self.hosts:
-            # as the agent's: the tap goes on the network's bridge, which must be here
-            raise WrongState(f"network {spec.network.id} is not on this node", resource="network")
+        self._network_here(spec)
         if spec.id in self.specs and spec.id not in self.incoming:
             raise WrongState(f"instance {spec.id} already has files on this node")
         if spec.id not in self.incoming:
@@ -622,6 +625,7 @@ class FakeNode:
         self, spec: InstanceSpec, sizes: dict[str, int], address: str, peer: str = ""
     ) -> ReplicaServed:
         self.calls.append(("evacuate_receive", spec.id))
+        self._network_here(spec)
         if spec.id in self.running:
             raise WrongState(f"instance {spec.id} runs on this node")
         self.specs.pop(spec.id, None)  # a stale copy is removed first

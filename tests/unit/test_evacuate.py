@@ -17,6 +17,7 @@ from corral.api.context import ApiContext
 from corral.controller.evacuations import OP
 from corral.controller.service import Controller
 from corral.errors import Forbidden, Invalid, NotFound
+from corral.node.spec import InstanceSpec
 from corral.store.models import Address, Instance, Network, Node, Volume
 from tests.unit.conftest import Cluster
 from tests.unit.helpers import admin, claimed_memory, fake_node, finish, reload, resumed_move, run
@@ -27,6 +28,14 @@ async def _stopped(ctrl: Controller, **fields: Any) -> Instance:
     _, op = await ctrl.instances.stop(admin(ctrl), inst.name, force=True)
     assert op is not None and (await finish(ctrl, op)).status == "succeeded"
     return await reload(ctrl, inst.id)
+
+
+async def _spec_at_b(ctrl: Controller, inst: Instance) -> InstanceSpec:
+    """``inst``'s spec as node b is given it (on b's network)."""
+    async with ctrl.store.read() as s:
+        spec = await ctrl.instances.spec(s, inst)
+        there = ctrl.networks.spec(await ctrl.networks.default(s, "node-b"))
+    return spec.model_copy(update={"network": there})
 
 
 async def _network_node(ctrl: Controller, iid: str) -> tuple[str, str]:
@@ -184,8 +193,7 @@ async def _resumed(ctrl: Controller, inst: Instance, phase: str, start_first: bo
 async def test_a_restart_before_the_record_moved_copies_anew(cluster: Cluster, phase: str) -> None:
     ctrl = await cluster({"a": {}, "b": {}})
     inst = await _stopped(ctrl, node="a")
-    async with ctrl.store.read() as s:
-        spec = await ctrl.instances.spec(s, inst)
+    spec = await _spec_at_b(ctrl, inst)
     await fake_node(ctrl, "b").evacuate_receive(spec, {}, "127.0.0.1")  # what the first try left
     if phase == "verified":
         await fake_node(ctrl, "b").evacuate_accept(spec)
@@ -200,8 +208,7 @@ async def test_a_restart_before_the_record_moved_copies_anew(cluster: Cluster, p
 async def test_a_restart_after_the_record_moved_finishes_the_cleanup(cluster: Cluster) -> None:
     ctrl = await cluster({"a": {}, "b": {}})
     inst = await _stopped(ctrl, node="a")
-    async with ctrl.store.read() as s:
-        spec = await ctrl.instances.spec(s, inst)
+    spec = await _spec_at_b(ctrl, inst)
     await fake_node(ctrl, "b").evacuate_receive(spec, {}, "127.0.0.1")
     await fake_node(ctrl, "b").evacuate_accept(spec)
     async with ctrl.store.write() as s:
@@ -244,3 +251,28 @@ async def test_the_rest_api_evacuates_and_refuses_unknown_fields(cluster: Cluste
         op_id = r.json()["moves"][0]["operation"]
     assert (await finish(ctrl, await ctrl.ops.get(op_id))).status == "succeeded"
     assert (await reload(ctrl, inst.id)).node_id == "node-b"
+
+
+async def test_a_stopped_vpc_instance_moves_cold_to_a_node_without_its_subnet(
+    cluster: Cluster,
+) -> None:
+    """Its subnet's network is made on the destination for the copy (networks.py
+    hold_arrival) and stays there with it; the source's goes with its last instance."""
+    ctrl = await cluster({"a": {}, "b": {}})
+    me = admin(ctrl)
+    vpc = await ctrl.vpcs.create(me, "10.9.0.0/16")
+    sub = await ctrl.vpcs.create_subnet(me, vpc.id, "10.9.1.0/24")
+    inst = await _stopped(ctrl, node="a", subnet=sub.id, address="10.9.1.30")
+    src_net = inst.network_id
+    res = await ctrl.evacuations.evacuate(admin(ctrl), "a", to="b")
+    (move,) = res["moves"]
+    done = await finish(ctrl, await ctrl.ops.get(move["operation"]))
+    assert done.status == "succeeded", done.error
+    row = await reload(ctrl, inst.id)
+    assert (row.node_id, row.private_ip, row.state) == ("node-b", "10.9.1.30", "stopped")
+    async with ctrl.store.read() as s:
+        net = await s.get(Network, row.network_id)
+    assert net is not None and (net.node_id, net.name) == ("node-b", sub.id)
+    assert net.id in fake_node(ctrl, "b").hosts  # on the node, with its stopped instance
+    assert src_net not in fake_node(ctrl, "a").hosts
+    assert ("network_remove", src_net) in fake_node(ctrl, "a").calls
