@@ -29,7 +29,7 @@ from corral.controller import migration, scheduler
 from corral.controller import rebalance as balancing
 from corral.controller.accounts import Caller
 from corral.errors import CorralError, Forbidden, Invalid, NoResources, NotFound, WrongState
-from corral.node.spec import MIGRATION_TIMEOUT, MIRROR_INCOMPLETE, InstanceSpec
+from corral.node.spec import MIGRATION_TIMEOUT, MIRROR_INCOMPLETE, QEMU_ADOPTED, InstanceSpec
 from corral.store.models import (
     Address,
     Image,
@@ -73,6 +73,17 @@ class Migrations:
     ) -> tuple[Instance, Operation]:
         if timeout is not None and not 0 < timeout <= 86400:
             raise Invalid("timeout must be between 0 and 86400 seconds", field="timeout")
+        async with self.ctrl.store.read() as s:
+            where = await s.get(Instance, iid)
+        if where is not None and where.node_id and iid in await self._adopted([where.node_id]):
+            raise WrongState(
+                f"instance {where.name} runs in a QEMU that its node's agent took over after a "
+                "restart, and live migrations out of such a QEMU have left guests with corrupt "
+                "memory (docs/SPEC.md), so its node refuses them: stop and start it (a new "
+                "QEMU), then migrate it",
+                resource="instance",
+                reason=QEMU_ADOPTED,
+            )
         async with self.ctrl.store.write() as s:
             inst = await s.get(Instance, iid)
             if inst is None:
@@ -116,6 +127,20 @@ class Migrations:
             )
         self.ctrl.ops.start(op)
         return inst, op
+
+    async def _adopted(self, node_ids: list[str]) -> set[str]:
+        """The instances these nodes run in a QEMU their agent took over after a restart
+        (their agents refuse to migrate out of those). A node that does not answer counts
+        none: a migration from it fails on its own."""
+        out: set[str] = set()
+        for nid in dict.fromkeys(node_ids):
+            if nid not in self.ctrl.nodes:
+                continue
+            try:
+                out |= {o.id for o in await self.ctrl.node(nid).instances() if o.adopted}
+            except CorralError as err:
+                log.info("node %s: which of its QEMUs were adopted is unknown: %s", nid, err)
+        return out
 
     async def drain(
         self, caller: Caller, node_ref: str, timeout: float | None = None
@@ -177,7 +202,9 @@ class Migrations:
         busy = await self.ctrl.ops.active_targets()
         async with self.ctrl.store.read() as s:
             views = [v for v in await scheduler.nodes(s) if v.id in self.ctrl.nodes]
-            held = await self._held(s, busy)
+        adopted = await self._adopted([v.id for v in views])
+        async with self.ctrl.store.read() as s:
+            held = await self._held(s, busy, adopted)
         got = balancing.plan(views, held, policy, max_moves)
         if dry_run or not got.moves:
             return got, None
@@ -205,7 +232,9 @@ class Migrations:
         self.ctrl.ops.start(op)
         return got, op
 
-    async def _held(self, s: Any, busy: set[str]) -> list[balancing.Held]:
+    async def _held(
+        self, s: Any, busy: set[str], adopted: frozenset[str] | set[str] = frozenset()
+    ) -> list[balancing.Held]:
         """Every instance with a claim on a node, and whether it may move now."""
         rows = await s.execute(
             select(Instance, PlacementGroup.strategy)
@@ -222,6 +251,8 @@ class Migrations:
                 why = "highly available: its replica would have to move with it (not built)"
             elif inst.id in busy:
                 why = "an operation is under way on it"
+            elif inst.id in adopted:
+                why = "its QEMU was taken over by a restarted agent: stop and start it to move it"
             out.append(
                 balancing.Held(
                     id=inst.id,

@@ -728,7 +728,12 @@ class NodeAgent(EvacuateAgent):
             if m is not None and m.running:
                 out.append(
                     ObservedInstance(
-                        id=iid, running=True, pid=m.pid, status=await m.status(), generation=gen
+                        id=iid,
+                        running=True,
+                        pid=m.pid,
+                        status=await m.status(),
+                        generation=gen,
+                        adopted=m.adopted,
                     )
                 )
                 continue

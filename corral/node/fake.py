@@ -231,6 +231,7 @@ class FakeNode:
                 status="running" if i in self.running else "",
                 exit=self.exits.get(i),
                 generation=self.specs[i].generation,
+                adopted=i in self.adopted and i in self.running,
             )
             for i in self.specs
         ]

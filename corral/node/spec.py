@@ -122,6 +122,9 @@ class ObservedInstance(BaseModel):
     exit: ExitInfo | None = None
     spec: bool = True  # False: a QEMU of ours with no instance directory (a stray)
     generation: int = 0  # the generation of the spec the node holds (node/fence.py)
+    # its QEMU was taken over by this agent after a restart (not its child): no live migration
+    # out of it (QEMU_ADOPTED)
+    adopted: bool = False
 
 
 class Accel(BaseModel):

@@ -81,8 +81,9 @@ async def test_a_migration_out_of_an_adopted_qemu_is_rolled_back_saying_what_to_
 ) -> None:
     ctrl = await cluster({"a": {}, "b": {}})
     inst = await run(ctrl, node="a")
-    fake_node(ctrl, "a").adopted.add(inst.id)
     _, op = await ctrl.migrations.request(admin(ctrl), inst.name, to="b")
+    # its agent restarted and adopted it after the request was taken (before its first step)
+    fake_node(ctrl, "a").adopted.add(inst.id)
     done = await finish(ctrl, op)
     assert done.status == "failed" and done.params["phase"] == "rolled-back"
     assert "rolled back" in str(done.error) and "adopted" in str(done.error), done.error
@@ -90,3 +91,40 @@ async def test_a_migration_out_of_an_adopted_qemu_is_rolled_back_saying_what_to_
     assert row.node_id == "node-a" and row.state == "running"
     assert inst.id not in fake_node(ctrl, "b").specs  # the destination's copy removed
     assert await claimed_memory(ctrl, "b") == 0
+
+
+async def test_an_adopted_qemu_is_refused_at_the_request_and_listed_by_drain_and_rebalance(
+    cluster: Cluster,
+) -> None:
+    """The controller asks the node first (its observed instances say which QEMUs it adopted):
+    `corral migrate` answers at once with the reason, nothing claimed or started; drain lists
+    the instance as not moved, saying why; rebalance's plan leaves it where it is."""
+    ctrl = await cluster({"a": {}, "b": {}})
+    stuck = await run(ctrl, node="a", name="stuck")
+    other = await run(ctrl, node="a", name="other")
+    fake_node(ctrl, "a").adopted.add(stuck.id)
+    (seen,) = [o for o in await fake_node(ctrl, "a").instances() if o.id == stuck.id]
+    assert seen.adopted
+    with pytest.raises(WrongState) as err:
+        await ctrl.migrations.request(admin(ctrl), "stuck", to="b")
+    assert err.value.reason == QEMU_ADOPTED and "stop and start it" in err.value.message
+    assert await claimed_memory(ctrl, "b") == 0 and not await ctrl.ops.active_for(stuck.id)
+    plan, _ = await ctrl.migrations.rebalance(admin(ctrl), dry_run=True)
+    assert stuck.id not in {m.id for m in plan.moves}
+    res = await ctrl.migrations.drain(admin(ctrl), "a")
+    assert "took over after a restart" in res["not_moved"]["stuck"]
+    assert [m["instance"] for m in res["migrations"]] == ["other"]
+    done = await finish(ctrl, await ctrl.ops.get(res["migrations"][0]["operation"]))
+    assert done.status == "succeeded", done.error
+    assert (await reload(ctrl, stuck.id)).node_id == "node-a"
+    assert (await reload(ctrl, other.id)).node_id == "node-b"
+
+
+async def test_the_agent_reports_which_qemu_it_adopted(settings: Settings) -> None:
+    for adopted in (True, False):
+        agent, _ = await _agent_with(settings, adopted=adopted)
+        (m,) = agent.machines.values()
+        m.paths.dir.mkdir(parents=True, exist_ok=True)
+        m.paths.spec.write_text("{}")  # an instance directory (its spec unread here)
+        seen = {o.id: o.adopted for o in await agent.instances() if o.running}
+        assert seen == {m.id: adopted}, seen
