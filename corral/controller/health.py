@@ -7,7 +7,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from corral.node.spec import HealthCheck
-from corral.store.models import Instance
+from corral.store.models import Instance, Network
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
@@ -48,11 +48,12 @@ async def wait(
     failure for ``steady`` seconds since the first of them; else (after ``seconds``) the
     last failure."""
     node = ctrl.node(inst.node_id)
+    namespace = await vantage(ctrl, inst)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     why, good, since = "not checked", 0, 0.0
     while True:
-        why = await node.health_check(address, check)
+        why = await node.health_check(address, check, namespace)
         now = loop.time()
         if why:
             good = 0
@@ -65,3 +66,12 @@ async def wait(
             steadily = f"steadily for {steady:g} s" if steady else "steadily"
             return why or f"it answered, but not {steadily}"
         await asyncio.sleep(INTERVAL)
+
+
+async def vantage(ctrl: Controller, inst: Instance) -> str:
+    """Where on its node ``inst`` is checked from: its VPC's namespace for an instance of a
+    non-default VPC's subnet (the node's own namespace has no route into it); "" (the node's
+    own) otherwise."""
+    async with ctrl.store.read() as s:
+        net = await s.get(Network, inst.network_id) if inst.network_id else None
+    return net.namespace if net is not None and net.transit is not None else ""

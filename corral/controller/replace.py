@@ -417,7 +417,9 @@ class Replacements:
             await node.instance_relink(new_id)
         await ctx.progress(0.7, f"waiting for {new.name} to answer at {new.private_ip}")
         timeout = float(ctx.params.get("timeout") or BOOT_TIMEOUT)
-        if not await self._address_up(node, new.private_ip, check):
+        if not await self._address_up(
+            node, new.private_ip, check, await health.vantage(self.ctrl, new)
+        ):
             # a guest that does not watch its link learns its address by booting again
             await ctx.progress(
                 0.75,
@@ -459,13 +461,15 @@ class Replacements:
         if net is not None:
             await self.ctrl.node(inst.node_id).address_moved(self.ctrl.networks.spec(net), address)
 
-    async def _address_up(self, node: Any, address: str, check: HealthCheck) -> bool:
+    async def _address_up(
+        self, node: Any, address: str, check: HealthCheck, namespace: str = ""
+    ) -> bool:
         """Does anyone answer at ``address`` (the check passes, or a ping)?"""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + RELINK_WAIT
         quick = check.model_copy(update={"timeout": 0.5})
         while loop.time() < deadline:
-            if not await node.health_check(address, quick) or await node.ping(address):
+            if not await node.health_check(address, quick, namespace) or await node.ping(address):
                 return True
         return False
 

@@ -916,10 +916,18 @@ class NodeAgent(EvacuateAgent):
                 resource="instance",
             ) from err
 
-    async def health_check(self, address: str, check: HealthCheck) -> str:
-        """One attempt at ``check`` against ``address`` from the node's namespace: "" when the
-        server answers, else what went wrong."""
-        return await reach.check(self.settings.namespace, address, check)
+    async def health_check(self, address: str, check: HealthCheck, namespace: str = "") -> str:
+        """One attempt at ``check`` against ``address`` from the node's namespace, or from
+        ``namespace``, one of its VPC namespaces (an instance of a non-default VPC's subnet):
+        "" when the server answers, else what went wrong."""
+        own = self.settings.namespace
+        if namespace and not namespace.startswith(f"{own}-vpc-"):
+            raise Invalid(
+                f"namespace {namespace!r} is not one of this node's VPC namespaces "
+                f"({own}-vpc-…); leave it empty for the node's own",
+                field="namespace",
+            )
+        return await reach.check(namespace or own, address, check)
 
     async def instance_relink(self, iid: str, down: float = 0.3) -> bool:
         """Pull the instance's network cable and plug it back: a guest watching its link asks

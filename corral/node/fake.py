@@ -93,6 +93,7 @@ class FakeNode:
         # instances whose disk mirror fails at the switch-over (its last writes not copied)
         self.mirror_fails: set[str] = set()
         self.adopted: set[str] = set()  # instances whose QEMU a restarted agent took over
+        self.checked_from: dict[str, str] = {}  # address -> the namespace of its last check
         # high availability (the agent's is corral.node.replica_agent)
         self.replicas: dict[str, InstanceSpec] = {}  # replicas kept here (secondary)
         self.mirrors: dict[str, str] = {}  # instance -> replica state (primary)
@@ -366,8 +367,9 @@ class FakeNode:
         self.snapshots[sid] = vid
         return "live" if instance_id in self.running else "offline"
 
-    async def health_check(self, address: str, check: HealthCheck) -> str:
+    async def health_check(self, address: str, check: HealthCheck, namespace: str = "") -> str:
         self.calls.append(("health_check", address))
+        self.checked_from[address] = namespace
         return "" if address not in self.unhealthy else f"{address}:{check.port} refused"
 
     async def instance_relink(self, iid: str, down: float = 0.3) -> bool:

@@ -525,6 +525,9 @@ class ImageManifestRequest(BaseModel):
 class HealthCheckRequest(BaseModel):
     address: str
     check: HealthCheck
+    # where to check from: one of the node's VPC namespaces (its instance's subnet); "": the
+    # node's own
+    namespace: str = ""
 
 
 class InstanceRelinkRequest(BaseModel):

@@ -108,6 +108,9 @@ async def test_calls_cross_the_unix_socket(
     assert await client.console_log("i-1") == b"fake console\n"
     fake.unhealthy.add("10.0.0.9")
     assert await client.health_check("10.0.0.9", HealthCheck(port=80)) == "10.0.0.9:80 refused"
+    assert fake.checked_from["10.0.0.9"] == ""
+    await client.health_check("10.0.0.8", HealthCheck(), "corral-x-vpc-0123")  # over the wire
+    assert fake.checked_from["10.0.0.8"] == "corral-x-vpc-0123"
     assert await client.volume_attach("i-1", "vol-1") is True
     assert await client.instance_volumes("i-1") == ["vol-1"]
     exit_info = await client.instance_stop("i-1", 5.0)

@@ -197,14 +197,14 @@ async def test_a_service_that_dies_soon_after_taking_over_is_rolled_back(
     real_check = node.health_check
     answered: dict[str, int] = {}
 
-    async def dies_after_ten(address: str, check: Any) -> str:
+    async def dies_after_ten(address: str, check: Any, namespace: str = "") -> str:
         # the new instance, once the data volume is plugged into it
         owner = next(
             (i for i, v in node.plugged.items() if i != web.id and vid in v and i in node.running),
             None,
         )
         if owner is None or address != web.private_ip:
-            return await real_check(address, check)
+            return await real_check(address, check, namespace)
         answered[owner] = answered.get(owner, 0) + 1
         return "" if answered[owner] <= 10 else f"{address}:80 refused"
 
