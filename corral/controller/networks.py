@@ -408,6 +408,18 @@ class Networks:
                 .where(Instance.network_id == row.id, Instance.state != "terminated")
                 .limit(1)
             )
+            if mine is None:  # an HA instance of the subnet whose secondary this node is
+                mine = await s.scalar(
+                    select(Instance.id)
+                    .join(Network, Instance.network_id == Network.id)
+                    .where(
+                        Instance.secondary_node_id == row.node_id,
+                        Instance.ha.is_(True),
+                        Network.name == row.name,
+                        Instance.state != "terminated",
+                    )
+                    .limit(1)
+                )
         if mine is not None:
             self._removed.discard(network_id)
             return False

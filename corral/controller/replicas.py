@@ -98,6 +98,15 @@ class Replicas:
             return st
         await primary.replica_stop(inst.id)  # a broken mirror's leftovers
         secondary = await self._secondary(inst)
+        # a VPC subnet's network on the secondary (the replica's QEMU starts there on a
+        # failover), held while this sets it up; kept afterwards as the secondary's (networks.py)
+        held = await self.ctrl.networks.hold_arrival(inst.id, secondary)
+        try:
+            return await self._replicate_to(inst, secondary, primary)
+        finally:
+            await self.ctrl.networks.release_arrival(held)
+
+    async def _replicate_to(self, inst: Instance, secondary: str, primary: Any) -> ReplicaStatus:
         async with self.ctrl.store.read() as s:
             spec = await self.ctrl.instances.spec(s, inst)
             sizes = await disk_sizes(s, spec)

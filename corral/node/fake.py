@@ -583,6 +583,7 @@ class FakeNode:
         self, spec: InstanceSpec, sizes: dict[str, int], address: str, peer: str = ""
     ) -> ReplicaServed:
         self.calls.append(("replica_serve", spec.id))
+        self._network_here(spec)
         if spec.id in self.specs:
             raise WrongState(f"instance {spec.id} itself is on this node")
         self.replicas[spec.id] = spec

@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from corral.api import views
 from corral.api.ec2.errors import Ec2Error
@@ -143,6 +143,35 @@ async def test_a_dead_nodes_ha_instance_runs_on_its_secondary_with_its_identity(
     await ctrl.replicas.reconcile()
     row = await reload(ctrl, inst.id)
     assert row.secondary_node_id == "node-c" and row.replica_state == "in-sync"
+
+
+async def test_an_ha_instance_of_a_vpc_subnet_has_its_network_on_its_secondary(
+    cluster: Cluster,
+) -> None:
+    """The subnet's network is made on the secondary for the replica and kept there (no
+    instance runs on it: its replica's is the reason), so the failover starts the instance
+    there on it, with its address."""
+    ctrl = await cluster({"a": {}, "b": {}})
+    me = admin(ctrl)
+    vpc = await ctrl.vpcs.create(me, "10.4.0.0/16")
+    sub = await ctrl.vpcs.create_subnet(me, vpc.id, "10.4.1.0/24")
+    inst = await run(ctrl, node="a", ha=True, subnet=sub.id, address="10.4.1.50")
+    await ctrl.replicas.reconcile()
+    inst = await reload(ctrl, inst.id)
+    assert inst.replica_state == "in-sync" and inst.secondary_node_id == "node-b"
+    async with ctrl.store.read() as s:
+        there = await s.scalar(
+            select(Network).where(Network.node_id == "node-b", Network.name == sub.id)
+        )
+    assert there is not None and there.id in fake_node(ctrl, "b").hosts
+    await ctrl.networks.sync(there.id)  # pushed again (another change): still kept
+    assert there.id in fake_node(ctrl, "b").hosts
+    ctrl.cluster.unreachable.add("node-a")
+    (op,) = await ctrl.replicas.fail_over_node("node-a")
+    done = await finish(ctrl, op)
+    assert done.status == "succeeded", done.error
+    row = await reload(ctrl, inst.id)
+    assert (row.node_id, row.network_id, row.private_ip) == ("node-b", there.id, "10.4.1.50")
 
 
 async def test_a_failover_resumed_after_a_crash_starts_one_copy(cluster: Cluster) -> None:
