@@ -75,7 +75,7 @@ class Networks:
         self._pushing: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._removed: set[str] = set()  # VPC networks removed from their node since start
         # (network name, node id): a VPC subnet's network an instance is moving to, kept on its
-        # node while the move lasts though no instance is recorded there yet (``arrival``)
+        # node while the move lasts though no instance is recorded there yet (``hold_arrival``)
         self._held: Counter[tuple[str, str]] = Counter()
 
     async def ensure_default(self, node_id: str, namespace: str | None = None) -> Network:
@@ -265,12 +265,12 @@ class Networks:
         if row is not None and row.transit is not None:  # made or removed with its instances
             await self.ensure_on_node(network_id)
             # its instances' elastic IPs are routed into it by the node's own network
-            async with self.ctrl.store.read() as s:
-                node_net = await s.scalar(
-                    select(Network).where(Network.node_id == row.node_id, Network.name == "default")
-                )
-            if node_net is not None:
-                await self.sync_one(node_net.id)
+            try:
+                async with self.ctrl.store.read() as s:
+                    node_net = await self.default(s, row.node_id)
+            except NotFound:
+                return
+            await self.sync_one(node_net.id)
             return
         async with self._pushing[network_id]:
             if (want := await self._desired(network_id)) is None:
@@ -350,10 +350,11 @@ class Networks:
         return row
 
     async def hold_arrival(self, instance_id: str, node_id: str) -> Held | None:
-        """Before an instance moves live to ``node_id``: its subnet's network there (a VPC
-        subnet's own, made on first use as for a launch, ``for_subnet``, and pushed to the node
-        with its segment), kept on the node though no instance is recorded on it yet, until
-        ``release_arrival``. None for a default subnet (every node has its network)."""
+        """Before an instance moves to ``node_id`` (live or cold) or its replica is set up
+        there: its subnet's network there (a VPC subnet's own, made on first use as for a
+        launch, ``for_subnet``, and pushed to the node with its segment), kept on the node
+        though no instance is recorded on it yet, until ``release_arrival``. None for a
+        default subnet (every node has its network)."""
         async with self.ctrl.store.write() as s:
             inst = await s.get(Instance, instance_id)
             net = await s.get(Network, inst.network_id) if inst and inst.network_id else None

@@ -123,8 +123,19 @@ def test_an_ha_instance_survives_its_nodes_death_with_every_acknowledged_write(
     c.cli(
         "run", "tiny", *WHOLE_CORE, "--name", "hav", "--ha", "--node", "host1", "--memory", "128M"
     ).ok()
+    # and one in a non-default VPC's subnet: its subnet's network is made on its secondary
+    vpc = re.search(r"vpc-[0-9a-f]{17}", c.cli("vpc", "create", "10.55.0.0/16").ok().out)
+    assert vpc is not None
+    sub = re.search(
+        r"subnet-[0-9a-f]{17}", c.cli("subnet", "create", vpc.group(0), "10.55.1.0/24").ok().out
+    )
+    assert sub is not None
+    c.cli("run", "tiny", *WHOLE_CORE, "--name", "hvpc", "--ha", "--node", "host1",
+          "--memory", "128M", "--subnet", sub.group(0)).ok()  # fmt: skip
+    vpc_first = _show(c, "hvpc")
     first = _show(c, "hav")
     names = _node_ids(c)
+    assert names[vpc_first["node"]] == "host1" and vpc_first["ha"]
     assert names[first["node"]] == "host1" and first["ha"]
     assert names[first["secondary_node"]] in ("host2", "host3")
     secondary = names[first["secondary_node"]]
@@ -207,6 +218,18 @@ def test_an_ha_instance_survives_its_nodes_death_with_every_acknowledged_write(
     assert bad == 0, scon.text()[-2000:]
     assert n >= acked >= 10
     assert mac == first["mac"]
+
+    # the VPC instance too: running on its secondary, on its subnet's network there, from its
+    # replica (its guest boots to the login prompt), with its address
+    vpc_moved = wait_for(
+        lambda: (s := _show(c, "hvpc"))["node"] != first["node"] and s["state"] == "running" and s,
+        240,
+        what="the VPC instance running on its secondary",
+    )
+    assert vpc_moved["private_ip"] == vpc_first["private_ip"]
+    assert vpc_moved["private_ip"].startswith("10.55.1.")
+    vcon = Console(c.agents[names[vpc_moved["node"]]], vpc_moved["id"])
+    wait_for(lambda: "login:" in vcon.text(), 300, what="the VPC guest's login on its secondary")
 
     # replicated again, to the node that is left
     again = wait_for(
