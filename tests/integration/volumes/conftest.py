@@ -18,9 +18,11 @@ from tests.harness import Daemon, dns_addresses, dns_query, wait_for
 from tests.integration.images.conftest import debian  # noqa: F401 (the Debian image, built once)
 
 BOOM = {
-    # something else holds the web port and answers nothing: the service never comes up
-    "broken": "(while :; do nc -l -p 80 < /dev/null > /dev/null 2>&1; done) "
-    "< /dev/null > /dev/null 2>&1 &\n",
+    # something else holds the web port and answers nothing: the service never comes up. The
+    # loop also ends an httpd that bound the port first (this background loop may start after
+    # the service does: once it did, and the check passed), then takes the port itself
+    "broken": "(while :; do killall httpd 2>/dev/null; nc -l -p 80 < /dev/null > /dev/null 2>&1; "
+    "done) < /dev/null > /dev/null 2>&1 &\n",
     # the release dies once its data volume is there (a failed data migration)
     "lateboom": "(while :; do grep -q ' /srv/data ' /proc/mounts && killall httpd 2>/dev/null; "
     "sleep 0.2; done) < /dev/null > /dev/null 2>&1 &\n",
