@@ -46,6 +46,12 @@ if TYPE_CHECKING:
     from corral.controller.service import Controller
 
 log = logging.getLogger(__name__)
+# why an instance whose QEMU its node's agent adopted is not moved live (QEMU_ADOPTED)
+ADOPTED_WHY = (
+    "runs in a QEMU that its node's agent took over after a restart, and live migrations out "
+    "of such a QEMU have left guests with corrupt memory (docs/SPEC.md), so its node refuses "
+    "them: stop and start it (a new QEMU), then migrate it"
+)
 
 OP = "instance-migrate"
 REBALANCE_OP = "cluster-rebalance"
@@ -69,20 +75,25 @@ class Migrations:
         return await self._request(iid, to, timeout, caller.access_key_id)
 
     async def _request(
-        self, iid: str, to: str | None, timeout: float | None, requested_by: str
+        self,
+        iid: str,
+        to: str | None,
+        timeout: float | None,
+        requested_by: str,
+        adopted: set[str] | None = None,
     ) -> tuple[Instance, Operation]:
+        """A migration operation for ``iid``; ``adopted``: its node's adopted QEMUs when the
+        caller has asked the node already (else asked here)."""
         if timeout is not None and not 0 < timeout <= 86400:
             raise Invalid("timeout must be between 0 and 86400 seconds", field="timeout")
         async with self.ctrl.store.read() as s:
             where = await s.get(Instance, iid)
-        if where is not None and where.node_id and iid in await self._adopted([where.node_id]):
+        if adopted is None:
+            node_ids = [where.node_id] if where is not None and where.node_id else []
+            adopted = await self._adopted(node_ids)
+        if where is not None and iid in adopted:
             raise WrongState(
-                f"instance {where.name} runs in a QEMU that its node's agent took over after a "
-                "restart, and live migrations out of such a QEMU have left guests with corrupt "
-                "memory (docs/SPEC.md), so its node refuses them: stop and start it (a new "
-                "QEMU), then migrate it",
-                resource="instance",
-                reason=QEMU_ADOPTED,
+                f"instance {where.name} {ADOPTED_WHY}", resource="instance", reason=QEMU_ADOPTED
             )
         async with self.ctrl.store.write() as s:
             inst = await s.get(Instance, iid)
@@ -167,6 +178,7 @@ class Migrations:
             )
         moves: list[dict[str, str]] = []
         stays: dict[str, str] = {}
+        adopted = await self._adopted([node_id])  # asked once for the whole node
         for inst in rows:
             if inst.state != "running":
                 stays[inst.name] = (
@@ -175,7 +187,7 @@ class Migrations:
                 )
                 continue
             try:
-                _, op = await self._request(inst.id, None, timeout, caller.access_key_id)
+                _, op = await self._request(inst.id, None, timeout, caller.access_key_id, adopted)
             except CorralError as err:
                 stays[inst.name] = err.message
                 continue
@@ -252,7 +264,7 @@ class Migrations:
             elif inst.id in busy:
                 why = "an operation is under way on it"
             elif inst.id in adopted:
-                why = "its QEMU was taken over by a restarted agent: stop and start it to move it"
+                why = ADOPTED_WHY
             out.append(
                 balancing.Held(
                     id=inst.id,

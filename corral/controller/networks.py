@@ -25,6 +25,7 @@ from corral.node.spec import (
     PolicySpec,
     UplinkSpec,
     guest_mtu,
+    transit_ends,
     transit_slot,
 )
 from corral.store.models import Instance, Network, Subnet, Vpc
@@ -50,13 +51,8 @@ def vpc_bridge(subnet_id: str) -> str:
 def transit_uplink(transit: str, node_namespace: str) -> UplinkSpec:
     """A VPC namespace's uplink: a veth into its node's namespace, whose uplink takes the
     VPC's (already masqueraded) flows out."""
-    net = ipaddress.IPv4Network(transit)
-    return UplinkSpec(
-        peer_netns=node_namespace,
-        cidr=transit,
-        address=str(net.network_address + 2),
-        gateway=str(net.network_address + 1),
-    )
+    node_end, vpc_end = transit_ends(transit)
+    return UplinkSpec(peer_netns=node_namespace, cidr=transit, address=vpc_end, gateway=node_end)
 
 
 class Held(NamedTuple):

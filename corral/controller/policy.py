@@ -22,6 +22,7 @@ from corral.node.spec import (
     RoutedPublic,
     RuleSpec,
     UplinkSpec,
+    transit_ends,
 )
 from corral.store.models import (
     ElasticAddress,
@@ -120,11 +121,7 @@ async def routed(s: AsyncSession, node_id: str) -> list[RoutedPublic]:
         .order_by(ElasticAddress.public_ip)
     )
     return [
-        RoutedPublic(
-            public_ip=ip,
-            via=str(ipaddress.IPv4Network(transit).network_address + 2),
-            namespace=namespace,
-        )
+        RoutedPublic(public_ip=ip, via=transit_ends(str(transit))[1], namespace=namespace)
         for ip, transit, namespace in rows
     ]
 

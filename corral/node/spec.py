@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -35,6 +36,12 @@ def transit_slot(n: int) -> str:
     if third > 254:
         raise ValueError(f"transit slot {n}: the link-local range holds no more VPC networks")
     return f"169.254.{third}.{fourth * 4}/30"
+
+
+def transit_ends(transit: str) -> tuple[str, str]:
+    """(the node's end, the VPC namespace's end) of a transit /30: its first two hosts."""
+    net = ipaddress.IPv4Network(transit)
+    return str(net.network_address + 1), str(net.network_address + 2)
 
 
 class HostRecord(BaseModel):
