@@ -75,31 +75,33 @@ ROUTED_PROTO = "99"  # the routes of set_routed, told apart from every other rou
 async def set_routed(namespace: str, routed: list[RoutedPublic]) -> None:
     """Elastic IPs of instances in VPC namespaces (issue 12): a proxy-ARP entry on ``cx0`` (the
     node answers for the address without owning it, so the packet is forwarded, not taken)
-    and a /32 route over the VPC's transit veth; entries no longer wanted are removed."""
+    and a /32 route over the VPC's transit veth; entries no longer wanted are removed. What is
+    there already is left alone (every policy push calls this, for every address)."""
     want = {r.public_ip: r for r in routed}
-    for r in routed:
-        await arun(
-            ["ip", "-n", namespace, "route", "replace", f"{r.public_ip}/32", "via", r.via,
-             "dev", peer_name(r.namespace), "proto", ROUTED_PROTO]
-        )  # fmt: skip
-        await arun(
-            ["ip", "-n", namespace, "neigh", "replace", "proxy", r.public_ip, "dev", UPLINK_DEV]
-        )
     out = await arun(["ip", "-n", namespace, "-json", "route", "show", "proto", ROUTED_PROTO])
-    for route in json.loads(out or "[]"):
-        if route.get("dst") not in want:
-            await arun(
-                ["ip", "-n", namespace, "route", "del", str(route["dst"]), "proto", ROUTED_PROTO],
-                check=False,
-            )
+    routes = {
+        str(route.get("dst")): (route.get("gateway"), route.get("dev"))
+        for route in json.loads(out or "[]")
+    }
     out = await arun(["ip", "-n", namespace, "-json", "neigh", "show", "proxy", "dev", UPLINK_DEV])
-    for entry in json.loads(out or "[]"):
-        if entry.get("dst") not in want:
+    proxied = {str(entry.get("dst")) for entry in json.loads(out or "[]")}
+    for r in routed:
+        dev = peer_name(r.namespace)
+        if routes.get(r.public_ip) != (r.via, dev):
             await arun(
-                ["ip", "-n", namespace, "neigh", "del", "proxy", str(entry["dst"]), "dev",
-                 UPLINK_DEV],
-                check=False,
+                ["ip", "-n", namespace, "route", "replace", f"{r.public_ip}/32", "via", r.via,
+                 "dev", dev, "proto", ROUTED_PROTO]
             )  # fmt: skip
+        if r.public_ip not in proxied:
+            await arun(
+                ["ip", "-n", namespace, "neigh", "replace", "proxy", r.public_ip, "dev", UPLINK_DEV]
+            )
+    for dst in sorted(routes.keys() - want.keys()):
+        await arun(["ip", "-n", namespace, "route", "del", dst, "proto", ROUTED_PROTO], check=False)
+    for dst in sorted(proxied - want.keys()):
+        await arun(
+            ["ip", "-n", namespace, "neigh", "del", "proxy", dst, "dev", UPLINK_DEV], check=False
+        )
 
 
 async def remove(namespace: str, up: UplinkSpec | None) -> None:
