@@ -41,19 +41,27 @@ async def test_the_agent_checks_from_its_vpc_namespace_and_no_other(settings: Se
         await agent.health_check("10.0.0.1", HealthCheck(), "someone-elses")
     assert err.value.field == "namespace"
     vpc_ns = f"{own}-vpc-{uuid.uuid4().hex[:8]}"
-    await arun(["ip", "netns", "add", vpc_ns])
+    made: list[str] = []
     try:
-        await arun(["ip", "-n", vpc_ns, "link", "set", "lo", "up"])
+        # the node's own namespace, as on a node: no route into its VPC namespaces
+        for ns in (own, vpc_ns):
+            await arun(["ip", "netns", "add", ns])
+            made.append(ns)
+            await arun(["ip", "-n", ns, "link", "set", "lo", "up"])
+        address = "10.7.1.40"  # the instance's, answering in the VPC's namespace only
+        await arun(["ip", "-n", vpc_ns, "addr", "add", f"{address}/32", "dev", "lo"])
         listener = netns.socket_in(vpc_ns)
         with listener:
-            listener.bind(("127.0.0.1", 0))
+            listener.bind((address, 0))
             listener.listen(1)
             port = listener.getsockname()[1]
             check = HealthCheck(port=port, timeout=2)
-            # it answers in the VPC's namespace; the node's own (absent here) cannot reach it
-            assert await agent.health_check("127.0.0.1", check, vpc_ns) == ""
-            assert await agent.health_check("127.0.0.1", check) != ""
-        closed = await agent.health_check("127.0.0.1", HealthCheck(port=port, timeout=2), vpc_ns)
-        assert "does not accept connections" in closed
+            assert await agent.health_check(address, check, vpc_ns) == ""
+            assert await agent.health_check(address, check) == (
+                f"{address}:{port} does not accept connections (network is unreachable)"
+            )
+        closed = await agent.health_check(address, HealthCheck(port=port, timeout=2), vpc_ns)
+        assert closed == f"{address}:{port} does not accept connections (connection refused)"
     finally:
-        await arun(["ip", "netns", "del", vpc_ns], check=False)
+        for ns in made:
+            await arun(["ip", "netns", "del", ns], check=False)
