@@ -86,19 +86,19 @@ class Migrations:
         caller has asked the node already (else asked here)."""
         if timeout is not None and not 0 < timeout <= 86400:
             raise Invalid("timeout must be between 0 and 86400 seconds", field="timeout")
-        async with self.ctrl.store.read() as s:
-            where = await s.get(Instance, iid)
-        if adopted is None:
+        if adopted is None:  # its node is asked before the write lock: no network call holds it
+            async with self.ctrl.store.read() as s:
+                where = await s.get(Instance, iid)
             node_ids = [where.node_id] if where is not None and where.node_id else []
             adopted = await self._adopted(node_ids)
-        if where is not None and iid in adopted:
-            raise WrongState(
-                f"instance {where.name} {ADOPTED_WHY}", resource="instance", reason=QEMU_ADOPTED
-            )
         async with self.ctrl.store.write() as s:
             inst = await s.get(Instance, iid)
             if inst is None:
                 raise NotFound(f"instance {iid} does not exist", resource="instance")
+            if inst.id in adopted:
+                raise WrongState(
+                    f"instance {inst.name} {ADOPTED_WHY}", resource="instance", reason=QEMU_ADOPTED
+                )
             if inst.state != "running" or inst.desired_state != "running":
                 raise WrongState(
                     f"instance {inst.name} is {inst.state}; only a running instance migrates "
