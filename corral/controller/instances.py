@@ -767,7 +767,7 @@ class Instances:
             public = (await self.ctrl.elastic_ips.by_instance(s, [inst.id])).get(inst.id)
             # its names on every node of its subnet, recorded with the name itself
             net = await s.get(Network, inst.network_id) if inst.network_id else None
-            segment = [n.id for n in await overlays.segment_networks(s, net)] if net else []
+            segment = [n.id for n in await overlays.vpc_networks(s, net)] if net else []
             pushes = await self.ctrl.network_pushes.record(s, segment, why="an instance renamed")
         waiting = await self.ctrl.network_pushes.settle(pushes)
         if public:

@@ -80,13 +80,14 @@ async def account_networks(s: AsyncSession, account_id: str) -> list[str]:
 
 async def instance_networks(s: AsyncSession, instance_ids: Iterable[str | None]) -> list[str]:
     """The networks holding these instances, with the other nodes' networks of each one's
-    segment (which list its groups for group-to-group rules across nodes)."""
+    segment, and of a non-default VPC's every subnet (which list its groups for
+    group-to-group rules across nodes and subnets)."""
     ids_ = [i for i in instance_ids if i]
     out: dict[str, None] = {}
     for nid in await s.scalars(select(Instance.network_id).where(Instance.id.in_(ids_))):
         net = await s.get(Network, nid) if nid else None
         if net is not None:
-            out.update(dict.fromkeys(n.id for n in await overlays.segment_networks(s, net)))
+            out.update(dict.fromkeys(n.id for n in await overlays.vpc_networks(s, net)))
     return list(out)
 
 

@@ -140,11 +140,12 @@ class Networks:
         )
 
     async def hosts(self, s: AsyncSession, network: Network) -> list[HostRecord]:
-        """Every instance of the network's segment (its subnet on every node): DHCP for the
-        ones on this network, names for all (controller/overlays.py) unless the network is a
-        subnet of a VPC whose ``enableDnsHostnames`` is off (AWS's default for a VPC made with
+        """Every instance of the network's segment (its subnet on every node), and for a
+        non-default VPC's subnet of every subnet of its VPC: DHCP for the ones on this
+        network, names for all (controller/overlays.py) unless the network is a subnet of a
+        VPC whose ``enableDnsHostnames`` is off (AWS's default for a VPC made with
         CreateVpc): then its instances get addresses and no names."""
-        nets = [n.id for n in await overlays.segment_networks(s, network)]
+        nets = [n.id for n in await overlays.vpc_networks(s, network)]
         named = True
         if network.transit is not None:  # a non-default VPC's subnet, named by the subnet's id
             named = bool(
@@ -195,10 +196,16 @@ class Networks:
             hosts = await self.hosts(s, row)
             arriving = self.ctrl.overlays.arriving(row.node_id)
             pol = await policy.build(s, row, self.spec(row), self.ctrl.settings, arriving)
-            siblings = [n.id for n in await overlays.segment_networks(s, row) if n.id != row.id]
+            siblings = await self._namespace_networks(s, row)
+            for other in siblings:  # every subnet of a VPC in its namespace here
+                more = await policy.build(s, other, self.spec(other), self.ctrl.settings, arriving)
+                pol = policy.merge(pol, more)
             here = {p.address for p in pol.ports}
-            pol.remote = [m for m in await policy.members(s, siblings) if m.address not in here]
-            pol.overlay_devs = await self.ctrl.overlays.devices(s, row)
+            local = {n.id for n in pol.networks}
+            others = [n.id for n in await overlays.vpc_networks(s, row) if n.id not in local]
+            pol.remote = [m for m in await policy.members(s, others) if m.address not in here]
+            devs = {d for n in [row, *siblings] for d in await self.ctrl.overlays.devices(s, n)}
+            pol.overlay_devs = sorted(devs)
             if row.transit is not None:  # a VPC's namespace: out through the node's namespace
                 node_net = await self.default(s, row.node_id)
                 pol.uplink = transit_uplink(row.transit, node_net.namespace) if pol.uplink else None
@@ -209,10 +216,27 @@ class Networks:
                 docs = await imds_docs.documents(s, row, self.ctrl.settings)
         return row, hosts, pol, docs
 
+    async def _namespace_networks(self, s: AsyncSession, row: Network) -> list[Network]:
+        """The other networks of ``row``'s VPC namespace on its node (other subnets of the
+        VPC): one rule set covers them all. One without instances adds no port."""
+        if row.transit is None:
+            return []
+        return list(
+            await s.scalars(
+                select(Network)
+                .where(
+                    Network.node_id == row.node_id,
+                    Network.namespace == row.namespace,
+                    Network.id != row.id,
+                )
+                .order_by(Network.id)
+            )
+        )
+
     async def ensure_on_node(self, network_id: str) -> None:
         """Namespace, bridge, dnsmasq with the host list, and the kernel policy (idempotent).
         A VPC subnet's network that no live instance uses is removed from its node instead."""
-        async with self._pushing[network_id]:
+        async with self._pushing[await self._lock_key(network_id)]:
             if await self._unused_vpc_network(network_id):
                 return
             if (want := await self._desired(network_id)) is None:
@@ -224,6 +248,13 @@ class Networks:
             if docs is not None:
                 await node.metadata_put(self.spec(row), docs)
 
+    async def _lock_key(self, network_id: str) -> str:
+        """What one push at a time is kept to: the network, or a VPC's whole namespace on its
+        node (one rule set there covers all its networks; two pushes of it must not cross)."""
+        async with self.ctrl.store.read() as s:
+            row = await s.get(Network, network_id)
+        return row.namespace if row is not None and row.transit is not None else network_id
+
     async def sync(self, network_id: str | None) -> None:
         """Push what changed in the store to the node: DNS/DHCP hosts and the kernel policy;
         and to the other nodes of the network's segment (their names and group members), then
@@ -233,25 +264,27 @@ class Networks:
             return
         async with self.ctrl.store.read() as s:
             row = await s.get(Network, network_id)
-            siblings = [
-                n.id
-                for n in (await overlays.segment_networks(s, row) if row is not None else [])
-                if n.id != network_id
-            ]
-            key = overlays.segment_key(row) if row is not None and siblings else None
-            vni = await overlays.segment_vni(s, key) if key is not None else None
-        if key is not None and vni is None:
-            # the VNI first: every node's guard must name the tunnel before it carries frames
+            near = await overlays.vpc_networks(s, row) if row is not None else []
+            siblings = [n.id for n in near if n.id != network_id]
+            keys = []  # the VNIs first: every node's guard must name a tunnel before it carries
+            if row is not None and len({n.node_id for n in near}) > 1:
+                keys = [k for k in {overlays.segment_key(n) for n in near} if k is not None]
+                if row.transit is not None:
+                    vpc_id = await s.scalar(select(Subnet.vpc_id).where(Subnet.id == row.name))
+                    keys.append(overlays.router_key(str(vpc_id)))
+            missing = [k for k in sorted(keys) if await overlays.segment_vni(s, k) is None]
+        if missing:
             async with self.ctrl.store.write() as s:
-                await overlays.segment_vni(s, key, allocate=True)
+                for key in missing:
+                    await overlays.segment_vni(s, key, allocate=True)
         await self.sync_one(network_id)
         for nid in siblings:
             try:
                 await self.sync_one(nid)
             except CorralError as err:
                 log.warning("network %s (a sibling of %s): %s", nid, network_id, err.message)
-        if siblings:
-            await self.ctrl.overlays.sync()
+        if siblings or (row is not None and row.transit is not None):
+            await self.ctrl.overlays.sync()  # the segments, and the VPC's routers
 
     async def sync_one(self, network_id: str) -> None:
         """Push one network's whole desired state (policy, hosts, metadata documents) to its
@@ -268,7 +301,7 @@ class Networks:
                 return
             await self.sync_one(node_net.id)
             return
-        async with self._pushing[network_id]:
+        async with self._pushing[await self._lock_key(network_id)]:
             if (want := await self._desired(network_id)) is None:
                 return
             row, hosts, pol, docs = want
@@ -289,8 +322,8 @@ class Networks:
         network for the default subnet it stands for; else the subnet's own network on the
         node (made on first use, in the VPC's namespace there, its gateway the subnet's first
         address; on several nodes, one segment over VXLAN with one IPAM: controller/overlays.py).
-        One subnet per VPC per node: a second is refused while the first has live
-        instances there (both would need routes between them in one namespace)."""
+        A VPC's subnets on one node share its namespace there, which routes between them
+        (and, over the VPC's router link, to its subnets on other nodes)."""
         default = await self.default(s, node_id)
         vpc = await s.get(Vpc, subnet.vpc_id)
         if vpc is not None and vpc.is_default and subnet.is_default and subnet.cidr == default.cidr:
@@ -307,28 +340,21 @@ class Networks:
             )
         namespace = vpc_namespace(default.namespace, subnet.vpc_id)
         on_node = list(await s.scalars(select(Network).where(Network.node_id == node_id)))
-        for other in on_node:
-            if other.namespace != namespace or other.name == subnet.id:
-                continue
-            busy = await s.scalar(
-                select(Instance.id).where(
-                    Instance.network_id == other.id, Instance.state != "terminated"
-                )
-            )
-            if busy is not None:
-                raise Invalid(
-                    f"subnet {subnet.id}: the VPC {subnet.vpc_id} already runs instances of "
-                    f"its subnet {other.name} on node {node_id}, and Corral does not route "
-                    "between two subnets of a VPC on one node yet; launch into "
-                    f"{other.name}, or on another node (--node)",
-                    field="subnet",
-                    ec2_code="UnsupportedOperation",
-                )
+        # the VPC's subnets on a node share its namespace, and so its uplink's transit /30:
+        # the one its networks in use there have (else any of its networks' there, else a
+        # free one)
+        mine = [n for n in on_node if n.namespace == namespace and n.transit]
+        in_use = [n for n in mine if await self._in_use(s, n)]
+        shared = next((n.transit for n in [*in_use, *mine]), None)
         row = next((n for n in on_node if n.name == subnet.id), None)
         if row is not None:
+            if in_use and row.transit != shared and row not in in_use:
+                row.transit = shared  # made under an older Corral, with a /30 of its own
             return row
         used = {n.transit for n in on_node if n.transit}
-        slot = next(transit_slot(i) for i in range(1 << 14) if transit_slot(i) not in used)
+        slot = shared or next(
+            transit_slot(i) for i in range(1 << 14) if transit_slot(i) not in used
+        )
         net = ipaddress.IPv4Network(subnet.cidr)
         row = Network(
             id=ids.new_id("network"),
@@ -344,6 +370,17 @@ class Networks:
         s.add(row)
         await s.flush()
         return row
+
+    async def _in_use(self, s: AsyncSession, row: Network) -> bool:
+        """Whether a live instance is on the network, or one is moving there."""
+        if (row.name, row.node_id) in self._held:
+            return True
+        live = await s.scalar(
+            select(Instance.id)
+            .where(Instance.network_id == row.id, Instance.state != "terminated")
+            .limit(1)
+        )
+        return live is not None
 
     async def hold_arrival(self, instance_id: str, node_id: str) -> Held | None:
         """Before an instance moves to ``node_id`` (live or cold) or its replica is set up
@@ -427,5 +464,8 @@ class Networks:
             spec = spec.model_copy(update={"vpc": False})
         await self.ctrl.node(row.node_id).network_remove(spec)
         self._removed.add(network_id)
+        if live is None:  # the namespace went, with its segments' devices and its router
+            gone = [n.id for n in await self.by_namespace(row.namespace)]
+            self.ctrl.overlays.forget_namespace(row.node_id, row.namespace, gone)
         log.info("network %s (%s) removed from node %s", row.id, row.name, row.node_id)
         return True

@@ -47,8 +47,14 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.errors import CorralError
-from corral.node.spec import OverlaySpec, vxlan_device
-from corral.store.models import Instance, Network, Node, OverlaySegment
+from corral.node.spec import (
+    ROUTER_LINK_PREFIX,
+    OverlaySpec,
+    RouterSpec,
+    router_mac,
+    vxlan_device,
+)
+from corral.store.models import Instance, Network, Node, OverlaySegment, Subnet, Vpc
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
@@ -56,6 +62,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FIRST_VNI = 100
+ROUTER = "router:"  # the keys of VPC routers in ``Overlays._pushed`` and ``overlay_segments``
 # instances whose MAC may be on the wire: being launched, running, being stopped or rebooted
 OFF = ("stopped", "terminated")
 
@@ -78,6 +85,32 @@ async def segment_networks(s: AsyncSession, network: Network) -> list[Network]:
             .order_by(Network.id)
         )
     )
+
+
+async def vpc_networks(s: AsyncSession, network: Network) -> list[Network]:
+    """Every network ``network``'s instances exchange routed traffic and names with: for a
+    non-default VPC's subnet, every network of every subnet of its VPC, on every node (the
+    VPC's router joins them, ``Overlays``); else the segment's (``segment_networks``)."""
+    if network.transit is None:
+        return await segment_networks(s, network)
+    vpc_id = await s.scalar(select(Subnet.vpc_id).where(Subnet.id == network.name))
+    return list(
+        await s.scalars(
+            select(Network)
+            .join(Subnet, Subnet.id == Network.name)
+            .where(Subnet.vpc_id == vpc_id, Network.transit.is_not(None))
+            .order_by(Network.id)
+        )
+    )
+
+
+def router_key(vpc_id: str) -> str:
+    """The overlay segment key of a VPC's router link (its VNI is allocated as a segment's)."""
+    return ROUTER + vpc_id
+
+
+def router_bridge(vpc_id: str) -> str:
+    return ROUTER_LINK_PREFIX + vpc_id.partition("-")[2][:12]  # at most 15 characters
 
 
 def underlay_address(node: Node) -> str | None:
@@ -132,6 +165,12 @@ class Overlays:
         """The node's agent restarted or reconnected: push its segments again."""
         for key in [k for k in self._pushed if k[0] == node_id]:
             del self._pushed[key]
+
+    def forget_namespace(self, node_id: str, namespace: str, network_ids: list[str]) -> None:
+        """A VPC's namespace left the node (its segments and router with it): push them
+        again if it comes back."""
+        for key in [(node_id, n) for n in network_ids] + [(node_id, ROUTER + namespace)]:
+            self._pushed.pop(key, None)
 
     def arrive(self, instance_id: str, node_id: str) -> None:
         """From the next ``sync``, send the instance's frames to ``node_id`` as well as to its
@@ -276,6 +315,94 @@ class Overlays:
                 if self._pushed.get((node_id, net_id)) != want:
                     per_node.setdefault(node_id, []).append((net_id, net, spec))
             await asyncio.gather(*(self._push(n, todo) for n, todo in per_node.items()))
+            routers = await self._router_plan()
+            wanted = {(node_id, ROUTER + ns) for node_id, ns in routers}
+            for key in [k for k in self._pushed if k[1].startswith(ROUTER) and k not in wanted]:
+                del self._pushed[key]  # gone from there: pushed again if it comes back
+            todo = [
+                (node_id, spec)
+                for (node_id, ns), spec in sorted(routers.items())
+                if node_id in self.ctrl.nodes
+                and self.ctrl.cluster.reachable(node_id)
+                and self._pushed.get((node_id, ROUTER + ns)) != spec.model_dump_json()
+            ]
+            await asyncio.gather(*(self._push_router(n, spec) for n, spec in todo))
+
+    async def _push_router(self, node_id: str, spec: RouterSpec) -> None:
+        try:
+            await self.ctrl.node(node_id).router_ensure(spec)
+        except CorralError as err:
+            log.warning("node %s: the router of %s: %s", node_id, spec.namespace, err.message)
+            return
+        self._pushed[(node_id, ROUTER + spec.namespace)] = spec.model_dump_json()
+
+    async def _router_plan(self) -> dict[tuple[str, str], RouterSpec]:
+        """What each VPC namespace holding live instances must have: its router, with a link
+        to the VPC's other nodes (one VNI per VPC) and a route per instance running on one of
+        them. An instance being moved counts where it moves (``move``)."""
+        async with self.ctrl.store.read() as s:
+            rows = (
+                await s.execute(
+                    select(Network.node_id, Network.namespace, Subnet.vpc_id, Vpc.cidr)
+                    .join(Subnet, Subnet.id == Network.name)
+                    .join(Vpc, Vpc.id == Subnet.vpc_id)
+                    .where(Network.transit.is_not(None))
+                )
+            ).all()
+            placed = (
+                await s.execute(
+                    select(Instance.id, Instance.private_ip, Instance.node_id, Subnet.vpc_id)
+                    .join(Network, Network.id == Instance.network_id)
+                    .join(Subnet, Subnet.id == Network.name)
+                    .where(
+                        Instance.state.not_in(OFF),
+                        Instance.node_id.is_not(None),
+                        Instance.private_ip.is_not(None),
+                        Network.transit.is_not(None),
+                    )
+                )
+            ).all()
+            addr = {n.id: underlay_address(n) for n in await s.scalars(select(Node))}
+            have = {
+                r.key: r.vni
+                for r in await s.scalars(
+                    select(OverlaySegment).where(OverlaySegment.key.startswith(ROUTER))
+                )
+            }
+        namespaces = {(node, vpc): ns for node, ns, vpc, _ in rows}
+        cidrs = {vpc: cidr for _, _, vpc, cidr in rows}
+        members: defaultdict[str, list[tuple[str, str]]] = defaultdict(list)  # vpc -> (ip, node)
+        for iid, ip, node, vpc in placed:
+            members[vpc].append((str(ip), self._moving.get(iid, str(node))))
+        plan: dict[tuple[str, str], RouterSpec] = {}
+        for vpc, here in sorted(members.items()):
+            hosting = sorted({n for _, n in here if (n, vpc) in namespaces})
+            linked = [n for n in hosting if addr.get(n)]
+            vni = have.get(router_key(vpc))
+            if len(linked) >= 2 and vni is None:
+                async with self.ctrl.store.write() as s:
+                    vni = await segment_vni(s, router_key(vpc), allocate=True)
+            for node in hosting:
+                ns = namespaces[(node, vpc)]
+                link, routes = None, {}
+                if node in linked and len(linked) >= 2 and vni is not None:
+                    local = addr[node]
+                    assert local is not None
+                    others = [n for n in linked if n != node]
+                    link = OverlaySpec(
+                        namespace=ns,
+                        bridge=router_bridge(vpc),
+                        vni=vni,
+                        local=local,
+                        peers=[str(addr[n]) for n in others],
+                        entries={router_mac(vpc, n): str(addr[n]) for n in others},
+                    )
+                    routes = {ip: router_mac(vpc, n) for ip, n in here if n in others}
+                plan[(node, ns)] = RouterSpec(
+                    namespace=ns, cidr=cidrs[vpc], mac=router_mac(vpc, node), link=link,
+                    routes=routes,
+                )  # fmt: skip
+        return plan
 
     async def _push(
         self, node_id: str, todo: list[tuple[str, Network, OverlaySpec | None]]
@@ -296,7 +423,16 @@ class Overlays:
             self._pushed[(node_id, net_id)] = spec.model_dump_json() if spec is not None else ""
 
     async def devices(self, s: AsyncSession, network: Network) -> list[str]:
-        """The VXLAN device names the network's bridge may have (for its guard)."""
-        key = segment_key(network)
-        vni = await segment_vni(s, key) if key is not None else None
-        return [vxlan_device(vni)] if vni is not None else []
+        """The VXLAN device names the network's namespace may have (for its guard): the
+        segment's, and for a VPC's subnet its router's link."""
+        keys = [segment_key(network)]
+        if network.transit is not None:
+            keys.append(router_key(str(await s.scalar(
+                select(Subnet.vpc_id).where(Subnet.id == network.name)
+            ))))  # fmt: skip
+        out = []
+        for key in keys:
+            vni = await segment_vni(s, key) if key is not None else None
+            if vni is not None:
+                out.append(vxlan_device(vni))
+        return out

@@ -211,6 +211,20 @@ async def build(
     )
 
 
+def merge(policy: PolicySpec, other: PolicySpec) -> PolicySpec:
+    """``policy`` with ``other`` (another network of the same VPC namespace, issue 12) folded
+    in: its ports and groups join, its network becomes a sibling (routed between)."""
+    groups = {g.id: g for g in [*policy.groups, *other.groups]}
+    have = {p.instance_id for p in policy.ports}
+    return policy.model_copy(
+        update={
+            "groups": sorted(groups.values(), key=lambda g: g.id),
+            "ports": [*policy.ports, *(p for p in other.ports if p.instance_id not in have)],
+            "siblings": [*policy.siblings, other.network],
+        }
+    )
+
+
 def port_buckets(inst: Instance) -> tuple[Bucket | None, Bucket | None]:
     """(to the guest, from the guest) caps of ``inst``'s port: a cap set on the instance
     (``net_limit_mbit``) is a plain cap both ways; else its type's sustained rates with their

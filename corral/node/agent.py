@@ -40,6 +40,7 @@ from corral.node.net import (
     overlay,
     publicdns,
     reach,
+    router,
     shaping,
     uplink,
 )
@@ -61,6 +62,7 @@ from corral.node.spec import (
     OverlaySpec,
     PolicySpec,
     PortSpec,
+    RouterSpec,
 )
 from corral.node.storage import overlays, volumes
 from corral.proc import arun
@@ -446,8 +448,10 @@ class NodeAgent(EvacuateAgent):
             moved = {ip for ip in set(before) | set(mapping) if before.get(ip) != mapping.get(ip)}
             if moved:
                 await uplink.flush_flows(ns, moved)
-            self._public[policy.network.id] = mapping
-            self._policies[policy.network.id] = policy
+            # one rule set for every network of the namespace (a VPC's subnets there)
+            for net in policy.networks:
+                self._public[net.id] = mapping
+                self._policies[net.id] = policy
             present = await links.link_names(ns)
             for port in policy.ports:
                 if port.tap in present:
@@ -477,6 +481,17 @@ class NodeAgent(EvacuateAgent):
             underlay_dev=spec.underlay_dev,
         )
         await overlay.ensure(seg, spec.peers, spec.entries, spec.spread)
+
+    async def router_ensure(self, spec: RouterSpec) -> None:
+        """A VPC's router in its namespace here: routes between its subnets and, over a link
+        of its own, to its instances on other nodes (net/router.py)."""
+        if not netns.exists(spec.namespace):
+            raise NotFound(
+                f"namespace {spec.namespace} is not on this node yet: push its VPC's network "
+                "first (the next reconcile pass does)",
+                resource="network",
+            )
+        await router.ensure(spec)
 
     async def overlay_remove(self, namespace: str, vni: int) -> None:
         if netns.exists(namespace):  # a VPC's namespace may have gone with its last instance

@@ -27,6 +27,7 @@ from corral.node.spec import (
     PolicySpec,
     ReplicaServed,
     ReplicaStatus,
+    RouterSpec,
 )
 
 
@@ -69,6 +70,8 @@ class NodeClient(Protocol):
     async def overlay_ensure(self, spec: OverlaySpec) -> None: ...
 
     async def overlay_remove(self, namespace: str, vni: int) -> None: ...
+
+    async def router_ensure(self, spec: RouterSpec) -> None: ...
 
     async def instance_create(self, spec: InstanceSpec) -> None: ...
 

@@ -41,6 +41,7 @@ from corral.node.spec import (
     PolicySpec,
     ReplicaServed,
     ReplicaStatus,
+    RouterSpec,
 )
 
 
@@ -73,6 +74,7 @@ class FakeNode:
         self.hosts: dict[str, list[HostRecord]] = {}
         self.policies: dict[str, PolicySpec] = {}
         self.overlays: dict[tuple[str, int], OverlaySpec] = {}
+        self.routers: dict[str, RouterSpec] = {}  # namespace -> its VPC router's last push
         self.dns: dict[str, str] = {}
         self.heartbeats: list[tuple[str, int, int, float, list[str]]] = []
         self.heard_peers: dict[str, float] = {}  # peer -> seconds since it said hello
@@ -157,6 +159,9 @@ class FakeNode:
 
     async def overlay_remove(self, namespace: str, vni: int) -> None:
         self.overlays.pop((namespace, vni), None)
+
+    async def router_ensure(self, spec: RouterSpec) -> None:
+        self.routers[spec.namespace] = spec
 
     async def network_hosts(self, spec: NetworkSpec, hosts: list[HostRecord]) -> None:
         self.hosts[spec.id] = list(hosts)

@@ -26,7 +26,8 @@ FILE = "metadata.json"
 
 
 class MetadataService:
-    """Documents per network; with ``serve``, one listener per network in its namespace."""
+    """Documents per network; with ``serve``, one listener per namespace (a VPC's may hold
+    several of its networks)."""
 
     def __init__(self, directory: Path, key_file: Path, serve: bool) -> None:
         self.directory = directory  # <state>/networks
@@ -69,14 +70,19 @@ class MetadataService:
         self._keep(spec, documents)
         await self.listen(spec)
 
-    def lookup(self, network_id: str, address: str) -> InstanceMetadata | None:
-        return self.docs.get(network_id, {}).get(address)
+    def lookup(self, namespace: str, address: str) -> InstanceMetadata | None:
+        """The document of the instance at ``address`` in ``namespace`` (a VPC's namespace may
+        hold several of its subnets, whose addresses never overlap)."""
+        for network_id, spec in self.networks.items():
+            if spec.namespace == namespace and (doc := self.docs[network_id].get(address)):
+                return doc
+        return None
 
     async def listen(self, spec: NetworkSpec) -> None:
-        """The listener of ``spec``'s namespace, once (when this agent serves metadata). A
-        namespace not there yet (a restart before the controller's push) is tried again at
-        the next push."""
-        running = self._servers.get(spec.id)
+        """The listener of ``spec``'s namespace, once per namespace (when this agent serves
+        metadata). A namespace not there yet (a restart before the controller's push) is
+        tried again at the next push."""
+        running = self._servers.get(spec.namespace)
         if not (self.serve or spec.vpc) or (running is not None and not running[1].done()):
             return
         try:
@@ -86,24 +92,28 @@ class MetadataService:
             return
         if self._key is None:
             self._key = imds.token_key(self.key_file)
-        network_id = spec.id
+        namespace = spec.namespace
 
         async def resolve(address: str) -> InstanceMetadata | None:
-            return self.lookup(network_id, address)
+            return self.lookup(namespace, address)
 
         srv = server.server(imds.create_app(resolve, self._key))
-        task = asyncio.create_task(srv.serve(sockets=[sock]), name=f"metadata-{spec.id}")
-        self._servers[spec.id] = (srv, task)
-        log.info("metadata service of %s listening in %s", spec.id, spec.namespace)
+        task = asyncio.create_task(srv.serve(sockets=[sock]), name=f"metadata-{namespace}")
+        self._servers[namespace] = (srv, task)
+        log.info("metadata service listening in %s", namespace)
 
     async def forget(self, network_id: str) -> None:
-        await self._stop(network_id)
+        """The network left the node; its namespace's listener stops with the last of them."""
+        spec = self.networks.pop(network_id, None)
         self.docs.pop(network_id, None)
-        self.networks.pop(network_id, None)
         (self.directory / network_id / FILE).unlink(missing_ok=True)
+        if spec is not None and not any(
+            n.namespace == spec.namespace for n in self.networks.values()
+        ):
+            await self._stop(spec.namespace)
 
-    async def _stop(self, network_id: str) -> None:
-        running = self._servers.pop(network_id, None)
+    async def _stop(self, namespace: str) -> None:
+        running = self._servers.pop(namespace, None)
         if running is None:
             return
         srv, task = running
@@ -112,5 +122,5 @@ class MetadataService:
             await asyncio.wait_for(task, 10)
 
     async def close(self) -> None:
-        for network_id in list(self._servers):
-            await self._stop(network_id)
+        for namespace in list(self._servers):
+            await self._stop(namespace)

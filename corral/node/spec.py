@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from typing import Any
 
@@ -249,6 +250,15 @@ class PolicySpec(BaseModel):
     overlay_devs: list[str] = Field(default_factory=list)
     # a node's own network with an uplink: the elastic IPs it routes into its VPC namespaces
     routed: list[RoutedPublic] = Field(default_factory=list)
+    # a VPC's namespace holding several of its subnets (issue 12): their networks beside
+    # ``network``; the policy covers all of them (one rule set per namespace), and the
+    # namespace routes between them
+    siblings: list[NetworkSpec] = Field(default_factory=list)
+
+    @property
+    def networks(self) -> list[NetworkSpec]:
+        """Every network of the namespace this policy covers."""
+        return [self.network, *self.siblings]
 
 
 class InstanceMetadata(BaseModel):
@@ -379,6 +389,37 @@ class OverlaySpec(BaseModel):
 
 class OverlayRequest(BaseModel):
     spec: OverlaySpec
+
+
+ROUTER_LINK_PREFIX = "vr-"  # a VPC router's link to its namespaces on other nodes
+
+
+def router_mac(vpc_id: str, node_id: str) -> str:
+    """A node's MAC on a VPC's router link: locally administered (02:), stable, and unique per
+    (VPC, node) for any practical count of nodes (a hash)."""
+    digest = hashlib.sha256(f"{vpc_id}/{node_id}".encode()).digest()
+    return "02:" + ":".join(f"{b:02x}" for b in digest[:5])
+
+
+class RouterSpec(BaseModel):
+    """A VPC's router in its namespace on this node (issue 12). The namespace routes between
+    the VPC's subnets there by itself (a bridge each, with its gateway address); ``link``
+    reaches the VPC's namespaces on other nodes: a VXLAN segment of its own (one VNI per VPC)
+    on a bridge without an address, where each node has ``mac``. Every instance of the VPC
+    running on another node has a /32 route over the link to its node's router MAC
+    (``routes``), so a packet between two subnets is routed at the sender's node and at the
+    receiver's, each on its own (a distributed router). ``cidr``: the VPC's, unreachable
+    unless a subnet or a route says otherwise (never out of the uplink)."""
+
+    namespace: str
+    cidr: str
+    mac: str
+    link: OverlaySpec | None = None  # None: the VPC runs on this node only
+    routes: dict[str, str] = Field(default_factory=dict)  # instance address -> router MAC
+
+
+class RouterRequest(BaseModel):
+    spec: RouterSpec
 
 
 class OverlayRemoveRequest(BaseModel):

@@ -80,6 +80,7 @@ CALLS: dict[str, Call] = {
         Call("metadata_put", s.MetadataPutRequest, None),  # a network's metadata documents
         Call("overlay_ensure", s.OverlayRequest, None),  # VPC segments across nodes (issue 12)
         Call("overlay_remove", s.OverlayRemoveRequest, None),
+        Call("router_ensure", s.RouterRequest, None),  # a VPC's router on the node (issue 12)
         Call("instance_create", s.InstanceSpecRequest, None, T.LONG),
         Call("instance_start", s.InstanceSpecRequest, int, T.LONG),
         Call("instance_stop", s.InstanceStopRequest, s.ExitInfo | None, budget="timeout"),

@@ -257,3 +257,64 @@ def test_a_subnet_spans_two_nodes(two: Cluster) -> None:
         wait_for(lambda: not Path("/run/netns", vpc_ns["host1"]).exists(), 60, what="host1 left")
     finally:
         c.cli("rm", *live, timeout=300).ok()
+
+
+def test_a_vpcs_subnets_are_routed_on_one_node_and_across_nodes(two: Cluster) -> None:
+    """Two subnets of one VPC (issue 12: its namespace on each node routes between them, and
+    its router link between nodes): r (subnet 1) and s (subnet 2) on host1, t (subnet 2) on
+    host2. r reaches s through host1's namespace, and t across nodes (routed at host1, then
+    at host2), by address and by name, both ways; the default group's rule admitting its own
+    members is what lets it through, for members of another subnet on another node too."""
+    c = two
+    vid = re.search(r"vpc-[0-9a-f]{17}", c.cli("vpc", "create", "10.67.0.0/16").ok().out)
+    assert vid is not None
+    subnets = []
+    for cidr in ("10.67.1.0/24", "10.67.2.0/24"):
+        sid = re.search(
+            r"subnet-[0-9a-f]{17}", c.cli("subnet", "create", vid.group(0), cidr).ok().out
+        )
+        assert sid is not None
+        subnets.append(sid.group(0))
+    live = []
+    try:
+        for name, host, subnet in (
+            ("r", "host1", subnets[0]),
+            ("s", "host1", subnets[1]),
+            ("t", "host2", subnets[1]),
+        ):
+            c.cli("run", "tiny", *WHOLE_CORE, "--name", name, "--memory", MEMORY, "--node", host,
+                  "--subnet", subnet).ok()  # fmt: skip
+            live.append(name)
+        r, s, t = (_guest(c, json.loads(c.cli("show", n, "--json").ok().out)) for n in live)
+        assert (r.node, s.node, t.node) == ("host1", "host1", "host2")
+        assert r.ip.startswith("10.67.1.") and s.ip.startswith("10.67.2.")
+        for g in (r, s, t):
+            _login(g)
+        # on one node: routed by the VPC's namespace between its two bridges
+        assert r.run(f"ping -c 2 -W 3 {s.ip} >/dev/null"), r.text()[-800:]
+        assert s.run(f"ping -c 2 -W 3 {r.ip} >/dev/null"), s.text()[-800:]
+        # across nodes and subnets: routed at the sender's node, over the VPC's router link,
+        # then at the receiver's; names resolve across the VPC's subnets
+        assert r.run(f"ping -c 2 -W 3 {t.ip} >/dev/null"), r.text()[-800:]
+        assert t.run(f"ping -c 2 -W 3 {r.ip} >/dev/null"), t.text()[-800:]
+        assert r.run("ping -c 1 -W 3 t >/dev/null"), r.text()[-800:]
+        assert r.run("echo | nc -w 5 t 22 | grep -q SSH-2.0"), r.text()[-800:]
+        assert t.run("echo | nc -w 5 r 22 | grep -q SSH-2.0"), t.text()[-800:]
+        # the security groups judge routed flows as bridged ones, on both nodes: without the
+        # VPC's default group's rule admitting its own members, nothing passes
+        groups = json.loads(c.cli("sg", "ls", "--json").ok().out)
+        gid = next(g["id"] for g in groups if g["name"] == "default" and g["vpc"] == vid.group(0))
+        c.cli("sg", "revoke", gid, "--proto", "all", "--group", gid).ok()
+        try:
+            assert not r.run(f"ping -c 2 -W 2 {t.ip} >/dev/null")
+            assert not r.run(f"ping -c 2 -W 2 {s.ip} >/dev/null")
+            assert not t.run("echo | nc -w 4 r 22 | grep -q SSH-2.0")
+        finally:
+            c.cli("sg", "allow", gid, "--proto", "all", "--group", gid).ok()
+        assert r.run(f"ping -c 2 -W 3 {t.ip} >/dev/null"), r.text()[-800:]
+        # an address of the VPC that no instance has is refused in the VPC's namespace
+        # (never sent out of the uplink)
+        assert not r.run("ping -c 1 -W 2 10.67.9.9 >/dev/null")
+    finally:
+        if live:
+            c.cli("rm", *live, timeout=300).ok()

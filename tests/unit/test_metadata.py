@@ -46,7 +46,7 @@ def client_from(ctrl: Controller, node: FakeNode, tmp_path: Path) -> Client:
 
             async def resolve(asking: str) -> InstanceMetadata | None:
                 await service.put(spec, node.metadata.get(network.id, []))
-                return service.lookup(network.id, asking)
+                return service.lookup(spec.namespace, asking)
 
             app = imds.create_app(resolve, b"k" * 32)
         else:
@@ -304,6 +304,6 @@ async def test_the_agent_keeps_pushed_documents_across_a_restart(
     after = MetadataService(tmp_path / "networks", tmp_path / "key", serve=False)
     await after.start()  # a new agent: it answers before the controller pushes anything
     assert web.private_ip is not None
-    found = after.lookup(network.id, web.private_ip)
+    found = after.lookup(network.namespace, web.private_ip)
     assert found is not None and found.instance_id == web.id
     assert found.user_data and found == node.metadata[network.id][0]

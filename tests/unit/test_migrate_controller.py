@@ -281,8 +281,8 @@ async def test_the_controller_calls_off_a_migration_its_source_agent_forgot(
 async def test_a_vpc_instance_moves_to_a_node_without_its_subnet(cluster: Cluster) -> None:
     """Its subnet's network is made on the destination for the move (the VPC's namespace
     there, its segment joined), kept while the move lasts, and its address kept; the source's
-    goes with its last instance. A move that rolls back takes the new network away again,
-    and one to a node where another subnet of the VPC runs is refused before anything."""
+    goes with its last instance. A move that rolls back takes the new network away again;
+    one to a node where another subnet of the VPC runs joins it in the VPC's namespace."""
     ctrl = await cluster({"a": {}, "b": {}, "c": {}})
     me = admin(ctrl)
     vpc = await ctrl.vpcs.create(me, "10.8.0.0/16")
@@ -315,11 +315,21 @@ async def test_a_vpc_instance_moves_to_a_node_without_its_subnet(cluster: Cluste
     assert made.id in b.policies and [p.address for p in b.policies[made.id].ports] == ["10.8.1.20"]
     assert src_net not in a.policies and ("network_remove", src_net) in a.calls
 
-    # another subnet of the VPC runs on c: refused, nothing claimed, it stays on b
-    await run(ctrl, node="c", subnet=two.id)
-    on_c = await claimed_memory(ctrl, "c")
+    # another subnet of the VPC runs on c: the move joins it in the VPC's namespace there,
+    # which routes between the two (one transit /30, one rule set covering both)
+    other = await run(ctrl, node="c", subnet=two.id)
     _, op = await ctrl.migrations.request(me, inst.name, to="c")
     done = await finish(ctrl, op)
-    assert done.status == "failed" and "does not route between two subnets" in str(done.error)
-    assert (await reload(ctrl, inst.id)).node_id == "node-b"
-    assert await claimed_memory(ctrl, "c") == on_c  # its claim there given back
+    assert done.status == "succeeded", done.error
+    row = await reload(ctrl, inst.id)
+    async with ctrl.store.read() as s:
+        mine, theirs = (
+            await s.get(Network, row.network_id),
+            await s.get(Network, other.network_id),
+        )
+    assert mine is not None and theirs is not None and mine.id != theirs.id
+    assert (row.node_id, mine.name, row.private_ip) == ("node-c", one.id, "10.8.1.20")
+    assert (mine.namespace, mine.transit) == (theirs.namespace, theirs.transit)
+    pol = fake_node(ctrl, "c").policies[mine.id]
+    assert {n.id for n in pol.networks} == {mine.id, theirs.id}
+    assert {p.address for p in pol.ports} == {"10.8.1.20", other.private_ip}

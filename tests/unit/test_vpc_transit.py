@@ -6,13 +6,11 @@ from __future__ import annotations
 import ipaddress
 import json
 
-import pytest
 from sqlalchemy import update
 
 from corral.controller.networks import transit_uplink, vpc_bridge
-from corral.errors import Invalid
 from corral.node.net import firewall
-from corral.node.spec import NetworkSpec, PolicySpec, RoutedPublic, transit_slot
+from corral.node.spec import NetworkSpec, PolicySpec, RoutedPublic, transit_slot, vxlan_device
 from corral.store.models import Network, Node
 from tests.unit.conftest import Cluster
 from tests.unit.helpers import admin, fake_node, run
@@ -68,13 +66,16 @@ def test_the_nodes_namespace_lets_vpc_flows_out_by_its_uplink_only_and_none_in()
 
 def test_a_vpc_namespace_takes_no_new_flow_from_its_uplink_but_to_its_elastic_ips() -> None:
     vpc = _policy(vpc=True)
-    (inp,) = _rules(vpc, "transit_in")
+    inp, link_in = _rules(vpc, "transit_in")
     assert '"cx0"' in inp and '"new"' in inp and "drop" in inp
     # forward: a flow its nat_pre mapped to an instance (an elastic IP) is let in, then the
     # instance's groups judge it; every other new flow from the uplink is dropped
-    let_in, drop = _rules(vpc, "transit")
+    let_in, drop, link_out = _rules(vpc, "transit")
     assert '"cx0"' in let_in and '"dnat"' in let_in and "accept" in let_in, let_in
     assert '"cx0"' in drop and '"new"' in drop and "drop" in drop, drop
+    # the router's link to the VPC's other nodes: nothing to the namespace, nothing out
+    assert '"vr-*"' in link_in and "drop" in link_in and '"new"' not in link_in
+    assert '"vr-*"' in link_out and '"cx0"' in link_out and "drop" in link_out
     assert not any('"169.254.0.0"' in r for r in _rules(vpc, "nat_post"))
     assert any('"10.0.1.0"' in r and "masquerade" in r for r in _rules(vpc, "nat_post"))
 
@@ -136,7 +137,7 @@ async def test_an_elastic_ip_of_a_vpc_instance_is_mapped_in_its_vpc_and_routed_b
     assert {p.public_ip for p in node.policies[vpc_net.id].ports} == {None}
 
 
-async def test_a_vpc_subnet_spans_nodes_as_its_own_segment_one_subnet_per_vpc_per_node(
+async def test_a_vpc_subnet_spans_nodes_as_its_own_segment_and_one_router_joins_its_subnets(
     cluster: Cluster,
 ) -> None:
     ctrl = await cluster({"a": {}, "b": {}, "c": {}})
@@ -166,16 +167,34 @@ async def test_a_vpc_subnet_spans_nodes_as_its_own_segment_one_subnet_per_vpc_pe
     await run(ctrl, node="b")
     vnis = {o.vni for o in fake_node(ctrl, "a").overlays.values()}
     assert len(vnis) == 2, fake_node(ctrl, "a").overlays
-    # another subnet of the VPC on the same node: refused; on another node: fine
-    with pytest.raises(Invalid) as err:
-        await run(ctrl, node="a", subnet=two.id)
-    assert "does not route between two subnets" in err.value.message
+    # another subnet of the VPC on the same node joins the VPC's namespace there; on a
+    # third node (no underlay address: no link) too
+    near = await run(ctrl, node="a", subnet=two.id)
     other = await run(ctrl, node="c", subnet=two.id)
     assert str(other.private_ip).startswith("10.5.2.")
+    assert str(near.private_ip).startswith("10.5.2.")
     nets = {n for node in "abc" for n in fake_node(ctrl, node).policies}
     async with ctrl.store.read() as s:
         rows = [await s.get(Network, n) for n in nets]
     vpc_rows = [r for r in rows if r is not None and r.transit is not None]
-    assert sorted(r.name for r in vpc_rows) == sorted([one.id, one.id, two.id])
+    assert sorted(r.name for r in vpc_rows) == sorted([one.id, one.id, two.id, two.id])
     assert {r.namespace.endswith(vpc.id) for r in vpc_rows} == {True}
     assert len({r.transit for r in vpc_rows if r.node_id == "node-a"}) == 1
+    # one rule set on a for both subnets there: ports of both, both bridges
+    a_pols = [p for p in fake_node(ctrl, "a").policies.values() if p.network.vpc]
+    assert {n.id for n in a_pols[0].networks} == {n.id for n in a_pols[-1].networks}
+    assert {p.address for p in a_pols[-1].ports} == {first.private_ip, near.private_ip}
+    assert len({n.bridge for n in a_pols[-1].networks}) == 2
+    # the VPC's routers: a and b (with underlay addresses) are linked, each routing the
+    # other's instances to its router MAC; a's guard lets the link's VXLAN in; c (no
+    # underlay address) routes between its subnets only
+    ra, rb = fake_node(ctrl, "a").routers, fake_node(ctrl, "b").routers
+    (ra_spec,), (rb_spec,) = ra.values(), rb.values()
+    assert ra_spec.link is not None and rb_spec.link is not None
+    assert ra_spec.link.vni == rb_spec.link.vni and ra_spec.cidr == "10.5.0.0/16"
+    assert ra_spec.link.entries == {rb_spec.mac: "192.0.2.12"} and ra_spec.mac != rb_spec.mac
+    assert ra_spec.routes == {again.private_ip: rb_spec.mac}
+    assert rb_spec.routes == {first.private_ip: ra_spec.mac, near.private_ip: ra_spec.mac}
+    assert vxlan_device(ra_spec.link.vni) in a_pols[-1].overlay_devs
+    (rc_spec,) = fake_node(ctrl, "c").routers.values()
+    assert rc_spec.link is None and rc_spec.routes == {}

@@ -25,7 +25,7 @@ from typing import Any
 
 from corral.errors import Invalid
 from corral.node.net.overlay import gateway_mac
-from corral.node.spec import TRANSIT_CIDR, GroupSpec, PolicySpec, RuleSpec
+from corral.node.spec import ROUTER_LINK_PREFIX, TRANSIT_CIDR, GroupSpec, PolicySpec, RuleSpec
 
 GUARD = "corral_guard"
 TABLE = "corral"
@@ -116,7 +116,7 @@ def rule_exprs(rule: RuleSpec, direction: str, known_groups: set[str]) -> list[l
 def render(policy: PolicySpec) -> list[Json]:
     """The nft JSON commands that make the kernel enforce ``policy`` (one transaction)."""
     fam = "inet"
-    bridge = policy.network.bridge
+    bridges = sorted(n.bridge for n in policy.networks)  # a VPC's namespace: its subnets'
     cmds: list[Json] = []
 
     def add(kind: str, obj: Json) -> None:
@@ -241,7 +241,9 @@ def render(policy: PolicySpec) -> list[Json]:
             "policy": "accept",
         },
     )
-    from_bridge = _match({"meta": {"key": "iifname"}}, bridge)
+    from_bridge = _match(
+        {"meta": {"key": "iifname"}}, bridges[0] if len(bridges) == 1 else {"set": bridges}
+    )
     imds = [_match(_payload("ip", "daddr"), METADATA), _match(_payload("tcp", "dport"), 80)]
     # connections that carry an IMDSv2 token PUT are marked; their answers get the
     # instance's hop limit as TTL (below), so the token cannot travel further than allowed
@@ -360,6 +362,12 @@ def _render_transit(policy: PolicySpec, add: Any, rule: Any) -> None:
         rule("transit", [_match(iif, UPLINK_DEV), dnat, {"accept": None}])
         for chain in ("transit", "transit_in"):
             rule(chain, [_match(iif, UPLINK_DEV), new, {"counter": None}, {"drop": None}])
+        # the router's link to the VPC's other nodes carries routed flows between its
+        # instances only: nothing from it to the namespace itself, nothing from it out of the
+        # uplink (to the internet, flows leave from their own instance's node)
+        link = _match(iif, ROUTER_LINK_PREFIX + "*")
+        rule("transit_in", [link, {"counter": None}, {"drop": None}])
+        rule("transit", [link, _match(oif, UPLINK_DEV), {"counter": None}, {"drop": None}])
         return
     # the elastic IPs of instances in VPC namespaces: from the outside, routed into their VPC
     routed = [r.public_ip for r in policy.routed]
@@ -455,8 +463,12 @@ def _render_guard(policy: PolicySpec, add: Any, rule: Any) -> None:
             },
         )
         from_overlay = _match(iif, "@overlay")
-        gw = gateway_mac(policy.network.gateway)
-        grule("prerouting", [from_overlay, _match(_payload("ether", "saddr"), gw), {"drop": None}])
+        for net in policy.networks:
+            gw = gateway_mac(net.gateway)
+            grule(
+                "prerouting",
+                [from_overlay, _match(_payload("ether", "saddr"), gw), {"drop": None}],
+            )
         grule(
             "prerouting",
             [
@@ -468,15 +480,16 @@ def _render_guard(policy: PolicySpec, add: Any, rule: Any) -> None:
                 {"drop": None},
             ],
         )
-        grule(
-            "prerouting",
-            [
-                from_overlay,
-                _match(_payload("ether", "type"), "arp"),
-                _match(_payload("arp", "daddr ip"), policy.network.gateway),
-                {"drop": None},
-            ],
-        )
+        for net in policy.networks:
+            grule(
+                "prerouting",
+                [
+                    from_overlay,
+                    _match(_payload("ether", "type"), "arp"),
+                    _match(_payload("arp", "daddr ip"), net.gateway),
+                    {"drop": None},
+                ],
+            )
         grule("prerouting", [from_overlay, {"accept": None}])
     # a port the policy does not know (yet) passes nothing: frames from the bridge's own
     # stack never reach this hook, so every frame here came in through an instance's tap
@@ -579,17 +592,19 @@ def _render_nat(policy: PolicySpec, add: Any, rule: Any) -> None:
             {"dnat": {"family": "ip", "addr": {"map": {"key": ip_daddr, "data": "@eip_dnat"}}}},
         ],
     )
-    subnet = _prefix(policy.network.cidr)
+    subnets = [_prefix(n.cidr) for n in policy.networks]
     # hairpin: an instance reaching another's public address gets answers through the node
-    rule(
-        "nat_post",
-        [
-            _match(ip_saddr, subnet),
-            _match(ip_daddr, subnet),
-            _match({"ct": {"key": "status"}}, "dnat", "in"),
-            {"masquerade": None},
-        ],
-    )
+    for src in subnets:
+        for dst in subnets:
+            rule(
+                "nat_post",
+                [
+                    _match(ip_saddr, src),
+                    _match(ip_daddr, dst),
+                    _match({"ct": {"key": "status"}}, "dnat", "in"),
+                    {"masquerade": None},
+                ],
+            )
     if policy.uplink is not None:
         oif = _match({"meta": {"key": "oifname"}}, UPLINK_DEV)
         rule(
@@ -600,7 +615,8 @@ def _render_nat(policy: PolicySpec, add: Any, rule: Any) -> None:
                 {"snat": {"family": "ip", "addr": {"map": {"key": ip_saddr, "data": "@eip_snat"}}}},
             ],
         )
-        rule("nat_post", [oif, _match(ip_saddr, subnet), {"masquerade": None}])
+        for subnet in subnets:
+            rule("nat_post", [oif, _match(ip_saddr, subnet), {"masquerade": None}])
         if not policy.network.vpc:  # the VPC namespaces' flows, masqueraded there already
             rule("nat_post", [oif, _match(ip_saddr, _prefix(TRANSIT_CIDR)), {"masquerade": None}])
 
