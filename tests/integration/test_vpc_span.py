@@ -24,6 +24,7 @@ import itertools
 import json
 import re
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -98,7 +99,6 @@ class Guest:
 
 def _cli_as(c: Cluster, keys: tuple[str, str], *args: str) -> CliResult:
     """The CLI as another account (its access key), against the cluster's API."""
-    import subprocess
     import sys
 
     env = c.env()
@@ -313,8 +313,26 @@ def test_a_vpcs_subnets_are_routed_on_one_node_and_across_nodes(two: Cluster) ->
             c.cli("sg", "allow", gid, "--proto", "all", "--group", gid).ok()
         assert r.run(f"ping -c 2 -W 3 {t.ip} >/dev/null"), r.text()[-800:]
         # an address of the VPC that no instance has is refused in the VPC's namespace
-        # (never sent out of the uplink)
+        # (never sent out of the uplink); the link is there while the VPC spans two nodes
+        ns1 = f"{Settings(state_dir=c.agents['host1'].state_dir).namespace}-{vid.group(0)}"
+        routes = subprocess.run(
+            ["ip", "-n", ns1, "route", "show", "10.67.0.0/16"], capture_output=True, text=True
+        ).stdout
+        assert routes.startswith("unreachable 10.67.0.0/16"), routes
         assert not r.run("ping -c 1 -W 2 10.67.9.9 >/dev/null")
+        assert _router_links(ns1), "no router link on host1"
+        c.cli("rm", "t", timeout=300).ok()
+        live.remove("t")
+        # the VPC left host2: host1's router keeps no link
+        wait_for(lambda: not _router_links(ns1), 60, what="host1's router link removed")
+        assert r.run(f"ping -c 2 -W 3 {s.ip} >/dev/null"), r.text()[-800:]
     finally:
         if live:
             c.cli("rm", *live, timeout=300).ok()
+
+
+def _router_links(namespace: str) -> list[str]:
+    out = subprocess.run(
+        ["ip", "-n", namespace, "-json", "link", "show"], capture_output=True, text=True
+    ).stdout
+    return [x["ifname"] for x in json.loads(out or "[]") if x["ifname"].startswith("vr-")]
