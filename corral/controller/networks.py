@@ -23,6 +23,7 @@ from corral.node.spec import (
     InstanceMetadata,
     NetworkSpec,
     PolicySpec,
+    RoutedPublic,
     UplinkSpec,
     guest_mtu,
     transit_ends,
@@ -32,6 +33,7 @@ from corral.store.models import Instance, Network, Subnet, Vpc
 
 if TYPE_CHECKING:
     from corral.controller.service import Controller
+    from corral.node.client import NodeClient
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,9 @@ class Networks:
         # (network name, node id): a VPC subnet's network an instance is moving to, kept on its
         # node while the move lasts though no instance is recorded there yet (``hold_arrival``)
         self._held: Counter[tuple[str, str]] = Counter()
+        # a node's own network -> the routed elastic IPs its last policy push carried: a push
+        # of a VPC network on the node pushes the node's network only when they changed
+        self._routed: dict[str, list[RoutedPublic]] = {}
 
     async def ensure_default(self, node_id: str, namespace: str | None = None) -> Network:
         """The node's default network, matching the configured subnet and domain, in the
@@ -244,9 +249,14 @@ class Networks:
             row, hosts, pol, docs = want
             node = self.ctrl.node(row.node_id)
             await node.network_ensure(self.spec(row), hosts)
-            await node.network_policy(pol)
+            await self._policy(node, row, pol)
             if docs is not None:
                 await node.metadata_put(self.spec(row), docs)
+
+    async def _policy(self, node: NodeClient, row: Network, pol: PolicySpec) -> None:
+        await node.network_policy(pol)
+        if row.transit is None and pol.uplink is not None:
+            self._routed[row.id] = pol.routed
 
     async def _lock_key(self, network_id: str) -> str:
         """What one push at a time is kept to: the network, or a VPC's whole namespace on its
@@ -293,20 +303,23 @@ class Networks:
             row = await s.get(Network, network_id)
         if row is not None and row.transit is not None:  # made or removed with its instances
             await self.ensure_on_node(network_id)
-            # its instances' elastic IPs are routed into it by the node's own network
+            # its instances' elastic IPs are routed into it by the node's own network: pushed
+            # again when the node's list changed (an association, a move, a termination)
             try:
                 async with self.ctrl.store.read() as s:
                     node_net = await self.default(s, row.node_id)
+                    routed = await policy.routed(s, row.node_id)
             except NotFound:
                 return
-            await self.sync_one(node_net.id)
+            if self._routed.get(node_net.id) != routed:
+                await self.sync_one(node_net.id)
             return
         async with self._pushing[await self._lock_key(network_id)]:
             if (want := await self._desired(network_id)) is None:
                 return
             row, hosts, pol, docs = want
             node = self.ctrl.node(row.node_id)
-            await node.network_policy(pol)
+            await self._policy(node, row, pol)
             await node.network_hosts(self.spec(row), hosts)
             if docs is not None:  # a joined node's metadata service: every document again
                 await node.metadata_put(self.spec(row), docs)

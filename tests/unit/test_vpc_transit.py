@@ -105,7 +105,7 @@ def test_the_nodes_namespace_routes_only_the_listed_elastic_ips_into_vpcs() -> N
 
 
 async def test_an_elastic_ip_of_a_vpc_instance_is_mapped_in_its_vpc_and_routed_by_its_node(
-    cluster: Cluster,
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ctrl = await cluster({"a": {}}, uplink="netns:outside")
     me = admin(ctrl)
@@ -131,10 +131,21 @@ async def test_an_elastic_ip_of_a_vpc_instance_is_mapped_in_its_vpc_and_routed_b
     assert r.public_ip == eip.public_ip and r.namespace == vpc_net.namespace
     assert r.via == str(ipaddress.IPv4Network(vpc_net.transit).network_address + 2)
     assert {p.public_ip for p in node.policies[node_net.id].ports} == {other.public_ip}
+    # a change in the VPC that routes nothing new pushes the VPC's network, not the node's
+    pushed: list[str] = []
+    real = node.network_policy
+
+    async def counting(pol: PolicySpec) -> None:
+        pushed.append(pol.network.id)
+        await real(pol)
+
+    monkeypatch.setattr(node, "network_policy", counting)
+    await run(ctrl, node="a", subnet=sub.id)
+    assert vpc_net.id in pushed and node_net.id not in pushed, pushed
     # taken away, it is routed no more
     await ctrl.elastic_ips.disassociate(me, public_ip=eip.public_ip)
     assert node.policies[node_net.id].routed == []
-    assert {p.public_ip for p in node.policies[vpc_net.id].ports} == {None}
+    assert {p.public_ip for p in node.policies[vpc_net.id].ports} == {None, None}
 
 
 async def test_a_vpc_subnet_spans_nodes_as_its_own_segment_and_one_router_joins_its_subnets(
