@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import json
 
+import pytest
 from sqlalchemy import update
 
 from corral.controller.networks import transit_uplink, vpc_bridge
@@ -145,7 +146,7 @@ async def test_an_elastic_ip_of_a_vpc_instance_is_mapped_in_its_vpc_and_routed_b
     # taken away, it is routed no more
     await ctrl.elastic_ips.disassociate(me, public_ip=eip.public_ip)
     assert node.policies[node_net.id].routed == []
-    assert {p.public_ip for p in node.policies[vpc_net.id].ports} == {None, None}
+    assert [p.public_ip for p in node.policies[vpc_net.id].ports] == [None, None]
 
 
 async def test_a_vpc_subnet_spans_nodes_as_its_own_segment_and_one_router_joins_its_subnets(
