@@ -20,7 +20,9 @@ import itertools
 import json
 import re
 import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.common import machine, median, write_results
@@ -74,7 +76,11 @@ def _tap(c: Cluster, node: str, iid: str) -> dict[str, int]:
 
 
 def _counted(c: Cluster, tag: str) -> dict[str, Any]:
-    """Stop the ping (SIGINT: it prints its summary) and count what it saw."""
+    """Stop the ping (SIGINT: it prints its summary) and count what it saw, with what the
+    pinger's kernel dropped at its raw socket (a full receive buffer: busybox ping asks for a
+    small one) before it is closed."""
+    raw = c.ssh("p", "cat /proc/net/raw").ok().out
+    drops = [int(x.split()[-1]) for x in raw.splitlines()[1:] if x.split()[-1:] != ["drops"]]
     c.ssh("p", f"kill -INT $(cat /tmp/{tag}.pid); sleep 1").ok()
     out = c.ssh("p", f"cat /tmp/{tag}.out", timeout=120).ok().out
     seqs = sorted({int(x) for x in re.findall(r"seq=(\d+)", out)})
@@ -89,11 +95,17 @@ def _counted(c: Cluster, tag: str) -> dict[str, Any]:
         "sent": sent,
         "received": got,
         "lost": sent - got,
+        "raw_socket_drops": drops,
         "longest_gap": gap,
         "rtt_max_ms": max(rtt.values(), default=0.0),
         # the replies just before and after the longest gap (ms): a guest slowed before it
         # stops (auto-converge's throttle) shows here as growing times
         "rtt_around_gap_ms": around,
+        # where in the ping's own time (s from its first request) the gap and the longest
+        # answer (the pause's backlog) fall, to set beside the operation's events
+        "gap_at_s": round((at + 1) * INTERVAL, 3),
+        "lost_seqs": sorted(set(range(sent)) - set(seqs)),
+        "slowest_at_s": round(max(rtt, key=lambda q: rtt[q], default=0) * INTERVAL, 3),
     }
 
 
@@ -126,10 +138,74 @@ def _phases(c: Cluster, iid: str) -> dict[str, float]:
     }
 
 
+def _vxlan(ns: str) -> str:
+    out = subprocess.run(
+        ["ip", "-n", ns, "-d", "-json", "link", "show"], capture_output=True, text=True
+    ).stdout
+    kinds = {x["ifname"]: x.get("linkinfo", {}).get("info_kind") for x in json.loads(out)}
+    return next(name for name, kind in kinds.items() if kind == "vxlan")
+
+
+def _sniffers(c: Cluster, where: dict[str, tuple[str, str]], into: Path) -> list[Any]:
+    """One bench.sniff per (namespace, device), its lines in INTO/<label>.jsonl."""
+    into.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for label, (ns, dev) in where.items():
+        argv = ["ip", "netns", "exec", ns, sys.executable, "-m", "bench.sniff", dev,
+                str(into / f"{label}.jsonl")]  # fmt: skip
+        procs.append(subprocess.Popen(argv, cwd=Path(__file__).parent.parent))
+    time.sleep(1.0)
+    return procs
+
+
+def _where_lost(into: Path, labels: list[str], lost: list[int], addr: str) -> dict[str, Any]:
+    """For each lost sequence number: the capture points that saw its request and its reply."""
+    seen: dict[str, dict[str, set[int]]] = {}
+    for label in labels:
+        req, rep = set(), set()
+        path = into / f"{label}.jsonl"
+        for line in path.read_text().splitlines() if path.exists() else []:
+            e = json.loads(line)
+            if e["type"] == "request" and e["dst"] == addr:
+                req.add(e["seq"])
+            elif e["type"] == "reply" and e["src"] == addr:
+                rep.add(e["seq"])
+        seen[label] = {"request": req, "reply": rep}
+    return {
+        str(q): {
+            kind: [label for label in labels if q in seen[label][kind]]
+            for kind in ("request", "reply")
+        }
+        for q in lost
+    }
+
+
+def _timeline(c: Cluster, iid: str, since: float) -> list[tuple[float, str]]:
+    """The newest migration operation's events, as seconds after ``since`` (a wall-clock
+    time of this host, which is the controller's too)."""
+    listed = re.search(
+        r"\bop-[0-9a-f]+", c.cli("op", "ls", "--target", iid, "--limit", "1").ok().out
+    )
+    if listed is None:
+        return []
+    day = since - since % 86400
+    return [
+        (round(day + int(h) * 3600 + int(m) * 60 + float(sec) - since, 3), msg[:60])
+        for h, m, sec, msg in EVENT.findall(c.cli("op", "show", listed.group(0)).ok().out)
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per migration")
+    ap.add_argument(
+        "--capture",
+        type=Path,
+        default=None,
+        help="a directory: record the pings to m on both nodes' VXLAN devices and taps and "
+        "on the pinger's node (bench/sniff.py), and say where each lost one vanished",
+    )
     args = ap.parse_args()
     data: dict[str, Any] = {"machine": machine(), "interval_s": INTERVAL, "runs": []}
     with PostgresServer() as pg, pg.database() as url, cluster(url, 3) as c:
@@ -141,28 +217,57 @@ def main() -> None:
         for _n in range(args.runs):
             src = _node(_show(c, "m"))
             dst = "host2" if src == "host1" else "host1"
+            ns = {h: Settings(state_dir=c.agents[h].state_dir).namespace for h in c.agents}
+            iid = str(_show(c, "m")["id"])
+            vx = _vxlan(ns["host3"])  # one VNI: the same name on every node (made when needed)
+            points = {
+                "pinger_tap": (ns["host3"], tap_name(str(_show(c, "p")["id"]))),
+                "pinger_vx": (ns["host3"], vx),
+                "src_vx": (ns[src], vx),
+                "src_tap": (ns[src], tap_name(iid)),
+                "dst_vx": (ns[dst], vx),
+                "dst_tap": (ns[dst], tap_name(iid)),
+            }
+            into = args.capture / f"run{_n + 1}" if args.capture else None
+            sniffers = _sniffers(c, points, into) if into else []
             c.ssh("p", _pings(addr["m"], "m") + " " + _pings(addr["s"], "s") + " sleep 1").ok()
+            pinged = time.time() - 1.0  # about when the pings started (the command's sleep)
             time.sleep(2.0)  # both pings under way
             t0 = time.monotonic()
             c.cli("migrate", "m", "--to", dst, "--timeout", str(args.timeout), timeout=900).ok()
             took = time.monotonic() - t0
             wait_for(lambda d=dst: _node(_show(c, "m")) == d, 60, what="m on its new node")
             time.sleep(SETTLE)
-            run = {
+            run: dict[str, Any] = {
                 "from": src,
                 "to": dst,
                 "dst_tap": _tap(c, dst, str(_show(c, "m")["id"])),
                 "migrate_s": round(took, 2),
                 "phases": _phases(c, str(_show(c, "m")["id"])),
-                "moving": _counted(c, "m"),
-                "staying": _counted(c, "s"),
+                "events_s": _timeline(c, str(_show(c, "m")["id"]), pinged),
             }
+            moving = run["moving"] = _counted(c, "m")
+            run["staying"] = _counted(c, "s")
+            for proc in sniffers:
+                proc.terminate()
+                proc.wait(timeout=30)
+            if into is not None:
+                seen = run["lost_seen_at"] = _where_lost(
+                    into, list(points), moving["lost_seqs"], addr["m"]
+                )
+                # lost on the way: no reply reached the pinger's tap (its NIC) at all
+                run["lost_before_pinger_nic"] = sum(
+                    "pinger_tap" not in where["reply"] for where in seen.values()
+                )
             print(json.dumps(run), flush=True)
             data["runs"].append(run)
         c.cli("rm", "m", "s", "p", timeout=300)
     runs = data["runs"]
     data["lost_moving"] = [r["moving"]["lost"] for r in runs]
     data["lost_staying"] = [r["staying"]["lost"] for r in runs]
+    if args.capture:
+        data["lost_before_pinger_nic"] = [r["lost_before_pinger_nic"] for r in runs]
+        data["pinger_raw_socket_drops"] = [r["moving"]["raw_socket_drops"] for r in runs]
     data["target"] = "0 lost pings to the moving instance at a 10 ms interval"
 
     def summary(x: dict[str, Any]) -> str:
@@ -195,6 +300,17 @@ def main() -> None:
                 for r in x["runs"]
             )
             + "."
+            + (
+                "\n\nWhere the lost ones vanished (`--capture`: every request and reply to "
+                "the moving guest recorded on the pinger's tap and VXLAN device and on both "
+                "nodes' VXLAN devices and taps, bench/sniff.py): lost before a reply reached "
+                f"the pinger's virtual NIC: {x['lost_before_pinger_nic']}; the pinger "
+                "guest's raw ICMP sockets' drop counters (/proc/net/raw, before the pings "
+                f"stopped; busybox ping asks for a ~7 KiB receive buffer): "
+                f"{x['pinger_raw_socket_drops']}."
+                if "lost_before_pinger_nic" in x
+                else ""
+            )
         )
 
     write_results("migrate-ping", data, summary, module="bench.migrate_ping")
