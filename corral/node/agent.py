@@ -472,15 +472,7 @@ class NodeAgent(EvacuateAgent):
 
     async def overlay_ensure(self, spec: OverlaySpec) -> None:
         """A subnet's segment here, joined to its other nodes over VXLAN (net/overlay.py)."""
-        seg = overlay.Segment(
-            namespace=spec.namespace,
-            bridge=spec.bridge,
-            vni=spec.vni,
-            local=spec.local,
-            underlay_namespace=spec.underlay_namespace,
-            underlay_dev=spec.underlay_dev,
-        )
-        await overlay.ensure(seg, spec.peers, spec.entries, spec.spread)
+        await overlay.ensure_spec(spec)
 
     async def router_ensure(self, spec: RouterSpec) -> None:
         """A VPC's router in its namespace here: routes between its subnets and, over a link

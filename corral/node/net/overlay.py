@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral.errors import Invalid
-from corral.node.spec import VXLAN_OVERHEAD, vxlan_device
+from corral.node.spec import VXLAN_OVERHEAD, OverlaySpec, vxlan_device
 from corral.node.spec import guest_mtu as spec_guest_mtu
 from corral.proc import arun
 
@@ -72,6 +72,20 @@ async def _bridge(ns: str, *args: str, check: bool = True) -> str:
 async def _names(ns: str | None) -> set[str]:
     out = await _ip(ns, "-json", "link", "show")
     return {link["ifname"] for link in json.loads(out or "[]")}
+
+
+async def ensure_spec(spec: OverlaySpec) -> None:
+    """``ensure`` for a segment as the controller describes it (a subnet's, or a VPC
+    router's link: node/net/router.py)."""
+    seg = Segment(
+        namespace=spec.namespace,
+        bridge=spec.bridge,
+        vni=spec.vni,
+        local=spec.local,
+        underlay_namespace=spec.underlay_namespace,
+        underlay_dev=spec.underlay_dev,
+    )
+    await ensure(seg, spec.peers, spec.entries, spec.spread)
 
 
 async def ensure(

@@ -49,18 +49,7 @@ async def ensure(spec: RouterSpec) -> None:
     if spec.link is None:
         return
     link = spec.link
-    await overlay.ensure(
-        overlay.Segment(
-            namespace=ns,
-            bridge=link.bridge,
-            vni=link.vni,
-            local=link.local,
-            underlay_namespace=link.underlay_namespace,
-            underlay_dev=link.underlay_dev,
-        ),
-        link.peers,
-        link.entries,
-    )
+    await overlay.ensure_spec(link)
     here = {x["ifname"]: x for x in json.loads(await _ip(ns, "-json", "link", "show") or "[]")}
     if here.get(link.bridge, {}).get("address") != spec.mac:
         await _ip(ns, "link", "set", link.bridge, "address", spec.mac)
