@@ -437,9 +437,6 @@ class Networks:
             row = await s.get(Network, network_id)
             if row is None or row.transit is None:
                 return False
-            if (row.name, row.node_id) in self._held:
-                self._removed.discard(network_id)
-                return False
             live = await s.scalar(
                 select(Instance.id)
                 .join(Network, Instance.network_id == Network.id)
@@ -450,13 +447,9 @@ class Networks:
                 )
                 .limit(1)
             )
-            mine = await s.scalar(
-                select(Instance.id)
-                .where(Instance.network_id == row.id, Instance.state != "terminated")
-                .limit(1)
-            )
-            if mine is None:  # an HA instance of the subnet whose secondary this node is
-                mine = await s.scalar(
+            mine = await self._in_use(s, row)
+            if not mine:  # an HA instance of the subnet whose secondary this node is
+                secondary = await s.scalar(
                     select(Instance.id)
                     .join(Network, Instance.network_id == Network.id)
                     .where(
@@ -467,7 +460,8 @@ class Networks:
                     )
                     .limit(1)
                 )
-        if mine is not None:
+                mine = secondary is not None
+        if mine:
             self._removed.discard(network_id)
             return False
         if network_id in self._removed:

@@ -319,7 +319,6 @@ def test_a_vpcs_subnets_are_routed_on_one_node_and_across_nodes(two: Cluster) ->
             ["ip", "-n", ns1, "route", "show", "10.67.0.0/16"], capture_output=True, text=True
         ).stdout
         assert routes.startswith("unreachable 10.67.0.0/16"), routes
-        assert not r.run("ping -c 1 -W 2 10.67.9.9 >/dev/null")
         assert _router_links(ns1), "no router link on host1"
         c.cli("rm", "t", timeout=300).ok()
         live.remove("t")

@@ -463,11 +463,20 @@ def _render_guard(policy: PolicySpec, add: Any, rule: Any) -> None:
             },
         )
         from_overlay = _match(iif, "@overlay")
-        for net in policy.networks:
+        for net in policy.networks:  # each subnet's gateway: its MAC, and ARP for it
             gw = gateway_mac(net.gateway)
             grule(
                 "prerouting",
                 [from_overlay, _match(_payload("ether", "saddr"), gw), {"drop": None}],
+            )
+            grule(
+                "prerouting",
+                [
+                    from_overlay,
+                    _match(_payload("ether", "type"), "arp"),
+                    _match(_payload("arp", "daddr ip"), net.gateway),
+                    {"drop": None},
+                ],
             )
         grule(
             "prerouting",
@@ -480,16 +489,6 @@ def _render_guard(policy: PolicySpec, add: Any, rule: Any) -> None:
                 {"drop": None},
             ],
         )
-        for net in policy.networks:
-            grule(
-                "prerouting",
-                [
-                    from_overlay,
-                    _match(_payload("ether", "type"), "arp"),
-                    _match(_payload("arp", "daddr ip"), net.gateway),
-                    {"drop": None},
-                ],
-            )
         grule("prerouting", [from_overlay, {"accept": None}])
     # a port the policy does not know (yet) passes nothing: frames from the bridge's own
     # stack never reach this hook, so every frame here came in through an instance's tap

@@ -21,10 +21,9 @@ import ipaddress
 import json
 
 from corral.node.net import overlay
+from corral.node.net.uplink import ROUTED_PROTO as PROTO  # Corral's routes, told apart by it
 from corral.node.spec import ROUTER_LINK_PREFIX, RouterSpec
 from corral.proc import arun
-
-PROTO = "99"  # routes written here (and by net/uplink.py's set_routed, in other namespaces)
 
 
 async def _ip(ns: str, *args: str, check: bool = True) -> str:
@@ -76,13 +75,3 @@ async def _routes(ns: str, dev: str, routes: dict[str, str]) -> None:
         await _ip(ns, "route", "del", f"{addr}/32", "dev", dev, check=False)
     for addr in sorted(set(neigh) - set(routes)):
         await _ip(ns, "neigh", "del", addr, "dev", dev, check=False)
-
-
-async def routes(ns: str, dev: str) -> dict[str, str]:
-    """The link's routes now: address -> the router MAC its neighbour entry names (checks)."""
-    neigh = {
-        n["dst"]: n.get("lladdr", "")
-        for n in json.loads(await _ip(ns, "-json", "neigh", "show", "dev", dev) or "[]")
-    }
-    out = json.loads(await _ip(ns, "-json", "route", "show", "dev", dev) or "[]")
-    return {r["dst"]: neigh.get(r["dst"], "") for r in out if "/" not in r["dst"]}
